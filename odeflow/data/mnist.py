@@ -255,7 +255,7 @@ def load_idx_dataset(
         else (spec.test_images, spec.test_labels)
     )
     paths = [locate(root, spec, f) for f in files]
-    missing = [f for f, p in zip(files, paths) if p is None]
+    missing = [f for f, p in zip(files, paths, strict=True) if p is None]
     if missing:
         raise DataNotFoundError(_missing_message(root, spec, missing))
     images = read_idx(paths[0], expect_ndim=3)
