@@ -1,0 +1,114 @@
+"""Config dataclasses as command lines: every field is a flag, its help is the field's comment.
+
+Fields are declared with :func:`opt`, whose ``help`` is the one-line comment of the field;
+:func:`build_parser` turns the dataclass into an ``argparse`` parser (``--foo-bar``, with
+``--foo_bar`` accepted as the seed script's spelling) and :func:`parse_config` applies the
+flags the user actually typed on top of a base config (the defaults, or the saved config
+of a run being resumed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+__all__ = ["opt", "str2bool", "build_parser", "parse_config", "config_from_dict"]
+
+C = TypeVar("C")
+
+
+def opt(default: Any, help: str, **argparse_kwargs: Any) -> Any:
+    """A dataclass field whose ``help`` becomes the flag's help (extra kwargs go to argparse)."""
+    meta = {"help": help, "argparse": argparse_kwargs}
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def str2bool(value: str | bool) -> bool:
+    """Parse ``True/False``, ``yes/no``, ``1/0``, ``on/off`` (case-insensitive)."""
+    if isinstance(value, bool):
+        return value
+    v = value.strip().lower()
+    if v in ("true", "t", "yes", "y", "1", "on"):
+        return True
+    if v in ("false", "f", "no", "n", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got {value!r}")
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """(scalar type, is_sequence) of a field annotation such as ``int``, ``tuple[int, ...]``,
+    ``str | None``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _base_type(args[0])
+    if origin in (tuple, list):
+        return typing.get_args(tp)[0], True
+    return tp, False
+
+
+def build_parser(
+    cls: type, parser: argparse.ArgumentParser | None = None, *, suppress_defaults: bool = True
+) -> argparse.ArgumentParser:
+    """An argparse parser with one flag per field of the dataclass ``cls``.
+
+    With ``suppress_defaults`` the parsed namespace holds only the flags given on the
+    command line (defaults are shown in the help text instead).
+    """
+    parser = parser or argparse.ArgumentParser(
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    hints = typing.get_type_hints(cls)
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        tp, is_seq = _base_type(hints[f.name])
+        names = ["--" + f.name.replace("_", "-")]
+        if "_" in f.name:
+            names.append("--" + f.name)
+        kwargs: dict[str, Any] = dict(f.metadata.get("argparse", {}))
+        kwargs["help"] = f.metadata.get("help", "")
+        kwargs["dest"] = f.name
+        if tp is bool:
+            kwargs.update(type=str2bool, nargs="?", const=True, metavar="BOOL")
+        elif is_seq:
+            kwargs.update(type=tp, nargs="*")
+        else:
+            kwargs["type"] = tp
+        default = getattr(defaults, f.name)
+        if suppress_defaults:
+            kwargs["default"] = argparse.SUPPRESS
+            kwargs["help"] += f" (default: {default!r})" if default not in ("", None) else ""
+        else:
+            kwargs["default"] = default
+        parser.add_argument(*names, **kwargs)
+    return parser
+
+
+def config_from_dict(cls: type[C], values: dict[str, Any]) -> C:
+    """Build ``cls`` from a dict (e.g. a saved ``config.json``), ignoring unknown keys and
+    turning lists back into tuples where the field is a tuple."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in values:
+            v = values[f.name]
+            if typing.get_origin(hints[f.name]) is tuple and isinstance(v, list):
+                v = tuple(v)
+            kwargs[f.name] = v
+    return cls(**kwargs)
+
+
+def parse_config(
+    cls: type[C], argv: Sequence[str] | None, base: C | None = None, prog: str | None = None
+) -> C:
+    """Parse ``argv`` into a ``cls`` instance, overriding only the flags given."""
+    parser = build_parser(cls, argparse.ArgumentParser(prog=prog))
+    ns = parser.parse_args(argv)
+    given = {k: (tuple(v) if isinstance(v, list) else v) for k, v in vars(ns).items()}
+    return dataclasses.replace(base if base is not None else cls(), **given)

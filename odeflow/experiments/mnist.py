@@ -1,0 +1,313 @@
+"""Seed A's study: ODE-Net vs ResNet (and RK-Net, MLP), backprop vs adjoint, on MNIST,
+Fashion-MNIST or scikit-learn's digits.
+
+``odeflow train mnist [flags]`` is :func:`main`; the defaults are the seed's (160 epochs,
+SGD momentum 0.9, lr 0.1 × batch/128 decayed ×0.1 at 60/100/140, tol 1e-3, random crop).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import DATASETS, BatchLoader, load_dataset
+from ..nn import NETWORKS, build_classifier, count_parameters
+from ..training import (
+    DistEnv,
+    cleanup_distributed,
+    fit,
+    lr_at,
+    setup_distributed,
+)
+from .config import config_from_dict, opt, parse_config
+
+__all__ = ["MNISTConfig", "resolve_gradient", "default_run_dir", "build", "run", "main"]
+
+
+@dataclass
+class MNISTConfig:
+    """Every setting of one run; each field is a command-line flag."""
+
+    # which images: "mnist", "fashion-mnist" (IDX files) or "digits" (bundled, no download)
+    dataset: str = opt("mnist", "dataset to train on", choices=DATASETS)
+    # which classifier
+    network: str = opt("odenet", "classifier", choices=NETWORKS)
+    # rtol = atol of the adaptive solver
+    tol: float = opt(1e-3, "solver tolerance (rtol = atol) of the ODE block")
+    # seed flag: True means gradient="adjoint"
+    adjoint: bool = opt(False, "use the adjoint method (same as --gradient adjoint)")
+    # how gradients flow through the solver; None -> from --adjoint
+    gradient: str | None = opt(
+        None, "direct | adjoint | checkpoint (default: from --adjoint)",
+        choices=("direct", "adjoint", "checkpoint"),
+    )  # fmt: skip
+    # adaptive solver of the ODE block
+    method: str = opt("dopri5", "ODE solver of the ODE-Net's block")
+    # image -> features
+    downsampling_method: str = opt("conv", "downsampling layers", choices=("conv", "res"))
+    # feature channels (64 in the seed)
+    width: int = opt(64, "feature channels of ODE-Net/ResNet/RK-Net")
+    # RK-Net's fixed step on [0, 1]
+    rk_step_size: float = opt(0.1, "RK-Net's fixed RK4 step size")
+    # total epochs (a resumed run continues up to this number)
+    nepochs: int = opt(160, "number of epochs")
+    # seed augmentation: random crop of 28 after zero padding by 4
+    data_aug: bool = opt(True, "random-crop augmentation (padding 4)")
+    # base rate for batches of 128; the rate used is lr × batch_size / 128
+    lr: float = opt(0.1, "learning rate for batch 128 (scaled linearly with the batch)")
+    # epochs where the rate is multiplied by lr_decay
+    milestones: tuple[int, ...] = opt((60, 100, 140), "epochs at which lr decays")
+    # decay factor at each milestone
+    lr_decay: float = opt(0.1, "lr multiplier at each milestone")
+    # SGD momentum
+    momentum: float = opt(0.9, "SGD momentum")
+    # L2 penalty
+    weight_decay: float = opt(0.0, "SGD weight decay")
+    # global batch size (split over ranks under torchrun)
+    batch_size: int = opt(128, "training batch size (global)")
+    # evaluation batch size
+    test_batch_size: int = opt(1000, "evaluation batch size")
+    # folder with the IDX files
+    data_dir: str = opt("data", "folder holding the MNIST / Fashion-MNIST IDX files")
+    # fetch missing IDX files from the canonical mirrors
+    download: bool = opt(False, "download missing IDX files (checked by SHA-256)")
+    # use only the first N training samples (0 = all)
+    max_train_samples: int = opt(0, "use only the first N training samples (0 = all)")
+    # use only the first N test samples (0 = all)
+    max_test_samples: int = opt(0, "use only the first N test samples (0 = all)")
+    # side of the upsampled digits (dataset=digits)
+    digits_size: int = opt(28, "image size of the upsampled 8x8 digits")
+    # zero border around the upsampled digits
+    digits_pad: int = opt(4, "zero border of the upsampled digits")
+    # run folder; empty -> runs/<dataset>-<network>-<gradient>
+    save: str = opt("", "run folder (config.json, metrics.csv, checkpoints, plots)")
+    # continue a run from RUN/last.pt with its saved config (flags given override it)
+    resume: str = opt("", "resume the run in this folder", metavar="RUN")
+    # seed flag: GPU index used when --device is auto
+    gpu: int = opt(0, "GPU index (with --device auto)")
+    # "auto" = cuda:<gpu> when available, else cpu
+    device: str = opt("auto", "device: auto, cpu, cuda, cuda:N")
+    # seed of weights, data order, augmentation and the digits split
+    seed: int = opt(0, "random seed")
+    # torch CPU threads (0 = torch's default)
+    threads: int = opt(0, "torch CPU threads (0 = default)")
+    # CI smoke test: 1 epoch of 2 batches
+    dry_run: bool = opt(False, "one epoch of two train and two test batches")
+    # tqdm bar over batches
+    progress: bool = opt(True, "show a progress bar")
+    # accuracy / NFE figures at the end
+    plots: bool = opt(True, "write accuracy.png and nfe.png into the run folder")
+
+
+def resolve_gradient(cfg: MNISTConfig) -> str:
+    """The gradient mode from ``--gradient`` and the seed's ``--adjoint``."""
+    if cfg.gradient is None:
+        return "adjoint" if cfg.adjoint else "direct"
+    if cfg.adjoint and cfg.gradient != "adjoint":
+        raise ValueError(f"--adjoint True contradicts --gradient {cfg.gradient}")
+    return cfg.gradient
+
+
+def default_run_dir(cfg: MNISTConfig) -> Path:
+    """``runs/<dataset>-<network>[-<gradient>]`` unless ``--save`` names a folder."""
+    if cfg.save:
+        return Path(cfg.save)
+    suffix = f"-{resolve_gradient(cfg)}" if cfg.network == "odenet" else ""
+    return Path("runs") / f"{cfg.dataset}-{cfg.network}{suffix}"
+
+
+def _device(cfg: MNISTConfig, env: DistEnv) -> torch.device:
+    if cfg.device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", env.local_rank if env.enabled else cfg.gpu)
+        return torch.device("cpu")
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and env.enabled:
+        device = torch.device("cuda", env.local_rank)
+    return device
+
+
+def build(cfg: MNISTConfig, env: DistEnv = DistEnv()) -> dict[str, Any]:  # noqa: B008
+    """Data, model, optimizer and schedule for ``cfg`` (no training).
+
+    Returns:
+        A dict with ``model`` (DDP-wrapped when distributed), ``optimizer``,
+        ``train_loader``, ``test_loader``, ``lr_fn``, ``device``, ``parameters``.
+    """
+    if cfg.batch_size % env.world_size:
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} is not divisible by {env.world_size} processes"
+        )
+    device = _device(cfg, env)
+    data = load_dataset(
+        cfg.dataset,
+        cfg.data_dir,
+        download=cfg.download and env.is_main,
+        max_train_samples=cfg.max_train_samples,
+        max_test_samples=cfg.max_test_samples,
+        digits_size=cfg.digits_size,
+        digits_pad=cfg.digits_pad,
+        seed=cfg.seed,
+    )
+    max_batches = 2 if cfg.dry_run else 0
+    train_loader = BatchLoader(
+        data.train_x,
+        data.train_y,
+        cfg.batch_size // env.world_size,
+        shuffle=True,
+        crop_padding=4 if cfg.data_aug else 0,
+        seed=cfg.seed,
+        rank=env.rank,
+        world_size=env.world_size,
+        max_batches=max_batches,
+    )
+    test_loader = BatchLoader(
+        data.test_x,
+        data.test_y,
+        cfg.test_batch_size,
+        shuffle=False,
+        rank=env.rank,
+        world_size=env.world_size,
+        max_batches=max_batches,
+    )
+    torch.manual_seed(cfg.seed)
+    model = build_classifier(
+        cfg.network,
+        in_channels=data.in_channels,
+        image_size=data.image_size,
+        num_classes=data.num_classes,
+        dim=cfg.width,
+        downsampling=cfg.downsampling_method,
+        method=cfg.method,
+        tol=cfg.tol,
+        gradient=resolve_gradient(cfg),
+        rk_step_size=cfg.rk_step_size,
+    ).to(device)
+    parameters = count_parameters(model)
+    if env.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=lr_at(0, cfg.lr, cfg.batch_size, cfg.milestones, cfg.lr_decay),
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+    )
+
+    def lr_fn(epoch: int) -> float:
+        return lr_at(epoch, cfg.lr, cfg.batch_size, cfg.milestones, cfg.lr_decay)
+
+    return {
+        "model": model,
+        "optimizer": optimizer,
+        "train_loader": train_loader,
+        "test_loader": test_loader,
+        "lr_fn": lr_fn,
+        "device": device,
+        "parameters": parameters,
+    }
+
+
+def run(cfg: MNISTConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train ``cfg`` end to end (joining a torchrun process group when launched by one).
+
+    Returns:
+        A summary: ``run_dir``, ``parameters``, ``history``, ``test_acc`` (last epoch),
+        ``best_acc``, mean ``nfe_f`` / ``nfe_b`` over epochs, ``seconds``; plus ``model``
+        (unwrapped) for callers that want the weights.
+    """
+    env = setup_distributed()
+    say = log if env.is_main else (lambda _msg: None)
+    try:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        run_dir = Path(cfg.resume) if cfg.resume else default_run_dir(cfg)
+        parts = build(cfg, env)
+        config = dataclasses.asdict(cfg)
+        config.update(
+            save=str(run_dir),
+            resume="",
+            gradient_resolved=resolve_gradient(cfg),
+            parameters=parts["parameters"],
+            world_size=env.world_size,
+        )
+        say(
+            f"{cfg.network} on {cfg.dataset}: {parts['parameters']:,} parameters, "
+            f"gradient={resolve_gradient(cfg)}, device={parts['device']}, "
+            f"processes={env.world_size}, run folder {run_dir}"
+        )
+        start = time.perf_counter()
+        history = fit(
+            parts["model"],
+            parts["optimizer"],
+            parts["train_loader"],
+            parts["test_loader"],
+            run_dir=run_dir,
+            nepochs=1 if cfg.dry_run else cfg.nepochs,
+            lr_fn=parts["lr_fn"],
+            config=config,
+            device=parts["device"],
+            env=env,
+            resume=bool(cfg.resume),
+            progress=cfg.progress,
+            plots=cfg.plots,
+            log=say,
+        )
+        seconds = time.perf_counter() - start
+        model = parts["model"]
+        model = model.module if hasattr(model, "module") else model
+        summary = {
+            "run_dir": str(run_dir),
+            "parameters": parts["parameters"],
+            "history": history,
+            "test_acc": history[-1]["test_acc"] if history else float("nan"),
+            "best_acc": max((r["test_acc"] for r in history), default=float("nan")),
+            "nfe_f": sum(r["nfe_f"] for r in history) / max(len(history), 1),
+            "nfe_b": sum(r["nfe_b"] for r in history) / max(len(history), 1),
+            "seconds": seconds,
+            "model": model,
+            "rank": env.rank,
+        }
+        return summary
+    finally:
+        cleanup_distributed(env)
+
+
+def parse_args(
+    argv: Sequence[str] | None, base: MNISTConfig | None = None, prog: str | None = None
+) -> MNISTConfig:
+    """Flags → config. With ``--resume RUN`` the base is ``RUN/config.json``, and only the
+    flags given on the command line (e.g. a larger ``--nepochs``) change it."""
+    cfg = parse_config(MNISTConfig, argv, base=base, prog=prog)
+    if cfg.resume:
+        saved = Path(cfg.resume) / "config.json"
+        if not saved.is_file():
+            raise SystemExit(f"--resume {cfg.resume}: no config.json there (not a run folder?)")
+        stored = config_from_dict(MNISTConfig, json.loads(saved.read_text()))
+        cfg = parse_config(MNISTConfig, argv, base=stored, prog=prog)
+    resolve_gradient(cfg)
+    return cfg
+
+
+def main(argv: Sequence[str] | None = None, base: MNISTConfig | None = None) -> dict[str, Any]:
+    """``odeflow train mnist|fashion-mnist|digits [flags]``."""
+    cfg = parse_args(argv, base=base)
+    summary = run(cfg)
+    if summary["rank"] == 0:
+        print(
+            f"done: test accuracy {summary['test_acc']:.4f} (best {summary['best_acc']:.4f}), "
+            f"NFE-F {summary['nfe_f']:.1f}, NFE-B {summary['nfe_b']:.1f}, "
+            f"{summary['parameters']:,} parameters, {summary['seconds']:.1f} s, "
+            f"run folder {summary['run_dir']}"
+        )
+    return summary
