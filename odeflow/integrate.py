@@ -1,0 +1,398 @@
+"""The stepping loops: adaptive (accept/reject with a controller) and fixed grid.
+
+Both produce the outputs at the requested times from the method's dense output (never by
+extra steps), count steps, and stop with a clear :class:`~odeflow.stats.SolveError` on
+too many steps, step-size underflow or non-finite values. Solvers never loop and
+controllers never evaluate ``func``; this module owns the loop and nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .controllers import CONTROLLER_PRESETS, PIDController, initial_step
+from .interp import hermite, linear
+from .problem import Problem
+from .solvers import MethodSpec
+from .solvers.scipy_bridge import integrate_scipy
+from .stats import SolveError, SolveStats, Status
+
+__all__ = [
+    "LoopResult", "StepRecord", "integrate_adaptive", "integrate_fixed", "make_controller",
+    "run_loop", "DEFAULT_MAX_NUM_STEPS",
+]
+
+DEFAULT_MAX_NUM_STEPS = 100_000
+
+
+
+def run_loop(problem: Problem, spec: MethodSpec, *, record_steps: bool = False,
+             event: Any = None, callback_suffix: str = "") -> LoopResult:
+    """Run the loop of ``spec``'s family on ``problem`` (under whatever grad mode is active)."""
+    if spec.family == "scipy":
+        if record_steps or event is not None:
+            raise ValueError("method='scipy_solver' supports neither gradient='checkpoint' nor "
+                             "event_fn; use an odeflow method")
+        ys, stats = integrate_scipy(problem)
+        return LoopResult(ys, stats, problem.t_out[-1], ys[-1])
+    stepper = spec.build(problem.options)
+    if spec.family == "adaptive":
+        return integrate_adaptive(problem, stepper, record_steps=record_steps, event=event,
+                                  callback_suffix=callback_suffix)
+    if event is not None:
+        raise ValueError(f"event_fn needs an adaptive method, got method={spec.name!r}")
+    return integrate_fixed(problem, stepper, record_steps=record_steps)
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """An accepted step, kept by the checkpointed gradient to replay it under autograd."""
+
+    t: float
+    dt: float  # the step size used (t + dt may differ from t_new by rounding)
+    t_new: float
+    y: Tensor
+    jump_after: bool  # f at the step's end was re-evaluated (a jump_t point)
+
+
+@dataclass
+class LoopResult:
+    """Outputs of a loop: flat states at the reached output times, and statistics."""
+
+    ys: list[Tensor]
+    stats: SolveStats
+    t_last: float
+    y_last: Tensor
+    steps: list[StepRecord] | None = None
+    event: Any = None
+    extra: dict = field(default_factory=dict)
+
+
+def make_controller(options: dict[str, Any]) -> PIDController:
+    """The step-size controller described by ``options`` (see :class:`PIDController`)."""
+    spec = options.get("controller")
+    factors = {k: options[k] for k in ("safety", "ifactor", "dfactor") if k in options}
+    for name, value in factors.items():
+        if isinstance(value, Tensor):
+            factors[name] = float(value)
+    if isinstance(spec, PIDController):
+        if factors:
+            raise ValueError(
+                "options: give safety/ifactor/dfactor inside the PIDController, not beside it"
+            )
+        return spec
+    if spec is None:
+        spec = "integral"
+    if not isinstance(spec, str) or spec not in CONTROLLER_PRESETS:
+        raise ValueError(
+            f"options['controller'] must be one of {sorted(CONTROLLER_PRESETS)} or a "
+            f"PIDController, got {spec!r}"
+        )
+    return PIDController(**CONTROLLER_PRESETS[spec], **factors)
+
+
+def _positive_float(options: dict, name: str, default: float | None) -> float | None:
+    value = options.get(name, default)
+    if value is None:
+        return None
+    if isinstance(value, Tensor):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"options['{name}'] must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _max_steps(options: dict) -> int:
+    value = options.get("max_num_steps", DEFAULT_MAX_NUM_STEPS)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"options['max_num_steps'] must be a positive int, got {value!r}")
+    return value
+
+
+def _canonical_times(problem: Problem, name: str) -> list[float]:
+    value = problem.options.get(name)
+    if value is None:
+        return []
+    if isinstance(value, Tensor):
+        values = value.detach().reshape(-1).to("cpu", torch.float64).tolist()
+    else:
+        try:
+            values = [float(v) for v in value]
+        except TypeError:
+            raise TypeError(f"options['{name}'] must be a 1-D tensor or sequence of times") from None
+    t0, t1 = problem.t_out[0], problem.t_out[-1]
+    return sorted(x for x in (problem.sign * v for v in values) if t0 < x < t1)
+
+
+def _callbacks(problem: Problem, suffix: str = "") -> tuple:
+    func = problem.user_func
+    names = ("callback_step", "callback_accept_step", "callback_reject_step")
+    return tuple(getattr(func, n + suffix, None) for n in names)
+
+
+def _fail(problem: Problem, status: Status, t: float, detail: str, stats: SolveStats) -> SolveError:
+    stats.status = status
+    stats.message = f"{status.message} t={problem.user_time(t)!r}. {detail}".strip()
+    return SolveError(status, problem.user_time(t), detail, stats)
+
+
+def integrate_adaptive(
+    problem: Problem,
+    solver: Any,
+    *,
+    record_steps: bool = False,
+    event: Any = None,
+    callback_suffix: str = "",
+) -> LoopResult:
+    """Adaptive loop with dense output at ``problem.t_out``.
+
+    Raises:
+        SolveError: on too many steps, step-size underflow or non-finite values.
+    """
+    opts = problem.options
+    f = problem.func
+    t_out = problem.t_out
+    n_out = len(t_out)
+    t0, t_end = t_out[0], t_out[-1]
+    y = problem.y0
+    stats = SolveStats()
+    ys = [y]
+    steps: list[StepRecord] | None = [] if record_steps else None
+    if n_out == 1:
+        return LoopResult(ys, stats, t0, y, steps)
+
+    controller = make_controller(opts)
+    max_num_steps = _max_steps(opts)
+    min_step = _positive_float(opts, "min_step", None) or 0.0
+    max_step = _positive_float(opts, "max_step", None) or math.inf
+    first_step = _positive_float(opts, "first_step", None)
+    rtol, atol, norm = problem.rtol, problem.atol, problem.norm
+    k = solver.error_order + 1
+    ws = None if torch.is_grad_enabled() else solver.workspace(y)
+    cb_step, cb_accept, cb_reject = _callbacks(problem, callback_suffix)
+
+    f0 = f.checked(t0, y)
+    if not bool(torch.isfinite(f0).all()):  # host sync: once per solve
+        raise _fail(problem, Status.NONFINITE, t0, "func(t0, y0) is not finite.", stats)
+    if first_step is None:
+        dt = initial_step(f, t0, y, f0, solver.order, rtol, atol, norm)
+    else:
+        dt = first_step
+    dt = min(max(dt, min_step), max_step)
+
+    jumps = _canonical_times(problem, "jump_t")
+    stops = sorted(set(_canonical_times(problem, "step_t")) | set(jumps) | {t_end})
+    jump_set = set(jumps)
+    stop_i = 0
+    next_stop = stops[0]
+    out_i = 1
+    next_out = t_out[1]
+    ctrl = controller.init()
+    dense_needs_f_end = solver.needs_f_end_for_dense
+    t = t0
+    sign = problem.sign
+
+    while True:
+        if stats.n_steps >= max_num_steps:
+            raise _fail(problem, Status.MAX_STEPS_REACHED, t,
+                        f"Raise options['max_num_steps'] (now {max_num_steps}) or loosen "
+                        "rtol/atol; a stiff problem may need an implicit method.", stats)
+        # Land exactly on the next stop; stretch by at most 1% rather than leave a sliver.
+        if t + 1.01 * dt >= next_stop:
+            dt_try, t_new, landing = next_stop - t, next_stop, True
+        else:
+            dt_try, t_new, landing = dt, t + dt, False
+        if dt_try <= 4 * math.ulp(max(abs(t), abs(t_new))):
+            raise _fail(problem, Status.STEP_SIZE_UNDERFLOW, t,
+                        f"Step size {dt_try!r} is too small for t; the problem may be stiff or "
+                        "have a singularity here.", stats)
+        if cb_step is not None:
+            cb_step(_ttensor(t, problem), problem.layout.unflatten(y), _ttensor(dt_try, problem))
+
+        y_new, err, stages = solver.step(f, t, y, f0, dt_try, ws)
+        stats.n_steps += 1
+        with torch.no_grad():
+            scale = torch.maximum(y.abs(), y_new.abs()).mul_(rtol).add_(atol)
+            ratio = norm(err / scale).item()  # host sync: the accept/reject decision
+        accepted = ratio <= 1.0 or (dt_try <= min_step and math.isfinite(ratio))
+
+        if accepted:
+            stats.n_accepted += 1
+            is_end = landing and t_new == t_end
+            interior_out = next_out < t_new
+            f_new = None
+            if not is_end or (interior_out and dense_needs_f_end) or event is not None:
+                f_new = solver.f_end(f, t_new, y_new, stages)
+            while next_out <= t_new:
+                if next_out == t_new:
+                    ys.append(y_new)
+                else:
+                    theta = (next_out - t) / dt_try
+                    ys.append(solver.interpolate(y, y_new, dt_try, stages, f_new, theta, ws))
+                out_i += 1
+                if out_i == n_out:
+                    break
+                next_out = t_out[out_i]
+            if cb_accept is not None:
+                cb_accept(_ttensor(t, problem), problem.layout.unflatten(y),
+                          _ttensor(dt_try, problem))
+            jump_here = landing and t_new in jump_set
+            if steps is not None:
+                steps.append(StepRecord(t, dt_try, t_new, y, jump_here))
+            if event is not None:
+                hit = event.check(t, y, t_new, y_new, dt_try, stages, f_new, ws, solver)
+                if hit is not None:
+                    return LoopResult(ys, stats, t_new, y_new, steps, event=hit)
+            t_prev, y = t, y_new
+            t = t_new
+            if landing:
+                if t_new == t_end:
+                    break
+                stop_i += 1
+                next_stop = stops[stop_i]
+            if jump_here:
+                # A discontinuity: the FSAL derivative belongs to the left of it.
+                f_new = f.perturbed(t, y, +1)
+            f0 = f_new
+            del t_prev
+        else:
+            stats.n_rejected += 1
+            if not math.isfinite(ratio):
+                if not bool(torch.isfinite(stages[0]).all()):  # host sync: failure path only
+                    raise _fail(problem, Status.NONFINITE, t,
+                                "func returned non-finite values at this time.", stats)
+            if cb_reject is not None:
+                cb_reject(_ttensor(t, problem), problem.layout.unflatten(y),
+                          _ttensor(dt_try, problem))
+            f0 = stages[0]
+            if not math.isfinite(ratio) and dt_try <= 16 * math.ulp(max(abs(t), 1.0)) * 1e3:
+                raise _fail(problem, Status.NONFINITE, t,
+                            "func returned non-finite values for every step size tried.", stats)
+        dt, ctrl = controller.propose(dt_try, ratio, accepted, k, ctrl)
+        dt = min(max(dt, min_step), max_step)
+    del sign
+    return LoopResult(ys, stats, t, y, steps)
+
+
+def _ttensor(value: float, problem: Problem) -> Tensor:
+    return torch.tensor(problem.sign * value, dtype=problem.layout.real_dtype,
+                        device=problem.layout.device)
+
+
+# -------------------------------------------------------------------------------- fixed grid
+def make_grid(problem: Problem) -> list[float]:
+    """The canonical time grid of a fixed-grid solve (Python floats, strictly increasing)."""
+    opts = problem.options
+    t_out = problem.t_out
+    t0, t1 = t_out[0], t_out[-1]
+    step_size = opts.get("step_size")
+    constructor = opts.get("grid_constructor")
+    max_num_steps = _max_steps(opts)
+    if step_size is not None and constructor is not None:
+        raise ValueError("options: give step_size or grid_constructor, not both")
+    if step_size is not None:
+        h = _positive_float(opts, "step_size", None)
+        assert h is not None
+        # A tolerance of 1e-9 steps keeps (t1 - t0) / h = 10.000000000000002 from adding a
+        # sliver step.
+        n = max(1, math.ceil((t1 - t0) / h - 1e-9))
+        if n > max_num_steps:
+            raise ValueError(
+                f"options['step_size']={h!r} needs {n} steps over the time span, more than "
+                f"max_num_steps={max_num_steps}; raise options['max_num_steps'] to allow it"
+            )
+        return [t0 + i * h for i in range(n)] + [t1]
+    if constructor is not None:
+        if not callable(constructor):
+            raise TypeError("options['grid_constructor'] must be callable(func, y0, t)")
+        t_canon = torch.tensor(t_out, dtype=torch.float64)
+        grid = constructor(problem.user_func, problem.layout.unflatten(problem.y0), t_canon)
+        if not isinstance(grid, Tensor) or grid.ndim != 1 or grid.numel() < 2:
+            raise ValueError("options['grid_constructor'] must return a 1-D tensor of >= 2 times")
+        values = grid.detach().to("cpu", torch.float64).tolist()
+        if any(b <= a for a, b in zip(values, values[1:])):
+            raise ValueError("options['grid_constructor'] must return strictly increasing times")
+        if abs(values[0] - t0) > 1e-12 * max(1.0, abs(t0)) or abs(values[-1] - t1) > 1e-12 * max(
+            1.0, abs(t1)
+        ):
+            raise ValueError(
+                f"options['grid_constructor'] must return a grid from t[0]={t0} to "
+                f"t[-1]={t1}, got {values[0]} .. {values[-1]}"
+            )
+        values[0], values[-1] = t0, t1
+        if len(values) - 1 > max_num_steps:
+            raise ValueError(f"the grid has {len(values) - 1} steps, more than max_num_steps")
+        return values
+    return list(t_out)
+
+
+def integrate_fixed(problem: Problem, solver: Any, *, record_steps: bool = False) -> LoopResult:
+    """Fixed-grid loop: one step per grid interval, outputs by linear or cubic interpolation."""
+    opts = problem.options
+    interp = opts.get("interp", "linear")
+    if interp not in ("linear", "cubic"):
+        raise ValueError(f"options['interp'] must be 'linear' or 'cubic', got {interp!r}")
+    perturb = bool(opts.get("perturb", False))
+    f = problem.func
+    t_out = problem.t_out
+    n_out = len(t_out)
+    y = problem.y0
+    stats = SolveStats()
+    ys = [y]
+    steps: list[StepRecord] | None = [] if record_steps else None
+    if n_out == 1:
+        return LoopResult(ys, stats, t_out[0], y, steps)
+    grid = make_grid(problem)
+    ws = None if torch.is_grad_enabled() else solver.workspace(y)
+    carry = solver.init_carry(y) if hasattr(solver, "init_carry") else None
+    f_last: Callable | None = (lambda t, x: f.perturbed(t, x, -1)) if perturb else None
+    out_i, next_out = 1, t_out[1]
+    f0 = f.checked(grid[0], y) if not perturb else None
+    if perturb:
+        f0 = f.perturbed(grid[0], y, +1)
+    for i in range(len(grid) - 1):
+        t, t_new = grid[i], grid[i + 1]
+        dt = t_new - t
+        if f0 is None:
+            f0 = f.perturbed(t, y, +1) if perturb else f(t, y)
+        if carry is None:
+            y_new, _, stages = solver.step(f, t, y, f0, dt, ws, with_error=False, f_last=f_last)
+        else:
+            y_new, carry, stages = solver.step_multistep(f, t, y, f0, dt, carry)
+        stats.n_steps += 1
+        stats.n_accepted += 1
+        f_new = None
+        if next_out < t_new and interp == "cubic":
+            f_new = f.perturbed(t_new, y_new, +1) if perturb else f(t_new, y_new)
+        while next_out <= t_new:
+            if next_out == t_new:
+                ys.append(y_new)
+            else:
+                theta = (next_out - t) / dt
+                if interp == "linear":
+                    ys.append(linear(y, y_new, theta))
+                else:
+                    ys.append(hermite(y, y_new, f0, f_new, dt, theta))
+            out_i += 1
+            if out_i == n_out:
+                break
+            next_out = t_out[out_i]
+        if steps is not None:
+            steps.append(StepRecord(t, dt, t_new, y, False))
+        y = y_new
+        f0 = f_new
+    # Fixed-grid methods do not sync per step; check finiteness once, at the end.
+    if not bool(torch.isfinite(y).all()):  # host sync: once per solve
+        stats.status = Status.NONFINITE
+        bad = next((i for i, v in enumerate(ys) if not bool(torch.isfinite(v).all())), len(ys))
+        t_bad = problem.user_time(t_out[min(bad, n_out - 1)])
+        raise SolveError(Status.NONFINITE, t_bad,
+                         "The fixed-grid solution became non-finite by this output time; "
+                         "use a smaller step_size or an adaptive method.", stats)
+    return LoopResult(ys, stats, grid[-1], y, steps)

@@ -1,0 +1,70 @@
+"""Error norms on the solver's flat state: RMS, max, mixed over components, seminorms.
+
+A norm maps the scaled error ``err / (atol + rtol * max(|y|, |y_new|))`` to a scalar
+tensor; a step is accepted when that scalar is at most one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["rms_norm", "max_norm", "mixed_rms_norm", "segment_seminorm"]
+
+Norm = Callable[[Tensor], Tensor]
+
+
+def rms_norm(x: Tensor) -> Tensor:
+    """Root mean square of all entries (Hairer's norm; torchdiffeq's default)."""
+    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
+
+
+def max_norm(x: Tensor) -> Tensor:
+    """Largest absolute entry."""
+    return torch.linalg.vector_norm(x, ord=math.inf)
+
+
+def mixed_rms_norm(sizes: Sequence[int]) -> Norm:
+    """Max over consecutive segments of a flat vector of each segment's RMS.
+
+    This is the default for tuple states (as torchdiffeq's mixed norm): each component
+    must meet the tolerance on its own, so a large component cannot hide a small one.
+    """
+    sizes = [int(s) for s in sizes]
+    bounds = _bounds(sizes)
+
+    def norm(x: Tensor) -> Tensor:
+        return torch.stack([rms_norm(x[a:b]) for a, b in bounds if b > a]).max()
+
+    return norm
+
+
+def segment_seminorm(sizes: Sequence[int], keep: Sequence[bool]) -> Norm:
+    """Mixed RMS norm over the segments marked ``keep``; the others are ignored.
+
+    With the adjoint method, ignoring the parameter-gradient part of the augmented state
+    in step-size control is the seminorm of Kidger, Chen & Lyons, "'Hey, that's not an ODE':
+    Faster ODE Adjoints via Seminorms", ICML 2021.
+    """
+    bounds = [ab for ab, k in zip(_bounds([int(s) for s in sizes]), keep) if k and ab[1] > ab[0]]
+    if not bounds:
+        raise ValueError("a seminorm must keep at least one non-empty segment")
+
+    def norm(x: Tensor) -> Tensor:
+        if len(bounds) == 1:
+            a, b = bounds[0]
+            return rms_norm(x[a:b])
+        return torch.stack([rms_norm(x[a:b]) for a, b in bounds]).max()
+
+    return norm
+
+
+def _bounds(sizes: Sequence[int]) -> list[tuple[int, int]]:
+    out, start = [], 0
+    for s in sizes:
+        out.append((start, start + s))
+        start += s
+    return out

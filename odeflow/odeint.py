@@ -1,0 +1,275 @@
+"""Public entry points: ``solve`` (returns a :class:`Solution`) and torchdiffeq's ``odeint*``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Union
+
+import math
+
+import torch
+from torch import Tensor
+
+from .integrate import run_loop
+from .problem import Problem, check_options, make_problem
+from .sensitivity import GRADIENTS, find_params
+from .sensitivity.adjoint import make_adjoint_config, solve_adjoint
+from .sensitivity.checkpoint import solve_checkpoint
+from .sensitivity.time_grad import attach_output_times, shift_initial_state
+from .solvers import get_method
+from .stats import SolveError, SolveStats, Status, record_last_stats
+
+__all__ = ["Solution", "solve", "odeint", "odeint_adjoint"]
+
+State = Union[Tensor, tuple[Tensor, ...]]
+
+
+@dataclass
+class Solution:
+    """The result of :func:`solve`.
+
+    Attributes:
+        ys: the solution at ``ts``: a tensor ``(len(ts), *y0.shape)``, or a tuple of such
+            tensors for a tuple ``y0``.
+        ts: the output times (the ``t`` that was passed, or up to the event time).
+        stats: evaluation and step counts and the outcome (:class:`SolveStats`).
+        event_t: the event time for an event-terminated solve, else ``None``.
+    """
+
+    ys: State
+    ts: Tensor
+    stats: SolveStats
+    event_t: Tensor | None = None
+
+
+def solve(
+    func: Callable[[Tensor, State], State],
+    y0: State,
+    t: Tensor,
+    *,
+    rtol: float | Sequence[float] = 1e-7,
+    atol: float | Sequence[float] = 1e-9,
+    method: str | None = None,
+    options: dict[str, Any] | None = None,
+    event_fn: Callable[[Tensor, State], Tensor] | None = None,
+    gradient: str = "direct",
+    adjoint_rtol: float | None = None,
+    adjoint_atol: float | None = None,
+    adjoint_method: str | None = None,
+    adjoint_options: dict[str, Any] | None = None,
+    adjoint_params: Sequence[Tensor] | None = None,
+    throw: bool = True,
+) -> Solution:
+    """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0``, and return the solution at ``t``.
+
+    Args:
+        func: the vector field ``func(t, y)``; ``t`` is a 0-dim tensor (the state's real
+            dtype and device), ``y`` has ``y0``'s structure; returns ``dy/dt`` alike.
+        y0: initial state: a floating or complex tensor of any shape, or a tuple of tensors
+            of one dtype and device.
+        t: 1-D strictly increasing or strictly decreasing output times; ``t[0]`` is the
+            initial time.
+        rtol, atol: relative and absolute tolerances of adaptive methods (non-negative; for
+            a tuple ``y0`` optionally one per component).
+        method: one of :data:`odeflow.METHODS`; ``None`` means ``"dopri5"``.
+        options: method options, named as in torchdiffeq (``step_size``, ``first_step``,
+            ``max_num_steps``, ``norm``, ``jump_t``, ...) plus ``controller``. Unknown keys
+            raise ``ValueError``.
+        event_fn: stop where ``event_fn(t, y)`` crosses zero (see :func:`odeflow.odeint_event`).
+        gradient: ``"direct"`` (backprop through the solver), ``"adjoint"`` or
+            ``"checkpoint"`` (exact backprop gradients at low memory); see
+            :mod:`odeflow.sensitivity`.
+        adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options: the backward solve of
+            ``gradient="adjoint"`` (default: the forward's); ``adjoint_options=
+            dict(norm="seminorm")`` leaves parameter gradients out of its error control.
+        adjoint_params: tensors whose gradients ``"adjoint"``/``"checkpoint"`` compute
+            (default: ``func.parameters()`` for an ``nn.Module``).
+        throw: raise :class:`SolveError` on failure; if ``False``, return the solution with
+            ``nan`` at the times not reached and the failure in ``stats.status``.
+
+    Returns:
+        A :class:`Solution` with ``ys``, ``ts``, ``stats`` (and ``event_t``).
+
+    Raises:
+        ValueError, TypeError: invalid arguments (the message names the argument).
+        SolveError: the solve failed (too many steps, step size underflow, non-finite
+            values) and ``throw`` is true.
+
+    Example:
+        >>> sol = odeflow.solve(lambda t, y: -y, torch.ones(3), torch.linspace(0, 1, 5))
+        >>> sol.ys.shape, sol.stats.nfe
+        (torch.Size([5, 3]), ...)
+    """
+    if event_fn is not None:
+        from .events import solve_event
+
+        return solve_event(
+            func, y0, t, event_fn=event_fn, rtol=rtol, atol=atol, method=method,
+            options=options, gradient=gradient, adjoint_rtol=adjoint_rtol,
+            adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
+            adjoint_options=adjoint_options, adjoint_params=adjoint_params,
+        )
+    if gradient not in GRADIENTS:
+        raise ValueError(f"gradient={gradient!r} is not one of {GRADIENTS}")
+    spec = get_method(method)
+    opts = check_options(spec.name, options, spec.valid_options)
+    problem = make_problem(func, y0, t, rtol, atol, spec.name, opts)
+    stats = SolveStats()
+    try:
+        ys_flat = _solve_flat(problem, spec, stats, gradient, func, rtol, atol, method, options,
+                              adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options,
+                              adjoint_params)
+    except SolveError as err:
+        if throw:
+            record_last_stats(err.stats or stats)
+            raise
+        ys_flat = _partial_after_failure(problem, err)
+        stats = err.stats or stats
+    record_last_stats(stats)
+    return Solution(problem.layout.unflatten_stacked(ys_flat), t, stats)
+
+
+def _solve_flat(problem: Problem, spec: Any, stats: SolveStats, gradient: str, func: Callable,
+                rtol: Any, atol: Any, method: str | None, options: dict | None,
+                adjoint_rtol: Any, adjoint_atol: Any, adjoint_method: str | None,
+                adjoint_options: dict | None, adjoint_params: Sequence[Tensor] | None) -> Tensor:
+    grad_on = torch.is_grad_enabled()
+    y0 = problem.y0
+    time_grad = grad_on and problem.t.requires_grad
+    if time_grad:
+        y0 = shift_initial_state(problem, y0)
+        problem = replace(problem, y0=y0)
+    if gradient == "direct" or not grad_on:
+        if spec.family == "scipy" and grad_on and (y0.requires_grad or _closure_needs_grad(func)):
+            raise ValueError(
+                "method='scipy_solver' cannot backpropagate through SciPy's steps; use "
+                "odeint_adjoint (gradient='adjoint') or wrap the call in torch.no_grad()"
+            )
+        result = run_loop(problem, spec)
+        _fill_stats(stats, result.stats, problem)
+        ys = torch.stack(result.ys)
+    elif gradient == "checkpoint":
+        params = find_params(func, adjoint_params, gradient)
+        ys = solve_checkpoint(problem, spec, stats, y0, params)
+    else:
+        params = find_params(func, adjoint_params, gradient)
+        config = make_adjoint_config(rtol, atol, method, options, adjoint_rtol, adjoint_atol,
+                                     adjoint_method, adjoint_options)
+        ys = solve_adjoint(problem, spec, config, stats, y0, params)
+    if time_grad:
+        ys = attach_output_times(problem, ys)
+    return ys
+
+
+def _fill_stats(stats: SolveStats, loop_stats: SolveStats, problem: Problem) -> None:
+    for name in ("n_steps", "n_accepted", "n_rejected", "status", "message"):
+        setattr(stats, name, getattr(loop_stats, name))
+    stats.nfe = problem.func.nfe
+
+
+def _closure_needs_grad(func: Callable) -> bool:
+    if isinstance(func, torch.nn.Module):
+        return any(p.requires_grad for p in func.parameters())
+    return False
+
+
+def _partial_after_failure(problem: Problem, err: SolveError) -> Tensor:
+    """Outputs for ``throw=False``: a re-run is not possible, so every output is ``nan``
+    except ``y0``; ``stats`` says where and why the solve stopped."""
+    n_t = len(problem.t_out)
+    out = problem.y0.detach().new_full((n_t, problem.y0.numel()), math.nan)
+    out[0] = problem.y0.detach()
+    return out
+
+
+def odeint(
+    func: Callable[[Tensor, State], State],
+    y0: State,
+    t: Tensor,
+    *,
+    rtol: float | Sequence[float] = 1e-7,
+    atol: float | Sequence[float] = 1e-9,
+    method: str | None = None,
+    options: dict[str, Any] | None = None,
+    event_fn: Callable[[Tensor, State], Tensor] | None = None,
+    gradient: str = "direct",
+) -> State | tuple[Tensor, State]:
+    """Integrate ``dy/dt = func(t, y)`` from ``y(t[0]) = y0``: torchdiffeq's ``odeint``.
+
+    Same arguments and return value as ``torchdiffeq.odeint`` (so a script ports by changing
+    its import), plus ``gradient``. See :func:`solve` for the arguments; the statistics of
+    the call are available afterwards from :func:`odeflow.last_stats`.
+
+    Returns:
+        ``ys`` with ``ys[i] = y(t[i])`` (a tensor ``(len(t), *y0.shape)`` or a tuple of
+        them); with ``event_fn``, ``(event_t, ys)`` as :func:`odeint_event` returns.
+
+    Example:
+        >>> t = torch.linspace(0, 1, 11)
+        >>> ys = odeflow.odeint(lambda t, y: -2 * y, torch.tensor([1.0]), t)
+        >>> ys.shape
+        torch.Size([11, 1])
+
+    References:
+        Chen, Rubanova, Bettencourt & Duvenaud, "Neural Ordinary Differential Equations",
+        NeurIPS 2018.
+    """
+    sol = solve(func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
+                event_fn=event_fn, gradient=gradient)
+    if event_fn is not None:
+        return sol.event_t, sol.ys
+    return sol.ys
+
+
+def odeint_adjoint(
+    func: Callable[[Tensor, State], State],
+    y0: State,
+    t: Tensor,
+    *,
+    rtol: float | Sequence[float] = 1e-7,
+    atol: float | Sequence[float] = 1e-9,
+    method: str | None = None,
+    options: dict[str, Any] | None = None,
+    event_fn: Callable[[Tensor, State], Tensor] | None = None,
+    adjoint_rtol: float | None = None,
+    adjoint_atol: float | None = None,
+    adjoint_method: str | None = None,
+    adjoint_options: dict[str, Any] | None = None,
+    adjoint_params: Sequence[Tensor] | None = None,
+) -> State | tuple[Tensor, State]:
+    """``odeint`` whose gradients come from the adjoint method: torchdiffeq's ``odeint_adjoint``.
+
+    Memory does not grow with the number of steps. ``func`` must be an ``nn.Module`` or
+    ``adjoint_params`` must list the tensors it uses. The backward solve uses
+    ``adjoint_rtol``/``adjoint_atol``/``adjoint_method``/``adjoint_options`` (default: the
+    forward's); ``adjoint_options=dict(norm="seminorm")`` usually saves backward steps.
+    Backward evaluation counts appear in ``odeflow.last_stats().nfe_backward`` after
+    ``backward()``.
+
+    Prefer ``odeint(..., gradient="checkpoint")`` when one state per step fits in memory:
+    it gives the exact gradient of the forward solution, usually faster.
+
+    Example:
+        >>> ys = odeflow.odeint_adjoint(model, y0, t, adjoint_options=dict(norm="seminorm"))
+        >>> ys[-1].sum().backward()
+
+    References:
+        Chen et al., NeurIPS 2018, Appendix B; Kidger, Chen & Lyons, "'Hey, that's not an
+        ODE': Faster ODE Adjoints via Seminorms", ICML 2021.
+    """
+    if adjoint_params is None and not isinstance(func, torch.nn.Module):
+        raise ValueError(
+            "odeint_adjoint needs func to be a torch.nn.Module, or adjoint_params=(tensors "
+            "func uses) to know which parameters to differentiate"
+        )
+    sol = solve(func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
+                event_fn=event_fn, gradient="adjoint", adjoint_rtol=adjoint_rtol,
+                adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
+                adjoint_options=adjoint_options, adjoint_params=adjoint_params)
+    if event_fn is not None:
+        return sol.event_t, sol.ys
+    return sol.ys
+
+
+_ = Status  # re-exported by the package

@@ -1,0 +1,132 @@
+"""Exact gradients at low memory: replay each accepted step under autograd, newest first.
+
+The forward pass runs the ordinary loop without a graph and keeps one
+:class:`~odeflow.integrate.StepRecord` per accepted step (its start time, step size and
+start state). The backward pass rebuilds the graph of one step at a time, from the last to
+the first, and pulls the incoming gradient through it. Because every step is replayed
+with the same ``t``, ``dt`` and start state, the result is the gradient of the same
+discrete solution that ``gradient="direct"`` differentiates, while memory holds one step's
+graph plus one state per step instead of every stage of every step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..integrate import StepRecord, run_loop
+from ..interp import hermite, linear
+from ..problem import Problem
+from ..solvers import MethodSpec
+from ..stats import SolveStats
+
+__all__ = ["solve_checkpoint"]
+
+
+class _Checkpoint(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, problem: Problem, spec: MethodSpec, stats: SolveStats, y0: Tensor,
+                *params: Tensor) -> Tensor:  # type: ignore[override]
+        from dataclasses import replace
+
+        prob = replace(problem, y0=y0.detach())
+        with torch.no_grad():
+            result = run_loop(prob, spec, record_steps=True)
+        _copy_stats(result.stats, stats)
+        stats.nfe = problem.func.nfe
+        ctx.problem, ctx.spec, ctx.stats, ctx.steps = prob, spec, stats, result.steps
+        ctx.save_for_backward(*params)
+        return torch.stack(result.ys)
+
+    @staticmethod
+    def backward(ctx, grad_ys: Tensor):  # type: ignore[override]
+        problem: Problem = ctx.problem
+        spec: MethodSpec = ctx.spec
+        steps: list[StepRecord] = ctx.steps
+        params = ctx.saved_tensors
+        f = problem.func
+        stepper = spec.build(problem.options)
+        nfe_before = f.nfe
+        t_out = problem.t_out
+        fixed = spec.family == "fixed"
+        interp = problem.options.get("interp", "linear")
+        perturb = fixed and bool(problem.options.get("perturb", False))
+        f_last = (lambda t, x: f.perturbed(t, x, -1)) if perturb else None
+
+        param_grads: list[Tensor | None] = [None] * len(params)
+        adj: Tensor | None = None  # dL/dy at the end of the step being replayed
+        j = len(t_out) - 1  # newest output not yet routed
+        for n in range(len(steps) - 1, -1, -1):
+            step = steps[n]
+            outs = []
+            while j >= 1 and t_out[j] > step.t:
+                outs.append(j)
+                j -= 1
+            with torch.enable_grad():
+                y = step.y.detach().requires_grad_(True)
+                if perturb or (n > 0 and steps[n - 1].jump_after):
+                    f0 = f.perturbed(step.t, y, +1)
+                else:
+                    f0 = f(step.t, y)
+                y_new, _, stages = stepper.step(f, step.t, y, f0, step.dt, None,
+                                                with_error=False, f_last=f_last)
+                targets, grads = [], []
+                end_grad = adj
+                f_new = None
+                for k in outs:
+                    if t_out[k] == step.t_new:
+                        end_grad = grad_ys[k] if end_grad is None else end_grad + grad_ys[k]
+                        continue
+                    theta = (t_out[k] - step.t) / step.dt
+                    if fixed:
+                        if interp == "linear":
+                            out = linear(y, y_new, theta)
+                        else:
+                            if f_new is None:
+                                f_new = (f.perturbed(step.t_new, y_new, +1) if perturb
+                                         else f(step.t_new, y_new))
+                            out = hermite(y, y_new, f0, f_new, step.dt, theta)
+                    else:
+                        if f_new is None and stepper.needs_f_end_for_dense:
+                            f_new = stepper.f_end(f, step.t_new, y_new, stages)
+                        out = stepper.interpolate(y, y_new, step.dt, stages, f_new, theta, None)
+                    targets.append(out)
+                    grads.append(grad_ys[k])
+                if end_grad is not None:
+                    targets.append(y_new)
+                    grads.append(end_grad)
+                if not targets:
+                    adj = None
+                    continue
+                inputs = (y, *params)
+                got = torch.autograd.grad(targets, inputs, grads, allow_unused=True)
+            adj = got[0]
+            for i, g in enumerate(got[1:]):
+                if g is not None:
+                    param_grads[i] = g if param_grads[i] is None else param_grads[i] + g
+        grad_y0 = grad_ys[0] if adj is None else adj + grad_ys[0]
+        ctx.stats.nfe_backward += f.nfe - nfe_before
+        ctx.stats.n_steps_backward += len(steps)
+        return (None, None, None, grad_y0, *param_grads)
+
+
+def _copy_stats(src: SolveStats, dst: SolveStats) -> None:
+    for name in ("nfe", "n_steps", "n_accepted", "n_rejected", "status", "message"):
+        setattr(dst, name, getattr(src, name))
+
+
+def solve_checkpoint(problem: Problem, spec: MethodSpec, stats: SolveStats, y0: Tensor,
+                     params: tuple[Tensor, ...]) -> Tensor:
+    """Solve with checkpointed gradients; returns the stacked flat outputs ``(T, n)``."""
+    if spec.family == "scipy" or spec.name in ("explicit_adams", "implicit_adams", "fixed_adams"):
+        raise ValueError(
+            f"gradient='checkpoint' replays single steps and needs a Runge–Kutta method; "
+            f"method={spec.name!r} is not one (use gradient='adjoint' or 'direct')"
+        )
+    return _Checkpoint.apply(problem, spec, stats, y0, *params)
+
+
+def _unused(*_: Any) -> None:  # pragma: no cover
+    return None

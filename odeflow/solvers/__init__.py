@@ -1,0 +1,64 @@
+"""The solver families and the registry mapping ``method=`` names to them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..tableaus import TABLEAUS
+from .adams import AdamsBashforth, AdamsMoulton
+from .explicit_rk import ExplicitRK
+from .scipy_bridge import SCIPY_OPTIONS
+
+__all__ = ["METHODS", "ADAPTIVE_METHODS", "FIXED_METHODS", "MethodSpec", "get_method"]
+
+ADAPTIVE_OPTIONS = (
+    "first_step", "safety", "ifactor", "dfactor", "min_step", "max_step", "max_num_steps",
+    "norm", "jump_t", "step_t", "dtype", "controller",
+)
+FIXED_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp", "max_num_steps")
+
+ADAPTIVE_METHODS = ("dopri5", "tsit5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+FIXED_RK_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "rk4_classic")
+ADAMS_METHODS = ("explicit_adams", "implicit_adams", "fixed_adams")
+FIXED_METHODS = FIXED_RK_METHODS + ADAMS_METHODS
+METHODS = ADAPTIVE_METHODS + FIXED_METHODS + ("scipy_solver",)
+DEFAULT_METHOD = "dopri5"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What a method name means: its family, its valid options and how to build it."""
+
+    name: str
+    family: str  # "adaptive" | "fixed" | "scipy"
+    valid_options: tuple[str, ...]
+
+    def build(self, options: dict[str, Any]) -> Any:
+        """A stepper configured by ``options`` (the loop reads the rest of them)."""
+        if self.family == "scipy":
+            return None
+        if self.name in ADAMS_METHODS:
+            order = options.get("max_order", 4)
+            if self.name == "explicit_adams":
+                return AdamsBashforth(order)
+            return AdamsMoulton(order, options.get("max_iters", 4))
+        return _RK_CACHE.setdefault(self.name, ExplicitRK(TABLEAUS[self.name]))
+
+
+_RK_CACHE: dict[str, ExplicitRK] = {}
+
+
+def get_method(method: str | None) -> MethodSpec:
+    """The :class:`MethodSpec` for ``method`` (``None`` means dopri5)."""
+    name = DEFAULT_METHOD if method is None else method
+    if not isinstance(name, str) or name not in METHODS:
+        raise ValueError(f"method={method!r} is not known; choose one of: {', '.join(METHODS)}")
+    if name in ADAPTIVE_METHODS:
+        return MethodSpec(name, "adaptive", ADAPTIVE_OPTIONS)
+    if name in FIXED_RK_METHODS:
+        return MethodSpec(name, "fixed", FIXED_OPTIONS)
+    if name in ADAMS_METHODS:
+        extra = ("max_order",) if name == "explicit_adams" else ("max_order", "max_iters")
+        return MethodSpec(name, "fixed", FIXED_OPTIONS + extra)
+    return MethodSpec(name, "scipy", SCIPY_OPTIONS)

@@ -1,0 +1,202 @@
+"""One stepper for every explicit Runge–Kutta method: a Butcher tableau drives it.
+
+The stepper never loops over steps (``integrate.py`` does) and holds configuration only;
+per-solve scratch buffers live in a :class:`Workspace` the loop passes back in.
+
+Two ways to combine stages, chosen once per solve:
+
+* **fused** (no autograd): stages are written into one preallocated ``(s, n)`` buffer and
+  each stage input ``y + dt Σ_j a_ij k_j`` is a single ``addmv`` over a precomputed view —
+  one kernel per stage, no allocation of intermediate sums.
+* **autograd**: the sum is built with ``add`` and in-place ``add_`` on a fresh tensor.
+  These ops save nothing for the backward pass, so backpropagating through the solver
+  keeps only what ``func`` itself saves (a shared buffer written in place would have to
+  be kept, or copied, per step).
+
+The error estimate and the dense output weights need no gradient of the error and are
+computed without building a graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ..interp import hermite
+from ..tableaus import ButcherTableau
+
+__all__ = ["ExplicitRK", "Workspace"]
+
+Func = Callable[[float, Tensor], Tensor]
+
+
+class Workspace(NamedTuple):
+    """Per-solve buffers of the fused path."""
+
+    buffer: Tensor  # (s, n) stage derivatives
+    rows: tuple[Tensor, ...]  # buffer[i] views
+    prefix: tuple[Tensor, ...]  # prefix[i] = buffer[:i].T, shape (n, i)
+    a_rows: tuple[Tensor | None, ...]  # a[i, :i] as tensors
+    b: Tensor
+    b_err: Tensor | None
+
+
+class ExplicitRK:
+    """Explicit Runge–Kutta stepper for a :class:`~odeflow.tableaus.ButcherTableau`.
+
+    Implementer contract (what the loops rely on):
+
+    1. ``step`` performs exactly one attempt and never loops or adapts ``dt``.
+    2. ``stages[0]`` is ``f0`` (the derivative at the step's start) after ``step``.
+    3. For FSAL tableaus ``stages[-1]`` is the derivative at ``(t + dt, y_new)``.
+    4. Nothing is stored on ``self`` during a solve.
+    """
+
+    def __init__(self, tableau: ButcherTableau):
+        self.tableau = tableau
+        self.order = tableau.order
+        self.error_order = tableau.error_order
+        self.fsal = tableau.fsal
+        self._s = tableau.stages
+        self._c = tableau.c
+        self._a_nz = tuple(_nonzero(row) for row in tableau.a)
+        self._b_nz = _nonzero(tableau.b)
+        self._e_nz = _nonzero(tableau.b_err) if tableau.b_err is not None else ()
+        self._cache: dict[tuple[torch.dtype, torch.device], tuple] = {}
+
+    # ----------------------------------------------------------------------------- setup
+    def workspace(self, y0: Tensor) -> Workspace:
+        """Buffers for the fused (no-autograd) path of one solve."""
+        s, n = self._s, y0.numel()
+        buffer = y0.new_empty((s, n))
+        rows = tuple(buffer.unbind(0))
+        prefix = tuple(buffer[:i].T for i in range(s + 1))
+        a_rows, b, b_err = self._coefficients(y0.dtype, y0.device)
+        return Workspace(buffer, rows, prefix, a_rows, b, b_err)
+
+    def _coefficients(self, dtype: torch.dtype, device: torch.device) -> tuple:
+        key = (dtype, device)
+        if key not in self._cache:
+            tab = self.tableau
+
+            def vec(values: Sequence[float]) -> Tensor:
+                return torch.tensor(values, dtype=dtype, device=device)
+
+            a_rows = tuple(vec(row) if row else None for row in tab.a)
+            b_err = vec(tab.b_err) if tab.b_err is not None else None
+            self._cache[key] = (a_rows, vec(tab.b), b_err)
+        return self._cache[key]
+
+    # ------------------------------------------------------------------------------ step
+    def step(
+        self,
+        f: Func,
+        t: float,
+        y: Tensor,
+        f0: Tensor,
+        dt: float,
+        ws: Workspace | None,
+        with_error: bool = True,
+        f_last: Func | None = None,
+    ) -> tuple[Tensor, Tensor | None, Sequence[Tensor]]:
+        """One attempt from ``(t, y)`` with step ``dt``.
+
+        Args:
+            f: the counted derivative ``f(t, y)`` in canonical form.
+            t, y, f0: start of the step and ``f(t, y)``.
+            dt: step size (positive).
+            ws: the fused path's workspace, or ``None`` for the autograd path.
+            with_error: compute the embedded error estimate.
+            f_last: evaluates stages with ``c == 1`` instead of ``f`` (fixed grid ``perturb``).
+
+        Returns:
+            ``(y_new, error_estimate or None, stages)``.
+        """
+        if ws is None:
+            return self._step_autograd(f, t, y, f0, dt, with_error, f_last)
+        return self._step_fused(f, t, y, f0, dt, ws, with_error, f_last)
+
+    def _step_fused(self, f, t, y, f0, dt, ws, with_error, f_last):
+        rows, prefix, a_rows, c = ws.rows, ws.prefix, ws.a_rows, self._c
+        if f0 is not rows[0]:
+            rows[0].copy_(f0)
+        y_i = y
+        for i in range(1, self._s):
+            y_i = torch.addmv(y, prefix[i], a_rows[i], alpha=dt)
+            fi = f_last if (f_last is not None and c[i] == 1.0) else f
+            rows[i].copy_(fi(t + c[i] * dt, y_i))
+        y_new = y_i if self.fsal else torch.addmv(y, prefix[self._s], ws.b, alpha=dt)
+        err = None
+        if with_error and ws.b_err is not None:
+            # beta=0: the input only fixes the shape; out = dt * K^T b_err.
+            err = torch.addmv(y, prefix[self._s], ws.b_err, beta=0.0, alpha=dt)
+        return y_new, err, rows
+
+    def _step_autograd(self, f, t, y, f0, dt, with_error, f_last):
+        c = self._c
+        ks = [f0]
+        y_i = y
+        for i in range(1, self._s):
+            y_i = _combine(y, ks, self._a_nz[i], dt)
+            fi = f_last if (f_last is not None and c[i] == 1.0) else f
+            ks.append(fi(t + c[i] * dt, y_i))
+        y_new = y_i if self.fsal else _combine(y, ks, self._b_nz, dt)
+        err = None
+        if with_error and self._e_nz:
+            with torch.no_grad():
+                err = _combine(None, ks, self._e_nz, dt)
+        return y_new, err, ks
+
+    # ----------------------------------------------------------------------- dense output
+    def f_end(self, f: Func, t_new: float, y_new: Tensor, stages: Sequence[Tensor]) -> Tensor:
+        """``f(t_new, y_new)``: the FSAL stage when there is one, else a new evaluation."""
+        if self.fsal:
+            return stages[-1]
+        return f(t_new, y_new)
+
+    @property
+    def needs_f_end_for_dense(self) -> bool:
+        """Whether the dense output needs ``f(t_new, y_new)`` (cubic Hermite)."""
+        return self.tableau.dense is None
+
+    def interpolate(
+        self,
+        y: Tensor,
+        y_new: Tensor,
+        dt: float,
+        stages: Sequence[Tensor],
+        f_new: Tensor | None,
+        theta: float,
+        ws: Workspace | None,
+    ) -> Tensor:
+        """The solution at ``t + theta * dt`` from the method's dense output.
+
+        Uses the tableau's own interpolant when it has one, cubic Hermite otherwise.
+        """
+        tab = self.tableau
+        if tab.dense is None:
+            return hermite(y, y_new, stages[0], f_new, dt, theta)
+        weights = tab.dense_weights(theta)
+        if ws is not None:
+            w = torch.tensor(weights, dtype=y.dtype, device=y.device)
+            return torch.addmv(y, ws.prefix[self._s], w, alpha=dt)
+        return _combine(y, stages, _nonzero(weights), dt)
+
+
+def _nonzero(values: Sequence[float]) -> tuple[tuple[int, float], ...]:
+    return tuple((j, v) for j, v in enumerate(values) if v != 0)
+
+
+def _combine(y: Tensor | None, ks: Sequence[Tensor], nz: Sequence[tuple[int, float]],
+             dt: float) -> Tensor:
+    """``y + dt Σ_j w_j k_j`` (``y`` may be ``None``) with ops that save nothing for backward."""
+    if not nz:
+        return y if y is not None else torch.zeros_like(ks[0])
+    j0, w0 = nz[0]
+    out = torch.add(y, ks[j0], alpha=w0 * dt) if y is not None else ks[j0] * (w0 * dt)
+    for j, w in nz[1:]:
+        out.add_(ks[j], alpha=w * dt)
+    return out

@@ -1,0 +1,103 @@
+"""Solve statistics and outcome codes, returned by every solve."""
+
+from __future__ import annotations
+
+import enum
+import threading
+from dataclasses import dataclass
+
+__all__ = ["Status", "SolveStats", "SolveError", "last_stats"]
+
+
+class Status(enum.IntEnum):
+    """Outcome of a solve. ``Status.SUCCESS`` and ``Status.EVENT`` are successful."""
+
+    SUCCESS = 0
+    EVENT = 1
+    MAX_STEPS_REACHED = 2
+    STEP_SIZE_UNDERFLOW = 3
+    NONFINITE = 4
+    NO_EVENT = 5
+
+    @property
+    def message(self) -> str:
+        """A sentence describing the outcome."""
+        return _MESSAGES[self]
+
+    @property
+    def ok(self) -> bool:
+        """Whether the solve reached its end (or its event)."""
+        return self in (Status.SUCCESS, Status.EVENT)
+
+
+_MESSAGES = {
+    Status.SUCCESS: "The solver reached the last output time.",
+    Status.EVENT: "The solve stopped at an event (event_fn crossed zero).",
+    Status.MAX_STEPS_REACHED: "The solver took max_num_steps steps without reaching the end.",
+    Status.STEP_SIZE_UNDERFLOW: "The step size fell below the resolution of the time variable.",
+    Status.NONFINITE: "func returned non-finite values (inf or nan).",
+    Status.NO_EVENT: "event_fn did not cross zero before the end of the time span.",
+}
+
+
+@dataclass
+class SolveStats:
+    """Counters of one solve.
+
+    Attributes:
+        nfe: evaluations of the user's ``func`` in the forward solve.
+        n_steps: step attempts (accepted + rejected) in the forward solve.
+        n_accepted: accepted steps.
+        n_rejected: rejected steps.
+        status: the :class:`Status` of the forward solve.
+        message: a sentence describing ``status`` (with the time of a failure).
+        nfe_backward: evaluations of ``func`` made by the backward pass (0 for
+            ``gradient="direct"``, which replays the recorded graph); filled in when
+            the backward pass runs, accumulated if it runs more than once.
+        n_steps_backward: steps of the backward pass (adjoint: step attempts of the
+            augmented solve; checkpoint: accepted steps replayed).
+    """
+
+    nfe: int = 0
+    n_steps: int = 0
+    n_accepted: int = 0
+    n_rejected: int = 0
+    status: Status = Status.SUCCESS
+    message: str = Status.SUCCESS.message
+    nfe_backward: int = 0
+    n_steps_backward: int = 0
+
+
+class SolveError(RuntimeError):
+    """A solve that could not finish: too many steps, step size underflow, non-finite values.
+
+    Attributes:
+        status: why it stopped.
+        t: the time at which it stopped (in the user's time variable).
+        stats: the statistics up to that point.
+    """
+
+    def __init__(self, status: Status, t: float, detail: str, stats: SolveStats | None = None):
+        super().__init__(f"{status.message} Stopped at t={t!r}. {detail}".strip())
+        self.status = status
+        self.t = t
+        self.stats = stats
+
+
+_LAST = threading.local()
+
+
+def record_last_stats(stats: SolveStats) -> None:
+    """Remember ``stats`` as this thread's most recent solve (read by :func:`last_stats`)."""
+    _LAST.stats = stats
+
+
+def last_stats() -> SolveStats | None:
+    """The :class:`SolveStats` of this thread's most recent ``odeint*``/``solve`` call.
+
+    ``odeint`` keeps torchdiffeq's return value, so this is where its statistics are read::
+
+        ys = odeflow.odeint(f, y0, t)
+        print(odeflow.last_stats().nfe)
+    """
+    return getattr(_LAST, "stats", None)
