@@ -187,7 +187,10 @@ def integrate_adaptive(
     dt = min(max(dt, min_step), max_step)
 
     jumps = _canonical_times(problem, "jump_t")
-    stops = sorted(set(_canonical_times(problem, "step_t")) | set(jumps) | {t_end})
+    stop_set = set(_canonical_times(problem, "step_t")) | set(jumps) | {t_end}
+    if solver.steps_to_outputs:
+        stop_set.update(t_out[1:])
+    stops = sorted(stop_set)
     jump_set = set(jumps)
     stop_i = 0
     next_stop = stops[0]

@@ -158,6 +158,15 @@ class ExplicitRK:
         return f(t_new, y_new)
 
     @property
+    def steps_to_outputs(self) -> bool:
+        """Whether outputs must be step end points rather than interpolated.
+
+        Cubic Hermite (order 3) would throw away the accuracy of a high-order method without
+        an interpolant of its own (dopri8), so such a method steps to each output time.
+        """
+        return self.tableau.dense is None and self.order > 4
+
+    @property
     def needs_f_end_for_dense(self) -> bool:
         """Whether the dense output needs ``f(t_new, y_new)`` (cubic Hermite)."""
         return self.tableau.dense is None
