@@ -192,6 +192,7 @@ def integrate_adaptive(
         stop_set.update(t_out[1:])
     stops = sorted(stop_set)
     jump_set = set(jumps)
+    f_left = (lambda tt, x: f.perturbed(tt, x, -1)) if jump_set else None
     stop_i = 0
     next_stop = stops[0]
     out_i = 1
@@ -218,7 +219,10 @@ def integrate_adaptive(
         if cb_step is not None:
             cb_step(_ttensor(t, problem), problem.layout.unflatten(y), _ttensor(dt_try, problem))
 
-        y_new, err, stages = solver.step(f, t, y, f0, dt_try, ws)
+        # A step ending on a jump evaluates its last stage on the left of the jump.
+        on_jump = landing and jump_set and t_new in jump_set
+        y_new, err, stages = solver.step(f, t, y, f0, dt_try, ws,
+                                         f_last=f_left if on_jump else None)
         stats.n_steps += 1
         with torch.no_grad():
             scale = torch.maximum(y.abs(), y_new.abs()).mul_(rtol).add_(atol)

@@ -70,8 +70,10 @@ class _Checkpoint(torch.autograd.Function):
                     f0 = f.perturbed(step.t, y, +1)
                 else:
                     f0 = f(step.t, y)
-                y_new, _, stages = stepper.step(f, step.t, y, f0, step.dt, None,
-                                                with_error=False, f_last=f_last)
+                y_new, _, stages = stepper.step(
+                    f, step.t, y, f0, step.dt, None, with_error=False,
+                    f_last=f_last if not step.jump_after else
+                    (lambda tt, x: f.perturbed(tt, x, -1)))
                 targets, grads = [], []
                 end_grad = adj
                 f_new = None
