@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .controllers import CONTROLLER_PRESETS, PIDController, initial_step
 from .interp import hermite, linear
+from .norms import rms_norm
 from .problem import Problem
 from .solvers import MethodSpec
 from .solvers.scipy_bridge import integrate_scipy
@@ -200,7 +201,9 @@ def integrate_adaptive(
     ctrl = controller.init()
     dense_needs_f_end = solver.needs_f_end_for_dense
     t = t0
-    sign = problem.sign
+    abs_y = y.detach().abs()
+    # The default RMS norm is computed inline: one kernel and one multiply in Python.
+    inv_sqrt_n = 1.0 / math.sqrt(max(y.numel(), 1)) if norm is rms_norm else None
 
     while True:
         if stats.n_steps >= max_num_steps:
@@ -224,9 +227,11 @@ def integrate_adaptive(
         y_new, err, stages = solver.step(f, t, y, f0, dt_try, ws,
                                          f_last=f_left if on_jump else None)
         stats.n_steps += 1
-        with torch.no_grad():
-            scale = torch.maximum(y.abs(), y_new.abs()).mul_(rtol).add_(atol)
-            ratio = norm(err / scale).item()  # host sync: the accept/reject decision
+        if ws is None:
+            with torch.no_grad():
+                ratio, abs_new = _error_ratio(err, abs_y, y_new, rtol, atol, norm, inv_sqrt_n)
+        else:
+            ratio, abs_new = _error_ratio(err, abs_y, y_new, rtol, atol, norm, inv_sqrt_n)
         accepted = ratio <= 1.0 or (dt_try <= min_step and math.isfinite(ratio))
 
         if accepted:
@@ -256,7 +261,7 @@ def integrate_adaptive(
                 hit = event.check(t, y, t_new, y_new, dt_try, stages, f_new, ws, solver)
                 if hit is not None:
                     return LoopResult(ys, stats, t_new, y_new, steps, event=hit)
-            t_prev, y = t, y_new
+            y, abs_y = y_new, abs_new
             t = t_new
             if landing:
                 if t_new == t_end:
@@ -267,7 +272,6 @@ def integrate_adaptive(
                 # A discontinuity: the FSAL derivative belongs to the left of it.
                 f_new = f.perturbed(t, y, +1)
             f0 = f_new
-            del t_prev
         else:
             stats.n_rejected += 1
             if not math.isfinite(ratio):
@@ -283,8 +287,19 @@ def integrate_adaptive(
                             "func returned non-finite values for every step size tried.", stats)
         dt, ctrl = controller.propose(dt_try, ratio, accepted, k, ctrl)
         dt = min(max(dt, min_step), max_step)
-    del sign
     return LoopResult(ys, stats, t, y, steps)
+
+
+def _error_ratio(err: Tensor, abs_y: Tensor, y_new: Tensor, rtol: float | Tensor,
+                 atol: float | Tensor, norm: Callable[[Tensor], Tensor],
+                 inv_sqrt_n: float | None) -> tuple[float, Tensor]:
+    """``norm(err / (atol + rtol max(|y|, |y_new|)))`` as a float, and ``|y_new|`` for reuse."""
+    abs_new = y_new.detach().abs()
+    scaled = err.div_(torch.maximum(abs_y, abs_new).mul_(rtol).add_(atol))
+    if inv_sqrt_n is not None:
+        # host sync: the accept/reject decision
+        return torch.linalg.vector_norm(scaled).item() * inv_sqrt_n, abs_new
+    return float(norm(scaled)), abs_new  # host sync: the accept/reject decision
 
 
 def _ttensor(value: float, problem: Problem) -> Tensor:
