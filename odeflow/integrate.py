@@ -126,7 +126,9 @@ def _canonical_times(problem: Problem, name: str) -> list[float]:
         try:
             values = [float(v) for v in value]
         except TypeError:
-            raise TypeError(f"options['{name}'] must be a 1-D tensor or sequence of times") from None
+            raise TypeError(
+                f"options['{name}'] must be a 1-D tensor or sequence of times"
+            ) from None
     t0, t1 = problem.t_out[0], problem.t_out[-1]
     return sorted(x for x in (problem.sign * v for v in values) if t0 < x < t1)
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Union
-
-import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -22,7 +21,7 @@ from .stats import SolveError, SolveStats, Status, record_last_stats
 
 __all__ = ["Solution", "solve", "odeint", "odeint_adjoint"]
 
-State = Union[Tensor, tuple[Tensor, ...]]
+State = Tensor | tuple[Tensor, ...]
 
 
 @dataclass

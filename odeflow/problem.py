@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -29,7 +29,7 @@ from .norms import mixed_rms_norm, rms_norm
 
 __all__ = ["StateLayout", "CountedFunc", "Problem", "make_problem", "check_options"]
 
-State = Union[Tensor, tuple[Tensor, ...]]
+State = Tensor | tuple[Tensor, ...]
 
 
 @dataclass(frozen=True)

@@ -189,7 +189,9 @@ class ExplicitRK:
         if tab.dense is None:
             return hermite(y, y_new, stages[0], f_new, dt, theta)
         weights = tab.dense_weights(theta)
-        if ws is not None:
+        # On the CPU one addmv is cheapest; on a GPU, building a weight tensor would copy
+        # from the host, so the sum is formed with Python-float scalars instead.
+        if ws is not None and y.device.type == "cpu":
             w = torch.tensor(weights, dtype=y.dtype, device=y.device)
             return torch.addmv(y, ws.prefix[self._s], w, alpha=dt)
         return _combine(y, stages, _nonzero(weights), dt)
