@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .controllers import CONTROLLER_PRESETS, PIDController, initial_step
+from .integrate_per_sample import integrate_per_sample
 from .interp import hermite, linear
 from .norms import rms_norm
 from .problem import Problem
@@ -43,6 +44,16 @@ def run_loop(problem: Problem, spec: MethodSpec, *, record_steps: bool = False,
         ys, stats = integrate_scipy(problem)
         return LoopResult(ys, stats, problem.t_out[-1], ys[-1])
     stepper = spec.build(problem.options)
+    if spec.family == "adaptive" and problem.options.get("per_sample", False):
+        if record_steps or event is not None:
+            raise ValueError("options['per_sample'] supports gradient='direct' only and no "
+                             "event_fn")
+        controller = make_controller(problem.options)
+        if controller.beta2 or controller.beta3:
+            raise ValueError("options['per_sample'] uses the integral controller only")
+        ys, stats = integrate_per_sample(problem, stepper, controller, _max_steps(problem.options),
+                                         _positive_float(problem.options, "first_step", None))
+        return LoopResult(list(ys.unbind(0)), stats, problem.t_out[-1], ys[-1])
     if spec.family == "adaptive":
         return integrate_adaptive(problem, stepper, record_steps=record_steps, event=event,
                                   callback_suffix=callback_suffix)

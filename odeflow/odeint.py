@@ -148,6 +148,8 @@ def _solve_flat(problem: Problem, spec: Any, stats: SolveStats, gradient: str, f
         result = run_loop(problem, spec)
         _fill_stats(stats, result.stats, problem)
         ys = torch.stack(result.ys)
+    elif problem.options.get("per_sample", False):
+        raise ValueError("options['per_sample'] supports gradient='direct' only")
     elif gradient == "checkpoint":
         params = find_params(func, adjoint_params, gradient)
         ys = solve_checkpoint(problem, spec, stats, y0, params)

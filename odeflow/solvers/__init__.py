@@ -14,7 +14,7 @@ __all__ = ["METHODS", "ADAPTIVE_METHODS", "FIXED_METHODS", "MethodSpec", "get_me
 
 ADAPTIVE_OPTIONS = (
     "first_step", "safety", "ifactor", "dfactor", "min_step", "max_step", "max_num_steps",
-    "norm", "jump_t", "step_t", "dtype", "controller",
+    "norm", "jump_t", "step_t", "dtype", "controller", "per_sample",
 )
 FIXED_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp", "max_num_steps")
 
