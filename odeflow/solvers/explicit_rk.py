@@ -101,6 +101,7 @@ class ExplicitRK:
         ws: Workspace | None,
         with_error: bool = True,
         f_last: Func | None = None,
+        fsal_stage: bool = True,
     ) -> tuple[Tensor, Tensor | None, Sequence[Tensor]]:
         """One attempt from ``(t, y)`` with step ``dt``.
 
@@ -111,12 +112,15 @@ class ExplicitRK:
             ws: the fused path's workspace, or ``None`` for the autograd path.
             with_error: compute the embedded error estimate.
             f_last: evaluates stages with ``c == 1`` instead of ``f`` (fixed grid ``perturb``).
+            fsal_stage: evaluate the FSAL stage; without an error estimate or dense output
+                it is not needed for ``y_new`` (the checkpointed backward skips it).
 
         Returns:
             ``(y_new, error_estimate or None, stages)``.
         """
         if ws is None:
-            return self._step_autograd(f, t, y, f0, dt, with_error, f_last)
+            skip_last = self.fsal and not fsal_stage and not with_error
+            return self._step_autograd(f, t, y, f0, dt, with_error, f_last, skip_last)
         return self._step_fused(f, t, y, f0, dt, ws, with_error, f_last)
 
     def _step_fused(self, f, t, y, f0, dt, ws, with_error, f_last):
@@ -135,12 +139,15 @@ class ExplicitRK:
             err = torch.addmv(y, prefix[self._s], ws.b_err, beta=0.0, alpha=dt)
         return y_new, err, rows
 
-    def _step_autograd(self, f, t, y, f0, dt, with_error, f_last):
+    def _step_autograd(self, f, t, y, f0, dt, with_error, f_last, skip_last=False):
         c = self._c
         ks = [f0]
         y_i = y
+        last = self._s - 1
         for i in range(1, self._s):
             y_i = _combine(y, ks, self._a_nz[i], dt)
+            if skip_last and i == last:
+                break  # y_i is y_new; its derivative is not needed
             fi = f_last if (f_last is not None and c[i] == 1.0) else f
             ks.append(fi(t + c[i] * dt, y_i))
         y_new = y_i if self.fsal else _combine(y, ks, self._b_nz, dt)
