@@ -428,3 +428,15 @@ def test_root_finder_converges_on_hard_event_functions(kind):
     assert abs(event_t.item() - root) <= 1e-14
     assert event_t.item() <= root  # the pre-crossing side
     assert len(calls) < 200
+
+
+def test_complex_state():
+    # y = exp(i w t): its real part cos(w t) falls through zero at t* = pi / (2 w).
+    w = torch.tensor(1.0, dtype=F64, requires_grad=True)
+    event_t, ys = odeint_event(lambda t, y: 1j * w * y, torch.ones(1, dtype=torch.complex128),
+                               torch.tensor(0.0, dtype=F64), event_fn=lambda t, y: y.real[0],
+                               rtol=1e-10, atol=1e-12)
+    assert ys.dtype == torch.complex128
+    assert event_t.item() == pytest.approx(math.pi / 2, abs=1e-10)
+    (dw,) = torch.autograd.grad(event_t, w)
+    assert dw.item() == pytest.approx(-math.pi / 2, rel=1e-8)  # -pi / (2 w^2)
