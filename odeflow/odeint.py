@@ -58,6 +58,7 @@ def solve(
     adjoint_method: str | None = None,
     adjoint_options: dict[str, Any] | None = None,
     adjoint_params: Sequence[Tensor] | None = None,
+    event_direction: int | Sequence[int] | None = None,
     throw: bool = True,
 ) -> Solution:
     """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0``, and return the solution at ``t``.
@@ -75,7 +76,10 @@ def solve(
         options: method options, named as in torchdiffeq (``step_size``, ``first_step``,
             ``max_num_steps``, ``norm``, ``jump_t``, ...) plus ``controller``. Unknown keys
             raise ``ValueError``.
-        event_fn: stop where ``event_fn(t, y)`` crosses zero (see :func:`odeflow.odeint_event`).
+        event_fn: stop where ``event_fn(t, y)`` crosses zero (see :func:`odeflow.odeint_event`);
+            ``t`` is then ``[t0, t_end]`` and the result has ``event_t`` (and ``event_index``).
+        event_direction: with ``event_fn``: ``+1`` rising crossings only, ``-1`` falling,
+            ``0``/``None`` both; one value, or one per event value.
         gradient: ``"direct"`` (backprop through the solver), ``"adjoint"`` or
             ``"checkpoint"`` (exact backprop gradients at low memory); see
             :mod:`odeflow.sensitivity`.
@@ -108,7 +112,10 @@ def solve(
             options=options, gradient=gradient, adjoint_rtol=adjoint_rtol,
             adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
             adjoint_options=adjoint_options, adjoint_params=adjoint_params,
+            event_direction=event_direction, throw=throw,
         )
+    if event_direction is not None:
+        raise ValueError("event_direction is only meaningful together with event_fn")
     if gradient not in GRADIENTS:
         raise ValueError(f"gradient={gradient!r} is not one of {GRADIENTS}")
     spec = get_method(method)
