@@ -184,7 +184,7 @@ def _verify(path: Path, file: IDXFile) -> None:
 
 
 def download(spec: IDXDataset, root: str | os.PathLike, timeout: float = 30.0) -> None:
-    """Download the missing files of ``spec`` into ``root``, checking SHA-256 digests.
+    """Download the files of ``spec`` that ``root`` lacks, checking SHA-256 digests.
 
     Each file goes to a temporary name and is renamed only after its digest (and IDX
     header) check out, so an interrupted download never leaves a bad file behind.
@@ -196,7 +196,7 @@ def download(spec: IDXDataset, root: str | os.PathLike, timeout: float = 30.0) -
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     for file in spec.files:
-        if locate(root, spec, file) is not None:
+        if (root / file.name).is_file() or (root / (file.name + ".gz")).is_file():
             continue
         errors = []
         for mirror in spec.mirrors:
@@ -247,7 +247,7 @@ def load_idx_dataset(
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     spec = IDX_DATASETS[name]
     root = Path(root)
-    if download_ok:
+    if download_ok and any(locate(root, spec, f) is None for f in spec.files):
         download(spec, root)
     files = (
         (spec.train_images, spec.train_labels)

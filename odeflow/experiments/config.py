@@ -54,18 +54,23 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
 
 
 def build_parser(
-    cls: type, parser: argparse.ArgumentParser | None = None, *, suppress_defaults: bool = True
+    cls: type,
+    parser: argparse.ArgumentParser | None = None,
+    *,
+    suppress_defaults: bool = True,
+    defaults: Any = None,
 ) -> argparse.ArgumentParser:
     """An argparse parser with one flag per field of the dataclass ``cls``.
 
     With ``suppress_defaults`` the parsed namespace holds only the flags given on the
-    command line (defaults are shown in the help text instead).
+    command line (defaults are shown in the help text instead). ``defaults`` (an
+    instance of ``cls``) supplies the defaults shown; by default ``cls()``.
     """
     parser = parser or argparse.ArgumentParser(
         formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     hints = typing.get_type_hints(cls)
-    defaults = cls()
+    defaults = defaults if defaults is not None else cls()
     for f in dataclasses.fields(cls):
         tp, is_seq = _base_type(hints[f.name])
         names = ["--" + f.name.replace("_", "-")]
@@ -108,7 +113,7 @@ def parse_config(
     cls: type[C], argv: Sequence[str] | None, base: C | None = None, prog: str | None = None
 ) -> C:
     """Parse ``argv`` into a ``cls`` instance, overriding only the flags given."""
-    parser = build_parser(cls, argparse.ArgumentParser(prog=prog))
+    parser = build_parser(cls, argparse.ArgumentParser(prog=prog), defaults=base)
     ns = parser.parse_args(argv)
     given = {k: (tuple(v) if isinstance(v, list) else v) for k, v in vars(ns).items()}
     return dataclasses.replace(base if base is not None else cls(), **given)

@@ -299,9 +299,13 @@ def parse_args(
     return cfg
 
 
-def main(argv: Sequence[str] | None = None, base: MNISTConfig | None = None) -> dict[str, Any]:
+def main(
+    argv: Sequence[str] | None = None,
+    base: MNISTConfig | None = None,
+    prog: str | None = None,
+) -> dict[str, Any]:
     """``odeflow train mnist|fashion-mnist|digits [flags]``."""
-    cfg = parse_args(argv, base=base)
+    cfg = parse_args(argv, base=base, prog=prog)
     summary = run(cfg)
     if summary["rank"] == 0:
         print(
