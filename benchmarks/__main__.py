@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from pathlib import Path
 
 from . import WORKLOADS
-from .common import finish, header, log, setup_torch, write_results
+
+# torch (through .common) is imported only after the possible restart below.
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="timed repetitions (default 7; 5 for s3; fewer with --quick)")
         sp.add_argument("--no-compile", action="store_true",
                         help="skip the torch.compile(torchode) contenders")
+        sp.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default 2, as the workloads specify)")
         sp.add_argument("--only", default=None,
                         help="comma-separated substrings: run only contenders whose label"
                              " contains one (e.g. 'torchdiffeq,odeflow direct')")
@@ -43,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     pp = sub.add_parser("profile", help="torch.profiler + cProfile of one odeflow solve")
     pp.add_argument("workload", choices=("s1", "s3"))
     pp.add_argument("--out", default=None)
+    pp.add_argument("--threads", type=int, default=None)
     wp = sub.add_parser("_worker", help=argparse.SUPPRESS)
     wp.add_argument("workload")
     wp.add_argument("spec")
@@ -50,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_workload(name: str, args, argv: list[str]) -> None:
+    from .common import finish, header, log, write_results
+
     mod = importlib.import_module(f".{name}", __package__)
     # The command that reproduces this file (for 'all', the per-workload command).
     cmd_argv = list(argv)
@@ -75,10 +83,33 @@ def _run_workload(name: str, args, argv: list[str]) -> None:
     print(path)
 
 
+def _reexec_with_passive_omp(argv: list[str]) -> None:
+    """Restart this command with ``OMP_WAIT_POLICY=PASSIVE`` unless the user chose a policy.
+
+    On a box shared with other jobs, OpenMP's default spin-waiting makes every parallel
+    region of a 2-thread process wait for a descheduled sibling: a 20 ms solve was
+    measured at 1.1 s. Passive waiting removes that, for every contender alike. The
+    policy is read when the OpenMP runtime loads (with torch), hence the restart.
+    """
+    if "OMP_WAIT_POLICY" in os.environ:
+        return
+    repo = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = str(repo) + (os.pathsep + path if path else "")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "benchmarks", *argv], env)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
-    setup_torch()
+    if args.command != "render":
+        _reexec_with_passive_omp(argv)
+    from .common import setup_torch
+
+    setup_torch(args.threads if hasattr(args, "threads") else None)
     if args.command == "_worker":
         from .worker import serve
 

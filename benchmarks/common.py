@@ -31,9 +31,12 @@ class Unavailable(Exception):
     """A contender cannot run here (library missing, mode not implemented); says why."""
 
 
-def setup_torch() -> None:
-    """The one thread setting every process of the harness uses."""
-    torch.set_num_threads(THREADS)
+def setup_torch(threads: int | None = None) -> None:
+    """The one thread setting every process of the harness uses (workers inherit it)."""
+    if threads is None:
+        threads = int(os.environ.get("BENCH_THREADS", THREADS))
+    os.environ["BENCH_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
 
 
 def log(msg: str) -> None:
@@ -297,6 +300,7 @@ def machine() -> dict:
         "cores": affinity,
         "memory_gb": round(mem_gb, 1) if mem_gb else None,
         "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
         "hostname": platform.node(),
     }
 

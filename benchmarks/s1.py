@@ -97,7 +97,8 @@ def run(quick: bool, reps: int | None, compile: bool = True,
             bare_s = sorted(costs["bare"])[len(costs["bare"]) // 2]
             for _, _, label in specs:
                 o = outcomes[label]
-                row = make_row(case, label, o, bare_s=bare_s, batch=B, kind=kind)
+                row = make_row(case, label, o, bare_s=bare_s, batch=B, kind=kind,
+                               reference=REFERENCE[kind])
                 if "compiled" in label and o["status"] == "ok" and row.get("time"):
                     row["compile_s"] = o["warmup_s"] - row["time"]["median"]
                 row["bare_per_round_us"] = [c * 1e6 for c in costs["bare"]]

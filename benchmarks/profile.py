@@ -1,0 +1,113 @@
+"""Where an odeflow solve spends its time: torch.profiler operators and cProfile functions.
+
+``python -m benchmarks profile s1`` profiles odeflow's forward solve of S1 at B = 16 (the
+overhead-bound case); ``profile s3`` one forward+backward training step of S3 with
+backprop through the solver. Both write ``benchmarks/results/profile-<w>.json``, which
+``render`` summarises in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import json
+import pstats
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .common import RESULTS, CountingFunc, finish, header, log, params_of
+
+
+def _s1_job():
+    from .s1 import ATOL, RTOL, MLPField
+
+    func = CountingFunc(MLPField())
+    torch.manual_seed(1)
+    y0 = torch.randn(16, 2)
+    t = torch.tensor([0.0, 1.0])
+
+    def one():
+        import odeflow
+
+        with torch.no_grad():
+            return odeflow.solve(func, y0, t, rtol=RTOL, atol=ATOL, method="dopri5")
+
+    return func, one, 20, "forward solve, B = 16, no grad (20 solves, per-solve figures)"
+
+
+def _s3_job():
+    from .s3 import ATOL, RTOL, make_problem
+
+    raw, y0, t = make_problem()
+    func = CountingFunc(raw)
+    params = params_of(raw)
+
+    def one():
+        import odeflow
+
+        y = y0.detach().requires_grad_(True)
+        sol = odeflow.solve(func, y, t, rtol=RTOL, atol=ATOL, method="dopri5",
+                            gradient="direct")
+        torch.autograd.grad(sol.ys[-1].pow(2).sum(), [y, *params])
+        return sol
+
+    return func, one, 1, "forward + backward (backprop through the solver), one step"
+
+
+def profile(workload: str, out: str | None = None) -> Path:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
+
+    func, one, n, what = {"s1": _s1_job, "s3": _s3_job}[workload]()
+    for _ in range(2):
+        one()  # warm-up
+    func.reset()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        one()
+    wall = (time.perf_counter() - t0) / n
+    nfe = func.nfe // n
+    log(f"profile {workload}: {wall * 1e3:.1f} ms per solve, {nfe} NFE; torch.profiler")
+    with tprofile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(n):
+            one()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    ops = [{"name": e.key, "calls": e.count // n,
+            "self_cpu_ms": e.self_cpu_time_total / 1e3 / n,
+            "share": e.self_cpu_time_total / total} for e in events[:30]]
+    log(f"profile {workload}: cProfile")
+    cp = cProfile.Profile()
+    cp.enable()
+    for _ in range(n):
+        one()
+    cp.disable()
+    st = pstats.Stats(cp)
+    funcs = []
+    for (fname, line, name), (_cc, nc, tt, ct, _) in st.stats.items():
+        short = fname
+        for marker in ("/odeflow/", "/benchmarks/", "site-packages/"):
+            if marker in fname:
+                short = marker.strip("/").split("/")[-1] + "/" + fname.split(marker, 1)[1]
+                break
+        funcs.append({"where": f"{short}:{line}({name})", "calls": nc // n,
+                      "tottime_ms": tt * 1e3 / n, "cumtime_ms": ct * 1e3 / n,
+                      "odeflow": "/odeflow/" in fname})
+    funcs.sort(key=lambda f: (not f["odeflow"], -f["tottime_ms"]))
+    own = [f for f in funcs if f["odeflow"]][:20]
+    rest = sorted([f for f in funcs if not f["odeflow"]], key=lambda f: -f["tottime_ms"])[:15]
+    payload = header(f"profile-{workload}", ["profile", workload], False, {})
+    payload.update({"what": what, "wall_s": wall, "nfe": nfe, "ops": ops,
+                    "python": own + rest,
+                    "python_total_ms": sum(f["tottime_ms"] for f in funcs)})
+    finish(payload)
+    path = Path(out) if out else RESULTS / f"profile-{workload}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25),
+          file=sys.stderr)
+    st.sort_stats("tottime").print_stats(25)
+    return path

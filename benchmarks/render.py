@@ -1,0 +1,413 @@
+"""Render results files into ``BENCHMARKS.md``: one table per workload, its command,
+the ratio of every row to torchdiffeq's, the targets of issue 7 (met or not, with the
+numbers), the profiles, and the hand-written analysis in ``benchmarks/notes.md``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from pathlib import Path
+
+from . import WORKLOADS
+from .common import REPO, RESULTS
+
+NOTES = Path(__file__).resolve().parent / "notes.md"
+
+TITLES = {
+    "s1": "S1 — step-loop overhead (MLP on a batch of 2-D points, float32, dopri5, "
+          "rtol = atol = 1e-6)",
+    "s2": "S2 — accuracy per evaluation (van der Pol, Lorenz; float64; t ∈ [0, 10])",
+    "s3": "S3 — a neural-ODE training step (MNIST ODEfunc(64), state (128, 64, 6, 6), "
+          "dopri5, rtol = atol = 1e-3)",
+    "s4": "S4 — 1000 independent van der Pol oscillators (dopri5, rtol = atol = 1e-6, "
+          "t ∈ [0, 10])",
+}
+
+
+# --------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------
+def load(files: list[str]) -> dict[str, dict]:
+    """The newest results per workload; a full run wins over a --quick one."""
+    best: dict[str, dict] = {}
+    for f in files:
+        try:
+            d = json.loads(Path(f).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        w = d.get("workload")
+        if w not in WORKLOADS:
+            continue
+        d["_file"] = str(Path(f).resolve().relative_to(REPO)) if Path(f).resolve().is_relative_to(
+            REPO) else f
+        key = (not d.get("quick"), d.get("finished", ""))
+        if w not in best or key > (not best[w].get("quick"), best[w].get("finished", "")):
+            best[w] = d
+    return best
+
+
+def _row(d: dict, case: str, contender: str) -> dict | None:
+    for r in d["rows"]:
+        if r["case"] == case and r["contender"] == contender:
+            return r
+    return None
+
+
+def _ok(r: dict | None) -> bool:
+    return bool(r) and r.get("status") == "ok" and bool(r.get("time"))
+
+
+def _t(r: dict | None) -> float | None:
+    return r["time"]["median"] if _ok(r) else None
+
+
+def _ratio(d: dict, r: dict, key=_t) -> float | None:
+    ref = _row(d, r["case"], r.get("reference") or "")
+    a, b = key(r), key(ref)
+    if a is None or not b:
+        return None
+    return a / b
+
+
+# --------------------------------------------------------------------------------------
+# Formatting
+# --------------------------------------------------------------------------------------
+def _ms(s: float | None) -> str:
+    if s is None:
+        return "–"
+    ms = s * 1e3
+    return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
+
+
+def _time_cell(r: dict, scale: str = "ms") -> str:
+    t = r["time"]
+    if scale == "s":
+        return f"{t['median']:.2f} [{t['min']:.2f}–{t['max']:.2f}]"
+    return f"{_ms(t['median'])} [{_ms(t['min'])}–{_ms(t['max'])}]"
+
+
+def _x(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}×"
+
+
+def _g(v, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def _e(v) -> str:
+    return "–" if v is None else f"{v:.2e}"
+
+
+def _steps(r: dict) -> str:
+    acc, st = r.get("accepted"), r.get("steps")
+    if acc is None and st is None:
+        return "–"
+    if st is None:
+        return f"– ({acc})"
+    s = f"{st} ({acc})"
+    if r.get("steps_median") is not None:
+        s += f", median {r['steps_median']:.0f} ({r.get('accepted_median', 0):.0f})"
+    return s
+
+
+def _status_row(r: dict, ncols: int, lead: list[str]) -> str:
+    cells = lead + [f"*{r['status']}*"] + [""] * (ncols - len(lead) - 1)
+    return "| " + " | ".join(c.replace("|", "/") for c in cells) + " |"
+
+
+def _table(head: list[str], lines: list[str]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *lines, ""]
+
+
+def _meta(d: dict) -> list[str]:
+    m, v = d["machine"], d["versions"]
+    load = d.get("loadavg_start"), d.get("loadavg_end")
+    lines = [
+        "```",
+        d["command"],
+        "```",
+        "",
+        f"Run {d.get('started')} → {d.get('finished')} on {m.get('cpu')} "
+        f"({m.get('cores')} cores, torch threads {m.get('torch_threads')}, "
+        f"OMP_WAIT_POLICY={m.get('omp_wait_policy')}); load average at start / end: "
+        f"{load[0] and load[0][0]} / {load[1] and load[1][0]}. "
+        f"torch {v.get('torch')}, odeflow {v.get('odeflow')} ({v.get('odeflow_git')}), "
+        f"torchdiffeq {v.get('torchdiffeq')}, torchode {v.get('torchode')}, "
+        f"SciPy {v.get('scipy')}. Results: `{d['_file']}`."
+        + (" **Quick run: sizes and repetitions too small to rank anything.**"
+           if d.get("quick") else ""),
+        "",
+    ]
+    return lines
+
+
+# --------------------------------------------------------------------------------------
+# Per-workload tables
+# --------------------------------------------------------------------------------------
+def _s1(d: dict) -> list[str]:
+    head = ["case", "contender", "time ms, median [min–max]", "vs torchdiffeq",
+            "NFE fwd+bwd", "steps (accepted)", "µs/NFE", "bare f µs", "overhead"]
+    lines = []
+    for r in d["rows"]:
+        lead = [r["case"], r["contender"]]
+        if not _ok(r):
+            lines.append(_status_row(r, len(head), lead))
+            continue
+        nfe = f"{r['nfe']}+{r.get('nfe_bwd', 0)}"
+        extra = f" (compile {r['compile_s']:.1f} s)" if r.get("compile_s") else ""
+        lines.append("| " + " | ".join(lead + [
+            _time_cell(r) + extra, _x(_ratio(d, r)), nfe, _steps(r), _g(r.get("us_per_nfe")),
+            _g(r.get("bare_us")), _g(r.get("overhead"))]) + " |")
+    notes = [
+        "Overhead = time / (NFE × bare cost); for forward+backward rows the bare cost is one",
+        "call of `func` plus its vector–Jacobian product w.r.t. input and parameters, and",
+        "NFE counts forward and backward calls (the adjoint's backward calls each do a vjp;",
+        "backprop's backward replays the graph, 0 calls). `torchode per-sample` treats every",
+        "point as its own problem (own steps, own error norm): not the same work as the",
+        "joint rows, shown for reference.",
+        "",
+    ]
+    return _table(head, lines) + notes
+
+
+def _s2(d: dict) -> list[str]:
+    head = ["case", "contender", "error at t=10", "NFE", "steps (accepted)",
+            "time ms, median [min–max]", "vs torchdiffeq", "µs/NFE"]
+    lines = []
+    for r in d["rows"]:
+        lead = [r["case"], r["contender"]]
+        if not _ok(r):
+            lines.append(_status_row(r, len(head), lead))
+            continue
+        lines.append("| " + " | ".join(lead + [
+            _e(r.get("error")), str(r["nfe"]), _steps(r), _time_cell(r),
+            _x(_ratio(d, r)) + (f" ({r['reference'].split()[-1]})" if r.get("reference")
+                                else ""), _g(r.get("us_per_nfe"))]) + " |")
+    notes = ["Ratios: dopri5, tsit5 and RK45 rows to torchdiffeq dopri5; dopri8 and DOP853 "
+             "rows to torchdiffeq dopri8. SciPy reports no rejected steps, only accepted.",
+             ""]
+    return _table(head, lines) + notes
+
+
+def _s3(d: dict) -> list[str]:
+    head = ["kind", "contender", "time s, median [min–max]", "vs torchdiffeq", "NFE fwd / bwd",
+            "steps fwd / bwd", "µs/NFE", "overhead", "peak MiB", "memory vs torchdiffeq"]
+    lines = []
+
+    def mem(r):
+        m = r.get("memory") or {}
+        return m.get("median_mb")
+
+    for r in d["rows"]:
+        lead = [r["case"], r["contender"]]
+        if not _ok(r):
+            lines.append(_status_row(r, len(head), lead))
+            continue
+        m = r.get("memory") or {}
+        mcell = f"{m['median_mb']:.0f}" if m.get("median_mb") is not None else (
+            m.get("status", "–") if m else "–")
+        extra = f" (compile {r['compile_s']:.0f} s)" if r.get("compile_s") else ""
+        steps_b = r.get("steps_bwd")
+        lines.append("| " + " | ".join(lead + [
+            _time_cell(r, "s") + extra, _x(_ratio(d, r)),
+            f"{r['nfe']} / {r.get('nfe_bwd', 0)}",
+            f"{_steps(r)} / {steps_b if steps_b is not None else '–'}",
+            _g(r.get("us_per_nfe")), _g(r.get("overhead")), mcell,
+            _x(_ratio(d, r, mem)) if r["case"] == "fwd+bwd" else ""]) + " |")
+    notes = [
+        "Kinds: `fwd+bwd` one training step; `fwd` its forward half (inputs require grad,",
+        "no backward: backprop builds its graph, adjoint and checkpoint do not); `inference`",
+        "a forward under `torch.no_grad()`. Ratios: backprop and checkpoint rows to",
+        "torchdiffeq `odeint`, adjoint rows to the torchdiffeq adjoint with the same norm.",
+        f"Memory: {d['config'].get('memory')}.",
+        "",
+    ]
+    return _table(head, lines) + notes
+
+
+def _s4(d: dict) -> list[str]:
+    head = ["dtype", "contender", "time ms, median [min–max]", "vs torchdiffeq",
+            "batched func calls", "steps (accepted)", "worst error", "median error",
+            "worst error / own tol"]
+    lines = []
+    for r in d["rows"]:
+        lead = [r["case"], r["contender"]]
+        if not _ok(r):
+            lines.append(_status_row(r, len(head), lead))
+            continue
+        extra = f" (compile {r['compile_s']:.1f} s)" if r.get("compile_s") else ""
+        lines.append("| " + " | ".join(lead + [
+            _time_cell(r) + extra, _x(_ratio(d, r)), str(r["nfe"]), _steps(r),
+            _e(r.get("error_worst")), _e(r.get("error_median")),
+            _g(r.get("error_worst_tol_units"))]) + " |")
+    notes = [
+        "Joint rows take one step size for the whole batch (RMS error norm over all 2000",
+        "numbers); per-sample rows give every oscillator its own step size and count one",
+        "batched call of `func` per stage of the loop. For per-sample rows, steps are the",
+        "loop's iterations (the slowest oscillator) and the median oscillator's. odeflow",
+        "has no per-sample stepping option yet. Own tolerance = atol + rtol·|y_ref(10)|.",
+        "",
+    ]
+    return _table(head, lines) + notes
+
+
+# --------------------------------------------------------------------------------------
+# Targets
+# --------------------------------------------------------------------------------------
+def _mark(ok: bool | None) -> str:
+    return "–" if ok is None else ("met" if ok else "**missed**")
+
+
+def targets(res: dict[str, dict]) -> list[str]:
+    out = ["## Targets (issue 7 and issue 4) on this machine", "",
+           "| workload | target | measured | status |", "|---|---|---|---|"]
+
+    def add(w, target, measured, ok):
+        out.append(f"| {w} | {target} | {measured} | {_mark(ok)} |")
+
+    d = res.get("s2")
+    if d:
+        cases = sorted({r["case"] for r in d["rows"]}, key=lambda c: [r["case"] for r in
+                                                                       d["rows"]].index(c))
+        for case in cases:
+            of, td = _row(d, case, "odeflow dopri5"), _row(d, case, "torchdiffeq dopri5")
+            if not (_ok(of) and _ok(td)):
+                add("S2", f"{case}: dopri5 vs torchdiffeq", "odeflow or torchdiffeq missing",
+                    None)
+                continue
+            us = of["us_per_nfe"]
+            add("S2", f"{case}: ≤ 30 µs per evaluation", f"{us:.1f} µs", us <= 30)
+            tr = _t(of) / _t(td)
+            er = of["error"] / td["error"] if td["error"] else float("inf")
+            add("S2", f"{case}: ≤ 0.4× torchdiffeq's time at equal or better error",
+                f"{tr:.2f}× time, error {er:.2f}× torchdiffeq's", tr <= 0.4 and er <= 1.0)
+            nr = of["nfe"] / td["nfe"]
+            add("S2", f"{case}: error per NFE no worse than torchdiffeq",
+                f"error {er:.2f}×, NFE {nr:.2f}× ({of['nfe']} vs {td['nfe']})",
+                er <= 1.0 and nr <= 1.0 or er * nr <= 1.0 and er <= 1.0)
+    d = res.get("s1")
+    if d:
+        for B, lim in ((16, 1.5), (4096, 1.1)):
+            of = _row(d, f"B={B} fwd", "odeflow")
+            td = _row(d, f"B={B} fwd", "torchdiffeq")
+            if _ok(of):
+                add("S1", f"B={B} forward: time ≤ {lim}× bare cost of its evaluations",
+                    f"{of['overhead']:.2f}× (torchdiffeq {_g(td and td.get('overhead'))}×)",
+                    of["overhead"] <= lim)
+            else:
+                add("S1", f"B={B} forward ≤ {lim}× bare", "no odeflow row", None)
+    d = res.get("s3")
+    if d:
+        for kind in ("fwd", "inference"):
+            of, td = _row(d, kind, "odeflow direct"), _row(d, kind, "torchdiffeq odeint")
+            if _ok(of) and _ok(td):
+                r = _t(of) / _t(td)
+                add("S3", f"forward ({kind}) ≤ 0.8× torchdiffeq's time",
+                    f"{r:.2f}× ({_t(of):.2f} s vs {_t(td):.2f} s)", r <= 0.8)
+        di = _row(d, "fwd+bwd", "odeflow direct")
+        ck = _row(d, "fwd+bwd", "odeflow checkpoint")
+        td = _row(d, "fwd+bwd", "torchdiffeq odeint")
+        if _ok(di) and _ok(ck):
+            r = _t(ck) / _t(di)
+            add("S3", "checkpoint ≤ 1.3× backprop time", f"{r:.2f}×", r <= 1.3)
+            md, mc = (di.get("memory") or {}).get("median_mb"), (ck.get("memory") or {}).get(
+                "median_mb")
+            if md and mc is not None:
+                add("S3", "checkpoint ≤ 40% of backprop's peak memory",
+                    f"{mc / md:.0%} ({mc:.0f} vs {md:.0f} MiB)", mc / md <= 0.4)
+        if _ok(di) and _ok(td):
+            md, mt = (di.get("memory") or {}).get("median_mb"), (td.get("memory") or {}).get(
+                "median_mb")
+            if md is not None and mt:
+                add("S3", "backprop memory ≤ torchdiffeq's backprop",
+                    f"{md:.0f} vs {mt:.0f} MiB", md <= mt)
+        for mine, theirs in (("odeflow adjoint", "torchdiffeq adjoint"),
+                             ("odeflow adjoint seminorm", "torchdiffeq adjoint seminorm")):
+            a, b = _row(d, "fwd+bwd", mine), _row(d, "fwd+bwd", theirs)
+            if _ok(a) and _ok(b):
+                add("S3", f"{mine}: backward NFE ≤ torchdiffeq's",
+                    f"{a['nfe_bwd']} vs {b['nfe_bwd']}", a["nfe_bwd"] <= b["nfe_bwd"])
+    d = res.get("s4")
+    if d:
+        for dt in ("float32", "float64"):
+            of, to = _row(d, dt, "odeflow joint"), _row(d, dt, "torchode joint")
+            if _ok(of) and _ok(to):
+                r = _t(of) / _t(to)
+                add("S4", f"{dt}: joint solve at least as fast as torchode eager joint",
+                    f"{r:.2f}× torchode's time ({_ms(_t(of))} vs {_ms(_t(to))} ms)", r <= 1.0)
+    out.append("")
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Profiles
+# --------------------------------------------------------------------------------------
+def profiles() -> list[str]:
+    out = []
+    for w in ("s1", "s3"):
+        f = RESULTS / f"profile-{w}.json"
+        if not f.exists():
+            continue
+        p = json.loads(f.read_text())
+        out += [f"### Profile of one {w.upper()} odeflow solve: {p['what']}", "",
+                "```", p["command"], "```", "",
+                f"Wall time under the profiler {p['wall_s'] * 1e3:.1f} ms, "
+                f"{p.get('nfe')} function evaluations. Top torch operators by self CPU time:",
+                ""]
+        out += _table(["operator", "calls", "self CPU ms", "share"],
+                      [f"| `{o['name']}` | {o['calls']} | {o['self_cpu_ms']:.2f} | "
+                       f"{o['share']:.0%} |" for o in p["ops"][:12]])
+        out += ["Python functions by own time (cProfile, odeflow's files first):", ""]
+        out += _table(["function", "calls", "own ms", "cumulative ms"],
+                      [f"| `{o['where']}` | {o['calls']} | {o['tottime_ms']:.2f} | "
+                       f"{o['cumtime_ms']:.2f} |" for o in p["python"][:15]])
+    if out:
+        out = ["## Profiles", ""] + out
+    return out
+
+
+# --------------------------------------------------------------------------------------
+def render(files: list[str] | None = None, out: str | None = None) -> Path:
+    files = files or sorted(glob.glob(str(RESULTS / "*.json")))
+    res = load(files)
+    md = [
+        "# Benchmarks",
+        "",
+        "odeflow against torchdiffeq, torchode (eager, and `torch.compile`d where it",
+        "compiles) and SciPy, on the four workloads of `BENCHMARK_WORKLOADS.md`, measured",
+        "the same way in the same run. Generated by `python -m benchmarks render` from the",
+        "JSON files in `benchmarks/results/`; every table gives the command that produced",
+        "it. Method: one warm-up call per contender, then repetitions timed round-robin",
+        "(repetition k of every contender before k + 1, the order rotating each round) so",
+        "that load from other processes falls on all alike; medians with min–max; NFE =",
+        "calls of the user's `func` counted by one wrapper shared by every contender; steps",
+        "from each library's statistics (torchdiffeq's from its step callbacks on that",
+        "wrapper); the bare cost of `func` re-measured every round. Speed is only ever",
+        "measured here, never asserted in tests.",
+        "",
+        "This machine is shared with other jobs; the load average of each run is printed",
+        "with its table. The harness runs with `OMP_WAIT_POLICY=PASSIVE` (unless set): with",
+        "OpenMP's default spin-waiting a 2-thread process on an oversubscribed box waits",
+        "for descheduled siblings at every parallel region (a 20 ms solve measured 1.1 s).",
+        "",
+    ]
+    md += targets(res)
+    for w in WORKLOADS:
+        if w not in res:
+            md += [f"## {TITLES[w]}", "", f"*No results yet: run `python -m benchmarks {w}`.*",
+                   ""]
+            continue
+        d = res[w]
+        md += [f"## {TITLES[w]}", ""] + _meta(d)
+        md += {"s1": _s1, "s2": _s2, "s3": _s3, "s4": _s4}[w](d)
+    md += profiles()
+    if NOTES.exists():
+        md += ["", NOTES.read_text().rstrip(), ""]
+    path = Path(out) if out else REPO / "BENCHMARKS.md"
+    path.write_text("\n".join(md).rstrip() + "\n")
+    return path
