@@ -88,17 +88,28 @@ def _augmented_dynamics(problem: Problem, params: tuple[Tensor, ...]) -> Callabl
         if len(state) == 2:
             return dy.detach(), da
         dg = torch.cat([
-            (v if v is not None else torch.zeros_like(p)).reshape(-1).to(a.dtype)
+            _flat_real(v if v is not None else torch.zeros_like(p)).to(a.dtype)
             for v, p in zip(vjps[1:], params)
         ])
         return dy.detach(), da, dg
 
+    # The user's ``callback_*_adjoint`` hooks become the augmented solve's plain callbacks
+    # (the loop runs ``aug`` with no suffix). The loop reports the augmented problem's own
+    # time, which is the forward's canonical time; map it and the (negative, backwards) step
+    # back to the user's time direction.
     user = problem.user_func
     for name in ("callback_step", "callback_accept_step", "callback_reject_step"):
         cb = getattr(user, name + "_adjoint", None)
         if cb is not None:
-            setattr(aug, name, cb)
+            setattr(aug, name, _user_time_callback(cb, sign))
     return aug
+
+
+def _user_time_callback(cb: Callable, sign: float) -> Callable:
+    def wrapped(t: Tensor, state: Any, dt: Tensor) -> Any:
+        return cb(sign * t, state, sign * dt)
+
+    return wrapped
 
 
 class _Adjoint(torch.autograd.Function):
@@ -125,22 +136,27 @@ class _Adjoint(torch.autograd.Function):
         f = problem.func
         nfe_before = f.nfe
         aug = _augmented_dynamics(problem, params)
-        options = dict(config.options)
-        if options.get("norm") == "seminorm":
-            options["norm"] = _seminorm
+        options = _backward_options(config.options, problem.sign)
         dtype = ys.dtype
         a = grad_ys[-1].clone()
-        g = (torch.zeros(sum(p.numel() for p in params), dtype=dtype, device=ys.device)
-             if params else None)
+        sizes = [_real_numel(p) for p in params]
+        g = torch.zeros(sum(sizes), dtype=dtype, device=ys.device) if params else None
+        n_aug = 2 * ys.shape[1] + (0 if g is None else g.numel())
+        rtol = _backward_tolerance("adjoint_rtol", config.rtol, problem, n_aug)
+        atol = _backward_tolerance("adjoint_atol", config.atol, problem, n_aug)
         t_out = problem.t_out
         n_steps = 0
         for i in range(len(t_out) - 1, 0, -1):
             state = (ys[i], a) if g is None else (ys[i], a, g)
             times = torch.tensor([t_out[i], t_out[i - 1]], dtype=torch.float64)
-            aug_problem = make_problem(aug, state, times, config.rtol, config.atol,
-                                       config.spec.name, options)
+            # Scalars are validated by make_problem; per-element tensors are put in after.
+            aug_problem = make_problem(
+                aug, state, times, 1.0 if isinstance(rtol, Tensor) else rtol,
+                1.0 if isinstance(atol, Tensor) else atol, config.spec.name, options)
+            if isinstance(rtol, Tensor) or isinstance(atol, Tensor):
+                aug_problem = replace(aug_problem, rtol=rtol, atol=atol)
             with torch.no_grad():
-                result = run_loop(aug_problem, config.spec, callback_suffix="_adjoint")
+                result = run_loop(aug_problem, config.spec)
             n_steps += result.stats.n_steps
             final = aug_problem.layout.unflatten(result.ys[-1])
             a = final[1] + grad_ys[i - 1]
@@ -150,9 +166,67 @@ class _Adjoint(torch.autograd.Function):
         ctx.stats.n_steps_backward += n_steps
         param_grads = []
         if g is not None:
-            for p, piece in zip(params, torch.split(g, [p.numel() for p in params])):
-                param_grads.append(piece.view(p.shape).to(p.dtype))
+            for p, piece in zip(params, torch.split(g, sizes)):
+                if p.is_complex():
+                    param_grads.append(torch.view_as_complex(piece.view(*p.shape, 2)))
+                else:
+                    param_grads.append(piece.view(p.shape).to(p.dtype))
         return (None, None, None, None, a, *param_grads)
+
+
+def _real_numel(p: Tensor) -> int:
+    return p.numel() * (2 if p.is_complex() else 1)
+
+
+def _flat_real(v: Tensor) -> Tensor:
+    return (torch.view_as_real(v) if v.is_complex() else v).reshape(-1)
+
+
+def _backward_options(options: dict[str, Any], sign: float) -> dict[str, Any]:
+    """The backward solve's options in its own time, which is the forward's canonical time.
+
+    ``jump_t``/``step_t`` are given in the user's time; for a decreasing ``t`` the
+    canonical time is its negative, so they are negated too (else they would miss every
+    backward interval).
+    """
+    out = dict(options)
+    if out.get("norm") == "seminorm":
+        out["norm"] = _seminorm
+    for name in ("jump_t", "step_t"):
+        value = out.get(name)
+        if value is not None and sign < 0:
+            if isinstance(value, Tensor):
+                out[name] = -value.detach()
+            else:
+                out[name] = [-float(v) for v in value]
+    return out
+
+
+def _backward_tolerance(name: str, tol: Any, problem: Problem, n_aug: int) -> Any:
+    """A scalar tolerance as it is; a per-component one (tuple ``y0``) expanded over the
+    augmented state ``(y, a, g)``: ``y`` and ``a`` get each component's value, ``g`` the
+    smallest one."""
+    if isinstance(tol, Tensor):
+        if tol.numel() != 1:
+            raise ValueError(f"{name} must be a scalar (or one per tuple component), got shape "
+                             f"{tuple(tol.shape)}")
+        return float(tol)
+    if not isinstance(tol, (tuple, list)):
+        return tol  # make_problem checks it
+    layout = problem.layout
+    if not layout.is_tuple or len(tol) != len(layout.sizes):
+        raise ValueError(
+            f"{name} given as a sequence needs one value per component of the tuple y0 "
+            f"({len(layout.sizes) if layout.is_tuple else 'y0 is a tensor'}), got {len(tol)}"
+        )
+    values = [float(v) for v in tol]
+    if any(not v >= 0 for v in values):
+        raise ValueError(f"{name} must be non-negative, got {tol!r}")
+    per_y = torch.cat([torch.full((size,), v, dtype=layout.real_dtype, device=layout.device)
+                       for v, size in zip(values, layout.sizes)])
+    n_g = n_aug - 2 * per_y.numel()
+    tail = per_y.new_full((n_g,), min(values))
+    return torch.cat([per_y, per_y, tail])
 
 
 def solve_adjoint(problem: Problem, spec: MethodSpec, config: AdjointConfig,

@@ -64,6 +64,9 @@ class _Checkpoint(torch.autograd.Function):
             while j >= 1 and t_out[j] > step.t:
                 outs.append(j)
                 j -= 1
+            # The FSAL stage (the derivative at the step's end) only feeds the dense output;
+            # y_new does not need it, so it is skipped unless an output lies inside the step.
+            interior = any(t_out[k] != step.t_new for k in outs)
             with torch.enable_grad():
                 y = step.y.detach().requires_grad_(True)
                 if perturb or (n > 0 and steps[n - 1].jump_after):
@@ -73,7 +76,8 @@ class _Checkpoint(torch.autograd.Function):
                 y_new, _, stages = stepper.step(
                     f, step.t, y, f0, step.dt, None, with_error=False,
                     f_last=f_last if not step.jump_after else
-                    (lambda tt, x: f.perturbed(tt, x, -1)))
+                    (lambda tt, x: f.perturbed(tt, x, -1)),
+                    fsal_stage=interior)
                 targets, grads = [], []
                 end_grad = adj
                 f_new = None
