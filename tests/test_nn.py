@@ -53,6 +53,13 @@ def test_mlp_parameter_count_matches_table1():
     assert round(n / 1e6, 2) == 0.24  # Table 1: 0.24 M
 
 
+def test_odeonly_net_of_seed_b():
+    model = build_classifier("odeonly")
+    assert count_parameters(model) == (16 * 64 + 64) + 75_392 + 128 + 650
+    assert model[1].method == "rk4_classic" and model[1].options == {"step_size": 0.1}
+    assert isinstance(model[4], nn.Dropout) and model[4].p == 0.5
+
+
 def test_build_classifier_rejects_unknown_network():
     with pytest.raises(ValueError, match="network must be one of"):
         build_classifier("transformer")
@@ -163,6 +170,13 @@ def test_odenet_adjoint_gradient_matches_direct():
     assert nfe_counts(adjoint)[1] > 0
     for (name, p), q in zip(direct.named_parameters(), adjoint.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@needs_core
+def test_odeonly_forward_uses_ten_rk4_steps():
+    model = build_classifier("odeonly", dim=8).eval()
+    assert model(torch.randn(2, 1, 12, 12)).shape == (2, 10)
+    assert nfe_counts(model)[0] == 4 * 10
 
 
 @needs_core

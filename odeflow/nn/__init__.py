@@ -11,6 +11,7 @@ from .classifiers import (
     count_parameters,
     mlp,
     odenet,
+    odeonly,
     resnet,
     rknet,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "nfe_counts",
     "ode_blocks",
     "odenet",
+    "odeonly",
     "resnet",
     "rknet",
 ]

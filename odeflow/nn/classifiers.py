@@ -14,11 +14,12 @@ __all__ = [
     "resnet",
     "rknet",
     "mlp",
+    "odeonly",
     "build_classifier",
     "count_parameters",
 ]
 
-NETWORKS = ("odenet", "resnet", "rknet", "mlp")
+NETWORKS = ("odenet", "resnet", "rknet", "mlp", "odeonly")
 
 
 class Classifier(nn.Module):
@@ -157,6 +158,37 @@ def mlp(
     )
 
 
+def odeonly(
+    *,
+    in_channels: int = 1,
+    num_classes: int = 10,
+    dim: int = 64,
+    method: str = "rk4_classic",
+    step_size: float = 0.1,
+    gradient: str = "direct",
+    dropout: float = 0.5,
+) -> nn.Sequential:
+    """Seed B's "ODE-only" net (after Carrara et al. 2019): one strided convolution, then
+    the ODE block does all the feature work.
+
+    Conv2d(in, dim, 4, stride 2, pad 1) → ODEBlock(ODEFunc(dim)) → GN → AdaptiveAvgPool(1)
+    → Dropout(0.5) → Flatten → Linear(dim, classes); the block integrates [0, 1] with the
+    classic RK4 (weights 1/6, 2/6, 2/6, 1/6) at step 0.1. 77,258 parameters for MNIST.
+    """
+    block = ODEBlock(
+        ODEFunc(dim), method=method, gradient=gradient, options={"step_size": step_size}
+    )
+    return nn.Sequential(
+        nn.Conv2d(in_channels, dim, 4, 2, 1),
+        block,
+        group_norm(dim),
+        nn.AdaptiveAvgPool2d((1, 1)),
+        nn.Dropout(dropout),
+        nn.Flatten(),
+        nn.Linear(dim, num_classes),
+    )
+
+
 def build_classifier(
     network: str,
     *,
@@ -192,6 +224,14 @@ def build_classifier(
     if network == "resnet":
         return resnet(
             in_channels=in_channels, num_classes=num_classes, dim=dim, downsampling=downsampling
+        )
+    if network == "odeonly":
+        return odeonly(
+            in_channels=in_channels,
+            num_classes=num_classes,
+            dim=dim,
+            step_size=rk_step_size,
+            gradient=gradient,
         )
     if network == "mlp":
         return mlp(in_channels=in_channels, image_size=image_size, num_classes=num_classes)
