@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from .layers import ResBlock, conv1x1, group_norm
@@ -37,7 +38,7 @@ class Classifier(nn.Module):
         self.features = features
         self.head = head
 
-    def forward(self, x):  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(self.downsampling(x)))
 
 
