@@ -119,7 +119,9 @@ def initial_step(
 
     *Solving Ordinary Differential Equations I*, 2nd ed., §II.4, "Automatic Step Size
     Control", p. 169: compare the sizes of ``y0``, ``f0`` and a finite-difference estimate
-    of the second derivative. Costs one evaluation of ``func``.
+    of the second derivative. Costs one evaluation of ``func``. ``order`` is the order of
+    the embedded error estimate (4 for dopri5), the value Hairer's DOPRI5 code, SciPy and
+    torchdiffeq use, so the first step is sized for the error that is controlled.
     """
     with torch.no_grad():
         scale = y0.abs() * rtol + atol

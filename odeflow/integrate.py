@@ -195,7 +195,7 @@ def integrate_adaptive(
     if not bool(torch.isfinite(f0).all()):  # host sync: once per solve
         raise _fail(problem, Status.NONFINITE, t0, "func(t0, y0) is not finite.", stats)
     if first_step is None:
-        dt = initial_step(f, t0, y, f0, solver.order, rtol, atol, norm)
+        dt = initial_step(f, t0, y, f0, solver.error_order, rtol, atol, norm)
     else:
         dt = first_step
     dt = min(max(dt, min_step), max_step)

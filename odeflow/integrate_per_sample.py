@@ -79,7 +79,7 @@ def integrate_per_sample(problem: Problem, stepper: Any, controller: PIDControll
         d2 = _rms((f1 - f0) / scale) / h0
         dmax = torch.maximum(d1, d2)
         h1 = torch.where(dmax <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6),
-                         (0.01 / dmax) ** (1.0 / (tab.order + 1)))
+                         (0.01 / dmax) ** (1.0 / (tab.error_order + 1)))
         dt = torch.minimum(100 * h0, h1).double()
     else:
         dt = torch.full((batch,), first_step, dtype=torch.float64, device=device)

@@ -166,7 +166,7 @@ def _solve_flat(problem: Problem, spec: Any, stats: SolveStats, gradient: str, f
                                      adjoint_method, adjoint_options)
         ys = solve_adjoint(problem, spec, config, stats, y0, params)
     if time_grad:
-        ys = attach_output_times(problem, ys)
+        ys = attach_output_times(problem, ys, stats)
     return ys
 
 

@@ -588,3 +588,25 @@ def test_adjoint_tolerance_of_wrong_shape_is_a_clear_error():
                                 adjoint_rtol=torch.full((3,), 1e-6, dtype=D))
     with pytest.raises(ValueError, match="adjoint_rtol"):
         ys[-1].sum().backward()
+
+
+def test_time_gradient_evaluations_are_counted_in_nfe_backward():
+    calls = [0]
+
+    class F(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor(-0.5, dtype=torch.float64))
+
+        def forward(self, t, y):
+            calls[0] += 1
+            return self.w * y
+
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64, requires_grad=True)
+    for gradient in ("direct", "checkpoint", "adjoint"):
+        calls[0] = 0
+        sol = odeflow.solve(F(), torch.ones(2, dtype=torch.float64), t, gradient=gradient)
+        forward = calls[0]
+        assert sol.stats.nfe == forward
+        sol.ys.sum().backward()
+        assert sol.stats.nfe_backward == calls[0] - forward, gradient

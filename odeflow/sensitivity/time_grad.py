@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..problem import Problem
+from ..stats import SolveStats
 
 __all__ = ["shift_initial_state", "attach_output_times"]
 
@@ -31,8 +32,10 @@ def shift_initial_state(problem: Problem, y0: Tensor) -> Tensor:
 
 class _OutputTimes(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, t: Tensor, ys: Tensor, problem: Problem) -> Tensor:  # type: ignore[override]
+    def forward(ctx, t: Tensor, ys: Tensor, problem: Problem,  # type: ignore[override]
+                stats: SolveStats | None) -> Tensor:
         ctx.problem = problem
+        ctx.stats = stats
         ctx.save_for_backward(t, ys.detach())
         return ys.view_as(ys)
 
@@ -48,9 +51,14 @@ class _OutputTimes(torch.autograd.Function):
                     ti = t[i].to(problem.layout.real_dtype)
                     f_user = problem.sign * problem.func.at(ti, ys[i])
                     grad_t[i] = (grad_ys[i] * f_user).sum().to(t.dtype)
-        return grad_t, grad_ys, None
+            if ctx.stats is not None:
+                ctx.stats.nfe_backward += ys.shape[0]
+        return grad_t, grad_ys, None, None
 
 
-def attach_output_times(problem: Problem, ys: Tensor) -> Tensor:
-    """``ys`` (``(T, n)`` flat) whose backward also gives ``∂L/∂t_i = <∂L/∂y_i, f(t_i, y_i)>``."""
-    return _OutputTimes.apply(problem.t, ys, problem)
+def attach_output_times(problem: Problem, ys: Tensor, stats: SolveStats | None = None) -> Tensor:
+    """``ys`` (``(T, n)`` flat) whose backward also gives ``∂L/∂t_i = <∂L/∂y_i, f(t_i, y_i)>``.
+
+    The ``T`` evaluations of ``func`` this needs are added to ``stats.nfe_backward``.
+    """
+    return _OutputTimes.apply(problem.t, ys, problem, stats)
