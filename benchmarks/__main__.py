@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     pp.add_argument("workload", choices=("s1", "s3"))
     pp.add_argument("--out", default=None)
     pp.add_argument("--threads", type=int, default=None)
+    pp.add_argument("--gradient", default="direct",
+                    help="s3: the gradient mode to profile (direct, adjoint, checkpoint)")
     wp = sub.add_parser("_worker", help=argparse.SUPPRESS)
     wp.add_argument("workload")
     wp.add_argument("spec")
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "profile":
         from .profile import profile
 
-        print(profile(args.workload, args.out))
+        print(profile(args.workload, args.out, gradient=args.gradient))
         return 0
     names = WORKLOADS if args.command == "all" else (args.command,)
     for name in names:

@@ -11,7 +11,8 @@ backward pass), ``steps`` / ``accepted`` (from the library where it reports them
 Libraries and modes:
 
 - ``odeflow``: ``direct`` (backprop through the solver), ``adjoint``, ``seminorm``
-  (adjoint with ``adjoint_options=dict(norm="seminorm")``), ``checkpoint``; all through
+  (adjoint with ``adjoint_options=dict(norm="seminorm")``), ``checkpoint``, ``per-sample``
+  (``options=dict(per_sample=True)``: one step size per leading index); all through
   ``odeflow.solve`` so that its ``Solution.stats`` gives the steps.
 - ``torchdiffeq``: ``odeint``, ``adjoint`` (``odeint_adjoint``), ``seminorm``; steps come
   from torchdiffeq's step callbacks on the counting wrapper.
@@ -102,6 +103,8 @@ ODEFLOW_MODES = {
     "adjoint": dict(gradient="adjoint"),
     "seminorm": dict(gradient="adjoint", adjoint_options=dict(norm="seminorm")),
     "checkpoint": dict(gradient="checkpoint"),
+    # The leading dimension as independent problems, each with its own step size.
+    "per-sample": dict(gradient="direct", options=dict(per_sample=True)),
 }
 
 
@@ -126,7 +129,12 @@ def _odeflow(mode: str, p: Problem):
         return sol, sol.ys[-1]
 
     def run():
-        sol, y_end, nfe, nfe_bwd = _with_grad(p, solve, f)
+        try:
+            sol, y_end, nfe, nfe_bwd = _with_grad(p, solve, f)
+        except ValueError as e:
+            if mode == "per-sample" and "per_sample" in str(e):
+                raise Unavailable(f"odeflow rejects options['per_sample']: {e}") from e
+            raise
         st = sol.stats
         return {
             "nfe": nfe,

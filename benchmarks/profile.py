@@ -2,8 +2,9 @@
 
 ``python -m benchmarks profile s1`` profiles odeflow's forward solve of S1 at B = 16 (the
 overhead-bound case); ``profile s3`` one forward+backward training step of S3 with
-backprop through the solver. Both write ``benchmarks/results/profile-<w>.json``, which
-``render`` summarises in BENCHMARKS.md.
+backprop through the solver (``--gradient adjoint|checkpoint`` for the other modes).
+Each writes ``benchmarks/results/profile-<w>[-<gradient>].json``, which ``render``
+summarises in BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def _s1_job():
     return func, one, 20, "forward solve, B = 16, no grad (20 solves, per-solve figures)"
 
 
-def _s3_job():
+def _s3_job(gradient: str = "direct"):
     from .s3 import ATOL, RTOL, make_problem
 
     raw, y0, t = make_problem()
@@ -49,18 +50,22 @@ def _s3_job():
 
         y = y0.detach().requires_grad_(True)
         sol = odeflow.solve(func, y, t, rtol=RTOL, atol=ATOL, method="dopri5",
-                            gradient="direct")
+                            gradient=gradient)
         torch.autograd.grad(sol.ys[-1].pow(2).sum(), [y, *params])
         return sol
 
-    return func, one, 1, "forward + backward (backprop through the solver), one step"
+    what = {"direct": "backprop through the solver"}.get(gradient, f"gradient={gradient!r}")
+    return func, one, 1, f"forward + backward ({what}), one training step"
 
 
-def profile(workload: str, out: str | None = None) -> Path:
+def profile(workload: str, out: str | None = None, gradient: str = "direct") -> Path:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as tprofile
 
-    func, one, n, what = {"s1": _s1_job, "s3": _s3_job}[workload]()
+    if workload == "s3":
+        func, one, n, what = _s3_job(gradient)
+    else:
+        func, one, n, what = _s1_job()
     for _ in range(2):
         one()  # warm-up
     func.reset()
@@ -99,12 +104,14 @@ def profile(workload: str, out: str | None = None) -> Path:
     funcs.sort(key=lambda f: (not f["odeflow"], -f["tottime_ms"]))
     own = [f for f in funcs if f["odeflow"]][:20]
     rest = sorted([f for f in funcs if not f["odeflow"]], key=lambda f: -f["tottime_ms"])[:15]
-    payload = header(f"profile-{workload}", ["profile", workload], False, {})
+    tag = workload if gradient == "direct" else f"{workload}-{gradient}"
+    argv = ["profile", workload] + ([] if gradient == "direct" else ["--gradient", gradient])
+    payload = header(f"profile-{tag}", argv, False, {})
     payload.update({"what": what, "wall_s": wall, "nfe": nfe, "ops": ops,
                     "python": own + rest,
                     "python_total_ms": sum(f["tottime_ms"] for f in funcs)})
     finish(payload)
-    path = Path(out) if out else RESULTS / f"profile-{workload}.json"
+    path = Path(out) if out else RESULTS / f"profile-{tag}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1) + "\n")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25),

@@ -28,6 +28,7 @@ RTOL = ATOL = 1e-6
 # (library, mode, label) for each kind of row.
 FORWARD = [
     ("odeflow", "direct", "odeflow"),
+    ("odeflow", "per-sample", "odeflow per-sample"),
     ("torchdiffeq", "odeint", "torchdiffeq"),
     ("torchode", "joint", "torchode"),
     ("torchode", "joint compiled", "torchode compiled"),

@@ -25,6 +25,7 @@ SEED = 0
 # (library, mode, label)
 CONTENDERS = [
     ("odeflow", "direct", "odeflow joint"),
+    ("odeflow", "per-sample", "odeflow per-sample"),
     ("torchdiffeq", "odeint", "torchdiffeq joint"),
     ("torchode", "joint", "torchode joint"),
     ("torchode", "per-sample", "torchode per-sample"),
