@@ -98,7 +98,7 @@ class CountedFunc:
     time direction, and ``y`` in the user's structure.
     """
 
-    __slots__ = ("func", "layout", "sign", "nfe", "_tdtype", "_device", "_call")
+    __slots__ = ("func", "layout", "sign", "nfe", "_tdtype", "_device", "_call", "_shape")
 
     def __init__(self, func: Callable[..., Any], layout: StateLayout, sign: float):
         self.func = func
@@ -107,8 +107,14 @@ class CountedFunc:
         self.nfe = 0
         self._tdtype = layout.real_dtype
         self._device = layout.device
-        simple = not layout.is_tuple and not layout.is_complex and len(layout.shapes[0]) == 1
-        self._call = self._call_simple if simple else self._call_general
+        single_real = not layout.is_tuple and not layout.is_complex
+        self._shape = layout.shapes[0]
+        if single_real and len(self._shape) == 1:
+            self._call = self._call_simple
+        elif single_real:
+            self._call = self._call_shaped
+        else:
+            self._call = self._call_general
 
     def __call__(self, t: float, y: Tensor) -> Tensor:
         self.nfe += 1
@@ -143,6 +149,10 @@ class CountedFunc:
 
     def _call_simple(self, tt: Tensor, y: Tensor) -> Tensor:
         out = self.func(tt, y)
+        return out if self.sign > 0 else -out
+
+    def _call_shaped(self, tt: Tensor, y: Tensor) -> Tensor:
+        out = self.func(tt, y.view(self._shape)).reshape(-1)
         return out if self.sign > 0 else -out
 
     def _call_general(self, tt: Tensor, y: Tensor) -> Tensor:
