@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
                     "(default benchmarks/results/*.json)")
     rp.add_argument("--out", default=None, help="markdown file (default BENCHMARKS.md)")
     pp = sub.add_parser("profile", help="torch.profiler + cProfile of one odeflow solve")
-    pp.add_argument("workload", choices=("s1", "s3"))
+    pp.add_argument("workload", choices=("s1", "s2", "s3"))
     pp.add_argument("--out", default=None)
     pp.add_argument("--threads", type=int, default=None)
     pp.add_argument("--gradient", default="direct",

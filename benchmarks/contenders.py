@@ -136,7 +136,7 @@ def _odeflow(mode: str, p: Problem):
                 raise Unavailable(f"odeflow rejects options['per_sample']: {e}") from e
             raise
         st = sol.stats
-        return {
+        out = {
             "nfe": nfe,
             "nfe_bwd": nfe_bwd,
             "steps": _int(getattr(st, "n_steps", None)),
@@ -147,6 +147,14 @@ def _odeflow(mode: str, p: Problem):
             "steps_bwd": _int(getattr(st, "n_steps_backward", None)),
             "y_end": y_end,
         }
+        if mode == "per-sample" and (out["accepted"] or 0) > (out["steps"] or 0):
+            # odeflow reports loop iterations as n_steps but sums accepted/rejected
+            # steps over the batch: show them per sample.
+            n = p.y0.shape[0]
+            out["accepted_total"] = out.pop("accepted")
+            out["rejected_total"] = out.pop("rejected")
+            out["accepted_mean"] = out["accepted_total"] / n
+        return out
 
     return run
 

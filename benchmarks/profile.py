@@ -1,8 +1,10 @@
 """Where an odeflow solve spends its time: torch.profiler operators and cProfile functions.
 
-``python -m benchmarks profile s1`` profiles odeflow's forward solve of S1 at B = 16 (the
-overhead-bound case); ``profile s3`` one forward+backward training step of S3 with
-backprop through the solver (``--gradient adjoint|checkpoint`` for the other modes).
+``python -m benchmarks profile s2`` profiles a small float64 state (van der Pol at rtol
+1e-7), where the loop's cost per step matters most; ``profile s1`` odeflow's forward
+solve of S1 at B = 16 (the overhead-bound case); ``profile s3`` one forward+backward
+training step of S3 with backprop through the solver (``--gradient adjoint|checkpoint``
+for the other modes).
 Each writes ``benchmarks/results/profile-<w>[-<gradient>].json``, which ``render``
 summarises in BENCHMARKS.md.
 """
@@ -21,6 +23,21 @@ import torch
 from .common import RESULTS, CountingFunc, finish, header, log, params_of
 
 
+class _Timed(torch.nn.Module):
+    """Accumulates the wall time spent inside the user's function (forward calls only)."""
+
+    def __init__(self, func: torch.nn.Module):
+        super().__init__()
+        self.func = func
+        self.seconds = 0.0
+
+    def forward(self, t, y):
+        t0 = time.perf_counter()
+        out = self.func(t, y)
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
 def _s1_job():
     from .s1 import ATOL, RTOL, MLPField
 
@@ -36,6 +53,22 @@ def _s1_job():
             return odeflow.solve(func, y0, t, rtol=RTOL, atol=ATOL, method="dopri5")
 
     return func, one, 20, "forward solve, B = 16, no grad (20 solves, per-solve figures)"
+
+
+def _s2_job():
+    from .s2 import T_END, VanDerPol
+
+    func = CountingFunc(VanDerPol())
+    y0 = torch.tensor([2.0, 0.0], dtype=torch.float64)
+    t = torch.tensor([0.0, T_END], dtype=torch.float64)
+
+    def one():
+        import odeflow
+
+        with torch.no_grad():
+            return odeflow.solve(func, y0, t, rtol=1e-7, atol=1e-10, method="dopri5")
+
+    return func, one, 5, "van der Pol, float64, rtol 1e-7, dopri5 (5 solves, per-solve figures)"
 
 
 def _s3_job(gradient: str = "direct"):
@@ -64,6 +97,8 @@ def profile(workload: str, out: str | None = None, gradient: str = "direct") -> 
 
     if workload == "s3":
         func, one, n, what = _s3_job(gradient)
+    elif workload == "s2":
+        func, one, n, what = _s2_job()
     else:
         func, one, n, what = _s1_job()
     for _ in range(2):
@@ -74,6 +109,15 @@ def profile(workload: str, out: str | None = None, gradient: str = "direct") -> 
         one()
     wall = (time.perf_counter() - t0) / n
     nfe = func.nfe // n
+    # The share of the solve spent inside func's forward calls (no profiler running);
+    # for a forward+backward step the backward's replay of func is not inside it.
+    inner = func.func
+    func.func = timed = _Timed(inner)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        one()
+    in_func = timed.seconds / (time.perf_counter() - t0)
+    func.func = inner
     log(f"profile {workload}: {wall * 1e3:.1f} ms per solve, {nfe} NFE; torch.profiler")
     with tprofile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(n):
@@ -108,6 +152,7 @@ def profile(workload: str, out: str | None = None, gradient: str = "direct") -> 
     argv = ["profile", workload] + ([] if gradient == "direct" else ["--gradient", gradient])
     payload = header(f"profile-{tag}", argv, False, {})
     payload.update({"what": what, "wall_s": wall, "nfe": nfe, "ops": ops,
+                    "func_forward_share": in_func,
                     "python": own + rest,
                     "python_total_ms": sum(f["tottime_ms"] for f in funcs)})
     finish(payload)

@@ -120,6 +120,7 @@ def run(quick: bool, reps: int | None, compile: bool = True,
                 o = outcomes[label]
                 row = make_row(case, label, o, bare_s=bare_s, problem=name, rtol=rtol,
                                atol=rtol * 1e-3, reference=REFERENCE[label])
+                row["bare_per_round_us"] = [c * 1e6 for c in costs["bare"]]
                 if o["status"] == "ok":
                     y_end = o["stats"]["y_end"].double().numpy()
                     row["error"] = float(np.max(np.abs(y_end - ref)))

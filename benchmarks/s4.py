@@ -123,6 +123,7 @@ def run(quick: bool, reps: int | None, compile: bool = True,
             row = make_row(case, label, o, bare_s=bare_s, dtype=dname, n=n,
                            reference=REFERENCE[label],
                            stepping="per-sample" if "per-sample" in label else "joint")
+            row["bare_per_round_us"] = [c * 1e6 for c in costs["bare"]]
             if o["status"] == "ok":
                 row.update(errors(o["stats"]["y_end"], ref))
                 if "compiled" in label and row.get("time"):
