@@ -51,9 +51,7 @@ class CountingFunc(nn.Module):
     """Wraps the user's ``func(t, y)`` and counts its calls; the same for every contender.
 
     It is an ``nn.Module`` holding ``func`` as a submodule, so the adjoints of odeflow and
-    torchdiffeq find the parameters through it. It also carries torchdiffeq's step
-    callbacks (torchdiffeq returns no statistics): torchdiffeq calls a no-op callback in
-    their place when they are absent, so defining them costs it nothing extra.
+    torchdiffeq find the parameters through it.
     """
 
     def __init__(self, func: nn.Module):
@@ -71,6 +69,16 @@ class CountingFunc(nn.Module):
     def forward(self, t, y):
         self.nfe += 1
         return self.func(t, y)
+
+
+class StepCountingFunc(CountingFunc):
+    """:class:`CountingFunc` plus torchdiffeq's step callbacks, for torchdiffeq only.
+
+    torchdiffeq returns no statistics, so its steps are counted by its callbacks. It calls
+    a no-op callback in their place when they are absent, so defining them costs it
+    nothing extra. Other libraries get the plain wrapper: odeflow honours the same
+    callbacks (building time tensors for them), which would charge it for our counting.
+    """
 
     # torchdiffeq's callbacks (called with t0, y0, dt).
     def callback_step(self, t0, y0, dt):

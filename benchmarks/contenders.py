@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .common import CountingFunc, Unavailable, describe_error, params_of
+from .common import CountingFunc, StepCountingFunc, Unavailable, describe_error, params_of
 
 
 def _sq_loss(y: torch.Tensor) -> torch.Tensor:
@@ -170,7 +170,7 @@ def _torchdiffeq(mode: str, p: Problem):
     known = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
     if p.method not in known:
         raise Unavailable(f"torchdiffeq has no method {p.method!r}")
-    f = CountingFunc(p.func)
+    f = StepCountingFunc(p.func)
     kw = dict(rtol=p.rtol, atol=p.atol, method=p.method)
     if mode == "odeint" or p.grad == "none":
         odeint = torchdiffeq.odeint
