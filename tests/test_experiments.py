@@ -2,14 +2,15 @@
 
 import dataclasses
 import json
+import subprocess
+import sys
 
 import pytest
 
 from odeflow.experiments import EXPERIMENTS, MNISTConfig, build, build_parser, resolve_gradient
 from odeflow.experiments.config import str2bool
 from odeflow.experiments.demo import DEMO, next_free_dir
-from odeflow.experiments.mnist import default_run_dir, parse_args, run
-from odeflow.nn import nfe_counts
+from odeflow.experiments.mnist import default_run_dir, parse_args
 
 SEED_FLAGS = ["--network", "--tol", "--adjoint", "--downsampling-method", "--nepochs",
               "--data-aug", "--lr", "--batch-size", "--test-batch-size", "--save",
@@ -87,22 +88,44 @@ def test_build_makes_the_seed_model_and_optimizer():
     assert x.shape == (64, 1, 28, 28) and y.shape == (64,)
 
 
+# Run in a subprocess with a time limit, so that a solver that stops making progress
+# (e.g. an adjoint backward solve that shrinks its steps forever) fails the test instead
+# of hanging the whole suite.
+DRY_RUN = """
+import json, sys
+from odeflow.experiments import MNISTConfig
+from odeflow.experiments.mnist import run
+from odeflow.nn import nfe_counts
+network, gradient, save = sys.argv[1:]
+cfg = MNISTConfig(dataset="digits", network=network, gradient=gradient, width=8,
+                  dry_run=True, batch_size=16, test_batch_size=32, digits_size=12,
+                  digits_pad=2, rk_step_size=0.5, save=save, progress=False, threads=1)
+summary = run(cfg, log=lambda s: None)
+print(json.dumps({"row": summary["history"][0], "nfe": nfe_counts(summary["model"])}))
+"""
+
+
 @pytest.mark.parametrize(
     "network,gradient", [("odenet", "direct"), ("odenet", "adjoint"), ("rknet", "direct")]
 )
 def test_dry_run_trains_two_batches_and_reports_nfe(tmp_path, network, gradient):
-    cfg = MNISTConfig(dataset="digits", network=network, gradient=gradient, width=8,
-                      dry_run=True, batch_size=16, test_batch_size=32, digits_size=12,
-                      digits_pad=2, rk_step_size=0.5, save=str(tmp_path / "run"),
-                      progress=False, threads=1)  # fmt: skip
-    summary = run(cfg, log=lambda s: None)
-    (row,) = summary["history"]
+    save = tmp_path / "run"
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", DRY_RUN, network, gradient, str(save)],
+            capture_output=True, text=True, timeout=90,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"dry run of {network}/{gradient} did not finish within 90 s")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    row = result["row"]
     assert row["nfe_f"] > 0
     assert (row["nfe_b"] > 0) == (gradient == "adjoint")
     if network == "rknet":
         assert row["nfe_f"] == 4 * 2  # RK4, step 0.5 on [0, 1]
-    assert nfe_counts(summary["model"])[0] > 0
-    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert result["nfe"][0] > 0
+    files = {p.name for p in save.iterdir()}
     assert {"config.json", "metrics.csv", "last.pt", "best.pt", "accuracy.png", "nfe.png"} <= files
 
 
