@@ -56,6 +56,10 @@ class SolveStats:
             the backward pass runs, accumulated if it runs more than once.
         n_steps_backward: steps of the backward pass (adjoint: step attempts of the
             augmented solve; checkpoint: accepted steps replayed).
+
+    With ``options={"per_sample": True}``, ``n_steps`` counts batched iterations (each one
+    batched call per stage), while ``n_accepted`` and ``n_rejected`` are summed over the
+    samples of the batch.
     """
 
     nfe: int = 0
