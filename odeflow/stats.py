@@ -19,6 +19,9 @@ class Status(enum.IntEnum):
     NONFINITE = 4
     NO_EVENT = 5
 
+    def __str__(self) -> str:
+        return self.name
+
     @property
     def message(self) -> str:
         """A sentence describing the outcome."""
