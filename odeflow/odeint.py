@@ -17,7 +17,7 @@ from .sensitivity.adjoint import make_adjoint_config, solve_adjoint
 from .sensitivity.checkpoint import solve_checkpoint
 from .sensitivity.time_grad import attach_output_times, shift_initial_state
 from .solvers import get_method
-from .stats import SolveError, SolveStats, Status, record_last_stats
+from .stats import SolveError, SolveStats, record_last_stats
 
 __all__ = ["Solution", "solve", "odeint", "odeint_adjoint"]
 
@@ -279,5 +279,3 @@ def odeint_adjoint(
         return sol.event_t, sol.ys
     return sol.ys
 
-
-_ = Status  # re-exported by the package
