@@ -11,8 +11,6 @@ graph plus one state per step instead of every stage of every step.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
@@ -133,6 +131,3 @@ def solve_checkpoint(problem: Problem, spec: MethodSpec, stats: SolveStats, y0: 
         )
     return _Checkpoint.apply(problem, spec, stats, y0, *params)
 
-
-def _unused(*_: Any) -> None:  # pragma: no cover
-    return None
