@@ -126,12 +126,11 @@ ORDER_SETUPS = {
 ORDER_UPPER_SLACK = {"tsit5": 0.6, "dopri8": 1.6}
 
 
-@pytest.mark.parametrize("method", list(ORDER_SETUPS))
-def test_measured_convergence_order(method):
+def measure_order(method: str) -> tuple[tuple[int, ...], list[float], float]:
+    """Errors at the end time for ORDER_SETUPS' step counts, and the fitted order."""
     make, counts = ORDER_SETUPS[method]
     f, y0, t_end, exact = make()
     t = torch.tensor([0.0, t_end], dtype=F64)
-    p = ORDERS[method]
     errs = []
     for n in counts:
         h = t_end / n
@@ -143,7 +142,13 @@ def test_measured_convergence_order(method):
             ys = odeflow.odeint(f, y0, t, method=method, options={"step_size": h})
         assert odeflow.last_stats().n_accepted == n
         errs.append((ys[-1] - exact).abs().max().item())
-    slope = _slope(counts, errs)
+    return counts, errs, _slope(counts, errs)
+
+
+@pytest.mark.parametrize("method", list(ORDER_SETUPS))
+def test_measured_convergence_order(method):
+    _, _, slope = measure_order(method)
+    p = ORDERS[method]
     upper = p + ORDER_UPPER_SLACK.get(method, 0.3)
     assert p - 0.3 <= slope <= upper, f"{method}: measured order {slope:.2f}, expected {p}"
 
