@@ -16,7 +16,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["PIDController", "ControllerState", "initial_step", "CONTROLLER_PRESETS"]
+__all__ = ["PIDController", "ControllerState", "initial_step", "starting_step",
+           "CONTROLLER_PRESETS"]
 
 
 class ControllerState(NamedTuple):
@@ -123,16 +124,37 @@ def initial_step(
     the embedded error estimate (4 for dopri5), the value Hairer's DOPRI5 code, SciPy and
     torchdiffeq use, so the first step is sized for the error that is controlled.
     """
+
+    def probe(h0: Tensor) -> Tensor:
+        h = float(h0)
+        return func(t0 + h, torch.add(y0, f0, alpha=h))
+
+    return float(starting_step(probe, y0, f0, order, rtol, atol, norm))
+
+
+def starting_step(
+    probe: Callable[[Tensor], Tensor],
+    y0: Tensor,
+    f0: Tensor,
+    order: int,
+    rtol: float | Tensor,
+    atol: float | Tensor,
+    norm: Callable[[Tensor], Tensor],
+) -> Tensor:
+    """The arithmetic of :func:`initial_step`, on tensors (float64).
+
+    ``norm`` reduces to a scalar, or to one value per sample (``per_sample`` solves);
+    ``probe(h0)`` returns ``f(t0 + h0, y0 + h0 f0)`` for the probe step ``h0``.
+    """
     with torch.no_grad():
         scale = y0.abs() * rtol + atol
-        d0 = float(norm(y0 / scale))
-        d1 = float(norm(f0 / scale))
-        h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
-        y1 = torch.add(y0, f0, alpha=h0)
-        f1 = func(t0 + h0, y1)
-        d2 = float(norm((f1 - f0) / scale)) / h0
-    if max(d1, d2) <= 1e-15:
-        h1 = max(1e-6, h0 * 1e-3)
-    else:
-        h1 = (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
-    return min(100 * h0, h1)
+        d0 = norm(y0 / scale).double()
+        d1 = norm(f0 / scale).double()
+        # torch.where evaluates both branches; the masked inf/nan never reach the result.
+        h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1)
+        f1 = probe(h0)
+        d2 = norm((f1 - f0) / scale).double() / h0
+        dmax = torch.maximum(d1, d2)
+        h1 = torch.where(dmax <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6),
+                         (0.01 / dmax) ** (1.0 / (order + 1)))
+        return torch.minimum(100 * h0, h1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -83,7 +83,6 @@ class LoopResult:
     y_last: Tensor
     steps: list[StepRecord] | None = None
     event: Any = None
-    extra: dict = field(default_factory=dict)
 
 
 def make_controller(options: dict[str, Any]) -> PIDController:

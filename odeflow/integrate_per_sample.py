@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .controllers import PIDController
+from .controllers import PIDController, starting_step
 from .problem import Problem
 from .stats import SolveError, SolveStats, Status
 
@@ -70,17 +70,9 @@ def integrate_per_sample(problem: Problem, stepper: Any, controller: PIDControll
     t = torch.full((batch,), t0, dtype=torch.float64, device=device)
     f0 = f(t, y)
     if first_step is None:
-        # The Hairer–Wanner starting step per sample (one extra batched evaluation).
-        scale = y.abs() * rtol + atol
-        d0 = _rms(y / scale)
-        d1 = _rms(f0 / scale)
-        h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
-        f1 = f(t + h0.double(), y + h0[:, None] * f0)
-        d2 = _rms((f1 - f0) / scale) / h0
-        dmax = torch.maximum(d1, d2)
-        h1 = torch.where(dmax <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6),
-                         (0.01 / dmax) ** (1.0 / (tab.error_order + 1)))
-        dt = torch.minimum(100 * h0, h1).double()
+        # The Hairer–Nørsett–Wanner starting step, one per sample (one batched evaluation).
+        dt = starting_step(lambda h0: f(t + h0, y + h0.to(dtype)[:, None] * f0), y, f0,
+                           tab.error_order, rtol, atol, _rms)
     else:
         dt = torch.full((batch,), first_step, dtype=torch.float64, device=device)
     ys = [y.new_full((batch, y.shape[1]), math.nan) for _ in range(n_out - 1)]

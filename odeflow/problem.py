@@ -290,7 +290,6 @@ def make_problem(
     atol: Any,
     method: str,
     options: dict[str, Any],
-    check_finite: bool = True,
 ) -> Problem:
     """Validate the user's arguments and build the canonical :class:`Problem`."""
     if not callable(func):
@@ -311,7 +310,7 @@ def make_problem(
         device=first.device,
     )
     flat = layout.flatten(y0)
-    if check_finite and not bool(torch.isfinite(flat).all()):  # host sync: once per solve
+    if not bool(torch.isfinite(flat).all()):  # host sync: once per solve
         raise ValueError("y0 must be finite; it contains inf or nan")
     rtol_v = _check_tolerance("rtol", rtol, layout)
     atol_v = _check_tolerance("atol", atol, layout)

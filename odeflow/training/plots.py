@@ -44,33 +44,30 @@ def plot_runs(
     out.mkdir(parents=True, exist_ok=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for i, (rows, name) in enumerate(zip(runs, names, strict=True)):
-        ep = [r["epoch"] for r in rows]
-        c = colours[i % len(colours)]
-        ax.plot(ep, [r["test_acc"] for r in rows], "-o", color=c, ms=3, label=f"{name} test")
-        ax.plot(ep, [r["train_acc"] for r in rows], "--", color=c, alpha=0.6, label=f"{name} train")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    acc_path = out / "accuracy.png"
-    fig.savefig(acc_path, dpi=120)
-    plt.close(fig)
+    acc_path = _overlay(runs, names, colours, out / "accuracy.png", "accuracy",
+                        (("test_acc", "-o", "test", 1.0), ("train_acc", "--", "train", 0.6)))
+    nfe_path = _overlay(runs, names, colours, out / "nfe.png",
+                        "function evaluations per batch",
+                        (("nfe_f", "-o", "NFE-F", 1.0), ("nfe_b", "--s", "NFE-B", 1.0)))
+    return [acc_path, nfe_path]
+
+
+def _overlay(runs, names, colours, path: Path, ylabel: str, series) -> Path:
+    """One figure: for every run, each (column, style, label, alpha) of ``series`` per epoch."""
+    import matplotlib.pyplot as plt  # the caller has chosen the headless backend
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, (rows, name) in enumerate(zip(runs, names, strict=True)):
         ep = [r["epoch"] for r in rows]
         c = colours[i % len(colours)]
-        ax.plot(ep, [r["nfe_f"] for r in rows], "-o", color=c, ms=3, label=f"{name} NFE-F")
-        ax.plot(ep, [r["nfe_b"] for r in rows], "--s", color=c, ms=3, label=f"{name} NFE-B")
+        for column, style, label, alpha in series:
+            ax.plot(ep, [r[column] for r in rows], style, color=c, ms=3, alpha=alpha,
+                    label=f"{name} {label}")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("function evaluations per batch")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    nfe_path = out / "nfe.png"
-    fig.savefig(nfe_path, dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    return [acc_path, nfe_path]
+    return path
