@@ -106,19 +106,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_usage())
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
-    if command == "demo":
-        from .experiments.demo import main as demo_main
+    try:
+        if command == "demo":
+            from .experiments.demo import main as demo_main
 
-        demo_main(rest)
-        return 0
-    if command == "train":
-        return _train(rest)
-    if command == "plot":
-        return _plot(rest)
-    if command == "bench":
-        return _bench(rest)
+            demo_main(rest)
+            return 0
+        if command == "train":
+            return _train(rest)
+        if command == "plot":
+            return _plot(rest)
+        if command == "bench":
+            return _bench(rest)
+    except Exception as exc:
+        if not _is_user_error(exc):
+            raise
+        # A mistake the user can fix (bad run folder, corrupt data, clashing flags):
+        # the message, not a traceback.
+        print(f"odeflow {command}: error: {exc}", file=sys.stderr)
+        return 2
     print(f"odeflow: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
     return 2
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    """True for :data:`odeflow.training.USER_ERRORS` (imported only when needed: the
+    training layer pulls in torch)."""
+    try:
+        from .training.errors import USER_ERRORS
+    except ImportError:
+        return False
+    return isinstance(exc, USER_ERRORS)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from odeflow.experiments import EXPERIMENTS, MNISTConfig, build, build_parser, r
 from odeflow.experiments.config import str2bool
 from odeflow.experiments.demo import DEMO, next_free_dir
 from odeflow.experiments.mnist import default_run_dir, parse_args
+from odeflow.training import RunFolderError
 
 SEED_FLAGS = ["--network", "--tol", "--adjoint", "--downsampling-method", "--nepochs",
               "--data-aug", "--lr", "--batch-size", "--test-batch-size", "--save",
@@ -74,7 +75,7 @@ def test_resume_reads_the_saved_config_and_applies_given_flags(tmp_path):
     cfg = parse_args(["--resume", str(tmp_path), "--nepochs", "7"])
     assert (cfg.dataset, cfg.network, cfg.width, cfg.nepochs) == ("digits", "resnet", 8, 7)
     assert cfg.milestones == (60, 100, 140)  # list in JSON -> tuple
-    with pytest.raises(SystemExit, match="no config.json"):
+    with pytest.raises(RunFolderError, match="no config.json"):
         parse_args(["--resume", str(tmp_path / "nothing")])
 
 

@@ -4,7 +4,9 @@ Fields are declared with :func:`opt`, whose ``help`` is the one-line comment of 
 :func:`build_parser` turns the dataclass into an ``argparse`` parser (``--foo-bar``, with
 ``--foo_bar`` accepted as the seed script's spelling) and :func:`parse_config` applies the
 flags the user actually typed on top of a base config (the defaults, or the saved config
-of a run being resumed).
+of a run being resumed). :func:`parse_run_config` adds ``--resume RUN``: the base becomes
+the run's saved ``config.json``, and a flag that would change the saved model (a field
+declared with ``opt(..., model=True)``) is refused before anything is loaded.
 """
 
 from __future__ import annotations
@@ -16,14 +18,26 @@ import typing
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-__all__ = ["opt", "str2bool", "build_parser", "parse_config", "config_from_dict"]
+__all__ = [
+    "opt",
+    "str2bool",
+    "build_parser",
+    "parse_config",
+    "parse_run_config",
+    "model_fields",
+    "config_from_dict",
+]
 
 C = TypeVar("C")
 
 
-def opt(default: Any, help: str, **argparse_kwargs: Any) -> Any:
-    """A dataclass field whose ``help`` becomes the flag's help (extra kwargs go to argparse)."""
-    meta = {"help": help, "argparse": argparse_kwargs}
+def opt(default: Any, help: str, *, model: bool = False, **argparse_kwargs: Any) -> Any:
+    """A dataclass field whose ``help`` becomes the flag's help (extra kwargs go to argparse).
+
+    ``model=True`` marks a field that defines the model (architecture, data shape): a
+    resumed run refuses a value different from the saved one.
+    """
+    meta = {"help": help, "argparse": argparse_kwargs, "model": model}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -109,11 +123,57 @@ def config_from_dict(cls: type[C], values: dict[str, Any]) -> C:
     return cls(**kwargs)
 
 
+def _given(
+    cls: type, argv: Sequence[str] | None, base: Any, prog: str | None
+) -> dict[str, Any]:
+    """The fields whose flags appear in ``argv``, with their parsed values."""
+    parser = build_parser(cls, argparse.ArgumentParser(prog=prog), defaults=base)
+    ns = parser.parse_args(argv)
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in vars(ns).items()}
+
+
 def parse_config(
     cls: type[C], argv: Sequence[str] | None, base: C | None = None, prog: str | None = None
 ) -> C:
     """Parse ``argv`` into a ``cls`` instance, overriding only the flags given."""
-    parser = build_parser(cls, argparse.ArgumentParser(prog=prog), defaults=base)
-    ns = parser.parse_args(argv)
-    given = {k: (tuple(v) if isinstance(v, list) else v) for k, v in vars(ns).items()}
+    given = _given(cls, argv, base, prog)
     return dataclasses.replace(base if base is not None else cls(), **given)
+
+
+def model_fields(cls: type) -> list[str]:
+    """Names of the fields declared with ``opt(..., model=True)``."""
+    return [f.name for f in dataclasses.fields(cls) if f.metadata.get("model")]
+
+
+def parse_run_config(
+    cls: type[C], argv: Sequence[str] | None, base: C | None = None, prog: str | None = None
+) -> C:
+    """:func:`parse_config`, plus ``--resume RUN`` for configs with a ``resume`` field.
+
+    With ``--resume RUN`` the base is ``RUN/config.json`` and only the flags typed change
+    it (e.g. a larger ``--nepochs``). A typed flag, or a setting of ``base`` that differs
+    from the dataclass default (an experiment's own dataset, say), that changes a
+    :func:`model_fields` field is refused before any state is loaded.
+
+    Raises:
+        RunFolderError: ``RUN`` has no readable ``config.json``.
+        ResumeMismatchError: a model-defining flag differs from the saved value; the
+            message names the flag, the saved and the given value.
+    """
+    from ..training.runfolder import check_resume_flags, read_run_config
+
+    given = _given(cls, argv, base, prog)
+    cfg = dataclasses.replace(base if base is not None else cls(), **given)
+    run = getattr(cfg, "resume", "")
+    if not run:
+        return cfg
+    saved = read_run_config(run)
+    asked: dict[str, Any] = {}
+    if base is not None:
+        default = cls()
+        for f in dataclasses.fields(cls):
+            if getattr(base, f.name) != getattr(default, f.name):
+                asked[f.name] = getattr(base, f.name)
+    asked.update(given)
+    check_resume_flags(run, saved, asked, model_fields(cls))
+    return dataclasses.replace(config_from_dict(cls, saved), **given)

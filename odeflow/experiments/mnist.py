@@ -8,7 +8,6 @@ SGD momentum 0.9, lr 0.1 × batch/128 decayed ×0.1 at 60/100/140, tol 1e-3, ran
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,13 +19,15 @@ import torch
 from ..data import DATASETS, BatchLoader, load_dataset
 from ..nn import NETWORKS, build_classifier, count_parameters
 from ..training import (
+    ConfigError,
     DistEnv,
     cleanup_distributed,
     fit,
     lr_at,
+    prepare_run_dir,
     setup_distributed,
 )
-from .config import config_from_dict, opt, parse_config
+from .config import opt, parse_run_config
 
 __all__ = ["MNISTConfig", "resolve_gradient", "default_run_dir", "build", "run", "main"]
 
@@ -36,9 +37,9 @@ class MNISTConfig:
     """Every setting of one run; each field is a command-line flag."""
 
     # which images: "mnist", "fashion-mnist" (IDX files) or "digits" (bundled, no download)
-    dataset: str = opt("mnist", "dataset to train on", choices=DATASETS)
+    dataset: str = opt("mnist", "dataset to train on", choices=DATASETS, model=True)
     # which classifier
-    network: str = opt("odenet", "classifier", choices=NETWORKS)
+    network: str = opt("odenet", "classifier", choices=NETWORKS, model=True)
     # rtol = atol of the adaptive solver
     tol: float = opt(1e-3, "solver tolerance (rtol = atol) of the ODE block")
     # seed flag: True means gradient="adjoint"
@@ -51,11 +52,13 @@ class MNISTConfig:
     # adaptive solver of the ODE block
     method: str = opt("dopri5", "ODE solver of the ODE-Net's block")
     # image -> features
-    downsampling_method: str = opt("conv", "downsampling layers", choices=("conv", "res"))
+    downsampling_method: str = opt(
+        "conv", "downsampling layers", choices=("conv", "res"), model=True
+    )
     # feature channels (64 in the seed)
-    width: int = opt(64, "feature channels of ODE-Net/ResNet/RK-Net")
+    width: int = opt(64, "feature channels of ODE-Net/ResNet/RK-Net", model=True)
     # RK-Net's fixed step on [0, 1]
-    rk_step_size: float = opt(0.1, "RK-Net's fixed RK4 step size")
+    rk_step_size: float = opt(0.1, "RK-Net's fixed RK4 step size", model=True)
     # total epochs (a resumed run continues up to this number)
     nepochs: int = opt(160, "number of epochs")
     # seed augmentation: random crop of 28 after zero padding by 4
@@ -83,9 +86,9 @@ class MNISTConfig:
     # use only the first N test samples (0 = all)
     max_test_samples: int = opt(0, "use only the first N test samples (0 = all)")
     # side of the upsampled digits (dataset=digits)
-    digits_size: int = opt(28, "image size of the upsampled 8x8 digits")
+    digits_size: int = opt(28, "image size of the upsampled 8x8 digits", model=True)
     # zero border around the upsampled digits
-    digits_pad: int = opt(4, "zero border of the upsampled digits")
+    digits_pad: int = opt(4, "zero border of the upsampled digits", model=True)
     # run folder; empty -> runs/<dataset>-<network>-<gradient>
     save: str = opt("", "run folder (config.json, metrics.csv, checkpoints, plots)")
     # continue a run from RUN/last.pt with its saved config (flags given override it)
@@ -111,7 +114,7 @@ def resolve_gradient(cfg: MNISTConfig) -> str:
     if cfg.gradient is None:
         return "adjoint" if cfg.adjoint else "direct"
     if cfg.adjoint and cfg.gradient != "adjoint":
-        raise ValueError(f"--adjoint True contradicts --gradient {cfg.gradient}")
+        raise ConfigError(f"--adjoint True contradicts --gradient {cfg.gradient}")
     return cfg.gradient
 
 
@@ -142,7 +145,7 @@ def build(cfg: MNISTConfig, env: DistEnv = DistEnv()) -> dict[str, Any]:  # noqa
         ``train_loader``, ``test_loader``, ``lr_fn``, ``device``, ``parameters``.
     """
     if cfg.batch_size % env.world_size:
-        raise ValueError(
+        raise ConfigError(
             f"--batch-size {cfg.batch_size} is not divisible by {env.world_size} processes"
         )
     device = _device(cfg, env)
@@ -232,6 +235,7 @@ def run(cfg: MNISTConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         run_dir = Path(cfg.resume) if cfg.resume else default_run_dir(cfg)
+        prepare_run_dir(run_dir, resume=bool(cfg.resume))  # before any data or model
         parts = build(cfg, env)
         config = dataclasses.asdict(cfg)
         config.update(
@@ -286,15 +290,16 @@ def run(cfg: MNISTConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
 def parse_args(
     argv: Sequence[str] | None, base: MNISTConfig | None = None, prog: str | None = None
 ) -> MNISTConfig:
-    """Flags → config. With ``--resume RUN`` the base is ``RUN/config.json``, and only the
-    flags given on the command line (e.g. a larger ``--nepochs``) change it."""
-    cfg = parse_config(MNISTConfig, argv, base=base, prog=prog)
-    if cfg.resume:
-        saved = Path(cfg.resume) / "config.json"
-        if not saved.is_file():
-            raise SystemExit(f"--resume {cfg.resume}: no config.json there (not a run folder?)")
-        stored = config_from_dict(MNISTConfig, json.loads(saved.read_text()))
-        cfg = parse_config(MNISTConfig, argv, base=stored, prog=prog)
+    """Flags → config. With ``--resume RUN`` the base is ``RUN/config.json``, only the
+    flags given on the command line (e.g. a larger ``--nepochs``) change it, and a flag
+    that changes the model (``--network``, ``--width``, ...) is refused.
+
+    Raises:
+        RunFolderError: ``--resume`` of a folder without a readable ``config.json``.
+        ResumeMismatchError: ``--resume`` with a model-changing flag.
+        ConfigError: contradictory flags.
+    """
+    cfg = parse_run_config(MNISTConfig, argv, base=base, prog=prog)
     resolve_gradient(cfg)
     return cfg
 

@@ -20,17 +20,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.odeblock import nfe_counts
-from .checkpoint import atomic_save, load_checkpoint, make_checkpoint, restore_rng, unwrap
+from .checkpoint import atomic_save, make_checkpoint, restore_rng, unwrap
 from .distributed import DistEnv, all_reduce_sum, barrier
+from .errors import RunExistsError
 from .metrics import append_metrics, write_metrics
+from .runfolder import find_resume_checkpoint, refuse_existing_run, set_aside
 
 SINGLE_PROCESS = DistEnv()
 
 __all__ = ["train_one_epoch", "evaluate", "fit", "RunExistsError"]
-
-
-class RunExistsError(FileExistsError):
-    """The run folder already holds a run and ``resume`` was not asked for."""
 
 
 def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):
@@ -150,8 +148,11 @@ def fit(
         config: the run's configuration (written to ``config.json`` and checkpoints).
         device: where batches go.
         env: the distributed environment.
-        resume: continue from ``run_dir/last.pt``: weights, optimizer, epoch, history and
-            RNG states are restored, and ``metrics.csv`` is rewritten from the checkpoint.
+        resume: continue from the newest intact checkpoint (``last.pt``, else ``best.pt``):
+            weights, optimizer, epoch, history and RNG states are restored, and
+            ``metrics.csv`` is rewritten from the checkpoint. Unreadable checkpoints (and,
+            when falling back to ``best.pt``, the old ``metrics.csv``) are kept in
+            ``run_dir/set-aside-N``.
         progress: show a tqdm bar over batches (rank 0).
         plots: write ``accuracy.png`` and ``nfe.png`` at the end (rank 0).
         log: where rank 0 prints one line per epoch.
@@ -160,32 +161,38 @@ def fit(
         The metrics history, one dict per epoch.
 
     Raises:
-        RunExistsError: ``run_dir`` holds a checkpoint and ``resume`` is false.
-        FileNotFoundError: ``resume`` without ``run_dir/last.pt``.
+        RunExistsError: ``run_dir`` holds a run (``last.pt``, ``best.pt`` or
+            ``metrics.csv``) and ``resume`` is false.
+        NoCheckpointError: ``resume`` in a folder without checkpoints (a
+            ``FileNotFoundError``).
+        CheckpointError: ``resume`` where no checkpoint loads; nothing is changed.
     """
     run_dir = Path(run_dir)
     last, best, metrics = run_dir / "last.pt", run_dir / "best.pt", run_dir / "metrics.csv"
     history: list[dict[str, float]] = []
     best_acc, start = -1.0, 0
     if resume:
-        ckpt = load_checkpoint(last, map_location=device)
+        point = find_resume_checkpoint(run_dir, map_location=device)
+        ckpt = point.checkpoint
         unwrap(model).load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         history, best_acc, start = list(ckpt["history"]), float(ckpt["best_acc"]), ckpt["epoch"]
         restore_rng(ckpt["rng"])
+        barrier(env)  # every rank has read its checkpoint before rank 0 moves any file
         if env.is_main:
+            for path, why in point.unreadable:
+                log(f"warning: {path} is truncated or corrupt ({why})")
+            kept = set_aside(run_dir, point)
+            if kept is not None:
+                names = ", ".join(sorted(p.name for p in kept.iterdir()))
+                log(f"warning: kept {names} as they were in {kept}")
             write_metrics(metrics, history)
-            log(f"resumed {run_dir} after epoch {start}")
-    elif last.exists():
-        raise RunExistsError(
-            f"{run_dir} already holds a run (last.pt); resume it with --resume {run_dir} "
-            "or choose another --save folder"
-        )
+            log(f"resumed {run_dir} from {point.path.name} after epoch {start}")
+    else:
+        refuse_existing_run(run_dir)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_json(run_dir / "config.json", config)
-        if not resume and metrics.exists():
-            metrics.unlink()
     barrier(env)
 
     for epoch in range(start, nepochs):
