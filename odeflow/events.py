@@ -1,21 +1,14 @@
 """Event location: stop a solve where ``event_fn(t, y)`` crosses zero, with a differentiable time.
 
-How it works, in three parts:
+How it works:
 
-1. **Detection** (:class:`EventLocator`, the ``event`` hook of
-   :func:`~odeflow.integrate.integrate_adaptive`). After every accepted step the loop calls
-   ``check``, which evaluates ``event_fn`` at the step's end and compares the sign of each
-   value with its sign before the step. A value that reaches or passes zero (in the chosen
-   direction) is a crossing. One ``event_fn`` call, three small tensor operations and one
-   host sync per step when nothing changes sign.
-2. **Location.** The root is found on the method's dense output inside that step, by the
-   Illinois variant of regula falsi with a bisection fallback (a bracket that has not halved
-   in two iterations is bisected), so it always converges and takes no extra solver steps.
-   It stops when the bracket is narrower than ``4 eps max(|t|, |t + dt|, dt)`` (``eps``
-   of the state's dtype) or at an exact zero. The time returned is the bracket end on the
-   side the value started on, so ``event_fn`` at the returned state still has its
-   pre-crossing sign (or is zero) and a solve restarted there does not see the same
-   crossing again. When several values cross in one step, the earliest root wins.
+1. **Detection and location** (:mod:`odeflow.event_location`): after every accepted step
+   the loop hands the step's dense output to an :class:`EventLocator`, which samples
+   ``event_fn`` along it and locates the first crossing, with no extra solver steps.
+2. **Search range.** ``odeint``/``odeint_adjoint``/``odeint_event`` search from ``t[0]``
+   without an end time, as torchdiffeq does (every other element of ``t`` only gives the
+   direction); ``solve(..., event_fn=...)`` searches ``[t0, t1]`` and ``t1 = ±inf`` lifts
+   the bound. Either way ``options["max_num_steps"]`` bounds the search.
 3. **Gradient** (implicit function theorem). With ``t*`` defined by ``g(t*, y(t*; θ)) = 0``,
    ``dt*/dθ = -(∂g/∂y · ∂y/∂θ + ∂g/∂θ) / (∂g/∂t + ∂g/∂y · ẏ)``, and the returned state
    ``y(t*)`` gets ``ẏ dt*/dθ`` on top of ``∂y/∂θ``. Both are attached by a zero-valued
@@ -27,9 +20,7 @@ How it works, in three parts:
 
 References:
     Chen, Amos & Nickel, "Learning Neural Event Functions for Ordinary Differential
-    Equations", ICLR 2021. Dowell & Jarratt, "A modified regula falsi method for computing
-    the root of an equation", BIT 11 (1971) (the Illinois method). Shampine & Thompson,
-    "Event location for ordinary differential equations", Comput. Math. Appl. 39 (2000).
+    Equations", ICLR 2021.
 """
 
 from __future__ import annotations
@@ -43,24 +34,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .event_location import EventHit, EventLocator
 from .integrate import DEFAULT_MAX_NUM_STEPS, run_loop
 from .odeint import Solution, State, odeint
-from .problem import Problem, check_options, make_problem
-from .sensitivity import GRADIENTS, find_params
-from .sensitivity.adjoint import _Adjoint, make_adjoint_config
+from .problem import Problem, make_problem
+from .sensitivity import find_params
+from .sensitivity.adjoint import AdjointConfig, _Adjoint
 from .sensitivity.checkpoint import _Checkpoint
 from .sensitivity.time_grad import shift_initial_state
-from .solvers import get_method
+from .solvers import MethodSpec
 from .stats import SolveError, SolveStats, Status, record_last_stats
 
-__all__ = ["EventSolution", "EventLocator", "odeint_event", "solve_event"]
+__all__ = ["EventSolution", "EventHit", "EventLocator", "odeint_event", "solve_event"]
 
 EventFn = Callable[[Tensor, State], Tensor]
 
 #: The end time used for an unbounded search (``t[-1] = ±inf``); the solve is then bounded
 #: by ``options["max_num_steps"]`` alone.
 _FAR = 1e300
-_MAX_ROOT_ITERS = 200
 
 
 @dataclass
@@ -73,221 +64,6 @@ class EventSolution(Solution):
     """
 
     event_index: int | None = None
-
-
-# ------------------------------------------------------------------------------- detection
-@dataclass
-class EventHit:
-    """What :meth:`EventLocator.check` returns for a located event (canonical time)."""
-
-    t: float  # canonical event time
-    y: Tensor  # flat state on the dense output at t (with the loop's graph, if any)
-    ydot: Tensor  # canonical d y / d t of the dense output at t (no graph)
-    index: int  # flat index of the value that crossed
-    rising: bool  # crossed from negative to positive
-
-
-class EventLocator:
-    """The ``event`` hook of the adaptive loop: detects and locates zero crossings.
-
-    One object per solve (it carries the sign of each value from step to step).
-
-    Args:
-        problem: the canonical problem (``event_fn`` sees user time and structure).
-        event_fn: ``event_fn(t, y)`` returning a real tensor of any fixed shape.
-        direction: ``+1`` (only rising crossings, negative to positive), ``-1`` (only
-            falling), ``0`` (both): one value, or one per value of ``event_fn``.
-
-    Raises:
-        TypeError, ValueError: ``event_fn``'s output at ``t0`` is not a real floating tensor,
-            is empty or not finite, or ``direction`` is malformed.
-    """
-
-    def __init__(self, problem: Problem, event_fn: EventFn, direction: Any = 0):
-        self.problem = problem
-        self.event_fn = event_fn
-        self.layout = problem.layout
-        t0 = problem.t_out[0]
-        with torch.no_grad():
-            g0 = self._raw(t0, problem.y0, check=True)
-        if not bool(torch.isfinite(g0).all()):  # host sync: once per solve
-            raise ValueError(f"event_fn(t0, y0) must be finite, got {g0.tolist()}")
-        self.n = g0.numel()
-        self.direction = _direction_tensor(direction, self.n, g0)
-        self.sign = torch.sign(g0)  # 0 for a value exactly zero at t0: not armed yet
-        self.g_prev = g0
-
-    # the user's event function on canonical arguments -----------------------------------
-    def user_time(self, t: float) -> Tensor:
-        return torch.scalar_tensor(self.problem.sign * t, dtype=self.layout.real_dtype,
-                                   device=self.layout.device)
-
-    def _raw(self, t: float, y: Tensor, check: bool = False) -> Tensor:
-        out = self.event_fn(self.user_time(t), self.layout.unflatten(y))
-        if check:
-            _check_event_output(out)
-        return out.reshape(-1)
-
-    # the hook --------------------------------------------------------------------------
-    def check(self, t: float, y: Tensor, t_new: float, y_new: Tensor, dt: float,
-              stages: Sequence[Tensor], f_new: Tensor | None, ws: Any, solver: Any,
-              ) -> EventHit | None:
-        """Called by the loop after each accepted step; an :class:`EventHit` ends the solve."""
-        with torch.no_grad():
-            g_new = self._raw(t_new, y_new)
-            if g_new.numel() != self.n:
-                raise ValueError(f"event_fn must return {self.n} values at every call (as at "
-                                 f"t0), got {g_new.numel()} at t={self.problem.user_time(t_new)}")
-            s = self.sign
-            side = g_new * s
-            # host sync: the event test, once per step. Fast path: every value is non-zero
-            # and on the side it was on before (a nan fails the test and goes on below).
-            if side.min().item() > 0:
-                self.g_prev = g_new
-                return None
-            crossed = (s != 0) & ~(side > 0)  # reached or passed zero (nan counts)
-            crossed &= (self.direction == 0) | (self.direction == -s)
-            if not bool(crossed.any()):  # host sync: only when some sign changed
-                self.sign = torch.where(g_new != 0, torch.sign(g_new), s)
-                self.g_prev = g_new
-                return None
-            if not bool(torch.isfinite(g_new).all()):  # host sync: event path only
-                raise ValueError(f"event_fn returned non-finite values at "
-                                 f"t={self.problem.user_time(t_new)!r}: {g_new.tolist()}")
-            theta, index = self._locate(t, y, y_new, dt, stages, f_new, ws, solver,
-                                        g_new, crossed)
-            ydot = _dense_derivative(solver, y, y_new, dt, stages, f_new, theta)
-        if theta == 1.0:
-            t_ev, y_ev = t_new, y_new
-        else:
-            t_ev = t + theta * dt
-            y_ev = solver.interpolate(y, y_new, dt, stages, f_new, theta, ws)
-        rising = bool(self.sign[index] < 0)
-        return EventHit(t_ev, y_ev, ydot, index, rising)
-
-    def _locate(self, t, y, y_new, dt, stages, f_new, ws, solver, g_new, crossed):
-        """The earliest root among the crossing values: ``(theta, index)``."""
-        s_list = self.sign.tolist()
-        g_start = self.g_prev.tolist()
-        g_end = g_new.tolist()
-        t_scale = max(abs(t), abs(t + dt), dt)
-        tol = 4 * torch.finfo(self.layout.real_dtype).eps * t_scale / dt  # in units of theta
-
-        def evaluate(theta: float) -> list[float]:
-            y_th = solver.interpolate(y, y_new, dt, stages, f_new, theta, ws)
-            return self._raw(t + theta * dt, y_th).tolist()
-
-        candidates = []
-        for k in crossed.nonzero().reshape(-1).tolist():
-            fa, fb = g_start[k] * s_list[k], g_end[k] * s_list[k]
-            guess = fa / (fa - fb) if fa > fb else 0.0
-            candidates.append((guess, k))
-        best_theta, best_g, best_k = 1.0, g_end, candidates[0][1]
-        for _, k in sorted(candidates):
-            fb = best_g[k] * s_list[k]
-            if fb > 0:  # still on its starting side at the best root so far: crosses later
-                continue
-            best_theta, best_g = _illinois(evaluate, k, s_list[k], 0.0, g_start, best_theta,
-                                           best_g, tol)
-            best_k = k
-        return best_theta, best_k
-
-
-def _illinois(evaluate: Callable[[float], list[float]], k: int, s: float, a: float,
-              g_a: list[float], b: float, g_b: list[float], tol: float,
-              ) -> tuple[float, list[float]]:
-    """Bracketing root of ``s * g_k(theta)`` on ``[a, b]``, positive at ``a``, ``<= 0`` at ``b``.
-
-    Illinois regula falsi; a bracket that has not halved within two iterations is bisected,
-    so the width shrinks at least geometrically. Returns the bracket end on the positive side
-    (or an exact zero) with the event values there; ``b`` when that end is the step start.
-    """
-    fa, fb = g_a[k] * s, g_b[k] * s
-    if fb == 0:
-        return b, g_b
-    a0 = a
-    side = 0
-    width_ref = b - a
-    stalled = 0
-    for _ in range(_MAX_ROOT_ITERS):
-        if b - a <= tol:
-            break
-        c = b - fb * (b - a) / (fb - fa)
-        if stalled >= 2 or not (a < c < b):
-            c = 0.5 * (a + b)
-        g_c = evaluate(c)
-        fc = g_c[k] * s
-        if not math.isfinite(fc):
-            raise ValueError(f"event_fn returned a non-finite value while locating a root: {fc}")
-        if fc > 0:
-            a, fa, g_a = c, fc, g_c
-            if side == 1:
-                fb *= 0.5
-            side = 1
-        elif fc < 0:
-            b, fb, g_b = c, fc, g_c
-            if side == -1:
-                fa *= 0.5
-            side = -1
-        else:
-            return c, g_c
-        if b - a <= 0.5 * width_ref:
-            width_ref, stalled = b - a, 0
-        else:
-            stalled += 1
-    if a == a0:
-        return b, g_b
-    return a, g_a
-
-
-def _dense_derivative(solver: Any, y: Tensor, y_new: Tensor, dt: float,
-                      stages: Sequence[Tensor], f_new: Tensor | None, theta: float) -> Tensor:
-    """Canonical ``d y / d t`` of the step's dense output at ``theta`` (no graph).
-
-    The tableau's own interpolant ``y + dt Σ b_i(θ) k_i`` gives ``Σ b_i'(θ) k_i``; cubic
-    Hermite gives its own derivative.
-    """
-    tableau = getattr(solver, "tableau", None)
-    if tableau is not None and tableau.dense is not None:
-        out = torch.zeros_like(y)
-        for k_i, poly in zip(stages, tableau.dense):
-            w = sum((p + 1) * c * theta**p for p, c in enumerate(poly))
-            if w != 0:
-                out.add_(k_i.detach(), alpha=w)
-        return out
-    if f_new is None:
-        raise ValueError("event location needs f at the step's end for a Hermite interpolant")
-    th = theta
-    d00, d10, d11 = 6 * th * th - 6 * th, 3 * th * th - 4 * th + 1, 3 * th * th - 2 * th
-    out = (y_new.detach() - y.detach()).mul_(-d00 / dt)
-    out.add_(stages[0].detach(), alpha=d10).add_(f_new.detach(), alpha=d11)
-    return out
-
-
-def _check_event_output(out: Any) -> None:
-    if not isinstance(out, Tensor):
-        raise TypeError(f"event_fn(t, y) must return a tensor, got {type(out).__name__}")
-    if not out.is_floating_point():
-        raise TypeError(f"event_fn(t, y) must return a real floating tensor, got {out.dtype}")
-    if out.numel() == 0:
-        raise ValueError("event_fn(t, y) returned an empty tensor; return one value per event")
-
-
-def _direction_tensor(direction: Any, n: int, like: Tensor) -> Tensor:
-    if isinstance(direction, Tensor):
-        values = direction.detach().reshape(-1).tolist()
-    elif isinstance(direction, (list, tuple)):
-        values = list(direction)
-    else:
-        values = [direction]
-    if len(values) == 1:
-        values = values * n
-    if len(values) != n or any(v not in (-1, 0, 1) for v in values):
-        raise ValueError(
-            f"event_direction must be -1 (falling), 0 (either) or +1 (rising), one value or "
-            f"one per value of event_fn ({n}); got {direction!r}"
-        )
-    return torch.tensor(values, dtype=like.dtype, device=like.device)
 
 
 # --------------------------------------------------------------- gradients of y(t*) by mode
@@ -399,24 +175,24 @@ def solve_event(
     t: Tensor,
     *,
     event_fn: EventFn,
-    rtol: Any = 1e-7,
-    atol: Any = 1e-9,
-    method: str | None = None,
-    options: dict[str, Any] | None = None,
-    gradient: str = "direct",
-    adjoint_rtol: float | None = None,
-    adjoint_atol: float | None = None,
-    adjoint_method: str | None = None,
-    adjoint_options: dict[str, Any] | None = None,
-    adjoint_params: Sequence[Tensor] | None = None,
-    event_direction: Any = None,
-    throw: bool = True,
+    rtol: Any,
+    atol: Any,
+    spec: MethodSpec,
+    options: dict[str, Any],
+    gradient: str,
+    adjoint_config: AdjointConfig | None,
+    adjoint_params: Sequence[Tensor] | None,
+    event_direction: Any,
+    throw: bool,
 ) -> EventSolution:
     """Solve from ``t[0]`` until ``event_fn(t, y)`` crosses zero; ``solve(event_fn=...)`` runs it.
 
+    ``solve`` checks the method, options and ``adjoint_options`` first and passes them
+    here. Every method but ``scipy_solver`` works: adaptive ones locate the root on their
+    dense output, fixed-grid ones on each step's interpolant (``options["interp"]``; an
+    unbounded search needs ``options["step_size"]``).
+
     Args:
-        func, y0, rtol, atol, method, options, gradient, adjoint_*: as :func:`odeflow.solve`;
-            ``method`` must be adaptive.
         t: ``[t0, t1]``: search from ``t0`` towards ``t1``; ``t1 = ±inf`` searches without an
             end time, bounded by ``options["max_num_steps"]`` (default 100000).
         event_fn: ``event_fn(t, y) -> Tensor`` with ``t`` and ``y`` as ``func`` gets them;
@@ -440,17 +216,12 @@ def solve_event(
         SolveError: no event before ``t1`` (``NO_EVENT``) or within ``max_num_steps``
             (``MAX_STEPS_REACHED``), step-size underflow, non-finite ``func``.
     """
-    if gradient not in GRADIENTS:
-        raise ValueError(f"gradient={gradient!r} is not one of {GRADIENTS}")
     if not callable(event_fn):
         raise TypeError(f"event_fn must be callable as event_fn(t, y), got {type(event_fn)}")
-    spec = get_method(method)
-    if spec.family != "adaptive":
-        raise ValueError(
-            f"event_fn needs an adaptive method (the root is located on its dense output), "
-            f"got method={spec.name!r}; use e.g. 'dopri5' or 'tsit5'"
-        )
-    opts = check_options(spec.name, options, spec.valid_options)
+    if spec.family == "scipy":
+        raise ValueError("event_fn is not supported with method='scipy_solver'; use an odeflow "
+                         "method (e.g. 'dopri5')")
+    opts = options
     t_prob, unbounded = _event_times(t)
     problem = make_problem(func, y0, t_prob, rtol, atol, spec.name, opts)
     if event_direction is None:
@@ -490,9 +261,8 @@ def solve_event(
             y_stop = _CheckpointToEvent.apply((stop_problem, result.steps, ys_fwd), spec, stats,
                                               y0_run, *params)[1]
         else:
-            config = make_adjoint_config(rtol, atol, method, options, adjoint_rtol,
-                                         adjoint_atol, adjoint_method, adjoint_options)
-            y_stop = _AdjointToEvent.apply((stop_problem, ys_fwd), spec, config, stats,
+            assert adjoint_config is not None
+            y_stop = _AdjointToEvent.apply((stop_problem, ys_fwd), spec, adjoint_config, stats,
                                            y0_run, *params)[1]
 
     t_stop = torch.tensor(problem.user_time(t_stop_c), dtype=torch.float64, device=t.device)

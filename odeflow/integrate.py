@@ -9,17 +9,18 @@ controllers never evaluate ``func``; this module owns the loop and nothing else.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .controllers import CONTROLLER_PRESETS, PIDController, initial_step
+from .controllers import initial_step
 from .integrate_per_sample import integrate_per_sample
-from .interp import hermite, linear
+from .interp import HermiteInterpolant, LinearInterpolant, hermite, linear
 from .norms import rms_norm
+from .options import DEFAULT_MAX_NUM_STEPS, make_controller, max_steps, positive_float
 from .problem import Problem
 from .solvers import MethodSpec
 from .solvers.scipy_bridge import integrate_scipy
@@ -30,36 +31,40 @@ __all__ = [
     "run_loop", "DEFAULT_MAX_NUM_STEPS",
 ]
 
-DEFAULT_MAX_NUM_STEPS = 100_000
-
 
 
 def run_loop(problem: Problem, spec: MethodSpec, *, record_steps: bool = False,
-             event: Any = None, callback_suffix: str = "") -> LoopResult:
-    """Run the loop of ``spec``'s family on ``problem`` (under whatever grad mode is active)."""
+             event: Any = None, callback_suffix: str = "", dense: list | None = None,
+             ) -> LoopResult:
+    """Run the loop of ``spec``'s family on ``problem`` (under whatever grad mode is active).
+
+    ``event`` is an :class:`~odeflow.event_location.EventLocator` (or ``None``); ``dense``,
+    when a list, receives each accepted step's detached interpolant (``odeint_dense``).
+    """
     if spec.family == "scipy":
-        if record_steps or event is not None:
-            raise ValueError("method='scipy_solver' supports neither gradient='checkpoint' nor "
-                             "event_fn; use an odeflow method")
+        if record_steps or event is not None or dense is not None:
+            raise ValueError("method='scipy_solver' supports neither gradient='checkpoint', "
+                             "event_fn nor dense output; use an odeflow method")
         ys, stats = integrate_scipy(problem)
         return LoopResult(ys, stats, problem.t_out[-1], ys[-1])
     stepper = spec.build(problem.options)
     if spec.family == "adaptive" and problem.options.get("per_sample", False):
-        if record_steps or event is not None:
-            raise ValueError("options['per_sample'] supports gradient='direct' only and no "
-                             "event_fn")
+        if record_steps or event is not None or dense is not None:
+            raise ValueError("options['per_sample'] supports gradient='direct' only, no "
+                             "event_fn and no dense output")
         controller = make_controller(problem.options)
         if controller.beta2 or controller.beta3:
             raise ValueError("options['per_sample'] uses the integral controller only")
-        ys, stats = integrate_per_sample(problem, stepper, controller, _max_steps(problem.options),
-                                         _positive_float(problem.options, "first_step", None))
+        ys, stats = integrate_per_sample(problem, stepper, controller, max_steps(problem.options),
+                                         positive_float(problem.options, "first_step", None))
         return LoopResult(list(ys.unbind(0)), stats, problem.t_out[-1], ys[-1])
     if spec.family == "adaptive":
         return integrate_adaptive(problem, stepper, record_steps=record_steps, event=event,
-                                  callback_suffix=callback_suffix)
-    if event is not None:
-        raise ValueError(f"event_fn needs an adaptive method, got method={spec.name!r}")
-    return integrate_fixed(problem, stepper, record_steps=record_steps)
+                                  callback_suffix=callback_suffix, dense=dense)
+    if dense is not None:
+        raise ValueError(f"dense output needs an adaptive method, got method={spec.name!r}")
+    return integrate_fixed(problem, stepper, record_steps=record_steps, event=event,
+                           callback_suffix=callback_suffix)
 
 
 @dataclass(frozen=True)
@@ -85,47 +90,6 @@ class LoopResult:
     event: Any = None
 
 
-def make_controller(options: dict[str, Any]) -> PIDController:
-    """The step-size controller described by ``options`` (see :class:`PIDController`)."""
-    spec = options.get("controller")
-    factors = {k: options[k] for k in ("safety", "ifactor", "dfactor") if k in options}
-    for name, value in factors.items():
-        if isinstance(value, Tensor):
-            factors[name] = float(value)
-    if isinstance(spec, PIDController):
-        if factors:
-            raise ValueError(
-                "options: give safety/ifactor/dfactor inside the PIDController, not beside it"
-            )
-        return spec
-    if spec is None:
-        spec = "integral"
-    if not isinstance(spec, str) or spec not in CONTROLLER_PRESETS:
-        raise ValueError(
-            f"options['controller'] must be one of {sorted(CONTROLLER_PRESETS)} or a "
-            f"PIDController, got {spec!r}"
-        )
-    return PIDController(**CONTROLLER_PRESETS[spec], **factors)
-
-
-def _positive_float(options: dict, name: str, default: float | None) -> float | None:
-    value = options.get(name, default)
-    if value is None:
-        return None
-    if isinstance(value, Tensor):
-        value = float(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"options['{name}'] must be a positive number, got {value!r}")
-    return float(value)
-
-
-def _max_steps(options: dict) -> int:
-    value = options.get("max_num_steps", DEFAULT_MAX_NUM_STEPS)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"options['max_num_steps'] must be a positive int, got {value!r}")
-    return value
-
-
 def _canonical_times(problem: Problem, name: str) -> list[float]:
     value = problem.options.get(name)
     if value is None:
@@ -149,10 +113,15 @@ def _callbacks(problem: Problem, suffix: str = "") -> tuple:
     return tuple(getattr(func, n + suffix, None) for n in names)
 
 
-def _fail(problem: Problem, status: Status, t: float, detail: str, stats: SolveStats) -> SolveError:
+def _fail(problem: Problem, status: Status, t: float, detail: str, stats: SolveStats,
+          ys: list[Tensor]) -> SolveError:
+    """The error of a failed loop, carrying complete statistics and the outputs reached."""
     stats.status = status
     stats.message = f"{status.message} t={problem.user_time(t)!r}. {detail}".strip()
-    return SolveError(status, problem.user_time(t), detail, stats)
+    stats.nfe = problem.func.nfe
+    err = SolveError(status, problem.user_time(t), detail, stats)
+    err.partial_ys = list(ys)
+    return err
 
 
 def integrate_adaptive(
@@ -162,6 +131,7 @@ def integrate_adaptive(
     record_steps: bool = False,
     event: Any = None,
     callback_suffix: str = "",
+    dense: list | None = None,
 ) -> LoopResult:
     """Adaptive loop with dense output at ``problem.t_out``.
 
@@ -181,10 +151,10 @@ def integrate_adaptive(
         return LoopResult(ys, stats, t0, y, steps)
 
     controller = make_controller(opts)
-    max_num_steps = _max_steps(opts)
-    min_step = _positive_float(opts, "min_step", None) or 0.0
-    max_step = _positive_float(opts, "max_step", None) or math.inf
-    first_step = _positive_float(opts, "first_step", None)
+    max_num_steps = max_steps(opts)
+    min_step = positive_float(opts, "min_step", None, allow_zero=True) or 0.0
+    max_step = positive_float(opts, "max_step", None) or math.inf
+    first_step = positive_float(opts, "first_step", None)
     rtol, atol, norm = problem.rtol, problem.atol, problem.norm
     k = solver.error_order + 1
     ws = None if torch.is_grad_enabled() else solver.workspace(y)
@@ -192,7 +162,7 @@ def integrate_adaptive(
 
     f0 = f.checked(t0, y)
     if not bool(torch.isfinite(f0).all()):  # host sync: once per solve
-        raise _fail(problem, Status.NONFINITE, t0, "func(t0, y0) is not finite.", stats)
+        raise _fail(problem, Status.NONFINITE, t0, "func(t0, y0) is not finite.", stats, ys)
     if first_step is None:
         dt = initial_step(f, t0, y, f0, solver.error_order, rtol, atol, norm)
     else:
@@ -221,7 +191,7 @@ def integrate_adaptive(
         if stats.n_steps >= max_num_steps:
             raise _fail(problem, Status.MAX_STEPS_REACHED, t,
                         f"Raise options['max_num_steps'] (now {max_num_steps}) or loosen "
-                        "rtol/atol; a stiff problem may need an implicit method.", stats)
+                        "rtol/atol; a stiff problem may need an implicit method.", stats, ys)
         # Land exactly on the next stop; stretch by at most 1% rather than leave a sliver.
         if t + 1.01 * dt >= next_stop:
             dt_try, t_new, landing = next_stop - t, next_stop, True
@@ -230,7 +200,7 @@ def integrate_adaptive(
         if dt_try <= 4 * math.ulp(max(abs(t), abs(t_new))):
             raise _fail(problem, Status.STEP_SIZE_UNDERFLOW, t,
                         f"Step size {dt_try!r} is too small for t; the problem may be stiff or "
-                        "have a singularity here.", stats)
+                        "have a singularity here.", stats, ys)
         if cb_step is not None:
             cb_step(_ttensor(t, problem), problem.layout.unflatten(y), _ttensor(dt_try, problem))
 
@@ -251,7 +221,8 @@ def integrate_adaptive(
             is_end = landing and t_new == t_end
             interior_out = next_out < t_new
             f_new = None
-            if not is_end or (interior_out and dense_needs_f_end) or event is not None:
+            if not is_end or (interior_out and dense_needs_f_end) or event is not None or (
+                    dense is not None):
                 f_new = solver.f_end(f, t_new, y_new, stages)
             while next_out <= t_new:
                 if next_out == t_new:
@@ -269,9 +240,15 @@ def integrate_adaptive(
             jump_here = landing and t_new in jump_set
             if steps is not None:
                 steps.append(StepRecord(t, dt_try, t_new, y, jump_here))
+            if dense is not None:
+                dense.append(solver.interpolant(t, dt_try, y, y_new, stages, f_new).detached())
             if event is not None:
-                hit = event.check(t, y, t_new, y_new, dt_try, stages, f_new, ws, solver)
+                hit = event.check(solver.interpolant(t, dt_try, y, y_new, stages, f_new, f),
+                                  y_new)
                 if hit is not None:
+                    if steps is not None and hit.step_dt is not None:
+                        # Located by re-stepping: the replay ends with that shorter step.
+                        steps[-1] = StepRecord(t, hit.step_dt, hit.t, y, False)
                     return LoopResult(ys, stats, t_new, y_new, steps, event=hit)
             y, abs_y = y_new, abs_new
             t = t_new
@@ -289,14 +266,15 @@ def integrate_adaptive(
             if not math.isfinite(ratio):
                 if not bool(torch.isfinite(stages[0]).all()):  # host sync: failure path only
                     raise _fail(problem, Status.NONFINITE, t,
-                                "func returned non-finite values at this time.", stats)
+                                "func returned non-finite values at this time.", stats, ys)
             if cb_reject is not None:
                 cb_reject(_ttensor(t, problem), problem.layout.unflatten(y),
                           _ttensor(dt_try, problem))
             f0 = stages[0]
             if not math.isfinite(ratio) and dt_try <= 16 * math.ulp(max(abs(t), 1.0)) * 1e3:
                 raise _fail(problem, Status.NONFINITE, t,
-                            "func returned non-finite values for every step size tried.", stats)
+                            "func returned non-finite values for every step size tried.", stats,
+                            ys)
         dt, ctrl = controller.propose(dt_try, ratio, accepted, k, ctrl)
         dt = min(max(dt, min_step), max_step)
     return LoopResult(ys, stats, t, y, steps)
@@ -320,54 +298,84 @@ def _ttensor(value: float, problem: Problem) -> Tensor:
 
 
 # -------------------------------------------------------------------------------- fixed grid
-def make_grid(problem: Problem) -> list[float]:
-    """The canonical time grid of a fixed-grid solve (Python floats, strictly increasing)."""
+def make_grid(problem: Problem, lazy: bool = False) -> Iterator[float]:
+    """The canonical time grid of a fixed-grid solve (increasing Python floats).
+
+    ``lazy`` (event searches): a ``step_size`` grid is generated step by step, so that the
+    search's far end time needs no list; :func:`integrate_fixed` bounds it by
+    ``max_num_steps``.
+    """
     opts = problem.options
     t_out = problem.t_out
     t0, t1 = t_out[0], t_out[-1]
     step_size = opts.get("step_size")
     constructor = opts.get("grid_constructor")
-    max_num_steps = _max_steps(opts)
+    max_num_steps = max_steps(opts)
     if step_size is not None and constructor is not None:
         raise ValueError("options: give step_size or grid_constructor, not both")
     if step_size is not None:
-        h = _positive_float(opts, "step_size", None)
+        h = positive_float(opts, "step_size", None)
         assert h is not None
         # A tolerance of 1e-9 steps keeps (t1 - t0) / h = 10.000000000000002 from adding a
         # sliver step.
         n = max(1, math.ceil((t1 - t0) / h - 1e-9))
+        if lazy:
+            return _lazy_grid(t0, t1, h, n)
         if n > max_num_steps:
             raise ValueError(
                 f"options['step_size']={h!r} needs {n} steps over the time span, more than "
                 f"max_num_steps={max_num_steps}; raise options['max_num_steps'] to allow it"
             )
-        return [t0 + i * h for i in range(n)] + [t1]
+        return iter([t0 + i * h for i in range(n)] + [t1])
+    if lazy:
+        raise ValueError("event_fn with a fixed-grid method needs options['step_size'] (the "
+                         "search has no end time to build a grid on)")
     if constructor is not None:
-        if not callable(constructor):
-            raise TypeError("options['grid_constructor'] must be callable(func, y0, t)")
-        t_canon = torch.tensor(t_out, dtype=torch.float64)
-        grid = constructor(problem.user_func, problem.layout.unflatten(problem.y0), t_canon)
-        if not isinstance(grid, Tensor) or grid.ndim != 1 or grid.numel() < 2:
-            raise ValueError("options['grid_constructor'] must return a 1-D tensor of >= 2 times")
-        values = grid.detach().to("cpu", torch.float64).tolist()
-        if any(b <= a for a, b in zip(values, values[1:])):
-            raise ValueError("options['grid_constructor'] must return strictly increasing times")
-        if abs(values[0] - t0) > 1e-12 * max(1.0, abs(t0)) or abs(values[-1] - t1) > 1e-12 * max(
-            1.0, abs(t1)
-        ):
-            raise ValueError(
-                f"options['grid_constructor'] must return a grid from t[0]={t0} to "
-                f"t[-1]={t1}, got {values[0]} .. {values[-1]}"
-            )
-        values[0], values[-1] = t0, t1
-        if len(values) - 1 > max_num_steps:
-            raise ValueError(f"the grid has {len(values) - 1} steps, more than max_num_steps")
-        return values
-    return list(t_out)
+        return iter(_constructed_grid(problem, constructor, max_num_steps))
+    return iter(t_out)
 
 
-def integrate_fixed(problem: Problem, solver: Any, *, record_steps: bool = False) -> LoopResult:
-    """Fixed-grid loop: one step per grid interval, outputs by linear or cubic interpolation."""
+def _lazy_grid(t0: float, t1: float, h: float, n: int) -> Iterator[float]:
+    for i in range(n):
+        yield t0 + i * h
+    yield t1
+
+
+def _constructed_grid(problem: Problem, constructor: Any, max_num_steps: int) -> list[float]:
+    """``grid_constructor(func, y0, t)`` called with the user's own ``func``, ``y0`` and ``t``
+    (a decreasing ``t`` stays decreasing); its grid is returned in canonical time."""
+    if not callable(constructor):
+        raise TypeError("options['grid_constructor'] must be callable(func, y0, t)")
+    t0, t1 = problem.t_out[0], problem.t_out[-1]
+    t_user = torch.tensor([problem.user_time(x) for x in problem.t_out],
+                          dtype=problem.t.dtype if problem.t.is_floating_point()
+                          else torch.float64)
+    grid = constructor(problem.user_func, problem.layout.unflatten(problem.y0), t_user)
+    if not isinstance(grid, Tensor) or grid.ndim != 1 or grid.numel() < 2:
+        raise ValueError("options['grid_constructor'] must return a 1-D tensor of >= 2 times")
+    values = [problem.sign * v for v in grid.detach().to("cpu", torch.float64).tolist()]
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise ValueError("options['grid_constructor'] must return times strictly monotone in "
+                         "the direction of t")
+    scale0, scale1 = 1e-6 * max(1.0, abs(t0)), 1e-6 * max(1.0, abs(t1))
+    if abs(values[0] - t0) > scale0 or abs(values[-1] - t1) > scale1:
+        raise ValueError(
+            f"options['grid_constructor'] must return a grid from t[0]={problem.user_time(t0)} "
+            f"to t[-1]={problem.user_time(t1)}, got {grid[0].item()} .. {grid[-1].item()}"
+        )
+    values[0], values[-1] = t0, t1
+    if len(values) - 1 > max_num_steps:
+        raise ValueError(f"the grid has {len(values) - 1} steps, more than max_num_steps")
+    return values
+
+
+def integrate_fixed(problem: Problem, solver: Any, *, record_steps: bool = False,
+                    event: Any = None, callback_suffix: str = "") -> LoopResult:
+    """Fixed-grid loop: one step per grid interval, outputs by linear or cubic interpolation.
+
+    ``callback_step`` runs once per step; with ``event``, the root is located on each
+    step's interpolant (linear or cubic, as ``options["interp"]``).
+    """
     opts = problem.options
     interp = opts.get("interp", "linear")
     if interp not in ("linear", "cubic"):
@@ -382,27 +390,33 @@ def integrate_fixed(problem: Problem, solver: Any, *, record_steps: bool = False
     steps: list[StepRecord] | None = [] if record_steps else None
     if n_out == 1:
         return LoopResult(ys, stats, t_out[0], y, steps)
-    grid = make_grid(problem)
+    max_num_steps = max_steps(opts)
+    grid = make_grid(problem, lazy=event is not None)
+    cb_step = _callbacks(problem, callback_suffix)[0]
     ws = None if torch.is_grad_enabled() else solver.workspace(y)
     carry = solver.init_carry(y) if hasattr(solver, "init_carry") else None
     f_last: Callable | None = (lambda t, x: f.perturbed(t, x, -1)) if perturb else None
     out_i, next_out = 1, t_out[1]
-    f0 = f.checked(grid[0], y) if not perturb else None
-    if perturb:
-        f0 = f.perturbed(grid[0], y, +1)
-    for i in range(len(grid) - 1):
-        t, t_new = grid[i], grid[i + 1]
+    t = next(grid)
+    f0 = f.perturbed(t, y, +1) if perturb else f.checked(t, y)
+    for t_new in grid:
+        if stats.n_steps >= max_num_steps:
+            raise _fail(problem, Status.MAX_STEPS_REACHED, t,
+                        f"Raise options['max_num_steps'] (now {max_num_steps}) or check "
+                        "event_fn.", stats, ys)
         dt = t_new - t
         if f0 is None:
             f0 = f.perturbed(t, y, +1) if perturb else f(t, y)
+        if cb_step is not None:
+            cb_step(_ttensor(t, problem), problem.layout.unflatten(y), _ttensor(dt, problem))
         if carry is None:
             y_new, _, stages = solver.step(f, t, y, f0, dt, ws, with_error=False, f_last=f_last)
         else:
-            y_new, carry, stages = solver.step_multistep(f, t, y, f0, dt, carry)
+            y_new, carry, stages = solver.step_multistep(f, t, y, f0, dt, carry, f_last=f_last)
         stats.n_steps += 1
         stats.n_accepted += 1
         f_new = None
-        if next_out < t_new and interp == "cubic":
+        if (next_out < t_new or event is not None) and interp == "cubic":
             f_new = f.perturbed(t_new, y_new, +1) if perturb else f(t_new, y_new)
         while next_out <= t_new:
             if next_out == t_new:
@@ -419,14 +433,19 @@ def integrate_fixed(problem: Problem, solver: Any, *, record_steps: bool = False
             next_out = t_out[out_i]
         if steps is not None:
             steps.append(StepRecord(t, dt, t_new, y, False))
-        y = y_new
+        if event is not None:
+            step_interp = (LinearInterpolant(t, dt, y, y_new) if interp == "linear"
+                           else HermiteInterpolant(t, dt, y, y_new, f0, f_new))
+            hit = event.check(step_interp, y_new)
+            if hit is not None:
+                return LoopResult(ys, stats, t_new, y_new, steps, event=hit)
+        y, t = y_new, t_new
         f0 = f_new
     # Fixed-grid methods do not sync per step; check finiteness once, at the end.
     if not bool(torch.isfinite(y).all()):  # host sync: once per solve
-        stats.status = Status.NONFINITE
         bad = next((i for i, v in enumerate(ys) if not bool(torch.isfinite(v).all())), len(ys))
-        t_bad = problem.user_time(t_out[min(bad, n_out - 1)])
-        raise SolveError(Status.NONFINITE, t_bad,
-                         "The fixed-grid solution became non-finite by this output time; "
-                         "use a smaller step_size or an adaptive method.", stats)
-    return LoopResult(ys, stats, grid[-1], y, steps)
+        t_bad = t_out[min(bad, n_out - 1)]
+        raise _fail(problem, Status.NONFINITE, t_bad,
+                    "The fixed-grid solution became non-finite by this output time; use a "
+                    "smaller step_size or an adaptive method.", stats, ys[:bad])
+    return LoopResult(ys, stats, t, y, steps)

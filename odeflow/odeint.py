@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -11,12 +12,13 @@ import torch
 from torch import Tensor
 
 from .integrate import run_loop
+from .options import validate_options
 from .problem import Problem, check_options, make_problem
 from .sensitivity import GRADIENTS, find_params
-from .sensitivity.adjoint import make_adjoint_config, solve_adjoint
+from .sensitivity.adjoint import AdjointConfig, make_adjoint_config, solve_adjoint
 from .sensitivity.checkpoint import solve_checkpoint
 from .sensitivity.time_grad import attach_output_times, shift_initial_state
-from .solvers import get_method
+from .solvers import get_method, warn_unsupported_callbacks
 from .stats import SolveError, SolveStats, record_last_stats
 
 __all__ = ["Solution", "solve", "odeint", "odeint_adjoint"]
@@ -77,7 +79,10 @@ def solve(
             ``max_num_steps``, ``norm``, ``jump_t``, ...) plus ``controller``. Unknown keys
             raise ``ValueError``.
         event_fn: stop where ``event_fn(t, y)`` crosses zero (see :func:`odeflow.odeint_event`);
-            ``t`` is then ``[t0, t_end]`` and the result has ``event_t`` (and ``event_index``).
+            ``t`` is then ``[t0, t1]``, a bounded search (``t1 = ±inf`` lifts the bound;
+            ``options["max_num_steps"]`` still applies), and the result has ``event_t``
+            (and ``event_index``). ``odeint``/``odeint_adjoint`` use only ``t[0]``, as
+            torchdiffeq does.
         event_direction: with ``event_fn``: ``+1`` rising crossings only, ``-1`` falling,
             ``0``/``None`` both; one value, or one per event value.
         gradient: ``"direct"`` (backprop through the solver), ``"adjoint"`` or
@@ -89,7 +94,8 @@ def solve(
         adjoint_params: tensors whose gradients ``"adjoint"``/``"checkpoint"`` compute
             (default: ``func.parameters()`` for an ``nn.Module``).
         throw: raise :class:`SolveError` on failure; if ``False``, return the solution with
-            ``nan`` at the times not reached and the failure in ``stats.status``.
+            the outputs reached before the failure, ``nan`` at the later times, and the
+            failure in ``stats.status`` (``stats`` is complete either way).
 
     Returns:
         A :class:`Solution` with ``ys``, ``ts``, ``stats`` (and ``event_t``).
@@ -104,54 +110,64 @@ def solve(
         >>> sol.ys.shape, sol.stats.nfe
         (torch.Size([5, 3]), ...)
     """
-    if event_fn is not None:
-        from .events import solve_event
-
-        return solve_event(
-            func, y0, t, event_fn=event_fn, rtol=rtol, atol=atol, method=method,
-            options=options, gradient=gradient, adjoint_rtol=adjoint_rtol,
-            adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
-            adjoint_options=adjoint_options, adjoint_params=adjoint_params,
-            event_direction=event_direction, throw=throw,
-        )
-    if event_direction is not None:
-        raise ValueError("event_direction is only meaningful together with event_fn")
     if gradient not in GRADIENTS:
         raise ValueError(f"gradient={gradient!r} is not one of {GRADIENTS}")
     spec = get_method(method)
     opts = check_options(spec.name, options, spec.valid_options)
+    validate_options(opts)
+    adjoint_config = None
+    if gradient == "adjoint":  # checked now, not first inside backward()
+        adjoint_config = make_adjoint_config(rtol, atol, method, options, adjoint_rtol,
+                                             adjoint_atol, adjoint_method, adjoint_options)
+    warn_unsupported_callbacks(func, spec, adjoint_config.spec if adjoint_config else None)
+    if event_fn is not None:
+        from .events import solve_event
+
+        return solve_event(
+            func, y0, t, event_fn=event_fn, rtol=rtol, atol=atol, spec=spec, options=opts,
+            gradient=gradient, adjoint_config=adjoint_config, adjoint_params=adjoint_params,
+            event_direction=event_direction, throw=throw,
+        )
+    if event_direction is not None:
+        raise ValueError("event_direction is only meaningful together with event_fn")
     problem = make_problem(func, y0, t, rtol, atol, spec.name, opts)
     stats = SolveStats()
     try:
-        ys_flat = _solve_flat(problem, spec, stats, gradient, func, rtol, atol, method, options,
-                              adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options,
+        ys_flat = _solve_flat(problem, spec, stats, gradient, func, adjoint_config,
                               adjoint_params)
     except SolveError as err:
+        stats = err.stats or stats
+        stats.nfe = problem.func.nfe
+        record_last_stats(stats)
         if throw:
-            record_last_stats(err.stats or stats)
             raise
         ys_flat = _partial_after_failure(problem, err)
-        stats = err.stats or stats
     record_last_stats(stats)
     return Solution(problem.layout.unflatten_stacked(ys_flat), t, stats)
 
 
 def _solve_flat(problem: Problem, spec: Any, stats: SolveStats, gradient: str, func: Callable,
-                rtol: Any, atol: Any, method: str | None, options: dict | None,
-                adjoint_rtol: Any, adjoint_atol: Any, adjoint_method: str | None,
-                adjoint_options: dict | None, adjoint_params: Sequence[Tensor] | None) -> Tensor:
+                adjoint_config: AdjointConfig | None,
+                adjoint_params: Sequence[Tensor] | None) -> Tensor:
     grad_on = torch.is_grad_enabled()
     y0 = problem.y0
     time_grad = grad_on and problem.t.requires_grad
     if time_grad:
         y0 = shift_initial_state(problem, y0)
         problem = replace(problem, y0=y0)
+    if spec.family == "scipy" and grad_on and gradient != "adjoint" and (
+            y0.requires_grad or _closure_needs_grad(func)):
+        # As torchdiffeq: the solution is returned, without a graph.
+        warnings.warn(
+            "method='scipy_solver': gradients do not flow through SciPy's steps, so this "
+            "solution has no gradient; use odeint_adjoint (gradient='adjoint') to "
+            "differentiate a SciPy solve", UserWarning, stacklevel=4)
+        time_grad = False
+        with torch.no_grad():
+            result = run_loop(problem, spec)
+        _fill_stats(stats, result.stats, problem)
+        return torch.stack(result.ys)
     if gradient == "direct" or not grad_on:
-        if spec.family == "scipy" and grad_on and (y0.requires_grad or _closure_needs_grad(func)):
-            raise ValueError(
-                "method='scipy_solver' cannot backpropagate through SciPy's steps; use "
-                "odeint_adjoint (gradient='adjoint') or wrap the call in torch.no_grad()"
-            )
         result = run_loop(problem, spec)
         _fill_stats(stats, result.stats, problem)
         ys = torch.stack(result.ys)
@@ -161,10 +177,9 @@ def _solve_flat(problem: Problem, spec: Any, stats: SolveStats, gradient: str, f
         params = find_params(func, adjoint_params, gradient)
         ys = solve_checkpoint(problem, spec, stats, y0, params)
     else:
+        assert adjoint_config is not None
         params = find_params(func, adjoint_params, gradient)
-        config = make_adjoint_config(rtol, atol, method, options, adjoint_rtol, adjoint_atol,
-                                     adjoint_method, adjoint_options)
-        ys = solve_adjoint(problem, spec, config, stats, y0, params)
+        ys = solve_adjoint(problem, spec, adjoint_config, stats, y0, params)
     if time_grad:
         ys = attach_output_times(problem, ys, stats)
     return ys
@@ -183,11 +198,13 @@ def _closure_needs_grad(func: Callable) -> bool:
 
 
 def _partial_after_failure(problem: Problem, err: SolveError) -> Tensor:
-    """Outputs for ``throw=False``: a re-run is not possible, so every output is ``nan``
-    except ``y0``; ``stats`` says where and why the solve stopped."""
+    """Outputs for ``throw=False``: the outputs the loop reached keep their values; the
+    times after the failure are ``nan``; ``stats`` says where and why the solve stopped."""
     n_t = len(problem.t_out)
     out = problem.y0.detach().new_full((n_t, problem.y0.numel()), math.nan)
-    out[0] = problem.y0.detach()
+    reached = getattr(err, "partial_ys", None) or [problem.y0]
+    for i, y in enumerate(reached[:n_t]):
+        out[i] = y.detach()
     return out
 
 
@@ -211,7 +228,9 @@ def odeint(
 
     Returns:
         ``ys`` with ``ys[i] = y(t[i])`` (a tensor ``(len(t), *y0.shape)`` or a tuple of
-        them); with ``event_fn``, ``(event_t, ys)`` as :func:`odeint_event` returns.
+        them); with ``event_fn``, ``(event_t, ys)`` as :func:`odeint_event` returns: as in
+        torchdiffeq, every element of ``t`` but ``t[0]`` is then ignored (``t[1]`` only
+        gives the direction) and the search runs until the event.
 
     Example:
         >>> t = torch.linspace(0, 1, 11)
@@ -223,6 +242,8 @@ def odeint(
         Chen, Rubanova, Bettencourt & Duvenaud, "Neural Ordinary Differential Equations",
         NeurIPS 2018.
     """
+    if event_fn is not None:
+        t = _event_search_times(t)
     sol = solve(func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
                 event_fn=event_fn, gradient=gradient)
     if event_fn is not None:
@@ -271,6 +292,8 @@ def odeint_adjoint(
             "odeint_adjoint needs func to be a torch.nn.Module, or adjoint_params=(tensors "
             "func uses) to know which parameters to differentiate"
         )
+    if event_fn is not None:
+        t = _event_search_times(t)
     sol = solve(func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
                 event_fn=event_fn, gradient="adjoint", adjoint_rtol=adjoint_rtol,
                 adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
@@ -279,3 +302,17 @@ def odeint_adjoint(
         return sol.event_t, sol.ys
     return sol.ys
 
+
+
+def _event_search_times(t: Tensor) -> Tensor:
+    """torchdiffeq's event semantics: only ``t[0]`` counts, and the search has no end time.
+
+    The search runs in the direction of ``t[1] - t[0]`` (forward for a single time).
+    """
+    if not isinstance(t, Tensor) or t.ndim != 1 or t.numel() == 0:
+        shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+        raise ValueError(f"t must be a non-empty 1-D tensor whose first element is the "
+                         f"initial time, got {shape}")
+    backward = t.numel() > 1 and bool(t[1] < t[0])  # host sync: once per solve
+    far = t[:1].detach() + (-math.inf if backward else math.inf)
+    return torch.cat([t[:1], far])

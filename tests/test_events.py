@@ -20,7 +20,7 @@ from torch import nn
 
 import odeflow
 from odeflow import SolveError, Status, odeint, odeint_adjoint, odeint_event
-from odeflow.events import solve_event
+from odeflow import solve as solve_event  # solve(event_fn=...) runs the event solve
 
 F64 = torch.float64
 
@@ -302,8 +302,9 @@ def test_no_event_before_t1():
     y0 = torch.tensor([1.0], dtype=F64)
     t = torch.tensor([0.0, 2.0], dtype=F64)
     decay = lambda t, y: -y  # noqa: E731
+    # solve() keeps a bounded search: [t0, t1].
     with pytest.raises(SolveError) as info:
-        odeint(decay, y0, t, event_fn=lambda t, y: y[0] - 0.01)
+        solve_event(decay, y0, t, event_fn=lambda t, y: y[0] - 0.01)
     assert info.value.status == Status.NO_EVENT
     assert odeflow.last_stats().status == Status.NO_EVENT
     sol = solve_event(decay, y0, t, event_fn=lambda t, y: y[0] - 0.01, throw=False)
@@ -333,10 +334,12 @@ def test_bad_event_functions_and_arguments():
         odeint_event(f, y0, t0, event_fn=lambda t, y: y / 0)
     with pytest.raises(ValueError, match="event_direction"):
         odeint_event(f, y0, t0, event_fn=lambda t, y: y, event_direction=2)
-    with pytest.raises(ValueError, match="adaptive method"):
+    with pytest.raises(ValueError, match="step_size"):
         odeint_event(f, y0, t0, event_fn=lambda t, y: y, method="rk4")
+    with pytest.raises(ValueError, match="scipy_solver"):
+        odeint_event(f, y0, t0, event_fn=lambda t, y: y, method="scipy_solver")
     with pytest.raises(ValueError, match="two times"):
-        odeint(f, y0, torch.tensor([0.0, 1.0, 2.0], dtype=F64), event_fn=lambda t, y: y)
+        solve_event(f, y0, torch.tensor([0.0, 1.0, 2.0], dtype=F64), event_fn=lambda t, y: y)
     with pytest.raises(ValueError, match="unknown option"):
         odeint_event(f, y0, t0, event_fn=lambda t, y: y, options=dict(bogus=1))
 

@@ -18,6 +18,8 @@ need controlling, and the backward solve takes fewer steps.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -27,9 +29,10 @@ from torch import Tensor
 
 from ..integrate import run_loop
 from ..norms import rms_norm
+from ..options import validate_options
 from ..problem import Problem, check_options, make_problem
 from ..solvers import MethodSpec, get_method
-from ..stats import SolveStats
+from ..stats import SolveError, SolveStats
 
 __all__ = ["AdjointConfig", "make_adjoint_config", "solve_adjoint"]
 
@@ -52,12 +55,11 @@ def make_adjoint_config(rtol: Any, atol: Any, method: str | None, options: dict 
     if adjoint_options is None:
         base = {k: v for k, v in (options or {}).items() if k != "norm"}
         adjoint_options = {k: v for k, v in base.items() if k in spec.valid_options}
-    adj_opts = check_options(spec.name, adjoint_options, spec.valid_options)
-    norm = adj_opts.get("norm")
-    if norm is not None and not callable(norm) and norm != "seminorm":
-        raise ValueError(
-            f"adjoint_options['norm'] must be 'seminorm' or a callable, got {norm!r}"
-        )
+    try:
+        adj_opts = check_options(spec.name, adjoint_options, spec.valid_options)
+        validate_options(adj_opts, adjoint=True)
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(f"adjoint_options: {exc}") from None
     return AdjointConfig(
         rtol=rtol if adjoint_rtol is None else adjoint_rtol,
         atol=atol if adjoint_atol is None else adjoint_atol,
@@ -136,7 +138,7 @@ class _Adjoint(torch.autograd.Function):
         f = problem.func
         nfe_before = f.nfe
         aug = _augmented_dynamics(problem, params)
-        options = _backward_options(config.options, problem.sign)
+        options = _backward_options(config.options, problem, params)
         dtype = ys.dtype
         a = grad_ys[-1].clone()
         sizes = [_real_numel(p) for p in params]
@@ -156,7 +158,10 @@ class _Adjoint(torch.autograd.Function):
             if isinstance(rtol, Tensor) or isinstance(atol, Tensor):
                 aug_problem = replace(aug_problem, rtol=rtol, atol=atol)
             with torch.no_grad():
-                result = run_loop(aug_problem, config.spec)
+                try:
+                    result = run_loop(aug_problem, config.spec)
+                except SolveError as err:
+                    raise _backward_failure(err, problem, i) from None
             n_steps += result.stats.n_steps
             final = aug_problem.layout.unflatten(result.ys[-1])
             a = final[1] + grad_ys[i - 1]
@@ -174,6 +179,18 @@ class _Adjoint(torch.autograd.Function):
         return (None, None, None, None, a, *param_grads)
 
 
+def _backward_failure(err: SolveError, problem: Problem, i: int) -> SolveError:
+    span = (problem.user_time(problem.t_out[i]), problem.user_time(problem.t_out[i - 1]))
+    detail = (f"This was the adjoint's backward solve (the augmented system from t={span[0]!r} "
+              f"back to t={span[1]!r}), not the forward solve. Set its solver with "
+              "adjoint_options (e.g. dict(norm='seminorm') or a larger max_num_steps), "
+              "adjoint_rtol/adjoint_atol or adjoint_method, or use gradient='checkpoint'. "
+              f"It said: {err}")
+    out = SolveError(err.status, problem.user_time(err.t), detail, err.stats)
+    out.partial_ys = getattr(err, "partial_ys", None)
+    return out
+
+
 def _real_numel(p: Tensor) -> int:
     return p.numel() * (2 if p.is_complex() else 1)
 
@@ -182,16 +199,26 @@ def _flat_real(v: Tensor) -> Tensor:
     return (torch.view_as_real(v) if v.is_complex() else v).reshape(-1)
 
 
-def _backward_options(options: dict[str, Any], sign: float) -> dict[str, Any]:
+def _backward_options(options: dict[str, Any], problem: Problem,
+                      params: tuple[Tensor, ...]) -> dict[str, Any]:
     """The backward solve's options in its own time, which is the forward's canonical time.
 
     ``jump_t``/``step_t`` are given in the user's time; for a decreasing ``t`` the
     canonical time is its negative, so they are negated too (else they would miss every
-    backward interval).
+    backward interval). A ``grid_constructor`` is called in the user's time, so it sees the
+    backward interval as the user would (from ``t[i]`` back to ``t[i-1]``). A user's norm
+    gets the augmented state as torchdiffeq gives it: ``(t_adjoint, *y, *a, *g)`` with
+    ``y`` and ``a`` in the state's structure and one ``g`` per parameter, shaped like it
+    (``t_adjoint`` is a 0-dim zero: odeflow computes time gradients outside the backward
+    solve).
     """
+    sign = problem.sign
     out = dict(options)
-    if out.get("norm") == "seminorm":
+    norm = out.get("norm")
+    if norm == "seminorm":
         out["norm"] = _seminorm
+    elif norm is not None:
+        out["norm"] = _user_adjoint_norm(norm, problem, params)
     for name in ("jump_t", "step_t"):
         value = out.get(name)
         if value is not None and sign < 0:
@@ -199,7 +226,29 @@ def _backward_options(options: dict[str, Any], sign: float) -> dict[str, Any]:
                 out[name] = -value.detach()
             else:
                 out[name] = [-float(v) for v in value]
+    constructor = out.get("grid_constructor")
+    if constructor is not None and sign < 0:
+        out["grid_constructor"] = lambda f, y0, t: -constructor(f, y0, -t)
     return out
+
+
+def _user_adjoint_norm(norm: Callable, problem: Problem, params: tuple[Tensor, ...]) -> Callable:
+    layout = problem.layout
+    shapes = [p.shape + ((2,) if p.is_complex() else ()) for p in params]
+
+    def as_user(x: Tensor) -> tuple[Tensor, ...]:
+        out = layout.real_view(x)
+        return out if isinstance(out, tuple) else (out,)
+
+    def wrapped(state: tuple[Tensor, ...]) -> Tensor:
+        y, a = state[0], state[1]
+        parts = [y.new_zeros(()), *as_user(y), *as_user(a)]
+        if len(state) > 2:
+            sizes = [math.prod(s) for s in shapes]
+            parts += [g.view(s) for g, s in zip(torch.split(state[2], sizes), shapes)]
+        return norm(tuple(parts))
+
+    return wrapped
 
 
 def _backward_tolerance(name: str, tol: Any, problem: Problem, n_aug: int) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +11,10 @@ from .adams import AdamsBashforth, AdamsMoulton
 from .explicit_rk import ExplicitRK
 from .scipy_bridge import SCIPY_OPTIONS
 
-__all__ = ["METHODS", "ADAPTIVE_METHODS", "FIXED_METHODS", "MethodSpec", "get_method"]
+__all__ = ["METHODS", "ADAPTIVE_METHODS", "FIXED_METHODS", "MethodSpec", "get_method",
+           "warn_unsupported_callbacks"]
+
+CALLBACKS = ("callback_step", "callback_accept_step", "callback_reject_step")
 
 ADAPTIVE_OPTIONS = (
     "first_step", "safety", "ifactor", "dfactor", "min_step", "max_step", "max_num_steps",
@@ -33,6 +37,12 @@ class MethodSpec:
     name: str
     family: str  # "adaptive" | "fixed" | "scipy"
     valid_options: tuple[str, ...]
+
+    @property
+    def valid_callbacks(self) -> tuple[str, ...]:
+        """The step callbacks this method calls: all three when adaptive, ``callback_step``
+        on a fixed grid (every step is accepted), none through SciPy."""
+        return {"adaptive": CALLBACKS, "fixed": CALLBACKS[:1]}.get(self.family, ())
 
     def build(self, options: dict[str, Any]) -> Any:
         """A stepper configured by ``options`` (the loop reads the rest of them)."""
@@ -62,3 +72,22 @@ def get_method(method: str | None) -> MethodSpec:
         extra = ("max_order",) if name == "explicit_adams" else ("max_order", "max_iters")
         return MethodSpec(name, "fixed", FIXED_OPTIONS + extra)
     return MethodSpec(name, "scipy", SCIPY_OPTIONS)
+
+
+def warn_unsupported_callbacks(func: Any, spec: MethodSpec,
+                               adjoint_spec: MethodSpec | None = None) -> None:
+    """Warn (as torchdiffeq does) about step callbacks on ``func`` that ``spec`` never calls.
+
+    ``callback_*_adjoint`` are checked against ``adjoint_spec`` (the backward solve's
+    method) when there is one.
+    """
+    for suffix, which in (("", spec), ("_adjoint", adjoint_spec)):
+        if which is None:
+            continue
+        unused = [n + suffix for n in CALLBACKS
+                  if getattr(func, n + suffix, None) is not None and n not in which.valid_callbacks]
+        if unused:
+            warnings.warn(f"method={which.name!r} does not call the step callbacks "
+                          f"{', '.join(unused)}"
+                          + (" (every fixed-grid step is accepted)" if which.family == "fixed"
+                             else ""), UserWarning, stacklevel=4)

@@ -80,21 +80,26 @@ class AdamsBashforth:
         return out
 
     def step_multistep(
-        self, f: Func, t: float, y: Tensor, f0: Tensor, dt: float, carry: AdamsCarry
+        self, f: Func, t: float, y: Tensor, f0: Tensor, dt: float, carry: AdamsCarry,
+        f_last: Func | None = None,
     ) -> tuple[Tensor, AdamsCarry, tuple[Tensor, ...]]:
-        """One step; ``f0 = f(t, y)``. Returns ``(y_new, carry, (f0,))``."""
+        """One step; ``f0 = f(t, y)``. Returns ``(y_new, carry, (f0,))``.
+
+        ``f_last`` evaluates at the step's end instead of ``f`` (``perturb``: just before it).
+        """
         times = (t, *carry.times)[: self.order]
         derivs = (f0, *carry.derivs)[: self.order]
         new_carry = AdamsCarry(times, derivs)
         if len(times) < self.order:
             # Start-up: not enough history yet for the requested order.
-            y_new, _, _ = self._starter.step(f, t, y, f0, dt, None, with_error=False)
+            y_new, _, _ = self._starter.step(f, t, y, f0, dt, None, with_error=False,
+                                             f_last=f_last)
             return y_new, new_carry, (f0,)
         y_new = self._predict(t, y, dt, new_carry)
-        y_new = self._correct(f, t, y, dt, y_new, new_carry)
+        y_new = self._correct(f_last or f, t, y, dt, y_new, new_carry)
         return y_new, new_carry, (f0,)
 
-    def _correct(self, f: Func, t: float, y: Tensor, dt: float, y_pred: Tensor,
+    def _correct(self, f_end: Func, t: float, y: Tensor, dt: float, y_pred: Tensor,
                  carry: AdamsCarry) -> Tensor:
         return y_pred
 
@@ -118,7 +123,7 @@ class AdamsMoulton(AdamsBashforth):
         if not isinstance(max_iters, int) or max_iters < 1:
             raise ValueError(f"options['max_iters'] must be a positive int, got {max_iters!r}")
 
-    def _correct(self, f, t, y, dt, y_pred, carry):
+    def _correct(self, f_end, t, y, dt, y_pred, carry):
         t_new = t + dt
         nodes = (t_new, *carry.times[: self.order - 1])
         w = integration_weights(nodes, t, t_new)
@@ -127,7 +132,7 @@ class AdamsMoulton(AdamsBashforth):
             base = torch.add(base, fj, alpha=w[j + 1])
         y_new = y_pred
         for _ in range(self.max_iters):
-            y_next = torch.add(base, f(t_new, y_new), alpha=w[0])
+            y_next = torch.add(base, f_end(t_new, y_new), alpha=w[0])
             with torch.no_grad():
                 converged = bool(torch.equal(y_next, y_new))  # host sync: corrector test
             y_new = y_next

@@ -1,0 +1,146 @@
+"""Options: every key a method accepts, checked when ``solve`` is called.
+
+:func:`validate_options` checks the value of every option (types and ranges) before any
+solving starts, for the forward solve and for the adjoint's backward solve alike, so that
+a bad ``adjoint_options`` fails at the call, not inside ``backward()``. The loops read the
+same values through the small parsers here (:func:`positive_float`, :func:`max_steps`,
+:func:`make_controller`), so a check and its use cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .controllers import CONTROLLER_PRESETS, PIDController
+
+__all__ = ["DEFAULT_MAX_NUM_STEPS", "validate_options", "make_controller", "max_steps",
+           "positive_float"]
+
+DEFAULT_MAX_NUM_STEPS = 100_000
+
+
+def make_controller(options: dict[str, Any]) -> PIDController:
+    """The step-size controller described by ``options`` (see :class:`PIDController`)."""
+    spec = options.get("controller")
+    factors = {k: options[k] for k in ("safety", "ifactor", "dfactor") if k in options}
+    for name, value in factors.items():
+        if isinstance(value, Tensor):
+            factors[name] = float(value)
+    if isinstance(spec, PIDController):
+        if factors:
+            raise ValueError(
+                "options: give safety/ifactor/dfactor inside the PIDController, not beside it"
+            )
+        return spec
+    if spec is None:
+        spec = "integral"
+    if not isinstance(spec, str) or spec not in CONTROLLER_PRESETS:
+        raise ValueError(
+            f"options['controller'] must be one of {sorted(CONTROLLER_PRESETS)} or a "
+            f"PIDController, got {spec!r}"
+        )
+    return PIDController(**CONTROLLER_PRESETS[spec], **factors)
+
+
+def positive_float(options: dict, name: str, default: float | None,
+                    allow_zero: bool = False) -> float | None:
+    value = options.get(name, default)
+    if value is None:
+        return None
+    if isinstance(value, Tensor):
+        value = float(value)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+        value >= 0 if allow_zero else value > 0) and not math.isnan(value)
+    if not ok:
+        kind = "a non-negative" if allow_zero else "a positive"
+        raise ValueError(f"options['{name}'] must be {kind} number, got {value!r}")
+    return float(value)
+
+
+def max_steps(options: dict) -> int:
+    value = options.get("max_num_steps", DEFAULT_MAX_NUM_STEPS)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"options['max_num_steps'] must be a positive int, got {value!r}")
+    return value
+
+
+def _times(options: dict, name: str) -> None:
+    value = options[name]
+    if isinstance(value, Tensor):
+        values = value.detach().reshape(-1).to("cpu", torch.float64).tolist()
+    else:
+        try:
+            values = [float(v) for v in value]
+        except (TypeError, ValueError):
+            raise TypeError(f"options['{name}'] must be a 1-D tensor or sequence of times, got "
+                            f"{type(value).__name__}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"options['{name}'] must hold finite times, got {values}")
+
+
+def _choice(options: dict, name: str, choices: tuple) -> None:
+    if options[name] not in choices:
+        raise ValueError(f"options['{name}'] must be one of {choices}, got {options[name]!r}")
+
+
+def _callable(options: dict, name: str, *, allow: tuple = ()) -> None:
+    value = options[name]
+    if value is not None and not callable(value) and value not in allow:
+        extra = f" or one of {allow}" if allow else ""
+        raise TypeError(f"options['{name}'] must be callable{extra}, got {value!r}")
+
+
+def _positive_int(options: dict, name: str, low: int = 1, high: int | None = None) -> None:
+    value = options[name]
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (
+            high is not None and value > high):
+        span = f"in {low}..{high}" if high is not None else f">= {low}"
+        raise ValueError(f"options['{name}'] must be an int {span}, got {value!r}")
+
+
+def validate_options(options: dict[str, Any], *, adjoint: bool = False) -> None:
+    """Check the value of every option in ``options`` (keys were checked by the method).
+
+    Args:
+        options: the options of one solve (already restricted to the method's keys).
+        adjoint: these are ``adjoint_options`` (``norm`` may then be ``"seminorm"``).
+
+    Raises:
+        ValueError, TypeError: the message names the option and what it expects.
+    """
+    for name in options:
+        if options[name] is None and name not in ("controller",):
+            continue
+        if name in ("first_step", "max_step", "step_size"):
+            positive_float(options, name, None)
+        elif name == "min_step":
+            positive_float(options, name, None, allow_zero=True)
+        elif name == "max_num_steps":
+            max_steps(options)
+        elif name in ("jump_t", "step_t"):
+            _times(options, name)
+        elif name == "norm":
+            _callable(options, name, allow=("seminorm",) if adjoint else ())
+        elif name == "grid_constructor":
+            _callable(options, name)
+        elif name == "interp":
+            _choice(options, name, ("linear", "cubic"))
+        elif name in ("perturb", "per_sample"):
+            if not isinstance(options[name], (bool, int)):
+                raise TypeError(f"options['{name}'] must be True or False, got "
+                                f"{options[name]!r}")
+        elif name == "dtype":
+            if not isinstance(options[name], torch.dtype):
+                raise TypeError(f"options['dtype'] must be a torch.dtype, got {options[name]!r}")
+        elif name == "max_order":
+            _positive_int(options, name, 1, 4)
+        elif name == "max_iters":
+            _positive_int(options, name)
+    if "controller" in options or any(k in options for k in ("safety", "ifactor", "dfactor")):
+        make_controller(options)
+    if options.get("step_size") is not None and options.get("grid_constructor") is not None:
+        raise ValueError("options: give step_size or grid_constructor, not both")
