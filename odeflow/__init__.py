@@ -11,6 +11,8 @@ from .controllers import PIDController as PIDController
 from .odeint import Solution as Solution
 from .odeint import odeint as odeint
 from .odeint import odeint_adjoint as odeint_adjoint
+from .odeint import odeint_dense as odeint_dense
+from .dense import DenseOutput as DenseOutput
 from .odeint import solve as solve
 from .solvers import METHODS as METHODS
 from .stats import SolveError as SolveError
@@ -21,7 +23,7 @@ from .stats import last_stats as last_stats
 __version__ = "0.1.0"
 
 __all__ = [
-    "odeint", "odeint_adjoint", "odeint_event", "solve", "Solution", "SolveStats", "Status",
+    "odeint", "odeint_adjoint", "odeint_event", "odeint_dense", "DenseOutput", "solve", "Solution", "SolveStats", "Status",
     "SolveError", "last_stats", "METHODS", "PIDController",
 ]
 

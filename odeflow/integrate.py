@@ -241,7 +241,7 @@ def integrate_adaptive(
             if steps is not None:
                 steps.append(StepRecord(t, dt_try, t_new, y, jump_here))
             if dense is not None:
-                dense.append(solver.interpolant(t, dt_try, y, y_new, stages, f_new).detached())
+                dense.append(solver.interpolant(t, dt_try, y, y_new, stages, f_new, f).detached())
             if event is not None:
                 hit = event.check(solver.interpolant(t, dt_try, y, y_new, stages, f_new, f),
                                   y_new)

@@ -123,8 +123,10 @@ class HermiteInterpolant(Interpolant):
         return out.add(self.f1, alpha=3 * th * th - 2 * th)
 
     def detached(self) -> HermiteInterpolant:
+        precise = self.precise.detached() if self.precise is not None else None
         return HermiteInterpolant(self.t, self.dt, *(x.detach().clone() for x in
-                                                     (self.y0, self.y1, self.f0, self.f1)))
+                                                     (self.y0, self.y1, self.f0, self.f1)),
+                                  precise)
 
 
 class LinearInterpolant(Interpolant):

@@ -195,6 +195,9 @@ def _check_state(y0: Any, name: str = "y0") -> tuple[tuple[Tensor, ...], bool]:
     dtype, device = parts[0].dtype, parts[0].device
     for i, p in enumerate(parts):
         where = f"{name}[{i}]" if is_tuple else name
+        if p.device.type == "meta":
+            raise ValueError(f"{where} is on the 'meta' device, which holds shapes but no "
+                             "values to integrate; create it on 'cpu' or 'cuda'")
         if not (p.is_floating_point() or p.is_complex()):
             raise TypeError(f"{where} must be floating point or complex, got dtype {p.dtype}")
         if p.dtype != dtype:
@@ -217,6 +220,9 @@ def _check_times(t: Any, device: torch.device) -> Tensor:
         raise ValueError(f"t must be a non-empty 1-D tensor, got shape {tuple(t.shape)}")
     if not t.is_floating_point():
         raise TypeError(f"t must be floating point, got dtype {t.dtype}")
+    if t.device.type == "meta":
+        raise ValueError("t is on the 'meta' device, which holds no values; create the output "
+                         "times on 'cpu' or on y0's device")
     return t
 
 

@@ -81,7 +81,9 @@ class SolveError(RuntimeError):
     Attributes:
         status: why it stopped.
         t: the time at which it stopped (in the user's time variable).
-        stats: the statistics up to that point.
+        stats: the statistics up to that point (complete: ``nfe`` and every count).
+        partial_ys: the flat outputs reached before the failure (what ``solve(...,
+            throw=False)`` returns before its ``nan`` rows), or ``None``.
     """
 
     def __init__(self, status: Status, t: float, detail: str, stats: SolveStats | None = None):
@@ -89,6 +91,7 @@ class SolveError(RuntimeError):
         self.status = status
         self.t = t
         self.stats = stats
+        self.partial_ys: list | None = None
 
 
 _LAST = threading.local()

@@ -244,6 +244,10 @@ class ReStepInterpolant(Interpolant):
     def derivative(self, theta: float) -> Tensor:
         return self.f(self.t + theta * self.dt, self.evaluate(theta))
 
+    def detached(self) -> ReStepInterpolant:
+        return ReStepInterpolant(self.stepper, self.f, self.t, self.dt, self.y.detach().clone(),
+                                 self.f0.detach().clone())
+
 
 def _addmv(y: Tensor, k_t: Tensor, w: Tensor, dt: float) -> Tensor:
     """``y + dt K^T w`` in one kernel. BLAS accumulates each stage's term straight into

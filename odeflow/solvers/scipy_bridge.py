@@ -68,8 +68,12 @@ def integrate_scipy(problem: Problem) -> tuple[list[torch.Tensor], SolveStats]:
         stats.status = Status.STEP_SIZE_UNDERFLOW
         stats.message = f"scipy {solver}: {result.message}"
         t_fail = problem.user_time(float(result.t[-1])) if len(result.t) else problem.t_out[0]
-        raise SolveError(Status.STEP_SIZE_UNDERFLOW, t_fail, f"SciPy said: {result.message}",
+        err = SolveError(Status.STEP_SIZE_UNDERFLOW, t_fail, f"SciPy said: {result.message}",
                          stats)
+        reached = torch.from_numpy(np.ascontiguousarray(result.y.T)).to(dtype=dtype,
+                                                                          device=device)
+        err.partial_ys = list(reached.unbind(0)) if len(reached) else [y0]
+        raise err
     ys = torch.from_numpy(np.ascontiguousarray(result.y.T)).to(dtype=dtype, device=device)
     return list(ys.unbind(0)), stats
 
