@@ -37,8 +37,7 @@ def _usage() -> str:
 
 
 def _train(argv: list[str]) -> int:
-    from .experiments import EXPERIMENTS
-    from .experiments.mnist import main as train_main
+    from .experiments import EXPERIMENTS, train
 
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: odeflow train {{{','.join(EXPERIMENTS)}}} [flags]")
@@ -48,7 +47,7 @@ def _train(argv: list[str]) -> int:
     if name not in EXPERIMENTS:
         print(f"odeflow train: unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
         return 2
-    train_main(rest, base=EXPERIMENTS[name], prog=f"odeflow train {name}")
+    train(name, rest)
     return 0
 
 

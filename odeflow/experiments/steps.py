@@ -1,0 +1,321 @@
+"""Iteration-based studies (spiral, latent ODE, CNF): one shared driver and config base.
+
+The MNIST study counts epochs over a dataset; these studies count optimisation steps on
+batches drawn afresh, and evaluate every ``eval_every`` steps. :class:`StepConfig` holds the
+flags they share; a study subclasses it, adds its own fields and provides a
+:class:`StepTask`; :func:`run_steps` writes the run folder:
+
+- ``config.json``: every flag;
+- ``metrics.csv``: one row per evaluation, the study's columns (:attr:`StepTask.fields`);
+- ``last.pt`` / ``best.pt``: checkpoints (``weights_only`` loadable, atomic) after each
+  evaluation, ``best.pt`` where :attr:`StepTask.best_key` was lowest;
+- the study's plots, from :attr:`StepTask.plot`.
+
+Exact resume: every random draw of step ``k`` comes from :func:`step_generator`
+(seeded by ``seed`` and ``k`` alone), and checkpoints are written at evaluation
+boundaries, so ``--resume RUN`` replays the remaining steps bit for bit (same machine and
+thread count).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from ..training import (
+    RunExistsError,
+    atomic_save,
+    load_checkpoint,
+    restore_rng,
+)
+from ..training.checkpoint import make_checkpoint
+from .config import config_from_dict, opt, parse_config
+from .mnist import resolve_gradient
+
+__all__ = [
+    "StepConfig",
+    "StepTask",
+    "run_steps",
+    "step_generator",
+    "parse_run_args",
+    "write_rows",
+    "plot_columns",
+    "run_main",
+]
+
+C = TypeVar("C", bound="StepConfig")
+
+
+@dataclass
+class StepConfig:
+    """Flags shared by the iteration-based studies (a study overrides the defaults)."""
+
+    # optimisation steps in total (a resumed run continues up to this number)
+    niters: int = opt(1000, "number of optimisation steps")
+    # end this session early (the schedule still spans --niters); --resume continues
+    stop_after: int = opt(0, "stop after this many steps in all (0 = --niters); resume later")
+    # evaluate (one metrics.csv row, one checkpoint) every this many steps
+    eval_every: int = opt(50, "steps between evaluations")
+    # peak learning rate (Adam), cosine-decayed to lr * lr_final
+    lr: float = opt(1e-2, "peak learning rate (Adam)")
+    # final rate as a fraction of lr (cosine schedule); 1 = constant
+    lr_final: float = opt(0.01, "final learning rate as a fraction of --lr (cosine decay)")
+    # seed flag of the MNIST study: True means gradient="adjoint"
+    adjoint: bool = opt(False, "use the adjoint method (same as --gradient adjoint)")
+    # how gradients flow through the solver; None -> from --adjoint
+    gradient: str | None = opt(
+        None, "direct | adjoint | checkpoint (default: from --adjoint)",
+        choices=("direct", "adjoint", "checkpoint"),
+    )  # fmt: skip
+    # seed of the data, the weights and every random draw
+    seed: int = opt(0, "random seed")
+    # torch CPU threads (0 = torch's default)
+    threads: int = opt(1, "torch CPU threads (0 = default)")
+    # run folder; empty -> runs/<study>
+    save: str = opt("", "run folder (config.json, metrics.csv, checkpoints, plots)")
+    # continue a run from RUN/last.pt with its saved config (flags given override it)
+    resume: str = opt("", "resume the run in this folder", metavar="RUN")
+    # CI smoke test: a tiny problem, two steps, one evaluation each
+    dry_run: bool = opt(False, "tiny data, two steps (for tests)")
+    # tqdm bar over steps
+    progress: bool = opt(True, "show a progress bar")
+    # figures at the end
+    plots: bool = opt(True, "write the figures into the run folder")
+
+
+@dataclass
+class StepTask:
+    """What :func:`run_steps` needs from a study.
+
+    Attributes:
+        model: the trained module (its ``state_dict`` is checkpointed).
+        optimizer: its optimizer (checkpointed; the rate is set by ``lr_fn`` every step).
+        lr_fn: learning rate at 0-based step ``k``.
+        train_step: one optimisation step ``k`` (zero_grad, loss, backward, step), drawing
+            randomness only from :func:`step_generator`; returns numbers to average over
+            the steps between evaluations (e.g. ``train_loss``, ``nfe_f``, ``nfe_b``).
+        evaluate: held-out metrics (no gradient needed), merged into the row.
+        fields: the ``metrics.csv`` columns, in order (``step``, ``lr``, ``time`` added).
+        best_key: the column whose lowest value selects ``best.pt``.
+        plot: ``plot(run_dir, history) -> [paths]`` at the end of a run, or ``None``.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_fn: Callable[[int], float]
+    train_step: Callable[[int], dict[str, float]]
+    evaluate: Callable[[], dict[str, float]]
+    fields: tuple[str, ...]
+    best_key: str
+    plot: Callable[[Path, list[dict[str, float]]], list[Path]] | None = None
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The CPU generator of step ``step``: depends only on ``(seed, step)``."""
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step) + 1)
+
+
+def cosine_lr(k: int, lr: float, lr_final: float, niters: int) -> float:
+    """Cosine decay from ``lr`` at step 0 to ``lr * lr_final`` at step ``niters``."""
+    import math
+
+    frac = min(k / max(niters, 1), 1.0)
+    return lr * (lr_final + (1 - lr_final) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def write_rows(path: str | os.PathLike, fields: Sequence[str], rows: list[dict]) -> None:
+    """Write ``rows`` to the CSV ``path`` atomically (header ``fields``)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def run_steps(
+    task: StepTask,
+    *,
+    run_dir: str | os.PathLike,
+    niters: int,
+    eval_every: int,
+    config: dict[str, Any],
+    stop_after: int = 0,
+    resume: bool = False,
+    progress: bool = True,
+    plots: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, float]]:
+    """Train ``task`` for ``niters`` steps in all, evaluating every ``eval_every`` steps
+    (and at the last step); with ``stop_after`` stop (evaluated and checkpointed) after
+    that many steps in all, so that a later ``resume`` continues the same schedule.
+
+    Returns:
+        The history: one dict per evaluation, with the keys of ``task.fields``.
+
+    Raises:
+        RunExistsError: ``run_dir`` holds a run and ``resume`` is false.
+        FileNotFoundError: ``resume`` without ``run_dir/last.pt``.
+    """
+    run_dir = Path(run_dir)
+    last, best, metrics = run_dir / "last.pt", run_dir / "best.pt", run_dir / "metrics.csv"
+    fields = ("step", "lr", *task.fields, "time")
+    history: list[dict[str, float]] = []
+    best_value, start, elapsed0 = float("inf"), 0, 0.0
+    if resume:
+        ckpt = load_checkpoint(last)
+        task.model.load_state_dict(ckpt["model"])
+        task.optimizer.load_state_dict(ckpt["optimizer"])
+        history, best_value, start = list(ckpt["history"]), float(ckpt["best_acc"]), ckpt["epoch"]
+        elapsed0 = history[-1]["time"] if history else 0.0
+        restore_rng(ckpt["rng"])
+        log(f"resumed {run_dir} after step {start}")
+    elif last.exists():
+        raise RunExistsError(
+            f"{run_dir} already holds a run (last.pt); resume it with --resume {run_dir} "
+            "or choose another --save folder"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(run_dir / "config.json", config)
+    write_rows(metrics, fields, history)
+
+    bar = None
+    if progress and start < niters and start < (stop_after or niters):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=niters, initial=start, desc="train", leave=False, dynamic_ncols=True)
+    sums: dict[str, float] = {}
+    count = 0
+    t0 = time.perf_counter() - elapsed0
+    end = min(niters, stop_after) if stop_after > 0 else niters
+    for k in range(start, end):
+        lr = task.lr_fn(k)
+        for group in task.optimizer.param_groups:
+            group["lr"] = lr
+        task.model.train()
+        out = task.train_step(k)
+        for key, value in out.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+        count += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix({key: f"{v:.4g}" for key, v in out.items()})
+        if (k + 1) % eval_every and k + 1 != end:
+            continue
+        task.model.eval()
+        row: dict[str, float] = {"step": k + 1, "lr": lr}
+        row.update({key: v / count for key, v in sums.items()})
+        row.update(task.evaluate())
+        row["time"] = time.perf_counter() - t0
+        sums, count = {}, 0
+        history.append(row)
+        write_rows(metrics, fields, history)
+        value = row[task.best_key]
+        improved = value < best_value
+        best_value = min(best_value, value)
+        ckpt = make_checkpoint(model=task.model, optimizer=task.optimizer, epoch=k + 1,
+                               best_acc=best_value, history=history, config=config)
+        atomic_save(ckpt, last)
+        if improved:
+            atomic_save(ckpt, best)
+        msg = " | ".join(f"{f} {row[f]:.4g}" for f in task.fields if f in row)
+        (bar.write if bar is not None else log)(f"step {k + 1:>5}/{niters} | {msg}")
+    if bar is not None:
+        bar.close()
+    if plots and history and task.plot is not None:
+        for path in task.plot(run_dir, history):
+            log(f"wrote {path}")
+    return history
+
+
+def parse_run_args(
+    cls: type[C], argv: Sequence[str] | None, base: C | None = None, prog: str | None = None
+) -> C:
+    """Flags → config; with ``--resume RUN`` the base is ``RUN/config.json``."""
+    cfg = parse_config(cls, argv, base=base, prog=prog)
+    if cfg.resume:
+        saved = Path(cfg.resume) / "config.json"
+        if not saved.is_file():
+            raise SystemExit(f"--resume {cfg.resume}: no config.json there (not a run folder?)")
+        stored = config_from_dict(cls, json.loads(saved.read_text()))
+        # a session's --stop-after ends with it: resuming runs on unless given again
+        stored = dataclasses.replace(stored, stop_after=0)
+        cfg = parse_config(cls, argv, base=stored, prog=prog)
+    resolve_gradient(cfg)
+    return cfg
+
+
+def run_main(
+    cls: type[C],
+    run: Callable[[C], dict[str, Any]],
+    argv: Sequence[str] | None,
+    base: C | None,
+    prog: str | None,
+    headline: Sequence[str],
+) -> dict[str, Any]:
+    """``odeflow train NAME [flags]`` for a step-based study: parse, run, print the last
+    row's ``headline`` columns and the run folder."""
+    cfg = parse_run_args(cls, argv, base=base, prog=prog)
+    summary = run(cfg)
+    row = summary["history"][-1] if summary["history"] else {}
+    figures = ", ".join(f"{key} {row[key]:.4f}" for key in headline if key in row)
+    print(f"done: {figures}, {summary['seconds']:.1f} s, run folder {summary['run_dir']}")
+    return summary
+
+
+def start_run(cfg: StepConfig, name: str, **extra: Any) -> tuple[Path, dict[str, Any]]:
+    """Set threads and the seed; return the run folder and the config dict to save."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    run_dir = Path(cfg.resume or cfg.save or f"runs/{name}")
+    config = dataclasses.asdict(cfg)
+    config.update(save=str(run_dir), resume="", experiment=name,
+                  gradient_resolved=resolve_gradient(cfg), **extra)
+    return run_dir, config
+
+
+def plot_columns(
+    history: list[dict[str, float]], columns: Sequence[str], path: Path, ylabel: str,
+    logy: bool = False,
+) -> Path:
+    """One figure of ``columns`` of ``history`` against the step (e.g. the loss curve)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps = [r["step"] for r in history]
+    for column in columns:
+        ax.plot(steps, [r[column] for r in history], "-o", ms=2, label=column)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
