@@ -114,7 +114,10 @@ def test_resume_without_any_checkpoint_is_one_line(run1, capsys):
 @pytest.mark.parametrize(
     "flags,named",
     [
-        (["--network", "resnet"], "--network 'resnet' differs from the run's saved --network 'mlp'"),
+        (
+            ["--network", "resnet"],
+            "--network 'resnet' differs from the run's saved --network 'mlp'",
+        ),
         (["--width", "16"], "--width 16 differs from the run's saved --width 64"),
     ],
 )
@@ -132,9 +135,8 @@ def test_model_changing_flag_on_resume_is_refused(run1, capsys, monkeypatch, fla
 def test_resuming_under_another_experiment_is_refused(run1, capsys):
     before = _snapshot(run1)
     assert cli.main(["train", "fashion-mnist", "--resume", str(run1)]) == 2
-    assert "--dataset 'fashion-mnist' differs from the run's saved --dataset 'digits'" in _error_line(
-        capsys
-    )
+    err = _error_line(capsys)
+    assert "--dataset 'fashion-mnist' differs from the run's saved --dataset 'digits'" in err
     assert _snapshot(run1) == before
     with pytest.raises(ResumeMismatchError):
         from odeflow.experiments.mnist import parse_args

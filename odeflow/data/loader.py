@@ -8,7 +8,7 @@ crash, which is what makes ``--resume`` exact.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.data import DistributedSampler
@@ -42,6 +42,9 @@ class BatchLoader:
             evaluation shards (``shuffle=False``) take ``rank::world_size`` without padding
             so that summed counts cover the set exactly once.
         max_batches: stop after this many batches (0 = all), for dry runs.
+        transform: applied to each float batch after the crop, as
+            ``transform(x, generator)`` with the epoch's seeded generator (e.g. flips,
+            colour jitter, normalisation).
 
     Example:
         >>> loader = BatchLoader(x, y, 128, shuffle=True, crop_padding=4, seed=0)
@@ -61,6 +64,7 @@ class BatchLoader:
         rank: int = 0,
         world_size: int = 1,
         max_batches: int = 0,
+        transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     ) -> None:
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
@@ -75,6 +79,7 @@ class BatchLoader:
         self.rank = rank
         self.world_size = world_size
         self.max_batches = max_batches
+        self.transform = transform
         self.epoch = 0
         self.sampler = (
             DistributedSampler(
@@ -110,4 +115,6 @@ class BatchLoader:
             x = _to_float(self.images[idx])
             if self.crop_padding:
                 x = random_crop(x, self.crop_padding, generator=gen)
+            if self.transform is not None:
+                x = self.transform(x, gen)
             yield x, self.labels[idx]

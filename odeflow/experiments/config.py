@@ -123,9 +123,7 @@ def config_from_dict(cls: type[C], values: dict[str, Any]) -> C:
     return cls(**kwargs)
 
 
-def _given(
-    cls: type, argv: Sequence[str] | None, base: Any, prog: str | None
-) -> dict[str, Any]:
+def _given(cls: type, argv: Sequence[str] | None, base: Any, prog: str | None) -> dict[str, Any]:
     """The fields whose flags appear in ``argv``, with their parsed values."""
     parser = build_parser(cls, argparse.ArgumentParser(prog=prog), defaults=base)
     ns = parser.parse_args(argv)

@@ -7,8 +7,6 @@ SGD momentum 0.9, lr 0.1 × batch/128 decayed ×0.1 at 60/100/140, tol 1e-3, ran
 
 from __future__ import annotations
 
-import dataclasses
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,16 +16,9 @@ import torch
 
 from ..data import DATASETS, BatchLoader, load_dataset
 from ..nn import NETWORKS, build_classifier, count_parameters
-from ..training import (
-    ConfigError,
-    DistEnv,
-    cleanup_distributed,
-    fit,
-    lr_at,
-    prepare_run_dir,
-    setup_distributed,
-)
+from ..training import ConfigError, DistEnv, lr_at
 from .config import opt, parse_run_config
+from .epochs import report, resolve_gradient, run_epochs, select_device
 
 __all__ = ["MNISTConfig", "resolve_gradient", "default_run_dir", "build", "run", "main"]
 
@@ -109,32 +100,12 @@ class MNISTConfig:
     plots: bool = opt(True, "write accuracy.png and nfe.png into the run folder")
 
 
-def resolve_gradient(cfg: MNISTConfig) -> str:
-    """The gradient mode from ``--gradient`` and the seed's ``--adjoint``."""
-    if cfg.gradient is None:
-        return "adjoint" if cfg.adjoint else "direct"
-    if cfg.adjoint and cfg.gradient != "adjoint":
-        raise ConfigError(f"--adjoint True contradicts --gradient {cfg.gradient}")
-    return cfg.gradient
-
-
 def default_run_dir(cfg: MNISTConfig) -> Path:
     """``runs/<dataset>-<network>[-<gradient>]`` unless ``--save`` names a folder."""
     if cfg.save:
         return Path(cfg.save)
     suffix = f"-{resolve_gradient(cfg)}" if cfg.network == "odenet" else ""
     return Path("runs") / f"{cfg.dataset}-{cfg.network}{suffix}"
-
-
-def _device(cfg: MNISTConfig, env: DistEnv) -> torch.device:
-    if cfg.device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", env.local_rank if env.enabled else cfg.gpu)
-        return torch.device("cpu")
-    device = torch.device(cfg.device)
-    if device.type == "cuda" and env.enabled:
-        device = torch.device("cuda", env.local_rank)
-    return device
 
 
 def build(cfg: MNISTConfig, env: DistEnv = DistEnv()) -> dict[str, Any]:  # noqa: B008
@@ -148,7 +119,7 @@ def build(cfg: MNISTConfig, env: DistEnv = DistEnv()) -> dict[str, Any]:  # noqa
         raise ConfigError(
             f"--batch-size {cfg.batch_size} is not divisible by {env.world_size} processes"
         )
-    device = _device(cfg, env)
+    device = select_device(cfg, env)
     data = load_dataset(
         cfg.dataset,
         cfg.data_dir,
@@ -221,70 +192,25 @@ def build(cfg: MNISTConfig, env: DistEnv = DistEnv()) -> dict[str, Any]:  # noqa
     }
 
 
+def _describe(cfg: MNISTConfig, parts: dict[str, Any], env: DistEnv) -> str:
+    return (
+        f"{cfg.network} on {cfg.dataset}: {parts['parameters']:,} parameters, "
+        f"gradient={resolve_gradient(cfg)}, device={parts['device']}, "
+        f"processes={env.world_size}, run folder "
+        f"{Path(cfg.resume) if cfg.resume else default_run_dir(cfg)}"
+    )
+
+
 def run(cfg: MNISTConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train ``cfg`` end to end (joining a torchrun process group when launched by one).
 
     Returns:
-        A summary: ``run_dir``, ``parameters``, ``history``, ``test_acc`` (last epoch),
-        ``best_acc``, mean ``nfe_f`` / ``nfe_b`` over epochs, ``seconds``; plus ``model``
-        (unwrapped) for callers that want the weights.
+        The summary of :func:`~odeflow.experiments.epochs.run_epochs`: ``run_dir``,
+        ``parameters``, ``history``, ``test_acc`` (last epoch), ``best_acc``, mean
+        ``nfe_f`` / ``nfe_b`` over epochs, ``seconds``, ``rank``, and ``model`` (unwrapped).
     """
-    env = setup_distributed()
-    say = log if env.is_main else (lambda _msg: None)
-    try:
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        run_dir = Path(cfg.resume) if cfg.resume else default_run_dir(cfg)
-        prepare_run_dir(run_dir, resume=bool(cfg.resume))  # before any data or model
-        parts = build(cfg, env)
-        config = dataclasses.asdict(cfg)
-        config.update(
-            save=str(run_dir),
-            resume="",
-            gradient_resolved=resolve_gradient(cfg),
-            parameters=parts["parameters"],
-            world_size=env.world_size,
-        )
-        say(
-            f"{cfg.network} on {cfg.dataset}: {parts['parameters']:,} parameters, "
-            f"gradient={resolve_gradient(cfg)}, device={parts['device']}, "
-            f"processes={env.world_size}, run folder {run_dir}"
-        )
-        start = time.perf_counter()
-        history = fit(
-            parts["model"],
-            parts["optimizer"],
-            parts["train_loader"],
-            parts["test_loader"],
-            run_dir=run_dir,
-            nepochs=1 if cfg.dry_run else cfg.nepochs,
-            lr_fn=parts["lr_fn"],
-            config=config,
-            device=parts["device"],
-            env=env,
-            resume=bool(cfg.resume),
-            progress=cfg.progress,
-            plots=cfg.plots,
-            log=say,
-        )
-        seconds = time.perf_counter() - start
-        model = parts["model"]
-        model = model.module if hasattr(model, "module") else model
-        summary = {
-            "run_dir": str(run_dir),
-            "parameters": parts["parameters"],
-            "history": history,
-            "test_acc": history[-1]["test_acc"] if history else float("nan"),
-            "best_acc": max((r["test_acc"] for r in history), default=float("nan")),
-            "nfe_f": sum(r["nfe_f"] for r in history) / max(len(history), 1),
-            "nfe_b": sum(r["nfe_b"] for r in history) / max(len(history), 1),
-            "seconds": seconds,
-            "model": model,
-            "rank": env.rank,
-        }
-        return summary
-    finally:
-        cleanup_distributed(env)
+    run_dir = Path(cfg.resume) if cfg.resume else default_run_dir(cfg)
+    return run_epochs(cfg, build, run_dir, _describe, log)
 
 
 def parse_args(
@@ -312,11 +238,5 @@ def main(
     """``odeflow train mnist|fashion-mnist|digits [flags]``."""
     cfg = parse_args(argv, base=base, prog=prog)
     summary = run(cfg)
-    if summary["rank"] == 0:
-        print(
-            f"done: test accuracy {summary['test_acc']:.4f} (best {summary['best_acc']:.4f}), "
-            f"NFE-F {summary['nfe_f']:.1f}, NFE-B {summary['nfe_b']:.1f}, "
-            f"{summary['parameters']:,} parameters, {summary['seconds']:.1f} s, "
-            f"run folder {summary['run_dir']}"
-        )
+    report(summary)
     return summary

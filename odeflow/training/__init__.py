@@ -25,7 +25,7 @@ from .runfolder import (
     refuse_existing_run,
     set_aside,
 )
-from .schedule import lr_at
+from .schedule import lr_at, plateau_lr
 
 __all__ = [
     "CheckpointError",
@@ -52,6 +52,7 @@ __all__ = [
     "fit",
     "load_checkpoint",
     "lr_at",
+    "plateau_lr",
     "prepare_run_dir",
     "read_metrics",
     "read_run_config",

@@ -9,7 +9,7 @@ instead of a traceback. A new experiment gets the same treatment by raising a
 
 from __future__ import annotations
 
-from ..data import DataNotFoundError, IDXError
+from ..data import CIFARError, CIFARNotFoundError, DataNotFoundError, IDXError
 
 __all__ = [
     "UserError",
@@ -52,4 +52,10 @@ class ResumeMismatchError(UserError, ValueError):
 
 
 # Caught by the `odeflow` command: one line on stderr, exit status 2.
-USER_ERRORS: tuple[type[BaseException], ...] = (UserError, DataNotFoundError, IDXError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    UserError,
+    DataNotFoundError,
+    IDXError,
+    CIFARNotFoundError,
+    CIFARError,
+)

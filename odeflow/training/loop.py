@@ -122,7 +122,7 @@ def fit(
     *,
     run_dir: str | os.PathLike,
     nepochs: int,
-    lr_fn: Callable[[int], float],
+    lr_fn: Callable[[int], float] | None = None,
     config: dict[str, Any],
     device: torch.device,
     env: DistEnv = SINGLE_PROCESS,
@@ -130,6 +130,8 @@ def fit(
     progress: bool = True,
     plots: bool = True,
     log: Callable[[str], None] = print,
+    lr_schedule: Callable[[int, list[dict[str, float]]], float] | None = None,
+    val_loader: Any = None,
 ) -> list[dict[str, float]]:
     """Train for ``nepochs`` epochs (in total, counting those of a resumed run).
 
@@ -144,7 +146,7 @@ def fit(
         test_loader: evaluation batches.
         run_dir: the run folder.
         nepochs: total number of epochs.
-        lr_fn: learning rate of a 0-based epoch.
+        lr_fn: learning rate of a 0-based epoch (or give ``lr_schedule``).
         config: the run's configuration (written to ``config.json`` and checkpoints).
         device: where batches go.
         env: the distributed environment.
@@ -156,6 +158,11 @@ def fit(
         progress: show a tqdm bar over batches (rank 0).
         plots: write ``accuracy.png`` and ``nfe.png`` at the end (rank 0).
         log: where rank 0 prints one line per epoch.
+        lr_schedule: instead of ``lr_fn``, the rate of a 0-based epoch from the history
+            of the epochs before it (e.g. a plateau rule; resumes exactly, being a
+            function of the saved history).
+        val_loader: batches of a validation split; adds ``val_loss`` and ``val_acc``
+            to each row, and ``best.pt`` then follows ``val_acc`` instead of ``test_acc``.
 
     Returns:
         The metrics history, one dict per epoch.
@@ -167,6 +174,8 @@ def fit(
             ``FileNotFoundError``).
         CheckpointError: ``resume`` where no checkpoint loads; nothing is changed.
     """
+    if (lr_fn is None) == (lr_schedule is None):
+        raise ValueError("fit needs exactly one of lr_fn and lr_schedule")
     run_dir = Path(run_dir)
     last, best, metrics = run_dir / "last.pt", run_dir / "best.pt", run_dir / "metrics.csv"
     history: list[dict[str, float]] = []
@@ -196,7 +205,7 @@ def fit(
     barrier(env)
 
     for epoch in range(start, nepochs):
-        lr = lr_fn(epoch)
+        lr = lr_schedule(epoch, history) if lr_schedule is not None else lr_fn(epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
         train_loader.set_epoch(epoch)
@@ -213,13 +222,17 @@ def fit(
                 desc=f"epoch {epoch + 1}/{nepochs}",
             )
         )
+        if val_loader is not None:
+            val = evaluate(model, val_loader, device, env)
+            row.update(val_loss=val["test_loss"], val_acc=val["test_acc"])
         row.update(evaluate(model, test_loader, device, env))
         row["epoch_time"] = time.perf_counter() - t0
         history.append(row)
         if env.is_main:
             append_metrics(metrics, row)
-            improved = row["test_acc"] > best_acc
-            best_acc = max(best_acc, row["test_acc"])
+            score = row.get("val_acc", row["test_acc"])
+            improved = score > best_acc
+            best_acc = max(best_acc, score)
             ckpt = make_checkpoint(
                 model=model,
                 optimizer=optimizer,
@@ -234,12 +247,13 @@ def fit(
             log(
                 f"epoch {epoch + 1:>3}/{nepochs} | lr {lr:.4g} | "
                 f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
-                f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f} | "
+                + (f"val acc {row['val_acc']:.4f} | " if "val_acc" in row else "")
+                + f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f} | "
                 f"NFE-F {row['nfe_f']:.1f} NFE-B {row['nfe_b']:.1f} | "
                 f"{row['time_per_batch'] * 1000:.1f} ms/batch"
             )
         else:
-            best_acc = max(best_acc, row["test_acc"])
+            best_acc = max(best_acc, row.get("val_acc", row["test_acc"]))
         barrier(env)
 
     if env.is_main and plots and history:

@@ -6,7 +6,14 @@ import csv
 import os
 from pathlib import Path
 
-__all__ = ["METRIC_FIELDS", "RunningMean", "append_metrics", "write_metrics", "read_metrics"]
+__all__ = [
+    "METRIC_FIELDS",
+    "OPTIONAL_FIELDS",
+    "RunningMean",
+    "append_metrics",
+    "write_metrics",
+    "read_metrics",
+]
 
 # One row per epoch. Times are wall-clock seconds; NFE are evaluations per training batch.
 METRIC_FIELDS = (
@@ -21,6 +28,13 @@ METRIC_FIELDS = (
     "time_per_batch",
     "epoch_time",
 )
+# Written after those when a run has them: accuracy on a validation split held out of the
+# training set (the CIFAR-10 study's plateau schedule watches it).
+OPTIONAL_FIELDS = ("val_loss", "val_acc")
+
+
+def _fields(row: dict[str, float]) -> tuple[str, ...]:
+    return METRIC_FIELDS + tuple(f for f in OPTIONAL_FIELDS if f in row)
 
 
 class RunningMean:
@@ -44,7 +58,7 @@ def append_metrics(path: str | os.PathLike, row: dict[str, float]) -> None:
     path = Path(path)
     new = not path.exists() or path.stat().st_size == 0
     with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=_fields(row), extrasaction="ignore")
         if new:
             writer.writeheader()
         writer.writerow(row)
@@ -58,7 +72,8 @@ def write_metrics(path: str | os.PathLike, history: list[dict[str, float]]) -> N
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+        fields = _fields(history[0]) if history else METRIC_FIELDS
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(history)
     os.replace(tmp, path)
