@@ -156,7 +156,7 @@ def _solve_flat(problem: Problem, spec: Any, stats: SolveStats, gradient: str, f
     if time_grad:
         y0 = shift_initial_state(problem, y0)
         problem = replace(problem, y0=y0)
-    if spec.family == "scipy" and grad_on and gradient != "adjoint" and (
+    if spec.family == "scipy" and grad_on and gradient == "direct" and (
             y0.requires_grad or _closure_needs_grad(func)):
         # As torchdiffeq: the solution is returned, without a graph.
         warnings.warn(

@@ -324,3 +324,16 @@ def test_stage_times_are_the_tableau_nodes():
     odeflow.odeint(f, torch.zeros(1, dtype=F64), torch.tensor([0.0, 0.5], dtype=F64),
                    method="rk4", options={"step_size": 0.5})
     assert times == pytest.approx([0.0, 0.5 / 3, 1.0 / 3, 0.5])
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_float32_steps_round_the_state_once_per_step(grad):
+    # y' = 0.2 with rk4 over 256 steps: the state is rounded once per step; summing the
+    # stages into y one by one rounds it once per stage (measured 8.5e-5 here, over this).
+    y0 = torch.tensor([3.2], requires_grad=grad)
+    t = torch.tensor([0.0, 2.56])
+    with torch.set_grad_enabled(grad):
+        ys = odeflow.odeint(lambda t, y: torch.full_like(y, 0.2), y0, t, method="rk4",
+                            options=dict(step_size=0.01))
+    ulp = torch.finfo(torch.float32).eps * 2.0  # one ulp for |y| in [2, 4)
+    assert abs(ys[-1].item() - (3.2 + 0.512)) <= 256 * ulp  # at most one ulp per step

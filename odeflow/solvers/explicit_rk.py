@@ -269,13 +269,19 @@ def _combine(y: Tensor | None, ks: Sequence[Tensor], nz: Sequence[tuple[int, flo
              dt: float) -> Tensor:
     """``y + dt Σ_j w_j k_j`` (``y`` may be ``None``) with ops that save nothing for backward.
 
-    The stage sum is formed first and added to ``y`` once, so ``y`` is rounded once per
-    step (adding each term to ``y`` in turn drifts several times faster in float32).
+    Summed in the order the fused path's kernel uses (:func:`_addmv` in float64,
+    :func:`_add_mv` otherwise), so that a solve gives the same values with and without
+    autograd (direct and adjoint forwards agree bit for bit in float64).
     """
     if not nz:
         return y if y is not None else torch.zeros_like(ks[0])
     j0, w0 = nz[0]
-    acc = ks[j0] * (w0 * dt)
+    if y is not None and y.dtype == torch.float64:
+        out = torch.add(y, ks[j0], alpha=w0 * dt)
+        for j, w in nz[1:]:
+            out.add_(ks[j], alpha=w * dt)
+        return out
+    acc = ks[j0] * w0
     for j, w in nz[1:]:
-        acc.add_(ks[j], alpha=w * dt)
-    return acc if y is None else torch.add(y, acc)
+        acc.add_(ks[j], alpha=w)
+    return acc * dt if y is None else torch.add(y, acc, alpha=dt)
