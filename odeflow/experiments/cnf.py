@@ -23,7 +23,7 @@ import torch
 from ..data.toy import TOY_DENSITIES, circles_log_prob, sample_toy
 from ..nn.cnf import CNF, NOISES, TRACES, CNFField
 from .config import opt
-from .mnist import resolve_gradient
+from .epochs import resolve_gradient
 from .steps import StepConfig, StepTask, cosine_lr, plot_columns, run_main, run_steps, start_run
 from .steps import step_generator as step_gen
 
@@ -47,8 +47,8 @@ class CNFConfig(StepConfig):
     # RNODE: weight of the Jacobian Frobenius norm  int ||df/dz||_F^2 dt
     jacobian_norm: float = opt(0.0, "weight of RNODE's Jacobian Frobenius-norm regulariser")
     # the field's MLP
-    hidden: int = opt(64, "hidden units per layer of f(t, z)")
-    layers: int = opt(3, "hidden layers of f(t, z)")
+    hidden: int = opt(64, "hidden units per layer of f(t, z)", model=True)
+    layers: int = opt(3, "hidden layers of f(t, z)", model=True)
     # flow end time
     T: float = opt(1.0, "end time of the flow (the base density lives at T)")
     method: str = opt("dopri5", "ODE solver")

@@ -27,7 +27,7 @@ import torch
 from ..data.spirals import SpiralSeries, make_spirals
 from ..nn.latent import LatentODE
 from .config import opt
-from .mnist import resolve_gradient
+from .epochs import resolve_gradient
 from .steps import StepConfig, StepTask, cosine_lr, plot_columns, run_main, run_steps, start_run
 from .steps import step_generator as step_gen
 
@@ -49,10 +49,10 @@ class LatentODEConfig(StepConfig):
     n_obs: int = opt(30, "observed points per spiral (random, within the window)")
     noise_std: float = opt(0.1, "observation noise (standard deviation)")
     obs_std: float = opt(0.1, "standard deviation of the Gaussian likelihood")
-    latent: int = opt(4, "latent dimension")
-    rnn_hidden: int = opt(25, "GRU units of the encoder")
-    ode_hidden: int = opt(20, "hidden units of the latent ODE")
-    dec_hidden: int = opt(20, "hidden units of the decoder")
+    latent: int = opt(4, "latent dimension", model=True)
+    rnn_hidden: int = opt(25, "GRU units of the encoder", model=True)
+    ode_hidden: int = opt(20, "hidden units of the latent ODE", model=True)
+    dec_hidden: int = opt(20, "hidden units of the decoder", model=True)
     kl_warmup: int = opt(200, "steps over which the KL weight grows from 0 to 1")
     method: str = opt("dopri5", "ODE solver of the latent ODE")
     rtol: float = opt(1e-3, "relative tolerance")

@@ -31,7 +31,7 @@ from torch import nn
 
 from .. import solve
 from .config import opt
-from .mnist import resolve_gradient
+from .epochs import resolve_gradient
 from .steps import StepConfig, StepTask, cosine_lr, plot_columns, run_main, run_steps, start_run
 from .steps import step_generator as step_gen
 
@@ -53,7 +53,7 @@ class SpiralConfig(StepConfig):
     # length of each subsequence, in observations (the demo's is 10)
     batch_time: int = opt(5, "subsequence length (observations)")
     # width of the MLP on y^3
-    hidden: int = opt(50, "hidden units of the MLP on y^3")
+    hidden: int = opt(50, "hidden units of the MLP on y^3", model=True)
     # solver of the model (training and test)
     method: str = opt("dopri5", "ODE solver for the model")
     rtol: float = opt(1e-5, "relative tolerance of the model's solves")
@@ -69,7 +69,9 @@ def spiral_field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (y**3) @ torch.tensor(SPIRAL_A, dtype=y.dtype)
 
 
-def true_trajectory(data_size: int = 1000, t_end: float = 25.0) -> tuple[torch.Tensor, torch.Tensor]:
+def true_trajectory(
+    data_size: int = 1000, t_end: float = 25.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(t, y)``: the true solution at ``data_size`` times, solved in float64 (rtol 1e-10)
     and returned in float32; ``y`` has shape ``(data_size, 1, 2)``."""
     t = torch.linspace(0.0, t_end, data_size, dtype=torch.float64)

@@ -33,14 +33,16 @@ import torch
 from torch import nn
 
 from ..training import (
-    RunExistsError,
     atomic_save,
-    load_checkpoint,
+    find_resume_checkpoint,
+    prepare_run_dir,
+    refuse_existing_run,
     restore_rng,
+    set_aside,
 )
 from ..training.checkpoint import make_checkpoint
-from .config import config_from_dict, opt, parse_config
-from .mnist import resolve_gradient
+from .config import opt, parse_run_config
+from .epochs import resolve_gradient
 
 __all__ = [
     "StepConfig",
@@ -174,7 +176,8 @@ def run_steps(
 
     Raises:
         RunExistsError: ``run_dir`` holds a run and ``resume`` is false.
-        FileNotFoundError: ``resume`` without ``run_dir/last.pt``.
+        NoCheckpointError: ``resume`` without a checkpoint (a ``FileNotFoundError``).
+        CheckpointError: ``resume`` where no checkpoint loads; nothing is changed.
     """
     run_dir = Path(run_dir)
     last, best, metrics = run_dir / "last.pt", run_dir / "best.pt", run_dir / "metrics.csv"
@@ -182,18 +185,22 @@ def run_steps(
     history: list[dict[str, float]] = []
     best_value, start, elapsed0 = float("inf"), 0, 0.0
     if resume:
-        ckpt = load_checkpoint(last)
+        # the newest checkpoint that loads; unreadable ones are named and set aside
+        point = find_resume_checkpoint(run_dir)
+        ckpt = point.checkpoint
         task.model.load_state_dict(ckpt["model"])
         task.optimizer.load_state_dict(ckpt["optimizer"])
         history, best_value, start = list(ckpt["history"]), float(ckpt["best_acc"]), ckpt["epoch"]
         elapsed0 = history[-1]["time"] if history else 0.0
         restore_rng(ckpt["rng"])
-        log(f"resumed {run_dir} after step {start}")
-    elif last.exists():
-        raise RunExistsError(
-            f"{run_dir} already holds a run (last.pt); resume it with --resume {run_dir} "
-            "or choose another --save folder"
-        )
+        for path, why in point.unreadable:
+            log(f"warning: {path} is truncated or corrupt ({why})")
+        kept = set_aside(run_dir, point)
+        if kept is not None:
+            log(f"warning: kept {', '.join(sorted(p.name for p in kept.iterdir()))} in {kept}")
+        log(f"resumed {run_dir} from {point.path.name} after step {start}")
+    else:
+        refuse_existing_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_json(run_dir / "config.json", config)
     write_rows(metrics, fields, history)
@@ -250,16 +257,9 @@ def run_steps(
 def parse_run_args(
     cls: type[C], argv: Sequence[str] | None, base: C | None = None, prog: str | None = None
 ) -> C:
-    """Flags → config; with ``--resume RUN`` the base is ``RUN/config.json``."""
-    cfg = parse_config(cls, argv, base=base, prog=prog)
-    if cfg.resume:
-        saved = Path(cfg.resume) / "config.json"
-        if not saved.is_file():
-            raise SystemExit(f"--resume {cfg.resume}: no config.json there (not a run folder?)")
-        stored = config_from_dict(cls, json.loads(saved.read_text()))
-        # a session's --stop-after ends with it: resuming runs on unless given again
-        stored = dataclasses.replace(stored, stop_after=0)
-        cfg = parse_config(cls, argv, base=stored, prog=prog)
+    """Flags → config (:func:`~odeflow.experiments.config.parse_run_config`: with
+    ``--resume RUN`` the base is ``RUN/config.json``), and the gradient mode checked."""
+    cfg = parse_run_config(cls, argv, base=base, prog=prog)
     resolve_gradient(cfg)
     return cfg
 
@@ -283,13 +283,16 @@ def run_main(
 
 
 def start_run(cfg: StepConfig, name: str, **extra: Any) -> tuple[Path, dict[str, Any]]:
-    """Set threads and the seed; return the run folder and the config dict to save."""
+    """Set threads and the seed, check the run folder (a new run may not overwrite one);
+    return the run folder and the config dict to save."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     run_dir = Path(cfg.resume or cfg.save or f"runs/{name}")
+    prepare_run_dir(run_dir, resume=bool(cfg.resume))  # before any data or model
     config = dataclasses.asdict(cfg)
-    config.update(save=str(run_dir), resume="", experiment=name,
+    # --stop-after ends one session: a resumed run goes on unless it is given again
+    config.update(save=str(run_dir), resume="", stop_after=0, experiment=name,
                   gradient_resolved=resolve_gradient(cfg), **extra)
     return run_dir, config
 
