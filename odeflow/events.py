@@ -38,6 +38,7 @@ from .event_location import EventHit, EventLocator
 from .integrate import DEFAULT_MAX_NUM_STEPS, run_loop
 from .odeint import Solution, State, odeint
 from .problem import Problem, make_problem
+from .progress import Progress
 from .sensitivity import find_params
 from .sensitivity.adjoint import AdjointConfig, _Adjoint
 from .sensitivity.checkpoint import _Checkpoint
@@ -184,6 +185,7 @@ def solve_event(
     adjoint_params: Sequence[Tensor] | None,
     event_direction: Any,
     throw: bool,
+    progress: bool = False,
 ) -> EventSolution:
     """Solve from ``t[0]`` until ``event_fn(t, y)`` crosses zero; ``solve(event_fn=...)`` runs it.
 
@@ -224,6 +226,9 @@ def solve_event(
     opts = options
     t_prob, unbounded = _event_times(t)
     problem = make_problem(func, y0, t_prob, rtol, atol, spec.name, opts)
+    if progress:
+        problem = replace(problem, progress=Progress(problem.t_out[0], problem.t_out[-1],
+                                                     problem.sign, desc="event search"))
     if event_direction is None:
         event_direction = getattr(event_fn, "direction", 0)
     locator = EventLocator(problem, event_fn, event_direction)
@@ -282,7 +287,8 @@ def solve_event(
     event_t = t_stop.to(t.dtype)
     ys = problem.layout.unflatten_stacked(torch.stack([y0_flat, y_stop]))
     ts = torch.stack([t[0], event_t])
-    return EventSolution(ys, ts, stats, event_t if hit is not None else None, event_index)
+    return EventSolution(ys, ts, stats, event_t if hit is not None else None,
+                         event_index=event_index)
 
 
 # ------------------------------------------------------------------ torchdiffeq's interface

@@ -34,17 +34,33 @@ __all__ = [
 
 
 def run_loop(problem: Problem, spec: MethodSpec, *, record_steps: bool = False,
-             event: Any = None, callback_suffix: str = "", dense: list | None = None,
-             ) -> LoopResult:
+             event: Any = None, callback_suffix: str = "") -> LoopResult:
     """Run the loop of ``spec``'s family on ``problem`` (under whatever grad mode is active).
 
-    ``event`` is an :class:`~odeflow.event_location.EventLocator` (or ``None``); ``dense``,
-    when a list, receives each accepted step's detached interpolant (``odeint_dense``).
+    ``event`` is an :class:`~odeflow.event_location.EventLocator` (or ``None``).
+    ``problem.dense_sink``, when a list, receives each accepted step's detached
+    interpolant; ``problem.progress`` is updated after each accepted step and closed at
+    the end, whatever the outcome.
     """
+    if problem.progress is None:
+        return _run_loop(problem, spec, record_steps, event, callback_suffix)
+    result = None
+    try:
+        result = _run_loop(problem, spec, record_steps, event, callback_suffix)
+        return result
+    finally:
+        t_last = result.t_last if result is not None else problem.t_out[0]
+        n = result.stats.n_accepted if result is not None else 0
+        problem.progress.close(t_last, n)
+
+
+def _run_loop(problem: Problem, spec: MethodSpec, record_steps: bool, event: Any,
+              callback_suffix: str) -> LoopResult:
+    dense = problem.dense_sink
     if spec.family == "scipy":
         if record_steps or event is not None or dense is not None:
             raise ValueError("method='scipy_solver' supports neither gradient='checkpoint', "
-                             "event_fn nor dense output; use an odeflow method")
+                             "event_fn nor dense=True; use an odeflow method")
         ys, stats = integrate_scipy(problem)
         return LoopResult(ys, stats, problem.t_out[-1], ys[-1])
     stepper = spec.build(problem.options)
@@ -60,9 +76,7 @@ def run_loop(problem: Problem, spec: MethodSpec, *, record_steps: bool = False,
         return LoopResult(list(ys.unbind(0)), stats, problem.t_out[-1], ys[-1])
     if spec.family == "adaptive":
         return integrate_adaptive(problem, stepper, record_steps=record_steps, event=event,
-                                  callback_suffix=callback_suffix, dense=dense)
-    if dense is not None:
-        raise ValueError(f"dense output needs an adaptive method, got method={spec.name!r}")
+                                  callback_suffix=callback_suffix)
     return integrate_fixed(problem, stepper, record_steps=record_steps, event=event,
                            callback_suffix=callback_suffix)
 
@@ -131,7 +145,6 @@ def integrate_adaptive(
     record_steps: bool = False,
     event: Any = None,
     callback_suffix: str = "",
-    dense: list | None = None,
 ) -> LoopResult:
     """Adaptive loop with dense output at ``problem.t_out``.
 
@@ -159,6 +172,7 @@ def integrate_adaptive(
     k = solver.error_order + 1
     ws = None if torch.is_grad_enabled() else solver.workspace(y)
     cb_step, cb_accept, cb_reject = _callbacks(problem, callback_suffix)
+    dense, progress = problem.dense_sink, problem.progress
 
     f0 = f.checked(t0, y)
     if not bool(torch.isfinite(f0).all()):  # host sync: once per solve
@@ -242,6 +256,8 @@ def integrate_adaptive(
                 steps.append(StepRecord(t, dt_try, t_new, y, jump_here))
             if dense is not None:
                 dense.append(solver.interpolant(t, dt_try, y, y_new, stages, f_new, f).detached())
+            if progress is not None:
+                progress.update(t_new, stats.n_accepted)
             if event is not None:
                 hit = event.check(solver.interpolant(t, dt_try, y, y_new, stages, f_new, f),
                                   y_new)
@@ -393,6 +409,7 @@ def integrate_fixed(problem: Problem, solver: Any, *, record_steps: bool = False
     max_num_steps = max_steps(opts)
     grid = make_grid(problem, lazy=event is not None)
     cb_step = _callbacks(problem, callback_suffix)[0]
+    dense, progress = problem.dense_sink, problem.progress
     ws = None if torch.is_grad_enabled() else solver.workspace(y)
     carry = solver.init_carry(y) if hasattr(solver, "init_carry") else None
     f_last: Callable | None = (lambda t, x: f.perturbed(t, x, -1)) if perturb else None
@@ -416,7 +433,7 @@ def integrate_fixed(problem: Problem, solver: Any, *, record_steps: bool = False
         stats.n_steps += 1
         stats.n_accepted += 1
         f_new = None
-        if (next_out < t_new or event is not None) and interp == "cubic":
+        if ((next_out < t_new or event is not None) and interp == "cubic") or dense is not None:
             f_new = f.perturbed(t_new, y_new, +1) if perturb else f(t_new, y_new)
         while next_out <= t_new:
             if next_out == t_new:
@@ -433,6 +450,10 @@ def integrate_fixed(problem: Problem, solver: Any, *, record_steps: bool = False
             next_out = t_out[out_i]
         if steps is not None:
             steps.append(StepRecord(t, dt, t_new, y, False))
+        if dense is not None:
+            dense.append(HermiteInterpolant(t, dt, y, y_new, f0, f_new).detached())
+        if progress is not None:
+            progress.update(t_new, stats.n_accepted)
         if event is not None:
             step_interp = (LinearInterpolant(t, dt, y, y_new) if interp == "linear"
                            else HermiteInterpolant(t, dt, y, y_new, f0, f_new))

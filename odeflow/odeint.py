@@ -15,6 +15,7 @@ from .dense import DenseOutput
 from .integrate import run_loop
 from .options import validate_options
 from .problem import Problem, check_options, make_problem
+from .progress import Progress
 from .sensitivity import GRADIENTS, find_params
 from .sensitivity.adjoint import AdjointConfig, make_adjoint_config, solve_adjoint
 from .sensitivity.checkpoint import solve_checkpoint
@@ -37,12 +38,32 @@ class Solution:
         ts: the output times (the ``t`` that was passed, or up to the event time).
         stats: evaluation and step counts and the outcome (:class:`SolveStats`).
         event_t: the event time for an event-terminated solve, else ``None``.
+        dense: the :class:`~odeflow.dense.DenseOutput` of ``solve(..., dense=True)``, else
+            ``None``; :meth:`evaluate` and :meth:`derivative` use it.
     """
 
     ys: State
     ts: Tensor
     stats: SolveStats
     event_t: Tensor | None = None
+    dense: DenseOutput | None = None
+
+    def evaluate(self, t: Tensor | float) -> State:
+        """The solution at any time ``t`` (scalar or 1-D) of the span; needs ``dense=True``.
+
+        Raises:
+            ValueError: the solve kept no dense output, or ``t`` is outside the span.
+        """
+        return self._dense_output().evaluate(t)
+
+    def derivative(self, t: Tensor | float) -> State:
+        """``dy/dt`` of the dense output at ``t`` (scalar or 1-D); needs ``dense=True``."""
+        return self._dense_output().derivative(t)
+
+    def _dense_output(self) -> DenseOutput:
+        if self.dense is None:
+            raise ValueError("this Solution kept no dense output; call solve(..., dense=True)")
+        return self.dense
 
 
 def solve(
@@ -63,6 +84,8 @@ def solve(
     adjoint_params: Sequence[Tensor] | None = None,
     event_direction: int | Sequence[int] | None = None,
     throw: bool = True,
+    dense: bool = False,
+    progress: bool = False,
 ) -> Solution:
     """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0``, and return the solution at ``t``.
 
@@ -94,6 +117,12 @@ def solve(
             dict(norm="seminorm")`` leaves parameter gradients out of its error control.
         adjoint_params: tensors whose gradients ``"adjoint"``/``"checkpoint"`` compute
             (default: ``func.parameters()`` for an ``nn.Module``).
+        dense: keep every step's interpolant, so that ``Solution.evaluate(t)`` and
+            ``.derivative(t)`` give the solution anywhere in the span (adaptive methods at
+            the order of their interpolant, fixed grids cubic Hermite; no gradient flows
+            through them). Costs memory of a few states per step; nothing when off.
+        progress: show a bar of ``t`` across the span (tqdm when installed, a text line on
+            stderr otherwise), refreshed at most 10 times a second.
         throw: raise :class:`SolveError` on failure; if ``False``, return the solution with
             the outputs reached before the failure, ``nan`` at the later times, and the
             failure in ``stats.status`` (``stats`` is complete either way).
@@ -124,14 +153,25 @@ def solve(
     if event_fn is not None:
         from .events import solve_event
 
+        if dense:
+            raise ValueError("dense=True is not supported together with event_fn yet")
         return solve_event(
             func, y0, t, event_fn=event_fn, rtol=rtol, atol=atol, spec=spec, options=opts,
             gradient=gradient, adjoint_config=adjoint_config, adjoint_params=adjoint_params,
-            event_direction=event_direction, throw=throw,
+            event_direction=event_direction, throw=throw, progress=progress,
         )
     if event_direction is not None:
         raise ValueError("event_direction is only meaningful together with event_fn")
     problem = make_problem(func, y0, t, rtol, atol, spec.name, opts)
+    pieces: list | None = None
+    if dense:
+        if spec.family == "scipy" or opts.get("per_sample"):
+            raise ValueError("dense=True needs an odeflow method without options['per_sample']")
+        pieces = []
+        problem = replace(problem, dense_sink=pieces)
+    if progress:
+        problem = replace(problem, progress=Progress(problem.t_out[0], problem.t_out[-1],
+                                                     problem.sign))
     stats = SolveStats()
     try:
         ys_flat = _solve_flat(problem, spec, stats, gradient, func, adjoint_config,
@@ -144,7 +184,8 @@ def solve(
             raise
         ys_flat = _partial_after_failure(problem, err)
     record_last_stats(stats)
-    return Solution(problem.layout.unflatten_stacked(ys_flat), t, stats)
+    dense_output = DenseOutput(problem, pieces) if pieces else None
+    return Solution(problem.layout.unflatten_stacked(ys_flat), t, stats, dense=dense_output)
 
 
 def _solve_flat(problem: Problem, spec: Any, stats: SolveStats, gradient: str, func: Callable,
@@ -353,8 +394,9 @@ def odeint_dense(
     times = torch.stack([torch.as_tensor(v, dtype=torch.float64).reshape(()) for v in (t0, t1)])
     problem = make_problem(func, y0, times.to(first.device), rtol, atol, spec.name, opts)
     pieces: list = []
+    problem = replace(problem, dense_sink=pieces)
     with torch.no_grad():
-        result = run_loop(problem, spec, dense=pieces)
+        result = run_loop(problem, spec)
     stats = SolveStats()
     _fill_stats(stats, result.stats, problem)
     record_last_stats(stats)

@@ -176,6 +176,10 @@ class Problem:
     norm: Callable[[Tensor], Tensor]
     method: str
     options: dict[str, Any]
+    #: what the loop reports besides the outputs: a list that receives each accepted step's
+    #: detached interpolant (``dense=True``), and a progress bar (``progress=True``).
+    dense_sink: list | None = None
+    progress: Any = None
 
     def user_time(self, t: float) -> float:
         """Canonical time -> the user's time."""
