@@ -52,13 +52,13 @@ class CNFConfig(StepConfig):
     # flow end time
     T: float = opt(1.0, "end time of the flow (the base density lives at T)")
     method: str = opt("dopri5", "ODE solver")
-    rtol: float = opt(1e-5, "relative tolerance")
-    atol: float = opt(1e-5, "absolute tolerance")
-    batch_size: int = opt(512, "fresh samples per step")
+    rtol: float = opt(1e-4, "relative tolerance")
+    atol: float = opt(1e-4, "absolute tolerance")
+    batch_size: int = opt(256, "fresh samples per step")
     test_size: int = opt(5000, "fresh samples for test_nll")
     niters: int = opt(1000, "number of optimisation steps")
     eval_every: int = opt(100, "steps between evaluations")
-    lr: float = opt(5e-3, "peak learning rate (Adam)")
+    lr: float = opt(1e-2, "peak learning rate (Adam)")
     lr_final: float = opt(0.02, "final learning rate as a fraction of --lr (cosine decay)")
 
 
