@@ -220,7 +220,7 @@ def solve_event(
     """
     if not callable(event_fn):
         raise TypeError(f"event_fn must be callable as event_fn(t, y), got {type(event_fn)}")
-    if spec.family == "scipy":
+    if not spec.supports_events:
         raise ValueError("event_fn is not supported with method='scipy_solver'; use an odeflow "
                          "method (e.g. 'dopri5')")
     opts = options

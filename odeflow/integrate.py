@@ -57,14 +57,14 @@ def run_loop(problem: Problem, spec: MethodSpec, *, record_steps: bool = False,
 def _run_loop(problem: Problem, spec: MethodSpec, record_steps: bool, event: Any,
               callback_suffix: str) -> LoopResult:
     dense = problem.dense_sink
-    if spec.family == "scipy":
+    if spec.external:
         if record_steps or event is not None or dense is not None:
             raise ValueError("method='scipy_solver' supports neither gradient='checkpoint', "
                              "event_fn nor dense=True; use an odeflow method")
         ys, stats = integrate_scipy(problem)
         return LoopResult(ys, stats, problem.t_out[-1], ys[-1])
     stepper = spec.build(problem.options)
-    if spec.family == "adaptive" and problem.options.get("per_sample", False):
+    if spec.adaptive and problem.options.get("per_sample", False):
         if record_steps or event is not None or dense is not None:
             raise ValueError("options['per_sample'] supports gradient='direct' only, no "
                              "event_fn and no dense output")
@@ -74,7 +74,7 @@ def _run_loop(problem: Problem, spec: MethodSpec, record_steps: bool, event: Any
         ys, stats = integrate_per_sample(problem, stepper, controller, max_steps(problem.options),
                                          positive_float(problem.options, "first_step", None))
         return LoopResult(list(ys.unbind(0)), stats, problem.t_out[-1], ys[-1])
-    if spec.family == "adaptive":
+    if spec.adaptive:
         return integrate_adaptive(problem, stepper, record_steps=record_steps, event=event,
                                   callback_suffix=callback_suffix)
     return integrate_fixed(problem, stepper, record_steps=record_steps, event=event,
@@ -195,6 +195,7 @@ def integrate_adaptive(
     out_i = 1
     next_out = t_out[1]
     ctrl = controller.init()
+    state = solver.init(y)
     dense_needs_f_end = solver.needs_f_end_for_dense
     t = t0
     abs_y = y.detach().abs()
@@ -220,14 +221,19 @@ def integrate_adaptive(
 
         # A step ending on a jump evaluates its last stage on the left of the jump.
         on_jump = landing and jump_set and t_new in jump_set
-        y_new, err, stages = solver.step(f, t, y, f0, dt_try, ws,
-                                         f_last=f_left if on_jump else None)
+        result = solver.step(f, t, y, f0, dt_try, state, ws,
+                             f_last=f_left if on_jump else None)
+        y_new, stages = result.y_new, result.stages
         stats.n_steps += 1
-        if ws is None:
+        if not result.ok:  # the step could not be completed: reject it, shrink dt
+            ratio, abs_new = math.inf, abs_y
+        elif ws is None:
             with torch.no_grad():
-                ratio, abs_new = _error_ratio(err, abs_y, y_new, rtol, atol, norm, inv_sqrt_n)
+                ratio, abs_new = _error_ratio(result.error, abs_y, y_new, rtol, atol, norm,
+                                              inv_sqrt_n)
         else:
-            ratio, abs_new = _error_ratio(err, abs_y, y_new, rtol, atol, norm, inv_sqrt_n)
+            ratio, abs_new = _error_ratio(result.error, abs_y, y_new, rtol, atol, norm,
+                                          inv_sqrt_n)
         accepted = ratio <= 1.0 or (dt_try <= min_step and math.isfinite(ratio))
 
         if accepted:
@@ -237,7 +243,7 @@ def integrate_adaptive(
             f_new = None
             if not is_end or (interior_out and dense_needs_f_end) or event is not None or (
                     dense is not None):
-                f_new = solver.f_end(f, t_new, y_new, stages)
+                f_new = solver.f_end(f, t_new, y_new, result)
             while next_out <= t_new:
                 if next_out == t_new:
                     ys.append(y_new)
@@ -266,7 +272,7 @@ def integrate_adaptive(
                         # Located by re-stepping: the replay ends with that shorter step.
                         steps[-1] = StepRecord(t, hit.step_dt, hit.t, y, False)
                     return LoopResult(ys, stats, t_new, y_new, steps, event=hit)
-            y, abs_y = y_new, abs_new
+            y, abs_y, state = y_new, abs_new, result.state
             t = t_new
             if landing:
                 if t_new == t_end:
@@ -279,7 +285,7 @@ def integrate_adaptive(
             f0 = f_new
         else:
             stats.n_rejected += 1
-            if not math.isfinite(ratio):
+            if not math.isfinite(ratio) and result.ok:
                 if not bool(torch.isfinite(stages[0]).all()):  # host sync: failure path only
                     raise _fail(problem, Status.NONFINITE, t,
                                 "func returned non-finite values at this time.", stats, ys)
@@ -287,7 +293,8 @@ def integrate_adaptive(
                 cb_reject(_ttensor(t, problem), problem.layout.unflatten(y),
                           _ttensor(dt_try, problem))
             f0 = stages[0]
-            if not math.isfinite(ratio) and dt_try <= 16 * math.ulp(max(abs(t), 1.0)) * 1e3:
+            if not math.isfinite(ratio) and result.ok and (
+                    dt_try <= 16 * math.ulp(max(abs(t), 1.0)) * 1e3):
                 raise _fail(problem, Status.NONFINITE, t,
                             "func returned non-finite values for every step size tried.", stats,
                             ys)
@@ -411,7 +418,7 @@ def integrate_fixed(problem: Problem, solver: Any, *, record_steps: bool = False
     cb_step = _callbacks(problem, callback_suffix)[0]
     dense, progress = problem.dense_sink, problem.progress
     ws = None if torch.is_grad_enabled() else solver.workspace(y)
-    carry = solver.init_carry(y) if hasattr(solver, "init_carry") else None
+    state = solver.init(y)
     f_last: Callable | None = (lambda t, x: f.perturbed(t, x, -1)) if perturb else None
     out_i, next_out = 1, t_out[1]
     t = next(grid)
@@ -426,10 +433,8 @@ def integrate_fixed(problem: Problem, solver: Any, *, record_steps: bool = False
             f0 = f.perturbed(t, y, +1) if perturb else f(t, y)
         if cb_step is not None:
             cb_step(_ttensor(t, problem), problem.layout.unflatten(y), _ttensor(dt, problem))
-        if carry is None:
-            y_new, _, stages = solver.step(f, t, y, f0, dt, ws, with_error=False, f_last=f_last)
-        else:
-            y_new, carry, stages = solver.step_multistep(f, t, y, f0, dt, carry, f_last=f_last)
+        result = solver.step(f, t, y, f0, dt, state, ws, with_error=False, f_last=f_last)
+        y_new, state = result.y_new, result.state
         stats.n_steps += 1
         stats.n_accepted += 1
         f_new = None

@@ -48,7 +48,7 @@ class _Checkpoint(torch.autograd.Function):
         stepper = spec.build(problem.options)
         nfe_before = f.nfe
         t_out = problem.t_out
-        fixed = spec.family == "fixed"
+        fixed = not spec.adaptive
         interp = problem.options.get("interp", "linear")
         perturb = fixed and bool(problem.options.get("perturb", False))
         f_last = (lambda t, x: f.perturbed(t, x, -1)) if perturb else None
@@ -71,11 +71,12 @@ class _Checkpoint(torch.autograd.Function):
                     f0 = f.perturbed(step.t, y, +1)
                 else:
                     f0 = f(step.t, y)
-                y_new, _, stages = stepper.step(
-                    f, step.t, y, f0, step.dt, None, with_error=False,
+                result = stepper.step(
+                    f, step.t, y, f0, step.dt, None, None, with_error=False,
                     f_last=f_last if not step.jump_after else
                     (lambda tt, x: f.perturbed(tt, x, -1)),
                     fsal_stage=interior)
+                y_new, stages = result.y_new, result.stages
                 targets, grads = [], []
                 end_grad = adj
                 f_new = None
@@ -94,7 +95,7 @@ class _Checkpoint(torch.autograd.Function):
                             out = hermite(y, y_new, f0, f_new, step.dt, theta)
                     else:
                         if f_new is None and stepper.needs_f_end_for_dense:
-                            f_new = stepper.f_end(f, step.t_new, y_new, stages)
+                            f_new = stepper.f_end(f, step.t_new, y_new, result)
                         out = stepper.interpolate(y, y_new, step.dt, stages, f_new, theta, None)
                     targets.append(out)
                     grads.append(grad_ys[k])
@@ -124,7 +125,7 @@ def _copy_stats(src: SolveStats, dst: SolveStats) -> None:
 def solve_checkpoint(problem: Problem, spec: MethodSpec, stats: SolveStats, y0: Tensor,
                      params: tuple[Tensor, ...]) -> Tensor:
     """Solve with checkpointed gradients; returns the stacked flat outputs ``(T, n)``."""
-    if spec.family == "scipy" or spec.name in ("explicit_adams", "implicit_adams", "fixed_adams"):
+    if not spec.replayable:
         raise ValueError(
             f"gradient='checkpoint' replays single steps and needs a Runge–Kutta method; "
             f"method={spec.name!r} is not one (use gradient='adjoint' or 'direct')"

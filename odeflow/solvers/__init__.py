@@ -38,6 +38,28 @@ class MethodSpec:
     family: str  # "adaptive" | "fixed" | "scipy"
     valid_options: tuple[str, ...]
 
+    # Capability flags: what the rest of the code asks of a method (never its family name).
+    @property
+    def adaptive(self) -> bool:
+        """Steps are chosen by an error estimate (else: a fixed grid, or SciPy's own)."""
+        return self.family == "adaptive"
+
+    @property
+    def external(self) -> bool:
+        """The steps are taken outside odeflow (SciPy): no graph, no replay, no events."""
+        return self.family == "scipy"
+
+    @property
+    def replayable(self) -> bool:
+        """Each accepted step can be replayed alone from its start state (checkpointing):
+        one-step methods; a multistep history (Adams) cannot."""
+        return self.name not in ADAMS_METHODS and not self.external
+
+    @property
+    def supports_events(self) -> bool:
+        """Events and dense output work on this method's per-step interpolants."""
+        return not self.external
+
     @property
     def valid_callbacks(self) -> tuple[str, ...]:
         """The step callbacks this method calls: all three when adaptive, ``callback_step``

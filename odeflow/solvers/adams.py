@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..tableaus import RK4_CLASSIC
+from .base import StepResult
 from .explicit_rk import ExplicitRK
 
 __all__ = ["AdamsBashforth", "AdamsMoulton", "AdamsCarry"]
@@ -66,10 +67,16 @@ class AdamsBashforth:
         self.max_iters = max_iters
         self._starter = ExplicitRK(RK4_CLASSIC)
 
+    # Interpolation and the end derivative are those of any fixed-grid method: the loop
+    # uses linear or cubic Hermite on the step's end values.
+    steps_to_outputs = False
+    needs_f_end_for_dense = True
+
     def workspace(self, y0: Tensor) -> None:
         return None
 
-    def init_carry(self, y0: Tensor) -> AdamsCarry:
+    def init(self, y0: Tensor) -> AdamsCarry:
+        """The empty history: the first ``order - 1`` steps are RK4 start-up steps."""
         return AdamsCarry((), ())
 
     def _predict(self, t: float, y: Tensor, dt: float, carry: AdamsCarry) -> Tensor:
@@ -79,25 +86,25 @@ class AdamsBashforth:
             out.add_(fj, alpha=wj)
         return out
 
-    def step_multistep(
-        self, f: Func, t: float, y: Tensor, f0: Tensor, dt: float, carry: AdamsCarry,
-        f_last: Func | None = None,
-    ) -> tuple[Tensor, AdamsCarry, tuple[Tensor, ...]]:
-        """One step; ``f0 = f(t, y)``. Returns ``(y_new, carry, (f0,))``.
+    def step(self, f: Func, t: float, y: Tensor, f0: Tensor, dt: float, state: AdamsCarry,
+             ws: None = None, *, with_error: bool = False, f_last: Func | None = None,
+             ) -> StepResult:
+        """One step with the history ``state``; ``f0 = f(t, y)``.
 
         ``f_last`` evaluates at the step's end instead of ``f`` (``perturb``: just before it).
+        The new history is ``result.state``.
         """
-        times = (t, *carry.times)[: self.order]
-        derivs = (f0, *carry.derivs)[: self.order]
-        new_carry = AdamsCarry(times, derivs)
+        times = (t, *state.times)[: self.order]
+        derivs = (f0, *state.derivs)[: self.order]
+        new_state = AdamsCarry(times, derivs)
         if len(times) < self.order:
             # Start-up: not enough history yet for the requested order.
-            y_new, _, _ = self._starter.step(f, t, y, f0, dt, None, with_error=False,
-                                             f_last=f_last)
-            return y_new, new_carry, (f0,)
-        y_new = self._predict(t, y, dt, new_carry)
-        y_new = self._correct(f_last or f, t, y, dt, y_new, new_carry)
-        return y_new, new_carry, (f0,)
+            y_new = self._starter.step(f, t, y, f0, dt, None, None, with_error=False,
+                                       f_last=f_last).y_new
+            return StepResult(y_new, None, (f0,), new_state)
+        y_new = self._predict(t, y, dt, new_state)
+        y_new = self._correct(f_last or f, t, y, dt, y_new, new_state)
+        return StepResult(y_new, None, (f0,), new_state)
 
     def _correct(self, f_end: Func, t: float, y: Tensor, dt: float, y_pred: Tensor,
                  carry: AdamsCarry) -> Tensor:

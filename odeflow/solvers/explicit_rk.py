@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ..interp import HermiteInterpolant, Interpolant, TableauInterpolant, hermite
 from ..tableaus import ButcherTableau
+from .base import StepResult
 
 __all__ = ["ExplicitRK", "Workspace"]
 
@@ -47,12 +48,8 @@ class Workspace(NamedTuple):
 class ExplicitRK:
     """Explicit Runge–Kutta stepper for a :class:`~odeflow.tableaus.ButcherTableau`.
 
-    Implementer contract (what the loops rely on):
-
-    1. ``step`` performs exactly one attempt and never loops or adapts ``dt``.
-    2. ``stages[0]`` is ``f0`` (the derivative at the step's start) after ``step``.
-    3. For FSAL tableaus ``stages[-1]`` is the derivative at ``(t + dt, y_new)``.
-    4. Nothing is stored on ``self`` during a solve.
+    Follows :class:`~odeflow.solvers.base.Stepper`; in addition, for FSAL tableaus
+    ``stages[-1]`` is the derivative at ``(t + dt, y_new)``.
     """
 
     def __init__(self, tableau: ButcherTableau):
@@ -91,6 +88,10 @@ class ExplicitRK:
         return self._cache[key]
 
     # ------------------------------------------------------------------------------ step
+    def init(self, y0: Tensor) -> None:
+        """An explicit Runge–Kutta method carries no state beyond ``f0`` (the loop's)."""
+        return None
+
     def step(
         self,
         f: Func,
@@ -98,30 +99,34 @@ class ExplicitRK:
         y: Tensor,
         f0: Tensor,
         dt: float,
+        state: None,
         ws: Workspace | None,
+        *,
         with_error: bool = True,
         f_last: Func | None = None,
         fsal_stage: bool = True,
-    ) -> tuple[Tensor, Tensor | None, Sequence[Tensor]]:
-        """One attempt from ``(t, y)`` with step ``dt``.
+    ) -> StepResult:
+        """One attempt from ``(t, y)`` with step ``dt`` (the contract of
+        :class:`~odeflow.solvers.base.Stepper`).
 
         Args:
             f: the counted derivative ``f(t, y)`` in canonical form.
             t, y, f0: start of the step and ``f(t, y)``.
             dt: step size (positive).
+            state: unused (``None``).
             ws: the fused path's workspace, or ``None`` for the autograd path.
             with_error: compute the embedded error estimate.
             f_last: evaluates stages with ``c == 1`` instead of ``f`` (fixed grid ``perturb``).
             fsal_stage: evaluate the FSAL stage; without an error estimate or dense output
                 it is not needed for ``y_new`` (the checkpointed backward skips it).
-
-        Returns:
-            ``(y_new, error_estimate or None, stages)``.
         """
         if ws is None:
             skip_last = self.fsal and not fsal_stage and not with_error
-            return self._step_autograd(f, t, y, f0, dt, with_error, f_last, skip_last)
-        return self._step_fused(f, t, y, f0, dt, ws, with_error, f_last)
+            y_new, err, stages = self._step_autograd(f, t, y, f0, dt, with_error, f_last,
+                                                     skip_last)
+        else:
+            y_new, err, stages = self._step_fused(f, t, y, f0, dt, ws, with_error, f_last)
+        return StepResult(y_new, err, stages)
 
     def _step_fused(self, f, t, y, f0, dt, ws, with_error, f_last):
         rows, prefix, a_rows, c = ws.rows, ws.prefix, ws.a_rows, self._c
@@ -159,10 +164,10 @@ class ExplicitRK:
         return y_new, err, ks
 
     # ----------------------------------------------------------------------- dense output
-    def f_end(self, f: Func, t_new: float, y_new: Tensor, stages: Sequence[Tensor]) -> Tensor:
+    def f_end(self, f: Func, t_new: float, y_new: Tensor, result: StepResult) -> Tensor:
         """``f(t_new, y_new)``: the FSAL stage when there is one, else a new evaluation."""
         if self.fsal:
-            return stages[-1]
+            return result.stages[-1]
         return f(t_new, y_new)
 
     @property
@@ -238,8 +243,8 @@ class ReStepInterpolant(Interpolant):
     def evaluate(self, theta: float) -> Tensor:
         if theta == 0.0:
             return self.y
-        return self.stepper.step(self.f, self.t, self.y, self.f0, theta * self.dt, None,
-                                 with_error=False)[0]
+        return self.stepper.step(self.f, self.t, self.y, self.f0, theta * self.dt, None, None,
+                                 with_error=False).y_new
 
     def derivative(self, theta: float) -> Tensor:
         return self.f(self.t + theta * self.dt, self.evaluate(theta))
