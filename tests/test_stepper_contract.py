@@ -53,7 +53,8 @@ def test_solver_state_travels_through_the_loop():
     res = integrate_fixed(_problem("explicit_adams", dict(step_size=0.1)), Recording(4))
     # the history grows to order = 4 entries and stays there; nothing kept on the stepper
     assert seen[:6] == [0, 1, 2, 3, 4, 4]
-    assert abs(res.ys[-1][0].item() - math.exp(-1)) < 1e-5
+    # AB4 global error ≈ (251/720) h^4 t e^{-t} ≈ 1.3e-5 at h = 0.1
+    assert abs(res.ys[-1][0].item() - math.exp(-1)) < 3e-5
 
 
 def test_step_returns_a_step_result_with_f0_first():
