@@ -40,8 +40,8 @@ from .odeint import Solution, State, odeint
 from .problem import Problem, make_problem
 from .progress import Progress
 from .sensitivity import find_params
-from .sensitivity.adjoint import AdjointConfig, _Adjoint
-from .sensitivity.checkpoint import _Checkpoint
+from .sensitivity.adjoint import AdjointConfig, attach_adjoint
+from .sensitivity.checkpoint import attach_checkpoint
 from .sensitivity.time_grad import shift_initial_state
 from .solvers import MethodSpec
 from .stats import SolveError, SolveStats, Status, record_last_stats
@@ -67,29 +67,7 @@ class EventSolution(Solution):
     event_index: int | None = None
 
 
-# --------------------------------------------------------------- gradients of y(t*) by mode
-class _CheckpointToEvent(_Checkpoint):
-    """The checkpointed gradient of a loop that already ran (and stopped at the event)."""
-
-    @staticmethod
-    def forward(ctx, payload, spec, stats, y0, *params):  # type: ignore[override]
-        problem, steps, ys = payload
-        ctx.problem, ctx.spec, ctx.stats, ctx.steps = problem, spec, stats, steps
-        ctx.save_for_backward(*params)
-        return ys
-
-
-class _AdjointToEvent(_Adjoint):
-    """The adjoint gradient of a loop that already ran (and stopped at the event)."""
-
-    @staticmethod
-    def forward(ctx, payload, spec, config, stats, y0, *params):  # type: ignore[override]
-        problem, ys = payload
-        ctx.problem, ctx.config, ctx.stats = problem, config, stats
-        ctx.save_for_backward(ys, *params)
-        return ys
-
-
+# ------------------------------------------------------------- the event time's gradient
 def _ift_reroute(event_fn: EventFn, locator: EventLocator, t_stop: Tensor, y_stop: Tensor,
                  ydot_user: Tensor, index: int) -> tuple[Tensor, Tensor]:
     """Attach ``dt*/dθ`` (implicit function theorem) to the event time and state.
@@ -263,12 +241,12 @@ def solve_event(
         ys_fwd = torch.stack([y0_run.detach(), y_stop.detach()])
         stop_problem = replace(problem, y0=y0_run.detach(), t_out=(problem.t_out[0], t_stop_c))
         if mode == "checkpoint":
-            y_stop = _CheckpointToEvent.apply((stop_problem, result.steps, ys_fwd), spec, stats,
-                                              y0_run, *params)[1]
+            y_stop = attach_checkpoint(stop_problem, spec, stats, y0_run, params, result.steps,
+                                       ys_fwd)[1]
         else:
             assert adjoint_config is not None
-            y_stop = _AdjointToEvent.apply((stop_problem, ys_fwd), spec, adjoint_config, stats,
-                                           y0_run, *params)[1]
+            y_stop = attach_adjoint(stop_problem, spec, adjoint_config, stats, y0_run, params,
+                                    ys_fwd)[1]
 
     t_stop = torch.tensor(problem.user_time(t_stop_c), dtype=torch.float64, device=t.device)
     event_index = None

@@ -34,7 +34,7 @@ from ..problem import Problem, check_options, make_problem
 from ..solvers import MethodSpec, get_method
 from ..stats import SolveError, SolveStats
 
-__all__ = ["AdjointConfig", "make_adjoint_config", "solve_adjoint"]
+__all__ = ["AdjointConfig", "make_adjoint_config", "solve_adjoint", "attach_adjoint"]
 
 
 @dataclass(frozen=True)
@@ -116,16 +116,10 @@ def _user_time_callback(cb: Callable, sign: float) -> Callable:
 
 class _Adjoint(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, problem: Problem, spec: MethodSpec, config: AdjointConfig,
+    def forward(ctx, payload: tuple, spec: MethodSpec, config: AdjointConfig,
                 stats: SolveStats, y0: Tensor, *params: Tensor) -> Tensor:  # type: ignore[override]
-        prob = replace(problem, y0=y0.detach())
-        with torch.no_grad():
-            result = run_loop(prob, spec)
-            ys = torch.stack(result.ys)
-        for name in ("n_steps", "n_accepted", "n_rejected", "status", "message"):
-            setattr(stats, name, getattr(result.stats, name))
-        stats.nfe = problem.func.nfe
-        ctx.problem, ctx.config, ctx.stats = prob, config, stats
+        problem, ys = payload
+        ctx.problem, ctx.config, ctx.stats = problem, config, stats
         ctx.save_for_backward(ys, *params)
         return ys
 
@@ -278,7 +272,26 @@ def _backward_tolerance(name: str, tol: Any, problem: Problem, n_aug: int) -> An
     return torch.cat([per_y, per_y, tail])
 
 
+def attach_adjoint(problem: Problem, spec: MethodSpec, config: AdjointConfig,
+                   stats: SolveStats, y0: Tensor, params: tuple[Tensor, ...],
+                   ys: Tensor) -> Tensor:
+    """Give the outputs ``ys`` of a finished loop the adjoint gradient.
+
+    ``problem.t_out`` says where ``ys`` (stacked flat, ``(T, n)``, no graph) are; an event
+    solve passes ``(t0, t_event)``. Backward solves the augmented system from each output
+    time back to the previous one with ``config`` and fills ``stats.nfe_backward``.
+    """
+    return _Adjoint.apply((replace(problem, y0=y0.detach()), ys), spec, config, stats, y0,
+                          *params)
+
+
 def solve_adjoint(problem: Problem, spec: MethodSpec, config: AdjointConfig,
                   stats: SolveStats, y0: Tensor, params: tuple[Tensor, ...]) -> Tensor:
     """Solve with adjoint gradients; returns the stacked flat outputs ``(T, n)``."""
-    return _Adjoint.apply(problem, spec, config, stats, y0, *params)
+    with torch.no_grad():
+        result = run_loop(replace(problem, y0=y0.detach()), spec)
+        ys = torch.stack(result.ys)
+    for name in ("n_steps", "n_accepted", "n_rejected", "status", "message"):
+        setattr(stats, name, getattr(result.stats, name))
+    stats.nfe = problem.func.nfe
+    return attach_adjoint(problem, spec, config, stats, y0, params, ys)

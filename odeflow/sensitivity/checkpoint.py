@@ -11,6 +11,8 @@ graph plus one state per step instead of every stage of every step.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor
 
@@ -20,23 +22,17 @@ from ..problem import Problem
 from ..solvers import MethodSpec
 from ..stats import SolveStats
 
-__all__ = ["solve_checkpoint"]
+__all__ = ["solve_checkpoint", "attach_checkpoint"]
 
 
 class _Checkpoint(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, problem: Problem, spec: MethodSpec, stats: SolveStats, y0: Tensor,
+    def forward(ctx, payload: tuple, spec: MethodSpec, stats: SolveStats, y0: Tensor,
                 *params: Tensor) -> Tensor:  # type: ignore[override]
-        from dataclasses import replace
-
-        prob = replace(problem, y0=y0.detach())
-        with torch.no_grad():
-            result = run_loop(prob, spec, record_steps=True)
-        _copy_stats(result.stats, stats)
-        stats.nfe = problem.func.nfe
-        ctx.problem, ctx.spec, ctx.stats, ctx.steps = prob, spec, stats, result.steps
+        problem, steps, ys = payload
+        ctx.problem, ctx.spec, ctx.stats, ctx.steps = problem, spec, stats, steps
         ctx.save_for_backward(*params)
-        return torch.stack(result.ys)
+        return ys
 
     @staticmethod
     def backward(ctx, grad_ys: Tensor):  # type: ignore[override]
@@ -122,6 +118,27 @@ def _copy_stats(src: SolveStats, dst: SolveStats) -> None:
         setattr(dst, name, getattr(src, name))
 
 
+def attach_checkpoint(problem: Problem, spec: MethodSpec, stats: SolveStats, y0: Tensor,
+                      params: tuple[Tensor, ...], steps: list[StepRecord], ys: Tensor) -> Tensor:
+    """Give the outputs ``ys`` of a finished loop the checkpointed gradient.
+
+    Args:
+        problem: the problem the loop solved (its ``t_out`` says where ``ys`` are; an event
+            solve passes ``(t0, t_event)``).
+        spec: the method.
+        stats: receives ``nfe_backward`` and ``n_steps_backward`` when backward runs.
+        y0: the flat initial state, with its graph (gradients flow to it).
+        params: the tensors whose gradients backward returns.
+        steps: the loop's :class:`~odeflow.integrate.StepRecord` list (``record_steps``).
+        ys: the loop's stacked flat outputs ``(T, n)``, without graph.
+
+    Returns:
+        ``ys`` (the same values) whose backward replays the steps newest first.
+    """
+    return _Checkpoint.apply((replace(problem, y0=y0.detach()), steps, ys), spec, stats, y0,
+                             *params)
+
+
 def solve_checkpoint(problem: Problem, spec: MethodSpec, stats: SolveStats, y0: Tensor,
                      params: tuple[Tensor, ...]) -> Tensor:
     """Solve with checkpointed gradients; returns the stacked flat outputs ``(T, n)``."""
@@ -130,5 +147,9 @@ def solve_checkpoint(problem: Problem, spec: MethodSpec, stats: SolveStats, y0: 
             f"gradient='checkpoint' replays single steps and needs a Runge–Kutta method; "
             f"method={spec.name!r} is not one (use gradient='adjoint' or 'direct')"
         )
-    return _Checkpoint.apply(problem, spec, stats, y0, *params)
-
+    with torch.no_grad():
+        result = run_loop(replace(problem, y0=y0.detach()), spec, record_steps=True)
+    _copy_stats(result.stats, stats)
+    stats.nfe = problem.func.nfe
+    return attach_checkpoint(problem, spec, stats, y0, params, result.steps,
+                             torch.stack(result.ys))
