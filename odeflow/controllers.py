@@ -98,6 +98,40 @@ class PIDController:
         factor = self.dfactor if not math.isfinite(err) else self.safety * err ** (-1.0 / k)
         return dt * min(1.0, max(self.dfactor, factor)), state
 
+    def init_tensor(self, like: Tensor) -> ControllerState:
+        """:meth:`init` for a batch: one memory per sample, tensors shaped like ``like``."""
+        ones = torch.ones_like(like, dtype=torch.float64)
+        return ControllerState(ones, ones)
+
+    def propose_tensor(
+        self, dt: Tensor, err: Tensor, accepted: Tensor, k: int, state: ControllerState
+    ) -> tuple[Tensor, ControllerState]:
+        """:meth:`propose` for a batch of independent problems (``per_sample`` solves).
+
+        The same rule, elementwise: ``dt`` and ``err`` are float64 tensors of one value per
+        sample, ``accepted`` a boolean mask, ``state`` from :meth:`init_tensor`. A sample's
+        memory only changes when its step is accepted. No host synchronisation.
+        """
+        finite = torch.isfinite(err)
+        safe = torch.where(finite, err, torch.ones_like(err)).clamp(min=1e-300)
+        # After an accepted step: the filter, with a zero error growing by ifactor.
+        grow = self.safety * safe ** (-self.beta1 / k)
+        if self.beta2:
+            grow = grow * state.err_prev ** (-self.beta2 / k)
+        if self.beta3:
+            grow = grow * state.err_prev2 ** (-self.beta3 / k)
+        floor = self.dfactor if self.shrink_on_accept else 1.0
+        grow = torch.where(err == 0, torch.full_like(grow, self.ifactor),
+                           grow.clamp(min=floor, max=self.ifactor))
+        # After a rejection: the integral rule, never growing.
+        shrink = torch.where(finite, self.safety * safe ** (-1.0 / k),
+                             torch.full_like(safe, self.dfactor))
+        shrink = shrink.clamp(min=self.dfactor, max=1.0)
+        new_dt = dt * torch.where(accepted, grow, shrink)
+        memory = torch.where(accepted, err.clamp(min=1e-10), state.err_prev)
+        older = torch.where(accepted, state.err_prev, state.err_prev2)
+        return new_dt, ControllerState(memory, older)
+
 
 CONTROLLER_PRESETS: dict[str, dict[str, float | bool]] = {
     "integral": dict(beta1=1.0, beta2=0.0, beta3=0.0),

@@ -1,179 +1,436 @@
-"""Adaptive loop for a batch of independent problems, each with its own step size.
+"""Adaptive loop for a batch of independent problems, each with its own steps and times.
 
 ``options={"per_sample": True}`` treats the leading dimension of ``y0`` as independent
-initial value problems sharing ``func`` and the output times. Every sample has its own
-time, step size and accept/reject decision, so a stiff or fast sample does not force
-small steps on the others. One iteration advances every unfinished sample by one attempt;
-decisions are ``torch.where`` masks, and the loop synchronises with the host once per
-iteration (to learn which output times were passed and whether all are done).
+initial value problems sharing ``func``. Every sample has its own time, step size,
+accept/reject decision, output times (a ``t`` of shape ``(B, T)``), stop times
+(``jump_t``/``step_t``), statistics and outcome, so a stiff or fast sample neither forces
+small steps on the others nor fails them. It is the joint loop of ``integrate.py`` with
+tensors for ``t``, ``dt``, status and masks: one iteration advances every unfinished
+sample by one attempt; decisions are ``torch.where`` masks; the step-size rule is the
+controller's own (:meth:`~odeflow.controllers.PIDController.propose_tensor`) and the
+starting step the shared :func:`~odeflow.controllers.starting_step`. The loop
+synchronises with the host once per iteration (to learn which output times were passed and
+whether anything is left), plus once per output pass.
 
-``func(t, y)`` then receives ``t`` of shape ``(batch,)`` (each sample's time, the state's
-real dtype) and ``y`` of shape ``(batch, *rest)``.
+``func(t, y)`` receives ``t`` of shape ``(B,)`` (each sample's time, the state's real
+dtype) and ``y`` of shape ``(B, *rest)``; the solver assumes that sample ``b``'s
+derivative depends on ``t[b]`` and ``y[b]`` only.
+
+Time is canonical per sample: sample ``b`` integrates ``s_b * t`` forward, where ``s_b``
+is the direction of its own output times.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from .controllers import PIDController, starting_step
-from .problem import Problem
-from .stats import SolveError, SolveStats, Status
+from .stats import SolveStats, Status
 
-__all__ = ["integrate_per_sample"]
-
-
-def integrate_per_sample(problem: Problem, stepper: Any, controller: PIDController,
-                         max_num_steps: int, first_step: float | None) -> tuple[Tensor, SolveStats]:
-    """Solve each sample of the batch with its own steps; returns outputs ``(T, n)`` flat."""
-    layout = problem.layout
-    if layout.is_tuple or layout.is_complex or len(layout.shapes[0]) < 1:
-        raise ValueError("options['per_sample'] needs y0 to be a real tensor with a batch "
-                         "dimension first")
-    if not isinstance(problem.rtol, float) or not isinstance(problem.atol, float):
-        raise ValueError("options['per_sample'] supports scalar rtol/atol only")
-    tab = stepper.tableau
-    shape = layout.shapes[0]
-    batch = shape[0]
-    y = problem.y0.view(batch, -1)
-    dtype, device = y.dtype, y.device
-    t_out = problem.t_out
-    n_out = len(t_out)
-    t0, t_end = t_out[0], t_out[-1]
-    stats = SolveStats()
-    out = [y]
-    if n_out == 1:
-        return torch.stack([o.reshape(-1) for o in out]), stats
-
-    user = problem.user_func
-    sign = problem.sign
-    counter = problem.func
-
-    def f(t: Tensor, x: Tensor) -> Tensor:
-        counter.nfe += 1
-        res = user((sign * t).to(dtype), x.view(shape))
-        if res.shape != shape:
-            raise ValueError(f"func(t, y) must return shape {tuple(shape)}, got {tuple(res.shape)}")
-        res = res.reshape(batch, -1)
-        return res if sign > 0 else -res
-
-    rtol, atol = problem.rtol, problem.atol
-    s = tab.stages
-    c = torch.tensor(tab.c, dtype=torch.float64, device=device)
-    a_rows = [torch.tensor(row, dtype=dtype, device=device) if row else None for row in tab.a]
-    b = torch.tensor(tab.b, dtype=dtype, device=device)
-    b_err = torch.tensor(tab.b_err, dtype=dtype, device=device)
-    k = tab.error_order + 1
-    t = torch.full((batch,), t0, dtype=torch.float64, device=device)
-    f0 = f(t, y)
-    if first_step is None:
-        # The Hairer–Nørsett–Wanner starting step, one per sample (one batched evaluation).
-        dt = starting_step(lambda h0: f(t + h0, y + h0.to(dtype)[:, None] * f0), y, f0,
-                           tab.error_order, rtol, atol, _rms)
-    else:
-        dt = torch.full((batch,), first_step, dtype=torch.float64, device=device)
-    ys = [y.new_full((batch, y.shape[1]), math.nan) for _ in range(n_out - 1)]
-    t_end_t = torch.full_like(t, t_end)
-    active = torch.ones(batch, dtype=torch.bool, device=device)
-    safety, ifactor, dfactor = controller.safety, controller.ifactor, controller.dfactor
-    grad = torch.is_grad_enabled()
-    K = y.new_empty((s, batch, y.shape[1]))
-    while True:
-        if stats.n_steps >= max_num_steps:
-            stats.status = Status.MAX_STEPS_REACHED
-            raise SolveError(Status.MAX_STEPS_REACHED, float("nan"),
-                             f"Raise options['max_num_steps'] (now {max_num_steps}).", stats)
-        dt_try = torch.minimum(dt, t_end_t - t)
-        land = (t + 1.01 * dt_try >= t_end_t)
-        dt_try = torch.where(land, t_end_t - t, dt_try)
-        dt_try = torch.where(active, dt_try, torch.zeros_like(dt_try))
-        h = dt_try.to(dtype)[:, None]
-        if grad:
-            # Under autograd the stages must not be written into a reused buffer.
-            ks = [f0]
-            for i in range(1, s):
-                y_i = y + h * torch.einsum("j,jbn->bn", a_rows[i], torch.stack(ks))
-                ks.append(f(t + c[i] * dt_try, y_i))
-            K = torch.stack(ks)
-        else:
-            K[0] = f0
-            for i in range(1, s):
-                y_i = y + h * torch.einsum("j,jbn->bn", a_rows[i], K[:i])
-                K[i] = f(t + c[i] * dt_try, y_i)
-        y_new = y_i if tab.fsal else y + h * torch.einsum("j,jbn->bn", b, K)
-        with torch.no_grad():
-            err = h * torch.einsum("j,jbn->bn", b_err, K)
-            scale = torch.maximum(y.abs(), y_new.abs()) * rtol + atol
-            ratio = _rms(err / scale)
-        ok = (ratio <= 1.0) & active
-        stats.n_steps += 1
-        t_new = torch.where(land, t_end_t, t + dt_try)
-        still_active = active & ~(ok & land)
-        # host sync: one small transfer per iteration decides outputs and termination
-        info = torch.stack([
-            torch.where(ok, t_new, torch.full_like(t_new, -math.inf)).max(),
-            torch.where(active, t, torch.full_like(t, math.inf)).min(),
-            still_active.any().double(),
-            (active & ~ok & ~torch.isfinite(ratio)).any().double(),
-            (active & (dt_try <= 4 * torch.finfo(torch.float64).eps * t.abs())).any().double(),
-            ok.sum().double(),
-            (active & ~ok).sum().double(),
-        ]).tolist()
-        max_t_new, min_t, any_left, nonfinite, underflow, n_ok, n_bad = info
-        stats.n_accepted += int(n_ok)
-        stats.n_rejected += int(n_bad)
-        if underflow:
-            status = Status.NONFINITE if nonfinite else Status.STEP_SIZE_UNDERFLOW
-            stats.status = status
-            raise SolveError(status, min_t, "at least one sample could not take a step "
-                             "(non-finite values from func, or a step below time resolution).",
-                             stats)
-        f_new = K[s - 1] if tab.fsal else f(t_new, y_new)
-        j = 1
-        while j < n_out and t_out[j] <= min_t:
-            j += 1
-        while j < n_out and t_out[j] <= max_t_new:
-            tj = t_out[j]
-            hit = ok & (t < tj) & (tj <= t_new)
-            theta = (tj - t) / torch.where(dt_try > 0, dt_try, torch.ones_like(dt_try))
-            value = _dense(tab, y, y_new, K, f0, f_new, h, theta.to(dtype))
-            value = torch.where((t_new == tj)[:, None], y_new, value)
-            ys[j - 1] = torch.where(hit[:, None], value, ys[j - 1])
-            j += 1
-        y = torch.where(ok[:, None], y_new, y)
-        t = torch.where(ok, t_new, t)
-        f0 = torch.where(ok[:, None], f_new, f0)
-        active = still_active
-        if not any_left:
-            break
-        # Per-sample integral controller, as PIDController with beta = (1, 0, 0).
-        safe_ratio = torch.where(torch.isfinite(ratio), ratio, torch.full_like(ratio, math.inf))
-        factor = safety * safe_ratio.clamp(min=1e-10) ** (-1.0 / k)
-        factor = torch.where(ok, factor.clamp(min=1.0, max=ifactor),
-                             factor.clamp(min=dfactor, max=1.0))
-        dt = torch.where(active, dt_try * factor.double(), dt)
-    full = torch.stack([problem.y0.view(batch, -1)] + ys)
-    return full.reshape(n_out, -1), stats
+__all__ = ["SampleStats", "BatchFunc", "BatchRK", "PerSampleConfig", "PerSampleResult",
+           "IterRecord", "run_per_sample", "batched_rms", "integrate_per_sample"]
 
 
-def _rms(x: Tensor) -> Tensor:
+@dataclass
+class SampleStats:
+    """Per-sample statistics of a ``per_sample`` solve (``Solution.sample_stats``).
+
+    Attributes:
+        status: ``(B,)`` int64: each sample's :class:`~odeflow.Status` code
+            (``Status(int(status[b]))``).
+        n_steps: ``(B,)`` step attempts of each sample.
+        n_accepted: ``(B,)`` accepted steps.
+        n_rejected: ``(B,)`` rejected steps.
+    """
+
+    status: Tensor
+    n_steps: Tensor
+    n_accepted: Tensor
+    n_rejected: Tensor
+
+    def statuses(self) -> list[Status]:
+        """The statuses as :class:`~odeflow.Status` members."""
+        return [Status(v) for v in self.status.tolist()]
+
+
+def batched_rms(x: Tensor) -> Tensor:
+    """RMS norm of each row of ``(B, n)``: the default per-sample error norm."""
     return torch.linalg.vector_norm(x, dim=-1) / math.sqrt(max(x.shape[-1], 1))
 
 
-def _dense(tab, y: Tensor, y_new: Tensor, K: Tensor, f0: Tensor, f_new: Tensor, h: Tensor,
-           theta: Tensor) -> Tensor:
-    """Dense output per sample at fraction ``theta`` (shape ``(batch,)``) of each step."""
-    if tab.dense is not None:
-        powers = torch.stack([theta ** (p + 1) for p in range(len(tab.dense[0]))], dim=-1)
-        coeffs = torch.tensor(tab.dense, dtype=y.dtype, device=y.device)  # (s, deg)
-        w = (powers.unsqueeze(1) * coeffs).sum(-1)  # (batch, s); tiny, so no BLAS call
-        return y + h * torch.einsum("bs,sbn->bn", w, K)
-    th = theta[:, None]
-    h00 = 2 * th ** 3 - 3 * th ** 2 + 1
-    h10 = th ** 3 - 2 * th ** 2 + th
-    h01 = -2 * th ** 3 + 3 * th ** 2
-    h11 = th ** 3 - th ** 2
-    return h00 * y + h10 * h * f0 + h01 * y_new + h11 * h * f_new
+class BatchFunc:
+    """Calls the user's ``func`` on the batch in canonical per-sample time; counts NFE.
+
+    ``f(t, x, side)``: ``t`` ``(B,)`` float64 canonical, ``x`` ``(B, n)``; ``side`` (optional
+    ``(B,)`` int) moves sample ``b``'s time one unit in the last place to the left (-1) or
+    the right (+1) of ``t[b]`` (a ``jump_t`` point). Returns canonical ``dx/dt`` ``(B, n)``.
+    """
+
+    def __init__(self, user: Callable, shape: torch.Size, dtype: torch.dtype,
+                 sign: Tensor, counter: Any):
+        self.user = user
+        self.shape = shape
+        self.batch = shape[0]
+        self.dtype = dtype
+        self.sign = sign  # (B,) float64, +1/-1
+        self.counter = counter  # anything with an ``nfe`` counter (the problem's CountedFunc)
+        self.forward_only = bool((sign > 0).all())  # host sync: once per solve
+        self.sign_col = sign.to(dtype)[:, None]
+
+    def user_time(self, t: Tensor) -> Tensor:
+        return (self.sign * t).to(self.dtype)
+
+    def __call__(self, t: Tensor, x: Tensor, side: Tensor | None = None) -> Tensor:
+        self.counter.nfe += 1
+        tu = self.user_time(t)
+        if side is not None:
+            toward = torch.where(side * self.sign > 0, math.inf, -math.inf).to(self.dtype)
+            tu = torch.where(side != 0, torch.nextafter(tu, toward), tu)
+        out = self.user(tu, x.view(self.shape))
+        if not isinstance(out, Tensor) or out.shape != self.shape or out.dtype != self.dtype:
+            got = (f"shape {tuple(out.shape)}, dtype {out.dtype}" if isinstance(out, Tensor)
+                   else type(out).__name__)
+            raise ValueError(f"func(t, y) must return a tensor of y0's shape "
+                             f"{tuple(self.shape)} and dtype {self.dtype}, got {got}")
+        out = out.reshape(self.batch, -1)
+        return out if self.forward_only else out * self.sign_col
+
+
+class BatchRK:
+    """An explicit Runge–Kutta tableau stepped on ``(B, n)`` with one ``dt`` per sample."""
+
+    def __init__(self, tableau: Any, dtype: torch.dtype, device: torch.device):
+        self.tab = tableau
+        self.s = tableau.stages
+        self.c = tuple(float(x) for x in tableau.c)
+        self.a = [torch.tensor(row, dtype=dtype, device=device) if row else None
+                  for row in tableau.a]
+        self.b = torch.tensor(tableau.b, dtype=dtype, device=device)
+        self.b_err = torch.tensor(tableau.b_err, dtype=dtype, device=device)
+        self.fsal = tableau.fsal
+        self.k = tableau.error_order + 1
+        self.dense = (None if tableau.dense is None else
+                      torch.tensor(tableau.dense, dtype=dtype, device=device))
+        # Cubic Hermite would spoil a high-order method (dopri8): step to outputs instead.
+        self.steps_to_outputs = tableau.dense is None and tableau.order > 4
+
+    def step(self, f: BatchFunc, t: Tensor, y: Tensor, f0: Tensor, dt: Tensor,
+             last_side: Tensor | None = None, buf: Tensor | None = None,
+             ) -> tuple[Tensor, Tensor, Tensor]:
+        """One attempt per sample; returns ``(y_new, error estimate, stages (s, B, n))``."""
+        h = dt.to(y.dtype)[:, None]
+        if buf is None:  # under autograd the stages must not go into a reused buffer
+            ks = [f0]
+            y_i = y
+            for i in range(1, self.s):
+                y_i = y + h * torch.einsum("j,jbn->bn", self.a[i], torch.stack(ks))
+                side = last_side if self.c[i] == 1.0 else None
+                ks.append(f(t + self.c[i] * dt, y_i, side))
+            K = torch.stack(ks)
+        else:
+            K = buf
+            K[0] = f0
+            y_i = y
+            for i in range(1, self.s):
+                y_i = y + h * torch.einsum("j,jbn->bn", self.a[i], K[:i])
+                side = last_side if self.c[i] == 1.0 else None
+                K[i] = f(t + self.c[i] * dt, y_i, side)
+        y_new = y_i if self.fsal else y + h * torch.einsum("j,jbn->bn", self.b, K)
+        with torch.no_grad():
+            err = h * torch.einsum("j,jbn->bn", self.b_err, K)
+        return y_new, err, K
+
+    def evaluate(self, y: Tensor, y_new: Tensor, K: Tensor, f_new: Tensor | None, dt: Tensor,
+                 theta: Tensor) -> Tensor:
+        """Dense output at fraction ``theta`` ``(B,)`` of each sample's step."""
+        h = dt.to(y.dtype)[:, None]
+        th = theta.to(y.dtype)
+        if self.dense is not None:
+            powers = torch.stack([th ** (p + 1) for p in range(self.dense.shape[1])], dim=-1)
+            w = powers @ self.dense.T  # (B, s)
+            return y + h * torch.einsum("bs,sbn->bn", w, K)
+        assert f_new is not None
+        th = th[:, None]
+        h00 = 2 * th ** 3 - 3 * th ** 2 + 1
+        h10 = th ** 3 - 2 * th ** 2 + th
+        h01 = -2 * th ** 3 + 3 * th ** 2
+        h11 = th ** 3 - th ** 2
+        return h00 * y + h10 * h * K[0] + h01 * y_new + h11 * h * f_new
+
+    def derivative(self, y: Tensor, y_new: Tensor, K: Tensor, f_new: Tensor | None,
+                   dt: Tensor, theta: Tensor) -> Tensor:
+        """Time derivative of the dense output at ``theta`` (canonical time)."""
+        th = theta.to(y.dtype)
+        if self.dense is not None:
+            deg = self.dense.shape[1]
+            powers = torch.stack([(p + 1) * th ** p for p in range(deg)], dim=-1)
+            w = powers @ self.dense.T
+            return torch.einsum("bs,sbn->bn", w, K)
+        assert f_new is not None
+        h = dt.to(y.dtype)[:, None]
+        th = th[:, None]
+        d00 = 6 * th ** 2 - 6 * th
+        d10 = 3 * th ** 2 - 4 * th + 1
+        d11 = 3 * th ** 2 - 2 * th
+        safe_h = torch.where(h != 0, h, torch.ones_like(h))
+        return d00 * (y - y_new) / safe_h + d10 * K[0] + d11 * f_new
+
+
+@dataclass(frozen=True)
+class PerSampleConfig:
+    """The adaptive loop's settings (validated by the caller)."""
+
+    rk: BatchRK
+    controller: PIDController
+    rtol: float
+    atol: float
+    norm: Callable[[Tensor], Tensor]  # (B, n) -> (B,)
+    max_num_steps: int
+    first_step: float | None = None
+    min_step: float = 0.0
+    max_step: float = math.inf
+
+
+@dataclass
+class IterRecord:
+    """One iteration of the loop, kept for the checkpointed gradient's replay."""
+
+    t: Tensor  # (B,) canonical start times
+    dt: Tensor  # (B,) attempted steps (0 for inactive samples)
+    t_new: Tensor  # (B,) the steps' end times (a stop time itself when landing on one)
+    y: Tensor  # (B, n) start states
+    ok: Tensor  # (B,) accepted
+    last_side: Tensor | None  # (B,) -1 where the step ends on a jump, else None
+    f0_side: Tensor | None  # (B,) +1 where f0 was evaluated right of a jump
+    outputs: list[tuple[Tensor, Tensor, Tensor]] = field(default_factory=list)
+    # (sample index, output index, theta) of each output written in this iteration
+    events: tuple[Tensor, Tensor] | None = None  # (sample index, theta) of located events
+
+
+@dataclass
+class PerSampleResult:
+    ys: Tensor  # (T, B, n); nan where a sample never reached the output
+    t_last: Tensor  # (B,) canonical time each sample reached
+    y_last: Tensor  # (B, n)
+    stats: SolveStats
+    sample: SampleStats
+    records: list[IterRecord] | None = None
+    event: Any = None  # the event tracker's hits (events_per_sample.EventHits)
+
+
+def _stop_matrix(grid: Tensor, extra: list[tuple[Tensor, bool]]) -> tuple[Tensor, Tensor]:
+    """Sorted per-sample stop times strictly inside each row's span, then its end; and
+    whether each is a jump. ``extra``: ``(times (B, K), is_jump)`` pairs."""
+    t0, t_end = grid[:, :1], grid[:, -1:]
+    vals = [t_end]
+    flags = [torch.zeros_like(t_end, dtype=torch.bool)]
+    for times, is_jump in extra:
+        inside = (times > t0) & (times < t_end)
+        vals.append(torch.where(inside, times, math.inf))
+        flags.append(torch.full_like(times, is_jump, dtype=torch.bool) & inside)
+    v = torch.cat(vals, 1)
+    fl = torch.cat(flags, 1)
+    while True:
+        v, order = v.sort(dim=1)
+        fl = fl.gather(1, order)
+        dup = (v[:, 1:] == v[:, :-1]) & torch.isfinite(v[:, 1:])
+        if not bool(dup.any()):  # host sync: setup only
+            return v, fl
+        fl[:, :-1] |= dup & fl[:, 1:]
+        v[:, 1:] = torch.where(dup, math.inf, v[:, 1:])
+
+
+def _ulp(x: Tensor) -> Tensor:
+    return torch.nextafter(x, torch.full_like(x, math.inf)) - x
+
+
+def run_per_sample(
+    f: BatchFunc,
+    y0: Tensor,
+    grid: Tensor,
+    cfg: PerSampleConfig,
+    *,
+    jumps: Tensor | None = None,
+    step_t: Tensor | None = None,
+    record: bool = False,
+    event: Any = None,
+    fsal: bool = True,
+    stage_hook: Callable[[Tensor, Tensor], None] | None = None,
+) -> PerSampleResult:
+    """Solve every sample from ``grid[:, 0]`` to ``grid[:, -1]`` with outputs at ``grid``.
+
+    Args:
+        f: the batched canonical derivative.
+        y0: ``(B, n)`` initial states.
+        grid: ``(B, T)`` float64 canonical output times, each row strictly increasing.
+        cfg: tolerances, controller, norm and step limits.
+        jumps, step_t: ``(B, K)`` canonical stop times (``inf`` pads), or ``None``.
+        record: keep an :class:`IterRecord` per iteration (checkpointed gradient).
+        event: an ``events_per_sample.EventTracker`` or ``None``.
+        fsal: reuse the last stage as the next first stage (``False``: evaluate ``f`` at
+            the start of every iteration, so each iteration's stage calls are its own).
+        stage_hook: called as ``stage_hook(accepted, dt)`` after each iteration's decision,
+            before any other evaluation (the adjoint's parameter quadrature).
+
+    Failures (too many steps, step-size underflow, non-finite values) end the failing
+    sample only; its status says why and its later outputs stay ``nan``.
+    """
+    rk = cfg.rk
+    B, n_out = grid.shape
+    dtype, device = y0.dtype, y0.device
+    stats = SolveStats()
+    zeros_l = torch.zeros(B, dtype=torch.long, device=device)
+    status = torch.full((B,), int(Status.SUCCESS), dtype=torch.long, device=device)
+    n_steps, n_acc, n_rej = zeros_l.clone(), zeros_l.clone(), zeros_l.clone()
+    ys = y0.new_full((n_out, B, y0.shape[1]), math.nan)
+    ys[0] = y0
+    records: list[IterRecord] | None = [] if record else None
+    t = grid[:, 0].clone()
+    t_end = grid[:, -1]
+    y = y0
+    if n_out == 1:
+        sample = SampleStats(status, n_steps, n_acc, n_rej)
+        return PerSampleResult(ys, t, y, stats, sample, records)
+
+    extra = []
+    if jumps is not None:
+        extra.append((jumps, True))
+    if step_t is not None:
+        extra.append((step_t, False))
+    if rk.steps_to_outputs and n_out > 2:
+        extra.append((grid[:, 1:-1], False))
+    stops, stop_is_jump = _stop_matrix(grid, extra)
+    stop_idx = zeros_l.clone()
+    out_idx = torch.ones(B, dtype=torch.long, device=device)
+    rows = torch.arange(B, device=device)
+    rtol, atol, norm = cfg.rtol, cfg.atol, cfg.norm
+    min_step, max_step = cfg.min_step, cfg.max_step
+    any_jumps = jumps is not None
+
+    f0 = f(t, y)
+    with torch.no_grad():
+        f0_finite = torch.isfinite(f0).all(-1)
+    active = torch.ones(B, dtype=torch.bool, device=device)
+    status = torch.where(f0_finite, status, int(Status.NONFINITE))
+    active &= f0_finite
+    if cfg.first_step is None:
+        dt = starting_step(lambda h0: f(t + h0, y + h0.to(dtype)[:, None] * f0), y.detach(),
+                           f0.detach(), rk.tab.error_order, rtol, atol, norm)
+        dt = torch.where(torch.isfinite(dt), dt, 1e-6)
+    else:
+        dt = torch.full((B,), cfg.first_step, dtype=torch.float64, device=device)
+    dt = dt.clamp(min=min_step, max=max_step)
+    ctrl = cfg.controller.init_tensor(dt)
+    buf = None if torch.is_grad_enabled() else y.new_empty((rk.s, B, y.shape[1]))
+    f0_side: Tensor | None = None
+
+    while True:
+        if not fsal:
+            f0 = f(t, y, f0_side)
+        over = active & (n_steps >= cfg.max_num_steps)
+        status = torch.where(over, int(Status.MAX_STEPS_REACHED), status)
+        active = active & ~over
+        next_stop = stops.gather(1, stop_idx[:, None])[:, 0]
+        land = t + 1.01 * dt >= next_stop
+        t_new = torch.where(land, next_stop, t + dt)
+        dt_try = torch.where(land, next_stop - t, dt)
+        under = active & (dt_try <= 4 * _ulp(torch.maximum(t.abs(), t_new.abs())))
+        status = torch.where(under, int(Status.STEP_SIZE_UNDERFLOW), status)
+        active = active & ~under
+        dt_try = torch.where(active, dt_try, 0.0)
+        on_jump = (land & active & stop_is_jump.gather(1, stop_idx[:, None])[:, 0]
+                   if any_jumps else None)
+        last_side = None if on_jump is None else -on_jump.long()
+        y_new, err, K = rk.step(f, t, y, f0, dt_try, last_side, buf)
+        with torch.no_grad():
+            scale = torch.maximum(y.abs(), y_new.abs()) * rtol + atol
+            ratio = norm(err / scale).double()
+            finite = torch.isfinite(ratio)
+            ok = active & ((ratio <= 1.0) | ((dt_try <= min_step) & finite))
+            bad = active & ~ok
+            n_steps += active
+            n_acc += ok
+            n_rej += bad
+            # A non-finite error: fail if f0 itself is not finite, or the step is tiny.
+            dead = bad & ~finite & (~torch.isfinite(f0).all(-1)
+                                    | (dt_try <= 16e3 * _ulp(torch.clamp(t.abs(), min=1.0))))
+            status = torch.where(dead, int(Status.NONFINITE), status)
+            done = ok & land & (t_new == t_end)
+            next_out = grid.gather(1, out_idx.clamp(max=n_out - 1)[:, None])[:, 0]
+            hit = ok & (out_idx < n_out) & (next_out <= t_new)
+            # host sync: one small transfer per iteration decides outputs and termination
+            flags = torch.stack([hit.any(), (active & ~done & ~dead).any(),
+                                 (ok & on_jump).any() if on_jump is not None else hit[:0].any()])
+            any_hit, any_left, any_jump = flags.tolist()
+        if stage_hook is not None:
+            stage_hook(ok, dt_try)
+        stats.n_steps += 1
+        rec = None
+        if records is not None:
+            rec = IterRecord(t, dt_try, t_new, y, ok, last_side, f0_side)
+            records.append(rec)
+        f_new = None
+        if fsal and rk.fsal:
+            f_new = K[-1]
+        elif fsal or (rk.dense is None and (any_hit or event is not None)):
+            f_new = f(t_new, y_new)
+        while any_hit:
+            tj = next_out
+            theta = (tj - t) / torch.where(dt_try > 0, dt_try, 1.0)
+            value = rk.evaluate(y, y_new, K, f_new, dt_try, theta)
+            value = torch.where((tj == t_new)[:, None], y_new, value)
+            sel = hit.nonzero()[:, 0]  # host sync: once per output pass
+            ys[out_idx[sel], sel] = value[sel]
+            if rec is not None:
+                rec.outputs.append((sel, out_idx[sel], theta[sel]))
+            out_idx = out_idx + hit
+            next_out = grid.gather(1, out_idx.clamp(max=n_out - 1)[:, None])[:, 0]
+            hit = ok & (out_idx < n_out) & (next_out <= t_new)
+            any_hit = bool(hit.any())  # host sync: once per output pass
+        if event is not None:
+            ended = event.check(f, rk, t, t_new, dt_try, ok, y, y_new, K, f_new, rec)
+            if ended is not None:
+                status = torch.where(ended, int(Status.EVENT), status)
+                done = done | ended
+                any_left = bool((active & ~done & ~dead).any())  # host sync: on an event only
+        if any_jump:
+            assert on_jump is not None
+            right = (ok & on_jump).long()
+            f_right = f(t_new, y_new, right)
+            f_new = torch.where(right.bool()[:, None], f_right, f_new)
+        if on_jump is not None:  # where each sample's next f0 was evaluated
+            f0_side = torch.where(ok, (ok & on_jump).long(),
+                                  f0_side if f0_side is not None else zeros_l)
+        y = torch.where(ok[:, None], y_new, y)
+        t = torch.where(ok, t_new, t)
+        if fsal:
+            f0 = torch.where(ok[:, None], f_new, f0)
+        stop_idx = torch.clamp(stop_idx + (ok & land), max=stops.shape[1] - 1)
+        active = active & ~done & ~dead
+        if not any_left:
+            break
+        with torch.no_grad():
+            new_dt, ctrl = cfg.controller.propose_tensor(dt_try, ratio, ok, rk.k, ctrl)
+            dt = torch.where(active, new_dt.clamp(min=min_step, max=max_step), dt)
+    stats.n_accepted = int(n_acc.sum())
+    stats.n_rejected = int(n_rej.sum())
+    sample = SampleStats(status, n_steps, n_acc, n_rej)
+    hits = event.hits if event is not None else None
+    return PerSampleResult(ys, t, y, stats, sample, records, hits)
+
+
+def integrate_per_sample(problem: Any, stepper: Any, controller: PIDController,
+                         max_num_steps: int, first_step: float | None) -> tuple[Tensor, SolveStats]:
+    """``run_loop``'s entry for ``per_sample`` problems with a shared 1-D ``t`` (outputs
+    ``(T, n)`` flat). :func:`odeflow.per_sample.solve_per_sample` is the full entry."""
+    from .per_sample import loop_for_problem
+
+    result = loop_for_problem(problem, stepper.tableau, controller, max_num_steps, first_step)
+    n_t = result.ys.shape[0]
+    return result.ys.reshape(n_t, -1), result.stats

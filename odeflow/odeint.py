@@ -40,6 +40,9 @@ class Solution:
         event_t: the event time for an event-terminated solve, else ``None``.
         dense: the :class:`~odeflow.dense.DenseOutput` of ``solve(..., dense=True)``, else
             ``None``; :meth:`evaluate` and :meth:`derivative` use it.
+        sample_stats: with ``options={"per_sample": True}``, each sample's ``status``,
+            ``n_steps``, ``n_accepted`` and ``n_rejected`` as ``(B,)`` tensors
+            (:class:`~odeflow.integrate_per_sample.SampleStats`), else ``None``.
     """
 
     ys: State
@@ -47,6 +50,7 @@ class Solution:
     stats: SolveStats
     event_t: Tensor | None = None
     dense: DenseOutput | None = None
+    sample_stats: Any = None
 
     def evaluate(self, t: Tensor | float) -> State:
         """The solution at any time ``t`` (scalar or 1-D) of the span; needs ``dense=True``.
@@ -150,6 +154,16 @@ def solve(
         adjoint_config = make_adjoint_config(rtol, atol, method, options, adjoint_rtol,
                                              adjoint_atol, adjoint_method, adjoint_options)
     warn_unsupported_callbacks(func, spec, adjoint_config.spec if adjoint_config else None)
+    if opts.get("per_sample"):
+        from .per_sample import solve_per_sample
+
+        if dense or progress:
+            raise ValueError("options['per_sample'] supports neither dense=True nor progress=True")
+        return solve_per_sample(
+            func, y0, t, rtol=rtol, atol=atol, spec=spec, options=opts, event_fn=event_fn,
+            gradient=gradient, adjoint_config=adjoint_config, adjoint_params=adjoint_params,
+            event_direction=event_direction, throw=throw,
+        )
     if event_fn is not None:
         from .events import solve_event
 

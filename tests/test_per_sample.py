@@ -1,18 +1,27 @@
-"""options={"per_sample": True}: independent step sizes for the samples of a batch."""
+"""options={"per_sample": True}: each sample of a batch is its own problem.
+
+Every sample is checked against a separate joint solve of that sample alone (same steps,
+so values agree to rounding and the per-sample step counts are equal), against closed
+forms, and gradients against the direct mode, separate solves and closed forms.
+"""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
 import odeflow
+from odeflow import Status
 
 from .problems import scipy_reference, van_der_pol
 
 F64 = torch.float64
+PS = {"per_sample": True}
 
 
-def _batch(n=12, seed=0):
+def _batch(n=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     mu = torch.rand(n, generator=g, dtype=F64) * 4.5 + 0.5
     y0 = torch.stack([torch.rand(n, generator=g, dtype=F64) * 2 + 0.5,
@@ -25,46 +34,335 @@ def _batch(n=12, seed=0):
     return mu, y0, f
 
 
-@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3"])
-def test_each_sample_matches_scipy(method):
-    mu, y0, f = _batch()
-    t = torch.tensor([0.0, 1.3, 4.0], dtype=F64)
-    sol = odeflow.solve(f, y0, t, rtol=1e-9, atol=1e-9, method=method,
-                        options={"per_sample": True})
-    assert sol.ys.shape == (3, 12, 2)
-    for i in range(12):
-        ref = scipy_reference(van_der_pol(mu[i].item()), y0[i], 4.0, t_eval=t.numpy())
+def _single(mu_b):
+    return lambda t, y: torch.stack([y[1], mu_b * (1 - y[0] ** 2) * y[1] - y[0]])
+
+
+def test_each_sample_matches_scipy():
+    mu, y0, f = _batch(3)
+    t = torch.tensor([0.0, 1.3, 2.0], dtype=F64)
+    sol = odeflow.solve(f, y0, t, rtol=1e-9, atol=1e-9, options=PS)
+    assert sol.ys.shape == (3, 3, 2)
+    for i in range(3):
+        ref = scipy_reference(van_der_pol(mu[i].item()), y0[i], 2.0, t_eval=t.numpy())
         assert (sol.ys[:, i] - ref).abs().max().item() < 1e-6
+
+
+@pytest.mark.parametrize("method,tol", [("dopri5", 1e-7), ("tsit5", 1e-7), ("bosh3", 1e-5),
+                                        ("dopri8", 1e-7), ("adaptive_heun", 1e-4)])
+def test_each_sample_is_its_own_joint_solve(method, tol):
+    """Same steps as solving the sample alone: equal values and equal step counts."""
+    mu, y0, f = _batch()
+    t = torch.tensor([0.0, 0.7, 2.0, 3.0], dtype=F64)
+    sol = odeflow.solve(f, y0, t, rtol=tol, atol=tol, method=method, options=PS)
+    ss = sol.sample_stats
+    assert ss.status.tolist() == [0] * 6
+    for b in range(6):
+        one = odeflow.solve(_single(mu[b]), y0[b], t, rtol=tol, atol=tol, method=method)
+        assert (sol.ys[:, b] - one.ys).abs().max().item() < 1e-9  # rounding only
+        assert ss.n_accepted[b].item() == one.stats.n_accepted
+        assert ss.n_rejected[b].item() == one.stats.n_rejected
+        assert ss.n_steps[b].item() == one.stats.n_steps
+    assert sol.stats.n_accepted == int(ss.n_accepted.sum())
+    assert sol.stats.n_steps == int(ss.n_steps.max())  # batched iterations
+
+
+def test_per_sample_output_grids():
+    """t of shape (B, T): own starts, ends and directions; ys[j, b] = y_b(t[b, j])."""
+    k = torch.tensor([0.5, 1.0, 2.0, -0.3], dtype=F64)
+    y0 = torch.tensor([[1.0], [2.0], [-1.0], [0.5]], dtype=F64)
+    t = torch.tensor([[0.0, 0.5, 1.0, 3.0],
+                      [1.0, 1.1, 1.2, 1.3],
+                      [2.0, 1.0, 0.0, -1.0],  # backwards in time
+                      [-5.0, -2.0, 0.0, 4.0]], dtype=F64)
+    sol = odeflow.solve(lambda t, y: -k[:, None] * y, y0, t, rtol=1e-10, atol=1e-12,
+                        options=PS)
+    exact = y0 * torch.exp(-k[:, None] * (t - t[:, :1]))  # (B, T)
+    assert sol.ys.shape == (4, 4, 1)
+    assert ((sol.ys[..., 0] - exact.T) / exact.T).abs().max().item() < 1e-8
+    assert sol.ts is t
+    # Against separate solves of each row, to rounding.
+    mu, y0, f = _batch(3)
+    t = torch.stack([torch.linspace(0.2, 2.0, 5, dtype=F64), torch.linspace(3.0, 0.0, 5,
+                     dtype=F64), torch.linspace(-1.0, 1.0, 5, dtype=F64) ** 3])
+    sol = odeflow.solve(f, y0, t, rtol=1e-8, atol=1e-9, options=PS)
+    for b in range(3):
+        one = odeflow.solve(_single(mu[b]), y0[b], t[b], rtol=1e-8, atol=1e-9)
+        assert (sol.ys[:, b] - one.ys).abs().max().item() < 1e-11
+        assert sol.sample_stats.n_accepted[b].item() == one.stats.n_accepted
 
 
 def test_per_sample_saves_evaluations_on_a_mixed_batch():
     mu, y0, f = _batch(40)
     t = torch.tensor([0.0, 10.0], dtype=F64)
     joint = odeflow.solve(lambda t, y: f(t.expand(40), y), y0, t, rtol=1e-7, atol=1e-7)
-    each = odeflow.solve(f, y0, t, rtol=1e-7, atol=1e-7, options={"per_sample": True})
+    each = odeflow.solve(f, y0, t, rtol=1e-7, atol=1e-7, options=PS)
     assert torch.allclose(joint.ys, each.ys, atol=1e-4)
     assert each.stats.nfe < joint.stats.nfe
-    # Statistics count sample-steps: every sample takes at least one accepted step.
     assert each.stats.n_accepted >= 40
 
 
-def test_per_sample_gradient_direct():
-    _, y0, f = _batch(4)
-    y0 = y0.clone().requires_grad_(True)
+# ------------------------------------------------------------------------------- options
+def test_jump_t_and_step_t_per_sample():
+    """A forcing that switches at each sample's own time: jump_t (B, 1) lands there."""
+    tau = torch.tensor([0.3, 0.55, 0.8], dtype=F64)
+
+    def f(t, y):
+        return torch.where(t < tau, 1.0, -2.0)[:, None] * torch.ones_like(y)
+
+    y0 = torch.zeros(3, 1, dtype=F64)
     t = torch.tensor([0.0, 1.0], dtype=F64)
-    ys = odeflow.odeint(f, y0, t, rtol=1e-10, atol=1e-10, options={"per_sample": True})
-    (g,) = torch.autograd.grad(ys[-1].sum(), y0)
-    ref = odeflow.odeint(lambda t, y: f(t.expand(4), y), y0, t, rtol=1e-10, atol=1e-10)
-    (g_ref,) = torch.autograd.grad(ref[-1].sum(), y0)
-    assert torch.allclose(g, g_ref, atol=1e-6)
+    sol = odeflow.solve(f, y0, t, rtol=1e-9, atol=1e-9, options=dict(per_sample=True,
+                        jump_t=tau[:, None]))
+    exact = tau - 2 * (1 - tau)
+    assert (sol.ys[-1, :, 0] - exact).abs().max().item() < 1e-12
+    # Few steps: the jump is stepped onto, not resolved by rejections.
+    assert sol.sample_stats.n_rejected.max().item() == 0
+    # A shared 1-D jump_t / step_t equals the joint solve of each sample with it.
+    mu, y0, f = _batch(3)
+    opts = dict(jump_t=[0.9], step_t=torch.tensor([0.3, 1.7]))
+    sol = odeflow.solve(f, y0, torch.tensor([0.0, 2.0], dtype=F64), rtol=1e-8, atol=1e-8,
+                        options=dict(per_sample=True, **opts))
+    for b in range(3):
+        one = odeflow.solve(_single(mu[b]), y0[b], torch.tensor([0.0, 2.0], dtype=F64),
+                            rtol=1e-8, atol=1e-8, options=opts)
+        assert (sol.ys[-1, b] - one.ys[-1]).abs().max().item() < 1e-11
+        assert sol.sample_stats.n_steps[b].item() == one.stats.n_steps
 
 
-def test_per_sample_rejects_unsupported_combinations():
+@pytest.mark.parametrize("opts", [dict(max_step=0.05), dict(min_step=0.1, first_step=0.1),
+                                  dict(controller="pi"), dict(controller="pid"),
+                                  dict(safety=0.8, ifactor=5.0, dfactor=0.3)])
+def test_step_options_match_the_joint_loop(opts):
+    mu, y0, f = _batch(3)
+    t = torch.tensor([0.0, 1.5], dtype=F64)
+    sol = odeflow.solve(f, y0, t, rtol=1e-6, atol=1e-6, options=dict(per_sample=True, **opts))
+    for b in range(3):
+        one = odeflow.solve(_single(mu[b]), y0[b], t, rtol=1e-6, atol=1e-6, options=opts)
+        assert (sol.ys[-1, b] - one.ys[-1]).abs().max().item() < 1e-11
+        assert sol.sample_stats.n_accepted[b].item() == one.stats.n_accepted
+    if "max_step" in opts:
+        assert sol.sample_stats.n_accepted.min().item() >= 30
+
+
+def test_norm_per_sample():
+    """A user norm gets the batch's scaled error and returns one value per sample."""
+    mu, y0, f = _batch(3)
+    t = torch.tensor([0.0, 1.5], dtype=F64)
+    sol = odeflow.solve(f, y0, t, rtol=1e-6, atol=1e-6, options=dict(
+        per_sample=True, norm=lambda e: e.abs().amax(dim=1)))
+    for b in range(3):
+        one = odeflow.solve(_single(mu[b]), y0[b], t, rtol=1e-6, atol=1e-6,
+                            options=dict(norm=lambda e: e.abs().max()))
+        assert (sol.ys[-1, b] - one.ys[-1]).abs().max().item() < 1e-11
+        assert sol.sample_stats.n_accepted[b].item() == one.stats.n_accepted
+    with pytest.raises(ValueError, match=r"options\['norm'\].*one value per sample"):
+        odeflow.solve(f, y0, t, options=dict(per_sample=True, norm=lambda e: e.abs().max()))
+
+
+def test_bad_input_names_the_argument():
     _, y0, f = _batch(3)
     t = torch.tensor([0.0, 1.0], dtype=F64)
-    with pytest.raises(ValueError, match="per_sample"):
-        odeflow.odeint(f, (y0, y0), t, options={"per_sample": True})
-    with pytest.raises(ValueError, match="per_sample"):
-        odeflow.odeint(f, y0, t, gradient="checkpoint", options={"per_sample": True})
+    with pytest.raises(ValueError, match=r"per_sample.*tuple"):
+        odeflow.odeint(f, (y0, y0), t, options=PS)
+    with pytest.raises(ValueError, match=r"t of shape \(4, 2\).*B = 3"):
+        odeflow.solve(f, y0, torch.zeros(4, 2, dtype=F64), options=PS)
+    with pytest.raises(ValueError, match=r"t\[1\] must be strictly"):
+        odeflow.solve(f, y0, torch.tensor([[0.0, 1.0, 2.0], [0.0, 2.0, 1.0], [0.0, 1.0, 2.0]],
+                                          dtype=F64), options=PS)
     with pytest.raises(ValueError, match="unknown option"):
-        odeflow.odeint(f, y0, t, method="rk4", options={"per_sample": True})
+        odeflow.odeint(f, y0, t, method="rk4", options=PS)
+    with pytest.raises(ValueError, match=r"jump_t.*\(B, K\)"):
+        odeflow.solve(f, y0, t, options=dict(per_sample=True, jump_t=torch.zeros(2, 2)))
+    with pytest.raises(ValueError, match=r"func\(t, y\) must return"):
+        odeflow.solve(lambda t, y: y[:1], y0, t, options=PS)
+    with pytest.raises(ValueError, match=r"event_fn.*\(B,\) or \(B, k\) with B = 3"):
+        odeflow.solve(f, y0, t, event_fn=lambda t, y: y.sum(), options=PS)
+    with pytest.raises(ValueError, match=r"with event_fn, t must be \[t0, t1\]"):
+        odeflow.solve(f, y0, torch.zeros(3, 3, dtype=F64), event_fn=lambda t, y: y[:, 0],
+                      options=PS)
+    with pytest.raises(ValueError, match="differentiate with respect to t"):
+        odeflow.solve(f, y0, t.clone().requires_grad_(True), options=PS)
+    with pytest.raises(ValueError, match="per_sample.*dense"):
+        odeflow.solve(f, y0, t, options=PS, dense=True)
+
+
+# ------------------------------------------------------------------------------ failures
+def test_a_failing_sample_does_not_fail_the_others():
+    """y' = y^2 blows up at t = 1/y0 for y0 > 0: only that sample fails."""
+    y0 = torch.tensor([[-1.0], [2.0], [0.5]], dtype=F64)
+    t = torch.tensor([0.0, 0.4, 1.0], dtype=F64)
+    sol = odeflow.solve(lambda t, y: y ** 2, y0, t, options=PS, throw=False)
+    st = sol.sample_stats.statuses()
+    assert st[0] == Status.SUCCESS and st[2] == Status.SUCCESS and not st[1].ok
+    assert sol.stats.status == st[1] and "1 of 3 samples failed" in sol.stats.message
+    exact = y0 / (1 - y0 * t)  # (B, T)
+    assert (sol.ys[:, 0, 0] - exact[0]).abs().max() < 1e-7
+    assert (sol.ys[:, 2, 0] - exact[2]).abs().max() < 1e-6
+    assert torch.isnan(sol.ys[2, 1]).all() and not torch.isnan(sol.ys[1, 1]).any()
+    with pytest.raises(odeflow.SolveError) as info:
+        odeflow.solve(lambda t, y: y ** 2, y0, t, options=PS)
+    assert info.value.sample_stats.status[1].item() == int(st[1])
+
+
+def test_max_num_steps_is_per_sample():
+    mu, y0, f = _batch(3)
+    t = torch.tensor([0.0, 3.0], dtype=F64)
+    counts = odeflow.solve(f, y0, t, rtol=1e-8, atol=1e-8, options=PS).sample_stats.n_steps
+    limit = int(counts.median())
+    sol = odeflow.solve(f, y0, t, rtol=1e-8, atol=1e-8, throw=False,
+                        options=dict(per_sample=True, max_num_steps=limit))
+    st = sol.sample_stats.statuses()
+    for b in range(3):
+        expect = Status.SUCCESS if counts[b] <= limit else Status.MAX_STEPS_REACHED
+        assert st[b] == expect
+
+
+# ----------------------------------------------------------------------------- gradients
+class _Field(torch.nn.Module):
+    def __init__(self, batch):
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.w = torch.nn.Parameter(torch.randn(2, 2, generator=g, dtype=F64) * 0.7)
+        self.s = torch.nn.Parameter(torch.linspace(0.5, 1.5, batch, dtype=F64))
+
+    def forward(self, t, y):
+        return torch.tanh(y @ self.w) * self.s[:, None] - 0.2 * y * torch.cos(t)[:, None]
+
+
+def _grads(mode, t, tol=1e-10, **kw):
+    torch.manual_seed(0)
+    func = _Field(t.shape[0] if t.ndim == 2 else 4)
+    y0 = torch.randn(func.s.shape[0], 2, dtype=F64, generator=torch.Generator().manual_seed(2))
+    y0.requires_grad_(True)
+    sol = odeflow.solve(func, y0, t, rtol=tol, atol=tol, gradient=mode, options=PS, **kw)
+    loss = (sol.ys ** 2).sum() + sol.ys[1].sum()
+    return torch.autograd.grad(loss, (y0, *func.parameters())), sol
+
+
+def test_gradients_checkpoint_equals_direct_adjoint_close():
+    t = torch.stack([torch.linspace(0, 1 + b, 4, dtype=F64) + 0.1 * b for b in range(4)])
+    t[2] = t[2].flip(0)  # one sample backwards in time
+    direct, _ = _grads("direct", t)
+    ckpt, sol = _grads("checkpoint", t)
+    adj, sol_a = _grads("adjoint", t)
+    for d, c, a in zip(direct, ckpt, adj):
+        assert (d - c).abs().max().item() < 1e-10
+        assert (d - a).abs().max().item() < 1e-6
+    assert sol.stats.nfe_backward > 0 and sol_a.stats.nfe_backward > 0
+
+
+def test_direct_gradient_matches_separate_solves_and_finite_differences():
+    t = torch.tensor([0.0, 0.6, 1.2], dtype=F64)
+    (g_y0, g_w, g_s), _ = _grads("direct", t)
+    torch.manual_seed(0)
+    func = _Field(4)
+    y0 = torch.randn(4, 2, dtype=F64, generator=torch.Generator().manual_seed(2))
+    for b in range(4):
+        yb = y0[b:b + 1].clone().requires_grad_(True)
+        one = odeflow.solve(lambda tt, y: torch.tanh(y @ func.w) * func.s[b]
+                            - 0.2 * y * torch.cos(tt), yb, t, rtol=1e-10, atol=1e-10)
+        loss = (one.ys ** 2).sum() + one.ys[1].sum()
+        gy, gs = torch.autograd.grad(loss, (yb, func.s))
+        assert (gy[0] - g_y0[b]).abs().max().item() < 1e-9
+        assert abs(gs[b].item() - g_s[b].item()) < 1e-9
+    # Central differences in one parameter entry.
+    eps = 1e-6
+    with torch.no_grad():
+        vals = []
+        for sgn in (1, -1):
+            func.w[0, 1] += sgn * eps
+            sol = odeflow.solve(func, y0, t, rtol=1e-12, atol=1e-12, options=PS)
+            vals.append(((sol.ys ** 2).sum() + sol.ys[1].sum()).item())
+            func.w[0, 1] -= sgn * eps
+    assert abs((vals[0] - vals[1]) / (2 * eps) - g_w[0, 1].item()) < 1e-6
+
+
+# -------------------------------------------------------------------------------- events
+def _ball(batch=5):
+    g = torch.linspace(5.0, 15.0, batch, dtype=F64).requires_grad_(True)
+    h0 = torch.linspace(1.0, 3.0, batch, dtype=F64).requires_grad_(True)
+    v0 = torch.linspace(-1.0, 2.0, batch, dtype=F64)
+
+    def f(t, y):
+        return torch.stack([y[:, 1], -g * torch.ones_like(y[:, 1])], 1)
+
+    def landing():  # closed form: h0 + v0 T - g T^2 / 2 = 0
+        return (v0 + torch.sqrt(v0 ** 2 + 2 * g * h0)) / g
+
+    return g, h0, v0, f, landing
+
+
+@pytest.mark.parametrize("mode", ["direct", "checkpoint", "adjoint"])
+def test_each_sample_stops_at_its_own_event_with_ift_gradients(mode):
+    g, h0, v0, f, landing = _ball()
+    y0 = torch.stack([h0, v0], 1)
+    sol = odeflow.solve(f, y0, torch.tensor([0.0, math.inf], dtype=F64), event_fn=lambda t, y:
+                        y[:, 0], options=PS, gradient=mode, rtol=1e-10, atol=1e-10,
+                        adjoint_params=(g, h0))
+    T = landing()
+    assert sol.event_t.shape == (5,) and sol.ys.shape == (2, 5, 2) and sol.ts.shape == (5, 2)
+    assert (sol.event_t - T).abs().max().item() < 1e-12
+    assert sol.sample_stats.statuses() == [Status.EVENT] * 5 and sol.stats.status == Status.EVENT
+    assert sol.event_index.tolist() == [0] * 5
+    assert (sol.ys[1, :, 0]).abs().max().item() < 1e-12
+    # d(sum T)/d(g, h0) and d(sum v(T))/d(g, h0) against the closed form.
+    loss = sol.event_t.sum() + 0.5 * sol.ys[1, :, 1].sum()
+    exact = T.sum() + 0.5 * (v0 - g * T).sum()
+    got = torch.autograd.grad(loss, (g, h0))
+    ref = torch.autograd.grad(exact, (g, h0))
+    for a, b in zip(got, ref):
+        assert (a - b).abs().max().item() < 1e-9
+
+
+def test_events_match_separate_event_solves_and_directions():
+    """Nonlinear per-sample events with two values and a direction, against joint solves."""
+    mu, y0, f = _batch(4)
+    level = torch.tensor([0.3, -0.2, 0.5, 0.0], dtype=F64)
+
+    def ev(t, y):  # (B, 2): x crosses its level falling only; v crosses 1.5
+        return torch.stack([y[:, 0] - level, y[:, 1] - 1.5], 1)
+
+    t = torch.tensor([0.0, 20.0], dtype=F64)
+    sol = odeflow.solve(f, y0, t, event_fn=ev, event_direction=[-1, 0], options=PS,
+                        rtol=1e-9, atol=1e-9)
+    for b in range(4):
+        one = odeflow.solve(_single(mu[b]), y0[b], t, rtol=1e-9, atol=1e-9,
+                            event_fn=lambda tt, y, b=b: torch.stack([y[0] - level[b],
+                                                                     y[1] - 1.5]),
+                            event_direction=[-1, 0])
+        assert abs(sol.event_t[b].item() - one.event_t.item()) < 1e-10
+        assert sol.event_index[b].item() == one.event_index
+        assert (sol.ys[1, b] - one.ys[1]).abs().max().item() < 1e-9
+
+
+def test_event_throw_and_samples_without_a_crossing():
+    g, h0, v0, f, landing = _ball()
+    y0 = torch.stack([h0, v0], 1).detach()
+    ev = lambda t, y: y[:, 0]  # noqa: E731
+    # Bounded search: the samples that do not land by t1 get NO_EVENT, never an error.
+    t1 = 0.6
+    sol = odeflow.solve(f, y0, torch.tensor([0.0, t1], dtype=F64), event_fn=ev, options=PS)
+    T = landing().detach()
+    hit = T < t1
+    assert sol.sample_stats.status.tolist() == [1 if h else 5 for h in hit.tolist()]
+    assert torch.isnan(sol.event_t[~hit]).all() and (sol.event_t[hit] - T[hit]).abs().max() < 1e-9
+    assert (sol.ts[~hit, 1] == t1).all() and sol.stats.status == Status.NO_EVENT
+    assert (sol.event_index[~hit] == -1).all()
+    exact_h = h0.detach() + v0 * t1 - 0.5 * g.detach() * t1 ** 2
+    assert (sol.ys[1, ~hit, 0] - exact_h[~hit]).abs().max() < 1e-9
+    # Unbounded search: a sample that never crosses runs out of steps; throw raises after
+    # all samples finished, throw=False returns the others.
+    y_up = y0.clone()
+    y_up[1, 1] = 1e3
+    up = lambda t, y: torch.stack([y[:, 1], torch.zeros_like(y[:, 1])], 1)  # noqa: E731
+    kw = dict(event_fn=ev, options=dict(per_sample=True, max_num_steps=50))
+    inf_t = torch.tensor([0.0, -math.inf], dtype=F64)  # backwards: h = h0 + v0 t
+    y_up[:, 1] = torch.tensor([1.0, -1.0, 2.0, 0.5, 1.0], dtype=F64)
+    with pytest.raises(odeflow.SolveError, match="1 of 5 samples failed"):
+        odeflow.solve(up, y_up, inf_t, **kw)
+    sol = odeflow.solve(up, y_up, inf_t, throw=False, **kw)
+    assert sol.sample_stats.statuses()[1] == Status.MAX_STEPS_REACHED
+    expect = -y_up[:, 0] / y_up[:, 1]
+    ok = [0, 2, 3, 4]
+    assert (sol.event_t[ok] - expect[ok]).abs().max() < 1e-12

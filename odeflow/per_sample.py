@@ -1,0 +1,327 @@
+"""``solve(..., options={"per_sample": True})``: checks, options, gradients, events, results.
+
+The leading dimension of ``y0`` holds ``B`` independent problems sharing ``func``. Each
+sample has its own steps (:mod:`odeflow.integrate_per_sample`), and may have its own output
+times: ``t`` of shape ``(B, T)`` gives sample ``b`` the times ``t[b]`` (each row strictly
+monotone; starts, ends and directions may differ) and ``ys[j, b] = y_b(t[b, j])``; a 1-D
+``t`` is shared by every sample. With ``event_fn`` each sample stops at its own first
+crossing (:mod:`odeflow.events_per_sample`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .controllers import PIDController
+from .events_per_sample import EventTracker, ift_reroute
+from .integrate_per_sample import (BatchFunc, BatchRK, PerSampleConfig, PerSampleResult,
+                                   SampleStats, batched_rms, run_per_sample)
+from .options import make_controller, max_steps, positive_float
+from .problem import make_problem
+from .sensitivity import find_params
+from .stats import SolveError, SolveStats, Status, record_last_stats
+from .tableaus import TABLEAUS
+
+__all__ = ["solve_per_sample", "loop_for_problem"]
+
+#: The end time of an unbounded event search (``t1 = ±inf``), as ``events._FAR``.
+_FAR = 1e300
+_FAILURES = (Status.MAX_STEPS_REACHED, Status.STEP_SIZE_UNDERFLOW, Status.NONFINITE)
+_CALLBACKS = ("callback_step", "callback_accept_step", "callback_reject_step")
+
+
+def _check_y0(y0: Any) -> None:
+    if not isinstance(y0, Tensor) or y0.is_complex() or not y0.is_floating_point() or (
+            y0.ndim < 1):
+        kind = (f"a tensor of shape {tuple(y0.shape)}, dtype {y0.dtype}"
+                if isinstance(y0, Tensor) else type(y0).__name__)
+        raise ValueError("options['per_sample'] needs y0 to be a real floating tensor with the "
+                         f"batch dimension first (a tuple or complex state is not supported), "
+                         f"got {kind}")
+
+
+def _check_t(t: Any, batch: int, events: bool) -> Tensor:
+    """``t`` as a ``(B, T)`` float64 user-time grid (detached), checked row by row."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"t must be a torch.Tensor of times, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"t must be floating point, got dtype {t.dtype}")
+    if t.ndim not in (1, 2) or t.numel() == 0:
+        raise ValueError(f"with options['per_sample'], t must be 1-D (shared times) or of shape "
+                         f"(B, T) with B = {batch} (one row per sample), got {tuple(t.shape)}")
+    if t.ndim == 2 and t.shape[0] != batch:
+        raise ValueError(f"t of shape {tuple(t.shape)} gives {t.shape[0]} rows of times, but y0 "
+                         f"has batch size B = {batch}; t must have shape (B, T) or (T,)")
+    grid = t.detach().to(torch.float64)
+    grid = grid.expand(batch, -1) if grid.ndim == 1 else grid
+    if events and grid.shape[1] != 2:
+        raise ValueError("with event_fn, t must be [t0, t1] or of shape (B, 2) (one search "
+                         f"[t0, t1] per sample; t1 = ±inf for no end time), got {tuple(t.shape)}")
+    if events:
+        if not bool(torch.isfinite(grid[:, 0]).all()):  # host sync: once per solve
+            raise ValueError("t[..., 0] (the initial times) must be finite")
+        grid = torch.where(torch.isinf(grid), torch.copysign(torch.full_like(grid, _FAR), grid),
+                           grid)
+    elif not bool(torch.isfinite(grid).all()):  # host sync: once per solve
+        raise ValueError("t must be finite")
+    if grid.shape[1] > 1:
+        sign = torch.sign(grid[:, 1] - grid[:, 0])
+        step = (grid[:, 1:] - grid[:, :-1]) * sign[:, None]
+        bad = ~(step > 0).all(1)
+        if bool(bad.any()):  # host sync: once per solve
+            row = int(bad.nonzero()[0, 0])
+            where = f"t[{row}]" if t.ndim == 2 else "t"
+            raise ValueError(f"{where} must be strictly increasing or strictly decreasing; got "
+                             f"{grid[row].tolist()}")
+    return grid
+
+
+def _stop_times(options: dict, name: str, sign: Tensor, batch: int) -> Tensor | None:
+    """``jump_t``/``step_t`` as canonical ``(B, K)``: 1-D (shared) or ``(B, K)`` per sample."""
+    value = options.get(name)
+    if value is None:
+        return None
+    times = (value.detach() if isinstance(value, Tensor) else torch.tensor(
+        [float(v) for v in value])).to(device=sign.device, dtype=torch.float64)
+    if times.ndim == 1:
+        times = times.expand(batch, -1)
+    elif times.ndim != 2 or times.shape[0] != batch:
+        raise ValueError(f"with options['per_sample'], options['{name}'] must be 1-D (times "
+                         f"shared by all samples) or of shape (B, K) with B = {batch}, got "
+                         f"{tuple(times.shape)}")
+    return sign[:, None] * times
+
+
+def _batched_norm(user_norm: Any, shape: torch.Size) -> Callable[[Tensor], Tensor]:
+    if user_norm is None:
+        return batched_rms
+
+    def norm(x: Tensor) -> Tensor:
+        out = user_norm(x.view(shape))
+        if not isinstance(out, Tensor) or out.shape != (shape[0],):
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"with options['per_sample'], options['norm'] gets the scaled error "
+                             f"of the batch (shape {tuple(shape)}) and must return one value "
+                             f"per sample, shape ({shape[0]},); got {got}")
+        return out
+
+    return norm
+
+
+def _config(spec_name: str, options: dict, rtol: Any, atol: Any, norm: Callable,
+            ) -> PerSampleConfig:
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if not isinstance(value, float):
+            raise ValueError(f"options['per_sample'] supports a scalar {name} only")
+    tab = TABLEAUS[spec_name]
+    return PerSampleConfig(
+        rk=BatchRK(tab, torch.float64, torch.device("cpu")),  # replaced per dtype below
+        controller=make_controller(options), rtol=rtol, atol=atol, norm=norm,
+        max_num_steps=max_steps(options),
+        first_step=positive_float(options, "first_step", None),
+        min_step=positive_float(options, "min_step", None, allow_zero=True) or 0.0,
+        max_step=positive_float(options, "max_step", None) or math.inf)
+
+
+def _sample_summary(sample: SampleStats, grid_user: Tensor, t_last_user: Tensor,
+                    stats: SolveStats, events: bool) -> tuple[int | None, float]:
+    """Fill the totals' status and message from the samples'; the first failed sample."""
+    codes = sample.status.tolist()
+    B = len(codes)
+    failed = [b for b, c in enumerate(codes) if Status(c) in _FAILURES]
+    if failed:
+        b = failed[0]
+        st = Status(codes[b])
+        t_b = float(t_last_user[b])
+        stats.status = st
+        stats.message = (f"{len(failed)} of {B} samples failed (samples {failed[:10]}"
+                         f"{'...' if len(failed) > 10 else ''}); sample {b}: {st.message} "
+                         f"t={t_b!r}. sol.sample_stats.status has each sample's outcome.")
+        return b, t_b
+    if events:
+        missed = [b for b, c in enumerate(codes) if c == Status.NO_EVENT]
+        stats.status = Status.NO_EVENT if missed else Status.EVENT
+        stats.message = (f"{B - len(missed)} of {B} samples stopped at an event"
+                         + (f"; samples {missed[:10]}{'...' if len(missed) > 10 else ''} did "
+                            "not cross before t1." if missed else "."))
+    return None, math.nan
+
+
+def loop_for_problem(problem: Any, tableau: Any, controller: PIDController,
+                     max_num_steps: int, first_step: float | None) -> PerSampleResult:
+    """The per-sample loop on a canonical 1-D-time :class:`~odeflow.problem.Problem`
+    (``run_loop``'s route; outputs ``(T, B, n)``)."""
+    layout = problem.layout
+    if layout.is_tuple or layout.is_complex or len(layout.shapes[0]) < 1:
+        raise ValueError("options['per_sample'] needs y0 to be a real tensor with a batch "
+                         "dimension first")
+    shape = layout.shapes[0]
+    B = shape[0]
+    y0 = problem.y0.view(B, -1)
+    grid = torch.tensor(problem.t_out, dtype=torch.float64, device=y0.device).expand(B, -1)
+    sign = torch.full((B,), problem.sign, dtype=torch.float64, device=y0.device)
+    f = BatchFunc(problem.user_func, shape, y0.dtype, sign, problem.func)
+    norm = _batched_norm(problem.options.get("norm"), shape)
+    cfg = PerSampleConfig(BatchRK(tableau, y0.dtype, y0.device), controller, problem.rtol,
+                          problem.atol, norm, max_num_steps, first_step)
+    result = run_per_sample(f, y0, grid, cfg)
+    _raise_failures(result, sign[:, None] * grid, throw=True)
+    return result
+
+
+def _raise_failures(result: PerSampleResult, grid_user: Tensor, throw: bool,
+                    events: bool = False, sign: Tensor | None = None) -> None:
+    t_last_user = result.t_last if sign is None else sign * result.t_last
+    b, t_b = _sample_summary(result.sample, grid_user, t_last_user, result.stats, events)
+    if b is not None and throw:
+        err = SolveError(result.stats.status, t_b,
+                         f"{result.stats.message} Other samples were not affected; pass "
+                         "throw=False to get their results (failed samples keep nan after "
+                         "the failure).", result.stats)
+        err.sample_stats = result.sample  # type: ignore[attr-defined]
+        raise err
+
+
+def solve_per_sample(
+    func: Callable,
+    y0: Any,
+    t: Any,
+    *,
+    rtol: Any,
+    atol: Any,
+    spec: Any,
+    options: dict[str, Any],
+    event_fn: Callable | None,
+    gradient: str,
+    adjoint_config: Any,
+    adjoint_params: Sequence[Tensor] | None,
+    event_direction: Any,
+    throw: bool,
+) -> Any:
+    """Run a ``per_sample`` solve; ``solve`` dispatches here (see the module docstring).
+
+    Returns:
+        A :class:`~odeflow.Solution` (an ``EventSolution`` with ``event_fn``) with
+        ``ys`` ``(T, B, ...)``, ``ts`` (``t`` as passed; ``(B, 2)`` ``[t0, t_stop]`` with
+        events), totals in ``stats``, per-sample counts and outcomes in ``sample_stats``;
+        with events ``event_t`` ``(B,)`` (``nan`` for a sample that did not cross) and
+        ``event_index`` ``(B,)`` (``-1`` likewise).
+
+    Raises:
+        ValueError, TypeError: bad arguments, naming them.
+        SolveError: some sample failed (too many steps, step-size underflow, non-finite
+            values) and ``throw`` is true; raised after every sample has finished, with
+            ``stats`` and ``sample_stats``.
+    """
+    from .events import EventSolution
+    from .odeint import Solution
+
+    if not spec.adaptive:
+        raise ValueError(f"options['per_sample'] needs an adaptive method, got {spec.name!r}")
+    if event_fn is None and event_direction is not None:
+        raise ValueError("event_direction is only meaningful together with event_fn")
+    if event_fn is not None and not callable(event_fn):
+        raise TypeError(f"event_fn must be callable as event_fn(t, y), got {type(event_fn)}")
+    _check_y0(y0)
+    B = y0.shape[0]
+    events = event_fn is not None
+    grid_user = _check_t(t, B, events)
+    grad_on = torch.is_grad_enabled()
+    if grad_on and t.requires_grad:
+        raise ValueError("options['per_sample'] does not differentiate with respect to t; pass "
+                         "t.detach() (gradients flow to y0, func's parameters and event times)")
+    if any(getattr(func, name, None) is not None for name in _CALLBACKS):
+        warnings.warn("options['per_sample'] does not call func's callback_step/"
+                      "callback_accept_step/callback_reject_step", UserWarning, stacklevel=4)
+    dummy_t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    problem = make_problem(func, y0, dummy_t, rtol, atol, spec.name, options)
+    if grid_user.device != y0.device:
+        grid_user = grid_user.to(y0.device)
+    sign = torch.where(grid_user[:, -1] >= grid_user[:, 0], 1.0, -1.0)
+    grid = sign[:, None] * grid_user
+    shape = y0.shape
+    cfg = _config(spec.name, options, problem.rtol, problem.atol,
+                  _batched_norm(options.get("norm"), shape))
+    cfg = replace(cfg, rk=BatchRK(cfg.rk.tab, y0.dtype, y0.device))
+    jumps = _stop_times(options, "jump_t", sign, B)
+    step_t = _stop_times(options, "step_t", sign, B)
+    f = BatchFunc(func, shape, y0.dtype, sign, problem.func)
+    y0_flat = y0.reshape(B, -1)
+    tracker = None
+    if events:
+        if cfg.rk.steps_to_outputs:
+            raise ValueError(f"event_fn with options['per_sample'] needs a method with its own "
+                             f"dense output (dopri5, tsit5, bosh3, ...), not {spec.name!r}")
+        if event_direction is None:
+            event_direction = getattr(event_fn, "direction", 0)
+        tracker = EventTracker(f, event_fn, grid[:, 0], y0_flat.detach(), event_direction)
+
+    mode = gradient if grad_on else "direct"
+    params = find_params(func, adjoint_params, mode) if mode != "direct" else ()
+    if mode == "adjoint":
+        from .sensitivity.per_sample import check_adjoint_config
+        check_adjoint_config(adjoint_config)
+    kwargs = dict(jumps=jumps, step_t=step_t, event=tracker)
+    if mode == "direct":
+        result = run_per_sample(f, y0_flat, grid, cfg, **kwargs)
+    else:
+        with torch.no_grad():
+            result = run_per_sample(f, y0_flat.detach(), grid, cfg,
+                                    record=mode == "checkpoint", **kwargs)
+    stats = result.stats
+    sample = result.sample
+    if events:
+        assert tracker is not None
+        hits = tracker.hits
+        sample.status = torch.where(hits.found, int(Status.EVENT), torch.where(
+            sample.status == int(Status.SUCCESS), int(Status.NO_EVENT), sample.status))
+        t_stop = torch.where(hits.found, hits.t, result.t_last)
+        y_stop = torch.where(hits.found[:, None], hits.y, result.y_last)
+    stats.nfe = problem.func.nfe
+    try:
+        _raise_failures(result, grid_user, throw, events, sign)
+    finally:
+        record_last_stats(stats)
+
+    ys = result.ys
+    if mode != "direct":
+        from .sensitivity.per_sample import attach_adjoint, attach_checkpoint
+
+        if events:
+            grid_b = torch.stack([grid[:, 0], t_stop], 1)
+            ys_fwd = torch.stack([y0_flat.detach(), y_stop.detach()])
+        else:
+            grid_b, ys_fwd = grid, ys
+        if mode == "checkpoint":
+            ys, y_last = attach_checkpoint(f, cfg.rk, grid, result, y_stop if events else
+                                           result.y_last, stats, y0_flat, params)
+            if events:
+                y_stop = y_last
+        else:
+            out = attach_adjoint(f, grid_b, ys_fwd, adjoint_config, options, stats, y0_flat,
+                                 params, jumps, step_t)
+            if events:
+                y_stop = out[1]
+            else:
+                ys = out
+    if not events:
+        ys_user = ys.reshape(ys.shape[0], *shape)
+        return Solution(ys_user, t, stats, sample_stats=sample)
+    assert tracker is not None
+    if grad_on:
+        t_event_user, y_stop = ift_reroute(tracker, t_stop, y_stop)
+    else:
+        t_event_user = sign * t_stop
+    t_dtype = t.dtype
+    event_t = torch.where(tracker.hits.found, t_event_user, math.nan).to(t_dtype)
+    ts = torch.stack([grid_user[:, 0].to(t_dtype), t_event_user.to(t_dtype)], 1)
+    ys_user = torch.stack([y0_flat, y_stop]).reshape(2, *shape)
+    return EventSolution(ys_user, ts, stats, event_t, sample_stats=sample,
+                         event_index=tracker.hits.index)
