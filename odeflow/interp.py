@@ -17,6 +17,7 @@ plain solves pay nothing; outputs on the hot path use the solver's ``interpolate
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -73,33 +74,58 @@ class Interpolant:
 
 
 class TableauInterpolant(Interpolant):
-    """``y(t + θ dt) = y + dt Σ_i b_i(θ) k_i`` with ``b_i(θ) = Σ_p dense[i][p] θ^(p+1)``."""
+    """``y(t + θ dt) = y + dt Σ_i b_i(θ) k_i``: a Runge–Kutta method's own dense output.
 
-    __slots__ = ("t", "dt", "y", "stages", "dense")
+    Batched use (per-sample mode): ``y`` and each stage ``(B, n)``, ``dt`` and ``theta``
+    tensors ``(B,)``. ``stacked``, the stages as the columns of one ``(n, s)`` matrix (the
+    fused path's workspace view), lets a float ``theta`` on the CPU take one ``addmv``.
+    """
 
-    def __init__(self, t: float, dt: float, y: Tensor, stages: Sequence[Tensor],
-                 dense: Sequence[Sequence[float]]):
-        self.t, self.dt, self.y, self.stages, self.dense = t, dt, y, tuple(stages), dense
+    __slots__ = ("t", "dt", "y", "stages", "tableau", "stacked")
 
-    def _combine(self, weights: list[float], base: Tensor | None) -> Tensor:
-        out = base.clone() if base is not None else torch.zeros_like(self.y)
+    def __init__(self, t: Any, dt: Any, y: Tensor, stages: Sequence[Tensor], tableau: Any,
+                 stacked: Tensor | None = None):
+        self.t, self.dt, self.y, self.stages = t, dt, y, tuple(stages)
+        self.tableau, self.stacked = tableau, stacked
+
+    def _combine(self, weights: Sequence[Any], base: Tensor | None, scale: Any) -> Tensor:
+        if isinstance(scale, Tensor) or any(isinstance(w, Tensor) for w in weights):
+            # per-sample weights and step sizes: (B,) -> (B, 1)
+            out = torch.zeros_like(self.y) if base is None else base
+            for k_i, w in zip(self.stages, weights):
+                out = out + torch.as_tensor(scale * w).to(k_i.dtype).reshape(-1, 1) * k_i
+            return out
+        if base is not None and base.dtype == torch.float64:
+            # Term by term into the base, the order of the fused addmv: with and without
+            # autograd a float64 solve then gives identical values.
+            out = base.clone()
+            for k_i, w in zip(self.stages, weights):
+                if w != 0:
+                    out.add_(k_i, alpha=w * scale)
+            return out
+        acc = None  # float32: the stage sum first, so the base is rounded once
         for k_i, w in zip(self.stages, weights):
             if w != 0:
-                out = out.add(k_i, alpha=w)
-        return out
+                acc = k_i * w if acc is None else acc.add(k_i, alpha=w)
+        if acc is None:
+            return torch.zeros_like(self.y) if base is None else base.clone()
+        return acc * scale if base is None else torch.add(base, acc, alpha=scale)
 
-    def evaluate(self, theta: float) -> Tensor:
-        weights = [self.dt * sum(c * theta ** (p + 1) for p, c in enumerate(poly))
-                   for poly in self.dense]
-        return self._combine(weights, self.y)
+    def evaluate(self, theta: Any) -> Tensor:
+        weights = self.tableau.dense_weights(theta)
+        if (self.stacked is not None and not isinstance(theta, Tensor)
+                and self.y.device.type == "cpu"):
+            # One addmv on the CPU; on a GPU a weight tensor would be a host-to-device copy.
+            w = torch.tensor(weights, dtype=self.y.dtype, device=self.y.device)
+            return torch.addmv(self.y, self.stacked, w, alpha=self.dt)
+        return self._combine(weights, self.y, self.dt)
 
-    def derivative(self, theta: float) -> Tensor:
-        weights = [sum((p + 1) * c * theta**p for p, c in enumerate(poly)) for poly in self.dense]
-        return self._combine(weights, None)
+    def derivative(self, theta: Any) -> Tensor:
+        return self._combine(self.tableau.dense_derivative_weights(theta), None, 1.0)
 
     def detached(self) -> TableauInterpolant:
         return TableauInterpolant(self.t, self.dt, self.y.detach().clone(),
-                                  [k.detach().clone() for k in self.stages], self.dense)
+                                  [k.detach().clone() for k in self.stages], self.tableau)
 
 
 class HermiteInterpolant(Interpolant):
@@ -112,15 +138,18 @@ class HermiteInterpolant(Interpolant):
         self.t, self.dt, self.y0, self.y1, self.f0, self.f1 = t, dt, y0, y1, f0, f1
         self.precise = precise
 
-    def evaluate(self, theta: float) -> Tensor:
+    def evaluate(self, theta: Any) -> Tensor:
+        if isinstance(theta, Tensor):  # per sample: theta and dt (B,)
+            th, h = theta[:, None].to(self.y0.dtype), self.dt[:, None].to(self.y0.dtype)
+            return (self.y0 + (-2 * th**3 + 3 * th**2) * (self.y1 - self.y0)
+                    + (th**3 - 2 * th**2 + th) * h * self.f0 + (th**3 - th**2) * h * self.f1)
         return hermite(self.y0, self.y1, self.f0, self.f1, self.dt, theta)
 
-    def derivative(self, theta: float) -> Tensor:
-        th = theta
-        d01 = (6 * th - 6 * th * th) / self.dt
-        out = torch.mul(self.y1 - self.y0, d01)
-        out = out.add(self.f0, alpha=3 * th * th - 4 * th + 1)
-        return out.add(self.f1, alpha=3 * th * th - 2 * th)
+    def derivative(self, theta: Any) -> Tensor:
+        th = theta[:, None].to(self.y0.dtype) if isinstance(theta, Tensor) else theta
+        h = self.dt[:, None].to(self.y0.dtype) if isinstance(self.dt, Tensor) else self.dt
+        return ((6 * th - 6 * th * th) / h * (self.y1 - self.y0)
+                + (3 * th * th - 4 * th + 1) * self.f0 + (3 * th * th - 2 * th) * self.f1)
 
     def detached(self) -> HermiteInterpolant:
         precise = self.precise.detached() if self.precise is not None else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import Any
 
 __all__ = ["ButcherTableau", "TABLEAUS"]
 
@@ -101,6 +102,18 @@ class ButcherTableau:
             acc = 0.0
             for coef in reversed(poly):
                 acc = (acc + coef) * theta
+            out.append(acc)
+        return out
+
+    def dense_derivative_weights(self, theta: Any) -> list[Any]:
+        """``b_i'(θ)``, the weights of the dense output's derivative (``θ`` a float or a
+        tensor of per-sample fractions)."""
+        assert self.dense is not None
+        out = []
+        for poly in self.dense:
+            acc = 0.0 * theta
+            for p in range(len(poly) - 1, -1, -1):
+                acc = acc * theta + (p + 1) * poly[p]
             out.append(acc)
         return out
 

@@ -200,7 +200,7 @@ class ExplicitRK:
             precise = ReStepInterpolant(self, f, t, dt, y, stages[0]) if (
                 f is not None and self.steps_to_outputs) else None
             return HermiteInterpolant(t, dt, y, y_new, stages[0], f_new, precise)
-        return TableauInterpolant(t, dt, y, stages, tab.dense)
+        return TableauInterpolant(t, dt, y, stages, tab)
 
     def interpolate(
         self,
@@ -216,16 +216,10 @@ class ExplicitRK:
 
         Uses the tableau's own interpolant when it has one, cubic Hermite otherwise.
         """
-        tab = self.tableau
-        if tab.dense is None:
+        if self.tableau.dense is None:
             return hermite(y, y_new, stages[0], f_new, dt, theta)
-        weights = tab.dense_weights(theta)
-        # On the CPU one addmv is cheapest; on a GPU, building a weight tensor would copy
-        # from the host, so the sum is formed with Python-float scalars instead.
-        if ws is not None and y.device.type == "cpu":
-            w = torch.tensor(weights, dtype=y.dtype, device=y.device)
-            return torch.addmv(y, ws.prefix[self._s], w, alpha=dt)
-        return _combine(y, stages, _nonzero(weights), dt)
+        stacked = ws.prefix[self._s] if ws is not None else None
+        return TableauInterpolant(0.0, dt, y, stages, self.tableau, stacked).evaluate(theta)
 
 
 class ReStepInterpolant(Interpolant):
