@@ -12,7 +12,6 @@ are the training solves' forward / backward evaluations, ``nfe_test`` the test s
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,16 @@ from ..data.toy import TOY_DENSITIES, circles_log_prob, sample_toy
 from ..nn.cnf import CNF, NOISES, TRACES, CNFField
 from .config import opt
 from .epochs import resolve_gradient
-from .steps import StepConfig, StepTask, cosine_lr, plot_columns, run_main, run_steps, start_run
+from .steps import (
+    StepConfig,
+    StepTask,
+    cosine_lr,
+    plot_columns,
+    run_main,
+    save_figure,
+    start_run,
+    train_study,
+)
 from .steps import step_generator as step_gen
 
 __all__ = ["CNFConfig", "build", "run", "main"]
@@ -130,7 +138,7 @@ def plot_cnf(run_dir: Path, cfg: CNFConfig, cnf: CNF, data: torch.Tensor) -> lis
     axes[0].set_title(f"data ({cfg.data})")
     axes[1].imshow(density.numpy(), origin="lower", extent=(-lim, lim, -lim, lim))
     axes[1].set_title("learned density")
-    paths = [_save(fig, run_dir / "density.png")]
+    paths = [save_figure(fig, run_dir / "density.png")]
 
     z = torch.randn(2000, 2, generator=torch.Generator().manual_seed(cfg.seed))
     times = torch.linspace(cfg.T, 0.0, 5)
@@ -143,7 +151,7 @@ def plot_cnf(run_dir: Path, cfg: CNFConfig, cnf: CNF, data: torch.Tensor) -> lis
     for a in ax:
         a.set_xlim(-lim, lim)
         a.set_ylim(-lim, lim)
-    paths.append(_save(fig, run_dir / "samples.png"))
+    paths.append(save_figure(fig, run_dir / "samples.png"))
 
     fig, axes = plt.subplots(1, len(times), figsize=(3 * len(times), 3))
     for a, t, pts in zip(axes, times, flow, strict=True):
@@ -153,17 +161,8 @@ def plot_cnf(run_dir: Path, cfg: CNFConfig, cnf: CNF, data: torch.Tensor) -> lis
         a.set_ylim(-lim, lim)
         a.set_xticks([])
         a.set_yticks([])
-    paths.append(_save(fig, run_dir / "flow.png"))
+    paths.append(save_figure(fig, run_dir / "flow.png"))
     return paths
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 def run(cfg: CNFConfig, log=print) -> dict[str, Any]:
@@ -181,13 +180,9 @@ def run(cfg: CNFConfig, log=print) -> dict[str, Any]:
     log(f"cnf on {cfg.data}: {sum(p.numel() for p in parts['cnf'].parameters())} parameters, "
         f"trace {cfg.trace}, kinetic {cfg.kinetic}, jacobian {cfg.jacobian_norm}, "
         f"gradient {resolve_gradient(cfg)}, run folder {run_dir}")
-    start = time.perf_counter()
-    history = run_steps(parts["task"], run_dir=run_dir, niters=cfg.niters,
-                        eval_every=cfg.eval_every, config=config, resume=bool(cfg.resume),
-                        stop_after=cfg.stop_after,
-                        progress=cfg.progress, plots=cfg.plots, log=log)
+    history, seconds = train_study(cfg, parts["task"], run_dir, config, log)
     return {"run_dir": str(run_dir), "history": history, "cnf": parts["cnf"],
-            "entropy": entropy, "seconds": time.perf_counter() - start}
+            "entropy": entropy, "seconds": seconds}
 
 
 def main(

@@ -16,7 +16,6 @@ RMSE is over points and both coordinates: ``sqrt(mean((pred − clean)²))``.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,16 @@ from ..data.spirals import SpiralSeries, make_spirals
 from ..nn.latent import LatentODE
 from .config import opt
 from .epochs import resolve_gradient
-from .steps import StepConfig, StepTask, cosine_lr, plot_columns, run_main, run_steps, start_run
+from .steps import (
+    StepConfig,
+    StepTask,
+    cosine_lr,
+    plot_columns,
+    run_main,
+    save_figure,
+    start_run,
+    train_study,
+)
 from .steps import step_generator as step_gen
 
 __all__ = ["LatentODEConfig", "build", "rmse", "run", "main"]
@@ -156,10 +164,7 @@ def plot_reconstructions(path: Path, series: SpiralSeries, pred: torch.Tensor, w
         ax.set_xticks([])
         ax.set_yticks([])
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def run(cfg: LatentODEConfig, log=print) -> dict[str, Any]:
@@ -172,13 +177,9 @@ def run(cfg: LatentODEConfig, log=print) -> dict[str, Any]:
     log(f"latent ODE: {sum(p.numel() for p in parts['model'].parameters())} parameters, "
         f"{cfg.n_train} training spirals with {cfg.n_obs} observations each, "
         f"gradient {resolve_gradient(cfg)}, run folder {run_dir}")
-    start = time.perf_counter()
-    history = run_steps(parts["task"], run_dir=run_dir, niters=cfg.niters,
-                        eval_every=cfg.eval_every, config=config, resume=bool(cfg.resume),
-                        stop_after=cfg.stop_after, progress=cfg.progress, plots=cfg.plots,
-                        log=log)
+    history, seconds = train_study(cfg, parts["task"], run_dir, config, log)
     return {"run_dir": str(run_dir), "history": history, "model": parts["model"],
-            "seconds": time.perf_counter() - start}
+            "seconds": seconds}
 
 
 def main(

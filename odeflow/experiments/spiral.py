@@ -20,7 +20,6 @@ the trajectory keeps (test error 0.15); 5-step windows fit it to a few tenths of
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,16 @@ from torch import nn
 from .. import solve
 from .config import opt
 from .epochs import resolve_gradient
-from .steps import StepConfig, StepTask, cosine_lr, plot_columns, run_main, run_steps, start_run
+from .steps import (
+    StepConfig,
+    StepTask,
+    cosine_lr,
+    plot_columns,
+    run_main,
+    save_figure,
+    start_run,
+    train_study,
+)
 from .steps import step_generator as step_gen
 
 __all__ = ["SpiralConfig", "SPIRAL_A", "true_trajectory", "CubicODEFunc", "build", "run", "main"]
@@ -159,7 +167,7 @@ def plot_spiral(run_dir: Path, t, true_y, pred, func: nn.Module) -> list[Path]:
     ax.set_xlabel("t")
     ax.legend(fontsize=8, ncol=2)
     ax.set_title("true vs learned trajectories")
-    paths.append(_save(fig, run_dir / "trajectories.png"))
+    paths.append(save_figure(fig, run_dir / "trajectories.png"))
 
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot(true_y[:, 0], true_y[:, 1], "-", label="true")
@@ -168,7 +176,7 @@ def plot_spiral(run_dir: Path, t, true_y, pred, func: nn.Module) -> list[Path]:
     ax.set_ylabel("y")
     ax.set_title("phase portrait")
     ax.legend(fontsize=8)
-    paths.append(_save(fig, run_dir / "phase.png"))
+    paths.append(save_figure(fig, run_dir / "phase.png"))
 
     grid = torch.linspace(-2.0, 2.0, 21)
     yy, xx = torch.meshgrid(grid, grid, indexing="ij")
@@ -182,17 +190,8 @@ def plot_spiral(run_dir: Path, t, true_y, pred, func: nn.Module) -> list[Path]:
                   density=1.0, linewidth=0.6)
     ax.plot(true_y[:, 0], true_y[:, 1], "-", color="C0", alpha=0.5)
     ax.set_title("learned vector field")
-    paths.append(_save(fig, run_dir / "vector_field.png"))
+    paths.append(save_figure(fig, run_dir / "vector_field.png"))
     return paths
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def run(cfg: SpiralConfig, log=print) -> dict[str, Any]:
@@ -203,13 +202,9 @@ def run(cfg: SpiralConfig, log=print) -> dict[str, Any]:
     parts = build(cfg)
     log(f"spiral: {sum(p.numel() for p in parts['func'].parameters())} parameters, "
         f"{cfg.method} rtol {cfg.rtol} atol {cfg.atol}, run folder {run_dir}")
-    start = time.perf_counter()
-    history = run_steps(parts["task"], run_dir=run_dir, niters=cfg.niters,
-                        eval_every=cfg.eval_every, config=config, resume=bool(cfg.resume),
-                        stop_after=cfg.stop_after,
-                        progress=cfg.progress, plots=cfg.plots, log=log)
+    history, seconds = train_study(cfg, parts["task"], run_dir, config, log)
     return {"run_dir": str(run_dir), "history": history, "func": parts["func"],
-            "seconds": time.perf_counter() - start}
+            "seconds": seconds}
 
 
 def main(

@@ -53,6 +53,9 @@ __all__ = [
     "write_rows",
     "plot_columns",
     "run_main",
+    "save_figure",
+    "start_run",
+    "train_study",
 ]
 
 C = TypeVar("C", bound="StepConfig")
@@ -297,6 +300,28 @@ def start_run(cfg: StepConfig, name: str, **extra: Any) -> tuple[Path, dict[str,
     return run_dir, config
 
 
+def train_study(
+    cfg: StepConfig, task: StepTask, run_dir: Path, config: dict[str, Any], log=print
+) -> tuple[list[dict[str, float]], float]:
+    """:func:`run_steps` with the shared flags of ``cfg``; returns the history and the
+    seconds it took."""
+    start = time.perf_counter()
+    history = run_steps(task, run_dir=run_dir, niters=cfg.niters, eval_every=cfg.eval_every,
+                        config=config, resume=bool(cfg.resume), stop_after=cfg.stop_after,
+                        progress=cfg.progress, plots=cfg.plots, log=log)
+    return history, time.perf_counter() - start
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
+    """Lay out, write and close a matplotlib figure; returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_columns(
     history: list[dict[str, float]], columns: Sequence[str], path: Path, ylabel: str,
     logy: bool = False,
@@ -317,8 +342,5 @@ def plot_columns(
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
