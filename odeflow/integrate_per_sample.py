@@ -153,7 +153,7 @@ class BatchRK:
         th = theta.to(y.dtype)
         if self.dense is not None:
             powers = torch.stack([th ** (p + 1) for p in range(self.dense.shape[1])], dim=-1)
-            w = powers @ self.dense.T  # (B, s)
+            w = (powers.unsqueeze(1) * self.dense).sum(-1)  # (B, s); tiny, so no BLAS call
             return y + h * torch.einsum("bs,sbn->bn", w, K)
         assert f_new is not None
         th = th[:, None]
@@ -170,7 +170,7 @@ class BatchRK:
         if self.dense is not None:
             deg = self.dense.shape[1]
             powers = torch.stack([(p + 1) * th ** p for p in range(deg)], dim=-1)
-            w = powers @ self.dense.T
+            w = (powers.unsqueeze(1) * self.dense).sum(-1)
             return torch.einsum("bs,sbn->bn", w, K)
         assert f_new is not None
         h = dt.to(y.dtype)[:, None]
@@ -381,14 +381,17 @@ def run_per_sample(
         elif fsal or (rk.dense is None and (any_hit or event is not None)):
             f_new = f(t_new, y_new)
         while any_hit:
-            tj = next_out
-            theta = (tj - t) / torch.where(dt_try > 0, dt_try, 1.0)
-            value = rk.evaluate(y, y_new, K, f_new, dt_try, theta)
-            value = torch.where((tj == t_new)[:, None], y_new, value)
             sel = hit.nonzero()[:, 0]  # host sync: once per output pass
-            ys[out_idx[sel], sel] = value[sel]
+            # Only the samples that passed an output are interpolated.
+            t_s, dt_s, tn_s = t[sel], dt_try[sel], t_new[sel]
+            tj = next_out[sel]
+            theta = (tj - t_s) / dt_s
+            value = rk.evaluate(y[sel], y_new[sel], K[:, sel], None if f_new is None
+                                else f_new[sel], dt_s, theta)
+            value = torch.where((tj == tn_s)[:, None], y_new[sel], value)
+            ys[out_idx[sel], sel] = value
             if rec is not None:
-                rec.outputs.append((sel, out_idx[sel], theta[sel]))
+                rec.outputs.append((sel, out_idx[sel], theta))
             out_idx = out_idx + hit
             next_out = grid.gather(1, out_idx.clamp(max=n_out - 1)[:, None])[:, 0]
             hit = ok & (out_idx < n_out) & (next_out <= t_new)

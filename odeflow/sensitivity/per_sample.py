@@ -95,9 +95,8 @@ def _replay_step(f: BatchFunc, rk: BatchRK, rec: IterRecord, y: Tensor):
 def _value_at(rk: BatchRK, rec: IterRecord, y: Tensor, y_new: Tensor, K: Tensor,
               f_new: Tensor | None, t_new: Tensor, grid: Tensor, sel: Tensor, j: Tensor,
               theta: Tensor) -> Tensor:
-    th = torch.zeros_like(rec.t)
-    th[sel] = theta
-    value = rk.evaluate(y, y_new, K, f_new, rec.dt, th)[sel]
+    value = rk.evaluate(y[sel], y_new[sel], K[:, sel], None if f_new is None else f_new[sel],
+                        rec.dt[sel], theta)
     exact = grid[sel, j] == t_new[sel]  # the loop took y_new itself there
     return torch.where(exact[:, None], y_new[sel], value)
 
