@@ -147,10 +147,19 @@ class EventTracker:
                 theta = torch.where(better, root, theta)
                 index = torch.where(better, k, index)
             theta = torch.where(found, theta, 1.0)
-            ydot = rk.derivative(y, y_new, K, f_new, dt, theta)
+            if rk.steps_to_outputs:
+                theta = self._refine(f, rk, t, dt, y, K, samples[-1], found, index,
+                                     sign_at_cross, th_a, th_b, theta, tol)
             t_ev = torch.where(theta == 1.0, t_new, t + theta * dt)
             rising = sign_at_cross.gather(1, index.clamp(min=0)[:, None])[:, 0] < 0
-        y_ev = rk.evaluate(y, y_new, K, f_new, dt, theta)  # with the loop's graph, if any
+            if not rk.steps_to_outputs:
+                ydot = rk.derivative(y, y_new, K, f_new, dt, theta)
+        if rk.steps_to_outputs:  # re-stepped: the method's own order (with the loop's graph)
+            y_ev = restep(f, rk, t, dt, y, K, theta)
+            with torch.no_grad():
+                ydot = f(t_ev, y_ev.detach())
+        else:
+            y_ev = rk.evaluate(y, y_new, K, f_new, dt, theta)  # with the loop's graph, if any
         y_ev = torch.where((theta == 1.0)[:, None], y_new, y_ev)
         h = self.hits
         h.y = torch.where(found[:, None], y_ev, h.y)
@@ -163,6 +172,45 @@ class EventTracker:
             sel = found.nonzero()[:, 0]
             rec.events = (sel, theta[sel])
         return found
+
+
+    def _refine(self, f: BatchFunc, rk: BatchRK, t: Tensor, dt: Tensor, y: Tensor, K: Tensor,
+                g_end: Tensor, found: Tensor, index: Tensor, s: Tensor, th_a: Tensor,
+                th_b: Tensor, theta: Tensor, tol: Tensor) -> Tensor:
+        """Locate each found sample's root again on the re-stepped dense output: in the
+        bracket found on the Hermite one when it still brackets there, else on the whole
+        step, else keep the Hermite root (``event_location``'s ``_refine``, per sample)."""
+
+        def evaluate(th: Tensor) -> Tensor:
+            return self.raw(t + th * dt, restep(f, rk, t, dt, y, K, th))
+
+        k = index.clamp(min=0)[:, None]
+        sk = s.gather(1, k)[:, 0]
+        g_a = torch.where((th_a > 0)[:, None], evaluate(th_a), self.g_prev)
+        g_b = torch.where((th_b < 1)[:, None], evaluate(th_b), g_end)
+        fa, fb = g_a.gather(1, k)[:, 0] * sk, g_b.gather(1, k)[:, 0] * sk
+        inner = (fa > 0) & (fb <= 0)
+        whole_a = self.g_prev.gather(1, k)[:, 0] * sk
+        whole_b = g_end.gather(1, k)[:, 0] * sk
+        whole = ~inner & (whole_a > 0) & (whole_b <= 0)
+        a = torch.where(inner, th_a, 0.0)
+        b = torch.where(inner, th_b, 1.0)
+        fa = torch.where(inner, fa, whole_a)
+        fb = torch.where(inner, fb, whole_b)
+        out = theta
+        for j in range(self.k):
+            mask = found & (index == j) & (inner | whole)
+            if bool(mask.any()):  # host sync: per event value, on a crossing only
+                root = _root(evaluate, j, sk, a, fa, b, fb, tol, mask)
+                out = torch.where(mask, root, out)
+        return out
+
+
+def restep(f: BatchFunc, rk: BatchRK, t: Tensor, dt: Tensor, y: Tensor, K: Tensor,
+           theta: Tensor) -> Tensor:
+    """``y(t + θ dt)`` as one step of size ``θ dt`` from the step's start (``dopri8``, whose
+    Hermite dense output is below its order; as ``ReStepInterpolant``)."""
+    return rk.step(f, t, y, K[0], theta * dt)[0]
 
 
 def _root(evaluate: Callable[[Tensor], Tensor], k: int, s: Tensor, a: Tensor, fa: Tensor,

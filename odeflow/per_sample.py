@@ -259,9 +259,6 @@ def solve_per_sample(
         y0_run = shift_initial_states(f, t0_user, y0_flat)
     tracker = None
     if events:
-        if cfg.rk.steps_to_outputs:
-            raise ValueError(f"event_fn with options['per_sample'] needs a method with its own "
-                             f"dense output (dopri5, tsit5, bosh3, ...), not {spec.name!r}")
         if event_direction is None:
             event_direction = getattr(event_fn, "direction", 0)
         tracker = EventTracker(f, event_fn, grid[:, 0], y0_flat.detach(), event_direction)

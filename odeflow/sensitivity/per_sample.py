@@ -68,7 +68,10 @@ class _Replay(torch.autograd.Function):
                     sel, theta = rec.events
                     th = torch.ones_like(rec.t)
                     th[sel] = theta
-                    y_ev = rk.evaluate(y, y_new, K, f_new, rec.dt, th)
+                    if rk.steps_to_outputs:  # located by re-stepping (dopri8)
+                        y_ev = rk.step(f, rec.t, y, K[0], th * rec.dt)[0]
+                    else:
+                        y_ev = rk.evaluate(y, y_new, K, f_new, rec.dt, th)
                     y_ev = torch.where((th == 1.0)[:, None], y_new, y_ev)
                     targets.append(y_ev[sel])
                     grads.append(grad_last[sel])
