@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .event_location import _THETAS, _MAX_ROOT_ITERS
+from .event_location import _MAX_ROOT_ITERS, _THETAS
 from .integrate_per_sample import BatchFunc, BatchRK, IterRecord
 
 __all__ = ["EventHits", "EventTracker", "ift_reroute"]

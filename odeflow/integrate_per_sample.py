@@ -31,10 +31,14 @@ import torch
 from torch import Tensor
 
 from .controllers import PIDController, starting_step
-from .stats import SolveStats, Status
+from .stats import SolveError, SolveStats, Status
 
 __all__ = ["SampleStats", "BatchFunc", "BatchRK", "PerSampleConfig", "PerSampleResult",
-           "IterRecord", "run_per_sample", "batched_rms", "integrate_per_sample"]
+           "IterRecord", "run_per_sample", "batched_rms", "batched_norm", "raise_failures",
+           "FAILURES", "integrate_per_sample"]
+
+#: The statuses that make a sample a failure (``NO_EVENT`` is an outcome, not a failure).
+FAILURES = (Status.MAX_STEPS_REACHED, Status.STEP_SIZE_UNDERFLOW, Status.NONFINITE)
 
 
 @dataclass
@@ -308,7 +312,6 @@ def run_per_sample(
     stops, stop_is_jump = _stop_matrix(grid, extra)
     stop_idx = zeros_l.clone()
     out_idx = torch.ones(B, dtype=torch.long, device=device)
-    rows = torch.arange(B, device=device)
     rtol, atol, norm = cfg.rtol, cfg.atol, cfg.norm
     min_step, max_step = cfg.min_step, cfg.max_step
     any_jumps = jumps is not None
@@ -428,12 +431,82 @@ def run_per_sample(
     return PerSampleResult(ys, t, y, stats, sample, records, hits)
 
 
+def batched_norm(user_norm: Any, shape: torch.Size) -> Callable[[Tensor], Tensor]:
+    """The per-sample error norm: RMS per row, or the user's ``options["norm"]``, which gets
+    the batch's scaled error in ``y0``'s shape and must return ``(B,)``."""
+    if user_norm is None:
+        return batched_rms
+
+    def norm(x: Tensor) -> Tensor:
+        out = user_norm(x.view(shape))
+        if not isinstance(out, Tensor) or out.shape != (shape[0],):
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"with options['per_sample'], options['norm'] gets the scaled error "
+                             f"of the batch (shape {tuple(shape)}) and must return one value "
+                             f"per sample, shape ({shape[0]},); got {got}")
+        return out
+
+    return norm
+
+
+def _sample_summary(sample: SampleStats, t_last_user: Tensor, stats: SolveStats,
+                    events: bool) -> tuple[int | None, float]:
+    """Fill the totals' status and message from the samples'; the first failed sample."""
+    codes = sample.status.tolist()
+    B = len(codes)
+    failed = [b for b, c in enumerate(codes) if Status(c) in FAILURES]
+    if failed:
+        b = failed[0]
+        st = Status(codes[b])
+        t_b = float(t_last_user[b])
+        stats.status = st
+        stats.message = (f"{len(failed)} of {B} samples failed (samples {failed[:10]}"
+                         f"{'...' if len(failed) > 10 else ''}); sample {b}: {st.message} "
+                         f"t={t_b!r}. sol.sample_stats.status has each sample's outcome.")
+        return b, t_b
+    if events:
+        missed = [b for b, c in enumerate(codes) if c == Status.NO_EVENT]
+        stats.status = Status.NO_EVENT if missed else Status.EVENT
+        stats.message = (f"{B - len(missed)} of {B} samples stopped at an event"
+                         + (f"; samples {missed[:10]}{'...' if len(missed) > 10 else ''} did "
+                            "not cross before t1." if missed else "."))
+    return None, math.nan
+
+
+def raise_failures(result: PerSampleResult, sign: Tensor, throw: bool,
+                   events: bool = False) -> None:
+    """Fill the totals' status from the samples'; with ``throw``, raise for a failed sample
+    (:class:`~odeflow.SolveError` carrying ``stats`` and ``sample_stats``)."""
+    b, t_b = _sample_summary(result.sample, sign * result.t_last, result.stats, events)
+    if b is not None and throw:
+        err = SolveError(result.stats.status, t_b,
+                         f"{result.stats.message} Other samples were not affected; pass "
+                         "throw=False to get their results (failed samples keep nan after "
+                         "the failure).", result.stats)
+        err.sample_stats = result.sample  # type: ignore[attr-defined]
+        raise err
+
+
 def integrate_per_sample(problem: Any, stepper: Any, controller: PIDController,
                          max_num_steps: int, first_step: float | None) -> tuple[Tensor, SolveStats]:
-    """``run_loop``'s entry for ``per_sample`` problems with a shared 1-D ``t`` (outputs
-    ``(T, n)`` flat). :func:`odeflow.per_sample.solve_per_sample` is the full entry."""
-    from .per_sample import loop_for_problem
-
-    result = loop_for_problem(problem, stepper.tableau, controller, max_num_steps, first_step)
+    """``run_loop``'s route for a ``per_sample`` :class:`~odeflow.problem.Problem` with a
+    shared 1-D ``t`` (outputs ``(T, n)`` flat; any failed sample raises). ``solve`` itself
+    goes through :func:`odeflow.per_sample.solve_per_sample`."""
+    layout = problem.layout
+    if layout.is_tuple or layout.is_complex or len(layout.shapes[0]) < 1:
+        raise ValueError("options['per_sample'] needs y0 to be a real tensor with a batch "
+                         "dimension first")
+    shape = layout.shapes[0]
+    B = shape[0]
+    y0 = problem.y0.view(B, -1)
+    grid = torch.tensor(problem.t_out, dtype=torch.float64, device=y0.device).expand(B, -1)
+    sign = torch.full((B,), problem.sign, dtype=torch.float64, device=y0.device)
+    f = BatchFunc(problem.user_func, shape, y0.dtype, sign, problem.func)
+    cfg = PerSampleConfig(BatchRK(stepper.tableau, y0.dtype, y0.device), controller,
+                          problem.rtol, problem.atol,
+                          batched_norm(problem.options.get("norm"), shape), max_num_steps,
+                          first_step)
+    result = run_per_sample(f, y0, grid, cfg)
+    raise_failures(result, sign, throw=True)
     n_t = result.ys.shape[0]
     return result.ys.reshape(n_t, -1), result.stats

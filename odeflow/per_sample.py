@@ -13,27 +13,30 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .controllers import PIDController
 from .events_per_sample import EventTracker, ift_reroute
-from .integrate_per_sample import (BatchFunc, BatchRK, PerSampleConfig, PerSampleResult,
-                                   SampleStats, batched_rms, run_per_sample)
+from .integrate_per_sample import (
+    BatchFunc,
+    BatchRK,
+    PerSampleConfig,
+    batched_norm,
+    raise_failures,
+    run_per_sample,
+)
 from .options import make_controller, max_steps, positive_float
 from .problem import make_problem
 from .sensitivity import find_params
-from .stats import SolveError, SolveStats, Status, record_last_stats
+from .stats import Status, record_last_stats
 from .tableaus import TABLEAUS
 
-__all__ = ["solve_per_sample", "loop_for_problem"]
+__all__ = ["solve_per_sample"]
 
 #: The end time of an unbounded event search (``t1 = ±inf``), as ``events._FAR``.
 _FAR = 1e300
-_FAILURES = (Status.MAX_STEPS_REACHED, Status.STEP_SIZE_UNDERFLOW, Status.NONFINITE)
 _CALLBACKS = ("callback_step", "callback_accept_step", "callback_reject_step")
 
 
@@ -99,94 +102,17 @@ def _stop_times(options: dict, name: str, sign: Tensor, batch: int) -> Tensor | 
     return sign[:, None] * times
 
 
-def _batched_norm(user_norm: Any, shape: torch.Size) -> Callable[[Tensor], Tensor]:
-    if user_norm is None:
-        return batched_rms
-
-    def norm(x: Tensor) -> Tensor:
-        out = user_norm(x.view(shape))
-        if not isinstance(out, Tensor) or out.shape != (shape[0],):
-            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(f"with options['per_sample'], options['norm'] gets the scaled error "
-                             f"of the batch (shape {tuple(shape)}) and must return one value "
-                             f"per sample, shape ({shape[0]},); got {got}")
-        return out
-
-    return norm
-
-
-def _config(spec_name: str, options: dict, rtol: Any, atol: Any, norm: Callable,
-            ) -> PerSampleConfig:
+def _config(tableau: Any, y0: Tensor, options: dict, rtol: Any, atol: Any,
+            norm: Callable) -> PerSampleConfig:
     for name, value in (("rtol", rtol), ("atol", atol)):
         if not isinstance(value, float):
             raise ValueError(f"options['per_sample'] supports a scalar {name} only")
-    tab = TABLEAUS[spec_name]
     return PerSampleConfig(
-        rk=BatchRK(tab, torch.float64, torch.device("cpu")),  # replaced per dtype below
-        controller=make_controller(options), rtol=rtol, atol=atol, norm=norm,
-        max_num_steps=max_steps(options),
+        rk=BatchRK(tableau, y0.dtype, y0.device), controller=make_controller(options),
+        rtol=rtol, atol=atol, norm=norm, max_num_steps=max_steps(options),
         first_step=positive_float(options, "first_step", None),
         min_step=positive_float(options, "min_step", None, allow_zero=True) or 0.0,
         max_step=positive_float(options, "max_step", None) or math.inf)
-
-
-def _sample_summary(sample: SampleStats, grid_user: Tensor, t_last_user: Tensor,
-                    stats: SolveStats, events: bool) -> tuple[int | None, float]:
-    """Fill the totals' status and message from the samples'; the first failed sample."""
-    codes = sample.status.tolist()
-    B = len(codes)
-    failed = [b for b, c in enumerate(codes) if Status(c) in _FAILURES]
-    if failed:
-        b = failed[0]
-        st = Status(codes[b])
-        t_b = float(t_last_user[b])
-        stats.status = st
-        stats.message = (f"{len(failed)} of {B} samples failed (samples {failed[:10]}"
-                         f"{'...' if len(failed) > 10 else ''}); sample {b}: {st.message} "
-                         f"t={t_b!r}. sol.sample_stats.status has each sample's outcome.")
-        return b, t_b
-    if events:
-        missed = [b for b, c in enumerate(codes) if c == Status.NO_EVENT]
-        stats.status = Status.NO_EVENT if missed else Status.EVENT
-        stats.message = (f"{B - len(missed)} of {B} samples stopped at an event"
-                         + (f"; samples {missed[:10]}{'...' if len(missed) > 10 else ''} did "
-                            "not cross before t1." if missed else "."))
-    return None, math.nan
-
-
-def loop_for_problem(problem: Any, tableau: Any, controller: PIDController,
-                     max_num_steps: int, first_step: float | None) -> PerSampleResult:
-    """The per-sample loop on a canonical 1-D-time :class:`~odeflow.problem.Problem`
-    (``run_loop``'s route; outputs ``(T, B, n)``)."""
-    layout = problem.layout
-    if layout.is_tuple or layout.is_complex or len(layout.shapes[0]) < 1:
-        raise ValueError("options['per_sample'] needs y0 to be a real tensor with a batch "
-                         "dimension first")
-    shape = layout.shapes[0]
-    B = shape[0]
-    y0 = problem.y0.view(B, -1)
-    grid = torch.tensor(problem.t_out, dtype=torch.float64, device=y0.device).expand(B, -1)
-    sign = torch.full((B,), problem.sign, dtype=torch.float64, device=y0.device)
-    f = BatchFunc(problem.user_func, shape, y0.dtype, sign, problem.func)
-    norm = _batched_norm(problem.options.get("norm"), shape)
-    cfg = PerSampleConfig(BatchRK(tableau, y0.dtype, y0.device), controller, problem.rtol,
-                          problem.atol, norm, max_num_steps, first_step)
-    result = run_per_sample(f, y0, grid, cfg)
-    _raise_failures(result, sign[:, None] * grid, throw=True)
-    return result
-
-
-def _raise_failures(result: PerSampleResult, grid_user: Tensor, throw: bool,
-                    events: bool = False, sign: Tensor | None = None) -> None:
-    t_last_user = result.t_last if sign is None else sign * result.t_last
-    b, t_b = _sample_summary(result.sample, grid_user, t_last_user, result.stats, events)
-    if b is not None and throw:
-        err = SolveError(result.stats.status, t_b,
-                         f"{result.stats.message} Other samples were not affected; pass "
-                         "throw=False to get their results (failed samples keep nan after "
-                         "the failure).", result.stats)
-        err.sample_stats = result.sample  # type: ignore[attr-defined]
-        raise err
 
 
 def solve_per_sample(
@@ -245,9 +171,8 @@ def solve_per_sample(
     sign = torch.where(grid_user[:, -1] >= grid_user[:, 0], 1.0, -1.0)
     grid = sign[:, None] * grid_user
     shape = y0.shape
-    cfg = _config(spec.name, options, problem.rtol, problem.atol,
-                  _batched_norm(options.get("norm"), shape))
-    cfg = replace(cfg, rk=BatchRK(cfg.rk.tab, y0.dtype, y0.device))
+    cfg = _config(TABLEAUS[spec.name], y0, options, problem.rtol, problem.atol,
+                  batched_norm(options.get("norm"), shape))
     jumps = _stop_times(options, "jump_t", sign, B)
     step_t = _stop_times(options, "step_t", sign, B)
     f = BatchFunc(func, shape, y0.dtype, sign, problem.func)
@@ -286,7 +211,7 @@ def solve_per_sample(
         y_stop = torch.where(hits.found[:, None], hits.y, result.y_last)
     stats.nfe = problem.func.nfe
     try:
-        _raise_failures(result, grid_user, throw, events, sign)
+        raise_failures(result, sign, throw, events)
     finally:
         record_last_stats(stats)
 

@@ -264,7 +264,7 @@ def test_direct_gradient_matches_separate_solves_and_finite_differences():
     y0 = torch.randn(4, 2, dtype=F64, generator=torch.Generator().manual_seed(2))
     for b in range(4):
         yb = y0[b:b + 1].clone().requires_grad_(True)
-        one = odeflow.solve(lambda tt, y: torch.tanh(y @ func.w) * func.s[b]
+        one = odeflow.solve(lambda tt, y, b=b: torch.tanh(y @ func.w) * func.s[b]
                             - 0.2 * y * torch.cos(tt), yb, t, rtol=1e-10, atol=1e-10)
         loss = (one.ys ** 2).sum() + one.ys[1].sum()
         gy, gs = torch.autograd.grad(loss, (yb, func.s))

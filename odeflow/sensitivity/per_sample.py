@@ -24,8 +24,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..integrate_per_sample import (BatchFunc, BatchRK, IterRecord, PerSampleConfig,
-                                    PerSampleResult, run_per_sample)
+from ..integrate_per_sample import (
+    BatchFunc,
+    BatchRK,
+    IterRecord,
+    PerSampleConfig,
+    PerSampleResult,
+    run_per_sample,
+)
 from ..options import make_controller, max_steps, positive_float
 from ..stats import SolveError, SolveStats, Status
 from ..tableaus import TABLEAUS
@@ -194,7 +200,7 @@ class _Adjoint(torch.autograd.Function):
         ys, *params = ctx.saved_tensors
         params = tuple(params)
         grad_ys = torch.nan_to_num(grad_ys)
-        B, n = ys.shape[1], ys.shape[2]
+        n = ys.shape[2]
         tab = TABLEAUS[config.spec.name]
         rk = BatchRK(tab, ys.dtype, ys.device)
         opts = config.options
