@@ -405,8 +405,8 @@ def run_per_sample(
                 status = torch.where(ended, int(Status.EVENT), status)
                 done = done | ended
                 any_left = bool((active & ~done & ~dead).any())  # host sync: on an event only
-        if any_jump:
-            assert on_jump is not None
+        if any_jump and fsal:  # (without fsal the next f0 is evaluated on the right anyway)
+            assert on_jump is not None and f_new is not None
             right = (ok & on_jump).long()
             f_right = f(t_new, y_new, right)
             f_new = torch.where(right.bool()[:, None], f_right, f_new)

@@ -183,6 +183,19 @@ def test_bad_input_names_the_argument():
                       options=PS)
     with pytest.raises(ValueError, match="per_sample.*dense"):
         odeflow.solve(f, y0, t, options=PS, dense=True)
+    with pytest.raises(ValueError, match="adjoint_options.*seminorm"):
+        odeflow.solve(f, y0, t, options=PS, gradient="adjoint", adjoint_params=(),
+                      adjoint_options=dict(norm=lambda x: x.abs().max()))
+
+    class WithCallback(torch.nn.Module):
+        def forward(self, t, y):
+            return -y
+
+        def callback_step(self, t, y, dt):
+            pass
+
+    with pytest.warns(UserWarning, match="does not call func's callback_step"):
+        odeflow.solve(WithCallback(), y0, t, options=PS)
 
 
 # ------------------------------------------------------------------------------ failures
@@ -234,22 +247,33 @@ class _Field(torch.nn.Module):
         return torch.tanh(y @ self.w) * self.s[:, None] - 0.2 * y * torch.cos(t)[:, None]
 
 
-def _grads(mode, t, tol=1e-10, **kw):
+class _Jumping(_Field):
+    """_Field plus a forcing that flips sign at each sample's own time."""
+
+    jumps = torch.tensor([[0.5], [1.2], [1.0], [2.0]], dtype=F64)
+
+    def forward(self, t, y):
+        return super().forward(t, y) + torch.where(t[:, None] < self.jumps, 0.3, -0.3)
+
+
+def _grads(mode, t, tol=1e-10, jumps=False, **kw):
     torch.manual_seed(0)
-    func = _Field(t.shape[0] if t.ndim == 2 else 4)
+    func = (_Jumping if jumps else _Field)(t.shape[0] if t.ndim == 2 else 4)
     y0 = torch.randn(func.s.shape[0], 2, dtype=F64, generator=torch.Generator().manual_seed(2))
     y0.requires_grad_(True)
-    sol = odeflow.solve(func, y0, t, rtol=tol, atol=tol, gradient=mode, options=PS, **kw)
+    opts = dict(PS, jump_t=_Jumping.jumps, step_t=[0.77]) if jumps else PS
+    sol = odeflow.solve(func, y0, t, rtol=tol, atol=tol, gradient=mode, options=opts, **kw)
     loss = (sol.ys ** 2).sum() + sol.ys[1].sum()
     return torch.autograd.grad(loss, (y0, *func.parameters())), sol
 
 
-def test_gradients_checkpoint_equals_direct_adjoint_close():
+@pytest.mark.parametrize("jumps", [False, True])
+def test_gradients_checkpoint_equals_direct_adjoint_close(jumps):
     t = torch.stack([torch.linspace(0, 1 + b, 4, dtype=F64) + 0.1 * b for b in range(4)])
     t[2] = t[2].flip(0)  # one sample backwards in time
-    direct, _ = _grads("direct", t)
-    ckpt, sol = _grads("checkpoint", t)
-    adj, sol_a = _grads("adjoint", t)
+    direct, _ = _grads("direct", t, jumps=jumps)
+    ckpt, sol = _grads("checkpoint", t, jumps=jumps)
+    adj, sol_a = _grads("adjoint", t, jumps=jumps)
     for d, c, a in zip(direct, ckpt, adj):
         assert (d - c).abs().max().item() < 1e-10
         assert (d - a).abs().max().item() < 1e-6
@@ -404,3 +428,14 @@ def test_event_throw_and_samples_without_a_crossing():
     expect = -y_up[:, 0] / y_up[:, 1]
     ok = [0, 2, 3, 4]
     assert (sol.event_t[ok] - expect[ok]).abs().max() < 1e-12
+
+
+def test_odeint_event_and_odeint_interfaces():
+    g, h0, v0, f, landing = _ball(3)
+    y0 = torch.stack([h0, v0], 1)
+    event_t, ys = odeflow.odeint_event(f, y0, torch.tensor(0.0, dtype=F64), options=PS,
+                                       event_fn=lambda t, y: y[:, 0], rtol=1e-10, atol=1e-10)
+    assert (event_t - landing()).abs().max().item() < 1e-12 and ys.shape == (2, 3, 2)
+    event_t, ys = odeflow.odeint(f, y0, torch.tensor([0.0, 1.0], dtype=F64), options=PS,
+                                 event_fn=lambda t, y: y[:, 0], rtol=1e-10, atol=1e-10)
+    assert (event_t - landing()).abs().max().item() < 1e-12
