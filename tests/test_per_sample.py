@@ -373,6 +373,15 @@ def test_each_sample_stops_at_its_own_event_with_ift_gradients(mode):
     assert (sol.event_t - t0 - T).abs().max().item() < 1e-12
     (d_t0,) = torch.autograd.grad(sol.event_t.sum() + sol.ys[1, :, 1].sum(), t0)
     assert (d_t0 - 1).abs().max().item() < 1e-9
+    # Parameters of event_fn itself: landing on a per-sample level.
+    level = torch.linspace(-0.3, 0.2, 5, dtype=F64).requires_grad_(True)
+    sol = odeflow.solve(f, y0, torch.tensor([0.0, math.inf], dtype=F64), event_fn=lambda t, y:
+                        y[:, 0] - level, options=PS, gradient=mode, rtol=1e-10, atol=1e-10,
+                        adjoint_params=(g, h0))
+    T_level = (v0 + torch.sqrt(v0 ** 2 + 2 * g * (h0 - level))) / g
+    got = torch.autograd.grad(sol.event_t.sum(), level)[0]
+    ref = torch.autograd.grad(T_level.sum(), level)[0]
+    assert (got - ref).abs().max().item() < 1e-9
 
 
 @pytest.mark.parametrize("method", ["dopri5", "dopri8"])
