@@ -1,9 +1,11 @@
 """Step-size control: the initial step heuristic and the I / PI / PID controllers.
 
-All of it is scalar work in Python floats: on the CPU that is far cheaper than tensor
-arithmetic on 0-dim tensors, and on a GPU the one host synchronisation per step (reading
-the error norm) happens in the loop, not here. Controllers never evaluate ``func`` except
-:func:`initial_step`, which needs one extra evaluation.
+The joint loop's work is scalar, in Python floats: on the CPU that is far cheaper than
+tensor arithmetic on 0-dim tensors, and on a GPU the one host synchronisation per step
+(reading the error norm) happens in the loop, not here. The per-sample loop uses the same
+rules on tensors of one value per sample (:meth:`PIDController.propose_tensor`,
+:func:`starting_step`), without any host synchronisation. Controllers never evaluate
+``func`` except :func:`initial_step`, which needs one extra evaluation.
 """
 
 from __future__ import annotations

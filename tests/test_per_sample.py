@@ -448,3 +448,27 @@ def test_odeint_event_and_odeint_interfaces():
     event_t, ys = odeflow.odeint(f, y0, torch.tensor([0.0, 1.0], dtype=F64), options=PS,
                                  event_fn=lambda t, y: y[:, 0], rtol=1e-10, atol=1e-10)
     assert (event_t - landing()).abs().max().item() < 1e-12
+
+
+@pytest.mark.parametrize("preset", ["integral", "pi", "pid"])
+def test_propose_tensor_is_propose_elementwise(preset):
+    """The per-sample loop's step-size rule is the joint loop's, sample by sample."""
+    from odeflow.controllers import CONTROLLER_PRESETS, ControllerState, PIDController
+
+    ctrl = PIDController(**CONTROLLER_PRESETS[preset])
+    g = torch.Generator().manual_seed(3)
+    n = 64
+    err = torch.rand(n, generator=g, dtype=F64) * 3
+    err[:4] = torch.tensor([0.0, math.inf, math.nan, 1.0])
+    accepted = (err <= 1) & (torch.rand(n, generator=g) < 0.9)
+    dt = torch.rand(n, generator=g, dtype=F64) + 0.01
+    state = ControllerState(torch.rand(n, generator=g, dtype=F64) + 0.1,
+                            torch.rand(n, generator=g, dtype=F64) + 0.1)
+    new_dt, new_state = ctrl.propose_tensor(dt, err, accepted, 5, state)
+    for i in range(n):
+        ref_dt, ref_state = ctrl.propose(dt[i].item(), err[i].item(), bool(accepted[i]), 5,
+                                         ControllerState(state.err_prev[i].item(),
+                                                         state.err_prev2[i].item()))
+        assert new_dt[i].item() == pytest.approx(ref_dt, rel=1e-14)
+        assert new_state.err_prev[i].item() == pytest.approx(ref_state.err_prev, rel=1e-14)
+        assert new_state.err_prev2[i].item() == pytest.approx(ref_state.err_prev2, rel=1e-14)
