@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -36,35 +36,23 @@ from torch import Tensor
 
 from .event_location import EventHit, EventLocator
 from .integrate import DEFAULT_MAX_NUM_STEPS, run_loop
-from .odeint import Solution, State, odeint
-from .problem import Problem, make_problem
+from .problem import Problem, State, make_problem
 from .progress import Progress
 from .sensitivity import find_params
 from .sensitivity.adjoint import AdjointConfig, attach_adjoint
 from .sensitivity.checkpoint import attach_checkpoint
 from .sensitivity.time_grad import shift_initial_state
+from .solution import EventSolution
 from .solvers import MethodSpec
 from .stats import SolveError, SolveStats, Status, record_last_stats
 
-__all__ = ["EventSolution", "EventHit", "EventLocator", "odeint_event", "solve_event"]
+__all__ = ["EventSolution", "EventHit", "EventLocator", "solve_event"]
 
 EventFn = Callable[[Tensor, State], Tensor]
 
 #: The end time used for an unbounded search (``t[-1] = ±inf``); the solve is then bounded
 #: by ``options["max_num_steps"]`` alone.
 _FAR = 1e300
-
-
-@dataclass
-class EventSolution(Solution):
-    """A :class:`~odeflow.Solution` of an event-terminated solve.
-
-    Attributes:
-        event_index: which value of ``event_fn(t, y).reshape(-1)`` ended the solve (``0``
-            for a scalar ``event_fn``), or ``None`` if no event happened.
-    """
-
-    event_index: int | None = None
 
 
 # ------------------------------------------------------------- the event time's gradient
@@ -267,71 +255,3 @@ def solve_event(
     ts = torch.stack([t[0], event_t])
     return EventSolution(ys, ts, stats, event_t if hit is not None else None,
                          event_index=event_index)
-
-
-# ------------------------------------------------------------------ torchdiffeq's interface
-class _Directed:
-    """``event_fn`` with a ``direction`` attribute (what ``event_direction=`` builds)."""
-
-    def __init__(self, fn: EventFn, direction: Any):
-        self.fn = fn
-        self.direction = direction
-
-    def __call__(self, t: Tensor, y: State) -> Tensor:
-        return self.fn(t, y)
-
-
-def odeint_event(
-    func: Callable[[Tensor, State], State],
-    y0: State,
-    t0: Tensor | float,
-    *,
-    event_fn: EventFn,
-    reverse_time: bool = False,
-    odeint_interface: Callable[..., Any] = odeint,
-    **kwargs: Any,
-) -> tuple[Tensor, State]:
-    """Solve from ``t0`` until ``event_fn(t, y)`` crosses zero: torchdiffeq's ``odeint_event``.
-
-    The search has no end time; it is bounded by ``options["max_num_steps"]`` (default
-    100000 steps) and raises :class:`~odeflow.SolveError` past it. The event time is
-    differentiable (implicit function theorem, exact for the discretised solution with
-    ``odeint``; as accurate as the adjoint solve with ``odeint_adjoint``).
-
-    Args:
-        func: the vector field ``func(t, y)``.
-        y0: initial state (tensor or tuple of tensors).
-        t0: initial time (0-dim tensor, may require grad; a number becomes a tensor of the
-            state's real dtype).
-        event_fn: ``event_fn(t, y) -> Tensor`` of any fixed shape; the first value to cross
-            zero ends the solve (``odeflow.last_stats().message`` says which; ``solve``
-            returns it as ``event_index``). A value exactly zero at ``t0`` is not an event.
-        reverse_time: search towards decreasing time.
-        odeint_interface: :func:`odeflow.odeint`, :func:`odeflow.odeint_adjoint` or a
-            ``functools.partial`` of them (e.g. ``partial(odeint, gradient="checkpoint")``).
-        **kwargs: passed to ``odeint_interface`` (``rtol``, ``atol``, ``method``,
-            ``options``, ``adjoint_params``, ...), plus ``event_direction`` (``+1`` rising,
-            ``-1`` falling, ``0`` both; one value or one per value of ``event_fn``).
-
-    Returns:
-        ``(event_t, solution)``: ``event_t`` a 0-dim tensor of ``t0``'s dtype;
-        ``solution`` the state at ``[t0, event_t]`` (shape ``(2, *y0.shape)``, or a tuple).
-
-    Example:
-        >>> event_t, ys = odeflow.odeint_event(lambda t, y: -torch.ones_like(y),
-        ...                                    torch.tensor([1.0]), torch.tensor(0.0),
-        ...                                    event_fn=lambda t, y: y[0])
-        >>> float(event_t)
-        1.0
-    """
-    direction = kwargs.pop("event_direction", None)
-    if direction is not None:
-        event_fn = _Directed(event_fn, direction)
-    if not isinstance(t0, Tensor):
-        first = y0 if isinstance(y0, Tensor) else y0[0]
-        t0 = torch.tensor(float(t0), dtype=first.real.dtype, device=first.device)
-    t0 = t0.reshape(-1)[:1]
-    far = t0.detach() + (-math.inf if reverse_time else math.inf)
-    t = torch.cat([t0, far])
-    return odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
-

@@ -5,69 +5,28 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from .dense import DenseOutput
+from .events import solve_event
 from .integrate import run_loop
 from .options import validate_options
-from .problem import Problem, check_options, make_problem
+from .problem import Problem, State, check_options, make_problem
 from .progress import Progress
 from .sensitivity import GRADIENTS, find_params
 from .sensitivity.adjoint import AdjointConfig, make_adjoint_config, solve_adjoint
 from .sensitivity.checkpoint import solve_checkpoint
 from .sensitivity.time_grad import attach_output_times, shift_initial_state
+from .solution import Solution
 from .solvers import get_method, warn_unsupported_callbacks
 from .stats import SolveError, SolveStats, record_last_stats
 
-__all__ = ["Solution", "solve", "odeint", "odeint_adjoint", "odeint_dense"]
+__all__ = ["Solution", "solve", "odeint", "odeint_adjoint", "odeint_dense", "odeint_event"]
 
-State = Tensor | tuple[Tensor, ...]
-
-
-@dataclass
-class Solution:
-    """The result of :func:`solve`.
-
-    Attributes:
-        ys: the solution at ``ts``: a tensor ``(len(ts), *y0.shape)``, or a tuple of such
-            tensors for a tuple ``y0``.
-        ts: the output times (the ``t`` that was passed, or up to the event time).
-        stats: evaluation and step counts and the outcome (:class:`SolveStats`).
-        event_t: the event time for an event-terminated solve, else ``None``.
-        dense: the :class:`~odeflow.dense.DenseOutput` of ``solve(..., dense=True)``, else
-            ``None``; :meth:`evaluate` and :meth:`derivative` use it.
-        sample_stats: with ``options={"per_sample": True}``, each sample's ``status``,
-            ``n_steps``, ``n_accepted`` and ``n_rejected`` as ``(B,)`` tensors
-            (:class:`~odeflow.integrate_per_sample.SampleStats`), else ``None``.
-    """
-
-    ys: State
-    ts: Tensor
-    stats: SolveStats
-    event_t: Tensor | None = None
-    dense: DenseOutput | None = None
-    sample_stats: Any = None
-
-    def evaluate(self, t: Tensor | float) -> State:
-        """The solution at any time ``t`` (scalar or 1-D) of the span; needs ``dense=True``.
-
-        Raises:
-            ValueError: the solve kept no dense output, or ``t`` is outside the span.
-        """
-        return self._dense_output().evaluate(t)
-
-    def derivative(self, t: Tensor | float) -> State:
-        """``dy/dt`` of the dense output at ``t`` (scalar or 1-D); needs ``dense=True``."""
-        return self._dense_output().derivative(t)
-
-    def _dense_output(self) -> DenseOutput:
-        if self.dense is None:
-            raise ValueError("this Solution kept no dense output; call solve(..., dense=True)")
-        return self.dense
 
 
 def solve(
@@ -165,8 +124,6 @@ def solve(
             event_direction=event_direction, throw=throw,
         )
     if event_fn is not None:
-        from .events import solve_event
-
         if dense:
             raise ValueError("dense=True is not supported together with event_fn yet")
         return solve_event(
@@ -415,3 +372,71 @@ def odeint_dense(
     _fill_stats(stats, result.stats, problem)
     record_last_stats(stats)
     return DenseOutput(problem, pieces)
+
+
+# ------------------------------------------------------------------ torchdiffeq's interface
+class _Directed:
+    """``event_fn`` with a ``direction`` attribute (what ``event_direction=`` builds)."""
+
+    def __init__(self, fn: Callable[[Tensor, State], Tensor], direction: Any):
+        self.fn = fn
+        self.direction = direction
+
+    def __call__(self, t: Tensor, y: State) -> Tensor:
+        return self.fn(t, y)
+
+
+def odeint_event(
+    func: Callable[[Tensor, State], State],
+    y0: State,
+    t0: Tensor | float,
+    *,
+    event_fn: Callable[[Tensor, State], Tensor],
+    reverse_time: bool = False,
+    odeint_interface: Callable[..., Any] = odeint,
+    **kwargs: Any,
+) -> tuple[Tensor, State]:
+    """Solve from ``t0`` until ``event_fn(t, y)`` crosses zero: torchdiffeq's ``odeint_event``.
+
+    The search has no end time; it is bounded by ``options["max_num_steps"]`` (default
+    100000 steps) and raises :class:`~odeflow.SolveError` past it. The event time is
+    differentiable (implicit function theorem, exact for the discretised solution with
+    ``odeint``; as accurate as the adjoint solve with ``odeint_adjoint``).
+
+    Args:
+        func: the vector field ``func(t, y)``.
+        y0: initial state (tensor or tuple of tensors).
+        t0: initial time (0-dim tensor, may require grad; a number becomes a tensor of the
+            state's real dtype).
+        event_fn: ``event_fn(t, y) -> Tensor`` of any fixed shape; the first value to cross
+            zero ends the solve (``odeflow.last_stats().message`` says which; ``solve``
+            returns it as ``event_index``). A value exactly zero at ``t0`` is not an event.
+        reverse_time: search towards decreasing time.
+        odeint_interface: :func:`odeflow.odeint`, :func:`odeflow.odeint_adjoint` or a
+            ``functools.partial`` of them (e.g. ``partial(odeint, gradient="checkpoint")``).
+        **kwargs: passed to ``odeint_interface`` (``rtol``, ``atol``, ``method``,
+            ``options``, ``adjoint_params``, ...), plus ``event_direction`` (``+1`` rising,
+            ``-1`` falling, ``0`` both; one value or one per value of ``event_fn``).
+
+    Returns:
+        ``(event_t, solution)``: ``event_t`` a 0-dim tensor of ``t0``'s dtype;
+        ``solution`` the state at ``[t0, event_t]`` (shape ``(2, *y0.shape)``, or a tuple).
+
+    Example:
+        >>> event_t, ys = odeflow.odeint_event(lambda t, y: -torch.ones_like(y),
+        ...                                    torch.tensor([1.0]), torch.tensor(0.0),
+        ...                                    event_fn=lambda t, y: y[0])
+        >>> float(event_t)
+        1.0
+    """
+    direction = kwargs.pop("event_direction", None)
+    if direction is not None:
+        event_fn = _Directed(event_fn, direction)
+    if not isinstance(t0, Tensor):
+        first = y0 if isinstance(y0, Tensor) else y0[0]
+        t0 = torch.tensor(float(t0), dtype=first.real.dtype, device=first.device)
+    t0 = t0.reshape(-1)[:1]
+    far = t0.detach() + (-math.inf if reverse_time else math.inf)
+    t = torch.cat([t0, far])
+    return odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
+

@@ -147,7 +147,7 @@ def solve_per_sample(
             ``stats`` and ``sample_stats``.
     """
     from .events import EventSolution
-    from .odeint import Solution
+    from .solution import Solution
 
     if not spec.adaptive:
         raise ValueError(f"options['per_sample'] needs an adaptive method, got {spec.name!r}")

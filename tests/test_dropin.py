@@ -211,7 +211,7 @@ def test_perturb_evaluates_on_the_one_sided_points(method):
     for dtype in (torch.float32, F64):
         times: list[float] = []
 
-        def f(t, y):
+        def f(t, y, times=times):
             times.append(t.item())
             return -y
 

@@ -19,7 +19,6 @@ need controlling, and the backward solve takes fewer steps.
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
