@@ -129,11 +129,15 @@ class BatchRK:
              ) -> tuple[Tensor, Tensor, Tensor]:
         """One attempt per sample; returns ``(y_new, error estimate, stages (s, B, n))``."""
         h = dt.to(y.dtype)[:, None]
+        # A sample that does not step (dt = 0) stays exactly at y, even where its stages are
+        # not finite: no nan enters the graph (or the next stage) through 0 * inf.
+        still = h == 0
         if buf is None:  # under autograd the stages must not go into a reused buffer
             ks = [f0]
             y_i = y
             for i in range(1, self.s):
-                y_i = y + h * torch.einsum("j,jbn->bn", self.a[i], torch.stack(ks))
+                y_i = torch.where(still, y, y + h * torch.einsum("j,jbn->bn", self.a[i],
+                                                                 torch.stack(ks)))
                 side = last_side if self.c[i] == 1.0 else None
                 ks.append(f(t + self.c[i] * dt, y_i, side))
             K = torch.stack(ks)
@@ -142,10 +146,11 @@ class BatchRK:
             K[0] = f0
             y_i = y
             for i in range(1, self.s):
-                y_i = y + h * torch.einsum("j,jbn->bn", self.a[i], K[:i])
+                y_i = torch.where(still, y, y + h * torch.einsum("j,jbn->bn", self.a[i], K[:i]))
                 side = last_side if self.c[i] == 1.0 else None
                 K[i] = f(t + self.c[i] * dt, y_i, side)
-        y_new = y_i if self.fsal else y + h * torch.einsum("j,jbn->bn", self.b, K)
+        y_new = y_i if self.fsal else torch.where(
+            still, y, y + h * torch.einsum("j,jbn->bn", self.b, K))
         with torch.no_grad():
             err = h * torch.einsum("j,jbn->bn", self.b_err, K)
         return y_new, err, K
@@ -266,6 +271,7 @@ def run_per_sample(
     event: Any = None,
     fsal: bool = True,
     stage_hook: Callable[[Tensor, Tensor], None] | None = None,
+    skip: Tensor | None = None,
 ) -> PerSampleResult:
     """Solve every sample from ``grid[:, 0]`` to ``grid[:, -1]`` with outputs at ``grid``.
 
@@ -281,6 +287,7 @@ def run_per_sample(
             the start of every iteration, so each iteration's stage calls are its own).
         stage_hook: called as ``stage_hook(accepted, dt)`` after each iteration's decision,
             before any other evaluation (the adjoint's parameter quadrature).
+        skip: ``(B,)`` samples not to solve (they keep ``y0``; the adjoint's failed ones).
 
     Failures (too many steps, step-size underflow, non-finite values) end the failing
     sample only; its status says why and its later outputs stay ``nan``.
@@ -320,6 +327,9 @@ def run_per_sample(
     with torch.no_grad():
         f0_finite = torch.isfinite(f0).all(-1)
     active = torch.ones(B, dtype=torch.bool, device=device)
+    if skip is not None:
+        active &= ~skip
+        f0_finite = f0_finite | skip
     status = torch.where(f0_finite, status, int(Status.NONFINITE))
     active &= f0_finite
     if cfg.first_step is None:
@@ -369,14 +379,21 @@ def run_per_sample(
             hit = ok & (out_idx < n_out) & (next_out <= t_new)
             # host sync: one small transfer per iteration decides outputs and termination
             flags = torch.stack([hit.any(), (active & ~done & ~dead).any(),
-                                 (ok & on_jump).any() if on_jump is not None else hit[:0].any()])
-            any_hit, any_left, any_jump = flags.tolist()
+                                 (ok & on_jump).any() if on_jump is not None else hit[:0].any(),
+                                 (active & ~finite).any()])
+            any_hit, any_left, any_jump, any_overflow = flags.tolist()
+        if any_overflow and y_new.requires_grad:
+            # A rejected trial overflowed: its infinities would turn the zero gradient that
+            # torch.where sends them into nan. Redo the step without those samples' trials.
+            y_new, _, K = rk.step(f, t, y, f0, torch.where(finite, dt_try, 0.0), last_side,
+                                  buf)
         if stage_hook is not None:
             stage_hook(ok, dt_try)
         stats.n_steps += 1
         rec = None
         if records is not None:
-            rec = IterRecord(t, dt_try, t_new, y, ok, last_side, f0_side)
+            # Only accepted steps are replayed: rejected trials get dt = 0 (no overflow).
+            rec = IterRecord(t, torch.where(ok, dt_try, 0.0), t_new, y, ok, last_side, f0_side)
             records.append(rec)
         f_new = None
         if fsal and rk.fsal:

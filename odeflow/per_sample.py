@@ -20,6 +20,7 @@ from torch import Tensor
 
 from .events_per_sample import EventTracker, ift_reroute
 from .integrate_per_sample import (
+    FAILURES,
     BatchFunc,
     BatchRK,
     PerSampleConfig,
@@ -224,14 +225,16 @@ def solve_per_sample(
             ys_fwd = torch.stack([y0_flat.detach(), y_stop.detach()])
         else:
             grid_b, ys_fwd = grid, ys
+        failed = torch.isin(sample.status, torch.tensor([int(c) for c in FAILURES],
+                                                        device=sample.status.device))
         if mode == "checkpoint":
             ys, y_last = attach_checkpoint(f, cfg.rk, grid, result, y_stop if events else
-                                           result.y_last, stats, y0_run, params)
+                                           result.y_last, stats, y0_run, params, failed)
             if events:
                 y_stop = y_last
         else:
             out = attach_adjoint(f, grid_b, ys_fwd, adjoint_config, options, stats, y0_run,
-                                 params, jumps, step_t)
+                                 params, jumps, step_t, failed)
             if events:
                 y_stop = out[1]
             else:

@@ -472,3 +472,66 @@ def test_propose_tensor_is_propose_elementwise(preset):
         assert new_dt[i].item() == pytest.approx(ref_dt, rel=1e-14)
         assert new_state.err_prev[i].item() == pytest.approx(ref_state.err_prev, rel=1e-14)
         assert new_state.err_prev2[i].item() == pytest.approx(ref_state.err_prev2, rel=1e-14)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", ["direct", "checkpoint", "adjoint"])
+def test_cuda_matches_cpu(mode):
+    """Own grids, per-sample jumps, events and gradients on CUDA equal the CPU's."""
+    out = {}
+    for dev in ("cpu", "cuda"):
+        k = torch.tensor([0.5, 1.0, -0.3], dtype=F64, device=dev, requires_grad=True)
+        tau = torch.tensor([[0.3], [0.6], [0.9]], dtype=F64, device=dev)
+
+        def f(t, y, k=k, tau=tau):
+            return -k[:, None] * y + torch.where(t[:, None] < tau, 0.5, -0.5)
+
+        y0 = torch.tensor([[1.0], [2.0], [-1.0]], dtype=F64, device=dev)
+        t = torch.tensor([[0.0, 0.5, 1.0], [1.0, 0.5, 0.0], [-1.0, 0.0, 2.0]], dtype=F64,
+                         device=dev)
+        sol = odeflow.solve(f, y0, t, options=dict(per_sample=True, jump_t=tau),
+                            gradient=mode, adjoint_params=(k,), rtol=1e-9, atol=1e-9)
+        ev = odeflow.solve(f, y0, torch.tensor([0.0, math.inf], dtype=F64, device=dev),
+                           event_fn=lambda t, y: y[:, 0] - 0.2, options=PS, gradient=mode,
+                           adjoint_params=(k,), rtol=1e-9, atol=1e-9, throw=False)
+        assert sol.ys.device.type == dev and ev.event_t.device.type == dev
+        loss = sol.ys.sum() + torch.nan_to_num(ev.event_t).sum()
+        out[dev] = (sol.ys.cpu(), ev.event_t.cpu(), torch.autograd.grad(loss, k)[0].cpu())
+    for a, b in zip(out["cpu"], out["cuda"]):
+        assert torch.allclose(a, b, atol=1e-9, equal_nan=True)
+
+
+@pytest.mark.parametrize("mode", ["direct", "checkpoint"])
+def test_overflowing_trial_steps_keep_gradients_finite(mode):
+    """Rejected trials that overflow to inf must not turn torch.where's zero gradient into
+    nan: the shared parameter's gradient equals the sum over separate solves."""
+    w = torch.tensor(1.0, dtype=F64, requires_grad=True)
+    g = lambda t, y: -w * y ** 3  # noqa: E731
+    y0 = torch.tensor([[30.0], [1.0]], dtype=F64)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    opts = dict(first_step=1.0)  # the first trial of sample 0 overflows
+    sol = odeflow.solve(g, y0, t, options=dict(per_sample=True, **opts), gradient=mode,
+                        adjoint_params=(w,))
+    (got,) = torch.autograd.grad(sol.ys[-1].sum(), w)
+    ref = sum(torch.autograd.grad(odeflow.solve(g, y0[b], t, options=opts).ys[-1].sum(), w)[0]
+              for b in range(2))
+    assert torch.isfinite(got) and abs(got.item() - ref.item()) < 1e-12
+
+
+@pytest.mark.parametrize("mode", ["checkpoint", "adjoint"])
+def test_failed_samples_get_no_gradient(mode):
+    w = torch.tensor(0.7, dtype=F64, requires_grad=True)
+
+    def f(t, y):
+        poison = torch.where((torch.arange(2) == 1) & (t > 0.5), math.nan, 0.0)
+        return -w * y + poison[:, None]
+
+    y0 = torch.tensor([[1.0], [2.0]], dtype=F64)
+    t = torch.tensor([0.0, 0.4, 1.0], dtype=F64)
+    sol = odeflow.solve(f, y0, t, options=PS, gradient=mode, adjoint_params=(w,), throw=False,
+                        rtol=1e-10, atol=1e-10)
+    assert sol.sample_stats.statuses()[1] == Status.NONFINITE
+    (got,) = torch.autograd.grad(torch.nan_to_num(sol.ys).sum(), w)
+    exact = -(t * torch.exp(-0.7 * t)).sum().item()  # sample 0 only: d/dw of e^{-w t}
+    assert abs(got.item() - exact) < 1e-7

@@ -44,17 +44,23 @@ __all__ = ["attach_checkpoint", "attach_adjoint", "check_adjoint_config",
 class _Replay(torch.autograd.Function):
     @staticmethod
     def forward(ctx, payload, y0: Tensor, *params: Tensor):  # type: ignore[override]
-        f, rk, grid, records, ys, y_last, event_sel, stats = payload
-        ctx.payload = (f, rk, grid, records, event_sel, stats)
+        f, rk, grid, records, ys, y_last, event_sel, stats, failed = payload
+        ctx.payload = (f, rk, grid, records, event_sel, stats, failed)
         ctx.save_for_backward(*params)
         return ys.clone(), y_last.clone()
 
     @staticmethod
     def backward(ctx, grad_ys: Tensor, grad_last: Tensor):  # type: ignore[override]
-        f, rk, grid, records, event_sel, stats = ctx.payload
+        f, rk, grid, records, event_sel, stats, failed = ctx.payload
         params = ctx.saved_tensors
         nfe_before = f.counter.nfe
-        grad_ys = torch.nan_to_num(grad_ys)  # outputs never reached carry no gradient
+        # Outputs never reached carry no gradient; samples that failed get none (and are
+        # replayed from their start state, with no step, so that no inf or nan of theirs
+        # meets the zero gradient torch.where gives them).
+        keep = ~failed[:, None]
+        grad_ys = torch.where(keep, torch.nan_to_num(grad_ys), 0.0)
+        grad_last = torch.where(keep, torch.nan_to_num(grad_last), 0.0)
+        y_start = records[0].y if records else None
         # y_last is the state after the last iteration, except at events (injected there).
         adj = grad_last.clone()
         if event_sel is not None:
@@ -62,22 +68,23 @@ class _Replay(torch.autograd.Function):
         param_grads: list[Tensor | None] = [None] * len(params)
         for rec in reversed(records):
             with torch.enable_grad():
-                y = rec.y.detach().requires_grad_(True)
-                y_new, f_new, K, t_new = _replay_step(f, rk, rec, y)
+                y = torch.where(keep, rec.y, y_start).detach().requires_grad_(True)
+                dt = torch.where(failed, 0.0, rec.dt)
+                y_new, f_new, K, t_new = _replay_step(f, rk, rec, y, dt)
                 targets = [torch.where(rec.ok[:, None], y_new, y)]
                 grads = [adj]
                 for sel, j, theta in rec.outputs:
-                    targets.append(_value_at(rk, rec, y, y_new, K, f_new, t_new, grid, sel, j,
-                                             theta))
+                    targets.append(_value_at(rk, rec, dt, y, y_new, K, f_new, t_new, grid,
+                                             sel, j, theta))
                     grads.append(grad_ys[j, sel])
                 if rec.events is not None:
                     sel, theta = rec.events
                     th = torch.ones_like(rec.t)
                     th[sel] = theta
                     if rk.steps_to_outputs:  # located by re-stepping (dopri8)
-                        y_ev = rk.step(f, rec.t, y, K[0], th * rec.dt)[0]
+                        y_ev = rk.step(f, rec.t, y, K[0], th * dt)[0]
                     else:
-                        y_ev = rk.evaluate(y, y_new, K, f_new, rec.dt, th)
+                        y_ev = rk.evaluate(y, y_new, K, f_new, dt, th)
                     y_ev = torch.where((th == 1.0)[:, None], y_new, y_ev)
                     targets.append(y_ev[sel])
                     grads.append(grad_last[sel])
@@ -91,9 +98,9 @@ class _Replay(torch.autograd.Function):
         return (None, adj + grad_ys[0], *param_grads)
 
 
-def _replay_step(f: BatchFunc, rk: BatchRK, rec: IterRecord, y: Tensor):
+def _replay_step(f: BatchFunc, rk: BatchRK, rec: IterRecord, y: Tensor, dt: Tensor):
     f0 = f(rec.t, y, rec.f0_side)
-    y_new, _, K = rk.step(f, rec.t, y, f0, rec.dt, rec.last_side)
+    y_new, _, K = rk.step(f, rec.t, y, f0, dt, rec.last_side)
     t_new = rec.t_new
     f_new = None
     if rk.dense is None and (rec.outputs or rec.events is not None):
@@ -101,23 +108,24 @@ def _replay_step(f: BatchFunc, rk: BatchRK, rec: IterRecord, y: Tensor):
     return y_new, f_new, K, t_new
 
 
-def _value_at(rk: BatchRK, rec: IterRecord, y: Tensor, y_new: Tensor, K: Tensor,
+def _value_at(rk: BatchRK, rec: IterRecord, dt: Tensor, y: Tensor, y_new: Tensor, K: Tensor,
               f_new: Tensor | None, t_new: Tensor, grid: Tensor, sel: Tensor, j: Tensor,
               theta: Tensor) -> Tensor:
     value = rk.evaluate(y[sel], y_new[sel], K[:, sel], None if f_new is None else f_new[sel],
-                        rec.dt[sel], theta)
+                        dt[sel], theta)
     exact = grid[sel, j] == t_new[sel]  # the loop took y_new itself there
     return torch.where(exact[:, None], y_new[sel], value)
 
 
 def attach_checkpoint(f: BatchFunc, rk: BatchRK, grid: Tensor, result: PerSampleResult,
                       y_last: Tensor, stats: SolveStats, y0: Tensor,
-                      params: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
-    """``(ys, y_last)`` of a recorded forward, differentiable by replay."""
+                      params: tuple[Tensor, ...], failed: Tensor) -> tuple[Tensor, Tensor]:
+    """``(ys, y_last)`` of a recorded forward, differentiable by replay (``failed`` samples
+    get no gradient)."""
     assert result.records is not None
     hits = result.event
     event_sel = None if hits is None else hits.found.nonzero()[:, 0]
-    payload = (f, rk, grid, result.records, result.ys, y_last, event_sel, stats)
+    payload = (f, rk, grid, result.records, result.ys, y_last, event_sel, stats, failed)
     return _Replay.apply(payload, y0, *params)
 
 
@@ -177,9 +185,11 @@ class _Augmented:
             return
         stash = stash[-len(self.b):]  # this iteration's stages, in order
         w = (dt * ok).to(self.b.dtype)[:, None]
+        use = ok[:, None]  # where, not a zero weight: other samples' values may be nan
         with torch.enable_grad():
-            total = sum((dy * (self.b[i] * w * a)).sum() for i, (dy, a) in enumerate(stash)
-                        if self.b[i] != 0)
+            total = sum(torch.where(use, dy * torch.where(use, self.b[i] * w * a, 0.0),
+                                    0.0).sum()
+                        for i, (dy, a) in enumerate(stash) if self.b[i] != 0)
             got = torch.autograd.grad(total, self.params, allow_unused=True)
         for i, g in enumerate(got):
             if g is not None:
@@ -189,17 +199,21 @@ class _Augmented:
 class _Adjoint(torch.autograd.Function):
     @staticmethod
     def forward(ctx, payload, y0: Tensor, *params: Tensor):  # type: ignore[override]
-        f, grid, ys, config, jumps, step_t, stats = payload
-        ctx.payload = (f, grid, config, jumps, step_t, stats)
+        f, grid, ys, config, jumps, step_t, stats, failed = payload
+        ctx.payload = (f, grid, config, jumps, step_t, stats, failed)
         ctx.save_for_backward(ys, *params)
         return ys.clone()
 
     @staticmethod
     def backward(ctx, grad_ys: Tensor):  # type: ignore[override]
-        f, grid, config, jumps, step_t, stats = ctx.payload
+        f, grid, config, jumps, step_t, stats, failed = ctx.payload
         ys, *params = ctx.saved_tensors
         params = tuple(params)
-        grad_ys = torch.nan_to_num(grad_ys)
+        # Samples that failed forward are left out (their start state stands in for their
+        # nan outputs, so that nothing non-finite meets a zero weight).
+        keep = ~failed[None, :, None]
+        grad_ys = torch.where(keep, torch.nan_to_num(grad_ys), 0.0)
+        ys = torch.where(keep, ys, ys[:1])
         n = ys.shape[2]
         tab = TABLEAUS[config.spec.name]
         rk = BatchRK(tab, ys.dtype, ys.device)
@@ -222,14 +236,14 @@ class _Adjoint(torch.autograd.Function):
                 result = run_per_sample(_LoopFunc(aug, f), x0, seg, cfg,
                                         jumps=None if jumps is None else -jumps,
                                         step_t=None if step_t is None else -step_t,
-                                        fsal=False, stage_hook=aug.quadrature)
+                                        fsal=False, stage_hook=aug.quadrature, skip=failed)
             n_steps += result.stats.n_steps
-            failed = [b for b, c in enumerate(result.sample.status.tolist())
-                      if Status(c) != Status.SUCCESS]
-            if failed:
-                st = Status(int(result.sample.status[failed[0]]))
-                raise SolveError(st, float(-result.t_last[failed[0]]), (
-                    f"This was the adjoint's backward solve for samples {failed[:10]}; set "
+            bad = [b for b, c in enumerate(result.sample.status.tolist())
+                   if Status(c) != Status.SUCCESS]
+            if bad:
+                st = Status(int(result.sample.status[bad[0]]))
+                raise SolveError(st, float(-result.t_last[bad[0]]), (
+                    f"This was the adjoint's backward solve for samples {bad[:10]}; set "
                     "adjoint_rtol/adjoint_atol/adjoint_options or use gradient='checkpoint'."),
                     result.stats)
             a = result.y_last[:, n:] + grad_ys[i - 1]
@@ -258,10 +272,10 @@ def _rms(x: Tensor) -> Tensor:
 
 def attach_adjoint(f: BatchFunc, grid: Tensor, ys: Tensor, config: Any, options: dict,
                    stats: SolveStats, y0: Tensor, params: tuple[Tensor, ...],
-                   jumps: Tensor | None, step_t: Tensor | None) -> Tensor:
+                   jumps: Tensor | None, step_t: Tensor | None, failed: Tensor) -> Tensor:
     """Forward outputs ``ys`` ``(T, B, n)`` at canonical ``grid`` ``(B, T)``, differentiable
-    by the per-sample adjoint."""
-    payload = (f, grid, ys.detach(), config, jumps, step_t, stats)
+    by the per-sample adjoint (``failed`` samples get no gradient)."""
+    payload = (f, grid, ys.detach(), config, jumps, step_t, stats, failed)
     return _Adjoint.apply(payload, y0, *params)
 
 
