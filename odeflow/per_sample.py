@@ -252,7 +252,7 @@ def solve_per_sample(
         t_event_user = sign * t_stop
     t_dtype = t.dtype
     event_t = torch.where(tracker.hits.found, t_event_user, math.nan).to(t_dtype)
-    ts = torch.stack([t0_user, t_event_user.to(t_dtype)], 1)
+    ts = torch.stack([t0_user.to(t_event_user.device), t_event_user.to(t_dtype)], 1)
     ys_user = torch.stack([y0_flat, y_stop]).reshape(2, *shape)
     return EventSolution(ys_user, ts, stats, event_t, sample_stats=sample,
                          event_index=tracker.hits.index)

@@ -283,7 +283,7 @@ def attach_adjoint(f: BatchFunc, grid: Tensor, ys: Tensor, config: Any, options:
 def _user_derivative(f: BatchFunc, t_user: Tensor, y: Tensor) -> Tensor:
     """``dy/dt`` in user time at per-sample user times ``t_user`` ``(B,)``: ``(B, n)``."""
     f.counter.nfe += 1
-    return f.user(t_user.to(f.dtype), y.view(f.shape)).reshape(f.batch, -1)
+    return f.user(t_user.to(y), y.view(f.shape)).reshape(f.batch, -1)
 
 
 def shift_initial_states(f: BatchFunc, t0: Tensor, y0: Tensor) -> Tensor:
@@ -291,7 +291,7 @@ def shift_initial_states(f: BatchFunc, t0: Tensor, y0: Tensor) -> Tensor:
     sample): ``y0 - (t0 - stop_grad(t0)) f(t0, y0)``, the same values."""
     with torch.no_grad():
         f0 = _user_derivative(f, t0.detach(), y0.detach())
-    return y0 - (t0 - t0.detach()).to(y0.dtype)[:, None] * f0
+    return y0 - (t0 - t0.detach()).to(y0)[:, None] * f0
 
 
 class _OutputTimes(torch.autograd.Function):
@@ -315,7 +315,7 @@ class _OutputTimes(torch.autograd.Function):
                     dy = _user_derivative(f, grid[:, j].detach(), ys[j])
                     rows.append((torch.nan_to_num(grad_ys[j]) * dy).sum(-1))
             ctx.stats.nfe_backward += n_t
-            g = torch.stack(rows, 1).to(t.dtype)  # (B, T)
+            g = torch.stack(rows, 1).to(t)  # (B, T)
             grad_t = g if t.ndim == 2 else g.sum(0)
         return grad_t, grad_ys, None, None
 
