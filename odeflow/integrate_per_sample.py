@@ -380,8 +380,8 @@ def run_per_sample(
             # host sync: one small transfer per iteration decides outputs and termination
             flags = torch.stack([hit.any(), (active & ~done & ~dead).any(),
                                  (ok & on_jump).any() if on_jump is not None else hit[:0].any(),
-                                 (active & ~finite).any()])
-            any_hit, any_left, any_jump, any_overflow = flags.tolist()
+                                 (active & ~finite).any(), ok.any()])
+            any_hit, any_left, any_jump, any_overflow, any_ok = flags.tolist()
         if any_overflow and y_new.requires_grad:
             # A rejected trial overflowed: its infinities would turn the zero gradient that
             # torch.where sends them into nan. Redo the step without those samples' trials.
@@ -398,7 +398,7 @@ def run_per_sample(
         f_new = None
         if fsal and rk.fsal:
             f_new = K[-1]
-        elif fsal or (rk.dense is None and (any_hit or event is not None)):
+        elif fsal or (rk.dense is None and (any_hit or (event is not None and any_ok))):
             f_new = f(t_new, y_new)
         while any_hit:
             sel = hit.nonzero()[:, 0]  # host sync: once per output pass
@@ -416,7 +416,7 @@ def run_per_sample(
             next_out = grid.gather(1, out_idx.clamp(max=n_out - 1)[:, None])[:, 0]
             hit = ok & (out_idx < n_out) & (next_out <= t_new)
             any_hit = bool(hit.any())  # host sync: once per output pass
-        if event is not None:
+        if event is not None and any_ok:
             ended = event.check(f, rk, t, t_new, dt_try, ok, y, y_new, K, f_new, rec)
             if ended is not None:
                 status = torch.where(ended, int(Status.EVENT), status)
