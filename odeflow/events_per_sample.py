@@ -79,7 +79,7 @@ class EventTracker:
 
     def raw(self, t: Tensor, y: Tensor) -> Tensor:
         """``event_fn`` at canonical times ``t`` ``(B,)`` and flat ``y``, as ``(B, k)``."""
-        out = self.event_fn(self.f.user_time(t), y.view(self.f.shape))
+        out = self.event_fn(self.f.user_time(t), self.f.layout.unflatten(y))
         if not isinstance(out, Tensor) or not out.is_floating_point():
             got = out.dtype if isinstance(out, Tensor) else type(out).__name__
             raise TypeError(f"event_fn(t, y) must return a real floating tensor, got {got}")
@@ -284,7 +284,7 @@ def ift_reroute(tracker: EventTracker, t_stop: Tensor, y_stop: Tensor) -> tuple[
     with torch.enable_grad():
         tt = f.user_time(t_stop).detach().requires_grad_(True)
         yy = y_stop.detach().requires_grad_(True)
-        out = tracker.event_fn(tt, yy.view(f.shape)).reshape(f.batch, -1)
+        out = tracker.event_fn(tt, f.layout.unflatten(yy)).reshape(f.batch, -1)
         gk = out.gather(1, index)[:, 0]
         g_t, g_y = (torch.autograd.grad(gk.sum(), (tt, yy), allow_unused=True)
                     if gk.requires_grad else (None, None))

@@ -33,9 +33,9 @@ from torch import Tensor
 from .controllers import PIDController, starting_step
 from .stats import SolveError, SolveStats, Status
 
-__all__ = ["SampleStats", "BatchFunc", "BatchRK", "PerSampleConfig", "PerSampleResult",
-           "IterRecord", "run_per_sample", "batched_rms", "batched_norm", "raise_failures",
-           "FAILURES", "integrate_per_sample"]
+__all__ = ["SampleStats", "SampleLayout", "BatchFunc", "BatchRK", "PerSampleConfig",
+           "PerSampleResult", "IterRecord", "run_per_sample", "batched_rms", "batched_norm",
+           "raise_failures", "FAILURES", "integrate_per_sample"]
 
 #: The statuses that make a sample a failure (``NO_EVENT`` is an outcome, not a failure).
 FAILURES = (Status.MAX_STEPS_REACHED, Status.STEP_SIZE_UNDERFLOW, Status.NONFINITE)
@@ -68,6 +68,48 @@ def batched_rms(x: Tensor) -> Tensor:
     return torch.linalg.vector_norm(x, dim=-1) / math.sqrt(max(x.shape[-1], 1))
 
 
+class SampleLayout:
+    """How a per-sample state (a tensor, or a tuple of tensors, batch first) maps to the
+    ``(B, n)`` matrix the loop integrates: each sample's components flattened side by side."""
+
+    def __init__(self, shapes: tuple[torch.Size, ...], is_tuple: bool):
+        self.shapes = shapes
+        self.is_tuple = is_tuple
+        self.batch = shapes[0][0]
+        self.sizes = [math.prod(s[1:]) for s in shapes]
+
+    @classmethod
+    def of(cls, state: Any) -> SampleLayout:
+        if isinstance(state, Tensor):
+            return cls((state.shape,), False)
+        return cls(tuple(p.shape for p in state), True)
+
+    def flatten(self, state: Any) -> Tensor:
+        """User structure ``(B, ...)`` -> ``(B, n)``."""
+        if not self.is_tuple:
+            return state.reshape(self.batch, -1)
+        return torch.cat([p.reshape(self.batch, -1) for p in state], 1)
+
+    def unflatten(self, x: Tensor, lead: tuple[int, ...] = ()) -> Any:
+        """``(*lead, B, n)`` -> user structure with leading ``lead`` dimensions."""
+        if not self.is_tuple:
+            return x.reshape(*lead, *self.shapes[0])
+        return tuple(piece.reshape(*lead, *shape)
+                     for piece, shape in zip(torch.split(x, self.sizes, dim=-1), self.shapes))
+
+    def check(self, out: Any, dtype: torch.dtype, what: str = "func(t, y)") -> None:
+        parts = out if self.is_tuple and isinstance(out, (tuple, list)) else (out,)
+        if self.is_tuple and (not isinstance(out, (tuple, list)) or len(out) != len(self.shapes)):
+            raise ValueError(f"{what} must return a tuple of {len(self.shapes)} tensors like y0, "
+                             f"got {type(out).__name__}")
+        for p, shape in zip(parts, self.shapes):
+            if not isinstance(p, Tensor) or p.shape != shape or p.dtype != dtype:
+                got = (f"shape {tuple(p.shape)}, dtype {p.dtype}" if isinstance(p, Tensor)
+                       else type(p).__name__)
+                raise ValueError(f"{what} must return a tensor of y0's shape {tuple(shape)} "
+                                 f"and dtype {dtype}, got {got}")
+
+
 class BatchFunc:
     """Calls the user's ``func`` on the batch in canonical per-sample time; counts NFE.
 
@@ -76,16 +118,17 @@ class BatchFunc:
     the right (+1) of ``t[b]`` (a ``jump_t`` point). Returns canonical ``dx/dt`` ``(B, n)``.
     """
 
-    def __init__(self, user: Callable, shape: torch.Size, dtype: torch.dtype,
+    def __init__(self, user: Callable, layout: SampleLayout, dtype: torch.dtype,
                  sign: Tensor, counter: Any):
         self.user = user
-        self.shape = shape
-        self.batch = shape[0]
+        self.layout = layout
+        self.batch = layout.batch
         self.dtype = dtype
         self.sign = sign  # (B,) float64, +1/-1
         self.counter = counter  # anything with an ``nfe`` counter (the problem's CountedFunc)
         self.forward_only = bool((sign > 0).all())  # host sync: once per solve
         self.sign_col = sign.to(dtype)[:, None]
+        self._checked = False
 
     def user_time(self, t: Tensor) -> Tensor:
         return (self.sign * t).to(self.dtype)
@@ -96,13 +139,11 @@ class BatchFunc:
         if side is not None:
             toward = torch.where(side * self.sign > 0, math.inf, -math.inf).to(self.dtype)
             tu = torch.where(side != 0, torch.nextafter(tu, toward), tu)
-        out = self.user(tu, x.view(self.shape))
-        if not isinstance(out, Tensor) or out.shape != self.shape or out.dtype != self.dtype:
-            got = (f"shape {tuple(out.shape)}, dtype {out.dtype}" if isinstance(out, Tensor)
-                   else type(out).__name__)
-            raise ValueError(f"func(t, y) must return a tensor of y0's shape "
-                             f"{tuple(self.shape)} and dtype {self.dtype}, got {got}")
-        out = out.reshape(self.batch, -1)
+        out = self.user(tu, self.layout.unflatten(x))
+        if not self._checked:
+            self.layout.check(out, self.dtype)
+            self._checked = True
+        out = self.layout.flatten(out)
         return out if self.forward_only else out * self.sign_col
 
 
@@ -197,8 +238,8 @@ class PerSampleConfig:
 
     rk: BatchRK
     controller: PIDController
-    rtol: float
-    atol: float
+    rtol: float | Tensor  # a scalar, or one value per column of the (B, n) state
+    atol: float | Tensor
     norm: Callable[[Tensor], Tensor]  # (B, n) -> (B,)
     max_num_steps: int
     first_step: float | None = None
@@ -448,19 +489,25 @@ def run_per_sample(
     return PerSampleResult(ys, t, y, stats, sample, records, hits)
 
 
-def batched_norm(user_norm: Any, shape: torch.Size) -> Callable[[Tensor], Tensor]:
-    """The per-sample error norm: RMS per row, or the user's ``options["norm"]``, which gets
-    the batch's scaled error in ``y0``'s shape and must return ``(B,)``."""
+def batched_norm(user_norm: Any, layout: SampleLayout) -> Callable[[Tensor], Tensor]:
+    """The per-sample error norm: RMS per row (for a tuple state the largest of the
+    components' RMS, as the joint mixed norm), or the user's ``options["norm"]``, which gets
+    the batch's scaled error in ``y0``'s structure and must return ``(B,)``."""
+    B = layout.batch
     if user_norm is None:
-        return batched_rms
+        if not layout.is_tuple:
+            return batched_rms
+        sizes = layout.sizes
+        return lambda x: torch.stack([batched_rms(p) for p in torch.split(x, sizes, dim=1)
+                                      if p.shape[1] > 0], 1).amax(1)
 
     def norm(x: Tensor) -> Tensor:
-        out = user_norm(x.view(shape))
-        if not isinstance(out, Tensor) or out.shape != (shape[0],):
+        out = user_norm(layout.unflatten(x))
+        if not isinstance(out, Tensor) or out.shape != (B,):
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"with options['per_sample'], options['norm'] gets the scaled error "
-                             f"of the batch (shape {tuple(shape)}) and must return one value "
-                             f"per sample, shape ({shape[0]},); got {got}")
+                             f"of the batch (y0's structure) and must return one value per "
+                             f"sample, shape ({B},); got {got}")
         return out
 
     return norm
@@ -513,16 +560,16 @@ def integrate_per_sample(problem: Any, stepper: Any, controller: PIDController,
     if layout.is_tuple or layout.is_complex or len(layout.shapes[0]) < 1:
         raise ValueError("options['per_sample'] needs y0 to be a real tensor with a batch "
                          "dimension first")
-    shape = layout.shapes[0]
-    B = shape[0]
+    batch_layout = SampleLayout(layout.shapes, False)
+    B = batch_layout.batch
     y0 = problem.y0.view(B, -1)
     grid = torch.tensor(problem.t_out, dtype=torch.float64, device=y0.device).expand(B, -1)
     sign = torch.full((B,), problem.sign, dtype=torch.float64, device=y0.device)
-    f = BatchFunc(problem.user_func, shape, y0.dtype, sign, problem.func)
+    f = BatchFunc(problem.user_func, batch_layout, y0.dtype, sign, problem.func)
     cfg = PerSampleConfig(BatchRK(stepper.tableau, y0.dtype, y0.device), controller,
                           problem.rtol, problem.atol,
-                          batched_norm(problem.options.get("norm"), shape), max_num_steps,
-                          first_step)
+                          batched_norm(problem.options.get("norm"), batch_layout),
+                          max_num_steps, first_step)
     result = run_per_sample(f, y0, grid, cfg)
     raise_failures(result, sign, throw=True)
     n_t = result.ys.shape[0]

@@ -24,6 +24,7 @@ from .integrate_per_sample import (
     BatchFunc,
     BatchRK,
     PerSampleConfig,
+    SampleLayout,
     batched_norm,
     raise_failures,
     run_per_sample,
@@ -41,14 +42,22 @@ _FAR = 1e300
 _CALLBACKS = ("callback_step", "callback_accept_step", "callback_reject_step")
 
 
-def _check_y0(y0: Any) -> None:
-    if not isinstance(y0, Tensor) or y0.is_complex() or not y0.is_floating_point() or (
-            y0.ndim < 1):
-        kind = (f"a tensor of shape {tuple(y0.shape)}, dtype {y0.dtype}"
-                if isinstance(y0, Tensor) else type(y0).__name__)
-        raise ValueError("options['per_sample'] needs y0 to be a real floating tensor with the "
-                         f"batch dimension first (a tuple or complex state is not supported), "
-                         f"got {kind}")
+def _check_y0(y0: Any) -> int:
+    """The batch size of a real ``y0`` (tensor or tuple of tensors, batch first)."""
+    parts = tuple(y0) if isinstance(y0, (tuple, list)) else (y0,)
+    for i, p in enumerate(parts):
+        where = f"y0[{i}]" if isinstance(y0, (tuple, list)) else "y0"
+        if not isinstance(p, Tensor) or p.is_complex() or not p.is_floating_point() or (
+                p.ndim < 1):
+            kind = (f"a tensor of shape {tuple(p.shape)}, dtype {p.dtype}"
+                    if isinstance(p, Tensor) else type(p).__name__)
+            raise ValueError(f"options['per_sample'] needs {where} to be a real floating tensor "
+                             f"with the batch dimension first (a complex state is not "
+                             f"supported), got {kind}")
+        if p.shape[0] != parts[0].shape[0]:
+            raise ValueError(f"options['per_sample'] needs every tensor of y0 to share the batch "
+                             f"size: y0[0] has {parts[0].shape[0]}, {where} has {p.shape[0]}")
+    return parts[0].shape[0]
 
 
 def _check_t(t: Any, batch: int, events: bool) -> Tensor:
@@ -103,11 +112,17 @@ def _stop_times(options: dict, name: str, sign: Tensor, batch: int) -> Tensor | 
     return sign[:, None] * times
 
 
+def _tolerance(tol: Any, layout: SampleLayout, like: Tensor) -> float | Tensor:
+    """A tolerance (already checked by ``make_problem``) as a float, or, given one per tuple
+    component, as one value per column of the ``(B, n)`` state."""
+    if isinstance(tol, (tuple, list)):
+        return torch.cat([torch.full((n,), float(v), dtype=like.dtype, device=like.device)
+                          for v, n in zip(tol, layout.sizes)])
+    return float(tol)
+
+
 def _config(tableau: Any, y0: Tensor, options: dict, rtol: Any, atol: Any,
             norm: Callable) -> PerSampleConfig:
-    for name, value in (("rtol", rtol), ("atol", atol)):
-        if not isinstance(value, float):
-            raise ValueError(f"options['per_sample'] supports a scalar {name} only")
     return PerSampleConfig(
         rk=BatchRK(tableau, y0.dtype, y0.device), controller=make_controller(options),
         rtol=rtol, atol=atol, norm=norm, max_num_steps=max_steps(options),
@@ -156,8 +171,7 @@ def solve_per_sample(
         raise ValueError("event_direction is only meaningful together with event_fn")
     if event_fn is not None and not callable(event_fn):
         raise TypeError(f"event_fn must be callable as event_fn(t, y), got {type(event_fn)}")
-    _check_y0(y0)
-    B = y0.shape[0]
+    B = _check_y0(y0)
     events = event_fn is not None
     grid_user = _check_t(t, B, events)
     grad_on = torch.is_grad_enabled()
@@ -167,17 +181,18 @@ def solve_per_sample(
                       "callback_accept_step/callback_reject_step", UserWarning, stacklevel=4)
     dummy_t = torch.tensor([0.0, 1.0], dtype=torch.float64)
     problem = make_problem(func, y0, dummy_t, rtol, atol, spec.name, options)
-    if grid_user.device != y0.device:
-        grid_user = grid_user.to(y0.device)
+    first = y0[0] if isinstance(y0, (tuple, list)) else y0
+    if grid_user.device != first.device:
+        grid_user = grid_user.to(first.device)
     sign = torch.where(grid_user[:, -1] >= grid_user[:, 0], 1.0, -1.0)
     grid = sign[:, None] * grid_user
-    shape = y0.shape
-    cfg = _config(TABLEAUS[spec.name], y0, options, problem.rtol, problem.atol,
-                  batched_norm(options.get("norm"), shape))
+    layout = SampleLayout.of(y0)
+    cfg = _config(TABLEAUS[spec.name], first, options, _tolerance(rtol, layout, first),
+                  _tolerance(atol, layout, first), batched_norm(options.get("norm"), layout))
     jumps = _stop_times(options, "jump_t", sign, B)
     step_t = _stop_times(options, "step_t", sign, B)
-    f = BatchFunc(func, shape, y0.dtype, sign, problem.func)
-    y0_flat = y0.reshape(B, -1)
+    f = BatchFunc(func, layout, first.dtype, sign, problem.func)
+    y0_flat = layout.flatten(y0)
     t0_user = t[:, 0] if t.ndim == 2 else t[0].expand(B)
     y0_run = y0_flat
     if time_grad:  # each sample's t0 moves its whole trajectory
@@ -243,7 +258,7 @@ def solve_per_sample(
         if time_grad:
             from .sensitivity.per_sample import attach_output_times
             ys = attach_output_times(f, t, ys, stats)
-        ys_user = ys.reshape(ys.shape[0], *shape)
+        ys_user = layout.unflatten(ys, (ys.shape[0],))
         return Solution(ys_user, t, stats, sample_stats=sample)
     assert tracker is not None
     if grad_on:
@@ -253,6 +268,6 @@ def solve_per_sample(
     t_dtype = t.dtype
     event_t = torch.where(tracker.hits.found, t_event_user, math.nan).to(t_dtype)
     ts = torch.stack([t0_user.to(t_event_user.device), t_event_user.to(t_dtype)], 1)
-    ys_user = torch.stack([y0_flat, y_stop]).reshape(2, *shape)
+    ys_user = layout.unflatten(torch.stack([y0_flat, y_stop]), (2,))
     return EventSolution(ys_user, ts, stats, event_t, sample_stats=sample,
                          event_index=tracker.hits.index)

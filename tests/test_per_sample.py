@@ -163,8 +163,12 @@ def test_norm_per_sample():
 def test_bad_input_names_the_argument():
     _, y0, f = _batch(3)
     t = torch.tensor([0.0, 1.0], dtype=F64)
-    with pytest.raises(ValueError, match=r"per_sample.*tuple"):
-        odeflow.odeint(f, (y0, y0), t, options=PS)
+    with pytest.raises(ValueError, match=r"per_sample.*complex"):
+        odeflow.odeint(f, y0.to(torch.complex128), t, options=PS)
+    with pytest.raises(ValueError, match=r"share the batch size"):
+        odeflow.odeint(lambda t, y: y, (y0, y0[:2]), t, options=PS)
+    with pytest.raises(ValueError, match=r"tuple of 2 tensors"):
+        odeflow.odeint(lambda t, y: y[0], (y0, y0), t, options=PS)
     with pytest.raises(ValueError, match=r"t of shape \(4, 2\).*B = 3"):
         odeflow.solve(f, y0, torch.zeros(4, 2, dtype=F64), options=PS)
     with pytest.raises(ValueError, match=r"t\[1\] must be strictly"):
@@ -535,3 +539,41 @@ def test_failed_samples_get_no_gradient(mode):
     (got,) = torch.autograd.grad(torch.nan_to_num(sol.ys).sum(), w)
     exact = -(t * torch.exp(-0.7 * t)).sum().item()  # sample 0 only: d/dw of e^{-w t}
     assert abs(got.item() - exact) < 1e-7
+
+
+def test_tuple_states():
+    """A tuple y0 (each tensor batch first), as a CNF's (z, log p): per-component
+    tolerances, the mixed norm, events and gradients, against separate solves."""
+    k = torch.tensor([0.5, 1.0, 2.0], dtype=F64, requires_grad=True)
+
+    def f(t, state):  # z' = -k z, l' = -k * sum(z) (so l = sum(z) up to its start)
+        z, l = state
+        dz = -k[:, None] * z
+        return dz, dz.sum(1, keepdim=True)
+
+    z0 = torch.tensor([[1.0, 2.0], [0.5, -1.0], [3.0, 0.0]], dtype=F64)
+    l0 = torch.zeros(3, 1, dtype=F64)
+    t = torch.tensor([[0.0, 0.5, 1.0], [0.0, 1.0, 2.0], [1.0, 0.5, 0.0]], dtype=F64)
+    sol = odeflow.solve(f, (z0, l0), t, rtol=[1e-9, 1e-7], atol=1e-10, options=PS)
+    z, l = sol.ys
+    assert z.shape == (3, 3, 2) and l.shape == (3, 3, 1)
+    exact = z0[None] * torch.exp(-k.detach()[None, :, None] * (t - t[:, :1]).T[:, :, None])
+    assert ((z - exact) / (1 + exact.abs())).abs().max().item() < 1e-8
+    assert (l[..., 0] - (exact.sum(-1) - z0.sum(-1))).abs().max().item() < 1e-5
+    for b in range(3):
+        one = odeflow.solve(lambda tt, s, b=b: (-k[b] * s[0], (-k[b] * s[0]).sum(1,
+                            keepdim=True)), (z0[b:b + 1], l0[b:b + 1]), t[b],
+                            rtol=[1e-9, 1e-7], atol=1e-10)
+        assert (one.ys[0][:, 0] - z[:, b]).abs().max().item() < 1e-12
+        assert sol.sample_stats.n_accepted[b].item() == one.stats.n_accepted
+    (g,) = torch.autograd.grad(l[-1].sum(), k)
+    ck = odeflow.solve(f, (z0, l0), t, rtol=1e-9, atol=1e-10, options=PS,
+                       gradient="checkpoint", adjoint_params=(k,))
+    (gc,) = torch.autograd.grad(ck.ys[1][-1].sum(), k)
+    assert (g - gc).abs().max().item() < 1e-6
+    ev = odeflow.solve(f, (z0, l0), torch.tensor([0.0, 5.0], dtype=F64), options=PS,
+                       event_fn=lambda t, s: s[1][:, 0] + 0.5, rtol=1e-10, atol=1e-10)
+    hit = ev.event_t.isfinite()
+    assert hit.tolist() == [True, False, True]  # l falls to -0.5 only where sum(z0) > 0.5
+    expect = -torch.log1p(-0.5 / z0.sum(1)) / k.detach()
+    assert (ev.event_t[hit] - expect[hit]).abs().max().item() < 1e-9

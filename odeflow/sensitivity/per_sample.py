@@ -146,7 +146,8 @@ def check_adjoint_config(config: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
                 math.isfinite(value) and value >= 0):
             raise ValueError(f"with options['per_sample'], {name} must be a non-negative "
-                             f"scalar, got {value!r}")
+                             f"scalar (the per-sample adjoint takes no per-component "
+                             f"tolerances; pass {name}=<number>), got {value!r}")
 
 
 class _Augmented:
@@ -260,7 +261,6 @@ class _LoopFunc:
     def __init__(self, aug: _Augmented, f: BatchFunc):
         self.aug = aug
         self.counter = f.counter
-        self.shape = f.shape
 
     def __call__(self, t: Tensor, x: Tensor, side: Tensor | None = None) -> Tensor:
         return self.aug(t, x, side)
@@ -283,7 +283,7 @@ def attach_adjoint(f: BatchFunc, grid: Tensor, ys: Tensor, config: Any, options:
 def _user_derivative(f: BatchFunc, t_user: Tensor, y: Tensor) -> Tensor:
     """``dy/dt`` in user time at per-sample user times ``t_user`` ``(B,)``: ``(B, n)``."""
     f.counter.nfe += 1
-    return f.user(t_user.to(y), y.view(f.shape)).reshape(f.batch, -1)
+    return f.layout.flatten(f.user(t_user.to(y), f.layout.unflatten(y)))
 
 
 def shift_initial_states(f: BatchFunc, t0: Tensor, y0: Tensor) -> Tensor:
