@@ -8,12 +8,13 @@ small steps on the others nor fails them. It is the joint loop of ``integrate.py
 tensors for ``t``, ``dt``, status and masks: one iteration advances every unfinished
 sample by one attempt; decisions are ``torch.where`` masks; the step-size rule is the
 controller's own (:meth:`~odeflow.controllers.PIDController.propose_tensor`) and the
-starting step the shared :func:`~odeflow.controllers.starting_step`. The loop
+starting step the shared :func:`~odeflow.controllers.starting_step`; the state layout,
+``func`` wrapper, stepper and norms are in :mod:`odeflow.batch`. The loop
 synchronises with the host once per iteration (to learn which output times were passed and
 whether anything is left), plus once per output pass.
 
 ``func(t, y)`` receives ``t`` of shape ``(B,)`` (each sample's time, the state's real
-dtype) and ``y`` of shape ``(B, *rest)``; the solver assumes that sample ``b``'s
+dtype) and ``y`` of shape ``(B, *rest)`` (or a tuple of such); the solver assumes that sample ``b``'s
 derivative depends on ``t[b]`` and ``y[b]`` only.
 
 Time is canonical per sample: sample ``b`` integrates ``s_b * t`` forward, where ``s_b``
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .batch import BatchFunc, BatchRK, SampleLayout, batched_norm, batched_rms
 from .controllers import PIDController, starting_step
 from .stats import SolveError, SolveStats, Status
 
@@ -61,175 +63,6 @@ class SampleStats:
     def statuses(self) -> list[Status]:
         """The statuses as :class:`~odeflow.Status` members."""
         return [Status(v) for v in self.status.tolist()]
-
-
-def batched_rms(x: Tensor) -> Tensor:
-    """RMS norm of each row of ``(B, n)``: the default per-sample error norm."""
-    return torch.linalg.vector_norm(x, dim=-1) / math.sqrt(max(x.shape[-1], 1))
-
-
-class SampleLayout:
-    """How a per-sample state (a tensor, or a tuple of tensors, batch first) maps to the
-    ``(B, n)`` matrix the loop integrates: each sample's components flattened side by side."""
-
-    def __init__(self, shapes: tuple[torch.Size, ...], is_tuple: bool):
-        self.shapes = shapes
-        self.is_tuple = is_tuple
-        self.batch = shapes[0][0]
-        self.sizes = [math.prod(s[1:]) for s in shapes]
-
-    @classmethod
-    def of(cls, state: Any) -> SampleLayout:
-        if isinstance(state, Tensor):
-            return cls((state.shape,), False)
-        return cls(tuple(p.shape for p in state), True)
-
-    def flatten(self, state: Any) -> Tensor:
-        """User structure ``(B, ...)`` -> ``(B, n)``."""
-        if not self.is_tuple:
-            return state.reshape(self.batch, -1)
-        return torch.cat([p.reshape(self.batch, -1) for p in state], 1)
-
-    def unflatten(self, x: Tensor, lead: tuple[int, ...] = ()) -> Any:
-        """``(*lead, B, n)`` -> user structure with leading ``lead`` dimensions."""
-        if not self.is_tuple:
-            return x.reshape(*lead, *self.shapes[0])
-        return tuple(piece.reshape(*lead, *shape)
-                     for piece, shape in zip(torch.split(x, self.sizes, dim=-1), self.shapes))
-
-    def check(self, out: Any, dtype: torch.dtype, what: str = "func(t, y)") -> None:
-        parts = out if self.is_tuple and isinstance(out, (tuple, list)) else (out,)
-        if self.is_tuple and (not isinstance(out, (tuple, list)) or len(out) != len(self.shapes)):
-            raise ValueError(f"{what} must return a tuple of {len(self.shapes)} tensors like y0, "
-                             f"got {type(out).__name__}")
-        for p, shape in zip(parts, self.shapes):
-            if not isinstance(p, Tensor) or p.shape != shape or p.dtype != dtype:
-                got = (f"shape {tuple(p.shape)}, dtype {p.dtype}" if isinstance(p, Tensor)
-                       else type(p).__name__)
-                raise ValueError(f"{what} must return a tensor of y0's shape {tuple(shape)} "
-                                 f"and dtype {dtype}, got {got}")
-
-
-class BatchFunc:
-    """Calls the user's ``func`` on the batch in canonical per-sample time; counts NFE.
-
-    ``f(t, x, side)``: ``t`` ``(B,)`` float64 canonical, ``x`` ``(B, n)``; ``side`` (optional
-    ``(B,)`` int) moves sample ``b``'s time one unit in the last place to the left (-1) or
-    the right (+1) of ``t[b]`` (a ``jump_t`` point). Returns canonical ``dx/dt`` ``(B, n)``.
-    """
-
-    def __init__(self, user: Callable, layout: SampleLayout, dtype: torch.dtype,
-                 sign: Tensor, counter: Any):
-        self.user = user
-        self.layout = layout
-        self.batch = layout.batch
-        self.dtype = dtype
-        self.sign = sign  # (B,) float64, +1/-1
-        self.counter = counter  # anything with an ``nfe`` counter (the problem's CountedFunc)
-        self.forward_only = bool((sign > 0).all())  # host sync: once per solve
-        self.sign_col = sign.to(dtype)[:, None]
-        self._checked = False
-
-    def user_time(self, t: Tensor) -> Tensor:
-        return (self.sign * t).to(self.dtype)
-
-    def __call__(self, t: Tensor, x: Tensor, side: Tensor | None = None) -> Tensor:
-        self.counter.nfe += 1
-        tu = self.user_time(t)
-        if side is not None:
-            toward = torch.where(side * self.sign > 0, math.inf, -math.inf).to(self.dtype)
-            tu = torch.where(side != 0, torch.nextafter(tu, toward), tu)
-        out = self.user(tu, self.layout.unflatten(x))
-        if not self._checked:
-            self.layout.check(out, self.dtype)
-            self._checked = True
-        out = self.layout.flatten(out)
-        return out if self.forward_only else out * self.sign_col
-
-
-class BatchRK:
-    """An explicit Runge–Kutta tableau stepped on ``(B, n)`` with one ``dt`` per sample."""
-
-    def __init__(self, tableau: Any, dtype: torch.dtype, device: torch.device):
-        self.tab = tableau
-        self.s = tableau.stages
-        self.c = tuple(float(x) for x in tableau.c)
-        self.a = [torch.tensor(row, dtype=dtype, device=device) if row else None
-                  for row in tableau.a]
-        self.b = torch.tensor(tableau.b, dtype=dtype, device=device)
-        self.b_err = torch.tensor(tableau.b_err, dtype=dtype, device=device)
-        self.fsal = tableau.fsal
-        self.k = tableau.error_order + 1
-        self.dense = (None if tableau.dense is None else
-                      torch.tensor(tableau.dense, dtype=dtype, device=device))
-        # Cubic Hermite would spoil a high-order method (dopri8): step to outputs instead.
-        self.steps_to_outputs = tableau.dense is None and tableau.order > 4
-
-    def step(self, f: BatchFunc, t: Tensor, y: Tensor, f0: Tensor, dt: Tensor,
-             last_side: Tensor | None = None, buf: Tensor | None = None,
-             ) -> tuple[Tensor, Tensor, Tensor]:
-        """One attempt per sample; returns ``(y_new, error estimate, stages (s, B, n))``."""
-        h = dt.to(y.dtype)[:, None]
-        # A sample that does not step (dt = 0) stays exactly at y, even where its stages are
-        # not finite: no nan enters the graph (or the next stage) through 0 * inf.
-        still = h == 0
-        if buf is None:  # under autograd the stages must not go into a reused buffer
-            ks = [f0]
-            y_i = y
-            for i in range(1, self.s):
-                y_i = torch.where(still, y, y + h * torch.einsum("j,jbn->bn", self.a[i],
-                                                                 torch.stack(ks)))
-                side = last_side if self.c[i] == 1.0 else None
-                ks.append(f(t + self.c[i] * dt, y_i, side))
-            K = torch.stack(ks)
-        else:
-            K = buf
-            K[0] = f0
-            y_i = y
-            for i in range(1, self.s):
-                y_i = torch.where(still, y, y + h * torch.einsum("j,jbn->bn", self.a[i], K[:i]))
-                side = last_side if self.c[i] == 1.0 else None
-                K[i] = f(t + self.c[i] * dt, y_i, side)
-        y_new = y_i if self.fsal else torch.where(
-            still, y, y + h * torch.einsum("j,jbn->bn", self.b, K))
-        with torch.no_grad():
-            err = h * torch.einsum("j,jbn->bn", self.b_err, K)
-        return y_new, err, K
-
-    def evaluate(self, y: Tensor, y_new: Tensor, K: Tensor, f_new: Tensor | None, dt: Tensor,
-                 theta: Tensor) -> Tensor:
-        """Dense output at fraction ``theta`` ``(B,)`` of each sample's step."""
-        h = dt.to(y.dtype)[:, None]
-        th = theta.to(y.dtype)
-        if self.dense is not None:
-            powers = torch.stack([th ** (p + 1) for p in range(self.dense.shape[1])], dim=-1)
-            w = (powers.unsqueeze(1) * self.dense).sum(-1)  # (B, s); tiny, so no BLAS call
-            return y + h * torch.einsum("bs,sbn->bn", w, K)
-        assert f_new is not None
-        th = th[:, None]
-        h00 = 2 * th ** 3 - 3 * th ** 2 + 1
-        h10 = th ** 3 - 2 * th ** 2 + th
-        h01 = -2 * th ** 3 + 3 * th ** 2
-        h11 = th ** 3 - th ** 2
-        return h00 * y + h10 * h * K[0] + h01 * y_new + h11 * h * f_new
-
-    def derivative(self, y: Tensor, y_new: Tensor, K: Tensor, f_new: Tensor | None,
-                   dt: Tensor, theta: Tensor) -> Tensor:
-        """Time derivative of the dense output at ``theta`` (canonical time)."""
-        th = theta.to(y.dtype)
-        if self.dense is not None:
-            deg = self.dense.shape[1]
-            powers = torch.stack([(p + 1) * th ** p for p in range(deg)], dim=-1)
-            w = (powers.unsqueeze(1) * self.dense).sum(-1)
-            return torch.einsum("bs,sbn->bn", w, K)
-        assert f_new is not None
-        h = dt.to(y.dtype)[:, None]
-        th = th[:, None]
-        d00 = 6 * th ** 2 - 6 * th
-        d10 = 3 * th ** 2 - 4 * th + 1
-        d11 = 3 * th ** 2 - 2 * th
-        safe_h = torch.where(h != 0, h, torch.ones_like(h))
-        return d00 * (y - y_new) / safe_h + d10 * K[0] + d11 * f_new
 
 
 @dataclass(frozen=True)
@@ -487,30 +320,6 @@ def run_per_sample(
     sample = SampleStats(status, n_steps, n_acc, n_rej)
     hits = event.hits if event is not None else None
     return PerSampleResult(ys, t, y, stats, sample, records, hits)
-
-
-def batched_norm(user_norm: Any, layout: SampleLayout) -> Callable[[Tensor], Tensor]:
-    """The per-sample error norm: RMS per row (for a tuple state the largest of the
-    components' RMS, as the joint mixed norm), or the user's ``options["norm"]``, which gets
-    the batch's scaled error in ``y0``'s structure and must return ``(B,)``."""
-    B = layout.batch
-    if user_norm is None:
-        if not layout.is_tuple:
-            return batched_rms
-        sizes = layout.sizes
-        return lambda x: torch.stack([batched_rms(p) for p in torch.split(x, sizes, dim=1)
-                                      if p.shape[1] > 0], 1).amax(1)
-
-    def norm(x: Tensor) -> Tensor:
-        out = user_norm(layout.unflatten(x))
-        if not isinstance(out, Tensor) or out.shape != (B,):
-            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(f"with options['per_sample'], options['norm'] gets the scaled error "
-                             f"of the batch (y0's structure) and must return one value per "
-                             f"sample, shape ({B},); got {got}")
-        return out
-
-    return norm
 
 
 def _sample_summary(sample: SampleStats, t_last_user: Tensor, stats: SolveStats,
