@@ -14,8 +14,8 @@ synchronises with the host once per iteration (to learn which output times were 
 whether anything is left), plus once per output pass.
 
 ``func(t, y)`` receives ``t`` of shape ``(B,)`` (each sample's time, the state's real
-dtype) and ``y`` of shape ``(B, *rest)`` (or a tuple of such); the solver assumes that sample ``b``'s
-derivative depends on ``t[b]`` and ``y[b]`` only.
+dtype) and ``y`` of shape ``(B, *rest)`` (or a tuple of such); the solver assumes that
+sample ``b``'s derivative depends on ``t[b]`` and ``y[b]`` only.
 
 Time is canonical per sample: sample ``b`` integrates ``s_b * t`` forward, where ``s_b``
 is the direction of its own output times.
