@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .interp import HermiteInterpolant, Interpolant, TableauInterpolant
+
 __all__ = ["SampleLayout", "BatchFunc", "BatchRK", "batched_rms", "batched_norm"]
 
 
@@ -153,40 +155,25 @@ class BatchRK:
             err = h * torch.einsum("j,jbn->bn", self.b_err, K)
         return y_new, err, K
 
+    def interpolant(self, y: Tensor, y_new: Tensor, K: Tensor, f_new: Tensor | None,
+                    dt: Tensor) -> Interpolant:
+        """The step's dense output for every sample: the joint loops' interpolants, batched
+        (``theta`` and ``dt`` per sample)."""
+        if self.dense is not None:
+            return TableauInterpolant(None, dt, y, K, self.tab)
+        assert f_new is not None
+        return HermiteInterpolant(None, dt, y, y_new, K[0], f_new)
+
     def evaluate(self, y: Tensor, y_new: Tensor, K: Tensor, f_new: Tensor | None, dt: Tensor,
                  theta: Tensor) -> Tensor:
         """Dense output at fraction ``theta`` ``(B,)`` of each sample's step."""
-        h = dt.to(y.dtype)[:, None]
-        th = theta.to(y.dtype)
-        if self.dense is not None:
-            powers = torch.stack([th ** (p + 1) for p in range(self.dense.shape[1])], dim=-1)
-            w = (powers.unsqueeze(1) * self.dense).sum(-1)  # (B, s); tiny, so no BLAS call
-            return y + h * torch.einsum("bs,sbn->bn", w, K)
-        assert f_new is not None
-        th = th[:, None]
-        h00 = 2 * th ** 3 - 3 * th ** 2 + 1
-        h10 = th ** 3 - 2 * th ** 2 + th
-        h01 = -2 * th ** 3 + 3 * th ** 2
-        h11 = th ** 3 - th ** 2
-        return h00 * y + h10 * h * K[0] + h01 * y_new + h11 * h * f_new
+        return self.interpolant(y, y_new, K, f_new, dt).evaluate(theta)
 
     def derivative(self, y: Tensor, y_new: Tensor, K: Tensor, f_new: Tensor | None,
                    dt: Tensor, theta: Tensor) -> Tensor:
         """Time derivative of the dense output at ``theta`` (canonical time)."""
-        th = theta.to(y.dtype)
-        if self.dense is not None:
-            deg = self.dense.shape[1]
-            powers = torch.stack([(p + 1) * th ** p for p in range(deg)], dim=-1)
-            w = (powers.unsqueeze(1) * self.dense).sum(-1)
-            return torch.einsum("bs,sbn->bn", w, K)
-        assert f_new is not None
-        h = dt.to(y.dtype)[:, None]
-        th = th[:, None]
-        d00 = 6 * th ** 2 - 6 * th
-        d10 = 3 * th ** 2 - 4 * th + 1
-        d11 = 3 * th ** 2 - 2 * th
-        safe_h = torch.where(h != 0, h, torch.ones_like(h))
-        return d00 * (y - y_new) / safe_h + d10 * K[0] + d11 * f_new
+        safe = torch.where(dt > 0, dt, 1.0)  # samples that did not step: no 0/0
+        return self.interpolant(y, y_new, K, f_new, safe).derivative(theta)
 
 
 def batched_norm(user_norm: Any, layout: SampleLayout) -> Callable[[Tensor], Tensor]:
