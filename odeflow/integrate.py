@@ -17,7 +17,6 @@ import torch
 from torch import Tensor
 
 from .controllers import initial_step
-from .integrate_per_sample import integrate_per_sample
 from .interp import HermiteInterpolant, LinearInterpolant, hermite, linear
 from .norms import rms_norm
 from .options import DEFAULT_MAX_NUM_STEPS, make_controller, max_steps, positive_float
@@ -64,16 +63,10 @@ def _run_loop(problem: Problem, spec: MethodSpec, record_steps: bool, event: Any
         ys, stats = integrate_scipy(problem)
         return LoopResult(ys, stats, problem.t_out[-1], ys[-1])
     stepper = spec.build(problem.options)
-    if spec.adaptive and problem.options.get("per_sample", False):
-        if record_steps or event is not None or dense is not None:
-            raise ValueError("options['per_sample'] supports gradient='direct' only, no "
-                             "event_fn and no dense output")
-        controller = make_controller(problem.options)
-        if controller.beta2 or controller.beta3:
-            raise ValueError("options['per_sample'] uses the integral controller only")
-        ys, stats = integrate_per_sample(problem, stepper, controller, max_steps(problem.options),
-                                         positive_float(problem.options, "first_step", None))
-        return LoopResult(list(ys.unbind(0)), stats, problem.t_out[-1], ys[-1])
+    if problem.options.get("per_sample", False):
+        # solve() routes per-sample problems to odeflow.per_sample before any joint loop.
+        raise ValueError("options['per_sample'] problems are solved by odeflow.per_sample, "
+                         "not by the joint loops")
     if spec.adaptive:
         return integrate_adaptive(problem, stepper, record_steps=record_steps, event=event,
                                   callback_suffix=callback_suffix)
