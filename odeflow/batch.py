@@ -136,8 +136,8 @@ class BatchRK:
             ks = [f0]
             y_i = y
             for i in range(1, self.s):
-                y_i = torch.where(still, y, y + h * torch.einsum("j,jbn->bn", self.a[i],
-                                                                 torch.stack(ks)))
+                y_i = torch.where(still, y, torch.addcmul(y, h, _combine(torch.stack(ks),
+                                                                         self.a[i])))
                 side = last_side if self.c[i] == 1.0 else None
                 ks.append(f(t + self.c[i] * dt, y_i, side))
             K = torch.stack(ks)
@@ -146,13 +146,13 @@ class BatchRK:
             K[0] = f0
             y_i = y
             for i in range(1, self.s):
-                y_i = torch.where(still, y, y + h * torch.einsum("j,jbn->bn", self.a[i], K[:i]))
+                y_i = torch.where(still, y, torch.addcmul(y, h, _combine(K[:i], self.a[i])))
                 side = last_side if self.c[i] == 1.0 else None
                 K[i] = f(t + self.c[i] * dt, y_i, side)
         y_new = y_i if self.fsal else torch.where(
-            still, y, y + h * torch.einsum("j,jbn->bn", self.b, K))
+            still, y, torch.addcmul(y, h, _combine(K, self.b)))
         with torch.no_grad():
-            err = h * torch.einsum("j,jbn->bn", self.b_err, K)
+            err = h * _combine(K, self.b_err)
         return y_new, err, K
 
     def interpolant(self, y: Tensor, y_new: Tensor, K: Tensor, f_new: Tensor | None,
@@ -174,6 +174,13 @@ class BatchRK:
         """Time derivative of the dense output at ``theta`` (canonical time)."""
         safe = torch.where(dt > 0, dt, 1.0)  # samples that did not step: no 0/0
         return self.interpolant(y, y_new, K, f_new, safe).derivative(theta)
+
+
+def _combine(K: Tensor, w: Tensor) -> Tensor:
+    """``Σ_j w_j K[j]`` for stages ``K`` of shape ``(j, B, n)``: one matrix–vector product
+    over the flattened stages (an einsum costs several small kernels per call)."""
+    j, B, n = K.shape
+    return torch.mv(K.reshape(j, B * n).T, w).view(B, n)
 
 
 def batched_norm(user_norm: Any, layout: SampleLayout) -> Callable[[Tensor], Tensor]:
