@@ -43,7 +43,7 @@ from torch import Tensor
 from .interp import Interpolant
 from .problem import Problem, State
 
-__all__ = ["EventHit", "EventLocator", "INTERIOR_SAMPLES"]
+__all__ = ["EventHit", "EventLocator", "INTERIOR_SAMPLES", "direction_tensor"]
 
 EventFn = Callable[[Tensor, State], Tensor]
 
@@ -91,7 +91,7 @@ class EventLocator:
         if not bool(torch.isfinite(g0).all()):  # host sync: once per solve
             raise ValueError(f"event_fn(t0, y0) must be finite, got {g0.tolist()}")
         self.n = g0.numel()
-        self.direction = _direction_tensor(direction, self.n, g0)
+        self.direction = direction_tensor(direction, self.n, g0)
         self.sign = torch.sign(g0)  # 0 for a value exactly zero at t0: not armed yet
         self.g_prev = g0
 
@@ -266,7 +266,9 @@ def _check_event_output(out: Any) -> None:
         raise ValueError("event_fn(t, y) returned an empty tensor; return one value per event")
 
 
-def _direction_tensor(direction: Any, n: int, like: Tensor) -> Tensor:
+def direction_tensor(direction: Any, n: int, like: Tensor) -> Tensor:
+    """``event_direction`` as one value per event value: ``+1`` rising, ``-1`` falling,
+    ``0`` both (shared by the joint and the per-sample event solves)."""
     if isinstance(direction, Tensor):
         values = direction.detach().reshape(-1).tolist()
     elif isinstance(direction, (list, tuple)):

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .event_location import _MAX_ROOT_ITERS, _THETAS
+from .event_location import _MAX_ROOT_ITERS, _THETAS, direction_tensor
 from .integrate_per_sample import BatchFunc, BatchRK, IterRecord
 
 __all__ = ["EventHits", "EventTracker", "ift_reroute"]
@@ -66,7 +66,7 @@ class EventTracker:
         if not bool(torch.isfinite(g0).all()):  # host sync: once per solve
             raise ValueError("event_fn(t0, y0) must be finite")
         self.k = g0.shape[1]
-        self.direction = _direction(direction, self.k, g0)
+        self.direction = direction_tensor(direction, self.k, g0)
         self.sign = torch.sign(g0)
         self.g_prev = g0
         B = self.batch
@@ -248,22 +248,6 @@ def _root(evaluate: Callable[[Tensor], Tensor], k: int, s: Tensor, a: Tensor, fa
         width = torch.where(live & halved, b - a, width)
         stalled = torch.where(live, torch.where(halved, 0.0, stalled + 1), stalled)
     return torch.where(a == a0, b, a)
-
-
-def _direction(direction: Any, n: int, like: Tensor) -> Tensor:
-    if isinstance(direction, Tensor):
-        values = direction.detach().reshape(-1).tolist()
-    elif isinstance(direction, (list, tuple)):
-        values = list(direction)
-    else:
-        values = [direction]
-    if len(values) == 1:
-        values = values * n
-    if len(values) != n or any(v not in (-1, 0, 1) for v in values):
-        raise ValueError(
-            f"event_direction must be -1 (falling), 0 (either) or +1 (rising), one value or "
-            f"one per value of event_fn ({n}); got {direction!r}")
-    return torch.tensor(values, dtype=like.dtype, device=like.device)
 
 
 def ift_reroute(tracker: EventTracker, t_stop: Tensor, y_stop: Tensor) -> tuple[Tensor, Tensor]:
