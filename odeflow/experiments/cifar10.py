@@ -38,7 +38,7 @@ from ..data import (
 )
 from ..nn import build_classifier, count_parameters, odeonly
 from ..training import ConfigError, DistEnv, lr_at, plateau_lr
-from .config import opt, parse_run_config
+from .config import RunFlags, opt, parse_run_config
 from .epochs import report, resolve_gradient, run_epochs, select_device
 
 __all__ = ["CIFAR10Config", "CIFAR10_NETWORKS", "default_run_dir", "build", "run", "main"]
@@ -47,7 +47,7 @@ CIFAR10_NETWORKS = ("odeonly", "odenet", "resnet")
 
 
 @dataclass
-class CIFAR10Config:
+class CIFAR10Config(RunFlags):
     """Every setting of one CIFAR-10 run; each field is a command-line flag."""
 
     # which classifier: the ODE-only net, or the MNIST study's ODE-Net / ResNet
@@ -66,13 +66,6 @@ class CIFAR10Config:
     tol: float = opt(1e-3, "tolerance (rtol = atol) of the adaptive solver")
     # odeonly's classic RK4 step on [0, 1]
     step_size: float = opt(0.1, "odeonly: classic RK4 step size", model=True)
-    # seed flag: True means gradient="adjoint"
-    adjoint: bool = opt(False, "use the adjoint method (same as --gradient adjoint)")
-    # how gradients flow through the solver; None -> from --adjoint
-    gradient: str | None = opt(
-        None, "direct | adjoint | checkpoint (default: from --adjoint)",
-        choices=("direct", "adjoint", "checkpoint"),
-    )  # fmt: skip
     # total epochs (a resumed run continues up to this number)
     nepochs: int = opt(100, "number of epochs")
     # base rate for batches of 128; the rate used is lr × batch_size / 128
@@ -103,22 +96,12 @@ class CIFAR10Config:
     max_train_samples: int = opt(0, "use only the first N training samples (0 = all)")
     # use only the first N test samples (0 = all)
     max_test_samples: int = opt(0, "use only the first N test samples (0 = all)")
-    # run folder; empty -> runs/cifar10-<network>[-<gradient>]
-    save: str = opt("", "run folder (config.json, metrics.csv, checkpoints, plots)")
-    # continue a run from its newest checkpoint with its saved config
-    resume: str = opt("", "resume the run in this folder", metavar="RUN")
     # GPU index used when --device is auto
     gpu: int = opt(0, "GPU index (with --device auto)")
     # "auto" = cuda:<gpu> when available, else cpu
     device: str = opt("auto", "device: auto, cpu, cuda, cuda:N")
-    # seed of weights, data order and augmentation
-    seed: int = opt(0, "random seed")
-    # torch CPU threads (0 = torch's default)
-    threads: int = opt(0, "torch CPU threads (0 = default)")
     # CI smoke test: 1 epoch of 2 batches
     dry_run: bool = opt(False, "one epoch of two train, validation and test batches")
-    # tqdm bar over batches
-    progress: bool = opt(True, "show a progress bar")
     # accuracy / NFE figures at the end
     plots: bool = opt(True, "write accuracy.png and nfe.png into the run folder")
 

@@ -43,6 +43,34 @@ def opt(default: Any, help: str, *, model: bool = False, **argparse_kwargs: Any)
     return dataclasses.field(default=default, metadata=meta)
 
 
+@dataclasses.dataclass
+class RunFlags:
+    """Flags every study shares (a study re-declares a field to change its default or help):
+    the gradient mode, the seed and threads, the run folder, the CI dry run and the outputs."""
+
+    # seed flag of the MNIST study: True means gradient="adjoint"
+    adjoint: bool = opt(False, "use the adjoint method (same as --gradient adjoint)")
+    # how gradients flow through the solver; None -> from --adjoint
+    gradient: str | None = opt(
+        None, "direct | adjoint | checkpoint (default: from --adjoint)",
+        choices=("direct", "adjoint", "checkpoint"),
+    )  # fmt: skip
+    # seed of the weights, the data order and every random draw
+    seed: int = opt(0, "random seed")
+    # torch CPU threads (0 = torch's default)
+    threads: int = opt(0, "torch CPU threads (0 = default)")
+    # run folder; empty -> the study's default under runs/
+    save: str = opt("", "run folder (config.json, metrics.csv, checkpoints, plots)")
+    # continue a run from its newest intact checkpoint with its saved config
+    resume: str = opt("", "resume the run in this folder", metavar="RUN")
+    # CI smoke test: a tiny run
+    dry_run: bool = opt(False, "a tiny run of two batches or steps (for tests)")
+    # tqdm bar
+    progress: bool = opt(True, "show a progress bar")
+    # figures at the end
+    plots: bool = opt(True, "write the figures into the run folder")
+
+
 def str2bool(value: str | bool) -> bool:
     """Parse ``True/False``, ``yes/no``, ``1/0``, ``on/off`` (case-insensitive)."""
     if isinstance(value, bool):

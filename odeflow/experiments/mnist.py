@@ -17,14 +17,14 @@ import torch
 from ..data import DATASETS, BatchLoader, load_dataset
 from ..nn import NETWORKS, build_classifier, count_parameters
 from ..training import ConfigError, DistEnv, lr_at
-from .config import opt, parse_run_config
+from .config import RunFlags, opt, parse_run_config
 from .epochs import report, resolve_gradient, run_epochs, select_device
 
 __all__ = ["MNISTConfig", "resolve_gradient", "default_run_dir", "build", "run", "main"]
 
 
 @dataclass
-class MNISTConfig:
+class MNISTConfig(RunFlags):
     """Every setting of one run; each field is a command-line flag."""
 
     # which images: "mnist", "fashion-mnist" (IDX files) or "digits" (bundled, no download)
@@ -33,13 +33,6 @@ class MNISTConfig:
     network: str = opt("odenet", "classifier", choices=NETWORKS, model=True)
     # rtol = atol of the adaptive solver
     tol: float = opt(1e-3, "solver tolerance (rtol = atol) of the ODE block")
-    # seed flag: True means gradient="adjoint"
-    adjoint: bool = opt(False, "use the adjoint method (same as --gradient adjoint)")
-    # how gradients flow through the solver; None -> from --adjoint
-    gradient: str | None = opt(
-        None, "direct | adjoint | checkpoint (default: from --adjoint)",
-        choices=("direct", "adjoint", "checkpoint"),
-    )  # fmt: skip
     # adaptive solver of the ODE block
     method: str = opt("dopri5", "ODE solver of the ODE-Net's block")
     # image -> features
@@ -80,22 +73,12 @@ class MNISTConfig:
     digits_size: int = opt(28, "image size of the upsampled 8x8 digits", model=True)
     # zero border around the upsampled digits
     digits_pad: int = opt(4, "zero border of the upsampled digits", model=True)
-    # run folder; empty -> runs/<dataset>-<network>-<gradient>
-    save: str = opt("", "run folder (config.json, metrics.csv, checkpoints, plots)")
-    # continue a run from RUN/last.pt with its saved config (flags given override it)
-    resume: str = opt("", "resume the run in this folder", metavar="RUN")
     # seed flag: GPU index used when --device is auto
     gpu: int = opt(0, "GPU index (with --device auto)")
     # "auto" = cuda:<gpu> when available, else cpu
     device: str = opt("auto", "device: auto, cpu, cuda, cuda:N")
-    # seed of weights, data order, augmentation and the digits split
-    seed: int = opt(0, "random seed")
-    # torch CPU threads (0 = torch's default)
-    threads: int = opt(0, "torch CPU threads (0 = default)")
     # CI smoke test: 1 epoch of 2 batches
     dry_run: bool = opt(False, "one epoch of two train and two test batches")
-    # tqdm bar over batches
-    progress: bool = opt(True, "show a progress bar")
     # accuracy / NFE figures at the end
     plots: bool = opt(True, "write accuracy.png and nfe.png into the run folder")
 

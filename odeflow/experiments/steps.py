@@ -41,7 +41,7 @@ from ..training import (
     set_aside,
 )
 from ..training.checkpoint import make_checkpoint
-from .config import opt, parse_run_config
+from .config import RunFlags, opt, parse_run_config
 from .epochs import resolve_gradient
 
 __all__ = [
@@ -62,8 +62,13 @@ C = TypeVar("C", bound="StepConfig")
 
 
 @dataclass
-class StepConfig:
+class StepConfig(RunFlags):
     """Flags shared by the iteration-based studies (a study overrides the defaults)."""
+
+    # torch CPU threads (one: these models are too small to gain from two)
+    threads: int = opt(1, "torch CPU threads (0 = default)")
+    # CI smoke test: a tiny problem, two steps, one evaluation each
+    dry_run: bool = opt(False, "tiny data, two steps (for tests)")
 
     # optimisation steps in total (a resumed run continues up to this number)
     niters: int = opt(1000, "number of optimisation steps")
@@ -75,27 +80,6 @@ class StepConfig:
     lr: float = opt(1e-2, "peak learning rate (Adam)")
     # final rate as a fraction of lr (cosine schedule); 1 = constant
     lr_final: float = opt(0.01, "final learning rate as a fraction of --lr (cosine decay)")
-    # seed flag of the MNIST study: True means gradient="adjoint"
-    adjoint: bool = opt(False, "use the adjoint method (same as --gradient adjoint)")
-    # how gradients flow through the solver; None -> from --adjoint
-    gradient: str | None = opt(
-        None, "direct | adjoint | checkpoint (default: from --adjoint)",
-        choices=("direct", "adjoint", "checkpoint"),
-    )  # fmt: skip
-    # seed of the data, the weights and every random draw
-    seed: int = opt(0, "random seed")
-    # torch CPU threads (0 = torch's default)
-    threads: int = opt(1, "torch CPU threads (0 = default)")
-    # run folder; empty -> runs/<study>
-    save: str = opt("", "run folder (config.json, metrics.csv, checkpoints, plots)")
-    # continue a run from RUN/last.pt with its saved config (flags given override it)
-    resume: str = opt("", "resume the run in this folder", metavar="RUN")
-    # CI smoke test: a tiny problem, two steps, one evaluation each
-    dry_run: bool = opt(False, "tiny data, two steps (for tests)")
-    # tqdm bar over steps
-    progress: bool = opt(True, "show a progress bar")
-    # figures at the end
-    plots: bool = opt(True, "write the figures into the run folder")
 
 
 @dataclass
