@@ -146,6 +146,7 @@ def run_per_sample(
     fsal: bool = True,
     stage_hook: Callable[[Tensor, Tensor], None] | None = None,
     skip: Tensor | None = None,
+    dense: list | None = None,
 ) -> PerSampleResult:
     """Solve every sample from ``grid[:, 0]`` to ``grid[:, -1]`` with outputs at ``grid``.
 
@@ -162,6 +163,8 @@ def run_per_sample(
         stage_hook: called as ``stage_hook(accepted, dt)`` after each iteration's decision,
             before any other evaluation (the adjoint's parameter quadrature).
         skip: ``(B,)`` samples not to solve (they keep ``y0``; the adjoint's failed ones).
+        dense: a list that receives, per iteration with an accepted sample, the detached
+            ``(t, dt, ok, y, y_new, stages, f_new)`` of the batched interpolant.
 
     Failures (too many steps, step-size underflow, non-finite values) end the failing
     sample only; its status says why and its later outputs stay ``nan``.
@@ -274,6 +277,10 @@ def run_per_sample(
             f_new = K[-1]
         elif fsal or (rk.dense is None and (any_hit or (event is not None and any_ok))):
             f_new = f(t_new, y_new)
+        if dense is not None and any_ok:
+            dense.append((t.clone(), dt_try.clone(), ok.clone(), y.detach().clone(),
+                          y_new.detach().clone(), K.detach().clone(),
+                          None if f_new is None else f_new.detach().clone()))
         while any_hit:
             sel = hit.nonzero()[:, 0]  # host sync: once per output pass
             # Only the samples that passed an output are interpolated.

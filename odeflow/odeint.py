@@ -116,12 +116,12 @@ def solve(
     if opts.get("per_sample"):
         from .per_sample import solve_per_sample
 
-        if dense or progress:
-            raise ValueError("options['per_sample'] supports neither dense=True nor progress=True")
+        if progress:
+            raise ValueError("options['per_sample'] does not support progress=True yet")
         return solve_per_sample(
             func, y0, t, rtol=rtol, atol=atol, spec=spec, options=opts, event_fn=event_fn,
             gradient=gradient, adjoint_config=adjoint_config, adjoint_params=adjoint_params,
-            event_direction=event_direction, throw=throw,
+            event_direction=event_direction, throw=throw, dense=dense,
         )
     if event_fn is not None:
         if dense:

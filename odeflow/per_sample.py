@@ -146,8 +146,12 @@ def solve_per_sample(
     adjoint_params: Sequence[Tensor] | None,
     event_direction: Any,
     throw: bool,
+    dense: bool = False,
 ) -> Any:
     """Run a ``per_sample`` solve; ``solve`` dispatches here (see the module docstring).
+
+    With ``dense``, the :class:`~odeflow.Solution` evaluates each sample's solution at any
+    time of its span (:class:`~odeflow.dense_per_sample.PerSampleDense`).
 
     Returns:
         A :class:`~odeflow.Solution` (an ``EventSolution`` with ``event_fn``) with
@@ -209,7 +213,10 @@ def solve_per_sample(
     if mode == "adjoint":
         from .sensitivity.per_sample import check_adjoint_config
         check_adjoint_config(adjoint_config)
-    kwargs = dict(jumps=jumps, step_t=step_t, event=tracker)
+    if dense and events:
+        raise ValueError("dense=True is not supported together with event_fn yet")
+    pieces: list | None = [] if dense else None
+    kwargs = dict(jumps=jumps, step_t=step_t, event=tracker, dense=pieces)
     if mode == "direct":
         result = run_per_sample(f, y0_run, grid, cfg, **kwargs)
     else:
@@ -259,7 +266,11 @@ def solve_per_sample(
             from .sensitivity.per_sample import attach_output_times
             ys = attach_output_times(f, t, ys, stats)
         ys_user = layout.unflatten(ys, (ys.shape[0],))
-        return Solution(ys_user, t, stats, sample_stats=sample)
+        dense_out = None
+        if pieces:
+            from .dense_per_sample import PerSampleDense
+            dense_out = PerSampleDense(cfg.rk, pieces, sign, grid, layout, f)
+        return Solution(ys_user, t, stats, sample_stats=sample, dense=dense_out)
     assert tracker is not None
     if grad_on:
         t_event_user, y_stop = ift_reroute(tracker, t_stop, y_stop)

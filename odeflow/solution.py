@@ -24,7 +24,8 @@ class Solution:
         ts: the output times (the ``t`` that was passed, or up to the event time).
         stats: evaluation and step counts and the outcome (:class:`SolveStats`).
         event_t: the event time for an event-terminated solve, else ``None``.
-        dense: the :class:`~odeflow.dense.DenseOutput` of ``solve(..., dense=True)``, else
+        dense: the :class:`~odeflow.dense.DenseOutput` of ``solve(..., dense=True)`` (a
+            :class:`~odeflow.dense_per_sample.PerSampleDense` with ``per_sample``), else
             ``None``; :meth:`evaluate` and :meth:`derivative` use it.
         sample_stats: with ``options={"per_sample": True}``, each sample's ``status``,
             ``n_steps``, ``n_accepted`` and ``n_rejected`` as ``(B,)`` tensors
@@ -35,7 +36,7 @@ class Solution:
     ts: Tensor
     stats: SolveStats
     event_t: Tensor | None = None
-    dense: DenseOutput | None = None
+    dense: DenseOutput | Any = None
     sample_stats: Any = None
 
     def evaluate(self, t: Tensor | float) -> State:

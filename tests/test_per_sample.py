@@ -185,8 +185,11 @@ def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match=r"with event_fn, t must be \[t0, t1\]"):
         odeflow.solve(f, y0, torch.zeros(3, 3, dtype=F64), event_fn=lambda t, y: y[:, 0],
                       options=PS)
-    with pytest.raises(ValueError, match="per_sample.*dense"):
-        odeflow.solve(f, y0, t, options=PS, dense=True)
+    with pytest.raises(ValueError, match="per_sample.*progress"):
+        odeflow.solve(f, y0, t, options=PS, progress=True)
+    with pytest.raises(ValueError, match="dense=True.*event_fn"):
+        odeflow.solve(f, y0, torch.tensor([0.0, 1.0], dtype=F64), options=PS, dense=True,
+                      event_fn=lambda t, y: y[:, 0])
     with pytest.raises(ValueError, match="adjoint_options.*seminorm"):
         odeflow.solve(f, y0, t, options=PS, gradient="adjoint", adjoint_params=(),
                       adjoint_options=dict(norm=lambda x: x.abs().max()))
@@ -577,3 +580,28 @@ def test_tuple_states():
     assert hit.tolist() == [True, False, True]  # l falls to -0.5 only where sum(z0) > 0.5
     expect = -torch.log1p(-0.5 / z0.sum(1)) / k.detach()
     assert (ev.event_t[hit] - expect[hit]).abs().max().item() < 1e-9
+
+
+@pytest.mark.parametrize("method", ["dopri5", "bosh3", "dopri8"])
+def test_dense_output_per_sample_matches_each_samples_own_dense_solve(method):
+    # Each sample's dense output equals that sample's joint dense solve (same steps), on
+    # shared times and on per-sample times; outside a sample's own span is an error.
+    mu, y0, f = _batch(5)
+    t = torch.stack([torch.linspace(0.0, 2.0 + 0.5 * b, 3, dtype=F64) for b in range(5)])
+    sol = odeflow.solve(f, y0, t, rtol=1e-9, atol=1e-9, method=method, dense=True,
+                        options={"per_sample": True})
+    probe = torch.tensor([0.0, 0.37, 1.5, 2.0], dtype=F64)
+    shared = sol.evaluate(probe)
+    assert shared.shape == (4, 5, 2)
+    own = torch.stack([torch.linspace(0.1, 2.0 + 0.5 * b, 4, dtype=F64) for b in range(5)])
+    per = sol.evaluate(own)
+    for b in range(5):
+        joint = odeflow.solve(lambda tt, y, b=b: f(tt.expand(5), y.expand(5, 2))[b], y0[b],
+                              t[b], rtol=1e-9, atol=1e-9, method=method, dense=True)
+        assert torch.allclose(shared[:, b], joint.evaluate(probe), atol=1e-12, rtol=0)
+        assert torch.allclose(per[:, b], joint.evaluate(own[b]), atol=1e-12, rtol=0)
+        assert torch.allclose(sol.derivative(probe)[:, b], joint.derivative(probe),
+                              atol=1e-10, rtol=0)
+    assert sol.evaluate(1.0).shape == (5, 2)
+    with pytest.raises(ValueError, match="outside sample 0's solved span"):
+        sol.evaluate(2.2)
