@@ -94,6 +94,10 @@ class BatchFunc:
 
     def __call__(self, t: Tensor, x: Tensor, side: Tensor | None = None) -> Tensor:
         self.counter.nfe += 1
+        return self.uncounted(t, x, side)
+
+    def uncounted(self, t: Tensor, x: Tensor, side: Tensor | None = None) -> Tensor:
+        """The call without counting (inside a compiled step, which counts outside)."""
         tu = self.user_time(t)
         if side is not None:
             toward = torch.where(side * self.sign > 0, math.inf, -math.inf).to(self.dtype)
@@ -174,6 +178,32 @@ class BatchRK:
         """Time derivative of the dense output at ``theta`` (canonical time)."""
         safe = torch.where(dt > 0, dt, 1.0)  # samples that did not step: no 0/0
         return self.interpolant(y, y_new, K, f_new, safe).derivative(theta)
+
+
+_COMPILED: dict[int, Callable] = {}
+
+
+def compiled_step(rk: BatchRK) -> Callable:
+    """``rk.step`` through ``torch.compile`` (``options["compile"]``, no-grad solves): the
+    stage loop becomes a few fused kernels. ``func`` is called uncounted inside the compiled
+    region (a counter in the graph would force a recompile at every call) and the
+    evaluations are counted outside. One compiled function per stepper class, so that later
+    solves reuse it."""
+    fn = _COMPILED.get(0)
+    if fn is None:
+        def pure(rk: BatchRK, f: Callable, t: Tensor, y: Tensor, f0: Tensor, dt: Tensor,
+                 last_side: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+            return BatchRK.step(rk, f, t, y, f0, dt, last_side, None)
+
+        fn = _COMPILED[0] = torch.compile(pure, dynamic=False)
+
+    def step(f: BatchFunc, t: Tensor, y: Tensor, f0: Tensor, dt: Tensor,
+             last_side: Tensor | None = None, buf: Tensor | None = None,
+             ) -> tuple[Tensor, Tensor, Tensor]:
+        f.counter.nfe += rk.s - 1
+        return fn(rk, f.uncounted, t, y, f0, dt, last_side)
+
+    return step
 
 
 def _combine(K: Tensor, w: Tensor) -> Tensor:

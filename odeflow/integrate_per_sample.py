@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .batch import BatchFunc, BatchRK, SampleLayout, batched_norm, batched_rms
+from .batch import BatchFunc, BatchRK, SampleLayout, batched_norm, batched_rms, compiled_step
 from .controllers import PIDController, starting_step
 from .stats import SolveError, SolveStats, Status
 
@@ -78,6 +78,7 @@ class PerSampleConfig:
     first_step: float | None = None
     min_step: float = 0.0
     max_step: float = math.inf
+    compile: bool = False  # torch.compile the stage loop of no-grad solves
 
 
 @dataclass
@@ -218,6 +219,7 @@ def run_per_sample(
     dt = dt.clamp(min=min_step, max=max_step)
     ctrl = cfg.controller.init_tensor(dt)
     buf = None if torch.is_grad_enabled() else y.new_empty((rk.s, B, y.shape[1]))
+    step = compiled_step(rk) if cfg.compile and buf is not None else rk.step
     f0_side: Tensor | None = None
 
     while True:
@@ -237,7 +239,7 @@ def run_per_sample(
         on_jump = (land & active & stop_is_jump.gather(1, stop_idx[:, None])[:, 0]
                    if any_jumps else None)
         last_side = None if on_jump is None else -on_jump.long()
-        y_new, err, K = rk.step(f, t, y, f0, dt_try, last_side, buf)
+        y_new, err, K = step(f, t, y, f0, dt_try, last_side, buf)
         with torch.no_grad():
             scale = torch.maximum(y.abs(), y_new.abs()) * rtol + atol
             ratio = norm(err / scale).double()

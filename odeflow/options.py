@@ -129,7 +129,7 @@ def validate_options(options: dict[str, Any], *, adjoint: bool = False) -> None:
             _callable(options, name)
         elif name == "interp":
             _choice(options, name, ("linear", "cubic"))
-        elif name in ("perturb", "per_sample"):
+        elif name in ("perturb", "per_sample", "compile"):
             if not isinstance(options[name], (bool, int)):
                 raise TypeError(f"options['{name}'] must be True or False, got "
                                 f"{options[name]!r}")
@@ -142,5 +142,8 @@ def validate_options(options: dict[str, Any], *, adjoint: bool = False) -> None:
             _positive_int(options, name)
     if "controller" in options or any(k in options for k in ("safety", "ifactor", "dfactor")):
         make_controller(options)
+    if options.get("compile") and not options.get("per_sample"):
+        raise ValueError("options['compile'] compiles the per-sample step; it needs "
+                         "options['per_sample'] = True")
     if options.get("step_size") is not None and options.get("grid_constructor") is not None:
         raise ValueError("options: give step_size or grid_constructor, not both")

@@ -128,7 +128,8 @@ def _config(tableau: Any, y0: Tensor, options: dict, rtol: Any, atol: Any,
         rtol=rtol, atol=atol, norm=norm, max_num_steps=max_steps(options),
         first_step=positive_float(options, "first_step", None),
         min_step=positive_float(options, "min_step", None, allow_zero=True) or 0.0,
-        max_step=positive_float(options, "max_step", None) or math.inf)
+        max_step=positive_float(options, "max_step", None) or math.inf,
+        compile=bool(options.get("compile", False)))
 
 
 def solve_per_sample(

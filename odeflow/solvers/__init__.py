@@ -18,7 +18,7 @@ CALLBACKS = ("callback_step", "callback_accept_step", "callback_reject_step")
 
 ADAPTIVE_OPTIONS = (
     "first_step", "safety", "ifactor", "dfactor", "min_step", "max_step", "max_num_steps",
-    "norm", "jump_t", "step_t", "dtype", "controller", "per_sample",
+    "norm", "jump_t", "step_t", "dtype", "controller", "per_sample", "compile",
 )
 FIXED_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp", "max_num_steps")
 
