@@ -83,7 +83,8 @@ def test_fixed_grid_event_on_sine_matches_closed_form_both_directions():
     assert event_t.item() == pytest.approx(-math.pi / 6, abs=1e-9)
 
 
-def test_fixed_grid_event_time_gradient():
+@pytest.mark.parametrize("gradient", ["direct", "checkpoint", "adjoint"])
+def test_fixed_grid_event_time_gradient(gradient):
     # Free fall from height h: t* = sqrt(2 h) under unit gravity, dt*/dh = 1/sqrt(2 h).
     h = torch.tensor(2.0, dtype=F64, requires_grad=True)
 
@@ -91,9 +92,11 @@ def test_fixed_grid_event_time_gradient():
         return torch.stack([y[1], -torch.ones_like(y[1])])
 
     y0 = torch.stack([h, torch.zeros((), dtype=F64)])
-    event_t, _ = odeint_event(f, y0, torch.tensor(0.0, dtype=F64), event_fn=lambda t, y: y[0],
-                              method="rk4", options=dict(step_size=0.1, interp="cubic"))
-    (dh,) = torch.autograd.grad(event_t, h)
+    sol = solve(f, y0, torch.tensor([0.0, math.inf], dtype=F64), event_fn=lambda t, y: y[0],
+                method="rk4", options=dict(step_size=0.1, interp="cubic"), gradient=gradient,
+                adjoint_params=())
+    assert sol.event_t.item() == pytest.approx(2.0, abs=1e-12)
+    (dh,) = torch.autograd.grad(sol.event_t, h)
     assert dh.item() == pytest.approx(1 / math.sqrt(4.0), rel=1e-9)
 
 
