@@ -1,11 +1,10 @@
-"""The batched pieces of the per-sample loop: state layout, ``func``, stepper and norms.
+"""The batched pieces of the per-sample loop: state layout, ``func`` and norms.
 
 A ``per_sample`` state is a ``(B, n)`` matrix, one row per sample (:class:`SampleLayout`);
 ``func`` is called on the whole batch with each sample's own time (:class:`BatchFunc`,
-counting evaluations on the problem's ``CountedFunc``); a Runge–Kutta tableau is stepped
-with one step size per sample (:class:`BatchRK`, the tableau and dense output of
-``tableaus.py``, as the joint stepper uses them); error norms reduce each row
-(:func:`batched_norm`).
+counting evaluations on the problem's ``CountedFunc``); the stepper is the joint loops' own
+:class:`~odeflow.solvers.explicit_rk.ExplicitRK` (its ``step_batch`` takes one step size
+per sample); error norms reduce each row (:func:`batched_norm`).
 """
 
 from __future__ import annotations
@@ -17,9 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .interp import HermiteInterpolant, Interpolant, TableauInterpolant
+from .solvers.explicit_rk import ExplicitRK
 
-__all__ = ["SampleLayout", "BatchFunc", "BatchRK", "batched_rms", "batched_norm"]
+__all__ = ["SampleLayout", "BatchFunc", "batched_rms", "batched_norm", "compiled_step"]
 
 
 def batched_rms(x: Tensor) -> Tensor:
@@ -110,107 +109,30 @@ class BatchFunc:
         return out if self.forward_only else out * self.sign_col
 
 
-class BatchRK:
-    """An explicit Runge–Kutta tableau stepped on ``(B, n)`` with one ``dt`` per sample."""
-
-    def __init__(self, tableau: Any, dtype: torch.dtype, device: torch.device):
-        self.tab = tableau
-        self.s = tableau.stages
-        self.c = tuple(float(x) for x in tableau.c)
-        self.a = [torch.tensor(row, dtype=dtype, device=device) if row else None
-                  for row in tableau.a]
-        self.b = torch.tensor(tableau.b, dtype=dtype, device=device)
-        self.b_err = torch.tensor(tableau.b_err, dtype=dtype, device=device)
-        self.fsal = tableau.fsal
-        self.k = tableau.error_order + 1
-        self.dense = (None if tableau.dense is None else
-                      torch.tensor(tableau.dense, dtype=dtype, device=device))
-        # Cubic Hermite would spoil a high-order method (dopri8): step to outputs instead.
-        self.steps_to_outputs = tableau.dense is None and tableau.order > 4
-
-    def step(self, f: BatchFunc, t: Tensor, y: Tensor, f0: Tensor, dt: Tensor,
-             last_side: Tensor | None = None, buf: Tensor | None = None,
-             ) -> tuple[Tensor, Tensor, Tensor]:
-        """One attempt per sample; returns ``(y_new, error estimate, stages (s, B, n))``."""
-        h = dt.to(y.dtype)[:, None]
-        # A sample that does not step (dt = 0) stays exactly at y, even where its stages are
-        # not finite: no nan enters the graph (or the next stage) through 0 * inf.
-        still = h == 0
-        if buf is None:  # under autograd the stages must not go into a reused buffer
-            ks = [f0]
-            y_i = y
-            for i in range(1, self.s):
-                y_i = torch.where(still, y, torch.addcmul(y, h, _combine(torch.stack(ks),
-                                                                         self.a[i])))
-                side = last_side if self.c[i] == 1.0 else None
-                ks.append(f(t + self.c[i] * dt, y_i, side))
-            K = torch.stack(ks)
-        else:
-            K = buf
-            K[0] = f0
-            y_i = y
-            for i in range(1, self.s):
-                y_i = torch.where(still, y, torch.addcmul(y, h, _combine(K[:i], self.a[i])))
-                side = last_side if self.c[i] == 1.0 else None
-                K[i] = f(t + self.c[i] * dt, y_i, side)
-        y_new = y_i if self.fsal else torch.where(
-            still, y, torch.addcmul(y, h, _combine(K, self.b)))
-        with torch.no_grad():
-            err = h * _combine(K, self.b_err)
-        return y_new, err, K
-
-    def interpolant(self, y: Tensor, y_new: Tensor, K: Tensor, f_new: Tensor | None,
-                    dt: Tensor) -> Interpolant:
-        """The step's dense output for every sample: the joint loops' interpolants, batched
-        (``theta`` and ``dt`` per sample)."""
-        if self.dense is not None:
-            return TableauInterpolant(None, dt, y, K, self.tab)
-        assert f_new is not None
-        return HermiteInterpolant(None, dt, y, y_new, K[0], f_new)
-
-    def evaluate(self, y: Tensor, y_new: Tensor, K: Tensor, f_new: Tensor | None, dt: Tensor,
-                 theta: Tensor) -> Tensor:
-        """Dense output at fraction ``theta`` ``(B,)`` of each sample's step."""
-        return self.interpolant(y, y_new, K, f_new, dt).evaluate(theta)
-
-    def derivative(self, y: Tensor, y_new: Tensor, K: Tensor, f_new: Tensor | None,
-                   dt: Tensor, theta: Tensor) -> Tensor:
-        """Time derivative of the dense output at ``theta`` (canonical time)."""
-        safe = torch.where(dt > 0, dt, 1.0)  # samples that did not step: no 0/0
-        return self.interpolant(y, y_new, K, f_new, safe).derivative(theta)
-
-
 _COMPILED: dict[int, Callable] = {}
 
 
-def compiled_step(rk: BatchRK) -> Callable:
-    """``rk.step`` through ``torch.compile`` (``options["compile"]``, no-grad solves): the
+def compiled_step(rk: ExplicitRK) -> Callable:
+    """``rk.step_batch`` through ``torch.compile`` (``options["compile"]``, no-grad solves): the
     stage loop becomes a few fused kernels. ``func`` is called uncounted inside the compiled
     region (a counter in the graph would force a recompile at every call) and the
     evaluations are counted outside. One compiled function per stepper class, so that later
     solves reuse it."""
     fn = _COMPILED.get(0)
     if fn is None:
-        def pure(rk: BatchRK, f: Callable, t: Tensor, y: Tensor, f0: Tensor, dt: Tensor,
+        def pure(rk: ExplicitRK, f: Callable, t: Tensor, y: Tensor, f0: Tensor, dt: Tensor,
                  last_side: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-            return BatchRK.step(rk, f, t, y, f0, dt, last_side, None)
+            return ExplicitRK.step_batch(rk, f, t, y, f0, dt, last_side, None)
 
         fn = _COMPILED[0] = torch.compile(pure, dynamic=False)
 
     def step(f: BatchFunc, t: Tensor, y: Tensor, f0: Tensor, dt: Tensor,
              last_side: Tensor | None = None, buf: Tensor | None = None,
              ) -> tuple[Tensor, Tensor, Tensor]:
-        f.counter.nfe += rk.s - 1
+        f.counter.nfe += rk.stages - 1
         return fn(rk, f.uncounted, t, y, f0, dt, last_side)
 
     return step
-
-
-def _combine(K: Tensor, w: Tensor) -> Tensor:
-    """``Σ_j w_j K[j]`` for stages ``K`` of shape ``(j, B, n)``: one matrix–vector product
-    over the flattened stages (an einsum costs several small kernels per call)."""
-    j, B, n = K.shape
-    return torch.mv(K.reshape(j, B * n).T, w).view(B, n)
 
 
 def batched_norm(user_norm: Any, layout: SampleLayout) -> Callable[[Tensor], Tensor]:

@@ -90,11 +90,11 @@ class PerSampleDense:
             # dopri8 has no interpolant of its order: re-step from each step's start (as
             # the joint dense output does), one batched step per asked time.
             t0 = self._t[idx, cols]
-            value = self._rk.step(self._f, t0, y, K[0], theta * dt)[0]
+            value = self._rk.step_batch(self._f, t0, y, K[0], theta * dt)[0]
             if derivative:
                 return self._f(t0 + theta * dt, value) * self._sign.to(K.dtype)[:, None]
             return value
         args = (y, self._y_new[idx, cols], K, f_new, dt)
         if derivative:
-            return self._rk.derivative(*args, theta) * self._sign.to(K.dtype)[:, None]
-        return self._rk.evaluate(*args, theta)
+            return self._rk.batch_derivative(*args, theta) * self._sign.to(K.dtype)[:, None]
+        return self._rk.batch_evaluate(*args, theta)

@@ -30,7 +30,8 @@ import torch
 from torch import Tensor
 
 from .event_location import _MAX_ROOT_ITERS, _THETAS, direction_tensor
-from .integrate_per_sample import BatchFunc, BatchRK, IterRecord
+from .integrate_per_sample import BatchFunc, IterRecord
+from .solvers.explicit_rk import ExplicitRK
 
 __all__ = ["EventHits", "EventTracker", "ift_reroute"]
 
@@ -94,7 +95,7 @@ class EventTracker:
                              f"(as at t0), got {out.shape[1]}")
         return out
 
-    def check(self, f: BatchFunc, rk: BatchRK, t: Tensor, t_new: Tensor, dt: Tensor,
+    def check(self, f: BatchFunc, rk: ExplicitRK, t: Tensor, t_new: Tensor, dt: Tensor,
               ok: Tensor, y: Tensor, y_new: Tensor, K: Tensor, f_new: Tensor | None,
               rec: IterRecord | None) -> Tensor | None:
         """After an iteration: the samples whose step holds their first crossing (or None)."""
@@ -102,7 +103,8 @@ class EventTracker:
             samples = []
             for th in _THETAS[:-1]:
                 theta = torch.full_like(t, th)
-                samples.append(self.raw(t + th * dt, rk.evaluate(y, y_new, K, f_new, dt, theta)))
+                value = rk.batch_evaluate(y, y_new, K, f_new, dt, theta)
+                samples.append(self.raw(t + th * dt, value))
             samples.append(self.raw(t_new, y_new))
             s = self.sign
             found = torch.zeros_like(ok)
@@ -129,7 +131,7 @@ class EventTracker:
                 raise ValueError("event_fn returned non-finite values during the solve")
 
             def evaluate(theta: Tensor) -> Tensor:
-                return self.raw(t + theta * dt, rk.evaluate(y, y_new, K, f_new, dt, theta))
+                return self.raw(t + theta * dt, rk.batch_evaluate(y, y_new, K, f_new, dt, theta))
 
             eps = torch.finfo(y.dtype).eps
             safe_dt = torch.where(dt > 0, dt, 1.0)
@@ -153,13 +155,13 @@ class EventTracker:
             t_ev = torch.where(theta == 1.0, t_new, t + theta * dt)
             rising = sign_at_cross.gather(1, index.clamp(min=0)[:, None])[:, 0] < 0
             if not rk.steps_to_outputs:
-                ydot = rk.derivative(y, y_new, K, f_new, dt, theta)
+                ydot = rk.batch_derivative(y, y_new, K, f_new, dt, theta)
         if rk.steps_to_outputs:  # re-stepped: the method's own order (with the loop's graph)
             y_ev = restep(f, rk, t, dt, y, K, theta)
             with torch.no_grad():
                 ydot = f(t_ev, y_ev.detach())
         else:
-            y_ev = rk.evaluate(y, y_new, K, f_new, dt, theta)  # with the loop's graph, if any
+            y_ev = rk.batch_evaluate(y, y_new, K, f_new, dt, theta)  # with the loop's graph, if any
         y_ev = torch.where((theta == 1.0)[:, None], y_new, y_ev)
         h = self.hits
         h.y = torch.where(found[:, None], y_ev, h.y)
@@ -174,7 +176,7 @@ class EventTracker:
         return found
 
 
-    def _refine(self, f: BatchFunc, rk: BatchRK, t: Tensor, dt: Tensor, y: Tensor, K: Tensor,
+    def _refine(self, f: BatchFunc, rk: ExplicitRK, t: Tensor, dt: Tensor, y: Tensor, K: Tensor,
                 g_end: Tensor, found: Tensor, index: Tensor, s: Tensor, th_a: Tensor,
                 th_b: Tensor, theta: Tensor, tol: Tensor) -> Tensor:
         """Locate each found sample's root again on the re-stepped dense output: in the
@@ -206,11 +208,11 @@ class EventTracker:
         return out
 
 
-def restep(f: BatchFunc, rk: BatchRK, t: Tensor, dt: Tensor, y: Tensor, K: Tensor,
+def restep(f: BatchFunc, rk: ExplicitRK, t: Tensor, dt: Tensor, y: Tensor, K: Tensor,
            theta: Tensor) -> Tensor:
     """``y(t + θ dt)`` as one step of size ``θ dt`` from the step's start (``dopri8``, whose
     Hermite dense output is below its order; as ``ReStepInterpolant``)."""
-    return rk.step(f, t, y, K[0], theta * dt)[0]
+    return rk.step_batch(f, t, y, K[0], theta * dt)[0]
 
 
 def _root(evaluate: Callable[[Tensor], Tensor], k: int, s: Tensor, a: Tensor, fa: Tensor,

@@ -31,11 +31,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .batch import BatchFunc, BatchRK, SampleLayout, batched_norm, batched_rms, compiled_step
+from .batch import BatchFunc, SampleLayout, batched_norm, batched_rms, compiled_step
 from .controllers import PIDController, starting_step
+from .solvers.explicit_rk import ExplicitRK
 from .stats import SolveError, SolveStats, Status
 
-__all__ = ["SampleStats", "SampleLayout", "BatchFunc", "BatchRK", "PerSampleConfig",
+__all__ = ["SampleStats", "SampleLayout", "BatchFunc", "PerSampleConfig",
            "PerSampleResult", "IterRecord", "run_per_sample", "batched_rms", "batched_norm",
            "raise_failures", "FAILURES", "integrate_per_sample"]
 
@@ -69,7 +70,7 @@ class SampleStats:
 class PerSampleConfig:
     """The adaptive loop's settings (validated by the caller)."""
 
-    rk: BatchRK
+    rk: ExplicitRK
     controller: PIDController
     rtol: float | Tensor  # a scalar, or one value per column of the (B, n) state
     atol: float | Tensor
@@ -212,14 +213,14 @@ def run_per_sample(
     active &= f0_finite
     if cfg.first_step is None:
         dt = starting_step(lambda h0: f(t + h0, y + h0.to(dtype)[:, None] * f0), y.detach(),
-                           f0.detach(), rk.tab.error_order, rtol, atol, norm)
+                           f0.detach(), rk.tableau.error_order, rtol, atol, norm)
         dt = torch.where(torch.isfinite(dt), dt, 1e-6)
     else:
         dt = torch.full((B,), cfg.first_step, dtype=torch.float64, device=device)
     dt = dt.clamp(min=min_step, max=max_step)
     ctrl = cfg.controller.init_tensor(dt)
-    buf = None if torch.is_grad_enabled() else y.new_empty((rk.s, B, y.shape[1]))
-    step = compiled_step(rk) if cfg.compile and buf is not None else rk.step
+    buf = None if torch.is_grad_enabled() else y.new_empty((rk.stages, B, y.shape[1]))
+    step = compiled_step(rk) if cfg.compile and buf is not None else rk.step_batch
     f0_side: Tensor | None = None
 
     while True:
@@ -264,7 +265,7 @@ def run_per_sample(
         if any_overflow and y_new.requires_grad:
             # A rejected trial overflowed: its infinities would turn the zero gradient that
             # torch.where sends them into nan. Redo the step without those samples' trials.
-            y_new, _, K = rk.step(f, t, y, f0, torch.where(finite, dt_try, 0.0), last_side,
+            y_new, _, K = rk.step_batch(f, t, y, f0, torch.where(finite, dt_try, 0.0), last_side,
                                   buf)
         if stage_hook is not None:
             stage_hook(ok, dt_try)
@@ -277,7 +278,7 @@ def run_per_sample(
         f_new = None
         if fsal and rk.fsal:
             f_new = K[-1]
-        elif fsal or (rk.dense is None and (any_hit or (event is not None and any_ok))):
+        elif fsal or (rk.tableau.dense is None and (any_hit or (event is not None and any_ok))):
             f_new = f(t_new, y_new)
         if dense is not None and any_ok:
             dense.append((t.clone(), dt_try.clone(), ok.clone(), y.detach().clone(),
@@ -289,7 +290,7 @@ def run_per_sample(
             t_s, dt_s, tn_s = t[sel], dt_try[sel], t_new[sel]
             tj = next_out[sel]
             theta = (tj - t_s) / dt_s
-            value = rk.evaluate(y[sel], y_new[sel], K[:, sel], None if f_new is None
+            value = rk.batch_evaluate(y[sel], y_new[sel], K[:, sel], None if f_new is None
                                 else f_new[sel], dt_s, theta)
             value = torch.where((tj == tn_s)[:, None], y_new[sel], value)
             ys[out_idx[sel], sel] = value
@@ -322,7 +323,8 @@ def run_per_sample(
         if not any_left:
             break
         with torch.no_grad():
-            new_dt, ctrl = cfg.controller.propose_tensor(dt_try, ratio, ok, rk.k, ctrl)
+            new_dt, ctrl = cfg.controller.propose_tensor(dt_try, ratio, ok, rk.error_order + 1,
+                                                         ctrl)
             dt = torch.where(active, new_dt.clamp(min=min_step, max=max_step), dt)
     stats.n_accepted = int(n_acc.sum())
     stats.n_rejected = int(n_rej.sum())
@@ -384,7 +386,7 @@ def integrate_per_sample(problem: Any, stepper: Any, controller: PIDController,
     grid = torch.tensor(problem.t_out, dtype=torch.float64, device=y0.device).expand(B, -1)
     sign = torch.full((B,), problem.sign, dtype=torch.float64, device=y0.device)
     f = BatchFunc(problem.user_func, batch_layout, y0.dtype, sign, problem.func)
-    cfg = PerSampleConfig(BatchRK(stepper.tableau, y0.dtype, y0.device), controller,
+    cfg = PerSampleConfig(stepper, controller,
                           problem.rtol, problem.atol,
                           batched_norm(problem.options.get("norm"), batch_layout),
                           max_num_steps, first_step)

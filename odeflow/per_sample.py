@@ -22,7 +22,6 @@ from .events_per_sample import EventTracker, ift_reroute
 from .integrate_per_sample import (
     FAILURES,
     BatchFunc,
-    BatchRK,
     PerSampleConfig,
     SampleLayout,
     batched_norm,
@@ -32,8 +31,8 @@ from .integrate_per_sample import (
 from .options import make_controller, max_steps, positive_float
 from .problem import make_problem
 from .sensitivity import find_params
+from .solvers.explicit_rk import ExplicitRK
 from .stats import Status, record_last_stats
-from .tableaus import TABLEAUS
 
 __all__ = ["solve_per_sample"]
 
@@ -121,10 +120,10 @@ def _tolerance(tol: Any, layout: SampleLayout, like: Tensor) -> float | Tensor:
     return float(tol)
 
 
-def _config(tableau: Any, y0: Tensor, options: dict, rtol: Any, atol: Any,
+def _config(rk: ExplicitRK, y0: Tensor, options: dict, rtol: Any, atol: Any,
             norm: Callable) -> PerSampleConfig:
     return PerSampleConfig(
-        rk=BatchRK(tableau, y0.dtype, y0.device), controller=make_controller(options),
+        rk=rk, controller=make_controller(options),
         rtol=rtol, atol=atol, norm=norm, max_num_steps=max_steps(options),
         first_step=positive_float(options, "first_step", None),
         min_step=positive_float(options, "min_step", None, allow_zero=True) or 0.0,
@@ -192,7 +191,7 @@ def solve_per_sample(
     sign = torch.where(grid_user[:, -1] >= grid_user[:, 0], 1.0, -1.0)
     grid = sign[:, None] * grid_user
     layout = SampleLayout.of(y0)
-    cfg = _config(TABLEAUS[spec.name], first, options, _tolerance(rtol, layout, first),
+    cfg = _config(spec.build(options), first, options, _tolerance(rtol, layout, first),
                   _tolerance(atol, layout, first), batched_norm(options.get("norm"), layout))
     jumps = _stop_times(options, "jump_t", sign, B)
     step_t = _stop_times(options, "step_t", sign, B)

@@ -26,15 +26,14 @@ from torch import Tensor
 
 from ..integrate_per_sample import (
     BatchFunc,
-    BatchRK,
     IterRecord,
     PerSampleConfig,
     PerSampleResult,
     run_per_sample,
 )
 from ..options import make_controller, max_steps, positive_float
+from ..solvers.explicit_rk import ExplicitRK
 from ..stats import SolveError, SolveStats, Status
-from ..tableaus import TABLEAUS
 
 __all__ = ["attach_checkpoint", "attach_adjoint", "check_adjoint_config",
            "shift_initial_states", "attach_output_times"]
@@ -82,9 +81,9 @@ class _Replay(torch.autograd.Function):
                     th = torch.ones_like(rec.t)
                     th[sel] = theta
                     if rk.steps_to_outputs:  # located by re-stepping (dopri8)
-                        y_ev = rk.step(f, rec.t, y, K[0], th * dt)[0]
+                        y_ev = rk.step_batch(f, rec.t, y, K[0], th * dt)[0]
                     else:
-                        y_ev = rk.evaluate(y, y_new, K, f_new, dt, th)
+                        y_ev = rk.batch_evaluate(y, y_new, K, f_new, dt, th)
                     y_ev = torch.where((th == 1.0)[:, None], y_new, y_ev)
                     targets.append(y_ev[sel])
                     grads.append(grad_last[sel])
@@ -98,26 +97,26 @@ class _Replay(torch.autograd.Function):
         return (None, adj + grad_ys[0], *param_grads)
 
 
-def _replay_step(f: BatchFunc, rk: BatchRK, rec: IterRecord, y: Tensor, dt: Tensor):
+def _replay_step(f: BatchFunc, rk: ExplicitRK, rec: IterRecord, y: Tensor, dt: Tensor):
     f0 = f(rec.t, y, rec.f0_side)
-    y_new, _, K = rk.step(f, rec.t, y, f0, dt, rec.last_side)
+    y_new, _, K = rk.step_batch(f, rec.t, y, f0, dt, rec.last_side)
     t_new = rec.t_new
     f_new = None
-    if rk.dense is None and (rec.outputs or rec.events is not None):
+    if rk.tableau.dense is None and (rec.outputs or rec.events is not None):
         f_new = K[-1] if rk.fsal else f(t_new, y_new)
     return y_new, f_new, K, t_new
 
 
-def _value_at(rk: BatchRK, rec: IterRecord, dt: Tensor, y: Tensor, y_new: Tensor, K: Tensor,
+def _value_at(rk: ExplicitRK, rec: IterRecord, dt: Tensor, y: Tensor, y_new: Tensor, K: Tensor,
               f_new: Tensor | None, t_new: Tensor, grid: Tensor, sel: Tensor, j: Tensor,
               theta: Tensor) -> Tensor:
-    value = rk.evaluate(y[sel], y_new[sel], K[:, sel], None if f_new is None else f_new[sel],
+    value = rk.batch_evaluate(y[sel], y_new[sel], K[:, sel], None if f_new is None else f_new[sel],
                         dt[sel], theta)
     exact = grid[sel, j] == t_new[sel]  # the loop took y_new itself there
     return torch.where(exact[:, None], y_new[sel], value)
 
 
-def attach_checkpoint(f: BatchFunc, rk: BatchRK, grid: Tensor, result: PerSampleResult,
+def attach_checkpoint(f: BatchFunc, rk: ExplicitRK, grid: Tensor, result: PerSampleResult,
                       y_last: Tensor, stats: SolveStats, y0: Tensor,
                       params: tuple[Tensor, ...], failed: Tensor) -> tuple[Tensor, Tensor]:
     """``(ys, y_last)`` of a recorded forward, differentiable by replay (``failed`` samples
@@ -216,8 +215,7 @@ class _Adjoint(torch.autograd.Function):
         grad_ys = torch.where(keep, torch.nan_to_num(grad_ys), 0.0)
         ys = torch.where(keep, ys, ys[:1])
         n = ys.shape[2]
-        tab = TABLEAUS[config.spec.name]
-        rk = BatchRK(tab, ys.dtype, ys.device)
+        rk = config.spec.build(config.options)
         opts = config.options
         cfg = PerSampleConfig(
             rk=rk, controller=make_controller(opts), rtol=float(config.rtol),
@@ -226,7 +224,7 @@ class _Adjoint(torch.autograd.Function):
             max_num_steps=max_steps(opts), first_step=positive_float(opts, "first_step", None),
             min_step=positive_float(opts, "min_step", None, allow_zero=True) or 0.0,
             max_step=positive_float(opts, "max_step", None) or math.inf)
-        aug = _Augmented(f, params, rk.b, n)
+        aug = _Augmented(f, params, rk.coefficients(ys.dtype, ys.device)[1], n)
         nfe_before = f.counter.nfe
         a = grad_ys[-1].clone()
         n_steps = 0

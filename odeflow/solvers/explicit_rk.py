@@ -222,6 +222,80 @@ class ExplicitRK:
         return TableauInterpolant(0.0, dt, y, stages, self.tableau, stacked).evaluate(theta)
 
 
+    # ---------------------------------------------------- per-sample mode (one dt per sample)
+    @property
+    def stages(self) -> int:
+        """The number of stages ``s``."""
+        return self._s
+
+    def coefficients(self, dtype: torch.dtype, device: torch.device) -> tuple:
+        """``(a_rows, b, b_err)`` as tensors of ``dtype`` on ``device`` (cached)."""
+        return self._coefficients(dtype, device)
+
+    def step_batch(self, f: Callable, t: Tensor, y: Tensor, f0: Tensor, dt: Tensor,
+                   last_side: Tensor | None = None, buf: Tensor | None = None,
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+        """One attempt per sample of a ``(B, n)`` batch with step sizes ``dt`` ``(B,)``
+        (``options["per_sample"]``); returns ``(y_new, error estimate, stages (s, B, n))``.
+
+        ``f(t, y, side)`` is the batched derivative (``side``: per-sample one-sided
+        evaluation at a jump, for the stages with ``c == 1``); ``buf`` an ``(s, B, n)``
+        workspace for no-grad solves (``None`` under autograd).
+        """
+        a_rows, b, b_err = self._coefficients(y.dtype, y.device)
+        c = self._c
+        h = dt.to(y.dtype)[:, None]
+        # A sample that does not step (dt = 0) stays exactly at y, even where its stages are
+        # not finite: no nan enters the graph (or the next stage) through 0 * inf.
+        still = h == 0
+        if buf is None:  # under autograd the stages must not go into a reused buffer
+            ks = [f0]
+            y_i = y
+            for i in range(1, self._s):
+                y_i = torch.where(still, y, torch.addcmul(y, h, _stage_sum(torch.stack(ks),
+                                                                           a_rows[i])))
+                ks.append(f(t + c[i] * dt, y_i, last_side if c[i] == 1.0 else None))
+            K = torch.stack(ks)
+        else:
+            K = buf
+            K[0] = f0
+            y_i = y
+            for i in range(1, self._s):
+                y_i = torch.where(still, y, torch.addcmul(y, h, _stage_sum(K[:i], a_rows[i])))
+                K[i] = f(t + c[i] * dt, y_i, last_side if c[i] == 1.0 else None)
+        y_new = y_i if self.fsal else torch.where(
+            still, y, torch.addcmul(y, h, _stage_sum(K, b)))
+        with torch.no_grad():
+            err = h * _stage_sum(K, b_err)
+        return y_new, err, K
+
+    def batch_interpolant(self, y: Tensor, y_new: Tensor, K: Tensor, f_new: Tensor | None,
+                          dt: Tensor) -> Interpolant:
+        """The step's dense output for every sample (``theta`` and ``dt`` per sample)."""
+        if self.tableau.dense is not None:
+            return TableauInterpolant(None, dt, y, K, self.tableau)
+        assert f_new is not None
+        return HermiteInterpolant(None, dt, y, y_new, K[0], f_new)
+
+    def batch_evaluate(self, y: Tensor, y_new: Tensor, K: Tensor, f_new: Tensor | None,
+                       dt: Tensor, theta: Tensor) -> Tensor:
+        """Dense output at fraction ``theta`` ``(B,)`` of each sample's step."""
+        return self.batch_interpolant(y, y_new, K, f_new, dt).evaluate(theta)
+
+    def batch_derivative(self, y: Tensor, y_new: Tensor, K: Tensor, f_new: Tensor | None,
+                         dt: Tensor, theta: Tensor) -> Tensor:
+        """Time derivative of the dense output at ``theta`` (canonical time)."""
+        safe = torch.where(dt > 0, dt, 1.0)  # samples that did not step: no 0/0
+        return self.batch_interpolant(y, y_new, K, f_new, safe).derivative(theta)
+
+
+def _stage_sum(K: Tensor, w: Tensor) -> Tensor:
+    """``Σ_j w_j K[j]`` for per-sample stages ``K`` ``(j, B, n)``: one matrix–vector product
+    over the flattened stages (an einsum costs several small kernels per call)."""
+    j, B, n = K.shape
+    return torch.mv(K.reshape(j, B * n).T, w).view(B, n)
+
+
 class ReStepInterpolant(Interpolant):
     """Dense output by re-stepping: ``y(t + θ dt)`` is one step of size ``θ dt`` from the
     step's start, so it has the method's own order (dopri8 has no interpolant of its order).
