@@ -149,6 +149,7 @@ def run_per_sample(
     stage_hook: Callable[[Tensor, Tensor], None] | None = None,
     skip: Tensor | None = None,
     dense: list | None = None,
+    progress: Any = None,
 ) -> PerSampleResult:
     """Solve every sample from ``grid[:, 0]`` to ``grid[:, -1]`` with outputs at ``grid``.
 
@@ -165,6 +166,8 @@ def run_per_sample(
         stage_hook: called as ``stage_hook(accepted, dt)`` after each iteration's decision,
             before any other evaluation (the adjoint's parameter quadrature).
         skip: ``(B,)`` samples not to solve (they keep ``y0``; the adjoint's failed ones).
+        progress: a :class:`~odeflow.progress.Progress` over ``[0, 1]``, updated with the mean
+            fraction of the samples' spans done (one extra host sync per iteration).
         dense: a list that receives, per iteration with an accepted sample, the detached
             ``(t, dt, ok, y, y_new, stages, f_new)`` of the batched interpolant.
 
@@ -319,6 +322,9 @@ def run_per_sample(
         if fsal:
             f0 = torch.where(ok[:, None], f_new, f0)
         stop_idx = torch.clamp(stop_idx + (ok & land), max=stops.shape[1] - 1)
+        if progress is not None:  # host sync: only with progress=True
+            span = (t_end - grid[:, 0]).clamp(min=1e-300)
+            progress.update(((t - grid[:, 0]) / span).clamp(0, 1).mean().item(), stats.n_steps)
         active = active & ~done & ~dead
         if not any_left:
             break

@@ -116,12 +116,10 @@ def solve(
     if opts.get("per_sample"):
         from .per_sample import solve_per_sample
 
-        if progress:
-            raise ValueError("options['per_sample'] does not support progress=True yet")
         return solve_per_sample(
             func, y0, t, rtol=rtol, atol=atol, spec=spec, options=opts, event_fn=event_fn,
             gradient=gradient, adjoint_config=adjoint_config, adjoint_params=adjoint_params,
-            event_direction=event_direction, throw=throw, dense=dense,
+            event_direction=event_direction, throw=throw, dense=dense, progress=progress,
         )
     if event_fn is not None:
         if dense:

@@ -30,6 +30,7 @@ from .integrate_per_sample import (
 )
 from .options import make_controller, max_steps, positive_float
 from .problem import make_problem
+from .progress import Progress
 from .sensitivity import find_params
 from .solvers.explicit_rk import ExplicitRK
 from .stats import Status, record_last_stats
@@ -147,6 +148,7 @@ def solve_per_sample(
     event_direction: Any,
     throw: bool,
     dense: bool = False,
+    progress: bool = False,
 ) -> Any:
     """Run a ``per_sample`` solve; ``solve`` dispatches here (see the module docstring).
 
@@ -216,13 +218,19 @@ def solve_per_sample(
     if dense and events:
         raise ValueError("dense=True is not supported together with event_fn yet")
     pieces: list | None = [] if dense else None
-    kwargs = dict(jumps=jumps, step_t=step_t, event=tracker, dense=pieces)
-    if mode == "direct":
-        result = run_per_sample(f, y0_run, grid, cfg, **kwargs)
-    else:
-        with torch.no_grad():
-            result = run_per_sample(f, y0_run.detach(), grid, cfg,
-                                    record=mode == "checkpoint", **kwargs)
+    bar = Progress(0.0, 1.0, desc="per-sample solve", label="done") if progress else None
+    kwargs = dict(jumps=jumps, step_t=step_t, event=tracker, dense=pieces, progress=bar)
+    try:
+        if mode == "direct":
+            result = run_per_sample(f, y0_run, grid, cfg, **kwargs)
+        else:
+            with torch.no_grad():
+                result = run_per_sample(f, y0_run.detach(), grid, cfg,
+                                        record=mode == "checkpoint", **kwargs)
+    finally:
+        if bar is not None:
+            done = "result" in locals()
+            bar.close(bar.t1 if done else bar.t0, result.stats.n_steps if done else 0)
     stats = result.stats
     sample = result.sample
     if events:

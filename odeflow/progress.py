@@ -23,10 +23,13 @@ class Progress:
         t0, t1: the canonical span.
         sign: ``+1``, or ``-1`` when the user's time decreases (shown as the user's time).
         desc: the bar's label.
+        label: the name of the quantity shown (``t``; a per-sample solve shows the mean
+            fraction of the samples' spans).
     """
 
-    def __init__(self, t0: float, t1: float, sign: float = 1.0, desc: str = "solve"):
-        self.t0, self.t1, self.sign = t0, t1, sign
+    def __init__(self, t0: float, t1: float, sign: float = 1.0, desc: str = "solve",
+                 label: str = "t"):
+        self.t0, self.t1, self.sign, self.label = t0, t1, sign, label
         self.span = max(t1 - t0, 1e-300)
         self._next = 0.0
         self._bar: Any = None
@@ -49,7 +52,7 @@ class Progress:
 
     def _draw(self, t: float, steps: int) -> None:
         frac = min(max((t - self.t0) / self.span, 0.0), 1.0)
-        shown = f"{self._desc} t={self.sign * t:.6g} steps={steps}"
+        shown = f"{self._desc} {self.label}={self.sign * t:.6g} steps={steps}"
         if self._bar is not None:
             self._bar.n = int(1000 * frac)
             self._bar.set_description_str(shown, refresh=False)

@@ -185,8 +185,6 @@ def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match=r"with event_fn, t must be \[t0, t1\]"):
         odeflow.solve(f, y0, torch.zeros(3, 3, dtype=F64), event_fn=lambda t, y: y[:, 0],
                       options=PS)
-    with pytest.raises(ValueError, match="per_sample.*progress"):
-        odeflow.solve(f, y0, t, options=PS, progress=True)
     with pytest.raises(ValueError, match="dense=True.*event_fn"):
         odeflow.solve(f, y0, torch.tensor([0.0, 1.0], dtype=F64), options=PS, dense=True,
                       event_fn=lambda t, y: y[:, 0])
@@ -620,3 +618,12 @@ def test_compiled_per_sample_step_matches_eager():
     assert comp.stats.nfe == eager.stats.nfe
     with pytest.raises(ValueError, match="compile.*per_sample"):
         odeflow.solve(f, y0, t, options={"compile": True})
+
+
+def test_progress_per_sample(capsys):
+    mu, y0, f = _batch(4)
+    t = torch.tensor([0.0, 2.0], dtype=F64)
+    sol = odeflow.solve(f, y0, t, options={"per_sample": True}, progress=True)
+    err = capsys.readouterr().err
+    assert "per-sample solve" in err and "done=1" in err
+    assert torch.isfinite(sol.ys).all()
