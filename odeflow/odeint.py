@@ -15,6 +15,7 @@ from .dense import DenseOutput
 from .events import solve_event
 from .integrate import run_loop
 from .options import validate_options
+from .per_sample import solve_per_sample
 from .problem import Problem, State, check_options, make_problem
 from .progress import Progress
 from .sensitivity import GRADIENTS, find_params
@@ -114,8 +115,6 @@ def solve(
                                              adjoint_atol, adjoint_method, adjoint_options)
     warn_unsupported_callbacks(func, spec, adjoint_config.spec if adjoint_config else None)
     if opts.get("per_sample"):
-        from .per_sample import solve_per_sample
-
         return solve_per_sample(
             func, y0, t, rtol=rtol, atol=atol, spec=spec, options=opts, event_fn=event_fn,
             gradient=gradient, adjoint_config=adjoint_config, adjoint_params=adjoint_params,

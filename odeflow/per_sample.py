@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .dense_per_sample import PerSampleDense
 from .events_per_sample import EventTracker, ift_reroute
 from .integrate_per_sample import (
     FAILURES,
@@ -32,6 +33,14 @@ from .options import make_controller, max_steps, positive_float
 from .problem import make_problem
 from .progress import Progress
 from .sensitivity import find_params
+from .sensitivity.per_sample import (
+    attach_adjoint,
+    attach_checkpoint,
+    attach_output_times,
+    check_adjoint_config,
+    shift_initial_states,
+)
+from .solution import EventSolution, Solution
 from .solvers.explicit_rk import ExplicitRK
 from .stats import Status, record_last_stats
 
@@ -168,9 +177,6 @@ def solve_per_sample(
             values) and ``throw`` is true; raised after every sample has finished, with
             ``stats`` and ``sample_stats``.
     """
-    from .events import EventSolution
-    from .solution import Solution
-
     if not spec.adaptive:
         raise ValueError(f"options['per_sample'] needs an adaptive method, got {spec.name!r}")
     if event_fn is None and event_direction is not None:
@@ -202,7 +208,6 @@ def solve_per_sample(
     t0_user = t[:, 0] if t.ndim == 2 else t[0].expand(B)
     y0_run = y0_flat
     if time_grad:  # each sample's t0 moves its whole trajectory
-        from .sensitivity.per_sample import shift_initial_states
         y0_run = shift_initial_states(f, t0_user, y0_flat)
     tracker = None
     if events:
@@ -213,7 +218,6 @@ def solve_per_sample(
     mode = gradient if grad_on else "direct"
     params = find_params(func, adjoint_params, mode) if mode != "direct" else ()
     if mode == "adjoint":
-        from .sensitivity.per_sample import check_adjoint_config
         check_adjoint_config(adjoint_config)
     if dense and events:
         raise ValueError("dense=True is not supported together with event_fn yet")
@@ -248,8 +252,6 @@ def solve_per_sample(
 
     ys = result.ys
     if mode != "direct":
-        from .sensitivity.per_sample import attach_adjoint, attach_checkpoint
-
         if events:
             grid_b = torch.stack([grid[:, 0], t_stop], 1)
             ys_fwd = torch.stack([y0_flat.detach(), y_stop.detach()])
@@ -271,12 +273,10 @@ def solve_per_sample(
                 ys = out
     if not events:
         if time_grad:
-            from .sensitivity.per_sample import attach_output_times
             ys = attach_output_times(f, t, ys, stats)
         ys_user = layout.unflatten(ys, (ys.shape[0],))
         dense_out = None
         if pieces:
-            from .dense_per_sample import PerSampleDense
             dense_out = PerSampleDense(cfg.rk, pieces, sign, grid, layout, f)
         return Solution(ys_user, t, stats, sample_stats=sample, dense=dense_out)
     assert tracker is not None
