@@ -18,7 +18,8 @@ from torch import Tensor
 
 from .solvers.explicit_rk import ExplicitRK
 
-__all__ = ["SampleLayout", "BatchFunc", "batched_rms", "batched_norm", "compiled_step"]
+__all__ = ["SampleLayout", "BatchFunc", "batched_rms", "batched_norm", "compiled_step",
+           "error_control", "compiled_error_control"]
 
 
 def batched_rms(x: Tensor) -> Tensor:
@@ -133,6 +134,30 @@ def compiled_step(rk: ExplicitRK) -> Callable:
         return fn(rk, f.uncounted, t, y, f0, dt, last_side)
 
     return step
+
+
+def error_control(y: Tensor, y_new: Tensor, err: Tensor, rtol: Any, atol: Any,
+                  norm: Callable[[Tensor], Tensor], active: Tensor, dt: Tensor, min_step: float,
+                  controller: Any, k: int, ctrl: Any) -> tuple:
+    """One iteration's error test and step proposal, per sample: ``(ratio, finite, ok,
+    new_dt, ctrl)``. The loop calls it eagerly, or compiled with ``options["compile"]``."""
+    scale = torch.maximum(y.abs(), y_new.abs()) * rtol + atol
+    ratio = norm(err / scale).double()
+    finite = torch.isfinite(ratio)
+    ok = active & ((ratio <= 1.0) | ((dt <= min_step) & finite))
+    new_dt, ctrl = controller.propose_tensor(dt, ratio, ok, k, ctrl)
+    return ratio, finite, ok, new_dt, ctrl
+
+
+_COMPILED_CONTROL: dict[int, Callable] = {}
+
+
+def compiled_error_control() -> Callable:
+    """:func:`error_control` through ``torch.compile`` (one compiled function, reused)."""
+    fn = _COMPILED_CONTROL.get(0)
+    if fn is None:
+        fn = _COMPILED_CONTROL[0] = torch.compile(error_control, dynamic=False)
+    return fn
 
 
 def batched_norm(user_norm: Any, layout: SampleLayout) -> Callable[[Tensor], Tensor]:

@@ -31,7 +31,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .batch import BatchFunc, SampleLayout, batched_norm, batched_rms, compiled_step
+from .batch import (
+    BatchFunc,
+    SampleLayout,
+    batched_norm,
+    batched_rms,
+    compiled_error_control,
+    compiled_step,
+    error_control,
+)
 from .controllers import PIDController, starting_step
 from .solvers.explicit_rk import ExplicitRK
 from .stats import SolveError, SolveStats, Status
@@ -224,6 +232,7 @@ def run_per_sample(
     ctrl = cfg.controller.init_tensor(dt)
     buf = None if torch.is_grad_enabled() else y.new_empty((rk.stages, B, y.shape[1]))
     step = compiled_step(rk) if cfg.compile and buf is not None else rk.step_batch
+    control = compiled_error_control() if cfg.compile else error_control
     f0_side: Tensor | None = None
 
     while True:
@@ -245,10 +254,9 @@ def run_per_sample(
         last_side = None if on_jump is None else -on_jump.long()
         y_new, err, K = step(f, t, y, f0, dt_try, last_side, buf)
         with torch.no_grad():
-            scale = torch.maximum(y.abs(), y_new.abs()) * rtol + atol
-            ratio = norm(err / scale).double()
-            finite = torch.isfinite(ratio)
-            ok = active & ((ratio <= 1.0) | ((dt_try <= min_step) & finite))
+            ratio, finite, ok, new_dt, new_ctrl = control(
+                y, y_new, err, rtol, atol, norm, active, dt_try, min_step, cfg.controller,
+                rk.error_order + 1, ctrl)
             bad = active & ~ok
             n_steps += active
             n_acc += ok
@@ -328,10 +336,8 @@ def run_per_sample(
         active = active & ~done & ~dead
         if not any_left:
             break
-        with torch.no_grad():
-            new_dt, ctrl = cfg.controller.propose_tensor(dt_try, ratio, ok, rk.error_order + 1,
-                                                         ctrl)
-            dt = torch.where(active, new_dt.clamp(min=min_step, max=max_step), dt)
+        ctrl = new_ctrl
+        dt = torch.where(active, new_dt.clamp(min=min_step, max=max_step), dt)
     stats.n_accepted = int(n_acc.sum())
     stats.n_rejected = int(n_rej.sum())
     sample = SampleStats(status, n_steps, n_acc, n_rej)
