@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["Status", "SolveStats", "SolveError", "last_stats"]
 
@@ -59,6 +59,13 @@ class SolveStats:
             the backward pass runs, accumulated if it runs more than once.
         n_steps_backward: steps of the backward pass (adjoint: step attempts of the
             augmented solve; checkpoint: accepted steps replayed).
+        n_jacobians: Jacobian evaluations of the implicit methods (a vmapped forward-mode
+            Jacobian counts one call of ``func`` in ``nfe`` too).
+        n_lu: LU factorisations of ``I - h γ J`` (implicit methods).
+        n_newton_iters: Newton iterations (ESDIRK methods; Rosenbrock methods have none).
+        n_newton_failures: step attempts rejected because Newton did not converge.
+        n_linear_iters: Krylov (GMRES) iterations with ``options["linear_solver"]="krylov"``.
+        switches: ``method="auto"``: the ``(t, method)`` pairs where the method changed.
 
     With ``options={"per_sample": True}``, ``n_steps`` counts batched iterations (each one
     batched call per stage), while ``n_accepted`` and ``n_rejected`` are summed over the
@@ -73,6 +80,12 @@ class SolveStats:
     message: str = Status.SUCCESS.message
     nfe_backward: int = 0
     n_steps_backward: int = 0
+    n_jacobians: int = 0
+    n_lu: int = 0
+    n_newton_iters: int = 0
+    n_newton_failures: int = 0
+    n_linear_iters: int = 0
+    switches: list = field(default_factory=list)
 
 
 class SolveError(RuntimeError):

@@ -114,7 +114,9 @@ class _Checkpoint(torch.autograd.Function):
 
 
 def _copy_stats(src: SolveStats, dst: SolveStats) -> None:
-    for name in ("nfe", "n_steps", "n_accepted", "n_rejected", "status", "message"):
+    for name in ("nfe", "n_steps", "n_accepted", "n_rejected", "status", "message",
+                 "n_jacobians", "n_lu", "n_newton_iters", "n_newton_failures",
+                 "n_linear_iters", "switches"):
         setattr(dst, name, getattr(src, name))
 
 
