@@ -1,0 +1,369 @@
+"""Linear algebra of the implicit methods: Jacobians, factorised ``I - hγJ``, GMRES.
+
+Every implicit step solves systems with the matrix ``M = I - hγ J`` (``J = ∂f/∂y`` at a
+point, ``hγ`` the step size times the method's diagonal coefficient). A
+:class:`LinearSolver` says how ``J`` is obtained and how ``M`` is solved:
+
+* :class:`DenseSolver` (default): ``J`` by forward-mode automatic differentiation — one
+  ``torch.func.vmap`` of ``jvp`` over the ``n`` unit tangents, which is *one* call of
+  ``func`` — or by the user's ``options["jacobian"]``; ``M`` is factorised once by
+  ``torch.linalg.lu_factor_ex`` and the factors are reused by every stage of a step (and,
+  for ESDIRK methods, across steps while ``hγ`` and ``J`` stay usable).
+* :class:`KrylovSolver` (``options["linear_solver"] = "krylov"``): matrix-free. ``J`` is
+  never formed; ``M v`` costs one Jacobian–vector product and ``M x = b`` is solved by
+  restarted GMRES (Saad & Schultz, SIAM J. Sci. Stat. Comput. 7, 1986), so a state of
+  100k numbers needs memory for a few Krylov vectors only.
+
+Both also give ``∂f/∂t`` (Rosenbrock methods need it for non-autonomous ``func``) in the
+same call. Under autograd the dense Jacobian keeps its graph (``torch.func`` composes with
+autograd), so backpropagating through a Rosenbrock step is exact.
+
+A ``func`` that forward-mode AD cannot trace (``.item()``, in-place writes into its input,
+``torch.autograd.grad`` inside) falls back to reverse mode, one backward pass per row; the
+fallback is chosen on the first failure and kept for the solve.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+__all__ = ["ImplicitCounts", "LinearSolver", "Factor", "DenseSolver", "KrylovSolver",
+           "autodiff_jacobian",
+           "make_linear_solver", "gmres", "LINEAR_SOLVER_OPTIONS"]
+
+LINEAR_SOLVER_OPTIONS = ("jacobian", "linear_solver", "krylov_tol", "krylov_restart",
+                         "krylov_max_iters")
+
+
+@dataclass
+class ImplicitCounts:
+    """Counters of one solve's linear algebra, shared (by reference) through its states."""
+
+    n_jacobians: int = 0
+    n_lu: int = 0
+    n_newton_iters: int = 0
+    n_newton_failures: int = 0
+    n_linear_iters: int = 0
+    #: set on the first forward-mode failure: use reverse mode from then on
+    reverse_mode: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def add_to(self, stats: Any) -> None:
+        """Copy the counters into a :class:`~odeflow.stats.SolveStats`."""
+        for name in ("n_jacobians", "n_lu", "n_newton_iters", "n_newton_failures",
+                     "n_linear_iters"):
+            setattr(stats, name, getattr(stats, name) + getattr(self, name))
+
+
+class Factor(Protocol):
+    """A factorised ``M = I - hγ J``."""
+
+    h_gamma: float
+
+    def solve(self, b: Tensor) -> Tensor: ...
+
+    def solve_transpose(self, b: Tensor) -> Tensor: ...
+
+
+class LinearSolver(Protocol):
+    """How an implicit stepper gets ``J`` (and ``∂f/∂t``) and solves with ``I - hγ J``."""
+
+    def jacobian(self, f: Any, t: float, y: Tensor, counts: ImplicitCounts,
+                 with_time: bool = True) -> tuple[Any, Tensor | None]: ...
+
+    def factor(self, jac: Any, h_gamma: float, counts: ImplicitCounts) -> Factor: ...
+
+
+# ---------------------------------------------------------------------------------- Jacobians
+def _forward_jacobian(f: Any, t: float, y: Tensor, with_time: bool) -> tuple[Tensor, Tensor | None]:
+    """``(J, ∂f/∂t)`` in canonical time by one vmapped forward-mode call of ``f.at``."""
+    sign = f.sign
+    t_user = torch.scalar_tensor(sign * t, dtype=y.dtype, device=y.device)
+    n = y.numel()
+    eye = torch.eye(n, dtype=y.dtype, device=y.device)
+    if with_time:
+        # n + 1 tangents: the unit vectors of y, then the unit tangent of t.
+        y_tan = torch.cat([eye, y.new_zeros(1, n)])
+        t_tan = torch.cat([y.new_zeros(n), y.new_ones(1)])
+    else:
+        y_tan, t_tan = eye, y.new_zeros(n)
+
+    def column(dy: Tensor, dt: Tensor) -> Tensor:
+        return torch.func.jvp(f.at, (t_user, y), (dt, dy))[1]
+
+    cols = torch.func.vmap(column)(y_tan, t_tan)  # (n[+1], n): cols[k] = ∂f/∂x_k
+    jac = cols[:n].T
+    # d f_canon / d t_canon = sign · d f.at / d t_user (f.at already returns f_canon).
+    f_t = cols[n] * sign if with_time else None
+    return jac, f_t
+
+
+def _reverse_jacobian(f: Any, t: float, y: Tensor, with_time: bool) -> tuple[Tensor, Tensor | None]:
+    """``(J, ∂f/∂t)`` by reverse mode, one backward pass per output (the fallback)."""
+    graph = torch.is_grad_enabled() and y.requires_grad
+    t_user = torch.scalar_tensor(f.sign * t, dtype=y.dtype, device=y.device,
+                                 requires_grad=with_time)
+    with torch.enable_grad():
+        y_in = y if graph else y.detach().requires_grad_(True)
+        out = f.at(t_user, y_in)
+        rows, t_rows = [], []
+        inputs = (y_in, t_user) if with_time else (y_in,)
+        for i in range(out.numel()):
+            grads = torch.autograd.grad(out[i], inputs, retain_graph=True, create_graph=graph,
+                                        allow_unused=True)
+            rows.append(grads[0] if grads[0] is not None else torch.zeros_like(y))
+            if with_time:
+                t_rows.append(grads[1] if grads[1] is not None else t_user.new_zeros(()))
+    jac = torch.stack(rows)
+    f_t = torch.stack(t_rows) * f.sign if with_time else None
+    if not graph:
+        jac = jac.detach()
+        f_t = f_t.detach() if f_t is not None else None
+    return jac, f_t
+
+
+def autodiff_jacobian(f: Any, t: float, y: Tensor, counts: ImplicitCounts,
+                      with_time: bool = True) -> tuple[Tensor, Tensor | None]:
+    """``(∂f/∂y, ∂f/∂t)`` at ``(t, y)``: forward mode, or reverse mode once that failed."""
+    counts.n_jacobians += 1
+    if not counts.reverse_mode:
+        try:
+            return _forward_jacobian(f, t, y, with_time)
+        except (RuntimeError, NotImplementedError, TypeError):
+            counts.reverse_mode = True
+            f.nfe -= 1  # the failed attempt did not finish a call
+    return _reverse_jacobian(f, t, y, with_time)
+
+
+def _time_derivative(f: Any, t: float, y: Tensor, counts: ImplicitCounts) -> Tensor:
+    """``∂f/∂t`` alone (with a user Jacobian): one forward-mode call, else reverse mode."""
+    t_user = torch.scalar_tensor(f.sign * t, dtype=y.dtype, device=y.device)
+    if not counts.reverse_mode:
+        try:
+            return torch.func.jvp(lambda tt: f.at(tt, y), (t_user,),
+                                  (torch.ones_like(t_user),))[1] * f.sign
+        except (RuntimeError, NotImplementedError, TypeError):
+            counts.reverse_mode = True
+            f.nfe -= 1
+    with torch.enable_grad():
+        tt = t_user.detach().requires_grad_(True)
+        out = f.at(tt, y.detach())
+        cols = [torch.autograd.grad(out[i], tt, retain_graph=True, allow_unused=True)[0]
+                for i in range(out.numel())]
+    return torch.stack([c if c is not None else tt.new_zeros(()) for c in cols]).detach() * f.sign
+
+
+# -------------------------------------------------------------------------------- dense path
+@dataclass
+class DenseFactor:
+    """LU factors of ``I - hγ J`` (batched ``(B, n, n)`` in per-sample mode)."""
+
+    lu: Tensor
+    pivots: Tensor
+    h_gamma: Any
+
+    def solve(self, b: Tensor) -> Tensor:
+        if self.lu.ndim == 2:
+            return torch.linalg.lu_solve(self.lu, self.pivots, b.unsqueeze(-1)).squeeze(-1)
+        return torch.linalg.lu_solve(self.lu, self.pivots, b.unsqueeze(-1)).squeeze(-1)
+
+    def solve_transpose(self, b: Tensor) -> Tensor:
+        return torch.linalg.lu_solve(self.lu, self.pivots, b.unsqueeze(-1),
+                                     adjoint=True).squeeze(-1)
+
+
+class DenseSolver:
+    """Dense ``J`` (autodiff or ``user_jacobian``) and LU factorisation of ``I - hγ J``.
+
+    ``user_jacobian(t, y)`` takes the user's time and flat state and returns the
+    ``(n, n)`` Jacobian of the user's ``func`` with respect to the flat state.
+    """
+
+    def __init__(self, user_jacobian: Callable | None = None):
+        self.user_jacobian = user_jacobian
+
+    def jacobian(self, f: Any, t: float, y: Tensor, counts: ImplicitCounts,
+                 with_time: bool = True) -> tuple[Tensor, Tensor | None]:
+        if self.user_jacobian is None:
+            return autodiff_jacobian(f, t, y, counts, with_time)
+        counts.n_jacobians += 1
+        t_user = torch.scalar_tensor(f.sign * t, dtype=y.dtype, device=y.device)
+        jac = self.user_jacobian(t_user, y)
+        n = y.numel()
+        if not isinstance(jac, Tensor) or tuple(jac.shape) != (n, n):
+            shape = tuple(jac.shape) if isinstance(jac, Tensor) else type(jac).__name__
+            raise ValueError(f"options['jacobian'] must return a ({n}, {n}) tensor (the "
+                             f"Jacobian of func w.r.t. the flattened state), got {shape}")
+        jac = jac.to(y.dtype) * f.sign
+        f_t = _time_derivative(f, t, y, counts) if with_time else None
+        return jac, f_t
+
+    def factor(self, jac: Tensor, h_gamma: Any, counts: ImplicitCounts) -> DenseFactor:
+        """LU of ``I - hγ J``; ``h_gamma`` is a float, or a ``(B,)`` tensor for ``(B, n, n)``."""
+        counts.n_lu += 1
+        n = jac.shape[-1]
+        eye = torch.eye(n, dtype=jac.dtype, device=jac.device)
+        if isinstance(h_gamma, Tensor):
+            m = eye - h_gamma.reshape(-1, 1, 1).to(jac.dtype) * jac
+        else:
+            m = eye - h_gamma * jac
+        lu, pivots, _info = torch.linalg.lu_factor_ex(m)
+        # A singular M gives inf/nan in the solves; the stepper reports that step as failed.
+        return DenseFactor(lu, pivots, h_gamma)
+
+
+# ------------------------------------------------------------------------------- krylov path
+@dataclass
+class JacobianOperator:
+    """``J`` at ``(t, y)`` as Jacobian–vector products (nothing is formed)."""
+
+    f: Any
+    t: float
+    y: Tensor
+    counts: ImplicitCounts
+
+    def matvec(self, v: Tensor) -> Tensor:
+        t_user = torch.scalar_tensor(self.f.sign * self.t, dtype=self.y.dtype,
+                                     device=self.y.device)
+        return torch.func.jvp(lambda yy: self.f.at(t_user, yy), (self.y,), (v,))[1]
+
+    def rmatvec(self, v: Tensor) -> Tensor:
+        t_user = torch.scalar_tensor(self.f.sign * self.t, dtype=self.y.dtype,
+                                     device=self.y.device)
+        with torch.enable_grad():
+            y_in = self.y.detach().requires_grad_(True)
+            out = self.f.at(t_user, y_in)
+            return torch.autograd.grad(out, y_in, v, allow_unused=True)[0]
+
+
+@dataclass
+class KrylovFactor:
+    """``I - hγ J`` applied matrix-free; solves by restarted GMRES."""
+
+    op: JacobianOperator
+    h_gamma: float
+    tol: float
+    restart: int
+    max_iters: int
+    counts: ImplicitCounts
+
+    def solve(self, b: Tensor) -> Tensor:
+        with torch.no_grad():
+            x, iters = gmres(lambda v: v - self.h_gamma * self.op.matvec(v), b, tol=self.tol,
+                             restart=self.restart, max_iters=self.max_iters)
+        self.counts.n_linear_iters += iters
+        return x
+
+    def solve_transpose(self, b: Tensor) -> Tensor:
+        with torch.no_grad():
+            x, iters = gmres(lambda v: v - self.h_gamma * self.op.rmatvec(v), b,
+                             tol=self.tol, restart=self.restart, max_iters=self.max_iters)
+        self.counts.n_linear_iters += iters
+        return x
+
+
+class KrylovSolver:
+    """Matrix-free ``J`` (Jacobian–vector products) with GMRES solves."""
+
+    def __init__(self, tol: float = 1e-8, restart: int = 30, max_iters: int = 200):
+        self.tol, self.restart, self.max_iters = tol, restart, max_iters
+
+    def jacobian(self, f: Any, t: float, y: Tensor, counts: ImplicitCounts,
+                 with_time: bool = True) -> tuple[JacobianOperator, Tensor | None]:
+        counts.n_jacobians += 1
+        f_t = _time_derivative(f, t, y.detach(), counts) if with_time else None
+        return JacobianOperator(f, t, y.detach(), counts), f_t
+
+    def factor(self, jac: JacobianOperator, h_gamma: float,
+               counts: ImplicitCounts) -> KrylovFactor:
+        return KrylovFactor(jac, h_gamma, self.tol, self.restart, self.max_iters, counts)
+
+
+def gmres(matvec: Callable[[Tensor], Tensor], b: Tensor, *, tol: float = 1e-8,
+          restart: int = 30, max_iters: int = 200, x0: Tensor | None = None) -> tuple[Tensor, int]:
+    """Solve ``A x = b`` by restarted GMRES (Arnoldi with modified Gram–Schmidt).
+
+    Stops when ``‖b - A x‖ ≤ tol · ‖b‖`` or after ``max_iters`` products; returns
+    ``(x, iterations)``. A non-converged solve returns its best iterate: the implicit step
+    that called it sees the resulting error (a large error estimate or a failed Newton
+    iteration) and shrinks the step.
+    """
+    shape = b.shape
+    b = b.reshape(-1)
+    x = b.new_zeros(b.shape) if x0 is None else x0.reshape(-1).clone()
+    b_norm = float(torch.linalg.vector_norm(b))
+    if b_norm == 0.0:
+        return x.reshape(shape), 0
+    iters = 0
+    while iters < max_iters:
+        r = b - matvec(x.reshape(shape)).reshape(-1) if iters or x0 is not None else b.clone()
+        beta = float(torch.linalg.vector_norm(r))
+        if beta <= tol * b_norm:
+            break
+        m = min(restart, max_iters - iters)
+        basis = [r / beta]
+        hess = b.new_zeros(m + 1, m)
+        k_done = 0
+        for k in range(m):
+            w = matvec(basis[k].reshape(shape)).reshape(-1)
+            iters += 1
+            for j in range(k + 1):
+                hess[j, k] = torch.dot(w, basis[j])
+                w = w - hess[j, k] * basis[j]
+            h_next = torch.linalg.vector_norm(w)
+            hess[k + 1, k] = h_next
+            k_done = k + 1
+            # Residual of the small least-squares problem: cheap, (k+2) x (k+1).
+            e1 = b.new_zeros(k + 2)
+            e1[0] = beta
+            coef = torch.linalg.lstsq(hess[:k + 2, :k + 1], e1.unsqueeze(-1)).solution
+            res = float(torch.linalg.vector_norm(hess[:k + 2, :k + 1] @ coef - e1.unsqueeze(-1)))
+            if res <= tol * b_norm or float(h_next) <= 1e-300:
+                break
+            basis.append(w / h_next)
+        e1 = b.new_zeros(k_done + 1)
+        e1[0] = beta
+        coef = torch.linalg.lstsq(hess[:k_done + 1, :k_done], e1.unsqueeze(-1)).solution
+        x = x + torch.stack(basis[:k_done], dim=1) @ coef.squeeze(-1)
+        if res <= tol * b_norm:
+            break
+    return x.reshape(shape), iters
+
+
+# ---------------------------------------------------------------------------------- options
+def make_linear_solver(options: dict[str, Any]) -> Any:
+    """The :class:`LinearSolver` chosen by ``options`` (``"dense"`` unless told otherwise).
+
+    ``options["linear_solver"]`` may also be a ready :class:`LinearSolver` object (the
+    adjoint's backward solve passes its own structured one).
+    """
+    kind = options.get("linear_solver", "dense")
+    user_jac = options.get("jacobian")
+    if user_jac is not None and not callable(user_jac):
+        raise TypeError("options['jacobian'] must be callable(t, y) -> (n, n) tensor")
+    if not isinstance(kind, str):
+        if hasattr(kind, "jacobian") and hasattr(kind, "factor"):
+            return kind
+        raise ValueError(f"options['linear_solver'] must be 'dense' or 'krylov', got {kind!r}")
+    if kind == "dense":
+        return DenseSolver(user_jac)
+    if kind == "krylov":
+        if user_jac is not None:
+            raise ValueError("options['jacobian'] is a dense Jacobian; it cannot be used with "
+                             "options['linear_solver']='krylov' (which needs none)")
+        tol = options.get("krylov_tol", 1e-8)
+        restart = options.get("krylov_restart", 30)
+        max_iters = options.get("krylov_max_iters", 200)
+        if not (isinstance(tol, (int, float)) and 0 < tol < 1 and math.isfinite(tol)):
+            raise ValueError(f"options['krylov_tol'] must be a number in (0, 1), got {tol!r}")
+        for name, value in (("krylov_restart", restart), ("krylov_max_iters", max_iters)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"options['{name}'] must be a positive int, got {value!r}")
+        return KrylovSolver(float(tol), restart, max_iters)
+    raise ValueError(f"options['linear_solver'] must be 'dense' or 'krylov', got {kind!r}")
