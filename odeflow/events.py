@@ -208,8 +208,7 @@ def solve_event(
         y0_run = shift_initial_state(problem, y0_flat)
     stats = SolveStats()
     result = _run_loop(problem, spec, locator, y0_run, mode, unbounded)
-    for name in ("n_steps", "n_accepted", "n_rejected"):
-        setattr(stats, name, getattr(result.stats, name))
+    stats.copy_forward(result.stats)
     hit: EventHit | None = result.event
     if hit is None:
         stats.status = Status.NO_EVENT

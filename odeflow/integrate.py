@@ -62,7 +62,7 @@ def _run_loop(problem: Problem, spec: MethodSpec, record_steps: bool, event: Any
                              "event_fn nor dense=True; use an odeflow method")
         ys, stats = integrate_scipy(problem)
         return LoopResult(ys, stats, problem.t_out[-1], ys[-1])
-    stepper = spec.build(problem.options)
+    stepper = spec.build(problem.options, problem.rtol, problem.atol)
     if problem.options.get("per_sample", False):
         # solve() routes per-sample problems to odeflow.per_sample before any joint loop.
         raise ValueError("options['per_sample'] problems are solved by odeflow.per_sample, "
@@ -195,105 +195,113 @@ def integrate_adaptive(
     # The default RMS norm is computed inline: one kernel and one multiply in Python.
     inv_sqrt_n = 1.0 / math.sqrt(max(y.numel(), 1)) if norm is rms_norm else None
 
-    while True:
-        if stats.n_steps >= max_num_steps:
-            raise _fail(problem, Status.MAX_STEPS_REACHED, t,
-                        f"Raise options['max_num_steps'] (now {max_num_steps}) or loosen "
-                        "rtol/atol; a stiff problem may need an implicit method.", stats, ys)
-        # Land exactly on the next stop; stretch by at most 1% rather than leave a sliver.
-        if t + 1.01 * dt >= next_stop:
-            dt_try, t_new, landing = next_stop - t, next_stop, True
-        else:
-            dt_try, t_new, landing = dt, t + dt, False
-        if dt_try <= 4 * math.ulp(max(abs(t), abs(t_new))):
-            raise _fail(problem, Status.STEP_SIZE_UNDERFLOW, t,
-                        f"Step size {dt_try!r} is too small for t; the problem may be stiff or "
-                        "have a singularity here.", stats, ys)
-        if cb_step is not None:
-            cb_step(_ttensor(t, problem), problem.layout.unflatten(y), _ttensor(dt_try, problem))
+    # Implicit methods count their linear algebra in their state; copied out at the end.
+    counts = getattr(state, "counts", None)
+    try:
+        while True:
+            if stats.n_steps >= max_num_steps:
+                raise _fail(problem, Status.MAX_STEPS_REACHED, t,
+                            f"Raise options['max_num_steps'] (now {max_num_steps}) or loosen "
+                            "rtol/atol; a stiff problem may need an implicit method.", stats, ys)
+            # Land exactly on the next stop; stretch by at most 1% rather than leave a sliver.
+            if t + 1.01 * dt >= next_stop:
+                dt_try, t_new, landing = next_stop - t, next_stop, True
+            else:
+                dt_try, t_new, landing = dt, t + dt, False
+            if dt_try <= 4 * math.ulp(max(abs(t), abs(t_new))):
+                raise _fail(problem, Status.STEP_SIZE_UNDERFLOW, t,
+                            f"Step size {dt_try!r} is too small for t; the problem may be "
+                            "stiff or have a singularity here.", stats, ys)
+            if cb_step is not None:
+                cb_step(_ttensor(t, problem), problem.layout.unflatten(y),
+                        _ttensor(dt_try, problem))
 
-        # A step ending on a jump evaluates its last stage on the left of the jump.
-        on_jump = landing and jump_set and t_new in jump_set
-        result = solver.step(f, t, y, f0, dt_try, state, ws,
-                             f_last=f_left if on_jump else None)
-        y_new, stages = result.y_new, result.stages
-        stats.n_steps += 1
-        if not result.ok:  # the step could not be completed: reject it, shrink dt
-            ratio, abs_new = math.inf, abs_y
-        elif ws is None:
-            with torch.no_grad():
+            # A step ending on a jump evaluates its last stage on the left of the jump.
+            on_jump = landing and jump_set and t_new in jump_set
+            result = solver.step(f, t, y, f0, dt_try, state, ws,
+                                 f_last=f_left if on_jump else None)
+            y_new, stages = result.y_new, result.stages
+            stats.n_steps += 1
+            if not result.ok:  # the step could not be completed: reject it, shrink dt
+                ratio, abs_new = math.inf, abs_y
+            elif ws is None:
+                with torch.no_grad():
+                    ratio, abs_new = _error_ratio(result.error, abs_y, y_new, rtol, atol, norm,
+                                                  inv_sqrt_n)
+            else:
                 ratio, abs_new = _error_ratio(result.error, abs_y, y_new, rtol, atol, norm,
                                               inv_sqrt_n)
-        else:
-            ratio, abs_new = _error_ratio(result.error, abs_y, y_new, rtol, atol, norm,
-                                          inv_sqrt_n)
-        accepted = ratio <= 1.0 or (dt_try <= min_step and math.isfinite(ratio))
+            accepted = ratio <= 1.0 or (dt_try <= min_step and math.isfinite(ratio))
 
-        if accepted:
-            stats.n_accepted += 1
-            is_end = landing and t_new == t_end
-            interior_out = next_out < t_new
-            f_new = None
-            if not is_end or (interior_out and dense_needs_f_end) or event is not None or (
-                    dense is not None):
-                f_new = solver.f_end(f, t_new, y_new, result)
-            while next_out <= t_new:
-                if next_out == t_new:
-                    ys.append(y_new)
-                else:
-                    theta = (next_out - t) / dt_try
-                    ys.append(solver.interpolate(y, y_new, dt_try, stages, f_new, theta, ws))
-                out_i += 1
-                if out_i == n_out:
-                    break
-                next_out = t_out[out_i]
-            if cb_accept is not None:
-                cb_accept(_ttensor(t, problem), problem.layout.unflatten(y),
-                          _ttensor(dt_try, problem))
-            jump_here = landing and t_new in jump_set
-            if steps is not None:
-                steps.append(StepRecord(t, dt_try, t_new, y, jump_here))
-            if dense is not None:
-                dense.append(solver.interpolant(t, dt_try, y, y_new, stages, f_new, f).detached())
-            if progress is not None:
-                progress.update(t_new, stats.n_accepted)
-            if event is not None:
-                hit = event.check(solver.interpolant(t, dt_try, y, y_new, stages, f_new, f),
-                                  y_new)
-                if hit is not None:
-                    if steps is not None and hit.step_dt is not None:
-                        # Located by re-stepping: the replay ends with that shorter step.
-                        steps[-1] = StepRecord(t, hit.step_dt, hit.t, y, False)
-                    return LoopResult(ys, stats, t_new, y_new, steps, event=hit)
-            y, abs_y, state = y_new, abs_new, result.state
-            t = t_new
-            if landing:
-                if t_new == t_end:
-                    break
-                stop_i += 1
-                next_stop = stops[stop_i]
-            if jump_here:
-                # A discontinuity: the FSAL derivative belongs to the left of it.
-                f_new = f.perturbed(t, y, +1)
-            f0 = f_new
-        else:
-            stats.n_rejected += 1
-            if not math.isfinite(ratio) and result.ok:
-                if not bool(torch.isfinite(stages[0]).all()):  # host sync: failure path only
+            if accepted:
+                stats.n_accepted += 1
+                is_end = landing and t_new == t_end
+                interior_out = next_out < t_new
+                f_new = None
+                if not is_end or (interior_out and dense_needs_f_end) or event is not None or (
+                        dense is not None):
+                    f_new = solver.f_end(f, t_new, y_new, result)
+                while next_out <= t_new:
+                    if next_out == t_new:
+                        ys.append(y_new)
+                    else:
+                        theta = (next_out - t) / dt_try
+                        ys.append(solver.interpolate(y, y_new, dt_try, stages, f_new, theta, ws))
+                    out_i += 1
+                    if out_i == n_out:
+                        break
+                    next_out = t_out[out_i]
+                if cb_accept is not None:
+                    cb_accept(_ttensor(t, problem), problem.layout.unflatten(y),
+                              _ttensor(dt_try, problem))
+                jump_here = landing and t_new in jump_set
+                if steps is not None:
+                    steps.append(StepRecord(t, dt_try, t_new, y, jump_here))
+                if dense is not None:
+                    dense.append(solver.interpolant(t, dt_try, y, y_new, stages, f_new,
+                                                    f).detached())
+                if progress is not None:
+                    progress.update(t_new, stats.n_accepted)
+                if event is not None:
+                    hit = event.check(solver.interpolant(t, dt_try, y, y_new, stages, f_new, f),
+                                      y_new)
+                    if hit is not None:
+                        if steps is not None and hit.step_dt is not None:
+                            # Located by re-stepping: the replay ends with that shorter step.
+                            steps[-1] = StepRecord(t, hit.step_dt, hit.t, y, False)
+                        return LoopResult(ys, stats, t_new, y_new, steps, event=hit)
+                y, abs_y, state = y_new, abs_new, result.state
+                t = t_new
+                if landing:
+                    if t_new == t_end:
+                        break
+                    stop_i += 1
+                    next_stop = stops[stop_i]
+                if jump_here:
+                    # A discontinuity: the FSAL derivative belongs to the left of it.
+                    f_new = f.perturbed(t, y, +1)
+                f0 = f_new
+            else:
+                stats.n_rejected += 1
+                if not math.isfinite(ratio) and result.ok:
+                    if not bool(torch.isfinite(stages[0]).all()):  # host sync: failure path only
+                        raise _fail(problem, Status.NONFINITE, t,
+                                    "func returned non-finite values at this time.", stats, ys)
+                if cb_reject is not None:
+                    cb_reject(_ttensor(t, problem), problem.layout.unflatten(y),
+                              _ttensor(dt_try, problem))
+                f0 = stages[0]
+                if not math.isfinite(ratio) and result.ok and (
+                        dt_try <= 16 * math.ulp(max(abs(t), 1.0)) * 1e3):
                     raise _fail(problem, Status.NONFINITE, t,
-                                "func returned non-finite values at this time.", stats, ys)
-            if cb_reject is not None:
-                cb_reject(_ttensor(t, problem), problem.layout.unflatten(y),
-                          _ttensor(dt_try, problem))
-            f0 = stages[0]
-            if not math.isfinite(ratio) and result.ok and (
-                    dt_try <= 16 * math.ulp(max(abs(t), 1.0)) * 1e3):
-                raise _fail(problem, Status.NONFINITE, t,
-                            "func returned non-finite values for every step size tried.", stats,
-                            ys)
-        dt, ctrl = controller.propose(dt_try, ratio, accepted, k, ctrl)
-        dt = min(max(dt, min_step), max_step)
-    return LoopResult(ys, stats, t, y, steps)
+                                "func returned non-finite values for every step size tried.",
+                                stats, ys)
+            dt, ctrl = controller.propose(dt_try, ratio, accepted, k, ctrl)
+            dt = min(max(dt, min_step), max_step)
+        return LoopResult(ys, stats, t, y, steps)
+    finally:
+        if counts is not None:
+            counts.add_to(stats)
 
 
 def _error_ratio(err: Tensor, abs_y: Tensor, y_new: Tensor, rtol: float | Tensor,

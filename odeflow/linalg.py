@@ -4,9 +4,9 @@ Every implicit step solves systems with the matrix ``M = I - hγ J`` (``J = ∂f
 point, ``hγ`` the step size times the method's diagonal coefficient). A
 :class:`LinearSolver` says how ``J`` is obtained and how ``M`` is solved:
 
-* :class:`DenseSolver` (default): ``J`` by forward-mode automatic differentiation — one
-  ``torch.func.vmap`` of ``jvp`` over the ``n`` unit tangents, which is *one* call of
-  ``func`` — or by the user's ``options["jacobian"]``; ``M`` is factorised once by
+* :class:`DenseSolver` (default): ``J`` by automatic differentiation — one call of
+  ``func`` and one vmapped backward pass for all ``n`` rows — or by the user's
+  ``options["jacobian"]``; ``M`` is factorised once by
   ``torch.linalg.lu_factor_ex`` and the factors are reused by every stage of a step (and,
   for ESDIRK methods, across steps while ``hγ`` and ``J`` stay usable).
 * :class:`KrylovSolver` (``options["linear_solver"] = "krylov"``): matrix-free. ``J`` is
@@ -15,12 +15,12 @@ point, ``hγ`` the step size times the method's diagonal coefficient). A
   100k numbers needs memory for a few Krylov vectors only.
 
 Both also give ``∂f/∂t`` (Rosenbrock methods need it for non-autonomous ``func``) in the
-same call. Under autograd the dense Jacobian keeps its graph (``torch.func`` composes with
-autograd), so backpropagating through a Rosenbrock step is exact.
+same call. Under autograd the dense Jacobian keeps its graph (``create_graph``), so
+backpropagating through a Rosenbrock step is exact.
 
-A ``func`` that forward-mode AD cannot trace (``.item()``, in-place writes into its input,
-``torch.autograd.grad`` inside) falls back to reverse mode, one backward pass per row; the
-fallback is chosen on the first failure and kept for the solve.
+A ``func`` whose backward cannot be vmapped falls back to one backward pass per row; the
+fallback is chosen on the first failure and kept for the solve. The matrix-free path uses
+forward mode (``torch.func.jvp``) for its products.
 """
 
 from __future__ import annotations
@@ -75,53 +75,45 @@ class LinearSolver(Protocol):
     """How an implicit stepper gets ``J`` (and ``∂f/∂t``) and solves with ``I - hγ J``."""
 
     def jacobian(self, f: Any, t: float, y: Tensor, counts: ImplicitCounts,
-                 with_time: bool = True) -> tuple[Any, Tensor | None]: ...
+                 with_time: bool = True, graph: bool = False) -> tuple[Any, Tensor | None]:
+        ...
 
     def factor(self, jac: Any, h_gamma: float, counts: ImplicitCounts) -> Factor: ...
 
 
 # ---------------------------------------------------------------------------------- Jacobians
-def _forward_jacobian(f: Any, t: float, y: Tensor, with_time: bool) -> tuple[Tensor, Tensor | None]:
-    """``(J, ∂f/∂t)`` in canonical time by one vmapped forward-mode call of ``f.at``."""
-    sign = f.sign
-    t_user = torch.scalar_tensor(sign * t, dtype=y.dtype, device=y.device)
-    n = y.numel()
-    eye = torch.eye(n, dtype=y.dtype, device=y.device)
-    if with_time:
-        # n + 1 tangents: the unit vectors of y, then the unit tangent of t.
-        y_tan = torch.cat([eye, y.new_zeros(1, n)])
-        t_tan = torch.cat([y.new_zeros(n), y.new_ones(1)])
-    else:
-        y_tan, t_tan = eye, y.new_zeros(n)
-
-    def column(dy: Tensor, dt: Tensor) -> Tensor:
-        return torch.func.jvp(f.at, (t_user, y), (dt, dy))[1]
-
-    cols = torch.func.vmap(column)(y_tan, t_tan)  # (n[+1], n): cols[k] = ∂f/∂x_k
-    jac = cols[:n].T
-    # d f_canon / d t_canon = sign · d f.at / d t_user (f.at already returns f_canon).
-    f_t = cols[n] * sign if with_time else None
-    return jac, f_t
-
-
-def _reverse_jacobian(f: Any, t: float, y: Tensor, with_time: bool) -> tuple[Tensor, Tensor | None]:
-    """``(J, ∂f/∂t)`` by reverse mode, one backward pass per output (the fallback)."""
-    graph = torch.is_grad_enabled() and y.requires_grad
+def _reverse_jacobian(f: Any, t: float, y: Tensor, with_time: bool, graph: bool,
+                      batched: bool = True) -> tuple[Tensor, Tensor | None]:
+    """``(J, ∂f/∂t)`` in canonical time by reverse mode: one call of ``f``, then all ``n``
+    rows in one vmapped backward pass (``batched``) or one backward pass per row."""
     t_user = torch.scalar_tensor(f.sign * t, dtype=y.dtype, device=y.device,
                                  requires_grad=with_time)
     with torch.enable_grad():
-        y_in = y if graph else y.detach().requires_grad_(True)
+        y_in = y if (graph and y.requires_grad) else y.detach().requires_grad_(True)
         out = f.at(t_user, y_in)
-        rows, t_rows = [], []
         inputs = (y_in, t_user) if with_time else (y_in,)
-        for i in range(out.numel()):
-            grads = torch.autograd.grad(out[i], inputs, retain_graph=True, create_graph=graph,
-                                        allow_unused=True)
-            rows.append(grads[0] if grads[0] is not None else torch.zeros_like(y))
+        n = out.numel()
+        if batched:
+            eye = torch.eye(n, dtype=out.dtype, device=out.device)
+            grads = torch.autograd.grad(out, inputs, eye, retain_graph=graph,
+                                        create_graph=graph, allow_unused=True,
+                                        is_grads_batched=True)
+            jac = grads[0] if grads[0] is not None else y.new_zeros(n, n)
+            f_t = None
             if with_time:
-                t_rows.append(grads[1] if grads[1] is not None else t_user.new_zeros(()))
-    jac = torch.stack(rows)
-    f_t = torch.stack(t_rows) * f.sign if with_time else None
+                f_t = grads[1] if grads[1] is not None else y.new_zeros(n)
+        else:
+            rows, t_rows = [], []
+            for i in range(n):
+                got = torch.autograd.grad(out[i], inputs, retain_graph=True,
+                                          create_graph=graph, allow_unused=True)
+                rows.append(got[0] if got[0] is not None else torch.zeros_like(y))
+                if with_time:
+                    t_rows.append(got[1] if got[1] is not None else t_user.new_zeros(()))
+            jac = torch.stack(rows)
+            f_t = torch.stack(t_rows) if with_time else None
+    if f_t is not None:
+        f_t = f_t.reshape(n) * f.sign
     if not graph:
         jac = jac.detach()
         f_t = f_t.detach() if f_t is not None else None
@@ -129,16 +121,24 @@ def _reverse_jacobian(f: Any, t: float, y: Tensor, with_time: bool) -> tuple[Ten
 
 
 def autodiff_jacobian(f: Any, t: float, y: Tensor, counts: ImplicitCounts,
-                      with_time: bool = True) -> tuple[Tensor, Tensor | None]:
-    """``(∂f/∂y, ∂f/∂t)`` at ``(t, y)``: forward mode, or reverse mode once that failed."""
+                      with_time: bool = True, graph: bool = False
+                      ) -> tuple[Tensor, Tensor | None]:
+    """``(∂f/∂y, ∂f/∂t)`` at ``(t, y)`` by automatic differentiation.
+
+    Reverse mode with all rows in one vmapped backward pass: for the small and medium
+    states of stiff problems it is several times faster than ``torch.func.jacfwd``
+    (0.23 ms against 1.8 ms for Robertson's 3 equations here), and it needs one call of
+    ``func``. A ``func`` whose backward cannot be vmapped falls back to one backward pass
+    per row. ``graph``: keep the graph of ``J`` (under autograd, when ``f(t, y)`` depends on
+    something that requires grad: a Rosenbrock step's gradient needs ``∂J/∂θ``).
+    """
     counts.n_jacobians += 1
     if not counts.reverse_mode:
         try:
-            return _forward_jacobian(f, t, y, with_time)
+            return _reverse_jacobian(f, t, y, with_time, graph, batched=True)
         except (RuntimeError, NotImplementedError, TypeError):
             counts.reverse_mode = True
-            f.nfe -= 1  # the failed attempt did not finish a call
-    return _reverse_jacobian(f, t, y, with_time)
+    return _reverse_jacobian(f, t, y, with_time, graph, batched=False)
 
 
 def _time_derivative(f: Any, t: float, y: Tensor, counts: ImplicitCounts) -> Tensor:
@@ -189,9 +189,9 @@ class DenseSolver:
         self.user_jacobian = user_jacobian
 
     def jacobian(self, f: Any, t: float, y: Tensor, counts: ImplicitCounts,
-                 with_time: bool = True) -> tuple[Tensor, Tensor | None]:
+                 with_time: bool = True, graph: bool = False) -> tuple[Tensor, Tensor | None]:
         if self.user_jacobian is None:
-            return autodiff_jacobian(f, t, y, counts, with_time)
+            return autodiff_jacobian(f, t, y, counts, with_time, graph)
         counts.n_jacobians += 1
         t_user = torch.scalar_tensor(f.sign * t, dtype=y.dtype, device=y.device)
         jac = self.user_jacobian(t_user, y)
@@ -275,7 +275,8 @@ class KrylovSolver:
         self.tol, self.restart, self.max_iters = tol, restart, max_iters
 
     def jacobian(self, f: Any, t: float, y: Tensor, counts: ImplicitCounts,
-                 with_time: bool = True) -> tuple[JacobianOperator, Tensor | None]:
+                 with_time: bool = True, graph: bool = False
+                 ) -> tuple[JacobianOperator, Tensor | None]:
         counts.n_jacobians += 1
         f_t = _time_derivative(f, t, y.detach(), counts) if with_time else None
         return JacobianOperator(f, t, y.detach(), counts), f_t

@@ -196,8 +196,7 @@ def _solve_flat(problem: Problem, spec: Any, stats: SolveStats, gradient: str, f
 
 
 def _fill_stats(stats: SolveStats, loop_stats: SolveStats, problem: Problem) -> None:
-    for name in ("n_steps", "n_accepted", "n_rejected", "status", "message"):
-        setattr(stats, name, getattr(loop_stats, name))
+    stats.copy_forward(loop_stats)
     stats.nfe = problem.func.nfe
 
 
@@ -352,7 +351,7 @@ def odeint_dense(
         0.367...
     """
     spec = get_method(method)
-    if spec.family != "adaptive":
+    if not spec.adaptive:
         raise ValueError(f"odeint_dense needs an adaptive method, got method={method!r}")
     opts = check_options(spec.name, options, spec.valid_options)
     validate_options(opts)

@@ -87,6 +87,15 @@ class SolveStats:
     n_linear_iters: int = 0
     switches: list = field(default_factory=list)
 
+    def copy_forward(self, other: SolveStats) -> None:
+        """Take ``other``'s forward-solve counters (all but ``nfe`` and the backward ones)."""
+        for name in _FORWARD_FIELDS:
+            setattr(self, name, getattr(other, name))
+
+
+_FORWARD_FIELDS = ("n_steps", "n_accepted", "n_rejected", "status", "message", "n_jacobians",
+                   "n_lu", "n_newton_iters", "n_newton_failures", "n_linear_iters", "switches")
+
 
 class SolveError(RuntimeError):
     """A solve that could not finish: too many steps, step size underflow, non-finite values.

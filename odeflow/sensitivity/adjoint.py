@@ -290,7 +290,6 @@ def solve_adjoint(problem: Problem, spec: MethodSpec, config: AdjointConfig,
     with torch.no_grad():
         result = run_loop(replace(problem, y0=y0.detach()), spec)
         ys = torch.stack(result.ys)
-    for name in ("n_steps", "n_accepted", "n_rejected", "status", "message"):
-        setattr(stats, name, getattr(result.stats, name))
+    stats.copy_forward(result.stats)
     stats.nfe = problem.func.nfe
     return attach_adjoint(problem, spec, config, stats, y0, params, ys)

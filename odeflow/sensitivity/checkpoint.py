@@ -41,7 +41,7 @@ class _Checkpoint(torch.autograd.Function):
         steps: list[StepRecord] = ctx.steps
         params = ctx.saved_tensors
         f = problem.func
-        stepper = spec.build(problem.options)
+        stepper = spec.build(problem.options, problem.rtol, problem.atol)
         nfe_before = f.nfe
         t_out = problem.t_out
         fixed = not spec.adaptive
@@ -113,13 +113,6 @@ class _Checkpoint(torch.autograd.Function):
         return (None, None, None, grad_y0, *param_grads)
 
 
-def _copy_stats(src: SolveStats, dst: SolveStats) -> None:
-    for name in ("nfe", "n_steps", "n_accepted", "n_rejected", "status", "message",
-                 "n_jacobians", "n_lu", "n_newton_iters", "n_newton_failures",
-                 "n_linear_iters", "switches"):
-        setattr(dst, name, getattr(src, name))
-
-
 def attach_checkpoint(problem: Problem, spec: MethodSpec, stats: SolveStats, y0: Tensor,
                       params: tuple[Tensor, ...], steps: list[StepRecord], ys: Tensor) -> Tensor:
     """Give the outputs ``ys`` of a finished loop the checkpointed gradient.
@@ -151,7 +144,7 @@ def solve_checkpoint(problem: Problem, spec: MethodSpec, stats: SolveStats, y0: 
         )
     with torch.no_grad():
         result = run_loop(replace(problem, y0=y0.detach()), spec, record_steps=True)
-    _copy_stats(result.stats, stats)
+    stats.copy_forward(result.stats)
     stats.nfe = problem.func.nfe
     return attach_checkpoint(problem, spec, stats, y0, params, result.steps,
                              torch.stack(result.ys))

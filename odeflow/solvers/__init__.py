@@ -6,13 +6,16 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+from ..linalg import LINEAR_SOLVER_OPTIONS, make_linear_solver
 from ..tableaus import TABLEAUS
 from .adams import AdamsBashforth, AdamsMoulton
 from .explicit_rk import ExplicitRK
+from .rosenbrock import Rosenbrock
+from .rosenbrock_tableaus import ROSENBROCK_TABLEAUS
 from .scipy_bridge import SCIPY_OPTIONS
 
-__all__ = ["METHODS", "ADAPTIVE_METHODS", "FIXED_METHODS", "MethodSpec", "get_method",
-           "warn_unsupported_callbacks"]
+__all__ = ["METHODS", "ADAPTIVE_METHODS", "FIXED_METHODS", "IMPLICIT_METHODS", "MethodSpec",
+           "get_method", "warn_unsupported_callbacks"]
 
 CALLBACKS = ("callback_step", "callback_accept_step", "callback_reject_step")
 
@@ -23,10 +26,19 @@ ADAPTIVE_OPTIONS = (
 FIXED_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp", "max_num_steps")
 
 ADAPTIVE_METHODS = ("dopri5", "tsit5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+ROSENBROCK_METHODS = ("rodas5p", "rodas4")
+ESDIRK_METHODS = ("kvaerno5", "kvaerno3", "trbdf2")
+try:  # the ESDIRK family is optional until its module lands
+    from .esdirk import ESDIRK
+    from .esdirk_tableaus import ESDIRK_TABLEAUS
+except ImportError:  # pragma: no cover
+    ESDIRK_METHODS = ()
+IMPLICIT_METHODS = ROSENBROCK_METHODS + ESDIRK_METHODS
+IMPLICIT_OPTIONS = LINEAR_SOLVER_OPTIONS + ("autonomous", "max_newton_iters")
 FIXED_RK_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "rk4_classic")
 ADAMS_METHODS = ("explicit_adams", "implicit_adams", "fixed_adams")
 FIXED_METHODS = FIXED_RK_METHODS + ADAMS_METHODS
-METHODS = ADAPTIVE_METHODS + FIXED_METHODS + ("scipy_solver",)
+METHODS = ADAPTIVE_METHODS + IMPLICIT_METHODS + FIXED_METHODS + ("scipy_solver",)
 DEFAULT_METHOD = "dopri5"
 
 
@@ -42,7 +54,12 @@ class MethodSpec:
     @property
     def adaptive(self) -> bool:
         """Steps are chosen by an error estimate (else: a fixed grid, or SciPy's own)."""
-        return self.family == "adaptive"
+        return self.family in ("adaptive", "implicit")
+
+    @property
+    def implicit(self) -> bool:
+        """Each step solves linear systems with ``I - hγJ`` (stiff problems)."""
+        return self.family == "implicit"
 
     @property
     def external(self) -> bool:
@@ -64,12 +81,23 @@ class MethodSpec:
     def valid_callbacks(self) -> tuple[str, ...]:
         """The step callbacks this method calls: all three when adaptive, ``callback_step``
         on a fixed grid (every step is accepted), none through SciPy."""
-        return {"adaptive": CALLBACKS, "fixed": CALLBACKS[:1]}.get(self.family, ())
+        return {"adaptive": CALLBACKS, "implicit": CALLBACKS,
+                "fixed": CALLBACKS[:1]}.get(self.family, ())
 
-    def build(self, options: dict[str, Any]) -> Any:
-        """A stepper configured by ``options`` (the loop reads the rest of them)."""
+    def build(self, options: dict[str, Any], rtol: Any = 1e-7, atol: Any = 1e-9) -> Any:
+        """A stepper configured by ``options`` (the loop reads the rest of them); the
+        implicit methods scale their Newton tests by the solve's ``rtol``/``atol``."""
         if self.family == "scipy":
             return None
+        if self.name in ROSENBROCK_METHODS:
+            return Rosenbrock(ROSENBROCK_TABLEAUS[self.name], make_linear_solver(options),
+                              autonomous=bool(options.get("autonomous", False)))
+        if self.name in ESDIRK_METHODS:
+            kwargs = {}
+            if "max_newton_iters" in options:
+                kwargs["max_newton_iters"] = options["max_newton_iters"]
+            return ESDIRK(ESDIRK_TABLEAUS[self.name], make_linear_solver(options), rtol=rtol,
+                          atol=atol, **kwargs)
         if self.name in ADAMS_METHODS:
             order = options.get("max_order", 4)
             if self.name == "explicit_adams":
@@ -88,6 +116,8 @@ def get_method(method: str | None) -> MethodSpec:
         raise ValueError(f"method={method!r} is not known; choose one of: {', '.join(METHODS)}")
     if name in ADAPTIVE_METHODS:
         return MethodSpec(name, "adaptive", ADAPTIVE_OPTIONS)
+    if name in IMPLICIT_METHODS:
+        return MethodSpec(name, "implicit", ADAPTIVE_OPTIONS + IMPLICIT_OPTIONS)
     if name in FIXED_RK_METHODS:
         return MethodSpec(name, "fixed", FIXED_OPTIONS)
     if name in ADAMS_METHODS:

@@ -1,0 +1,200 @@
+"""Rosenbrock (linearly implicit) stepper: one Jacobian and one LU per step, no Newton loop.
+
+Each step solves ``s`` linear systems with the same matrix ``M = I - hγ J``
+(:mod:`odeflow.solvers.rosenbrock_tableaus` gives the scheme). What is computed when:
+
+* the Jacobian ``J = ∂f/∂y`` and ``∂f/∂t`` are evaluated once per step *start*: a rejected
+  attempt is retried from the same ``(t, y)`` with the same ``J`` (kept in the solver
+  state's cache), so a rejection costs one new LU and the stages, as in Hairer & Wanner's
+  RODAS;
+* ``M`` is factorised once per attempt and its factors serve all ``s`` stages.
+
+The method is exact only with the exact ``J`` (it is not a W-method), so under autograd
+``J`` keeps its graph and backpropagation through the linear solves is the exact gradient of
+the discrete solution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..interp import Interpolant
+from ..linalg import ImplicitCounts
+from .base import StepResult
+from .rosenbrock_tableaus import RosenbrockTableau
+
+__all__ = ["Rosenbrock", "RosenbrockState", "RosenbrockInterpolant"]
+
+Func = Callable[[float, Tensor], Tensor]
+
+
+@dataclass
+class RosenbrockState:
+    """Per-solve state: the counters, and the Jacobian of the current step start."""
+
+    counts: ImplicitCounts = field(default_factory=ImplicitCounts)
+    jac_t: float | None = None  # the time the cached Jacobian belongs to
+    jac_y: Tensor | None = None  # ... and the state (identity, not value, is compared)
+    jac: Any = None
+    f_t: Tensor | None = None
+
+
+class Rosenbrock:
+    """Stepper for a :class:`~odeflow.solvers.rosenbrock_tableaus.RosenbrockTableau`.
+
+    Follows :class:`~odeflow.solvers.base.Stepper`. ``stages`` of a step are
+    ``(f0, u_1, ..., u_s)``: the start derivative, then the stage increments the dense
+    output combines.
+
+    Args:
+        tableau: the method's coefficients.
+        linear_solver: a :class:`~odeflow.linalg.LinearSolver` (dense LU or Krylov).
+        autonomous: ``func`` does not depend on ``t``: skip ``∂f/∂t``.
+    """
+
+    steps_to_outputs = False
+    needs_f_end_for_dense = False
+
+    def __init__(self, tableau: RosenbrockTableau, linear_solver: Any, *,
+                 autonomous: bool = False):
+        self.tableau = tableau
+        self.linear_solver = linear_solver
+        self.autonomous = autonomous
+        self.order = tableau.order
+        self.error_order = tableau.error_order
+        s = tableau.stages
+        self._s = s
+        self._a = tuple(tuple((j, v) for j, v in enumerate(row) if v != 0.0)
+                        for row in tableau.a)
+        self._C = tuple(tuple((j, v) for j, v in enumerate(row) if v != 0.0)
+                        for row in tableau.C)
+        self._m = tuple((j, v) for j, v in enumerate(tableau.m) if v != 0.0)
+        self._H = tuple(tuple((j, v) for j, v in enumerate(row) if v != 0.0)
+                        for row in tableau.H if any(row))
+
+    def workspace(self, y0: Tensor) -> None:
+        """No preallocated buffers: the linear solves allocate their results anyway."""
+        return None
+
+    def init(self, y0: Tensor) -> RosenbrockState:
+        return RosenbrockState()
+
+    def _jacobian(self, f: Func, t: float, y: Tensor, f0: Tensor,
+                  state: RosenbrockState) -> tuple:
+        if state.jac is not None and state.jac_t == t and state.jac_y is y:
+            return state.jac, state.f_t
+        # J needs a graph exactly when f(t, y) has one (y or parameters require grad).
+        graph = torch.is_grad_enabled() and f0.requires_grad
+        jac, f_t = self.linear_solver.jacobian(f, t, y, state.counts,
+                                               with_time=not self.autonomous, graph=graph)
+        state.jac_t, state.jac_y, state.jac, state.f_t = t, y, jac, f_t
+        return jac, f_t
+
+    def step(self, f: Func, t: float, y: Tensor, f0: Tensor, dt: float,
+             state: RosenbrockState | None, ws: None, *, with_error: bool = True,
+             f_last: Func | None = None, fsal_stage: bool = True) -> StepResult:
+        """One attempt from ``(t, y)`` with step ``dt`` (see the module docstring)."""
+        if state is None:  # a replayed step (checkpointing): a fresh Jacobian
+            state = RosenbrockState()
+        tab = self.tableau
+        jac, f_t = self._jacobian(f, t, y, f0, state)
+        h_gamma = dt * tab.gamma
+        factor = self.linear_solver.factor(jac, h_gamma, state.counts)
+        us: list[Tensor] = []
+        for i in range(self._s):
+            if i == 0:
+                rhs = f0
+            else:
+                y_i = _combine(y, us, self._a[i])
+                fi = f_last if (f_last is not None and tab.c[i] == 1.0) else f
+                rhs = fi(t + tab.c[i] * dt, y_i)
+            coupling = self._C[i]
+            if coupling:
+                rhs = _combine(rhs, us, coupling, 1.0 / dt)
+            if f_t is not None and tab.d[i] != 0.0:
+                rhs = rhs + (dt * tab.d[i]) * f_t
+            us.append(factor.solve(rhs) * h_gamma)
+        y_new = _combine(y, us, self._m)
+        error = None
+        if with_error:
+            with torch.no_grad():
+                error = us[-1].detach().clone()
+        return StepResult(y_new, error, (f0, *us), state, True)
+
+    def f_end(self, f: Func, t_new: float, y_new: Tensor, result: StepResult) -> Tensor:
+        return f(t_new, y_new)
+
+    def interpolant(self, t: float, dt: float, y: Tensor, y_new: Tensor,
+                    stages: Sequence[Tensor], f_new: Tensor | None,
+                    f: Func | None = None) -> Interpolant:
+        return RosenbrockInterpolant(t, dt, y, y_new, self._dense_terms(stages[1:]))
+
+    def interpolate(self, y: Tensor, y_new: Tensor, dt: float, stages: Sequence[Tensor],
+                    f_new: Tensor | None, theta: float, ws: Any) -> Tensor:
+        return RosenbrockInterpolant(0.0, dt, y, y_new,
+                                     self._dense_terms(stages[1:])).evaluate(theta)
+
+    def _dense_terms(self, us: Sequence[Tensor]) -> tuple[Tensor, ...]:
+        return tuple(_combine(None, us, row) for row in self._H)
+
+
+def _combine(base: Tensor | None, us: Sequence[Tensor], weights: Sequence[tuple[int, float]],
+             scale: float = 1.0) -> Tensor:
+    """``base + scale Σ w_j u_j`` without writing into any input (autograd-safe)."""
+    acc = None
+    for j, w in weights:
+        acc = us[j] * (w * scale) if acc is None else acc.add(us[j], alpha=w * scale)
+    if acc is None:
+        return base if base is not None else torch.zeros_like(us[0])
+    return acc if base is None else base + acc
+
+
+class RosenbrockInterpolant(Interpolant):
+    """``y(θ) = (1-θ) y0 + θ y1 + θ(1-θ)(k_1 + θ k_2 + θ² k_3)`` (the methods' own dense
+    output; ``terms`` are the ``k_r``)."""
+
+    __slots__ = ("t", "dt", "y0", "y1", "terms")
+
+    def __init__(self, t: float, dt: Any, y0: Tensor, y1: Tensor, terms: Sequence[Tensor]):
+        self.t, self.dt, self.y0, self.y1, self.terms = t, dt, y0, y1, tuple(terms)
+
+    def _theta(self, theta: Any) -> Any:
+        if isinstance(theta, Tensor):  # per sample: (B,) -> (B, 1)
+            return theta.to(self.y0.dtype).reshape(-1, 1)
+        return theta
+
+    def evaluate(self, theta: Any) -> Tensor:
+        th = self._theta(theta)
+        poly = None
+        for k in reversed(self.terms):  # Horner: k1 + θ(k2 + θ k3)
+            poly = k if poly is None else k + th * poly
+        out = torch.lerp(self.y0, self.y1, th) if not isinstance(th, Tensor) else (
+            self.y0 + th * (self.y1 - self.y0))
+        if poly is None:
+            return out
+        return out + (th * (1 - th)) * poly
+
+    def derivative(self, theta: Any) -> Tensor:
+        th = self._theta(theta)
+        h = self.dt.to(self.y0.dtype).reshape(-1, 1) if isinstance(self.dt, Tensor) else self.dt
+        poly = dpoly = None
+        for k in reversed(self.terms):
+            if poly is None:
+                poly, dpoly = k, torch.zeros_like(k)
+            else:
+                dpoly = poly + th * dpoly
+                poly = k + th * poly
+        out = self.y1 - self.y0
+        if poly is not None:
+            out = out + (1 - 2 * th) * poly + (th * (1 - th)) * dpoly
+        return out / h
+
+    def detached(self) -> RosenbrockInterpolant:
+        return RosenbrockInterpolant(self.t, self.dt, self.y0.detach().clone(),
+                                     self.y1.detach().clone(),
+                                     [k.detach().clone() for k in self.terms])
