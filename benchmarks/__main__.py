@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
                              " contains one (e.g. 'torchdiffeq,odeflow direct')")
         sp.add_argument("--no-memory", action="store_true",
                         help="s3: skip the peak-memory subprocesses")
+        sp.add_argument("--size", default=None,
+                        help="stiff: comma-separated sizes, e.g. 'batch=1000,batch_large=10000'")
     rp = sub.add_parser("render", help="write BENCHMARKS.md from results files")
     rp.add_argument("files", nargs="*", help="results JSON files "
                     "(default benchmarks/results/*.json)")
@@ -72,6 +74,8 @@ def _run_workload(name: str, args, argv: list[str]) -> None:
     kwargs = dict(quick=args.quick, reps=args.reps, compile=not args.no_compile, only=only)
     if name == "s3":
         kwargs["memory"] = not args.no_memory
+    if name == "stiff" and args.size:
+        kwargs["sizes"] = dict(kv.split("=", 1) for kv in args.size.split(","))
     payload = header(name, cmd_argv, args.quick, {})
     log(f"{name}: start")
     result = mod.run(**kwargs)

@@ -22,6 +22,7 @@ TITLES = {
           "dopri5, rtol = atol = 1e-3)",
     "s4": "S4 — 1000 independent van der Pol oscillators (dopri5, rtol = atol = 1e-6, "
           "t ∈ [0, 10])",
+    "stiff": "Stiff — implicit methods against SciPy Radau, BDF, LSODA (float64, rtol = 1e-6)",
 }
 
 
@@ -275,6 +276,39 @@ def _s4(d: dict) -> list[str]:
     return _table(head, lines) + notes
 
 
+def _stiff(d: dict) -> list[str]:
+    head = ["problem", "contender", "error", "f calls", "Jacobians", "LUs",
+            "steps (accepted)", "time ms, median [min–max]"]
+    lines = []
+    for r in d["rows"]:
+        lead = [r["case"], r["contender"]]
+        if not _ok(r):
+            lines.append(_status_row(r, len(head), lead))
+            continue
+        err = _g(r.get("error")) if "error" in r else (
+            f"worst {_g(r.get('error_worst'))}, median {_g(r.get('error_median'))}"
+            f" ({r.get('error_checked_samples')} samples)" if "error_worst" in r else "–")
+        steps = _steps(r)
+        if r.get("accepted_median") is not None:
+            steps += f"; per sample median {r['accepted_median']:.0f}, max {r['accepted_max']}"
+        lines.append("| " + " | ".join(lead + [
+            err, str(r["nfe"]), _g(r.get("njac")), _g(r.get("nlu")), steps,
+            _time_cell(r)]) + " |")
+    cfg = d["config"]
+    probs = "; ".join(f"{k}: atol {v['atol']:g}" for k, v in cfg["problems"].items())
+    notes = [
+        "Error: max over components of |y − y_ref| / (atol + rtol·|y_ref|) at the end time",
+        f"({probs}). References: SciPy Radau at rtol 1e-12 (`stiff-references.json`; for",
+        f"the batch, {cfg.get('batch_reference')}). f calls: SciPy's `nfev` (its",
+        "Jacobians are the analytic ones, counted apart); bridge rows: calls of the torch",
+        "function, SciPy's finite-difference Jacobians included; odeflow: its `nfe`, one",
+        "call per torch.func Jacobian included. SciPy reports accepted steps only.",
+        "Batch rows: f calls are batched calls; steps are loop iterations.",
+        "",
+    ]
+    return _table(head, lines) + notes
+
+
 # --------------------------------------------------------------------------------------
 # Targets
 # --------------------------------------------------------------------------------------
@@ -283,7 +317,7 @@ def _mark(ok: bool | None) -> str:
 
 
 def targets(res: dict[str, dict]) -> list[str]:
-    out = ["## Targets (issue 7 and issue 4) on this machine", "",
+    out = ["## Targets (issues 7 and 4, and the stiff issue) on this machine", "",
            "| workload | target | measured | status |", "|---|---|---|---|"]
 
     def add(w, target, measured, ok):
@@ -364,6 +398,8 @@ def targets(res: dict[str, dict]) -> list[str]:
                 r = _t(of) / _t(to)
                 add("S4", f"{dt}: joint solve at least as fast as torchode eager joint",
                     f"{r:.2f}× torchode's time ({_ms(_t(of))} vs {_ms(_t(to))} ms)", r <= 1.0)
+    for t in (res.get("stiff") or {}).get("targets", []):
+        add("stiff", t["target"], t["measured"], t["ok"])
     out.append("")
     return out
 
@@ -430,7 +466,7 @@ def render(files: list[str] | None = None, out: str | None = None) -> Path:
             continue
         d = res[w]
         md += [f"## {TITLES[w]}", ""] + _meta(d)
-        md += {"s1": _s1, "s2": _s2, "s3": _s3, "s4": _s4}[w](d)
+        md += {"s1": _s1, "s2": _s2, "s3": _s3, "s4": _s4, "stiff": _stiff}[w](d)
     md += profiles()
     if NOTES.exists():
         md += ["", NOTES.read_text().rstrip(), ""]
