@@ -289,6 +289,8 @@ class ESDIRK:
         """All stages of one attempt; raises :class:`_NewtonFailed`."""
         c = self._c
         factor = state.factor
+        # Predicting failure early only pays when a fresher J or exact factor can follow.
+        refreshable = state.jac_at is not y or factor.h_gamma != hg
         ks: list[Tensor] = [f0]
         zs: list[Tensor] = []
         theta_max = 0.0
@@ -303,7 +305,8 @@ class ESDIRK:
                 z0 = zs[same - 1].detach()
             else:
                 z0 = torch.add(r_d, ks[i - 1].detach(), alpha=hg)
-            z, theta = self._newton(fi, ti, r_d, z0, hg, factor, scale, thresholds, state)
+            z, theta = self._newton(fi, ti, r_d, z0, hg, factor, scale, thresholds, state,
+                                    refreshable)
             theta_max = max(theta_max, theta)
             if graph:
                 with torch.enable_grad():
@@ -315,7 +318,7 @@ class ESDIRK:
             ks.append(k)
         return ks, zs, theta_max
 
-    def _newton(self, fi, ti, r, z, hg, factor, scale, thresholds, state):
+    def _newton(self, fi, ti, r, z, hg, factor, scale, thresholds, state, refreshable):
         """Simplified Newton for ``z = r + hγ fi(ti, z)`` (no graph); returns ``(z, worst
         rate)`` or raises :class:`_NewtonFailed`."""
         counts = state.counts
@@ -343,8 +346,8 @@ class ESDIRK:
                 if theta >= 1.0:
                     raise _NewtonFailed  # diverging
                 eta = theta / (1.0 - theta)
-                if theta ** (m_max - 1 - m) / (1.0 - theta) * norm > kappa:
-                    raise _NewtonFailed  # cannot converge in the iterations left
+                if refreshable and theta ** (m_max - 1 - m) / (1.0 - theta) * norm > kappa:
+                    raise _NewtonFailed  # too slow for the iterations left: refresh J/M
             z = z + dz
             if eta * norm <= kappa:
                 state.eta = eta
