@@ -21,6 +21,7 @@ from .cnf import CNFConfig
 from .config import build_parser, opt, parse_config, str2bool
 from .latent_ode import LatentODEConfig
 from .mnist import MNISTConfig, build, resolve_gradient, run
+from .robertson import RobertsonConfig
 from .spiral import SpiralConfig
 
 # `odeflow train <name>` -> the defaults of that command (a config of the study's module).
@@ -32,6 +33,7 @@ EXPERIMENTS: dict[str, Any] = {
     "latent-ode": LatentODEConfig(),
     "cnf": CNFConfig(),
     "cifar10": CIFAR10Config(),
+    "robertson": RobertsonConfig(),
 }
 
 
