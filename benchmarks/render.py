@@ -278,7 +278,7 @@ def _s4(d: dict) -> list[str]:
 
 def _stiff(d: dict) -> list[str]:
     head = ["problem", "contender", "error", "f calls", "Jacobians", "LUs",
-            "steps (accepted)", "time ms, median [min–max]"]
+            "Newton its (failures)", "steps (accepted)", "time ms, median [min–max]"]
     lines = []
     for r in d["rows"]:
         lead = [r["case"], r["contender"]]
@@ -292,8 +292,9 @@ def _stiff(d: dict) -> list[str]:
         if r.get("accepted_median") is not None:
             steps += f"; per sample median {r['accepted_median']:.0f}, max {r['accepted_max']}"
         lines.append("| " + " | ".join(lead + [
-            err, str(r["nfe"]), _g(r.get("njac")), _g(r.get("nlu")), steps,
-            _time_cell(r)]) + " |")
+            err, str(r["nfe"]), _g(r.get("njac")), _g(r.get("nlu")),
+            f"{r['newton_iters']} ({r.get('newton_failures')})" if r.get("newton_iters")
+            else "–", steps, _time_cell(r)]) + " |")
     cfg = d["config"]
     probs = "; ".join(f"{k}: atol {v['atol']:g}" for k, v in cfg["problems"].items())
     notes = [
@@ -302,7 +303,7 @@ def _stiff(d: dict) -> list[str]:
         f"the batch, {cfg.get('batch_reference')}). f calls: SciPy's `nfev` (its",
         "Jacobians are the analytic ones, counted apart); bridge rows: calls of the torch",
         "function, SciPy's finite-difference Jacobians included; odeflow: its `nfe`, one",
-        "call per torch.func Jacobian included. SciPy reports accepted steps only.",
+        "call per autodiff Jacobian included. SciPy reports accepted steps only.",
         "Batch rows: f calls are batched calls; steps are loop iterations.",
         "",
     ]
