@@ -189,7 +189,6 @@ def test_newton_failure_returns_ok_false(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_float32_steps(name):
     """float32 with tolerances near its precision: Newton converges (no rounding chase)."""
-    order = ORDERS[name][0]
     y, state = _fixed_steps(name, lambda t, y: -50 * (y - torch.cos(t)),
                             torch.ones(1), 0.05, 20, tol=1e-6, dtype=torch.float32)
     assert y.dtype == torch.float32
@@ -197,7 +196,6 @@ def test_float32_steps(name):
                           torch.ones(1, dtype=F64), 0.05, 20, tol=1e-13)
     assert abs(y.item() - ref.item()) < 1e-5
     assert state.counts.n_newton_failures == 0
-    del order
 
 
 # --------------------------------------------------------------------------------- gradients
