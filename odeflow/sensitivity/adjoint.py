@@ -27,11 +27,13 @@ import torch
 from torch import Tensor
 
 from ..integrate import run_loop
+from ..linalg import make_linear_solver
 from ..norms import rms_norm
 from ..options import validate_options
 from ..problem import Problem, check_options, make_problem
-from ..solvers import MethodSpec, get_method
+from ..solvers import METHODS, MethodSpec, get_method
 from ..stats import SolveError, SolveStats
+from .adjoint_jacobian import AdjointBlockSolver
 
 __all__ = ["AdjointConfig", "make_adjoint_config", "solve_adjoint", "attach_adjoint"]
 
@@ -49,7 +51,14 @@ class AdjointConfig:
 def make_adjoint_config(rtol: Any, atol: Any, method: str | None, options: dict | None,
                         adjoint_rtol: Any, adjoint_atol: Any, adjoint_method: str | None,
                         adjoint_options: dict | None) -> AdjointConfig:
-    """Defaults as torchdiffeq: the forward's tolerances, method and options (less ``norm``)."""
+    """Defaults as torchdiffeq: the forward's tolerances, method and options (less ``norm``).
+
+    An implicit forward method's backward solve defaults to ``kvaerno5``: implicit too, and
+    its Newton iteration tolerates the block Jacobian the augmented system gets
+    (``adjoint_jacobian.py``), where a Rosenbrock method would lose order.
+    """
+    if adjoint_method is None and get_method(method).implicit and "kvaerno5" in METHODS:
+        adjoint_method = "kvaerno5"
     spec = get_method(adjoint_method if adjoint_method is not None else method)
     if adjoint_options is None:
         base = {k: v for k, v in (options or {}).items() if k != "norm"}
@@ -132,6 +141,13 @@ class _Adjoint(torch.autograd.Function):
         nfe_before = f.nfe
         aug = _augmented_dynamics(problem, params)
         options = _backward_options(config.options, problem, params)
+        if config.spec.implicit:
+            # The augmented dynamics cannot be differentiated by autodiff (their a- and
+            # g-parts are themselves gradients): the Jacobian comes in blocks from the forward
+            # func (see adjoint_jacobian.py).
+            options["linear_solver"] = AdjointBlockSolver(
+                f, ys.shape[1], make_linear_solver(config.options))
+            options.pop("jacobian", None)
         dtype = ys.dtype
         a = grad_ys[-1].clone()
         sizes = [_real_numel(p) for p in params]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -28,9 +28,20 @@ from ..linalg import ImplicitCounts
 from .base import StepResult
 from .rosenbrock_tableaus import RosenbrockTableau
 
-__all__ = ["Rosenbrock", "RosenbrockState", "RosenbrockInterpolant"]
+__all__ = ["Rosenbrock", "RosenbrockState", "RosenbrockInterpolant", "Workspace"]
 
 Func = Callable[[float, Tensor], Tensor]
+
+
+class Workspace(NamedTuple):
+    """Per-solve buffers and coefficient vectors of the no-autograd path."""
+
+    U: Tensor  # (s, n) stage increments
+    prefix: tuple[Tensor, ...]  # prefix[i] = U[:i].T
+    a: tuple[Tensor | None, ...]
+    C: tuple[Tensor | None, ...]
+    m: Tensor
+    H: Tensor  # (r, s) dense output rows
 
 
 @dataclass
@@ -77,9 +88,20 @@ class Rosenbrock:
         self._H = tuple(tuple((j, v) for j, v in enumerate(row) if v != 0.0)
                         for row in tableau.H if any(row))
 
-    def workspace(self, y0: Tensor) -> None:
-        """No preallocated buffers: the linear solves allocate their results anyway."""
-        return None
+    def workspace(self, y0: Tensor) -> Workspace:
+        """Buffers of the no-autograd path: the increments as the rows of one ``(s, n)``
+        matrix, so that every stage sum is one ``addmv``."""
+        s, n = self._s, y0.numel()
+        U = y0.new_empty((s, n))
+        prefix = tuple(U[:i].T for i in range(s + 1))
+        tab = self.tableau
+
+        def vec(values: Sequence[float]) -> Tensor:
+            return torch.tensor(values, dtype=y0.dtype, device=y0.device)
+
+        H = torch.tensor([list(r) for r in tab.H if any(r)], dtype=y0.dtype, device=y0.device)
+        return Workspace(U, prefix, tuple(vec(r) if r else None for r in tab.a),
+                         tuple(vec(r) if any(r) else None for r in tab.C), vec(tab.m), H)
 
     def init(self, y0: Tensor) -> RosenbrockState:
         return RosenbrockState()
@@ -105,6 +127,8 @@ class Rosenbrock:
         jac, f_t = self._jacobian(f, t, y, f0, state)
         h_gamma = dt * tab.gamma
         factor = self.linear_solver.factor(jac, h_gamma, state.counts)
+        if ws is not None and isinstance(jac, Tensor):
+            return self._step_fused(f, t, y, f0, dt, state, ws, f_t, factor, f_last)
         us: list[Tensor] = []
         for i in range(self._s):
             if i == 0:
@@ -126,6 +150,27 @@ class Rosenbrock:
                 error = us[-1].detach().clone()
         return StepResult(y_new, error, (f0, *us), state, True)
 
+    def _step_fused(self, f: Func, t: float, y: Tensor, f0: Tensor, dt: float,
+                    state: RosenbrockState, ws: Workspace, f_t: Tensor | None, factor: Any,
+                    f_last: Func | None) -> StepResult:
+        """The no-autograd step: increments written into ``ws.U``, sums by ``addmv``."""
+        tab = self.tableau
+        h_gamma = dt * tab.gamma
+        U = ws.U
+        for i in range(self._s):
+            if i == 0:
+                rhs = f0.clone()
+            else:
+                fi = f_last if (f_last is not None and tab.c[i] == 1.0) else f
+                rhs = fi(t + tab.c[i] * dt, torch.addmv(y, ws.prefix[i], ws.a[i]))
+            if ws.C[i] is not None:
+                rhs = torch.addmv(rhs, ws.prefix[i], ws.C[i], alpha=1.0 / dt)
+            if f_t is not None and tab.d[i] != 0.0:
+                rhs.add_(f_t, alpha=dt * tab.d[i])
+            U[i] = factor.solve(rhs.mul_(h_gamma))
+        y_new = torch.addmv(y, ws.prefix[self._s], ws.m)
+        return StepResult(y_new, U[-1].clone(), (f0, *U.unbind(0)), state, True)
+
     def f_end(self, f: Func, t_new: float, y_new: Tensor, result: StepResult) -> Tensor:
         return f(t_new, y_new)
 
@@ -136,8 +181,11 @@ class Rosenbrock:
 
     def interpolate(self, y: Tensor, y_new: Tensor, dt: float, stages: Sequence[Tensor],
                     f_new: Tensor | None, theta: float, ws: Any) -> Tensor:
-        return RosenbrockInterpolant(0.0, dt, y, y_new,
-                                     self._dense_terms(stages[1:])).evaluate(theta)
+        if ws is not None:  # the increments are the rows of ws.U: one matrix product
+            terms = tuple((ws.H @ ws.U).unbind(0))
+        else:
+            terms = self._dense_terms(stages[1:])
+        return RosenbrockInterpolant(0.0, dt, y, y_new, terms).evaluate(theta)
 
     def _dense_terms(self, us: Sequence[Tensor]) -> tuple[Tensor, ...]:
         return tuple(_combine(None, us, row) for row in self._H)
