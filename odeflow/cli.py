@@ -6,6 +6,7 @@ Examples::
     odeflow train fashion-mnist --network odenet --adjoint True --nepochs 5 --save runs/f-adj
     odeflow train mnist --network resnet --resume runs/mnist-resnet
     torchrun --nproc_per_node=2 -m odeflow.cli train digits --nepochs 3
+    odeflow train robertson --method kvaerno5    # a stiff neural ODE; dopri5 side by side
     odeflow plot runs/f-adj runs/f-direct --out runs/compare
     odeflow bench --help
 """

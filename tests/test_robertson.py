@@ -134,8 +134,13 @@ def test_a_short_run_learns_the_rates(tmp_path):
         assert abs(k - math.log10(true)) < abs(g - math.log10(true)) / 2
 
 
-def test_resume_continues_exactly(tmp_path):
+def test_resume_continues_exactly(tmp_path, capsys):
     resume_is_exact("robertson", tmp_path, [*SHORT, "--compare", "none"])
+    # the data define the task: another window is refused on --resume
+    capsys.readouterr()
+    assert cli.main(["train", "robertson", "--resume", str(tmp_path / "resumed"),
+                     "--t-end", "1"]) == 2
+    assert "--t-end" in capsys.readouterr().err
 
 
 def test_unscaled_loss_is_an_option(tmp_path):

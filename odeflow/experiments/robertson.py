@@ -75,13 +75,15 @@ class SolverFailedError(UserError):
 class RobertsonConfig(StepConfig):
     """Every setting of one Robertson run; each field is a command-line flag."""
 
-    # observation window, spaced evenly in log10 t (the solve starts at t = 0)
-    t_start: float = opt(1e-5, "first observation time")
-    t_end: float = opt(1e5, "last observation time")
-    n_times: int = opt(40, "observation times (training data)")
-    n_test: int = opt(200, "times of the test trajectory (same span)")
+    # observation window, spaced evenly in log10 t (the solve starts at t = 0); the data
+    # define the task, so --resume refuses to change them (model=True)
+    t_start: float = opt(1e-5, "first observation time", model=True)
+    t_end: float = opt(1e5, "last observation time", model=True)
+    n_times: int = opt(40, "observation times (training data)", model=True)
+    n_test: int = opt(200, "times of the test trajectory (same span)", model=True)
     # Gaussian noise, in units of each species' largest value
-    noise: float = opt(0.0, "observation noise, as a fraction of each species' maximum")
+    noise: float = opt(0.0, "observation noise, as a fraction of each species' maximum",
+                       model=True)
     # the initial guess: each log10 k off by +-init_spread (sign drawn from --seed)
     init_spread: float = opt(0.5, "initial log10 k = true +- this (random signs)")
     # Kim et al.'s loss scaling; False is the plain MSE, for comparison
