@@ -379,6 +379,16 @@ def _okrow(r: dict | None) -> bool:
     return bool(r) and r.get("status") == "ok" and bool(r.get("time", {}).get("median"))
 
 
+def _na(r: dict | None) -> tuple[str, bool | None]:
+    """A row without a measurement: (why, verdict). A method that is missing cannot be
+    judged (None); one that ran and failed misses the target."""
+    if not r:
+        return "not run", None
+    if r["status"].startswith("failed"):
+        return r["status"], False
+    return "not available: " + r["status"].split(": ", 1)[-1], None
+
+
 def targets(rows: list[dict], problems: list[str], sizes: dict) -> list[dict]:
     """The issue's targets, each with what was measured and met / missed / None (n/a)."""
     out = []
@@ -390,8 +400,7 @@ def targets(rows: list[dict], problems: list[str], sizes: dict) -> list[dict]:
         for key in problems:
             r = _find(rows, key, f"odeflow {method}")
             if not _okrow(r):
-                add(f"{key}: {method} error ≤ 1",
-                    f"not available ({r['status'] if r else 'not run'})", None)
+                add(f"{key}: {method} error ≤ 1", *_na(r))
                 continue
             add(f"{key}: {method} error ≤ 1", f"{r['error']:.3g}", r["error"] <= 1)
     key = "rober-1e5"
@@ -422,14 +431,14 @@ def targets(rows: list[dict], problems: list[str], sizes: dict) -> list[dict]:
             add(tgt, f"worst {r['error_worst']:.3g}, {r['samples_over_1']} of {b} over 1",
                 r["samples_over_1"] == 0)
         else:
-            add(tgt, f"not available ({r['status'] if r else 'not run'})", None)
+            add(tgt, *_na(r))
         big = sizes["batch_large"]
         r = _find(rows, f"rober-1e5 batch B={big}", label)
         tgt = f"batch B={big}: {label} ≤ 5 s"
         if _okrow(r):
             add(tgt, f"{r['time']['median']:.2f} s", r["time"]["median"] <= 5)
         else:
-            add(tgt, f"not available ({r['status'] if r else 'not run'})", None)
+            add(tgt, *_na(r))
     return out
 
 
