@@ -34,6 +34,7 @@ from ..problem import Problem, check_options, make_problem
 from ..solvers import METHODS, MethodSpec, get_method
 from ..stats import SolveError, SolveStats
 from .adjoint_jacobian import AdjointBlockSolver
+from .interpolating_adjoint import InterpolatingAdjointSolver, Trajectory, interpolating_dynamics
 
 __all__ = ["AdjointConfig", "make_adjoint_config", "solve_adjoint", "attach_adjoint"]
 
@@ -81,6 +82,18 @@ def _seminorm(state: tuple[Tensor, ...]) -> Tensor:
     return torch.maximum(rms_norm(state[0]), rms_norm(state[1]))
 
 
+def _seminorm_a(state: tuple[Tensor, ...]) -> Tensor:
+    # The interpolating adjoint's state is (a, g): only a counts.
+    return rms_norm(state[0])
+
+
+def _without_y(norm: Callable, n: int) -> Callable:
+    """A backward norm written for ``(y, a, g)`` applied to ``(a, g)`` (``y`` as zeros)."""
+    def wrapped(state: tuple[Tensor, ...]) -> Tensor:
+        return norm((torch.zeros_like(state[0]), *state))
+    return wrapped
+
+
 def _augmented_dynamics(problem: Problem, params: tuple[Tensor, ...]) -> Callable:
     func = problem.func
     sign = problem.sign
@@ -126,8 +139,8 @@ class _Adjoint(torch.autograd.Function):
     @staticmethod
     def forward(ctx, payload: tuple, spec: MethodSpec, config: AdjointConfig,
                 stats: SolveStats, y0: Tensor, *params: Tensor) -> Tensor:  # type: ignore[override]
-        problem, ys = payload
-        ctx.problem, ctx.config, ctx.stats = problem, config, stats
+        problem, ys, pieces = payload
+        ctx.problem, ctx.config, ctx.stats, ctx.pieces = problem, config, stats, pieces
         ctx.save_for_backward(ys, *params)
         return ys
 
@@ -139,26 +152,45 @@ class _Adjoint(torch.autograd.Function):
         params = tuple(params)
         f = problem.func
         nfe_before = f.nfe
-        aug = _augmented_dynamics(problem, params)
+        n = ys.shape[1]
+        interpolating = ctx.pieces is not None
         options = _backward_options(config.options, problem, params)
-        if config.spec.implicit:
-            # The augmented dynamics cannot be differentiated by autodiff (their a- and
-            # g-parts are themselves gradients): the Jacobian comes in blocks from the forward
-            # func (see adjoint_jacobian.py).
-            options["linear_solver"] = AdjointBlockSolver(
-                f, ys.shape[1], make_linear_solver(config.options))
-            options.pop("jacobian", None)
+        if interpolating:  # y(τ) from the forward dense output: see interpolating_adjoint.py
+            trajectory = Trajectory(ctx.pieces)
+            aug = interpolating_dynamics(f, params, trajectory, _flat_real)
+            if options.get("norm") is _seminorm:
+                options["norm"] = _seminorm_a
+            elif options.get("norm") is not None:
+                options["norm"] = _without_y(options["norm"], n)
+            if config.spec.implicit:
+                options["linear_solver"] = InterpolatingAdjointSolver(
+                    f, trajectory, n, params, make_linear_solver(config.options), _flat_real)
+        else:
+            aug = _augmented_dynamics(problem, params)
+            if config.spec.implicit:
+                # The augmented dynamics cannot be differentiated by autodiff (their a- and
+                # g-parts are themselves gradients): the Jacobian comes in blocks from the
+                # forward func (see adjoint_jacobian.py).
+                options["linear_solver"] = AdjointBlockSolver(
+                    f, n, make_linear_solver(config.options))
+        options.pop("jacobian", None)
         dtype = ys.dtype
         a = grad_ys[-1].clone()
         sizes = [_real_numel(p) for p in params]
         g = torch.zeros(sum(sizes), dtype=dtype, device=ys.device) if params else None
-        n_aug = 2 * ys.shape[1] + (0 if g is None else g.numel())
+        n_aug = 2 * n + (0 if g is None else g.numel())
         rtol = _backward_tolerance("adjoint_rtol", config.rtol, problem, n_aug)
         atol = _backward_tolerance("adjoint_atol", config.atol, problem, n_aug)
+        if interpolating:  # no y in the state: drop its tolerances
+            rtol = rtol[n:] if isinstance(rtol, Tensor) else rtol
+            atol = atol[n:] if isinstance(atol, Tensor) else atol
         t_out = problem.t_out
         n_steps = 0
         for i in range(len(t_out) - 1, 0, -1):
-            state = (ys[i], a) if g is None else (ys[i], a, g)
+            if interpolating:
+                state = (a,) if g is None else (a, g)
+            else:
+                state = (ys[i], a) if g is None else (ys[i], a, g)
             times = torch.tensor([t_out[i], t_out[i - 1]], dtype=torch.float64)
             # Scalars are validated by make_problem; per-element tensors are put in after.
             aug_problem = make_problem(
@@ -173,6 +205,8 @@ class _Adjoint(torch.autograd.Function):
                     raise _backward_failure(err, problem, i) from None
             n_steps += result.stats.n_steps
             final = aug_problem.layout.unflatten(result.ys[-1])
+            if interpolating:
+                final = (None, *final)
             a = final[1] + grad_ys[i - 1]
             if g is not None:
                 g = final[2]
@@ -289,23 +323,30 @@ def _backward_tolerance(name: str, tol: Any, problem: Problem, n_aug: int) -> An
 
 def attach_adjoint(problem: Problem, spec: MethodSpec, config: AdjointConfig,
                    stats: SolveStats, y0: Tensor, params: tuple[Tensor, ...],
-                   ys: Tensor) -> Tensor:
+                   ys: Tensor, pieces: list | None = None) -> Tensor:
     """Give the outputs ``ys`` of a finished loop the adjoint gradient.
 
     ``problem.t_out`` says where ``ys`` (stacked flat, ``(T, n)``, no graph) are; an event
     solve passes ``(t0, t_event)``. Backward solves the augmented system from each output
     time back to the previous one with ``config`` and fills ``stats.nfe_backward``.
+    ``pieces``, the forward loop's detached interpolants, make it the interpolating adjoint
+    (``y`` read from them, not solved backwards: for stiff problems).
     """
-    return _Adjoint.apply((replace(problem, y0=y0.detach()), ys), spec, config, stats, y0,
-                          *params)
+    return _Adjoint.apply((replace(problem, y0=y0.detach()), ys, pieces), spec, config,
+                          stats, y0, *params)
 
 
 def solve_adjoint(problem: Problem, spec: MethodSpec, config: AdjointConfig,
                   stats: SolveStats, y0: Tensor, params: tuple[Tensor, ...]) -> Tensor:
     """Solve with adjoint gradients; returns the stacked flat outputs ``(T, n)``."""
+    pieces = None
+    run_problem = replace(problem, y0=y0.detach())
+    if spec.implicit:  # stiff: the backward solve reads y from the forward dense output
+        pieces = problem.dense_sink if problem.dense_sink is not None else []
+        run_problem = replace(run_problem, dense_sink=pieces)
     with torch.no_grad():
-        result = run_loop(replace(problem, y0=y0.detach()), spec)
+        result = run_loop(run_problem, spec)
         ys = torch.stack(result.ys)
     stats.copy_forward(result.stats)
     stats.nfe = problem.func.nfe
-    return attach_adjoint(problem, spec, config, stats, y0, params, ys)
+    return attach_adjoint(problem, spec, config, stats, y0, params, ys, pieces)
