@@ -23,6 +23,7 @@ is the direction of its own output times.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -232,6 +233,10 @@ def run_per_sample(
     ctrl = cfg.controller.init_tensor(dt)
     buf = None if torch.is_grad_enabled() else y.new_empty((rk.stages, B, y.shape[1]))
     step = compiled_step(rk) if cfg.compile and buf is not None else rk.step_batch
+    # An implicit stepper counts its Jacobians and LUs in its state (copied out at the end).
+    implicit_state = rk.init(y0) if getattr(rk, "implicit", False) else None
+    if implicit_state is not None:
+        step = functools.partial(rk.step_batch, state=implicit_state)
     control = compiled_error_control() if cfg.compile else error_control
     f0_side: Tensor | None = None
 
@@ -276,8 +281,7 @@ def run_per_sample(
         if any_overflow and y_new.requires_grad:
             # A rejected trial overflowed: its infinities would turn the zero gradient that
             # torch.where sends them into nan. Redo the step without those samples' trials.
-            y_new, _, K = rk.step_batch(f, t, y, f0, torch.where(finite, dt_try, 0.0), last_side,
-                                  buf)
+            y_new, _, K = step(f, t, y, f0, torch.where(finite, dt_try, 0.0), last_side, buf)
         if stage_hook is not None:
             stage_hook(ok, dt_try)
         stats.n_steps += 1
@@ -340,6 +344,8 @@ def run_per_sample(
         dt = torch.where(active, new_dt.clamp(min=min_step, max=max_step), dt)
     stats.n_accepted = int(n_acc.sum())
     stats.n_rejected = int(n_rej.sum())
+    if implicit_state is not None:
+        implicit_state.counts.add_to(stats)
     sample = SampleStats(status, n_steps, n_acc, n_rej)
     hits = event.hits if event is not None else None
     return PerSampleResult(ys, t, y, stats, sample, records, hits)

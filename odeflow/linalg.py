@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["ImplicitCounts", "LinearSolver", "Factor", "DenseSolver", "KrylovSolver",
-           "autodiff_jacobian",
+           "autodiff_jacobian", "batched_jacobian",
            "make_linear_solver", "gmres", "LINEAR_SOLVER_OPTIONS"]
 
 LINEAR_SOLVER_OPTIONS = ("jacobian", "linear_solver", "krylov_tol", "krylov_restart",
@@ -139,6 +139,32 @@ def autodiff_jacobian(f: Any, t: float, y: Tensor, counts: ImplicitCounts,
         except (RuntimeError, NotImplementedError, TypeError):
             counts.reverse_mode = True
     return _reverse_jacobian(f, t, y, with_time, graph, batched=False)
+
+
+def batched_jacobian(f: Any, t: Tensor, y: Tensor, counts: ImplicitCounts,
+                     with_time: bool = True, graph: bool = False
+                     ) -> tuple[Tensor, Tensor | None]:
+    """Per-sample ``(J, ∂f/∂t)``: ``(B, n, n)`` and ``(B, n)`` for a batched ``f(t, y)``
+    (``t`` ``(B,)``, ``y`` ``(B, n)``, samples independent), by one call of ``f`` and one
+    vmapped backward pass over the ``n`` unit cotangents shared by all samples."""
+    counts.n_jacobians += 1
+    B, n = y.shape
+    with torch.enable_grad():
+        y_in = y if (graph and y.requires_grad) else y.detach().requires_grad_(True)
+        t_in = t.detach().requires_grad_(True) if with_time else t
+        out = f(t_in, y_in)
+        inputs = (y_in, t_in) if with_time else (y_in,)
+        eye = torch.eye(n, dtype=out.dtype, device=out.device).unsqueeze(1).expand(n, B, n)
+        grads = torch.autograd.grad(out, inputs, eye, retain_graph=graph, create_graph=graph,
+                                    allow_unused=True, is_grads_batched=True)
+    jac = (grads[0] if grads[0] is not None else y.new_zeros(n, B, n)).permute(1, 0, 2)
+    f_t = None
+    if with_time:
+        f_t = (grads[1].T.to(y.dtype) if grads[1] is not None else torch.zeros_like(y))
+    if not graph:
+        jac = jac.detach()
+        f_t = f_t.detach() if f_t is not None else None
+    return jac, f_t
 
 
 def _time_derivative(f: Any, t: float, y: Tensor, counts: ImplicitCounts) -> Tensor:

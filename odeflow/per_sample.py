@@ -179,6 +179,8 @@ def solve_per_sample(
     """
     if not spec.adaptive:
         raise ValueError(f"options['per_sample'] needs an adaptive method, got {spec.name!r}")
+    if spec.implicit:
+        _check_implicit_per_sample(spec, options, gradient, torch.is_grad_enabled())
     if event_fn is None and event_direction is not None:
         raise ValueError("event_direction is only meaningful together with event_fn")
     if event_fn is not None and not callable(event_fn):
@@ -290,3 +292,20 @@ def solve_per_sample(
     ys_user = layout.unflatten(torch.stack([y0_flat, y_stop]), (2,))
     return EventSolution(ys_user, ts, stats, event_t, sample_stats=sample,
                          event_index=tracker.hits.index)
+
+
+def _check_implicit_per_sample(spec: Any, options: dict, gradient: str, grad_on: bool) -> None:
+    """What per-sample mode supports of the implicit methods: the Rosenbrock methods with
+    autodiff Jacobians ``(B, n, n)``, with direct or checkpointed gradients."""
+    if spec.name not in ("rodas5p", "rodas4"):
+        raise ValueError(f"options['per_sample'] supports the implicit methods 'rodas5p' and "
+                         f"'rodas4', got method={spec.name!r}")
+    for name in ("jacobian", "linear_solver", "compile"):
+        if options.get(name) not in (None, False, "dense"):
+            raise ValueError(f"options['{name}'] is not supported with options['per_sample'] "
+                             f"and method={spec.name!r} (the per-sample Jacobians are "
+                             "computed by autodiff, (B, n, n))")
+    if grad_on and gradient == "adjoint":
+        raise ValueError(f"gradient='adjoint' with options['per_sample'] and method="
+                         f"{spec.name!r} is not supported (a stiff adjoint needs the forward "
+                         "dense output); use gradient='checkpoint' or 'direct'")

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..interp import Interpolant
-from ..linalg import ImplicitCounts
+from ..linalg import DenseSolver, ImplicitCounts, batched_jacobian
 from .base import StepResult
 from .rosenbrock_tableaus import RosenbrockTableau
 
@@ -70,6 +70,8 @@ class Rosenbrock:
 
     steps_to_outputs = False
     needs_f_end_for_dense = False
+    fsal = False
+    implicit = True
 
     def __init__(self, tableau: RosenbrockTableau, linear_solver: Any, *,
                  autonomous: bool = False):
@@ -189,6 +191,66 @@ class Rosenbrock:
 
     def _dense_terms(self, us: Sequence[Tensor]) -> tuple[Tensor, ...]:
         return tuple(_combine(None, us, row) for row in self._H)
+
+    # ---------------------------------------------------- per-sample mode (one dt per sample)
+    @property
+    def stages(self) -> int:
+        """Rows of the per-sample stage tensor: ``f0`` and the ``s`` increments."""
+        return self._s + 1
+
+    def step_batch(self, f: Callable, t: Tensor, y: Tensor, f0: Tensor, dt: Tensor,
+                   last_side: Tensor | None = None, buf: Tensor | None = None, *,
+                   state: RosenbrockState | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """One attempt per sample of a ``(B, n)`` batch with step sizes ``dt`` ``(B,)``:
+        ``(B, n, n)`` Jacobians and LU factors, every sample its own ``hγ``. Returns
+        ``(y_new, error estimate, stages (s + 1, B, n))``; a sample with ``dt = 0`` stays
+        at ``y``. ``buf`` is unused (the batched solves allocate their results)."""
+        counts = state.counts if state is not None else ImplicitCounts()
+        tab = self.tableau
+        graph = torch.is_grad_enabled() and f0.requires_grad
+        jac, f_t = batched_jacobian(f, t, y, counts, not self.autonomous, graph)
+        h = dt.to(y.dtype)
+        still = (h == 0)[:, None]
+        h_gamma = h * tab.gamma
+        factor = DenseSolver().factor(jac, h_gamma, counts)
+        hg_col, h_col = h_gamma[:, None], h[:, None]
+        inv_h = torch.where(still, 0.0, 1.0 / torch.where(still, 1.0, h_col))
+        us: list[Tensor] = []
+        for i in range(self._s):
+            if i == 0:
+                rhs = f0
+            else:
+                side = last_side if tab.c[i] == 1.0 else None
+                rhs = f(t + tab.c[i] * dt, _combine(y, us, self._a[i]), side)
+            if self._C[i]:
+                rhs = rhs + inv_h * _combine(None, us, self._C[i])
+            if f_t is not None and tab.d[i] != 0.0:
+                rhs = rhs + (tab.d[i] * h_col) * f_t
+            us.append(torch.where(still, 0.0, factor.solve(rhs) * hg_col))
+        y_new = _combine(y, us, self._m)
+        with torch.no_grad():
+            err = us[-1].detach().clone()
+        return y_new, err, torch.stack([f0, *us])
+
+    def batch_interpolant(self, y: Tensor, y_new: Tensor, K: Tensor, f_new: Tensor | None,
+                          dt: Tensor) -> Interpolant:
+        """The step's dense output for every sample (``theta`` and ``dt`` per sample)."""
+        s = self._s
+        H = torch.tensor([list(r) for r in self.tableau.H if any(r)], dtype=K.dtype,
+                         device=K.device)
+        terms = torch.mm(H, K[1:].reshape(s, -1)).view(H.shape[0], *K.shape[1:])
+        return RosenbrockInterpolant(None, dt, y, y_new, terms.unbind(0))
+
+    def batch_evaluate(self, y: Tensor, y_new: Tensor, K: Tensor, f_new: Tensor | None,
+                       dt: Tensor, theta: Tensor) -> Tensor:
+        """Dense output at fraction ``theta`` ``(B,)`` of each sample's step."""
+        return self.batch_interpolant(y, y_new, K, f_new, dt).evaluate(theta)
+
+    def batch_derivative(self, y: Tensor, y_new: Tensor, K: Tensor, f_new: Tensor | None,
+                         dt: Tensor, theta: Tensor) -> Tensor:
+        """Time derivative of the dense output at ``theta`` (canonical time)."""
+        safe = torch.where(dt > 0, dt, 1.0)
+        return self.batch_interpolant(y, y_new, K, f_new, safe).derivative(theta)
 
 
 def _combine(base: Tensor | None, us: Sequence[Tensor], weights: Sequence[tuple[int, float]],

@@ -42,6 +42,11 @@ class RosenbrockTableau:
     def stages(self) -> int:
         return len(self.c)
 
+    @property
+    def dense(self) -> tuple[tuple[float, ...], ...]:
+        """The dense output rows (the per-sample loop asks whether a method has its own)."""
+        return self.H
+
 
 def _stiffly_accurate(name: str, order: int, gamma: float, a_inner: list[list[float]],
                       C: list[list[float]], c_inner: list[float], d_inner: list[float],
