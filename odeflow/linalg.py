@@ -50,8 +50,10 @@ class ImplicitCounts:
     n_newton_iters: int = 0
     n_newton_failures: int = 0
     n_linear_iters: int = 0
-    #: set on the first forward-mode failure: use reverse mode from then on
+    #: set on the first failure of the vmapped backward: one backward per row from then on
     reverse_mode: bool = False
+    #: ``method="auto"``: ``(t, method)`` of each switch
+    switches: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
     def add_to(self, stats: Any) -> None:
@@ -59,6 +61,7 @@ class ImplicitCounts:
         for name in ("n_jacobians", "n_lu", "n_newton_iters", "n_newton_failures",
                      "n_linear_iters"):
             setattr(stats, name, getattr(stats, name) + getattr(self, name))
+        stats.switches.extend(self.switches)
 
 
 class Factor(Protocol):

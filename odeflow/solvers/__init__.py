@@ -9,6 +9,7 @@ from typing import Any
 from ..linalg import LINEAR_SOLVER_OPTIONS, make_linear_solver
 from ..tableaus import TABLEAUS
 from .adams import AdamsBashforth, AdamsMoulton
+from .auto import AutoSwitch
 from .explicit_rk import ExplicitRK
 from .rosenbrock import Rosenbrock
 from .rosenbrock_tableaus import ROSENBROCK_TABLEAUS
@@ -33,7 +34,7 @@ try:  # the ESDIRK family is optional until its module lands
     from .esdirk_tableaus import ESDIRK_TABLEAUS
 except ImportError:  # pragma: no cover
     ESDIRK_METHODS = ()
-IMPLICIT_METHODS = ROSENBROCK_METHODS + ESDIRK_METHODS
+IMPLICIT_METHODS = ("auto",) + ROSENBROCK_METHODS + ESDIRK_METHODS
 IMPLICIT_OPTIONS = LINEAR_SOLVER_OPTIONS + ("autonomous", "max_newton_iters")
 FIXED_RK_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "rk4_classic")
 ADAMS_METHODS = ("explicit_adams", "implicit_adams", "fixed_adams")
@@ -69,8 +70,8 @@ class MethodSpec:
     @property
     def replayable(self) -> bool:
         """Each accepted step can be replayed alone from its start state (checkpointing):
-        one-step methods; a multistep history (Adams) cannot."""
-        return self.name not in ADAMS_METHODS and not self.external
+        one-step methods; a multistep history (Adams) or a switching method (auto) cannot."""
+        return self.name not in ADAMS_METHODS + ("auto",) and not self.external
 
     @property
     def supports_events(self) -> bool:
@@ -89,6 +90,11 @@ class MethodSpec:
         implicit methods scale their Newton tests by the solve's ``rtol``/``atol``."""
         if self.family == "scipy":
             return None
+        if self.name == "auto":
+            return AutoSwitch(_RK_CACHE.setdefault("tsit5", ExplicitRK(TABLEAUS["tsit5"])),
+                              Rosenbrock(ROSENBROCK_TABLEAUS["rodas5p"],
+                                         make_linear_solver(options),
+                                         autonomous=bool(options.get("autonomous", False))))
         if self.name in ROSENBROCK_METHODS:
             return Rosenbrock(ROSENBROCK_TABLEAUS[self.name], make_linear_solver(options),
                               autonomous=bool(options.get("autonomous", False)))
