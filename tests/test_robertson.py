@@ -163,6 +163,8 @@ def test_an_explicit_method_fails_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "--method dopri5" in err and "MAX_STEPS_REACHED" in err and "stiff" in err
+    # nothing was trained, so nothing is left to block a rerun in the same folder
+    assert not save.exists()
 
 
 def test_an_unknown_method_is_one_line(tmp_path, capsys):

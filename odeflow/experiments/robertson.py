@@ -29,6 +29,7 @@ step). ``solvers.json`` holds the side-by-side; figures: ``trajectories.png``,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -372,7 +373,16 @@ def run(cfg: RobertsonConfig, log=print) -> dict[str, Any]:
         f"{k0}; {cfg.n_times} times in [{cfg.t_start:g}, {cfg.t_end:g}], {cfg.method} "
         f"rtol {cfg.rtol} atol {cfg.atol}, gradient {resolve_gradient(cfg)}, "
         f"loss {'scaled' if cfg.scale else 'unscaled'}, run folder {run_dir}")
-    history, seconds = train_study(cfg, parts["task"], run_dir, config, log)
+    try:
+        history, seconds = train_study(cfg, parts["task"], run_dir, config, log)
+    except SolverFailedError:
+        if not cfg.resume and not (run_dir / "last.pt").exists():
+            # nothing was trained: leave no half-made run that would refuse a rerun here
+            for name in ("config.json", "metrics.csv"):
+                (run_dir / name).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # only when empty
+        raise
 
     comparison: list[dict[str, Any]] = []
     methods = [cfg.method] + ([cfg.compare] if cfg.compare not in ("none", cfg.method) else [])
