@@ -123,9 +123,15 @@ def _run_loop(problem: Problem, spec: Any, locator: EventLocator, y0_run: Tensor
     try:
         if mode == "direct":
             return run_loop(replace(problem, y0=y0_run), spec, event=locator)
+        run_problem = replace(problem, y0=y0_run.detach())
+        if mode == "adjoint" and spec.implicit and run_problem.dense_sink is None:
+            # A stiff adjoint reads y from the forward dense output (interpolating_adjoint).
+            run_problem = replace(run_problem, dense_sink=[])
         with torch.no_grad():
-            return run_loop(replace(problem, y0=y0_run.detach()), spec, event=locator,
-                            record_steps=mode == "checkpoint")
+            result = run_loop(run_problem, spec, event=locator,
+                              record_steps=mode == "checkpoint")
+        result.pieces = run_problem.dense_sink
+        return result
     except SolveError as err:
         if unbounded and err.status == Status.MAX_STEPS_REACHED:
             steps = problem.options.get("max_num_steps", f"{DEFAULT_MAX_NUM_STEPS} (default)")
@@ -232,8 +238,9 @@ def solve_event(
                                        ys_fwd)[1]
         else:
             assert adjoint_config is not None
+            pieces = result.pieces if spec.implicit else None
             y_stop = attach_adjoint(stop_problem, spec, adjoint_config, stats, y0_run, params,
-                                    ys_fwd)[1]
+                                    ys_fwd, pieces)[1]
 
     t_stop = torch.tensor(problem.user_time(t_stop_c), dtype=torch.float64, device=t.device)
     event_index = None

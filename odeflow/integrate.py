@@ -95,6 +95,7 @@ class LoopResult:
     y_last: Tensor
     steps: list[StepRecord] | None = None
     event: Any = None
+    pieces: list | None = None  # the dense output kept for a stiff adjoint (events.py)
 
 
 def _canonical_times(problem: Problem, name: str) -> list[float]:
