@@ -53,6 +53,9 @@ class RosenbrockState:
     jac_y: Tensor | None = None  # ... and the state (identity, not value, is compared)
     jac: Any = None
     f_t: Tensor | None = None
+    #: the fused path's buffers when the loop runs with grad enabled but nothing in this
+    #: solve requires grad (a plain ``solve`` call): made on first use
+    ws: Any = None
 
 
 class Rosenbrock:
@@ -129,6 +132,12 @@ class Rosenbrock:
         jac, f_t = self._jacobian(f, t, y, f0, state)
         h_gamma = dt * tab.gamma
         factor = self.linear_solver.factor(jac, h_gamma, state.counts)
+        if ws is None and not (f0.requires_grad or y.requires_grad):
+            # Grad mode is on but f(t, y) has no graph: no tensor of this step will need
+            # one, so the buffered path is safe (and about 20% faster).
+            if state.ws is None:
+                state.ws = self.workspace(y)
+            ws = state.ws
         if ws is not None and isinstance(jac, Tensor):
             return self._step_fused(f, t, y, f0, dt, state, ws, f_t, factor, f_last)
         us: list[Tensor] = []
