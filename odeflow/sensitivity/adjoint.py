@@ -116,15 +116,19 @@ def _augmented_dynamics(problem: Problem, params: tuple[Tensor, ...]) -> Callabl
         ])
         return dy.detach(), da, dg
 
-    # The user's ``callback_*_adjoint`` hooks become the augmented solve's plain callbacks
-    # (the loop runs ``aug`` with no suffix). The loop reports the augmented problem's own
-    # time, which is the forward's canonical time; map it and the (negative, backwards) step
-    # back to the user's time direction.
+    return _with_adjoint_callbacks(aug, problem)
+
+
+def _with_adjoint_callbacks(aug: Callable, problem: Problem) -> Callable:
+    """The user's ``callback_*_adjoint`` hooks become the augmented solve's plain callbacks
+    (the loop runs ``aug`` with no suffix). The loop reports the augmented problem's own
+    time, which is the forward's canonical time; map it and the (negative, backwards) step
+    back to the user's time direction."""
     user = problem.user_func
     for name in ("callback_step", "callback_accept_step", "callback_reject_step"):
         cb = getattr(user, name + "_adjoint", None)
         if cb is not None:
-            setattr(aug, name, _user_time_callback(cb, sign))
+            setattr(aug, name, _user_time_callback(cb, problem.sign))
     return aug
 
 
@@ -157,7 +161,8 @@ class _Adjoint(torch.autograd.Function):
         options = _backward_options(config.options, problem, params)
         if interpolating:  # y(τ) from the forward dense output: see interpolating_adjoint.py
             trajectory = Trajectory(ctx.pieces)
-            aug = interpolating_dynamics(f, params, trajectory, _flat_real)
+            aug = _with_adjoint_callbacks(
+                interpolating_dynamics(f, params, trajectory, _flat_real), problem)
             if options.get("norm") is _seminorm:
                 options["norm"] = _seminorm_a
             elif options.get("norm") is not None:
