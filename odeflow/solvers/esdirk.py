@@ -13,11 +13,17 @@ and ``k_s`` is the derivative at the step's end (the next step's ``f0``).
 **Newton.** Each stage equation is solved by simplified Newton with one factorisation of
 ``M = I − hγ J`` (the linear solver's :class:`~odeflow.linalg.Factor`). Convergence is
 monitored as in Hairer & Wanner, *Solving ODEs II*, §IV.8: with the rate
-``θ = ‖Δ_m‖ / ‖Δ_{m−1}‖`` and ``η = θ / (1 − θ)`` (for the first iteration of a stage,
-``η = max(η_old, ε)^0.8`` from the last converged stage), the stage has converged when
-``η ‖Δ_m‖ ≤ κ``, where ``‖·‖`` is the RMS norm of the update scaled by
+``θ = ‖Δ_m‖ / ‖Δ_{m−1}‖`` and ``η = θ / (1 − θ)``, the stage has converged when
+``η ‖Δ_m‖ ≤ κ`` — only once a rate has been *measured* (from the second iteration on, as
+SciPy's ``Radau`` does); the first iteration never converges on a rate guessed from an
+earlier stage (RADAU5's ``η_old^0.8``): a stage after one that converged in one or two very
+fast iterations then inherited a tiny guess and was accepted after a single update of
+hundreds of tolerance units (van der Pol μ = 1000 ended 1640 tolerances off), where ``‖·‖`` is the RMS norm of the update scaled by
 ``atol + rtol |y|`` (so ``1`` is the solve's tolerance) and ``κ = newton_kappa``
-(raised to ``10 ε max |y| / scale`` when that is larger, so float32 and very tight
+(default ``1e-3``: the Newton error of the last stage is part of ``y_new``, has a sign that
+persists from step to step and so adds up like local truncation error, and the measured
+rate underestimates it; with ``1e-2`` van der Pol μ = 1000 ended 11 tolerances off against
+0.1; raised to ``10 ε max |y| / scale`` when that is larger, so float32 and very tight
 tolerances do not chase rounding noise). The iteration fails when ``θ ≥ 1``
 (divergence), when a non-finite value appears, when the remaining iterations cannot reach
 ``κ`` at the current rate (``θ^(m_max − m) / (1 − θ) ‖Δ_m‖ > κ``), or after
@@ -46,17 +52,31 @@ an attempt that is rejected is still the best one at the same point, and the loo
 the previous state back after a rejection.
 
 **Error estimate.** ``err = h Σ (b_j − b̂_j) k_j``, the difference to the embedded
-solution, *filtered* through the factor: ``M⁻¹ err`` (Shampine's filter, Hairer & Wanner
-§IV.8 eq. (8.20); Hosea & Shampine's TR-BDF2 does the same). The raw difference is
-``O(h^(p̂+1))`` only for ``|hλ|`` small; on a very stiff component it is of the size of
-that component's (decayed) derivative times ``h`` and would reject steps the L-stable
-method takes correctly. For ``hJ → 0``, ``M⁻¹ → I`` so the estimate keeps its order.
-``filter_error=False`` gives the raw difference.
+solution, in the units of ``y`` (the loop scales it by ``atol + rtol max(|y|, |y_new|)``).
+It is filtered through the factor, ``M⁻¹ err`` (Shampine's filter, Hairer & Wanner §IV.8
+eq. (8.20); Hosea & Shampine's TR-BDF2), only where the embedded method is unbounded at
+``z → ∞`` (``trbdf2``, ``|R̂(z)| ≈ 0.47|z|``): there the raw difference on a very stiff,
+decayed component would be huge. ``kvaerno3`` and ``kvaerno5`` have stiffly bounded
+embeddings (``|R̂(∞)|`` 0.96 and 0), as Kennedy & Carpenter (NASA/TM-2016-219173) require
+of ESDIRK pairs; for them the filter only did harm: it divides the stiff components'
+error by ``|1 − hγλ|`` — exactly the order-reduced error (stage order 2) that dominates on
+stiff problems — and HIRES ended 6.8 tolerances off. The filter uses ``M`` at this step's
+``hγ`` within ``refactor_ratio`` (the reused factor; refactorising exactly for the filter
+was measured: 5× the LUs on ``trbdf2``, no change in its error).
 
-**Dense output.** Cubic Hermite on ``(y, y_new, f0, k_s)``: third order (local error
-``O(h⁴)``). ``kvaerno5`` (order 5) therefore steps to each output time (as ``dopri8``
-does), with a re-stepping interpolant for event refinement; ``kvaerno3`` and ``trbdf2``
-interpolate.
+``kvaerno5`` estimates with an L-stable *order-3* embedding (odeflow's, see
+``esdirk_tableaus.py``), so the controller's exponent is ``1/4``: Kværnø's own order-4
+embedding (``z_6``) tracks the order-5 solution's error too closely to be a safe bound —
+measured on the accepted steps of the stiff benchmark, the true local error of ``y_new``
+was 0.5–1.7 times the estimate (Robertson, Oregonator), so the global error grew to 3–30
+tolerances. Radau IIA 5 (RADAU5) likewise pairs order 5 with an order-3 estimate
+(Hairer & Wanner §IV.8).
+
+**Dense output.** ``kvaerno5``: its continuous extension ``y + h Σ b_j(θ) k_j`` of order
+4 (local error ``O(h⁵)``, ``b(1) = b``; derived in ``esdirk_tableaus.py``), at no extra
+evaluation. ``kvaerno3`` and ``trbdf2``: cubic Hermite on ``(y, y_new, f0, k_s)``, third
+order (local error ``O(h⁴)``), which is their own order or above. No method steps to the
+output times.
 
 **Gradients.** Under autograd (``ws is None`` and grad enabled) the Newton iteration runs
 under ``torch.no_grad()`` and is *not* unrolled. The converged stage ``z*`` is attached by
@@ -78,11 +98,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..interp import HermiteInterpolant, Interpolant, hermite
+from ..interp import HermiteInterpolant, Interpolant, TableauInterpolant, hermite
 from ..linalg import DenseSolver, ImplicitCounts
 from .base import StepResult
 from .esdirk_tableaus import ESDIRKTableau
-from .explicit_rk import ReStepInterpolant
 
 __all__ = ["ESDIRK", "ESDIRKState"]
 
@@ -127,21 +146,22 @@ class ESDIRK:
             state); they scale Newton's convergence test.
         max_newton_iters: iterations per stage before the attempt fails (default 8).
         newton_kappa: ``κ``, the convergence threshold in units of the tolerance
-            (default 0.01).
+            (default 1e-3).
         refactor_ratio: refactorise ``M`` when ``hγ`` changed by more than this fraction
             (default 0.2).
         slow_rate: a contraction rate above this recomputes ``J`` at the next step
             (default 0.3).
-        filter_error: filter the error estimate through ``M⁻¹`` (default ``True``).
+        filter_error: filter the error estimate through ``M⁻¹``; default (``None``): only
+            when the embedded method is unbounded at ``z → ∞`` (``trbdf2``).
     """
 
     needs_f_end_for_dense = True
 
     def __init__(self, tableau: ESDIRKTableau, linear_solver: Any = None, *,
                  rtol: float | Tensor = 1e-7, atol: float | Tensor = 1e-9,
-                 max_newton_iters: int = 8, newton_kappa: float = 0.01,
+                 max_newton_iters: int = 8, newton_kappa: float = 1e-3,
                  refactor_ratio: float = 0.2, slow_rate: float = 0.3,
-                 filter_error: bool = True):
+                 filter_error: bool | None = None):
         if isinstance(max_newton_iters, bool) or not isinstance(max_newton_iters, int) or (
                 max_newton_iters < 1):
             raise ValueError(f"max_newton_iters must be a positive int, got {max_newton_iters!r}")
@@ -158,7 +178,8 @@ class ESDIRK:
         self.newton_kappa = float(newton_kappa)
         self.refactor_ratio = float(refactor_ratio)
         self.slow_rate = float(slow_rate)
-        self.filter_error = bool(filter_error)
+        self.filter_error = (not tableau.embedded_bounded) if filter_error is None else bool(
+            filter_error)
         self.order = tableau.order
         self.error_order = tableau.error_order
         self.gamma = tableau.gamma
@@ -176,10 +197,8 @@ class ESDIRK:
             for i in range(self._s))
 
     # ----------------------------------------------------------------------------- setup
-    @property
-    def steps_to_outputs(self) -> bool:
-        """Cubic Hermite (order 3) would waste an order-5 method's accuracy at outputs."""
-        return self.order > 4
+    #: Outputs are interpolated (kvaerno5: its order-4 continuous extension).
+    steps_to_outputs = False
 
     def workspace(self, y0: Tensor) -> _Workspace:
         return _Workspace()
@@ -323,8 +342,7 @@ class ESDIRK:
         rate)`` or raises :class:`_NewtonFailed`."""
         counts = state.counts
         kappa, floor = thresholds
-        eps = torch.finfo(z.dtype).eps
-        eta = max(state.eta, eps) ** 0.8
+        eta = math.inf  # no rate measured yet: the first iteration never converges
         inv_sqrt_n = 1.0 / math.sqrt(max(z.numel(), 1))
         m_max = self.max_newton_iters
         prev = None
@@ -380,15 +398,17 @@ class ESDIRK:
     def interpolant(self, t: float, dt: float, y: Tensor, y_new: Tensor,
                     stages: Sequence[Tensor], f_new: Tensor | None,
                     f: Func | None = None) -> Interpolant:
-        """Cubic Hermite (third order); for ``kvaerno5`` with ``f``, a re-stepping
-        ``precise`` interpolant of the method's order for event refinement."""
+        """The tableau's continuous extension (``kvaerno5``: order 4), else cubic Hermite
+        (order 3)."""
+        if self.tableau.dense:
+            return TableauInterpolant(t, dt, y, stages, self.tableau)
         f1 = f_new if f_new is not None else stages[-1]
-        precise = ReStepInterpolant(self, f, t, dt, y, stages[0]) if (
-            f is not None and self.steps_to_outputs) else None
-        return HermiteInterpolant(t, dt, y, y_new, stages[0], f1, precise)
+        return HermiteInterpolant(t, dt, y, y_new, stages[0], f1)
 
     def interpolate(self, y: Tensor, y_new: Tensor, dt: float, stages: Sequence[Tensor],
                     f_new: Tensor | None, theta: float, ws: Any) -> Tensor:
+        if self.tableau.dense:
+            return _combine(y, stages, _nonzero(self.tableau.dense_weights(theta)), dt)
         f1 = f_new if f_new is not None else stages[-1]
         return hermite(y, y_new, stages[0], f1, dt, theta)
 

@@ -63,6 +63,11 @@ class ESDIRKTableau:
         embedded_order: order of ``b̂``.
         reference: where the coefficients come from.
 
+        dense: optional continuous extension: ``dense[j]`` are the coefficients of
+            ``θ, θ², …`` in ``b_j(θ)`` (``y(t + θh) ≈ y + h Σ b_j(θ) k_j``, ``b_j(1) = b_j``);
+            empty: the stepper interpolates by cubic Hermite.
+        dense_order: the order of ``dense`` (its local error is ``O(h^(dense_order+1))``).
+
     Derived: ``b_err = b − b̂`` (the error estimate is ``h Σ b_err_j k_j``),
     ``error_order = min(order, embedded_order)`` (the estimate is ``O(h^(error_order+1))``;
     the controller's exponent is ``1 / (error_order + 1)``), ``stiffly_accurate``.
@@ -77,6 +82,8 @@ class ESDIRKTableau:
     order: int
     embedded_order: int
     reference: str = ""
+    dense: tuple[tuple[float, ...], ...] = ()
+    dense_order: int = 0
 
     def __post_init__(self) -> None:
         s = len(self.c)
@@ -92,6 +99,10 @@ class ESDIRKTableau:
                      f"{self.c[i]!r}")
         _require(abs(sum(self.b) - 1) < _CHECK_TOL, f"{self.name}: sum(b) != 1")
         _require(abs(sum(self.b_hat) - 1) < _CHECK_TOL, f"{self.name}: sum(b_hat) != 1")
+        if self.dense:
+            _require(len(self.dense) == s, f"{self.name}: dense needs one row per stage")
+            _require(all(abs(sum(row) - w) < _CHECK_TOL for row, w in zip(self.dense, self.b)),
+                     f"{self.name}: dense output must reach b at θ = 1")
 
     @property
     def stages(self) -> int:
@@ -110,6 +121,32 @@ class ESDIRKTableau:
         """``b`` is the last row of ``A``: the new solution is the last stage value."""
         last = (*self.a[-1], self.gamma)
         return self.c[-1] == 1 and all(abs(x - y) < _CHECK_TOL for x, y in zip(self.b, last))
+
+    @property
+    def embedded_bounded(self) -> bool:
+        """Whether the embedded method's stability function ``R̂(z)`` stays bounded as
+        ``z → ∞`` (Kværnø's and odeflow's embeddings here: yes; TR-BDF2's: no, it grows like
+        ``0.47|z|``). With ``A = [[0, 0], [a, Ã]]`` the ``O(z)`` term of ``R̂`` is
+        ``z (b̂_1 − b̂_{2:}ᵀ Ã⁻¹ a)``; it vanishes for a bounded ``R̂``. Only an unbounded
+        embedding needs the error filter ``(I − hγJ)⁻¹``."""
+        s = self.stages
+        full = self.full_a()
+        # Ã is lower triangular with γ on the diagonal: forward substitution for Ã⁻¹ a.
+        x = [0.0] * (s - 1)
+        for i in range(1, s):
+            acc = full[i][0] - sum(full[i][j] * x[j - 1] for j in range(1, i))
+            x[i - 1] = acc / self.gamma
+        lead = self.b_hat[0] - sum(w * v for w, v in zip(self.b_hat[1:], x))
+        return abs(lead) < 1e-12
+
+    def dense_weights(self, theta: float) -> list[float]:
+        """``b_j(θ)`` of the continuous extension (``dense`` must be set)."""
+        return [sum(cf * theta ** (p + 1) for p, cf in enumerate(row)) for row in self.dense]
+
+    def dense_derivative_weights(self, theta: float) -> list[float]:
+        """``b_j'(θ)`` (``d/dt`` of the dense output is ``Σ b_j'(θ) k_j``)."""
+        return [sum((p + 1) * cf * theta ** p for p, cf in enumerate(row))
+                for row in self.dense]
 
     def full_a(self) -> list[list[float]]:
         """``A`` as a dense ``s × s`` list of rows (diagonal included)."""
@@ -157,6 +194,41 @@ def _kvaerno3() -> ESDIRKTableau:
 
 
 # ---------------------------------------------------------------------------------- kvaerno5
+# The order-3 embedding of kvaerno5 used for its error estimate: the minimum-norm b̂ with
+# the four order conditions of order ≤ 3, a bounded stability function
+# (b̂_1 = b̂_{2:}ᵀ Ã⁻¹ a) and R̂(∞) = 0 (L-stable; |R̂(iy)| ≤ 1 is checked by the tests).
+# Solved in float64 from Kværnø's A (odeflow's derivation; tests/test_esdirk.py re-checks
+# every condition).
+_KVAERNO5_B_HAT3 = (
+    0.1946010996593457, 0.23787501786183843, -0.08385177491535009, 0.17777641319092766,
+    0.27213086391021607, 0.1060021876309388, 0.09546619266208309,
+)
+
+# The order-4 continuous extension of kvaerno5: b_j(θ) = Σ_{p=1..5} dense[j][p-1] θ^p.
+# For p = 1..4 the coefficient vector β_p is the minimum-norm solution of
+# Σ_j β_pj Φ_j(τ) = [ρ(τ) = p] / γ(τ) over the 8 trees τ of order ≤ 4 (Hairer, Nørsett &
+# Wanner I, §II.6, the conditions for a continuous extension of order 4), with the
+# boundedness condition of the stiff limit added; β_5 = b − Σ β_p makes b(1) = b. The
+# 8 × 7 system of elementary weights has rank 5 (Kværnø's method satisfies simplifying
+# assumptions), so it is consistent: the residuals are at rounding level. k_2 gets weight
+# 0 (a_62 = a_72 = 0: it enters no condition of order ≤ 4 except through later stages).
+_KVAERNO5_DENSE = (
+    (0.9890907083622478, -2.075181844361411, 1.72941552394241, -0.505569044234898,
+     -0.001157831931945713),
+    (0.0, 0.0, 0.0, 0.0, 0.0),
+    (-0.06970149316758642, 0.8226350854882425, -1.6564642841865596, 0.8559592074456055,
+     -0.007397603545085743),
+    (-0.36562841744831437, -0.7719664500568458, 2.4738581629958496, -1.3386444532392165,
+     -0.038805109534683364),
+    (0.05849053832587448, 3.2737868476044523, -4.20295878760281, 1.4944066953620125,
+     0.006207755300634998),
+    (0.2761438622174649, -0.5461595062615086, 0.5359639437463837, -0.08379935549507256,
+     -0.11252414972524018),
+    (0.11160480171031345, -0.7031141324129289, 1.120185441104725, -0.4223530498384299,
+     0.15367693943632033),
+)
+
+
 def _kvaerno5() -> ESDIRKTableau:
     g = 0.26
     a = (
@@ -181,11 +253,16 @@ def _kvaerno5() -> ESDIRKTableau:
         c=c,
         a=a,
         b=(*a[6], g),
-        b_hat=(*a[5], g, 0.0),
+        b_hat=_KVAERNO5_B_HAT3,
         order=5,
-        embedded_order=4,
-        reference="A. Kværnø, BIT Numer. Math. 44 (2004) 489-502: the 7-stage ESDIRK 5(4)",
+        embedded_order=3,
+        reference="A. Kværnø, BIT Numer. Math. 44 (2004) 489-502: the 7-stage ESDIRK 5(4) "
+                  "(A, b); the order-3 L-stable embedding and the order-4 dense output are "
+                  "odeflow's (see the module docstring)",
+        dense=_KVAERNO5_DENSE,
+        dense_order=4,
     )
+
 
 
 # ------------------------------------------------------------------------------------ trbdf2
@@ -210,6 +287,9 @@ def _trbdf2() -> ESDIRKTableau:
 
 KVAERNO3 = _kvaerno3()
 KVAERNO5 = _kvaerno5()
+#: Kværnø's own order-4 embedding of ``kvaerno5`` (the stage value ``z_6``, also at c = 1).
+#: Not used for the error estimate (see the module docstring); kept for the tests.
+KVAERNO5_B_HAT4 = (*KVAERNO5.a[5], KVAERNO5.gamma, 0.0)
 TRBDF2 = _trbdf2()
 
 #: name -> tableau, for the registry: ``ESDIRK(ESDIRK_TABLEAUS[name], linear_solver, ...)``
