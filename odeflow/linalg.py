@@ -123,6 +123,22 @@ def _reverse_jacobian(f: Any, t: float, y: Tensor, with_time: bool, graph: bool,
     return jac, f_t
 
 
+def _functorch_jacobian(f: Any, t: float, y: Tensor, with_time: bool
+                        ) -> tuple[Tensor, Tensor | None]:
+    """``(J, ∂f/∂t)`` keeping the graph to ``y`` and the parameters, by ``torch.func.jacrev``.
+
+    Under autograd with a ``y`` that has a history (every step of a direct-mode solve),
+    ``torch.autograd.grad`` from ``f(y)`` would walk that whole history at every step (the
+    engine collects the dependencies of everything reachable): quadratic in the number of
+    steps. ``jacrev`` differentiates at its own level, whose graph starts at ``y``.
+    """
+    t_user = torch.scalar_tensor(f.sign * t, dtype=y.dtype, device=y.device)
+    if with_time:
+        jac, f_t = torch.func.jacrev(f.at, argnums=(1, 0))(t_user, y)
+        return jac, f_t * f.sign
+    return torch.func.jacrev(lambda yy: f.at(t_user, yy))(y), None
+
+
 def autodiff_jacobian(f: Any, t: float, y: Tensor, counts: ImplicitCounts,
                       with_time: bool = True, graph: bool = False
                       ) -> tuple[Tensor, Tensor | None]:
@@ -136,6 +152,12 @@ def autodiff_jacobian(f: Any, t: float, y: Tensor, counts: ImplicitCounts,
     something that requires grad: a Rosenbrock step's gradient needs ``∂J/∂θ``).
     """
     counts.n_jacobians += 1
+    if graph and not counts.extra.get("no_functorch"):
+        try:
+            return _functorch_jacobian(f, t, y, with_time)
+        except (RuntimeError, NotImplementedError, TypeError):
+            counts.extra["no_functorch"] = True
+            f.nfe -= 1  # the failed attempt did not finish a call
     if not counts.reverse_mode:
         try:
             return _reverse_jacobian(f, t, y, with_time, graph, batched=True)
