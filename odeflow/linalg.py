@@ -174,6 +174,19 @@ def batched_jacobian(f: Any, t: Tensor, y: Tensor, counts: ImplicitCounts,
     vmapped backward pass over the ``n`` unit cotangents shared by all samples."""
     counts.n_jacobians += 1
     B, n = y.shape
+    if graph and not counts.extra.get("no_functorch"):
+        # As _functorch_jacobian: no walk through the solve's history at every step. The
+        # samples are independent, so d(Σ_b f_b)/dy_b is sample b's Jacobian.
+        try:
+            def summed(yy: Tensor, tt: Tensor) -> Tensor:
+                return f(tt, yy).sum(0)
+            if with_time:
+                jac_s, f_t_s = torch.func.jacrev(summed, argnums=(0, 1))(y, t)
+                return jac_s.permute(1, 0, 2), f_t_s.T.to(y.dtype)
+            return torch.func.jacrev(summed)(y, t).permute(1, 0, 2), None
+        except (RuntimeError, NotImplementedError, TypeError):
+            counts.extra["no_functorch"] = True
+            f.counter.nfe -= 1  # the failed attempt did not finish a call
     with torch.enable_grad():
         y_in = y if (graph and y.requires_grad) else y.detach().requires_grad_(True)
         t_in = t.detach().requires_grad_(True) if with_time else t
