@@ -340,3 +340,50 @@ def test_stiff_event_time_gradient_agrees_in_every_mode():
         (grads[mode],) = torch.autograd.grad(sol.event_t + sol.ys[-1, 0], k)
     assert torch.allclose(grads["checkpoint"], grads["direct"], rtol=1e-8)
     assert torch.allclose(grads["adjoint"], grads["direct"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_l_stable_and_a_stable(method):
+    # One step on y' = J y with J exact: y_new = R(hJ) y0, R the stability function.
+    stepper = Rosenbrock(ROSENBROCK_TABLEAUS[method], DenseSolver())
+    # L-stability: R(z) -> 0 as z -> -inf.
+    lam = -1e12
+    f = _counted(lambda t, y: lam * y, 1)
+    y0 = torch.ones(1, dtype=F64)
+    with torch.no_grad():
+        res = stepper.step(f, 0.0, y0, f(0.0, y0), 1.0, stepper.init(y0), None)
+    assert abs(float(res.y_new)) < 1e-9
+    # A-stability on the imaginary axis: |R(i w)| <= 1 (a rotation must not grow).
+    for w in (0.1, 1.0, 10.0, 1e3, 1e6):
+        rot = torch.tensor([[0.0, w], [-w, 0.0]], dtype=F64)
+        g = _counted(lambda t, y, rot=rot: rot @ y, 2)
+        y = torch.tensor([1.0, 0.0], dtype=F64)
+        with torch.no_grad():
+            res = stepper.step(g, 0.0, y, g(0.0, y), 1.0, stepper.init(y), None)
+        assert float(torch.linalg.vector_norm(res.y_new)) <= 1.0 + 1e-12, w
+
+
+def test_krylov_solves_a_large_system_without_a_dense_jacobian():
+    # 20,000 decoupled-plus-coupled equations: a dense Jacobian would be 20,000^2 * 8 bytes =
+    # 3.2 GB; the Krylov path stores a few vectors. Decay rates spread over [1, 100] with a
+    # weak nonlinear coupling; the reference is dopri5 at a tight tolerance.
+    n = 20_000
+    rates = torch.logspace(0, 2, n, dtype=F64)
+
+    def f(t, y):
+        return -rates * y + 0.1 * torch.tanh(torch.roll(y, 1))
+
+    y0 = torch.cos(torch.arange(n, dtype=F64))
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    threads = torch.get_num_threads()
+    # Thousands of small vector operations: one thread (several threads on a busy box spin
+    # against each other and make this 15x slower).
+    torch.set_num_threads(1)
+    try:
+        sol = odeflow.solve(f, y0, t, method="rodas5p", rtol=1e-6, atol=1e-9,
+                            options={"linear_solver": "krylov", "autonomous": True})
+        ref = odeflow.solve(f, y0, t, method="dopri5", rtol=1e-10, atol=1e-12)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.allclose(sol.ys[-1], ref.ys[-1], rtol=1e-4, atol=1e-7)
+    assert sol.stats.n_linear_iters > 0
