@@ -297,7 +297,7 @@ def test_per_sample_rosenbrock_matches_each_samples_own_solve():
     assert sol.stats.n_jacobians == sol.stats.n_steps == sol.stats.n_lu  # one per iteration
     for b in range(4):
         kb = tuple(float(v) for v in k[b])
-        own = odeflow.solve(lambda t, y: robertson(t, y, kb), y0[b], t, method="rodas5p",
+        own = odeflow.solve(lambda t, y, kb=kb: robertson(t, y, kb), y0[b], t, method="rodas5p",
                             rtol=1e-6, atol=1e-10)
         # Same method and controller, each sample its own steps: the same accepted steps.
         assert int(sol.sample_stats.n_accepted[b]) == own.stats.n_accepted

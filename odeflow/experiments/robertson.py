@@ -85,7 +85,7 @@ class RobertsonConfig(StepConfig):
     noise: float = opt(0.0, "observation noise, as a fraction of each species' maximum",
                        model=True)
     # the initial guess: each log10 k off by +-init_spread (signs: the bits of seed % 8)
-    init_spread: float = opt(0.5, "initial log10 k = true +- this (signs: bits of --seed % 8)")
+    init_spread: float = opt(0.5, "initial log10 k = true +- this (signs: bits of --seed %% 8)")
     # Kim et al.'s loss scaling; False is the plain MSE, for comparison
     scale: bool = opt(True, "loss on outputs scaled by each species' maximum")
     method: str = opt("rodas5p", "ODE solver for the model (stiff: rodas5p, rodas4, kvaerno5)")
