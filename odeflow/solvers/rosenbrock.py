@@ -130,6 +130,13 @@ class Rosenbrock:
             state = RosenbrockState()
         tab = self.tableau
         jac, f_t = self._jacobian(f, t, y, f0, state)
+        if not isinstance(jac, Tensor) and torch.is_grad_enabled() and f0.requires_grad:
+            # GMRES runs outside autograd: backpropagating through it would silently drop
+            # every path through the linear solves.
+            raise ValueError(
+                f"method={tab.name!r} with options['linear_solver']='krylov' cannot be "
+                "differentiated step by step (gradient='direct' or 'checkpoint'); use "
+                "gradient='adjoint', or the dense linear solver")
         h_gamma = dt * tab.gamma
         factor = self.linear_solver.factor(jac, h_gamma, state.counts)
         if ws is None and not (f0.requires_grad or y.requires_grad):
@@ -192,7 +199,8 @@ class Rosenbrock:
 
     def interpolate(self, y: Tensor, y_new: Tensor, dt: float, stages: Sequence[Tensor],
                     f_new: Tensor | None, theta: float, ws: Any) -> Tensor:
-        if ws is not None:  # the increments are the rows of ws.U: one matrix product
+        if ws is not None and stages[-1]._base is ws.U:
+            # The increments are the rows of ws.U (the buffered path): one matrix product.
             terms = tuple((ws.H @ ws.U).unbind(0))
         else:
             terms = self._dense_terms(stages[1:])
