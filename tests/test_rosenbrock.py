@@ -387,3 +387,25 @@ def test_krylov_solves_a_large_system_without_a_dense_jacobian():
         torch.set_num_threads(threads)
     assert torch.allclose(sol.ys[-1], ref.ys[-1], rtol=1e-4, atol=1e-7)
     assert sol.stats.n_linear_iters > 0
+
+
+def test_per_sample_rosenbrock_dense_output_and_events():
+    # y' = -1000 k (y - cos t), y(0) = 0: y rises to 0.5 at t = ln 2 / (1000 k) (the
+    # transient, cos t ≈ 1 there), then follows cos t + sin t / (1000 k) + O(1e-6).
+    k = torch.tensor([[1.0], [2.0], [5.0]], dtype=F64)
+
+    def f(t, y):
+        return -1000.0 * k * (y - torch.cos(t)[:, None])
+
+    y0 = torch.zeros(3, 1, dtype=F64)
+    sol = odeflow.solve(f, y0, torch.tensor([0.0, 2.0], dtype=F64), method="rodas5p",
+                        rtol=1e-8, atol=1e-10, options={"per_sample": True}, dense=True)
+    for tq in (0.5, 1.3):
+        lag = math.sin(tq) / (1000.0 * k[:, 0])
+        got = sol.evaluate(torch.tensor(tq, dtype=F64))[:, 0]
+        assert torch.allclose(got, math.cos(tq) + lag, atol=2e-6)
+    ev = odeflow.solve(f, y0, torch.tensor([0.0, 3.0], dtype=F64), method="rodas5p",
+                       rtol=1e-10, atol=1e-12, options={"per_sample": True},
+                       event_fn=lambda t, y: y[:, 0] - 0.5)
+    expected = math.log(2.0) / (1000.0 * k[:, 0])
+    assert torch.allclose(ev.event_t, expected, rtol=2e-3)
