@@ -233,8 +233,6 @@ class DenseFactor:
     h_gamma: Any
 
     def solve(self, b: Tensor) -> Tensor:
-        if self.lu.ndim == 2:
-            return torch.linalg.lu_solve(self.lu, self.pivots, b.unsqueeze(-1)).squeeze(-1)
         return torch.linalg.lu_solve(self.lu, self.pivots, b.unsqueeze(-1)).squeeze(-1)
 
     def solve_transpose(self, b: Tensor) -> Tensor:
