@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .controllers import CONTROLLER_PRESETS, PIDController
+from .linalg import LINEAR_SOLVER_OPTIONS, make_linear_solver
 
 __all__ = ["DEFAULT_MAX_NUM_STEPS", "validate_options", "make_controller", "max_steps",
            "positive_float"]
@@ -129,7 +130,7 @@ def validate_options(options: dict[str, Any], *, adjoint: bool = False) -> None:
             _callable(options, name)
         elif name == "interp":
             _choice(options, name, ("linear", "cubic"))
-        elif name in ("perturb", "per_sample", "compile"):
+        elif name in ("perturb", "per_sample", "compile", "autonomous"):
             if not isinstance(options[name], (bool, int)):
                 raise TypeError(f"options['{name}'] must be True or False, got "
                                 f"{options[name]!r}")
@@ -138,8 +139,10 @@ def validate_options(options: dict[str, Any], *, adjoint: bool = False) -> None:
                 raise TypeError(f"options['dtype'] must be a torch.dtype, got {options[name]!r}")
         elif name == "max_order":
             _positive_int(options, name, 1, 4)
-        elif name == "max_iters":
+        elif name in ("max_iters", "max_newton_iters"):
             _positive_int(options, name)
+    if any(k in options for k in LINEAR_SOLVER_OPTIONS):
+        make_linear_solver(options)  # checks jacobian, linear_solver and the krylov_* values
     if "controller" in options or any(k in options for k in ("safety", "ifactor", "dfactor")):
         make_controller(options)
     if options.get("compile") and not options.get("per_sample"):

@@ -224,6 +224,20 @@ def test_bad_jacobian_options_are_named():
     with pytest.raises(ValueError, match="jacobian"):
         odeflow.solve(lambda t, y: -y, y0, t, method="dopri5",
                       options={"jacobian": lambda t, y: -torch.eye(2)})
+    # Checked when solve is called, for the backward solve's options too.
+    with pytest.raises(ValueError, match=r"options\['krylov_tol'\] must be a number in"):
+        odeflow.solve(lambda t, y: -y, y0, t, method="rodas5p",
+                      options={"linear_solver": "krylov", "krylov_tol": 5.0})
+    with pytest.raises(ValueError, match=r"options\['max_newton_iters'\]"):
+        odeflow.solve(lambda t, y: -y, y0, t, method="kvaerno5",
+                      options={"max_newton_iters": 0})
+    with pytest.raises(TypeError, match=r"options\['autonomous'\]"):
+        odeflow.solve(lambda t, y: -y, y0, t, method="rodas5p", options={"autonomous": "yes"})
+    lin = torch.nn.Linear(2, 2).double()
+    with pytest.raises(ValueError, match="adjoint_options: options\\['linear_solver'\\]"):
+        odeflow.solve(lambda t, y: lin(y), y0, t, method="rodas5p", gradient="adjoint",
+                      adjoint_params=tuple(lin.parameters()),
+                      adjoint_options={"linear_solver": "qr"})
 
 
 def test_jump_t_restarts_the_jacobian_on_each_side():
