@@ -15,8 +15,11 @@ point, ``hγ`` the step size times the method's diagonal coefficient). A
   100k numbers needs memory for a few Krylov vectors only.
 
 Both also give ``∂f/∂t`` (Rosenbrock methods need it for non-autonomous ``func``) in the
-same call. Under autograd the dense Jacobian keeps its graph (``create_graph``), so
-backpropagating through a Rosenbrock step is exact.
+same call. Under autograd the dense Jacobian keeps its graph — taken by
+``torch.func.jacrev``, whose graph starts at the current state, so that each step does not
+walk the whole solve's history — and backpropagating through a Rosenbrock step is exact.
+The Krylov path's GMRES is not differentiated (the Rosenbrock stepper refuses it under
+step-by-step differentiation; the adjoint works).
 
 A ``func`` whose backward cannot be vmapped falls back to one backward pass per row; the
 fallback is chosen on the first failure and kept for the solve. The matrix-free path uses
