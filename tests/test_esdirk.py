@@ -158,7 +158,7 @@ def test_kvaerno5_estimate_dominates_the_linear_error_on_the_negative_axis():
 def test_stage_predictors_reproduce_polynomials():
     """The in-step predictor weights reproduce the derivative of polynomial solutions:
     Σ_j w_j c_j^q = c_i^q for q up to their degree (≥ 1 where used)."""
-    from odeflow.solvers.esdirk import _stage_predictor
+    from odeflow.solvers.esdirk_tableaus import stage_predictor as _stage_predictor
     for name in NAMES:
         tab = ESDIRK_TABLEAUS[name]
         for i in range(1, tab.stages):

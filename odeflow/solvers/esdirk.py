@@ -121,7 +121,8 @@ from torch import Tensor
 from ..interp import HermiteInterpolant, Interpolant, TableauInterpolant, hermite
 from ..linalg import DenseSolver, ImplicitCounts
 from .base import StepResult
-from .esdirk_tableaus import ESDIRKTableau
+from .esdirk_tableaus import ESDIRKTableau, stage_predictor
+from .explicit_rk import _combine, _nonzero
 
 __all__ = ["ESDIRK", "ESDIRKState"]
 
@@ -220,7 +221,7 @@ class ESDIRK:
         self._same_node = tuple(
             max((j for j in range(1, i) if self._c[j] == self._c[i]), default=None)
             for i in range(self._s))
-        self._predict = tuple(_stage_predictor(self._c, i, self._same_node[i])
+        self._predict = tuple(stage_predictor(self._c, i, self._same_node[i])
                               for i in range(self._s))
 
     # ----------------------------------------------------------------------------- setup
@@ -459,43 +460,3 @@ class ESDIRK:
             return _combine(y, stages, _nonzero(self.tableau.dense_weights(theta)), dt)
         f1 = f_new if f_new is not None else stages[-1]
         return hermite(y, y_new, stages[0], f1, dt, theta)
-
-
-def _stage_predictor(c: Sequence[float], i: int, same: int | None) -> tuple[str, Any]:
-    """How stage ``i`` is predicted: ``("same", j)``: the value of stage ``j`` at the same
-    node; ``("poly", w)``: ``r_i + hγ Σ_j w_j k_j`` with the smallest-norm weights that
-    reproduce polynomials in ``c`` of degree ``n − 1`` (``n ≤ 3`` distinct earlier nodes) or
-    ``n − 2`` (more nodes), used when ``c_i`` is within one node span of the earlier nodes;
-    ``("previous", w)``: the previous step's dense output, ``w`` the polynomial fallback
-    for the first step and after a jump."""
-    if i == 0:
-        return ("none", ())
-    if same is not None:
-        return ("same", same)
-    nodes = [float(x) for x in c[:i]]
-    distinct = sorted(set(nodes))
-    n = len(distinct)
-    degree = n - 1 if n <= 3 else n - 2
-    vander = torch.tensor([[x ** q for x in nodes] for q in range(degree + 1)],
-                          dtype=torch.float64)
-    target = torch.tensor([[float(c[i]) ** q] for q in range(degree + 1)], dtype=torch.float64)
-    weights = _nonzero((torch.linalg.pinv(vander) @ target).squeeze(1).tolist())
-    span = distinct[-1] - distinct[0]
-    reach = max(float(c[i]) - distinct[-1], distinct[0] - float(c[i]), 0.0)
-    return ("poly" if n >= 2 and reach <= span else "previous", weights)
-
-
-def _nonzero(values: Sequence[float]) -> tuple[tuple[int, float], ...]:
-    return tuple((j, v) for j, v in enumerate(values) if v != 0)
-
-
-def _combine(y: Tensor | None, ks: Sequence[Tensor], nz: Sequence[tuple[int, float]],
-             dt: float) -> Tensor:
-    """``y + dt Σ_j w_j k_j`` (``y`` may be ``None``) with out-of-place ops only (the graph
-    stays intact under autograd)."""
-    acc = None
-    for j, w in nz:
-        acc = ks[j] * w if acc is None else acc + ks[j] * w
-    if acc is None:
-        return y if y is not None else torch.zeros_like(ks[0])
-    return acc * dt if y is None else y + acc * dt

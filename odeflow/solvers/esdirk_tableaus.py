@@ -40,9 +40,14 @@ Sources (the coefficients are published numbers; the code and layout are odeflow
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["ESDIRKTableau", "ESDIRK_TABLEAUS", "KVAERNO3", "KVAERNO5", "TRBDF2"]
+import torch
+
+__all__ = ["ESDIRKTableau", "ESDIRK_TABLEAUS", "KVAERNO3", "KVAERNO5", "TRBDF2",
+           "stage_predictor"]
 
 _CHECK_TOL = 1e-13
 
@@ -299,3 +304,28 @@ TRBDF2 = _trbdf2()
 ESDIRK_TABLEAUS: dict[str, ESDIRKTableau] = {
     t.name: t for t in (KVAERNO3, KVAERNO5, TRBDF2)
 }
+
+
+def stage_predictor(c: Sequence[float], i: int, same: int | None) -> tuple[str, Any]:
+    """How stage ``i`` is predicted: ``("same", j)``: the value of stage ``j`` at the same
+    node; ``("poly", w)``: ``r_i + hγ Σ_j w_j k_j`` with the smallest-norm weights that
+    reproduce polynomials in ``c`` of degree ``n − 1`` (``n ≤ 3`` distinct earlier nodes) or
+    ``n − 2`` (more nodes), used when ``c_i`` is within one node span of the earlier nodes;
+    ``("previous", w)``: the previous step's dense output, ``w`` the polynomial fallback
+    for the first step and after a jump."""
+    if i == 0:
+        return ("none", ())
+    if same is not None:
+        return ("same", same)
+    nodes = [float(x) for x in c[:i]]
+    distinct = sorted(set(nodes))
+    n = len(distinct)
+    degree = n - 1 if n <= 3 else n - 2
+    vander = torch.tensor([[x ** q for x in nodes] for q in range(degree + 1)],
+                          dtype=torch.float64)
+    target = torch.tensor([[float(c[i]) ** q] for q in range(degree + 1)], dtype=torch.float64)
+    weights = tuple((j, w) for j, w in enumerate(
+        (torch.linalg.pinv(vander) @ target).squeeze(1).tolist()) if w != 0)
+    span = distinct[-1] - distinct[0]
+    reach = max(float(c[i]) - distinct[-1], distinct[0] - float(c[i]), 0.0)
+    return ("poly" if n >= 2 and reach <= span else "previous", weights)

@@ -26,6 +26,7 @@ from torch import Tensor
 from ..interp import Interpolant
 from ..linalg import DenseSolver, ImplicitCounts, batched_jacobian
 from .base import StepResult
+from .explicit_rk import _combine, _nonzero
 from .rosenbrock_tableaus import RosenbrockTableau
 
 __all__ = ["Rosenbrock", "RosenbrockState", "RosenbrockInterpolant", "Workspace"]
@@ -85,13 +86,10 @@ class Rosenbrock:
         self.error_order = tableau.error_order
         s = tableau.stages
         self._s = s
-        self._a = tuple(tuple((j, v) for j, v in enumerate(row) if v != 0.0)
-                        for row in tableau.a)
-        self._C = tuple(tuple((j, v) for j, v in enumerate(row) if v != 0.0)
-                        for row in tableau.C)
-        self._m = tuple((j, v) for j, v in enumerate(tableau.m) if v != 0.0)
-        self._H = tuple(tuple((j, v) for j, v in enumerate(row) if v != 0.0)
-                        for row in tableau.H if any(row))
+        self._a = tuple(_nonzero(row) for row in tableau.a)
+        self._C = tuple(_nonzero(row) for row in tableau.C)
+        self._m = _nonzero(tableau.m)
+        self._H = tuple(_nonzero(row) for row in tableau.H if any(row))
 
     def workspace(self, y0: Tensor) -> Workspace:
         """Buffers of the no-autograd path: the increments as the rows of one ``(s, n)``
@@ -152,7 +150,7 @@ class Rosenbrock:
             if i == 0:
                 rhs = f0
             else:
-                y_i = _combine(y, us, self._a[i])
+                y_i = _combine(y, us, self._a[i], 1.0)
                 fi = f_last if (f_last is not None and tab.c[i] == 1.0) else f
                 rhs = fi(t + tab.c[i] * dt, y_i)
             coupling = self._C[i]
@@ -161,7 +159,7 @@ class Rosenbrock:
             if f_t is not None and tab.d[i] != 0.0:
                 rhs = rhs + (dt * tab.d[i]) * f_t
             us.append(factor.solve(rhs) * h_gamma)
-        y_new = _combine(y, us, self._m)
+        y_new = _combine(y, us, self._m, 1.0)
         error = None
         if with_error:
             with torch.no_grad():
@@ -207,7 +205,7 @@ class Rosenbrock:
         return RosenbrockInterpolant(0.0, dt, y, y_new, terms).evaluate(theta)
 
     def _dense_terms(self, us: Sequence[Tensor]) -> tuple[Tensor, ...]:
-        return tuple(_combine(None, us, row) for row in self._H)
+        return tuple(_combine(None, us, row, 1.0) for row in self._H)
 
     # ---------------------------------------------------- per-sample mode (one dt per sample)
     @property
@@ -238,13 +236,13 @@ class Rosenbrock:
                 rhs = f0
             else:
                 side = last_side if tab.c[i] == 1.0 else None
-                rhs = f(t + tab.c[i] * dt, _combine(y, us, self._a[i]), side)
+                rhs = f(t + tab.c[i] * dt, _combine(y, us, self._a[i], 1.0), side)
             if self._C[i]:
-                rhs = rhs + inv_h * _combine(None, us, self._C[i])
+                rhs = rhs + inv_h * _combine(None, us, self._C[i], 1.0)
             if f_t is not None and tab.d[i] != 0.0:
                 rhs = rhs + (tab.d[i] * h_col) * f_t
             us.append(torch.where(still, 0.0, factor.solve(rhs) * hg_col))
-        y_new = _combine(y, us, self._m)
+        y_new = _combine(y, us, self._m, 1.0)
         with torch.no_grad():
             err = us[-1].detach().clone()
         return y_new, err, torch.stack([f0, *us])
@@ -268,17 +266,6 @@ class Rosenbrock:
         """Time derivative of the dense output at ``theta`` (canonical time)."""
         safe = torch.where(dt > 0, dt, 1.0)
         return self.batch_interpolant(y, y_new, K, f_new, safe).derivative(theta)
-
-
-def _combine(base: Tensor | None, us: Sequence[Tensor], weights: Sequence[tuple[int, float]],
-             scale: float = 1.0) -> Tensor:
-    """``base + scale Σ w_j u_j`` without writing into any input (autograd-safe)."""
-    acc = None
-    for j, w in weights:
-        acc = us[j] * (w * scale) if acc is None else acc.add(us[j], alpha=w * scale)
-    if acc is None:
-        return base if base is not None else torch.zeros_like(us[0])
-    return acc if base is None else base + acc
 
 
 class RosenbrockInterpolant(Interpolant):
