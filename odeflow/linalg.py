@@ -55,6 +55,8 @@ class ImplicitCounts:
     n_linear_iters: int = 0
     #: set on the first failure of the vmapped backward: one backward per row from then on
     reverse_mode: bool = False
+    #: set when ``torch.func`` cannot trace ``func``: plain autograd under autograd too
+    no_functorch: bool = False
     #: ``method="auto"``: ``(t, method)`` of each switch
     switches: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)
@@ -155,11 +157,11 @@ def autodiff_jacobian(f: Any, t: float, y: Tensor, counts: ImplicitCounts,
     something that requires grad: a Rosenbrock step's gradient needs ``∂J/∂θ``).
     """
     counts.n_jacobians += 1
-    if graph and not counts.extra.get("no_functorch"):
+    if graph and not counts.no_functorch:
         try:
             return _functorch_jacobian(f, t, y, with_time)
         except (RuntimeError, NotImplementedError, TypeError):
-            counts.extra["no_functorch"] = True
+            counts.no_functorch = True
             f.nfe -= 1  # the failed attempt did not finish a call
     if not counts.reverse_mode:
         try:
@@ -177,7 +179,7 @@ def batched_jacobian(f: Any, t: Tensor, y: Tensor, counts: ImplicitCounts,
     vmapped backward pass over the ``n`` unit cotangents shared by all samples."""
     counts.n_jacobians += 1
     B, n = y.shape
-    if graph and not counts.extra.get("no_functorch"):
+    if graph and not counts.no_functorch:
         # As _functorch_jacobian: no walk through the solve's history at every step. The
         # samples are independent, so d(Σ_b f_b)/dy_b is sample b's Jacobian.
         try:
@@ -188,7 +190,7 @@ def batched_jacobian(f: Any, t: Tensor, y: Tensor, counts: ImplicitCounts,
                 return jac_s.permute(1, 0, 2), f_t_s.T.to(y.dtype)
             return torch.func.jacrev(summed)(y, t).permute(1, 0, 2), None
         except (RuntimeError, NotImplementedError, TypeError):
-            counts.extra["no_functorch"] = True
+            counts.no_functorch = True
             f.counter.nfe -= 1  # the failed attempt did not finish a call
     with torch.enable_grad():
         y_in = y if (graph and y.requires_grad) else y.detach().requires_grad_(True)

@@ -119,7 +119,8 @@ class AutoSwitch:
                 y_prev.add_(stages[j].detach(), alpha=dt * w)
             dy = torch.linalg.vector_norm(res.y_new.detach() - y_prev)
             dk = torch.linalg.vector_norm(stages[-1].detach() - stages[-2].detach())
-            h_rho = dt * float(dk / dy) if float(dy) > 0 else 0.0  # host sync: the decision
+            # host sync: the decision (0/0 when the two stages coincide: not stiff)
+            h_rho = dt * float(torch.where(dy > 0, dk / dy, 0.0))
         if h_rho > STABILITY_BOUNDARY:
             hits, calm = state.stiff_hits + 1, 0
         else:
