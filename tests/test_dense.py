@@ -108,7 +108,11 @@ def test_odeint_dense_is_solve_dense():
     dense = odeflow.odeint_dense(lambda t, y: -y, torch.ones(1, dtype=F64), 0.0, 2.0)
     sol = solve(lambda t, y: -y, torch.ones(1, dtype=F64),
                 torch.tensor([0.0, 2.0], dtype=F64), dense=True)
-    assert torch.allclose(dense(PROBE), sol.evaluate(PROBE), rtol=0, atol=1e-14)
+    # The same steps by two arithmetic paths (odeint_dense runs without autograd: fused
+    # BLAS stage sums; solve here with grad on: term-by-term adds), so the values agree to
+    # rounding, not bit for bit: a few hundred ulp over ~20 steps, checked at 1e-12
+    # (4500 ulp at 1.0), a 100x margin over what one machine measured (1e-14).
+    assert torch.allclose(dense(PROBE), sol.evaluate(PROBE), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("method", ["dopri5", "bosh3"])
@@ -134,5 +138,7 @@ def test_interpolants_work_on_batches(method):
     got, dgot = batched.evaluate(thetas), batched.derivative(thetas)
     for b in range(3):
         th = thetas[b].item()
-        assert torch.allclose(got[b], rows[b][2].evaluate(th), atol=1e-14, rtol=0)
-        assert torch.allclose(dgot[b], rows[b][2].derivative(th), atol=1e-13, rtol=0)
+        # The batched formulas sum the terms in another order than the scalar ones:
+        # rounding only (values of order 1), checked with a 100x margin.
+        assert torch.allclose(got[b], rows[b][2].evaluate(th), atol=1e-12, rtol=0)
+        assert torch.allclose(dgot[b], rows[b][2].derivative(th), atol=1e-11, rtol=0)

@@ -293,7 +293,9 @@ def test_graph_mode_gives_the_no_grad_values():
     with torch.no_grad():
         y_plain, _ = _fixed_steps("kvaerno5", _stiff_model(p), y0, 0.05, 10)
     assert y_graph.requires_grad
-    torch.testing.assert_close(y_graph.detach(), y_plain, rtol=1e-13, atol=1e-13)
+    # Newton's linear solves run on other kernels with and without a graph: rounding only,
+    # compounded over 10 steps; 1e-11 leaves a 100x margin over one machine's 1e-13.
+    torch.testing.assert_close(y_graph.detach(), y_plain, rtol=1e-11, atol=1e-11)
 
 
 # ----------------------------------------------------------------------- solves via registry
