@@ -13,10 +13,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
+
+from .lanes import LaneClock, SharedClock
 
 __all__ = ["PIDController", "ControllerState", "initial_step", "starting_step",
            "CONTROLLER_PRESETS"]
@@ -76,62 +78,38 @@ class PIDController:
                 f"need dfactor <= 1 <= ifactor, got dfactor={self.dfactor}, ifactor={self.ifactor}"
             )
 
-    def init(self) -> ControllerState:
-        """The controller's memory before the first step."""
-        return ControllerState()
+    def init(self, clock: Any = None) -> ControllerState:
+        """The controller's memory before the first step (one per lane of ``clock``)."""
+        if clock is None or not clock.per_sample:
+            return ControllerState()
+        return ControllerState(clock.full(1.0), clock.full(1.0))
 
-    def propose(
-        self, dt: float, err: float, accepted: bool, k: int, state: ControllerState
-    ) -> tuple[float, ControllerState]:
-        """Next step size after an attempt of size ``dt`` with error ratio ``err``."""
-        if accepted:
-            if err == 0.0:
-                factor = self.ifactor
-            else:
-                factor = self.safety * err ** (-self.beta1 / k)
-                if self.beta2:
-                    factor *= state.err_prev ** (-self.beta2 / k)
-                if self.beta3:
-                    factor *= state.err_prev2 ** (-self.beta3 / k)
-                floor = self.dfactor if self.shrink_on_accept else 1.0
-                factor = min(self.ifactor, max(factor, floor))
-            # Guard the memory against zero errors, which would make the filter blow up.
-            return dt * factor, ControllerState(max(err, 1e-10), state.err_prev)
-        factor = self.dfactor if not math.isfinite(err) else self.safety * err ** (-1.0 / k)
-        return dt * min(1.0, max(self.dfactor, factor)), state
+    def propose(self, *args: Any) -> tuple[Any, ControllerState]:
+        """Next step size after an attempt of size ``dt`` with error ratio ``err``.
 
-    def init_tensor(self, like: Tensor) -> ControllerState:
-        """:meth:`init` for a batch: one memory per sample, tensors shaped like ``like``."""
-        ones = torch.ones_like(like, dtype=torch.float64)
-        return ControllerState(ones, ones)
-
-    def propose_tensor(
-        self, dt: Tensor, err: Tensor, accepted: Tensor, k: int, state: ControllerState
-    ) -> tuple[Tensor, ControllerState]:
-        """:meth:`propose` for a batch of independent problems (``per_sample`` solves).
-
-        The same rule, elementwise: ``dt`` and ``err`` are float64 tensors of one value per
-        sample, ``accepted`` a boolean mask, ``state`` from :meth:`init_tensor`. A sample's
-        memory only changes when its step is accepted. No host synchronisation.
+        ``propose([clock,] dt, err, accepted, k, state)``: Python floats for one lane, or
+        float64 tensors of one value per lane (``accepted`` a mask; a lane's memory changes
+        only when its step is accepted; no host synchronisation). The rule is written once:
+        the lane operations come from the value's type.
         """
-        finite = torch.isfinite(err)
-        safe = torch.where(finite, err, torch.ones_like(err)).clamp(min=1e-300)
-        # After an accepted step: the filter, with a zero error growing by ifactor.
+        dt, err, accepted, k, state = args[-5:]
+        ops = LaneClock if isinstance(err, Tensor) else SharedClock
+        finite = ops.isfinite(err)
+        safe = ops.clip(ops.where(finite, err, 1.0), 1e-300, math.inf)
+        # After an accepted step: the filter, a zero error growing by ifactor.
         grow = self.safety * safe ** (-self.beta1 / k)
         if self.beta2:
             grow = grow * state.err_prev ** (-self.beta2 / k)
         if self.beta3:
             grow = grow * state.err_prev2 ** (-self.beta3 / k)
         floor = self.dfactor if self.shrink_on_accept else 1.0
-        grow = torch.where(err == 0, torch.full_like(grow, self.ifactor),
-                           grow.clamp(min=floor, max=self.ifactor))
+        grow = ops.where(err == 0, self.ifactor, ops.clip(grow, floor, self.ifactor))
         # After a rejection: the integral rule, never growing.
-        shrink = torch.where(finite, self.safety * safe ** (-1.0 / k),
-                             torch.full_like(safe, self.dfactor))
-        shrink = shrink.clamp(min=self.dfactor, max=1.0)
-        new_dt = dt * torch.where(accepted, grow, shrink)
-        memory = torch.where(accepted, err.clamp(min=1e-10), state.err_prev)
-        older = torch.where(accepted, state.err_prev, state.err_prev2)
+        shrink = ops.where(finite, self.safety * safe ** (-1.0 / k), self.dfactor)
+        shrink = ops.clip(shrink, self.dfactor, 1.0)
+        new_dt = dt * ops.where(accepted, grow, shrink)
+        memory = ops.where(accepted, ops.clip(err, 1e-10, math.inf), state.err_prev)
+        older = ops.where(accepted, state.err_prev, state.err_prev2)
         return new_dt, ControllerState(memory, older)
 
 
@@ -143,15 +121,15 @@ CONTROLLER_PRESETS: dict[str, dict[str, float | bool]] = {
 
 
 def initial_step(
-    func: Callable[[float, Tensor], Tensor],
-    t0: float,
+    func: Callable[[Any, Tensor], Tensor],
+    t0: Any,
     y0: Tensor,
     f0: Tensor,
     order: int,
     rtol: float | Tensor,
     atol: float | Tensor,
     norm: Callable[[Tensor], Tensor],
-) -> float:
+) -> Any:
     """Starting step size by the algorithm of Hairer, Nørsett & Wanner.
 
     *Solving Ordinary Differential Equations I*, 2nd ed., §II.4, "Automatic Step Size
@@ -159,13 +137,21 @@ def initial_step(
     of the second derivative. Costs one evaluation of ``func``. ``order`` is the order of
     the embedded error estimate (4 for dopri5), the value Hairer's DOPRI5 code, SciPy and
     torchdiffeq use, so the first step is sized for the error that is controlled.
-    """
 
-    def probe(h0: Tensor) -> Tensor:
+    ``t0`` is a float (one lane: returns a float) or ``(B,)`` per lane (returns ``(B,)``).
+    """
+    if isinstance(t0, Tensor):
+        def probe(h0: Tensor) -> Tensor:
+            return func(t0 + h0, y0 + h0.to(y0.dtype)[:, None] * f0)
+
+        h = starting_step(probe, y0.detach(), f0.detach(), order, rtol, atol, norm)
+        return torch.where(torch.isfinite(h), h, 1e-6)
+
+    def probe_one(h0: Tensor) -> Tensor:
         h = float(h0)
         return func(t0 + h, torch.add(y0, f0, alpha=h))
 
-    return float(starting_step(probe, y0, f0, order, rtol, atol, norm))
+    return float(starting_step(probe_one, y0, f0, order, rtol, atol, norm))
 
 
 def starting_step(

@@ -1,19 +1,25 @@
 """Dense output of a whole solve: the solution at any time of the span, after the solve.
 
-The adaptive loop keeps each accepted step's interpolant (detached: dense output carries
-no gradient) when asked; :class:`DenseOutput` finds the step holding a time and evaluates
-it there. Nothing is kept unless dense output is requested.
+The loop keeps each accepted step's interpolant (detached: dense output carries no
+gradient) when asked; :class:`DenseOutput` finds the step holding a time and evaluates it
+there. A per-sample solve keeps one batched interpolant per iteration with the mask of the
+lanes that accepted; each lane's step holding its time is found with one search over all
+iterations, and the lanes are evaluated together from their own steps. Nothing is kept
+unless dense output is requested. Beyond the point where a lane's solve failed
+(``throw=False``) its dense output is ``nan``, never a value.
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .interp import Interpolant
+from .interp import Interpolant, stack_pieces, take_piece
 from .problem import Problem, State
 
 __all__ = ["DenseOutput"]
@@ -25,7 +31,8 @@ class DenseOutput:
     Call it (or :meth:`evaluate`) with a scalar time or a 1-D tensor of times, in either
     order; :meth:`derivative` gives ``dy/dt`` there. Values are those of each step's
     interpolant: the method's own continuous extension (dopri5, tsit5: 4th order) or cubic
-    Hermite. They carry no autograd graph.
+    Hermite. They carry no autograd graph. Per sample, ``t`` may also be ``(B, T)``, one
+    row per sample (result ``(T, B, ...)``); a shared scalar gives ``(B, ...)``.
 
     Example:
         >>> dense = odeflow.odeint_dense(lambda t, y: -y, torch.ones(2), 0.0, 1.0)
@@ -33,20 +40,35 @@ class DenseOutput:
         torch.Size([2, 2])
     """
 
-    def __init__(self, problem: Problem, pieces: Sequence[Interpolant]):
+    def __init__(self, problem: Problem, pieces: Sequence[tuple[Interpolant, Any]],
+                 t_last: Any = None):
         if not pieces:
             raise ValueError("dense output needs at least one step (t0 == t1?)")
+        C = problem.clock
+        self._clock = C
         self._layout = problem.layout
-        self._sign = problem.sign
-        self._pieces = list(pieces)
-        self._starts = [p.t for p in pieces]
-        self._t0 = problem.t_out[0]
-        self._t1 = problem.t_out[-1]
+        # Reached: the end of the span, or where the solve stopped (failure or event).
+        end = C.t_end if t_last is None else t_last
+        if C.per_sample:
+            self._lo, self._hi = C.grid[:, 0], C.grid[:, -1]
+            self._reached = torch.as_tensor(end, dtype=torch.float64, device=C.device)
+            self._stacked = stack_pieces([p for p, _ in pieces])
+            self._t = torch.stack([torch.as_tensor(p.t) for p, _ in pieces])  # (I, B)
+            self._dt = torch.stack([torch.as_tensor(p.dt) for p, _ in pieces])
+            self._ok = torch.stack([ok for _, ok in pieces])
+        else:
+            self._pieces = [p for p, ok in pieces if ok]
+            self._starts = [p.t for p in self._pieces]
+            self._lo, self._hi = C.grid[0], C.grid[-1]
+            self._reached = float(end)
 
     @property
     def span(self) -> tuple[float, float]:
-        """The first and last time (the user's time)."""
-        return self._sign * self._t0, self._sign * self._t1
+        """The first and last time (the user's time; one lane)."""
+        C = self._clock
+        if C.per_sample:
+            raise ValueError("a per-sample dense output has one span per sample")
+        return C.sign * self._lo, C.sign * self._hi
 
     def __call__(self, t: Tensor | float) -> State:
         return self.evaluate(t)
@@ -61,25 +83,71 @@ class DenseOutput:
 
     @torch.no_grad()
     def _at(self, t: Tensor | float, derivative: bool) -> State:
+        if self._clock.per_sample:
+            return self._at_lanes(t, derivative)
         values = torch.as_tensor(t, dtype=torch.float64).detach().cpu()
         if values.ndim > 1:
             raise ValueError(f"t must be a scalar or a 1-D tensor, got shape {tuple(values.shape)}")
-        out = [self._one(v, derivative) for v in values.reshape(-1).tolist()]
-        flat = torch.stack(out)
+        flat = torch.stack([self._one(v, derivative) for v in values.reshape(-1).tolist()])
         if values.ndim == 0:
             return self._layout.unflatten(flat[0])
-        return self._layout.unflatten_stacked(flat)
+        return self._layout.unflatten(flat)
 
     def _one(self, t_user: float, derivative: bool) -> Tensor:
-        tc = self._sign * t_user
-        slack = 1e-12 * max(1.0, abs(self._t0), abs(self._t1))
-        if not self._t0 - slack <= tc <= self._t1 + slack:
-            lo, hi = sorted(self.span)
+        sign = self._clock.sign
+        tc = sign * t_user
+        slack = 1e-12 * max(1.0, abs(self._lo), abs(self._hi))
+        if not self._lo - slack <= tc <= self._hi + slack:
+            lo, hi = sorted((sign * self._lo, sign * self._hi))
             raise ValueError(f"t={t_user!r} is outside the solved span [{lo!r}, {hi!r}]")
         i = max(0, min(bisect.bisect_right(self._starts, tc) - 1, len(self._pieces) - 1))
         piece = self._pieces[i]
         piece = piece.precise or piece  # dopri8: re-step to keep the method's order
         theta = min(max((tc - piece.t) / piece.dt, 0.0), 1.0)
+        out = piece.derivative(theta) * sign if derivative else piece.evaluate(theta)
+        if tc > self._reached + slack:  # beyond a failure: no value
+            out = torch.full_like(out, math.nan)
+        return out
+
+    def _at_lanes(self, t: Tensor | float, derivative: bool) -> State:
+        C = self._clock
+        B = C.batch
+        times = torch.as_tensor(t, dtype=torch.float64, device=C.device).detach()
+        if times.ndim > 2 or (times.ndim == 2 and times.shape[0] != B):
+            raise ValueError(f"t must be a scalar, a 1-D tensor of shared times or a ({B}, T) "
+                             f"tensor of per-sample times, got shape {tuple(times.shape)}")
+        rows = times.T if times.ndim == 2 else times.reshape(-1, 1).expand(-1, B)
+        out = torch.stack([self._lanes_one(C.sign * row, derivative) for row in rows])
+        if times.ndim == 0:
+            return self._layout.unflatten(out[0])
+        return self._layout.unflatten(out)
+
+    def _lanes_one(self, tc: Tensor, derivative: bool) -> Tensor:
+        """Canonical times ``tc`` ``(B,)``, one per lane -> flat values ``(B, n)``."""
+        C = self._clock
+        slack = 1e-12 * torch.maximum(self._lo.abs(), self._hi.abs()).clamp(min=1.0)
+        outside = (tc < self._lo - slack) | (tc > self._hi + slack)
+        if bool(outside.any()):  # host sync: once per asked time
+            b = int(outside.nonzero()[0, 0])
+            span = sorted((float(C.sign[b] * self._lo[b]), float(C.sign[b] * self._hi[b])))
+            raise ValueError(f"t={float(C.sign[b] * tc[b])!r} is outside sample {b}'s solved "
+                             f"span [{span[0]!r}, {span[1]!r}]")
+        holds = self._ok & (self._t <= tc) & (tc <= self._t + self._dt)
+        # the first accepted step holding tc (a time on a boundary belongs to the earlier)
+        idx = holds.to(torch.int8).argmax(0)
+        first = self._ok.to(torch.int8).argmax(0)  # a time at the very start of a span
+        idx = torch.where(holds.any(0), idx, first)
+        cols = torch.arange(tc.shape[0], device=tc.device)
+        piece = take_piece(self._stacked, idx, cols)
+        piece = piece.precise or piece
+        dt = self._dt[idx, cols]
+        theta = ((tc - self._t[idx, cols]) / torch.where(dt > 0, dt, 1.0)).clamp(0.0, 1.0)
         if derivative:
-            return piece.derivative(theta) * self._sign
-        return piece.evaluate(theta)
+            out = piece.derivative(theta) * C.sign_column(dt.dtype).to(self._stacked_dtype())
+        else:
+            out = piece.evaluate(theta)
+        beyond = (tc > self._reached + slack)[:, None]  # beyond a failure: no value
+        return torch.where(beyond, math.nan, out)
+
+    def _stacked_dtype(self) -> torch.dtype:
+        return self._layout.real_dtype

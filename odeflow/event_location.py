@@ -15,14 +15,18 @@ change of the step also when
   some time: the earliest point of the bracket where it stops being on its starting side
   is found, not the step's end.
 
-The root inside the bracket is found by the Illinois variant of regula falsi with a
-bisection fallback (a bracket that has not halved in two iterations is bisected); when the
-bracket ends on an exact zero, bisection on the sign finds the first point that is no
-longer on the starting side. It stops when the bracket is narrower than
-``4 eps max(|t|, |t + dt|, dt)``. The time returned is the bracket end on the side the
-value started on, so ``event_fn`` there still has its pre-crossing sign (or is zero) and a
-solve restarted there does not see the same crossing again. When several values cross in
-one bracket, the earliest root wins.
+One locator serves a joint solve (one lane) and a per-sample one (each sample stops at
+its own first crossing; ``event_fn`` then gets the batch as ``func`` does and returns
+``(B,)`` or ``(B, k)`` values, sample ``b``'s depending on ``t[b]`` and ``y[b]`` only). The
+root inside each lane's bracket is found for all crossing lanes at once by the Illinois
+variant of regula falsi with a bisection fallback (a bracket that has not halved in two
+iterations is bisected); when the bracket ends on an exact zero, bisection on the sign
+finds the first point that is no longer on the starting side. It stops when the bracket
+is narrower than ``4 eps max(|t|, |t + dt|, dt)``. The time returned is the bracket end on
+the side the value started on, so ``event_fn`` there still has its pre-crossing sign (or
+is zero) and a solve restarted there does not see the same crossing again. When several
+values cross in one bracket, the earliest root wins. A method without an interpolant of
+its own order (dopri8) locates the root again by re-stepping.
 
 References:
     Dowell & Jarratt, "A modified regula falsi method for computing the root of an
@@ -41,11 +45,9 @@ import torch
 from torch import Tensor
 
 from .interp import Interpolant
-from .problem import Problem, State
+from .problem import Problem
 
-__all__ = ["EventHit", "EventLocator", "INTERIOR_SAMPLES", "direction_tensor"]
-
-EventFn = Callable[[Tensor, State], Tensor]
+__all__ = ["EventHits", "EventLocator", "INTERIOR_SAMPLES", "direction_tensor"]
 
 #: Interior points of each step at which ``event_fn`` is sampled (besides the step's end).
 INTERIOR_SAMPLES = 4
@@ -54,221 +56,287 @@ _MAX_ROOT_ITERS = 200
 
 
 @dataclass
-class EventHit:
-    """What :meth:`EventLocator.check` returns for a located event (canonical time)."""
+class EventHits:
+    """The located events, one row per lane (canonical time; ``found`` marks the lanes)."""
 
-    t: float  # canonical event time
-    y: Tensor  # flat state on the dense output at t (with the loop's graph, if any)
-    ydot: Tensor  # canonical d y / d t of the dense output at t (no graph)
-    index: int  # flat index of the value that crossed
-    rising: bool  # crossed from negative to positive
-    step_dt: float | None = None  # set when y is one step of this size from the step start
+    found: Tensor  # (L,) bool
+    t: Tensor  # (L,) float64 canonical event time (nan where none)
+    y: Tensor  # (L, n) state at the event (with the loop's graph), else y0
+    ydot: Tensor  # (L, n) canonical d y / d t of the dense output there
+    index: Tensor  # (L,) long: which value crossed (-1: none)
+    rising: Tensor  # (L,) bool
 
 
 class EventLocator:
-    """The ``event`` hook of the loops: detects and locates zero crossings.
+    """The ``event`` hook of the loop: detects and locates zero crossings.
 
     One object per solve (it carries the sign of each value from step to step).
 
     Args:
         problem: the canonical problem (``event_fn`` sees user time and structure).
-        event_fn: ``event_fn(t, y)`` returning a real tensor of any fixed shape.
+        event_fn: ``event_fn(t, y)`` returning a real tensor of any fixed shape (per
+            sample: ``(B, ...)``).
         direction: ``+1`` (only rising crossings, negative to positive), ``-1`` (only
             falling), ``0`` (both): one value, or one per value of ``event_fn``.
 
     Raises:
         TypeError, ValueError: ``event_fn``'s output at ``t0`` is not a real floating tensor,
-            is empty or not finite, or ``direction`` is malformed.
+            is empty, has the wrong batch size or is not finite, or ``direction`` is
+            malformed.
     """
 
-    def __init__(self, problem: Problem, event_fn: EventFn, direction: Any = 0):
-        self.problem = problem
-        self.event_fn = event_fn
+    def __init__(self, problem: Problem, event_fn: Callable, direction: Any = 0,
+                 field_slope: bool = False):
+        self.clock = C = problem.clock
+        self.func = problem.func
+        #: the event's dy/dt from the vector field, not the interpolant (fixed grids)
+        self.field_slope = field_slope
         self.layout = problem.layout
-        t0 = problem.t_out[0]
+        self.event_fn = event_fn
+        self.lanes = C.batch or 1
+        self.k: int | None = None
+        y0 = problem.y0
         with torch.no_grad():
-            g0 = self.raw(t0, problem.y0, check=True)
+            g0 = self.raw(C.t0, y0)
         if not bool(torch.isfinite(g0).all()):  # host sync: once per solve
             raise ValueError(f"event_fn(t0, y0) must be finite, got {g0.tolist()}")
-        self.n = g0.numel()
-        self.direction = direction_tensor(direction, self.n, g0)
+        self.k = g0.shape[1]
+        self.direction = direction_tensor(direction, self.k, g0)
         self.sign = torch.sign(g0)  # 0 for a value exactly zero at t0: not armed yet
         self.g_prev = g0
+        rows = y0.reshape(self.lanes, -1)
+        dev = y0.device
+        self.hits = EventHits(
+            found=torch.zeros(self.lanes, dtype=torch.bool, device=dev),
+            t=torch.full((self.lanes,), math.nan, dtype=torch.float64, device=dev),
+            y=rows, ydot=torch.zeros_like(rows).detach(),
+            index=torch.full((self.lanes,), -1, dtype=torch.long, device=dev),
+            rising=torch.zeros(self.lanes, dtype=torch.bool, device=dev))
 
-    def user_time(self, t: float) -> Tensor:
-        return torch.scalar_tensor(self.problem.sign * t, dtype=self.layout.real_dtype,
-                                   device=self.layout.device)
-
-    def raw(self, t: float, y: Tensor, check: bool = False) -> Tensor:
-        """``event_fn`` at canonical ``t`` and flat ``y``, flattened."""
-        out = self.event_fn(self.user_time(t), self.layout.unflatten(y))
-        if check:
-            _check_event_output(out)
-        out = out.reshape(-1)
-        if out.numel() != getattr(self, "n", out.numel()):
-            raise ValueError(f"event_fn must return {self.n} values at every call (as at t0), "
-                             f"got {out.numel()} at t={self.problem.user_time(t)}")
+    def raw(self, t: Any, y: Tensor) -> Tensor:
+        """``event_fn`` at canonical ``t`` and the flat state ``y`` (one lane ``(n,)`` or
+        ``(1, n)``; per sample ``(B, n)``), as ``(L, k)``."""
+        C = self.clock
+        if not C.per_sample:
+            if isinstance(t, Tensor):
+                t = float(t.reshape(-1)[0])  # host sync: root iterations only
+            y = y.reshape(-1)
+        out = self.event_fn(C.user_time(t), self.layout.unflatten(y))
+        if not isinstance(out, Tensor):
+            raise TypeError(f"event_fn(t, y) must return a tensor, got {type(out).__name__}")
+        if not out.is_floating_point():
+            raise TypeError(f"event_fn(t, y) must return a real floating tensor, got {out.dtype}")
+        if out.numel() == 0:
+            raise ValueError("event_fn(t, y) returned an empty tensor; return one value per "
+                             "event")
+        if C.per_sample and (out.ndim == 0 or out.shape[0] != self.lanes):
+            raise ValueError(f"with options['per_sample'], event_fn(t, y) must return shape "
+                             f"(B,) or (B, k) with B = {self.lanes} (one row of values per "
+                             f"sample), got {tuple(out.shape)}")
+        out = out.reshape(self.lanes, -1)
+        if self.k is not None and out.shape[1] != self.k:
+            raise ValueError(f"event_fn must return {self.k} values"
+                             f"{' per sample' if C.per_sample else ''} at every call (as at "
+                             f"t0), got {out.shape[1]}")
         return out
 
-    def check(self, interp: Interpolant, y_new: Tensor) -> EventHit | None:
-        """Called by the loop after each accepted step; an :class:`EventHit` ends the solve."""
+    def call(self, t_user: Tensor, y: Tensor) -> Tensor:
+        """``event_fn`` at user times ``t_user`` ``(L,)`` and flat ``y`` ``(L, n)`` (may carry
+        a graph), as ``(L, k)``."""
+        if self.clock.per_sample:
+            out = self.event_fn(t_user, self.layout.unflatten(y))
+        else:
+            out = self.event_fn(t_user.reshape(()), self.layout.unflatten(y.reshape(-1)))
+        return out.reshape(self.lanes, -1)
+
+    def _at(self, interp: Interpolant, theta: Any) -> Tensor:
+        """The interpolant at ``theta`` (a float, or one per lane) as ``(L, n)``."""
+        if not self.clock.per_sample and isinstance(theta, Tensor):
+            theta = float(theta.reshape(-1)[0])  # host sync: root iterations only
+        return interp.evaluate(theta).reshape(self.lanes, -1)
+
+    def check(self, interp: Interpolant, y_new: Tensor, ok: Any, rec: Any = None
+              ) -> Tensor | None:
+        """After an accepted step: the lanes whose step holds their first crossing (they
+        stop), or ``None``."""
+        C = self.clock
         t, dt = interp.t, interp.dt
+        lanes_ok = ok if isinstance(ok, Tensor) else torch.ones(
+            1, dtype=torch.bool, device=y_new.device)
         with torch.no_grad():
-            samples = [self.raw(t + th * dt, interp.evaluate(th)) for th in _THETAS[:-1]]
+            samples = [self.raw(t + th * dt, self._at(interp, th)) for th in _THETAS[:-1]]
             samples.append(self.raw(t + dt, y_new))
-            g = torch.stack(samples)
-            # host sync: the event test, once per step. Fast path: every value stays
-            # non-zero on the side it was on before (a nan fails the test).
-            if (g * self.sign).min().item() > 0:
-                self.g_prev = g[-1]
-                return None
-        return self._scan(interp, g)
-
-    def _scan(self, interp: Interpolant, g: Tensor) -> EventHit | None:
-        """Slow path: walk the samples in order; the first bracket with a crossing wins."""
-        g_a, theta_a = self.g_prev, 0.0
-        for j, theta_b in enumerate(_THETAS):
-            g_b = g[j]
             s = self.sign
-            crossed = (s != 0) & ~(g_b * s > 0)  # reached or passed zero (nan counts)
-            crossed &= (self.direction == 0) | (self.direction == -s)
-            if bool(crossed.any()):  # host sync: only when some sign changed
-                if not bool(torch.isfinite(g_b).all()):
-                    t_b = interp.t + theta_b * interp.dt
-                    raise ValueError(f"event_fn returned non-finite values at "
-                                     f"t={self.problem.user_time(t_b)!r}: {g_b.tolist()}")
-                with torch.no_grad():
-                    theta, index = self._locate(interp, theta_a, g_a, theta_b, g_b, crossed)
-                    if interp.precise is not None:
-                        theta = self._refine(interp.precise, index, theta_a, theta_b, g[-1])
-                if interp.precise is not None:
-                    return self._hit(interp.precise, theta, index, restep=True)
-                return self._hit(interp, theta, index)
-            # No crossing that counts: values that changed sign (in the other direction)
-            # are re-armed on their new side.
-            self.sign = torch.where(g_b != 0, torch.sign(g_b), s)
-            g_a, theta_a = g_b, theta_b
-        self.g_prev = g[-1]
-        return None
+            found = torch.zeros_like(lanes_ok)
+            g_a, th_a = self.g_prev, torch.zeros(self.lanes, dtype=torch.float64,
+                                                 device=s.device)
+            g_b, th_b = self.g_prev, th_a.clone()
+            crossed_at = torch.zeros_like(s, dtype=torch.bool)
+            for j, g_j in enumerate(samples):
+                counts = (self.direction == 0) | (self.direction == -s)
+                crossed = (s != 0) & ~(g_j * s > 0) & counts & lanes_ok[:, None]
+                new = crossed.any(1) & ~found
+                g_b = torch.where(new[:, None], g_j, g_b)
+                th_b = torch.where(new, _THETAS[j], th_b)
+                crossed_at = torch.where(new[:, None], crossed, crossed_at)
+                found = found | new
+                keep = found | ~lanes_ok  # frozen: found lanes and lanes that did not step
+                s = torch.where(keep[:, None] | (g_j == 0), s, torch.sign(g_j))
+                g_a = torch.where(keep[:, None], g_a, g_j)
+                th_a = torch.where(keep, th_a, _THETAS[j])
+            self.g_prev = torch.where((lanes_ok & ~found)[:, None], samples[-1], self.g_prev)
+            self.sign = s  # found lanes keep their sign at the crossing
+            if not bool(found.any()):  # host sync: the event test, once per step
+                return None
+            if not bool(torch.isfinite(torch.where(found[:, None], g_b, 0.0)).all()):
+                raise ValueError("event_fn returned non-finite values during the solve")
+            t_l = _lane(t, self.lanes, s.device)
+            dt_l = _lane(dt, self.lanes, s.device)
+            t_new = t_l + dt_l
 
-    def _hit(self, interp: Interpolant, theta: float, index: int,
-             restep: bool = False) -> EventHit:
-        with torch.no_grad():
-            ydot = interp.derivative(theta).detach()
-        rising = bool(self.sign[index] < 0)
+            def evaluate(theta: Tensor, on: Interpolant = interp) -> Tensor:
+                return self.raw(t_l + theta * dt_l, self._at(on, theta))
+
+            eps = torch.finfo(self.layout.real_dtype).eps
+            safe_dt = torch.where(dt_l > 0, dt_l, 1.0)
+            tol = 4 * eps * torch.maximum(torch.maximum(t_l.abs(), t_new.abs()), dt_l) / safe_dt
+            theta, index = self._locate(evaluate, s, found, crossed_at, th_a, g_a, th_b, g_b,
+                                        tol)
+            precise = interp.precise
+            if precise is not None:
+                theta = self._refine(lambda th: evaluate(th, precise), samples[-1], found,
+                                     index, s, th_a, th_b, theta, tol)
+            rising = s.gather(1, index.clamp(min=0)[:, None])[:, 0] < 0
+            on = precise or interp
         # The state is evaluated outside no_grad so that it carries the loop's graph.
-        y_ev = interp.evaluate(theta)
-        step_dt = theta * interp.dt if restep else None
-        return EventHit(interp.t + theta * interp.dt, y_ev, ydot, index, rising, step_dt)
+        y_ev = self._at(on, theta)
+        end = (theta == 1.0)[:, None]
+        y_ev = torch.where(end, y_new.reshape(self.lanes, -1), y_ev)
+        t_ev = torch.where(theta == 1.0, t_new, t_l + theta * dt_l)
+        with torch.no_grad():
+            if self.field_slope or precise is not None:
+                ydot = self._field(t_ev, y_ev.detach())
+            else:
+                ydot = on.derivative(self._theta(theta)).reshape(self.lanes, -1)
+        h = self.hits
+        h.y = torch.where(found[:, None], y_ev, h.y)
+        h.ydot = torch.where(found[:, None], ydot.to(h.ydot.dtype), h.ydot)
+        h.t = torch.where(found, t_ev, h.t)
+        h.index = torch.where(found, index, h.index)
+        h.rising = torch.where(found, rising, h.rising)
+        h.found = h.found | found
+        if rec is not None:
+            sel = found.nonzero()[:, 0] if C.per_sample else None
+            rec.event = (sel, theta[found] if C.per_sample else float(theta[0]),
+                         precise is not None)
+        return found
 
-    def _refine(self, precise: Interpolant, k: int, a: float, b: float, g_end: Tensor) -> float:
-        """Locate value ``k``'s root again on the ``precise`` dense output: within the
-        bracket found on the cheap one when it still brackets there, else on the step."""
-        t, dt = precise.t, precise.dt
-        s = self.sign[k].item()
+    def _field(self, t: Tensor, y: Tensor) -> Tensor:
+        """The vector field (canonical) at the lanes' event points, ``(L, n)``."""
+        if self.clock.per_sample:
+            return self.func(t, y)
+        return self.func(float(t[0]), y.reshape(-1)).reshape(1, -1)
 
-        def evaluate(theta: float) -> list[float]:
-            return self.raw(t + theta * dt, precise.evaluate(theta)).tolist()
+    def _theta(self, theta: Tensor) -> Any:
+        return theta if self.clock.per_sample else float(theta[0])
 
-        g_a = evaluate(a) if a > 0 else self.g_prev.tolist()
-        g_b = evaluate(b) if b < 1 else g_end.tolist()
-        if not (g_a[k] * s > 0 and g_b[k] * s <= 0):
-            a, g_a, b, g_b = 0.0, self.g_prev.tolist(), 1.0, g_end.tolist()
-        tol = 4 * torch.finfo(self.layout.real_dtype).eps * max(abs(t), abs(t + dt), dt) / dt
-        return _root(evaluate, k, s, a, g_a, b, g_b, tol)[0]
-
-    def _locate(self, interp: Interpolant, a: float, g_a: Tensor, b: float, g_b: Tensor,
-                crossed: Tensor) -> tuple[float, int]:
-        """The earliest root in ``[a, b]`` among the crossing values: ``(theta, index)``."""
-        s_list = self.sign.tolist()
-        g_start = g_a.tolist()
-        g_end = g_b.tolist()
-        t, dt = interp.t, interp.dt
-        t_scale = max(abs(t), abs(t + dt), dt)
-        tol = 4 * torch.finfo(self.layout.real_dtype).eps * t_scale / dt  # in units of theta
-
-        def evaluate(theta: float) -> list[float]:
-            with torch.no_grad():
-                return self.raw(t + theta * dt, interp.evaluate(theta)).tolist()
-
-        candidates = []
-        for k in crossed.nonzero().reshape(-1).tolist():
-            fa, fb = g_start[k] * s_list[k], g_end[k] * s_list[k]
-            guess = a + (b - a) * fa / (fa - fb) if fa > fb else a
-            candidates.append((guess, k))
-        best_theta, best_g, best_k = b, g_end, candidates[0][1]
-        for _, k in sorted(candidates):
-            fb = best_g[k] * s_list[k]
-            if fb > 0:  # still on its starting side at the best root so far: crosses later
+    def _locate(self, evaluate: Callable, s: Tensor, found: Tensor, crossed_at: Tensor,
+                th_a: Tensor, g_a: Tensor, th_b: Tensor, g_b: Tensor, tol: Tensor
+                ) -> tuple[Tensor, Tensor]:
+        """The earliest root in each found lane's bracket among its crossing values."""
+        theta = torch.full_like(th_a, math.inf)
+        index = torch.full_like(self.hits.index, -1)
+        for k in range(self.k):
+            mask = found & crossed_at[:, k]
+            if not bool(mask.any()):  # host sync: per event value, on a crossing only
                 continue
-            best_theta, best_g = _root(evaluate, k, s_list[k], a, g_start, best_theta, best_g,
-                                       tol)
-            best_k = k
-        return best_theta, best_k
+            sk = s[:, k]
+            root = _root(evaluate, k, sk, th_a, g_a[:, k] * sk, th_b, g_b[:, k] * sk, tol,
+                         mask)
+            better = mask & (root < theta)
+            theta = torch.where(better, root, theta)
+            index = torch.where(better, k, index)
+        return torch.where(found, theta, 1.0), index
+
+    def _refine(self, evaluate: Callable, g_end: Tensor, found: Tensor, index: Tensor,
+                s: Tensor, th_a: Tensor, th_b: Tensor, theta: Tensor, tol: Tensor) -> Tensor:
+        """Locate each found lane's root again on the precise (re-stepped) dense output:
+        within the bracket found on the cheap one when it still brackets there, else on
+        the whole step, else keep the cheap root."""
+        k = index.clamp(min=0)[:, None]
+        sk = s.gather(1, k)[:, 0]
+        g_a = torch.where((th_a > 0)[:, None], evaluate(th_a), self.g_prev)
+        g_b = torch.where((th_b < 1)[:, None], evaluate(th_b), g_end)
+        fa, fb = g_a.gather(1, k)[:, 0] * sk, g_b.gather(1, k)[:, 0] * sk
+        inner = (fa > 0) & (fb <= 0)
+        whole_a = self.g_prev.gather(1, k)[:, 0] * sk
+        whole_b = g_end.gather(1, k)[:, 0] * sk
+        whole = ~inner & (whole_a > 0) & (whole_b <= 0)
+        a = torch.where(inner, th_a, 0.0)
+        b = torch.where(inner, th_b, 1.0)
+        fa = torch.where(inner, fa, whole_a)
+        fb = torch.where(inner, fb, whole_b)
+        out = theta
+        for j in range(self.k):
+            mask = found & (index == j) & (inner | whole)
+            if bool(mask.any()):  # host sync: per event value, on a crossing only
+                root = _root(evaluate, j, sk, a, fa, b, fb, tol, mask)
+                out = torch.where(mask, root, out)
+        return out
 
 
-def _root(evaluate: Callable[[float], list[float]], k: int, s: float, a: float,
-          g_a: list[float], b: float, g_b: list[float], tol: float,
-          ) -> tuple[float, list[float]]:
+def _lane(x: Any, lanes: int, device: torch.device) -> Tensor:
+    if isinstance(x, Tensor):
+        return x
+    return torch.full((lanes,), float(x), dtype=torch.float64, device=device)
+
+
+def _root(evaluate: Callable[[Tensor], Tensor], k: int, s: Tensor, a: Tensor, fa: Tensor,
+          b: Tensor, fb: Tensor, tol: Tensor, mask: Tensor) -> Tensor:
     """First point of ``[a, b]`` where ``s * g_k`` stops being positive (positive at ``a``,
-    ``<= 0`` at ``b``).
+    ``<= 0`` at ``b``), for every lane in ``mask`` at once.
 
     Illinois regula falsi while the end value is negative (a bracket that has not halved
     within two iterations is bisected, so the width shrinks at least geometrically);
     bisection on the sign when it is exactly zero, so that a function that is zero on a
     whole interval is located where it first reaches zero. Returns the bracket end on the
-    positive side with the event values there (``b`` when ``a`` never moved: the root lies
-    within ``tol`` of the bracket's start).
+    positive side (``b`` when ``a`` never moved: the root lies within ``tol`` of the
+    bracket's start).
     """
-    fa, fb = g_a[k] * s, g_b[k] * s
     a0 = a
-    side = 0
-    width_ref = b - a
-    stalled = 0
+    side = torch.zeros_like(a)
+    width = b - a
+    stalled = torch.zeros_like(a)
     for _ in range(_MAX_ROOT_ITERS):
-        if b - a <= tol:
+        live = mask & (b - a > tol)
+        if not bool(live.any()):  # host sync: once per root iteration
             break
-        if fb == 0 or stalled >= 2:
-            c = 0.5 * (a + b)
-        else:
-            c = b - fb * (b - a) / (fb - fa)
-            if not (a < c < b):
-                c = 0.5 * (a + b)
-        g_c = evaluate(c)
-        fc = g_c[k] * s
-        if not math.isfinite(fc):
-            raise ValueError(f"event_fn returned a non-finite value while locating a root: {fc}")
-        if fc > 0:
-            a, fa, g_a = c, fc, g_c
-            if side == 1:
-                fb *= 0.5
-            side = 1
-        else:
-            b, fb, g_b = c, fc, g_c
-            if side == -1:
-                fa *= 0.5
-            side = -1
-        if b - a <= 0.5 * width_ref:
-            width_ref, stalled = b - a, 0
-        else:
-            stalled += 1
-    if a == a0:
-        return b, g_b
-    return a, g_a
-
-
-def _check_event_output(out: Any) -> None:
-    if not isinstance(out, Tensor):
-        raise TypeError(f"event_fn(t, y) must return a tensor, got {type(out).__name__}")
-    if not out.is_floating_point():
-        raise TypeError(f"event_fn(t, y) must return a real floating tensor, got {out.dtype}")
-    if out.numel() == 0:
-        raise ValueError("event_fn(t, y) returned an empty tensor; return one value per event")
+        denom = fb - fa
+        c_rf = b - fb * (b - a) / torch.where(denom != 0, denom, 1.0)
+        bisect = (fb == 0) | (stalled >= 2) | ~((a < c_rf) & (c_rf < b)) | (denom == 0)
+        c = torch.where(bisect, 0.5 * (a + b), c_rf)
+        c = torch.where(live, c, a)
+        fc = evaluate(c)[:, k] * s
+        if not bool(torch.isfinite(torch.where(live, fc, 0.0)).all()):
+            raise ValueError("event_fn returned a non-finite value while locating a root")
+        up = live & (fc > 0)
+        down = live & ~(fc > 0)
+        fb = torch.where(up & (side == 1), 0.5 * fb, fb)
+        fa = torch.where(down & (side == -1), 0.5 * fa, fa)
+        a = torch.where(up, c, a)
+        fa = torch.where(up, fc, fa)
+        b = torch.where(down, c, b)
+        fb = torch.where(down, fc, fb)
+        side = torch.where(up, 1.0, torch.where(down, -1.0, side))
+        halved = (b - a) <= 0.5 * width
+        width = torch.where(live & halved, b - a, width)
+        stalled = torch.where(live, torch.where(halved, 0.0, stalled + 1), stalled)
+    return torch.where(a == a0, b, a)
 
 
 def direction_tensor(direction: Any, n: int, like: Tensor) -> Tensor:
     """``event_direction`` as one value per event value: ``+1`` rising, ``-1`` falling,
-    ``0`` both (shared by the joint and the per-sample event solves)."""
+    ``0`` both."""
     if isinstance(direction, Tensor):
         values = direction.detach().reshape(-1).tolist()
     elif isinstance(direction, (list, tuple)):
@@ -280,6 +348,5 @@ def direction_tensor(direction: Any, n: int, like: Tensor) -> Tensor:
     if len(values) != n or any(v not in (-1, 0, 1) for v in values):
         raise ValueError(
             f"event_direction must be -1 (falling), 0 (either) or +1 (rising), one value or "
-            f"one per value of event_fn ({n}); got {direction!r}"
-        )
+            f"one per value of event_fn ({n}); got {direction!r}")
     return torch.tensor(values, dtype=like.dtype, device=like.device)

@@ -1,479 +1,460 @@
-"""The stepping loops: adaptive (accept/reject with a controller) and fixed grid.
+"""The one stepping loop: adaptive and fixed-grid, joint and per-sample.
 
-Both produce the outputs at the requested times from the method's dense output (never by
-extra steps), count steps, and stop with a clear :class:`~odeflow.stats.SolveError` on
-too many steps, step-size underflow or non-finite values. Solvers never loop and
-controllers never evaluate ``func``; this module owns the loop and nothing else.
+A solve advances one lane (joint) or ``B`` lanes (per sample); the clock
+(:mod:`odeflow.lanes`) holds the time arithmetic, so this loop is written once. Each
+iteration makes one attempt per unfinished lane, accepts or rejects it (a fixed grid
+accepts every step), writes the output times it passed from the method's dense output
+(never by extra steps), and stops a lane with a status on too many steps, step-size
+underflow or non-finite values. Solvers never loop and controllers never evaluate
+``func``; this module owns the loop and nothing else.
+
+A fixed grid is the same loop with every grid point a stop, an infinite step size (each
+attempt lands on the next stop) and no error test; ``perturb`` makes every grid point a
+jump (``f`` evaluated one ulp to each side). Host synchronisation: a joint solve reads its
+error norm once per attempt; a per-sample solve reads one small vector of decisions per
+iteration (plus one per output pass); a fixed grid has none per step.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .controllers import initial_step
+from .controllers import PIDController, initial_step
 from .interp import HermiteInterpolant, LinearInterpolant, hermite, linear
 from .norms import rms_norm
-from .options import DEFAULT_MAX_NUM_STEPS, make_controller, max_steps, positive_float
 from .problem import Problem
-from .solvers import MethodSpec
-from .solvers.scipy_bridge import integrate_scipy
-from .stats import SolveError, SolveStats, Status
+from .stats import SolveStats, Status
 
-__all__ = [
-    "LoopResult", "StepRecord", "integrate_adaptive", "integrate_fixed", "make_controller",
-    "run_loop", "DEFAULT_MAX_NUM_STEPS",
-]
+__all__ = ["LoopConfig", "LoopResult", "StepRecord", "integrate", "FAILURES", "Hooks"]
 
-
-
-def run_loop(problem: Problem, spec: MethodSpec, *, record_steps: bool = False,
-             event: Any = None, callback_suffix: str = "") -> LoopResult:
-    """Run the loop of ``spec``'s family on ``problem`` (under whatever grad mode is active).
-
-    ``event`` is an :class:`~odeflow.event_location.EventLocator` (or ``None``).
-    ``problem.dense_sink``, when a list, receives each accepted step's detached
-    interpolant; ``problem.progress`` is updated after each accepted step and closed at
-    the end, whatever the outcome.
-    """
-    if problem.progress is None:
-        return _run_loop(problem, spec, record_steps, event, callback_suffix)
-    result = None
-    try:
-        result = _run_loop(problem, spec, record_steps, event, callback_suffix)
-        return result
-    finally:
-        t_last = result.t_last if result is not None else problem.t_out[0]
-        n = result.stats.n_accepted if result is not None else 0
-        problem.progress.close(t_last, n)
-
-
-def _run_loop(problem: Problem, spec: MethodSpec, record_steps: bool, event: Any,
-              callback_suffix: str) -> LoopResult:
-    dense = problem.dense_sink
-    if spec.external:
-        if record_steps or event is not None or dense is not None:
-            raise ValueError("method='scipy_solver' supports neither gradient='checkpoint', "
-                             "event_fn nor dense=True; use an odeflow method")
-        ys, stats = integrate_scipy(problem)
-        return LoopResult(ys, stats, problem.t_out[-1], ys[-1])
-    stepper = spec.build(problem.options, problem.rtol, problem.atol)
-    if problem.options.get("per_sample", False):
-        # solve() routes per-sample problems to odeflow.per_sample before any joint loop.
-        raise ValueError("options['per_sample'] problems are solved by odeflow.per_sample, "
-                         "not by the joint loops")
-    if spec.adaptive:
-        return integrate_adaptive(problem, stepper, record_steps=record_steps, event=event,
-                                  callback_suffix=callback_suffix)
-    return integrate_fixed(problem, stepper, record_steps=record_steps, event=event,
-                           callback_suffix=callback_suffix)
+#: The statuses that make a lane a failure (``NO_EVENT`` is an outcome, not a failure).
+FAILURES = (Status.MAX_STEPS_REACHED, Status.STEP_SIZE_UNDERFLOW, Status.NONFINITE)
+_CALLBACKS = ("callback_step", "callback_accept_step", "callback_reject_step")
 
 
 @dataclass(frozen=True)
-class StepRecord:
-    """An accepted step, kept by the checkpointed gradient to replay it under autograd."""
+class LoopConfig:
+    """What the loop reads besides the problem, validated once by ``solve``.
 
-    t: float
-    dt: float  # the step size used (t + dt may differ from t_new by rounding)
-    t_new: float
+    ``stops``/``stop_jump``: canonical stop times of each lane, ending with its end time
+    (a list of floats and of flags for one lane, ``(B, K)`` tensors per sample, ``inf``
+    padded); the loop lands exactly on each. ``adaptive=False`` is a fixed grid: ``stops``
+    is the grid.
+    """
+
+    adaptive: bool
+    controller: PIDController | None
+    max_num_steps: int
+    min_step: float
+    max_step: float
+    first_step: float | None
+    stops: Any
+    stop_jump: Any
+    perturb: bool = False  # fixed grid: f one-sided at every grid point
+    interp: str = "linear"  # fixed grid: the outputs' interpolant
+    callbacks: tuple = (None, None, None)
+    record: bool = False  # keep a StepRecord per iteration (checkpointed gradient)
+    fsal: bool = True  # reuse the last stage as the next first one
+    compile: bool = False  # per sample: torch.compile the no-grad stage loop
+
+
+@dataclass
+class Hooks:
+    """Optional observers of the loop (``None`` costs nothing)."""
+
+    event: Any = None  # event_location.EventLocator
+    dense: list | None = None  # receives (detached interpolant, accepted mask) per step
+    progress: Any = None  # progress.Progress
+    stage_hook: Callable | None = None  # stage_hook(accepted, dt) after each decision
+    skip: Tensor | None = None  # (B,) lanes not to solve (they keep y0)
+
+
+@dataclass
+class StepRecord:
+    """One iteration, kept by the checkpointed gradient to replay it under autograd.
+
+    ``dt`` is 0 for lanes that did not accept (one lane: only accepted steps are kept).
+    ``outputs`` lists ``(lanes, output index, theta)`` written from this step, ``event``
+    ``(lanes, theta, restep)`` of an event located in it.
+    """
+
+    t: Any
+    dt: Any
+    t_new: Any
     y: Tensor
-    jump_after: bool  # f at the step's end was re-evaluated (a jump_t point)
+    ok: Any
+    f0_side: Any  # f0 evaluated right of a jump (+1), else 0 / None
+    last_side: Any  # the c = 1 stages left of a jump (-1), else 0 / None
+    outputs: list = field(default_factory=list)
+    event: Any = None
 
 
 @dataclass
 class LoopResult:
-    """Outputs of a loop: flat states at the reached output times, and statistics."""
+    """Outputs of the loop: states at the reached output times, and statistics."""
 
-    ys: list[Tensor]
+    ys: Any  # list of flat states (one lane) or (T, B, n) with nan where not reached
     stats: SolveStats
-    t_last: float
+    t_last: Any
     y_last: Tensor
-    steps: list[StepRecord] | None = None
+    status: Any  # Status code(s) per lane
+    lanes: Any = None  # per sample: (status, n_steps, n_accepted, n_rejected) tensors
+    records: list[StepRecord] | None = None
     event: Any = None
-    pieces: list | None = None  # the dense output kept for a stiff adjoint (events.py)
 
 
-def _canonical_times(problem: Problem, name: str) -> list[float]:
-    value = problem.options.get(name)
-    if value is None:
-        return []
-    if isinstance(value, Tensor):
-        values = value.detach().reshape(-1).to("cpu", torch.float64).tolist()
-    else:
-        try:
-            values = [float(v) for v in value]
-        except TypeError:
-            raise TypeError(
-                f"options['{name}'] must be a 1-D tensor or sequence of times"
-            ) from None
-    t0, t1 = problem.t_out[0], problem.t_out[-1]
-    return sorted(x for x in (problem.sign * v for v in values) if t0 < x < t1)
+class FixedGridSteps:
+    """A fixed-grid stepper as the loop sees it: the method's steps, with the outputs'
+    interpolant chosen by ``options["interp"]`` (linear, or cubic Hermite from the step's
+    end derivatives)."""
+
+    def __init__(self, stepper: Any, interp: str):
+        self.stepper = stepper
+        self.cubic = interp == "cubic"
+        self.order = stepper.order if hasattr(stepper, "order") else 1
+        self.error_order = 1
+        self.steps_to_outputs = False
+        self.needs_f_end_for_dense = self.cubic
+        self.fsal = False
+
+    def workspace(self, y0: Tensor) -> Any:
+        return self.stepper.workspace(y0)
+
+    def init(self, y0: Tensor) -> Any:
+        return self.stepper.init(y0)
+
+    def step(self, *args: Any, **kwargs: Any) -> Any:
+        return self.stepper.step(*args, **kwargs)
+
+    def interpolant(self, t, dt, y, y_new, stages, f_new, f=None):
+        if self.cubic:
+            return HermiteInterpolant(t, dt, y, y_new, stages[0], f_new)
+        return LinearInterpolant(t, dt, y, y_new)
+
+    def f_end(self, f: Any, t_new: Any, y_new: Tensor, result: Any) -> Tensor:
+        return f(t_new, y_new)
+
+    def dense_interpolant(self, t, dt, y, y_new, stages, f_new):
+        return HermiteInterpolant(t, dt, y, y_new, stages[0], f_new)
+
+    def interpolate(self, y, y_new, dt, stages, f_new, theta, ws):
+        if self.cubic:
+            return hermite(y, y_new, stages[0], f_new, dt, theta)
+        return linear(y, y_new, theta)
 
 
-def _callbacks(problem: Problem, suffix: str = "") -> tuple:
-    func = problem.user_func
-    names = ("callback_step", "callback_accept_step", "callback_reject_step")
-    return tuple(getattr(func, n + suffix, None) for n in names)
+def callbacks(problem: Problem, suffix: str = "") -> tuple:
+    """The user's step callbacks (``callback_step``, ``..._accept_step``,
+    ``..._reject_step``; ``suffix="_adjoint"`` for a backward solve)."""
+    return tuple(getattr(problem.user_func, n + suffix, None) for n in _CALLBACKS)
 
 
-def _fail(problem: Problem, status: Status, t: float, detail: str, stats: SolveStats,
-          ys: list[Tensor]) -> SolveError:
-    """The error of a failed loop, carrying complete statistics and the outputs reached."""
-    stats.status = status
-    stats.message = f"{status.message} t={problem.user_time(t)!r}. {detail}".strip()
-    stats.nfe = problem.func.nfe
-    err = SolveError(status, problem.user_time(t), detail, stats)
-    err.partial_ys = list(ys)
-    return err
+def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
+              hooks: Hooks | None = None) -> LoopResult:
+    """Run the loop on ``problem`` (under whatever grad mode is active).
 
-
-def integrate_adaptive(
-    problem: Problem,
-    solver: Any,
-    *,
-    record_steps: bool = False,
-    event: Any = None,
-    callback_suffix: str = "",
-) -> LoopResult:
-    """Adaptive loop with dense output at ``problem.t_out``.
-
-    Raises:
-        SolveError: on too many steps, step-size underflow or non-finite values.
+    Lanes that fail stop with their status (the others go on); the caller decides what a
+    failure means (``odeint.py`` raises or returns the partial solution).
     """
-    opts = problem.options
+    hooks = hooks or Hooks()
+    C = problem.clock
     f = problem.func
-    t_out = problem.t_out
-    n_out = len(t_out)
-    t0, t_end = t_out[0], t_out[-1]
+    shared = not C.per_sample
     y = problem.y0
+    grid = C.grid
+    n_out = C.n_out
     stats = SolveStats()
-    ys = [y]
-    steps: list[StepRecord] | None = [] if record_steps else None
-    if n_out == 1:
-        return LoopResult(ys, stats, t0, y, steps)
-
-    controller = make_controller(opts)
-    max_num_steps = max_steps(opts)
-    min_step = positive_float(opts, "min_step", None, allow_zero=True) or 0.0
-    max_step = positive_float(opts, "max_step", None) or math.inf
-    first_step = positive_float(opts, "first_step", None)
-    rtol, atol, norm = problem.rtol, problem.atol, problem.norm
-    k = solver.error_order + 1
-    ws = None if torch.is_grad_enabled() else solver.workspace(y)
-    cb_step, cb_accept, cb_reject = _callbacks(problem, callback_suffix)
-    dense, progress = problem.dense_sink, problem.progress
-
-    f0 = f.checked(t0, y)
-    if not bool(torch.isfinite(f0).all()):  # host sync: once per solve
-        raise _fail(problem, Status.NONFINITE, t0, "func(t0, y0) is not finite.", stats, ys)
-    if first_step is None:
-        dt = initial_step(f, t0, y, f0, solver.error_order, rtol, atol, norm)
+    t = C.t0
+    t_end = C.t_end
+    status = C.full(int(Status.SUCCESS))
+    n_steps, n_acc, n_rej = C.full(0), C.full(0), C.full(0)
+    if shared:
+        ys: Any = [y]
     else:
-        dt = first_step
-    dt = min(max(dt, min_step), max_step)
+        ys = y.new_full((n_out, *y.shape), math.nan)
+        ys[0] = y
+    records: list[StepRecord] | None = [] if cfg.record else None
 
-    jumps = _canonical_times(problem, "jump_t")
-    stop_set = set(_canonical_times(problem, "step_t")) | set(jumps) | {t_end}
-    if solver.steps_to_outputs:
-        stop_set.update(t_out[1:])
-    stops = sorted(stop_set)
-    jump_set = set(jumps)
-    f_left = (lambda tt, x: f.perturbed(tt, x, -1)) if jump_set else None
-    stop_i = 0
-    next_stop = stops[0]
-    out_i = 1
-    next_out = t_out[1]
-    ctrl = controller.init()
-    state = solver.init(y)
-    dense_needs_f_end = solver.needs_f_end_for_dense
-    t = t0
-    abs_y = y.detach().abs()
-    # The default RMS norm is computed inline: one kernel and one multiply in Python.
-    inv_sqrt_n = 1.0 / math.sqrt(max(y.numel(), 1)) if norm is rms_norm else None
-
-    # Implicit methods count their linear algebra in their state; copied out at the end.
-    counts = getattr(state, "counts", None)
-    try:
-        while True:
-            if stats.n_steps >= max_num_steps:
-                raise _fail(problem, Status.MAX_STEPS_REACHED, t,
-                            f"Raise options['max_num_steps'] (now {max_num_steps}) or loosen "
-                            "rtol/atol; a stiff problem may need an implicit method.", stats, ys)
-            # Land exactly on the next stop; stretch by at most 1% rather than leave a sliver.
-            if t + 1.01 * dt >= next_stop:
-                dt_try, t_new, landing = next_stop - t, next_stop, True
-            else:
-                dt_try, t_new, landing = dt, t + dt, False
-            if dt_try <= 4 * math.ulp(max(abs(t), abs(t_new))):
-                raise _fail(problem, Status.STEP_SIZE_UNDERFLOW, t,
-                            f"Step size {dt_try!r} is too small for t; the problem may be "
-                            "stiff or have a singularity here.", stats, ys)
-            if cb_step is not None:
-                cb_step(_ttensor(t, problem), problem.layout.unflatten(y),
-                        _ttensor(dt_try, problem))
-
-            # A step ending on a jump evaluates its last stage on the left of the jump.
-            on_jump = landing and jump_set and t_new in jump_set
-            result = solver.step(f, t, y, f0, dt_try, state, ws,
-                                 f_last=f_left if on_jump else None)
-            y_new, stages = result.y_new, result.stages
-            stats.n_steps += 1
-            if not result.ok:  # the step could not be completed: reject it, shrink dt
-                ratio, abs_new = math.inf, abs_y
-            elif ws is None:
-                with torch.no_grad():
-                    ratio, abs_new = _error_ratio(result.error, abs_y, y_new, rtol, atol, norm,
-                                                  inv_sqrt_n)
-            else:
-                ratio, abs_new = _error_ratio(result.error, abs_y, y_new, rtol, atol, norm,
-                                              inv_sqrt_n)
-            accepted = ratio <= 1.0 or (dt_try <= min_step and math.isfinite(ratio))
-
-            if accepted:
-                stats.n_accepted += 1
-                is_end = landing and t_new == t_end
-                interior_out = next_out < t_new
-                f_new = None
-                if not is_end or (interior_out and dense_needs_f_end) or event is not None or (
-                        dense is not None):
-                    f_new = solver.f_end(f, t_new, y_new, result)
-                while next_out <= t_new:
-                    if next_out == t_new:
-                        ys.append(y_new)
-                    else:
-                        theta = (next_out - t) / dt_try
-                        ys.append(solver.interpolate(y, y_new, dt_try, stages, f_new, theta, ws))
-                    out_i += 1
-                    if out_i == n_out:
-                        break
-                    next_out = t_out[out_i]
-                if cb_accept is not None:
-                    cb_accept(_ttensor(t, problem), problem.layout.unflatten(y),
-                              _ttensor(dt_try, problem))
-                jump_here = landing and t_new in jump_set
-                if steps is not None:
-                    steps.append(StepRecord(t, dt_try, t_new, y, jump_here))
-                if dense is not None:
-                    dense.append(solver.interpolant(t, dt_try, y, y_new, stages, f_new,
-                                                    f).detached())
-                if progress is not None:
-                    progress.update(t_new, stats.n_accepted)
-                if event is not None:
-                    hit = event.check(solver.interpolant(t, dt_try, y, y_new, stages, f_new, f),
-                                      y_new)
-                    if hit is not None:
-                        if steps is not None and hit.step_dt is not None:
-                            # Located by re-stepping: the replay ends with that shorter step.
-                            steps[-1] = StepRecord(t, hit.step_dt, hit.t, y, False)
-                        return LoopResult(ys, stats, t_new, y_new, steps, event=hit)
-                y, abs_y, state = y_new, abs_new, result.state
-                t = t_new
-                if landing:
-                    if t_new == t_end:
-                        break
-                    stop_i += 1
-                    next_stop = stops[stop_i]
-                if jump_here:
-                    # A discontinuity: the FSAL derivative belongs to the left of it.
-                    f_new = f.perturbed(t, y, +1)
-                f0 = f_new
-            else:
-                stats.n_rejected += 1
-                if not math.isfinite(ratio) and result.ok:
-                    if not bool(torch.isfinite(stages[0]).all()):  # host sync: failure path only
-                        raise _fail(problem, Status.NONFINITE, t,
-                                    "func returned non-finite values at this time.", stats, ys)
-                if cb_reject is not None:
-                    cb_reject(_ttensor(t, problem), problem.layout.unflatten(y),
-                              _ttensor(dt_try, problem))
-                f0 = stages[0]
-                if not math.isfinite(ratio) and result.ok and (
-                        dt_try <= 16 * math.ulp(max(abs(t), 1.0)) * 1e3):
-                    raise _fail(problem, Status.NONFINITE, t,
-                                "func returned non-finite values for every step size tried.",
-                                stats, ys)
-            dt, ctrl = controller.propose(dt_try, ratio, accepted, k, ctrl)
-            dt = min(max(dt, min_step), max_step)
-        return LoopResult(ys, stats, t, y, steps)
-    finally:
+    def result(t_last: Any, y_last: Tensor, event: Any = None) -> LoopResult:
+        lanes = None if shared else (status, n_steps, n_acc, n_rej)
+        stats.n_accepted, stats.n_rejected = C.total(n_acc), C.total(n_rej)
         if counts is not None:
             counts.add_to(stats)
+        return LoopResult(ys, stats, t_last, y_last, status, lanes, records, event)
 
-
-def _error_ratio(err: Tensor, abs_y: Tensor, y_new: Tensor, rtol: float | Tensor,
-                 atol: float | Tensor, norm: Callable[[Tensor], Tensor],
-                 inv_sqrt_n: float | None) -> tuple[float, Tensor]:
-    """``norm(err / (atol + rtol max(|y|, |y_new|)))`` as a float, and ``|y_new|`` for reuse."""
-    abs_new = y_new.detach().abs()
-    scaled = err.div_(torch.maximum(abs_y, abs_new).mul_(rtol).add_(atol))
-    if inv_sqrt_n is not None:
-        # host sync: the accept/reject decision
-        return torch.linalg.vector_norm(scaled).item() * inv_sqrt_n, abs_new
-    return float(norm(scaled)), abs_new  # host sync: the accept/reject decision
-
-
-def _ttensor(value: float, problem: Problem) -> Tensor:
-    return torch.tensor(problem.sign * value, dtype=problem.layout.real_dtype,
-                        device=problem.layout.device)
-
-
-# -------------------------------------------------------------------------------- fixed grid
-def make_grid(problem: Problem, lazy: bool = False) -> Iterator[float]:
-    """The canonical time grid of a fixed-grid solve (increasing Python floats).
-
-    ``lazy`` (event searches): a ``step_size`` grid is generated step by step, so that the
-    search's far end time needs no list; :func:`integrate_fixed` bounds it by
-    ``max_num_steps``.
-    """
-    opts = problem.options
-    t_out = problem.t_out
-    t0, t1 = t_out[0], t_out[-1]
-    step_size = opts.get("step_size")
-    constructor = opts.get("grid_constructor")
-    max_num_steps = max_steps(opts)
-    if step_size is not None and constructor is not None:
-        raise ValueError("options: give step_size or grid_constructor, not both")
-    if step_size is not None:
-        h = positive_float(opts, "step_size", None)
-        assert h is not None
-        # A tolerance of 1e-9 steps keeps (t1 - t0) / h = 10.000000000000002 from adding a
-        # sliver step.
-        n = max(1, math.ceil((t1 - t0) / h - 1e-9))
-        if lazy:
-            return _lazy_grid(t0, t1, h, n)
-        if n > max_num_steps:
-            raise ValueError(
-                f"options['step_size']={h!r} needs {n} steps over the time span, more than "
-                f"max_num_steps={max_num_steps}; raise options['max_num_steps'] to allow it"
-            )
-        return iter([t0 + i * h for i in range(n)] + [t1])
-    if lazy:
-        raise ValueError("event_fn with a fixed-grid method needs options['step_size'] (the "
-                         "search has no end time to build a grid on)")
-    if constructor is not None:
-        return iter(_constructed_grid(problem, constructor, max_num_steps))
-    return iter(t_out)
-
-
-def _lazy_grid(t0: float, t1: float, h: float, n: int) -> Iterator[float]:
-    for i in range(n):
-        yield t0 + i * h
-    yield t1
-
-
-def _constructed_grid(problem: Problem, constructor: Any, max_num_steps: int) -> list[float]:
-    """``grid_constructor(func, y0, t)`` called with the user's own ``func``, ``y0`` and ``t``
-    (a decreasing ``t`` stays decreasing); its grid is returned in canonical time."""
-    if not callable(constructor):
-        raise TypeError("options['grid_constructor'] must be callable(func, y0, t)")
-    t0, t1 = problem.t_out[0], problem.t_out[-1]
-    t_user = torch.tensor([problem.user_time(x) for x in problem.t_out],
-                          dtype=problem.t.dtype if problem.t.is_floating_point()
-                          else torch.float64)
-    grid = constructor(problem.user_func, problem.layout.unflatten(problem.y0), t_user)
-    if not isinstance(grid, Tensor) or grid.ndim != 1 or grid.numel() < 2:
-        raise ValueError("options['grid_constructor'] must return a 1-D tensor of >= 2 times")
-    values = [problem.sign * v for v in grid.detach().to("cpu", torch.float64).tolist()]
-    if any(b <= a for a, b in zip(values, values[1:])):
-        raise ValueError("options['grid_constructor'] must return times strictly monotone in "
-                         "the direction of t")
-    scale0, scale1 = 1e-6 * max(1.0, abs(t0)), 1e-6 * max(1.0, abs(t1))
-    if abs(values[0] - t0) > scale0 or abs(values[-1] - t1) > scale1:
-        raise ValueError(
-            f"options['grid_constructor'] must return a grid from t[0]={problem.user_time(t0)} "
-            f"to t[-1]={problem.user_time(t1)}, got {grid[0].item()} .. {grid[-1].item()}"
-        )
-    values[0], values[-1] = t0, t1
-    if len(values) - 1 > max_num_steps:
-        raise ValueError(f"the grid has {len(values) - 1} steps, more than max_num_steps")
-    return values
-
-
-def integrate_fixed(problem: Problem, solver: Any, *, record_steps: bool = False,
-                    event: Any = None, callback_suffix: str = "") -> LoopResult:
-    """Fixed-grid loop: one step per grid interval, outputs by linear or cubic interpolation.
-
-    ``callback_step`` runs once per step; with ``event``, the root is located on each
-    step's interpolant (linear or cubic, as ``options["interp"]``).
-    """
-    opts = problem.options
-    interp = opts.get("interp", "linear")
-    if interp not in ("linear", "cubic"):
-        raise ValueError(f"options['interp'] must be 'linear' or 'cubic', got {interp!r}")
-    perturb = bool(opts.get("perturb", False))
-    f = problem.func
-    t_out = problem.t_out
-    n_out = len(t_out)
-    y = problem.y0
-    stats = SolveStats()
-    ys = [y]
-    steps: list[StepRecord] | None = [] if record_steps else None
+    counts = None
     if n_out == 1:
-        return LoopResult(ys, stats, t_out[0], y, steps)
-    max_num_steps = max_steps(opts)
-    grid = make_grid(problem, lazy=event is not None)
-    cb_step = _callbacks(problem, callback_suffix)[0]
-    dense, progress = problem.dense_sink, problem.progress
-    ws = None if torch.is_grad_enabled() else solver.workspace(y)
-    state = solver.init(y)
-    f_last: Callable | None = (lambda t, x: f.perturbed(t, x, -1)) if perturb else None
-    out_i, next_out = 1, t_out[1]
-    t = next(grid)
-    f0 = f.perturbed(t, y, +1) if perturb else f.checked(t, y)
-    for t_new in grid:
-        if stats.n_steps >= max_num_steps:
-            raise _fail(problem, Status.MAX_STEPS_REACHED, t,
-                        f"Raise options['max_num_steps'] (now {max_num_steps}) or check "
-                        "event_fn.", stats, ys)
-        dt = t_new - t
-        if f0 is None:
-            f0 = f.perturbed(t, y, +1) if perturb else f(t, y)
+        return result(t, y)
+    stops, stop_jump = cfg.stops, cfg.stop_jump
+    stop_idx, out_idx = C.full(0), C.full(1)
+    any_jumps = stop_jump is not None
+    cb_step, cb_accept, cb_reject = cfg.callbacks
+    event, dense, progress = hooks.event, hooks.dense, hooks.progress
+    adaptive, fsal_loop = cfg.adaptive, cfg.fsal
+    min_step, max_step, max_num_steps = cfg.min_step, cfg.max_step, cfg.max_num_steps
+    ws = None if torch.is_grad_enabled() else stepper.workspace(y)
+    state = stepper.init(y)
+    counts = getattr(state, "counts", None)  # implicit methods count their linear algebra
+    fsal = fsal_loop and getattr(stepper, "fsal", False)
+    rtol, atol, norm = problem.rtol, problem.atol, problem.norm
+    # The default RMS norm of one lane is computed inline: one kernel and a multiply.
+    inv_sqrt_n = 1.0 / math.sqrt(max(y.numel(), 1)) if (shared and norm is rms_norm) else None
+    k = stepper.error_order + 1
+
+    active = C.full(True)
+    if hooks.skip is not None:
+        active = active & ~hooks.skip
+    f0_side: Any = C.full(0) if any_jumps and not shared else 0
+    f0 = f.perturbed(t, y, +1) if cfg.perturb else f.checked(t, y)
+    finite0 = C.rows_finite(f0)  # host sync: once per solve
+    if hooks.skip is not None:
+        finite0 = finite0 | hooks.skip
+    status = C.where(finite0, status, int(Status.NONFINITE))
+    active = active & finite0
+    if not adaptive:
+        dt = C.full(math.inf)
+    elif cfg.first_step is not None:
+        dt = C.full(cfg.first_step)
+    else:
+        dt = initial_step(f, t, y, f0, stepper.error_order, rtol, atol, norm)
+    dt = C.clip(dt, min_step, max_step)
+    ctrl = cfg.controller.init(C) if adaptive else None
+    if cfg.compile and ws is not None and not shared:
+        step = compiled_step(stepper, f)
+    else:
+        step = stepper.step
+    # A fixed grid keeps cubic Hermite as its dense output whatever its outputs' interpolant.
+    dense_piece = getattr(stepper, "dense_interpolant", None)
+    left = C.flags(active)[0]  # host sync: once per solve
+    while left:
+        if not fsal_loop:
+            f0 = f.perturbed(t, y, f0_side) if (f0_side if shared else any_jumps) else f(t, y)
+        over = active & (n_steps >= max_num_steps)
+        status = C.where(over, int(Status.MAX_STEPS_REACHED), status)
+        active = active & C.not_(over)
+        next_stop = C.gather(stops, stop_idx)
+        land = t + 1.01 * dt >= next_stop  # stretch by at most 1% rather than leave a sliver
+        t_new = C.where(land, next_stop, t + dt)
+        dt_try = C.where(land, next_stop - t, dt)
+        under = active & (dt_try <= 4 * C.ulp(C.abs_max(t, t_new)))
+        status = C.where(under, int(Status.STEP_SIZE_UNDERFLOW), status)
+        active = active & C.not_(under)
+        if not shared:
+            dt_try = torch.where(active, dt_try, 0.0)
+        elif not active:
+            break
+        on_jump = (land & active & C.gather(stop_jump, stop_idx)) if any_jumps else False
+        last_side = -on_jump.long() if not shared and any_jumps else (-1 if on_jump else 0)
+        f_last = None
+        if cfg.perturb:
+            f_last = _left_of(f, -1)
+        elif on_jump if shared else any_jumps:
+            f_last = _left_of(f, -1 if shared else last_side)
         if cb_step is not None:
-            cb_step(_ttensor(t, problem), problem.layout.unflatten(y), _ttensor(dt, problem))
-        result = solver.step(f, t, y, f0, dt, state, ws, with_error=False, f_last=f_last)
-        y_new, state = result.y_new, result.state
+            cb_step(C.user_time(t), problem.layout.unflatten(y), C.user_time(dt_try))
+        res = step(f, t, y, f0, dt_try, state, ws, with_error=adaptive, f_last=f_last)
+        y_new, stages = res.y_new, res.stages
+        if adaptive:
+            ratio = _error_ratio(C, res, y, y_new, rtol, atol, norm, inv_sqrt_n, ws)
+            finite = C.isfinite(ratio)
+            ok = active & ((ratio <= 1.0) | ((dt_try <= min_step) & finite))
+        else:
+            ratio, finite, ok = C.full(0.0), C.full(True), active
+        bad = active & C.not_(ok)
+        n_steps = n_steps + active
+        n_acc = n_acc + ok
+        n_rej = n_rej + bad
         stats.n_steps += 1
-        stats.n_accepted += 1
+        # A non-finite error: the lane fails if f0 itself is not finite, or the step is tiny.
+        if shared:
+            dead = bad and not finite and res.ok and (
+                not C.rows_finite(stages[0]) or dt_try <= 16e3 * math.ulp(max(abs(t), 1.0)))
+        else:
+            dead = bad & ~finite & (~torch.isfinite(f0).all(-1)
+                                    | (dt_try <= 16e3 * C.ulp(torch.clamp(t.abs(), min=1.0))))
+        status = C.where(dead, int(Status.NONFINITE), status)
+        done = ok & land & (t_new == t_end)
+        next_out = C.gather(grid, C.clip(out_idx, 0, n_out - 1))
+        hit = ok & (out_idx < n_out) & (next_out <= t_new)
+        still = active & C.not_(done) & C.not_(dead)
+        any_hit, any_left, any_ok, any_overflow = C.flags(
+            hit, still, ok, (active & C.not_(finite)) if not shared else False)
+        if any_overflow and y_new.requires_grad:
+            # A rejected trial overflowed: its infinities would turn the zero gradient that
+            # torch.where sends them into nan. Redo the step without those lanes' trials.
+            res = step(f, t, y, f0, torch.where(finite, dt_try, 0.0), state, ws,
+                       with_error=adaptive, f_last=f_last)
+            y_new, stages = res.y_new, res.stages
+        if hooks.stage_hook is not None:
+            hooks.stage_hook(ok, dt_try)
+        rec = None
+        if records is not None and any_ok:
+            rec = StepRecord(t, C.where(ok, dt_try, 0.0), t_new, y, ok, f0_side, last_side)
+            records.append(rec)
         f_new = None
-        if ((next_out < t_new or event is not None) and interp == "cubic") or dense is not None:
-            f_new = f.perturbed(t_new, y_new, +1) if perturb else f(t_new, y_new)
-        while next_out <= t_new:
+        interior = any_hit and (not shared or C.gather(grid, out_idx) != t_new)
+        if any_ok and ((any_left and fsal_loop) or (interior and stepper.needs_f_end_for_dense)
+                       or event is not None or dense is not None):
+            if fsal:
+                f_new = stages[-1]
+            elif cfg.perturb:
+                f_new = f.perturbed(t_new, y_new, +1)
+            else:
+                f_new = stepper.f_end(f, t_new, y_new, res)
+        if any_hit:
+            out_idx = _write_outputs(C, stepper, ys, out_idx, hit, grid, t, t_new, dt_try, y,
+                                     y_new, stages, f_new, ws, rec, n_out)
+        if any_ok and cb_accept is not None:
+            cb_accept(C.user_time(t), problem.layout.unflatten(y), C.user_time(dt_try))
+        if cb_reject is not None and C.flags(bad)[0]:
+            cb_reject(C.user_time(t), problem.layout.unflatten(y), C.user_time(dt_try))
+        interp = None
+        if any_ok and (dense is not None or event is not None):
+            interp = stepper.interpolant(t, dt_try, y, y_new, stages, f_new, f)
+        if dense is not None and any_ok:
+            piece = interp if dense_piece is None else dense_piece(t, dt_try, y, y_new, stages,
+                                                                   f_new)
+            dense.append((piece.detached(), ok if shared else ok.clone()))
+        if progress is not None and any_ok:
+            progress.update(t_new if shared else torch.where(ok, t_new, t), stats.n_steps)
+        if event is not None and any_ok:
+            ended = event.check(interp, y_new, ok, rec)
+            if shared:
+                if ended is not None:
+                    status = int(Status.EVENT)
+                    return result(t_new, y_new, ended)
+            elif ended is not None:
+                status = torch.where(ended, int(Status.EVENT), status)
+                still = still & ~ended
+                any_left = C.flags(still)[0]  # host sync: on an event only
+        if any_jumps and f_new is not None:
+            # A discontinuity: the FSAL derivative belongs to the left of it.
+            right = ok & on_jump
+            if shared:
+                if right:
+                    f_new = f.perturbed(t_new, y_new, +1)
+            elif C.flags(right)[0]:  # host sync: only on a step that ended on a jump
+                f_new = torch.where(right[:, None], f.perturbed(t_new, y_new, right.long()),
+                                    f_new)
+        if any_jumps or cfg.perturb:
+            f0_side = C.where(ok, 1 if cfg.perturb else (ok & on_jump) * 1, f0_side)
+        y = C.rows(ok, y_new, y)
+        t = C.where(ok, t_new, t)
+        if not shared or ok:
+            state = res.state
+        if fsal_loop:
+            if f_new is None:  # nothing accepted (or nothing goes on)
+                f0 = stages[0]
+            else:
+                f0 = f_new if shared else C.rows(ok, f_new, stages[0])
+        stop_idx = C.clip(stop_idx + (ok & land), 0, _n_stops(stops) - 1)
+        active = still
+        left = any_left
+        if not left:
+            break
+        if adaptive:
+            new_dt, ctrl = cfg.controller.propose(C, dt_try, ratio, ok, k, ctrl)
+            dt = C.where(active, C.clip(new_dt, min_step, max_step), dt)
+    return result(t, y)
+
+
+def _left_of(f: Any, side: Any) -> Callable:
+    """``f`` evaluated one ulp left of the time (``side``: -1, or per lane)."""
+    return lambda tt, x: f.perturbed(tt, x, side)
+
+
+def _n_stops(stops: Any) -> int:
+    if isinstance(stops, Tensor):
+        return stops.shape[1]
+    return getattr(stops, "size", None) or len(stops)
+
+
+def _error_ratio(C: Any, res: Any, y: Tensor, y_new: Tensor, rtol: Any, atol: Any,
+                 norm: Callable, inv_sqrt_n: float | None, ws: Any) -> Any:
+    """``norm(err / (atol + rtol max(|y|, |y_new|)))``: a float for one lane (the accept
+    decision's host sync), one value per lane otherwise (no sync)."""
+    if not res.ok:  # the step could not be completed: reject it, shrink dt
+        return math.inf if not C.per_sample else C.full(math.inf)
+    with torch.no_grad():
+        err = res.error
+        scale = torch.maximum(y.detach().abs(), y_new.detach().abs()).mul_(rtol).add_(atol)
+        scaled = err.div_(scale) if ws is not None else err / scale
+        if C.per_sample:
+            return norm(scaled).double()
+        if inv_sqrt_n is not None:
+            # host sync: the accept/reject decision
+            return torch.linalg.vector_norm(scaled).item() * inv_sqrt_n
+        return float(norm(scaled))  # host sync: the accept/reject decision
+
+
+def _write_outputs(C: Any, stepper: Any, ys: Any, out_idx: Any, hit: Any, grid: Any, t: Any,
+                   t_new: Any, dt: Any, y: Tensor, y_new: Tensor, stages: Any, f_new: Any,
+                   ws: Any, rec: StepRecord | None, n_out: int) -> Any:
+    """Write every output time the accepted step passed, from the step's dense output."""
+    if not C.per_sample:
+        while hit:
+            next_out = grid[out_idx]
             if next_out == t_new:
                 ys.append(y_new)
+                theta = 1.0
             else:
                 theta = (next_out - t) / dt
-                if interp == "linear":
-                    ys.append(linear(y, y_new, theta))
-                else:
-                    ys.append(hermite(y, y_new, f0, f_new, dt, theta))
-            out_i += 1
-            if out_i == n_out:
-                break
-            next_out = t_out[out_i]
-        if steps is not None:
-            steps.append(StepRecord(t, dt, t_new, y, False))
-        if dense is not None:
-            dense.append(HermiteInterpolant(t, dt, y, y_new, f0, f_new).detached())
-        if progress is not None:
-            progress.update(t_new, stats.n_accepted)
-        if event is not None:
-            step_interp = (LinearInterpolant(t, dt, y, y_new) if interp == "linear"
-                           else HermiteInterpolant(t, dt, y, y_new, f0, f_new))
-            hit = event.check(step_interp, y_new)
-            if hit is not None:
-                return LoopResult(ys, stats, t_new, y_new, steps, event=hit)
-        y, t = y_new, t_new
-        f0 = f_new
-    # Fixed-grid methods do not sync per step; check finiteness once, at the end.
-    if not bool(torch.isfinite(y).all()):  # host sync: once per solve
-        bad = next((i for i, v in enumerate(ys) if not bool(torch.isfinite(v).all())), len(ys))
-        t_bad = t_out[min(bad, n_out - 1)]
-        raise _fail(problem, Status.NONFINITE, t_bad,
-                    "The fixed-grid solution became non-finite by this output time; use a "
-                    "smaller step_size or an adaptive method.", stats, ys[:bad])
-    return LoopResult(ys, stats, t, y, steps)
+                ys.append(stepper.interpolate(y, y_new, dt, stages, f_new, theta, ws))
+            if rec is not None:
+                rec.outputs.append((None, out_idx, theta))
+            out_idx += 1
+            hit = out_idx < n_out and grid[out_idx] <= t_new
+        return out_idx
+    while True:
+        sel = C.select(hit)
+        tj = C.gather(grid, out_idx.clamp(max=n_out - 1))[sel]
+        theta = (tj - t[sel]) / dt[sel]
+        piece = stepper.interpolant(t[sel], dt[sel], y[sel], y_new[sel],
+                                    [s[sel] for s in stages],
+                                    None if f_new is None else f_new[sel])
+        value = torch.where((tj == t_new[sel])[:, None], y_new[sel], piece.evaluate(theta))
+        ys[out_idx[sel], sel] = value
+        if rec is not None:
+            rec.outputs.append((sel, out_idx[sel], theta))
+        out_idx = out_idx + hit
+        next_out = C.gather(grid, out_idx.clamp(max=n_out - 1))
+        hit = hit & (out_idx < n_out) & (next_out <= t_new)
+        if not C.flags(hit)[0]:  # host sync: once per output pass
+            return out_idx
+
+
+_COMPILED: dict[int, Callable] = {}
+
+
+def compiled_step(stepper: Any, f: Any) -> Callable:
+    """``stepper.step`` of a per-sample no-grad solve through ``torch.compile``
+    (``options["compile"]``): the stage loop becomes a few fused kernels. ``func`` is
+    called uncounted inside the compiled region (a counter in the graph would force a
+    recompile at every call) and the evaluations are counted outside."""
+    fn = _COMPILED.get(id(type(stepper)))
+    if fn is None:
+        def pure(stepper: Any, call: Callable, t: Tensor, y: Tensor, f0: Tensor, dt: Tensor,
+                 ws: Any, f_last: Callable | None) -> tuple:
+            res = type(stepper).step(stepper, call, t, y, f0, dt, None, ws, f_last=f_last)
+            return res.y_new, res.error, tuple(res.stages)
+
+        fn = _COMPILED[id(type(stepper))] = torch.compile(pure, dynamic=False)
+
+    from .solvers.base import StepResult
+
+    def uncounted(tt: Tensor, x: Tensor) -> Tensor:
+        return f._call(f.clock.user_time(tt), x)
+
+    def step(fc: Any, t: Tensor, y: Tensor, f0: Tensor, dt: Tensor, state: Any, ws: Any, *,
+             with_error: bool = True, f_last: Callable | None = None) -> Any:
+        fc.nfe += stepper.stages - 1
+        y_new, err, stages = fn(stepper, uncounted, t, y, f0, dt, ws, f_last)
+        return StepResult(y_new, err, stages, state)
+
+    return step

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["hermite", "linear", "Interpolant", "TableauInterpolant", "HermiteInterpolant",
-           "LinearInterpolant"]
+           "LinearInterpolant", "stack_pieces", "take_piece"]
 
 
 def hermite(y0: Tensor, y1: Tensor, f0: Tensor, f1: Tensor, dt: float, theta: float) -> Tensor:
@@ -139,8 +139,9 @@ class HermiteInterpolant(Interpolant):
         self.precise = precise
 
     def evaluate(self, theta: Any) -> Tensor:
-        if isinstance(theta, Tensor):  # per sample: theta and dt (B,)
-            th, h = theta[:, None].to(self.y0.dtype), self.dt[:, None].to(self.y0.dtype)
+        if isinstance(theta, Tensor) or isinstance(self.dt, Tensor):  # per lane (B,)
+            th = theta[:, None].to(self.y0.dtype) if isinstance(theta, Tensor) else theta
+            h = self.dt[:, None].to(self.y0.dtype) if isinstance(self.dt, Tensor) else self.dt
             return (self.y0 + (-2 * th**3 + 3 * th**2) * (self.y1 - self.y0)
                     + (th**3 - 2 * th**2 + th) * h * self.f0 + (th**3 - th**2) * h * self.f1)
         return hermite(self.y0, self.y1, self.f0, self.f1, self.dt, theta)
@@ -166,12 +167,65 @@ class LinearInterpolant(Interpolant):
     def __init__(self, t: float, dt: float, y0: Tensor, y1: Tensor):
         self.t, self.dt, self.y0, self.y1 = t, dt, y0, y1
 
-    def evaluate(self, theta: float) -> Tensor:
+    def evaluate(self, theta: Any) -> Tensor:
+        if isinstance(theta, Tensor):  # per lane: theta (B,)
+            return torch.lerp(self.y0, self.y1, theta.to(self.y0.dtype)[:, None])
         return linear(self.y0, self.y1, theta)
 
-    def derivative(self, theta: float) -> Tensor:
-        return (self.y1 - self.y0) / self.dt
+    def derivative(self, theta: Any) -> Tensor:
+        h = self.dt.to(self.y0.dtype)[:, None] if isinstance(self.dt, Tensor) else self.dt
+        return (self.y1 - self.y0) / h
 
     def detached(self) -> LinearInterpolant:
         return LinearInterpolant(self.t, self.dt, self.y0.detach().clone(),
                                  self.y1.detach().clone())
+
+
+# ------------------------------------------------------ per-sample dense output (gathering)
+def _fields(piece: Any) -> dict[str, Any]:
+    out = dict(getattr(piece, "__dict__", {}))
+    for cls in type(piece).__mro__:
+        for name in getattr(cls, "__slots__", ()):
+            if hasattr(piece, name):
+                out[name] = getattr(piece, name)
+    return out
+
+
+def _rebuild(like: Any, fields: dict[str, Any]) -> Any:
+    out = object.__new__(type(like))
+    for name, value in fields.items():
+        setattr(out, name, value)
+    return out
+
+
+def stack_pieces(pieces: Sequence[Any]) -> Any:
+    """Per-iteration batched interpolants -> one of the same kind whose tensors have a
+    leading iteration axis ``(I, B, ...)`` (float times become ``(I,)`` tensors)."""
+    first = pieces[0]
+    out = {}
+    for name, value in _fields(first).items():
+        values = [_fields(p)[name] for p in pieces]
+        if isinstance(value, Tensor):
+            out[name] = torch.stack(values)
+        elif isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
+            out[name] = tuple(torch.stack([v[i] for v in values]) for i in range(len(value)))
+        elif isinstance(value, Interpolant):
+            out[name] = stack_pieces(values)
+        else:
+            out[name] = value
+    return _rebuild(first, out)
+
+
+def take_piece(stacked: Any, idx: Tensor, cols: Tensor) -> Any:
+    """Lane ``cols[j]``'s interpolant of iteration ``idx[j]``, for every lane at once."""
+    out = {}
+    for name, value in _fields(stacked).items():
+        if isinstance(value, Tensor):
+            out[name] = value[idx, cols]
+        elif isinstance(value, tuple) and value and isinstance(value[0], Tensor):
+            out[name] = tuple(v[idx, cols] for v in value)
+        elif isinstance(value, Interpolant):
+            out[name] = take_piece(value, idx, cols)
+        else:
+            out[name] = value
+    return _rebuild(stacked, out)

@@ -191,7 +191,7 @@ def batched_jacobian(f: Any, t: Tensor, y: Tensor, counts: ImplicitCounts,
             return torch.func.jacrev(summed)(y, t).permute(1, 0, 2), None
         except (RuntimeError, NotImplementedError, TypeError):
             counts.no_functorch = True
-            f.counter.nfe -= 1  # the failed attempt did not finish a call
+            f.nfe -= 1  # the failed attempt did not finish a call
     with torch.enable_grad():
         y_in = y if (graph and y.requires_grad) else y.detach().requires_grad_(True)
         t_in = t.detach().requires_grad_(True) if with_time else t

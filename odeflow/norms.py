@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["rms_norm", "max_norm", "mixed_rms_norm", "segment_seminorm"]
+__all__ = ["rms_norm", "max_norm", "mixed_rms_norm", "segment_seminorm", "lane_rms",
+           "lane_norm"]
 
 Norm = Callable[[Tensor], Tensor]
 
@@ -58,6 +60,36 @@ def segment_seminorm(sizes: Sequence[int], keep: Sequence[bool]) -> Norm:
             a, b = bounds[0]
             return rms_norm(x[a:b])
         return torch.stack([rms_norm(x[a:b]) for a, b in bounds]).max()
+
+    return norm
+
+
+def lane_rms(x: Tensor) -> Tensor:
+    """RMS of each row of ``(B, n)``: the per-sample error norm."""
+    return torch.linalg.vector_norm(x, dim=-1) / math.sqrt(max(x.shape[-1], 1))
+
+
+def lane_norm(user_norm: Callable | None, layout: Any) -> Norm:
+    """The per-sample error norm ``(B, n) -> (B,)``: RMS per row (for a tuple state the
+    largest of the components' RMS, as the joint mixed norm), or the user's
+    ``options["norm"]``, which gets the batch's scaled error in ``y0``'s structure and must
+    return one value per sample."""
+    batch = layout.batch
+    if user_norm is None:
+        if not layout.is_tuple:
+            return lane_rms
+        sizes = list(layout.sizes)
+        return lambda x: torch.stack([lane_rms(p) for p in torch.split(x, sizes, dim=-1)
+                                      if p.shape[-1] > 0], -1).amax(-1)
+
+    def norm(x: Tensor) -> Tensor:
+        out = user_norm(layout.real_view(x))
+        if not isinstance(out, Tensor) or out.shape != (batch,):
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"with options['per_sample'], options['norm'] gets the scaled error "
+                             f"of the batch (y0's structure) and must return one value per "
+                             f"sample, shape ({batch},); got {got}")
+        return out
 
     return norm
 

@@ -3,28 +3,23 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from .dense import DenseOutput
-from .events import solve_event
-from .integrate import run_loop
+from .integrate import Hooks
 from .options import validate_options
-from .per_sample import solve_per_sample
-from .problem import Problem, State, check_options, make_problem
-from .progress import Progress
-from .sensitivity import GRADIENTS, find_params
-from .sensitivity.adjoint import AdjointConfig, make_adjoint_config, solve_adjoint
-from .sensitivity.checkpoint import solve_checkpoint
-from .sensitivity.time_grad import attach_output_times, shift_initial_state
+from .pipeline import run_solve
+from .problem import State, check_options, make_problem
+from .run import failure, run
+from .sensitivity import GRADIENTS
+from .sensitivity.adjoint import make_adjoint_config
 from .solution import Solution
 from .solvers import get_method, warn_unsupported_callbacks
-from .stats import SolveError, SolveStats, record_last_stats
+from .stats import record_last_stats
 
 __all__ = ["Solution", "solve", "odeint", "odeint_adjoint", "odeint_dense", "odeint_event"]
 
@@ -114,107 +109,10 @@ def solve(
         adjoint_config = make_adjoint_config(rtol, atol, method, options, adjoint_rtol,
                                              adjoint_atol, adjoint_method, adjoint_options)
     warn_unsupported_callbacks(func, spec, adjoint_config.spec if adjoint_config else None)
-    if opts.get("per_sample"):
-        return solve_per_sample(
-            func, y0, t, rtol=rtol, atol=atol, spec=spec, options=opts, event_fn=event_fn,
-            gradient=gradient, adjoint_config=adjoint_config, adjoint_params=adjoint_params,
-            event_direction=event_direction, throw=throw, dense=dense, progress=progress,
-        )
-    if event_fn is not None:
-        if dense:
-            raise ValueError("dense=True is not supported together with event_fn yet")
-        return solve_event(
-            func, y0, t, event_fn=event_fn, rtol=rtol, atol=atol, spec=spec, options=opts,
-            gradient=gradient, adjoint_config=adjoint_config, adjoint_params=adjoint_params,
-            event_direction=event_direction, throw=throw, progress=progress,
-        )
-    if event_direction is not None:
-        raise ValueError("event_direction is only meaningful together with event_fn")
-    problem = make_problem(func, y0, t, rtol, atol, spec.name, opts)
-    pieces: list | None = None
-    if dense:
-        if spec.family == "scipy" or opts.get("per_sample"):
-            raise ValueError("dense=True needs an odeflow method without options['per_sample']")
-        pieces = []
-        problem = replace(problem, dense_sink=pieces)
-    if progress:
-        problem = replace(problem, progress=Progress(problem.t_out[0], problem.t_out[-1],
-                                                     problem.sign))
-    stats = SolveStats()
-    try:
-        ys_flat = _solve_flat(problem, spec, stats, gradient, func, adjoint_config,
-                              adjoint_params)
-    except SolveError as err:
-        stats = err.stats or stats
-        stats.nfe = problem.func.nfe
-        record_last_stats(stats)
-        if throw:
-            raise
-        ys_flat = _partial_after_failure(problem, err)
-    record_last_stats(stats)
-    dense_output = DenseOutput(problem, pieces) if pieces else None
-    return Solution(problem.layout.unflatten_stacked(ys_flat), t, stats, dense=dense_output)
-
-
-def _solve_flat(problem: Problem, spec: Any, stats: SolveStats, gradient: str, func: Callable,
-                adjoint_config: AdjointConfig | None,
-                adjoint_params: Sequence[Tensor] | None) -> Tensor:
-    grad_on = torch.is_grad_enabled()
-    y0 = problem.y0
-    time_grad = grad_on and problem.t.requires_grad
-    if time_grad:
-        y0 = shift_initial_state(problem, y0)
-        problem = replace(problem, y0=y0)
-    if spec.family == "scipy" and grad_on and gradient == "direct" and (
-            y0.requires_grad or _closure_needs_grad(func)):
-        # As torchdiffeq: the solution is returned, without a graph.
-        warnings.warn(
-            "method='scipy_solver': gradients do not flow through SciPy's steps, so this "
-            "solution has no gradient; use odeint_adjoint (gradient='adjoint') to "
-            "differentiate a SciPy solve", UserWarning, stacklevel=4)
-        time_grad = False
-        with torch.no_grad():
-            result = run_loop(problem, spec)
-        _fill_stats(stats, result.stats, problem)
-        return torch.stack(result.ys)
-    if gradient == "direct" or not grad_on:
-        result = run_loop(problem, spec)
-        _fill_stats(stats, result.stats, problem)
-        ys = torch.stack(result.ys)
-    elif problem.options.get("per_sample", False):
-        raise ValueError("options['per_sample'] supports gradient='direct' only")
-    elif gradient == "checkpoint":
-        params = find_params(func, adjoint_params, gradient)
-        ys = solve_checkpoint(problem, spec, stats, y0, params)
-    else:
-        assert adjoint_config is not None
-        params = find_params(func, adjoint_params, gradient)
-        ys = solve_adjoint(problem, spec, adjoint_config, stats, y0, params)
-    if time_grad:
-        ys = attach_output_times(problem, ys, stats)
-    return ys
-
-
-def _fill_stats(stats: SolveStats, loop_stats: SolveStats, problem: Problem) -> None:
-    stats.copy_forward(loop_stats)
-    stats.nfe = problem.func.nfe
-
-
-def _closure_needs_grad(func: Callable) -> bool:
-    if isinstance(func, torch.nn.Module):
-        return any(p.requires_grad for p in func.parameters())
-    return False
-
-
-def _partial_after_failure(problem: Problem, err: SolveError) -> Tensor:
-    """Outputs for ``throw=False``: the outputs the loop reached keep their values; the
-    times after the failure are ``nan``; ``stats`` says where and why the solve stopped."""
-    n_t = len(problem.t_out)
-    out = problem.y0.detach().new_full((n_t, problem.y0.numel()), math.nan)
-    reached = getattr(err, "partial_ys", None) or [problem.y0]
-    for i, y in enumerate(reached[:n_t]):
-        out[i] = y.detach()
-    return out
+    return run_solve(func, y0, t, rtol=rtol, atol=atol, spec=spec, options=opts,
+                     event_fn=event_fn, gradient=gradient, adjoint_config=adjoint_config,
+                     adjoint_params=adjoint_params, event_direction=event_direction,
+                     throw=throw, dense=dense, progress=progress)
 
 
 def odeint(
@@ -356,18 +254,19 @@ def odeint_dense(
     opts = check_options(spec.name, options, spec.valid_options)
     validate_options(opts)
     if opts.get("per_sample"):
-        raise ValueError("odeint_dense does not support options['per_sample']")
+        raise ValueError("odeint_dense does not support options['per_sample']; use "
+                         "solve(..., dense=True)")
     first = y0 if isinstance(y0, Tensor) else y0[0]
     times = torch.stack([torch.as_tensor(v, dtype=torch.float64).reshape(()) for v in (t0, t1)])
     problem = make_problem(func, y0, times.to(first.device), rtol, atol, spec.name, opts)
-    pieces: list = []
-    problem = replace(problem, dense_sink=pieces)
+    hooks = Hooks(dense=[])
     with torch.no_grad():
-        result = run_loop(problem, spec)
-    stats = SolveStats()
-    _fill_stats(stats, result.stats, problem)
-    record_last_stats(stats)
-    return DenseOutput(problem, pieces)
+        result = run(problem, spec, hooks)[0]
+    err = failure(problem, result)
+    record_last_stats(result.stats)
+    if err is not None:
+        raise err
+    return DenseOutput(problem, hooks.dense)
 
 
 # ------------------------------------------------------------------ torchdiffeq's interface

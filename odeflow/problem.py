@@ -1,15 +1,16 @@
 """Turns what the user passed into one canonical problem, checking everything on the way.
 
-The canonical problem the loops see:
+The canonical problem the loop sees:
 
-* a flat, real, 1-D state (a tuple of tensors is concatenated; a complex state is viewed
-  as pairs of reals), restored to the user's structure at the end;
-* increasing time: a decreasing ``t`` is solved as ``-t`` with ``-func(-t, y)``;
-* time as Python floats (float64). For a float32 state the solver still accumulates
-  time in float64, because ``t + dt`` rounded to float32 drifts after many steps and can
-  stall outright once ``dt`` falls below float32's resolution of ``t``;
-* tolerances as floats or flat tensors of the state's real dtype;
-* ``func`` wrapped once, counting its evaluations (the only place NFE is counted).
+* a flat, real state (:class:`~odeflow.state.StateLayout`): ``(n,)`` for a joint solve,
+  ``(B, n)`` with ``options={"per_sample": True}``, where the leading dimension of ``y0``
+  holds ``B`` independent problems sharing ``func``;
+* increasing time: a decreasing ``t`` is solved as ``-t`` with ``-func(-t, y)`` (per
+  sample, each row of a ``(B, T)`` ``t`` has its own direction);
+* time in float64 (Python floats for a joint solve, ``(B,)`` tensors per sample), also for
+  a float32 state, because ``t + dt`` rounded to float32 drifts after many steps;
+* tolerances as floats or tensors of the state's real dtype (one value per column);
+* ``func`` wrapped once, counting its evaluations.
 
 Every user error is a ``ValueError``/``TypeError`` that names the argument and what was
 expected.
@@ -19,145 +20,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .norms import mixed_rms_norm, rms_norm
+from .lanes import Clock, LaneClock, SharedClock
+from .norms import lane_norm, mixed_rms_norm, rms_norm
+from .state import CountedFunc, State, StateLayout, check_func_output
 
-__all__ = ["StateLayout", "CountedFunc", "Problem", "make_problem", "check_options"]
+__all__ = ["State", "StateLayout", "CountedFunc", "Problem", "make_problem", "check_options",
+           "check_func_output", "retime", "FAR"]
 
-State = Tensor | tuple[Tensor, ...]
-
-
-@dataclass(frozen=True)
-class StateLayout:
-    """How the user's state maps to the flat real vector the solver integrates."""
-
-    is_tuple: bool
-    shapes: tuple[torch.Size, ...]
-    sizes: tuple[int, ...]  # flat real sizes of each component
-    is_complex: bool
-    dtype: torch.dtype  # the user's dtype (complex or real)
-    real_dtype: torch.dtype
-    device: torch.device
-
-    @property
-    def numel(self) -> int:
-        return sum(self.sizes)
-
-    def flatten(self, state: State) -> Tensor:
-        """User structure -> flat real vector."""
-        parts = state if self.is_tuple else (state,)
-        if self.is_complex:
-            parts = tuple(torch.view_as_real(p.contiguous()) for p in parts)
-        if len(parts) == 1:
-            return parts[0].reshape(-1)
-        return torch.cat([p.reshape(-1) for p in parts])
-
-    def unflatten(self, flat: Tensor) -> State:
-        """Flat real vector -> user structure (views where possible)."""
-        if not self.is_tuple:
-            return self._restore(flat, self.shapes[0])
-        return tuple(
-            self._restore(piece, shape)
-            for piece, shape in zip(torch.split(flat, self.sizes), self.shapes)
-        )
-
-    def unflatten_stacked(self, flat: Tensor) -> State:
-        """``(T, n)`` stacked flat states -> user structure with a leading time axis."""
-        n_t = flat.shape[0]
-        if not self.is_tuple:
-            return self._restore(flat, (n_t, *self.shapes[0]))
-        return tuple(
-            self._restore(piece, (n_t, *shape))
-            for piece, shape in zip(torch.split(flat, self.sizes, dim=1), self.shapes)
-        )
-
-    def real_view(self, flat: Tensor) -> State:
-        """Flat real vector -> user structure but real (complex as trailing pairs)."""
-        shapes = [(*s, 2) if self.is_complex else s for s in self.shapes]
-        if not self.is_tuple:
-            return flat.view(shapes[0])
-        return tuple(p.view(s) for p, s in zip(torch.split(flat, self.sizes), shapes))
-
-    def _restore(self, flat: Tensor, shape: Sequence[int]) -> Tensor:
-        if self.is_complex:
-            return torch.view_as_complex(flat.reshape(*shape, 2))
-        return flat.reshape(shape)
-
-
-class CountedFunc:
-    """The one wrapper that calls the user's ``func``: canonical arguments in, NFE counted.
-
-    Called as ``f(t, y)`` with ``t`` a Python float in canonical (increasing) time and
-    ``y`` the flat real state; returns ``d y / d t`` in the same form. The user's
-    ``func`` receives ``t`` as a 0-dim tensor of the state's real dtype, in the user's
-    time direction, and ``y`` in the user's structure.
-    """
-
-    __slots__ = ("func", "layout", "sign", "nfe", "_tdtype", "_device", "_call", "_shape")
-
-    def __init__(self, func: Callable[..., Any], layout: StateLayout, sign: float):
-        self.func = func
-        self.layout = layout
-        self.sign = sign
-        self.nfe = 0
-        self._tdtype = layout.real_dtype
-        self._device = layout.device
-        single_real = not layout.is_tuple and not layout.is_complex
-        self._shape = layout.shapes[0]
-        if single_real and len(self._shape) == 1:
-            self._call = self._call_simple
-        elif single_real:
-            self._call = self._call_shaped
-        else:
-            self._call = self._call_general
-
-    def __call__(self, t: float, y: Tensor) -> Tensor:
-        self.nfe += 1
-        return self._call(torch.scalar_tensor(self.sign * t, dtype=self._tdtype,
-                                              device=self._device), y)
-
-    def checked(self, t: float, y: Tensor) -> Tensor:
-        """Like a call, but checks the structure of ``func``'s output (used for the first call)."""
-        self.nfe += 1
-        tt = torch.scalar_tensor(self.sign * t, dtype=self._tdtype, device=self._device)
-        out = self.func(tt, self.layout.unflatten(y))
-        check_func_output(out, self.layout)
-        out = self.layout.flatten(out)
-        return out if self.sign > 0 else -out
-
-    def at(self, t_user: Tensor, y: Tensor) -> Tensor:
-        """Evaluate with a user-time tensor ``t_user`` (for differentiating w.r.t. time)."""
-        self.nfe += 1
-        return self._call(t_user, y)
-
-    def perturbed(self, t: float, y: Tensor, side: int) -> Tensor:
-        """Evaluate just after (``side=+1``) or before (``-1``) canonical time ``t``.
-
-        The time is moved by one unit in the last place of the dtype ``func`` sees, so that
-        a ``func`` with a discontinuity at a grid point is evaluated on the intended side.
-        """
-        self.nfe += 1
-        tt = torch.scalar_tensor(self.sign * t, dtype=self._tdtype, device=self._device)
-        toward = math.inf if side * self.sign > 0 else -math.inf
-        tt = torch.nextafter(tt, torch.full_like(tt, toward))
-        return self._call(tt, y)
-
-    def _call_simple(self, tt: Tensor, y: Tensor) -> Tensor:
-        out = self.func(tt, y)
-        return out if self.sign > 0 else -out
-
-    def _call_shaped(self, tt: Tensor, y: Tensor) -> Tensor:
-        out = self.func(tt, y.view(self._shape)).reshape(-1)
-        return out if self.sign > 0 else -out
-
-    def _call_general(self, tt: Tensor, y: Tensor) -> Tensor:
-        out = self.layout.flatten(self.func(tt, self.layout.unflatten(y)))
-        return out if self.sign > 0 else -out
+#: The end time of an unbounded event search (``t1 = ±inf``); the solve is then bounded by
+#: ``options["max_num_steps"]`` alone.
+FAR = 1e300
 
 
 @dataclass(frozen=True)
@@ -167,13 +45,12 @@ class Problem:
     func: CountedFunc
     user_func: Callable[..., Any]
     layout: StateLayout
-    y0: Tensor  # flat, real
-    t: Tensor  # the user's output times (1-D)
-    t_out: tuple[float, ...]  # canonical increasing output times
-    sign: float  # +1 forward in time, -1 for a decreasing t
+    y0: Tensor  # flat, real: (n,) or (B, n)
+    t: Tensor  # the user's output times ((T,) or (B, T))
+    clock: Clock
     rtol: float | Tensor
     atol: float | Tensor
-    norm: Callable[[Tensor], Tensor]
+    norm: Callable[[Tensor], Any]
     method: str
     options: dict[str, Any]
     #: what the loop reports besides the outputs: a list that receives each accepted step's
@@ -181,72 +58,120 @@ class Problem:
     dense_sink: list | None = None
     progress: Any = None
 
-    def user_time(self, t: float) -> float:
+    @property
+    def t_out(self) -> Any:
+        """Canonical output times: a tuple of floats, or ``(B, T)`` per sample."""
+        return self.clock.grid
+
+    @property
+    def sign(self) -> Any:
+        return self.clock.sign
+
+    @property
+    def per_sample(self) -> bool:
+        return self.clock.per_sample
+
+    def user_time(self, t: Any) -> Any:
         """Canonical time -> the user's time."""
         return self.sign * t
 
 
-def _check_state(y0: Any, name: str = "y0") -> tuple[tuple[Tensor, ...], bool]:
+def _check_state(y0: Any, per_sample: bool) -> tuple[tuple[Tensor, ...], bool]:
     if isinstance(y0, Tensor):
         parts, is_tuple = (y0,), False
     elif isinstance(y0, (tuple, list)) and len(y0) > 0 and all(isinstance(p, Tensor) for p in y0):
         parts, is_tuple = tuple(y0), True
     else:
-        raise TypeError(
-            f"{name} must be a torch.Tensor or a non-empty tuple of tensors, got "
-            f"{type(y0).__name__}"
-        )
+        raise TypeError(f"y0 must be a torch.Tensor or a non-empty tuple of tensors, got "
+                        f"{type(y0).__name__}")
     dtype, device = parts[0].dtype, parts[0].device
     for i, p in enumerate(parts):
-        where = f"{name}[{i}]" if is_tuple else name
+        where = f"y0[{i}]" if is_tuple else "y0"
         if p.device.type == "meta":
             raise ValueError(f"{where} is on the 'meta' device, which holds shapes but no "
                              "values to integrate; create it on 'cpu' or 'cuda'")
         if not (p.is_floating_point() or p.is_complex()):
             raise TypeError(f"{where} must be floating point or complex, got dtype {p.dtype}")
         if p.dtype != dtype:
-            raise TypeError(
-                f"all tensors of {name} must share one dtype; {name}[0] is {dtype}, "
-                f"{where} is {p.dtype}"
-            )
+            raise TypeError(f"all tensors of y0 must share one dtype; y0[0] is {dtype}, "
+                            f"{where} is {p.dtype}")
         if p.device != device:
-            raise ValueError(
-                f"all tensors of {name} must be on one device; {name}[0] is on {device}, "
-                f"{where} on {p.device}"
-            )
+            raise ValueError(f"all tensors of y0 must be on one device; y0[0] is on {device}, "
+                             f"{where} on {p.device}")
+        if per_sample:
+            if p.ndim < 1 or p.shape[0] == 0:
+                raise ValueError(
+                    f"options['per_sample'] needs {where} to have the batch dimension first, "
+                    f"with at least one sample; got shape {tuple(p.shape)}")
+            if p.shape[0] != parts[0].shape[0]:
+                raise ValueError(f"options['per_sample'] needs every tensor of y0 to share the "
+                                 f"batch size: y0[0] has {parts[0].shape[0]}, {where} has "
+                                 f"{p.shape[0]}")
     return parts, is_tuple
 
 
-def _check_times(t: Any, device: torch.device) -> Tensor:
+def _check_times(t: Any, batch: int | None) -> Tensor:
     if not isinstance(t, Tensor):
-        raise TypeError(f"t must be a 1-D torch.Tensor of times, got {type(t).__name__}")
-    if t.ndim != 1 or t.numel() == 0:
-        raise ValueError(f"t must be a non-empty 1-D tensor, got shape {tuple(t.shape)}")
+        kind = "a 1-D torch.Tensor" if batch is None else "a torch.Tensor (T,) or (B, T)"
+        raise TypeError(f"t must be {kind} of times, got {type(t).__name__}")
     if not t.is_floating_point():
         raise TypeError(f"t must be floating point, got dtype {t.dtype}")
     if t.device.type == "meta":
         raise ValueError("t is on the 'meta' device, which holds no values; create the output "
                          "times on 'cpu' or on y0's device")
+    if batch is None:
+        if t.ndim != 1 or t.numel() == 0:
+            raise ValueError(f"t must be a non-empty 1-D tensor, got shape {tuple(t.shape)}")
+    elif t.ndim not in (1, 2) or t.numel() == 0:
+        raise ValueError(f"with options['per_sample'], t must be 1-D (shared times) or of shape "
+                         f"(B, T) with B = {batch} (one row per sample), got {tuple(t.shape)}")
+    elif t.ndim == 2 and t.shape[0] != batch:
+        raise ValueError(f"t of shape {tuple(t.shape)} gives {t.shape[0]} rows of times, but y0 "
+                         f"has batch size B = {batch}; t must have shape (B, T) or (T,)")
     return t
 
 
-def _times_as_floats(t: Tensor) -> tuple[list[float], float]:
-    values = t.detach().to("cpu", torch.float64).tolist()  # host sync: once per solve
-    for i, v in enumerate(values):
-        if not math.isfinite(v):
-            raise ValueError(f"t must be finite; t[{i}] = {v}")
-    if len(values) == 1:
-        return values, 1.0
-    sign = 1.0 if values[1] > values[0] else -1.0
-    for i in range(1, len(values)):
-        step = (values[i] - values[i - 1]) * sign
-        if step <= 0:
-            kind = "repeats a time" if step == 0 else "changes direction"
-            raise ValueError(
-                "t must be strictly increasing or strictly decreasing; "
-                f"it {kind} at t[{i - 1}] = {values[i - 1]!r}, t[{i}] = {values[i]!r}"
-            )
-    return values, sign
+def _monotone(rows: list[list[float]], name: str, search: bool) -> list[float]:
+    """Check each row of times; returns each row's direction (+1/-1)."""
+    signs = []
+    for r, values in enumerate(rows):
+        where = f"{name}[{r}]" if len(rows) > 1 else name
+        limit = 1 if search else len(values)
+        for i, v in enumerate(values[:limit]):
+            if not math.isfinite(v):
+                raise ValueError(f"{where} must be finite; {where}[{i}] = {v}"
+                                 + (" (the search start)" if search else ""))
+        if search and len(values) != 2:
+            raise ValueError("with event_fn, t must be [t0, t1], two times (per sample also "
+                             "(B, 2)): the search runs from t0 towards t1 (t1 = inf or -inf "
+                             f"for no end time), got {len(values)} times per row")
+        if search and math.isnan(values[1]):
+            raise ValueError(f"{where}[1] must not be nan")
+        sign = 1.0 if len(values) == 1 or values[1] > values[0] else -1.0
+        for i in range(1, len(values)):
+            step = (values[i] - values[i - 1]) * sign
+            if step <= 0:
+                kind = "repeats a time" if step == 0 else "changes direction"
+                raise ValueError(f"{where} must be strictly increasing or strictly decreasing; "
+                                 f"it {kind} at {where}[{i - 1}] = {values[i - 1]!r}, "
+                                 f"{where}[{i}] = {values[i]!r}")
+        signs.append(sign)
+    return signs
+
+
+def _canonical_rows(t: Tensor, search: bool) -> tuple[list[list[float]], list[float]]:
+    """The user's times as rows of Python floats (``inf`` search ends become ``FAR``), and
+    each row's direction."""
+    values = t.detach().to("cpu", torch.float64)  # host sync: once per solve
+    rows = values.reshape(1, -1).tolist() if values.ndim == 1 else values.tolist()
+    signs = _monotone(rows, "t", search)
+    if search:
+        for row in rows:
+            if math.isinf(row[1]):
+                row[1] = math.copysign(FAR, row[1])
+                if (row[1] > 0 and row[0] >= FAR) or (row[1] < 0 and row[0] <= -FAR):
+                    raise ValueError(f"t[0] = {row[0]} is beyond the unbounded search's range")
+    return rows, signs
 
 
 def _check_tolerance(name: str, tol: Any, layout: StateLayout) -> float | Tensor:
@@ -257,10 +182,8 @@ def _check_tolerance(name: str, tol: Any, layout: StateLayout) -> float | Tensor
                 f"({len(layout.shapes) if layout.is_tuple else 'y0 is a tensor'}), got {len(tol)}"
             )
         values = [float(_scalar_tolerance(f"{name}[{i}]", v)) for i, v in enumerate(tol)]
-        return torch.cat([
-            torch.full((size,), v, dtype=layout.real_dtype, device=layout.device)
-            for v, size in zip(values, layout.sizes)
-        ])
+        return torch.cat([torch.full((size,), v, dtype=layout.real_dtype, device=layout.device)
+                          for v, size in zip(values, layout.sizes)])
     return _scalar_tolerance(name, tol)
 
 
@@ -292,33 +215,41 @@ def check_options(method: str, options: dict[str, Any] | None, valid: Sequence[s
     return dict(options)
 
 
-def make_problem(
-    func: Callable[..., Any],
-    y0: State,
-    t: Tensor,
-    rtol: Any,
-    atol: Any,
-    method: str,
-    options: dict[str, Any],
-) -> Problem:
-    """Validate the user's arguments and build the canonical :class:`Problem`."""
+def _norm(options: dict, layout: StateLayout) -> Callable[[Tensor], Any]:
+    user_norm = options.get("norm")
+    if user_norm is not None and not callable(user_norm):
+        raise TypeError(f"options['norm'] must be callable, got {type(user_norm).__name__}")
+    if layout.batch is not None:
+        return lane_norm(user_norm, layout)
+    if user_norm is not None:
+        return lambda x, _n=user_norm, _l=layout: _n(_l.real_view(x))  # noqa: E731
+    return mixed_rms_norm(layout.sizes) if layout.is_tuple else rms_norm
+
+
+def make_problem(func: Callable[..., Any], y0: State, t: Tensor, rtol: Any, atol: Any,
+                 method: str, options: dict[str, Any], *, search: bool = False) -> Problem:
+    """Validate the user's arguments and build the canonical :class:`Problem`.
+
+    ``search``: ``t`` is an event search ``[t0, t1]`` (per row), whose end may be infinite.
+    """
     if not callable(func):
         raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
-    parts, is_tuple = _check_state(y0)
-    first = parts[0]
-    t = _check_times(t, first.device)
-    t_values, sign = _times_as_floats(t)
-    is_complex = first.is_complex()
-    real_dtype = first.real.dtype if is_complex else first.dtype
-    layout = StateLayout(
-        is_tuple=is_tuple,
-        shapes=tuple(p.shape for p in parts),
-        sizes=tuple(p.numel() * (2 if is_complex else 1) for p in parts),
-        is_complex=is_complex,
-        dtype=first.dtype,
-        real_dtype=real_dtype,
-        device=first.device,
-    )
+    per_sample = bool(options.get("per_sample", False))
+    parts, is_tuple = _check_state(y0, per_sample)
+    batch = parts[0].shape[0] if per_sample else None
+    t = _check_times(t, batch)
+    layout = StateLayout.of(parts, is_tuple, batch)
+    rows, signs = _canonical_rows(t, search)
+    if per_sample:
+        grid = torch.tensor(rows, dtype=torch.float64, device=layout.device)
+        sign = torch.tensor(signs, dtype=torch.float64, device=layout.device)
+        if grid.shape[0] == 1:
+            grid, sign = grid.expand(batch, -1), sign.expand(batch)
+        clock: Clock = LaneClock((sign[:, None] * grid).contiguous(), sign.contiguous(),
+                                 layout.real_dtype)
+    else:
+        clock = SharedClock([signs[0] * v for v in rows[0]], signs[0], layout.real_dtype,
+                            layout.device)
     flat = layout.flatten(y0)
     if not bool(torch.isfinite(flat).all()):  # host sync: once per solve
         raise ValueError("y0 must be finite; it contains inf or nan")
@@ -326,60 +257,25 @@ def make_problem(
     atol_v = _check_tolerance("atol", atol, layout)
     if isinstance(rtol_v, float) and isinstance(atol_v, float) and rtol_v == 0 and atol_v == 0:
         raise ValueError("rtol and atol cannot both be zero: the error test could never pass")
-    user_norm = options.get("norm")
-    if user_norm is not None:
-        if not callable(user_norm):
-            raise TypeError(f"options['norm'] must be callable, got {type(user_norm).__name__}")
-        norm = lambda x, _n=user_norm, _l=layout: _n(_l.real_view(x))  # noqa: E731
-    elif is_tuple:
-        norm = mixed_rms_norm(layout.sizes)
+    return Problem(func=CountedFunc(func, layout, clock), user_func=func, layout=layout,
+                   y0=flat, t=t, clock=clock, rtol=rtol_v, atol=atol_v,
+                   norm=_norm(options, layout), method=method, options=options)
+
+
+def retime(problem: Problem, grid: Any, y0: Tensor) -> Problem:
+    """``problem`` with other canonical output times and initial state, already checked:
+    ``grid`` a sequence of floats (one lane; its direction gives the sign) or a ``(B, T)``
+    tensor (per sample, rows increasing in canonical time). Used to solve one problem
+    again over many intervals without validating it again."""
+    old = problem.clock
+    if isinstance(grid, Tensor):
+        sign = torch.where(grid[:, -1] >= grid[:, 0], 1.0, -1.0).to(grid)
+        clock: Clock = LaneClock((sign[:, None] * grid).contiguous(), sign, old.real_dtype)
+        t_user = grid
     else:
-        norm = rms_norm
-    return Problem(
-        func=CountedFunc(func, layout, sign),
-        user_func=func,
-        layout=layout,
-        y0=flat,
-        t=t,
-        t_out=tuple(sign * v for v in t_values),
-        sign=sign,
-        rtol=rtol_v,
-        atol=atol_v,
-        norm=norm,
-        method=method,
-        options=options,
-    )
-
-
-def check_func_output(out: Any, layout: StateLayout) -> None:
-    """Structural check of a raw ``func`` output before flattening (clear errors)."""
-    if layout.is_tuple:
-        if not isinstance(out, (tuple, list)) or len(out) != len(layout.shapes):
-            raise TypeError(
-                f"func(t, y) must return a tuple of {len(layout.shapes)} tensors like y0, got "
-                f"{type(out).__name__}"
-            )
-        items = out
-    else:
-        if not isinstance(out, Tensor):
-            raise TypeError(f"func(t, y) must return a tensor, got {type(out).__name__}")
-        items = (out,)
-    for i, (o, shape) in enumerate(zip(items, layout.shapes)):
-        where = f"func(t, y)[{i}]" if layout.is_tuple else "func(t, y)"
-        if not isinstance(o, Tensor):
-            raise TypeError(f"{where} must be a tensor, got {type(o).__name__}")
-        if o.shape != shape:
-            raise ValueError(
-                f"{where} must have the shape of y0{f'[{i}]' if layout.is_tuple else ''} "
-                f"{tuple(shape)}, got {tuple(o.shape)}"
-            )
-        if o.dtype != layout.dtype:
-            raise TypeError(f"{where} must have dtype {layout.dtype} like y0, got {o.dtype}")
-        if o.device != layout.device:
-            raise ValueError(f"{where} must be on {layout.device} like y0, got {o.device}")
-
-
-def _describe(layout: StateLayout) -> str:
-    if layout.is_tuple:
-        return "tuple of shapes " + ", ".join(str(tuple(s)) for s in layout.shapes)
-    return f"shape {tuple(layout.shapes[0])}"
+        values = [float(v) for v in grid]
+        sign = 1.0 if len(values) < 2 or values[-1] >= values[0] else -1.0
+        clock = SharedClock([sign * v for v in values], sign, old.real_dtype, old.device)
+        t_user = torch.tensor(values, dtype=torch.float64)
+    return replace(problem, clock=clock, y0=y0, t=t_user,
+                   func=CountedFunc(problem.user_func, problem.layout, clock))

@@ -11,61 +11,96 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["Progress", "REFRESH_PER_S"]
+from torch import Tensor
+
+__all__ = ["Progress", "REFRESH_PER_S", "LOG_EVERY_S"]
 
 REFRESH_PER_S = 10
+#: Seconds between two plain lines when stderr is not a terminal.
+LOG_EVERY_S = 10.0
 
 
 class Progress:
-    """Progress of one solve from canonical ``t0`` to ``t1`` (shown in the user's time).
+    """Progress of one solve across its span (shown in the user's time).
+
+    One lane shows ``t``; a per-sample solve shows ``done``, the mean fraction of the
+    samples' spans covered. The step count is the solve's ``stats.n_steps``. On a terminal
+    tqdm draws a bar when installed (else a line rewritten in place); when stderr is not a
+    terminal (a log file) plain lines are written instead, at most one every
+    :data:`LOG_EVERY_S` seconds, and the final one.
 
     Args:
-        t0, t1: the canonical span.
-        sign: ``+1``, or ``-1`` when the user's time decreases (shown as the user's time).
+        clock: the solve's clock (:mod:`odeflow.lanes`).
         desc: the bar's label.
-        label: the name of the quantity shown (``t``; a per-sample solve shows the mean
-            fraction of the samples' spans).
     """
 
-    def __init__(self, t0: float, t1: float, sign: float = 1.0, desc: str = "solve",
-                 label: str = "t"):
-        self.t0, self.t1, self.sign, self.label = t0, t1, sign, label
-        self.span = max(t1 - t0, 1e-300)
+    def __init__(self, clock: Any, desc: str = "solve"):
+        self.clock = clock
+        self.lanes = clock.per_sample
+        self.label = "done" if self.lanes else "t"
+        if self.lanes:
+            self.t0, self.t1, self.sign = clock.grid[:, 0], clock.grid[:, -1], 1.0
+            self.span = (self.t1 - self.t0).clamp(min=1e-300)
+        else:
+            self.t0, self.t1, self.sign = clock.t0, clock.t_end, clock.sign
+            self.span = max(self.t1 - self.t0, 1e-300)
         self._next = 0.0
         self._bar: Any = None
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            tqdm = None
+        self._tty = _is_terminal()
+        self._every = 1.0 / REFRESH_PER_S if self._tty else LOG_EVERY_S
+        tqdm = None
+        if self._tty:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                tqdm = None
         if tqdm is not None:
             self._bar = tqdm(total=1000, desc=desc, leave=False,
                              bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}")
         self._desc = desc
 
-    def update(self, t: float, steps: int) -> None:
-        """Called by the loop after each accepted step (canonical ``t``)."""
+    def update(self, t: Any, steps: int) -> None:
+        """Called by the loop after each step with an accepted lane (canonical ``t``)."""
         now = time.monotonic()
         if now < self._next:
             return
-        self._next = now + 1.0 / REFRESH_PER_S
+        self._next = now + self._every
         self._draw(t, steps)
 
-    def _draw(self, t: float, steps: int) -> None:
-        frac = min(max((t - self.t0) / self.span, 0.0), 1.0)
-        shown = f"{self._desc} {self.label}={self.sign * t:.6g} steps={steps}"
+    def _fraction(self, t: Any) -> tuple[float, float]:
+        if self.lanes:  # host sync: only when drawing
+            frac = float(((t - self.t0) / self.span).clamp(0, 1).mean())
+            return frac, frac
+        return min(max((t - self.t0) / self.span, 0.0), 1.0), self.sign * t
+
+    def _draw(self, t: Any, steps: int) -> None:
+        frac, shown_t = self._fraction(t)
+        shown = f"{self._desc} {self.label}={shown_t:.6g} steps={steps}"
         if self._bar is not None:
             self._bar.n = int(1000 * frac)
             self._bar.set_description_str(shown, refresh=False)
             self._bar.refresh()
-        else:
+        elif self._tty:
             sys.stderr.write(f"\r{shown}: {100 * frac:5.1f}%   ")
             sys.stderr.flush()
+        else:
+            sys.stderr.write(f"{shown}: {100 * frac:5.1f}%\n")
+            sys.stderr.flush()
 
-    def close(self, t: float, steps: int) -> None:
+    def close(self, t: Any, steps: int) -> None:
         """Draw the final state and release the bar."""
+        if self.lanes and not isinstance(t, Tensor):
+            t = self.t1
         self._draw(t, steps)
         if self._bar is not None:
             self._bar.close()
-        else:
+        elif self._tty:
             sys.stderr.write("\n")
             sys.stderr.flush()
+
+
+def _is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False

@@ -2,16 +2,42 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
 
 from .dense import DenseOutput
 from .problem import State
-from .stats import SolveStats
+from .stats import SolveStats, Status
 
-__all__ = ["Solution", "EventSolution"]
+__all__ = ["Solution", "EventSolution", "SampleStats"]
+
+
+@dataclass
+class SampleStats:
+    """Per-sample statistics of a ``per_sample`` solve (``Solution.sample_stats``).
+
+    Attributes:
+        status: each sample's outcome, a list of :class:`~odeflow.Status` members.
+        codes: the same as a ``(B,)`` int64 tensor of status codes (for masks).
+        n_steps: ``(B,)`` step attempts of each sample.
+        n_accepted: ``(B,)`` accepted steps.
+        n_rejected: ``(B,)`` rejected steps.
+    """
+
+    codes: Tensor
+    n_steps: Tensor
+    n_accepted: Tensor
+    n_rejected: Tensor
+    status: list[Status] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.status = [Status(v) for v in self.codes.tolist()]
+
+    def statuses(self) -> list[Status]:
+        """The statuses as :class:`~odeflow.Status` members (same as ``status``)."""
+        return list(self.status)
 
 
 @dataclass
@@ -24,12 +50,11 @@ class Solution:
         ts: the output times (the ``t`` that was passed, or up to the event time).
         stats: evaluation and step counts and the outcome (:class:`SolveStats`).
         event_t: the event time for an event-terminated solve, else ``None``.
-        dense: the :class:`~odeflow.dense.DenseOutput` of ``solve(..., dense=True)`` (a
-            :class:`~odeflow.dense_per_sample.PerSampleDense` with ``per_sample``), else
+        dense: the :class:`~odeflow.DenseOutput` of ``solve(..., dense=True)``, else
             ``None``; :meth:`evaluate` and :meth:`derivative` use it.
-        sample_stats: with ``options={"per_sample": True}``, each sample's ``status``,
-            ``n_steps``, ``n_accepted`` and ``n_rejected`` as ``(B,)`` tensors
-            (:class:`~odeflow.integrate_per_sample.SampleStats`), else ``None``.
+        sample_stats: with ``options={"per_sample": True}``, each sample's ``status``
+            (:class:`~odeflow.Status` members), ``n_steps``, ``n_accepted`` and
+            ``n_rejected`` (:class:`SampleStats`), else ``None``.
     """
 
     ys: State
@@ -63,7 +88,8 @@ class EventSolution(Solution):
 
     Attributes:
         event_index: which value of ``event_fn(t, y).reshape(-1)`` ended the solve (``0``
-            for a scalar ``event_fn``), or ``None`` if no event happened.
+            for a scalar ``event_fn``), or ``None`` if no event happened; per sample a
+            ``(B,)`` tensor (``-1`` for a sample without an event).
     """
 
-    event_index: int | None = None
+    event_index: Any = None

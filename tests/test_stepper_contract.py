@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from odeflow.integrate import integrate_adaptive, integrate_fixed
+from odeflow.config import loop_config
+from odeflow.integrate import FixedGridSteps, integrate
 from odeflow.problem import make_problem
 from odeflow.solvers import get_method
 from odeflow.solvers.adams import AdamsBashforth
@@ -34,8 +35,14 @@ def _problem(method="dopri5", options=None):
                         options or {})
 
 
+def _run(problem, stepper, fixed=False):
+    """The one loop on ``problem`` with a given stepper (a fixed grid: wrapped)."""
+    stepper = FixedGridSteps(stepper, "linear") if fixed else stepper
+    return integrate(problem, stepper, loop_config(problem, get_method(problem.method), stepper))
+
+
 def test_a_failed_step_is_rejected_and_shrunk_not_a_nonfinite_failure():
-    res = integrate_adaptive(_problem(), FailsLargeSteps(TABLEAUS["dopri5"]))
+    res = _run(_problem(), FailsLargeSteps(TABLEAUS["dopri5"]))
     assert res.stats.n_rejected > 0
     assert abs(res.ys[-1][0].item() - math.exp(-1)) < 1e-8
     # every accepted step was small enough to succeed: at least 20 of them on [0, 1]
@@ -50,7 +57,7 @@ def test_solver_state_travels_through_the_loop():
             seen.append(len(state.times))
             return super().step(f, t, y, f0, dt, state, ws, **kw)
 
-    res = integrate_fixed(_problem("explicit_adams", dict(step_size=0.1)), Recording(4))
+    res = _run(_problem("explicit_adams", dict(step_size=0.1)), Recording(4), fixed=True)
     # the history grows to order = 4 entries and stays there; nothing kept on the stepper
     assert seen[:6] == [0, 1, 2, 3, 4, 4]
     # AB4 global error ≈ (251/720) h^4 t e^{-t} ≈ 1.3e-5 at h = 0.1

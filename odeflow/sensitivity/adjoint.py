@@ -26,17 +26,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..integrate import run_loop
+from ..integrate import Hooks
 from ..linalg import make_linear_solver
 from ..norms import rms_norm
 from ..options import validate_options
-from ..problem import Problem, check_options, make_problem
-from ..solvers import METHODS, MethodSpec, get_method
-from ..stats import SolveError, SolveStats
+from ..problem import Problem, check_options, make_problem, retime
+from ..run import failure, run
+from ..solvers import MethodSpec, get_method
+from ..stats import SolveError, SolveStats, Status
 from .adjoint_jacobian import AdjointBlockSolver
 from .interpolating_adjoint import InterpolatingAdjointSolver, Trajectory, interpolating_dynamics
 
-__all__ = ["AdjointConfig", "make_adjoint_config", "solve_adjoint", "attach_adjoint"]
+__all__ = ["AdjointConfig", "make_adjoint_config", "attach_adjoint", "check_lanes_config"]
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,8 @@ def make_adjoint_config(rtol: Any, atol: Any, method: str | None, options: dict 
     its Newton iteration tolerates the block Jacobian the augmented system gets
     (``adjoint_jacobian.py``), where a Rosenbrock method would lose order.
     """
-    if adjoint_method is None and get_method(method).implicit and "kvaerno5" in METHODS:
-        adjoint_method = "kvaerno5"
+    if adjoint_method is None:
+        adjoint_method = get_method(method).adjoint_default
     spec = get_method(adjoint_method if adjoint_method is not None else method)
     if adjoint_options is None:
         base = {k: v for k, v in (options or {}).items() if k != "norm"}
@@ -75,6 +76,26 @@ def make_adjoint_config(rtol: Any, atol: Any, method: str | None, options: dict 
         spec=spec,
         options=adj_opts,
     )
+
+
+def check_lanes_config(config: AdjointConfig) -> None:
+    """Reject what the per-sample adjoint cannot honour (at ``solve``, not in backward)."""
+    if config.spec.implicit or not config.spec.per_sample:
+        raise ValueError("gradient='adjoint' with options['per_sample'] needs an explicit "
+                         f"Runge-Kutta adjoint_method, got {config.spec.name!r}")
+    norm = config.options.get("norm")
+    if norm is not None and norm != "seminorm":
+        raise ValueError("with options['per_sample'], the adjoint always uses the seminorm "
+                         "(parameter gradients are a quadrature outside error control); "
+                         "adjoint_options['norm'] may only be 'seminorm'")
+    for name, value in (("adjoint_rtol", config.rtol), ("adjoint_atol", config.atol)):
+        if isinstance(value, Tensor):
+            value = float(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                math.isfinite(value) and value >= 0):
+            raise ValueError(f"with options['per_sample'], {name} must be a non-negative "
+                             f"scalar (the per-sample adjoint takes no per-component "
+                             f"tolerances; pass {name}=<number>), got {value!r}")
 
 
 def _seminorm(state: tuple[Tensor, ...]) -> Tensor:
@@ -143,13 +164,16 @@ class _Adjoint(torch.autograd.Function):
     @staticmethod
     def forward(ctx, payload: tuple, spec: MethodSpec, config: AdjointConfig,
                 stats: SolveStats, y0: Tensor, *params: Tensor) -> Tensor:  # type: ignore[override]
-        problem, ys, pieces = payload
+        problem, ys, pieces, failed = payload
         ctx.problem, ctx.config, ctx.stats, ctx.pieces = problem, config, stats, pieces
+        ctx.failed = failed
         ctx.save_for_backward(ys, *params)
-        return ys
+        return ys.clone()
 
     @staticmethod
     def backward(ctx, grad_ys: Tensor):  # type: ignore[override]
+        if ctx.problem.per_sample:
+            return _lanes_backward(ctx, grad_ys)
         problem: Problem = ctx.problem
         config: AdjointConfig = ctx.config
         ys, *params = ctx.saved_tensors
@@ -191,23 +215,28 @@ class _Adjoint(torch.autograd.Function):
             atol = atol[n:] if isinstance(atol, Tensor) else atol
         t_out = problem.t_out
         n_steps = 0
+        aug_problem = None
         for i in range(len(t_out) - 1, 0, -1):
             if interpolating:
                 state = (a,) if g is None else (a, g)
             else:
                 state = (ys[i], a) if g is None else (ys[i], a, g)
-            times = torch.tensor([t_out[i], t_out[i - 1]], dtype=torch.float64)
-            # Scalars are validated by make_problem; per-element tensors are put in after.
-            aug_problem = make_problem(
-                aug, state, times, 1.0 if isinstance(rtol, Tensor) else rtol,
-                1.0 if isinstance(atol, Tensor) else atol, config.spec.name, options)
-            if isinstance(rtol, Tensor) or isinstance(atol, Tensor):
-                aug_problem = replace(aug_problem, rtol=rtol, atol=atol)
+            if aug_problem is None:  # validated once; later intervals only move in time
+                times = torch.tensor([t_out[i], t_out[i - 1]], dtype=torch.float64)
+                # Scalars are validated by make_problem; per-element tensors are put in after.
+                aug_problem = make_problem(
+                    aug, state, times, 1.0 if isinstance(rtol, Tensor) else rtol,
+                    1.0 if isinstance(atol, Tensor) else atol, config.spec.name, options)
+                if isinstance(rtol, Tensor) or isinstance(atol, Tensor):
+                    aug_problem = replace(aug_problem, rtol=rtol, atol=atol)
+            else:
+                aug_problem = retime(aug_problem, (t_out[i], t_out[i - 1]),
+                                     aug_problem.layout.flatten(state))
             with torch.no_grad():
-                try:
-                    result = run_loop(aug_problem, config.spec)
-                except SolveError as err:
-                    raise _backward_failure(err, problem, i) from None
+                result = run(aug_problem, config.spec, callback_suffix="")[0]
+            err = failure(aug_problem, result, fixed=not config.spec.adaptive)
+            if err is not None:
+                raise _backward_failure(err, problem, i) from None
             n_steps += result.stats.n_steps
             final = aug_problem.layout.unflatten(result.ys[-1])
             if interpolating:
@@ -225,6 +254,111 @@ class _Adjoint(torch.autograd.Function):
                 else:
                     param_grads.append(piece.view(p.shape).to(p.dtype))
         return (None, None, None, None, a, *param_grads)
+
+
+class _LanesAugmented:
+    """The per-sample adjoint system ``(y, a)`` in the backward time ``s = -τ`` (``τ`` the
+    forward's canonical time), as a user function of the backward problem, plus the
+    parameter quadrature.
+
+    ``dy/ds = -f`` and ``da/ds = a ∂f/∂y``. The parameter gradient ``∫ a ∂f/∂θ ds`` is
+    summed over the samples: it never feeds back into ``y`` or ``a``, so it is integrated
+    as a quadrature with the accepted steps' own stages (one batched vector–Jacobian
+    product per accepted iteration; :meth:`quadrature`, the loop's ``stage_hook``) and left
+    out of the error control (the seminorm of Kidger, Chen & Lyons, ICML 2021).
+    """
+
+    def __init__(self, f: Any, params: tuple[Tensor, ...], b: Tensor):
+        self.f, self.params, self.b = f, params, b
+        self.stash: list[tuple[Tensor, Tensor]] = []
+        self.grads: list[Tensor | None] = [None] * len(params)
+
+    def __call__(self, s: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        y, a = state
+        with torch.enable_grad():
+            y_in = y.detach().requires_grad_(True)
+            dy = self.f(-s.double(), y_in)
+            if dy.requires_grad:
+                (da,) = torch.autograd.grad(dy, y_in, a, retain_graph=bool(self.params),
+                                            allow_unused=True)
+            else:
+                da = None
+        if self.params and dy.requires_grad:
+            self.stash.append((dy, a))
+        return -dy.detach(), torch.zeros_like(a) if da is None else da
+
+    def quadrature(self, ok: Tensor, dt: Tensor) -> None:
+        stash, self.stash = self.stash, []
+        if not self.params or len(stash) < len(self.b) or not bool(ok.any()):
+            return
+        stash = stash[-len(self.b):]  # this iteration's stages, in order
+        w = (dt * ok).to(self.b.dtype)[:, None]
+        use = ok[:, None]  # where, not a zero weight: other samples' values may be nan
+        with torch.enable_grad():
+            total = sum(torch.where(use, dy * torch.where(use, self.b[i] * w * a, 0.0),
+                                    0.0).sum()
+                        for i, (dy, a) in enumerate(stash) if self.b[i] != 0)
+            got = torch.autograd.grad(total, self.params, allow_unused=True)
+        for i, g in enumerate(got):
+            if g is not None:
+                self.grads[i] = g if self.grads[i] is None else self.grads[i] + g
+
+
+def _lanes_backward(ctx: Any, grad_ys: Tensor) -> tuple:
+    """The per-sample adjoint: for every sample at once and each on its own interval, the
+    system ``(y, a)`` backwards with the one loop, from the forward outputs, adding
+    ``∂L/∂y`` at each output time; samples that failed forward get no gradient."""
+    problem: Problem = ctx.problem
+    config: AdjointConfig = ctx.config
+    ys, *params = ctx.saved_tensors
+    params = tuple(params)
+    failed = ctx.failed
+    C = problem.clock
+    keep = ~failed[None, :, None]
+    grad_ys = torch.where(keep, torch.nan_to_num(grad_ys), 0.0)
+    ys = torch.where(keep, ys, ys[:1])
+    f = problem.func
+    rk = config.spec.build(config.options)
+    aug = _LanesAugmented(f, params, rk.coefficients(ys.dtype, ys.device)[1])
+    options = {k: v for k, v in config.options.items() if k != "norm"}
+    options["per_sample"] = True
+    for name in ("jump_t", "step_t"):  # canonical backward time: s = -sign * t_user
+        value = options.get(name)
+        if value is not None:
+            times = torch.as_tensor(value, dtype=torch.float64).to(C.device)
+            times = times.expand(C.batch, -1) if times.ndim == 1 else times
+            options[name] = -(C.sign[:, None] * times)
+    nfe_before = f.nfe
+    a = grad_ys[-1].clone()
+    n_steps = 0
+    grid = C.grid
+    hooks = Hooks(stage_hook=aug.quadrature, skip=failed)
+    aug_problem = None
+    for i in range(grid.shape[1] - 1, 0, -1):
+        seg = torch.stack([-grid[:, i], -grid[:, i - 1]], 1)
+        if aug_problem is None:
+            aug_problem = make_problem(aug, (ys[i], a), seg, float(config.rtol),
+                                       float(config.atol), config.spec.name, options)
+        else:
+            aug_problem = retime(aug_problem, seg, torch.cat([ys[i], a], -1))
+        with torch.no_grad():
+            result = run(aug_problem, config.spec, hooks, fsal=False, use_callbacks=False)[0]
+        n_steps += result.stats.n_steps
+        codes = result.status.tolist()
+        bad = [b for b, c in enumerate(codes) if Status(c) != Status.SUCCESS and
+               not bool(failed[b])]
+        if bad:
+            st = Status(codes[bad[0]])
+            raise SolveError(st, float(-result.t_last[bad[0]]), (
+                f"This was the adjoint's backward solve for samples {bad[:10]}; set "
+                "adjoint_rtol/adjoint_atol/adjoint_options or use gradient='checkpoint'."),
+                result.stats)
+        a = result.y_last[:, ys.shape[2]:] + grad_ys[i - 1]
+    ctx.stats.nfe_backward += f.nfe - nfe_before
+    ctx.stats.n_steps_backward += n_steps
+    grads = [g if g is None else g.to(p.dtype) for g, p in zip(aug.grads, params)]
+    grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+    return (None, None, None, None, a, *grads)
 
 
 def _backward_failure(err: SolveError, problem: Problem, i: int) -> SolveError:
@@ -327,31 +461,21 @@ def _backward_tolerance(name: str, tol: Any, problem: Problem, n_aug: int) -> An
 
 
 def attach_adjoint(problem: Problem, spec: MethodSpec, config: AdjointConfig,
-                   stats: SolveStats, y0: Tensor, params: tuple[Tensor, ...],
-                   ys: Tensor, pieces: list | None = None) -> Tensor:
+                   stats: SolveStats, y0: Tensor, params: tuple[Tensor, ...], ys: Tensor,
+                   pieces: list | None = None, failed: Tensor | None = None,
+                   grid: Any = None) -> Tensor:
     """Give the outputs ``ys`` of a finished loop the adjoint gradient.
 
-    ``problem.t_out`` says where ``ys`` (stacked flat, ``(T, n)``, no graph) are; an event
-    solve passes ``(t0, t_event)``. Backward solves the augmented system from each output
-    time back to the previous one with ``config`` and fills ``stats.nfe_backward``.
+    ``ys`` (stacked flat, ``(T, n)`` or per sample ``(T, B, n)``, no graph) are at
+    ``problem``'s output times, or at ``grid`` when given (an event solve passes
+    ``(t0, t_event)``, per sample ``(B, 2)``). Backward solves the adjoint system from each
+    output time back to the previous one with ``config`` and fills ``stats.nfe_backward``.
     ``pieces``, the forward loop's detached interpolants, make it the interpolating adjoint
-    (``y`` read from them, not solved backwards: for stiff problems).
+    (``y`` read from them, not solved backwards: for stiff problems). ``failed`` samples
+    get no gradient.
     """
-    return _Adjoint.apply((replace(problem, y0=y0.detach()), ys, pieces), spec, config,
+    at = problem if grid is None else retime(problem, grid, problem.y0)
+    if pieces is not None:
+        pieces = [p for p, ok in pieces if ok]
+    return _Adjoint.apply((replace(at, y0=y0.detach()), ys, pieces, failed), spec, config,
                           stats, y0, *params)
-
-
-def solve_adjoint(problem: Problem, spec: MethodSpec, config: AdjointConfig,
-                  stats: SolveStats, y0: Tensor, params: tuple[Tensor, ...]) -> Tensor:
-    """Solve with adjoint gradients; returns the stacked flat outputs ``(T, n)``."""
-    pieces = None
-    run_problem = replace(problem, y0=y0.detach())
-    if spec.implicit:  # stiff: the backward solve reads y from the forward dense output
-        pieces = problem.dense_sink if problem.dense_sink is not None else []
-        run_problem = replace(run_problem, dense_sink=pieces)
-    with torch.no_grad():
-        result = run_loop(run_problem, spec)
-        ys = torch.stack(result.ys)
-    stats.copy_forward(result.stats)
-    stats.nfe = problem.func.nfe
-    return attach_adjoint(problem, spec, config, stats, y0, params, ys, pieces)

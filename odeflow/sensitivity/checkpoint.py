@@ -1,150 +1,160 @@
-"""Exact gradients at low memory: replay each accepted step under autograd, newest first.
+"""Exact gradients at low memory: replay each step under autograd, newest first.
 
-The forward pass runs the ordinary loop without a graph and keeps one
-:class:`~odeflow.integrate.StepRecord` per accepted step (its start time, step size and
-start state). The backward pass rebuilds the graph of one step at a time, from the last to
-the first, and pulls the incoming gradient through it. Because every step is replayed
-with the same ``t``, ``dt`` and start state, the result is the gradient of the same
-discrete solution that ``gradient="direct"`` differentiates, while memory holds one step's
-graph plus one state per step instead of every stage of every step.
+The forward pass runs the loop without a graph and keeps one
+:class:`~odeflow.integrate.StepRecord` per iteration (start time, step size, start state,
+which lanes accepted, which outputs and event were taken from it). The backward pass
+rebuilds the graph of one step at a time, from the last to the first, and pulls the
+incoming gradient through it. Because every step is replayed with the same ``t``, ``dt``
+and start state, the result is the gradient of the same discrete solution that
+``gradient="direct"`` differentiates, while memory holds one step's graph plus one state
+per step instead of every stage of every step. Joint and per-sample solves replay alike
+(per sample, a step is one batched step; lanes that failed get no gradient).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..integrate import StepRecord, run_loop
-from ..interp import hermite, linear
+from ..integrate import StepRecord
 from ..problem import Problem
-from ..solvers import MethodSpec
 from ..stats import SolveStats
 
-__all__ = ["solve_checkpoint", "attach_checkpoint"]
+__all__ = ["attach_checkpoint"]
 
 
 class _Checkpoint(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, payload: tuple, spec: MethodSpec, stats: SolveStats, y0: Tensor,
-                *params: Tensor) -> Tensor:  # type: ignore[override]
-        problem, steps, ys = payload
-        ctx.problem, ctx.spec, ctx.stats, ctx.steps = problem, spec, stats, steps
+    def forward(ctx, payload: tuple, y0: Tensor, *params: Tensor):  # type: ignore[override]
+        problem, stepper, cfg, records, ys, y_last, stats, failed, event_found = payload
+        ctx.payload = (problem, stepper, cfg, records, stats, failed, event_found)
         ctx.save_for_backward(*params)
-        return ys
+        return ys.clone(), y_last.clone()
 
     @staticmethod
-    def backward(ctx, grad_ys: Tensor):  # type: ignore[override]
-        problem: Problem = ctx.problem
-        spec: MethodSpec = ctx.spec
-        steps: list[StepRecord] = ctx.steps
+    def backward(ctx, grad_ys: Tensor, grad_last: Tensor):  # type: ignore[override]
+        problem, stepper, cfg, records, stats, failed, event_found = ctx.payload
         params = ctx.saved_tensors
+        C = problem.clock
         f = problem.func
-        stepper = spec.build(problem.options, problem.rtol, problem.atol)
         nfe_before = f.nfe
-        t_out = problem.t_out
-        fixed = not spec.adaptive
-        interp = problem.options.get("interp", "linear")
-        perturb = fixed and bool(problem.options.get("perturb", False))
-        f_last = (lambda t, x: f.perturbed(t, x, -1)) if perturb else None
-
+        if failed is not None:
+            # Outputs never reached carry no gradient; lanes that failed get none (and are
+            # replayed from their start state, with no step, so that no inf or nan of theirs
+            # meets the zero gradient torch.where gives them).
+            keep = ~failed[:, None]
+            grad_ys = torch.where(keep, torch.nan_to_num(grad_ys), 0.0)
+            grad_last = torch.where(keep, torch.nan_to_num(grad_last), 0.0)
+        y_start = records[0].y if records else None
+        if not C.per_sample and records:
+            grad_last = grad_last.reshape(records[0].y.shape)
+        adj = grad_last.clone()
+        if event_found is not None:  # y_last of event lanes is injected at their event
+            adj = torch.where(event_found.reshape(-1, *([1] * (adj.ndim - 1)))
+                              if C.per_sample else event_found.reshape(()), 0.0, adj)
         param_grads: list[Tensor | None] = [None] * len(params)
-        adj: Tensor | None = None  # dL/dy at the end of the step being replayed
-        j = len(t_out) - 1  # newest output not yet routed
-        for n in range(len(steps) - 1, -1, -1):
-            step = steps[n]
-            outs = []
-            while j >= 1 and t_out[j] > step.t:
-                outs.append(j)
-                j -= 1
-            # The FSAL stage (the derivative at the step's end) only feeds the dense output;
-            # y_new does not need it, so it is skipped unless an output lies inside the step.
-            interior = any(t_out[k] != step.t_new for k in outs)
+        for rec in reversed(records):
             with torch.enable_grad():
-                y = step.y.detach().requires_grad_(True)
-                if perturb or (n > 0 and steps[n - 1].jump_after):
-                    f0 = f.perturbed(step.t, y, +1)
-                else:
-                    f0 = f(step.t, y)
-                result = stepper.step(
-                    f, step.t, y, f0, step.dt, None, None, with_error=False,
-                    f_last=f_last if not step.jump_after else
-                    (lambda tt, x: f.perturbed(tt, x, -1)),
-                    fsal_stage=interior)
-                y_new, stages = result.y_new, result.stages
-                targets, grads = [], []
-                end_grad = adj
-                f_new = None
-                for k in outs:
-                    if t_out[k] == step.t_new:
-                        end_grad = grad_ys[k] if end_grad is None else end_grad + grad_ys[k]
-                        continue
-                    theta = (t_out[k] - step.t) / step.dt
-                    if fixed:
-                        if interp == "linear":
-                            out = linear(y, y_new, theta)
-                        else:
-                            if f_new is None:
-                                f_new = (f.perturbed(step.t_new, y_new, +1) if perturb
-                                         else f(step.t_new, y_new))
-                            out = hermite(y, y_new, f0, f_new, step.dt, theta)
-                    else:
-                        if f_new is None and stepper.needs_f_end_for_dense:
-                            f_new = stepper.f_end(f, step.t_new, y_new, result)
-                        out = stepper.interpolate(y, y_new, step.dt, stages, f_new, theta, None)
-                    targets.append(out)
-                    grads.append(grad_ys[k])
-                if end_grad is not None:
-                    targets.append(y_new)
-                    grads.append(end_grad)
-                if not targets:
-                    adj = None
-                    continue
-                inputs = (y, *params)
-                got = torch.autograd.grad(targets, inputs, grads, allow_unused=True)
-            adj = got[0]
+                y_in = rec.y if failed is None else torch.where(keep, rec.y, y_start)
+                y = y_in.detach().requires_grad_(True)
+                dt = rec.dt if failed is None else torch.where(failed, 0.0, rec.dt)
+                targets, grads = _replay(problem, stepper, cfg, rec, y, dt, adj, grad_ys,
+                                         grad_last)
+                got = torch.autograd.grad(targets, (y, *params), grads, allow_unused=True)
+            adj = got[0] if got[0] is not None else torch.zeros_like(adj)
             for i, g in enumerate(got[1:]):
                 if g is not None:
                     param_grads[i] = g if param_grads[i] is None else param_grads[i] + g
-        grad_y0 = grad_ys[0] if adj is None else adj + grad_ys[0]
-        ctx.stats.nfe_backward += f.nfe - nfe_before
-        ctx.stats.n_steps_backward += len(steps)
-        return (None, None, None, grad_y0, *param_grads)
+        stats.nfe_backward += f.nfe - nfe_before
+        stats.n_steps_backward += len(records)
+        return (None, adj + grad_ys[0], *param_grads)
 
 
-def attach_checkpoint(problem: Problem, spec: MethodSpec, stats: SolveStats, y0: Tensor,
-                      params: tuple[Tensor, ...], steps: list[StepRecord], ys: Tensor) -> Tensor:
-    """Give the outputs ``ys`` of a finished loop the checkpointed gradient.
+def _replay(problem: Problem, stepper: Any, cfg: Any, rec: StepRecord, y: Tensor, dt: Any,
+            adj: Tensor, grad_ys: Tensor, grad_last: Tensor) -> tuple[list, list]:
+    """One step rebuilt under autograd; the tensors it produced and their gradients."""
+    C = problem.clock
+    f = problem.func
+    lanes = C.per_sample
+    jumps = cfg.stop_jump is not None
+    if cfg.perturb or (rec.f0_side if not lanes else jumps):
+        f0 = f.perturbed(rec.t, y, 1 if cfg.perturb else rec.f0_side)
+    else:
+        f0 = f(rec.t, y)
+    f_last = None
+    if cfg.perturb:
+        f_last = lambda tt, x: f.perturbed(tt, x, -1)  # noqa: E731
+    elif rec.last_side if not lanes else jumps:
+        f_last = lambda tt, x: f.perturbed(tt, x, rec.last_side)  # noqa: E731
+    # The derivative at the step's end only feeds the dense output; y_new does not need it.
+    interior = rec.event is not None or any(
+        th != 1.0 if not lanes else True for _, _, th in rec.outputs)
+    res = stepper.step(f, rec.t, y, f0, dt, None, None, with_error=False, f_last=f_last,
+                       fsal_stage=interior)
+    y_new, stages = res.y_new, res.stages
+    f_new = None
+    if interior and stepper.needs_f_end_for_dense:
+        if getattr(stepper, "fsal", False) and cfg.fsal:
+            f_new = stages[-1]
+        elif cfg.perturb:
+            f_new = f.perturbed(rec.t_new, y_new, +1)
+        else:
+            f_new = stepper.f_end(f, rec.t_new, y_new, res)
+    targets = [C.rows(rec.ok, y_new, y)]
+    grads = [adj]
+    for sel, j, theta in rec.outputs:
+        if not lanes:
+            value = y_new if theta == 1.0 else stepper.interpolate(y, y_new, dt, stages, f_new,
+                                                                   theta, None)
+            targets.append(value)
+            grads.append(grad_ys[j])
+            continue
+        piece = stepper.interpolant(rec.t[sel], dt[sel], y[sel], y_new[sel],
+                                    [s[sel] for s in stages],
+                                    None if f_new is None else f_new[sel])
+        exact = (C.grid[sel, j] == rec.t_new[sel])[:, None]  # the loop took y_new itself
+        targets.append(torch.where(exact, y_new[sel], piece.evaluate(theta)))
+        grads.append(grad_ys[j, sel])
+    if rec.event is not None:
+        sel, theta, restep = rec.event
+        if lanes:
+            th = torch.ones_like(rec.t)
+            th[sel] = theta
+        else:
+            th = theta
+        piece = stepper.interpolant(rec.t, dt, y, y_new, stages, f_new, f)
+        on = piece.precise if restep else piece
+        y_ev = on.evaluate(th)
+        if lanes:
+            y_ev = torch.where((th == 1.0)[:, None], y_new, y_ev)
+            targets.append(y_ev[sel])
+            grads.append(grad_last[sel])
+        else:
+            targets.append(y_new if th == 1.0 else y_ev)
+            grads.append(grad_last)
+    return targets, grads
+
+
+def attach_checkpoint(problem: Problem, stepper: Any, cfg: Any, stats: SolveStats, y0: Tensor,
+                      params: tuple[Tensor, ...], records: list[StepRecord], ys: Tensor,
+                      y_last: Tensor, failed: Tensor | None, event_found: Tensor | None = None
+                      ) -> tuple[Tensor, Tensor]:
+    """``(ys, y_last)`` of a recorded forward, differentiable by replay.
 
     Args:
-        problem: the problem the loop solved (its ``t_out`` says where ``ys`` are; an event
-            solve passes ``(t0, t_event)``).
-        spec: the method.
+        problem: the problem the loop solved.
+        stepper, cfg: the loop's stepper and configuration.
         stats: receives ``nfe_backward`` and ``n_steps_backward`` when backward runs.
         y0: the flat initial state, with its graph (gradients flow to it).
         params: the tensors whose gradients backward returns.
-        steps: the loop's :class:`~odeflow.integrate.StepRecord` list (``record_steps``).
-        ys: the loop's stacked flat outputs ``(T, n)``, without graph.
-
-    Returns:
-        ``ys`` (the same values) whose backward replays the steps newest first.
+        records: the loop's :class:`~odeflow.integrate.StepRecord` list.
+        ys: the loop's stacked flat outputs, without graph.
+        y_last: the state where the loop stopped (the event state of event lanes).
+        failed: per sample, the lanes that failed (they get no gradient), else ``None``.
+        event_found: the lanes that stopped at an event (their ``y_last`` is the event
+            state, injected at the event's step), else ``None``.
     """
-    return _Checkpoint.apply((replace(problem, y0=y0.detach()), steps, ys), spec, stats, y0,
-                             *params)
-
-
-def solve_checkpoint(problem: Problem, spec: MethodSpec, stats: SolveStats, y0: Tensor,
-                     params: tuple[Tensor, ...]) -> Tensor:
-    """Solve with checkpointed gradients; returns the stacked flat outputs ``(T, n)``."""
-    if not spec.replayable:
-        raise ValueError(
-            f"gradient='checkpoint' replays single steps and needs a Runge–Kutta method; "
-            f"method={spec.name!r} is not one (use gradient='adjoint' or 'direct')"
-        )
-    with torch.no_grad():
-        result = run_loop(replace(problem, y0=y0.detach()), spec, record_steps=True)
-    stats.copy_forward(result.stats)
-    stats.nfe = problem.func.nfe
-    return attach_checkpoint(problem, spec, stats, y0, params, result.steps,
-                             torch.stack(result.ys))
+    payload = (problem, stepper, cfg, records, ys, y_last, stats, failed, event_found)
+    return _Checkpoint.apply(payload, y0, *params)

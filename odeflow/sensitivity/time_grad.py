@@ -8,6 +8,7 @@ mode is in use; :class:`_OutputTimes` adds ``<∂L/∂y_i, f(t_i, y_i)>`` for ev
 For ``i = 0`` both terms cancel, as they must: ``y(t_0) = y0`` does not depend on ``t_0``.
 These are the exact flow's derivatives at the computed solution; they differ from the
 derivative of the discrete solution by terms of the order of the solver's tolerance.
+Per sample the same holds lane by lane (a shared 1-D ``t`` sums the lanes' terms).
 """
 
 from __future__ import annotations
@@ -18,16 +19,30 @@ from torch import Tensor
 from ..problem import Problem
 from ..stats import SolveStats
 
-__all__ = ["shift_initial_state", "attach_output_times"]
+__all__ = ["shift_initial_state", "attach_output_times", "user_derivative"]
+
+
+def user_derivative(problem: Problem, t_user: Tensor, y: Tensor) -> Tensor:
+    """``dy/dt`` in the user's time direction at user times ``t_user`` (0-dim, or ``(B,)``)."""
+    C = problem.clock
+    out = problem.func.at(t_user.to(problem.layout.real_dtype), y)  # canonical
+    return out * C.sign_column(out.dtype) if C.per_sample else C.sign * out
+
+
+def _initial_times(problem: Problem) -> Tensor:
+    t = problem.t
+    if not problem.per_sample:
+        return t[0]
+    return t[:, 0] if t.ndim == 2 else t[0].expand(problem.clock.batch)
 
 
 def shift_initial_state(problem: Problem, y0: Tensor) -> Tensor:
     """``y0`` with the ``t_0`` dependence of the flow attached (see the module docstring)."""
-    t0 = problem.t[0]
+    t0 = _initial_times(problem)
     with torch.no_grad():
-        f0 = problem.func.at(t0.detach().to(problem.layout.real_dtype), y0)
-    # f0 is canonical (sign applied): d y / d t_user = sign * f0.
-    return y0 - (t0 - t0.detach()).to(y0.dtype) * (problem.sign * f0)
+        f0 = user_derivative(problem, t0.detach(), y0)
+    shift = (t0 - t0.detach()).to(y0.dtype)
+    return y0 - (shift[:, None] if problem.per_sample else shift) * f0
 
 
 class _OutputTimes(torch.autograd.Function):
@@ -45,20 +60,24 @@ class _OutputTimes(torch.autograd.Function):
         problem: Problem = ctx.problem
         grad_t = None
         if ctx.needs_input_grad[0]:
-            grad_t = torch.zeros_like(t)
+            n_t = ys.shape[0]
+            lanes = problem.per_sample
+            grid = t if (not lanes or t.ndim == 2) else t.expand(problem.clock.batch, -1)
+            rows = []
             with torch.no_grad():
-                for i in range(ys.shape[0]):
-                    ti = t[i].to(problem.layout.real_dtype)
-                    f_user = problem.sign * problem.func.at(ti, ys[i])
-                    grad_t[i] = (grad_ys[i] * f_user).sum().to(t.dtype)
+                for j in range(n_t):
+                    tj = grid[:, j] if lanes else grid[j]
+                    dy = user_derivative(problem, tj.detach(), ys[j])
+                    rows.append((torch.nan_to_num(grad_ys[j]) * dy).sum(-1))
+            g = torch.stack(rows, -1).to(t.dtype)  # (T,) or (B, T)
+            grad_t = g.sum(0) if (lanes and t.ndim == 1) else g
             if ctx.stats is not None:
-                ctx.stats.nfe_backward += ys.shape[0]
+                ctx.stats.nfe_backward += n_t
         return grad_t, grad_ys, None, None
 
 
 def attach_output_times(problem: Problem, ys: Tensor, stats: SolveStats | None = None) -> Tensor:
-    """``ys`` (``(T, n)`` flat) whose backward also gives ``∂L/∂t_i = <∂L/∂y_i, f(t_i, y_i)>``.
-
-    The ``T`` evaluations of ``func`` this needs are added to ``stats.nfe_backward``.
-    """
+    """``ys`` (``(T, n)`` or ``(T, B, n)``) whose backward also gives
+    ``∂L/∂t_i = <∂L/∂y_i, f(t_i, y_i)>``; the evaluations this needs are added to
+    ``stats.nfe_backward``."""
     return _OutputTimes.apply(problem.t, ys, problem, stats)

@@ -24,7 +24,8 @@ ADAPTIVE_OPTIONS = (
     "first_step", "safety", "ifactor", "dfactor", "min_step", "max_step", "max_num_steps",
     "norm", "jump_t", "step_t", "dtype", "controller", "per_sample", "compile",
 )
-FIXED_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp", "max_num_steps")
+FIXED_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp", "max_num_steps",
+                 "per_sample")
 
 ADAPTIVE_METHODS = ("dopri5", "tsit5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 ROSENBROCK_METHODS = ("rodas5p", "rodas4")
@@ -74,6 +75,39 @@ class MethodSpec:
         return self.name not in ADAMS_METHODS + ("auto",) and not self.external
 
     @property
+    def per_sample(self) -> bool:
+        """Whether the stepper takes one step size per lane (``options["per_sample"]``):
+        declared by the stepper class itself."""
+        return bool(getattr(_stepper_class(self.name), "per_sample", False))
+
+    def check_per_sample(self, options: dict[str, Any], mode: str) -> None:
+        """Refuse what per-sample mode does not support with this method, naming it."""
+        if not self.per_sample:
+            able = [m for m in METHODS if get_method(m).per_sample]
+            raise ValueError(f"options['per_sample'] does not support method={self.name!r}; "
+                             f"methods that take one step size per sample: {', '.join(able)}")
+        if self.implicit:
+            for name in ("jacobian", "linear_solver", "compile"):
+                if options.get(name) not in (None, False, "dense"):
+                    raise ValueError(
+                        f"options['{name}'] is not supported with options['per_sample'] and "
+                        f"method={self.name!r} (the per-sample Jacobians are computed by "
+                        "autodiff, (B, n, n))")
+            if mode == "adjoint":
+                raise ValueError(
+                    f"gradient='adjoint' with options['per_sample'] and method={self.name!r} "
+                    "is not supported (a stiff adjoint needs the forward dense output per "
+                    "sample); use gradient='checkpoint' or 'direct'")
+
+    @property
+    def adjoint_default(self) -> str | None:
+        """The backward solve's method when ``adjoint_method`` is not given: the forward's,
+        except after an implicit forward, where ``kvaerno5`` (implicit too, and its Newton
+        iteration tolerates the block Jacobian the adjoint system gets, where a Rosenbrock
+        method would lose order)."""
+        return "kvaerno5" if self.implicit and "kvaerno5" in METHODS else None
+
+    @property
     def supports_events(self) -> bool:
         """Events and dense output work on this method's per-step interpolants."""
         return not self.external
@@ -113,6 +147,21 @@ class MethodSpec:
 
 
 _RK_CACHE: dict[str, ExplicitRK] = {}
+
+
+def _stepper_class(name: str) -> Any:
+    """The stepper class behind a method name (``None`` for the SciPy bridge)."""
+    if name in ADAPTIVE_METHODS or name in FIXED_RK_METHODS:
+        return ExplicitRK
+    if name in ROSENBROCK_METHODS:
+        return Rosenbrock
+    if name in ESDIRK_METHODS:
+        return ESDIRK
+    if name == "auto":
+        return AutoSwitch
+    if name in ADAMS_METHODS:
+        return AdamsBashforth
+    return None
 
 
 def get_method(method: str | None) -> MethodSpec:

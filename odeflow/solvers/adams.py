@@ -58,6 +58,9 @@ class AdamsBashforth:
         Hairer, Nørsett & Wanner, *Solving Ordinary Differential Equations I*, §III.1, §III.5.
     """
 
+    #: takes one step size per lane (a per-sample batch)
+    per_sample = False
+
     implicit = False
 
     def __init__(self, order: int = 4, max_iters: int = 0):

@@ -69,6 +69,9 @@ class AutoState:
 class AutoSwitch:
     """A stepper that runs ``explicit`` or ``implicit`` (see the module docstring)."""
 
+    #: takes one step size per lane (a per-sample batch)
+    per_sample = False
+
     steps_to_outputs = False
     needs_f_end_for_dense = False
 

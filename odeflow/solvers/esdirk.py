@@ -181,6 +181,9 @@ class ESDIRK:
             when the embedded method is unbounded at ``z → ∞`` (``trbdf2``).
     """
 
+    #: takes one step size per lane (a per-sample batch)
+    per_sample = False
+
     needs_f_end_for_dense = True
 
     def __init__(self, tableau: ESDIRKTableau, linear_solver: Any = None, *,

@@ -52,6 +52,9 @@ class ExplicitRK:
     ``stages[-1]`` is the derivative at ``(t + dt, y_new)``.
     """
 
+    #: takes one step size per lane (a per-sample batch)
+    per_sample = True
+
     def __init__(self, tableau: ButcherTableau):
         self.tableau = tableau
         self.order = tableau.order
@@ -66,10 +69,11 @@ class ExplicitRK:
 
     # ----------------------------------------------------------------------------- setup
     def workspace(self, y0: Tensor) -> Workspace:
-        """Buffers for the fused (no-autograd) path of one solve."""
+        """Buffers for the fused (no-autograd) path of one solve (any state shape: a joint
+        ``(n,)`` or a per-sample ``(B, n)``; the stages are the rows of one ``(s, N)``)."""
         s, n = self._s, y0.numel()
         buffer = y0.new_empty((s, n))
-        rows = tuple(buffer.unbind(0))
+        rows = tuple(r.view(y0.shape) for r in buffer.unbind(0))
         prefix = tuple(buffer[:i].T for i in range(s + 1))
         a_rows, b, b_err = self._coefficients(y0.dtype, y0.device)
         return Workspace(buffer, rows, prefix, a_rows, b, b_err)
@@ -120,7 +124,9 @@ class ExplicitRK:
             fsal_stage: evaluate the FSAL stage; without an error estimate or dense output
                 it is not needed for ``y_new`` (the checkpointed backward skips it).
         """
-        if ws is None:
+        if isinstance(dt, Tensor):  # per sample: one step size per lane
+            y_new, err, stages = self._step_lanes(f, t, y, f0, dt, ws, with_error, f_last)
+        elif ws is None:
             skip_last = self.fsal and not fsal_stage and not with_error
             y_new, err, stages = self._step_autograd(f, t, y, f0, dt, with_error, f_last,
                                                      skip_last)
@@ -161,6 +167,47 @@ class ExplicitRK:
         if with_error and self._e_nz:
             with torch.no_grad():
                 err = _combine(None, ks, self._e_nz, dt)
+        return y_new, err, ks
+
+    def _step_lanes(self, f, t, y, f0, dt, ws, with_error, f_last):
+        """One attempt per lane of a ``(B, n)`` state with step sizes ``dt`` ``(B,)``.
+
+        A lane that does not step (``dt = 0``) stays exactly at ``y``, also where its
+        stages are not finite: no nan enters the graph (or the next stage) through
+        ``0 * inf``.
+        """
+        a_rows, b, b_err = self._coefficients(y.dtype, y.device)
+        c = self._c
+        h = dt.to(y.dtype)[:, None]
+        still = h == 0
+        if ws is None:  # under autograd the stages must not go into a reused buffer
+            ks = [f0]
+
+            def stage_sum(i: int, w: Tensor) -> Tensor:
+                return torch.mv(torch.stack(ks[:i]).reshape(i, -1).T, w).view_as(y)
+        else:
+            ks = ws.rows
+            if f0 is not ks[0]:
+                ks[0].copy_(f0)
+
+            def stage_sum(i: int, w: Tensor) -> Tensor:
+                return torch.mv(ws.prefix[i], w).view_as(y)
+
+        y_i = y
+        for i in range(1, self._s):
+            y_i = torch.where(still, y, torch.addcmul(y, h, stage_sum(i, a_rows[i])))
+            fi = f_last if (f_last is not None and c[i] == 1.0) else f
+            k_i = fi(t + c[i] * dt, y_i)
+            if ws is None:
+                ks.append(k_i)
+            else:
+                ks[i].copy_(k_i)
+        s = self._s
+        y_new = y_i if self.fsal else torch.where(still, y, torch.addcmul(y, h, stage_sum(s, b)))
+        err = None
+        if with_error and b_err is not None:
+            with torch.no_grad():
+                err = h * stage_sum(s, b_err)
         return y_new, err, ks
 
     # ----------------------------------------------------------------------- dense output
@@ -222,7 +269,6 @@ class ExplicitRK:
         return TableauInterpolant(0.0, dt, y, stages, self.tableau, stacked).evaluate(theta)
 
 
-    # ---------------------------------------------------- per-sample mode (one dt per sample)
     @property
     def stages(self) -> int:
         """The number of stages ``s``."""
@@ -231,69 +277,6 @@ class ExplicitRK:
     def coefficients(self, dtype: torch.dtype, device: torch.device) -> tuple:
         """``(a_rows, b, b_err)`` as tensors of ``dtype`` on ``device`` (cached)."""
         return self._coefficients(dtype, device)
-
-    def step_batch(self, f: Callable, t: Tensor, y: Tensor, f0: Tensor, dt: Tensor,
-                   last_side: Tensor | None = None, buf: Tensor | None = None,
-                   ) -> tuple[Tensor, Tensor, Tensor]:
-        """One attempt per sample of a ``(B, n)`` batch with step sizes ``dt`` ``(B,)``
-        (``options["per_sample"]``); returns ``(y_new, error estimate, stages (s, B, n))``.
-
-        ``f(t, y, side)`` is the batched derivative (``side``: per-sample one-sided
-        evaluation at a jump, for the stages with ``c == 1``); ``buf`` an ``(s, B, n)``
-        workspace for no-grad solves (``None`` under autograd).
-        """
-        a_rows, b, b_err = self._coefficients(y.dtype, y.device)
-        c = self._c
-        h = dt.to(y.dtype)[:, None]
-        # A sample that does not step (dt = 0) stays exactly at y, even where its stages are
-        # not finite: no nan enters the graph (or the next stage) through 0 * inf.
-        still = h == 0
-        if buf is None:  # under autograd the stages must not go into a reused buffer
-            ks = [f0]
-            y_i = y
-            for i in range(1, self._s):
-                y_i = torch.where(still, y, torch.addcmul(y, h, _stage_sum(torch.stack(ks),
-                                                                           a_rows[i])))
-                ks.append(f(t + c[i] * dt, y_i, last_side if c[i] == 1.0 else None))
-            K = torch.stack(ks)
-        else:
-            K = buf
-            K[0] = f0
-            y_i = y
-            for i in range(1, self._s):
-                y_i = torch.where(still, y, torch.addcmul(y, h, _stage_sum(K[:i], a_rows[i])))
-                K[i] = f(t + c[i] * dt, y_i, last_side if c[i] == 1.0 else None)
-        y_new = y_i if self.fsal else torch.where(
-            still, y, torch.addcmul(y, h, _stage_sum(K, b)))
-        with torch.no_grad():
-            err = h * _stage_sum(K, b_err)
-        return y_new, err, K
-
-    def batch_interpolant(self, y: Tensor, y_new: Tensor, K: Tensor, f_new: Tensor | None,
-                          dt: Tensor) -> Interpolant:
-        """The step's dense output for every sample (``theta`` and ``dt`` per sample)."""
-        if self.tableau.dense is not None:
-            return TableauInterpolant(None, dt, y, K, self.tableau)
-        assert f_new is not None
-        return HermiteInterpolant(None, dt, y, y_new, K[0], f_new)
-
-    def batch_evaluate(self, y: Tensor, y_new: Tensor, K: Tensor, f_new: Tensor | None,
-                       dt: Tensor, theta: Tensor) -> Tensor:
-        """Dense output at fraction ``theta`` ``(B,)`` of each sample's step."""
-        return self.batch_interpolant(y, y_new, K, f_new, dt).evaluate(theta)
-
-    def batch_derivative(self, y: Tensor, y_new: Tensor, K: Tensor, f_new: Tensor | None,
-                         dt: Tensor, theta: Tensor) -> Tensor:
-        """Time derivative of the dense output at ``theta`` (canonical time)."""
-        safe = torch.where(dt > 0, dt, 1.0)  # samples that did not step: no 0/0
-        return self.batch_interpolant(y, y_new, K, f_new, safe).derivative(theta)
-
-
-def _stage_sum(K: Tensor, w: Tensor) -> Tensor:
-    """``Σ_j w_j K[j]`` for per-sample stages ``K`` ``(j, B, n)``: one matrix–vector product
-    over the flattened stages (an einsum costs several small kernels per call)."""
-    j, B, n = K.shape
-    return torch.mv(K.reshape(j, B * n).T, w).view(B, n)
 
 
 class ReStepInterpolant(Interpolant):
@@ -309,7 +292,7 @@ class ReStepInterpolant(Interpolant):
         self.stepper, self.f, self.t, self.dt, self.y, self.f0 = stepper, f, t, dt, y, f0
 
     def evaluate(self, theta: float) -> Tensor:
-        if theta == 0.0:
+        if not isinstance(theta, Tensor) and theta == 0.0:
             return self.y
         return self.stepper.step(self.f, self.t, self.y, self.f0, theta * self.dt, None, None,
                                  with_error=False).y_new

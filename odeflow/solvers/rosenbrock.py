@@ -72,6 +72,9 @@ class Rosenbrock:
         autonomous: ``func`` does not depend on ``t``: skip ``∂f/∂t``.
     """
 
+    #: takes one step size per lane (a per-sample batch)
+    per_sample = True
+
     steps_to_outputs = False
     needs_f_end_for_dense = False
     fsal = False
@@ -126,6 +129,8 @@ class Rosenbrock:
         """One attempt from ``(t, y)`` with step ``dt`` (see the module docstring)."""
         if state is None:  # a replayed step (checkpointing): a fresh Jacobian
             state = RosenbrockState()
+        if isinstance(dt, Tensor):  # per sample: one step size per lane
+            return self._step_lanes(f, t, y, f0, dt, state, with_error, f_last)
         tab = self.tableau
         jac, f_t = self._jacobian(f, t, y, f0, state)
         if not isinstance(jac, Tensor) and torch.is_grad_enabled() and f0.requires_grad:
@@ -197,7 +202,7 @@ class Rosenbrock:
 
     def interpolate(self, y: Tensor, y_new: Tensor, dt: float, stages: Sequence[Tensor],
                     f_new: Tensor | None, theta: float, ws: Any) -> Tensor:
-        if ws is not None and stages[-1]._base is ws.U:
+        if ws is not None and not isinstance(dt, Tensor) and stages[-1]._base is ws.U:
             # The increments are the rows of ws.U (the buffered path): one matrix product.
             terms = tuple((ws.H @ ws.U).unbind(0))
         else:
@@ -207,20 +212,13 @@ class Rosenbrock:
     def _dense_terms(self, us: Sequence[Tensor]) -> tuple[Tensor, ...]:
         return tuple(_combine(None, us, row, 1.0) for row in self._H)
 
-    # ---------------------------------------------------- per-sample mode (one dt per sample)
-    @property
-    def stages(self) -> int:
-        """Rows of the per-sample stage tensor: ``f0`` and the ``s`` increments."""
-        return self._s + 1
-
-    def step_batch(self, f: Callable, t: Tensor, y: Tensor, f0: Tensor, dt: Tensor,
-                   last_side: Tensor | None = None, buf: Tensor | None = None, *,
-                   state: RosenbrockState | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """One attempt per sample of a ``(B, n)`` batch with step sizes ``dt`` ``(B,)``:
-        ``(B, n, n)`` Jacobians and LU factors, every sample its own ``hγ``. Returns
-        ``(y_new, error estimate, stages (s + 1, B, n))``; a sample with ``dt = 0`` stays
-        at ``y``. ``buf`` is unused (the batched solves allocate their results)."""
-        counts = state.counts if state is not None else ImplicitCounts()
+    def _step_lanes(self, f: Func, t: Tensor, y: Tensor, f0: Tensor, dt: Tensor,
+                    state: RosenbrockState, with_error: bool, f_last: Func | None
+                    ) -> StepResult:
+        """One attempt per lane of a ``(B, n)`` state with step sizes ``dt`` ``(B,)``:
+        ``(B, n, n)`` Jacobians and LU factors, every lane its own ``hγ``; a lane with
+        ``dt = 0`` stays at ``y``."""
+        counts = state.counts
         tab = self.tableau
         graph = torch.is_grad_enabled() and f0.requires_grad
         jac, f_t = batched_jacobian(f, t, y, counts, not self.autonomous, graph)
@@ -235,37 +233,19 @@ class Rosenbrock:
             if i == 0:
                 rhs = f0
             else:
-                side = last_side if tab.c[i] == 1.0 else None
-                rhs = f(t + tab.c[i] * dt, _combine(y, us, self._a[i], 1.0), side)
+                fi = f_last if (f_last is not None and tab.c[i] == 1.0) else f
+                rhs = fi(t + tab.c[i] * dt, _combine(y, us, self._a[i], 1.0))
             if self._C[i]:
                 rhs = rhs + inv_h * _combine(None, us, self._C[i], 1.0)
             if f_t is not None and tab.d[i] != 0.0:
                 rhs = rhs + (tab.d[i] * h_col) * f_t
             us.append(torch.where(still, 0.0, factor.solve(rhs) * hg_col))
         y_new = _combine(y, us, self._m, 1.0)
-        with torch.no_grad():
-            err = us[-1].detach().clone()
-        return y_new, err, torch.stack([f0, *us])
-
-    def batch_interpolant(self, y: Tensor, y_new: Tensor, K: Tensor, f_new: Tensor | None,
-                          dt: Tensor) -> Interpolant:
-        """The step's dense output for every sample (``theta`` and ``dt`` per sample)."""
-        s = self._s
-        H = torch.tensor([list(r) for r in self.tableau.H if any(r)], dtype=K.dtype,
-                         device=K.device)
-        terms = torch.mm(H, K[1:].reshape(s, -1)).view(H.shape[0], *K.shape[1:])
-        return RosenbrockInterpolant(None, dt, y, y_new, terms.unbind(0))
-
-    def batch_evaluate(self, y: Tensor, y_new: Tensor, K: Tensor, f_new: Tensor | None,
-                       dt: Tensor, theta: Tensor) -> Tensor:
-        """Dense output at fraction ``theta`` ``(B,)`` of each sample's step."""
-        return self.batch_interpolant(y, y_new, K, f_new, dt).evaluate(theta)
-
-    def batch_derivative(self, y: Tensor, y_new: Tensor, K: Tensor, f_new: Tensor | None,
-                         dt: Tensor, theta: Tensor) -> Tensor:
-        """Time derivative of the dense output at ``theta`` (canonical time)."""
-        safe = torch.where(dt > 0, dt, 1.0)
-        return self.batch_interpolant(y, y_new, K, f_new, safe).derivative(theta)
+        error = None
+        if with_error:
+            with torch.no_grad():
+                error = us[-1].detach().clone()
+        return StepResult(y_new, error, (f0, *us), state, True)
 
 
 class RosenbrockInterpolant(Interpolant):

@@ -1,0 +1,227 @@
+"""From a checked problem and method to the loop's frozen :class:`~odeflow.integrate.LoopConfig`.
+
+Built once per solve: step limits and the controller from ``options``, and the stop
+times every lane lands on exactly (``jump_t``, ``step_t``, the output times of a method
+that steps to them, the end), or the grid of a fixed-grid method (``step_size``,
+``grid_constructor`` or the output times). For one lane they are Python floats; per
+sample they are ``(B, K)`` matrices, one row per lane, ``inf`` padded.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .integrate import LoopConfig, callbacks
+from .options import make_controller, max_steps, positive_float
+from .problem import Problem
+
+__all__ = ["loop_config"]
+
+
+def loop_config(problem: Problem, spec: Any, stepper: Any, *, record: bool = False,
+                search: bool = False, callback_suffix: str = "", fsal: bool = True,
+                use_callbacks: bool = True) -> LoopConfig:
+    """The loop's configuration for ``problem`` solved by ``stepper`` (of ``spec``).
+
+    ``search``: an event search (a fixed grid is then generated lazily, bounded by
+    ``max_num_steps``).
+    """
+    opts = problem.options
+    cbs = callbacks(problem, callback_suffix) if use_callbacks else (None, None, None)
+    if not spec.adaptive:
+        cbs = (cbs[0], None, None)  # every fixed-grid step is accepted
+        stops = _fixed_grid(problem, search)
+        jumps = None
+        perturb = bool(opts.get("perturb", False))
+        interp = opts.get("interp", "linear")
+        if interp not in ("linear", "cubic"):
+            raise ValueError(f"options['interp'] must be 'linear' or 'cubic', got {interp!r}")
+        return LoopConfig(False, None, max_steps(opts), 0.0, math.inf, None, stops, jumps,
+                          perturb=perturb, interp=interp, callbacks=cbs, record=record,
+                          fsal=fsal)
+    stops, jumps = _adaptive_stops(problem, stepper)
+    return LoopConfig(
+        True, make_controller(opts), max_steps(opts),
+        positive_float(opts, "min_step", None, allow_zero=True) or 0.0,
+        positive_float(opts, "max_step", None) or math.inf,
+        positive_float(opts, "first_step", None), stops, jumps, callbacks=cbs,
+        record=record, fsal=fsal, compile=bool(opts.get("compile", False)))
+
+
+# ------------------------------------------------------------------------------- adaptive
+def _user_times(problem: Problem, name: str) -> Tensor | list[float] | None:
+    value = problem.options.get(name)
+    if value is None:
+        return None
+    if isinstance(value, Tensor):
+        return value.detach()
+    try:
+        return [float(v) for v in value]
+    except TypeError:
+        raise TypeError(f"options['{name}'] must be a 1-D tensor or sequence of times") from None
+
+
+def _adaptive_stops(problem: Problem, stepper: Any) -> tuple[Any, Any]:
+    C = problem.clock
+    jumps = _user_times(problem, "jump_t")
+    step_t = _user_times(problem, "step_t")
+    if not C.per_sample:
+        t0, t1 = C.grid[0], C.grid[-1]
+
+        def inside(values: Any) -> list[float]:
+            if values is None:
+                return []
+            if isinstance(values, Tensor):
+                values = values.reshape(-1).to("cpu", torch.float64).tolist()
+            return [C.sign * v for v in values if t0 < C.sign * v < t1]
+
+        jump_set = set(inside(jumps))
+        stop_set = set(inside(step_t)) | jump_set | {t1}
+        if stepper.steps_to_outputs:
+            stop_set.update(C.grid[1:])
+        stops = sorted(stop_set)
+        return stops, ([s in jump_set for s in stops] if jump_set else None)
+    grid, B = C.grid, C.batch
+    extra = []
+    for values, is_jump in ((jumps, True), (step_t, False)):
+        if values is not None:
+            extra.append((_lane_times(values, C.sign, B, "jump_t" if is_jump else "step_t"),
+                          is_jump))
+    if stepper.steps_to_outputs and grid.shape[1] > 2:
+        extra.append((grid[:, 1:-1], False))
+    stops, flags = _stop_matrix(grid, extra)
+    return stops, (flags if jumps is not None else None)
+
+
+def _lane_times(values: Any, sign: Tensor, batch: int, name: str) -> Tensor:
+    """Per-sample stop times as canonical ``(B, K)``: 1-D (shared) or ``(B, K)``."""
+    times = torch.as_tensor(values, dtype=torch.float64).to(sign.device)
+    if times.ndim == 1:
+        times = times.expand(batch, -1)
+    elif times.ndim != 2 or times.shape[0] != batch:
+        raise ValueError(f"with options['per_sample'], options['{name}'] must be 1-D (times "
+                         f"shared by all samples) or of shape (B, K) with B = {batch}, got "
+                         f"{tuple(times.shape)}")
+    return sign[:, None] * times
+
+
+def _stop_matrix(grid: Tensor, extra: list[tuple[Tensor, bool]]) -> tuple[Tensor, Tensor]:
+    """Sorted per-lane stop times strictly inside each row's span, then its end; and
+    whether each is a jump."""
+    t0, t_end = grid[:, :1], grid[:, -1:]
+    vals = [t_end]
+    flags = [torch.zeros_like(t_end, dtype=torch.bool)]
+    for times, is_jump in extra:
+        inside = (times > t0) & (times < t_end)
+        vals.append(torch.where(inside, times, math.inf))
+        flags.append(torch.full_like(times, is_jump, dtype=torch.bool) & inside)
+    v = torch.cat(vals, 1)
+    fl = torch.cat(flags, 1)
+    while True:
+        v, order = v.sort(dim=1)
+        fl = fl.gather(1, order)
+        dup = (v[:, 1:] == v[:, :-1]) & torch.isfinite(v[:, 1:])
+        if not bool(dup.any()):  # host sync: setup only
+            return v, fl
+        fl[:, :-1] |= dup & fl[:, 1:]
+        v[:, 1:] = torch.where(dup, math.inf, v[:, 1:])
+
+
+# ----------------------------------------------------------------------------- fixed grid
+class LazyGrid:
+    """``t0 + i h`` for ``i < n``, then ``t1``: a fixed grid generated as the loop reads it
+    (an event search without an end time needs no list)."""
+
+    def __init__(self, t0: float, t1: float, h: float, n: int):
+        self.t0, self.t1, self.h, self.n = t0, t1, h, n
+
+    def __getitem__(self, i: int) -> float:
+        # stop i is grid point i + 1 (the loop starts at t0)
+        return self.t0 + (i + 1) * self.h if i + 1 < self.n else self.t1
+
+    @property
+    def size(self) -> int:
+        """The number of stops (a Python int; may exceed what ``len`` can return)."""
+        return self.n
+
+
+def _fixed_grid(problem: Problem, search: bool) -> Any:
+    """The stop times of a fixed-grid solve, without its start (the loop starts there)."""
+    opts = problem.options
+    C = problem.clock
+    step_size = opts.get("step_size")
+    constructor = opts.get("grid_constructor")
+    max_num_steps = max_steps(opts)
+    if step_size is not None and constructor is not None:
+        raise ValueError("options: give step_size or grid_constructor, not both")
+    if C.per_sample:
+        if constructor is not None:
+            raise ValueError("options['grid_constructor'] is not supported with "
+                             "options['per_sample']; give options['step_size'] (each sample "
+                             "then steps from its own t0) or the output times")
+        if step_size is None:
+            return C.grid[:, 1:].contiguous()
+        h = positive_float(opts, "step_size", None)
+        span = C.grid[:, -1] - C.grid[:, 0]
+        n = torch.clamp(torch.ceil(span / h - 1e-9), min=1).long()
+        n_max = int(n.max())  # host sync: setup only
+        if n_max > max_num_steps and not search:
+            raise ValueError(f"options['step_size']={h!r} needs {n_max} steps over the longest "
+                             f"time span, more than max_num_steps={max_num_steps}; raise "
+                             "options['max_num_steps'] to allow it")
+        i = torch.arange(1, n_max + 1, dtype=torch.float64, device=span.device)
+        points = C.grid[:, :1] + i * h
+        return torch.where(i < n[:, None], points,
+                           torch.where(i == n[:, None], C.grid[:, -1:], math.inf))
+    t0, t1 = C.grid[0], C.grid[-1]
+    if step_size is not None:
+        h = positive_float(opts, "step_size", None)
+        assert h is not None
+        # A tolerance of 1e-9 steps keeps (t1 - t0) / h = 10.000000000000002 from adding a
+        # sliver step.
+        n = max(1, math.ceil((t1 - t0) / h - 1e-9))
+        if search:
+            return LazyGrid(t0, t1, h, n)
+        if n > max_num_steps:
+            raise ValueError(
+                f"options['step_size']={h!r} needs {n} steps over the time span, more than "
+                f"max_num_steps={max_num_steps}; raise options['max_num_steps'] to allow it")
+        return [t0 + i * h for i in range(1, n)] + [t1]
+    if search:
+        raise ValueError("event_fn with a fixed-grid method needs options['step_size'] (the "
+                         "search has no end time to build a grid on)")
+    if constructor is not None:
+        return _constructed_grid(problem, constructor, max_num_steps)[1:]
+    return list(C.grid[1:])
+
+
+def _constructed_grid(problem: Problem, constructor: Any, max_num_steps: int) -> list[float]:
+    """``grid_constructor(func, y0, t)`` called with the user's own ``func``, ``y0`` and ``t``
+    (a decreasing ``t`` stays decreasing); its grid is returned in canonical time."""
+    if not callable(constructor):
+        raise TypeError("options['grid_constructor'] must be callable(func, y0, t)")
+    C = problem.clock
+    t0, t1 = C.grid[0], C.grid[-1]
+    t_user = torch.tensor([C.sign * x for x in C.grid],
+                          dtype=problem.t.dtype if problem.t.is_floating_point()
+                          else torch.float64)
+    grid = constructor(problem.user_func, problem.layout.unflatten(problem.y0), t_user)
+    if not isinstance(grid, Tensor) or grid.ndim != 1 or grid.numel() < 2:
+        raise ValueError("options['grid_constructor'] must return a 1-D tensor of >= 2 times")
+    values = [C.sign * v for v in grid.detach().to("cpu", torch.float64).tolist()]
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise ValueError("options['grid_constructor'] must return times strictly monotone in "
+                         "the direction of t")
+    scale0, scale1 = 1e-6 * max(1.0, abs(t0)), 1e-6 * max(1.0, abs(t1))
+    if abs(values[0] - t0) > scale0 or abs(values[-1] - t1) > scale1:
+        raise ValueError(
+            f"options['grid_constructor'] must return a grid from t[0]={C.sign * t0} "
+            f"to t[-1]={C.sign * t1}, got {grid[0].item()} .. {grid[-1].item()}")
+    values[0], values[-1] = t0, t1
+    if len(values) - 1 > max_num_steps:
+        raise ValueError(f"the grid has {len(values) - 1} steps, more than max_num_steps")
+    return values

@@ -1,0 +1,222 @@
+"""The time arithmetic of the one loop: what differs between a joint and a per-sample solve.
+
+A solve advances one or more *lanes*. A joint solve is one lane whose state is the whole
+flat vector ``(n,)``; a per-sample solve (``options={"per_sample": True}``) has one lane
+per sample, its state a ``(B, n)`` matrix with a row per sample. Everything the loop does
+with times, step sizes, accept/reject decisions, statuses and counters goes through a
+clock, so that the loop in ``integrate.py`` is written once:
+
+* :class:`SharedClock` keeps every lane quantity as a Python ``float``/``int``/``bool``
+  (one lane): scalar step-size arithmetic is far cheaper in Python than on 0-dim tensors,
+  and the only host synchronisation is reading the error norm.
+* :class:`LaneClock` keeps them as ``(B,)`` tensors; decisions are ``torch.where`` masks,
+  and :meth:`LaneClock.flags` reads every decision an iteration needs in one transfer.
+
+The loop never branches on which clock it has except where outputs are written (one list
+of states against one ``(T, B, n)`` tensor) and in the statistics it reports.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["SharedClock", "LaneClock", "Clock"]
+
+
+class SharedClock:
+    """One lane: times, step sizes and decisions as Python scalars (a joint solve)."""
+
+    per_sample = False
+    batch = None
+
+    def __init__(self, grid: Sequence[float], sign: float, real_dtype: torch.dtype,
+                 device: torch.device):
+        self.grid = tuple(grid)  # canonical increasing output times
+        self.sign = sign
+        self.real_dtype = real_dtype
+        self.device = device
+
+    # ------------------------------------------------------------------ the lanes' values
+    @property
+    def t0(self) -> float:
+        return self.grid[0]
+
+    @property
+    def t_end(self) -> float:
+        return self.grid[-1]
+
+    @property
+    def n_out(self) -> int:
+        return len(self.grid)
+
+    def full(self, value: Any) -> Any:
+        return value
+
+    @staticmethod
+    def where(mask: bool, a: Any, b: Any) -> Any:
+        return a if mask else b
+
+    @staticmethod
+    def rows(mask: bool, a: Any, b: Any) -> Any:
+        """``where`` for state-shaped values (one lane: the whole vector)."""
+        return a if mask else b
+
+    @staticmethod
+    def gather(table: Sequence[Any], index: int) -> Any:
+        return table[index]
+
+    @staticmethod
+    def ulp(x: float) -> float:
+        return math.ulp(x)
+
+    @staticmethod
+    def abs_max(a: float, b: float) -> float:
+        return max(abs(a), abs(b))
+
+    @staticmethod
+    def clip(x: float, lo: float, hi: float) -> float:
+        return min(max(x, lo), hi)
+
+    @staticmethod
+    def isfinite(x: float) -> bool:
+        return math.isfinite(x)
+
+    @staticmethod
+    def rows_finite(x: Tensor) -> bool:
+        return bool(torch.isfinite(x).all())  # host sync: setup and failure paths only
+
+    @staticmethod
+    def flags(*masks: bool) -> list[bool]:
+        return [bool(m) for m in masks]
+
+    @staticmethod
+    def not_(m: bool) -> bool:
+        return not m
+
+    @staticmethod
+    def total(x: Any) -> int:
+        return int(x)
+
+    # ----------------------------------------------------------------- user-facing values
+    def user_time(self, t: float) -> Tensor:
+        """Canonical time -> the 0-dim tensor ``func`` receives."""
+        return torch.scalar_tensor(self.sign * t, dtype=self.real_dtype, device=self.device)
+
+    def user_float(self, t: Any, lane: int = 0) -> float:
+        return self.sign * float(t)
+
+    def column(self, x: Any, like: Tensor) -> Any:
+        """A lane value as a multiplier of the state (a float for one lane)."""
+        return x
+
+    def select(self, mask: bool) -> None:
+        return None
+
+
+class LaneClock:
+    """``B`` lanes: times, step sizes and decisions as ``(B,)`` tensors (per-sample)."""
+
+    per_sample = True
+
+    def __init__(self, grid: Tensor, sign: Tensor, real_dtype: torch.dtype):
+        self.grid = grid  # (B, T) float64 canonical output times, rows increasing
+        self.sign = sign  # (B,) float64 +-1
+        self.batch = grid.shape[0]
+        self.real_dtype = real_dtype
+        self.device = grid.device
+        self.forward_only = bool((sign > 0).all())  # host sync: once per solve
+        self._sign_col: dict[torch.dtype, Tensor] = {}
+
+    @property
+    def t0(self) -> Tensor:
+        return self.grid[:, 0].clone()
+
+    @property
+    def t_end(self) -> Tensor:
+        return self.grid[:, -1]
+
+    @property
+    def n_out(self) -> int:
+        return self.grid.shape[1]
+
+    def full(self, value: Any) -> Tensor:
+        if isinstance(value, bool):
+            dtype = torch.bool
+        elif isinstance(value, int):
+            dtype = torch.long
+        else:
+            dtype = torch.float64
+        return torch.full((self.batch,), value, dtype=dtype, device=self.device)
+
+    @staticmethod
+    def where(mask: Tensor, a: Any, b: Any) -> Tensor:
+        return torch.where(mask, a, b)
+
+    @staticmethod
+    def rows(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        return torch.where(mask[:, None], a, b)
+
+    @staticmethod
+    def gather(table: Tensor, index: Tensor) -> Tensor:
+        return table.gather(1, index[:, None])[:, 0]
+
+    @staticmethod
+    def ulp(x: Tensor) -> Tensor:
+        return torch.nextafter(x, torch.full_like(x, math.inf)) - x
+
+    @staticmethod
+    def abs_max(a: Tensor, b: Tensor) -> Tensor:
+        return torch.maximum(a.abs(), b.abs())
+
+    @staticmethod
+    def clip(x: Tensor, lo: float, hi: float) -> Tensor:
+        return x.clamp(min=lo, max=hi)
+
+    @staticmethod
+    def isfinite(x: Tensor) -> Tensor:
+        return torch.isfinite(x)
+
+    @staticmethod
+    def rows_finite(x: Tensor) -> Tensor:
+        return torch.isfinite(x).all(-1)
+
+    @staticmethod
+    def flags(*masks: Tensor) -> list[bool]:
+        # host sync: one small transfer per iteration decides outputs and termination
+        return torch.stack([m.any() for m in masks]).tolist()
+
+    @staticmethod
+    def not_(m: Tensor) -> Tensor:
+        return ~m
+
+    @staticmethod
+    def total(x: Tensor) -> int:
+        return int(x.sum())
+
+    # ----------------------------------------------------------------- user-facing values
+    def user_time(self, t: Tensor) -> Tensor:
+        return (self.sign * t).to(self.real_dtype)
+
+    def user_float(self, t: Any, lane: int = 0) -> float:
+        return float(self.sign[lane] * t[lane]) if isinstance(t, Tensor) else float(t)
+
+    def column(self, x: Tensor, like: Tensor) -> Tensor:
+        """A lane value as a ``(B, 1)`` multiplier of a ``(B, n)`` state."""
+        return x.to(like.dtype)[:, None]
+
+    def sign_column(self, dtype: torch.dtype) -> Tensor:
+        col = self._sign_col.get(dtype)
+        if col is None:
+            col = self._sign_col[dtype] = self.sign.to(dtype)[:, None]
+        return col
+
+    def select(self, mask: Tensor) -> Tensor:
+        return mask.nonzero()[:, 0]  # host sync: once per output pass
+
+
+Clock = SharedClock | LaneClock

@@ -1,0 +1,245 @@
+"""The one solve pipeline behind ``solve``, ``odeint``, ``odeint_adjoint`` and ``odeint_event``.
+
+validate -> frozen loop configuration -> gradient mode picked once -> one loop (joint or
+per sample, with or without events) -> event time -> the mode's gradient attached ->
+output-time gradients -> :class:`~odeflow.Solution`. Events, per-sample batches, dense
+output and progress are inputs of this pipeline, not other paths.
+
+Gradient modes (``gradient=``, see :mod:`odeflow.sensitivity`):
+
+* ``direct``: the loop runs under autograd;
+* ``checkpoint``: the loop runs without a graph and records each step; backward replays;
+* ``adjoint``: the loop runs without a graph (keeping its dense output after an implicit
+  forward, for the interpolating adjoint); backward solves the adjoint system.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .dense import DenseOutput
+from .event_location import EventLocator
+from .integrate import Hooks
+from .problem import FAR, make_problem
+from .progress import Progress
+from .run import failed_lanes, failure, outputs, run
+from .sensitivity import find_params
+from .sensitivity.adjoint import AdjointConfig, attach_adjoint, check_lanes_config
+from .sensitivity.checkpoint import attach_checkpoint
+from .sensitivity.event_time import attach_event_time
+from .sensitivity.time_grad import attach_output_times, shift_initial_state
+from .solution import EventSolution, SampleStats, Solution
+from .solvers import MethodSpec
+from .solvers.scipy_bridge import integrate_scipy
+from .stats import SolveError, SolveStats, Status, record_last_stats
+
+__all__ = ["run_solve"]
+
+
+def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec: MethodSpec,
+              options: dict[str, Any], event_fn: Callable | None, gradient: str,
+              adjoint_config: AdjointConfig | None, adjoint_params: Sequence[Tensor] | None,
+              event_direction: Any, throw: bool, dense: bool, progress: bool) -> Solution:
+    """The pipeline (``solve`` has checked ``gradient``, the method and the options)."""
+    events = event_fn is not None
+    if events and not callable(event_fn):
+        raise TypeError(f"event_fn must be callable as event_fn(t, y), got {type(event_fn)}")
+    if not events and event_direction is not None:
+        raise ValueError("event_direction is only meaningful together with event_fn")
+    if spec.external and (events or dense):
+        raise ValueError("method='scipy_solver' supports neither event_fn nor dense=True; use "
+                         "an odeflow method (e.g. 'dopri5')")
+    problem = make_problem(func, y0, t, rtol, atol, spec.name, options, search=events)
+    grad_on = torch.is_grad_enabled()
+    mode = gradient if grad_on else "direct"
+    if problem.per_sample:
+        spec.check_per_sample(options, mode)
+        if mode == "adjoint":
+            check_lanes_config(adjoint_config)
+    if mode == "checkpoint" and not spec.replayable:
+        raise ValueError(f"gradient='checkpoint' replays single steps and needs a one-step "
+                         f"method; method={spec.name!r} is not one (use gradient='adjoint' "
+                         "or 'direct')")
+    params = find_params(func, adjoint_params, mode) if mode != "direct" else ()
+    if spec.external:
+        return _scipy(problem, spec, func, mode, adjoint_config, params)
+    C = problem.clock
+    time_grad = grad_on and problem.t.requires_grad
+    y0_flat = problem.y0
+    y0_run = shift_initial_state(problem, y0_flat) if time_grad else y0_flat
+    locator = None
+    if events:
+        direction = event_direction if event_direction is not None else getattr(
+            event_fn, "direction", 0)
+        locator = EventLocator(replace(problem, y0=y0_flat.detach()), event_fn, direction,
+                               field_slope=not spec.adaptive)
+    keep_dense = dense or (mode == "adjoint" and spec.implicit)
+    bar = None
+    if progress:
+        bar = Progress(C, desc="event search" if events else (
+            "per-sample solve" if problem.per_sample else "solve"))
+    hooks = Hooks(event=locator, dense=[] if keep_dense else None, progress=bar)
+    loop_problem = replace(problem, y0=y0_run if mode == "direct" else y0_run.detach())
+    result = None
+    try:
+        with torch.no_grad() if mode != "direct" else contextlib.nullcontext():
+            result, stepper, cfg = run(loop_problem, spec, hooks, record=mode == "checkpoint",
+                                       search=events)
+    finally:
+        if bar is not None:
+            bar.close(result.t_last if result is not None else C.t0,
+                      result.stats.n_steps if result is not None else 0)
+    unbounded = events and _unbounded(C)
+    err = failure(problem, result, fixed=not spec.adaptive, unbounded=unbounded,
+                  events=events and C.per_sample)
+    stats = result.stats
+    failed = failed_lanes(result)
+    if events and not C.per_sample and err is None and not bool(locator.hits.found[0]):
+        stats.status = Status.NO_EVENT
+        end = "the end of an unbounded search" if unbounded else "t[1]"
+        t_reached = C.sign * result.t_last
+        stats.message = (f"{Status.NO_EVENT.message} No crossing up to t={t_reached!r} "
+                         f"({end}).")
+        if throw:
+            record_last_stats(stats)
+            raise SolveError(Status.NO_EVENT, t_reached, "Pass a later t[1] (or inf), or "
+                             "check event_fn.", stats)
+    if events and not C.per_sample and err is None and bool(locator.hits.found[0]):
+        _event_message(stats, locator, C)
+    if C.per_sample and events:
+        hit = locator.hits.found
+        result.status = torch.where(hit, int(Status.EVENT), torch.where(
+            result.status == int(Status.SUCCESS), int(Status.NO_EVENT), result.status))
+        result.lanes = (result.status, *result.lanes[1:])
+        err = failure(problem, result, events=True)
+    record_last_stats(stats)
+    if err is not None and (throw or not C.per_sample):
+        if throw:
+            if C.per_sample:
+                err.sample_stats = _sample_stats(result)  # type: ignore[attr-defined]
+            raise err
+        # One lane failed and throw=False: the outputs reached, nan after; no gradient.
+        return Solution(problem.layout.unflatten(outputs(problem, result).detach()), t, stats,
+                        dense=_dense(problem, hooks, result), sample_stats=None)
+    ys = outputs(problem, result)
+    if events:
+        hits = locator.hits
+        lanes_last = result.y_last.reshape(hits.y.shape)
+        found = hits.found
+        t_stop = torch.where(found, hits.t, torch.as_tensor(result.t_last, dtype=torch.float64,
+                                                             device=found.device))
+        y_stop = torch.where(found[:, None], hits.y, lanes_last)
+    else:
+        y_stop = result.y_last
+    if mode == "checkpoint":
+        ys, y_stop = attach_checkpoint(problem, stepper, cfg, stats, y0_run, params,
+                                       result.records, ys, y_stop, failed,
+                                       locator.hits.found if events else None)
+    elif mode == "adjoint":
+        ys_b, grid_b = ys, None
+        if events:
+            y0_rows = y0_run.detach().reshape(y_stop.shape)
+            ys_b = torch.stack([y0_rows, y_stop.detach()])
+            grid_b = _event_grid(C, t_stop)
+            if not C.per_sample:
+                ys_b = ys_b.reshape(2, -1)
+        out = attach_adjoint(problem, spec, adjoint_config, stats, y0_run, params, ys_b,
+                             hooks.dense if spec.implicit else None, failed, grid_b)
+        if events:
+            y_stop = out[1].reshape(y_stop.shape)
+        else:
+            ys = out
+    if not events:
+        if time_grad:
+            ys = attach_output_times(problem, ys, stats)
+        return Solution(problem.layout.unflatten(ys), t, stats,
+                        dense=_dense(problem, hooks, result),
+                        sample_stats=_sample_stats(result) if C.per_sample else None)
+    hits = locator.hits
+    if grad_on:
+        t_event_user, y_stop = attach_event_time(locator, problem, t_stop, y_stop)
+    else:
+        t_event_user = C.sign * t_stop
+    t_dtype = t.dtype
+    if not C.per_sample:
+        event_t = t_event_user.reshape(()).to(t_dtype)
+        found = bool(hits.found[0])
+        ys_out = torch.stack([y0_flat, y_stop.reshape(-1)])
+        ts = torch.stack([t[0], event_t])
+        return EventSolution(problem.layout.unflatten(ys_out), ts, stats,
+                             event_t if found else None,
+                             dense=_dense(problem, hooks, result, t_stop),
+                             event_index=int(hits.index[0]) if found else None)
+    event_t = torch.where(hits.found, t_event_user, math.nan).to(t_dtype)
+    t0_user = t[:, 0] if t.ndim == 2 else t[0].expand(C.batch)
+    ts = torch.stack([t0_user.to(t_event_user.device), t_event_user.to(t_dtype)], 1)
+    ys_user = problem.layout.unflatten(torch.stack([y0_flat, y_stop]))
+    return EventSolution(ys_user, ts, stats, event_t, dense=_dense(problem, hooks, result, t_stop),
+                         sample_stats=_sample_stats(result), event_index=hits.index)
+
+
+def _unbounded(C: Any) -> bool:
+    end = C.grid[-1] if not C.per_sample else C.grid[:, -1]
+    return bool((torch.as_tensor(end).abs() >= FAR).any())
+
+
+def _event_grid(C: Any, t_stop: Tensor) -> Any:
+    if C.per_sample:
+        return torch.stack([C.grid[:, 0], t_stop], 1)
+    return (C.grid[0], float(t_stop[0]))
+
+
+def _event_message(stats: SolveStats, locator: EventLocator, C: Any) -> None:
+    hits = locator.hits
+    stats.status = Status.EVENT
+    kind = "rising" if bool(hits.rising[0]) else "falling"
+    stats.message = (f"{Status.EVENT.message} Value {int(hits.index[0])} of event_fn crossed "
+                     f"({kind}) at t={C.sign * float(hits.t[0])!r}.")
+
+
+def _dense(problem: Any, hooks: Hooks, result: Any, reached: Any = None) -> DenseOutput | None:
+    """The dense output kept by the loop, up to where the solve stopped (``nan`` beyond)."""
+    if not hooks.dense:
+        return None
+    if reached is None:
+        reached = result.t_last
+    elif not problem.per_sample:
+        reached = float(reached[0])
+    return DenseOutput(problem, hooks.dense, reached)
+
+
+def _sample_stats(result: Any) -> SampleStats:
+    status, n_steps, n_acc, n_rej = result.lanes
+    return SampleStats(status, n_steps, n_acc, n_rej)
+
+
+def _scipy(problem: Any, spec: MethodSpec, func: Callable, mode: str,
+           adjoint_config: AdjointConfig | None, params: tuple) -> Solution:
+    """The SciPy bridge: the solution without a graph under direct mode (as torchdiffeq);
+    the adjoint differentiates it."""
+    if problem.per_sample:
+        raise ValueError("method='scipy_solver' does not support options['per_sample']")
+    needs = problem.y0.requires_grad or (isinstance(func, torch.nn.Module) and any(
+        p.requires_grad for p in func.parameters()))
+    if mode == "direct" and needs:
+        warnings.warn(
+            "method='scipy_solver': gradients do not flow through SciPy's steps, so this "
+            "solution has no gradient; use odeint_adjoint (gradient='adjoint') to "
+            "differentiate a SciPy solve", UserWarning, stacklevel=4)
+    y0 = problem.y0
+    with torch.no_grad():
+        ys, stats = integrate_scipy(replace(problem, y0=y0.detach()))
+    stats.nfe = problem.func.nfe
+    record_last_stats(stats)
+    ys = torch.stack(ys)
+    if mode == "adjoint":
+        ys = attach_adjoint(problem, spec, adjoint_config, stats, y0, params, ys)
+    return Solution(problem.layout.unflatten(ys), problem.t, stats)

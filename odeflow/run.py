@@ -1,0 +1,158 @@
+"""Run the loop for a method, and turn the lanes' statuses into results or errors.
+
+:func:`run` builds the stepper and the loop configuration of a method and runs the loop
+(``solve``'s pipeline and the adjoint's backward solves both call it). :func:`failure`
+makes the :class:`~odeflow.SolveError` of a failed solve, with complete statistics, the
+outputs reached before the failure, and a message that says what to change.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .config import loop_config
+from .integrate import FAILURES, FixedGridSteps, Hooks, LoopResult, integrate
+from .options import DEFAULT_MAX_NUM_STEPS
+from .problem import Problem
+from .solvers.scipy_bridge import integrate_scipy
+from .stats import SolveError, Status
+
+__all__ = ["run", "build_stepper", "failure", "outputs", "check_fixed_grid_finite"]
+
+
+def build_stepper(problem: Problem, spec: Any) -> Any:
+    """The stepper of ``spec`` for ``problem`` (a fixed-grid method wrapped with its
+    outputs' interpolant)."""
+    stepper = spec.build(problem.options, problem.rtol, problem.atol)
+    if not spec.adaptive:
+        return FixedGridSteps(stepper, problem.options.get("interp", "linear"))
+    return stepper
+
+
+def run(problem: Problem, spec: Any, hooks: Hooks | None = None, **config: Any
+        ) -> tuple[LoopResult, Any, Any]:
+    """Run ``spec``'s loop on ``problem``; returns ``(result, stepper, loop config)``.
+
+    ``config`` goes to :func:`~odeflow.config.loop_config` (``record``, ``search``,
+    ``callback_suffix``, ``fsal``). A fixed grid checks finiteness once, at the end.
+    """
+    if spec.external:  # SciPy takes the steps (the adjoint's backward solve of a SciPy solve)
+        ys, stats = integrate_scipy(problem)
+        return LoopResult(ys, stats, problem.clock.t_end, ys[-1], int(Status.SUCCESS)), None, None
+    stepper = build_stepper(problem, spec)
+    cfg = loop_config(problem, spec, stepper, **config)
+    result = integrate(problem, stepper, cfg, hooks)
+    if not spec.adaptive:
+        check_fixed_grid_finite(problem, result)
+    return result, stepper, cfg
+
+
+def check_fixed_grid_finite(problem: Problem, result: LoopResult) -> None:
+    """Fixed-grid steps make no host synchronisation; non-finite values are found once,
+    at the end, and fail the lanes where they appeared."""
+    C = problem.clock
+    if not C.per_sample:
+        if result.status == Status.SUCCESS and not bool(torch.isfinite(result.y_last).all()):
+            ys = result.ys  # host sync: once per solve
+            bad = next((i for i, v in enumerate(ys) if not bool(torch.isfinite(v).all())),
+                       len(ys))
+            result.status = int(Status.NONFINITE)
+            result.ys = ys[:bad]
+            result.t_last = C.grid[min(bad, C.n_out - 1)]
+        return
+    bad = ~torch.isfinite(result.y_last).all(-1) & (result.status == int(Status.SUCCESS))
+    if bool(bad.any()):  # host sync: once per solve
+        result.status = torch.where(bad, int(Status.NONFINITE), result.status)
+        result.lanes = (result.status, *result.lanes[1:])
+        rows = torch.isfinite(result.ys).all(-1)  # (T, B): outputs after the first bad go nan
+        reached = rows.cumprod(0).bool()
+        result.ys = torch.where(reached[..., None], result.ys, math.nan)
+
+
+def failed_lanes(result: LoopResult) -> Tensor | None:
+    """Per sample, the lanes whose status is a failure; ``None`` for one lane."""
+    if not isinstance(result.status, Tensor):
+        return None
+    codes = torch.tensor([int(c) for c in FAILURES], device=result.status.device)
+    return torch.isin(result.status, codes)
+
+
+def outputs(problem: Problem, result: LoopResult) -> Tensor:
+    """The loop's outputs stacked: ``(T, n)`` with ``nan`` at the times not reached (one
+    lane), or the ``(T, B, n)`` tensor as it is."""
+    if problem.per_sample:
+        return result.ys
+    reached = torch.stack(result.ys)
+    n_t = problem.clock.n_out
+    if reached.shape[0] == n_t:
+        return reached
+    out = reached.new_full((n_t, reached.shape[1]), math.nan)
+    out[: reached.shape[0]] = reached
+    return out
+
+
+_ADVICE = {
+    Status.MAX_STEPS_REACHED: "Raise options['max_num_steps'] (now {steps}) or loosen "
+                              "rtol/atol; a stiff problem may need an implicit method.",
+    Status.STEP_SIZE_UNDERFLOW: "The step size became too small for t; the problem may be "
+                                "stiff or have a singularity here.",
+    Status.NONFINITE: "func returned non-finite values at this time (for every step size "
+                      "tried).",
+}
+
+
+def failure(problem: Problem, result: LoopResult, *, fixed: bool = False,
+            unbounded: bool = False, events: bool = False) -> SolveError | None:
+    """The error of a failed solve (``None`` if no lane failed); fills the statistics'
+    status and message either way."""
+    stats = result.stats
+    stats.nfe = problem.func.nfe
+    C = problem.clock
+    steps = problem.options.get("max_num_steps", DEFAULT_MAX_NUM_STEPS)
+    if not C.per_sample:
+        status = Status(int(result.status))
+        if status not in FAILURES:
+            return None
+        if status == Status.MAX_STEPS_REACHED and unbounded:
+            detail = (f"event_fn did not cross zero within max_num_steps={steps} steps of a "
+                      "search without an end time; raise options['max_num_steps'] or check "
+                      "event_fn.")
+        elif status == Status.NONFINITE and result.stats.n_steps == 0:
+            detail = "func(t0, y0) is not finite."
+        elif status == Status.NONFINITE and fixed:
+            detail = ("The fixed-grid solution became non-finite by this output time; use a "
+                      "smaller step_size or an adaptive method.")
+        else:
+            detail = _ADVICE[status].format(steps=steps)
+        t_user = C.sign * result.t_last
+        stats.status = status
+        stats.message = f"{status.message} t={t_user!r}. {detail}"
+        err = SolveError(status, t_user, detail, stats)
+        err.partial_ys = list(result.ys)  # type: ignore[attr-defined]
+        return err
+    codes = result.status.tolist()
+    B = len(codes)
+    failed = [b for b, c in enumerate(codes) if Status(c) in FAILURES]
+    if failed:
+        b = failed[0]
+        st = Status(codes[b])
+        t_b = C.user_float(result.t_last, b)
+        stats.status = st
+        stats.message = (f"{len(failed)} of {B} samples failed (samples {failed[:10]}"
+                         f"{'...' if len(failed) > 10 else ''}); sample {b}: {st.message} "
+                         f"t={t_b!r}. sol.sample_stats.status has each sample's outcome.")
+        err = SolveError(st, t_b, f"{stats.message} Other samples were not affected; pass "
+                         "throw=False to get their results (failed samples keep nan after "
+                         "the failure).", stats)
+        return err
+    if events:
+        missed = [b for b, c in enumerate(codes) if c == Status.NO_EVENT]
+        stats.status = Status.NO_EVENT if missed else Status.EVENT
+        stats.message = (f"{B - len(missed)} of {B} samples stopped at an event"
+                         + (f"; samples {missed[:10]}{'...' if len(missed) > 10 else ''} did "
+                            "not cross before t1." if missed else "."))
+    return None

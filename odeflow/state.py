@@ -1,0 +1,208 @@
+"""The state the loop integrates, and the one wrapper that calls the user's ``func``.
+
+The loop integrates a flat real state: ``(n,)`` for a joint solve, ``(B, n)`` (one row per
+sample) for a per-sample one. :class:`StateLayout` maps the user's structure (a tensor or
+a tuple of tensors, real or complex; batch first in per-sample mode) to it and back;
+:class:`CountedFunc` calls ``func`` in canonical time and counts its evaluations (the only
+place NFE is counted).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .lanes import Clock
+
+__all__ = ["State", "StateLayout", "CountedFunc", "check_func_output"]
+
+State = Tensor | tuple[Tensor, ...]
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """How the user's state maps to the flat real state the solver integrates.
+
+    ``batch`` is ``None`` for a joint solve (flat ``(n,)``) and ``B`` for a per-sample one
+    (``(B, n)``: each sample's components flattened side by side); ``sizes`` are the flat
+    real sizes of the components per lane.
+    """
+
+    is_tuple: bool
+    shapes: tuple[torch.Size, ...]
+    sizes: tuple[int, ...]
+    is_complex: bool
+    dtype: torch.dtype  # the user's dtype (complex or real)
+    real_dtype: torch.dtype
+    device: torch.device
+    batch: int | None = None
+
+    @classmethod
+    def of(cls, parts: Sequence[Tensor], is_tuple: bool, batch: int | None) -> StateLayout:
+        first = parts[0]
+        is_complex = first.is_complex()
+        per_lane = [p[0].numel() if batch is not None else p.numel() for p in parts]
+        return cls(is_tuple, tuple(p.shape for p in parts),
+                   tuple(m * (2 if is_complex else 1) for m in per_lane), is_complex,
+                   first.dtype, first.real.dtype if is_complex else first.dtype,
+                   first.device, batch)
+
+    @property
+    def numel(self) -> int:
+        """Flat real size of one lane."""
+        return sum(self.sizes)
+
+    def _lane_shape(self) -> tuple[int, ...]:
+        return (self.batch,) if self.batch is not None else ()
+
+    def flatten(self, state: State) -> Tensor:
+        """User structure -> flat real ``(n,)`` or ``(B, n)``."""
+        parts = state if self.is_tuple else (state,)
+        if self.is_complex:
+            parts = tuple(torch.view_as_real(p.contiguous()) for p in parts)
+        lead = self._lane_shape()
+        if len(parts) == 1:
+            return parts[0].reshape(*lead, -1)
+        return torch.cat([p.reshape(*lead, -1) for p in parts], -1)
+
+    def unflatten(self, flat: Tensor) -> State:
+        """Flat ``(*lead, n)`` or ``(*lead, B, n)`` -> user structure with leading ``lead``
+        dimensions (views where possible)."""
+        lead = flat.shape[:flat.ndim - 1 - (self.batch is not None)]
+        if not self.is_tuple:
+            return self._restore(flat, (*lead, *self.shapes[0]))
+        return tuple(self._restore(piece, (*lead, *shape)) for piece, shape in
+                     zip(torch.split(flat, self.sizes, dim=-1), self.shapes))
+
+    def unflatten_stacked(self, flat: Tensor) -> State:
+        """Stacked outputs ``(T, n)`` / ``(T, B, n)`` -> user structure with a time axis."""
+        return self.unflatten(flat)
+
+    def real_view(self, flat: Tensor) -> State:
+        """Flat state -> user structure but real (complex as trailing pairs)."""
+        lead = flat.shape[:flat.ndim - 1 - (self.batch is not None)]
+        shapes = [(*lead, *s, 2) if self.is_complex else (*lead, *s) for s in self.shapes]
+        if not self.is_tuple:
+            return flat.reshape(shapes[0])
+        return tuple(p.reshape(s) for p, s in zip(torch.split(flat, self.sizes, dim=-1), shapes))
+
+    def _restore(self, flat: Tensor, shape: Sequence[int]) -> Tensor:
+        if self.is_complex:
+            return torch.view_as_complex(flat.reshape(*shape, 2))
+        return flat.reshape(shape)
+
+
+class CountedFunc:
+    """The one wrapper that calls the user's ``func``: canonical arguments in, NFE counted.
+
+    Called as ``f(t, y)`` with ``t`` canonical (increasing) time, a Python float for a
+    joint solve or a ``(B,)`` float64 tensor (each lane its own time) for a per-sample
+    one, and ``y`` the flat real state; returns ``d y / d t`` in the same form. The user's
+    ``func`` receives ``t`` in the user's time direction as a tensor of the state's real
+    dtype (0-dim, or ``(B,)``) and ``y`` in the user's structure.
+    """
+
+    __slots__ = ("func", "layout", "clock", "nfe", "_call", "_shape", "_negate")
+
+    def __init__(self, func: Callable[..., Any], layout: StateLayout, clock: Clock):
+        self.func = func
+        self.layout = layout
+        self.clock = clock
+        self.nfe = 0
+        self._shape = layout.shapes[0]
+        simple = not layout.is_tuple and not layout.is_complex and layout.batch is None
+        if simple and len(self._shape) == 1:
+            self._call = self._call_simple
+        elif simple:
+            self._call = self._call_shaped
+        else:
+            self._call = self._call_general
+        self._negate = not clock.per_sample and clock.sign < 0
+
+    @property
+    def sign(self) -> Any:
+        return self.clock.sign
+
+    def __call__(self, t: Any, y: Tensor) -> Tensor:
+        self.nfe += 1
+        return self._call(self.clock.user_time(t), y)
+
+    def checked(self, t: Any, y: Tensor) -> Tensor:
+        """Like a call, but checks the structure of ``func``'s output (the first call)."""
+        self.nfe += 1
+        out = self.func(self.clock.user_time(t), self.layout.unflatten(y))
+        check_func_output(out, self.layout)
+        return self._canonical(self.layout.flatten(out))
+
+    def at(self, t_user: Tensor, y: Tensor) -> Tensor:
+        """Evaluate at a user-time tensor ``t_user`` (for differentiating w.r.t. time)."""
+        self.nfe += 1
+        return self._call(t_user, y)
+
+    def perturbed(self, t: Any, y: Tensor, side: Any) -> Tensor:
+        """Evaluate just after (``side=+1``) or before (``-1``) canonical time ``t``.
+
+        The time is moved by one unit in the last place of the dtype ``func`` sees, so that
+        a ``func`` with a discontinuity at a stop is evaluated on the intended side. In
+        per-sample mode ``side`` is a ``(B,)`` integer tensor (``0``: not moved).
+        """
+        self.nfe += 1
+        tt = self.clock.user_time(t)
+        sign = self.clock.sign
+        if self.clock.per_sample and not isinstance(side, Tensor):
+            side = torch.full_like(sign, side)
+        if isinstance(side, Tensor):
+            toward = torch.where(side * sign > 0, math.inf, -math.inf).to(tt.dtype)
+            tt = torch.where(side != 0, torch.nextafter(tt, toward), tt)
+        else:
+            toward = math.inf if side * sign > 0 else -math.inf
+            tt = torch.nextafter(tt, torch.full_like(tt, toward))
+        return self._call(tt, y)
+
+    def _canonical(self, out: Tensor) -> Tensor:
+        if self._negate:
+            return -out
+        if self.clock.per_sample and not self.clock.forward_only:
+            return out * self.clock.sign_column(out.dtype)
+        return out
+
+    def _call_simple(self, tt: Tensor, y: Tensor) -> Tensor:
+        out = self.func(tt, y)
+        return -out if self._negate else out
+
+    def _call_shaped(self, tt: Tensor, y: Tensor) -> Tensor:
+        out = self.func(tt, y.view(self._shape)).reshape(-1)
+        return -out if self._negate else out
+
+    def _call_general(self, tt: Tensor, y: Tensor) -> Tensor:
+        return self._canonical(self.layout.flatten(self.func(tt, self.layout.unflatten(y))))
+
+
+def check_func_output(out: Any, layout: StateLayout, what: str = "func(t, y)") -> None:
+    """Structural check of a raw ``func`` output before flattening (clear errors)."""
+    if layout.is_tuple:
+        if not isinstance(out, (tuple, list)) or len(out) != len(layout.shapes):
+            raise TypeError(f"{what} must return a tuple of {len(layout.shapes)} tensors like "
+                            f"y0, got {type(out).__name__}")
+        items = out
+    else:
+        if not isinstance(out, Tensor):
+            raise TypeError(f"{what} must return a tensor, got {type(out).__name__}")
+        items = (out,)
+    for i, (o, shape) in enumerate(zip(items, layout.shapes)):
+        where = f"{what}[{i}]" if layout.is_tuple else what
+        if not isinstance(o, Tensor):
+            raise TypeError(f"{where} must be a tensor, got {type(o).__name__}")
+        if o.shape != shape:
+            which = f"y0[{i}]" if layout.is_tuple else "y0"
+            raise ValueError(f"{where} must have the shape of {which} {tuple(shape)}, got "
+                             f"{tuple(o.shape)}")
+        if o.dtype != layout.dtype:
+            raise TypeError(f"{where} must have dtype {layout.dtype} like y0, got {o.dtype}")
+        if o.device != layout.device:
+            raise ValueError(f"{where} must be on {layout.device} like y0, got {o.device}")

@@ -1,0 +1,167 @@
+"""One loop for joint and per-sample solves: every family per sample, each sample taking
+exactly the steps a solve of that sample alone takes, and the capabilities that used to be
+joint-only (fixed grids, complex states, callbacks, dense output with events)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import odeflow
+from odeflow import Status
+
+F64 = torch.float64
+PS = {"per_sample": True}
+
+
+def _vdp_batch(n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.rand(n, generator=g, dtype=F64) * 3 + 0.5
+    y0 = torch.stack([torch.rand(n, generator=g, dtype=F64) + 0.5, torch.zeros(n, dtype=F64)], 1)
+
+    def f(t, y):
+        return torch.stack([y[..., 1], mu * (1 - y[..., 0] ** 2) * y[..., 1] - y[..., 0]], -1)
+
+    def single(b):
+        return lambda t, y: torch.stack([y[1], mu[b] * (1 - y[0] ** 2) * y[1] - y[0]])
+
+    return y0, f, single
+
+
+@pytest.mark.parametrize("method,tol", [("dopri5", 1e-8), ("bosh3", 1e-6), ("tsit5", 1e-7),
+                                        ("rodas5p", 1e-6), ("rodas4", 1e-6)])
+def test_every_adaptive_family_takes_each_samples_own_steps(method, tol):
+    y0, f, single = _vdp_batch()
+    t = torch.tensor([0.0, 0.4, 1.5], dtype=F64)
+    sol = odeflow.solve(f, y0, t, rtol=tol, atol=tol, method=method, options=PS)
+    for b in range(y0.shape[0]):
+        own = odeflow.solve(single(b), y0[b], t, rtol=tol, atol=tol, method=method)
+        assert int(sol.sample_stats.n_accepted[b]) == own.stats.n_accepted
+        assert int(sol.sample_stats.n_rejected[b]) == own.stats.n_rejected
+        # the same steps: the values differ by rounding only (batched vs joint kernels)
+        assert (sol.ys[:, b] - own.ys).abs().max().item() < 1e-9
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "rk4"])
+def test_fixed_grids_per_sample_with_own_output_grids(method):
+    y0, f, single = _vdp_batch(3)
+    t = torch.tensor([[0.0, 0.3, 1.0], [0.5, 0.9, 1.2], [2.0, 1.5, 1.0]], dtype=F64)
+    opts = dict(per_sample=True, step_size=0.05)
+    sol = odeflow.solve(f, y0, t, method=method, options=opts)
+    for b in range(3):
+        own = odeflow.solve(single(b), y0[b], t[b], method=method, options=dict(step_size=0.05))
+        assert int(sol.sample_stats.n_accepted[b]) == own.stats.n_accepted
+        assert (sol.ys[:, b] - own.ys).abs().max().item() < 1e-12
+
+
+def test_complex_states_per_sample():
+    w = torch.tensor([1.0, 2.0, -0.5], dtype=F64)
+    y0 = torch.ones(3, 2, dtype=torch.complex128)
+    t = torch.linspace(0, 1, 5, dtype=F64)
+    sol = odeflow.solve(lambda t, y: 1j * w[:, None] * y, y0, t, rtol=1e-10, atol=1e-12,
+                        options=PS)
+    exact = torch.exp(1j * w[None, :, None] * t[:, None, None]) * y0
+    assert sol.ys.dtype == torch.complex128
+    assert (sol.ys - exact).abs().max().item() < 1e-8
+
+
+def test_callbacks_are_called_per_sample():
+    y0, f, _ = _vdp_batch(3)
+    seen = {"step": 0, "accept": 0}
+
+    class Field(torch.nn.Module):
+        def forward(self, t, y):
+            return f(t, y)
+
+        def callback_step(self, t, y, dt):
+            assert t.shape == (3,) and y.shape == (3, 2) and dt.shape == (3,)
+            seen["step"] += 1
+
+        def callback_accept_step(self, t, y, dt):
+            seen["accept"] += 1
+
+    sol = odeflow.solve(Field(), y0, torch.tensor([0.0, 1.0], dtype=F64), options=PS)
+    assert seen["step"] == sol.stats.n_steps and 0 < seen["accept"] <= sol.stats.n_steps
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_dense_output_together_with_events(per_sample):
+    # Free fall from 1 with v = 0: y = 1 - t^2 / 2 hits zero at sqrt(2).
+    g = lambda t, y: torch.stack([y[..., 1], -torch.ones_like(y[..., 0])], -1)  # noqa: E731
+    y0 = torch.tensor([1.0, 0.0], dtype=F64)
+    if per_sample:
+        y0 = y0.expand(2, 2).clone()
+    sol = odeflow.solve(g, y0, torch.tensor([0.0, 5.0], dtype=F64), dense=True,
+                        event_fn=lambda t, y: y[..., 0], options=PS if per_sample else None)
+    assert torch.allclose(sol.event_t, torch.full_like(sol.event_t, math.sqrt(2)), atol=1e-9)
+    mid = sol.evaluate(torch.tensor([0.5, 1.0], dtype=F64))
+    expected = 1 - torch.tensor([0.5, 1.0], dtype=F64) ** 2 / 2
+    got = mid[..., 0] if not per_sample else mid[:, 0, 0]
+    assert torch.allclose(got, expected, atol=1e-12)
+    beyond = sol.evaluate(torch.tensor(3.0, dtype=F64))  # past the event: no value
+    assert torch.isnan(beyond).all()
+
+
+def test_dense_output_beyond_a_failure_is_nan():
+    # y' = y^2 from 1 blows up at t = 1: the solve fails there; throw=False keeps the rest.
+    f = lambda t, y: y * y  # noqa: E731
+    t = torch.tensor([0.0, 0.5, 0.8, 1.5], dtype=F64)
+    sol = odeflow.solve(f, torch.ones(1, dtype=F64), t, dense=True, throw=False,
+                        options=dict(max_num_steps=200))
+    assert sol.stats.status != Status.SUCCESS
+    assert abs(sol.evaluate(0.5).item() - 2.0) < 1e-5
+    assert torch.isnan(sol.evaluate(1.2)).all() and torch.isnan(sol.ys[-1]).all()
+    # per sample: only the failing sample's later values are nan
+    y0 = torch.tensor([[1.0], [0.1]], dtype=F64)
+    sol = odeflow.solve(f, y0, t, dense=True, throw=False,
+                        options=dict(per_sample=True, max_num_steps=200))
+    later = sol.evaluate(1.2)
+    assert torch.isnan(later[0]).all() and abs(later[1].item() - 0.1 / (1 - 0.12)) < 1e-6
+
+
+def test_progress_counts_the_solves_steps(capsys):
+    y0, f, _ = _vdp_batch(3)
+    sol = odeflow.solve(f, y0, torch.tensor([0.0, 1.0], dtype=F64), options=PS, progress=True)
+    err = capsys.readouterr().err
+    assert f"steps={sol.stats.n_steps}" in err.strip().splitlines()[-1]
+    assert "\r" not in err  # not a terminal: plain lines
+
+
+def test_zero_sample_batch_names_y0():
+    with pytest.raises(ValueError, match=r"y0.*at least one sample"):
+        odeflow.solve(lambda t, y: -y, torch.ones(0, 2, dtype=F64),
+                      torch.tensor([0.0, 1.0], dtype=F64), options=PS)
+
+
+def test_sample_stats_hold_status_values():
+    y0, f, _ = _vdp_batch(2)
+    sol = odeflow.solve(f, y0, torch.tensor([0.0, 1.0], dtype=F64), options=PS)
+    assert all(isinstance(s, Status) for s in sol.sample_stats.status)
+    assert sol.sample_stats.codes.tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("mode", ["checkpoint", "adjoint"])
+def test_fixed_grid_per_sample_gradients(mode):
+    k = torch.tensor([0.5, 1.5], dtype=F64, requires_grad=True)
+    y0 = torch.ones(2, 1, dtype=F64)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+
+    class Decay(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.k = torch.nn.Parameter(k.detach().clone())
+
+        def forward(self, t, y):
+            return -self.k[:, None] * y
+
+    ref_model, model = Decay(), Decay()
+    opts = dict(per_sample=True, step_size=0.01)
+    ys = odeflow.solve(ref_model, y0, t, method="rk4", options=opts).ys
+    ys[-1].sum().backward()
+    ys = odeflow.solve(model, y0, t, method="rk4", options=opts, gradient=mode).ys
+    ys[-1].sum().backward()
+    tol = 1e-12 if mode == "checkpoint" else 1e-6
+    assert torch.allclose(model.k.grad, ref_model.k.grad, atol=tol, rtol=0)
+    assert torch.allclose(ref_model.k.grad, -torch.exp(-k.detach()), atol=1e-8)
