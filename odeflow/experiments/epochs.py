@@ -9,7 +9,6 @@ calls :func:`odeflow.training.fit` and returns a summary that :func:`report` pri
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from ..training import (
     fit,
     is_half_made,
     prepare_run_dir,
-    run_files,
+    remove_unfinished,
     run_lock,
     setup_distributed,
 )
@@ -137,12 +136,8 @@ def run_epochs(
             with run_lock(run_dir, enabled=env.is_main):
                 return _train(cfg, build, run_dir, resume, describe, env, say)
         except BaseException:
-            if env.is_main and created and not run_files(run_dir):
-                # nothing was finished: leave no half-made folder that this run created
-                for leftover in ("config.json", "metrics.csv"):
-                    (run_dir / leftover).unlink(missing_ok=True)
-                with contextlib.suppress(OSError):
-                    run_dir.rmdir()  # only when empty
+            if env.is_main and created:
+                remove_unfinished(run_dir)  # a failed start leaves no folder behind
             raise
     finally:
         cleanup_distributed(env)

@@ -47,8 +47,8 @@ from ..training import (
     prepare_run_dir,
     progress_bar,
     refuse_existing_run,
+    remove_unfinished,
     restore_rng,
-    run_files,
     run_lock,
     set_aside,
 )
@@ -331,12 +331,8 @@ def start_run(cfg: StepConfig, name: str, log: Callable[[str], None] = print,
         with run_lock(run_dir):
             yield RunStart(run_dir, config, resume)
     except BaseException:
-        if created and not run_files(run_dir):
-            # nothing was finished: leave no half-made folder that this run created
-            for leftover in ("config.json", "metrics.csv"):
-                (run_dir / leftover).unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                run_dir.rmdir()  # only when empty
+        if created:
+            remove_unfinished(run_dir)  # a failed start leaves no folder behind
         raise
 
 

@@ -31,6 +31,7 @@ from .runfolder import (
     prepare_run_dir,
     read_run_config,
     refuse_existing_run,
+    remove_unfinished,
     run_files,
     set_aside,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "read_metrics",
     "read_run_config",
     "refuse_existing_run",
+    "remove_unfinished",
     "restore_rng",
     "run_files",
     "run_lock",

@@ -19,6 +19,7 @@ what ``resume`` may change, and which checkpoint a resumed run continues from.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -46,6 +47,7 @@ __all__ = [
     "is_dry_run",
     "is_half_made",
     "next_free_dir",
+    "remove_unfinished",
     "choose_run_dir",
     "refuse_existing_run",
     "prepare_run_dir",
@@ -102,6 +104,19 @@ def is_half_made(run_dir: str | os.PathLike) -> bool:
     metrics row): the run stopped, or failed, before its first checkpoint."""
     run_dir = Path(run_dir)
     return (run_dir / "config.json").is_file() and not run_files(run_dir)
+
+
+def remove_unfinished(run_dir: str | os.PathLike) -> None:
+    """Remove a folder that a new run created and left without finished work (its
+    ``config.json`` and header-only ``metrics.csv``), so a failed start leaves no trace;
+    anything else in it is kept, and so is the folder then."""
+    run_dir = Path(run_dir)
+    if run_files(run_dir):
+        return
+    for name in ("config.json", "metrics.csv"):
+        (run_dir / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()  # only when empty
 
 
 def next_free_dir(base: str | os.PathLike) -> Path:
