@@ -171,5 +171,5 @@ def test_an_unknown_method_is_one_line(tmp_path, capsys):
     status = cli.main(["train", "robertson", "--method", "rodas9", "--save",
                        str(tmp_path / "run")])
     assert status == 2
-    assert "--method 'rodas9' is not a solver" in capsys.readouterr().err
+    assert "--method 'rodas9': expected a solver name" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

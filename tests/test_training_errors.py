@@ -202,7 +202,7 @@ def test_command_line_exit_status_is_2_without_traceback(run1):
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().startswith("odeflow train: error:")
+    assert proc.stderr.strip().startswith("odeflow train digits: error:")
     assert len(proc.stderr.strip().splitlines()) == 1
     with pytest.raises(RunExistsError):
         from odeflow.training import prepare_run_dir

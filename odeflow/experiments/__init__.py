@@ -2,12 +2,15 @@
 config dataclass whose fields are the command-line flags, ``build()``, ``run()`` and
 ``main(argv, base, prog)``.
 
-The registry :data:`EXPERIMENTS` maps the name of ``odeflow train NAME`` to a config
-instance: the defaults of that command. :func:`train` runs an entry by calling
-``main(argv, base=<the entry>, prog="odeflow train NAME")`` of the module that defines the
-entry's class. To add a study ``foo``: write ``odeflow/experiments/foo.py`` with a config
-dataclass ``FooConfig`` and ``main(argv=None, base=None, prog=None)``, then add
-``"foo": FooConfig()`` below (several names may share a module, as the MNIST datasets do).
+:data:`STUDIES` names each ``odeflow train NAME`` by its module, config class and the
+fields that differ from that class's defaults; it is plain data, so listing the studies
+(``odeflow --help``) imports none of them, nor torch. :data:`EXPERIMENTS` maps each name
+to the config instance of its defaults (built on first use, importing every study).
+:func:`train` runs an entry by calling ``main(argv, base=<the entry>, prog="odeflow train
+NAME")`` of its module. To add a study ``foo``: write ``odeflow/experiments/foo.py`` with
+a config dataclass ``FooConfig`` and ``main(argv=None, base=None, prog=None)``, then add
+``"foo": ("foo", "FooConfig", {})`` below (several names may share a module, as the
+MNIST datasets do).
 """
 
 from __future__ import annotations
@@ -16,43 +19,68 @@ import importlib
 from collections.abc import Sequence
 from typing import Any
 
-from .cifar10 import CIFAR10Config
-from .cnf import CNFConfig
 from .config import build_parser, opt, parse_config, str2bool
-from .latent_ode import LatentODEConfig
-from .mnist import MNISTConfig, build, resolve_gradient, run
-from .robertson import RobertsonConfig
-from .spiral import SpiralConfig
 
-# `odeflow train <name>` -> the defaults of that command (a config of the study's module).
-EXPERIMENTS: dict[str, Any] = {
-    "mnist": MNISTConfig(dataset="mnist"),
-    "fashion-mnist": MNISTConfig(dataset="fashion-mnist"),
-    "digits": MNISTConfig(dataset="digits"),
-    "spiral": SpiralConfig(),
-    "latent-ode": LatentODEConfig(),
-    "cnf": CNFConfig(),
-    "cifar10": CIFAR10Config(),
-    "robertson": RobertsonConfig(),
+# `odeflow train <name>` -> (module in this package, config class, fields set for it)
+STUDIES: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "mnist": ("mnist", "MNISTConfig", {"dataset": "mnist"}),
+    "fashion-mnist": ("mnist", "MNISTConfig", {"dataset": "fashion-mnist"}),
+    "digits": ("mnist", "MNISTConfig", {"dataset": "digits"}),
+    "spiral": ("spiral", "SpiralConfig", {}),
+    "latent-ode": ("latent_ode", "LatentODEConfig", {}),
+    "cnf": ("cnf", "CNFConfig", {}),
+    "cifar10": ("cifar10", "CIFAR10Config", {}),
+    "robertson": ("robertson", "RobertsonConfig", {}),
 }
+
+# names imported from a study module on first use (they import torch)
+_LAZY = {
+    "MNISTConfig": "mnist", "build": "mnist", "run": "mnist", "resolve_gradient": "epochs",
+    "SpiralConfig": "spiral", "LatentODEConfig": "latent_ode", "CNFConfig": "cnf",
+    "CIFAR10Config": "cifar10", "RobertsonConfig": "robertson",
+}
+
+
+def defaults(name: str) -> Any:
+    """The config instance of ``odeflow train NAME``'s defaults (imports its module).
+
+    Raises:
+        KeyError: ``name`` is not in :data:`STUDIES`.
+    """
+    module, cls, fields = STUDIES[name]
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)(**fields)
 
 
 def train(name: str, argv: Sequence[str] | None = None) -> Any:
     """Run ``odeflow train NAME [argv]``: the ``main`` of the module defining the entry.
 
     Raises:
-        KeyError: ``name`` is not in :data:`EXPERIMENTS`.
+        KeyError: ``name`` is not in :data:`STUDIES`.
     """
-    base = EXPERIMENTS[name]
+    base = defaults(name)
     module = importlib.import_module(type(base).__module__)
     return module.main(list(argv or ()), base=base, prog=f"odeflow train {name}")
 
 
+def __getattr__(attr: str) -> Any:
+    # PEP 562: the heavy names load when first asked for, not when the package is imported
+    if attr == "EXPERIMENTS":
+        value: Any = {name: defaults(name) for name in STUDIES}
+    elif attr in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[attr]}"), attr)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
+    globals()[attr] = value
+    return value
+
+
 __all__ = [
     "EXPERIMENTS",
+    "STUDIES",
     "MNISTConfig",
     "build",
     "build_parser",
+    "defaults",
     "opt",
     "parse_config",
     "resolve_gradient",

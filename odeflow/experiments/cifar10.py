@@ -38,8 +38,17 @@ from ..data import (
 )
 from ..nn import build_classifier, count_parameters, odeonly
 from ..training import ConfigError, DistEnv, lr_at, plateau_lr
-from .config import RunFlags, opt, parse_run_config
-from .epochs import report, resolve_gradient, run_epochs, select_device
+from .config import (
+    NON_NEGATIVE,
+    POSITIVE,
+    SOLVER,
+    RunFlags,
+    at_least,
+    between,
+    opt,
+    parse_run_config,
+)
+from .epochs import check_device, report, resolve_gradient, run_epochs, select_device
 
 __all__ = ["CIFAR10Config", "CIFAR10_NETWORKS", "default_run_dir", "build", "run", "main"]
 
@@ -53,7 +62,7 @@ class CIFAR10Config(RunFlags):
     # which classifier: the ODE-only net, or the MNIST study's ODE-Net / ResNet
     network: str = opt("odeonly", "classifier", choices=CIFAR10_NETWORKS, model=True)
     # channels of the feature maps (128 in the assignment)
-    width: int = opt(128, "feature channels", model=True)
+    width: int = opt(128, "feature channels", model=True, check=at_least(1))
     # odenet / resnet only: how the image is downsampled
     downsampling_method: str = opt(
         "conv", "downsampling layers of odenet/resnet", choices=("conv", "res"), model=True
@@ -61,49 +70,61 @@ class CIFAR10Config(RunFlags):
     # odeonly: fixed RK4 grid (False) or an adaptive solver (True)
     adaptive: bool = opt(False, "odeonly: integrate with --method at --tol, not RK4 steps")
     # the adaptive solver (odeonly with --adaptive, and odenet always)
-    method: str = opt("dopri5", "adaptive ODE solver")
+    method: str = opt("dopri5", "adaptive ODE solver", check=SOLVER)
     # rtol = atol of the adaptive solver
-    tol: float = opt(1e-3, "tolerance (rtol = atol) of the adaptive solver")
+    tol: float = opt(1e-3, "tolerance (rtol = atol) of the adaptive solver", check=POSITIVE)
     # odeonly's classic RK4 step on [0, 1]
-    step_size: float = opt(0.1, "odeonly: classic RK4 step size", model=True)
+    step_size: float = opt(0.1, "odeonly: classic RK4 step size", model=True, check=POSITIVE)
     # total epochs (a resumed run continues up to this number)
-    nepochs: int = opt(100, "number of epochs")
+    nepochs: int = opt(100, "number of epochs", check=at_least(1))
     # base rate for batches of 128; the rate used is lr × batch_size / 128
-    lr: float = opt(0.1, "learning rate for batch 128 (scaled linearly with the batch)")
+    lr: float = opt(0.1, "learning rate for batch 128 (scaled linearly with the batch)",
+                    check=POSITIVE)
     # SGD momentum
-    momentum: float = opt(0.9, "SGD momentum")
+    momentum: float = opt(0.9, "SGD momentum", check=NON_NEGATIVE)
     # L2 penalty
-    weight_decay: float = opt(1e-4, "SGD weight decay")
+    weight_decay: float = opt(1e-4, "SGD weight decay", check=NON_NEGATIVE)
     # bad epochs (no better validation accuracy) before the rate is reduced
-    plateau_patience: int = opt(15, "epochs without a better validation accuracy before lr decays")
+    plateau_patience: int = opt(15, "epochs without a better validation accuracy before lr decays",
+                                check=NON_NEGATIVE)
     # multiplier at each reduction
-    plateau_factor: float = opt(0.1, "lr multiplier at each plateau")
+    plateau_factor: float = opt(0.1, "lr multiplier at each plateau",
+                                check=between(0, 1, low_open=True))
     # images held out of the end of the training set to drive the plateau rule
-    val_samples: int = opt(5000, "validation images held out of the training set (0: watch test)")
+    val_samples: int = opt(5000, "validation images held out of the training set (0: watch test)",
+                           check=NON_NEGATIVE)
     # crop + flip + colour jitter
     data_aug: bool = opt(True, "random crop (padding 4), horizontal flip, colour jitter")
     # spread of the brightness / contrast / saturation factors
-    jitter: float = opt(0.1, "colour jitter strength (factors in [1 - j, 1 + j])")
+    jitter: float = opt(0.1, "colour jitter strength (factors in [1 - j, 1 + j])",
+                        check=between(0, 1))
     # global batch size (split over ranks under torchrun)
-    batch_size: int = opt(128, "training batch size (global)")
+    batch_size: int = opt(128, "training batch size (global)", check=at_least(1))
     # evaluation batch size
-    test_batch_size: int = opt(1000, "evaluation batch size")
+    test_batch_size: int = opt(1000, "evaluation batch size", check=at_least(1))
     # folder with cifar-10-batches-bin (or the archive)
     data_dir: str = opt("data", "folder holding CIFAR-10's binary batches (or the .tar.gz)")
     # fetch the archive (MD5-checked) when the batches are missing
     download: bool = opt(False, "download cifar-10-binary.tar.gz (checked by MD5)")
     # use only the first N training samples (0 = all), after the validation split
-    max_train_samples: int = opt(0, "use only the first N training samples (0 = all)")
+    max_train_samples: int = opt(0, "use only the first N training samples (0 = all)",
+                                 check=NON_NEGATIVE)
     # use only the first N test samples (0 = all)
-    max_test_samples: int = opt(0, "use only the first N test samples (0 = all)")
+    max_test_samples: int = opt(0, "use only the first N test samples (0 = all)",
+                                check=NON_NEGATIVE)
     # GPU index used when --device is auto
-    gpu: int = opt(0, "GPU index (with --device auto)")
+    gpu: int = opt(0, "GPU index (with --device auto)", check=NON_NEGATIVE)
     # "auto" = cuda:<gpu> when available, else cpu
     device: str = opt("auto", "device: auto, cpu, cuda, cuda:N")
     # CI smoke test: 1 epoch of 2 batches
     dry_run: bool = opt(False, "one epoch of two train, validation and test batches")
     # accuracy / NFE figures at the end
     plots: bool = opt(True, "write accuracy.png and nfe.png into the run folder")
+
+
+    def validate(self) -> None:
+        """Rules between flags (:func:`~odeflow.experiments.config.check_config`)."""
+        check_device(self)
 
 
 def default_run_dir(cfg: CIFAR10Config) -> Path:
@@ -237,7 +258,7 @@ def _describe(cfg: CIFAR10Config, parts: dict[str, Any], env: DistEnv) -> str:
         if cfg.network == "odeonly"
         else "no ODE"
     )
-    run_dir = Path(cfg.resume) if cfg.resume else default_run_dir(cfg)
+    run_dir = parts["run_dir"]
     return (
         f"{cfg.network} on cifar10: {parts['parameters']:,} parameters, {solver}, "
         f"gradient={resolve_gradient(cfg)}, device={parts['device']}, "
@@ -248,8 +269,7 @@ def _describe(cfg: CIFAR10Config, parts: dict[str, Any], env: DistEnv) -> str:
 def run(cfg: CIFAR10Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train ``cfg`` end to end; the summary of
     :func:`~odeflow.experiments.epochs.run_epochs`."""
-    run_dir = Path(cfg.resume) if cfg.resume else default_run_dir(cfg)
-    return run_epochs(cfg, build, run_dir, _describe, log)
+    return run_epochs(cfg, build, default_run_dir(cfg), _describe, log)
 
 
 def parse_args(

@@ -21,7 +21,7 @@ import torch
 
 from ..data.toy import TOY_DENSITIES, circles_log_prob, sample_toy
 from ..nn.cnf import CNF, NOISES, TRACES, CNFField
-from .config import opt
+from .config import NON_NEGATIVE, POSITIVE, SOLVER, at_least, opt
 from .epochs import resolve_gradient
 from .steps import (
     StepConfig,
@@ -51,23 +51,25 @@ class CNFConfig(StepConfig):
     # Hutchinson's noise, drawn once per solve
     noise: str = opt("gaussian", "Hutchinson noise (one draw per solve)", choices=NOISES)
     # RNODE: weight of the kinetic energy  int ||f||^2 dt
-    kinetic: float = opt(0.0, "weight of RNODE's kinetic-energy regulariser")
+    kinetic: float = opt(0.0, "weight of RNODE's kinetic-energy regulariser", check=NON_NEGATIVE)
     # RNODE: weight of the Jacobian Frobenius norm  int ||df/dz||_F^2 dt
-    jacobian_norm: float = opt(0.0, "weight of RNODE's Jacobian Frobenius-norm regulariser")
+    jacobian_norm: float = opt(0.0, "weight of RNODE's Jacobian Frobenius-norm regulariser",
+                               check=NON_NEGATIVE)
     # the field's MLP
-    hidden: int = opt(64, "hidden units per layer of f(t, z)", model=True)
-    layers: int = opt(3, "hidden layers of f(t, z)", model=True)
+    hidden: int = opt(64, "hidden units per layer of f(t, z)", model=True, check=at_least(1))
+    layers: int = opt(3, "hidden layers of f(t, z)", model=True, check=at_least(1))
     # flow end time
-    T: float = opt(1.0, "end time of the flow (the base density lives at T)")
-    method: str = opt("dopri5", "ODE solver")
-    rtol: float = opt(1e-4, "relative tolerance")
-    atol: float = opt(1e-4, "absolute tolerance")
-    batch_size: int = opt(256, "fresh samples per step")
-    test_size: int = opt(5000, "fresh samples for test_nll")
-    niters: int = opt(1000, "number of optimisation steps")
-    eval_every: int = opt(100, "steps between evaluations")
-    lr: float = opt(1e-2, "peak learning rate (Adam)")
-    lr_final: float = opt(0.02, "final learning rate as a fraction of --lr (cosine decay)")
+    T: float = opt(1.0, "end time of the flow (the base density lives at T)", check=POSITIVE)
+    method: str = opt("dopri5", "ODE solver", check=SOLVER)
+    rtol: float = opt(1e-4, "relative tolerance", check=POSITIVE)
+    atol: float = opt(1e-4, "absolute tolerance", check=POSITIVE)
+    batch_size: int = opt(256, "fresh samples per step", check=at_least(1))
+    test_size: int = opt(5000, "fresh samples for test_nll", check=at_least(1))
+    niters: int = opt(1000, "number of optimisation steps", check=at_least(1))
+    eval_every: int = opt(100, "steps between evaluations", check=at_least(1))
+    lr: float = opt(1e-2, "peak learning rate (Adam)", check=POSITIVE)
+    lr_final: float = opt(0.02, "final learning rate as a fraction of --lr (cosine decay)",
+                          check=NON_NEGATIVE)
 
 
 def build(cfg: CNFConfig) -> dict[str, Any]:
@@ -171,17 +173,17 @@ def run(cfg: CNFConfig, log=print) -> dict[str, Any]:
     if cfg.dry_run:
         cfg = dataclasses.replace(cfg, niters=2, eval_every=1, batch_size=64, test_size=128,
                                   hidden=16)
-    run_dir, config = start_run(cfg, f"cnf-{cfg.data}")
-    parts = build(cfg)
-    entropy = None
-    if cfg.data == "circles":
-        entropy = float(-circles_log_prob(parts["test_x"]).mean())
-        log(f"circles: the test samples' own NLL (the data's entropy) is {entropy:.4f} nats")
-    log(f"cnf on {cfg.data}: {sum(p.numel() for p in parts['cnf'].parameters())} parameters, "
-        f"trace {cfg.trace}, kinetic {cfg.kinetic}, jacobian {cfg.jacobian_norm}, "
-        f"gradient {resolve_gradient(cfg)}, run folder {run_dir}")
-    history, seconds = train_study(cfg, parts["task"], run_dir, config, log)
-    return {"run_dir": str(run_dir), "history": history, "cnf": parts["cnf"],
+    with start_run(cfg, f"cnf-{cfg.data}", log) as start:
+        parts = build(cfg)
+        entropy = None
+        if cfg.data == "circles":
+            entropy = float(-circles_log_prob(parts["test_x"]).mean())
+            log(f"circles: the test samples' own NLL (the data's entropy) is {entropy:.4f} nats")
+        log(f"cnf on {cfg.data}: {sum(p.numel() for p in parts['cnf'].parameters())} "
+            f"parameters, trace {cfg.trace}, kinetic {cfg.kinetic}, jacobian "
+            f"{cfg.jacobian_norm}, gradient {resolve_gradient(cfg)}, run folder {start.run_dir}")
+        history, seconds = train_study(cfg, parts["task"], start, log)
+    return {"run_dir": str(start.run_dir), "history": history, "cnf": parts["cnf"],
             "entropy": entropy, "seconds": seconds}
 
 

@@ -7,6 +7,14 @@ flags the user actually typed on top of a base config (the defaults, or the save
 of a run being resumed). :func:`parse_run_config` adds ``--resume RUN``: the base becomes
 the run's saved ``config.json``, and a flag that would change the saved model (a field
 declared with ``opt(..., model=True)``) is refused before anything is loaded.
+
+Every flag is checked before anything is written (:func:`check_config`): a field declared
+with ``opt(..., check=...)`` must pass its :class:`Check` (:func:`at_least`,
+:data:`POSITIVE`, :data:`SOLVER`, ...), and a config class may add rules between flags in a
+``validate()`` method. A failure is a ``ConfigError`` naming the flag and what was
+expected, which ``odeflow`` prints as one line (exit status 2).
+
+This module imports neither torch nor the studies: ``--help`` stays fast.
 """
 
 from __future__ import annotations
@@ -15,11 +23,18 @@ import argparse
 import dataclasses
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 __all__ = [
     "opt",
+    "Check",
+    "at_least",
+    "between",
+    "POSITIVE",
+    "NON_NEGATIVE",
+    "SOLVER",
+    "check_config",
     "str2bool",
     "build_parser",
     "parse_config",
@@ -31,13 +46,58 @@ __all__ = [
 C = TypeVar("C")
 
 
-def opt(default: Any, help: str, *, model: bool = False, **argparse_kwargs: Any) -> Any:
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """What a flag's value must be: ``test(value)`` is true for good values, and
+    ``expected`` says what they are (shown after "expected"; a callable is evaluated only
+    when a message is needed, e.g. a list imported from the core)."""
+
+    test: Callable[[Any], bool]
+    expected: str | Callable[[], str]
+
+    def describe(self) -> str:
+        """The words of :attr:`expected`."""
+        return self.expected() if callable(self.expected) else self.expected
+
+
+def at_least(low: int | float) -> Check:
+    """A number ``>= low`` (e.g. ``at_least(1)`` for a count of steps)."""
+    return Check(lambda v: v >= low, f"a number >= {low}")
+
+
+def between(low: float, high: float, *, low_open: bool = False) -> Check:
+    """A number in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
+    if low_open:
+        return Check(lambda v: low < v <= high, f"a number in ({low}, {high}]")
+    return Check(lambda v: low <= v <= high, f"a number in [{low}, {high}]")
+
+
+POSITIVE = Check(lambda v: v > 0, "a number > 0")
+NON_NEGATIVE = Check(lambda v: v >= 0, "a number >= 0")
+
+
+def _solver_names() -> tuple[str, ...]:
+    from ..solvers import METHODS  # the core's public list; imported only when checking
+
+    return tuple(METHODS)
+
+
+# the name of a solver the core accepts
+SOLVER = Check(lambda v: v in _solver_names(),
+               lambda: "a solver name, one of " + ", ".join(_solver_names()))
+
+
+def opt(
+    default: Any, help: str, *, model: bool = False, check: Check | None = None,
+    **argparse_kwargs: Any,
+) -> Any:
     """A dataclass field whose ``help`` becomes the flag's help (extra kwargs go to argparse).
 
     ``model=True`` marks a field that defines the model (architecture, data shape): a
-    resumed run refuses a value different from the saved one.
+    resumed run refuses a value different from the saved one. ``check`` is what a value
+    must satisfy (each element, for a tuple), tested by :func:`check_config`.
     """
-    meta = {"help": help, "argparse": argparse_kwargs, "model": model}
+    meta = {"help": help, "argparse": argparse_kwargs, "model": model, "check": check}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -56,9 +116,9 @@ class RunFlags:
         choices=("direct", "adjoint", "checkpoint"),
     )  # fmt: skip
     # seed of the weights, the data order and every random draw
-    seed: int = opt(0, "random seed")
+    seed: int = opt(0, "random seed", check=NON_NEGATIVE)
     # torch CPU threads (0 = torch's default)
-    threads: int = opt(0, "torch CPU threads (0 = default)")
+    threads: int = opt(0, "torch CPU threads (0 = default)", check=NON_NEGATIVE)
     # run folder; empty -> the study's default under runs/
     save: str = opt("", "run folder (config.json, metrics.csv, checkpoints, plots)")
     # continue a run from its newest intact checkpoint with its saved config
@@ -151,9 +211,46 @@ def config_from_dict(cls: type[C], values: dict[str, Any]) -> C:
     return cls(**kwargs)
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_config(cfg: Any) -> None:
+    """Check every flag of ``cfg`` against its field's :class:`Check`, then the config's own
+    ``validate()`` (rules between flags), before anything is built or written.
+
+    Raises:
+        ConfigError: naming the first bad flag, its value and what was expected.
+    """
+    from ..training.errors import ConfigError
+
+    for f in dataclasses.fields(cfg):
+        check: Check | None = f.metadata.get("check")
+        value = getattr(cfg, f.name)
+        if check is None or value is None:
+            continue
+        for v in value if isinstance(value, (tuple, list)) else (value,):
+            try:
+                good = check.test(v)
+            except TypeError:  # e.g. a string where a number belongs (a hand-edited config)
+                good = False
+            if not good:
+                raise ConfigError(f"{_flag(f.name)} {v!r}: expected {check.describe()}")
+    validate = getattr(cfg, "validate", None)
+    if callable(validate):
+        validate()
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """A parser whose errors are one line (a study's usage line lists ~30 flags)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _given(cls: type, argv: Sequence[str] | None, base: Any, prog: str | None) -> dict[str, Any]:
     """The fields whose flags appear in ``argv``, with their parsed values."""
-    parser = build_parser(cls, argparse.ArgumentParser(prog=prog), defaults=base)
+    parser = build_parser(cls, _OneLineParser(prog=prog), defaults=base)
     ns = parser.parse_args(argv)
     return {k: (tuple(v) if isinstance(v, list) else v) for k, v in vars(ns).items()}
 
@@ -181,19 +278,36 @@ def parse_run_config(
     from the dataclass default (an experiment's own dataset, say), that changes a
     :func:`model_fields` field is refused before any state is loaded.
 
+    Every flag of the result is checked (:func:`check_config`).
+
     Raises:
         RunFolderError: ``RUN`` has no readable ``config.json``.
-        ResumeMismatchError: a model-defining flag differs from the saved value; the
-            message names the flag, the saved and the given value.
+        ResumeMismatchError: a model-defining flag differs from the saved value (the
+            message names the flag, the saved and the given value), or ``RUN`` is another
+            study's run.
+        ConfigError: a flag out of range, or ``--save`` beside ``--resume``.
     """
+    from ..training.errors import ConfigError, ResumeMismatchError
     from ..training.runfolder import check_resume_flags, read_run_config
 
     given = _given(cls, argv, base, prog)
     cfg = dataclasses.replace(base if base is not None else cls(), **given)
     run = getattr(cfg, "resume", "")
     if not run:
+        check_config(cfg)
         return cfg
+    if given.get("save") and given["save"] != run:
+        raise ConfigError(f"--save {given['save']} and --resume {run}: a resumed run stays "
+                          f"in its folder; give one of them")
     saved = read_run_config(run)
+    # another study's run lacks this study's flags (its model would not load)
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in saved]
+    if missing:
+        study = saved.get("experiment", "another study")
+        raise ResumeMismatchError(
+            f"--resume {run}: that run was made by {study}, not {prog or cls.__name__} "
+            f"(its config.json has no {', '.join(_flag(m) for m in missing[:3])}); resume it "
+            f"with its own command, or start a new run with --save")
     asked: dict[str, Any] = {}
     if base is not None:
         default = cls()
@@ -202,4 +316,6 @@ def parse_run_config(
                 asked[f.name] = getattr(base, f.name)
     asked.update(given)
     check_resume_flags(run, saved, asked, model_fields(cls))
-    return dataclasses.replace(config_from_dict(cls, saved), **given)
+    cfg = dataclasses.replace(config_from_dict(cls, saved), **given)
+    check_config(cfg)
+    return cfg

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..training.runfolder import next_free_dir
 from .mnist import MNISTConfig, parse_args, run
 
 __all__ = ["DEMO", "next_free_dir", "main"]
@@ -35,22 +36,11 @@ DEMO = MNISTConfig(
 )
 
 
-def next_free_dir(base: str | Path) -> Path:
-    """``base``, or ``base-2``, ``base-3``, ... whichever does not exist yet."""
-    base = Path(base)
-    if not base.exists():
-        return base
-    i = 2
-    while Path(f"{base}-{i}").exists():
-        i += 1
-    return Path(f"{base}-{i}")
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the demo and print accuracy, NFE, parameter count, time and the plot paths."""
     cfg = parse_args(argv, base=DEMO, prog="odeflow demo")
-    if not cfg.save and not cfg.resume:
-        cfg.save = str(next_free_dir("runs/demo"))
+    if not cfg.save and not cfg.resume and not cfg.dry_run:
+        cfg.save = str(next_free_dir("runs/demo"))  # a dry run goes to a temporary folder
     summary = run(cfg)
     if summary["rank"] == 0:
         run_dir = Path(summary["run_dir"])

@@ -23,9 +23,10 @@ from typing import Any
 
 import torch
 
-from ..data.spirals import SpiralSeries, make_spirals
+from ..data.spirals import THETA_MAX, SpiralSeries, make_spirals
 from ..nn.latent import LatentODE
-from .config import opt
+from ..training.errors import ConfigError
+from .config import NON_NEGATIVE, POSITIVE, SOLVER, at_least, opt
 from .epochs import resolve_gradient
 from .steps import (
     StepConfig,
@@ -48,28 +49,41 @@ DATA_STEP = -2  # generator "step" of the data set: never a training step
 class LatentODEConfig(StepConfig):
     """Every setting of one latent-ODE run; each field is a command-line flag."""
 
-    n_train: int = opt(1000, "training spirals")
-    n_test: int = opt(100, "held-out spirals")
+    n_train: int = opt(1000, "training spirals", check=at_least(1))
+    n_test: int = opt(100, "held-out spirals", check=at_least(1))
     # grid: n_total points on [0, t_total]; the first n_window are the observation window
-    n_total: int = opt(100, "grid points per spiral")
-    t_total: float = opt(10.0, "time span of the grid")
-    n_window: int = opt(50, "grid points in the observation window")
-    n_obs: int = opt(30, "observed points per spiral (random, within the window)")
-    noise_std: float = opt(0.1, "observation noise (standard deviation)")
-    obs_std: float = opt(0.1, "standard deviation of the Gaussian likelihood")
-    latent: int = opt(4, "latent dimension", model=True)
-    rnn_hidden: int = opt(25, "GRU units of the encoder", model=True)
-    ode_hidden: int = opt(20, "hidden units of the latent ODE", model=True)
-    dec_hidden: int = opt(20, "hidden units of the decoder", model=True)
-    kl_warmup: int = opt(200, "steps over which the KL weight grows from 0 to 1")
-    method: str = opt("dopri5", "ODE solver of the latent ODE")
-    rtol: float = opt(1e-3, "relative tolerance")
-    atol: float = opt(1e-4, "absolute tolerance")
-    batch_size: int = opt(100, "spirals per step")
-    niters: int = opt(2000, "number of optimisation steps")
-    eval_every: int = opt(100, "steps between evaluations")
-    lr: float = opt(1e-2, "peak learning rate (Adam)")
-    lr_final: float = opt(0.01, "final learning rate as a fraction of --lr (cosine decay)")
+    n_total: int = opt(100, "grid points per spiral", check=at_least(2))
+    t_total: float = opt(10.0, "time span of the grid", check=POSITIVE)
+    n_window: int = opt(50, "grid points in the observation window", check=at_least(2))
+    n_obs: int = opt(30, "observed points per spiral (random, within the window)",
+                     check=at_least(1))
+    noise_std: float = opt(0.1, "observation noise (standard deviation)", check=NON_NEGATIVE)
+    obs_std: float = opt(0.1, "standard deviation of the Gaussian likelihood", check=POSITIVE)
+    latent: int = opt(4, "latent dimension", model=True, check=at_least(1))
+    rnn_hidden: int = opt(25, "GRU units of the encoder", model=True, check=at_least(1))
+    ode_hidden: int = opt(20, "hidden units of the latent ODE", model=True, check=at_least(1))
+    dec_hidden: int = opt(20, "hidden units of the decoder", model=True, check=at_least(1))
+    kl_warmup: int = opt(200, "steps over which the KL weight grows from 0 to 1",
+                         check=NON_NEGATIVE)
+    method: str = opt("dopri5", "ODE solver of the latent ODE", check=SOLVER)
+    rtol: float = opt(1e-3, "relative tolerance", check=POSITIVE)
+    atol: float = opt(1e-4, "absolute tolerance", check=POSITIVE)
+    batch_size: int = opt(100, "spirals per step", check=at_least(1))
+    niters: int = opt(2000, "number of optimisation steps", check=at_least(1))
+    eval_every: int = opt(100, "steps between evaluations", check=at_least(1))
+    lr: float = opt(1e-2, "peak learning rate (Adam)", check=POSITIVE)
+    lr_final: float = opt(0.01, "final learning rate as a fraction of --lr (cosine decay)",
+                          check=NON_NEGATIVE)
+
+
+    def validate(self) -> None:
+        """Rules between flags (:func:`~odeflow.experiments.config.check_config`)."""
+        if not self.n_obs <= self.n_window <= self.n_total:
+            raise ConfigError(f"--n-obs {self.n_obs}, --n-window {self.n_window}, --n-total "
+                              f"{self.n_total}: expected n-obs <= n-window <= n-total")
+        if self.t_total >= THETA_MAX:
+            raise ConfigError(f"--t-total {self.t_total:g}: expected a span below 6π "
+                              f"({THETA_MAX:.3f}), the length of the spirals")
 
 
 def rmse(pred: torch.Tensor, clean: torch.Tensor, mask: torch.Tensor | None = None) -> float:
@@ -172,13 +186,13 @@ def run(cfg: LatentODEConfig, log=print) -> dict[str, Any]:
     if cfg.dry_run:
         cfg = dataclasses.replace(cfg, n_train=16, n_test=8, batch_size=8, niters=2,
                                   eval_every=1)
-    run_dir, config = start_run(cfg, "latent-ode")
-    parts = build(cfg)
-    log(f"latent ODE: {sum(p.numel() for p in parts['model'].parameters())} parameters, "
-        f"{cfg.n_train} training spirals with {cfg.n_obs} observations each, "
-        f"gradient {resolve_gradient(cfg)}, run folder {run_dir}")
-    history, seconds = train_study(cfg, parts["task"], run_dir, config, log)
-    return {"run_dir": str(run_dir), "history": history, "model": parts["model"],
+    with start_run(cfg, "latent-ode", log) as start:
+        parts = build(cfg)
+        log(f"latent ODE: {sum(p.numel() for p in parts['model'].parameters())} parameters, "
+            f"{cfg.n_train} training spirals with {cfg.n_obs} observations each, "
+            f"gradient {resolve_gradient(cfg)}, run folder {start.run_dir}")
+        history, seconds = train_study(cfg, parts["task"], start, log)
+    return {"run_dir": str(start.run_dir), "history": history, "model": parts["model"],
             "seconds": seconds}
 
 

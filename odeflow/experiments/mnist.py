@@ -17,8 +17,16 @@ import torch
 from ..data import DATASETS, BatchLoader, load_dataset
 from ..nn import NETWORKS, build_classifier, count_parameters
 from ..training import ConfigError, DistEnv, lr_at
-from .config import RunFlags, opt, parse_run_config
-from .epochs import report, resolve_gradient, run_epochs, select_device
+from .config import (
+    NON_NEGATIVE,
+    POSITIVE,
+    SOLVER,
+    RunFlags,
+    at_least,
+    opt,
+    parse_run_config,
+)
+from .epochs import check_device, report, resolve_gradient, run_epochs, select_device
 
 __all__ = ["MNISTConfig", "resolve_gradient", "default_run_dir", "build", "run", "main"]
 
@@ -32,55 +40,68 @@ class MNISTConfig(RunFlags):
     # which classifier
     network: str = opt("odenet", "classifier", choices=NETWORKS, model=True)
     # rtol = atol of the adaptive solver
-    tol: float = opt(1e-3, "solver tolerance (rtol = atol) of the ODE block")
+    tol: float = opt(1e-3, "solver tolerance (rtol = atol) of the ODE block", check=POSITIVE)
     # adaptive solver of the ODE block
-    method: str = opt("dopri5", "ODE solver of the ODE-Net's block")
+    method: str = opt("dopri5", "ODE solver of the ODE-Net's block", check=SOLVER)
     # image -> features
     downsampling_method: str = opt(
         "conv", "downsampling layers", choices=("conv", "res"), model=True
     )
     # feature channels (64 in the seed)
-    width: int = opt(64, "feature channels of ODE-Net/ResNet/RK-Net", model=True)
+    width: int = opt(64, "feature channels of ODE-Net/ResNet/RK-Net", model=True, check=at_least(1))
     # RK-Net's fixed step on [0, 1]
-    rk_step_size: float = opt(0.1, "RK-Net's fixed RK4 step size", model=True)
+    rk_step_size: float = opt(0.1, "RK-Net's fixed RK4 step size", model=True, check=POSITIVE)
     # total epochs (a resumed run continues up to this number)
-    nepochs: int = opt(160, "number of epochs")
+    nepochs: int = opt(160, "number of epochs", check=at_least(1))
     # seed augmentation: random crop of 28 after zero padding by 4
     data_aug: bool = opt(True, "random-crop augmentation (padding 4)")
     # base rate for batches of 128; the rate used is lr × batch_size / 128
-    lr: float = opt(0.1, "learning rate for batch 128 (scaled linearly with the batch)")
+    lr: float = opt(0.1, "learning rate for batch 128 (scaled linearly with the batch)",
+                    check=POSITIVE)
     # epochs where the rate is multiplied by lr_decay
-    milestones: tuple[int, ...] = opt((60, 100, 140), "epochs at which lr decays")
+    milestones: tuple[int, ...] = opt((60, 100, 140), "epochs at which lr decays",
+                                      check=NON_NEGATIVE)
     # decay factor at each milestone
-    lr_decay: float = opt(0.1, "lr multiplier at each milestone")
+    lr_decay: float = opt(0.1, "lr multiplier at each milestone", check=POSITIVE)
     # SGD momentum
-    momentum: float = opt(0.9, "SGD momentum")
+    momentum: float = opt(0.9, "SGD momentum", check=NON_NEGATIVE)
     # L2 penalty
-    weight_decay: float = opt(0.0, "SGD weight decay")
+    weight_decay: float = opt(0.0, "SGD weight decay", check=NON_NEGATIVE)
     # global batch size (split over ranks under torchrun)
-    batch_size: int = opt(128, "training batch size (global)")
+    batch_size: int = opt(128, "training batch size (global)", check=at_least(1))
     # evaluation batch size
-    test_batch_size: int = opt(1000, "evaluation batch size")
+    test_batch_size: int = opt(1000, "evaluation batch size", check=at_least(1))
     # folder with the IDX files
     data_dir: str = opt("data", "folder holding the MNIST / Fashion-MNIST IDX files")
     # fetch missing IDX files from the canonical mirrors
     download: bool = opt(False, "download missing IDX files (checked by SHA-256)")
     # use only the first N training samples (0 = all)
-    max_train_samples: int = opt(0, "use only the first N training samples (0 = all)")
+    max_train_samples: int = opt(0, "use only the first N training samples (0 = all)",
+                                 check=NON_NEGATIVE)
     # use only the first N test samples (0 = all)
-    max_test_samples: int = opt(0, "use only the first N test samples (0 = all)")
+    max_test_samples: int = opt(0, "use only the first N test samples (0 = all)",
+                                check=NON_NEGATIVE)
     # side of the upsampled digits (dataset=digits)
-    digits_size: int = opt(28, "image size of the upsampled 8x8 digits", model=True)
+    digits_size: int = opt(28, "image size of the upsampled 8x8 digits", model=True,
+                           check=at_least(3))
     # zero border around the upsampled digits
-    digits_pad: int = opt(4, "zero border of the upsampled digits", model=True)
+    digits_pad: int = opt(4, "zero border of the upsampled digits", model=True, check=NON_NEGATIVE)
     # seed flag: GPU index used when --device is auto
-    gpu: int = opt(0, "GPU index (with --device auto)")
+    gpu: int = opt(0, "GPU index (with --device auto)", check=NON_NEGATIVE)
     # "auto" = cuda:<gpu> when available, else cpu
     device: str = opt("auto", "device: auto, cpu, cuda, cuda:N")
     # CI smoke test: 1 epoch of 2 batches
     dry_run: bool = opt(False, "one epoch of two train and two test batches")
     # accuracy / NFE figures at the end
     plots: bool = opt(True, "write accuracy.png and nfe.png into the run folder")
+
+
+    def validate(self) -> None:
+        """Rules between flags (:func:`~odeflow.experiments.config.check_config`)."""
+        if self.dataset == "digits" and self.digits_size - 2 * self.digits_pad < 1:
+            raise ConfigError(f"--digits-size {self.digits_size} leaves no room for "
+                              f"--digits-pad {self.digits_pad}: expected a size > 2 * pad")
+        check_device(self)
 
 
 def default_run_dir(cfg: MNISTConfig) -> Path:
@@ -179,8 +200,7 @@ def _describe(cfg: MNISTConfig, parts: dict[str, Any], env: DistEnv) -> str:
     return (
         f"{cfg.network} on {cfg.dataset}: {parts['parameters']:,} parameters, "
         f"gradient={resolve_gradient(cfg)}, device={parts['device']}, "
-        f"processes={env.world_size}, run folder "
-        f"{Path(cfg.resume) if cfg.resume else default_run_dir(cfg)}"
+        f"processes={env.world_size}, run folder {parts['run_dir']}"
     )
 
 
@@ -192,8 +212,7 @@ def run(cfg: MNISTConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
         ``parameters``, ``history``, ``test_acc`` (last epoch), ``best_acc``, mean
         ``nfe_f`` / ``nfe_b`` over epochs, ``seconds``, ``rank``, and ``model`` (unwrapped).
     """
-    run_dir = Path(cfg.resume) if cfg.resume else default_run_dir(cfg)
-    return run_epochs(cfg, build, run_dir, _describe, log)
+    return run_epochs(cfg, build, default_run_dir(cfg), _describe, log)
 
 
 def parse_args(

@@ -29,7 +29,6 @@ step). ``solvers.json`` holds the side-by-side; figures: ``trajectories.png``,
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -43,9 +42,8 @@ import torch
 from torch import nn
 
 from .. import SolveError, solve
-from ..solvers import METHODS
 from ..training.errors import ConfigError, UserError
-from .config import opt
+from .config import NON_NEGATIVE, POSITIVE, SOLVER, Check, at_least, opt
 from .epochs import resolve_gradient
 from .robertson_data import RATES, Y0, log_times, robertson_solution
 from .steps import (
@@ -77,34 +75,48 @@ class RobertsonConfig(StepConfig):
 
     # observation window, spaced evenly in log10 t (the solve starts at t = 0); the data
     # define the task, so --resume refuses to change them (model=True)
-    t_start: float = opt(1e-5, "first observation time", model=True)
-    t_end: float = opt(1e5, "last observation time", model=True)
-    n_times: int = opt(40, "observation times (training data)", model=True)
-    n_test: int = opt(200, "times of the test trajectory (same span)", model=True)
+    t_start: float = opt(1e-5, "first observation time", model=True, check=POSITIVE)
+    t_end: float = opt(1e5, "last observation time", model=True, check=POSITIVE)
+    n_times: int = opt(40, "observation times (training data)", model=True, check=at_least(1))
+    n_test: int = opt(200, "times of the test trajectory (same span)", model=True,
+                      check=at_least(1))
     # Gaussian noise, in units of each species' largest value
     noise: float = opt(0.0, "observation noise, as a fraction of each species' maximum",
-                       model=True)
+                       model=True, check=NON_NEGATIVE)
     # the initial guess: each log10 k off by +-init_spread (signs: the bits of seed % 8)
-    init_spread: float = opt(0.5, "initial log10 k = true +- this (signs: bits of --seed %% 8)")
+    init_spread: float = opt(0.5, "initial log10 k = true +- this (signs: bits of --seed %% 8)",
+                             check=NON_NEGATIVE)
     # Kim et al.'s loss scaling; False is the plain MSE, for comparison
     scale: bool = opt(True, "loss on outputs scaled by each species' maximum")
-    method: str = opt("rodas5p", "ODE solver for the model (stiff: rodas5p, rodas4, kvaerno5)")
+    method: str = opt("rodas5p", "ODE solver for the model (stiff: rodas5p, rodas4, kvaerno5)",
+                      check=SOLVER)
     # checkpoint: the backprop gradient exactly, and here faster than building the graph of
     # every Rosenbrock step (None: checkpoint, or the adjoint with --adjoint True)
     gradient: str | None = opt(
         None, "direct | adjoint | checkpoint (default: checkpoint, or adjoint with --adjoint)",
         choices=("direct", "adjoint", "checkpoint"),
     )  # fmt: skip
-    rtol: float = opt(1e-6, "relative tolerance of the model's solves")
-    atol: float = opt(1e-12, "absolute tolerance of the model's solves")
-    max_steps: int = opt(100_000, "step cap of the model's solves (max_num_steps)")
+    rtol: float = opt(1e-6, "relative tolerance of the model's solves", check=POSITIVE)
+    atol: float = opt(1e-12, "absolute tolerance of the model's solves", check=POSITIVE)
+    max_steps: int = opt(100_000, "step cap of the model's solves (max_num_steps)",
+                         check=at_least(1))
     # the side-by-side at the end: the same forward solve with this method
-    compare: str = opt("dopri5", "solver to compare with at the end ('none': skip)")
-    compare_max_steps: int = opt(20_000, "step cap of the comparison solver")
-    niters: int = opt(150, "number of optimisation steps")
-    eval_every: int = opt(10, "steps between evaluations")
-    lr: float = opt(0.05, "peak learning rate (Adam, on log10 k)")
-    lr_final: float = opt(0.1, "final learning rate as a fraction of --lr (cosine decay)")
+    compare: str = opt("dopri5", "solver to compare with at the end ('none': skip)",
+                       check=Check(lambda v: v == "none" or SOLVER.test(v),
+                                   lambda: f"'none' or {SOLVER.describe()}"))
+    compare_max_steps: int = opt(20_000, "step cap of the comparison solver", check=at_least(1))
+    niters: int = opt(150, "number of optimisation steps", check=at_least(1))
+    eval_every: int = opt(10, "steps between evaluations", check=at_least(1))
+    lr: float = opt(0.05, "peak learning rate (Adam, on log10 k)", check=POSITIVE)
+    lr_final: float = opt(0.1, "final learning rate as a fraction of --lr (cosine decay)",
+                          check=NON_NEGATIVE)
+
+
+    def validate(self) -> None:
+        """Rules between flags (:func:`~odeflow.experiments.config.check_config`)."""
+        if not self.t_start < self.t_end:
+            raise ConfigError(f"--t-start {self.t_start:g}, --t-end {self.t_end:g}: expected "
+                              f"0 < t-start < t-end")
 
 
 class MassActionKinetics(nn.Module):
@@ -347,13 +359,34 @@ def describe(r: dict[str, Any], t_end: float) -> str:
             f"{r['seconds']:.2f} s{where}{err}")
 
 
-def _check_methods(cfg: RobertsonConfig) -> None:
-    for flag, method in (("--method", cfg.method), ("--compare", cfg.compare)):
-        if method not in METHODS and not (flag == "--compare" and method == "none"):
-            raise ConfigError(f"{flag} {method!r} is not a solver; choose from "
-                              f"{', '.join(METHODS)}")
-    if not 0 < cfg.t_start < cfg.t_end:
-        raise ConfigError(f"need 0 < --t-start < --t-end, got {cfg.t_start:g}, {cfg.t_end:g}")
+def _compare(cfg: RobertsonConfig, parts: dict[str, Any], run_dir: Path,
+             history: list[dict[str, float]], seconds: float, log=print) -> list[dict[str, Any]]:
+    """The side-by-side at the end of a run: the learned model's forward solve with
+    ``--method`` and ``--compare``, logged and written to ``solvers.json``."""
+    func = parts["func"]
+    methods = [cfg.method] + ([cfg.compare] if cfg.compare not in ("none", cfg.method) else [])
+    same = dict(rtol=cfg.rtol, atol=cfg.atol, reference=parts["clean"], scale=parts["scale"])
+    # the model's own method keeps the training's step cap; the compared one gets
+    # --compare-max-steps, so that a hopeless solve ends soon
+    comparison = compare_solvers(func, parts["t_train"], methods[:1],
+                                 max_steps=cfg.max_steps, **same)
+    comparison += compare_solvers(func, parts["t_train"], methods[1:],
+                                  max_steps=cfg.compare_max_steps, **same)
+    log(f"the learned model's forward solve over [0, {cfg.t_end:g}] "
+        f"({cfg.n_times} output times, rtol {cfg.rtol}, atol {cfg.atol}; "
+        f"{cfg.compare} capped at {cfg.compare_max_steps} steps):")
+    for r in comparison:
+        log(describe(r, cfg.t_end))
+    saved = [{k: v for k, v in r.items() if k != "step_sizes"} for r in comparison]
+    (run_dir / "solvers.json").write_text(json.dumps(saved, indent=2) + "\n")
+    if cfg.plots:
+        log(f"wrote {plot_step_sizes(run_dir, comparison)}")
+    row = history[-1]
+    log(f"test_loss {row['test_loss']:.3g} (scaled MSE), "
+        f"{seconds / max(row['step'], 1):.2f} s per step; rates: " + ", ".join(
+        f"k{i} {row[f'k{i}']:.4g} (true {RATES[i - 1]:g}, error {100 * row[f'err_k{i}']:.3g}%)"
+        for i in (1, 2, 3)))
+    return comparison
 
 
 def run(cfg: RobertsonConfig, log=print) -> dict[str, Any]:
@@ -362,54 +395,21 @@ def run(cfg: RobertsonConfig, log=print) -> dict[str, Any]:
     if cfg.dry_run:
         cfg = dataclasses.replace(cfg, t_end=1.0, n_times=8, n_test=16, niters=2,
                                   eval_every=1, compare_max_steps=50)
-    _check_methods(cfg)
     if cfg.gradient is None and not cfg.adjoint:
         cfg = dataclasses.replace(cfg, gradient="checkpoint")
-    run_dir, config = start_run(cfg, "robertson")
-    parts = build(cfg)
-    func = parts["func"]
-    k0 = ", ".join(f"{float(k):.3g}" for k in func.rates().detach())
-    log(f"robertson: rates k1, k2, k3 = {', '.join(f'{k:g}' for k in RATES)}; initial guess "
-        f"{k0}; {cfg.n_times} times in [{cfg.t_start:g}, {cfg.t_end:g}], {cfg.method} "
-        f"rtol {cfg.rtol} atol {cfg.atol}, gradient {resolve_gradient(cfg)}, "
-        f"loss {'scaled' if cfg.scale else 'unscaled'}, run folder {run_dir}")
-    try:
-        history, seconds = train_study(cfg, parts["task"], run_dir, config, log)
-    except SolverFailedError:
-        if not cfg.resume and not (run_dir / "last.pt").exists():
-            # nothing was trained: leave no half-made run that would refuse a rerun here
-            for name in ("config.json", "metrics.csv"):
-                (run_dir / name).unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                run_dir.rmdir()  # only when empty
-        raise
+    with start_run(cfg, "robertson", log) as start:
+        run_dir = start.run_dir
+        parts = build(cfg)
+        func = parts["func"]
+        k0 = ", ".join(f"{float(k):.3g}" for k in func.rates().detach())
+        log(f"robertson: rates k1, k2, k3 = {', '.join(f'{k:g}' for k in RATES)}; initial guess "
+            f"{k0}; {cfg.n_times} times in [{cfg.t_start:g}, {cfg.t_end:g}], {cfg.method} "
+            f"rtol {cfg.rtol} atol {cfg.atol}, gradient {resolve_gradient(cfg)}, "
+            f"loss {'scaled' if cfg.scale else 'unscaled'}, run folder {run_dir}")
+        # a SolverFailedError before the first checkpoint leaves no folder (start_run)
+        history, seconds = train_study(cfg, parts["task"], start, log)
 
-    comparison: list[dict[str, Any]] = []
-    methods = [cfg.method] + ([cfg.compare] if cfg.compare not in ("none", cfg.method) else [])
-    if history:
-        same = dict(rtol=cfg.rtol, atol=cfg.atol, reference=parts["clean"],
-                    scale=parts["scale"])
-        # the model's own method keeps the training's step cap; the compared one gets
-        # --compare-max-steps, so that a hopeless solve ends soon
-        comparison = compare_solvers(func, parts["t_train"], methods[:1],
-                                     max_steps=cfg.max_steps, **same)
-        comparison += compare_solvers(func, parts["t_train"], methods[1:],
-                                      max_steps=cfg.compare_max_steps, **same)
-        log(f"the learned model's forward solve over [0, {cfg.t_end:g}] "
-            f"({cfg.n_times} output times, rtol {cfg.rtol}, atol {cfg.atol}; "
-            f"{cfg.compare} capped at {cfg.compare_max_steps} steps):")
-        for r in comparison:
-            log(describe(r, cfg.t_end))
-        saved = [{k: v for k, v in r.items() if k != "step_sizes"} for r in comparison]
-        path = run_dir / "solvers.json"
-        path.write_text(json.dumps(saved, indent=2) + "\n")
-        if cfg.plots:
-            log(f"wrote {plot_step_sizes(run_dir, comparison)}")
-        row = history[-1]
-        log(f"test_loss {row['test_loss']:.3g} (scaled MSE), "
-            f"{seconds / max(row['step'], 1):.2f} s per step; rates: " + ", ".join(
-            f"k{i} {row[f'k{i}']:.4g} (true {RATES[i - 1]:g}, error {100 * row[f'err_k{i}']:.3g}%)"
-            for i in (1, 2, 3)))
+        comparison = _compare(cfg, parts, run_dir, history, seconds, log) if history else []
     return {"run_dir": str(run_dir), "history": history, "func": func, "seconds": seconds,
             "comparison": comparison}
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .. import solve
-from .config import opt
+from .config import NON_NEGATIVE, POSITIVE, SOLVER, at_least, opt
 from .epochs import resolve_gradient
 from .steps import (
     StepConfig,
@@ -53,23 +53,24 @@ class SpiralConfig(StepConfig):
     """Every setting of one spiral run; each field is a command-line flag."""
 
     # observations of the one trajectory
-    data_size: int = opt(1000, "number of observed points on [0, t_end]")
+    data_size: int = opt(1000, "number of observed points on [0, t_end]", check=at_least(2))
     # end of the observed interval
-    t_end: float = opt(25.0, "last observation time")
+    t_end: float = opt(25.0, "last observation time", check=POSITIVE)
     # subsequences per minibatch
-    batch_size: int = opt(100, "subsequences per minibatch")
+    batch_size: int = opt(100, "subsequences per minibatch", check=at_least(1))
     # length of each subsequence, in observations (the demo's is 10)
-    batch_time: int = opt(5, "subsequence length (observations)")
+    batch_time: int = opt(5, "subsequence length (observations)", check=at_least(2))
     # width of the MLP on y^3
-    hidden: int = opt(50, "hidden units of the MLP on y^3", model=True)
+    hidden: int = opt(50, "hidden units of the MLP on y^3", model=True, check=at_least(1))
     # solver of the model (training and test)
-    method: str = opt("dopri5", "ODE solver for the model")
-    rtol: float = opt(1e-5, "relative tolerance of the model's solves")
-    atol: float = opt(1e-7, "absolute tolerance of the model's solves")
-    niters: int = opt(3000, "number of optimisation steps")
-    eval_every: int = opt(50, "steps between evaluations")
-    lr: float = opt(1e-2, "peak learning rate (Adam)")
-    lr_final: float = opt(0.01, "final learning rate as a fraction of --lr (cosine decay)")
+    method: str = opt("dopri5", "ODE solver for the model", check=SOLVER)
+    rtol: float = opt(1e-5, "relative tolerance of the model's solves", check=POSITIVE)
+    atol: float = opt(1e-7, "absolute tolerance of the model's solves", check=POSITIVE)
+    niters: int = opt(3000, "number of optimisation steps", check=at_least(1))
+    eval_every: int = opt(50, "steps between evaluations", check=at_least(1))
+    lr: float = opt(1e-2, "peak learning rate (Adam)", check=POSITIVE)
+    lr_final: float = opt(0.01, "final learning rate as a fraction of --lr (cosine decay)",
+                          check=NON_NEGATIVE)
 
 
 def spiral_field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -198,12 +199,12 @@ def run(cfg: SpiralConfig, log=print) -> dict[str, Any]:
     """Train ``cfg`` end to end; returns ``run_dir``, ``history``, ``seconds``, ``func``."""
     if cfg.dry_run:
         cfg = dataclasses.replace(cfg, data_size=100, t_end=2.5, niters=2, eval_every=1)
-    run_dir, config = start_run(cfg, "spiral")
-    parts = build(cfg)
-    log(f"spiral: {sum(p.numel() for p in parts['func'].parameters())} parameters, "
-        f"{cfg.method} rtol {cfg.rtol} atol {cfg.atol}, run folder {run_dir}")
-    history, seconds = train_study(cfg, parts["task"], run_dir, config, log)
-    return {"run_dir": str(run_dir), "history": history, "func": parts["func"],
+    with start_run(cfg, "spiral", log) as start:
+        parts = build(cfg)
+        log(f"spiral: {sum(p.numel() for p in parts['func'].parameters())} parameters, "
+            f"{cfg.method} rtol {cfg.rtol} atol {cfg.atol}, run folder {start.run_dir}")
+        history, seconds = train_study(cfg, parts["task"], start, log)
+    return {"run_dir": str(start.run_dir), "history": history, "func": parts["func"],
             "seconds": seconds}
 
 

@@ -11,6 +11,11 @@ flags they share; a study subclasses it, adds its own fields and provides a
   evaluation, ``best.pt`` where :attr:`StepTask.best_key` was lowest;
 - the study's plots, from :attr:`StepTask.plot`.
 
+:func:`start_run` opens the run: every flag checked, the folder chosen (``--resume``,
+``--save``, a temporary folder for a dry run, else ``runs/NAME`` or the next free name)
+and locked while the run writes to it; a run that fails before its first checkpoint
+leaves no folder behind that it created.
+
 Exact resume: every random draw of step ``k`` comes from :func:`step_generator`
 (seeded by ``seed`` and ``k`` alone), and checkpoints are written at evaluation
 boundaries, so ``--resume RUN`` replays the remaining steps bit for bit (same machine and
@@ -19,12 +24,13 @@ thread count).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,19 +40,26 @@ from torch import nn
 
 from ..training import (
     atomic_save,
+    choose_run_dir,
     find_resume_checkpoint,
+    is_half_made,
+    load_model_state,
     prepare_run_dir,
+    progress_bar,
     refuse_existing_run,
+    remove_unfinished,
     restore_rng,
+    run_lock,
     set_aside,
 )
 from ..training.checkpoint import make_checkpoint
-from .config import RunFlags, opt, parse_run_config
+from .config import NON_NEGATIVE, POSITIVE, RunFlags, at_least, check_config, opt, parse_run_config
 from .epochs import resolve_gradient
 
 __all__ = [
     "StepConfig",
     "StepTask",
+    "RunStart",
     "run_steps",
     "step_generator",
     "parse_run_args",
@@ -66,20 +79,22 @@ class StepConfig(RunFlags):
     """Flags shared by the iteration-based studies (a study overrides the defaults)."""
 
     # torch CPU threads (one: these models are too small to gain from two)
-    threads: int = opt(1, "torch CPU threads (0 = default)")
+    threads: int = opt(1, "torch CPU threads (0 = default)", check=NON_NEGATIVE)
     # CI smoke test: a tiny problem, two steps, one evaluation each
     dry_run: bool = opt(False, "tiny data, two steps (for tests)")
 
     # optimisation steps in total (a resumed run continues up to this number)
-    niters: int = opt(1000, "number of optimisation steps")
+    niters: int = opt(1000, "number of optimisation steps", check=at_least(1))
     # end this session early (the schedule still spans --niters); --resume continues
-    stop_after: int = opt(0, "stop after this many steps in all (0 = --niters); resume later")
+    stop_after: int = opt(0, "stop after this many steps in all (0 = --niters); resume later",
+                          check=NON_NEGATIVE)
     # evaluate (one metrics.csv row, one checkpoint) every this many steps
-    eval_every: int = opt(50, "steps between evaluations")
+    eval_every: int = opt(50, "steps between evaluations", check=at_least(1))
     # peak learning rate (Adam), cosine-decayed to lr * lr_final
-    lr: float = opt(1e-2, "peak learning rate (Adam)")
+    lr: float = opt(1e-2, "peak learning rate (Adam)", check=POSITIVE)
     # final rate as a fraction of lr (cosine schedule); 1 = constant
-    lr_final: float = opt(0.01, "final learning rate as a fraction of --lr (cosine decay)")
+    lr_final: float = opt(0.01, "final learning rate as a fraction of --lr (cosine decay)",
+                          check=NON_NEGATIVE)
 
 
 @dataclass
@@ -175,8 +190,7 @@ def run_steps(
         # the newest checkpoint that loads; unreadable ones are named and set aside
         point = find_resume_checkpoint(run_dir)
         ckpt = point.checkpoint
-        task.model.load_state_dict(ckpt["model"])
-        task.optimizer.load_state_dict(ckpt["optimizer"])
+        load_model_state(task.model, task.optimizer, point)
         history, best_value, start = list(ckpt["history"]), float(ckpt["best_acc"]), ckpt["epoch"]
         elapsed0 = history[-1]["time"] if history else 0.0
         restore_rng(ckpt["rng"])
@@ -193,10 +207,8 @@ def run_steps(
     write_rows(metrics, fields, history)
 
     bar = None
-    if progress and start < niters and start < (stop_after or niters):
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=niters, initial=start, desc="train", leave=False, dynamic_ncols=True)
+    if start < niters and start < (stop_after or niters):
+        bar = progress_bar(progress, total=niters, initial=start, desc="train")
     sums: dict[str, float] = {}
     count = 0
     t0 = time.perf_counter() - elapsed0
@@ -269,31 +281,72 @@ def run_main(
     return summary
 
 
-def start_run(cfg: StepConfig, name: str, **extra: Any) -> tuple[Path, dict[str, Any]]:
-    """Set threads and the seed, check the run folder (a new run may not overwrite one);
-    return the run folder and the config dict to save."""
+@dataclass
+class RunStart:
+    """An opened run (:func:`start_run`).
+
+    Attributes:
+        run_dir: the run folder.
+        config: the dict saved as ``config.json`` and in the checkpoints.
+        resume: continue from a checkpoint (False for a new run, and for a half-made run
+            given to ``--resume``, which starts again from its saved flags).
+    """
+
+    run_dir: Path
+    config: dict[str, Any]
+    resume: bool
+
+
+@contextlib.contextmanager
+def start_run(cfg: StepConfig, name: str, log: Callable[[str], None] = print,
+              **extra: Any) -> Iterator[RunStart]:
+    """Open a run of ``cfg`` for the ``with`` block: check every flag, set threads and the
+    seed, choose the run folder (``runs/NAME`` by default), check it (a new run may not
+    overwrite one) and lock it while the block runs.
+
+    Raises:
+        ConfigError: a flag out of range.
+        RunFolderError: the folder holds a run, cannot be written, or another process
+            is writing to it.
+    """
+    check_config(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    run_dir = Path(cfg.resume or cfg.save or f"runs/{name}")
-    prepare_run_dir(run_dir, resume=bool(cfg.resume))  # before any data or model
+    run_dir, note = choose_run_dir(resume=cfg.resume, save=cfg.save, default=f"runs/{name}",
+                                   dry_run=cfg.dry_run)
+    if note:
+        log(note)
+    resume = bool(cfg.resume)
+    if resume and is_half_made(run_dir):
+        log(f"{run_dir} has no checkpoint yet: starting it again from step 0 with its flags")
+        resume = False
+    created = not run_dir.exists()
+    prepare_run_dir(run_dir, resume=resume, log=log)  # before any data or model
     config = dataclasses.asdict(cfg)
     # --stop-after ends one session: a resumed run goes on unless it is given again
     config.update(save=str(run_dir), resume="", stop_after=0, experiment=name,
                   gradient_resolved=resolve_gradient(cfg), **extra)
-    return run_dir, config
+    try:
+        with run_lock(run_dir):
+            yield RunStart(run_dir, config, resume)
+    except BaseException:
+        if created:
+            remove_unfinished(run_dir)  # a failed start leaves no folder behind
+        raise
 
 
 def train_study(
-    cfg: StepConfig, task: StepTask, run_dir: Path, config: dict[str, Any], log=print
+    cfg: StepConfig, task: StepTask, start: RunStart, log: Callable[[str], None] = print
 ) -> tuple[list[dict[str, float]], float]:
-    """:func:`run_steps` with the shared flags of ``cfg``; returns the history and the
-    seconds it took."""
-    start = time.perf_counter()
-    history = run_steps(task, run_dir=run_dir, niters=cfg.niters, eval_every=cfg.eval_every,
-                        config=config, resume=bool(cfg.resume), stop_after=cfg.stop_after,
-                        progress=cfg.progress, plots=cfg.plots, log=log)
-    return history, time.perf_counter() - start
+    """:func:`run_steps` with the shared flags of ``cfg`` in the run ``start`` opened;
+    returns the history and the seconds it took."""
+    t0 = time.perf_counter()
+    history = run_steps(task, run_dir=start.run_dir, niters=cfg.niters,
+                        eval_every=cfg.eval_every, config=start.config, resume=start.resume,
+                        stop_after=cfg.stop_after, progress=cfg.progress, plots=cfg.plots,
+                        log=log)
+    return history, time.perf_counter() - t0
 
 
 def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistEnv", "setup_distributed", "cleanup_distributed", "all_reduce_sum", "barrier"]
+__all__ = ["DistEnv", "setup_distributed", "cleanup_distributed", "all_reduce_sum", "barrier",
+           "broadcast_object"]
 
 
 @dataclass(frozen=True)
@@ -79,3 +81,13 @@ def barrier(env: DistEnv) -> None:
     """Wait for every rank (no-op when not distributed)."""
     if env.enabled:
         dist.barrier()
+
+
+def broadcast_object(obj: Any, env: DistEnv) -> Any:
+    """Rank 0's ``obj`` on every rank (``obj`` itself when not distributed); e.g. the run
+    folder, which rank 0 alone chooses so that every rank agrees on it."""
+    if not env.enabled:
+        return obj
+    box = [obj if env.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -18,6 +18,7 @@ __all__ = [
     "CheckpointError",
     "NoCheckpointError",
     "ResumeMismatchError",
+    "RunLockedError",
     "ConfigError",
     "USER_ERRORS",
 ]
@@ -37,6 +38,10 @@ class RunFolderError(UserError):
 
 class RunExistsError(RunFolderError, FileExistsError):
     """The run folder already holds a run and ``resume`` was not asked for."""
+
+
+class RunLockedError(RunFolderError):
+    """Another live process is writing to the run folder."""
 
 
 class CheckpointError(RunFolderError):

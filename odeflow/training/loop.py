@@ -20,11 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.odeblock import nfe_counts
+from .bars import progress_bar
 from .checkpoint import atomic_save, make_checkpoint, restore_rng, unwrap
 from .distributed import DistEnv, all_reduce_sum, barrier
 from .errors import RunExistsError
 from .metrics import append_metrics, write_metrics
-from .runfolder import find_resume_checkpoint, refuse_existing_run, set_aside
+from .runfolder import find_resume_checkpoint, load_model_state, refuse_existing_run, set_aside
 
 SINGLE_PROCESS = DistEnv()
 
@@ -32,11 +33,8 @@ __all__ = ["train_one_epoch", "evaluate", "fit", "RunExistsError"]
 
 
 def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+    bar = progress_bar(enabled, total=total, desc=desc, iterable=iterable)
+    return iterable if bar is None else bar
 
 
 def train_one_epoch(
@@ -183,8 +181,7 @@ def fit(
     if resume:
         point = find_resume_checkpoint(run_dir, map_location=device)
         ckpt = point.checkpoint
-        unwrap(model).load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        load_model_state(unwrap(model), optimizer, point)
         history, best_acc, start = list(ckpt["history"]), float(ckpt["best_acc"]), ckpt["epoch"]
         restore_rng(ckpt["rng"])
         barrier(env)  # every rank has read its checkpoint before rank 0 moves any file
@@ -199,6 +196,9 @@ def fit(
             log(f"resumed {run_dir} from {point.path.name} after epoch {start}")
     else:
         refuse_existing_run(run_dir)
+        if env.is_main:
+            # a half-made run's header-only metrics.csv (or a dry run's): rows are appended
+            (run_dir / "metrics.csv").unlink(missing_ok=True)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_json(run_dir / "config.json", config)
