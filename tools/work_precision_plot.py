@@ -1,6 +1,8 @@
 """Draw the work-precision plot of the benchmarks page from the S2 results.
 
-    python tools/work_precision_plot.py [benchmarks/results/s2.json] [--out docs/benchmarks/work-precision.png]
+    python tools/work_precision_plot.py [RESULTS] [--out PNG]
+
+RESULTS defaults to benchmarks/results/s2.json, PNG to docs/benchmarks/work-precision.png.
 
 Reads the error at t = 10, the median time and the NFE of every contender at each rtol
 (the S2 table of BENCHMARKS.md, written by ``python -m benchmarks s2``) and plots error
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> None:
             for i, x in enumerate(([ms for _, _, ms, _ in pts], [n for _, _, _, n in pts])):
                 axes[i, j].loglog(x, err, ls=ls, color=colour, marker=marker, ms=4, lw=1,
                                   label=contender)
-        axes[0, j].set_title({"vdp": "van der Pol (μ = 1)", "lorenz": "Lorenz"}.get(problem, problem))
+        titles = {"vdp": "van der Pol (μ = 1)", "lorenz": "Lorenz"}
+        axes[0, j].set_title(titles.get(problem, problem))
         axes[0, j].set_xlabel("time per solve, ms (median)")
         axes[1, j].set_xlabel("evaluations of f (NFE)")
         for i in range(2):
