@@ -98,7 +98,8 @@ class CountedFunc:
     time direction, and ``y`` in the user's structure.
     """
 
-    __slots__ = ("func", "layout", "sign", "nfe", "_tdtype", "_device", "_call", "_shape")
+    __slots__ = ("func", "layout", "sign", "nfe", "_tdtype", "_device", "_call", "_shape",
+                 "_conforming")
 
     def __init__(self, func: Callable[..., Any], layout: StateLayout, sign: float):
         self.func = func
@@ -109,6 +110,7 @@ class CountedFunc:
         self._device = layout.device
         single_real = not layout.is_tuple and not layout.is_complex
         self._shape = layout.shapes[0]
+        self._conforming = False
         if single_real and len(self._shape) == 1:
             self._call = self._call_simple
         elif single_real:
@@ -126,7 +128,14 @@ class CountedFunc:
         self.nfe += 1
         tt = torch.scalar_tensor(self.sign * t, dtype=self._tdtype, device=self._device)
         out = self.func(tt, self.layout.unflatten(y))
-        check_func_output(out, self.layout)
+        if check_func_output(out, self.layout) and not self._conforming:
+            # torchdiffeq accepts an output that broadcasts to the state (its bouncing-ball
+            # example returns a 0-dim tensor for a state of shape (1,)); only a func that
+            # needs it pays for the per-call fix-up, the hot path of the others is unchanged.
+            self._conforming = True
+            self._call = self._call_conforming
+        if self._conforming:
+            out = self._conform(out)
         out = self.layout.flatten(out)
         return out if self.sign > 0 else -out
 
@@ -154,6 +163,18 @@ class CountedFunc:
     def _call_shaped(self, tt: Tensor, y: Tensor) -> Tensor:
         out = self.func(tt, y.view(self._shape)).reshape(-1)
         return out if self.sign > 0 else -out
+
+    def _call_conforming(self, tt: Tensor, y: Tensor) -> Tensor:
+        out = self.layout.flatten(self._conform(self.func(tt, self.layout.unflatten(y))))
+        return out if self.sign > 0 else -out
+
+    def _conform(self, out: Any) -> Any:
+        """``func``'s raw output brought to the state's shapes (``check_func_output`` has
+        already checked that each part broadcasts)."""
+        if not self.layout.is_tuple:
+            return out if out.shape == self._shape else out.expand(self._shape)
+        return tuple(o if o.shape == s else o.expand(s)
+                     for o, s in zip(out, self.layout.shapes))
 
     def _call_general(self, tt: Tensor, y: Tensor) -> Tensor:
         out = self.layout.flatten(self.func(tt, self.layout.unflatten(y)))
@@ -351,8 +372,15 @@ def make_problem(
     )
 
 
-def check_func_output(out: Any, layout: StateLayout) -> None:
-    """Structural check of a raw ``func`` output before flattening (clear errors)."""
+def check_func_output(out: Any, layout: StateLayout) -> bool:
+    """Structural check of a raw ``func`` output before flattening (clear errors).
+
+    Returns:
+        ``True`` when the output is acceptable but must be conformed first: some part has
+        a shape that broadcasts to the state's without repeating values (as torchdiffeq
+        accepts; see ``_broadcasts_to``).
+    """
+    needs_fix = False
     if layout.is_tuple:
         if not isinstance(out, (tuple, list)) or len(out) != len(layout.shapes):
             raise TypeError(
@@ -369,14 +397,31 @@ def check_func_output(out: Any, layout: StateLayout) -> None:
         if not isinstance(o, Tensor):
             raise TypeError(f"{where} must be a tensor, got {type(o).__name__}")
         if o.shape != shape:
-            raise ValueError(
-                f"{where} must have the shape of y0{f'[{i}]' if layout.is_tuple else ''} "
-                f"{tuple(shape)}, got {tuple(o.shape)}"
-            )
+            if not _broadcasts_to(o.shape, shape):
+                raise ValueError(
+                    f"{where} must have the shape of y0{f'[{i}]' if layout.is_tuple else ''} "
+                    f"{tuple(shape)}, got {tuple(o.shape)}; a shape that broadcasts to it "
+                    "without repeating values (e.g. 0-dim for a state of shape (1,)) is "
+                    "accepted too"
+                )
+            needs_fix = True
         if o.dtype != layout.dtype:
             raise TypeError(f"{where} must have dtype {layout.dtype} like y0, got {o.dtype}")
         if o.device != layout.device:
             raise ValueError(f"{where} must be on {layout.device} like y0, got {o.device}")
+    return needs_fix
+
+
+def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
+    """``shape`` broadcasts to ``target`` without repeating values (it lacks or has size 1 in
+    only dimensions where ``target`` has size 1), as torchdiffeq accepts. Replicating a value across the state (``(1,)`` for
+    ``(2,)``) is refused: it is far more often a slicing bug than an intended derivative."""
+    if math.prod(shape) != math.prod(target):
+        return False
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
 
 
 def _describe(layout: StateLayout) -> str:
