@@ -18,6 +18,7 @@ expected.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -130,9 +131,18 @@ class CountedFunc:
         out = self.func(tt, self.layout.unflatten(y))
         if check_func_output(out, self.layout) and not self._conforming:
             # torchdiffeq accepts an output that broadcasts to the state (its bouncing-ball
-            # example returns a 0-dim tensor for a state of shape (1,)); only a func that
-            # needs it pays for the per-call fix-up, the hot path of the others is unchanged.
+            # example returns a 0-dim tensor for a state of shape (1,)) or has another
+            # floating dtype (its solution keeps y0's dtype); only a func that needs it pays
+            # for the per-call fix-up, the hot path of the others is unchanged.
             self._conforming = True
+            other = {o.dtype for o in (out if self.layout.is_tuple else (out,))}
+            other.discard(self.layout.dtype)
+            if other:  # once per solve: checked() is the first call of a solve
+                warnings.warn(
+                    f"func(t, y) returns dtype {', '.join(map(str, sorted(other, key=str)))} "
+                    f"for a state of dtype {self.layout.dtype}; its output is cast to "
+                    f"{self.layout.dtype} (as torchdiffeq, the solution keeps y0's dtype). "
+                    "Give y0 the dtype you want to integrate in.", UserWarning, stacklevel=2)
             self._call = self._call_conforming
         if self._conforming:
             out = self._conform(out)
@@ -169,11 +179,13 @@ class CountedFunc:
         return out if self.sign > 0 else -out
 
     def _conform(self, out: Any) -> Any:
-        """``func``'s raw output brought to the state's shapes (``check_func_output`` has
-        already checked that each part broadcasts)."""
+        """``func``'s raw output brought to the state's shapes and dtype
+        (``check_func_output`` has already checked that each part can be)."""
+        dtype = self.layout.dtype
         if not self.layout.is_tuple:
-            return out if out.shape == self._shape else out.expand(self._shape)
-        return tuple(o if o.shape == s else o.expand(s)
+            out = out if out.shape == self._shape else out.expand(self._shape)
+            return out if out.dtype == dtype else out.to(dtype)
+        return tuple((o if o.shape == s else o.expand(s)).to(dtype)
                      for o, s in zip(out, self.layout.shapes))
 
     def _call_general(self, tt: Tensor, y: Tensor) -> Tensor:
@@ -377,8 +389,9 @@ def check_func_output(out: Any, layout: StateLayout) -> bool:
 
     Returns:
         ``True`` when the output is acceptable but must be conformed first: some part has
-        a shape that broadcasts to the state's without repeating values (as torchdiffeq
-        accepts; see ``_broadcasts_to``).
+        a shape that broadcasts to the state's without repeating values (see
+        ``_broadcasts_to``), or another floating dtype (a real state) or another floating or
+        complex dtype (a complex state), which is cast to the state's, as torchdiffeq does.
     """
     needs_fix = False
     if layout.is_tuple:
@@ -406,7 +419,12 @@ def check_func_output(out: Any, layout: StateLayout) -> bool:
                 )
             needs_fix = True
         if o.dtype != layout.dtype:
-            raise TypeError(f"{where} must have dtype {layout.dtype} like y0, got {o.dtype}")
+            castable = o.is_floating_point() or (layout.is_complex and o.is_complex())
+            if not castable:
+                raise TypeError(f"{where} must have dtype {layout.dtype} like y0 (or another "
+                                f"{'floating or complex' if layout.is_complex else 'floating'} "
+                                f"dtype, which is cast), got {o.dtype}")
+            needs_fix = True
         if o.device != layout.device:
             raise ValueError(f"{where} must be on {layout.device} like y0, got {o.device}")
     return needs_fix

@@ -88,3 +88,43 @@ def test_output_that_does_not_broadcast_is_a_clear_error(bad_shape):
                                          r"got " + shape + ".*without repeating values"):
         odeflow.odeint(lambda t, y: torch.zeros(bad_shape, dtype=D), torch.ones(3, dtype=D),
                        torch.tensor([0.0, 1.0], dtype=D))
+
+
+# --- func's output has another floating dtype -----------------------------------------------
+
+@pytest.mark.parametrize("method", ["dopri5", "rk4"])
+def test_float64_output_for_float32_state_follows_torchdiffeq(method):
+    y0 = torch.tensor([1.0, 2.0])
+    t = torch.tensor([0.0, 0.5, 1.0])
+    func = lambda t, y: -y.double()  # noqa: E731
+    opts = dict(step_size=0.05) if method == "rk4" else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ys = odeflow.odeint(func, y0, t, method=method, options=opts)
+    msgs = [str(w.message) for w in caught if "dtype" in str(w.message)]
+    assert len(msgs) == 1, msgs  # one warning per solve, not one per call
+    assert "torch.float64" in msgs[0] and "torch.float32" in msgs[0]
+    assert ys.dtype == torch.float32  # torchdiffeq 0.2.5's solution keeps y0's dtype
+    torch.testing.assert_close(ys, y0 * torch.exp(-t)[:, None], rtol=1e-5, atol=1e-6)
+    if torchdiffeq is not None:
+        theirs = torchdiffeq.odeint(func, y0, t, method=method, options=opts)
+        assert theirs.dtype == ys.dtype
+        torch.testing.assert_close(ys, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_dtype_cast_keeps_the_gradient_and_tuple_states_work():
+    k = torch.tensor(0.5, requires_grad=True)
+    y0 = (torch.ones(2), torch.ones(1))
+    with pytest.warns(UserWarning, match="cast to torch.float32"):
+        a, b = odeflow.odeint(lambda t, s: (-k.double() * s[0].double(), -s[1]), y0,
+                              torch.tensor([0.0, 1.0]))
+    assert a.dtype == b.dtype == torch.float32
+    (grad,) = torch.autograd.grad(a[-1].sum(), k)
+    torch.testing.assert_close(grad, torch.tensor(-2 * torch.exp(torch.tensor(-0.5)).item()),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_integer_output_stays_an_error():
+    with pytest.raises(TypeError, match=r"func\(t, y\) must have dtype torch.float32 like y0"):
+        odeflow.odeint(lambda t, y: torch.zeros(2, dtype=torch.int64), torch.ones(2),
+                       torch.tensor([0.0, 1.0]))
