@@ -128,3 +128,52 @@ def test_integer_output_stays_an_error():
     with pytest.raises(TypeError, match=r"func\(t, y\) must have dtype torch.float32 like y0"):
         odeflow.odeint(lambda t, y: torch.zeros(2, dtype=torch.int64), torch.ones(2),
                        torch.tensor([0.0, 1.0]))
+
+
+# --- options of another torchdiffeq method ---------------------------------------------------
+
+@pytest.mark.parametrize("method, options", [
+    ("dopri5", dict(step_size=0.1)),
+    ("dopri5", dict(step_size=0.1, perturb=True, first_step=0.01)),
+    ("rk4", dict(step_size=0.1, first_step=0.01, max_order=3)),
+    ("rodas5p", dict(grid_constructor=None)),
+])
+def test_option_of_another_torchdiffeq_method_warns_and_is_ignored(method, options):
+    y0 = torch.tensor([1.0, -0.5], dtype=D)
+    t = torch.linspace(0, 1, 3, dtype=D)
+    func = lambda t, y: -y  # noqa: E731
+    valid = {k: v for k, v in options.items() if k in ("first_step",) and method == "dopri5"}
+    if method == "rk4":
+        valid = dict(step_size=0.1)
+    with pytest.warns(UserWarning, match=f"method='{method}' ignores the option"):
+        ys = odeflow.odeint(func, y0, t, method=method, options=options)
+    ref = odeflow.odeint(func, y0, t, method=method, options=valid)
+    torch.testing.assert_close(ys, ref, rtol=0, atol=0)
+
+
+@needs_torchdiffeq
+def test_step_size_with_dopri5_also_only_warns_in_torchdiffeq():
+    with pytest.warns(UserWarning):
+        torchdiffeq.odeint(lambda t, y: -y, torch.ones(1, dtype=D),
+                           torch.tensor([0.0, 1.0], dtype=D), options=dict(step_size=0.1))
+
+
+@pytest.mark.parametrize("method, key, hint", [
+    ("dopri5", "frist_step", "first_step"),
+    ("rk4", "stepsize", "step_size"),
+    ("dopri5", "max_num_step", "max_num_steps"),
+])
+def test_unknown_option_is_an_error_with_the_closest_name(method, key, hint):
+    with pytest.raises(ValueError, match=f"unknown option '{key}' for method='{method}'; "
+                                         f"did you mean '{hint}'.*valid options are"):
+        odeflow.odeint(lambda t, y: -y, torch.ones(1, dtype=D),
+                       torch.tensor([0.0, 1.0], dtype=D), method=method, options={key: 1})
+
+
+def test_odeflow_only_option_of_another_method_stays_an_error():
+    # Ignoring per_sample or linear_solver would change the answer silently.
+    for method, key in (("rk4", "per_sample"), ("dopri5", "linear_solver")):
+        with pytest.raises(ValueError, match=f"unknown option '{key}'"):
+            odeflow.odeint(lambda t, y: -y, torch.ones(1, dtype=D),
+                           torch.tensor([0.0, 1.0], dtype=D), method=method,
+                           options={key: True, "step_size": 0.5})
