@@ -104,7 +104,11 @@ def _augmented_dynamics(problem: Problem, params: tuple[Tensor, ...]) -> Callabl
             y_in = y.detach().requires_grad_(True)
             dy = func.at(sign * tau, y_in)  # canonical derivative dy/dτ
             if dy.requires_grad:
-                vjps = torch.autograd.grad(dy, (y_in, *params), -a, allow_unused=True)
+                # retain_graph: func may use a tensor computed once outside it from a parameter
+                # (w = p * p, spline coefficients); that shared graph is walked at every
+                # evaluation, as torchdiffeq does. dy's own graph is freed with dy either way.
+                vjps = torch.autograd.grad(dy, (y_in, *params), -a, allow_unused=True,
+                                            retain_graph=True)
             else:
                 vjps = (None,) * (1 + len(params))
         da = vjps[0] if vjps[0] is not None else torch.zeros_like(a)

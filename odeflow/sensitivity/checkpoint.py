@@ -102,7 +102,10 @@ class _Checkpoint(torch.autograd.Function):
                     adj = None
                     continue
                 inputs = (y, *params)
-                got = torch.autograd.grad(targets, inputs, grads, allow_unused=True)
+                # retain_graph: func may use a tensor computed once outside it from a
+                # parameter (w = p * p); its graph is shared by every replayed step.
+                got = torch.autograd.grad(targets, inputs, grads, allow_unused=True,
+                                          retain_graph=True)
             adj = got[0]
             for i, g in enumerate(got[1:]):
                 if g is not None:
