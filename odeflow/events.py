@@ -14,9 +14,10 @@ How it works:
    ``y(t*)`` gets ``ẏ dt*/dθ`` on top of ``∂y/∂θ``. Both are attached by a zero-valued
    correction (``t* - (g - stop_grad(g)) / stop_grad(D)``), so the gradient flows through
    whichever gradient mode computed ``y(t*)`` and through any parameters ``event_fn`` itself
-   holds. ``ẏ`` is the time derivative of the dense output (not ``func``), which makes the
-   derivative exact for the discretised solution under ``gradient="direct"`` and
-   ``"checkpoint"``.
+   holds. For adaptive methods ``ẏ`` is the time derivative of the dense output (not
+   ``func``), which makes the derivative exact for the discretised solution under
+   ``gradient="direct"`` and ``"checkpoint"``; on fixed grids, whose interpolant's slope is
+   only the chord of the step, it is ``func`` at the event, as in torchdiffeq.
 
 References:
     Chen, Amos & Nickel, "Learning Neural Event Functions for Ordinary Differential
@@ -91,6 +92,12 @@ def _ift_reroute(event_fn: EventFn, locator: EventLocator, t_stop: Tensor, y_sto
     t_event = t_stop + delta.to(t_stop.dtype)
     y_event = y_stop + ydot_user * delta.to(y_stop.dtype)
     return t_event, y_event
+
+
+def _field_at(problem: Problem, t: float, y: Tensor) -> Tensor:
+    """``func`` at the event (canonical time and derivative), without graph."""
+    with torch.no_grad():
+        return problem.func(t, y.detach())
 
 
 # ------------------------------------------------------------------------------ the solve
@@ -247,7 +254,10 @@ def solve_event(
     if hit is not None:
         event_index = hit.index
         if grad_on:
-            ydot_user = problem.sign * hit.ydot
+            # A fixed grid's interpolant (linear by default) has a poor slope: use the
+            # vector field at the event, as torchdiffeq does.
+            ydot = hit.ydot if spec.adaptive else _field_at(problem, hit.t, hit.y)
+            ydot_user = problem.sign * ydot
             t_stop, y_stop = _ift_reroute(event_fn, locator, t_stop, y_stop, ydot_user,
                                           hit.index)
         stats.status = Status.EVENT

@@ -281,3 +281,32 @@ def test_odeint_accepts_adjoint_params_and_adjoint_still_asks_for_them():
     torch.testing.assert_close(grad, -torch.exp(torch.tensor(-0.7, dtype=D)), rtol=1e-7, atol=0)
     with pytest.raises(ValueError, match="adjoint_params="):
         odeflow.odeint(lambda tt, y: -p * y, y0, t, gradient="adjoint")
+
+
+# --- the event time's gradient on fixed grids ------------------------------------------------
+
+def _free_fall_event(lib, method="rk4"):
+    g = 9.81
+    v0 = torch.tensor(2.0, dtype=D, requires_grad=True)
+    h0 = torch.tensor(10.0, dtype=D, requires_grad=True)
+    func = lambda t, y: torch.stack([y[1], torch.tensor(-g, dtype=D)])  # noqa: E731
+    event_t, _ = lib.odeint_event(func, torch.stack([h0, v0]), torch.tensor(0.0, dtype=D),
+                                  event_fn=lambda t, y: y[0], method=method,
+                                  options=dict(step_size=0.01))
+    return event_t, torch.stack(torch.autograd.grad(event_t, (v0, h0)))
+
+
+@pytest.mark.parametrize("method", ["rk4", "euler", "midpoint"])
+def test_fixed_grid_event_time_gradient_uses_the_vector_field(method):
+    # h(t) = h0 + v0 t - g t²/2 = 0: dt*/dv0 = t*/(g t* - v0), dt*/dh0 = 1/(g t* - v0),
+    # evaluated at the computed t*, with the exact slope h'(t*) = f at the event.
+    event_t, grads = _free_fall_event(odeflow, method)
+    ts = float(event_t.detach())
+    denom = 9.81 * ts - 2.0
+    exact = torch.tensor([ts / denom, 1.0 / denom], dtype=D)
+    tol = 1e-9 if method == "rk4" else 1e-2  # rk4 is exact on a quadratic at the nodes
+    torch.testing.assert_close(grads, exact, rtol=tol, atol=0)
+    if torchdiffeq is not None:
+        their_t, their_grads = _free_fall_event(torchdiffeq, method)
+        torch.testing.assert_close(event_t, their_t, rtol=1e-9, atol=0)
+        torch.testing.assert_close(grads, their_grads, rtol=1e-8, atol=0)
