@@ -37,11 +37,39 @@ import torch
 from torch import Tensor
 
 __all__ = ["ImplicitCounts", "LinearSolver", "Factor", "DenseSolver", "KrylovSolver",
-           "autodiff_jacobian", "batched_jacobian",
-           "make_linear_solver", "gmres", "LINEAR_SOLVER_OPTIONS"]
+           "autodiff_jacobian", "batched_jacobian", "check_dense_size",
+           "make_linear_solver", "gmres", "LINEAR_SOLVER_OPTIONS", "DENSE_MAX_BYTES"]
 
 LINEAR_SOLVER_OPTIONS = ("jacobian", "linear_solver", "krylov_tol", "krylov_restart",
                          "krylov_max_iters")
+
+#: The largest dense ``n × n`` matrix (in bytes) the default linear solver builds: 1 GiB,
+#: ``n = 11585`` in float64, ``16384`` in float32. A step holds about five such matrices at
+#: once (``J``, the identity cotangents of its vmapped backward, ``I - hγJ`` and its LU), so
+#: the threshold keeps a step near 5 GiB; beyond it the build would exhaust memory, and its
+#: failure would send autodiff to the row-by-row fallback, which is slower still.
+DENSE_MAX_BYTES = 1 << 30
+
+
+def check_dense_size(n: int, dtype: torch.dtype, batch: int = 1) -> None:
+    """Refuse, before anything is built, a dense Jacobian larger than :data:`DENSE_MAX_BYTES`.
+
+    Raises:
+        ValueError: naming ``linear_solver="krylov"`` and the largest state the dense path
+            takes in ``dtype``.
+    """
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if batch * n * n * itemsize <= DENSE_MAX_BYTES:
+        return
+    n_max = math.isqrt(DENSE_MAX_BYTES // (batch * itemsize))
+    per = f" per sample of a batch of {batch}" if batch > 1 else ""
+    raise ValueError(
+        f"the state has n = {n} elements{per}: the default dense linear solver would build "
+        f"a {n} x {n} Jacobian ({batch * n * n * itemsize / 2**30:.1f} GiB in {dtype}, and "
+        f"about five matrices that size per step); it takes n <= {n_max}{per} in {dtype}. "
+        "Pass options=dict(linear_solver='krylov') (matrix-free: memory for a few vectors "
+        "of the state), or use an explicit method if the problem is not stiff"
+    )
 
 
 @dataclass
@@ -177,8 +205,9 @@ def batched_jacobian(f: Any, t: Tensor, y: Tensor, counts: ImplicitCounts,
     """Per-sample ``(J, ∂f/∂t)``: ``(B, n, n)`` and ``(B, n)`` for a batched ``f(t, y)``
     (``t`` ``(B,)``, ``y`` ``(B, n)``, samples independent), by one call of ``f`` and one
     vmapped backward pass over the ``n`` unit cotangents shared by all samples."""
-    counts.n_jacobians += 1
     B, n = y.shape
+    check_dense_size(n, y.dtype, batch=B)
+    counts.n_jacobians += 1
     if graph and not counts.no_functorch:
         # As _functorch_jacobian: no walk through the solve's history at every step. The
         # samples are independent, so d(Σ_b f_b)/dy_b is sample b's Jacobian.
@@ -257,6 +286,7 @@ class DenseSolver:
 
     def jacobian(self, f: Any, t: float, y: Tensor, counts: ImplicitCounts,
                  with_time: bool = True, graph: bool = False) -> tuple[Tensor, Tensor | None]:
+        check_dense_size(y.numel(), y.dtype)
         if self.user_jacobian is None:
             return autodiff_jacobian(f, t, y, counts, with_time, graph)
         counts.n_jacobians += 1

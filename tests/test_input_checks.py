@@ -1,0 +1,45 @@
+"""No silent answers on the newer surface: each misuse or failure names its cause and fix."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import odeflow
+from odeflow import linalg
+
+D = torch.float64
+
+
+# --- a dense Jacobian too large for memory -------------------------------------------------
+
+def test_large_state_with_dense_linear_solver_is_refused_before_building(monkeypatch):
+    # Lower the threshold so that the test needs no memory: n = 64 in float64 is 32 KiB.
+    monkeypatch.setattr(linalg, "DENSE_MAX_BYTES", 64 * 64 * 8 - 1)
+    calls = []
+
+    def func(t, y):
+        calls.append(y.requires_grad)
+        return -y
+
+    with pytest.raises(ValueError, match=r"n = 64 elements.*64 x 64 Jacobian.*n <= 63 in "
+                                         r"torch.float64.*linear_solver='krylov'"):
+        odeflow.odeint(func, torch.ones(64, dtype=D), torch.tensor([0.0, 1.0], dtype=D),
+                       method="rodas5p")
+    assert not any(calls)  # no Jacobian build was started (only plain evaluations)
+    # the Krylov path takes the same state
+    ys = odeflow.odeint(func, torch.ones(64, dtype=D), torch.tensor([0.0, 1.0], dtype=D),
+                        method="rodas5p", options=dict(linear_solver="krylov"))
+    torch.testing.assert_close(ys[-1], torch.full((64,), math.exp(-1), dtype=D), rtol=1e-5,
+                               atol=0)
+
+
+def test_dense_size_threshold_in_float32_and_float64():
+    linalg.check_dense_size(11585, torch.float64)
+    linalg.check_dense_size(16384, torch.float32)
+    with pytest.raises(ValueError, match="n <= 11585 in torch.float64"):
+        linalg.check_dense_size(11586, torch.float64)
+    with pytest.raises(ValueError, match=r"n <= 8192 per sample of a batch of 4"):
+        linalg.check_dense_size(8200, torch.float32, batch=4)
