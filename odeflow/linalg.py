@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["ImplicitCounts", "LinearSolver", "Factor", "DenseSolver", "KrylovSolver",
-           "autodiff_jacobian", "batched_jacobian", "check_dense_size",
+           "autodiff_jacobian", "batched_jacobian", "check_dense_size", "check_solver_dtype",
            "make_linear_solver", "gmres", "LINEAR_SOLVER_OPTIONS", "DENSE_MAX_BYTES"]
 
 LINEAR_SOLVER_OPTIONS = ("jacobian", "linear_solver", "krylov_tol", "krylov_restart",
@@ -49,6 +49,22 @@ LINEAR_SOLVER_OPTIONS = ("jacobian", "linear_solver", "krylov_tol", "krylov_rest
 #: the threshold keeps a step near 5 GiB; beyond it the build would exhaust memory, and its
 #: failure would send autodiff to the row-by-row fallback, which is slower still.
 DENSE_MAX_BYTES = 1 << 30
+
+
+def check_solver_dtype(method: str, dtype: torch.dtype) -> None:
+    """Refuse a state dtype torch's linear algebra lacks (LU, ``lstsq``): half precision.
+
+    Raises:
+        TypeError: naming the method, the dtype and what works instead.
+    """
+    if dtype in (torch.float16, torch.bfloat16, torch.complex32):
+        raise TypeError(
+            f"method={method!r} is implicit: it solves linear systems (LU or GMRES), which "
+            f"torch does not implement in {dtype}. Integrate in float32 or float64 "
+            "(y0.float(); cast func's parameters too, or let func return another dtype, which "
+            f"is cast), or use an explicit method such as 'dopri5', which runs in {dtype} "
+            "(with rtol/atol above its resolution, e.g. rtol=1e-3)"
+        )
 
 
 def check_dense_size(n: int, dtype: torch.dtype, batch: int = 1) -> None:

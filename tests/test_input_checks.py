@@ -43,3 +43,22 @@ def test_dense_size_threshold_in_float32_and_float64():
         linalg.check_dense_size(11586, torch.float64)
     with pytest.raises(ValueError, match=r"n <= 8192 per sample of a batch of 4"):
         linalg.check_dense_size(8200, torch.float32, batch=4)
+
+
+# --- half precision with an implicit method ------------------------------------------------
+
+@pytest.mark.parametrize("method", ["rodas5p", "kvaerno5", "trbdf2", "auto"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_with_implicit_method_names_method_dtype_and_fix(method, dtype):
+    with pytest.raises(TypeError, match=rf"method='{method}' is implicit.*{dtype}.*float32 or "
+                                        r"float64.*'dopri5'"):
+        odeflow.odeint(lambda t, y: -y, torch.ones(2, dtype=dtype),
+                       torch.tensor([0.0, 1.0]), method=method)
+
+
+def test_half_precision_explicit_method_works_as_the_message_says():
+    ys = odeflow.odeint(lambda t, y: -y, torch.ones(2, dtype=torch.float16),
+                        torch.tensor([0.0, 1.0]), rtol=1e-3, atol=1e-3)
+    assert ys.dtype == torch.float16
+    torch.testing.assert_close(ys[-1].float(), torch.full((2,), math.exp(-1)), rtol=1e-2,
+                               atol=0)
