@@ -97,6 +97,7 @@ class ImplicitCounts:
     n_newton_iters: int = 0
     n_newton_failures: int = 0
     n_linear_iters: int = 0
+    n_linear_failures: int = 0
     #: set on the first failure of the vmapped backward: one backward per row from then on
     reverse_mode: bool = False
     #: set when ``torch.func`` cannot trace ``func``: plain autograd under autograd too
@@ -108,7 +109,7 @@ class ImplicitCounts:
     def add_to(self, stats: Any) -> None:
         """Copy the counters into a :class:`~odeflow.stats.SolveStats`."""
         for name in ("n_jacobians", "n_lu", "n_newton_iters", "n_newton_failures",
-                     "n_linear_iters"):
+                     "n_linear_iters", "n_linear_failures"):
             setattr(stats, name, getattr(stats, name) + getattr(self, name))
         stats.switches.extend(self.switches)
 
@@ -313,6 +314,11 @@ class DenseSolver:
             shape = tuple(jac.shape) if isinstance(jac, Tensor) else type(jac).__name__
             raise ValueError(f"options['jacobian'] must return a ({n}, {n}) tensor (the "
                              f"Jacobian of func w.r.t. the flattened state), got {shape}")
+        # host sync: once per user Jacobian, beside an n x n LU. Without it a NaN Jacobian
+        # surfaces later as "func returned non-finite values", blaming the wrong function.
+        if not bool(torch.isfinite(jac).all()):
+            raise ValueError(f"options['jacobian'] returned non-finite values at "
+                             f"t={f.sign * t!r} (func itself is finite there)")
         jac = jac.to(y.dtype) * f.sign
         f_t = _time_derivative(f, t, y, counts) if with_time else None
         return jac, f_t
@@ -370,15 +376,22 @@ class KrylovFactor:
         with torch.no_grad():
             x, iters = gmres(lambda v: v - self.h_gamma * self.op.matvec(v), b, tol=self.tol,
                              restart=self.restart, max_iters=self.max_iters)
-        self.counts.n_linear_iters += iters
+        self._count(iters)
         return x
 
     def solve_transpose(self, b: Tensor) -> Tensor:
         with torch.no_grad():
             x, iters = gmres(lambda v: v - self.h_gamma * self.op.rmatvec(v), b,
                              tol=self.tol, restart=self.restart, max_iters=self.max_iters)
-        self.counts.n_linear_iters += iters
+        self._count(iters)
         return x
+
+    def _count(self, iters: int) -> None:
+        self.counts.n_linear_iters += iters
+        # gmres only uses all max_iters products when it has not converged before (one
+        # that converges on the very last product counts too: rare, and harmless).
+        if iters >= self.max_iters:
+            self.counts.n_linear_failures += 1
 
 
 class KrylovSolver:

@@ -62,3 +62,29 @@ def test_half_precision_explicit_method_works_as_the_message_says():
     assert ys.dtype == torch.float16
     torch.testing.assert_close(ys[-1].float(), torch.full((2,), math.exp(-1)), rtol=1e-2,
                                atol=0)
+
+
+# --- a user Jacobian with NaN; GMRES that does not converge ------------------------------
+
+def test_nan_user_jacobian_is_reported_as_the_jacobian():
+    def jacobian(t, y):
+        return torch.full((2, 2), float("nan"), dtype=D)
+
+    with pytest.raises(ValueError, match=r"options\['jacobian'\] returned non-finite values "
+                                         r"at t=0.0"):
+        odeflow.odeint(lambda t, y: -y, torch.ones(2, dtype=D),
+                       torch.tensor([0.0, 1.0], dtype=D), method="rodas5p",
+                       options=dict(jacobian=jacobian))
+
+
+def test_gmres_stopping_at_max_iters_is_counted():
+    # A stiff, non-normal 20-dim linear system: 2 GMRES products cannot solve I - hγJ.
+    n = 20
+    A = -torch.diag(torch.logspace(0, 3, n, dtype=D)) + torch.diag(torch.ones(n - 1, dtype=D), 1)
+    args = (lambda t, y: A @ y, torch.ones(n, dtype=D), torch.tensor([0.0, 0.05], dtype=D))
+    starved = odeflow.solve(*args, method="rodas5p", throw=False,
+                            options=dict(linear_solver="krylov", krylov_max_iters=2,
+                                         max_num_steps=20)).stats
+    assert starved.n_linear_failures > 0
+    odeflow.odeint(*args, method="rodas5p", options=dict(linear_solver="krylov"))
+    assert odeflow.last_stats().n_linear_failures == 0

@@ -107,6 +107,7 @@ class _AdjointFactor:
             x_a, iters = gmres(lambda v: v + hg * o * self.op.rmatvec(v), b[:n], tol=k.tol,
                                restart=k.restart, max_iters=k.max_iters)
             self.counts.n_linear_iters += iters
+            self.counts.n_linear_failures += iters >= k.max_iters  # see KrylovFactor._count
         if self.vjp_theta is None:
             return x_a
         return torch.cat([x_a, b[n:] - (hg * o) * self.vjp_theta(x_a)])
