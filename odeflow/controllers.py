@@ -45,7 +45,12 @@ class PIDController:
 
     Presets (``options={"controller": name}``):
 
-    * ``"integral"`` (default): ``β = (1, 0, 0)``; reproduces torchdiffeq's step selection.
+    * ``"integral"`` (default): ``β = (1, 0, 0)``; torchdiffeq's step-size *rule* (the same
+      factor formula, safety, ``ifactor`` and ``dfactor``). It does not reproduce
+      torchdiffeq's steps one for one: dopri5 here estimates its error with Dormand &
+      Prince's embedded pair (torchdiffeq uses other weights, which give a different error
+      estimate; see ``tools/dopri5_estimators.py``), and the last step is shortened to land
+      on the end time (torchdiffeq steps past it and interpolates back).
     * ``"pi"``: ``β = (0.7, -0.4, 0)``, Gustafsson's PI controller as given by Hairer &
       Wanner, *Solving ODEs II*, §IV.2, eq. (2.43c).
     * ``"pid"``: ``β = (1/18, 1/9, 1/18)``, Söderlind's H312PID filter, from G. Söderlind,

@@ -30,6 +30,7 @@ from .interp import HermiteInterpolant, LinearInterpolant, hermite, linear
 from .norms import rms_norm
 from .problem import Problem
 from .stats import SolveStats, Status
+from .stiffness import PROBE_AFTER, warn_if_stiff
 
 __all__ = ["LoopConfig", "LoopResult", "StepRecord", "integrate", "FAILURES", "Hooks"]
 
@@ -104,6 +105,7 @@ class LoopResult:
     t_last: Any
     y_last: Tensor
     status: Any  # Status code(s) per lane
+    dt_last: Any = None  # the last attempted step size(s)
     lanes: Any = None  # per sample: (status, n_steps, n_accepted, n_rejected) tensors
     records: list[StepRecord] | None = None
     event: Any = None
@@ -186,9 +188,10 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         stats.n_accepted, stats.n_rejected = C.total(n_acc), C.total(n_rej)
         if counts is not None:
             counts.add_to(stats)
-        return LoopResult(ys, stats, t_last, y_last, status, lanes, records, event)
+        return LoopResult(ys, stats, t_last, y_last, status, dt_last, lanes, records, event)
 
     counts = None
+    dt_last = None
     if n_out == 1:
         return result(t, y)
     stops, stop_jump = cfg.stops, cfg.stop_jump
@@ -231,6 +234,8 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         step = stepper.step
     # A fixed grid keeps cubic Hermite as its dense output whatever its outputs' interpolant.
     dense_piece = getattr(stepper, "dense_interpolant", None)
+    # A long explicit solve asks once whether it looks stiff (a few evaluations, once).
+    probe = shared and adaptive and not getattr(stepper, "implicit", False)
     left = C.flags(active)[0]  # host sync: once per solve
     while left:
         if not fsal_loop:
@@ -258,6 +263,9 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
             f_last = _left_of(f, -1 if shared else last_side)
         if cb_step is not None:
             cb_step(C.user_time(t), problem.layout.unflatten(y), C.user_time(dt_try))
+        dt_last = dt_try
+        if probe and stats.n_steps == PROBE_AFTER:
+            warn_if_stiff(f, t, y, dt_try, C.sign * t)
         res = step(f, t, y, f0, dt_try, state, ws, with_error=adaptive, f_last=f_last)
         y_new, stages = res.y_new, res.stages
         if adaptive:

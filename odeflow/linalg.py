@@ -37,11 +37,55 @@ import torch
 from torch import Tensor
 
 __all__ = ["ImplicitCounts", "LinearSolver", "Factor", "DenseSolver", "KrylovSolver",
-           "autodiff_jacobian", "batched_jacobian",
-           "make_linear_solver", "gmres", "LINEAR_SOLVER_OPTIONS"]
+           "autodiff_jacobian", "batched_jacobian", "check_dense_size", "check_solver_dtype",
+           "make_linear_solver", "gmres", "LINEAR_SOLVER_OPTIONS", "DENSE_MAX_BYTES"]
 
 LINEAR_SOLVER_OPTIONS = ("jacobian", "linear_solver", "krylov_tol", "krylov_restart",
                          "krylov_max_iters")
+
+#: The largest dense ``n × n`` matrix (in bytes) the default linear solver builds: 1 GiB,
+#: ``n = 11585`` in float64, ``16384`` in float32. A step holds about five such matrices at
+#: once (``J``, the identity cotangents of its vmapped backward, ``I - hγJ`` and its LU), so
+#: the threshold keeps a step near 5 GiB; beyond it the build would exhaust memory, and its
+#: failure would send autodiff to the row-by-row fallback, which is slower still.
+DENSE_MAX_BYTES = 1 << 30
+
+
+def check_solver_dtype(method: str, dtype: torch.dtype) -> None:
+    """Refuse a state dtype torch's linear algebra lacks (LU, ``lstsq``): half precision.
+
+    Raises:
+        TypeError: naming the method, the dtype and what works instead.
+    """
+    if dtype in (torch.float16, torch.bfloat16, torch.complex32):
+        raise TypeError(
+            f"method={method!r} is implicit: it solves linear systems (LU or GMRES), which "
+            f"torch does not implement in {dtype}. Integrate in float32 or float64 "
+            "(y0.float(); cast func's parameters too, or let func return another dtype, which "
+            f"is cast), or use an explicit method such as 'dopri5', which runs in {dtype} "
+            "(with rtol/atol above its resolution, e.g. rtol=1e-3)"
+        )
+
+
+def check_dense_size(n: int, dtype: torch.dtype, batch: int = 1) -> None:
+    """Refuse, before anything is built, a dense Jacobian larger than :data:`DENSE_MAX_BYTES`.
+
+    Raises:
+        ValueError: naming ``linear_solver="krylov"`` and the largest state the dense path
+            takes in ``dtype``.
+    """
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if batch * n * n * itemsize <= DENSE_MAX_BYTES:
+        return
+    n_max = math.isqrt(DENSE_MAX_BYTES // (batch * itemsize))
+    per = f" per sample of a batch of {batch}" if batch > 1 else ""
+    raise ValueError(
+        f"the state has n = {n} elements{per}: the default dense linear solver would build "
+        f"a {n} x {n} Jacobian ({batch * n * n * itemsize / 2**30:.1f} GiB in {dtype}, and "
+        f"about five matrices that size per step); it takes n <= {n_max}{per} in {dtype}. "
+        "Pass options=dict(linear_solver='krylov') (matrix-free: memory for a few vectors "
+        "of the state), or use an explicit method if the problem is not stiff"
+    )
 
 
 @dataclass
@@ -53,6 +97,7 @@ class ImplicitCounts:
     n_newton_iters: int = 0
     n_newton_failures: int = 0
     n_linear_iters: int = 0
+    n_linear_failures: int = 0
     #: set on the first failure of the vmapped backward: one backward per row from then on
     reverse_mode: bool = False
     #: set when ``torch.func`` cannot trace ``func``: plain autograd under autograd too
@@ -64,7 +109,7 @@ class ImplicitCounts:
     def add_to(self, stats: Any) -> None:
         """Copy the counters into a :class:`~odeflow.stats.SolveStats`."""
         for name in ("n_jacobians", "n_lu", "n_newton_iters", "n_newton_failures",
-                     "n_linear_iters"):
+                     "n_linear_iters", "n_linear_failures"):
             setattr(stats, name, getattr(stats, name) + getattr(self, name))
         stats.switches.extend(self.switches)
 
@@ -177,8 +222,9 @@ def batched_jacobian(f: Any, t: Tensor, y: Tensor, counts: ImplicitCounts,
     """Per-sample ``(J, ∂f/∂t)``: ``(B, n, n)`` and ``(B, n)`` for a batched ``f(t, y)``
     (``t`` ``(B,)``, ``y`` ``(B, n)``, samples independent), by one call of ``f`` and one
     vmapped backward pass over the ``n`` unit cotangents shared by all samples."""
-    counts.n_jacobians += 1
     B, n = y.shape
+    check_dense_size(n, y.dtype, batch=B)
+    counts.n_jacobians += 1
     if graph and not counts.no_functorch:
         # As _functorch_jacobian: no walk through the solve's history at every step. The
         # samples are independent, so d(Σ_b f_b)/dy_b is sample b's Jacobian.
@@ -257,6 +303,7 @@ class DenseSolver:
 
     def jacobian(self, f: Any, t: float, y: Tensor, counts: ImplicitCounts,
                  with_time: bool = True, graph: bool = False) -> tuple[Tensor, Tensor | None]:
+        check_dense_size(y.numel(), y.dtype)
         if self.user_jacobian is None:
             return autodiff_jacobian(f, t, y, counts, with_time, graph)
         counts.n_jacobians += 1
@@ -267,6 +314,11 @@ class DenseSolver:
             shape = tuple(jac.shape) if isinstance(jac, Tensor) else type(jac).__name__
             raise ValueError(f"options['jacobian'] must return a ({n}, {n}) tensor (the "
                              f"Jacobian of func w.r.t. the flattened state), got {shape}")
+        # host sync: once per user Jacobian, beside an n x n LU. Without it a NaN Jacobian
+        # surfaces later as "func returned non-finite values", blaming the wrong function.
+        if not bool(torch.isfinite(jac).all()):
+            raise ValueError(f"options['jacobian'] returned non-finite values at "
+                             f"t={f.sign * t!r} (func itself is finite there)")
         jac = jac.to(y.dtype) * f.sign
         f_t = _time_derivative(f, t, y, counts) if with_time else None
         return jac, f_t
@@ -324,15 +376,22 @@ class KrylovFactor:
         with torch.no_grad():
             x, iters = gmres(lambda v: v - self.h_gamma * self.op.matvec(v), b, tol=self.tol,
                              restart=self.restart, max_iters=self.max_iters)
-        self.counts.n_linear_iters += iters
+        self._count(iters)
         return x
 
     def solve_transpose(self, b: Tensor) -> Tensor:
         with torch.no_grad():
             x, iters = gmres(lambda v: v - self.h_gamma * self.op.rmatvec(v), b,
                              tol=self.tol, restart=self.restart, max_iters=self.max_iters)
-        self.counts.n_linear_iters += iters
+        self._count(iters)
         return x
+
+    def _count(self, iters: int) -> None:
+        self.counts.n_linear_iters += iters
+        # gmres only uses all max_iters products when it has not converged before (one
+        # that converges on the very last product counts too: rare, and harmless).
+        if iters >= self.max_iters:
+            self.counts.n_linear_failures += 1
 
 
 class KrylovSolver:

@@ -75,7 +75,8 @@ def solve(
             ``gradient="adjoint"`` (default: the forward's); ``adjoint_options=
             dict(norm="seminorm")`` leaves parameter gradients out of its error control.
         adjoint_params: tensors whose gradients ``"adjoint"``/``"checkpoint"`` compute
-            (default: ``func.parameters()`` for an ``nn.Module``).
+            (default: ``func.parameters()`` for an ``nn.Module``; for a plain function with
+            ``"checkpoint"``, the tensors ``func(t0, y0)`` depends on).
         dense: keep every step's interpolant, so that ``Solution.evaluate(t)`` and
             ``.derivative(t)`` give the solution anywhere in the span (adaptive methods at
             the order of their interpolant, fixed grids cubic Hermite; no gradient flows
@@ -126,12 +127,15 @@ def odeint(
     options: dict[str, Any] | None = None,
     event_fn: Callable[[Tensor, State], Tensor] | None = None,
     gradient: str = "direct",
+    adjoint_params: Sequence[Tensor] | None = None,
 ) -> State | tuple[Tensor, State]:
     """Integrate ``dy/dt = func(t, y)`` from ``y(t[0]) = y0``: torchdiffeq's ``odeint``.
 
     Same arguments and return value as ``torchdiffeq.odeint`` (so a script ports by changing
     its import), plus ``gradient``. See :func:`solve` for the arguments; the statistics of
-    the call are available afterwards from :func:`odeflow.last_stats`.
+    the call are available afterwards from :func:`odeflow.last_stats`. ``adjoint_params``
+    (with ``gradient="adjoint"``/``"checkpoint"``) lists the tensors to differentiate; a
+    plain function with ``gradient="checkpoint"`` needs none (see :func:`solve`).
 
     Returns:
         ``ys`` with ``ys[i] = y(t[i])`` (a tensor ``(len(t), *y0.shape)`` or a tuple of
@@ -152,7 +156,7 @@ def odeint(
     if event_fn is not None:
         t = _event_search_times(t)
     sol = solve(func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
-                event_fn=event_fn, gradient=gradient)
+                event_fn=event_fn, gradient=gradient, adjoint_params=adjoint_params)
     if event_fn is not None:
         return sol.event_t, sol.ys
     return sol.ys

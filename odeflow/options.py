@@ -18,10 +18,23 @@ from torch import Tensor
 from .controllers import CONTROLLER_PRESETS, PIDController
 from .linalg import LINEAR_SOLVER_OPTIONS, make_linear_solver
 
-__all__ = ["DEFAULT_MAX_NUM_STEPS", "validate_options", "make_controller", "max_steps",
-           "positive_float"]
+__all__ = ["DEFAULT_MAX_NUM_STEPS", "TORCHDIFFEQ_OPTIONS", "validate_options", "make_controller",
+           "max_steps", "positive_float"]
 
 DEFAULT_MAX_NUM_STEPS = 100_000
+
+#: The option keys of torchdiffeq 0.2.5's methods. torchdiffeq warns about, and ignores, a
+#: key that belongs to another of its methods (``options=dict(step_size=...)`` with dopri5
+#: is common in published code), so odeflow does the same for these keys; any other key the
+#: method does not accept (a typo, or an odeflow-only key such as ``per_sample`` given to a
+#: method without it) is an error, since ignoring it would change the answer silently.
+TORCHDIFFEQ_OPTIONS = frozenset({
+    "step_size", "grid_constructor", "perturb", "interp",  # fixed grids
+    "first_step", "safety", "ifactor", "dfactor", "max_num_steps", "norm", "jump_t",
+    "step_t", "dtype",  # adaptive RK
+    "max_order", "max_iters",  # Adams
+    "solver", "min_step", "max_step",  # scipy_solver
+})
 
 
 def make_controller(options: dict[str, Any]) -> PIDController:

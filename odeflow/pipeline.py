@@ -68,7 +68,7 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
         raise ValueError(f"gradient='checkpoint' replays single steps and needs a one-step "
                          f"method; method={spec.name!r} is not one (use gradient='adjoint' "
                          "or 'direct')")
-    params = find_params(func, adjoint_params, mode) if mode != "direct" else ()
+    params = find_params(func, adjoint_params, mode, problem) if mode != "direct" else ()
     if spec.external:
         return _scipy(problem, spec, func, mode, adjoint_config, params)
     C = problem.clock
@@ -99,7 +99,7 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
                       result.stats.n_steps if result is not None else 0)
     unbounded = events and _unbounded(C)
     err = failure(problem, result, fixed=not spec.adaptive, unbounded=unbounded,
-                  events=events and C.per_sample)
+                  events=events and C.per_sample, explicit=spec.adaptive and not spec.implicit)
     stats = result.stats
     failed = failed_lanes(result)
     if events and not C.per_sample and err is None and not bool(locator.hits.found[0]):

@@ -18,7 +18,9 @@ expected.
 
 from __future__ import annotations
 
+import difflib
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -28,6 +30,7 @@ from torch import Tensor
 
 from .lanes import Clock, LaneClock, SharedClock
 from .norms import lane_norm, mixed_rms_norm, rms_norm
+from .options import TORCHDIFFEQ_OPTIONS
 from .state import CountedFunc, State, StateLayout, check_func_output
 
 __all__ = ["State", "StateLayout", "CountedFunc", "Problem", "make_problem", "check_options",
@@ -201,18 +204,37 @@ def _scalar_tolerance(name: str, tol: Any) -> float:
 
 
 def check_options(method: str, options: dict[str, Any] | None, valid: Sequence[str]) -> dict:
-    """Options as a fresh dict; an unknown key is an error that lists the valid ones."""
+    """Options as a fresh dict of the keys ``method`` accepts.
+
+    A torchdiffeq key that only other methods accept (``step_size`` with dopri5) is dropped
+    with a warning, as torchdiffeq does, so that published scripts run unchanged (see
+    :data:`~odeflow.options.TORCHDIFFEQ_OPTIONS`). Any other key the method does not accept
+    is an error that suggests the closest valid key and lists the valid ones.
+    """
     if options is None:
         return {}
     if not isinstance(options, dict):
         raise TypeError(f"options must be a dict or None, got {type(options).__name__}")
-    unknown = sorted(set(options) - set(valid))
+    extra = set(options) - set(valid)
+    unknown = sorted((k for k in extra if k not in TORCHDIFFEQ_OPTIONS), key=str)
+    extra -= set(unknown)
     if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(str(k), list(valid), n=1)
+            if close:
+                hints.append(f"did you mean {close[0]!r} for {k!r}?")
         raise ValueError(
             f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
-            f"for method={method!r}; valid options are: {', '.join(sorted(valid))}"
-        )
-    return dict(options)
+            f"for method={method!r}; " + (" ".join(hints) + " " if hints else "")
+            + f"valid options are: {', '.join(sorted(valid))}")
+    if extra:
+        warnings.warn(
+            f"method={method!r} ignores the option{'s' if len(extra) > 1 else ''} "
+            f"{', '.join(map(repr, sorted(extra)))} (torchdiffeq options of other methods; "
+            "torchdiffeq ignores them too); valid options "
+            f"are: {', '.join(sorted(valid))}", UserWarning, stacklevel=3)
+    return {k: v for k, v in options.items() if k in valid}
 
 
 def _norm(options: dict, layout: StateLayout) -> Callable[[Tensor], Any]:

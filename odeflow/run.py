@@ -20,6 +20,7 @@ from .options import DEFAULT_MAX_NUM_STEPS
 from .problem import Problem
 from .solvers.scipy_bridge import integrate_scipy
 from .stats import SolveError, Status
+from .stiffness import stiff_hint
 
 __all__ = ["run", "build_stepper", "failure", "outputs", "check_fixed_grid_finite"]
 
@@ -106,9 +107,11 @@ _ADVICE = {
 
 
 def failure(problem: Problem, result: LoopResult, *, fixed: bool = False,
-            unbounded: bool = False, events: bool = False) -> SolveError | None:
+            unbounded: bool = False, events: bool = False, explicit: bool = False
+            ) -> SolveError | None:
     """The error of a failed solve (``None`` if no lane failed); fills the statistics'
-    status and message either way."""
+    status and message either way. ``explicit``: an explicit adaptive method, whose
+    failure may come from stiffness (the message then says so)."""
     stats = result.stats
     stats.nfe = problem.func.nfe
     C = problem.clock
@@ -128,6 +131,9 @@ def failure(problem: Problem, result: LoopResult, *, fixed: bool = False,
                       "smaller step_size or an adaptive method.")
         else:
             detail = _ADVICE[status].format(steps=steps)
+        if explicit and status in (Status.MAX_STEPS_REACHED, Status.STEP_SIZE_UNDERFLOW) and (
+                result.dt_last is not None):
+            detail += stiff_hint(problem.func, result.t_last, result.y_last, result.dt_last)
         t_user = C.sign * result.t_last
         stats.status = status
         stats.message = f"{status.message} t={t_user!r}. {detail}"

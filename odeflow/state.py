@@ -10,6 +10,7 @@ place NFE is counted).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -107,13 +108,14 @@ class CountedFunc:
     dtype (0-dim, or ``(B,)``) and ``y`` in the user's structure.
     """
 
-    __slots__ = ("func", "layout", "clock", "nfe", "_call", "_shape", "_negate")
+    __slots__ = ("func", "layout", "clock", "nfe", "_call", "_shape", "_negate", "_conforming")
 
     def __init__(self, func: Callable[..., Any], layout: StateLayout, clock: Clock):
         self.func = func
         self.layout = layout
         self.clock = clock
         self.nfe = 0
+        self._conforming = False
         self._shape = layout.shapes[0]
         simple = not layout.is_tuple and not layout.is_complex and layout.batch is None
         if simple and len(self._shape) == 1:
@@ -136,7 +138,23 @@ class CountedFunc:
         """Like a call, but checks the structure of ``func``'s output (the first call)."""
         self.nfe += 1
         out = self.func(self.clock.user_time(t), self.layout.unflatten(y))
-        check_func_output(out, self.layout)
+        if check_func_output(out, self.layout) and not self._conforming:
+            # torchdiffeq accepts an output that broadcasts to the state (its bouncing-ball
+            # example returns a 0-dim tensor for a state of shape (1,)) or has another
+            # floating dtype (its solution keeps y0's dtype); only a func that needs it pays
+            # for the per-call fix-up, the hot path of the others is unchanged.
+            self._conforming = True
+            other = {o.dtype for o in (out if self.layout.is_tuple else (out,))}
+            other.discard(self.layout.dtype)
+            if other:  # once per solve: checked() is the first call of a solve
+                warnings.warn(
+                    f"func(t, y) returns dtype {', '.join(map(str, sorted(other, key=str)))} "
+                    f"for a state of dtype {self.layout.dtype}; its output is cast to "
+                    f"{self.layout.dtype} (as torchdiffeq, the solution keeps y0's dtype). "
+                    "Give y0 the dtype you want to integrate in.", UserWarning, stacklevel=2)
+            self._call = self._call_conforming
+        if self._conforming:
+            out = self._conform(out)
         return self._canonical(self.layout.flatten(out))
 
     def at(self, t_user: Tensor, y: Tensor) -> Tensor:
@@ -182,9 +200,31 @@ class CountedFunc:
     def _call_general(self, tt: Tensor, y: Tensor) -> Tensor:
         return self._canonical(self.layout.flatten(self.func(tt, self.layout.unflatten(y))))
 
+    def _call_conforming(self, tt: Tensor, y: Tensor) -> Tensor:
+        out = self._conform(self.func(tt, self.layout.unflatten(y)))
+        return self._canonical(self.layout.flatten(out))
 
-def check_func_output(out: Any, layout: StateLayout, what: str = "func(t, y)") -> None:
-    """Structural check of a raw ``func`` output before flattening (clear errors)."""
+    def _conform(self, out: Any) -> Any:
+        """``func``'s raw output brought to the state's shapes and dtype
+        (``check_func_output`` has already checked that each part can be)."""
+        dtype = self.layout.dtype
+        if not self.layout.is_tuple:
+            out = out if out.shape == self._shape else out.expand(self._shape)
+            return out if out.dtype == dtype else out.to(dtype)
+        return tuple((o if o.shape == s else o.expand(s)).to(dtype)
+                     for o, s in zip(out, self.layout.shapes))
+
+
+def check_func_output(out: Any, layout: StateLayout, what: str = "func(t, y)") -> bool:
+    """Structural check of a raw ``func`` output before flattening (clear errors).
+
+    Returns:
+        ``True`` when the output is acceptable but must be conformed first: some part has
+        a shape that broadcasts to the state's without repeating values (see
+        ``_broadcasts_to``), or another floating dtype (a real state) or another floating or
+        complex dtype (a complex state), which is cast to the state's, as torchdiffeq does.
+    """
+    needs_fix = False
     if layout.is_tuple:
         if not isinstance(out, (tuple, list)) or len(out) != len(layout.shapes):
             raise TypeError(f"{what} must return a tuple of {len(layout.shapes)} tensors like "
@@ -199,10 +239,33 @@ def check_func_output(out: Any, layout: StateLayout, what: str = "func(t, y)") -
         if not isinstance(o, Tensor):
             raise TypeError(f"{where} must be a tensor, got {type(o).__name__}")
         if o.shape != shape:
-            which = f"y0[{i}]" if layout.is_tuple else "y0"
-            raise ValueError(f"{where} must have the shape of {which} {tuple(shape)}, got "
-                             f"{tuple(o.shape)}")
+            if not _broadcasts_to(o.shape, shape):
+                which = f"y0[{i}]" if layout.is_tuple else "y0"
+                raise ValueError(f"{where} must have the shape of {which} {tuple(shape)}, got "
+                                 f"{tuple(o.shape)}; a shape that broadcasts to it without "
+                                 "repeating values (e.g. 0-dim for a state of shape (1,)) is "
+                                 "accepted too")
+            needs_fix = True
         if o.dtype != layout.dtype:
-            raise TypeError(f"{where} must have dtype {layout.dtype} like y0, got {o.dtype}")
+            castable = o.is_floating_point() or (layout.is_complex and o.is_complex())
+            if not castable:
+                raise TypeError(f"{where} must have dtype {layout.dtype} like y0 (or another "
+                                f"{'floating or complex' if layout.is_complex else 'floating'} "
+                                f"dtype, which is cast), got {o.dtype}")
+            needs_fix = True
         if o.device != layout.device:
             raise ValueError(f"{where} must be on {layout.device} like y0, got {o.device}")
+    return needs_fix
+
+
+def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
+    """``shape`` broadcasts to ``target`` without repeating values (it lacks or has size 1
+    only in dimensions where ``target`` has size 1), as torchdiffeq accepts. Replicating a
+    value across the state (``(1,)`` for ``(2,)``) is refused: it is far more often a
+    slicing bug than an intended derivative."""
+    if math.prod(shape) != math.prod(target):
+        return False
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False

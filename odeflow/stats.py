@@ -65,6 +65,9 @@ class SolveStats:
         n_newton_iters: Newton iterations (ESDIRK methods; Rosenbrock methods have none).
         n_newton_failures: step attempts rejected because Newton did not converge.
         n_linear_iters: Krylov (GMRES) iterations with ``options["linear_solver"]="krylov"``.
+        n_linear_failures: GMRES solves that stopped at ``options["krylov_max_iters"]``
+            without reaching ``krylov_tol`` (the step then sees an inexact solve: raise
+            ``krylov_max_iters`` or ``krylov_restart`` if this is not 0).
         switches: ``method="auto"``: the ``(t, method)`` pairs where the method changed.
 
     With ``options={"per_sample": True}``, ``n_steps`` counts batched iterations (each one
@@ -85,6 +88,7 @@ class SolveStats:
     n_newton_iters: int = 0
     n_newton_failures: int = 0
     n_linear_iters: int = 0
+    n_linear_failures: int = 0
     switches: list = field(default_factory=list)
 
     def copy_forward(self, other: SolveStats) -> None:
@@ -94,7 +98,8 @@ class SolveStats:
 
 
 _FORWARD_FIELDS = ("n_steps", "n_accepted", "n_rejected", "status", "message", "n_jacobians",
-                   "n_lu", "n_newton_iters", "n_newton_failures", "n_linear_iters", "switches")
+                   "n_lu", "n_newton_iters", "n_newton_failures", "n_linear_iters",
+                   "n_linear_failures", "switches")
 
 
 class SolveError(RuntimeError):

@@ -20,22 +20,33 @@ flow at the computed solution (``dy(t_i)/dt_i = f(t_i, y_i)``, ``dy(t_i)/dt_0 =
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["GRADIENTS", "find_params"]
+if TYPE_CHECKING:
+    from ..problem import Problem
+
+__all__ = ["GRADIENTS", "find_params", "closure_leaves"]
 
 GRADIENTS = ("direct", "adjoint", "checkpoint")
 
 
 def find_params(func: Callable[..., Any], params: Sequence[Tensor] | None, mode: str,
-                ) -> tuple[Tensor, ...]:
+                problem: Problem | None = None) -> tuple[Tensor, ...]:
     """The tensors whose gradients ``mode`` must return: ``params``, or ``func``'s parameters.
 
+    For ``mode="checkpoint"``, a plain function (not an ``nn.Module``) without
+    ``adjoint_params``, and the ``problem`` given, they are the tensors the function's
+    output depends on (:func:`closure_leaves`): checkpointing replays ``func`` under
+    autograd, so it can differentiate whatever the function uses, as direct mode does. The
+    adjoint method cannot (its backward ``func`` calls are new evaluations, and the tensors
+    they will use are not known in advance), and asks for ``adjoint_params``.
+
     Raises:
-        ValueError: ``func`` is not an ``nn.Module`` and no ``adjoint_params`` were given.
+        ValueError: ``func`` is not an ``nn.Module`` and no ``adjoint_params`` were given
+            (``mode="adjoint"``, or checkpoint without ``problem``).
     """
     if params is not None:
         params = tuple(params)
@@ -44,6 +55,8 @@ def find_params(func: Callable[..., Any], params: Sequence[Tensor] | None, mode:
                 raise TypeError(f"adjoint_params[{i}] must be a tensor, got {type(p).__name__}")
     elif isinstance(func, torch.nn.Module):
         params = tuple(func.parameters())
+    elif mode == "checkpoint" and problem is not None:
+        params = closure_leaves(problem)
     else:
         raise ValueError(
             f"gradient={mode!r} needs to know func's parameters: make func a torch.nn.Module, "
@@ -57,3 +70,39 @@ def find_params(func: Callable[..., Any], params: Sequence[Tensor] | None, mode:
             seen.add(id(p))
             out.append(p)
     return tuple(out)
+
+
+def closure_leaves(problem: Problem) -> tuple[Tensor, ...]:
+    """The leaf tensors requiring grad that ``func(t0, y0)`` depends on, in graph order.
+
+    One evaluation of the user's ``func`` (not counted in NFE) under autograd, with ``t0``
+    and ``y0`` detached, so that only tensors from its closure, globals or attributes are
+    found, including leaves behind a tensor computed outside ``func`` (``w = p * p`` gives
+    ``p``). A tensor that ``func`` uses only at other times or states (a branch not taken at
+    ``t0``) is not found: pass ``adjoint_params`` for such a function.
+    """
+    layout = problem.layout
+    t0 = problem.clock.user_time(problem.clock.t0)
+    with torch.enable_grad():
+        out = problem.user_func(t0, layout.unflatten(problem.y0.detach()))
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    leaves: list[Tensor] = []
+    seen_nodes: set[Any] = set()
+    stack = []
+    for o in outs:
+        if isinstance(o, Tensor) and o.requires_grad:
+            if o.grad_fn is None:
+                leaves.append(o)  # func returned a leaf itself
+            else:
+                stack.append(o.grad_fn)
+    while stack:
+        node = stack.pop()
+        if node in seen_nodes:
+            continue
+        seen_nodes.add(node)
+        leaf = getattr(node, "variable", None)  # AccumulateGrad: the leaf it accumulates into
+        if leaf is not None:
+            leaves.append(leaf)
+            continue
+        stack.extend(n for n, _ in node.next_functions if n is not None)
+    return tuple(leaves)

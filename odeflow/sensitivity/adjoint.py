@@ -125,7 +125,11 @@ def _augmented_dynamics(problem: Problem, params: tuple[Tensor, ...]) -> Callabl
             y_in = y.detach().requires_grad_(True)
             dy = func.at(sign * tau, y_in)  # canonical derivative dy/dτ
             if dy.requires_grad:
-                vjps = torch.autograd.grad(dy, (y_in, *params), -a, allow_unused=True)
+                # retain_graph: func may use a tensor computed once outside it from a parameter
+                # (w = p * p, spline coefficients); that shared graph is walked at every
+                # evaluation, as torchdiffeq does. dy's own graph is freed with dy either way.
+                vjps = torch.autograd.grad(dy, (y_in, *params), -a, allow_unused=True,
+                                            retain_graph=True)
             else:
                 vjps = (None,) * (1 + len(params))
         da = vjps[0] if vjps[0] is not None else torch.zeros_like(a)
@@ -279,8 +283,9 @@ class _LanesAugmented:
             y_in = y.detach().requires_grad_(True)
             dy = self.f(-s.double(), y_in)
             if dy.requires_grad:
-                (da,) = torch.autograd.grad(dy, y_in, a, retain_graph=bool(self.params),
-                                            allow_unused=True)
+                # retain_graph: the quadrature differentiates dy again, and func may use
+                # a tensor computed once outside it from a parameter (w = p * p).
+                (da,) = torch.autograd.grad(dy, y_in, a, retain_graph=True, allow_unused=True)
             else:
                 da = None
         if self.params and dy.requires_grad:
@@ -298,7 +303,7 @@ class _LanesAugmented:
             total = sum(torch.where(use, dy * torch.where(use, self.b[i] * w * a, 0.0),
                                     0.0).sum()
                         for i, (dy, a) in enumerate(stash) if self.b[i] != 0)
-            got = torch.autograd.grad(total, self.params, allow_unused=True)
+            got = torch.autograd.grad(total, self.params, allow_unused=True, retain_graph=True)
         for i, g in enumerate(got):
             if g is not None:
                 self.grads[i] = g if self.grads[i] is None else self.grads[i] + g

@@ -68,6 +68,7 @@ class _BlockKrylovFactor:
         s = self.solver
         x, iters = gmres(matvec, b, tol=s.tol, restart=s.restart, max_iters=s.max_iters)
         self.counts.n_linear_iters += iters
+        self.counts.n_linear_failures += iters >= s.max_iters  # see KrylovFactor._count
         return x
 
     def solve(self, b: Tensor, transpose: bool = False) -> Tensor:

@@ -62,7 +62,10 @@ class _Checkpoint(torch.autograd.Function):
                 dt = rec.dt if failed is None else torch.where(failed, 0.0, rec.dt)
                 targets, grads = _replay(problem, stepper, cfg, rec, y, dt, adj, grad_ys,
                                          grad_last)
-                got = torch.autograd.grad(targets, (y, *params), grads, allow_unused=True)
+                # retain_graph: func may use a tensor computed once outside it from a
+                # parameter (w = p * p); its graph is shared by every replayed step.
+                got = torch.autograd.grad(targets, (y, *params), grads, allow_unused=True,
+                                          retain_graph=True)
             adj = got[0] if got[0] is not None else torch.zeros_like(adj)
             for i, g in enumerate(got[1:]):
                 if g is not None:

@@ -61,7 +61,11 @@ def interpolating_dynamics(func: Any, params: tuple[Tensor, ...], trajectory: Tr
         with torch.enable_grad():
             y_in = y.detach().requires_grad_(True)
             dy = func.at(sign * tau, y_in)
-            vjps = torch.autograd.grad(dy, (y_in, *params), -a, allow_unused=True)
+            # retain_graph: func may use a tensor computed once outside it from a parameter
+            # (w = p * p, spline coefficients); that shared graph is walked at every
+            # evaluation, as torchdiffeq does. dy's own graph is freed with dy either way.
+            vjps = torch.autograd.grad(dy, (y_in, *params), -a, allow_unused=True,
+                                        retain_graph=True)
         da = vjps[0] if vjps[0] is not None else torch.zeros_like(a)
         if len(state) == 1:
             return (da,)
@@ -103,6 +107,7 @@ class _AdjointFactor:
             x_a, iters = gmres(lambda v: v + hg * o * self.op.rmatvec(v), b[:n], tol=k.tol,
                                restart=k.restart, max_iters=k.max_iters)
             self.counts.n_linear_iters += iters
+            self.counts.n_linear_failures += iters >= k.max_iters  # see KrylovFactor._count
         if self.vjp_theta is None:
             return x_a
         return torch.cat([x_a, b[n:] - (hg * o) * self.vjp_theta(x_a)])

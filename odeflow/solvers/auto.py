@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..interp import Interpolant
-from ..linalg import ImplicitCounts
+from ..linalg import ImplicitCounts, check_solver_dtype
 from .base import StepResult
 from .explicit_rk import ExplicitRK
 from .rosenbrock import Rosenbrock, RosenbrockState
@@ -89,6 +89,8 @@ class AutoSwitch:
         return self.explicit.workspace(y0), self.implicit.workspace(y0)
 
     def init(self, y0: Tensor) -> AutoState:
+        # Checked now, not at the first switch to the stiff method deep into the solve.
+        check_solver_dtype("auto", y0.dtype)
         return AutoState(True, RosenbrockState())
 
     def step(self, f: Func, t: float, y: Tensor, f0: Tensor, dt: float,

@@ -119,7 +119,7 @@ import torch
 from torch import Tensor
 
 from ..interp import HermiteInterpolant, Interpolant, TableauInterpolant, hermite
-from ..linalg import DenseSolver, ImplicitCounts
+from ..linalg import DenseSolver, ImplicitCounts, check_solver_dtype
 from .base import StepResult
 from .esdirk_tableaus import ESDIRKTableau, stage_predictor
 from .explicit_rk import _combine, _nonzero
@@ -237,6 +237,7 @@ class ESDIRK:
     def init(self, y0: Tensor) -> ESDIRKState:
         """A fresh state with its own :class:`~odeflow.linalg.ImplicitCounts`; ``J`` is
         computed on the first step."""
+        check_solver_dtype(self.tableau.name, y0.dtype)
         return ESDIRKState(counts=ImplicitCounts())
 
     # ------------------------------------------------------------------------------ step

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..interp import Interpolant
-from ..linalg import DenseSolver, ImplicitCounts, batched_jacobian
+from ..linalg import DenseSolver, ImplicitCounts, batched_jacobian, check_solver_dtype
 from .base import StepResult
 from .explicit_rk import _combine, _nonzero
 from .rosenbrock_tableaus import RosenbrockTableau
@@ -110,6 +110,7 @@ class Rosenbrock:
                          tuple(vec(r) if any(r) else None for r in tab.C), vec(tab.m), H)
 
     def init(self, y0: Tensor) -> RosenbrockState:
+        check_solver_dtype(self.tableau.name, y0.dtype)
         return RosenbrockState()
 
     def _jacobian(self, f: Func, t: float, y: Tensor, f0: Tensor,
