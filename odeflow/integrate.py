@@ -162,7 +162,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
     """Run the loop on ``problem`` (under whatever grad mode is active).
 
     Lanes that fail stop with their status (the others go on); the caller decides what a
-    failure means (``odeint.py`` raises or returns the partial solution).
+    failure means (``pipeline.py`` raises or returns the partial solution).
     """
     hooks = hooks or Hooks()
     C = problem.clock

@@ -1,4 +1,7 @@
-"""Public entry points: ``solve`` (returns a :class:`Solution`) and torchdiffeq's ``odeint*``."""
+"""Public entry points: ``solve`` (returns a :class:`Solution`) and torchdiffeq's ``odeint*``.
+
+(The module is ``api``, not ``odeint``, so that ``odeflow.odeint`` is always the function.)
+"""
 
 from __future__ import annotations
 
