@@ -100,6 +100,13 @@ class DenseOutput:
         if not self._lo - slack <= tc <= self._hi + slack:
             lo, hi = sorted((sign * self._lo, sign * self._hi))
             raise ValueError(f"t={t_user!r} is outside the solved span [{lo!r}, {hi!r}]")
+        return self.canonical(tc, derivative)
+
+    def canonical(self, tc: float, derivative: bool = False) -> Tensor:
+        """The flat state (or ``dy/dt`` in the user's direction) at canonical time ``tc``
+        of a one-lane solve (the interpolating adjoint reads the forward solution so)."""
+        sign = self._clock.sign
+        slack = 1e-12 * max(1.0, abs(self._lo), abs(self._hi))
         i = max(0, min(bisect.bisect_right(self._starts, tc) - 1, len(self._pieces) - 1))
         piece = self._pieces[i]
         piece = piece.precise or piece  # dopri8: re-step to keep the method's order

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..dense import DenseOutput
 from ..integrate import Hooks
 from ..linalg import make_linear_solver
 from ..norms import rms_norm
@@ -35,7 +36,7 @@ from ..run import failure, run
 from ..solvers import MethodSpec, get_method
 from ..stats import SolveError, SolveStats, Status
 from .adjoint_jacobian import AdjointBlockSolver
-from .interpolating_adjoint import InterpolatingAdjointSolver, Trajectory, interpolating_dynamics
+from .interpolating_adjoint import InterpolatingAdjointSolver, interpolating_dynamics
 
 __all__ = ["AdjointConfig", "make_adjoint_config", "attach_adjoint", "check_lanes_config"]
 
@@ -188,7 +189,7 @@ class _Adjoint(torch.autograd.Function):
         interpolating = ctx.pieces is not None
         options = _backward_options(config.options, problem, params)
         if interpolating:  # y(τ) from the forward dense output: see interpolating_adjoint.py
-            trajectory = Trajectory(ctx.pieces)
+            trajectory = DenseOutput(problem, ctx.pieces).canonical
             aug = _with_adjoint_callbacks(
                 interpolating_dynamics(f, params, trajectory, _flat_real), problem)
             if options.get("norm") is _seminorm:
@@ -480,7 +481,5 @@ def attach_adjoint(problem: Problem, spec: MethodSpec, config: AdjointConfig,
     get no gradient.
     """
     at = problem if grid is None else retime(problem, grid, problem.y0)
-    if pieces is not None:
-        pieces = [p for p, ok in pieces if ok]
     return _Adjoint.apply((replace(at, y0=y0.detach()), ys, pieces, failed), spec, config,
                           stats, y0, *params)

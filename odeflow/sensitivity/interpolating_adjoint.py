@@ -21,32 +21,19 @@ Rosenbrock methods keep their order in the backward solve too.
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..interp import Interpolant
 from ..linalg import DenseFactor, ImplicitCounts, KrylovSolver, gmres
 
-__all__ = ["Trajectory", "interpolating_dynamics", "InterpolatingAdjointSolver"]
+__all__ = ["interpolating_dynamics", "InterpolatingAdjointSolver"]
 
-
-class Trajectory:
-    """The forward solution at any canonical time of its span, from detached interpolants."""
-
-    def __init__(self, pieces: Sequence[Interpolant]):
-        self.pieces = list(pieces)
-        self.starts = [p.t for p in self.pieces]
-
-    def __call__(self, tc: float) -> Tensor:
-        i = max(0, min(bisect.bisect_right(self.starts, tc) - 1, len(self.pieces) - 1))
-        piece = self.pieces[i]
-        theta = min(max((tc - piece.t) / piece.dt, 0.0), 1.0)
-        return piece.evaluate(theta)
+#: ``y(τ)`` of the forward solve at canonical time ``τ`` (its dense output's ``canonical``).
+Trajectory = Callable[[float], Tensor]
 
 
 def interpolating_dynamics(func: Any, params: tuple[Tensor, ...], trajectory: Trajectory,
