@@ -26,8 +26,14 @@ from .stats import record_last_stats
 
 __all__ = ["Solution", "solve", "odeint", "odeint_adjoint", "odeint_dense", "odeint_event"]
 
+#: A model that calls a solve can be compiled with ``torch.compile``: the solve itself runs
+#: eagerly (one graph break each side). Its adaptive loop decides on the host at every step,
+#: which would break a traced graph at every step and take minutes to compile.
+_eager = torch.compiler.disable
 
 
+
+@_eager
 def solve(
     func: Callable[[Tensor, State], State],
     y0: State,
@@ -119,6 +125,7 @@ def solve(
                      throw=throw, dense=dense, progress=progress)
 
 
+@_eager
 def odeint(
     func: Callable[[Tensor, State], State],
     y0: State,
@@ -165,6 +172,7 @@ def odeint(
     return sol.ys
 
 
+@_eager
 def odeint_adjoint(
     func: Callable[[Tensor, State], State],
     y0: State,
@@ -232,6 +240,7 @@ def _event_search_times(t: Tensor) -> Tensor:
     return torch.cat([t[:1], far])
 
 
+@_eager
 def odeint_dense(
     func: Callable[[Tensor, State], State],
     y0: State,
@@ -288,6 +297,7 @@ class _Directed:
         return self.fn(t, y)
 
 
+@_eager
 def odeint_event(
     func: Callable[[Tensor, State], State],
     y0: State,

@@ -240,9 +240,10 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
     while left:
         if not fsal_loop:
             f0 = f.perturbed(t, y, f0_side) if (f0_side if shared else any_jumps) else f(t, y)
-        over = active & (n_steps >= max_num_steps)
-        status = C.where(over, int(Status.MAX_STEPS_REACHED), status)
-        active = active & C.not_(over)
+        if stats.n_steps >= max_num_steps:  # (no lane has taken more steps than iterations)
+            over = active & (n_steps >= max_num_steps)
+            status = C.where(over, int(Status.MAX_STEPS_REACHED), status)
+            active = active & C.not_(over)
         next_stop = C.gather(stops, stop_idx)
         land = t + 1.01 * dt >= next_stop  # stretch by at most 1% rather than leave a sliver
         t_new = C.where(land, next_stop, t + dt)
@@ -279,26 +280,35 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         n_acc = n_acc + ok
         n_rej = n_rej + bad
         stats.n_steps += 1
+        done = ok & land & (t_new == t_end)
         # A non-finite error: the lane fails if f0 itself is not finite, or the step is tiny.
         if shared:
-            dead = bad and not finite and res.ok and (
-                not C.rows_finite(stages[0]) or dt_try <= 16e3 * math.ulp(max(abs(t), 1.0)))
+            hit = ok and out_idx < n_out and grid[out_idx] <= t_new
+            if bad and not finite and res.ok and (
+                    not C.rows_finite(stages[0]) or dt_try <= 16e3 * math.ulp(max(abs(t), 1.0))):
+                status, active = int(Status.NONFINITE), False
+            any_hit, any_left, any_ok = hit, active and not done, ok
+            still = any_left
         else:
-            dead = bad & ~finite & (~torch.isfinite(f0).all(-1)
-                                    | (dt_try <= 16e3 * C.ulp(torch.clamp(t.abs(), min=1.0))))
-        status = C.where(dead, int(Status.NONFINITE), status)
-        done = ok & land & (t_new == t_end)
-        next_out = C.gather(grid, C.clip(out_idx, 0, n_out - 1))
-        hit = ok & (out_idx < n_out) & (next_out <= t_new)
-        still = active & C.not_(done) & C.not_(dead)
-        any_hit, any_left, any_ok, any_overflow = C.flags(
-            hit, still, ok, (active & C.not_(finite)) if not shared else False)
-        if any_overflow and y_new.requires_grad:
-            # A rejected trial overflowed: its infinities would turn the zero gradient that
-            # torch.where sends them into nan. Redo the step without those lanes' trials.
-            res = step(f, t, y, f0, torch.where(finite, dt_try, 0.0), state, ws,
-                       with_error=adaptive, f_last=f_last)
-            y_new, stages = res.y_new, res.stages
+            still = active & ~done
+            # How many output times each lane passed: the output passes need no sync of
+            # their own.
+            passed = torch.searchsorted(grid, t_new[:, None], right=True)[:, 0] - out_idx
+            n_pass, any_left, any_ok, any_nonfinite = C.flags(
+                torch.where(ok, passed, 0).max(), still, ok, active & ~finite)
+            any_hit = n_pass > 0
+            if any_nonfinite:
+                dead = bad & ~finite & (~torch.isfinite(f0).all(-1)
+                                        | (dt_try <= 16e3 * C.ulp(torch.clamp(t.abs(), min=1.0))))
+                status = torch.where(dead, int(Status.NONFINITE), status)
+                still = still & ~dead
+                any_left = C.flags(still)[0]  # host sync: only after a non-finite trial
+                if y_new.requires_grad:
+                    # A rejected trial overflowed: its infinities would turn the zero gradient
+                    # torch.where sends them into nan. Redo the step without those trials.
+                    res = step(f, t, y, f0, torch.where(finite, dt_try, 0.0), state, ws,
+                               with_error=adaptive, f_last=f_last)
+                    y_new, stages = res.y_new, res.stages
         if hooks.stage_hook is not None:
             hooks.stage_hook(ok, dt_try)
         rec = None
@@ -316,7 +326,8 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
             else:
                 f_new = stepper.f_end(f, t_new, y_new, res)
         if any_hit:
-            out_idx = _write_outputs(C, stepper, ys, out_idx, hit, grid, t, t_new, dt_try, y,
+            out_idx = _write_outputs(C, stepper, ys, out_idx, hit if shared else n_pass, ok,
+                                     grid, t, t_new, dt_try, y,
                                      y_new, stages, f_new, ws, rec, n_out)
         if any_ok and cb_accept is not None:
             cb_accept(C.user_time(t), problem.layout.unflatten(y), C.user_time(dt_try))
@@ -401,9 +412,9 @@ def _error_ratio(C: Any, res: Any, y: Tensor, y_new: Tensor, rtol: Any, atol: An
         return float(norm(scaled))  # host sync: the accept/reject decision
 
 
-def _write_outputs(C: Any, stepper: Any, ys: Any, out_idx: Any, hit: Any, grid: Any, t: Any,
-                   t_new: Any, dt: Any, y: Tensor, y_new: Tensor, stages: Any, f_new: Any,
-                   ws: Any, rec: StepRecord | None, n_out: int) -> Any:
+def _write_outputs(C: Any, stepper: Any, ys: Any, out_idx: Any, hit: Any, ok: Any, grid: Any,
+                   t: Any, t_new: Any, dt: Any, y: Tensor, y_new: Tensor, stages: Any,
+                   f_new: Any, ws: Any, rec: StepRecord | None, n_out: int) -> Any:
     """Write every output time the accepted step passed, from the step's dense output."""
     if not C.per_sample:
         while hit:
@@ -419,22 +430,22 @@ def _write_outputs(C: Any, stepper: Any, ys: Any, out_idx: Any, hit: Any, grid: 
             out_idx += 1
             hit = out_idx < n_out and grid[out_idx] <= t_new
         return out_idx
-    while True:
-        sel = C.select(hit)
-        tj = C.gather(grid, out_idx.clamp(max=n_out - 1))[sel]
-        theta = (tj - t[sel]) / dt[sel]
-        piece = stepper.interpolant(t[sel], dt[sel], y[sel], y_new[sel],
-                                    [s[sel] for s in stages],
-                                    None if f_new is None else f_new[sel])
-        value = torch.where((tj == t_new[sel])[:, None], y_new[sel], piece.evaluate(theta))
-        ys[out_idx[sel], sel] = value
+    # Per sample: ``hit`` is the most output times a lane passed (read with the iteration's
+    # decisions); each pass evaluates every lane's interpolant and writes where it hit.
+    piece = stepper.interpolant(t, dt, y, y_new, stages, f_new)
+    lanes = torch.arange(y.shape[0], device=y.device)
+    safe_dt = torch.where(dt > 0, dt, 1.0)
+    for _ in range(hit):
+        idx = out_idx.clamp(max=n_out - 1)
+        tj = C.gather(grid, idx)
+        passed = ok & (out_idx < n_out) & (tj <= t_new)
+        theta = torch.where(passed, (tj - t) / safe_dt, 1.0)
+        value = torch.where((tj == t_new)[:, None], y_new, piece.evaluate(theta))
+        ys[idx, lanes] = torch.where(passed[:, None], value, ys[idx, lanes])
         if rec is not None:
-            rec.outputs.append((sel, out_idx[sel], theta))
-        out_idx = out_idx + hit
-        next_out = C.gather(grid, out_idx.clamp(max=n_out - 1))
-        hit = hit & (out_idx < n_out) & (next_out <= t_new)
-        if not C.flags(hit)[0]:  # host sync: once per output pass
-            return out_idx
+            rec.outputs.append((passed, idx, theta))
+        out_idx = out_idx + passed
+    return out_idx
 
 
 _COMPILED: dict[int, Callable] = {}

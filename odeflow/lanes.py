@@ -114,9 +114,6 @@ class SharedClock:
         """A lane value as a multiplier of the state (a float for one lane)."""
         return x
 
-    def select(self, mask: bool) -> None:
-        return None
-
 
 class LaneClock:
     """``B`` lanes: times, step sizes and decisions as ``(B,)`` tensors (per-sample)."""
@@ -186,9 +183,12 @@ class LaneClock:
         return torch.isfinite(x).all(-1)
 
     @staticmethod
-    def flags(*masks: Tensor) -> list[bool]:
+    def flags(*values: Tensor) -> list[Any]:
+        """``any`` of each mask (a count stays a count), read in one transfer."""
         # host sync: one small transfer per iteration decides outputs and termination
-        return torch.stack([m.any() for m in masks]).tolist()
+        out = torch.stack([v.any().long() if v.dtype == torch.bool else v.long()
+                           for v in values]).tolist()
+        return [bool(x) if v.dtype == torch.bool else x for x, v in zip(out, values)]
 
     @staticmethod
     def not_(m: Tensor) -> Tensor:
@@ -214,9 +214,6 @@ class LaneClock:
         if col is None:
             col = self._sign_col[dtype] = self.sign.to(dtype)[:, None]
         return col
-
-    def select(self, mask: Tensor) -> Tensor:
-        return mask.nonzero()[:, 0]  # host sync: once per output pass
 
 
 Clock = SharedClock | LaneClock

@@ -69,12 +69,12 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
                          f"method; method={spec.name!r} is not one (use gradient='adjoint' "
                          "or 'direct')")
     params = find_params(func, adjoint_params, mode, problem) if mode != "direct" else ()
-    if spec.external:
-        return _scipy(problem, spec, func, mode, adjoint_config, params)
     C = problem.clock
     time_grad = grad_on and problem.t.requires_grad
     y0_flat = problem.y0
     y0_run = shift_initial_state(problem, y0_flat) if time_grad else y0_flat
+    if spec.external:
+        return _scipy(problem, spec, func, mode, adjoint_config, params, y0_run, time_grad)
     locator = None
     if events:
         direction = event_direction if event_direction is not None else getattr(
@@ -222,7 +222,8 @@ def _sample_stats(result: Any) -> SampleStats:
 
 
 def _scipy(problem: Any, spec: MethodSpec, func: Callable, mode: str,
-           adjoint_config: AdjointConfig | None, params: tuple) -> Solution:
+           adjoint_config: AdjointConfig | None, params: tuple, y0: Tensor,
+           time_grad: bool) -> Solution:
     """The SciPy bridge: the solution without a graph under direct mode (as torchdiffeq);
     the adjoint differentiates it."""
     if problem.per_sample:
@@ -234,7 +235,6 @@ def _scipy(problem: Any, spec: MethodSpec, func: Callable, mode: str,
             "method='scipy_solver': gradients do not flow through SciPy's steps, so this "
             "solution has no gradient; use odeint_adjoint (gradient='adjoint') to "
             "differentiate a SciPy solve", UserWarning, stacklevel=4)
-    y0 = problem.y0
     with torch.no_grad():
         ys, stats = integrate_scipy(replace(problem, y0=y0.detach()))
     stats.nfe = problem.func.nfe
@@ -242,4 +242,6 @@ def _scipy(problem: Any, spec: MethodSpec, func: Callable, mode: str,
     ys = torch.stack(ys)
     if mode == "adjoint":
         ys = attach_adjoint(problem, spec, adjoint_config, stats, y0, params, ys)
+        if time_grad:
+            ys = attach_output_times(problem, ys, stats)
     return Solution(problem.layout.unflatten(ys), problem.t, stats)

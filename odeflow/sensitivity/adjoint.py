@@ -281,7 +281,9 @@ class _LanesAugmented:
     def __call__(self, s: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         y, a = state
         with torch.enable_grad():
-            y_in = y.detach().requires_grad_(True)
+            # A lane that does not step (a failed sample, a rejected trial) may carry inf or
+            # nan here; the quadrature gives it a zero weight, which must not meet a nan.
+            y_in = torch.nan_to_num(y.detach()).requires_grad_(True)
             dy = self.f(-s.double(), y_in)
             if dy.requires_grad:
                 # retain_graph: the quadrature differentiates dy again, and func may use

@@ -114,12 +114,12 @@ def _replay(problem: Problem, stepper: Any, cfg: Any, rec: StepRecord, y: Tensor
             targets.append(value)
             grads.append(grad_ys[j])
             continue
-        piece = stepper.interpolant(rec.t[sel], dt[sel], y[sel], y_new[sel],
-                                    [s[sel] for s in stages],
-                                    None if f_new is None else f_new[sel])
-        exact = (C.grid[sel, j] == rec.t_new[sel])[:, None]  # the loop took y_new itself
-        targets.append(torch.where(exact, y_new[sel], piece.evaluate(theta)))
-        grads.append(grad_ys[j, sel])
+        # per sample: ``sel`` the lanes that passed output ``j[b]`` in this step
+        piece = stepper.interpolant(rec.t, dt, y, y_new, stages, f_new)
+        exact = (C.grid.gather(1, j[:, None])[:, 0] == rec.t_new)[:, None]  # took y_new
+        targets.append(torch.where(exact, y_new, piece.evaluate(theta)))
+        lanes = torch.arange(y.shape[0], device=y.device)
+        grads.append(torch.where(sel[:, None], grad_ys[j, lanes], 0.0))
     if rec.event is not None:
         sel, theta, restep = rec.event
         if lanes:

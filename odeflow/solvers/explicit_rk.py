@@ -172,14 +172,15 @@ class ExplicitRK:
     def _step_lanes(self, f, t, y, f0, dt, ws, with_error, f_last):
         """One attempt per lane of a ``(B, n)`` state with step sizes ``dt`` ``(B,)``.
 
-        A lane that does not step (``dt = 0``) stays exactly at ``y``, also where its
-        stages are not finite: no nan enters the graph (or the next stage) through
-        ``0 * inf``.
+        Under autograd a lane that does not step (``dt = 0``) stays exactly at ``y``, also
+        where its stages are not finite: no nan enters the graph through ``0 * inf``.
+        Without a graph the loop discards such a lane's result anyway, so the masking (one
+        ``where`` per stage) is skipped.
         """
         a_rows, b, b_err = self._coefficients(y.dtype, y.device)
         c = self._c
         h = dt.to(y.dtype)[:, None]
-        still = h == 0
+        still = (h == 0) if torch.is_grad_enabled() else None
         if ws is None:  # under autograd the stages must not go into a reused buffer
             ks = [f0]
 
@@ -193,9 +194,13 @@ class ExplicitRK:
             def stage_sum(i: int, w: Tensor) -> Tensor:
                 return torch.mv(ws.prefix[i], w).view_as(y)
 
+        def advance(w: Tensor, i: int) -> Tensor:
+            out = torch.addcmul(y, h, stage_sum(i, w))
+            return out if still is None else torch.where(still, y, out)
+
         y_i = y
         for i in range(1, self._s):
-            y_i = torch.where(still, y, torch.addcmul(y, h, stage_sum(i, a_rows[i])))
+            y_i = advance(a_rows[i], i)
             fi = f_last if (f_last is not None and c[i] == 1.0) else f
             k_i = fi(t + c[i] * dt, y_i)
             if ws is None:
@@ -203,7 +208,7 @@ class ExplicitRK:
             else:
                 ks[i].copy_(k_i)
         s = self._s
-        y_new = y_i if self.fsal else torch.where(still, y, torch.addcmul(y, h, stage_sum(s, b)))
+        y_new = y_i if self.fsal else advance(b, s)
         err = None
         if with_error and b_err is not None:
             with torch.no_grad():
