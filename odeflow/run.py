@@ -134,6 +134,7 @@ def failure(problem: Problem, result: LoopResult, *, fixed: bool = False,
         if explicit and status in (Status.MAX_STEPS_REACHED, Status.STEP_SIZE_UNDERFLOW) and (
                 result.dt_last is not None):
             detail += stiff_hint(problem.func, result.t_last, result.y_last, result.dt_last)
+            stats.nfe = problem.func.nfe  # the probe's evaluations count too
         t_user = C.sign * result.t_last
         stats.status = status
         stats.message = f"{status.message} t={t_user!r}. {detail}"
