@@ -8,8 +8,13 @@ import warnings
 import pytest
 import torch
 
-from odeflow.sde import (BrownianInterval, BrownianPath, BrownianTree, ReverseBrownian,
-                         brownian_interval_like)
+from odeflow.sde import (
+    BrownianInterval,
+    BrownianPath,
+    BrownianTree,
+    ReverseBrownian,
+    brownian_interval_like,
+)
 
 stats = pytest.importorskip("scipy.stats")
 

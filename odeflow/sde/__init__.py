@@ -14,8 +14,14 @@ Example::
 
 from . import settings
 from .base import BaseSDE, SDEIto, SDEStratonovich
-from .brownian import (BaseBrownian, BrownianInterval, BrownianPath, BrownianTree,
-                       ReverseBrownian, brownian_interval_like)
+from .brownian import (
+                       BaseBrownian,
+                       BrownianInterval,
+                       BrownianPath,
+                       BrownianTree,
+                       ReverseBrownian,
+                       brownian_interval_like,
+)
 from .sdeint import last_stats, sdeint, sdeint_adjoint
 
 __all__ = ["sdeint", "sdeint_adjoint", "last_stats", "BaseSDE", "SDEIto", "SDEStratonovich",

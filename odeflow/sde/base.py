@@ -241,7 +241,8 @@ class SDEFunctions:
 
         def drift(name, out):
             if tuple(out.shape) != (B, d):
-                raise ValueError(f"{name} returned shape {tuple(out.shape)}; expected (batch, state) "
+                raise ValueError(f"{name} returned shape {tuple(out.shape)}; expected "
+                                 f"(batch, state) "
                                  f"= {(B, d)}, y0's shape")
 
         def diffusion(name, out):
@@ -298,7 +299,8 @@ class LogqpSDE:
     def __init__(self, sde):
         for name in ("f", "g", "h"):
             if not callable(getattr(sde, name, None)):
-                raise ValueError("logqp=True needs the drift `f`, diffusion `g` and prior drift `h`")
+                raise ValueError("logqp=True needs the drift `f`, diffusion `g` and prior "
+                                 "drift `h`")
         self.noise_type, self.sde_type = sde.noise_type, sde.sde_type
         self._sde = sde
         self._diag = sde.noise_type == NOISE_TYPES.diagonal

@@ -109,7 +109,8 @@ def integrate(method: SDEMethod, sde, bm, y0: Tensor, ts: list[float], dt: float
             at_min = step <= dt_min * (1 + 1e-12)
             accepted = err <= 1.0 or at_min
             if at_min and err > 1.0 and not warned:
-                warnings.warn("Hitting minimum allowed step size in adaptive time-stepping.")
+                warnings.warn("Hitting minimum allowed step size in adaptive time-stepping.",
+                              stacklevel=3)
                 warned = True
             if not math.isfinite(err) and at_min:
                 accepted = True
@@ -129,8 +130,8 @@ def integrate(method: SDEMethod, sde, bm, y0: Tensor, ts: list[float], dt: float
             stats.status = Status.NONFINITE
             stats.message = f"{Status.NONFINITE.message} Stopped at t={t!r}."
             if throw:
-                raise SolveError(Status.NONFINITE, t, "The SDE's drift or diffusion produced inf/nan.",
-                                 stats)
+                raise SolveError(Status.NONFINITE, t,
+                                 "The SDE's drift or diffusion produced inf/nan.", stats)
             ys.append(y)
             ys.extend(torch.full_like(y0, float("nan")) for _ in range(len(ts) - len(ys)))
             return torch.stack(ys), state

@@ -151,7 +151,8 @@ def sdeint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: str | No
     m = funcs.check(ts_tensor[0], y0, None if bm is None else tuple(bm.shape))
     funcs.counts.drift = funcs.counts.diffusion = 0
     if bm is None:
-        need = {"none": LEVY_AREA_APPROXIMATIONS.none, "space-time": LEVY_AREA_APPROXIMATIONS.space_time,
+        need = {"none": LEVY_AREA_APPROXIMATIONS.none,
+                "space-time": LEVY_AREA_APPROXIMATIONS.space_time,
                 "area": LEVY_AREA_APPROXIMATIONS.foster}[solver.levy]
         bm = BrownianInterval(t0=times[0], t1=times[-1], size=(y0.size(0), m), dtype=y0.dtype,
                               device=y0.device, levy_area_approximation=need,
@@ -163,7 +164,7 @@ def sdeint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: str | No
     if adaptive and method == METHODS.euler and sde.noise_type != NOISE_TYPES.additive:
         warnings.warn("Numerical solution is not guaranteed to converge to the correct solution "
                       "when using adaptive time-stepping with the Euler--Maruyama method with "
-                      "non-additive noise.")
+                      "non-additive noise.", stacklevel=2)
 
     state = solver.init_state(funcs, times[0], y0) if extra_solver_state is None \
         else tuple(extra_solver_state)

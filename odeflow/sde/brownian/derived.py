@@ -9,7 +9,6 @@ of Li et al. 2020) with a bounded cache.
 
 from __future__ import annotations
 
-
 from torch import Tensor
 
 from .base import BaseBrownian

@@ -123,7 +123,8 @@ def _split_matrix(p: float, q: float, with_H: bool) -> list[list[float]]:
 
 
 @functools.lru_cache(maxsize=512)
-def _split_rows(p: float, q: float, with_H: bool, dtype: torch.dtype, device: torch.device) -> Tensor:
+def _split_rows(p: float, q: float, with_H: bool, dtype: torch.dtype,
+                device: torch.device) -> Tensor:
     return torch.tensor(_split_matrix(p, q, with_H), dtype=dtype, device=device)
 
 
@@ -156,7 +157,8 @@ class BrownianInterval(BaseBrownian):
 
         bm = BrownianInterval(0.0, 1.0, size=(4, 3), entropy=0)
         dW = bm(0.25, 0.5)                      # shape (4, 3), variance 0.25
-        dW, U = BrownianInterval(0.0, 1.0, (4, 3), levy_area_approximation="space-time")(0.0, 0.1, return_U=True)
+        bm = BrownianInterval(0.0, 1.0, (4, 3), levy_area_approximation="space-time")
+        dW, U = bm(0.0, 0.1, return_U=True)     # U = ∫ (W(s) - W(0)) ds over [0, 0.1]
     """
 
     def __init__(self, t0=0.0, t1=1.0, size=None, dtype=None, device=None, entropy=None,
@@ -194,7 +196,8 @@ class BrownianInterval(BaseBrownian):
         self._halfway_tree = bool(halfway_tree)
         self._t0, self._t1 = t0, t1
         self._work = self._dtype
-        if self._device.type != "mps" and self._dtype in (torch.float16, torch.bfloat16, torch.float32):
+        low = (torch.float16, torch.bfloat16, torch.float32)
+        if self._device.type != "mps" and self._dtype in low:
             self._work = torch.float64
         self._gen = torch.Generator(device=self._device)
 
@@ -301,10 +304,12 @@ class BrownianInterval(BaseBrownian):
     # ------------------------------------------------------------------ queries
     def _clamp(self, t: float, name: str) -> float:
         if t < self._t0:
-            warnings.warn(f"Should have {name}>=t0 but got {name}={t} and t0={self._t0}.")
+            warnings.warn(f"Should have {name}>=t0 but got {name}={t} and t0={self._t0}.",
+                          stacklevel=3)
             return self._t0
         if t > self._t1:
-            warnings.warn(f"Should have {name}<=t1 but got {name}={t} and t1={self._t1}.")
+            warnings.warn(f"Should have {name}<=t1 but got {name}={t} and t1={self._t1}.",
+                          stacklevel=3)
             return self._t1
         return t
 
@@ -317,7 +322,7 @@ class BrownianInterval(BaseBrownian):
         """
         if tb is None:
             warnings.warn(f"{type(self).__name__} is optimised for interval queries "
-                          "bm(ta, tb), not point evaluation bm(t).")
+                          "bm(ta, tb), not point evaluation bm(t).", stacklevel=2)
             ta, tb = self._t0, ta
         ta, tb = self._clamp(float(ta), "ta"), self._clamp(float(tb), "tb")
         if ta > tb:

@@ -65,7 +65,7 @@ class _Milstein(SDEMethod):
             Lg = Lg if diagonal else Lg.squeeze(-1)
         else:
             f = sde.f(t, y)
-            g, Lg = _jvp_along(sde, t, y, lambda g: g)
+            g, Lg = _jvp_along(sde, t, y, lambda g: g if diagonal else g.squeeze(-1))
             Lg = Lg if diagonal else Lg.squeeze(-1)
         return y + f * dt + sde.prod(g, dW) + 0.5 * Lg * weight, state
 

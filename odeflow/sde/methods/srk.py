@@ -4,9 +4,9 @@ SRI2 for diagonal and scalar noise, SRA1 for additive noise (tableaus in
 :mod:`.tableaus`). Both read ``I1 = dW`` and ``I10 = U = ∫ (W(s) - W(t)) ds`` from the
 Brownian motion (``levy_area_approximation`` at least ``"space-time"``); the iterated
 integrals ``I11 = (I1² - h)/2`` and ``I111 = (I1³ - 3h I1)/6`` follow for diagonal noise.
-Each stage evaluates ``f`` and ``g`` once (3 + 4 evaluations per SRI2 step: its last drift stage has weight 0; 2 + 2 for
-SRA1). For diagonal noise the stages are vectorised across noise channels, which is
-exact when ``g_i`` depends on ``y_i`` alone (the usual diagonal case).
+Each stage evaluates ``f`` and ``g`` once (3 + 4 evaluations per SRI2 step, whose last drift
+stage has weight 0; 2 + 2 for SRA1). For diagonal noise the stages are vectorised across
+noise channels, which is exact when ``g_i`` depends on ``y_i`` alone (the usual diagonal case).
 
 Reference: A. Rößler, "Runge–Kutta methods for the strong approximation of solutions of
 stochastic differential equations", SIAM J. Numer. Anal. 48(3), 922–952, 2010.
@@ -59,7 +59,8 @@ class SRK(SDEMethod):
                     H0 = H0 + tab.B0[i][j] * gs[j] * (I10 / dt)
                 if tab.B1[i][j]:
                     H1 = H1 + tab.B1[i][j] * sqrt_dt * gs[j]
-            used = tab.alpha[i] or any(tab.A0[k][i] or tab.A1[k][i] for k in range(i + 1, len(tab.alpha)))
+            later = range(i + 1, len(tab.alpha))
+            used = tab.alpha[i] or any(tab.A0[k][i] or tab.A1[k][i] for k in later)
             fs.append(sde.f(t + tab.c0[i] * dt, H0) * dt if used else 0.0)
             g = sde.g(t + tab.c1[i] * dt, H1)
             g = g.squeeze(-1) if scalar else g
