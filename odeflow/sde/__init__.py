@@ -12,7 +12,7 @@ Example::
     ys = torchsde.sdeint(sde, y0, torch.linspace(0, 1, 10), method="euler", dt=1e-2)
 """
 
-from . import settings
+from . import settings, types
 from .base import BaseSDE, SDEIto, SDEStratonovich
 from .brownian import (
                        BaseBrownian,
@@ -26,6 +26,6 @@ from .sdeint import last_stats, sdeint, sdeint_adjoint
 
 __all__ = ["sdeint", "sdeint_adjoint", "last_stats", "BaseSDE", "SDEIto", "SDEStratonovich",
            "BaseBrownian", "BrownianInterval", "BrownianPath", "BrownianTree", "ReverseBrownian",
-           "brownian_interval_like", "settings"]
+           "brownian_interval_like", "settings", "types"]
 
 __version__ = "0.2.6"

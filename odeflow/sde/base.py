@@ -103,6 +103,11 @@ class SDECounts:
     diffusion: int = 0
 
 
+def as_time(t, like: Tensor) -> Tensor:
+    """``t`` as a 0-d tensor of ``like``'s dtype and device, as torchsde passes times."""
+    return t if torch.is_tensor(t) else torch.tensor(t, dtype=like.dtype, device=like.device)
+
+
 def batch_mvp(m: Tensor, v: Tensor) -> Tensor:
     """``m @ v`` for a batch: (B, d, m) x (B, m) -> (B, d)."""
     return torch.bmm(m, v.unsqueeze(-1)).squeeze(-1)
@@ -128,32 +133,32 @@ class SDEFunctions:
     def f(self, t, y: Tensor) -> Tensor:
         self.counts.drift += 1
         if self._has["f"]:
-            return self.sde.f(t, y)
+            return self.sde.f(as_time(t, y), y)
         if self._has["f_and_g"]:
             self.counts.diffusion += 1
-            return self.sde.f_and_g(t, y)[0]
+            return self.sde.f_and_g(as_time(t, y), y)[0]
         raise RuntimeError("this method needs the drift: define `f` (or `f_and_g`) on the SDE")
 
     def g(self, t, y: Tensor) -> Tensor:
         self.counts.diffusion += 1
         if self._has["g"]:
-            return self.sde.g(t, y)
+            return self.sde.g(as_time(t, y), y)
         if self._has["f_and_g"]:
             self.counts.drift += 1
-            return self.sde.f_and_g(t, y)[1]
+            return self.sde.f_and_g(as_time(t, y), y)[1]
         raise RuntimeError("this method needs the diffusion matrix: define `g` (or `f_and_g`) on "
                            "the SDE; `g_prod` alone only serves methods that need g @ v")
 
     def h(self, t, y: Tensor) -> Tensor:
         if not self._has["h"]:
             raise RuntimeError("logqp=True needs the prior drift: define `h(t, y)` on the SDE")
-        return self.sde.h(t, y)
+        return self.sde.h(as_time(t, y), y)
 
     def f_and_g(self, t, y: Tensor) -> tuple[Tensor, Tensor]:
         if self._has["f_and_g"]:
             self.counts.drift += 1
             self.counts.diffusion += 1
-            return self.sde.f_and_g(t, y)
+            return self.sde.f_and_g(as_time(t, y), y)
         return self.f(t, y), self.g(t, y)
 
     def prod(self, g: Tensor, v: Tensor) -> Tensor:
@@ -163,14 +168,14 @@ class SDEFunctions:
     def g_prod(self, t, y: Tensor, v: Tensor) -> Tensor:
         if self._has["g_prod"]:
             self.counts.diffusion += 1
-            return self.sde.g_prod(t, y, v)
+            return self.sde.g_prod(as_time(t, y), y, v)
         return self.prod(self.g(t, y), v)
 
     def f_and_g_prod(self, t, y: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         if self._has["f_and_g_prod"]:
             self.counts.drift += 1
             self.counts.diffusion += 1
-            return self.sde.f_and_g_prod(t, y, v)
+            return self.sde.f_and_g_prod(as_time(t, y), y, v)
         if self._has["f_and_g"] and not self._has["g_prod"]:
             f, g = self.f_and_g(t, y)
             return f, self.prod(g, v)
@@ -189,6 +194,8 @@ class SDEFunctions:
         with torch.enable_grad():
             y_ = y if y.requires_grad else y.detach().requires_grad_(True)
             g = self.g(t, y_)
+            if not g.requires_grad:
+                return g, torch.zeros_like(y)
             weight = g * v if self.diagonal else g * v.unsqueeze(-2)
             (vjp,) = torch.autograd.grad(g, y_, weight, create_graph=create, allow_unused=True)
         return g, (torch.zeros_like(y) if vjp is None else vjp)

@@ -132,6 +132,11 @@ def sdeint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: str | No
     method = default_method(sde.sde_type, sde.noise_type) if method is None else method
     if method not in METHODS:
         raise ValueError(f"Expected method in {METHODS}, but found {method!r}.")
+    # Warned before the compatibility checks, as torchsde does.
+    if adaptive and method == METHODS.euler and sde.noise_type != NOISE_TYPES.additive:
+        warnings.warn("Numerical solution is not guaranteed to converge to the correct solution "
+                      "when using adaptive time-stepping with the Euler--Maruyama method with "
+                      "non-additive noise.", stacklevel=2)
     method_cls = select(method, sde.sde_type)
     if sde.noise_type not in method_cls.noise_types:
         raise ValueError(f"method {method!r} does not support noise_type={sde.noise_type!r}; it "
@@ -161,10 +166,6 @@ def sdeint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: str | No
         raise ValueError(f"method {method!r} needs the Brownian motion's levy_area_approximation "
                          f"in {list(LEVY_PROVIDERS[solver.levy])}, got "
                          f"{bm.levy_area_approximation!r}")
-    if adaptive and method == METHODS.euler and sde.noise_type != NOISE_TYPES.additive:
-        warnings.warn("Numerical solution is not guaranteed to converge to the correct solution "
-                      "when using adaptive time-stepping with the Euler--Maruyama method with "
-                      "non-additive noise.", stacklevel=2)
 
     state = solver.init_state(funcs, times[0], y0) if extra_solver_state is None \
         else tuple(extra_solver_state)

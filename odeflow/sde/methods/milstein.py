@@ -34,13 +34,15 @@ def _jvp_along(sde, t, y, direction_from_g):
     with torch.enable_grad():
         y_ = y if y.requires_grad else y.detach().requires_grad_(True)
         g = sde.g(t, y_)
+        if not g.requires_grad:   # g depends neither on y nor on parameters
+            return g, torch.zeros_like(g)
         u = direction_from_g(g)
         dummy = torch.zeros_like(g, requires_grad=True)
         (vjp,) = torch.autograd.grad(g, y_, dummy, create_graph=True, allow_unused=True)
         if vjp is None:        # g does not depend on y
             return g, torch.zeros_like(g)
-        (jvp,) = torch.autograd.grad(vjp, dummy, u, create_graph=create)
-    return g, jvp
+        (jvp,) = torch.autograd.grad(vjp, dummy, u, create_graph=create, allow_unused=True)
+    return g, (torch.zeros_like(g) if jvp is None else jvp)
 
 
 class _Milstein(SDEMethod):
