@@ -2,9 +2,10 @@
 
 References:
     A. Rößler, "Runge–Kutta methods for the strong approximation of solutions of
-    stochastic differential equations", SIAM J. Numer. Anal. 48(3), 2010: SRI2 (Table
-    5.2; strong order 1.5 for Itô SDEs with diagonal or scalar noise) and SRA1 (Table
-    6.1? of the additive-noise family; strong order 1.5 for additive noise).
+    stochastic differential equations", SIAM J. Numer. Anal. 48(3), 2010: SRI2 (the
+    SRI family of §5, strong order 1.5 for Itô SDEs with diagonal or scalar noise) and
+    SRA1 (the SRA family of §6, strong order 1.5 for additive noise). The coefficients are
+    the paper's; ``__post_init__`` checks the consistency conditions.
 """
 
 from __future__ import annotations
