@@ -1,0 +1,381 @@
+"""BrownianInterval: a Brownian motion on [t0, t1] that any order of queries reproduces.
+
+The path is a binary tree of intervals, each holding its increment ``W`` and (when a
+Lévy area is asked for) its space-time Lévy area ``H``. A child is drawn from its
+parent by Gaussian conditioning (the Brownian bridge, and for ``H`` the joint law of
+the bridge's two half-integrals given their sum), with normals seeded by the child's
+identity alone (:func:`~odeflow.sde.brownian.base.mix_seed`). The tree's shape is
+fixed by the constructor, not by the queries:
+
+* the top of the tree splits [t0, t1] into cells of width ``dt`` (when given; the grid
+  a fixed-step solver walks on), halving the range of cells at each level;
+* inside a cell the tree is dyadic, down to ``2**depth`` sub-cells (``depth`` = 32,
+  or the depth that resolves ``tol`` when ``tol > 0``).
+
+A query time is rounded to the nearest sub-cell point (a relative change of 2⁻³² of the
+cell, far below any step size), so the same ``entropy`` and the same query always give
+the same value, whatever was asked before. A query at a cell boundary stops at the cell
+level, so a solver walking on the ``dt`` grid costs about two new tree nodes per step.
+
+Each node stores ``[W, H, W(lo), I(lo)]``: its increment and space-time Lévy area, and
+the path value ``W`` and time integral ``I = ∫_t0 W ds`` at its left end, so an increment
+over any ``[ta, tb]`` is a difference of two point values (computed in float64 unless
+the device lacks it). Nodes live in an LRU cache of bounded size, recomputed from their
+seeds after eviction: memory does not grow with the number of steps.
+
+References:
+    M. Li, T.-K. L. Wong, R. T. Q. Chen, D. Duvenaud, "Scalable gradients for stochastic
+    differential equations", AISTATS 2020 (the virtual Brownian tree).
+    P. Kidger, J. Foster, X. Li, T. Lyons, "Efficient and accurate gradients for neural
+    SDEs", NeurIPS 2021 (the Brownian Interval).
+    J. Foster, T. Lyons, H. Oberhauser, "An optimal polynomial approximation of Brownian
+    motion", SIAM J. Numer. Anal. 2020 (the space-time Lévy area H).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections import OrderedDict
+
+import torch
+from torch import Tensor
+
+from ..settings import LEVY_AREA_APPROXIMATIONS
+from .base import BaseBrownian, levy_area, mix_seed
+
+__all__ = ["BrownianInterval"]
+
+_ROOT, _SPLIT, _AREA = 1, 2, 3   # tags that keep the seeds of different draws apart
+_DEFAULT_DEPTH = 32
+_MAX_DEPTH = 52
+
+
+def _is_scalar(x) -> bool:
+    return isinstance(x, (int, float)) or (torch.is_tensor(x) and x.numel() == 1)
+
+
+def _resolve_info(W, H, size, dtype, device):
+    tensors = [x for x in (W, H) if x is not None]
+    for name, x in (("W", W), ("H", H)):
+        if x is not None and not (torch.is_tensor(x) and x.is_floating_point()):
+            raise ValueError(f"{name} must be a floating-point tensor, got {x!r}")
+    sizes = ([] if size is None else [tuple(size)]) + [tuple(x.shape) for x in tensors]
+    if not sizes:
+        raise ValueError("pass `size`, or `W`/`H` to give the size implicitly")
+    if any(s != sizes[0] for s in sizes):
+        raise ValueError(f"`size` and the shapes of `W`/`H` disagree: {sizes}")
+    dtypes = ([] if dtype is None else [dtype]) + [x.dtype for x in tensors]
+    if any(d != dtypes[0] for d in dtypes):
+        raise ValueError(f"`dtype` and the dtypes of `W`/`H` disagree: {dtypes}")
+    devices = ([] if device is None else [torch.device(device)]) + [x.device for x in tensors]
+    if any(d != devices[0] for d in devices):
+        raise ValueError(f"`device` and the devices of `W`/`H` disagree: {devices}")
+    dtype = dtypes[0] if dtypes else torch.get_default_dtype()
+    device = devices[0] if devices else torch.device("cpu")
+    return sizes[0], dtype, device
+
+
+def _split_matrix(p: float, q: float, with_H: bool) -> list[list[float]]:
+    """Rows giving both children's states from ``[parent state, X1, X2]``.
+
+    State ``[W, H, Wa, Ia]`` (with ``H``) or ``[W, Wa]`` (without). With ``h = p + q``,
+    ``b`` the bridge ``W(a+s) - W(a) - (s/h) W`` and ``B = b(p)``, ``P = ∫_0^p b / h``,
+    ``Q = ∫_p^h b / h`` (so ``H = P + Q``): the covariances of ``(B, P, Q)`` follow from
+    ``Cov(b(s), b(u)) = min(s, u) - su/h``; ``(B, P)`` given ``H`` is Gaussian, drawn by
+    its Cholesky factor. Then ``W_L = (p/h) W + B``, ``H_L = (h/p) P - B/2`` and
+    ``H_R = (h/q)(H - P) - B/2``.
+    """
+    h = p + q
+    if not with_H:
+        s = math.sqrt(p * q / h)
+        wl = [p / h, 0.0, s]                 # on [W, Wa, X1]
+        wr = [1 - p / h, 0.0, -s]
+        return [wl, [0.0, 1.0, 0.0], wr, [a + b for a, b in zip(wl, [0.0, 1.0, 0.0])]]
+    vbb = p * q / h
+    cbp, cbq = p * p * q / (2 * h * h), p * q * q / (2 * h * h)
+    vpp = (p ** 3 / 3 - p ** 4 / (4 * h)) / (h * h)
+    vqq = (q ** 3 / 3 - q ** 4 / (4 * h)) / (h * h)
+    cpq = p * p * q * q / (4 * h ** 3)
+    vhh = vpp + vqq + 2 * cpq
+    cbh, cph = cbp + cbq, vpp + cpq
+    l11 = math.sqrt(max(vbb - cbh * cbh / vhh, 0.0))
+    l21 = (cbp - cbh * cph / vhh) / l11 if l11 > 0 else 0.0
+    l22 = math.sqrt(max(vpp - cph * cph / vhh - l21 * l21, 0.0))
+    # Columns: W, H, Wa, Ia, X1, X2.
+    B = [0.0, cbh / vhh, 0.0, 0.0, l11, 0.0]
+    P = [0.0, cph / vhh, 0.0, 0.0, l21, l22]
+    Wc = [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    Hc = [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    Wa = [0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+    Ia = [0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+
+    def lin(*terms):
+        return [sum(c * v[i] for c, v in terms) for i in range(6)]
+
+    wl = lin((p / h, Wc), (1.0, B))
+    hl = lin((h / p, P), (-0.5, B))
+    wr = lin((1.0, Wc), (-1.0, wl))
+    hr = lin((h / q, Hc), (-h / q, P), (-0.5, B))
+    ul = lin((p / 2, wl), (p, hl))          # ∫_a^m (W(s) - W(a)) ds = p (W_L/2 + H_L)
+    return [wl, hl, Wa, Ia, wr, hr, lin((1.0, Wa), (1.0, wl)), lin((1.0, Ia), (p, Wa), (1.0, ul))]
+
+
+@functools.lru_cache(maxsize=512)
+def _split_rows(p: float, q: float, with_H: bool, dtype: torch.dtype,
+                device: torch.device) -> Tensor:
+    return torch.tensor(_split_matrix(p, q, with_H), dtype=dtype, device=device)
+
+
+class BrownianInterval(BaseBrownian):
+    """A Brownian motion on ``[t0, t1]``, queried by intervals, reproducible in any order.
+
+    Same constructor and call as ``torchsde.BrownianInterval``; unlike torchsde's, the
+    sample path never depends on the order or location of earlier queries (as if
+    ``halfway_tree`` were always on, without its cost), see the module docstring.
+
+    Args:
+        t0, t1: the time span (floats or 0-d tensors), ``t0 <= t1``.
+        size: shape of one sample ``(*batch, m)``; a 0-d or 1-d size is a batch of scalar
+            motions. Optional when ``W`` or ``H`` is given.
+        dtype, device: of the returned tensors (default: torch's default dtype, CPU).
+        entropy: integer seed; default: drawn from torch's global generator, so
+            ``torch.manual_seed`` makes it reproducible.
+        dt: the step size a fixed-step solver will use: queries on the grid
+            ``t0 + k dt`` are then the cheapest.
+        tol: resolve query times to ``tol`` (0: to 2⁻³² of a cell).
+        pool_size: accepted for compatibility; seeds come from a counter-based hash.
+        cache_size: tree nodes kept (LRU); raised to hold at least two root-to-leaf
+            paths; ``None`` for no limit.
+        halfway_tree: accepted for compatibility (the path is always order independent);
+            as in torchsde it needs ``tol > 0`` and ``dt=None``.
+        levy_area_approximation: one of ``LEVY_AREA_APPROXIMATIONS``.
+        W, H: the increment and space-time Lévy area over ``[t0, t1]`` (drawn if absent).
+
+    Example::
+
+        bm = BrownianInterval(0.0, 1.0, size=(4, 3), entropy=0)
+        dW = bm(0.25, 0.5)                      # shape (4, 3), variance 0.25
+        bm = BrownianInterval(0.0, 1.0, (4, 3), levy_area_approximation="space-time")
+        dW, U = bm(0.0, 0.1, return_U=True)     # U = ∫ (W(s) - W(0)) ds over [0, 0.1]
+    """
+
+    def __init__(self, t0=0.0, t1=1.0, size=None, dtype=None, device=None, entropy=None,
+                 dt=None, tol=0.0, pool_size=8, cache_size=45, halfway_tree=False,
+                 levy_area_approximation=LEVY_AREA_APPROXIMATIONS.none, W=None, H=None):
+        for name, value in (("t0", t0), ("t1", t1)):
+            if not _is_scalar(value):
+                raise ValueError(f"{name} must be a float or a 0-d tensor, got {value!r}")
+        if dt is not None and not _is_scalar(dt):
+            raise ValueError(f"dt must be a float, a 0-d tensor or None, got {dt!r}")
+        t0, t1 = float(t0), float(t1)
+        if not t0 <= t1:
+            raise ValueError(f"need t0 <= t1, got t0={t0}, t1={t1}")
+        if levy_area_approximation not in LEVY_AREA_APPROXIMATIONS:
+            raise ValueError(f"levy_area_approximation must be one of {LEVY_AREA_APPROXIMATIONS}, "
+                             f"got {levy_area_approximation!r}")
+        tol = float(tol)
+        if halfway_tree:
+            if tol <= 0:
+                raise ValueError("halfway_tree=True needs tol > 0")
+            if dt is not None:
+                raise ValueError("halfway_tree=True builds a dyadic tree: leave dt=None")
+        elif tol < 0:
+            raise ValueError(f"tol must be non-negative, got {tol}")
+        if cache_size is not None and cache_size < 0:
+            raise ValueError(f"cache_size must be None or >= 0, got {cache_size}")
+        self._size, self._dtype, self._device = _resolve_info(W, H, size, dtype, device)
+        if entropy is None:
+            entropy = int(torch.randint(0, 2 ** 31 - 1, ()).item())
+        self._entropy = int(entropy)
+        self._levy = levy_area_approximation
+        self._have_H = levy_area_approximation != LEVY_AREA_APPROXIMATIONS.none
+        self._dt = None if dt is None else float(dt)
+        self._tol, self._pool_size, self._cache_size = tol, pool_size, cache_size
+        self._halfway_tree = bool(halfway_tree)
+        self._t0, self._t1 = t0, t1
+        self._work = self._dtype
+        low = (torch.float16, torch.bfloat16, torch.float32)
+        if self._device.type != "mps" and self._dtype in low:
+            self._work = torch.float64
+        self._gen = torch.Generator(device=self._device)
+
+        span = t1 - t0
+        n_cells = 1
+        if self._dt is not None and 0 < self._dt < span:
+            n_cells = math.ceil(span / self._dt)
+            while n_cells > 1 and t0 + (n_cells - 1) * self._dt >= t1:
+                n_cells -= 1
+        self._n_cells = n_cells
+        cell = span / n_cells if n_cells == 1 else self._dt
+        depth = _DEFAULT_DEPTH
+        if tol > 0 and cell > 0:
+            depth = min(_MAX_DEPTH, max(0, math.ceil(math.log2(cell / tol))))
+        self._depth = depth
+        self._G = n_cells << depth
+        tree_depth = math.ceil(math.log2(n_cells)) + depth + 1
+        self._capacity = None if cache_size is None else max(cache_size, 4 * tree_depth + 8)
+        self._cache: OrderedDict = OrderedDict()
+
+        root_seed = mix_seed(self._entropy, _ROOT)
+        X = self._normals(root_seed, 2)
+        if W is None:
+            W = X[0] * math.sqrt(span)
+        if H is None:
+            H = X[1] * math.sqrt(span / 12)
+        W, H = W.to(self._work), H.to(self._work)
+        zeros = torch.zeros_like(W)
+        self._root = torch.stack([W, H, zeros, zeros] if self._have_H else [W, zeros])
+
+    # ------------------------------------------------------------------ the tree
+    def _normals(self, seed: int, n: int) -> Tensor:
+        self._gen.manual_seed(seed)
+        return torch.randn((n, *self._size), generator=self._gen, dtype=self._work,
+                           device=self._device)
+
+    def _time(self, g: int) -> float:
+        i, j = g >> self._depth, g & ((1 << self._depth) - 1)
+        if i >= self._n_cells:
+            return self._t1
+        lo = self._t0 + i * self._dt if self._n_cells > 1 else self._t0
+        hi = self._t1 if i == self._n_cells - 1 else self._t0 + (i + 1) * self._dt
+        return lo + (hi - lo) * (j / (1 << self._depth)) if j else lo
+
+    def _index(self, t: float) -> int:
+        """The tree point nearest to ``t`` (already clamped to ``[t0, t1]``)."""
+        if self._n_cells > 1:
+            i = min(max(int((t - self._t0) // self._dt), 0), self._n_cells - 1)
+        else:
+            i = 0
+        lo, hi = self._time(i << self._depth), self._time((i + 1) << self._depth)
+        if hi <= lo:
+            return i << self._depth
+        j = round((t - lo) / (hi - lo) * (1 << self._depth))
+        return (i << self._depth) + min(max(j, 0), 1 << self._depth)
+
+    def _mid(self, lo: int, hi: int) -> int:
+        d = self._depth
+        if hi - lo > (1 << d):
+            return (((lo >> d) + (hi >> d)) // 2) << d
+        return (lo + hi) // 2
+
+    def _children(self, lo: int, hi: int, state: Tensor) -> tuple[int, Tensor, Tensor]:
+        mid = self._mid(lo, hi)
+        p, q = self._time(mid) - self._time(lo), self._time(hi) - self._time(mid)
+        k = 2 if self._have_H else 1
+        X = self._normals(mix_seed(self._entropy, _SPLIT, lo, hi), k)
+        if p <= 0 or q <= 0:   # a degenerate (zero-length) side: all of W on the other one
+            p, q = max(p, 1e-300), max(q, 1e-300)
+        rows = _split_rows(p, q, self._have_H, self._work, self._device)
+        z = torch.cat([state, X]).reshape(state.shape[0] + k, -1)
+        both = (rows @ z).reshape(2, state.shape[0], *self._size)
+        return mid, both[0], both[1]
+
+    def _remember(self, key, value) -> None:
+        self._cache[key] = value
+        if self._capacity is not None and len(self._cache) > self._capacity:
+            self._cache.popitem(last=False)
+
+    def _point(self, g: int) -> Tensor:
+        """``[W(t), I(t)]`` (or ``[W(t)]``) at the tree point ``g``."""
+        tail = 2 if self._have_H else 1
+        if g == self._G:   # W(t1) = W, I(t1) = ∫ (W(s) - W(t0)) ds = h (W/2 + H)
+            W = self._root[0]
+            if not self._have_H:
+                return W.unsqueeze(0)
+            span = self._t1 - self._t0
+            return torch.stack([W, span * (0.5 * W + self._root[1])])
+        lo, hi, state = 0, self._G, self._root
+        while lo != g:
+            mid = self._mid(lo, hi)
+            child = (lo, mid) if g < mid else (mid, hi)
+            cached = self._cache.get(child)
+            if cached is None:
+                _, left, right = self._children(lo, hi, state)
+                self._remember((lo, mid), left)
+                self._remember((mid, hi), right)
+                cached = left if g < mid else right
+            else:
+                self._cache.move_to_end(child)
+            lo, hi, state = child[0], child[1], cached
+        return state[-tail:]
+
+    # ------------------------------------------------------------------ queries
+    def _clamp(self, t: float, name: str) -> float:
+        if t < self._t0:
+            warnings.warn(f"Should have {name}>=t0 but got {name}={t} and t0={self._t0}.",
+                          stacklevel=3)
+            return self._t0
+        if t > self._t1:
+            warnings.warn(f"Should have {name}<=t1 but got {name}={t} and t1={self._t1}.",
+                          stacklevel=3)
+            return self._t1
+        return t
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        """The increment over ``[ta, tb]`` (``tb=None``: over ``[t0, ta]``).
+
+        Returns ``W``, then ``U = ∫_ta^tb (W(s) - W(ta)) ds`` if ``return_U``, then the Lévy
+        area ``A`` if ``return_A``; ``U``/``A`` are ``None`` when the chosen
+        ``levy_area_approximation`` does not provide them.
+        """
+        if tb is None:
+            warnings.warn(f"{type(self).__name__} is optimised for interval queries "
+                          "bm(ta, tb), not point evaluation bm(t).", stacklevel=2)
+            ta, tb = self._t0, ta
+        ta, tb = self._clamp(float(ta), "ta"), self._clamp(float(tb), "tb")
+        if ta > tb:
+            raise RuntimeError(f"Query times ta={ta:.3f} and tb={tb:.3f} must respect ta <= tb.")
+        ga, gb = self._index(ta), self._index(tb)
+        if ga == gb:
+            W = torch.zeros(self._size, dtype=self._work, device=self._device)
+            H, h = (W if self._have_H else None), 0.0
+        else:
+            a, b = self._point(ga), self._point(gb)
+            W = b[0] - a[0]
+            h = self._time(gb) - self._time(ga)
+            H = ((b[1] - a[1] - h * a[0]) / h - 0.5 * W) if self._have_H else None
+        out = [W.to(self._dtype)]
+        if return_U:
+            out.append(None if H is None else (h * (0.5 * W + H)).to(self._dtype))
+        if return_A:
+            A = None
+            if self._levy in (LEVY_AREA_APPROXIMATIONS.davie, LEVY_AREA_APPROXIMATIONS.foster):
+                m = self._size[-1] if self._size else 1
+                if ga == gb or len(self._size) < 2:
+                    shape = (*self._size, m) if len(self._size) >= 2 else self._size
+                    A = torch.zeros(shape, dtype=self._dtype, device=self._device)
+                else:
+                    self._gen.manual_seed(mix_seed(self._entropy, _AREA, ga, gb))
+                    noise = torch.randn((*self._size, m), generator=self._gen, dtype=self._work,
+                                        device=self._device)
+                    A = levy_area(W, H, h, self._levy, noise).to(self._dtype)
+            out.append(A)
+        return out[0] if len(out) == 1 else tuple(out)
+
+    # ------------------------------------------------------------------ properties
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(t0={self._t0:.3f}, t1={self._t1:.3f}, size={self._size}, "
+                f"dtype={self._dtype}, device={self._device!r}, entropy={self._entropy}, "
+                f"dt={self._dt}, tol={self._tol}, cache_size={self._cache_size}, "
+                f"levy_area_approximation={self._levy!r})")
+
+    shape = property(lambda self: self._size)
+    dtype = property(lambda self: self._dtype)
+    device = property(lambda self: self._device)
+    entropy = property(lambda self: self._entropy)
+    levy_area_approximation = property(lambda self: self._levy)
+    dt = property(lambda self: self._dt)
+    tol = property(lambda self: self._tol)
+    pool_size = property(lambda self: self._pool_size)
+    cache_size = property(lambda self: self._cache_size)
+    halfway_tree = property(lambda self: self._halfway_tree)
+
+    @property
+    def n_cached(self) -> int:
+        """Tree nodes held in the cache now (bounded by the capacity)."""
+        return len(self._cache)
+
+    def size(self) -> tuple[int, ...]:
+        return self._size

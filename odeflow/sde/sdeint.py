@@ -1,0 +1,191 @@
+"""``sdeint``: torchsde's entry point, with torchsde's arguments, defaults and returns.
+
+Input goes through small validators (each error names the argument and the fix), the
+user's SDE is wrapped once in :class:`~odeflow.sde.base.SDEFunctions`, a method class is
+selected from its own declarations, and :func:`odeflow.sde.driver.integrate` loops.
+Statistics are returned by :func:`last_stats` (and :func:`odeflow.last_stats`).
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+
+import torch
+from torch import Tensor
+
+from ..stats import record_last_stats
+from .base import LogqpSDE, SDEFunctions, check_types, rename_methods
+from .brownian import BaseBrownian, BrownianInterval
+from .driver import SDEStats, integrate
+from .methods import LEVY_PROVIDERS, select
+from .settings import LEVY_AREA_APPROXIMATIONS, METHODS, NOISE_TYPES, SDE_TYPES
+
+__all__ = ["sdeint", "sdeint_adjoint", "last_stats", "default_method"]
+
+_LAST = threading.local()
+
+
+def last_stats() -> SDEStats | None:
+    """The :class:`~odeflow.sde.driver.SDEStats` of this thread's most recent ``sdeint``."""
+    return getattr(_LAST, "stats", None)
+
+
+def default_method(sde_type: str, noise_type: str) -> str:
+    """torchsde's default: ``srk`` for Itô (``euler`` for general noise), else ``midpoint``."""
+    if sde_type == SDE_TYPES.ito:
+        return METHODS.euler if noise_type == NOISE_TYPES.general else METHODS.srk
+    return METHODS.midpoint
+
+
+def _check_ts(ts, y0: Tensor) -> tuple[Tensor, list[float]]:
+    if torch.is_tensor(ts):
+        if ts.dim() != 1:
+            raise ValueError(f"ts must be 1-D, got shape {tuple(ts.shape)}")
+        if ts.requires_grad:
+            raise ValueError("ts must not require grad (gradients with respect to times are "
+                             "not supported by sdeint)")
+        values = [float(v) for v in ts.detach().cpu().tolist()]
+    elif isinstance(ts, (list, tuple)) and all(isinstance(v, (int, float)) for v in ts):
+        values = [float(v) for v in ts]
+        ts = torch.tensor(values, dtype=y0.dtype, device=y0.device)
+    else:
+        raise ValueError("Evaluation times `ts` must be a 1-D Tensor or list/tuple of floats.")
+    if len(values) < 1:
+        raise ValueError("ts must hold at least one time")
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise ValueError("Evaluation times `ts` must be strictly increasing; got "
+                         f"{values[:6]}{'...' if len(values) > 6 else ''}")
+    return ts, values
+
+
+def _scalar(name: str, value) -> float:
+    if torch.is_tensor(value):
+        if value.requires_grad:
+            raise ValueError(f"{name} must not require grad")
+        value = value.item()
+    if not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def sdeint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: str | None = None,
+           dt=1e-3, adaptive: bool = False, rtol=1e-5, atol=1e-4, dt_min=1e-5,
+           options: dict | None = None, names: dict | None = None, logqp: bool = False,
+           extra: bool = False, extra_solver_state=None, throw: bool = True, **unused_kwargs):
+    """Solve an SDE; a drop-in for ``torchsde.sdeint``.
+
+    Args:
+        sde: an object with ``noise_type``, ``sde_type``, drift ``f(t, y)`` and diffusion
+            ``g(t, y)`` (or the fused ``f_and_g``, ``g_prod``, ``f_and_g_prod``); see
+            :mod:`odeflow.sde.base` for shapes per noise type.
+        y0: initial state, shape (batch, d).
+        ts: strictly increasing output times (1-D tensor or list of floats); ``ys[0] = y0``.
+        bm: Brownian motion of shape (batch, m); default: a :class:`BrownianInterval` on
+            ``[ts[0], ts[-1]]`` with the Lévy area the method needs.
+        method: a name in ``METHODS``; default ``srk`` (Itô; ``euler`` for general noise)
+            or ``midpoint`` (Stratonovich).
+        dt: fixed step, or initial step when ``adaptive``.
+        adaptive: step doubling with ``rtol``/``atol`` (not advised for ``euler`` with
+            non-additive noise, which may converge to the wrong solution); ``dt_min`` is
+            the smallest step it takes.
+        options: method options (e.g. ``{"grad_free": True}`` for milstein).
+        names: read the SDE's methods under other names, e.g. ``{"drift": "foo"}``.
+        logqp: also return the increments of ``∫ ½|u|² dt`` with ``g u = f - h`` (needs
+            ``h``), shape (T - 1, batch).
+        extra: also return the method's final carried state (a tuple of tensors).
+        extra_solver_state: that state, to start from (reversible_heun).
+        throw: with ``False`` a failure (non-finite values) fills the remaining outputs
+            with ``nan`` and is reported in :func:`last_stats` instead of raising.
+
+    Returns:
+        ``ys`` of shape (T, batch, d); ``(ys, log_ratio)`` if ``logqp``; with ``extra``
+        the final solver state is appended.
+
+    Raises:
+        ValueError: bad types, shapes, times, method/noise combinations or options.
+        odeflow.stats.SolveError: a non-finite state with ``throw=True``.
+
+    Example::
+
+        ys = sdeint(sde, torch.zeros(32, 3), torch.linspace(0, 1, 11), method="euler", dt=0.01)
+    """
+    if unused_kwargs:
+        raise ValueError(f"sdeint got unexpected arguments {sorted(unused_kwargs)}")
+    sde = rename_methods(sde, names)
+    if not hasattr(sde, "noise_type") or not hasattr(sde, "sde_type"):
+        raise ValueError("sde must have the attributes noise_type and sde_type (subclass "
+                         "odeflow.sde.SDEIto / SDEStratonovich, or set them)")
+    check_types(sde.noise_type, sde.sde_type)
+    if not torch.is_tensor(y0):
+        raise ValueError("`y0` must be a torch.Tensor.")
+    if y0.dim() != 2:
+        raise ValueError(f"`y0` must be a 2-dimensional tensor of shape (batch, channels), got "
+                         f"shape {tuple(y0.shape)}")
+    dt, rtol, atol, dt_min = (_scalar(n, v) for n, v in
+                              (("dt", dt), ("rtol", rtol), ("atol", atol), ("dt_min", dt_min)))
+    if not dt > 0:
+        raise ValueError(f"dt must be positive, got {dt}")
+    if logqp:
+        sde = LogqpSDE(sde)
+        y0 = torch.cat((y0, y0.new_zeros((y0.size(0), 1))), dim=1)
+    method = default_method(sde.sde_type, sde.noise_type) if method is None else method
+    if method not in METHODS:
+        raise ValueError(f"Expected method in {METHODS}, but found {method!r}.")
+    # Warned before the compatibility checks, as torchsde does.
+    if adaptive and method == METHODS.euler and sde.noise_type != NOISE_TYPES.additive:
+        warnings.warn("Numerical solution is not guaranteed to converge to the correct solution "
+                      "when using adaptive time-stepping with the Euler--Maruyama method with "
+                      "non-additive noise.", stacklevel=2)
+    method_cls = select(method, sde.sde_type)
+    if sde.noise_type not in method_cls.noise_types:
+        raise ValueError(f"method {method!r} does not support noise_type={sde.noise_type!r}; it "
+                         f"supports {list(method_cls.noise_types)}")
+    solver = method_cls(**(options or {}))
+    ts_tensor, times = _check_ts(ts, y0)
+
+    if bm is not None:
+        if tuple(bm.shape)[:1] != (y0.size(0),) or len(bm.shape) != 2:
+            raise ValueError(f"`bm` must be of shape (batch, noise_channels) with batch = "
+                             f"{y0.size(0)}; got {tuple(bm.shape)}")
+        if bm.dtype != y0.dtype:
+            raise ValueError(f"the Brownian motion's dtype {bm.dtype} differs from y0's {y0.dtype}")
+        if torch.device(bm.device) != y0.device:
+            raise ValueError(f"the Brownian motion is on {bm.device}, y0 on {y0.device}")
+    funcs = SDEFunctions(sde)
+    m = funcs.check(ts_tensor[0], y0, None if bm is None else tuple(bm.shape))
+    funcs.counts.drift = funcs.counts.diffusion = 0
+    if bm is None:
+        need = {"none": LEVY_AREA_APPROXIMATIONS.none,
+                "space-time": LEVY_AREA_APPROXIMATIONS.space_time,
+                "area": LEVY_AREA_APPROXIMATIONS.foster}[solver.levy]
+        bm = BrownianInterval(t0=times[0], t1=times[-1], size=(y0.size(0), m), dtype=y0.dtype,
+                              device=y0.device, levy_area_approximation=need,
+                              dt=None if adaptive else dt)
+    elif bm.levy_area_approximation not in LEVY_PROVIDERS[solver.levy]:
+        raise ValueError(f"method {method!r} needs the Brownian motion's levy_area_approximation "
+                         f"in {list(LEVY_PROVIDERS[solver.levy])}, got "
+                         f"{bm.levy_area_approximation!r}")
+
+    state = solver.init_state(funcs, times[0], y0) if extra_solver_state is None \
+        else tuple(extra_solver_state)
+    stats = SDEStats()
+    try:
+        ys, state = integrate(solver, funcs, bm, y0, times, dt, adaptive, rtol, atol, dt_min,
+                              state, stats, throw)
+    finally:
+        stats.nfe_drift, stats.nfe_diffusion = funcs.counts.drift, funcs.counts.diffusion
+        stats.nfe = stats.nfe_drift + stats.nfe_diffusion
+        _LAST.stats = stats
+        record_last_stats(stats)
+    if logqp:
+        ys, log_ratio = ys[..., :-1], ys[..., -1]
+        out = (ys, log_ratio[1:] - log_ratio[:-1])
+        return out + (state,) if extra else out
+    return (ys, state) if extra else ys
+
+
+def sdeint_adjoint(*args, **kwargs):
+    """Not provided yet: the adjoint for SDEs comes with odeflow's one loop."""
+    raise NotImplementedError("odeflow.sde.sdeint_adjoint is not implemented yet; use sdeint "
+                              "(gradients by backpropagation through the solver)")
