@@ -109,6 +109,7 @@ class LoopResult:
     lanes: Any = None  # per sample: (status, n_steps, n_accepted, n_rejected) tensors
     records: list[StepRecord] | None = None
     event: Any = None
+    state: Any = None  # the stepper's carried state at the end
 
 
 class FixedGridSteps:
@@ -188,10 +189,11 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         stats.n_accepted, stats.n_rejected = C.total(n_acc), C.total(n_rej)
         if counts is not None:
             counts.add_to(stats)
-        return LoopResult(ys, stats, t_last, y_last, status, dt_last, lanes, records, event)
+        return LoopResult(ys, stats, t_last, y_last, status, dt_last, lanes, records, event,
+                          state)
 
     counts = None
-    dt_last = None
+    dt_last = state = None
     if n_out == 1:
         return result(t, y)
     stops, stop_jump = cfg.stops, cfg.stop_jump

@@ -24,14 +24,14 @@ every call which would block the host on a GPU, made anywhere inside a solve:
   state is on the CPU) cannot be told from a real copy, so these are listed, not asserted.
 
 Each sync is attributed to the innermost ``odeflow/`` frames of its stack, so a failing
-bound prints ``file:line(function)`` per site; tests name sites by function, not line. ``func`` and ``event_fn`` below are pure tensor ops
-(no syncs of their own); a test checks that.
+bound prints ``file:line(function)`` per site; tests name sites by function, not line.
+``func`` and ``event_fn`` below are pure tensor ops (no syncs of their own); a test checks
+that.
 """
 
 from __future__ import annotations
 
 import collections
-import math
 import os
 import traceback
 import weakref

@@ -65,12 +65,15 @@ def test_defaults_follow_torchsde():
     assert tsde.last_stats().nfe_drift == 20
 
 
-def test_outputs_are_exact_stops_not_interpolations():
+def test_outputs_between_grid_points_are_linear_interpolations():
+    # As torchsde: fixed steps walk t0 + k dt; an output time between two grid points is
+    # the linear interpolation of the solution there (the steps are the one loop's).
     sde, y0 = Linear(), _y0()
     bm = tsde.BrownianInterval(0.0, 1.0, size=(3, 2), dtype=D64, entropy=1)
-    ys = tsde.sdeint(sde, y0, [0.0, 0.333, 1.0], bm=bm, method="euler", dt=0.1)
-    part = tsde.sdeint(sde, y0, [0.0, 0.333], bm=bm, method="euler", dt=0.1)
-    torch.testing.assert_close(ys[1], part[1], rtol=0, atol=0)
+    ys = tsde.sdeint(sde, y0, [0.0, 0.3, 0.333, 0.4, 1.0], bm=bm, method="euler", dt=0.1)
+    theta = (0.333 - 0.3) / (0.4 - 0.3)
+    torch.testing.assert_close(ys[2], torch.lerp(ys[1], ys[3], theta), rtol=0, atol=1e-14)
+    assert tsde.last_stats().n_steps == 10  # the outputs added no steps
 
 
 def test_logqp_extra_and_names():
@@ -233,7 +236,8 @@ def test_settings_and_euler_match_torchsde():
     # Same Brownian motion, same grid: both Euler solutions agree to rounding.
     sde, y0 = Linear("diagonal", "ito"), _y0()
     bm = tsde.BrownianInterval(0.0, 1.0, size=(3, 2), dtype=D64, entropy=4, dt=0.1)
-    ours = tsde.sdeint(sde, y0, [0.0, 0.5, 1.0], bm=bm, method="euler", dt=0.1)
-    theirs = torchsde.sdeint(sde, y0, torch.tensor([0.0, 0.5, 1.0], dtype=D64), bm=bm,
-                             method="euler", dt=0.1)
+    ts = [0.0, 0.37, 0.5, 1.0]  # 0.37: between grid points, interpolated by both
+    ours = tsde.sdeint(sde, y0, ts, bm=bm, method="euler", dt=0.1)
+    theirs = torchsde.sdeint(sde, y0, torch.tensor(ts, dtype=D64), bm=bm, method="euler",
+                             dt=0.1)
     torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)

@@ -2,7 +2,8 @@
 
 Input goes through small validators (each error names the argument and the fix), the
 user's SDE is wrapped once in :class:`~odeflow.sde.base.SDEFunctions`, a method class is
-selected from its own declarations, and :func:`odeflow.sde.driver.integrate` loops.
+selected from its own declarations, and odeflow's one loop steps it
+(:mod:`odeflow.sde.steps`).
 Statistics are returned by :func:`last_stats` (and :func:`odeflow.last_stats`).
 """
 
@@ -14,12 +15,12 @@ import warnings
 import torch
 from torch import Tensor
 
-from ..stats import record_last_stats
+from ..stats import SolveError, record_last_stats
 from .base import LogqpSDE, SDEFunctions, check_types, rename_methods
 from .brownian import BaseBrownian, BrownianInterval
-from .driver import SDEStats, integrate
 from .methods import LEVY_PROVIDERS, select
 from .settings import LEVY_AREA_APPROXIMATIONS, METHODS, NOISE_TYPES, SDE_TYPES
+from .steps import SDEStats, SDESteps, solve_sde
 
 __all__ = ["sdeint", "sdeint_adjoint", "last_stats", "default_method"]
 
@@ -27,7 +28,7 @@ _LAST = threading.local()
 
 
 def last_stats() -> SDEStats | None:
-    """The :class:`~odeflow.sde.driver.SDEStats` of this thread's most recent ``sdeint``."""
+    """The :class:`~odeflow.sde.steps.SDEStats` of this thread's most recent ``sdeint``."""
     return getattr(_LAST, "stats", None)
 
 
@@ -170,9 +171,15 @@ def sdeint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: str | No
     state = solver.init_state(funcs, times[0], y0) if extra_solver_state is None \
         else tuple(extra_solver_state)
     stats = SDEStats()
+    stepper = SDESteps(solver, funcs, bm, state, y0.shape, dt_min)
     try:
-        ys, state = integrate(solver, funcs, bm, y0, times, dt, adaptive, rtol, atol, dt_min,
-                              state, stats, throw)
+        ys, state, loop_stats = solve_sde(stepper, y0, ts_tensor, times, dt, adaptive, rtol,
+                                          atol, dt_min, throw)
+        stats.copy_forward(loop_stats)
+    except SolveError as err:
+        if err.stats is not None:
+            stats.copy_forward(err.stats)
+        raise
     finally:
         stats.nfe_drift, stats.nfe_diffusion = funcs.counts.drift, funcs.counts.diffusion
         stats.nfe = stats.nfe_drift + stats.nfe_diffusion

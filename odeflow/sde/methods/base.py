@@ -9,7 +9,7 @@ where ``sde`` is an :class:`~odeflow.sde.base.SDEFunctions`, ``dW`` the Brownian
 increment over ``[t, t + dt]`` (shape (B, m)), ``state`` the tuple of tensors the method
 carries between steps (``()`` for most; see :meth:`SDEMethod.init_state`) and ``levy`` a
 :class:`Levy` holding what the method declared it needs. Methods never loop and never
-query the Brownian motion: the driver does, so the same steps can be moved onto
+query the Brownian motion: the stepper of odeflow.sde.steps does, on
 odeflow's one loop.
 
 Requirements are declared on the class (no name lists elsewhere):
