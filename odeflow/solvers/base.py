@@ -1,28 +1,63 @@
-"""The stepper contract: what every solver family gives the loops, and nothing more.
+"""The stepper contract: what every solver family gives the one loop, and nothing more.
 
 A stepper holds configuration only. Everything that changes during a solve travels
 explicitly: the loop passes the solver's ``state`` into :meth:`Stepper.step` and keeps the
-``state`` of the :class:`StepResult` when it accepts the step.
+``state`` of the :class:`StepResult` when it accepts the step. The same contract serves a
+joint solve (``t`` and ``dt`` Python floats, ``y`` the flat state ``(n,)``) and a
+per-sample one (``t`` and ``dt`` ``(B,)`` float64 tensors, one per lane, ``y`` ``(B, n)``):
+"per sample" is a property of the loop's clock (:mod:`odeflow.lanes`), not a second
+protocol.
 
-Implementer rules (the loops in ``integrate.py`` and the checkpointed replay rely on them):
+Implementer rules (the loop in ``integrate.py`` and the checkpointed replay rely on them):
 
 1. ``step`` makes exactly one attempt from ``(t, y)`` with step ``dt``; it never loops over
-   steps and never adapts ``dt``.
+   steps and never adapts ``dt``. Per sample, a lane with ``dt = 0`` does not step (its
+   result is discarded; under autograd it must stay exactly at ``y`` so that no nan enters
+   the graph).
 2. ``f0`` is the derivative at the step's start; the loop owns it (first-same-as-last
    reuse, one-sided evaluations at jumps and with ``perturb``). ``result.stages[0]`` is
-   ``f0``.
-3. Solver state (an Adams history, later a Jacobian and its LU factors) is returned in
+   ``f0``. ``f(t, y)`` takes the clock's time (float, or ``(B,)``); ``f_last``, when given,
+   replaces ``f`` for the stages with ``c = 1`` (evaluated left of a jump).
+3. Solver state (an Adams history, a Jacobian and its LU factors) is returned in
    ``result.state`` and passed back by the loop; nothing is stored on ``self``.
 4. A step that cannot be completed (e.g. a Newton iteration that diverges) returns
    ``ok=False``: the loop rejects it and shrinks ``dt``; it is not a "non-finite" failure.
 5. ``error`` is the embedded error estimate (``None`` without ``with_error`` or for a
-   method without one); the loop scales and normalises it.
+   method without one); the loop scales and normalises it (per lane per sample).
 6. ``f_end`` returns the derivative at the accepted step's end (the first-same-as-last
    stage when the method has one, else one evaluation); ``interpolant`` returns the step's
-   dense output (:class:`~odeflow.interp.Interpolant`); ``interpolate`` is the hot-path
-   form of ``interpolant(...).evaluate``.
+   dense output (:class:`~odeflow.interp.Interpolant`, ``theta`` a float or ``(B,)``);
+   ``interpolate`` is the hot-path form of ``interpolant(...).evaluate`` for one lane.
 7. Under autograd (``ws is None``) every operation must keep the graph intact: no writes
    into reused buffers.
+
+Capabilities are declared by the stepper class and read through
+:class:`~odeflow.solvers.MethodSpec` (no list of method names lives outside
+``solvers/``): ``per_sample`` (takes one ``dt`` per lane), ``implicit``, ``fsal``,
+``steps_to_outputs`` (no interpolant of the method's order: outputs are step ends),
+``needs_f_end_for_dense``, ``order``/``error_order``.
+
+Adding a solver family touches ``solvers/`` only (and ``linalg.py`` if it solves linear
+systems)::
+
+    # solvers/my_family.py
+    class MyFamily:
+        per_sample = False          # True once step() accepts a (B,) dt
+        implicit = False
+        fsal = False
+        steps_to_outputs = False
+        needs_f_end_for_dense = True
+        order, error_order = 3, 2
+
+        def workspace(self, y0): return None
+        def init(self, y0): return None
+        def step(self, f, t, y, f0, dt, state, ws, *, with_error=True, f_last=None,
+                 fsal_stage=True): ...          # -> StepResult
+        def f_end(self, f, t_new, y_new, result): return f(t_new, y_new)
+        def interpolant(self, t, dt, y, y_new, stages, f_new, f=None): ...
+        def interpolate(self, y, y_new, dt, stages, f_new, theta, ws): ...
+
+    # solvers/__init__.py: the method name in the registry (its family, options, build)
 """
 
 from __future__ import annotations
@@ -36,7 +71,7 @@ from ..interp import Interpolant
 
 __all__ = ["StepResult", "Stepper", "Func"]
 
-Func = Callable[[float, Tensor], Tensor]
+Func = Callable[[Any, Tensor], Tensor]
 
 
 class StepResult(NamedTuple):
@@ -54,6 +89,8 @@ class Stepper(Protocol):
 
     order: int
     error_order: int
+    #: takes one step size per lane (per-sample batches)
+    per_sample: bool
     #: outputs must be step end points (no interpolant of the method's order)
     steps_to_outputs: bool
     #: the dense output needs ``f`` at the step's end (cubic Hermite)
@@ -63,12 +100,12 @@ class Stepper(Protocol):
 
     def init(self, y0: Tensor) -> Any: ...
 
-    def step(self, f: Func, t: float, y: Tensor, f0: Tensor, dt: float, state: Any,
+    def step(self, f: Func, t: Any, y: Tensor, f0: Tensor, dt: Any, state: Any,
              ws: Any, *, with_error: bool = True, f_last: Func | None = None) -> StepResult: ...
 
-    def f_end(self, f: Func, t_new: float, y_new: Tensor, result: StepResult) -> Tensor: ...
+    def f_end(self, f: Func, t_new: Any, y_new: Tensor, result: StepResult) -> Tensor: ...
 
-    def interpolant(self, t: float, dt: float, y: Tensor, y_new: Tensor,
+    def interpolant(self, t: Any, dt: Any, y: Tensor, y_new: Tensor,
                     stages: Sequence[Tensor], f_new: Tensor | None,
                     f: Func | None = None) -> Interpolant: ...
 
