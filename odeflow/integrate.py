@@ -295,9 +295,11 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
             still = active & ~done
             # How many output times each lane passed: the output passes need no sync of
             # their own.
-            passed = torch.searchsorted(grid, t_new[:, None], right=True)[:, 0] - out_idx
-            n_pass, any_left, any_ok, any_nonfinite = C.flags(
-                torch.where(ok, passed, 0).max(), still, ok, active & ~finite)
+            at = t_new[:, None]
+            passed = torch.searchsorted(grid, at, right=True)[:, 0] - out_idx
+            inside = torch.searchsorted(grid, at, right=False)[:, 0] > out_idx  # t_j < t_new
+            n_pass, any_inside, any_left, any_ok, any_nonfinite = C.flags(
+                torch.where(ok, passed, 0).max(), ok & inside, still, ok, active & ~finite)
             any_hit = n_pass > 0
             if any_nonfinite:
                 dead = bad & ~finite & (~torch.isfinite(f0).all(-1)
@@ -318,7 +320,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
             rec = StepRecord(t, C.where(ok, dt_try, 0.0), t_new, y, ok, f0_side, last_side)
             records.append(rec)
         f_new = None
-        interior = any_hit and (not shared or C.gather(grid, out_idx) != t_new)
+        interior = any_hit and (C.gather(grid, out_idx) != t_new if shared else any_inside)
         if any_ok and ((any_left and fsal_loop) or (interior and stepper.needs_f_end_for_dense)
                        or event is not None or dense is not None):
             if fsal:
@@ -328,8 +330,8 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
             else:
                 f_new = stepper.f_end(f, t_new, y_new, res)
         if any_hit:
-            out_idx = _write_outputs(C, stepper, ys, out_idx, hit if shared else n_pass, ok,
-                                     grid, t, t_new, dt_try, y,
+            out_idx = _write_outputs(C, stepper, ys, out_idx, hit if shared else n_pass,
+                                     ok, interior, grid, t, t_new, dt_try, y,
                                      y_new, stages, f_new, ws, rec, n_out)
         if any_ok and cb_accept is not None:
             cb_accept(C.user_time(t), problem.layout.unflatten(y), C.user_time(dt_try))
@@ -414,9 +416,10 @@ def _error_ratio(C: Any, res: Any, y: Tensor, y_new: Tensor, rtol: Any, atol: An
         return float(norm(scaled))  # host sync: the accept/reject decision
 
 
-def _write_outputs(C: Any, stepper: Any, ys: Any, out_idx: Any, hit: Any, ok: Any, grid: Any,
-                   t: Any, t_new: Any, dt: Any, y: Tensor, y_new: Tensor, stages: Any,
-                   f_new: Any, ws: Any, rec: StepRecord | None, n_out: int) -> Any:
+def _write_outputs(C: Any, stepper: Any, ys: Any, out_idx: Any, hit: Any, ok: Any,
+                   interior: bool, grid: Any, t: Any, t_new: Any, dt: Any, y: Tensor,
+                   y_new: Tensor, stages: Any, f_new: Any, ws: Any, rec: StepRecord | None,
+                   n_out: int) -> Any:
     """Write every output time the accepted step passed, from the step's dense output."""
     if not C.per_sample:
         while hit:
@@ -434,7 +437,9 @@ def _write_outputs(C: Any, stepper: Any, ys: Any, out_idx: Any, hit: Any, ok: An
         return out_idx
     # Per sample: ``hit`` is the most output times a lane passed (read with the iteration's
     # decisions); each pass evaluates every lane's interpolant and writes where it hit.
-    piece = stepper.interpolant(t, dt, y, y_new, stages, f_new)
+    # ``interior``: some output lies strictly inside its lane's step (else every lane lands
+    # on its output time, e.g. at the end, and takes ``y_new`` without an interpolant).
+    piece = stepper.interpolant(t, dt, y, y_new, stages, f_new) if interior else None
     lanes = torch.arange(y.shape[0], device=y.device)
     safe_dt = torch.where(dt > 0, dt, 1.0)
     for _ in range(hit):
@@ -442,7 +447,8 @@ def _write_outputs(C: Any, stepper: Any, ys: Any, out_idx: Any, hit: Any, ok: An
         tj = C.gather(grid, idx)
         passed = ok & (out_idx < n_out) & (tj <= t_new)
         theta = torch.where(passed, (tj - t) / safe_dt, 1.0)
-        value = torch.where((tj == t_new)[:, None], y_new, piece.evaluate(theta))
+        value = y_new if piece is None else torch.where((tj == t_new)[:, None], y_new,
+                                                        piece.evaluate(theta))
         ys[idx, lanes] = torch.where(passed[:, None], value, ys[idx, lanes])
         if rec is not None:
             rec.outputs.append((passed, idx, theta))
