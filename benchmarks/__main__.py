@@ -1,4 +1,4 @@
-"""Command line: ``python -m benchmarks {s1,s2,s3,s4,all,render,profile} ...``.
+"""Command line: ``python -m benchmarks {s1,s2,s3,s4,stiff,lanes,all,render,profile} ...``.
 
 ``odeflow bench ...`` calls :func:`main` with the same arguments.
 """
@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--no-compile", action="store_true",
                         help="skip the torch.compile(torchode) contenders")
         sp.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default 2, as the workloads specify)")
+                        help="torch threads (default 2, as the workloads specify; lanes: 1)")
         sp.add_argument("--only", default=None,
                         help="comma-separated substrings: run only contenders whose label"
                              " contains one (e.g. 'torchdiffeq,odeflow direct')")
@@ -60,9 +60,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_workload(name: str, args, argv: list[str]) -> None:
-    from .common import finish, header, log, write_results
+    from .common import THREADS, finish, header, log, setup_torch, write_results
 
     mod = importlib.import_module(f".{name}", __package__)
+    # A workload may fix its own thread count (lanes: one thread); --threads overrides.
+    setup_torch(args.threads or getattr(mod, "THREADS", THREADS))
     # The command that reproduces this file (for 'all', the per-workload command).
     cmd_argv = list(argv)
     if argv and argv[0] == "all":
