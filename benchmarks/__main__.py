@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
                     "(default benchmarks/results/*.json)")
     rp.add_argument("--out", default=None, help="markdown file (default BENCHMARKS.md)")
     pp = sub.add_parser("profile", help="torch.profiler + cProfile of one odeflow solve")
-    pp.add_argument("workload", choices=("s1", "s2", "s3"))
+    pp.add_argument("workload", choices=("s1", "s2", "s3", "s4", "lanes", "stiff-batch"))
     pp.add_argument("--out", default=None)
     pp.add_argument("--threads", type=int, default=None)
     pp.add_argument("--gradient", default="direct",
@@ -117,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         _reexec_with_passive_omp(argv)
     from .common import setup_torch
 
-    setup_torch(args.threads if hasattr(args, "threads") else None)
+    threads = getattr(args, "threads", None)
+    if args.command == "profile" and threads is None and args.workload == "lanes":
+        threads = 1  # as the lanes workload runs
+    setup_torch(threads)
     if args.command == "_worker":
         from .worker import serve
 

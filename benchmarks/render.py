@@ -582,23 +582,45 @@ def profiles() -> list[str]:
     out = []
     for f in sorted(RESULTS.glob("profile-*.json")):
         p = json.loads(f.read_text())
-        w = f.stem.split("-", 1)[1].split("-")[0]
-        out += [f"### Profile of one {w.upper()} odeflow solve: {p['what']}", "",
+        w = f.stem.split("-", 1)[1]
+        w = w if w in ("stiff-batch", "lanes") else w.split("-")[0]
+        out += [f"### Profile of one {w.upper() if len(w) == 2 else w} odeflow solve: "
+                f"{p['what']}", "",
                 "```", p["command"], "```", "",
+                f"Run {p.get('started')} at odeflow {p['versions'].get('odeflow_git')}, load "
+                f"{(p.get('loadavg_start') or ['?'])[0]}, torch threads "
+                f"{p['machine'].get('torch_threads')}. "
                 f"Wall time {p['wall_s'] * 1e3:.1f} ms per solve, {p.get('nfe')} function "
                 f"evaluations"
+                + (f", {p['steps']} steps ({p['wall_s'] / p['steps'] * 1e6:.0f} µs per "
+                   "step; 'per step' columns below divide by it)" if p.get("steps") else "")
                 + (f"; {p['func_forward_share']:.0%} of the wall time is spent inside "
                    "`func`'s forward calls (timed around each call, no profiler running)"
                    if p.get("func_forward_share") is not None else "")
                 + ". Top torch operators by self CPU time (torch.profiler):",
                 ""]
-        out += _table(["operator", "calls", "self CPU ms", "share"],
-                      [f"| `{o['name']}` | {o['calls']} | {o['self_cpu_ms']:.2f} | "
-                       f"{o['share']:.0%} |" for o in p["ops"][:12]])
+        ns = p.get("steps")
+        if ns:
+            out += _table(["operator", "calls", "calls per step", "self CPU ms",
+                           "µs per step", "share"],
+                          [f"| `{o['name']}` | {o['calls']} | {o['calls'] / ns:.1f} | "
+                           f"{o['self_cpu_ms']:.2f} | {o['self_cpu_ms'] * 1e3 / ns:.1f} | "
+                           f"{o['share']:.0%} |" for o in p["ops"][:15]])
+        else:
+            out += _table(["operator", "calls", "self CPU ms", "share"],
+                          [f"| `{o['name']}` | {o['calls']} | {o['self_cpu_ms']:.2f} | "
+                           f"{o['share']:.0%} |" for o in p["ops"][:12]])
         out += ["Python functions by own time (cProfile, odeflow's files first):", ""]
-        out += _table(["function", "calls", "own ms", "cumulative ms"],
-                      [f"| `{o['where']}` | {o['calls']} | {o['tottime_ms']:.2f} | "
-                       f"{o['cumtime_ms']:.2f} |" for o in p["python"][:15]])
+        if ns:
+            out += _table(["function", "calls", "calls per step", "own ms", "own µs per step",
+                           "cumulative ms"],
+                          [f"| `{o['where']}` | {o['calls']} | {o['calls'] / ns:.1f} | "
+                           f"{o['tottime_ms']:.2f} | {o['tottime_ms'] * 1e3 / ns:.1f} | "
+                           f"{o['cumtime_ms']:.2f} |" for o in p["python"][:15]])
+        else:
+            out += _table(["function", "calls", "own ms", "cumulative ms"],
+                          [f"| `{o['where']}` | {o['calls']} | {o['tottime_ms']:.2f} | "
+                           f"{o['cumtime_ms']:.2f} |" for o in p["python"][:15]])
     if out:
         out = ["## Profiles", ""] + out
     return out
