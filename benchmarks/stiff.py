@@ -277,7 +277,11 @@ def _odeflow_runner(p: StiffProblem, library: str, method: str,
             acc = ss.n_accepted.double()
             out["accepted_median"] = float(acc.median())
             out["accepted_max"] = int(acc.max())
-            out["failed_samples"] = int((ss.status != 0).sum())
+            # SampleStats.status is a list of Status members since the one-loop core
+            # (its (B,) code tensor is ``codes``); a tensor before.
+            codes = getattr(ss, "codes", None)
+            codes = ss.status if codes is None else codes
+            out["failed_samples"] = int((torch.as_tensor(codes) != 0).sum())
         return out
 
     return run
