@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--no-memory", action="store_true",
                         help="s3: skip the peak-memory subprocesses")
         sp.add_argument("--size", default=None,
-                        help="stiff: comma-separated sizes, e.g. 'batch=1000,batch_large=10000'")
+                        help="stiff: comma-separated sizes, e.g. 'batch=1000,batch_large=10000';"
+                             " s1: the batch sizes, e.g. 'batches=16' or 'batches=16/4096'")
     rp = sub.add_parser("render", help="write BENCHMARKS.md from results files")
     rp.add_argument("files", nargs="*", help="results JSON files "
                     "(default benchmarks/results/*.json)")
@@ -76,7 +77,7 @@ def _run_workload(name: str, args, argv: list[str]) -> None:
     kwargs = dict(quick=args.quick, reps=args.reps, compile=not args.no_compile, only=only)
     if name == "s3":
         kwargs["memory"] = not args.no_memory
-    if name == "stiff" and args.size:
+    if name in ("stiff", "s1") and args.size:
         kwargs["sizes"] = dict(kv.split("=", 1) for kv in args.size.split(","))
     payload = header(name, cmd_argv, args.quick, {})
     log(f"{name}: start")

@@ -34,8 +34,9 @@ BEFORE_COMMIT = "d70548b"
 # Loading
 # --------------------------------------------------------------------------------------
 def _partial(d: dict) -> bool:
-    """A run restricted with ``--only`` (or, for stiff, to the batch sizes)."""
-    return "--only" in (d.get("argv") or [])
+    """A run restricted with ``--only`` or to some sizes (``--size``)."""
+    argv = d.get("argv") or []
+    return "--only" in argv or "--size" in argv
 
 
 def load(files: list[str]) -> dict[str, dict]:
@@ -76,7 +77,9 @@ def load(files: list[str]) -> dict[str, dict]:
                 i = index.get((r["case"], r["contender"]))
                 if i is None:
                     base["rows"].append(r)
-                elif r.get("status") == "ok" or base["rows"][i].get("status") != "ok":
+                elif not str(r.get("status")).startswith("unavailable"):
+                    # Measured or failed in the newer run: that is the news. (A contender
+                    # the newer run skipped keeps the older row.)
                     base["rows"][i] = r
             base["_overlays"].append(d)
         if w == "stiff" and overlays:
@@ -531,11 +534,11 @@ def before_after(res: dict[str, dict]) -> list[str]:
     """odeflow's rows measured on the core before the rebuild (d70548b) and after it, with
     the same harness back to back (``benchmarks/results/before-d70548b/``)."""
     out = []
+    before = load(sorted(glob.glob(str(BEFORE / "*.json"))))
     for w in WORKLOADS:
-        f = BEFORE / f"{w}.json"
-        if w not in res or not f.exists():
+        if w not in res or w not in before:
             continue
-        old = json.loads(f.read_text())
+        old = before[w]
         new = res[w]
         lines = []
         for r in new["rows"]:
@@ -555,13 +558,13 @@ def before_after(res: dict[str, dict]) -> list[str]:
         if not lines:
             continue
         ref = next((r.get("reference") for r in new["rows"] if r.get("reference")), "")
+        runs = [old] + old.get("_overlays", [])
         out += [f"### {w.upper() if w.startswith('s') and len(w) == 2 else w}", "",
-                f"Before: `{old['command']}` at odeflow {old['versions'].get('odeflow_git')}, "
-                f"{old.get('started')}, load {(old.get('loadavg_start') or ['?'])[0]} / "
-                f"{(old.get('loadavg_end') or ['?'])[0]}. After: the table above "
-                f"({new['versions'].get('odeflow_git')}, {new.get('started')}, load "
-                f"{(new.get('loadavg_start') or ['?'])[0]} / "
-                f"{(new.get('loadavg_end') or ['?'])[0]}).", ""]
+                "Before: " + "; ".join(
+                    f"`{o['command']}` at odeflow {o['versions'].get('odeflow_git')}, "
+                    f"{o.get('started')}, load {(o.get('loadavg_start') or ['?'])[0]} / "
+                    f"{(o.get('loadavg_end') or ['?'])[0]}" for o in runs)
+                + ". After: the rows of the table above (same commands).", ""]
         out += _table(["case", "contender", "before ms", "after ms", "after / before",
                        "vs peer, before → after", "NFE"], lines)
     if out:
