@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import json
+import subprocess
 from pathlib import Path
 
 from . import WORKLOADS
@@ -77,9 +78,10 @@ def load(files: list[str]) -> dict[str, dict]:
                 i = index.get((r["case"], r["contender"]))
                 if i is None:
                     base["rows"].append(r)
-                elif not str(r.get("status")).startswith("unavailable"):
+                elif (not str(r.get("status")).startswith("unavailable")
+                      or base["rows"][i].get("status") != "ok"):
                     # Measured or failed in the newer run: that is the news. (A contender
-                    # the newer run skipped keeps the older row.)
+                    # the newer run skipped keeps the older measurement.)
                     base["rows"][i] = r
             base["_overlays"].append(d)
         if w == "stiff" and overlays:
@@ -91,8 +93,29 @@ def load(files: list[str]) -> dict[str, dict]:
     return best
 
 
+_TREE: dict[str, str] = {}
+
+
+def _odeflow_tree(commit: str | None) -> str | None:
+    """The last commit at or before ``commit`` that changed ``odeflow/``: results files
+    name the checkout's HEAD, which on a benchmarks branch is a commit that changed
+    only ``benchmarks/``."""
+    if not commit or commit == "unknown":
+        return commit
+    head, _, rest = commit.partition(" ")
+    if head not in _TREE:
+        try:
+            out = subprocess.run(["git", "log", "-1", "--format=%h", head, "--", "odeflow"],
+                                 cwd=REPO, capture_output=True, text=True, timeout=10)
+            _TREE[head] = out.stdout.strip() or head
+        except (OSError, subprocess.SubprocessError):
+            _TREE[head] = head
+    return _TREE[head] + (f" {rest}" if rest else "")
+
+
 def _src(d: dict) -> dict:
-    return {"command": d.get("command"), "git": (d.get("versions") or {}).get("odeflow_git"),
+    cmd = str(d.get("command")).replace(str(REPO) + "/", "")
+    return {"command": cmd, "git": _odeflow_tree((d.get("versions") or {}).get("odeflow_git")),
             "started": d.get("started"), "load": (d.get("loadavg_start") or [None])[0]}
 
 
@@ -103,7 +126,7 @@ def _cite(*rows: dict | None) -> str:
         src = (r or {}).get("_src")
         if src and src not in seen:
             seen.append(src)
-    return "; ".join(f"`{s['command']}` (odeflow {s['git']}, {str(s['started'])[:16]}Z, "
+    return "; ".join(f"`{s['command']}` (odeflow/ at {s['git']}, {str(s['started'])[:16]}Z, "
                      f"load {s['load']})" for s in seen) or "–"
 
 
@@ -409,8 +432,9 @@ def _mark(ok: bool | None) -> str:
 
 def targets(res: dict[str, dict]) -> list[str]:
     out = ["## Targets (issues 7 and 4, the stiff issue, and \"One loop\") on this machine", "",
-           "Each row cites the run that measured it: the command, odeflow's commit, when,",
-           "and the load average at its start.", "",
+           "Each row cites the run that measured it: the command, the commit of `odeflow/` it",
+           "ran (8ca0b2e is the one-loop core), when, and the load average at its start.",
+           "Analysis of the misses, with profiles: \"The one-loop rebuild\" below.", "",
            "| workload | target | measured | status | command |", "|---|---|---|---|---|"]
 
     def add(w, target, measured, ok, *rows):

@@ -413,7 +413,7 @@ def targets(rows: list[dict], problems: list[str], sizes: dict) -> list[dict]:
         for key in problems:
             r = _find(rows, key, f"odeflow {method}")
             if not _okrow(r):
-                add(f"{key}: {method} error ≤ 1", *_na(r))
+                add(f"{key}: {method} error ≤ 1", *_na(r), r)
                 continue
             add(f"{key}: {method} error ≤ 1", f"{r['error']:.3g}", r["error"] <= 1, r)
     key = "rober-1e5"
@@ -444,7 +444,7 @@ def targets(rows: list[dict], problems: list[str], sizes: dict) -> list[dict]:
             add(tgt, f"worst {r['error_worst']:.3g}, {r['samples_over_1']} of {b} over 1",
                 r["samples_over_1"] == 0, r)
         else:
-            add(tgt, *_na(r))
+            add(tgt, *_na(r), r)
         stacked = _find(rows, f"rober-1e5 batch B={b}", "scipy BDF stacked")
         # Issue "One loop": rodas5p per sample ≤ 0.8× BDF; the others: faster than BDF.
         lim = BATCH_TARGET.get(label.split()[1], 1.0)
@@ -456,14 +456,14 @@ def targets(rows: list[dict], problems: list[str], sizes: dict) -> list[dict]:
                 f"{stacked['time']['median']:.3g} s)", ratio <= lim if lim < 1 else ratio < 1,
                 r, stacked)
         else:
-            add(tgt, *_na(r if not _okrow(r) else stacked))
+            add(tgt, *_na(r if not _okrow(r) else stacked), r, stacked)
         big = sizes["batch_large"]
         r = _find(rows, f"rober-1e5 batch B={big}", label)
         tgt = f"batch B={big}: {label} ≤ 5 s"
         if _okrow(r):
             add(tgt, f"{r['time']['median']:.2f} s", r["time"]["median"] <= 5, r)
         else:
-            add(tgt, *_na(r))
+            add(tgt, *_na(r), r)
     return out
 
 
