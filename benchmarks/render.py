@@ -216,14 +216,15 @@ def _meta(d: dict) -> list[str]:
     load = d.get("loadavg_start"), d.get("loadavg_end")
     lines = [
         "```",
-        d["command"],
+        str(d["command"]).replace(str(REPO) + "/", ""),
         "```",
         "",
         f"Run {d.get('started')} → {d.get('finished')} on {m.get('cpu')} "
         f"({m.get('cores')} cores, torch threads {m.get('torch_threads')}, "
         f"OMP_WAIT_POLICY={m.get('omp_wait_policy')}); load average at start / end: "
         f"{load[0] and load[0][0]} / {load[1] and load[1][0]}. "
-        f"torch {v.get('torch')}, odeflow {v.get('odeflow')} ({v.get('odeflow_git')}), "
+        f"torch {v.get('torch')}, odeflow {v.get('odeflow')} (odeflow/ at "
+        f"{_odeflow_tree(v.get('odeflow_git'))}), "
         f"torchdiffeq {v.get('torchdiffeq')}, torchode {v.get('torchode')}, "
         f"SciPy {v.get('scipy')}. Results: `{d['_file']}`."
         + (" **Quick run: sizes and repetitions too small to rank anything.**"
@@ -233,9 +234,10 @@ def _meta(d: dict) -> list[str]:
     for o in d.get("_overlays", []):
         rows = sorted({f"{r['case']} / {r['contender']}" for r in o["rows"]
                        if r.get("status") == "ok"})
-        lines += [f"Rows re-measured (they replace the run above's) by `{o['command']}`, "
-                  f"{o.get('started')} → {o.get('finished')}, odeflow "
-                  f"{o['versions'].get('odeflow_git')}, load {(o.get('loadavg_start') or ['?'])[0]}"
+        lines += [f"Rows re-measured (they replace the run above's) by "
+                  f"`{str(o['command']).replace(str(REPO) + '/', '')}`, "
+                  f"{o.get('started')} → {o.get('finished')}, odeflow/ at "
+                  f"{_odeflow_tree(o['versions'].get('odeflow_git'))}, load {(o.get('loadavg_start') or ['?'])[0]}"
                   f" / {(o.get('loadavg_end') or ['?'])[0]}; results `{o['_file']}`: "
                   + ", ".join(rows) + ".", ""]
     return lines
@@ -571,8 +573,10 @@ def before_after(res: dict[str, dict]) -> list[str]:
             o = _row(old, r["case"], r["contender"])
             if not _ok(o):
                 continue
-            ref_new = _row(new, r["case"], r.get("reference") or "")
-            ref_old = _row(old, r["case"], r.get("reference") or "")
+            # The stiff batch rows name no reference: their peer is BDF on the stacked system.
+            peer = r.get("reference") or ("scipy BDF stacked" if "batch" in r["case"] else "")
+            ref_new = _row(new, r["case"], peer)
+            ref_old = _row(old, r["case"], peer)
             rn = _t(r) / _t(ref_new) if _ok(ref_new) else None
             ro = _t(o) / _t(ref_old) if _ok(ref_old) else None
             nfe = f"{o['nfe']} → {r['nfe']}" if o.get("nfe") != r.get("nfe") else str(r["nfe"])
@@ -585,7 +589,7 @@ def before_after(res: dict[str, dict]) -> list[str]:
         runs = [old] + old.get("_overlays", [])
         out += [f"### {w.upper() if w.startswith('s') and len(w) == 2 else w}", "",
                 "Before: " + "; ".join(
-                    f"`{o['command']}` at odeflow {o['versions'].get('odeflow_git')}, "
+                    f"`{str(o['command']).replace(str(REPO) + '/', '')}` at odeflow {o['versions'].get('odeflow_git')}, "
                     f"{o.get('started')}, load {(o.get('loadavg_start') or ['?'])[0]} / "
                     f"{(o.get('loadavg_end') or ['?'])[0]}" for o in runs)
                 + ". After: the rows of the table above (same commands).", ""]
@@ -597,7 +601,7 @@ def before_after(res: dict[str, dict]) -> list[str]:
                "temporary worktree) and after it, back to back in the same time window "
                "(results in `benchmarks/results/before-d70548b/`). 'vs peer' is each row's "
                "ratio to its reference row measured in the same run (torchdiffeq for S1–S3, "
-               "S4's torchdiffeq joint; lanes: odeflow joint): the load moves both alike, so "
+               "S4's torchdiffeq joint; stiff batch: SciPy BDF stacked; lanes: odeflow joint): the load moves both alike, so "
                "that ratio is the steadier before/after figure.", ""] + out
     return out
 
