@@ -1,4 +1,4 @@
-"""Command line: ``python -m benchmarks {s1,s2,s3,s4,all,render,profile} ...``.
+"""Command line: ``python -m benchmarks {s1,s2,s3,s4,stiff,lanes,all,render,profile} ...``.
 
 ``odeflow bench ...`` calls :func:`main` with the same arguments.
 """
@@ -35,20 +35,21 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--no-compile", action="store_true",
                         help="skip the torch.compile(torchode) contenders")
         sp.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default 2, as the workloads specify)")
+                        help="torch threads (default 2, as the workloads specify; lanes: 1)")
         sp.add_argument("--only", default=None,
                         help="comma-separated substrings: run only contenders whose label"
                              " contains one (e.g. 'torchdiffeq,odeflow direct')")
         sp.add_argument("--no-memory", action="store_true",
                         help="s3: skip the peak-memory subprocesses")
         sp.add_argument("--size", default=None,
-                        help="stiff: comma-separated sizes, e.g. 'batch=1000,batch_large=10000'")
+                        help="stiff: comma-separated sizes, e.g. 'batch=1000,batch_large=10000';"
+                             " s1: the batch sizes, e.g. 'batches=16' or 'batches=16/4096'")
     rp = sub.add_parser("render", help="write BENCHMARKS.md from results files")
     rp.add_argument("files", nargs="*", help="results JSON files "
                     "(default benchmarks/results/*.json)")
     rp.add_argument("--out", default=None, help="markdown file (default BENCHMARKS.md)")
     pp = sub.add_parser("profile", help="torch.profiler + cProfile of one odeflow solve")
-    pp.add_argument("workload", choices=("s1", "s2", "s3"))
+    pp.add_argument("workload", choices=("s1", "s2", "s3", "s4", "lanes", "stiff-batch"))
     pp.add_argument("--out", default=None)
     pp.add_argument("--threads", type=int, default=None)
     pp.add_argument("--gradient", default="direct",
@@ -60,9 +61,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_workload(name: str, args, argv: list[str]) -> None:
-    from .common import finish, header, log, write_results
+    from .common import THREADS, finish, header, log, setup_torch, write_results
 
     mod = importlib.import_module(f".{name}", __package__)
+    # A workload may fix its own thread count (lanes: one thread); --threads overrides.
+    setup_torch(args.threads or getattr(mod, "THREADS", THREADS))
     # The command that reproduces this file (for 'all', the per-workload command).
     cmd_argv = list(argv)
     if argv and argv[0] == "all":
@@ -74,7 +77,7 @@ def _run_workload(name: str, args, argv: list[str]) -> None:
     kwargs = dict(quick=args.quick, reps=args.reps, compile=not args.no_compile, only=only)
     if name == "s3":
         kwargs["memory"] = not args.no_memory
-    if name == "stiff" and args.size:
+    if name in ("stiff", "s1") and args.size:
         kwargs["sizes"] = dict(kv.split("=", 1) for kv in args.size.split(","))
     payload = header(name, cmd_argv, args.quick, {})
     log(f"{name}: start")
@@ -115,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         _reexec_with_passive_omp(argv)
     from .common import setup_torch
 
-    setup_torch(args.threads if hasattr(args, "threads") else None)
+    threads = getattr(args, "threads", None)
+    if args.command == "profile" and threads is None and args.workload == "lanes":
+        threads = 1  # as the lanes workload runs
+    setup_torch(threads)
     if args.command == "_worker":
         from .worker import serve
 

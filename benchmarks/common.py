@@ -273,13 +273,20 @@ def versions() -> dict:
     for mod in ("odeflow", "torchdiffeq", "torchode", "scipy", "numpy"):
         out[mod] = _version(mod)
     try:
+        # The checkout odeflow was imported from (it may be another worktree's, e.g. the
+        # core before a change, run under this harness), not necessarily this one.
+        import odeflow
+
+        root = Path(odeflow.__file__).resolve().parent.parent
         out["odeflow_git"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
             text=True, timeout=10).stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "odeflow"], cwd=REPO,
+        dirty = subprocess.run(["git", "status", "--porcelain", "odeflow"], cwd=root,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         if dirty:
             out["odeflow_git"] += " (odeflow/ has uncommitted changes)"
+        if root != REPO:
+            out["odeflow_path"] = str(root)
     except Exception:
         out["odeflow_git"] = "unknown"
     return out

@@ -1,6 +1,9 @@
 """Where an odeflow solve spends its time: torch.profiler operators and cProfile functions.
 
-``python -m benchmarks profile s2`` profiles a small float64 state (van der Pol at rtol
+``python -m benchmarks profile s4`` profiles S4's per-sample solve (float64), ``profile
+lanes`` the per-sample solve with B = 1 of ``profile s2``'s problem (one thread: compare
+the two per step), ``profile stiff-batch`` the rodas5p per-sample batch of 1000
+Robertsons. ``python -m benchmarks profile s2`` profiles a small float64 state (van der Pol at rtol
 1e-7), where the loop's cost per step matters most; ``profile s1`` odeflow's forward
 solve of S1 at B = 16 (the overhead-bound case); ``profile s3`` one forward+backward
 training step of S3 with backprop through the solver (``--gradient adjoint|checkpoint``
@@ -91,18 +94,83 @@ def _s3_job(gradient: str = "direct"):
     return func, one, 1, f"forward + backward ({what}), one training step"
 
 
+def _s4_job():
+    from .s4 import ATOL, RTOL, T_END, VanDerPolBatch, sample
+
+    mu, y0 = sample()
+    func = CountingFunc(VanDerPolBatch(mu))
+    t = torch.tensor([0.0, T_END], dtype=torch.float64)
+
+    def one():
+        import odeflow
+
+        with torch.no_grad():
+            return odeflow.solve(func, y0, t, rtol=RTOL, atol=ATOL, method="dopri5",
+                                 options={"per_sample": True})
+
+    return func, one, 3, ("per-sample solve of S4's 1000 van der Pol oscillators, float64 "
+                          "(3 solves, per-solve figures)")
+
+
+def _lanes_job():
+    from .s2 import T_END, VanDerPol
+
+    func = CountingFunc(VanDerPol())
+    y0 = torch.tensor([[2.0, 0.0]], dtype=torch.float64)
+    t = torch.tensor([0.0, T_END], dtype=torch.float64)
+
+    def one():
+        import odeflow
+
+        with torch.no_grad():
+            return odeflow.solve(func, y0, t, rtol=1e-7, atol=1e-10, method="dopri5",
+                                 options={"per_sample": True})
+
+    return func, one, 5, ("per-sample solve with B = 1 of the S2 profile's problem (van der "
+                          "Pol, float64, rtol 1e-7, dopri5; state (1, 2); 5 solves, "
+                          "per-solve figures)")
+
+
+def _stiff_batch_job():
+    import numpy as np
+
+    from .stiff import RTOL, batch_rates
+    from .stiff_problems import PROBLEMS, Robertson
+
+    p = PROBLEMS["rober-1e5"]
+    k = batch_rates(1000)
+    func = CountingFunc(Robertson(torch.from_numpy(np.ascontiguousarray(k))))
+    y0 = torch.tensor(p.y0, dtype=torch.float64).expand(1000, 3).contiguous()
+    t = torch.tensor([0.0, p.t_end], dtype=torch.float64)
+
+    def one():
+        import odeflow
+
+        with torch.no_grad():
+            return odeflow.solve(func, y0, t, method="rodas5p", rtol=RTOL, atol=p.atol,
+                                 options={"per_sample": True})
+
+    return func, one, 1, ("rodas5p per-sample solve of the stiff batch (1000 Robertsons, "
+                          "float64; one solve)")
+
+
+JOBS = {"s1": _s1_job, "s2": _s2_job, "s4": _s4_job, "lanes": _lanes_job,
+        "stiff-batch": _stiff_batch_job}
+
+
 def profile(workload: str, out: str | None = None, gradient: str = "direct") -> Path:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as tprofile
 
     if workload == "s3":
         func, one, n, what = _s3_job(gradient)
-    elif workload == "s2":
-        func, one, n, what = _s2_job()
     else:
-        func, one, n, what = _s1_job()
+        func, one, n, what = JOBS[workload]()
     for _ in range(2):
-        one()  # warm-up
+        sol = one()  # warm-up
+    st0 = getattr(sol, "stats", None)
+    steps = getattr(st0, "n_steps", None)
+    steps = int(steps.max()) if isinstance(steps, torch.Tensor) else steps
     func.reset()
     t0 = time.perf_counter()
     for _ in range(n):
@@ -151,7 +219,7 @@ def profile(workload: str, out: str | None = None, gradient: str = "direct") -> 
     tag = workload if gradient == "direct" else f"{workload}-{gradient}"
     argv = ["profile", workload] + ([] if gradient == "direct" else ["--gradient", gradient])
     payload = header(f"profile-{tag}", argv, False, {})
-    payload.update({"what": what, "wall_s": wall, "nfe": nfe, "ops": ops,
+    payload.update({"what": what, "wall_s": wall, "nfe": nfe, "steps": steps, "ops": ops,
                     "func_forward_share": in_func,
                     "python": own + rest,
                     "python_total_ms": sum(f["tottime_ms"] for f in funcs)})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import json
+import subprocess
 from pathlib import Path
 
 from . import WORKLOADS
@@ -23,15 +24,31 @@ TITLES = {
     "s4": "S4 — 1000 independent van der Pol oscillators (dopri5, rtol = atol = 1e-6, "
           "t ∈ [0, 10])",
     "stiff": "Stiff — implicit methods against SciPy Radau, BDF, LSODA (float64, rtol = 1e-6)",
+    "lanes": "Lanes — per-sample clock at B = 1 against a joint solve (float64, dopri5, "
+             "one thread)",
 }
+BEFORE = RESULTS / "before-d70548b"
+BEFORE_COMMIT = "d70548b"
 
 
 # --------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------
+def _partial(d: dict) -> bool:
+    """A run restricted with ``--only`` or to some sizes (``--size``)."""
+    argv = d.get("argv") or []
+    return "--only" in argv or "--size" in argv
+
+
 def load(files: list[str]) -> dict[str, dict]:
-    """The newest results per workload; a full run wins over a --quick one."""
-    best: dict[str, dict] = {}
+    """The newest full results per workload (a full run wins over a --quick one), with the
+    rows of newer partial runs (``--only``) laid over it.
+
+    A partial run replaces the rows of the same (case, contender) it measured and adds
+    the ones the full run lacks; every row keeps the command, commit and time of the run
+    that measured it (``_src``), which the tables and the targets cite.
+    """
+    by_w: dict[str, list[dict]] = {}
     for f in files:
         try:
             d = json.loads(Path(f).read_text())
@@ -42,10 +59,75 @@ def load(files: list[str]) -> dict[str, dict]:
             continue
         d["_file"] = str(Path(f).resolve().relative_to(REPO)) if Path(f).resolve().is_relative_to(
             REPO) else f
-        key = (not d.get("quick"), d.get("finished", ""))
-        if w not in best or key > (not best[w].get("quick"), best[w].get("finished", "")):
-            best[w] = d
+        by_w.setdefault(w, []).append(d)
+    best: dict[str, dict] = {}
+    for w, ds in by_w.items():
+        ds.sort(key=lambda d: (not d.get("quick"), d.get("finished", "")))
+        full = [d for d in ds if not _partial(d)]
+        base = full[-1] if full else ds[-1]
+        for r in base["rows"]:
+            r["_src"] = _src(base)
+        key = (not base.get("quick"), base.get("finished", ""))
+        overlays = [d for d in ds if d is not base and _partial(d)
+                    and (not d.get("quick"), d.get("finished", "")) > key]
+        base["_overlays"] = []
+        for d in overlays:
+            index = {(r["case"], r["contender"]): i for i, r in enumerate(base["rows"])}
+            for r in d["rows"]:
+                r["_src"] = _src(d)
+                i = index.get((r["case"], r["contender"]))
+                if i is None:
+                    base["rows"].append(r)
+                elif (not str(r.get("status")).startswith("unavailable")
+                      or base["rows"][i].get("status") != "ok"):
+                    # Measured or failed in the newer run: that is the news. (A contender
+                    # the newer run skipped keeps the older measurement.)
+                    base["rows"][i] = r
+            base["_overlays"].append(d)
+        if w == "stiff" and overlays:
+            from .stiff import targets as stiff_targets
+
+            cfg = base["config"]
+            base["targets"] = stiff_targets(base["rows"], list(cfg["problems"]), cfg["sizes"])
+        best[w] = base
     return best
+
+
+_TREE: dict[str, str] = {}
+
+
+def _odeflow_tree(commit: str | None) -> str | None:
+    """The last commit at or before ``commit`` that changed ``odeflow/``: results files
+    name the checkout's HEAD, which on a benchmarks branch is a commit that changed
+    only ``benchmarks/``."""
+    if not commit or commit == "unknown":
+        return commit
+    head, _, rest = commit.partition(" ")
+    if head not in _TREE:
+        try:
+            out = subprocess.run(["git", "log", "-1", "--format=%h", head, "--", "odeflow"],
+                                 cwd=REPO, capture_output=True, text=True, timeout=10)
+            _TREE[head] = out.stdout.strip() or head
+        except (OSError, subprocess.SubprocessError):
+            _TREE[head] = head
+    return _TREE[head] + (f" {rest}" if rest else "")
+
+
+def _src(d: dict) -> dict:
+    cmd = str(d.get("command")).replace(str(REPO) + "/", "")
+    return {"command": cmd, "git": _odeflow_tree((d.get("versions") or {}).get("odeflow_git")),
+            "started": d.get("started"), "load": (d.get("loadavg_start") or [None])[0]}
+
+
+def _cite(*rows: dict | None) -> str:
+    """The command (and odeflow commit, date) that measured these rows."""
+    seen = []
+    for r in rows:
+        src = (r or {}).get("_src")
+        if src and src not in seen:
+            seen.append(src)
+    return "; ".join(f"`{s['command']}` (odeflow/ at {s['git']}, {str(s['started'])[:16]}Z, "
+                     f"load {s['load']})" for s in seen) or "–"
 
 
 def _row(d: dict, case: str, contender: str) -> dict | None:
@@ -134,20 +216,30 @@ def _meta(d: dict) -> list[str]:
     load = d.get("loadavg_start"), d.get("loadavg_end")
     lines = [
         "```",
-        d["command"],
+        str(d["command"]).replace(str(REPO) + "/", ""),
         "```",
         "",
         f"Run {d.get('started')} → {d.get('finished')} on {m.get('cpu')} "
         f"({m.get('cores')} cores, torch threads {m.get('torch_threads')}, "
         f"OMP_WAIT_POLICY={m.get('omp_wait_policy')}); load average at start / end: "
         f"{load[0] and load[0][0]} / {load[1] and load[1][0]}. "
-        f"torch {v.get('torch')}, odeflow {v.get('odeflow')} ({v.get('odeflow_git')}), "
+        f"torch {v.get('torch')}, odeflow {v.get('odeflow')} (odeflow/ at "
+        f"{_odeflow_tree(v.get('odeflow_git'))}), "
         f"torchdiffeq {v.get('torchdiffeq')}, torchode {v.get('torchode')}, "
         f"SciPy {v.get('scipy')}. Results: `{d['_file']}`."
         + (" **Quick run: sizes and repetitions too small to rank anything.**"
            if d.get("quick") else ""),
         "",
     ]
+    for o in d.get("_overlays", []):
+        rows = sorted({f"{r['case']} / {r['contender']}" for r in o["rows"]
+                       if r.get("status") == "ok"})
+        lines += [f"Rows re-measured (they replace the run above's) by "
+                  f"`{str(o['command']).replace(str(REPO) + '/', '')}`, "
+                  f"{o.get('started')} → {o.get('finished')}, odeflow/ at "
+                  f"{_odeflow_tree(o['versions'].get('odeflow_git'))}, load {(o.get('loadavg_start') or ['?'])[0]}"
+                  f" / {(o.get('loadavg_end') or ['?'])[0]}; results `{o['_file']}`: "
+                  + ", ".join(rows) + ".", ""]
     return lines
 
 
@@ -276,6 +368,29 @@ def _s4(d: dict) -> list[str]:
     return _table(head, lines) + notes
 
 
+def _lanes(d: dict) -> list[str]:
+    head = ["case", "contender", "time ms, median [min–max]", "NFE", "steps (accepted)",
+            "µs per step", "per step vs odeflow joint (paired)", "µs/NFE", "bare f µs"]
+    lines = []
+    for r in d["rows"]:
+        lead = [r["case"], r["contender"]]
+        if not _ok(r):
+            lines.append(_status_row(r, len(head), lead))
+            continue
+        lines.append("| " + " | ".join(lead + [
+            _time_cell(r), str(r["nfe"]), _steps(r), _g(r.get("us_per_step")),
+            _x(r.get("per_step_vs_joint_paired")) if r["contender"] != "odeflow joint"
+            else "1.00×", _g(r.get("us_per_nfe")), _g(r.get("bare_us"))]) + " |")
+    notes = [
+        "Steps are the loop's iterations (accepted + rejected) from each solve's statistics;",
+        "µs per step = median time / steps. The paired ratio is the median over rounds of",
+        "round k's per-sample time per step over round k's joint one. The per-sample solve",
+        "has state (1, n) and `options={\"per_sample\": True}`; the joint one state (n,).",
+        "",
+    ]
+    return _table(head, lines) + notes
+
+
 def _stiff(d: dict) -> list[str]:
     head = ["problem", "contender", "error", "f calls", "Jacobians", "LUs",
             "Newton its (failures)", "steps (accepted)", "time ms, median [min–max]"]
@@ -318,12 +433,39 @@ def _mark(ok: bool | None) -> str:
 
 
 def targets(res: dict[str, dict]) -> list[str]:
-    out = ["## Targets (issues 7 and 4, and the stiff issue) on this machine", "",
-           "| workload | target | measured | status |", "|---|---|---|---|"]
+    out = ["## Targets (issues 7 and 4, the stiff issue, and \"One loop\") on this machine", "",
+           "Each row cites the run that measured it: the command, the commit of `odeflow/` it",
+           "ran (8ca0b2e is the one-loop core), when, and the load average at its start.",
+           "Analysis of the misses, with profiles: \"The one-loop rebuild\" below.", "",
+           "| workload | target | measured | status | command |", "|---|---|---|---|---|"]
 
-    def add(w, target, measured, ok):
-        out.append(f"| {w} | {target} | {measured} | {_mark(ok)} |")
+    def add(w, target, measured, ok, *rows):
+        out.append(f"| {w} | {target} | {measured} | {_mark(ok)} | {_cite(*rows)} |")
 
+    d = res.get("s4")
+    if d:
+        for dt in ("float32", "float64"):
+            of, to = _row(d, dt, "odeflow per-sample"), _row(d, dt, "torchode per-sample")
+            tgt = f"{dt}: per-sample ≤ 0.67× torchode per-sample (eager)"
+            if _ok(of) and _ok(to):
+                r = _t(of) / _t(to)
+                add("S4", tgt, f"{r:.2f}× ({_ms(_t(of))} vs {_ms(_t(to))} ms; "
+                    f"{of['nfe']} vs {to['nfe']} batched calls)", r <= 0.67, of, to)
+            else:
+                add("S4", tgt, "odeflow or torchode per-sample missing", None, of, to)
+    d = res.get("lanes")
+    if d:
+        lim = d["config"].get("target", 1.3)
+        for case in dict.fromkeys(r["case"] for r in d["rows"]):
+            ps, js = _row(d, case, "odeflow per-sample B=1"), _row(d, case, "odeflow joint")
+            tgt = f"{case}: per-sample B=1 ≤ {lim}× joint time per step"
+            if _ok(ps) and _ok(js) and ps.get("us_per_step") and js.get("us_per_step"):
+                r = ps.get("per_step_vs_joint_paired") or ps["us_per_step"] / js["us_per_step"]
+                add("lanes", tgt, f"{r:.2f}× ({ps['us_per_step']:.0f} vs "
+                    f"{js['us_per_step']:.0f} µs per step; steps {ps['steps']} vs "
+                    f"{js['steps']})", r <= lim, ps, js)
+            else:
+                add("lanes", tgt, "a row is missing", None, ps, js)
     d = res.get("s2")
     if d:
         cases = sorted({r["case"] for r in d["rows"]}, key=lambda c: [r["case"] for r in
@@ -332,32 +474,34 @@ def targets(res: dict[str, dict]) -> list[str]:
             of, td = _row(d, case, "odeflow dopri5"), _row(d, case, "torchdiffeq dopri5")
             if not (_ok(of) and _ok(td)):
                 add("S2", f"{case}: dopri5 vs torchdiffeq", "odeflow or torchdiffeq missing",
-                    None)
+                    None, of, td)
                 continue
             us = of["us_per_nfe"]
             add("S2", f"{case}: ≤ 30 µs per evaluation",
                 f"{us:.1f} µs (bare f {_g(of.get('bare_us'))} µs; torchdiffeq "
-                f"{td['us_per_nfe']:.0f} µs)", us <= 30)
+                f"{td['us_per_nfe']:.0f} µs)", us <= 30, of)
             tr = _t(of) / _t(td)
             er = of["error"] / td["error"] if td["error"] else float("inf")
             add("S2", f"{case}: ≤ 0.4× torchdiffeq's time at equal or better error",
-                f"{tr:.2f}× time, error {er:.2f}× torchdiffeq's", tr <= 0.4 and er <= 1.0)
+                f"{tr:.2f}× time, error {er:.2f}× torchdiffeq's", tr <= 0.4 and er <= 1.0,
+                of, td)
             nr = of["nfe"] / td["nfe"]
             # Same method (order 5): error ∝ NFE^-5 along the work–precision line, so
             # error × NFE^5 compares the two points at equal work.
             eq = er * nr ** 5
             add("S2", f"{case}: error per NFE no worse than torchdiffeq",
                 f"error {er:.2f}×, NFE {nr:.2f}× ({of['nfe']} vs {td['nfe']}); "
-                f"error at equal NFE ≈ {eq:.2f}×", eq <= 1.0)
+                f"error at equal NFE ≈ {eq:.2f}×", eq <= 1.0, of, td)
     d = res.get("s1")
     if d:
-        for B, lim in ((16, 1.5), (4096, 1.1)):
+        for B, lim in ((16, 1.3), (4096, 1.1)):
             of = _row(d, f"B={B} fwd", "odeflow")
             td = _row(d, f"B={B} fwd", "torchdiffeq")
             if _ok(of):
                 ov = paired_overhead(of)
                 add("S1", f"B={B} forward: time ≤ {lim}× bare cost of its evaluations",
-                    f"{ov:.2f}× (torchdiffeq {_g(td and paired_overhead(td))}×)", ov <= lim)
+                    f"{ov:.2f}× (torchdiffeq {_g(td and paired_overhead(td))}×; "
+                    f"{_ms(_t(of))} ms, {of['nfe']} NFE)", ov <= lim, of)
             else:
                 add("S1", f"B={B} forward ≤ {lim}× bare", "no odeflow row", None)
     d = res.get("s3")
@@ -367,30 +511,31 @@ def targets(res: dict[str, dict]) -> list[str]:
             if _ok(of) and _ok(td):
                 r = _t(of) / _t(td)
                 add("S3", f"forward ({kind}) ≤ 0.8× torchdiffeq's time",
-                    f"{r:.2f}× ({_t(of):.2f} s vs {_t(td):.2f} s)", r <= 0.8)
+                    f"{r:.2f}× ({_t(of):.2f} s vs {_t(td):.2f} s)", r <= 0.8, of, td)
         di = _row(d, "fwd+bwd", "odeflow direct")
         ck = _row(d, "fwd+bwd", "odeflow checkpoint")
         td = _row(d, "fwd+bwd", "torchdiffeq odeint")
         if _ok(di) and _ok(ck):
             r = _t(ck) / _t(di)
-            add("S3", "checkpoint ≤ 1.3× backprop time", f"{r:.2f}×", r <= 1.3)
+            add("S3", "checkpoint ≤ 1.3× backprop time", f"{r:.2f}× ({_t(ck):.2f} s vs "
+                f"{_t(di):.2f} s)", r <= 1.3, ck, di)
             md, mc = (di.get("memory") or {}).get("median_mb"), (ck.get("memory") or {}).get(
                 "median_mb")
             if md and mc is not None:
                 add("S3", "checkpoint ≤ 40% of backprop's peak memory",
-                    f"{mc / md:.0%} ({mc:.0f} vs {md:.0f} MiB)", mc / md <= 0.4)
+                    f"{mc / md:.0%} ({mc:.0f} vs {md:.0f} MiB)", mc / md <= 0.4, ck, di)
         if _ok(di) and _ok(td):
             md, mt = (di.get("memory") or {}).get("median_mb"), (td.get("memory") or {}).get(
                 "median_mb")
             if md is not None and mt:
                 add("S3", "backprop memory ≤ torchdiffeq's backprop",
-                    f"{md:.0f} vs {mt:.0f} MiB", md <= mt)
+                    f"{md:.0f} vs {mt:.0f} MiB", md <= mt, di, td)
         for mine, theirs in (("odeflow adjoint", "torchdiffeq adjoint"),
                              ("odeflow adjoint seminorm", "torchdiffeq adjoint seminorm")):
             a, b = _row(d, "fwd+bwd", mine), _row(d, "fwd+bwd", theirs)
             if _ok(a) and _ok(b):
                 add("S3", f"{mine}: backward NFE ≤ torchdiffeq's",
-                    f"{a['nfe_bwd']} vs {b['nfe_bwd']}", a["nfe_bwd"] <= b["nfe_bwd"])
+                    f"{a['nfe_bwd']} vs {b['nfe_bwd']}", a["nfe_bwd"] <= b["nfe_bwd"], a, b)
     d = res.get("s4")
     if d:
         for dt in ("float32", "float64"):
@@ -398,10 +543,66 @@ def targets(res: dict[str, dict]) -> list[str]:
             if _ok(of) and _ok(to):
                 r = _t(of) / _t(to)
                 add("S4", f"{dt}: joint solve at least as fast as torchode eager joint",
-                    f"{r:.2f}× torchode's time ({_ms(_t(of))} vs {_ms(_t(to))} ms)", r <= 1.0)
-    for t in (res.get("stiff") or {}).get("targets", []):
-        add("stiff", t["target"], t["measured"], t["ok"])
+                    f"{r:.2f}× torchode's time ({_ms(_t(of))} vs {_ms(_t(to))} ms)", r <= 1.0,
+                    of, to)
+    d = res.get("stiff")
+    for t in (d or {}).get("targets", []):
+        rows = [_row(d, c, k) for c, k in t.get("rows", [])]
+        add("stiff", t["target"], t["measured"], t["ok"], *rows)
     out.append("")
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Before / after the rebuild
+# --------------------------------------------------------------------------------------
+def before_after(res: dict[str, dict]) -> list[str]:
+    """odeflow's rows measured on the core before the rebuild (d70548b) and after it, with
+    the same harness back to back (``benchmarks/results/before-d70548b/``)."""
+    out = []
+    before = load(sorted(glob.glob(str(BEFORE / "*.json"))))
+    for w in WORKLOADS:
+        if w not in res or w not in before:
+            continue
+        old = before[w]
+        new = res[w]
+        lines = []
+        for r in new["rows"]:
+            if not r["contender"].startswith("odeflow") or not _ok(r):
+                continue
+            o = _row(old, r["case"], r["contender"])
+            if not _ok(o):
+                continue
+            # The stiff batch rows name no reference: their peer is BDF on the stacked system.
+            peer = r.get("reference") or ("scipy BDF stacked" if "batch" in r["case"] else "")
+            ref_new = _row(new, r["case"], peer)
+            ref_old = _row(old, r["case"], peer)
+            rn = _t(r) / _t(ref_new) if _ok(ref_new) else None
+            ro = _t(o) / _t(ref_old) if _ok(ref_old) else None
+            nfe = f"{o['nfe']} → {r['nfe']}" if o.get("nfe") != r.get("nfe") else str(r["nfe"])
+            lines.append("| " + " | ".join([
+                r["case"], r["contender"], _time_cell(o), _time_cell(r),
+                f"{_t(r) / _t(o):.2f}×", f"{_x(ro)} → {_x(rn)}", nfe]) + " |")
+        if not lines:
+            continue
+        ref = next((r.get("reference") for r in new["rows"] if r.get("reference")), "")
+        runs = [old] + old.get("_overlays", [])
+        out += [f"### {w.upper() if w.startswith('s') and len(w) == 2 else w}", "",
+                "Before: " + "; ".join(
+                    f"`{str(o['command']).replace(str(REPO) + '/', '')}` at odeflow {o['versions'].get('odeflow_git')}, "
+                    f"{o.get('started')}, load {(o.get('loadavg_start') or ['?'])[0]} / "
+                    f"{(o.get('loadavg_end') or ['?'])[0]}" for o in runs)
+                + ". After: the rows of the table above (same commands).", ""]
+        out += _table(["case", "contender", "before ms", "after ms", "after / before",
+                       "vs peer, before → after", "NFE"], lines)
+    if out:
+        out = ["## Before and after the one-loop rebuild", "",
+               f"The same harness run on the core before the rebuild ({BEFORE_COMMIT}, a "
+               "temporary worktree) and after it, back to back in the same time window "
+               "(results in `benchmarks/results/before-d70548b/`). 'vs peer' is each row's "
+               "ratio to its reference row measured in the same run (torchdiffeq for S1–S3, "
+               "S4's torchdiffeq joint; stiff batch: SciPy BDF stacked; lanes: odeflow joint): the load moves both alike, so "
+               "that ratio is the steadier before/after figure.", ""] + out
     return out
 
 
@@ -412,23 +613,45 @@ def profiles() -> list[str]:
     out = []
     for f in sorted(RESULTS.glob("profile-*.json")):
         p = json.loads(f.read_text())
-        w = f.stem.split("-", 1)[1].split("-")[0]
-        out += [f"### Profile of one {w.upper()} odeflow solve: {p['what']}", "",
+        w = f.stem.split("-", 1)[1]
+        w = w if w in ("stiff-batch", "lanes") else w.split("-")[0]
+        out += [f"### Profile of one {w.upper() if len(w) == 2 else w} odeflow solve: "
+                f"{p['what']}", "",
                 "```", p["command"], "```", "",
+                f"Run {p.get('started')} at odeflow {p['versions'].get('odeflow_git')}, load "
+                f"{(p.get('loadavg_start') or ['?'])[0]}, torch threads "
+                f"{p['machine'].get('torch_threads')}. "
                 f"Wall time {p['wall_s'] * 1e3:.1f} ms per solve, {p.get('nfe')} function "
                 f"evaluations"
+                + (f", {p['steps']} steps ({p['wall_s'] / p['steps'] * 1e6:.0f} µs per "
+                   "step; 'per step' columns below divide by it)" if p.get("steps") else "")
                 + (f"; {p['func_forward_share']:.0%} of the wall time is spent inside "
                    "`func`'s forward calls (timed around each call, no profiler running)"
                    if p.get("func_forward_share") is not None else "")
                 + ". Top torch operators by self CPU time (torch.profiler):",
                 ""]
-        out += _table(["operator", "calls", "self CPU ms", "share"],
-                      [f"| `{o['name']}` | {o['calls']} | {o['self_cpu_ms']:.2f} | "
-                       f"{o['share']:.0%} |" for o in p["ops"][:12]])
+        ns = p.get("steps")
+        if ns:
+            out += _table(["operator", "calls", "calls per step", "self CPU ms",
+                           "µs per step", "share"],
+                          [f"| `{o['name']}` | {o['calls']} | {o['calls'] / ns:.1f} | "
+                           f"{o['self_cpu_ms']:.2f} | {o['self_cpu_ms'] * 1e3 / ns:.1f} | "
+                           f"{o['share']:.0%} |" for o in p["ops"][:15]])
+        else:
+            out += _table(["operator", "calls", "self CPU ms", "share"],
+                          [f"| `{o['name']}` | {o['calls']} | {o['self_cpu_ms']:.2f} | "
+                           f"{o['share']:.0%} |" for o in p["ops"][:12]])
         out += ["Python functions by own time (cProfile, odeflow's files first):", ""]
-        out += _table(["function", "calls", "own ms", "cumulative ms"],
-                      [f"| `{o['where']}` | {o['calls']} | {o['tottime_ms']:.2f} | "
-                       f"{o['cumtime_ms']:.2f} |" for o in p["python"][:15]])
+        if ns:
+            out += _table(["function", "calls", "calls per step", "own ms", "own µs per step",
+                           "cumulative ms"],
+                          [f"| `{o['where']}` | {o['calls']} | {o['calls'] / ns:.1f} | "
+                           f"{o['tottime_ms']:.2f} | {o['tottime_ms'] * 1e3 / ns:.1f} | "
+                           f"{o['cumtime_ms']:.2f} |" for o in p["python"][:15]])
+        else:
+            out += _table(["function", "calls", "own ms", "cumulative ms"],
+                          [f"| `{o['where']}` | {o['calls']} | {o['tottime_ms']:.2f} | "
+                           f"{o['cumtime_ms']:.2f} |" for o in p["python"][:15]])
     if out:
         out = ["## Profiles", ""] + out
     return out
@@ -442,7 +665,8 @@ def render(files: list[str] | None = None, out: str | None = None) -> Path:
         "# Benchmarks",
         "",
         "odeflow against torchdiffeq, torchode (eager, and `torch.compile`d where it",
-        "compiles) and SciPy, on the four workloads of `BENCHMARK_WORKLOADS.md`, measured",
+        "compiles) and SciPy, on the four workloads of `BENCHMARK_WORKLOADS.md` (plus stiff",
+        "problems and the per-sample clock's cost at B = 1), measured",
         "the same way in the same run. Generated by `python -m benchmarks render` from the",
         "JSON files in `benchmarks/results/`; every table gives the command that produced",
         "it. Method: one warm-up call per contender, then repetitions timed round-robin",
@@ -467,7 +691,9 @@ def render(files: list[str] | None = None, out: str | None = None) -> Path:
             continue
         d = res[w]
         md += [f"## {TITLES[w]}", ""] + _meta(d)
-        md += {"s1": _s1, "s2": _s2, "s3": _s3, "s4": _s4, "stiff": _stiff}[w](d)
+        md += {"s1": _s1, "s2": _s2, "s3": _s3, "s4": _s4, "stiff": _stiff,
+               "lanes": _lanes}[w](d)
+    md += before_after(res)
     md += profiles()
     if NOTES.exists():
         md += ["", NOTES.read_text().rstrip(), ""]

@@ -66,9 +66,11 @@ class MLPField(nn.Module):
 
 
 def run(quick: bool, reps: int | None, compile: bool = True,
-        only: list[str] | None = None) -> dict:
+        only: list[str] | None = None, sizes: dict | None = None) -> dict:
     reps = reps or (3 if quick else 7)
     batches = (16,) if quick else BATCHES
+    if sizes and sizes.get("batches"):
+        batches = tuple(int(b) for b in sizes["batches"].split("/"))
     func = MLPField()
     t = torch.tensor([0.0, 1.0])
     rows = []

@@ -53,6 +53,8 @@ RTOL = 1e-6
 SCIPY_METHODS = ("Radau", "BDF", "LSODA")
 ODEFLOW_METHODS = ("rodas5p", "rodas4", "kvaerno5", "kvaerno3", "trbdf2", "auto")
 BATCH_METHODS = ("rodas5p", "rodas4", "kvaerno5")
+# Time targets of the batch against SciPy BDF on the stacked system (default: < 1).
+BATCH_TARGET = {"rodas5p": 0.8}
 SIZES = {"batch": 1000, "batch_large": 10000}
 QUICK_SIZES = {"batch": 4, "batch_large": 8}
 QUICK_PROBLEMS = ("rober-1e5",)
@@ -275,7 +277,11 @@ def _odeflow_runner(p: StiffProblem, library: str, method: str,
             acc = ss.n_accepted.double()
             out["accepted_median"] = float(acc.median())
             out["accepted_max"] = int(acc.max())
-            out["failed_samples"] = int((ss.status != 0).sum())
+            # SampleStats.status is a list of Status members since the one-loop core
+            # (its (B,) code tensor is ``codes``); a tensor before.
+            codes = getattr(ss, "codes", None)
+            codes = ss.status if codes is None else codes
+            out["failed_samples"] = int((torch.as_tensor(codes) != 0).sum())
         return out
 
     return run
@@ -398,16 +404,18 @@ def targets(rows: list[dict], problems: list[str], sizes: dict) -> list[dict]:
     """The issue's targets, each with what was measured and met / missed / None (n/a)."""
     out = []
 
-    def add(target, measured, ok):
-        out.append({"target": target, "measured": measured, "ok": ok})
+    def add(target, measured, ok, *rows):
+        # rows: the (case, contender) pairs measured, so the report can cite their run.
+        out.append({"target": target, "measured": measured, "ok": ok,
+                    "rows": [(r["case"], r["contender"]) for r in rows if r]})
 
     for method in ("rodas5p", "kvaerno5"):
         for key in problems:
             r = _find(rows, key, f"odeflow {method}")
             if not _okrow(r):
-                add(f"{key}: {method} error ≤ 1", *_na(r))
+                add(f"{key}: {method} error ≤ 1", *_na(r), r)
                 continue
-            add(f"{key}: {method} error ≤ 1", f"{r['error']:.3g}", r["error"] <= 1)
+            add(f"{key}: {method} error ≤ 1", f"{r['error']:.3g}", r["error"] <= 1, r)
     key = "rober-1e5"
     ro, ra, bdf = (_find(rows, key, c) for c in ("odeflow rodas5p", "scipy Radau",
                                                   "scipy BDF"))
@@ -416,7 +424,7 @@ def targets(rows: list[dict], problems: list[str], sizes: dict) -> list[dict]:
         budget = ra["nfe"] + n * ra["njac"]
         add(f"{key}: rodas5p nfe ≤ Radau nfev + {n}·njev at error ≤ 0.5",
             f"{ro['nfe']} vs {budget} ({ra['nfe']} + {n}·{ra['njac']}); error {ro['error']:.3g}",
-            ro["nfe"] <= budget and ro["error"] <= 0.5)
+            ro["nfe"] <= budget and ro["error"] <= 0.5, ro, ra)
     else:
         add(f"{key}: rodas5p nfe ≤ Radau nfev + {n}·njev at error ≤ 0.5",
             "not available (rodas5p or Radau missing)", None)
@@ -424,7 +432,7 @@ def targets(rows: list[dict], problems: list[str], sizes: dict) -> list[dict]:
         ratio = ro["time"]["median"] / bdf["time"]["median"]
         add(f"{key}: rodas5p time ≤ 2× SciPy BDF (NumPy f)",
             f"{ratio:.2f}× ({ro['time']['median'] * 1e3:.3g} vs "
-            f"{bdf['time']['median'] * 1e3:.3g} ms)", ratio <= 2)
+            f"{bdf['time']['median'] * 1e3:.3g} ms)", ratio <= 2, ro, bdf)
     else:
         add(f"{key}: rodas5p time ≤ 2× SciPy BDF (NumPy f)",
             "not available (rodas5p or BDF missing)", None)
@@ -434,24 +442,28 @@ def targets(rows: list[dict], problems: list[str], sizes: dict) -> list[dict]:
         tgt = f"batch B={b}: {label}, every sample's error ≤ 1"
         if _okrow(r):
             add(tgt, f"worst {r['error_worst']:.3g}, {r['samples_over_1']} of {b} over 1",
-                r["samples_over_1"] == 0)
+                r["samples_over_1"] == 0, r)
         else:
-            add(tgt, *_na(r))
+            add(tgt, *_na(r), r)
         stacked = _find(rows, f"rober-1e5 batch B={b}", "scipy BDF stacked")
-        tgt = f"batch B={b}: {label} faster than SciPy BDF on the stacked system"
+        # Issue "One loop": rodas5p per sample ≤ 0.8× BDF; the others: faster than BDF.
+        lim = BATCH_TARGET.get(label.split()[1], 1.0)
+        tgt = (f"batch B={b}: {label} ≤ {lim}× SciPy BDF on the stacked system" if lim < 1
+               else f"batch B={b}: {label} faster than SciPy BDF on the stacked system")
         if _okrow(r) and _okrow(stacked):
             ratio = r["time"]["median"] / stacked["time"]["median"]
             add(tgt, f"{ratio:.2f}× ({r['time']['median']:.3g} vs "
-                f"{stacked['time']['median']:.3g} s)", ratio < 1)
+                f"{stacked['time']['median']:.3g} s)", ratio <= lim if lim < 1 else ratio < 1,
+                r, stacked)
         else:
-            add(tgt, *_na(r if not _okrow(r) else stacked))
+            add(tgt, *_na(r if not _okrow(r) else stacked), r, stacked)
         big = sizes["batch_large"]
         r = _find(rows, f"rober-1e5 batch B={big}", label)
         tgt = f"batch B={big}: {label} ≤ 5 s"
         if _okrow(r):
-            add(tgt, f"{r['time']['median']:.2f} s", r["time"]["median"] <= 5)
+            add(tgt, f"{r['time']['median']:.2f} s", r["time"]["median"] <= 5, r)
         else:
-            add(tgt, *_na(r))
+            add(tgt, *_na(r), r)
     return out
 
 

@@ -24,6 +24,7 @@ RUNS = {
     "s2": "odeflow dopri5,torchdiffeq dopri5,torchode dopri5,scipy RK45",
     "s3": "torchdiffeq odeint",
     "s4": "odeflow joint,torchdiffeq joint,torchode per-sample",
+    "lanes": "odeflow,torchdiffeq joint",
 }
 
 
@@ -53,7 +54,9 @@ def test_quick_runs_write_json_and_render(tmp_path, bench_main, capsys):
         assert rc == 0
         data = json.loads(out.read_text())
         assert data["workload"] == workload and data["quick"] is True
-        assert data["versions"]["torch"] and data["machine"]["torch_threads"] == 2
+        # lanes runs on one thread (the workload's own setting), the others on two.
+        assert data["versions"]["torch"] and data["machine"]["torch_threads"] == (
+            1 if workload == "lanes" else 2)
         assert data["command"].startswith(f"python -m benchmarks {workload}")
         rows = data["rows"]
         assert rows, workload
@@ -75,7 +78,7 @@ def test_quick_runs_write_json_and_render(tmp_path, bench_main, capsys):
     md = tmp_path / "BENCHMARKS.md"
     assert bench_main(["render", *files, "--out", str(md)]) == 0
     text = md.read_text()
-    for title in ("## S1", "## S2", "## S3", "## S4", "## Targets"):
+    for title in ("## S1", "## S2", "## S3", "## S4", "## Lanes", "## Targets"):
         assert title in text
     assert "python -m benchmarks s3 --quick" in text
 
@@ -88,3 +91,40 @@ def test_cli_help_runs_without_torch_restart():
     assert proc.returncode == 0
     for word in ("s1", "s4", "render", "profile"):
         assert word in proc.stdout
+
+
+def test_render_lays_partial_runs_over_the_full_one(tmp_path):
+    """A newer ``--only`` run replaces the rows it measured; the rest stay, and each row
+    cites the run that measured it."""
+    from benchmarks.render import load, targets
+
+    def row(case, contender, median):
+        return {"case": case, "contender": contender, "status": "ok", "nfe": 10,
+                "time": {"median": median, "min": median, "max": median, "n": 1,
+                         "all": [median]}}
+
+    def payload(argv, finished, rows, git):
+        return {"workload": "s4", "command": "python -m benchmarks " + " ".join(argv),
+                "argv": argv, "quick": False, "started": finished, "finished": finished,
+                "loadavg_start": [1.0], "loadavg_end": [1.0], "machine": {},
+                "versions": {"odeflow_git": git}, "config": {}, "rows": rows}
+
+    full = payload(["s4"], "2026-01-01T00:00:00Z",
+                   [row("float64", "odeflow per-sample", 0.3),
+                    row("float64", "torchode per-sample", 0.2),
+                    row("float64", "odeflow joint", 0.1)], "aaaaaaa")
+    part = payload(["s4", "--only", "per-sample"], "2026-01-02T00:00:00Z",
+                   [row("float64", "odeflow per-sample", 0.1),
+                    row("float64", "torchode per-sample", 0.2)], "bbbbbbb")
+    files = []
+    for name, d in (("a.json", full), ("b.json", part)):
+        (tmp_path / name).write_text(json.dumps(d))
+        files.append(str(tmp_path / name))
+    d = load(files)["s4"]
+    by = {r["contender"]: r for r in d["rows"]}
+    assert by["odeflow per-sample"]["time"]["median"] == 0.1
+    assert by["odeflow per-sample"]["_src"]["git"] == "bbbbbbb"
+    assert by["odeflow joint"]["_src"]["git"] == "aaaaaaa"
+    text = "\n".join(targets({"s4": d}))
+    assert "per-sample ≤ 0.67× torchode per-sample" in text and "0.50×" in text
+    assert "--only per-sample" in text
