@@ -212,6 +212,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
     inv_sqrt_n = 1.0 / math.sqrt(max(y.numel(), 1)) if (shared and norm is rms_norm) else None
     k = stepper.error_order + 1
 
+    abs_y = y.detach().abs() if shared else None
     active = C.full(True)
     if hooks.skip is not None:
         active = active & ~hooks.skip
@@ -272,7 +273,8 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         res = step(f, t, y, f0, dt_try, state, ws, with_error=adaptive, f_last=f_last)
         y_new, stages = res.y_new, res.stages
         if adaptive:
-            ratio = _error_ratio(C, res, y, y_new, rtol, atol, norm, inv_sqrt_n, ws)
+            ratio, abs_new = _error_ratio(C, res, abs_y if shared else y.detach().abs(),
+                                          y_new, rtol, atol, norm, inv_sqrt_n, ws)
             finite = C.isfinite(ratio)
             ok = active & ((ratio <= 1.0) | ((dt_try <= min_step) & finite))
         else:
@@ -367,6 +369,8 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
                                     f_new)
         if any_jumps or cfg.perturb:
             f0_side = C.where(ok, 1 if cfg.perturb else (ok & on_jump) * 1, f0_side)
+        if shared and ok and adaptive:
+            abs_y = abs_new
         y = C.rows(ok, y_new, y)
         t = C.where(ok, t_new, t)
         if not shared or ok:
@@ -398,22 +402,24 @@ def _n_stops(stops: Any) -> int:
     return getattr(stops, "size", None) or len(stops)
 
 
-def _error_ratio(C: Any, res: Any, y: Tensor, y_new: Tensor, rtol: Any, atol: Any,
-                 norm: Callable, inv_sqrt_n: float | None, ws: Any) -> Any:
+def _error_ratio(C: Any, res: Any, abs_y: Tensor, y_new: Tensor, rtol: Any, atol: Any,
+                 norm: Callable, inv_sqrt_n: float | None, ws: Any) -> tuple[Any, Any]:
     """``norm(err / (atol + rtol max(|y|, |y_new|)))``: a float for one lane (the accept
-    decision's host sync), one value per lane otherwise (no sync)."""
+    decision's host sync), one value per lane otherwise (no sync); and ``|y_new|``, which
+    one lane reuses as the next step's ``|y|``."""
     if not res.ok:  # the step could not be completed: reject it, shrink dt
-        return math.inf if not C.per_sample else C.full(math.inf)
+        return (math.inf if not C.per_sample else C.full(math.inf)), abs_y
     with torch.no_grad():
         err = res.error
-        scale = torch.maximum(y.detach().abs(), y_new.detach().abs()).mul_(rtol).add_(atol)
+        abs_new = y_new.detach().abs()
+        scale = torch.maximum(abs_y, abs_new).mul_(rtol).add_(atol)
         scaled = err.div_(scale) if ws is not None else err / scale
         if C.per_sample:
-            return norm(scaled).double()
+            return norm(scaled).double(), abs_new
         if inv_sqrt_n is not None:
             # host sync: the accept/reject decision
-            return torch.linalg.vector_norm(scaled).item() * inv_sqrt_n
-        return float(norm(scaled))  # host sync: the accept/reject decision
+            return torch.linalg.vector_norm(scaled).item() * inv_sqrt_n, abs_new
+        return float(norm(scaled)), abs_new  # host sync: the accept/reject decision
 
 
 def _write_outputs(C: Any, stepper: Any, ys: Any, out_idx: Any, hit: Any, ok: Any,
