@@ -64,7 +64,8 @@ def load(files: list[str]) -> dict[str, dict]:
     for w, ds in by_w.items():
         ds.sort(key=lambda d: (not d.get("quick"), d.get("finished", "")))
         full = [d for d in ds if not _partial(d)]
-        base = full[-1] if full else ds[-1]
+        # No full run: the partial runs are laid over the oldest of them, in time order.
+        base = full[-1] if full else ds[0]
         for r in base["rows"]:
             r["_src"] = _src(base)
         key = (not base.get("quick"), base.get("finished", ""))
@@ -237,7 +238,8 @@ def _meta(d: dict) -> list[str]:
         lines += [f"Rows re-measured (they replace the run above's) by "
                   f"`{str(o['command']).replace(str(REPO) + '/', '')}`, "
                   f"{o.get('started')} → {o.get('finished')}, odeflow/ at "
-                  f"{_odeflow_tree(o['versions'].get('odeflow_git'))}, load {(o.get('loadavg_start') or ['?'])[0]}"
+                  f"{_odeflow_tree(o['versions'].get('odeflow_git'))}, load "
+                  f"{(o.get('loadavg_start') or ['?'])[0]}"
                   f" / {(o.get('loadavg_end') or ['?'])[0]}; results `{o['_file']}`: "
                   + ", ".join(rows) + ".", ""]
     return lines
@@ -574,7 +576,8 @@ def before_after(res: dict[str, dict]) -> list[str]:
             if not _ok(o):
                 continue
             # The stiff batch rows name no reference: their peer is BDF on the stacked system.
-            peer = r.get("reference") or ("scipy BDF stacked" if "batch" in r["case"] else "")
+            peer = r.get("reference") or ("" if w != "stiff" else "scipy BDF stacked"
+                                          if "batch" in r["case"] else "scipy BDF")
             ref_new = _row(new, r["case"], peer)
             ref_old = _row(old, r["case"], peer)
             rn = _t(r) / _t(ref_new) if _ok(ref_new) else None
@@ -585,11 +588,11 @@ def before_after(res: dict[str, dict]) -> list[str]:
                 f"{_t(r) / _t(o):.2f}×", f"{_x(ro)} → {_x(rn)}", nfe]) + " |")
         if not lines:
             continue
-        ref = next((r.get("reference") for r in new["rows"] if r.get("reference")), "")
         runs = [old] + old.get("_overlays", [])
         out += [f"### {w.upper() if w.startswith('s') and len(w) == 2 else w}", "",
                 "Before: " + "; ".join(
-                    f"`{str(o['command']).replace(str(REPO) + '/', '')}` at odeflow {o['versions'].get('odeflow_git')}, "
+                    f"`{str(o['command']).replace(str(REPO) + '/', '')}` at odeflow "
+                    f"{o['versions'].get('odeflow_git')}, "
                     f"{o.get('started')}, load {(o.get('loadavg_start') or ['?'])[0]} / "
                     f"{(o.get('loadavg_end') or ['?'])[0]}" for o in runs)
                 + ". After: the rows of the table above (same commands).", ""]
@@ -601,8 +604,9 @@ def before_after(res: dict[str, dict]) -> list[str]:
                "temporary worktree) and after it, back to back in the same time window "
                "(results in `benchmarks/results/before-d70548b/`). 'vs peer' is each row's "
                "ratio to its reference row measured in the same run (torchdiffeq for S1–S3, "
-               "S4's torchdiffeq joint; stiff batch: SciPy BDF stacked; lanes: odeflow joint): the load moves both alike, so "
-               "that ratio is the steadier before/after figure.", ""] + out
+               "S4's torchdiffeq joint; stiff: SciPy BDF, on the stacked system for the "
+               "batch; lanes: odeflow joint): the load moves both alike, so that ratio is "
+               "the steadier before/after figure.", ""] + out
     return out
 
 

@@ -24,7 +24,8 @@ Batch: B Robertsons to t = 1e5 whose three rate constants are each scaled by U[0
 (seeded): odeflow ``options={"per_sample": True}`` against SciPy BDF on the stacked 3B
 system with a sparse (CSC) block-diagonal Jacobian, errors per sample against per-sample
 references (SciPy LSODA at rtol 1e-12, cached); then a larger B for odeflow alone.
-Sizes: ``--size batch=1000,batch_large=10000`` (``--quick``: 4 and 8).
+Sizes: ``--size batch=1000,batch_large=10000`` (``--quick``: 4 and 8; ``batch=0`` skips the
+batch case).
 """
 
 from __future__ import annotations
@@ -504,7 +505,8 @@ def run(quick: bool, reps: int | None, compile: bool = True, only: list[str] | N
                 if row.get("njac") is not None and lib == "scipy":
                     row["nfe_plus_n_njac"] = row["nfe"] + p.n * row["njac"]
             rows.append(row)
-    rows += run_batch(sz, reps_batch, only, cache, write)
+    if sz["batch"] > 0:  # --size batch=0: the single problems only
+        rows += run_batch(sz, reps_batch, only, cache, write)
     return {
         "config": {"rtol": RTOL, "dtype": "float64", "reps": reps, "reps_batch": reps_batch,
                    "problems": {k: {"title": PROBLEMS[k].title, "t_end": PROBLEMS[k].t_end,
