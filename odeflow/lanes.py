@@ -29,17 +29,23 @@ __all__ = ["SharedClock", "LaneClock", "Clock"]
 
 
 class SharedClock:
-    """One lane: times, step sizes and decisions as Python scalars (a joint solve)."""
+    """One lane: times, step sizes and decisions as Python scalars (a joint solve, or a
+    per-sample batch of one sample: that sample's solve is its joint solve).
+
+    ``lane_time``: ``func`` gets its time as a ``(1,)`` tensor, as a per-sample ``func``
+    expects, instead of a 0-dim one.
+    """
 
     per_sample = False
     batch = None
 
     def __init__(self, grid: Sequence[float], sign: float, real_dtype: torch.dtype,
-                 device: torch.device):
+                 device: torch.device, lane_time: bool = False):
         self.grid = tuple(grid)  # canonical increasing output times
         self.sign = sign
         self.real_dtype = real_dtype
         self.device = device
+        self.lane_time = lane_time
 
     # ------------------------------------------------------------------ the lanes' values
     @property
@@ -104,7 +110,9 @@ class SharedClock:
 
     # ----------------------------------------------------------------- user-facing values
     def user_time(self, t: float) -> Tensor:
-        """Canonical time -> the 0-dim tensor ``func`` receives."""
+        """Canonical time -> the 0-dim (or ``(1,)``) tensor ``func`` receives."""
+        if self.lane_time:
+            return torch.full((1,), self.sign * t, dtype=self.real_dtype, device=self.device)
         return torch.scalar_tensor(self.sign * t, dtype=self.real_dtype, device=self.device)
 
     def user_float(self, t: Any, lane: int = 0) -> float:

@@ -60,7 +60,7 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
     problem = make_problem(func, y0, t, rtol, atol, spec.name, options, search=events)
     grad_on = torch.is_grad_enabled()
     mode = gradient if grad_on else "direct"
-    if problem.per_sample:
+    if problem.lanes_api:
         spec.check_per_sample(options, mode)
         if mode == "adjoint":
             check_lanes_config(adjoint_config)
@@ -108,12 +108,14 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
         t_reached = C.sign * result.t_last
         stats.message = (f"{Status.NO_EVENT.message} No crossing up to t={t_reached!r} "
                          f"({end}).")
-        if throw:
+        if throw and not problem.lanes_api:  # (per sample, no crossing is an outcome)
             record_last_stats(stats)
             raise SolveError(Status.NO_EVENT, t_reached, "Pass a later t[1] (or inf), or "
                              "check event_fn.", stats)
+        result.status = int(Status.NO_EVENT)
     if events and not C.per_sample and err is None and bool(locator.hits.found[0]):
         _event_message(stats, locator, C)
+        result.status = int(Status.EVENT)
     if C.per_sample and events:
         hit = locator.hits.found
         result.status = torch.where(hit, int(Status.EVENT), torch.where(
@@ -123,12 +125,13 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
     record_last_stats(stats)
     if err is not None and (throw or not C.per_sample):
         if throw:
-            if C.per_sample:
+            if problem.lanes_api:
                 err.sample_stats = _sample_stats(result)  # type: ignore[attr-defined]
             raise err
         # One lane failed and throw=False: the outputs reached, nan after; no gradient.
         return Solution(problem.layout.unflatten(outputs(problem, result).detach()), t, stats,
-                        dense=_dense(problem, hooks, result), sample_stats=None)
+                        dense=_dense(problem, hooks, result),
+                        sample_stats=_sample_stats(result) if problem.lanes_api else None)
     ys = outputs(problem, result)
     if events:
         hits = locator.hits
@@ -162,13 +165,21 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
             ys = attach_output_times(problem, ys, stats)
         return Solution(problem.layout.unflatten(ys), t, stats,
                         dense=_dense(problem, hooks, result),
-                        sample_stats=_sample_stats(result) if C.per_sample else None)
+                        sample_stats=_sample_stats(result) if problem.lanes_api else None)
     hits = locator.hits
     if grad_on:
         t_event_user, y_stop = attach_event_time(locator, problem, t_stop, y_stop)
     else:
         t_event_user = C.sign * t_stop
     t_dtype = t.dtype
+    if not C.per_sample and problem.lanes_api:  # one sample, in the per-sample form
+        event_t = torch.where(hits.found, t_event_user, math.nan).to(t_dtype)
+        t0_user = t.reshape(-1)[:1]
+        ts = torch.stack([t0_user.to(event_t.device), event_t], 1)
+        ys_out = torch.stack([y0_flat, y_stop.reshape(-1)])
+        return EventSolution(problem.layout.unflatten(ys_out), ts, stats, event_t,
+                             dense=_dense(problem, hooks, result, t_stop),
+                             sample_stats=_sample_stats(result), event_index=hits.index)
     if not C.per_sample:
         event_t = t_event_user.reshape(()).to(t_dtype)
         found = bool(hits.found[0])
@@ -217,6 +228,10 @@ def _dense(problem: Any, hooks: Hooks, result: Any, reached: Any = None) -> Dens
 
 
 def _sample_stats(result: Any) -> SampleStats:
+    if result.lanes is None:  # one sample on the scalar clock
+        stats = result.stats
+        return SampleStats(*(torch.tensor([int(v)], device=result.y_last.device) for v in (
+            result.status, stats.n_steps, stats.n_accepted, stats.n_rejected)))
     status, n_steps, n_acc, n_rej = result.lanes
     return SampleStats(status, n_steps, n_acc, n_rej)
 

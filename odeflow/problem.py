@@ -60,6 +60,9 @@ class Problem:
     #: detached interpolant (``dense=True``), and a progress bar (``progress=True``).
     dense_sink: list | None = None
     progress: Any = None
+    #: ``options["per_sample"]`` was asked for: results take the per-sample form (a batch
+    #: of one sample runs on the scalar clock, as its own joint solve)
+    lanes_api: bool = False
 
     @property
     def t_out(self) -> Any:
@@ -256,10 +259,15 @@ def make_problem(func: Callable[..., Any], y0: State, t: Tensor, rtol: Any, atol
     """
     if not callable(func):
         raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
-    per_sample = bool(options.get("per_sample", False))
-    parts, is_tuple = _check_state(y0, per_sample)
-    batch = parts[0].shape[0] if per_sample else None
+    lanes_api = bool(options.get("per_sample", False))
+    parts, is_tuple = _check_state(y0, lanes_api)
+    batch = parts[0].shape[0] if lanes_api else None
     t = _check_times(t, batch)
+    # One sample's per-sample solve is its own joint solve: the scalar clock, with the
+    # sample's leading dimension kept in every shape func and the results see.
+    per_sample = lanes_api and batch > 1
+    if lanes_api and not per_sample:
+        batch, t = None, t.reshape(-1)
     layout = StateLayout.of(parts, is_tuple, batch)
     rows, signs = _canonical_rows(t, search)
     if per_sample:
@@ -271,7 +279,7 @@ def make_problem(func: Callable[..., Any], y0: State, t: Tensor, rtol: Any, atol
                                  layout.real_dtype)
     else:
         clock = SharedClock([signs[0] * v for v in rows[0]], signs[0], layout.real_dtype,
-                            layout.device)
+                            layout.device, lane_time=lanes_api)
     flat = layout.flatten(y0)
     if not bool(torch.isfinite(flat).all()):  # host sync: once per solve
         raise ValueError("y0 must be finite; it contains inf or nan")
@@ -281,7 +289,8 @@ def make_problem(func: Callable[..., Any], y0: State, t: Tensor, rtol: Any, atol
         raise ValueError("rtol and atol cannot both be zero: the error test could never pass")
     return Problem(func=CountedFunc(func, layout, clock), user_func=func, layout=layout,
                    y0=flat, t=t, clock=clock, rtol=rtol_v, atol=atol_v,
-                   norm=_norm(options, layout), method=method, options=options)
+                   norm=_norm(options, layout), method=method, options=options,
+                   lanes_api=lanes_api)
 
 
 def retime(problem: Problem, grid: Any, y0: Tensor) -> Problem:
@@ -297,7 +306,8 @@ def retime(problem: Problem, grid: Any, y0: Tensor) -> Problem:
     else:
         values = [float(v) for v in grid]
         sign = 1.0 if len(values) < 2 or values[-1] >= values[0] else -1.0
-        clock = SharedClock([sign * v for v in values], sign, old.real_dtype, old.device)
+        clock = SharedClock([sign * v for v in values], sign, old.real_dtype, old.device,
+                            lane_time=getattr(old, "lane_time", False))
         t_user = torch.tensor(values, dtype=torch.float64)
     return replace(problem, clock=clock, y0=y0, t=t_user,
                    func=CountedFunc(problem.user_func, problem.layout, clock))

@@ -165,3 +165,32 @@ def test_fixed_grid_per_sample_gradients(mode):
     tol = 1e-12 if mode == "checkpoint" else 1e-6
     assert torch.allclose(model.k.grad, ref_model.k.grad, atol=tol, rtol=0)
     assert torch.allclose(ref_model.k.grad, -torch.exp(-k.detach()), atol=1e-8)
+
+
+def test_one_sample_per_sample_is_its_joint_solve_in_the_per_sample_form():
+    # A batch of one runs on the scalar clock: the steps of its joint solve, with func, the
+    # results, sample_stats, events and dense output all in the per-sample form.
+    y0, f, single = _vdp_batch(2)
+    t = torch.tensor([[0.0, 0.5, 1.5]], dtype=F64)
+    seen = []
+
+    def f1(tt, y):
+        seen.append(tuple(tt.shape))
+        return f(tt, y.expand(2, 2))[:1]
+
+    one = odeflow.solve(f1, y0[:1], t, rtol=1e-8, atol=1e-8, options=PS, dense=True)
+    own = odeflow.solve(single(0), y0[0], t[0], rtol=1e-8, atol=1e-8)
+    assert set(seen) == {(1,)}  # func sees t of shape (B,) = (1,)
+    assert one.ys.shape == (3, 1, 2) and torch.equal(one.ys[:, 0], own.ys)
+    assert one.sample_stats.status == [Status.SUCCESS]
+    assert one.sample_stats.n_accepted.tolist() == [own.stats.n_accepted]
+    assert one.evaluate(torch.tensor([[0.25]], dtype=F64)).shape == (1, 1, 2)
+    ev = odeflow.solve(lambda tt, y: f(tt, y.expand(2, 2))[:1], y0[:1],
+                       torch.tensor([0.0, 10.0], dtype=F64), options=PS,
+                       event_fn=lambda tt, y: y[:, 0])
+    assert ev.event_t.shape == (1,) and ev.ts.shape == (1, 2) and ev.event_index.tolist() == [0]
+    assert ev.sample_stats.status == [Status.EVENT]
+    none = odeflow.solve(lambda tt, y: -y, torch.ones(1, 1, dtype=F64),
+                         torch.tensor([0.0, 1.0], dtype=F64), options=PS,
+                         event_fn=lambda tt, y: y[:, 0] + 1)
+    assert torch.isnan(none.event_t).all() and none.sample_stats.status == [Status.NO_EVENT]
