@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import threading
 import warnings
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -113,6 +115,36 @@ def sdeint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: str | No
     """
     if unused_kwargs:
         raise ValueError(f"sdeint got unexpected arguments {sorted(unused_kwargs)}")
+    setup = _prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names,
+                     logqp)
+    state = setup.solver.init_state(setup.funcs, setup.times[0], setup.y0) \
+        if extra_solver_state is None else tuple(extra_solver_state)
+    ys, state = _solve(setup, state, throw)
+    return _returns(ys, state, logqp, extra)
+
+
+@dataclass
+class _Setup:
+    """What ``sdeint`` and ``sdeint_adjoint`` share after checking their arguments."""
+
+    sde: Any
+    funcs: SDEFunctions
+    solver: Any
+    method: str
+    y0: Tensor
+    ts: Tensor
+    times: list
+    bm: Any
+    dt: float
+    adaptive: bool
+    rtol: float
+    atol: float
+    dt_min: float
+
+
+def _prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names,
+             logqp) -> _Setup:
+    """Check the arguments, wrap the SDE, select the method, make the Brownian motion."""
     sde = rename_methods(sde, names)
     if not hasattr(sde, "noise_type") or not hasattr(sde, "sde_type"):
         raise ValueError("sde must have the attributes noise_type and sde_type (subclass "
@@ -137,7 +169,7 @@ def sdeint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: str | No
     if adaptive and method == METHODS.euler and sde.noise_type != NOISE_TYPES.additive:
         warnings.warn("Numerical solution is not guaranteed to converge to the correct solution "
                       "when using adaptive time-stepping with the Euler--Maruyama method with "
-                      "non-additive noise.", stacklevel=2)
+                      "non-additive noise.", stacklevel=3)
     method_cls = select(method, sde.sde_type)
     if sde.noise_type not in method_cls.noise_types:
         raise ValueError(f"method {method!r} does not support noise_type={sde.noise_type!r}; it "
@@ -168,13 +200,18 @@ def sdeint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: str | No
                          f"in {list(LEVY_PROVIDERS[solver.levy])}, got "
                          f"{bm.levy_area_approximation!r}")
 
-    state = solver.init_state(funcs, times[0], y0) if extra_solver_state is None \
-        else tuple(extra_solver_state)
+    return _Setup(sde, funcs, solver, method, y0, ts_tensor, times, bm, dt, adaptive, rtol, atol,
+                  dt_min)
+
+
+def _solve(setup: _Setup, state: tuple, throw: bool) -> tuple[Tensor, tuple]:
+    """Run the solve from ``state``; record the statistics for :func:`last_stats`."""
+    y0, funcs, times = setup.y0, setup.funcs, setup.times
     stats = SDEStats()
-    stepper = SDESteps(solver, funcs, bm, state, y0.shape, dt_min)
+    stepper = SDESteps(setup.solver, funcs, setup.bm, state, y0.shape, setup.dt_min)
     try:
-        ys, state, loop_stats = solve_sde(stepper, y0, ts_tensor, times, dt, adaptive, rtol,
-                                          atol, dt_min, throw)
+        ys, state, loop_stats = solve_sde(stepper, y0, setup.ts, times, setup.dt, setup.adaptive,
+                                          setup.rtol, setup.atol, setup.dt_min, throw)
         stats.copy_forward(loop_stats)
     except SolveError as err:
         if err.stats is not None:
@@ -185,6 +222,11 @@ def sdeint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: str | No
         stats.nfe = stats.nfe_drift + stats.nfe_diffusion
         _LAST.stats = stats
         record_last_stats(stats)
+    return ys, state
+
+
+def _returns(ys: Tensor, state, logqp: bool, extra: bool):
+    """torchsde's return values: ``ys``, ``(ys, log_ratio)``, each with the state if ``extra``."""
     if logqp:
         ys, log_ratio = ys[..., :-1], ys[..., -1]
         out = (ys, log_ratio[1:] - log_ratio[:-1])
