@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import threading
 import warnings
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -113,6 +115,36 @@ def sdeint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: str | No
     """
     if unused_kwargs:
         raise ValueError(f"sdeint got unexpected arguments {sorted(unused_kwargs)}")
+    setup = _prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names,
+                     logqp)
+    state = setup.solver.init_state(setup.funcs, setup.times[0], setup.y0) \
+        if extra_solver_state is None else tuple(extra_solver_state)
+    ys, state = _solve(setup, state, throw)
+    return _returns(ys, state, logqp, extra)
+
+
+@dataclass
+class _Setup:
+    """What ``sdeint`` and ``sdeint_adjoint`` share after checking their arguments."""
+
+    sde: Any
+    funcs: SDEFunctions
+    solver: Any
+    method: str
+    y0: Tensor
+    ts: Tensor
+    times: list
+    bm: Any
+    dt: float
+    adaptive: bool
+    rtol: float
+    atol: float
+    dt_min: float
+
+
+def _prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names,
+             logqp) -> _Setup:
+    """Check the arguments, wrap the SDE, select the method, make the Brownian motion."""
     sde = rename_methods(sde, names)
     if not hasattr(sde, "noise_type") or not hasattr(sde, "sde_type"):
         raise ValueError("sde must have the attributes noise_type and sde_type (subclass "
@@ -137,7 +169,7 @@ def sdeint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: str | No
     if adaptive and method == METHODS.euler and sde.noise_type != NOISE_TYPES.additive:
         warnings.warn("Numerical solution is not guaranteed to converge to the correct solution "
                       "when using adaptive time-stepping with the Euler--Maruyama method with "
-                      "non-additive noise.", stacklevel=2)
+                      "non-additive noise.", stacklevel=3)
     method_cls = select(method, sde.sde_type)
     if sde.noise_type not in method_cls.noise_types:
         raise ValueError(f"method {method!r} does not support noise_type={sde.noise_type!r}; it "
@@ -168,13 +200,18 @@ def sdeint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: str | No
                          f"in {list(LEVY_PROVIDERS[solver.levy])}, got "
                          f"{bm.levy_area_approximation!r}")
 
-    state = solver.init_state(funcs, times[0], y0) if extra_solver_state is None \
-        else tuple(extra_solver_state)
+    return _Setup(sde, funcs, solver, method, y0, ts_tensor, times, bm, dt, adaptive, rtol, atol,
+                  dt_min)
+
+
+def _solve(setup: _Setup, state: tuple, throw: bool) -> tuple[Tensor, tuple]:
+    """Run the solve from ``state``; record the statistics for :func:`last_stats`."""
+    y0, funcs, times = setup.y0, setup.funcs, setup.times
     stats = SDEStats()
-    stepper = SDESteps(solver, funcs, bm, state, y0.shape, dt_min)
+    stepper = SDESteps(setup.solver, funcs, setup.bm, state, y0.shape, setup.dt_min)
     try:
-        ys, state, loop_stats = solve_sde(stepper, y0, ts_tensor, times, dt, adaptive, rtol,
-                                          atol, dt_min, throw)
+        ys, state, loop_stats = solve_sde(stepper, y0, setup.ts, times, setup.dt, setup.adaptive,
+                                          setup.rtol, setup.atol, setup.dt_min, throw)
         stats.copy_forward(loop_stats)
     except SolveError as err:
         if err.stats is not None:
@@ -185,6 +222,11 @@ def sdeint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: str | No
         stats.nfe = stats.nfe_drift + stats.nfe_diffusion
         _LAST.stats = stats
         record_last_stats(stats)
+    return ys, state
+
+
+def _returns(ys: Tensor, state, logqp: bool, extra: bool):
+    """torchsde's return values: ``ys``, ``(ys, log_ratio)``, each with the state if ``extra``."""
     if logqp:
         ys, log_ratio = ys[..., :-1], ys[..., -1]
         out = (ys, log_ratio[1:] - log_ratio[:-1])
@@ -192,7 +234,87 @@ def sdeint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: str | No
     return (ys, state) if extra else ys
 
 
-def sdeint_adjoint(*args, **kwargs):
-    """Not provided yet: the adjoint for SDEs comes with odeflow's one loop."""
-    raise NotImplementedError("odeflow.sde.sdeint_adjoint is not implemented yet; use sdeint "
-                              "(gradients by backpropagation through the solver)")
+def sdeint_adjoint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: str | None = None,
+                   adjoint_method: str | None = None, dt=1e-3, adaptive: bool = False,
+                   adjoint_adaptive: bool = False, rtol=1e-5, adjoint_rtol=1e-5, atol=1e-4,
+                   adjoint_atol=1e-4, dt_min=1e-5, options: dict | None = None,
+                   adjoint_options: dict | None = None, adjoint_params=None,
+                   names: dict | None = None, logqp: bool = False, extra: bool = False,
+                   extra_solver_state=None, throw: bool = True, **unused_kwargs):
+    """Solve an SDE with gradients by an adjoint; a drop-in for ``torchsde.sdeint_adjoint``.
+
+    Provided for ``method="reversible_heun"`` (Stratonovich SDEs, every noise type) with
+    its algebraically reversible adjoint ``adjoint_method="adjoint_reversible_heun"`` (the
+    default for it): the backward pass rebuilds the forward steps from the end by
+    inverting each one (:mod:`odeflow.sde.adjoint`), so its memory does not grow with the
+    number of steps, and its gradients equal backpropagation through
+    ``sdeint(method="reversible_heun")`` on the same Brownian motion up to rounding.
+    Fixed steps only.
+
+    Args:
+        sde, y0, ts, bm, dt, rtol, atol, dt_min, options, names, logqp, extra,
+        extra_solver_state, throw: as :func:`sdeint`.
+        method: must be ``"reversible_heun"`` (torchsde's default for the SDE type,
+            e.g. ``midpoint`` for Stratonovich, raises ``NotImplementedError``).
+        adjoint_method: ``None`` or ``"adjoint_reversible_heun"``.
+        adaptive, adjoint_adaptive: must be ``False``.
+        adjoint_rtol, adjoint_atol: accepted for torchsde compatibility (unused: the
+            reversible adjoint takes the forward's steps).
+        adjoint_options: must be empty.
+        adjoint_params: the tensors whose gradients the adjoint computes; default
+            ``sde.parameters()`` (then ``sde`` must be an ``nn.Module``). Gradients reach
+            other tensors the SDE uses only through its evaluation at ``ts[0]``.
+
+    Returns:
+        As :func:`sdeint`.
+
+    Raises:
+        NotImplementedError: another method, adjoint method, or adaptive steps.
+        ValueError: as :func:`sdeint`; ``adjoint_params`` missing for a non-Module SDE.
+    """
+    if unused_kwargs:
+        raise ValueError(f"sdeint_adjoint got unexpected arguments {sorted(unused_kwargs)}")
+    if adjoint_params is None and not isinstance(sde, torch.nn.Module):
+        raise ValueError("`sde` must be an instance of nn.Module to specify the adjoint "
+                         "parameters; alternatively they can be specified explicitly via the "
+                         "`adjoint_params` argument. If there are no parameters then it is "
+                         "allowable to set `adjoint_params=()`.")
+    for name, value in (("adjoint_rtol", adjoint_rtol), ("adjoint_atol", adjoint_atol)):
+        _scalar(name, value)
+    setup = _prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names,
+                     logqp)
+    works = ("sdeint_adjoint supports method='reversible_heun' (Stratonovich SDEs) with "
+             "adjoint_method='adjoint_reversible_heun' and fixed steps")
+    if setup.method != METHODS.reversible_heun:
+        raise NotImplementedError(f"{works}; got method={setup.method!r} (the stochastic adjoint "
+                                  "for other methods is not implemented: use sdeint, which "
+                                  "backpropagates through the solver)")
+    if adjoint_method not in (None, METHODS.adjoint_reversible_heun):
+        raise NotImplementedError(f"{works}; got adjoint_method={adjoint_method!r}")
+    if adaptive or adjoint_adaptive:
+        raise NotImplementedError(f"{works}; adaptive=True / adjoint_adaptive=True are not "
+                                  "supported (the reversible adjoint retraces the forward's "
+                                  "fixed grid)")
+    if adjoint_options:
+        raise ValueError(f"adjoint_method 'adjoint_reversible_heun' takes no adjoint_options; "
+                         f"got {sorted(adjoint_options)}")
+    params = tuple(sde.parameters()) if adjoint_params is None else tuple(adjoint_params)
+    if not all(torch.is_tensor(p) for p in params):
+        raise ValueError("adjoint_params must be tensors")
+    params = tuple(p for p in params if p.requires_grad)
+    state0 = setup.solver.init_state(setup.funcs, setup.times[0], setup.y0) \
+        if extra_solver_state is None else tuple(extra_solver_state)
+    if len(state0) != 3 or not all(torch.is_tensor(s) for s in state0):
+        raise ValueError("extra_solver_state for reversible_heun is the tuple (f(z), g(z), z) "
+                         "returned with extra=True")
+    if len(setup.times) == 1:
+        ys, state = setup.y0.unsqueeze(0), state0
+    else:
+        from .adjoint import ReversibleHeunAdjoint
+
+        def run(start):
+            return _solve(setup, start, throw)
+
+        ys, *state = ReversibleHeunAdjoint.apply(run, setup, setup.y0, *state0, *params)
+        state = tuple(state)
+    return _returns(ys, state, logqp, extra)

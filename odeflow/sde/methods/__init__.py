@@ -41,7 +41,8 @@ def select(method: str, sde_type: str) -> type[SDEMethod]:
         raise ValueError(f"method {method!r} is for {named[0].sde_types[0]} SDEs, but the SDE is "
                          f"{sde_type}; methods for {sde_type} SDEs: {fits}")
     if method == "adjoint_reversible_heun":
-        raise NotImplementedError("method 'adjoint_reversible_heun' belongs to sdeint_adjoint, "
-                                  "which odeflow.sde does not provide yet")
+        raise NotImplementedError("'adjoint_reversible_heun' is an adjoint_method of "
+                                  "sdeint_adjoint; use method='reversible_heun' (with sdeint "
+                                  "or sdeint_adjoint)")
     raise ValueError(f"Expected method in {sorted({c.name for c in ALL_METHODS})}, but found "
                      f"{method!r}.")

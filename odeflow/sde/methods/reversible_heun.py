@@ -4,9 +4,9 @@ It carries an auxiliary state ``z`` and the drift and diffusion at ``z``:
 ``z1 = 2y - z + f(z) dt + g(z) dW``, ``y1 = y + (f(z) + f(z1)) dt/2 + (g(z) + g(z1)) dW/2``,
 one evaluation of ``f`` and ``g`` per step. The step is algebraically reversible:
 :meth:`ReversibleHeun.backward_step` recovers ``(y, z, f(z), g(z))`` from
-``(y1, z1, f(z1), g(z1))`` exactly up to rounding, which the adjoint (later) uses to
-rebuild the forward trajectory without storing it. Strong order 0.5 in general, 1.0 for
-additive noise.
+``(y1, z1, f(z1), g(z1))`` exactly up to rounding, which the adjoint
+(:mod:`odeflow.sde.adjoint`) uses to rebuild the forward trajectory without storing it.
+Strong order 0.5 in general, 1.0 for additive noise.
 
 Reference: P. Kidger, J. Foster, X. Li, T. Lyons, "Efficient and accurate gradients for
 neural SDEs", NeurIPS 2021, Algorithm 1 and §3.
