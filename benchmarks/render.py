@@ -396,7 +396,7 @@ def _lanes(d: dict) -> list[str]:
 
 def _sde(d: dict) -> list[str]:
     head = ["case", "contender", "time ms, median [min–max]", "vs torchsde sdeint (paired)",
-            "drift + diffusion calls (bwd)", "steps", "accuracy"]
+            "drift + diffusion calls (bwd)", "f, g calls alone ms", "steps", "accuracy"]
     lines = []
     for r in d["rows"]:
         lead = [r["case"], r["contender"]]
@@ -419,7 +419,7 @@ def _sde(d: dict) -> list[str]:
             _time_cell(r), "1.00×" if r["contender"] == d.get("reference") else _x(ratio),
             f"{r['nfe_drift']} + {r['nfe_diffusion']}" + (
                 f" ({r['nfe_bwd']})" if r.get("nfe_bwd") else ""),
-            str(r.get("steps")), "; ".join(acc) or "–"]) + " |")
+            _ms(r.get("fg_floor_s")), str(r.get("steps")), "; ".join(acc) or "–"]) + " |")
     cfg = d["config"]
     notes = [
         f"GBM batch {tuple(cfg['gbm_batch'])}, latent batch {tuple(cfg['latent_batch'])}, "
@@ -430,7 +430,10 @@ def _sde(d: dict) -> list[str]:
         "`torch.no_grad`; fwd+bwd: forward plus `autograd.grad(Σ ys², [y0, params])`",
         "(odeflow: backprop through the solver; adjoint rows: their own backward, whose",
         "drift/diffusion calls are the number in brackets). Paired ratio: the median over",
-        "rounds of round k's time over round k's torchsde sdeint time. Strong error:",
+        "rounds of round k's time over round k's torchsde sdeint time. f, g calls alone:",
+        "the forward calls of drift and diffusion times their bare costs (median over",
+        "rounds of each function called alone on y0, no grad): the part of a forward",
+        "solve no solver can remove (fwd+bwd rows add their backward). Strong error:",
         "E|y(1) − y_exact(1)| on the row's own path (W(1) read back from its Brownian",
         "motion). Shared path: a float64 solve, untimed, of each solver on one precomputed",
         "path (W and the space-time integral on the dt grid), against torchsde's sdeint",

@@ -170,21 +170,22 @@ def _runner(sde, y0, ts, method, grad, solver_lib, bm_lib, adjoint, keep):
         fn = solver.sdeint
 
     def run():
-        sde.reset()
+        nf0, ng0 = sde.nf, sde.ng
         bm = bml.BrownianInterval(t0=0.0, t1=T1, size=size, dtype=dtype, entropy=SEED, dt=DT,
                                   levy_area_approximation=levy)
         grads = None
         if grad == "forward":
             with torch.no_grad():
                 ys = fn(sde, y0, ts, bm=bm, **kw)
-            nfe, nfe_bwd = sde.nfe, 0
+            nf, ng = sde.nf - nf0, sde.ng - ng0
         else:
             y = y0.detach().requires_grad_(True)
             ys = fn(sde, y, ts, bm=bm, **kw)
-            nfe = sde.nfe
+            nf, ng = sde.nf - nf0, sde.ng - ng0
             grads = torch.autograd.grad(ys.pow(2).sum(), [y, *params])
-            nfe_bwd = sde.nfe - nfe
-        out = {"nfe": nfe, "nfe_bwd": nfe_bwd, "nfe_drift": sde.nf, "nfe_diffusion": sde.ng,
+        nfe = nf + ng
+        nfe_bwd = sde.nf + sde.ng - nf0 - ng0 - nfe
+        out = {"nfe": nfe, "nfe_bwd": nfe_bwd, "nfe_drift": nf, "nfe_diffusion": ng,
                "steps": math.ceil(T1 / DT - 1e-9)}
         if solver_lib == "odeflow" and not adjoint:
             st = solver.last_stats()
@@ -238,6 +239,16 @@ class GridBrownian:
 
     def __repr__(self):
         return f"GridBrownian(dt={self.dt}, n={self.n})"
+
+
+def _bare(fn, y0):
+    t = torch.tensor(0.0)
+
+    def call():
+        with torch.no_grad():
+            return fn(t, y0)
+
+    return call
 
 
 def _same_path_check(method: str, sde_type: str, size, only, gbm: bool = False) -> dict:
@@ -319,7 +330,9 @@ def run(quick: bool, reps: int | None, compile: bool = True,
                 except Unavailable as e:
                     pre[label] = {"status": f"unavailable: {e}"}
             log(f"sde {full}: {len(runners)} contenders x {reps} reps")
-            outcomes, _ = round_robin(runners, reps, label=f"sde {full}")
+            bare = {"f": _bare(sde.f, y0), "g": _bare(sde.g, y0)}
+            outcomes, costs = round_robin(runners, reps, bare, label=f"sde {full}")
+            bf, bg = (sorted(costs[k])[len(costs[k]) // 2] for k in ("f", "g"))
             outcomes.update(pre)
             for label, *_ in CONTENDERS:
                 if label not in outcomes:
@@ -328,6 +341,11 @@ def run(quick: bool, reps: int | None, compile: bool = True,
                 row = make_row(full, label, o, problem=case.split()[0], method=method,
                                sde_type=sde_type, gradient=grad,
                                batch=list(size), dt=DT, reference=REFERENCE)
+                if o["status"] == "ok":
+                    # The user's functions alone (forward, no grad): the floor of a
+                    # forward solve with these calls; fwd+bwd adds their backward.
+                    row["bare_f_us"], row["bare_g_us"] = bf * 1e6, bg * 1e6
+                    row["fg_floor_s"] = row["nfe_drift"] * bf + row["nfe_diffusion"] * bg
                 k = keeps.get(label) or {}
                 if o["status"] == "ok" and is_gbm and "ys" in k:
                     exact = sde.exact(y0, k["bm"](0.0, T1), T1)
