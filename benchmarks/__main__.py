@@ -1,4 +1,4 @@
-"""Command line: ``python -m benchmarks {s1,s2,s3,s4,stiff,lanes,all,render,profile} ...``.
+"""Command line: ``python -m benchmarks {s1,s2,s3,s4,stiff,lanes,sde,all,render,profile} ...``.
 
 ``odeflow bench ...`` calls :func:`main` with the same arguments.
 """
@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
                     "(default benchmarks/results/*.json)")
     rp.add_argument("--out", default=None, help="markdown file (default BENCHMARKS.md)")
     pp = sub.add_parser("profile", help="torch.profiler + cProfile of one odeflow solve")
-    pp.add_argument("workload", choices=("s1", "s2", "s3", "s4", "lanes", "stiff-batch"))
+    pp.add_argument("workload", choices=("s1", "s2", "s3", "s4", "lanes", "stiff-batch",
+                                                   "sde-gbm", "sde-latent", "sde-revheun"))
     pp.add_argument("--out", default=None)
     pp.add_argument("--threads", type=int, default=None)
     pp.add_argument("--gradient", default="direct",

@@ -7,7 +7,9 @@ Robertsons. ``python -m benchmarks profile s2`` profiles a small float64 state (
 1e-7), where the loop's cost per step matters most; ``profile s1`` odeflow's forward
 solve of S1 at B = 16 (the overhead-bound case); ``profile s3`` one forward+backward
 training step of S3 with backprop through the solver (``--gradient adjoint|checkpoint``
-for the other modes).
+for the other modes). ``profile sde-gbm|sde-latent|sde-revheun`` profile odeflow.sde's
+solve of the SDE workload's cases (GBM srk forward; latent euler and reversible Heun
+forward + backward), Brownian interval included.
 Each writes ``benchmarks/results/profile-<w>[-<gradient>].json``, which ``render``
 summarises in BENCHMARKS.md.
 """
@@ -164,6 +166,10 @@ def profile(workload: str, out: str | None = None, gradient: str = "direct") -> 
 
     if workload == "s3":
         func, one, n, what = _s3_job(gradient)
+    elif workload.startswith("sde-"):
+        from .sde import profile_job
+
+        func, one, n, what = profile_job(workload)
     else:
         func, one, n, what = JOBS[workload]()
     for _ in range(2):
@@ -179,13 +185,15 @@ def profile(workload: str, out: str | None = None, gradient: str = "direct") -> 
     nfe = func.nfe // n
     # The share of the solve spent inside func's forward calls (no profiler running);
     # for a forward+backward step the backward's replay of func is not inside it.
-    inner = func.func
-    func.func = timed = _Timed(inner)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        one()
-    in_func = timed.seconds / (time.perf_counter() - t0)
-    func.func = inner
+    in_func = None
+    if hasattr(func, "func"):  # the SDE jobs' models have no single func to time
+        inner = func.func
+        func.func = timed = _Timed(inner)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            one()
+        in_func = timed.seconds / (time.perf_counter() - t0)
+        func.func = inner
     log(f"profile {workload}: {wall * 1e3:.1f} ms per solve, {nfe} NFE; torch.profiler")
     with tprofile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(n):

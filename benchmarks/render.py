@@ -26,6 +26,7 @@ TITLES = {
     "stiff": "Stiff — implicit methods against SciPy Radau, BDF, LSODA (float64, rtol = 1e-6)",
     "lanes": "Lanes — per-sample clock at B = 1 against a joint solve (float64, dopri5, "
              "one thread)",
+    "sde": "SDE — odeflow.sde against torchsde 0.2.6 (float32, fixed dt = 1e-2 on [0, 1])",
 }
 BEFORE = RESULTS / "before-d70548b"
 BEFORE_COMMIT = "d70548b"
@@ -393,6 +394,56 @@ def _lanes(d: dict) -> list[str]:
     return _table(head, lines) + notes
 
 
+def _sde(d: dict) -> list[str]:
+    head = ["case", "contender", "time ms, median [min–max]", "vs torchsde sdeint (paired)",
+            "drift + diffusion calls (bwd)", "f, g calls alone ms", "steps", "accuracy"]
+    lines = []
+    for r in d["rows"]:
+        lead = [r["case"], r["contender"]]
+        if not _ok(r):
+            lines.append(_status_row(r, len(head), lead))
+            continue
+        acc = []
+        if "strong_error" in r:
+            acc.append(f"strong error {_e(r['strong_error'])} (RMS {_e(r['strong_error_rms'])})")
+        sp = r.get("same_path_float64") or {}
+        if "strong_error" in sp:
+            acc.append(f"shared path, float64: strong error {_e(sp['strong_error'])}")
+        if "max_abs_dy" in sp and r["contender"] != d.get("reference"):
+            acc.append(f"shared path, float64, vs torchsde sdeint: max |Δy| "
+                       f"{_e(sp['max_abs_dy'])}"
+                       + (f", max rel Δgrad {_e(sp['max_rel_dgrad'])}"
+                          if r.get("gradient") == "fwd+bwd" else ""))
+        ratio = r.get("vs_torchsde_paired")
+        lines.append("| " + " | ".join(lead + [
+            _time_cell(r), "1.00×" if r["contender"] == d.get("reference") else _x(ratio),
+            f"{r['nfe_drift']} + {r['nfe_diffusion']}" + (
+                f" ({r['nfe_bwd']})" if r.get("nfe_bwd") else ""),
+            _ms(r.get("fg_floor_s")), str(r.get("steps")), "; ".join(acc) or "–"]) + " |")
+    cfg = d["config"]
+    notes = [
+        f"GBM batch {tuple(cfg['gbm_batch'])}, latent batch {tuple(cfg['latent_batch'])}, "
+        f"hidden {cfg['hidden']}, {cfg['output_times']} output times, torchsde "
+        f"{cfg.get('versions_extra', {}).get('torchsde')}. Every call builds its own",
+        "`BrownianInterval(dt=1e-2, entropy=seed)` (the library's own; the \"torchsde's BM\"",
+        "rows drive odeflow with torchsde's, the torchsde row's path). Forward: under",
+        "`torch.no_grad`; fwd+bwd: forward plus `autograd.grad(Σ ys², [y0, params])`",
+        "(odeflow: backprop through the solver; adjoint rows: their own backward, whose",
+        "drift/diffusion calls are the number in brackets). Paired ratio: the median over",
+        "rounds of round k's time over round k's torchsde sdeint time. f, g calls alone:",
+        "the forward calls of drift and diffusion times their bare costs (median over",
+        "rounds of each function called alone on y0, no grad): the part of a forward",
+        "solve no solver can remove (fwd+bwd rows add their backward). Strong error:",
+        "E|y(1) − y_exact(1)| on the row's own path (W(1) read back from its Brownian",
+        "motion). Shared path: a float64 solve, untimed, of each solver on one precomputed",
+        "path (W and the space-time integral on the dt grid), against torchsde's sdeint",
+        "on it (see `benchmarks/sde.py`). The adjoint rows are references: the",
+        "target compares odeflow sdeint with torchsde sdeint.",
+        "",
+    ]
+    return _table(head, lines) + notes
+
+
 def _stiff(d: dict) -> list[str]:
     head = ["problem", "contender", "error", "f calls", "Jacobians", "LUs",
             "Newton its (failures)", "steps (accepted)", "time ms, median [min–max]"]
@@ -551,6 +602,22 @@ def targets(res: dict[str, dict]) -> list[str]:
     for t in (d or {}).get("targets", []):
         rows = [_row(d, c, k) for c, k in t.get("rows", [])]
         add("stiff", t["target"], t["measured"], t["ok"], *rows)
+    d = res.get("sde")
+    if d:
+        lim = d["config"].get("target", 0.5)
+        for case in dict.fromkeys(r["case"] for r in d["rows"]):
+            of, ts = _row(d, case, "odeflow sdeint"), _row(d, case, "torchsde sdeint")
+            tgt = f"{case}: odeflow sdeint ≤ {lim}× torchsde sdeint"
+            if _ok(of) and _ok(ts):
+                r = of.get("vs_torchsde_paired") or _t(of) / _t(ts)
+                acc = ""
+                if "strong_error" in of and "strong_error" in ts:
+                    acc = (f"; strong error {_e(of['strong_error'])} vs "
+                           f"{_e(ts['strong_error'])}")
+                add("SDE", tgt, f"{r:.2f}× ({_ms(_t(of))} vs {_ms(_t(ts))} ms{acc})",
+                    r <= lim, of, ts)
+            else:
+                add("SDE", tgt, "a row is missing", None, of, ts)
     out.append("")
     return out
 
@@ -696,7 +763,7 @@ def render(files: list[str] | None = None, out: str | None = None) -> Path:
         d = res[w]
         md += [f"## {TITLES[w]}", ""] + _meta(d)
         md += {"s1": _s1, "s2": _s2, "s3": _s3, "s4": _s4, "stiff": _stiff,
-               "lanes": _lanes}[w](d)
+               "lanes": _lanes, "sde": _sde}[w](d)
     md += before_after(res)
     md += profiles()
     if NOTES.exists():

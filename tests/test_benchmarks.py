@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("torchdiffeq")
 pytest.importorskip("torchode")
 pytest.importorskip("scipy")
+pytest.importorskip("torchsde")
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -25,6 +26,7 @@ RUNS = {
     "s3": "torchdiffeq odeint",
     "s4": "odeflow joint,torchdiffeq joint,torchode per-sample",
     "lanes": "odeflow,torchdiffeq joint",
+    "sde": "odeflow sdeint,torchsde sdeint",
 }
 
 
@@ -61,8 +63,10 @@ def test_quick_runs_write_json_and_render(tmp_path, bench_main, capsys):
         rows = data["rows"]
         assert rows, workload
         ok = [r for r in rows if r["status"] == "ok"]
-        # torchdiffeq always runs; odeflow may be recorded as unavailable, with a reason.
-        assert any(r["contender"].startswith("torchdiffeq") for r in ok), rows
+        # torchdiffeq (torchsde for sde) always runs; odeflow may be recorded as
+        # unavailable, with a reason.
+        peer = "torchsde" if workload == "sde" else "torchdiffeq"
+        assert any(r["contender"].startswith(peer) for r in ok), rows
         for r in rows:
             assert r["status"] == "ok" or r["status"].startswith("unavailable:"), r
         for r in ok:
@@ -71,6 +75,13 @@ def test_quick_runs_write_json_and_render(tmp_path, bench_main, capsys):
         if workload == "s3":
             mem = [r for r in ok if r["case"] == "fwd+bwd" and "memory" in r]
             assert mem and all(r["memory"]["median_mb"] >= 0 for r in mem)
+        if workload == "sde":
+            # Equal accuracy on the shared path: the same numbers as torchsde's sdeint.
+            checked = [r for r in ok if "max_abs_dy" in r.get("same_path_float64", {})]
+            assert checked and all(r["same_path_float64"]["max_abs_dy"] < 1e-8
+                                   for r in checked if "adjoint" not in r["contender"])
+            gbm = [r for r in ok if r["case"].startswith("gbm")]
+            assert gbm and all(r["strong_error"] < 1e-2 for r in gbm)
         if workload in ("s2", "s4"):
             key = "error" if workload == "s2" else "error_worst"
             assert all(r[key] < 1.0 for r in ok)
@@ -78,7 +89,7 @@ def test_quick_runs_write_json_and_render(tmp_path, bench_main, capsys):
     md = tmp_path / "BENCHMARKS.md"
     assert bench_main(["render", *files, "--out", str(md)]) == 0
     text = md.read_text()
-    for title in ("## S1", "## S2", "## S3", "## S4", "## Lanes", "## Targets"):
+    for title in ("## S1", "## S2", "## S3", "## S4", "## Lanes", "## SDE", "## Targets"):
         assert title in text
     assert "python -m benchmarks s3 --quick" in text
 
