@@ -1,10 +1,10 @@
 """Step-size control: the initial step heuristic and the I / PI / PID controllers.
 
-The joint loop's work is scalar, in Python floats: on the CPU that is far cheaper than
-tensor arithmetic on 0-dim tensors, and on a GPU the one host synchronisation per step
-(reading the error norm) happens in the loop, not here. The per-sample loop uses the same
-rules on tensors of one value per sample (:meth:`PIDController.propose_tensor`,
-:func:`starting_step`), without any host synchronisation. Controllers never evaluate
+One lane's work is scalar, in Python floats: on the CPU that is far cheaper than tensor
+arithmetic on 0-dim tensors, and on a GPU the one host synchronisation per step (reading
+the error norm) happens in the loop, not here. Per sample the same functions
+(:meth:`PIDController.propose`, :func:`initial_step`) work on tensors of one value per
+lane, without any host synchronisation. Controllers never evaluate
 ``func`` except :func:`initial_step`, which needs one extra evaluation.
 """
 
@@ -89,15 +89,15 @@ class PIDController:
             return ControllerState()
         return ControllerState(clock.full(1.0), clock.full(1.0))
 
-    def propose(self, *args: Any) -> tuple[Any, ControllerState]:
+    def propose(self, dt: Any, err: Any, accepted: Any, k: int, state: ControllerState
+                ) -> tuple[Any, ControllerState]:
         """Next step size after an attempt of size ``dt`` with error ratio ``err``.
 
-        ``propose([clock,] dt, err, accepted, k, state)``: Python floats for one lane, or
-        float64 tensors of one value per lane (``accepted`` a mask; a lane's memory changes
-        only when its step is accepted; no host synchronisation). The rule is written once:
-        the lane operations come from the value's type.
+        Python floats for one lane, or float64 tensors of one value per lane (``accepted``
+        a mask; a lane's memory changes only when its step is accepted; no host
+        synchronisation). The rule is written once: the lane operations come from the
+        value's type.
         """
-        dt, err, accepted, k, state = args[-5:]
         ops = LaneClock if isinstance(err, Tensor) else SharedClock
         finite = ops.isfinite(err)
         safe = ops.clip(ops.where(finite, err, 1.0), 1e-300, math.inf)

@@ -29,6 +29,7 @@ from .controllers import PIDController, initial_step
 from .interp import HermiteInterpolant, LinearInterpolant, hermite, linear
 from .norms import rms_norm
 from .problem import Problem
+from .solvers.base import StepResult
 from .stats import SolveStats, Status
 from .stiffness import PROBE_AFTER, warn_if_stiff
 
@@ -386,7 +387,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         if not left:
             break
         if adaptive:
-            new_dt, ctrl = cfg.controller.propose(C, dt_try, ratio, ok, k, ctrl)
+            new_dt, ctrl = cfg.controller.propose(dt_try, ratio, ok, k, ctrl)
             dt = C.where(active, C.clip(new_dt, min_step, max_step), dt)
     return result(t, y)
 
@@ -478,8 +479,6 @@ def compiled_step(stepper: Any, f: Any) -> Callable:
             return res.y_new, res.error, tuple(res.stages)
 
         fn = _COMPILED[id(type(stepper))] = torch.compile(pure, dynamic=False)
-
-    from .solvers.base import StepResult
 
     def uncounted(tt: Tensor, x: Tensor) -> Tensor:
         return f._call(f.clock.user_time(tt), x)

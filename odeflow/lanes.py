@@ -118,10 +118,6 @@ class SharedClock:
     def user_float(self, t: Any, lane: int = 0) -> float:
         return self.sign * float(t)
 
-    def column(self, x: Any, like: Tensor) -> Any:
-        """A lane value as a multiplier of the state (a float for one lane)."""
-        return x
-
 
 class LaneClock:
     """``B`` lanes: times, step sizes and decisions as ``(B,)`` tensors (per-sample)."""
@@ -212,10 +208,6 @@ class LaneClock:
 
     def user_float(self, t: Any, lane: int = 0) -> float:
         return float(self.sign[lane] * t[lane]) if isinstance(t, Tensor) else float(t)
-
-    def column(self, x: Tensor, like: Tensor) -> Tensor:
-        """A lane value as a ``(B, 1)`` multiplier of a ``(B, n)`` state."""
-        return x.to(like.dtype)[:, None]
 
     def sign_column(self, dtype: torch.dtype) -> Tensor:
         col = self._sign_col.get(dtype)

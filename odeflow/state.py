@@ -80,10 +80,6 @@ class StateLayout:
         return tuple(self._restore(piece, (*lead, *shape)) for piece, shape in
                      zip(torch.split(flat, self.sizes, dim=-1), self.shapes))
 
-    def unflatten_stacked(self, flat: Tensor) -> State:
-        """Stacked outputs ``(T, n)`` / ``(T, B, n)`` -> user structure with a time axis."""
-        return self.unflatten(flat)
-
     def real_view(self, flat: Tensor) -> State:
         """Flat state -> user structure but real (complex as trailing pairs)."""
         lead = flat.shape[:flat.ndim - 1 - (self.batch is not None)]

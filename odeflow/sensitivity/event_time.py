@@ -38,8 +38,7 @@ def attach_event_time(locator: EventLocator, problem: Problem, t_stop: Tensor, y
     C = problem.clock
     hits = locator.hits
     found = hits.found
-    sign = C.sign if not C.per_sample else C.sign
-    t_user = (sign * t_stop).detach()
+    t_user = (C.sign * t_stop).detach()
     real = problem.layout.real_dtype
     index = hits.index.clamp(min=0)[:, None]
     g = locator.call(t_user.to(real), y_stop).gather(1, index)[:, 0]
