@@ -28,6 +28,7 @@ STUDIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "digits": ("mnist", "MNISTConfig", {"dataset": "digits"}),
     "spiral": ("spiral", "SpiralConfig", {}),
     "latent-ode": ("latent_ode", "LatentODEConfig", {}),
+    "latent-sde": ("latent_sde", "LatentSDEConfig", {}),
     "cnf": ("cnf", "CNFConfig", {}),
     "cifar10": ("cifar10", "CIFAR10Config", {}),
     "robertson": ("robertson", "RobertsonConfig", {}),
@@ -36,7 +37,8 @@ STUDIES: dict[str, tuple[str, str, dict[str, Any]]] = {
 # names imported from a study module on first use (they import torch)
 _LAZY = {
     "MNISTConfig": "mnist", "build": "mnist", "run": "mnist", "resolve_gradient": "epochs",
-    "SpiralConfig": "spiral", "LatentODEConfig": "latent_ode", "CNFConfig": "cnf",
+    "SpiralConfig": "spiral", "LatentODEConfig": "latent_ode", "LatentSDEConfig": "latent_sde",
+    "CNFConfig": "cnf",
     "CIFAR10Config": "cifar10", "RobertsonConfig": "robertson",
 }
 
