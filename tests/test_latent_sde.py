@@ -139,3 +139,40 @@ def test_odeflow_plot_draws_a_run(tmp_path, capsys):
                      "--progress", "False", "--plots", "False", "--save", str(run)]) == 0
     assert cli.main(["plot", str(run)]) == 0
     assert {"loss.png", "nfe.png"} <= {p.name for p in run.iterdir()}
+
+
+@pytest.mark.parametrize(
+    "argv,named",
+    [
+        (["--method", "euler_heun"], "--method 'euler_heun': expected one of euler, milstein"),
+        (["--n-obs", "60"], "--n-obs 60, --n-points 50: expected n-obs <= n-points"),
+        (["--dt", "0.05"], "--dt 0.05: expected at most the grid spacing 0.0204082"),
+        (["--gradient", "checkpoint"], "--gradient checkpoint: expected direct or adjoint"),
+        (["--adjoint", "True"], "the adjoint needs --method reversible_heun"),
+        (["--obs-std", "0"], "--obs-std 0.0: expected a number > 0"),
+        (["--device", "tpu"], "--device 'tpu': expected auto, cpu, cuda or cuda:N"),
+        (["--latent", "0"], "--latent 0: expected a number >= 1"),
+        (["--niters", "x"], "argument --niters: invalid int value: 'x'"),
+    ],
+)
+def test_a_bad_flag_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, argv, named):
+    monkeypatch.chdir(tmp_path)
+    try:
+        status = cli.main(["train", "latent-sde", *argv, "--dry-run"])
+    except SystemExit as exc:  # argparse's own errors
+        status = exc.code
+    assert status == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert named in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_refuses_another_model(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", "latent-sde", *SMALL, "--niters", "2", "--stop-after", "1",
+                     "--progress", "False", "--plots", "False", "--save", str(run)]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", "latent-sde", "--resume", str(run), "--latent", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--latent" in err, err

@@ -72,10 +72,10 @@ class LatentSDEConfig(StepConfig):
     rnn_hidden: int = opt(32, "GRU units of the encoder", model=True, check=at_least(1))
     method: str = opt("euler", "SDE solver (fixed steps)", check=SDE_METHOD)
     dt: float = opt(0.02, "solver step", check=POSITIVE)
-    kl_warmup: int = opt(300, "steps over which the KL weight grows from 0 to 1",
+    kl_warmup: int = opt(200, "steps over which the KL weight grows from 0 to 1",
                          check=NON_NEGATIVE)
-    batch_size: int = opt(128, "series per step", check=at_least(1))
-    niters: int = opt(1500, "number of optimisation steps", check=at_least(1))
+    batch_size: int = opt(64, "series per step", check=at_least(1))
+    niters: int = opt(1000, "number of optimisation steps", check=at_least(1))
     eval_every: int = opt(100, "steps between evaluations", check=at_least(1))
     lr: float = opt(1e-2, "peak learning rate (Adam)", check=POSITIVE)
     lr_final: float = opt(0.01, "final learning rate as a fraction of --lr (cosine decay)",
