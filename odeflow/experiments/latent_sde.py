@@ -70,7 +70,9 @@ class LatentSDEConfig(StepConfig):
     hidden: int = opt(32, "hidden units of the drifts and the diffusion", model=True,
                       check=at_least(1))
     rnn_hidden: int = opt(32, "GRU units of the encoder", model=True, check=at_least(1))
-    method: str = opt("euler", "SDE solver (fixed steps)", check=SDE_METHOD)
+    # Itô: euler, milstein, srk; Stratonovich: midpoint, heun, reversible_heun
+    method: str = opt("euler", "SDE solver, fixed steps: euler, milstein, srk (Itô); midpoint, "
+                      "heun, reversible_heun (Stratonovich)", check=SDE_METHOD)
     dt: float = opt(0.02, "solver step", check=POSITIVE)
     kl_warmup: int = opt(200, "steps over which the KL weight grows from 0 to 1",
                          check=NON_NEGATIVE)
