@@ -19,17 +19,17 @@ SMALL = ["--n-train", "16", "--n-test", "8", "--batch-size", "8", "--n-points", 
 
 
 def test_lorenz_series_are_normalised_masked_and_seeded():
-    s = make_lorenz(64, n_points=20, t_total=1.0, n_obs=8, noise_std=0.1,
+    s = make_lorenz(64, n_points=20, t_total=1.0, n_obs=8, noise_std=0.1, sim_dt=0.01,
                     generator=torch.Generator().manual_seed(0))
     assert s.clean.shape == s.noisy.shape == (64, 20, 3) and s.mask.shape == (64, 20)
     assert torch.equal(s.mask.sum(1), torch.full((64,), 8.0)) and torch.all(s.mask[:, 0] == 1)
     torch.testing.assert_close(s.clean.mean(dim=(0, 1)), torch.zeros(3), atol=1e-5, rtol=0)
     torch.testing.assert_close(s.clean.std(dim=(0, 1)), torch.ones(3), atol=1e-4, rtol=0)
     assert float((s.noisy - s.clean).std()) == pytest.approx(0.1, rel=0.05)
-    again = make_lorenz(64, n_points=20, t_total=1.0, n_obs=8, noise_std=0.1,
+    again = make_lorenz(64, n_points=20, t_total=1.0, n_obs=8, noise_std=0.1, sim_dt=0.01,
                         generator=torch.Generator().manual_seed(0))
     assert torch.equal(again.noisy, s.noisy) and torch.equal(again.mask, s.mask)
-    other = make_lorenz(64, n_points=20, t_total=1.0, n_obs=8, noise_std=0.1,
+    other = make_lorenz(64, n_points=20, t_total=1.0, n_obs=8, noise_std=0.1, sim_dt=0.01,
                         generator=torch.Generator().manual_seed(1))
     assert not torch.equal(other.clean, s.clean)
     with pytest.raises(ValueError, match="n_obs"):
@@ -118,15 +118,22 @@ def test_prior_samples_have_the_data_shape():
     assert paths.shape == (7, 11, 3) and torch.isfinite(paths).all()
 
 
-def test_dry_run_writes_the_run_folder(tmp_path):
+@pytest.mark.parametrize("gradient", ["direct", "adjoint"])
+def test_dry_run_writes_the_run_folder(tmp_path, gradient):
+    extra = ["--gradient", gradient, "--method", "euler" if gradient == "direct" else
+             "reversible_heun"]
     rows = dry_run("latent-sde", tmp_path / "run",
                    ["train_loss", "elbo", "kl", "kl_path", "test_elbo", "test_log_lik",
                     "test_kl", "test_rmse", "nfe_f", "nfe_b", "sde_steps", "nfe_test"],
-                   ["posterior.png", "prior.png", "elbo.png"])
+                   ["posterior.png", "prior.png", "elbo.png"], extra)
     for row in rows:
         assert all(math.isfinite(v) for v in row.values())
         assert row["kl"] >= 0 and row["test_kl"] >= 0
-        assert row["sde_steps"] == 19 and row["nfe_f"] == 2 * 19 and row["nfe_b"] == 0
+        assert row["sde_steps"] == 19
+        if gradient == "direct":  # Euler: one drift and one diffusion per step
+            assert row["nfe_f"] == 2 * 19 and row["nfe_b"] == 0
+        else:  # reversible Heun: (f, g) once to start, then per step; twice per step back
+            assert row["nfe_f"] == 2 * 20 and row["nfe_b"] == 4 * 19
 
 
 def test_resume_continues_exactly(tmp_path):

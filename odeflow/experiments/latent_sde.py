@@ -139,13 +139,14 @@ def build(cfg: LatentSDEConfig) -> dict[str, Any]:
         kl_weight = min(1.0, (k + 1) / cfg.kl_warmup) if cfg.kl_warmup > 0 else 1.0
         loss, parts = model.elbo(t, batch.noisy, batch.mask, cfg.obs_std, generator=g,
                                  kl_weight=kl_weight)
+        forward, posterior = model.last_stats, model.last_posterior
+        in_forward = posterior.evaluations
         loss.backward()
         optimizer.step()
-        forward = model.last_stats  # read after backward: the adjoint adds its counts
         kl_path = float(parts["kl_path"].detach().mean())
         return {"train_loss": float(loss.detach()), "elbo": float(parts["elbo"].detach().mean()),
                 "kl": float(parts["kl0"].detach().mean()) + kl_path, "kl_path": kl_path,
-                "nfe_f": forward.nfe, "nfe_b": forward.nfe_backward or 0,
+                "nfe_f": forward.nfe, "nfe_b": posterior.evaluations - in_forward,
                 "sde_steps": forward.n_steps}
 
     @torch.no_grad()

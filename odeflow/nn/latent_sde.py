@@ -83,6 +83,8 @@ class LatentSDE(nn.Module):
 
     Attributes:
         last_stats: the latest solve's :class:`~odeflow.sde.steps.SDEStats`.
+        last_posterior: the :class:`PosteriorSDE` of the latest posterior solve (its
+            ``evaluations`` go on counting during an adjoint's backward pass).
 
     Raises:
         ValueError: an unknown ``method`` or ``gradient``, or the adjoint with another
@@ -112,6 +114,7 @@ class LatentSDE(nn.Module):
         self.latent, self.method, self.dt, self.gradient = latent, method, dt, gradient
         self.sde_type = SDE_METHODS[method]
         self.last_stats: Any = None
+        self.last_posterior: PosteriorSDE | None = None
 
     # -- the pieces -------------------------------------------------------------------
 
@@ -166,7 +169,7 @@ class LatentSDE(nn.Module):
         m, s = mean.repeat(samples, 1), logstd.repeat(samples, 1)
         eps = torch.randn(m.shape, generator=generator).to(m)
         z0 = m + s.exp() * eps
-        sde = PosteriorSDE(self, t, ctx)
+        sde = self.last_posterior = PosteriorSDE(self, t, ctx)
         bm = self._brownian(t, z0.shape[0], z0, generator, logqp=True)
         if self.gradient == "adjoint":
             # the adjoint returns gradients only to the tensors it is told about: the
@@ -230,7 +233,9 @@ class PosteriorSDE:
     drift (for ``logqp``), ``g`` the shared diffusion.
 
     The drift at time ``t`` reads the context of the first grid time after ``t``: the
-    observations still to come (as in Li et al.'s code).
+    observations still to come (as in Li et al.'s code). ``evaluations`` counts the calls
+    of ``f`` and ``g``, the forward solve's and those of an adjoint's backward pass alike
+    (``odeflow.sde.last_stats()`` holds the forward's only).
     """
 
     noise_type = "diagonal"
@@ -240,18 +245,21 @@ class PosteriorSDE:
         self.times = [float(v) for v in t]
         # solver times land on grid times up to rounding: compare with a margin
         self._tol = 1e-6 * (self.times[-1] - self.times[0])
+        self.evaluations = 0
 
     def _context(self, t: torch.Tensor) -> torch.Tensor:
         i = bisect.bisect_right(self.times, float(t) + self._tol)
         return self.ctx[min(i, len(self.times) - 1)]
 
     def f(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        self.evaluations += 1
         return self.model.posterior_drift(z, self._context(t))
 
     def h(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self.model.prior_drift(z)
 
     def g(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        self.evaluations += 1
         return self.model.diffusion(z)
 
 
