@@ -38,7 +38,6 @@ from .steps import (
     StepConfig,
     StepTask,
     cosine_lr,
-    plot_columns,
     run_main,
     start_run,
     train_study,
@@ -167,7 +166,7 @@ def build(cfg: LatentSDEConfig) -> dict[str, Any]:
         }
 
     def plot(run_dir: Path, history: list[dict[str, float]]) -> list[Path]:
-        from .latent_sde_plots import plot_posterior, plot_prior
+        from .latent_sde_plots import plot_elbo, plot_posterior, plot_prior
 
         g = step_gen(cfg.seed, PLOT_STEP)
         shown = test.subset(torch.arange(min(3, cfg.n_test), device=device))
@@ -176,7 +175,7 @@ def build(cfg: LatentSDEConfig) -> dict[str, Any]:
         return [
             plot_posterior(run_dir / "posterior.png", shown.to("cpu"), paths.cpu()),
             plot_prior(run_dir / "prior.png", test.clean[:16].cpu(), prior.cpu()),
-            plot_columns(history, ("elbo", "test_elbo"), run_dir / "elbo.png", "ELBO per series"),
+            plot_elbo(run_dir / "elbo.png", history),
         ]
 
     task = StepTask(

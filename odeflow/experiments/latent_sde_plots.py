@@ -2,7 +2,8 @@
 
 - ``posterior.png``: held-out series, one column each and one row per coordinate: the
   noise-free series, its noisy observations and sampled posterior paths;
-- ``prior.png``: the noise-free data and paths sampled from the learned prior SDE, in 3-D.
+- ``prior.png``: the noise-free data and paths sampled from the learned prior SDE, in 3-D;
+- ``elbo.png``: the training and test ELBO per evaluation.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from ..data.lorenz import LorenzSeries
 from .steps import save_figure
 
-__all__ = ["plot_posterior", "plot_prior"]
+__all__ = ["plot_posterior", "plot_prior", "plot_elbo"]
 
 
 def _pyplot():
@@ -71,3 +72,20 @@ def plot_prior(path: Path, clean: torch.Tensor, prior: torch.Tensor) -> Path:
             ax.set_ylim(limits[1])
             ax.set_zlim(limits[2])
     return save_figure(fig, path)
+
+
+def plot_elbo(path: Path, history: list[dict[str, float]]) -> Path:
+    """``elbo`` and ``test_elbo`` against the step, on a symmetric log scale: the ELBO
+    starts thousands of nats below zero and ends tens above, and a linear axis would
+    flatten the end of the run to a line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps = [r["step"] for r in history]
+    for column in ("elbo", "test_elbo"):
+        ax.plot(steps, [r[column] for r in history], "-o", ms=2, label=column)
+    ax.set_yscale("symlog", linthresh=10.0)
+    ax.set_xlabel("step")
+    ax.set_ylabel("ELBO per series (nats, symlog)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path, dpi=120)
