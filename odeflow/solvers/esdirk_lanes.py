@@ -293,7 +293,7 @@ def _newton(m: Any, fi: Any, ti: Tensor, r: Tensor, z: Tensor, hg_col: Tensor,
         fail = ~finite
         if prev is not None:
             theta = norm / prev
-            measured = finite & ~at_floor
+            measured = iterating & finite & ~at_floor
             theta_max = torch.where(measured, torch.maximum(theta_max, theta), theta_max)
             diverging = measured & (theta >= 1.0)
             eta = torch.where(measured, theta / (1.0 - theta), eta)
