@@ -31,7 +31,9 @@ def _vdp_batch(n=4, seed=0):
 
 
 @pytest.mark.parametrize("method,tol", [("dopri5", 1e-8), ("bosh3", 1e-6), ("tsit5", 1e-7),
-                                        ("rodas5p", 1e-6), ("rodas4", 1e-6)])
+                                        ("rodas5p", 1e-6), ("rodas4", 1e-6),
+                                        ("kvaerno5", 1e-6), ("kvaerno3", 1e-6),
+                                        ("trbdf2", 1e-6)])
 def test_every_adaptive_family_takes_each_samples_own_steps(method, tol):
     y0, f, single = _vdp_batch()
     t = torch.tensor([0.0, 0.4, 1.5], dtype=F64)
@@ -42,6 +44,59 @@ def test_every_adaptive_family_takes_each_samples_own_steps(method, tol):
         assert int(sol.sample_stats.n_rejected[b]) == own.stats.n_rejected
         # the same steps: the values differ by rounding only (batched vs joint kernels)
         assert (sol.ys[:, b] - own.ys).abs().max().item() < 1e-9
+
+
+# Robertson's kinetics with other rate constants per sample: stiff, each sample its own.
+RATES = torch.tensor([[0.04, 3e7, 1e4], [0.08, 1e7, 3e4], [0.02, 5e7, 1e4]], dtype=F64)
+IMPLICIT_COUNTS = ("n_newton_iters", "n_jacobians", "n_lu", "n_newton_failures")
+
+
+def _kinetics(k):
+    def f(t, y):
+        y1, y2, y3 = y[..., 0], y[..., 1], y[..., 2]
+        return torch.stack([-k[..., 0] * y1 + k[..., 2] * y2 * y3,
+                            k[..., 0] * y1 - k[..., 2] * y2 * y3 - k[..., 1] * y2 * y2,
+                            k[..., 1] * y2 * y2], -1)
+
+    return f
+
+
+def _radau(k, t, y0):
+    from scipy.integrate import solve_ivp
+
+    f = _kinetics(k)
+    sol = solve_ivp(lambda s, y: f(s, torch.as_tensor(y)).numpy(), (float(t[0]), float(t[-1])),
+                    y0.tolist(), method="Radau", rtol=1e-10, atol=1e-16, t_eval=t.numpy())
+    assert sol.success
+    return torch.as_tensor(sol.y.T)
+
+
+@pytest.mark.parametrize("method,bound", [("kvaerno5", 2.0), ("kvaerno3", 2.0),
+                                          ("trbdf2", 50.0)])
+def test_implicit_families_take_each_samples_own_steps_and_newton_work(method, bound):
+    # Each sample its own output grid (the shorter ones idle while the others step).
+    t = torch.tensor([[0.0, 1e-2, 1.0, 40.0], [0.0, 0.1, 3.0, 10.0], [0.0, 1e-3, 5.0, 80.0]],
+                     dtype=F64)
+    y0 = torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.0, 0.1], [1.0, 1e-5, 0.0]], dtype=F64)
+    rtol, atol = 1e-6, 1e-10
+    sol = odeflow.solve(_kinetics(RATES), y0, t, rtol=rtol, atol=atol, method=method,
+                        options=PS)
+    total = dict.fromkeys(IMPLICIT_COUNTS, 0)
+    for b in range(3):
+        own = odeflow.solve(_kinetics(RATES[b]), y0[b], t[b], rtol=rtol, atol=atol,
+                            method=method)
+        assert int(sol.sample_stats.n_accepted[b]) == own.stats.n_accepted
+        assert int(sol.sample_stats.n_rejected[b]) == own.stats.n_rejected
+        assert (sol.ys[:, b] - own.ys).abs().max().item() < 1e-12
+        for name in total:
+            total[name] += getattr(own.stats, name)
+        # accurate per sample: SciPy's Radau at rtol 1e-10, in units of the tolerance
+        ref = _radau(RATES[b], t[b], y0[b])
+        err = ((sol.ys[:, b] - ref).abs() / (atol + rtol * ref.abs())).max().item()
+        assert err < bound, (b, err)
+    # the same Newton iterations, Jacobians, LUs and failures as the samples alone
+    assert {name: getattr(sol.stats, name) for name in total} == total
+    assert total["n_jacobians"] < total["n_lu"] < total["n_newton_iters"]
 
 
 @pytest.mark.parametrize("method", ["euler", "midpoint", "rk4"])
