@@ -33,7 +33,7 @@ def _vdp_batch(n=4, seed=0):
 @pytest.mark.parametrize("method,tol", [("dopri5", 1e-8), ("bosh3", 1e-6), ("tsit5", 1e-7),
                                         ("rodas5p", 1e-6), ("rodas4", 1e-6),
                                         ("kvaerno5", 1e-6), ("kvaerno3", 1e-6),
-                                        ("trbdf2", 1e-6)])
+                                        ("trbdf2", 1e-6), ("auto", 1e-6)])
 def test_every_adaptive_family_takes_each_samples_own_steps(method, tol):
     y0, f, single = _vdp_batch()
     t = torch.tensor([0.0, 0.4, 1.5], dtype=F64)
@@ -97,6 +97,45 @@ def test_implicit_families_take_each_samples_own_steps_and_newton_work(method, b
     # the same Newton iterations, Jacobians, LUs and failures as the samples alone
     assert {name: getattr(sol.stats, name) for name in total} == total
     assert total["n_jacobians"] < total["n_lu"] < total["n_newton_iters"]
+
+
+def test_auto_switches_per_sample_as_each_sample_alone():
+    # van der Pol with mu from 100 to 300: each sample turns stiff, and back, at its own times.
+    mu = torch.tensor([200.0, 100.0, 300.0], dtype=F64)
+    y0 = torch.tensor([[2.0, 0.0], [1.5, 0.0], [2.0, 0.5]], dtype=F64)
+    t = torch.tensor([0.0, 50.0, 200.0], dtype=F64)
+    rtol, atol = 1e-7, 1e-9
+
+    def vdp(m):
+        return lambda t, y: torch.stack([y[..., 1], m * (1 - y[..., 0] ** 2) * y[..., 1]
+                                         - y[..., 0]], -1)
+
+    sol = odeflow.solve(vdp(mu), y0, t, rtol=rtol, atol=atol, method="auto", options=PS)
+    n_back = 0
+    for b in range(3):
+        own = odeflow.solve(vdp(mu[b]), y0[b], t, rtol=rtol, atol=atol, method="auto")
+        assert int(sol.sample_stats.n_accepted[b]) == own.stats.n_accepted
+        assert int(sol.sample_stats.n_rejected[b]) == own.stats.n_rejected
+        assert (sol.ys[:, b] - own.ys).abs().max().item() < 1e-12
+        mine = [(m, tt) for tt, m, lane in sol.stats.switches if lane == b]
+        assert [m for m, _ in mine] == [m for _, m in own.stats.switches]
+        # at the same steps (their sizes differ by the error estimates' rounding)
+        assert all(math.isclose(at, at_own, rel_tol=1e-7)
+                   for (_, at), (at_own, _) in zip(mine, own.stats.switches))
+        n_back += sum(m == "tsit5" for m, _ in mine)
+        ref = _vdp_radau(float(mu[b]), y0[b], t)
+        assert (sol.ys[:, b] - ref).abs().max().item() < 2e-4
+    assert n_back >= 1  # some sample switched back to the explicit method
+
+
+def _vdp_radau(mu, y0, t):
+    from scipy.integrate import solve_ivp
+
+    sol = solve_ivp(lambda s, y: [y[1], mu * (1 - y[0] ** 2) * y[1] - y[0]],
+                    (float(t[0]), float(t[-1])), y0.tolist(), method="Radau", rtol=1e-10,
+                    atol=1e-12, t_eval=t.numpy())
+    assert sol.success
+    return torch.as_tensor(sol.y.T)
 
 
 @pytest.mark.parametrize("method", ["euler", "midpoint", "rk4"])
