@@ -151,12 +151,15 @@ def f_end(f: Any, t_new: Tensor, y_new: Tensor, stages: LaneStages) -> Tensor:
 
 
 class LaneInterpolant(Interpolant):
-    """Each lane's dense output from the method it used."""
+    """Each lane's dense output from the method it used (both parts always present, a
+    method that did not run as a zero placeholder, so that a solve's pieces have one
+    structure and stack into a per-sample dense output)."""
 
-    __slots__ = ("explicit", "e", "i")
+    __slots__ = ("t", "dt", "explicit", "e", "i")
 
-    def __init__(self, explicit: Tensor, e: Interpolant, i: Interpolant):
-        self.explicit, self.e, self.i = explicit, e, i
+    def __init__(self, t: Tensor, dt: Tensor, explicit: Tensor, e: Interpolant,
+                 i: Interpolant):
+        self.t, self.dt, self.explicit, self.e, self.i = t, dt, explicit, e, i
 
     def evaluate(self, theta: Any) -> Tensor:
         return torch.where(self.explicit[:, None], self.e.evaluate(theta),
@@ -167,20 +170,21 @@ class LaneInterpolant(Interpolant):
                            self.i.derivative(theta))
 
     def detached(self) -> LaneInterpolant:
-        return LaneInterpolant(self.explicit, self.e.detached(), self.i.detached())
+        return LaneInterpolant(self.t, self.dt, self.explicit, self.e.detached(),
+                               self.i.detached())
 
 
 def interpolant(auto: Any, t: Tensor, dt: Tensor, y: Tensor, y_new: Tensor,
                 stages: LaneStages, f_new: Tensor | None, f: Any = None) -> Interpolant:
+    """The lanes' dense output (see :class:`LaneInterpolant`)."""
     s_e, s_i = stages.parts
-    e = i = None
-    if s_e is not None:
-        e = auto.explicit.interpolant(t, dt, y, y_new, tuple(s_e), f_new, f)
-    if s_i is not None:
-        i = auto.implicit.interpolant(t, dt, y, y_new, tuple(s_i), f_new, f)
-    if e is None or i is None:
-        return e if i is None else i
-    return LaneInterpolant(stages.explicit, e, i)
+    if s_e is None:
+        s_e = (torch.zeros_like(y),) * auto.explicit.stages
+    if s_i is None:
+        s_i = (stages[0],) + (torch.zeros_like(y),) * auto.implicit.tableau.stages
+    e = auto.explicit.interpolant(t, dt, y, y_new, tuple(s_e), f_new, f)
+    i = auto.implicit.interpolant(t, dt, y, y_new, tuple(s_i), f_new, f)
+    return LaneInterpolant(t, dt, stages.explicit, e, i)
 
 
 def is_lanes(stages: Sequence[Tensor]) -> bool:
