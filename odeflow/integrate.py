@@ -301,9 +301,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
             at = t_new[:, None]
             passed = torch.searchsorted(grid, at, right=True)[:, 0] - out_idx
             inside = torch.searchsorted(grid, at, right=False)[:, 0] > out_idx  # t_j < t_new
-            # A lane whose step could not be completed (res.ok False there: a per-lane
-            # Newton failure) is rejected with an infinite ratio, not failed as non-finite.
-            completed = res.ok
+            completed = res.ok  # False on a lane (a Newton failure): rejected, not non-finite
             n_pass, any_inside, any_left, any_ok, any_nonfinite = C.flags(
                 torch.where(ok, passed, 0).max(), ok & inside, still, ok,
                 active & ~finite & completed)
@@ -412,8 +410,7 @@ def _error_ratio(C: Any, res: Any, abs_y: Tensor, y_new: Tensor, rtol: Any, atol
     """``norm(err / (atol + rtol max(|y|, |y_new|)))``: a float for one lane (the accept
     decision's host sync), one value per lane otherwise (no sync); and ``|y_new|``, which
     one lane reuses as the next step's ``|y|``."""
-    # The step could not be completed (one lane; per lane see below): reject, shrink dt.
-    if not isinstance(res.ok, Tensor) and not res.ok:
+    if not isinstance(res.ok, Tensor) and not res.ok:  # not completed: reject, shrink dt
         return (math.inf if not C.per_sample else C.full(math.inf)), abs_y
     with torch.no_grad():
         err = res.error
@@ -422,9 +419,8 @@ def _error_ratio(C: Any, res: Any, abs_y: Tensor, y_new: Tensor, rtol: Any, atol
         scaled = err.div_(scale) if ws is not None else err / scale
         if C.per_sample:
             ratio = norm(scaled).double()
-            if isinstance(res.ok, Tensor):  # per-lane failures (see the loop)
-                ratio = torch.where(res.ok, ratio, math.inf)
-            return ratio, abs_new
+            return (torch.where(res.ok, ratio, math.inf) if isinstance(res.ok, Tensor)
+                    else ratio), abs_new
         if inv_sqrt_n is not None:
             # host sync: the accept/reject decision
             return torch.linalg.vector_norm(scaled).item() * inv_sqrt_n, abs_new

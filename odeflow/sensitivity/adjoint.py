@@ -85,12 +85,12 @@ def make_adjoint_config(rtol: Any, atol: Any, method: str | None, options: dict 
 
 def check_lanes_config(config: AdjointConfig, forward: MethodSpec | None = None) -> None:
     """Reject what the per-sample adjoint cannot honour (at ``solve``, not in backward)."""
-    if forward is not None and forward.implicit:  # the interpolating adjoint, per sample
-        if not config.spec.lanes_adjoint:
-            raise ValueError("gradient='adjoint' with options['per_sample'] after an implicit "
-                             "forward needs an adjoint_method without dt/dt terms (an ESDIRK "
-                             f"or explicit Runge-Kutta method), got {config.spec.name!r}")
-    elif config.spec.implicit or not config.spec.per_sample:
+    if forward is not None and forward.implicit and not config.spec.lanes_adjoint:
+        raise ValueError("gradient='adjoint' with options['per_sample'] after an implicit "
+                         "forward (interpolating) needs an ESDIRK or explicit Runge-Kutta "
+                         f"adjoint_method (no df/dt terms), got {config.spec.name!r}")
+    if not (forward is not None and forward.implicit) and (
+            config.spec.implicit or not config.spec.per_sample):
         raise ValueError("gradient='adjoint' with options['per_sample'] needs an explicit "
                          f"Runge-Kutta adjoint_method, got {config.spec.name!r}")
     norm = config.options.get("norm")
