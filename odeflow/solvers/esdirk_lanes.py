@@ -114,16 +114,19 @@ def step_lanes(m: Any, f: Any, t: Tensor, y: Tensor, f0: Tensor, dt: Tensor, sta
         previous = _previous_step(t, f0, ls)
         todo = active
         out_z: list[Tensor] | None = None
+        out_k: list[Tensor] = []
         theta_out = torch.zeros_like(hg)
         ok = torch.ones_like(active)
         while True:
-            zs, theta, failed = _stages(m, f, t, y_d, f0, dt, hg, ls, scale, kappa, floor,
-                                        f_last, previous, todo, counts)
+            zs, ks, theta, failed = _stages(m, f, t, y_d, f0, dt, hg, ls, scale, kappa,
+                                            floor, f_last, previous, todo, counts)
             done = todo & ~failed
             if out_z is None:
-                out_z = zs
+                out_z, out_k = zs, ks
             else:
-                out_z = [torch.where(done[:, None], z, zo) for z, zo in zip(zs, out_z)]
+                col = done[:, None]
+                out_z = [torch.where(col, z, zo) for z, zo in zip(zs, out_z)]
+                out_k = [torch.where(col, k, ko) for k, ko in zip(ks, out_k)]
             theta_out = torch.where(done, theta, theta_out)
             if not _flags(failed)[0]:
                 break
@@ -140,20 +143,27 @@ def step_lanes(m: Any, f: Any, t: Tensor, y: Tensor, f0: Tensor, dt: Tensor, sta
             todo = retry
         completed = active & ok
         ls.refresh = torch.where(completed, theta_out > m.slow_rate, ls.refresh)
-    still = ~active | ~ok  # lanes that stay at y
+    still = (~active | ~ok)[:, None]  # lanes that stay at y
     h_col = dt.to(y.dtype)[:, None]
-    hg_col = hg.to(y.dtype)[:, None]
-    safe_hg = torch.where(still[:, None], 1.0, hg_col)
-    with torch.enable_grad() if graph else torch.no_grad():
-        ks = [f0]
-        for i in range(1, m._s):
-            r = _combine(y, ks, m._a_nz[i], h_col)
-            z = torch.where(still[:, None], r.detach(), out_z[i - 1])
-            if graph:
+    if graph and (y.requires_grad or f0.requires_grad):
+        # The stages again with their graph, each z attached by the implicit-function
+        # theorem (the values are those of the Newton pass).
+        hg_col = hg.to(y.dtype)[:, None]
+        safe_hg = torch.where(still, 1.0, hg_col)
+        with torch.enable_grad():
+            ks = [f0]
+            for i in range(1, m._s):
+                r = _combine(y, ks, m._a_nz[i], h_col)
+                z = torch.where(still, r.detach(), out_z[i - 1])
                 fi = f_last if (f_last is not None and m._c[i] == 1.0) else f
-                z = _attach(m, f, fi, t + m._c[i] * dt, z, r, hg)
-            ks.append(torch.where(still[:, None], 0.0, (z - r) / safe_hg))
-        y_new = torch.where(still[:, None], y, z)
+                # hγ = 0 on the lanes that stay: there z is r, in value and derivative
+                z = _attach(m, f, fi, t + m._c[i] * dt, z, r,
+                            torch.where(still[:, 0], 0.0, hg))
+                ks.append(torch.where(still, 0.0, (z - r) / safe_hg))
+            y_new = torch.where(still, y, z)
+    else:
+        ks = [f0, *(torch.where(still, 0.0, k) for k in out_k)]
+        y_new = torch.where(still, y, out_z[-1])
     with torch.no_grad():
         kd = [k.detach() for k in ks]
         new = [y_d, dt, y_new.detach(), *kd]
@@ -164,7 +174,7 @@ def step_lanes(m: Any, f: Any, t: Tensor, y: Tensor, f0: Tensor, dt: Tensor, sta
             err = _combine(None, kd, m._e_nz, h_col)
             if m.filter_error:
                 err = torch.linalg.lu_solve(ls.lu, ls.piv, err.unsqueeze(-1)).squeeze(-1)
-            err = torch.where(ok[:, None], err, 0.0)
+            err = torch.where(still, 0.0, err)
     return StepResult(y_new, err, ks, state, ok)
 
 
@@ -222,9 +232,9 @@ def _previous_step(t: Tensor, f0: Tensor, ls: LaneNewtonState) -> Tensor:
 def _stages(m: Any, f: Any, t: Tensor, y_d: Tensor, f0: Tensor, dt: Tensor, hg: Tensor,
             ls: LaneNewtonState, scale: Tensor, kappa: Tensor, floor: Tensor, f_last: Any,
             previous: Tensor, todo: Tensor, counts: ImplicitCounts
-            ) -> tuple[list[Tensor], Tensor, Tensor]:
+            ) -> tuple[list[Tensor], list[Tensor], Tensor, Tensor]:
     """All stage values of one round for the lanes ``todo`` (no graph); returns
-    ``(z_2..z_s, worst rate, failed)``."""
+    ``(z_2..z_s, k_2..k_s, worst rate, failed)``."""
     c = m._c
     h_col = dt.to(y_d.dtype)[:, None]
     hg_col = hg.to(y_d.dtype)[:, None]
@@ -253,10 +263,11 @@ def _stages(m: Any, f: Any, t: Tensor, y_d: Tensor, f0: Tensor, dt: Tensor, hg: 
         zs.append(z)
         ks.append(torch.where(alive[:, None], (z - r) / torch.where(alive[:, None], hg_col,
                                                                      1.0), 0.0))
-        if not left and i < m._s - 1:
+        if not left and i < m._s - 1:  # every lane failed: the rest is never read
             zs.extend(r for _ in range(i + 1, m._s))
+            ks.extend(torch.zeros_like(r) for _ in range(i + 1, m._s))
             break
-    return zs, theta_max, todo & ~alive
+    return zs, ks[1:], theta_max, todo & ~alive
 
 
 def _from_previous(m: Any, ls: LaneNewtonState, offset: Tensor) -> Tensor:
