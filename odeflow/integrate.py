@@ -301,11 +301,13 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
             at = t_new[:, None]
             passed = torch.searchsorted(grid, at, right=True)[:, 0] - out_idx
             inside = torch.searchsorted(grid, at, right=False)[:, 0] > out_idx  # t_j < t_new
+            completed = res.ok  # False on a lane (a Newton failure): rejected, not non-finite
             n_pass, any_inside, any_left, any_ok, any_nonfinite = C.flags(
-                torch.where(ok, passed, 0).max(), ok & inside, still, ok, active & ~finite)
+                torch.where(ok, passed, 0).max(), ok & inside, still, ok,
+                active & ~finite & completed)
             any_hit = n_pass > 0
             if any_nonfinite:
-                dead = bad & ~finite & (~torch.isfinite(f0).all(-1)
+                dead = bad & ~finite & completed & (~torch.isfinite(f0).all(-1)
                                         | (dt_try <= 16e3 * C.ulp(torch.clamp(t.abs(), min=1.0))))
                 status = torch.where(dead, int(Status.NONFINITE), status)
                 still = still & ~dead
@@ -408,7 +410,7 @@ def _error_ratio(C: Any, res: Any, abs_y: Tensor, y_new: Tensor, rtol: Any, atol
     """``norm(err / (atol + rtol max(|y|, |y_new|)))``: a float for one lane (the accept
     decision's host sync), one value per lane otherwise (no sync); and ``|y_new|``, which
     one lane reuses as the next step's ``|y|``."""
-    if not res.ok:  # the step could not be completed: reject it, shrink dt
+    if not isinstance(res.ok, Tensor) and not res.ok:  # not completed: reject, shrink dt
         return (math.inf if not C.per_sample else C.full(math.inf)), abs_y
     with torch.no_grad():
         err = res.error
@@ -416,7 +418,9 @@ def _error_ratio(C: Any, res: Any, abs_y: Tensor, y_new: Tensor, rtol: Any, atol
         scale = torch.maximum(abs_y, abs_new).mul_(rtol).add_(atol)
         scaled = err.div_(scale) if ws is not None else err / scale
         if C.per_sample:
-            return norm(scaled).double(), abs_new
+            ratio = norm(scaled).double()
+            return (torch.where(res.ok, ratio, math.inf) if isinstance(res.ok, Tensor)
+                    else ratio), abs_new
         if inv_sqrt_n is not None:
             # host sync: the accept/reject decision
             return torch.linalg.vector_norm(scaled).item() * inv_sqrt_n, abs_new

@@ -105,12 +105,14 @@ class ImplicitCounts:
     #: ``method="auto"``: ``(t, method)`` of each switch
     switches: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    lanes: dict = field(default_factory=dict)  #: per-sample (B,) counts, summed in add_to
 
     def add_to(self, stats: Any) -> None:
         """Copy the counters into a :class:`~odeflow.stats.SolveStats`."""
         for name in ("n_jacobians", "n_lu", "n_newton_iters", "n_newton_failures",
                      "n_linear_iters", "n_linear_failures"):
-            setattr(stats, name, getattr(stats, name) + getattr(self, name))
+            lane = int(self.lanes[name].sum()) if name in self.lanes else 0
+            setattr(stats, name, getattr(stats, name) + getattr(self, name) + lane)
         stats.switches.extend(self.switches)
 
 

@@ -68,7 +68,8 @@ class SolveStats:
         n_linear_failures: GMRES solves that stopped at ``options["krylov_max_iters"]``
             without reaching ``krylov_tol`` (the step then sees an inexact solve: raise
             ``krylov_max_iters`` or ``krylov_restart`` if this is not 0).
-        switches: ``method="auto"``: the ``(t, method)`` pairs where the method changed.
+        switches: ``method="auto"``: the ``(t, method)`` pairs where the method changed
+            (per sample: ``(t, method, sample)``).
 
     With ``options={"per_sample": True}``, ``n_steps`` counts batched iterations (each one
     batched call per stage), while ``n_accepted`` and ``n_rejected`` are summed over the

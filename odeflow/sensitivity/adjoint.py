@@ -36,7 +36,11 @@ from ..run import failure, run
 from ..solvers import MethodSpec, get_method
 from ..stats import SolveError, SolveStats, Status
 from .adjoint_jacobian import AdjointBlockSolver
-from .interpolating_adjoint import InterpolatingAdjointSolver, interpolating_dynamics
+from .interpolating_adjoint import (
+    InterpolatingAdjointSolver,
+    interpolating_dynamics,
+    lanes_interpolating_backward,
+)
 
 __all__ = ["AdjointConfig", "make_adjoint_config", "attach_adjoint", "check_lanes_config"]
 
@@ -79,9 +83,14 @@ def make_adjoint_config(rtol: Any, atol: Any, method: str | None, options: dict 
     )
 
 
-def check_lanes_config(config: AdjointConfig) -> None:
+def check_lanes_config(config: AdjointConfig, forward: MethodSpec | None = None) -> None:
     """Reject what the per-sample adjoint cannot honour (at ``solve``, not in backward)."""
-    if config.spec.implicit or not config.spec.per_sample:
+    if forward is not None and forward.implicit and not config.spec.lanes_adjoint:
+        raise ValueError("gradient='adjoint' with options['per_sample'] after an implicit "
+                         "forward (interpolating) needs an ESDIRK or explicit Runge-Kutta "
+                         f"adjoint_method (no df/dt terms), got {config.spec.name!r}")
+    if not (forward is not None and forward.implicit) and (
+            config.spec.implicit or not config.spec.per_sample):
         raise ValueError("gradient='adjoint' with options['per_sample'] needs an explicit "
                          f"Runge-Kutta adjoint_method, got {config.spec.name!r}")
     norm = config.options.get("norm")
@@ -326,8 +335,6 @@ def _lanes_backward(ctx: Any, grad_ys: Tensor) -> tuple:
     grad_ys = torch.where(keep, torch.nan_to_num(grad_ys), 0.0)
     ys = torch.where(keep, ys, ys[:1])
     f = problem.func
-    rk = config.spec.build(config.options)
-    aug = _LanesAugmented(f, params, rk.coefficients(ys.dtype, ys.device)[1])
     options = {k: v for k, v in config.options.items() if k != "norm"}
     options["per_sample"] = True
     for name in ("jump_t", "step_t"):  # canonical backward time: s = -sign * t_user
@@ -336,6 +343,10 @@ def _lanes_backward(ctx: Any, grad_ys: Tensor) -> tuple:
             times = torch.as_tensor(value, dtype=torch.float64).to(C.device)
             times = times.expand(C.batch, -1) if times.ndim == 1 else times
             options[name] = -(C.sign[:, None] * times)
+    if ctx.pieces is not None:  # after an implicit forward: y from its dense output
+        return lanes_interpolating_backward(ctx, grad_ys, ys, params, options)
+    rk = config.spec.build(config.options)
+    aug = _LanesAugmented(f, params, rk.coefficients(ys.dtype, ys.device)[1])
     nfe_before = f.nfe
     a = grad_ys[-1].clone()
     n_steps = 0

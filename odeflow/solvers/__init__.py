@@ -93,11 +93,14 @@ class MethodSpec:
                         f"options['{name}'] is not supported with options['per_sample'] and "
                         f"method={self.name!r} (the per-sample Jacobians are computed by "
                         "autodiff, (B, n, n))")
-            if mode == "adjoint":
-                raise ValueError(
-                    f"gradient='adjoint' with options['per_sample'] and method={self.name!r} "
-                    "is not supported (a stiff adjoint needs the forward dense output per "
-                    "sample); use gradient='checkpoint' or 'direct'")
+
+    @property
+    def lanes_adjoint(self) -> bool:
+        """Can solve the per-sample interpolating adjoint backwards: takes one step size per
+        lane and needs no ``∂f/∂t`` of the backward system (which depends on time through
+        the forward dense output): the ESDIRK and explicit Runge–Kutta methods."""
+        return (self.per_sample and self.adaptive
+                and self.name not in ROSENBROCK_METHODS + ("auto",))
 
     @property
     def adjoint_default(self) -> str | None:

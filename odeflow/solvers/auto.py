@@ -26,6 +26,7 @@ from torch import Tensor
 
 from ..interp import Interpolant
 from ..linalg import ImplicitCounts, check_solver_dtype
+from . import auto_lanes
 from .base import StepResult
 from .explicit_rk import ExplicitRK
 from .rosenbrock import Rosenbrock, RosenbrockState
@@ -60,6 +61,7 @@ class AutoState:
     stiff_hits: int = 0
     calm: int = 0
     switched_at: tuple | None = None  # (t_user, method) of a switch this state adopts
+    lanes: Any = None  # per sample: the auto_lanes.LaneSwitch of every lane
 
     @property
     def counts(self) -> ImplicitCounts:
@@ -69,11 +71,13 @@ class AutoState:
 class AutoSwitch:
     """A stepper that runs ``explicit`` or ``implicit`` (see the module docstring)."""
 
-    #: takes one step size per lane (a per-sample batch)
-    per_sample = False
+    #: takes one step size per lane (a per-sample batch: ``auto_lanes.py``)
+    per_sample = True
 
     steps_to_outputs = False
     needs_f_end_for_dense = False
+    #: the switching rule's constants (read by the per-sample path)
+    thresholds = (STABILITY_BOUNDARY, STIFF_HITS, CALM_RESET, CALM_TO_SWITCH_BACK)
 
     def __init__(self, explicit: ExplicitRK, implicit: Rosenbrock):
         self.explicit, self.implicit = explicit, implicit
@@ -99,6 +103,8 @@ class AutoSwitch:
         if state is None:
             raise ValueError("method='auto' steps cannot be replayed on their own; use "
                              "gradient='direct' or 'adjoint'")
+        if isinstance(dt, Tensor):  # per sample: every lane switches on its own
+            return auto_lanes.step_lanes(self, f, t, y, f0, dt, state, ws, with_error, f_last)
         if state.switched_at is not None:  # the step that ended with a switch was accepted
             switches = state.counts.switches
             if not switches or switches[-1] != state.switched_at:  # (not again on a retry)
@@ -148,17 +154,23 @@ class AutoSwitch:
         return replace(state, calm=calm)
 
     def f_end(self, f: Func, t_new: float, y_new: Tensor, result: StepResult) -> Tensor:
+        if isinstance(result.stages, auto_lanes.LaneStages):
+            return auto_lanes.f_end(f, t_new, y_new, result.stages)
         owner = self.explicit if result.stages.explicit else self.implicit
         return owner.f_end(f, t_new, y_new, result)
 
     def interpolant(self, t: float, dt: float, y: Tensor, y_new: Tensor,
                     stages: Sequence[Tensor], f_new: Tensor | None,
                     f: Func | None = None) -> Interpolant:
+        if isinstance(stages, auto_lanes.LaneStages):
+            return auto_lanes.interpolant(self, t, dt, y, y_new, stages, f_new, f)
         owner = self.explicit if stages.explicit else self.implicit
         return owner.interpolant(t, dt, y, y_new, tuple(stages), f_new, f)
 
     def interpolate(self, y: Tensor, y_new: Tensor, dt: float, stages: Sequence[Tensor],
                     f_new: Tensor | None, theta: float, ws: tuple | None) -> Tensor:
+        if isinstance(stages, auto_lanes.LaneStages):
+            return self.interpolant(0.0, dt, y, y_new, stages, f_new).evaluate(theta)
         if stages.explicit:
             return self.explicit.interpolate(y, y_new, dt, tuple(stages), f_new, theta,
                                              ws[0] if ws else None)

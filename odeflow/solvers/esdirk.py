@@ -121,6 +121,7 @@ from torch import Tensor
 from ..interp import HermiteInterpolant, Interpolant, TableauInterpolant, hermite
 from ..linalg import DenseSolver, ImplicitCounts, check_solver_dtype
 from .base import StepResult
+from .esdirk_lanes import step_lanes
 from .esdirk_tableaus import ESDIRKTableau, stage_predictor
 from .explicit_rk import _combine, _nonzero
 
@@ -145,6 +146,7 @@ class ESDIRKState:
     # (y, dt, detached stages, y_new); ``y_new`` is the loop's own tensor (identity test).
     pending: tuple | None = None
     previous: tuple | None = None
+    lanes: Any = None  # per sample: the esdirk_lanes.LaneNewtonState
 
 
 class _Workspace:
@@ -181,8 +183,8 @@ class ESDIRK:
             when the embedded method is unbounded at ``z → ∞`` (``trbdf2``).
     """
 
-    #: takes one step size per lane (a per-sample batch)
-    per_sample = False
+    #: takes one step size per lane (a per-sample batch: ``esdirk_lanes.py``)
+    per_sample = True
 
     needs_f_end_for_dense = True
 
@@ -265,6 +267,8 @@ class ESDIRK:
         if state is None:
             state = self.init(y)
         graph = ws is None and torch.is_grad_enabled()
+        if isinstance(dt, Tensor):  # per sample: one step size per lane
+            return step_lanes(self, f, t, y, f0, dt, state, graph, with_error, f_last)
         counts = state.counts
         hg = dt * self.gamma
         y_d = y.detach()

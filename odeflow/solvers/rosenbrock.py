@@ -223,6 +223,7 @@ class Rosenbrock:
         tab = self.tableau
         graph = torch.is_grad_enabled() and f0.requires_grad
         jac, f_t = batched_jacobian(f, t, y, counts, not self.autonomous, graph)
+        state.jac = jac  # read by method="auto" (its switch-back test); never reused here
         h = dt.to(y.dtype)
         still = (h == 0)[:, None]
         h_gamma = h * tab.gamma
