@@ -17,11 +17,13 @@ cell, far below any step size), so the same ``entropy`` and the same query alway
 the same value, whatever was asked before. A query at a cell boundary stops at the cell
 level, so a solver walking on the ``dt`` grid costs about two new tree nodes per step.
 
-Each node stores ``[W, H, W(lo), I(lo)]``: its increment and space-time Lévy area, and
-the path value ``W`` and time integral ``I = ∫_t0 W ds`` at its left end, so an increment
-over any ``[ta, tb]`` is a difference of two point values (computed in float64 unless
-the device lacks it). Nodes live in an LRU cache of bounded size, recomputed from their
-seeds after eviction: memory does not grow with the number of steps.
+Each node stores ``[W, H]`` (or ``[W]``): the increment and space-time Lévy area over its
+own interval, never a point value, so the normals are drawn and combined in the state's
+dtype without cancellation. A query over ``[ta, tb]`` is the node that spans it exactly
+(one dictionary look-up for a grid cell whose sibling was queried before) or the sum over
+the few nodes that tile it (``W`` adds; ``U`` adds with the drift of the earlier pieces).
+Nodes live in an LRU cache of bounded size, recomputed from their seeds after eviction:
+memory does not grow with the number of steps.
 
 References:
     M. Li, T.-K. L. Wong, R. T. Q. Chen, D. Duvenaud, "Scalable gradients for stochastic
@@ -35,6 +37,7 @@ References:
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import warnings
 from collections import OrderedDict
@@ -78,21 +81,20 @@ def _resolve_info(W, H, size, dtype, device):
 
 
 def _split_matrix(p: float, q: float, with_H: bool) -> list[list[float]]:
-    """Rows giving both children's states from ``[parent state, X1, X2]``.
+    """Rows giving both children's states from ``[parent state, X]`` (``X`` standard normals).
 
-    State ``[W, H, Wa, Ia]`` (with ``H``) or ``[W, Wa]`` (without). With ``h = p + q``,
-    ``b`` the bridge ``W(a+s) - W(a) - (s/h) W`` and ``B = b(p)``, ``P = ∫_0^p b / h``,
+    State ``[W, H]`` (with ``H``) or ``[W]`` (without); the rows give ``[W_L, H_L, W_R, H_R]``
+    (or ``[W_L, W_R]``) from ``[W, H, X1, X2]`` (or ``[W, X1]``). With ``h = p + q``, ``b``
+    the bridge ``W(a+s) - W(a) - (s/h) W`` and ``B = b(p)``, ``P = ∫_0^p b / h``,
     ``Q = ∫_p^h b / h`` (so ``H = P + Q``): the covariances of ``(B, P, Q)`` follow from
     ``Cov(b(s), b(u)) = min(s, u) - su/h``; ``(B, P)`` given ``H`` is Gaussian, drawn by
-    its Cholesky factor. Then ``W_L = (p/h) W + B``, ``H_L = (h/p) P - B/2`` and
-    ``H_R = (h/q)(H - P) - B/2``.
+    its Cholesky factor. Then ``W_L = (p/h) W + B``, ``H_L = (h/p) P - B/2``,
+    ``W_R = W - W_L`` and ``H_R = (h/q)(H - P) - B/2``.
     """
     h = p + q
     if not with_H:
         s = math.sqrt(p * q / h)
-        wl = [p / h, 0.0, s]                 # on [W, Wa, X1]
-        wr = [1 - p / h, 0.0, -s]
-        return [wl, [0.0, 1.0, 0.0], wr, [a + b for a, b in zip(wl, [0.0, 1.0, 0.0])]]
+        return [[p / h, s], [q / h, -s]]
     vbb = p * q / h
     cbp, cbq = p * p * q / (2 * h * h), p * q * q / (2 * h * h)
     vpp = (p ** 3 / 3 - p ** 4 / (4 * h)) / (h * h)
@@ -103,23 +105,18 @@ def _split_matrix(p: float, q: float, with_H: bool) -> list[list[float]]:
     l11 = math.sqrt(max(vbb - cbh * cbh / vhh, 0.0))
     l21 = (cbp - cbh * cph / vhh) / l11 if l11 > 0 else 0.0
     l22 = math.sqrt(max(vpp - cph * cph / vhh - l21 * l21, 0.0))
-    # Columns: W, H, Wa, Ia, X1, X2.
-    B = [0.0, cbh / vhh, 0.0, 0.0, l11, 0.0]
-    P = [0.0, cph / vhh, 0.0, 0.0, l21, l22]
-    Wc = [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
-    Hc = [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]
-    Wa = [0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
-    Ia = [0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+    # Columns: W, H, X1, X2.
+    B = [0.0, cbh / vhh, l11, 0.0]
+    P = [0.0, cph / vhh, l21, l22]
+    Wc = [1.0, 0.0, 0.0, 0.0]
+    Hc = [0.0, 1.0, 0.0, 0.0]
 
     def lin(*terms):
-        return [sum(c * v[i] for c, v in terms) for i in range(6)]
+        return [sum(c * v[i] for c, v in terms) for i in range(4)]
 
     wl = lin((p / h, Wc), (1.0, B))
-    hl = lin((h / p, P), (-0.5, B))
-    wr = lin((1.0, Wc), (-1.0, wl))
-    hr = lin((h / q, Hc), (-h / q, P), (-0.5, B))
-    ul = lin((p / 2, wl), (p, hl))          # ∫_a^m (W(s) - W(a)) ds = p (W_L/2 + H_L)
-    return [wl, hl, Wa, Ia, wr, hr, lin((1.0, Wa), (1.0, wl)), lin((1.0, Ia), (p, Wa), (1.0, ul))]
+    return [wl, lin((h / p, P), (-0.5, B)), lin((1.0, Wc), (-1.0, wl)),
+            lin((h / q, Hc), (-h / q, P), (-0.5, B))]
 
 
 @functools.lru_cache(maxsize=512)
@@ -195,10 +192,12 @@ class BrownianInterval(BaseBrownian):
         self._tol, self._pool_size, self._cache_size = tol, pool_size, cache_size
         self._halfway_tree = bool(halfway_tree)
         self._t0, self._t1 = t0, t1
+        # Normals are drawn and combined in the state's dtype: nodes hold increments, never
+        # point values, so nothing cancels and float32 loses nothing that float64 would keep
+        # (half precisions work in float32, which CPU random draws support everywhere).
         self._work = self._dtype
-        low = (torch.float16, torch.bfloat16, torch.float32)
-        if self._device.type != "mps" and self._dtype in low:
-            self._work = torch.float64
+        if self._dtype in (torch.float16, torch.bfloat16):
+            self._work = torch.float32
         self._gen = torch.Generator(device=self._device)
 
         span = t1 - t0
@@ -218,22 +217,20 @@ class BrownianInterval(BaseBrownian):
         self._capacity = None if cache_size is None else max(cache_size, 4 * tree_depth + 8)
         self._cache: OrderedDict = OrderedDict()
 
-        root_seed = mix_seed(self._entropy, _ROOT)
-        X = self._normals(root_seed, 2)
+        self._gen.manual_seed(mix_seed(self._entropy, _ROOT))
+        X = torch.randn((2, *self._size), generator=self._gen, dtype=self._work,
+                        device=self._device)
         if W is None:
             W = X[0] * math.sqrt(span)
         if H is None:
             H = X[1] * math.sqrt(span / 12)
         W, H = W.to(self._work), H.to(self._work)
-        zeros = torch.zeros_like(W)
-        self._root = torch.stack([W, H, zeros, zeros] if self._have_H else [W, zeros])
+        self._root = torch.stack([W, H] if self._have_H else [W])
+        k = self._root.shape[0]
+        self._buffer = torch.empty((2 * k, math.prod(self._size)), dtype=self._work,
+                                   device=self._device)
 
     # ------------------------------------------------------------------ the tree
-    def _normals(self, seed: int, n: int) -> Tensor:
-        self._gen.manual_seed(seed)
-        return torch.randn((n, *self._size), generator=self._gen, dtype=self._work,
-                           device=self._device)
-
     def _time(self, g: int) -> float:
         i, j = g >> self._depth, g & ((1 << self._depth) - 1)
         if i >= self._n_cells:
@@ -261,47 +258,90 @@ class BrownianInterval(BaseBrownian):
         return (lo + hi) // 2
 
     def _children(self, lo: int, hi: int, state: Tensor) -> tuple[int, Tensor, Tensor]:
+        """Split node ``[lo, hi]`` at its midpoint: ``(mid, left state, right state)``.
+
+        Cached children are reused; otherwise both are drawn at once (one ``randn`` seeded
+        by the node, one small matrix product) and remembered.
+        """
         mid = self._mid(lo, hi)
+        left, right = self._cache.get((lo, mid)), self._cache.get((mid, hi))
+        if left is not None and right is not None:
+            self._cache.move_to_end((lo, mid))
+            self._cache.move_to_end((mid, hi))
+            return mid, left, right
         p, q = self._time(mid) - self._time(lo), self._time(hi) - self._time(mid)
-        k = 2 if self._have_H else 1
-        X = self._normals(mix_seed(self._entropy, _SPLIT, lo, hi), k)
+        k = state.shape[0]
+        # [parent state, normals] in one reused buffer: a fresh tensor per split would
+        # cost page faults, the main expense of a split after the draw itself.
+        buf = self._buffer
+        buf[:k].copy_(state.view(k, -1))
+        self._gen.manual_seed(mix_seed(self._entropy, _SPLIT, lo, hi))
+        torch.randn(buf[k:].shape, generator=self._gen, out=buf[k:])
         if p <= 0 or q <= 0:   # a degenerate (zero-length) side: all of W on the other one
             p, q = max(p, 1e-300), max(q, 1e-300)
         rows = _split_rows(p, q, self._have_H, self._work, self._device)
-        z = torch.cat([state, X]).reshape(state.shape[0] + k, -1)
-        both = (rows @ z).reshape(2, state.shape[0], *self._size)
-        return mid, both[0], both[1]
+        both = (rows @ buf).view(2, *state.shape)
+        left, right = both[0], both[1]
+        self._remember((lo, mid), left)
+        self._remember((mid, hi), right)
+        return mid, left, right
 
     def _remember(self, key, value) -> None:
         self._cache[key] = value
         if self._capacity is not None and len(self._cache) > self._capacity:
             self._cache.popitem(last=False)
 
-    def _point(self, g: int) -> Tensor:
-        """``[W(t), I(t)]`` (or ``[W(t)]``) at the tree point ``g``."""
-        tail = 2 if self._have_H else 1
-        if g == self._G:   # W(t1) = W, I(t1) = ∫ (W(s) - W(t0)) ds = h (W/2 + H)
-            W = self._root[0]
-            if not self._have_H:
-                return W.unsqueeze(0)
-            span = self._t1 - self._t0
-            return torch.stack([W, span * (0.5 * W + self._root[1])])
-        lo, hi, state = 0, self._G, self._root
-        while lo != g:
-            mid = self._mid(lo, hi)
-            child = (lo, mid) if g < mid else (mid, hi)
-            cached = self._cache.get(child)
-            if cached is None:
-                _, left, right = self._children(lo, hi, state)
-                self._remember((lo, mid), left)
-                self._remember((mid, hi), right)
-                cached = left if g < mid else right
-            else:
-                self._cache.move_to_end(child)
-            lo, hi, state = child[0], child[1], cached
-        return state[-tail:]
+    def _nodes(self, ga: int, gb: int) -> list[tuple[int, int, Tensor]]:
+        """The tree nodes whose intervals tile ``[ga, gb]``, left to right.
+
+        A node already in the cache (a grid cell after its sibling's query, a repeated
+        query) is returned at once; otherwise the tree is walked down from the root, at
+        most two nodes per level ending in the tiling.
+        """
+        hit = self._cache.get((ga, gb))
+        if hit is not None:
+            self._cache.move_to_end((ga, gb))
+            return [(ga, gb, hit)]
+        out: list[tuple[int, int, Tensor]] = []
+        todo = [(0, self._G, self._root)]
+        while todo:
+            lo, hi, state = todo.pop()
+            if ga <= lo and hi <= gb:
+                out.append((lo, hi, state))
+                continue
+            mid, left, right = self._children(lo, hi, state)
+            if gb > mid:   # pushed first: popped after the left part (output stays in order)
+                todo.append((mid, hi, right))
+            if ga < mid:
+                todo.append((lo, mid, left))
+        return out
 
     # ------------------------------------------------------------------ queries
+    def _increment(self, ga: int, gb: int, h: float) -> tuple[Tensor, Tensor | None]:
+        """``(W, H)`` over ``[ga, gb]`` (``H`` = None without a Lévy area; both may be views
+        of cached nodes)."""
+        nodes = self._nodes(ga, gb)
+        if len(nodes) == 1:
+            state = nodes[0][2]
+            return state[0], (state[1] if self._have_H else None)
+        # Over a tiling [a_k, b_k] of lengths h_k: W = Σ W_k and
+        # U = ∫ (W(s) - W(a)) ds = Σ_k h_k (W_k/2 + H_k) + Σ_k W_k Σ_{j>k} h_j,
+        # one matrix product over the stacked nodes.
+        hs = [self._time(hi) - self._time(lo) for lo, hi, _ in nodes]
+        after = list(itertools.accumulate(reversed(hs[1:] + [0.0])))[::-1]
+        k = 2 if self._have_H else 1
+        if self._have_H:   # the stacked rows are W_1, H_1, W_2, H_2, ...
+            rows = [[1.0, 0.0] * len(hs),
+                    [v for hk, rest in zip(hs, after) for v in (0.5 * hk + rest, hk)]]
+        else:
+            rows = [[1.0] * len(hs)]
+        coef = torch.tensor(rows, dtype=self._work, device=self._device)
+        stacked = torch.stack([state for _, _, state in nodes]).view(len(nodes) * k, -1)
+        WU = (coef @ stacked).view(len(rows), *self._size)
+        if not self._have_H:
+            return WU[0], None
+        return WU[0], WU[1] / h - 0.5 * WU[0]
+
     def _clamp(self, t: float, name: str) -> float:
         if t < self._t0:
             warnings.warn(f"Should have {name}>=t0 but got {name}={t} and t0={self._t0}.",
@@ -328,15 +368,13 @@ class BrownianInterval(BaseBrownian):
         if ta > tb:
             raise RuntimeError(f"Query times ta={ta:.3f} and tb={tb:.3f} must respect ta <= tb.")
         ga, gb = self._index(ta), self._index(tb)
+        h = self._time(gb) - self._time(ga)
         if ga == gb:
             W = torch.zeros(self._size, dtype=self._work, device=self._device)
-            H, h = (W if self._have_H else None), 0.0
+            H = W if self._have_H else None
         else:
-            a, b = self._point(ga), self._point(gb)
-            W = b[0] - a[0]
-            h = self._time(gb) - self._time(ga)
-            H = ((b[1] - a[1] - h * a[0]) / h - 0.5 * W) if self._have_H else None
-        out = [W.to(self._dtype)]
+            W, H = self._increment(ga, gb, h)
+        out = [W.to(self._dtype, copy=True)]   # a copy: callers may not write into the cache
         if return_U:
             out.append(None if H is None else (h * (0.5 * W + H)).to(self._dtype))
         if return_A:
