@@ -36,7 +36,6 @@ References:
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import warnings
@@ -47,10 +46,14 @@ from torch import Tensor
 
 from ..settings import LEVY_AREA_APPROXIMATIONS
 from .base import BaseBrownian, levy_area, mix_seed
+from .bridge import block_rows, split_rows
 
 __all__ = ["BrownianInterval"]
 
-_ROOT, _SPLIT, _AREA = 1, 2, 3   # tags that keep the seeds of different draws apart
+_ROOT, _SPLIT, _AREA, _BLOCK = 1, 2, 3, 4   # tags that keep the seeds of different draws apart
+#: Grid cells drawn together: a block's cells come from one draw and one product, so a
+#: solver walking the grid pays the tree's Python work once per block, not once per step.
+_BLOCK_CELLS = 8
 _DEFAULT_DEPTH = 32
 _MAX_DEPTH = 52
 
@@ -78,51 +81,6 @@ def _resolve_info(W, H, size, dtype, device):
     dtype = dtypes[0] if dtypes else torch.get_default_dtype()
     device = devices[0] if devices else torch.device("cpu")
     return sizes[0], dtype, device
-
-
-def _split_matrix(p: float, q: float, with_H: bool) -> list[list[float]]:
-    """Rows giving both children's states from ``[parent state, X]`` (``X`` standard normals).
-
-    State ``[W, H]`` (with ``H``) or ``[W]`` (without); the rows give ``[W_L, H_L, W_R, H_R]``
-    (or ``[W_L, W_R]``) from ``[W, H, X1, X2]`` (or ``[W, X1]``). With ``h = p + q``, ``b``
-    the bridge ``W(a+s) - W(a) - (s/h) W`` and ``B = b(p)``, ``P = ∫_0^p b / h``,
-    ``Q = ∫_p^h b / h`` (so ``H = P + Q``): the covariances of ``(B, P, Q)`` follow from
-    ``Cov(b(s), b(u)) = min(s, u) - su/h``; ``(B, P)`` given ``H`` is Gaussian, drawn by
-    its Cholesky factor. Then ``W_L = (p/h) W + B``, ``H_L = (h/p) P - B/2``,
-    ``W_R = W - W_L`` and ``H_R = (h/q)(H - P) - B/2``.
-    """
-    h = p + q
-    if not with_H:
-        s = math.sqrt(p * q / h)
-        return [[p / h, s], [q / h, -s]]
-    vbb = p * q / h
-    cbp, cbq = p * p * q / (2 * h * h), p * q * q / (2 * h * h)
-    vpp = (p ** 3 / 3 - p ** 4 / (4 * h)) / (h * h)
-    vqq = (q ** 3 / 3 - q ** 4 / (4 * h)) / (h * h)
-    cpq = p * p * q * q / (4 * h ** 3)
-    vhh = vpp + vqq + 2 * cpq
-    cbh, cph = cbp + cbq, vpp + cpq
-    l11 = math.sqrt(max(vbb - cbh * cbh / vhh, 0.0))
-    l21 = (cbp - cbh * cph / vhh) / l11 if l11 > 0 else 0.0
-    l22 = math.sqrt(max(vpp - cph * cph / vhh - l21 * l21, 0.0))
-    # Columns: W, H, X1, X2.
-    B = [0.0, cbh / vhh, l11, 0.0]
-    P = [0.0, cph / vhh, l21, l22]
-    Wc = [1.0, 0.0, 0.0, 0.0]
-    Hc = [0.0, 1.0, 0.0, 0.0]
-
-    def lin(*terms):
-        return [sum(c * v[i] for c, v in terms) for i in range(4)]
-
-    wl = lin((p / h, Wc), (1.0, B))
-    return [wl, lin((h / p, P), (-0.5, B)), lin((1.0, Wc), (-1.0, wl)),
-            lin((h / q, Hc), (-h / q, P), (-0.5, B))]
-
-
-@functools.lru_cache(maxsize=512)
-def _split_rows(p: float, q: float, with_H: bool, dtype: torch.dtype,
-                device: torch.device) -> Tensor:
-    return torch.tensor(_split_matrix(p, q, with_H), dtype=dtype, device=device)
 
 
 class BrownianInterval(BaseBrownian):
@@ -216,6 +174,7 @@ class BrownianInterval(BaseBrownian):
         tree_depth = math.ceil(math.log2(n_cells)) + depth + 1
         self._capacity = None if cache_size is None else max(cache_size, 4 * tree_depth + 8)
         self._cache: OrderedDict = OrderedDict()
+        self._indices: dict[float, int] = {}
 
         self._gen.manual_seed(mix_seed(self._entropy, _ROOT))
         X = torch.randn((2, *self._size), generator=self._gen, dtype=self._work,
@@ -241,21 +200,60 @@ class BrownianInterval(BaseBrownian):
 
     def _index(self, t: float) -> int:
         """The tree point nearest to ``t`` (already clamped to ``[t0, t1]``)."""
-        if self._n_cells > 1:
-            i = min(max(int((t - self._t0) // self._dt), 0), self._n_cells - 1)
-        else:
-            i = 0
-        lo, hi = self._time(i << self._depth), self._time((i + 1) << self._depth)
+        g = self._indices.get(t)
+        if g is not None:   # a step's end is the next step's start: asked twice
+            return g
+        n, d = self._n_cells, self._depth
+        i, lo, hi = 0, self._t0, self._t1
+        if n > 1:
+            i = min(max(int((t - self._t0) // self._dt), 0), n - 1)
+            lo = self._t0 + i * self._dt
+            hi = self._t1 if i == n - 1 else self._t0 + (i + 1) * self._dt
         if hi <= lo:
-            return i << self._depth
-        j = round((t - lo) / (hi - lo) * (1 << self._depth))
-        return (i << self._depth) + min(max(j, 0), 1 << self._depth)
+            g = i << d
+        else:
+            j = round((t - lo) / (hi - lo) * (1 << d))
+            g = (i << d) + min(max(j, 0), 1 << d)
+        if len(self._indices) >= 256:   # bounded: only recent times repeat
+            self._indices.clear()
+        self._indices[t] = g
+        return g
 
     def _mid(self, lo: int, hi: int) -> int:
+        """Where a node above the blocks, or inside a cell, splits (a block boundary or the
+        dyadic midpoint)."""
         d = self._depth
         if hi - lo > (1 << d):
-            return (((lo >> d) + (hi >> d)) // 2) << d
+            lo_b, hi_b = (lo >> d) // _BLOCK_CELLS, -(-(hi >> d) // _BLOCK_CELLS)
+            return ((lo_b + hi_b) // 2 * _BLOCK_CELLS) << d
         return (lo + hi) // 2
+
+    def _is_block(self, lo: int, hi: int) -> bool:
+        """Whether node ``[lo, hi]`` is one block of several grid cells."""
+        d = self._depth
+        return hi - lo > (1 << d) and (hi >> d) - (lo >> d) <= _BLOCK_CELLS
+
+    def _cells(self, lo: int, hi: int, state: Tensor) -> list[tuple[int, int, Tensor]]:
+        """The grid cells of block ``[lo, hi]``, left to right, drawn together when any is
+        missing from the cache (one ``randn`` seeded by the block, one matrix product)."""
+        d = self._depth
+        keys = [(c << d, (c + 1) << d) for c in range(lo >> d, hi >> d)]
+        got = [self._cache.get(key) for key in keys]
+        if all(x is not None for x in got):
+            for key in keys:
+                self._cache.move_to_end(key)
+            return [(a, b, x) for (a, b), x in zip(keys, got)]
+        k, n = state.shape[0], len(keys)
+        rows = block_rows(tuple(self._time(b) - self._time(a) for a, b in keys), self._have_H,
+                          self._work, self._device)
+        z = torch.empty((k * (n + 1), state[0].numel()), dtype=self._work, device=self._device)
+        z[:k].copy_(state.view(k, -1))
+        self._gen.manual_seed(mix_seed(self._entropy, _BLOCK, lo, hi))
+        torch.randn(z[k:].shape, generator=self._gen, out=z[k:])
+        cells = (rows @ z).view(n, *state.shape)
+        for key, cell in zip(keys, cells):
+            self._remember(key, cell)
+        return [(a, b, cell) for (a, b), cell in zip(keys, cells)]
 
     def _children(self, lo: int, hi: int, state: Tensor) -> tuple[int, Tensor, Tensor]:
         """Split node ``[lo, hi]`` at its midpoint: ``(mid, left state, right state)``.
@@ -279,7 +277,7 @@ class BrownianInterval(BaseBrownian):
         torch.randn(buf[k:].shape, generator=self._gen, out=buf[k:])
         if p <= 0 or q <= 0:   # a degenerate (zero-length) side: all of W on the other one
             p, q = max(p, 1e-300), max(q, 1e-300)
-        rows = _split_rows(p, q, self._have_H, self._work, self._device)
+        rows = split_rows(p, q, self._have_H, self._work, self._device)
         both = (rows @ buf).view(2, *state.shape)
         left, right = both[0], both[1]
         self._remember((lo, mid), left)
@@ -308,6 +306,10 @@ class BrownianInterval(BaseBrownian):
             lo, hi, state = todo.pop()
             if ga <= lo and hi <= gb:
                 out.append((lo, hi, state))
+                continue
+            if self._is_block(lo, hi):
+                todo.extend((a, b, cell) for a, b, cell in reversed(self._cells(lo, hi, state))
+                            if a < gb and b > ga)
                 continue
             mid, left, right = self._children(lo, hi, state)
             if gb > mid:   # pushed first: popped after the left part (output stays in order)
@@ -364,7 +366,9 @@ class BrownianInterval(BaseBrownian):
             warnings.warn(f"{type(self).__name__} is optimised for interval queries "
                           "bm(ta, tb), not point evaluation bm(t).", stacklevel=2)
             ta, tb = self._t0, ta
-        ta, tb = self._clamp(float(ta), "ta"), self._clamp(float(tb), "tb")
+        ta, tb = float(ta), float(tb)
+        if not (self._t0 <= ta <= self._t1 and self._t0 <= tb <= self._t1):
+            ta, tb = self._clamp(ta, "ta"), self._clamp(tb, "tb")
         if ta > tb:
             raise RuntimeError(f"Query times ta={ta:.3f} and tb={tb:.3f} must respect ta <= tb.")
         ga, gb = self._index(ta), self._index(tb)
