@@ -378,7 +378,8 @@ class BrownianInterval(BaseBrownian):
             H = W if self._have_H else None
         else:
             W, H = self._increment(ga, gb, h)
-        out = [W.to(self._dtype, copy=True)]   # a copy: callers may not write into the cache
+        # A copy: W may be a cached node, which callers must not be able to write into.
+        out = [W.clone() if W.dtype == self._dtype else W.to(self._dtype)]
         if return_U:
             out.append(None if H is None else (h * (0.5 * W + H)).to(self._dtype))
         if return_A:
