@@ -36,7 +36,6 @@ References:
 
 from __future__ import annotations
 
-import itertools
 import math
 import warnings
 from collections import OrderedDict
@@ -176,9 +175,9 @@ class BrownianInterval(BaseBrownian):
         self._cache: OrderedDict = OrderedDict()
         self._indices: dict[float, int] = {}
 
-        self._gen.manual_seed(mix_seed(self._entropy, _ROOT))
-        X = torch.randn((2, *self._size), generator=self._gen, dtype=self._work,
-                        device=self._device)
+        self._narrow_draws = self._work == torch.float64 and self._device.type == "cpu"
+        X = self._draw(torch.empty((2, *self._size), dtype=self._work, device=self._device),
+                       _ROOT)
         if W is None:
             W = X[0] * math.sqrt(span)
         if H is None:
@@ -190,6 +189,19 @@ class BrownianInterval(BaseBrownian):
                                    device=self._device)
 
     # ------------------------------------------------------------------ the tree
+    def _draw(self, out: Tensor, *key: int) -> Tensor:
+        """Fill ``out`` with standard normals seeded by ``key`` alone.
+
+        float64 states on the CPU get float32 normals, widened: torch draws float32 normals
+        about five times faster there, and a normal rounded to 2⁻²⁴ relative is a change of
+        law far below anything a Monte-Carlo estimate can see. Everything after the draw
+        stays in the state's dtype (the path is those numbers, exactly, in any order).
+        """
+        self._gen.manual_seed(mix_seed(self._entropy, *key))
+        if self._narrow_draws:
+            return out.copy_(torch.randn(out.shape, generator=self._gen, dtype=torch.float32))
+        return torch.randn(out.shape, generator=self._gen, out=out)
+
     def _time(self, g: int) -> float:
         i, j = g >> self._depth, g & ((1 << self._depth) - 1)
         if i >= self._n_cells:
@@ -248,41 +260,48 @@ class BrownianInterval(BaseBrownian):
                           self._work, self._device)
         z = torch.empty((k * (n + 1), state[0].numel()), dtype=self._work, device=self._device)
         z[:k].copy_(state.view(k, -1))
-        self._gen.manual_seed(mix_seed(self._entropy, _BLOCK, lo, hi))
-        torch.randn(z[k:].shape, generator=self._gen, out=z[k:])
+        self._draw(z[k:], _BLOCK, lo, hi)
         cells = (rows @ z).view(n, *state.shape)
         for key, cell in zip(keys, cells):
             self._remember(key, cell)
         return [(a, b, cell) for (a, b), cell in zip(keys, cells)]
 
-    def _children(self, lo: int, hi: int, state: Tensor) -> tuple[int, Tensor, Tensor]:
-        """Split node ``[lo, hi]`` at its midpoint: ``(mid, left state, right state)``.
+    def _children(self, lo: int, hi: int, state: Tensor, want: tuple[bool, bool]
+                  ) -> tuple[int, Tensor | None, Tensor | None]:
+        """Split node ``[lo, hi]`` at its midpoint: ``(mid, left, right)``, each child's
+        state if ``want`` asks for it (else None).
 
-        Cached children are reused; otherwise both are drawn at once (one ``randn`` seeded
-        by the node, one small matrix product) and remembered.
+        Cached children are reused. Otherwise the node's normals are drawn (one ``randn``
+        seeded by the node, so either child alone is the same as both together) and only
+        the wanted children are computed and remembered: a walk down to one query point
+        makes half the product and half the fresh memory.
         """
         mid = self._mid(lo, hi)
-        left, right = self._cache.get((lo, mid)), self._cache.get((mid, hi))
-        if left is not None and right is not None:
-            self._cache.move_to_end((lo, mid))
-            self._cache.move_to_end((mid, hi))
-            return mid, left, right
+        keys = ((lo, mid), (mid, hi))
+        got = [self._cache.get(key) if w else None for key, w in zip(keys, want)]
+        if all(x is not None for x, w in zip(got, want) if w):
+            for key, x in zip(keys, got):
+                if x is not None:
+                    self._cache.move_to_end(key)
+            return mid, got[0], got[1]
         p, q = self._time(mid) - self._time(lo), self._time(hi) - self._time(mid)
         k = state.shape[0]
         # [parent state, normals] in one reused buffer: a fresh tensor per split would
         # cost page faults, the main expense of a split after the draw itself.
         buf = self._buffer
         buf[:k].copy_(state.view(k, -1))
-        self._gen.manual_seed(mix_seed(self._entropy, _SPLIT, lo, hi))
-        torch.randn(buf[k:].shape, generator=self._gen, out=buf[k:])
+        self._draw(buf[k:], _SPLIT, lo, hi)
         if p <= 0 or q <= 0:   # a degenerate (zero-length) side: all of W on the other one
             p, q = max(p, 1e-300), max(q, 1e-300)
         rows = split_rows(p, q, self._have_H, self._work, self._device)
-        both = (rows @ buf).view(2, *state.shape)
-        left, right = both[0], both[1]
-        self._remember((lo, mid), left)
-        self._remember((mid, hi), right)
-        return mid, left, right
+        # Each child by its own product, wanted alone or with its sibling: the same
+        # arithmetic either way, so a value never depends on which queries came first.
+        got = [(rows[i * k:(i + 1) * k] @ buf).view(state.shape) if w else None
+               for i, w in enumerate(want)]
+        for key, x in zip(keys, got):
+            if x is not None:
+                self._remember(key, x)
+        return mid, got[0], got[1]
 
     def _remember(self, key, value) -> None:
         self._cache[key] = value
@@ -311,7 +330,8 @@ class BrownianInterval(BaseBrownian):
                 todo.extend((a, b, cell) for a, b, cell in reversed(self._cells(lo, hi, state))
                             if a < gb and b > ga)
                 continue
-            mid, left, right = self._children(lo, hi, state)
+            mid = self._mid(lo, hi)
+            mid, left, right = self._children(lo, hi, state, (ga < mid, gb > mid))
             if gb > mid:   # pushed first: popped after the left part (output stays in order)
                 todo.append((mid, hi, right))
             if ga < mid:
@@ -327,22 +347,16 @@ class BrownianInterval(BaseBrownian):
             state = nodes[0][2]
             return state[0], (state[1] if self._have_H else None)
         # Over a tiling [a_k, b_k] of lengths h_k: W = Σ W_k and
-        # U = ∫ (W(s) - W(a)) ds = Σ_k h_k (W_k/2 + H_k) + Σ_k W_k Σ_{j>k} h_j,
-        # one matrix product over the stacked nodes.
-        hs = [self._time(hi) - self._time(lo) for lo, hi, _ in nodes]
-        after = list(itertools.accumulate(reversed(hs[1:] + [0.0])))[::-1]
-        k = 2 if self._have_H else 1
-        if self._have_H:   # the stacked rows are W_1, H_1, W_2, H_2, ...
-            rows = [[1.0, 0.0] * len(hs),
-                    [v for hk, rest in zip(hs, after) for v in (0.5 * hk + rest, hk)]]
-        else:
-            rows = [[1.0] * len(hs)]
-        coef = torch.tensor(rows, dtype=self._work, device=self._device)
-        stacked = torch.stack([state for _, _, state in nodes]).view(len(nodes) * k, -1)
-        WU = (coef @ stacked).view(len(rows), *self._size)
-        if not self._have_H:
-            return WU[0], None
-        return WU[0], WU[1] / h - 0.5 * WU[0]
+        # U = ∫ (W(s) - W(a)) ds = Σ_k (h_k (W_k/2 + H_k) + h_k W(a → a_k)), accumulated in
+        # place (stacking the nodes would copy them all into fresh memory first).
+        W = torch.zeros(self._size, dtype=self._work, device=self._device)
+        U = torch.zeros_like(W) if self._have_H else None
+        for lo, hi, state in nodes:
+            hk = self._time(hi) - self._time(lo)
+            if U is not None:
+                U.add_(W, alpha=hk).add_(state[0], alpha=0.5 * hk).add_(state[1], alpha=hk)
+            W.add_(state[0])
+        return W, (None if U is None else U / h - 0.5 * W)
 
     def _clamp(self, t: float, name: str) -> float:
         if t < self._t0:
@@ -390,9 +404,8 @@ class BrownianInterval(BaseBrownian):
                     shape = (*self._size, m) if len(self._size) >= 2 else self._size
                     A = torch.zeros(shape, dtype=self._dtype, device=self._device)
                 else:
-                    self._gen.manual_seed(mix_seed(self._entropy, _AREA, ga, gb))
-                    noise = torch.randn((*self._size, m), generator=self._gen, dtype=self._work,
-                                        device=self._device)
+                    noise = self._draw(torch.empty((*self._size, m), dtype=self._work,
+                                                   device=self._device), _AREA, ga, gb)
                     A = levy_area(W, H, h, self._levy, noise).to(self._dtype)
             out.append(A)
         return out[0] if len(out) == 1 else tuple(out)
