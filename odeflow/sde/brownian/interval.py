@@ -7,23 +7,27 @@ the bridge's two half-integrals given their sum), with normals seeded by the chi
 identity alone (:func:`~odeflow.sde.brownian.base.mix_seed`). The tree's shape is
 fixed by the constructor, not by the queries:
 
-* the top of the tree splits [t0, t1] into cells of width ``dt`` (when given; the grid
-  a fixed-step solver walks on), halving the range of cells at each level;
+* the top of the tree splits [t0, t1] into blocks of eight cells of width ``dt`` (when
+  given; the grid a fixed-step solver walks on), halving the range of blocks at each
+  level; a block's cells are drawn together, conditioned on the block's totals
+  (:func:`~odeflow.sde.brownian.bridge.block_rows`), from one seeded draw;
 * inside a cell the tree is dyadic, down to ``2**depth`` sub-cells (``depth`` = 32,
   or the depth that resolves ``tol`` when ``tol > 0``).
 
 A query time is rounded to the nearest sub-cell point (a relative change of 2⁻³² of the
 cell, far below any step size), so the same ``entropy`` and the same query always give
-the same value, whatever was asked before. A query at a cell boundary stops at the cell
-level, so a solver walking on the ``dt`` grid costs about two new tree nodes per step.
+the same value, whatever was asked before. A query on the ``dt`` grid stops at the cell
+level: a solver walking the grid (either way) finds most cells already in the cache and
+draws one block every eight steps.
 
 Each node stores ``[W, H]`` (or ``[W]``): the increment and space-time Lévy area over its
-own interval, never a point value, so the normals are drawn and combined in the state's
-dtype without cancellation. A query over ``[ta, tb]`` is the node that spans it exactly
-(one dictionary look-up for a grid cell whose sibling was queried before) or the sum over
-the few nodes that tile it (``W`` adds; ``U`` adds with the drift of the earlier pieces).
-Nodes live in an LRU cache of bounded size, recomputed from their seeds after eviction:
-memory does not grow with the number of steps.
+own interval, never a point value, so the normals are combined in the state's dtype
+without cancellation (float64 states draw float32 normals and widen them: see
+:meth:`BrownianInterval._draw`). A query over ``[ta, tb]`` is the node that spans it
+exactly (one dictionary look-up for a cached grid cell) or the sum over the few nodes
+that tile it (``W`` adds; ``U`` adds with the drift of the earlier pieces). Nodes live
+in an LRU cache of bounded size, recomputed from their seeds after eviction: memory does
+not grow with the number of steps.
 
 References:
     M. Li, T.-K. L. Wong, R. T. Q. Chen, D. Duvenaud, "Scalable gradients for stochastic
