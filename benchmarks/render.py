@@ -441,7 +441,10 @@ def _sde(d: dict) -> list[str]:
         "target compares odeflow sdeint with torchsde sdeint.",
         "",
     ]
-    return _table(head, lines) + notes
+    from .sde_report import adjoint_lines  # kept apart: this file is long enough
+
+    return _table(head, lines) + notes + adjoint_lines(d)
+
 
 
 def _stiff(d: dict) -> list[str]:

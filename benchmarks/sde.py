@@ -53,6 +53,7 @@ HIDDEN = 64
 N_OUT = 11
 TARGET = 0.5
 QUICK = {"gbm": (256, 8), "latent": (32, 16)}
+MEMORY_STEPS = (100, 400, 1600)
 
 # (case, method, sde_type, gradient modes)
 CASES = [
@@ -364,7 +365,9 @@ def run(quick: bool, reps: int | None, compile: bool = True,
                                                           ref["time"]["all"]))
                     if ratios:
                         r["vs_torchsde_paired"] = ratios[len(ratios) // 2]
+    memory = adjoint_memory(lat_size, (25, 100) if quick else MEMORY_STEPS, only)
     return {
+        "memory": memory,
         "config": {"dt": DT, "t": [0.0, T1], "output_times": N_OUT, "dtype": "float32",
                    "gbm_batch": list(gbm_size), "latent_batch": list(lat_size),
                    "hidden": HIDDEN, "seed": SEED, "reps": reps,
@@ -373,6 +376,68 @@ def run(quick: bool, reps: int | None, compile: bool = True,
         "rows": rows,
         "reference": REFERENCE,
     }
+
+
+MEMORY_CONTENDERS = {"odeflow sdeint_adjoint": ("odeflow", True),
+                     "torchsde sdeint_adjoint (reference)": ("torchsde", True),
+                     "odeflow sdeint": ("odeflow", False)}
+
+
+def _memory_child(label: str, n: int, size: list[int]) -> None:
+    """In a fresh process: one latent reversible-Heun fwd+bwd with ``n`` steps; prints the
+    growth of the process's peak RSS (``VmHWM``) over the call, in bytes, as JSON."""
+    import json
+
+    from .worker import _status_kb
+
+    torch.set_num_threads(1)
+    slib, adjoint = MEMORY_CONTENDERS[label]
+    solver = _lib(slib)
+    fn = solver.sdeint_adjoint if adjoint else solver.sdeint
+    kw = {"adjoint_method": "adjoint_reversible_heun"} if adjoint else {}
+    sde = LatentSDE(size[1], "stratonovich")
+    y0 = torch.randn(size, generator=torch.Generator().manual_seed(1))
+    before = _status_kb("VmHWM")
+    bm = solver.BrownianInterval(t0=0.0, t1=T1, size=tuple(size), entropy=SEED, dt=T1 / n)
+    y = y0.detach().requires_grad_(True)
+    ys = fn(sde, y, torch.tensor([0.0, T1]), bm=bm, method="reversible_heun", dt=T1 / n, **kw)
+    torch.autograd.grad(ys.pow(2).sum(), [y, *sde.parameters()])
+    print(json.dumps((_status_kb("VmHWM") - before) * 1024))
+
+
+def adjoint_memory(size, steps, only) -> dict:
+    """Peak-RSS growth of one latent reversible-Heun fwd+bwd, per number of steps.
+
+    Each figure is a fresh process (the kernel's high-water mark cannot always be reset in
+    place): ``VmHWM`` after the call minus before it, so one-time allocations of the first
+    call are included alike at every step count; what grows with the steps is the solver's.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [root] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+    out: dict = {}
+    for label in MEMORY_CONTENDERS:
+        if not selected(label, only):
+            continue
+        out[label] = {}
+        for n in steps:
+            code = ("from benchmarks.sde import _memory_child; "
+                    f"_memory_child({label!r}, {n}, {list(size)})")
+            res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                 cwd=root, env=env)
+            if res.returncode:
+                out[label] = {"status": "error: " + (res.stderr.strip().splitlines() or ["?"])[-1]}
+                break
+            out[label][n] = json.loads(res.stdout.strip().splitlines()[-1])
+            log(f"sde memory {label}, {n} steps: {out[label][n] / 2**20:.1f} MiB")
+    return {"case": f"latent reversible_heun fwd+bwd, batch {list(size)}, t in [0, 1], "
+                    "2 output times, float32, one thread", "peak_rss_growth_bytes": out}
 
 
 def _torchsde_version() -> str:

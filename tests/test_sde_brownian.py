@@ -134,3 +134,30 @@ def test_path_tree_reverse_and_like():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert torch.equal(base(5.0, 6.0), torch.zeros(2, dtype=DT64))   # clamped to [t0, t1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, DT64])
+def test_grid_cells_are_independent_with_the_right_law_in_any_order(dtype):
+    # dt = 0.1 on [0, 2]: 20 cells drawn in blocks; the walk forwards and the walk
+    # backwards (as an adjoint replays it) must see the same increments, bit for bit.
+    kw = dict(size=(B,), dtype=dtype, dt=0.1, levy_area_approximation="space-time")
+    fwd = _bm(**kw)
+    cells = [fwd(k / 10, (k + 1) / 10, return_U=True) for k in range(20)]
+    bwd = _bm(**kw)
+    for k in reversed(range(20)):
+        W, U = bwd(k / 10, (k + 1) / 10, return_U=True)
+        assert torch.equal(W, cells[k][0]) and torch.equal(U, cells[k][1])
+    W = torch.stack([c[0] for c in cells]).double()
+    H = torch.stack([c[1] for c in cells]).double() / 0.1 - 0.5 * W
+    for k in (0, 7, 8, 19):   # first, last of a block, first of the next, the end
+        assert stats.kstest((W[k] / math.sqrt(0.1)).numpy(), "norm").pvalue > 1e-3
+        assert stats.kstest((H[k] / math.sqrt(0.1 / 12)).numpy(), "norm").pvalue > 1e-3
+    corr = torch.corrcoef(torch.cat([W, H]))
+    off = corr - torch.diag(torch.diag(corr))
+    assert off.abs().max() < 5 / math.sqrt(B)
+    # A query over several cells is their sum (W) and their combination (U).
+    W07, U07 = fwd(0.0, 0.7, return_U=True)
+    torch.testing.assert_close(W07.double(), W[:7].sum(0), rtol=0,
+                               atol=1e-12 if dtype == DT64 else 1e-5)
+    U_sum = sum(cells[k][1].double() + 0.1 * W[:k].sum(0) for k in range(7))
+    torch.testing.assert_close(U07.double(), U_sum, rtol=0, atol=1e-12 if dtype == DT64 else 1e-5)

@@ -7,21 +7,26 @@ the bridge's two half-integrals given their sum), with normals seeded by the chi
 identity alone (:func:`~odeflow.sde.brownian.base.mix_seed`). The tree's shape is
 fixed by the constructor, not by the queries:
 
-* the top of the tree splits [t0, t1] into cells of width ``dt`` (when given; the grid
-  a fixed-step solver walks on), halving the range of cells at each level;
+* the top of the tree splits [t0, t1] into blocks of eight cells of width ``dt`` (when
+  given; the grid a fixed-step solver walks on), halving the range of blocks at each
+  level; a block's cells are drawn together, conditioned on the block's totals
+  (:func:`~odeflow.sde.brownian.bridge.block_rows`), from one seeded draw;
 * inside a cell the tree is dyadic, down to ``2**depth`` sub-cells (``depth`` = 32,
   or the depth that resolves ``tol`` when ``tol > 0``).
 
 A query time is rounded to the nearest sub-cell point (a relative change of 2⁻³² of the
 cell, far below any step size), so the same ``entropy`` and the same query always give
-the same value, whatever was asked before. A query at a cell boundary stops at the cell
-level, so a solver walking on the ``dt`` grid costs about two new tree nodes per step.
+the same value, whatever was asked before. A query on the ``dt`` grid stops at the cell
+level: a solver walking the grid (either way) finds most cells already in the cache and
+draws one block every eight steps.
 
-Each node stores ``[W, H, W(lo), I(lo)]``: its increment and space-time Lévy area, and
-the path value ``W`` and time integral ``I = ∫_t0 W ds`` at its left end, so an increment
-over any ``[ta, tb]`` is a difference of two point values (computed in float64 unless
-the device lacks it). Nodes live in an LRU cache of bounded size, recomputed from their
-seeds after eviction: memory does not grow with the number of steps.
+Each node stores ``[W, H]`` (or ``[W]``): the increment and space-time Lévy area over its
+own interval, never a point value, so the normals are combined in the state's dtype
+without cancellation. A query over ``[ta, tb]`` is the node that spans it
+exactly (one dictionary look-up for a cached grid cell) or the sum over the few nodes
+that tile it (``W`` adds; ``U`` adds with the drift of the earlier pieces). Nodes live
+in an LRU cache of bounded size, recomputed from their seeds after eviction: memory does
+not grow with the number of steps.
 
 References:
     M. Li, T.-K. L. Wong, R. T. Q. Chen, D. Duvenaud, "Scalable gradients for stochastic
@@ -34,7 +39,6 @@ References:
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from collections import OrderedDict
@@ -44,10 +48,14 @@ from torch import Tensor
 
 from ..settings import LEVY_AREA_APPROXIMATIONS
 from .base import BaseBrownian, levy_area, mix_seed
+from .bridge import block_rows, split_rows
 
 __all__ = ["BrownianInterval"]
 
-_ROOT, _SPLIT, _AREA = 1, 2, 3   # tags that keep the seeds of different draws apart
+_ROOT, _SPLIT, _AREA, _BLOCK = 1, 2, 3, 4   # tags that keep the seeds of different draws apart
+#: Grid cells drawn together: a block's cells come from one draw and one product, so a
+#: solver walking the grid pays the tree's Python work once per block, not once per step.
+_BLOCK_CELLS = 8
 _DEFAULT_DEPTH = 32
 _MAX_DEPTH = 52
 
@@ -75,57 +83,6 @@ def _resolve_info(W, H, size, dtype, device):
     dtype = dtypes[0] if dtypes else torch.get_default_dtype()
     device = devices[0] if devices else torch.device("cpu")
     return sizes[0], dtype, device
-
-
-def _split_matrix(p: float, q: float, with_H: bool) -> list[list[float]]:
-    """Rows giving both children's states from ``[parent state, X1, X2]``.
-
-    State ``[W, H, Wa, Ia]`` (with ``H``) or ``[W, Wa]`` (without). With ``h = p + q``,
-    ``b`` the bridge ``W(a+s) - W(a) - (s/h) W`` and ``B = b(p)``, ``P = ∫_0^p b / h``,
-    ``Q = ∫_p^h b / h`` (so ``H = P + Q``): the covariances of ``(B, P, Q)`` follow from
-    ``Cov(b(s), b(u)) = min(s, u) - su/h``; ``(B, P)`` given ``H`` is Gaussian, drawn by
-    its Cholesky factor. Then ``W_L = (p/h) W + B``, ``H_L = (h/p) P - B/2`` and
-    ``H_R = (h/q)(H - P) - B/2``.
-    """
-    h = p + q
-    if not with_H:
-        s = math.sqrt(p * q / h)
-        wl = [p / h, 0.0, s]                 # on [W, Wa, X1]
-        wr = [1 - p / h, 0.0, -s]
-        return [wl, [0.0, 1.0, 0.0], wr, [a + b for a, b in zip(wl, [0.0, 1.0, 0.0])]]
-    vbb = p * q / h
-    cbp, cbq = p * p * q / (2 * h * h), p * q * q / (2 * h * h)
-    vpp = (p ** 3 / 3 - p ** 4 / (4 * h)) / (h * h)
-    vqq = (q ** 3 / 3 - q ** 4 / (4 * h)) / (h * h)
-    cpq = p * p * q * q / (4 * h ** 3)
-    vhh = vpp + vqq + 2 * cpq
-    cbh, cph = cbp + cbq, vpp + cpq
-    l11 = math.sqrt(max(vbb - cbh * cbh / vhh, 0.0))
-    l21 = (cbp - cbh * cph / vhh) / l11 if l11 > 0 else 0.0
-    l22 = math.sqrt(max(vpp - cph * cph / vhh - l21 * l21, 0.0))
-    # Columns: W, H, Wa, Ia, X1, X2.
-    B = [0.0, cbh / vhh, 0.0, 0.0, l11, 0.0]
-    P = [0.0, cph / vhh, 0.0, 0.0, l21, l22]
-    Wc = [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
-    Hc = [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]
-    Wa = [0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
-    Ia = [0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
-
-    def lin(*terms):
-        return [sum(c * v[i] for c, v in terms) for i in range(6)]
-
-    wl = lin((p / h, Wc), (1.0, B))
-    hl = lin((h / p, P), (-0.5, B))
-    wr = lin((1.0, Wc), (-1.0, wl))
-    hr = lin((h / q, Hc), (-h / q, P), (-0.5, B))
-    ul = lin((p / 2, wl), (p, hl))          # ∫_a^m (W(s) - W(a)) ds = p (W_L/2 + H_L)
-    return [wl, hl, Wa, Ia, wr, hr, lin((1.0, Wa), (1.0, wl)), lin((1.0, Ia), (p, Wa), (1.0, ul))]
-
-
-@functools.lru_cache(maxsize=512)
-def _split_rows(p: float, q: float, with_H: bool, dtype: torch.dtype,
-                device: torch.device) -> Tensor:
-    return torch.tensor(_split_matrix(p, q, with_H), dtype=dtype, device=device)
 
 
 class BrownianInterval(BaseBrownian):
@@ -195,10 +152,12 @@ class BrownianInterval(BaseBrownian):
         self._tol, self._pool_size, self._cache_size = tol, pool_size, cache_size
         self._halfway_tree = bool(halfway_tree)
         self._t0, self._t1 = t0, t1
+        # Normals are drawn and combined in the state's dtype: nodes hold increments, never
+        # point values, so nothing cancels and float32 loses nothing that float64 would keep
+        # (half precisions work in float32, which CPU random draws support everywhere).
         self._work = self._dtype
-        low = (torch.float16, torch.bfloat16, torch.float32)
-        if self._device.type != "mps" and self._dtype in low:
-            self._work = torch.float64
+        if self._dtype in (torch.float16, torch.bfloat16):
+            self._work = torch.float32
         self._gen = torch.Generator(device=self._device)
 
         span = t1 - t0
@@ -217,22 +176,27 @@ class BrownianInterval(BaseBrownian):
         tree_depth = math.ceil(math.log2(n_cells)) + depth + 1
         self._capacity = None if cache_size is None else max(cache_size, 4 * tree_depth + 8)
         self._cache: OrderedDict = OrderedDict()
+        self._indices: dict[float, int] = {}
 
-        root_seed = mix_seed(self._entropy, _ROOT)
-        X = self._normals(root_seed, 2)
+        X = self._draw(torch.empty((2, *self._size), dtype=self._work, device=self._device),
+                       _ROOT)
         if W is None:
             W = X[0] * math.sqrt(span)
         if H is None:
             H = X[1] * math.sqrt(span / 12)
         W, H = W.to(self._work), H.to(self._work)
-        zeros = torch.zeros_like(W)
-        self._root = torch.stack([W, H, zeros, zeros] if self._have_H else [W, zeros])
+        self._root = torch.stack([W, H] if self._have_H else [W])
+        k = self._root.shape[0]
+        self._buffer = torch.empty((2 * k, math.prod(self._size)), dtype=self._work,
+                                   device=self._device)
 
     # ------------------------------------------------------------------ the tree
-    def _normals(self, seed: int, n: int) -> Tensor:
-        self._gen.manual_seed(seed)
-        return torch.randn((n, *self._size), generator=self._gen, dtype=self._work,
-                           device=self._device)
+    def _draw(self, out: Tensor, *key: int) -> Tensor:
+        """Fill ``out`` with standard normals seeded by ``key`` alone, drawn in the working
+        dtype itself: a float64 motion gets float64 normals (float32 draws, widened, are
+        about five times faster on the CPU but truncate the tails and quantise the law)."""
+        self._gen.manual_seed(mix_seed(self._entropy, *key))
+        return torch.randn(out.shape, generator=self._gen, out=out)
 
     def _time(self, g: int) -> float:
         i, j = g >> self._depth, g & ((1 << self._depth) - 1)
@@ -244,64 +208,152 @@ class BrownianInterval(BaseBrownian):
 
     def _index(self, t: float) -> int:
         """The tree point nearest to ``t`` (already clamped to ``[t0, t1]``)."""
-        if self._n_cells > 1:
-            i = min(max(int((t - self._t0) // self._dt), 0), self._n_cells - 1)
-        else:
-            i = 0
-        lo, hi = self._time(i << self._depth), self._time((i + 1) << self._depth)
+        g = self._indices.get(t)
+        if g is not None:   # a step's end is the next step's start: asked twice
+            return g
+        n, d = self._n_cells, self._depth
+        i, lo, hi = 0, self._t0, self._t1
+        if n > 1:
+            i = min(max(int((t - self._t0) // self._dt), 0), n - 1)
+            lo = self._t0 + i * self._dt
+            hi = self._t1 if i == n - 1 else self._t0 + (i + 1) * self._dt
         if hi <= lo:
-            return i << self._depth
-        j = round((t - lo) / (hi - lo) * (1 << self._depth))
-        return (i << self._depth) + min(max(j, 0), 1 << self._depth)
+            g = i << d
+        else:
+            j = round((t - lo) / (hi - lo) * (1 << d))
+            g = (i << d) + min(max(j, 0), 1 << d)
+        if len(self._indices) >= 256:   # bounded: only recent times repeat
+            self._indices.clear()
+        self._indices[t] = g
+        return g
 
     def _mid(self, lo: int, hi: int) -> int:
+        """Where a node above the blocks, or inside a cell, splits (a block boundary or the
+        dyadic midpoint)."""
         d = self._depth
         if hi - lo > (1 << d):
-            return (((lo >> d) + (hi >> d)) // 2) << d
+            lo_b, hi_b = (lo >> d) // _BLOCK_CELLS, -(-(hi >> d) // _BLOCK_CELLS)
+            return ((lo_b + hi_b) // 2 * _BLOCK_CELLS) << d
         return (lo + hi) // 2
 
-    def _children(self, lo: int, hi: int, state: Tensor) -> tuple[int, Tensor, Tensor]:
+    def _is_block(self, lo: int, hi: int) -> bool:
+        """Whether node ``[lo, hi]`` is one block of several grid cells."""
+        d = self._depth
+        return hi - lo > (1 << d) and (hi >> d) - (lo >> d) <= _BLOCK_CELLS
+
+    def _cells(self, lo: int, hi: int, state: Tensor) -> list[tuple[int, int, Tensor]]:
+        """The grid cells of block ``[lo, hi]``, left to right, drawn together when any is
+        missing from the cache (one ``randn`` seeded by the block, one matrix product)."""
+        d = self._depth
+        keys = [(c << d, (c + 1) << d) for c in range(lo >> d, hi >> d)]
+        got = [self._cache.get(key) for key in keys]
+        if all(x is not None for x in got):
+            for key in keys:
+                self._cache.move_to_end(key)
+            return [(a, b, x) for (a, b), x in zip(keys, got)]
+        k, n = state.shape[0], len(keys)
+        rows = block_rows(tuple(self._time(b) - self._time(a) for a, b in keys), self._have_H,
+                          self._work, self._device)
+        z = torch.empty((k * (n + 1), state[0].numel()), dtype=self._work, device=self._device)
+        z[:k].copy_(state.view(k, -1))
+        self._draw(z[k:], _BLOCK, lo, hi)
+        cells = (rows @ z).view(n, *state.shape)
+        for key, cell in zip(keys, cells):
+            self._remember(key, cell)
+        return [(a, b, cell) for (a, b), cell in zip(keys, cells)]
+
+    def _children(self, lo: int, hi: int, state: Tensor, want: tuple[bool, bool]
+                  ) -> tuple[int, Tensor | None, Tensor | None]:
+        """Split node ``[lo, hi]`` at its midpoint: ``(mid, left, right)``, each child's
+        state if ``want`` asks for it (else None).
+
+        Cached children are reused. Otherwise the node's normals are drawn (one ``randn``
+        seeded by the node, so either child alone is the same as both together) and only
+        the wanted children are computed and remembered: a walk down to one query point
+        makes half the product and half the fresh memory.
+        """
         mid = self._mid(lo, hi)
+        keys = ((lo, mid), (mid, hi))
+        got = [self._cache.get(key) if w else None for key, w in zip(keys, want)]
+        if all(x is not None for x, w in zip(got, want) if w):
+            for key, x in zip(keys, got):
+                if x is not None:
+                    self._cache.move_to_end(key)
+            return mid, got[0], got[1]
         p, q = self._time(mid) - self._time(lo), self._time(hi) - self._time(mid)
-        k = 2 if self._have_H else 1
-        X = self._normals(mix_seed(self._entropy, _SPLIT, lo, hi), k)
+        k = state.shape[0]
+        # [parent state, normals] in one reused buffer: a fresh tensor per split would
+        # cost page faults, the main expense of a split after the draw itself.
+        buf = self._buffer
+        buf[:k].copy_(state.view(k, -1))
+        self._draw(buf[k:], _SPLIT, lo, hi)
         if p <= 0 or q <= 0:   # a degenerate (zero-length) side: all of W on the other one
             p, q = max(p, 1e-300), max(q, 1e-300)
-        rows = _split_rows(p, q, self._have_H, self._work, self._device)
-        z = torch.cat([state, X]).reshape(state.shape[0] + k, -1)
-        both = (rows @ z).reshape(2, state.shape[0], *self._size)
-        return mid, both[0], both[1]
+        rows = split_rows(p, q, self._have_H, self._work, self._device)
+        # Each child by its own product, wanted alone or with its sibling: the same
+        # arithmetic either way, so a value never depends on which queries came first.
+        got = [(rows[i * k:(i + 1) * k] @ buf).view(state.shape) if w else None
+               for i, w in enumerate(want)]
+        for key, x in zip(keys, got):
+            if x is not None:
+                self._remember(key, x)
+        return mid, got[0], got[1]
 
     def _remember(self, key, value) -> None:
         self._cache[key] = value
         if self._capacity is not None and len(self._cache) > self._capacity:
             self._cache.popitem(last=False)
 
-    def _point(self, g: int) -> Tensor:
-        """``[W(t), I(t)]`` (or ``[W(t)]``) at the tree point ``g``."""
-        tail = 2 if self._have_H else 1
-        if g == self._G:   # W(t1) = W, I(t1) = ∫ (W(s) - W(t0)) ds = h (W/2 + H)
-            W = self._root[0]
-            if not self._have_H:
-                return W.unsqueeze(0)
-            span = self._t1 - self._t0
-            return torch.stack([W, span * (0.5 * W + self._root[1])])
-        lo, hi, state = 0, self._G, self._root
-        while lo != g:
+    def _nodes(self, ga: int, gb: int) -> list[tuple[int, int, Tensor]]:
+        """The tree nodes whose intervals tile ``[ga, gb]``, left to right.
+
+        A node already in the cache (a grid cell after its sibling's query, a repeated
+        query) is returned at once; otherwise the tree is walked down from the root, at
+        most two nodes per level ending in the tiling.
+        """
+        hit = self._cache.get((ga, gb))
+        if hit is not None:
+            self._cache.move_to_end((ga, gb))
+            return [(ga, gb, hit)]
+        out: list[tuple[int, int, Tensor]] = []
+        todo = [(0, self._G, self._root)]
+        while todo:
+            lo, hi, state = todo.pop()
+            if ga <= lo and hi <= gb:
+                out.append((lo, hi, state))
+                continue
+            if self._is_block(lo, hi):
+                todo.extend((a, b, cell) for a, b, cell in reversed(self._cells(lo, hi, state))
+                            if a < gb and b > ga)
+                continue
             mid = self._mid(lo, hi)
-            child = (lo, mid) if g < mid else (mid, hi)
-            cached = self._cache.get(child)
-            if cached is None:
-                _, left, right = self._children(lo, hi, state)
-                self._remember((lo, mid), left)
-                self._remember((mid, hi), right)
-                cached = left if g < mid else right
-            else:
-                self._cache.move_to_end(child)
-            lo, hi, state = child[0], child[1], cached
-        return state[-tail:]
+            mid, left, right = self._children(lo, hi, state, (ga < mid, gb > mid))
+            if gb > mid:   # pushed first: popped after the left part (output stays in order)
+                todo.append((mid, hi, right))
+            if ga < mid:
+                todo.append((lo, mid, left))
+        return out
 
     # ------------------------------------------------------------------ queries
+    def _increment(self, ga: int, gb: int, h: float) -> tuple[Tensor, Tensor | None]:
+        """``(W, H)`` over ``[ga, gb]`` (``H`` = None without a Lévy area; both may be views
+        of cached nodes)."""
+        nodes = self._nodes(ga, gb)
+        if len(nodes) == 1:
+            state = nodes[0][2]
+            return state[0], (state[1] if self._have_H else None)
+        # Over a tiling [a_k, b_k] of lengths h_k: W = Σ W_k and
+        # U = ∫ (W(s) - W(a)) ds = Σ_k (h_k (W_k/2 + H_k) + h_k W(a → a_k)), accumulated in
+        # place (stacking the nodes would copy them all into fresh memory first).
+        W = torch.zeros(self._size, dtype=self._work, device=self._device)
+        U = torch.zeros_like(W) if self._have_H else None
+        for lo, hi, state in nodes:
+            hk = self._time(hi) - self._time(lo)
+            if U is not None:
+                U.add_(W, alpha=hk).add_(state[0], alpha=0.5 * hk).add_(state[1], alpha=hk)
+            W.add_(state[0])
+        return W, (None if U is None else U / h - 0.5 * W)
+
     def _clamp(self, t: float, name: str) -> float:
         if t < self._t0:
             warnings.warn(f"Should have {name}>=t0 but got {name}={t} and t0={self._t0}.",
@@ -324,19 +376,20 @@ class BrownianInterval(BaseBrownian):
             warnings.warn(f"{type(self).__name__} is optimised for interval queries "
                           "bm(ta, tb), not point evaluation bm(t).", stacklevel=2)
             ta, tb = self._t0, ta
-        ta, tb = self._clamp(float(ta), "ta"), self._clamp(float(tb), "tb")
+        ta, tb = float(ta), float(tb)
+        if not (self._t0 <= ta <= self._t1 and self._t0 <= tb <= self._t1):
+            ta, tb = self._clamp(ta, "ta"), self._clamp(tb, "tb")
         if ta > tb:
             raise RuntimeError(f"Query times ta={ta:.3f} and tb={tb:.3f} must respect ta <= tb.")
         ga, gb = self._index(ta), self._index(tb)
+        h = self._time(gb) - self._time(ga)
         if ga == gb:
             W = torch.zeros(self._size, dtype=self._work, device=self._device)
-            H, h = (W if self._have_H else None), 0.0
+            H = W if self._have_H else None
         else:
-            a, b = self._point(ga), self._point(gb)
-            W = b[0] - a[0]
-            h = self._time(gb) - self._time(ga)
-            H = ((b[1] - a[1] - h * a[0]) / h - 0.5 * W) if self._have_H else None
-        out = [W.to(self._dtype)]
+            W, H = self._increment(ga, gb, h)
+        # A copy: W may be a cached node, which callers must not be able to write into.
+        out = [W.clone() if W.dtype == self._dtype else W.to(self._dtype)]
         if return_U:
             out.append(None if H is None else (h * (0.5 * W + H)).to(self._dtype))
         if return_A:
@@ -347,9 +400,8 @@ class BrownianInterval(BaseBrownian):
                     shape = (*self._size, m) if len(self._size) >= 2 else self._size
                     A = torch.zeros(shape, dtype=self._dtype, device=self._device)
                 else:
-                    self._gen.manual_seed(mix_seed(self._entropy, _AREA, ga, gb))
-                    noise = torch.randn((*self._size, m), generator=self._gen, dtype=self._work,
-                                        device=self._device)
+                    noise = self._draw(torch.empty((*self._size, m), dtype=self._work,
+                                                   device=self._device), _AREA, ga, gb)
                     A = levy_area(W, H, h, self._levy, noise).to(self._dtype)
             out.append(A)
         return out[0] if len(out) == 1 else tuple(out)

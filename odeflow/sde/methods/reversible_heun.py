@@ -14,6 +14,8 @@ neural SDEs", NeurIPS 2021, Algorithm 1 and §3.
 
 from __future__ import annotations
 
+import torch
+
 from ..settings import METHODS, NOISE_TYPES, SDE_TYPES
 from .base import SDEMethod
 
@@ -33,9 +35,9 @@ class ReversibleHeun(SDEMethod):
 
     def step(self, sde, t, dt, y, dW, state, levy):
         f0, g0, z0 = state
-        z1 = 2 * y - z0 + f0 * dt + sde.prod(g0, dW)
+        z1 = _plus_prod(sde, torch.add(y - z0, y).add(f0, alpha=dt), g0, dW, 1.0)
         f1, g1 = sde.f_and_g(t + dt, z1)
-        y1 = y + (f0 + f1) * (0.5 * dt) + sde.prod(g0 + g1, 0.5 * dW)
+        y1 = _plus_prod(sde, torch.add(y, f0 + f1, alpha=0.5 * dt), g0 + g1, dW, 0.5)
         return y1, (f1, g1, z1)
 
     def backward_step(self, sde, t1, dt, y1, dW, state1, levy=None):
@@ -46,7 +48,14 @@ class ReversibleHeun(SDEMethod):
             ``(y1, state1)``.
         """
         f1, g1, z1 = state1
-        z0 = 2 * y1 - z1 - f1 * dt - sde.prod(g1, dW)
+        z0 = _plus_prod(sde, torch.add(y1 - z1, y1).sub(f1, alpha=dt), g1, dW, -1.0)
         f0, g0 = sde.f_and_g(t1 - dt, z0)
-        y0 = y1 - (f0 + f1) * (0.5 * dt) - sde.prod(g0 + g1, 0.5 * dW)
+        y0 = _plus_prod(sde, torch.sub(y1, f0 + f1, alpha=0.5 * dt), g0 + g1, dW, -0.5)
         return y0, (f0, g0, z0)
+
+
+def _plus_prod(sde, x, g, dW, c: float):
+    """``x + c g dW`` (diagonal noise: one fused ``addcmul`` instead of three kernels)."""
+    if sde.noise_type == NOISE_TYPES.diagonal:
+        return torch.addcmul(x, g, dW, value=c)
+    return x + sde.prod(g, c * dW)

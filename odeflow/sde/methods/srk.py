@@ -14,13 +14,24 @@ stochastic differential equations", SIAM J. Numer. Anal. 48(3), 922–952, 2010.
 
 from __future__ import annotations
 
+import functools
 import math
+
+import torch
 
 from ..settings import METHODS, NOISE_TYPES, SDE_TYPES
 from .base import SDEMethod
 from .tableaus import SRA1, SRI2
 
 __all__ = ["SRK"]
+
+
+@functools.lru_cache(maxsize=16)
+def _betas(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """SRI2's ``[β1 β2 β3 β4]`` per stage, as a (stages, 4) tensor (built once per dtype)."""
+    tab = SRI2
+    return torch.tensor(list(zip(tab.beta1, tab.beta2, tab.beta3, tab.beta4)), dtype=dtype,
+                        device=device)
 
 
 class SRK(SDEMethod):
@@ -43,31 +54,38 @@ class SRK(SDEMethod):
     def _sri(sde, t, dt, y, I1, I10):
         tab = SRI2
         sqrt_dt = math.sqrt(dt)
-        I11 = 0.5 * (I1 * I1 - dt)
-        I111 = (I1 * I1 * I1 - 3 * dt * I1) / 6
+        # The four stochastic weights of every stage from one product: rows of betas times
+        # [I1, I11/√h, I10/h, I111/h] (I11 = (I1² - h)/2, I111 = (I1³ - 3h I1)/6).
+        I1sq = I1 * I1
+        J = torch.stack([I1, (I1sq - dt) * (0.5 / sqrt_dt), I10 * (1 / dt),
+                         I1 * (I1sq - 3 * dt) * (1 / (6 * dt))])
+        weights = (_betas(J.dtype, J.device) @ J.view(4, -1)).view(-1, *I1.shape)
+        gI10 = I10 * (1 / dt)   # B0 multiplies g by I10/h
         scalar = sde.noise_type == NOISE_TYPES.scalar
-        fs, gs = [], []   # f(H0_j) h and g(H1_j) (as (B, d) columns)
+        fs, gs = [], []   # f(H0_j) and g(H1_j) (as (B, d) columns), unscaled
         y1 = y
         for i in range(len(tab.alpha)):
+            # Stage values with one fused kernel per non-zero tableau entry (dt and √dt
+            # folded into the scalar coefficients).
             H0, H1 = y, y
             for j in range(i):
                 if tab.A0[i][j]:
-                    H0 = H0 + tab.A0[i][j] * fs[j]
+                    H0 = torch.add(H0, fs[j], alpha=tab.A0[i][j] * dt)
                 if tab.A1[i][j]:
-                    H1 = H1 + tab.A1[i][j] * fs[j]
+                    H1 = torch.add(H1, fs[j], alpha=tab.A1[i][j] * dt)
                 if tab.B0[i][j]:
-                    H0 = H0 + tab.B0[i][j] * gs[j] * (I10 / dt)
+                    H0 = torch.addcmul(H0, gs[j], gI10, value=tab.B0[i][j])
                 if tab.B1[i][j]:
-                    H1 = H1 + tab.B1[i][j] * sqrt_dt * gs[j]
+                    H1 = torch.add(H1, gs[j], alpha=tab.B1[i][j] * sqrt_dt)
             later = range(i + 1, len(tab.alpha))
             used = tab.alpha[i] or any(tab.A0[k][i] or tab.A1[k][i] for k in later)
-            fs.append(sde.f(t + tab.c0[i] * dt, H0) * dt if used else 0.0)
+            fs.append(sde.f(t + tab.c0[i] * dt, H0) if used else None)
             g = sde.g(t + tab.c1[i] * dt, H1)
             g = g.squeeze(-1) if scalar else g
             gs.append(g)
-            weight = (tab.beta1[i] * I1 + tab.beta2[i] * I11 / sqrt_dt + tab.beta3[i] * I10 / dt
-                      + tab.beta4[i] * I111 / dt)
-            y1 = y1 + tab.alpha[i] * fs[i] + g * weight
+            if tab.alpha[i]:
+                y1 = torch.add(y1, fs[i], alpha=tab.alpha[i] * dt)
+            y1 = torch.addcmul(y1, g, weights[i])
         return y1
 
     @staticmethod
