@@ -154,7 +154,7 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
             grid_b = _event_grid(C, t_stop)
             if not C.per_sample:
                 ys_b = ys_b.reshape(2, -1)
-        out = attach_adjoint(problem, spec, adjoint_config, stats, y0_run, params, ys_b,
+        out = attach_adjoint(problem, adjoint_config, stats, y0_run, params, ys_b,
                              hooks.dense if spec.implicit else None, failed, grid_b)
         if events:
             y_stop = out[1].reshape(y_stop.shape)
@@ -256,7 +256,7 @@ def _scipy(problem: Any, spec: MethodSpec, func: Callable, mode: str,
     record_last_stats(stats)
     ys = torch.stack(ys)
     if mode == "adjoint":
-        ys = attach_adjoint(problem, spec, adjoint_config, stats, y0, params, ys)
+        ys = attach_adjoint(problem, adjoint_config, stats, y0, params, ys)
         if time_grad:
             ys = attach_output_times(problem, ys, stats)
     return Solution(problem.layout.unflatten(ys), problem.t, stats)
