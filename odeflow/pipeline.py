@@ -38,7 +38,6 @@ from .sensitivity.event_time import attach_event_time
 from .sensitivity.time_grad import attach_output_times, shift_initial_state
 from .solution import EventSolution, SampleStats, Solution
 from .solvers import MethodSpec
-from .solvers.scipy_bridge import integrate_scipy
 from .stats import SolveError, Status, record_last_stats
 
 __all__ = ["run_solve"]
@@ -70,11 +69,17 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
                          "or 'direct')")
     params = find_params(func, adjoint_params, mode, problem) if mode != "direct" else ()
     C = problem.clock
-    time_grad = grad_on and problem.t.requires_grad
+    # SciPy's steps carry no graph: its solution has gradients by the adjoint alone.
+    no_graph = spec.external and mode == "direct"
+    if no_graph and (problem.y0.requires_grad or (isinstance(func, torch.nn.Module) and any(
+            p.requires_grad for p in func.parameters()))):
+        warnings.warn(
+            "method='scipy_solver': gradients do not flow through SciPy's steps, so this "
+            "solution has no gradient; use odeint_adjoint (gradient='adjoint') to "
+            "differentiate a SciPy solve", UserWarning, stacklevel=3)
+    time_grad = grad_on and problem.t.requires_grad and not no_graph
     y0_flat = problem.y0
     y0_run = shift_initial_state(problem, y0_flat) if time_grad else y0_flat
-    if spec.external:
-        return _scipy(problem, spec, func, mode, adjoint_config, params, y0_run, time_grad)
     locator = None
     if events:
         direction = event_direction if event_direction is not None else getattr(
@@ -216,29 +221,3 @@ def _sample_stats(result: Any) -> SampleStats:
             result.status, stats.n_steps, stats.n_accepted, stats.n_rejected)))
     status, n_steps, n_acc, n_rej = result.lanes
     return SampleStats(status, n_steps, n_acc, n_rej)
-
-
-def _scipy(problem: Any, spec: MethodSpec, func: Callable, mode: str,
-           adjoint_config: AdjointConfig | None, params: tuple, y0: Tensor,
-           time_grad: bool) -> Solution:
-    """The SciPy bridge: the solution without a graph under direct mode (as torchdiffeq);
-    the adjoint differentiates it."""
-    if problem.per_sample:
-        raise ValueError("method='scipy_solver' does not support options['per_sample']")
-    needs = problem.y0.requires_grad or (isinstance(func, torch.nn.Module) and any(
-        p.requires_grad for p in func.parameters()))
-    if mode == "direct" and needs:
-        warnings.warn(
-            "method='scipy_solver': gradients do not flow through SciPy's steps, so this "
-            "solution has no gradient; use odeint_adjoint (gradient='adjoint') to "
-            "differentiate a SciPy solve", UserWarning, stacklevel=4)
-    with torch.no_grad():
-        ys, stats = integrate_scipy(replace(problem, y0=y0.detach()))
-    stats.nfe = problem.func.nfe
-    record_last_stats(stats)
-    ys = torch.stack(ys)
-    if mode == "adjoint":
-        ys = attach_adjoint(problem, adjoint_config, stats, y0, params, ys)
-        if time_grad:
-            ys = attach_output_times(problem, ys, stats)
-    return Solution(problem.layout.unflatten(ys), problem.t, stats)
