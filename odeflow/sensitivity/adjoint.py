@@ -104,11 +104,6 @@ def _seminorm(state: tuple[Tensor, ...]) -> Tensor:
     return torch.maximum(rms_norm(state[0]), rms_norm(state[1]))
 
 
-def _seminorm_a(state: tuple[Tensor, ...]) -> Tensor:
-    # The interpolating adjoint's state is (a, g): only a counts.
-    return rms_norm(state[0])
-
-
 def _without_y(norm: Callable) -> Callable:
     """A backward norm written for ``(y, a, g)`` applied to ``(a, g)`` (``y`` as zeros)."""
     def wrapped(state: tuple[Tensor, ...]) -> Tensor:
@@ -190,15 +185,8 @@ def _with_adjoint_callbacks(aug: Callable, problem: Problem) -> Callable:
     for name in ("callback_step", "callback_accept_step", "callback_reject_step"):
         cb = getattr(user, name + "_adjoint", None)
         if cb is not None:
-            setattr(aug, name, _user_time_callback(cb, problem.sign))
+            setattr(aug, name, lambda t, state, dt, cb=cb, s=problem.sign: cb(s * t, state, s * dt))
     return aug
-
-
-def _user_time_callback(cb: Callable, sign: float) -> Callable:
-    def wrapped(t: Tensor, state: Any, dt: Tensor) -> Any:
-        return cb(sign * t, state, sign * dt)
-
-    return wrapped
 
 
 class _Adjoint(torch.autograd.Function):
@@ -238,9 +226,7 @@ class _Adjoint(torch.autograd.Function):
             trajectory = DenseOutput(problem, ctx.pieces).canonical
             aug = _with_adjoint_callbacks(
                 interpolating_dynamics(f, params, trajectory, _flat_real), problem)
-            if options.get("norm") is _seminorm:
-                options["norm"] = _seminorm_a
-            elif options.get("norm") is not None:
+            if options.get("norm") is not None:  # (the seminorm then counts a alone)
                 options["norm"] = _without_y(options["norm"])
             if config.spec.implicit:
                 options["linear_solver"] = InterpolatingAdjointSolver(
@@ -311,11 +297,8 @@ def _check_backward(problem: Problem, aug_problem: Problem, result: Any, config:
                 result.stats)
         return
     err = failure(aug_problem, result, fixed=not config.spec.adaptive)
-    if err is not None:
-        raise _backward_failure(err, problem, i) from None
-
-
-def _backward_failure(err: SolveError, problem: Problem, i: int) -> SolveError:
+    if err is None:
+        return
     span = (problem.user_time(problem.t_out[i]), problem.user_time(problem.t_out[i - 1]))
     detail = (f"This was the adjoint's backward solve (the augmented system from t={span[0]!r} "
               f"back to t={span[1]!r}), not the forward solve. Set its solver with "
@@ -324,7 +307,7 @@ def _backward_failure(err: SolveError, problem: Problem, i: int) -> SolveError:
               f"It said: {err}")
     out = SolveError(err.status, problem.user_time(err.t), detail, err.stats)
     out.partial_ys = getattr(err, "partial_ys", None)
-    return out
+    raise out from None
 
 
 def _real_numel(p: Tensor) -> int:
