@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -268,18 +269,6 @@ def odeint_dense(
                      options=options, dense=True).dense
 
 
-# ------------------------------------------------------------------ torchdiffeq's interface
-class _Directed:
-    """``event_fn`` with a ``direction`` attribute (what ``event_direction=`` builds)."""
-
-    def __init__(self, fn: Callable[[Tensor, State], Tensor], direction: Any):
-        self.fn = fn
-        self.direction = direction
-
-    def __call__(self, t: Tensor, y: State) -> Tensor:
-        return self.fn(t, y)
-
-
 @_eager
 def odeint_event(
     func: Callable[[Tensor, State], State],
@@ -325,8 +314,9 @@ def odeint_event(
         1.0
     """
     direction = kwargs.pop("event_direction", None)
-    if direction is not None:
-        event_fn = _Directed(event_fn, direction)
+    if direction is not None:  # a copy of event_fn that carries it to solve
+        event_fn = functools.partial(event_fn)
+        event_fn.direction = direction  # type: ignore[attr-defined]
     if not isinstance(t0, Tensor):
         first = y0 if isinstance(y0, Tensor) else y0[0]
         t0 = torch.tensor(float(t0), dtype=first.real.dtype, device=first.device)

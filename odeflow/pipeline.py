@@ -3,14 +3,9 @@
 validate -> frozen loop configuration -> gradient mode picked once -> one loop (joint or
 per sample, with or without events) -> event time -> the mode's gradient attached ->
 output-time gradients -> :class:`~odeflow.Solution`. Events, per-sample batches, dense
-output and progress are inputs of this pipeline, not other paths.
-
-Gradient modes (``gradient=``, see :mod:`odeflow.sensitivity`):
-
-* ``direct``: the loop runs under autograd;
-* ``checkpoint``: the loop runs without a graph and records each step; backward replays;
-* ``adjoint``: the loop runs without a graph (keeping its dense output after an implicit
-  forward, for the interpolating adjoint); backward solves the adjoint system.
+output and progress are inputs of this pipeline, not other paths. The gradient modes
+(``gradient=``) are those of :mod:`odeflow.sensitivity`: only ``direct`` runs the loop
+under autograd.
 """
 
 from __future__ import annotations

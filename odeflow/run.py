@@ -22,16 +22,7 @@ from .solvers.scipy_bridge import integrate_scipy
 from .stats import SolveError, Status
 from .stiffness import stiff_hint
 
-__all__ = ["run", "build_stepper", "failure", "outputs", "check_fixed_grid_finite"]
-
-
-def build_stepper(problem: Problem, spec: Any) -> Any:
-    """The stepper of ``spec`` for ``problem`` (a fixed-grid method wrapped with its
-    outputs' interpolant)."""
-    stepper = spec.build(problem.options, problem.rtol, problem.atol)
-    if not spec.adaptive:
-        return FixedGridSteps(stepper, problem.options.get("interp", "linear"))
-    return stepper
+__all__ = ["run", "failure", "outputs", "check_fixed_grid_finite"]
 
 
 def run(problem: Problem, spec: Any, hooks: Hooks | None = None, **config: Any
@@ -44,7 +35,9 @@ def run(problem: Problem, spec: Any, hooks: Hooks | None = None, **config: Any
     if spec.external:  # SciPy takes the steps (the adjoint's backward solve of a SciPy solve)
         ys, stats = integrate_scipy(problem)
         return LoopResult(ys, stats, problem.clock.t_end, ys[-1], int(Status.SUCCESS)), None, None
-    stepper = build_stepper(problem, spec)
+    stepper = spec.build(problem.options, problem.rtol, problem.atol)
+    if not spec.adaptive:  # a fixed-grid method, wrapped with its outputs' interpolant
+        stepper = FixedGridSteps(stepper, problem.options.get("interp", "linear"))
     cfg = loop_config(problem, spec, stepper, **config)
     result = integrate(problem, stepper, cfg, hooks)
     if not spec.adaptive:
