@@ -57,7 +57,7 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
     if problem.lanes_api:
         spec.check_per_sample(options, mode)
         if mode == "adjoint":
-            check_lanes_config(adjoint_config)
+            check_lanes_config(adjoint_config, problem)
     if mode == "checkpoint" and not spec.replayable:
         raise ValueError(f"gradient='checkpoint' replays single steps and needs a one-step "
                          f"method; method={spec.name!r} is not one (use gradient='adjoint' "

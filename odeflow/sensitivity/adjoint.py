@@ -79,7 +79,7 @@ def make_adjoint_config(rtol: Any, atol: Any, method: str | None, options: dict 
     )
 
 
-def check_lanes_config(config: AdjointConfig) -> None:
+def check_lanes_config(config: AdjointConfig, problem: Problem) -> None:
     """Reject what the per-sample adjoint cannot honour (at ``solve``, not in backward)."""
     if config.spec.implicit or not config.spec.per_sample:
         raise ValueError("gradient='adjoint' with options['per_sample'] needs an explicit "
@@ -90,13 +90,10 @@ def check_lanes_config(config: AdjointConfig) -> None:
                          "(parameter gradients are a quadrature outside error control); "
                          "adjoint_options['norm'] may only be 'seminorm'")
     for name, value in (("adjoint_rtol", config.rtol), ("adjoint_atol", config.atol)):
-        if isinstance(value, Tensor):
-            value = float(value)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                math.isfinite(value) and value >= 0):
-            raise ValueError(f"with options['per_sample'], {name} must be a non-negative "
-                             f"scalar (the per-sample adjoint takes no per-component "
-                             f"tolerances; pass {name}=<number>), got {value!r}")
+        if isinstance(check_tolerance(name, value, problem.layout), Tensor):
+            raise ValueError(f"with options['per_sample'], {name} must be a scalar (the "
+                             f"per-sample adjoint takes no per-component tolerances; pass "
+                             f"{name}=<number>), got {value!r}")
 
 
 def _seminorm(state: tuple[Tensor, ...]) -> Tensor:
@@ -305,9 +302,8 @@ def _check_backward(problem: Problem, aug_problem: Problem, result: Any, config:
               "adjoint_options (e.g. dict(norm='seminorm') or a larger max_num_steps), "
               "adjoint_rtol/adjoint_atol or adjoint_method, or use gradient='checkpoint'. "
               f"It said: {err}")
-    out = SolveError(err.status, problem.user_time(err.t), detail, err.stats)
-    out.partial_ys = getattr(err, "partial_ys", None)
-    raise out from None
+    raise SolveError(err.status, problem.user_time(err.t), detail, err.stats,
+                     partial_ys=err.partial_ys) from None
 
 
 def _real_numel(p: Tensor) -> int:
