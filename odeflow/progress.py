@@ -68,24 +68,19 @@ class Progress:
         self._next = now + self._every
         self._draw(t, steps)
 
-    def _fraction(self, t: Any) -> tuple[float, float]:
-        if self.lanes:  # host sync: only when drawing
-            frac = float(((t - self.t0) / self.span).clamp(0, 1).mean())
-            return frac, frac
-        return min(max((t - self.t0) / self.span, 0.0), 1.0), self.sign * t
-
     def _draw(self, t: Any, steps: int) -> None:
-        frac, shown_t = self._fraction(t)
+        if self.lanes:  # host sync: only when drawing
+            frac = shown_t = float(((t - self.t0) / self.span).clamp(0, 1).mean())
+        else:
+            frac, shown_t = min(max((t - self.t0) / self.span, 0.0), 1.0), self.sign * t
         shown = f"{self._desc} {self.label}={shown_t:.6g} steps={steps}"
         if self._bar is not None:
             self._bar.n = int(1000 * frac)
             self._bar.set_description_str(shown, refresh=False)
             self._bar.refresh()
-        elif self._tty:
-            sys.stderr.write(f"\r{shown}: {100 * frac:5.1f}%   ")
-            sys.stderr.flush()
         else:
-            sys.stderr.write(f"{shown}: {100 * frac:5.1f}%\n")
+            line = f"{shown}: {100 * frac:5.1f}%"
+            sys.stderr.write(f"\r{line}   " if self._tty else f"{line}\n")
             sys.stderr.flush()
 
     def close(self, t: Any, steps: int) -> None:

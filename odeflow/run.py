@@ -131,9 +131,7 @@ def failure(problem: Problem, result: LoopResult, *, fixed: bool = False,
         t_user = C.sign * result.t_last
         stats.status = status
         stats.message = f"{status.message} t={t_user!r}. {detail}"
-        err = SolveError(status, t_user, detail, stats)
-        err.partial_ys = list(result.ys)  # type: ignore[attr-defined]
-        return err
+        return SolveError(status, t_user, detail, stats, partial_ys=list(result.ys))
     codes = result.status.tolist()
     B = len(codes)
     failed = [b for b, c in enumerate(codes) if Status(c) in FAILURES]
@@ -145,10 +143,9 @@ def failure(problem: Problem, result: LoopResult, *, fixed: bool = False,
         stats.message = (f"{len(failed)} of {B} samples failed (samples {failed[:10]}"
                          f"{'...' if len(failed) > 10 else ''}); sample {b}: {st.message} "
                          f"t={t_b!r}. sol.sample_stats.status has each sample's outcome.")
-        err = SolveError(st, t_b, f"{stats.message} Other samples were not affected; pass "
-                         "throw=False to get their results (failed samples keep nan after "
-                         "the failure).", stats)
-        return err
+        return SolveError(st, t_b, f"{stats.message} Other samples were not affected; pass "
+                          "throw=False to get their results (failed samples keep nan after "
+                          "the failure).", stats)
     if events:
         missed = [b for b, c in enumerate(codes) if c == Status.NO_EVENT]
         stats.status = Status.NO_EVENT if missed else Status.EVENT
