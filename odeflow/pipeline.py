@@ -98,8 +98,12 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
             bar.close(result.t_last if result is not None else C.t0,
                       result.stats.n_steps if result is not None else 0)
     unbounded = events and _unbounded(C)
-    err = failure(problem, result, fixed=not spec.adaptive, unbounded=unbounded,
-                  events=events and C.per_sample, explicit=spec.adaptive and not spec.implicit)
+    if C.per_sample and events:  # each sample: its event, no event, or its failure
+        result.status = torch.where(locator.hits.found, int(Status.EVENT), torch.where(
+            result.status == int(Status.SUCCESS), int(Status.NO_EVENT), result.status))
+        result.lanes = (result.status, *result.lanes[1:])
+    err = failure(problem, result, fixed=not spec.adaptive, unbounded=unbounded, events=events,
+                  explicit=spec.adaptive and not spec.implicit)
     stats = result.stats
     failed = failed_lanes(result)
     if events and not C.per_sample and err is None:
@@ -120,12 +124,6 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
                 raise SolveError(Status.NO_EVENT, t_reached, "Pass a later t[1] (or inf), or "
                                  "check event_fn.", stats)
         result.status = int(stats.status)
-    if C.per_sample and events:
-        hit = locator.hits.found
-        result.status = torch.where(hit, int(Status.EVENT), torch.where(
-            result.status == int(Status.SUCCESS), int(Status.NO_EVENT), result.status))
-        result.lanes = (result.status, *result.lanes[1:])
-        err = failure(problem, result, events=True)
     record_last_stats(stats)
     sample_stats = _sample_stats(result) if problem.lanes_api else None
     if err is not None and (throw or not C.per_sample):

@@ -64,19 +64,15 @@ def make_adjoint_config(rtol: Any, atol: Any, method: str | None, options: dict 
         adjoint_method = get_method(method).adjoint_default
     spec = get_method(adjoint_method if adjoint_method is not None else method)
     if adjoint_options is None:
-        base = {k: v for k, v in (options or {}).items() if k != "norm"}
-        adjoint_options = {k: v for k, v in base.items() if k in spec.valid_options}
+        adjoint_options = {k: v for k, v in (options or {}).items()
+                           if k != "norm" and k in spec.valid_options}
     try:
         adj_opts = check_options(spec.name, adjoint_options, spec.valid_options)
         validate_options(adj_opts, adjoint=True)
     except (ValueError, TypeError) as exc:
         raise type(exc)(f"adjoint_options: {exc}") from None
-    return AdjointConfig(
-        rtol=rtol if adjoint_rtol is None else adjoint_rtol,
-        atol=atol if adjoint_atol is None else adjoint_atol,
-        spec=spec,
-        options=adj_opts,
-    )
+    return AdjointConfig(rtol if adjoint_rtol is None else adjoint_rtol,
+                         atol if adjoint_atol is None else adjoint_atol, spec, adj_opts)
 
 
 def check_lanes_config(config: AdjointConfig, problem: Problem) -> None:
