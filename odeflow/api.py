@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -13,16 +14,13 @@ import torch
 from torch import Tensor
 
 from .dense import DenseOutput
-from .integrate import Hooks
 from .options import validate_options
 from .pipeline import run_solve
-from .problem import State, check_options, make_problem
-from .run import failure, run
+from .problem import State, check_options
 from .sensitivity import GRADIENTS
 from .sensitivity.adjoint import make_adjoint_config
 from .solution import Solution
 from .solvers import get_method, warn_unsupported_callbacks
-from .stats import record_last_stats
 
 __all__ = ["Solution", "solve", "odeint", "odeint_adjoint", "odeint_dense", "odeint_event"]
 
@@ -30,7 +28,6 @@ __all__ = ["Solution", "solve", "odeint", "odeint_adjoint", "odeint_dense", "ode
 #: eagerly (one graph break each side). Its adaptive loop decides on the host at every step,
 #: which would break a traced graph at every step and take minutes to compile.
 _eager = torch.compiler.disable
-
 
 
 @_eager
@@ -163,13 +160,8 @@ def odeint(
         Chen, Rubanova, Bettencourt & Duvenaud, "Neural Ordinary Differential Equations",
         NeurIPS 2018.
     """
-    if event_fn is not None:
-        t = _event_search_times(t)
-    sol = solve(func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
-                event_fn=event_fn, gradient=gradient, adjoint_params=adjoint_params)
-    if event_fn is not None:
-        return sol.event_t, sol.ys
-    return sol.ys
+    return _torchdiffeq(func, y0, t, event_fn, rtol=rtol, atol=atol, method=method,
+                        options=options, gradient=gradient, adjoint_params=adjoint_params)
 
 
 @_eager
@@ -214,30 +206,31 @@ def odeint_adjoint(
             "odeint_adjoint needs func to be a torch.nn.Module, or adjoint_params=(tensors "
             "func uses) to know which parameters to differentiate"
         )
-    if event_fn is not None:
-        t = _event_search_times(t)
-    sol = solve(func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
-                event_fn=event_fn, gradient="adjoint", adjoint_rtol=adjoint_rtol,
-                adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
-                adjoint_options=adjoint_options, adjoint_params=adjoint_params)
-    if event_fn is not None:
-        return sol.event_t, sol.ys
-    return sol.ys
+    return _torchdiffeq(func, y0, t, event_fn, rtol=rtol, atol=atol, method=method,
+                        options=options, gradient="adjoint", adjoint_rtol=adjoint_rtol,
+                        adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
+                        adjoint_options=adjoint_options, adjoint_params=adjoint_params)
 
 
-
-def _event_search_times(t: Tensor) -> Tensor:
-    """torchdiffeq's event semantics: only ``t[0]`` counts, and the search has no end time.
-
-    The search runs in the direction of ``t[1] - t[0]`` (forward for a single time).
-    """
+def _torchdiffeq(func: Callable, y0: State, t: Tensor, event_fn: Callable | None,
+                 **kwargs: Any) -> State | tuple[Tensor, State]:
+    """``solve`` with torchdiffeq's return values: ``ys``, or with ``event_fn``
+    ``(event_t, ys)``, where only ``t[0]`` counts and the search has no end time (it runs
+    in the direction of ``t[1] - t[0]``, forward for a single time)."""
+    if event_fn is None:
+        return solve(func, y0, t, **kwargs).ys
     if not isinstance(t, Tensor) or t.ndim != 1 or t.numel() == 0:
         shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
         raise ValueError(f"t must be a non-empty 1-D tensor whose first element is the "
                          f"initial time, got {shape}")
     backward = t.numel() > 1 and bool(t[1] < t[0])  # host sync: once per solve
-    far = t[:1].detach() + (-math.inf if backward else math.inf)
-    return torch.cat([t[:1], far])
+    sol = solve(func, y0, _unbounded(t[:1], backward), event_fn=event_fn, **kwargs)
+    return sol.event_t, sol.ys
+
+
+def _unbounded(t0: Tensor, backward: bool) -> Tensor:
+    """The search times ``[t0, ±inf]`` (``t0`` of shape ``(1,)``)."""
+    return torch.cat([t0, t0.detach() + (-math.inf if backward else math.inf)])
 
 
 @_eager
@@ -264,37 +257,16 @@ def odeint_dense(
         >>> float(dense(1.0))  # ≈ exp(-1)
         0.367...
     """
-    spec = get_method(method)
-    if not spec.adaptive:
+    if not get_method(method).adaptive:
         raise ValueError(f"odeint_dense needs an adaptive method, got method={method!r}")
-    opts = check_options(spec.name, options, spec.valid_options)
-    validate_options(opts)
-    if opts.get("per_sample"):
+    if isinstance(options, dict) and options.get("per_sample"):
         raise ValueError("odeint_dense does not support options['per_sample']; use "
                          "solve(..., dense=True)")
     first = y0 if isinstance(y0, Tensor) else y0[0]
     times = torch.stack([torch.as_tensor(v, dtype=torch.float64).reshape(()) for v in (t0, t1)])
-    problem = make_problem(func, y0, times.to(first.device), rtol, atol, spec.name, opts)
-    hooks = Hooks(dense=[])
     with torch.no_grad():
-        result = run(problem, spec, hooks)[0]
-    err = failure(problem, result)
-    record_last_stats(result.stats)
-    if err is not None:
-        raise err
-    return DenseOutput(problem, hooks.dense)
-
-
-# ------------------------------------------------------------------ torchdiffeq's interface
-class _Directed:
-    """``event_fn`` with a ``direction`` attribute (what ``event_direction=`` builds)."""
-
-    def __init__(self, fn: Callable[[Tensor, State], Tensor], direction: Any):
-        self.fn = fn
-        self.direction = direction
-
-    def __call__(self, t: Tensor, y: State) -> Tensor:
-        return self.fn(t, y)
+        return solve(func, y0, times.to(first.device), rtol=rtol, atol=atol, method=method,
+                     options=options, dense=True).dense
 
 
 @_eager
@@ -342,13 +314,12 @@ def odeint_event(
         1.0
     """
     direction = kwargs.pop("event_direction", None)
-    if direction is not None:
-        event_fn = _Directed(event_fn, direction)
+    if direction is not None:  # a copy of event_fn that carries it to solve
+        event_fn = functools.partial(event_fn)
+        event_fn.direction = direction  # type: ignore[attr-defined]
     if not isinstance(t0, Tensor):
         first = y0 if isinstance(y0, Tensor) else y0[0]
         t0 = torch.tensor(float(t0), dtype=first.real.dtype, device=first.device)
-    t0 = t0.reshape(-1)[:1]
-    far = t0.detach() + (-math.inf if reverse_time else math.inf)
-    t = torch.cat([t0, far])
-    return odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
+    return odeint_interface(func, y0, _unbounded(t0.reshape(-1)[:1], reverse_time),
+                            event_fn=event_fn, **kwargs)
 

@@ -90,19 +90,14 @@ class DenseOutput:
             values = values[0]  # one sample's (1, T) times, in the per-sample form
         if values.ndim > 1:
             raise ValueError(f"t must be a scalar or a 1-D tensor, got shape {tuple(values.shape)}")
-        flat = torch.stack([self._one(v, derivative) for v in values.reshape(-1).tolist()])
-        if values.ndim == 0:
-            return self._layout.unflatten(flat[0])
-        return self._layout.unflatten(flat)
-
-    def _one(self, t_user: float, derivative: bool) -> Tensor:
-        sign = self._clock.sign
-        tc = sign * t_user
-        slack = 1e-12 * max(1.0, abs(self._lo), abs(self._hi))
-        if not self._lo - slack <= tc <= self._hi + slack:
-            lo, hi = sorted((sign * self._lo, sign * self._hi))
-            raise ValueError(f"t={t_user!r} is outside the solved span [{lo!r}, {hi!r}]")
-        return self.canonical(tc, derivative)
+        sign, times = self._clock.sign, values.reshape(-1).tolist()
+        lo, hi = sorted((sign * self._lo, sign * self._hi))
+        slack = 1e-12 * max(1.0, abs(lo), abs(hi))
+        for v in times:
+            if not lo - slack <= v <= hi + slack:
+                raise ValueError(f"t={v!r} is outside the solved span [{lo!r}, {hi!r}]")
+        flat = torch.stack([self.canonical(sign * v, derivative) for v in times])
+        return self._layout.unflatten(flat[0] if values.ndim == 0 else flat)
 
     def canonical(self, tc: float, derivative: bool = False) -> Tensor:
         """The flat state (or ``dy/dt`` in the user's direction) at canonical time ``tc``
@@ -127,9 +122,7 @@ class DenseOutput:
                              f"tensor of per-sample times, got shape {tuple(times.shape)}")
         rows = times.T if times.ndim == 2 else times.reshape(-1, 1).expand(-1, B)
         out = torch.stack([self._lanes_one(C.sign * row, derivative) for row in rows])
-        if times.ndim == 0:
-            return self._layout.unflatten(out[0])
-        return self._layout.unflatten(out)
+        return self._layout.unflatten(out[0] if times.ndim == 0 else out)
 
     def _lanes_one(self, tc: Tensor, derivative: bool) -> Tensor:
         """Canonical times ``tc`` ``(B,)``, one per lane -> flat values ``(B, n)``."""
@@ -152,11 +145,8 @@ class DenseOutput:
         dt = self._dt[idx, cols]
         theta = ((tc - self._t[idx, cols]) / torch.where(dt > 0, dt, 1.0)).clamp(0.0, 1.0)
         if derivative:
-            out = piece.derivative(theta) * C.sign_column(dt.dtype).to(self._stacked_dtype())
+            out = piece.derivative(theta) * C.sign_column(self._layout.real_dtype)
         else:
             out = piece.evaluate(theta)
         beyond = (tc > self._reached + slack)[:, None]  # beyond a failure: no value
         return torch.where(beyond, math.nan, out)
-
-    def _stacked_dtype(self) -> torch.dtype:
-        return self._layout.real_dtype

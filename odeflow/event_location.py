@@ -214,10 +214,13 @@ class EventLocator:
         y_ev = torch.where(end, y_new.reshape(self.lanes, -1), y_ev)
         t_ev = torch.where(theta == 1.0, t_new, t_l + theta * dt_l)
         with torch.no_grad():
-            if self.field_slope or precise is not None:
-                ydot = self._field(t_ev, y_ev.detach())
+            if (self.field_slope or precise is not None) and C.per_sample:
+                ydot = self.func(t_ev, y_ev.detach())
+            elif self.field_slope or precise is not None:  # the vector field at the event
+                ydot = self.func(float(t_ev[0]), y_ev.detach().reshape(-1)).reshape(1, -1)
             else:
-                ydot = on.derivative(self._theta(theta)).reshape(self.lanes, -1)
+                ydot = on.derivative(theta if C.per_sample else float(theta[0]))
+                ydot = ydot.reshape(self.lanes, -1)
         h = self.hits
         h.y = torch.where(found[:, None], y_ev, h.y)
         h.ydot = torch.where(found[:, None], ydot.to(h.ydot.dtype), h.ydot)
@@ -230,15 +233,6 @@ class EventLocator:
             rec.event = (sel, theta[found] if C.per_sample else float(theta[0]),
                          precise is not None)
         return found
-
-    def _field(self, t: Tensor, y: Tensor) -> Tensor:
-        """The vector field (canonical) at the lanes' event points, ``(L, n)``."""
-        if self.clock.per_sample:
-            return self.func(t, y)
-        return self.func(float(t[0]), y.reshape(-1)).reshape(1, -1)
-
-    def _theta(self, theta: Tensor) -> Any:
-        return theta if self.clock.per_sample else float(theta[0])
 
     def _locate(self, evaluate: Callable, s: Tensor, found: Tensor, crossed_at: Tensor,
                 th_a: Tensor, g_a: Tensor, th_b: Tensor, g_b: Tensor, tol: Tensor
@@ -267,22 +261,18 @@ class EventLocator:
         sk = s.gather(1, k)[:, 0]
         g_a = torch.where((th_a > 0)[:, None], evaluate(th_a), self.g_prev)
         g_b = torch.where((th_b < 1)[:, None], evaluate(th_b), g_end)
-        fa, fb = g_a.gather(1, k)[:, 0] * sk, g_b.gather(1, k)[:, 0] * sk
-        inner = (fa > 0) & (fb <= 0)
-        whole_a = self.g_prev.gather(1, k)[:, 0] * sk
-        whole_b = g_end.gather(1, k)[:, 0] * sk
-        whole = ~inner & (whole_a > 0) & (whole_b <= 0)
-        a = torch.where(inner, th_a, 0.0)
-        b = torch.where(inner, th_b, 1.0)
-        fa = torch.where(inner, fa, whole_a)
-        fb = torch.where(inner, fb, whole_b)
-        out = theta
-        for j in range(self.k):
-            mask = found & (index == j) & (inner | whole)
-            if bool(mask.any()):  # host sync: per event value, on a crossing only
-                root = _root(evaluate, j, sk, a, fa, b, fb, tol, mask)
-                out = torch.where(mask, root, out)
-        return out
+
+        def brackets(ga: Tensor, gb: Tensor) -> Tensor:
+            return (ga.gather(1, k)[:, 0] * sk > 0) & (gb.gather(1, k)[:, 0] * sk <= 0)
+
+        inner = brackets(g_a, g_b)
+        use = found & (inner | brackets(self.g_prev, g_end))
+        crossed = (index[:, None] == torch.arange(self.k, device=index.device)) & use[:, None]
+        wide = inner[:, None]
+        root, _ = self._locate(evaluate, s, use, crossed, torch.where(inner, th_a, 0.0),
+                               torch.where(wide, g_a, self.g_prev),
+                               torch.where(inner, th_b, 1.0), torch.where(wide, g_b, g_end), tol)
+        return torch.where(use, root, theta)
 
 
 def _lane(x: Any, lanes: int, device: torch.device) -> Tensor:

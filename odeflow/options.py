@@ -96,18 +96,6 @@ def _times(options: dict, name: str) -> None:
         raise ValueError(f"options['{name}'] must hold finite times, got {values}")
 
 
-def _choice(options: dict, name: str, choices: tuple) -> None:
-    if options[name] not in choices:
-        raise ValueError(f"options['{name}'] must be one of {choices}, got {options[name]!r}")
-
-
-def _callable(options: dict, name: str, *, allow: tuple = ()) -> None:
-    value = options[name]
-    if value is not None and not callable(value) and value not in allow:
-        extra = f" or one of {allow}" if allow else ""
-        raise TypeError(f"options['{name}'] must be callable{extra}, got {value!r}")
-
-
 def _positive_int(options: dict, name: str, low: int = 1, high: int | None = None) -> None:
     value = options[name]
     if isinstance(value, bool) or not isinstance(value, int) or value < low or (
@@ -126,34 +114,29 @@ def validate_options(options: dict[str, Any], *, adjoint: bool = False) -> None:
     Raises:
         ValueError, TypeError: the message names the option and what it expects.
     """
-    for name in options:
-        if options[name] is None and name not in ("controller",):
+    for name, value in options.items():
+        if value is None and name != "controller":
             continue
-        if name in ("first_step", "max_step", "step_size"):
-            positive_float(options, name, None)
-        elif name == "min_step":
-            positive_float(options, name, None, allow_zero=True)
+        if name in ("first_step", "max_step", "step_size", "min_step"):
+            positive_float(options, name, None, allow_zero=name == "min_step")
         elif name == "max_num_steps":
             max_steps(options)
         elif name in ("jump_t", "step_t"):
             _times(options, name)
-        elif name == "norm":
-            _callable(options, name, allow=("seminorm",) if adjoint else ())
-        elif name == "grid_constructor":
-            _callable(options, name)
-        elif name == "interp":
-            _choice(options, name, ("linear", "cubic"))
-        elif name in ("perturb", "per_sample", "compile", "autonomous"):
-            if not isinstance(options[name], (bool, int)):
-                raise TypeError(f"options['{name}'] must be True or False, got "
-                                f"{options[name]!r}")
-        elif name == "dtype":
-            if not isinstance(options[name], torch.dtype):
-                raise TypeError(f"options['dtype'] must be a torch.dtype, got {options[name]!r}")
-        elif name == "max_order":
-            _positive_int(options, name, 1, 4)
-        elif name in ("max_iters", "max_newton_iters"):
-            _positive_int(options, name)
+        elif name in ("norm", "grid_constructor") and not callable(value) and not (
+                adjoint and name == "norm" and value == "seminorm"):
+            extra = " or 'seminorm'" if adjoint and name == "norm" else ""
+            raise TypeError(f"options['{name}'] must be callable{extra}, got {value!r}")
+        elif name == "interp" and value not in ("linear", "cubic"):
+            raise ValueError(f"options['interp'] must be one of ('linear', 'cubic'), got "
+                             f"{value!r}")
+        elif name in ("perturb", "per_sample", "compile", "autonomous") and not isinstance(
+                value, (bool, int)):
+            raise TypeError(f"options['{name}'] must be True or False, got {value!r}")
+        elif name == "dtype" and not isinstance(value, torch.dtype):
+            raise TypeError(f"options['dtype'] must be a torch.dtype, got {value!r}")
+        elif name in ("max_order", "max_iters", "max_newton_iters"):
+            _positive_int(options, name, 1, 4 if name == "max_order" else None)
     if any(k in options for k in LINEAR_SOLVER_OPTIONS):
         make_linear_solver(options)  # checks jacobian, linear_solver and the krylov_* values
     if "controller" in options or any(k in options for k in ("safety", "ifactor", "dfactor")):

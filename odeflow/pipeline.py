@@ -3,14 +3,9 @@
 validate -> frozen loop configuration -> gradient mode picked once -> one loop (joint or
 per sample, with or without events) -> event time -> the mode's gradient attached ->
 output-time gradients -> :class:`~odeflow.Solution`. Events, per-sample batches, dense
-output and progress are inputs of this pipeline, not other paths.
-
-Gradient modes (``gradient=``, see :mod:`odeflow.sensitivity`):
-
-* ``direct``: the loop runs under autograd;
-* ``checkpoint``: the loop runs without a graph and records each step; backward replays;
-* ``adjoint``: the loop runs without a graph (keeping its dense output after an implicit
-  forward, for the interpolating adjoint); backward solves the adjoint system.
+output and progress are inputs of this pipeline, not other paths. The gradient modes
+(``gradient=``) are those of :mod:`odeflow.sensitivity`: only ``direct`` runs the loop
+under autograd.
 """
 
 from __future__ import annotations
@@ -38,8 +33,7 @@ from .sensitivity.event_time import attach_event_time
 from .sensitivity.time_grad import attach_output_times, shift_initial_state
 from .solution import EventSolution, SampleStats, Solution
 from .solvers import MethodSpec
-from .solvers.scipy_bridge import integrate_scipy
-from .stats import SolveError, SolveStats, Status, record_last_stats
+from .stats import SolveError, Status, record_last_stats
 
 __all__ = ["run_solve"]
 
@@ -63,18 +57,24 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
     if problem.lanes_api:
         spec.check_per_sample(options, mode)
         if mode == "adjoint":
-            check_lanes_config(adjoint_config, spec)
+            check_lanes_config(adjoint_config, problem, spec)
     if mode == "checkpoint" and not spec.replayable:
         raise ValueError(f"gradient='checkpoint' replays single steps and needs a one-step "
                          f"method; method={spec.name!r} is not one (use gradient='adjoint' "
                          "or 'direct')")
     params = find_params(func, adjoint_params, mode, problem) if mode != "direct" else ()
     C = problem.clock
-    time_grad = grad_on and problem.t.requires_grad
+    # SciPy's steps carry no graph: its solution has gradients by the adjoint alone.
+    no_graph = spec.external and mode == "direct"
+    if no_graph and (problem.y0.requires_grad or (isinstance(func, torch.nn.Module) and any(
+            p.requires_grad for p in func.parameters()))):
+        warnings.warn(
+            "method='scipy_solver': gradients do not flow through SciPy's steps, so this "
+            "solution has no gradient; use odeint_adjoint (gradient='adjoint') to "
+            "differentiate a SciPy solve", UserWarning, stacklevel=3)
+    time_grad = grad_on and problem.t.requires_grad and not no_graph
     y0_flat = problem.y0
     y0_run = shift_initial_state(problem, y0_flat) if time_grad else y0_flat
-    if spec.external:
-        return _scipy(problem, spec, func, mode, adjoint_config, params, y0_run, time_grad)
     locator = None
     if events:
         direction = event_direction if event_direction is not None else getattr(
@@ -98,48 +98,48 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
             bar.close(result.t_last if result is not None else C.t0,
                       result.stats.n_steps if result is not None else 0)
     unbounded = events and _unbounded(C)
-    err = failure(problem, result, fixed=not spec.adaptive, unbounded=unbounded,
-                  events=events and C.per_sample, explicit=spec.adaptive and not spec.implicit)
-    stats = result.stats
-    failed = failed_lanes(result)
-    if events and not C.per_sample and err is None and not bool(locator.hits.found[0]):
-        stats.status = Status.NO_EVENT
-        end = "the end of an unbounded search" if unbounded else "t[1]"
-        t_reached = C.sign * result.t_last
-        stats.message = (f"{Status.NO_EVENT.message} No crossing up to t={t_reached!r} "
-                         f"({end}).")
-        if throw and not problem.lanes_api:  # (per sample, no crossing is an outcome)
-            record_last_stats(stats)
-            raise SolveError(Status.NO_EVENT, t_reached, "Pass a later t[1] (or inf), or "
-                             "check event_fn.", stats)
-        result.status = int(Status.NO_EVENT)
-    if events and not C.per_sample and err is None and bool(locator.hits.found[0]):
-        _event_message(stats, locator, C)
-        result.status = int(Status.EVENT)
-    if C.per_sample and events:
-        hit = locator.hits.found
-        result.status = torch.where(hit, int(Status.EVENT), torch.where(
+    if C.per_sample and events:  # each sample: its event, no event, or its failure
+        result.status = torch.where(locator.hits.found, int(Status.EVENT), torch.where(
             result.status == int(Status.SUCCESS), int(Status.NO_EVENT), result.status))
         result.lanes = (result.status, *result.lanes[1:])
-        err = failure(problem, result, events=True)
+    err = failure(problem, result, fixed=not spec.adaptive, unbounded=unbounded, events=events,
+                  explicit=spec.adaptive and not spec.implicit)
+    stats = result.stats
+    failed = failed_lanes(result)
+    if events and not C.per_sample and err is None:
+        hits = locator.hits
+        if bool(hits.found[0]):
+            stats.status = Status.EVENT
+            kind = "rising" if bool(hits.rising[0]) else "falling"
+            stats.message = (f"{Status.EVENT.message} Value {int(hits.index[0])} of event_fn "
+                             f"crossed ({kind}) at t={C.sign * float(hits.t[0])!r}.")
+        else:
+            stats.status = Status.NO_EVENT
+            end = "the end of an unbounded search" if unbounded else "t[1]"
+            t_reached = C.sign * result.t_last
+            stats.message = (f"{Status.NO_EVENT.message} No crossing up to t={t_reached!r} "
+                             f"({end}).")
+            if throw and not problem.lanes_api:  # (per sample, no crossing is an outcome)
+                record_last_stats(stats)
+                raise SolveError(Status.NO_EVENT, t_reached, "Pass a later t[1] (or inf), or "
+                                 "check event_fn.", stats)
+        result.status = int(stats.status)
     record_last_stats(stats)
+    sample_stats = _sample_stats(result) if problem.lanes_api else None
     if err is not None and (throw or not C.per_sample):
         if throw:
-            if problem.lanes_api:
-                err.sample_stats = _sample_stats(result)  # type: ignore[attr-defined]
+            err.sample_stats = sample_stats  # type: ignore[attr-defined]
             raise err
         # One lane failed and throw=False: the outputs reached, nan after; no gradient.
         return Solution(problem.layout.unflatten(outputs(problem, result).detach()), t, stats,
-                        dense=_dense(problem, hooks, result),
-                        sample_stats=_sample_stats(result) if problem.lanes_api else None)
+                        dense=_dense(problem, hooks, result), sample_stats=sample_stats)
     ys = outputs(problem, result)
     if events:
         hits = locator.hits
-        lanes_last = result.y_last.reshape(hits.y.shape)
         found = hits.found
         t_stop = torch.where(found, hits.t, torch.as_tensor(result.t_last, dtype=torch.float64,
                                                              device=found.device))
-        y_stop = torch.where(found[:, None], hits.y, lanes_last)
+        y_stop = torch.where(found[:, None], hits.y, result.y_last.reshape(hits.y.shape))
     else:
         y_stop = result.y_last
     if mode == "checkpoint":
@@ -154,7 +154,7 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
             grid_b = _event_grid(C, t_stop)
             if not C.per_sample:
                 ys_b = ys_b.reshape(2, -1)
-        out = attach_adjoint(problem, spec, adjoint_config, stats, y0_run, params, ys_b,
+        out = attach_adjoint(problem, adjoint_config, stats, y0_run, params, ys_b,
                              hooks.dense if spec.implicit else None, failed, grid_b)
         if events:
             y_stop = out[1].reshape(y_stop.shape)
@@ -164,37 +164,25 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
         if time_grad:
             ys = attach_output_times(problem, ys, stats)
         return Solution(problem.layout.unflatten(ys), t, stats,
-                        dense=_dense(problem, hooks, result),
-                        sample_stats=_sample_stats(result) if problem.lanes_api else None)
-    hits = locator.hits
+                        dense=_dense(problem, hooks, result), sample_stats=sample_stats)
     if grad_on:
         t_event_user, y_stop = attach_event_time(locator, problem, t_stop, y_stop)
     else:
         t_event_user = C.sign * t_stop
-    t_dtype = t.dtype
-    if not C.per_sample and problem.lanes_api:  # one sample, in the per-sample form
-        event_t = torch.where(hits.found, t_event_user, math.nan).to(t_dtype)
-        t0_user = t.reshape(-1)[:1]
-        ts = torch.stack([t0_user.to(event_t.device), event_t], 1)
-        ys_out = torch.stack([y0_flat, y_stop.reshape(-1)])
-        return EventSolution(problem.layout.unflatten(ys_out), ts, stats, event_t,
-                             dense=_dense(problem, hooks, result, t_stop),
-                             sample_stats=_sample_stats(result), event_index=hits.index)
-    if not C.per_sample:
-        event_t = t_event_user.reshape(()).to(t_dtype)
+    ys_out = problem.layout.unflatten(torch.stack([y0_flat, y_stop.reshape(y0_flat.shape)]))
+    dense_out = _dense(problem, hooks, result, t_stop)
+    if not problem.lanes_api:
         found = bool(hits.found[0])
-        ys_out = torch.stack([y0_flat, y_stop.reshape(-1)])
-        ts = torch.stack([t[0], event_t])
-        return EventSolution(problem.layout.unflatten(ys_out), ts, stats,
-                             event_t if found else None,
-                             dense=_dense(problem, hooks, result, t_stop),
+        event_t = t_event_user.reshape(()).to(t.dtype)
+        return EventSolution(ys_out, torch.stack([t[0], event_t]), stats,
+                             event_t if found else None, dense=dense_out,
                              event_index=int(hits.index[0]) if found else None)
-    event_t = torch.where(hits.found, t_event_user, math.nan).to(t_dtype)
-    t0_user = t[:, 0] if t.ndim == 2 else t[0].expand(C.batch)
-    ts = torch.stack([t0_user.to(t_event_user.device), t_event_user.to(t_dtype)], 1)
-    ys_user = problem.layout.unflatten(torch.stack([y0_flat, y_stop]))
-    return EventSolution(ys_user, ts, stats, event_t, dense=_dense(problem, hooks, result, t_stop),
-                         sample_stats=_sample_stats(result), event_index=hits.index)
+    event_t = torch.where(hits.found, t_event_user, math.nan).to(t.dtype)
+    t0 = t[:, 0] if t.ndim == 2 else t[:1].expand(event_t.shape[0])
+    # ts ends where each sample stopped (one sample on the scalar clock: nan without an event)
+    t_end = t_event_user.to(t.dtype) if C.per_sample else event_t
+    return EventSolution(ys_out, torch.stack([t0.to(event_t.device), t_end], 1), stats, event_t,
+                         dense=dense_out, sample_stats=sample_stats, event_index=hits.index)
 
 
 def _unbounded(C: Any) -> bool:
@@ -206,14 +194,6 @@ def _event_grid(C: Any, t_stop: Tensor) -> Any:
     if C.per_sample:
         return torch.stack([C.grid[:, 0], t_stop], 1)
     return (C.grid[0], float(t_stop[0]))
-
-
-def _event_message(stats: SolveStats, locator: EventLocator, C: Any) -> None:
-    hits = locator.hits
-    stats.status = Status.EVENT
-    kind = "rising" if bool(hits.rising[0]) else "falling"
-    stats.message = (f"{Status.EVENT.message} Value {int(hits.index[0])} of event_fn crossed "
-                     f"({kind}) at t={C.sign * float(hits.t[0])!r}.")
 
 
 def _dense(problem: Any, hooks: Hooks, result: Any, reached: Any = None) -> DenseOutput | None:
@@ -234,29 +214,3 @@ def _sample_stats(result: Any) -> SampleStats:
             result.status, stats.n_steps, stats.n_accepted, stats.n_rejected)))
     status, n_steps, n_acc, n_rej = result.lanes
     return SampleStats(status, n_steps, n_acc, n_rej)
-
-
-def _scipy(problem: Any, spec: MethodSpec, func: Callable, mode: str,
-           adjoint_config: AdjointConfig | None, params: tuple, y0: Tensor,
-           time_grad: bool) -> Solution:
-    """The SciPy bridge: the solution without a graph under direct mode (as torchdiffeq);
-    the adjoint differentiates it."""
-    if problem.per_sample:
-        raise ValueError("method='scipy_solver' does not support options['per_sample']")
-    needs = problem.y0.requires_grad or (isinstance(func, torch.nn.Module) and any(
-        p.requires_grad for p in func.parameters()))
-    if mode == "direct" and needs:
-        warnings.warn(
-            "method='scipy_solver': gradients do not flow through SciPy's steps, so this "
-            "solution has no gradient; use odeint_adjoint (gradient='adjoint') to "
-            "differentiate a SciPy solve", UserWarning, stacklevel=4)
-    with torch.no_grad():
-        ys, stats = integrate_scipy(replace(problem, y0=y0.detach()))
-    stats.nfe = problem.func.nfe
-    record_last_stats(stats)
-    ys = torch.stack(ys)
-    if mode == "adjoint":
-        ys = attach_adjoint(problem, spec, adjoint_config, stats, y0, params, ys)
-        if time_grad:
-            ys = attach_output_times(problem, ys, stats)
-    return Solution(problem.layout.unflatten(ys), problem.t, stats)

@@ -34,7 +34,7 @@ from .options import TORCHDIFFEQ_OPTIONS
 from .state import CountedFunc, State, StateLayout, check_func_output
 
 __all__ = ["State", "StateLayout", "CountedFunc", "Problem", "make_problem", "check_options",
-           "check_func_output", "retime", "FAR"]
+           "check_func_output", "check_tolerance", "retime", "FAR"]
 
 #: The end time of an unbounded event search (``t1 = ±inf``); the solve is then bounded by
 #: ``options["max_num_steps"]`` alone.
@@ -56,10 +56,6 @@ class Problem:
     norm: Callable[[Tensor], Any]
     method: str
     options: dict[str, Any]
-    #: what the loop reports besides the outputs: a list that receives each accepted step's
-    #: detached interpolant (``dense=True``), and a progress bar (``progress=True``).
-    dense_sink: list | None = None
-    progress: Any = None
     #: ``options["per_sample"]`` was asked for: results take the per-sample form (a batch
     #: of one sample runs on the scalar clock, as its own joint solve)
     lanes_api: bool = False
@@ -180,7 +176,9 @@ def _canonical_rows(t: Tensor, search: bool) -> tuple[list[list[float]], list[fl
     return rows, signs
 
 
-def _check_tolerance(name: str, tol: Any, layout: StateLayout) -> float | Tensor:
+def check_tolerance(name: str, tol: Any, layout: StateLayout) -> float | Tensor:
+    """A tolerance as a float, or (one value per component of a tuple ``y0``) a tensor of
+    the state's real dtype with one value per flat element."""
     if isinstance(tol, (tuple, list)):
         if not layout.is_tuple or len(tol) != len(layout.shapes):
             raise ValueError(
@@ -283,8 +281,8 @@ def make_problem(func: Callable[..., Any], y0: State, t: Tensor, rtol: Any, atol
     flat = layout.flatten(y0)
     if not bool(torch.isfinite(flat).all()):  # host sync: once per solve
         raise ValueError("y0 must be finite; it contains inf or nan")
-    rtol_v = _check_tolerance("rtol", rtol, layout)
-    atol_v = _check_tolerance("atol", atol, layout)
+    rtol_v = check_tolerance("rtol", rtol, layout)
+    atol_v = check_tolerance("atol", atol, layout)
     if isinstance(rtol_v, float) and isinstance(atol_v, float) and rtol_v == 0 and atol_v == 0:
         raise ValueError("rtol and atol cannot both be zero: the error test could never pass")
     return Problem(func=CountedFunc(func, layout, clock), user_func=func, layout=layout,

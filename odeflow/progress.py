@@ -35,7 +35,6 @@ class Progress:
     """
 
     def __init__(self, clock: Any, desc: str = "solve"):
-        self.clock = clock
         self.lanes = clock.per_sample
         self.label = "done" if self.lanes else "t"
         if self.lanes:
@@ -45,19 +44,21 @@ class Progress:
             self.t0, self.t1, self.sign = clock.t0, clock.t_end, clock.sign
             self.span = max(self.t1 - self.t0, 1e-300)
         self._next = 0.0
+        self._desc = desc
         self._bar: Any = None
-        self._tty = _is_terminal()
+        try:
+            self._tty = sys.stderr.isatty()
+        except (AttributeError, ValueError):
+            self._tty = False
         self._every = 1.0 / REFRESH_PER_S if self._tty else LOG_EVERY_S
-        tqdm = None
         if self._tty:
             try:
                 from tqdm.auto import tqdm
             except ImportError:
-                tqdm = None
-        if tqdm is not None:
-            self._bar = tqdm(total=1000, desc=desc, leave=False,
-                             bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}")
-        self._desc = desc
+                pass
+            else:
+                self._bar = tqdm(total=1000, desc=desc, leave=False,
+                                 bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}")
 
     def update(self, t: Any, steps: int) -> None:
         """Called by the loop after each step with an accepted lane (canonical ``t``)."""
@@ -67,24 +68,19 @@ class Progress:
         self._next = now + self._every
         self._draw(t, steps)
 
-    def _fraction(self, t: Any) -> tuple[float, float]:
-        if self.lanes:  # host sync: only when drawing
-            frac = float(((t - self.t0) / self.span).clamp(0, 1).mean())
-            return frac, frac
-        return min(max((t - self.t0) / self.span, 0.0), 1.0), self.sign * t
-
     def _draw(self, t: Any, steps: int) -> None:
-        frac, shown_t = self._fraction(t)
+        if self.lanes:  # host sync: only when drawing
+            frac = shown_t = float(((t - self.t0) / self.span).clamp(0, 1).mean())
+        else:
+            frac, shown_t = min(max((t - self.t0) / self.span, 0.0), 1.0), self.sign * t
         shown = f"{self._desc} {self.label}={shown_t:.6g} steps={steps}"
         if self._bar is not None:
             self._bar.n = int(1000 * frac)
             self._bar.set_description_str(shown, refresh=False)
             self._bar.refresh()
-        elif self._tty:
-            sys.stderr.write(f"\r{shown}: {100 * frac:5.1f}%   ")
-            sys.stderr.flush()
         else:
-            sys.stderr.write(f"{shown}: {100 * frac:5.1f}%\n")
+            line = f"{shown}: {100 * frac:5.1f}%"
+            sys.stderr.write(f"\r{line}   " if self._tty else f"{line}\n")
             sys.stderr.flush()
 
     def close(self, t: Any, steps: int) -> None:
@@ -98,9 +94,3 @@ class Progress:
             sys.stderr.write("\n")
             sys.stderr.flush()
 
-
-def _is_terminal() -> bool:
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False

@@ -22,16 +22,7 @@ from .solvers.scipy_bridge import integrate_scipy
 from .stats import SolveError, Status
 from .stiffness import stiff_hint
 
-__all__ = ["run", "build_stepper", "failure", "outputs", "check_fixed_grid_finite"]
-
-
-def build_stepper(problem: Problem, spec: Any) -> Any:
-    """The stepper of ``spec`` for ``problem`` (a fixed-grid method wrapped with its
-    outputs' interpolant)."""
-    stepper = spec.build(problem.options, problem.rtol, problem.atol)
-    if not spec.adaptive:
-        return FixedGridSteps(stepper, problem.options.get("interp", "linear"))
-    return stepper
+__all__ = ["run", "failure", "outputs", "check_fixed_grid_finite"]
 
 
 def run(problem: Problem, spec: Any, hooks: Hooks | None = None, **config: Any
@@ -44,7 +35,9 @@ def run(problem: Problem, spec: Any, hooks: Hooks | None = None, **config: Any
     if spec.external:  # SciPy takes the steps (the adjoint's backward solve of a SciPy solve)
         ys, stats = integrate_scipy(problem)
         return LoopResult(ys, stats, problem.clock.t_end, ys[-1], int(Status.SUCCESS)), None, None
-    stepper = build_stepper(problem, spec)
+    stepper = spec.build(problem.options, problem.rtol, problem.atol)
+    if not spec.adaptive:  # a fixed-grid method, wrapped with its outputs' interpolant
+        stepper = FixedGridSteps(stepper, problem.options.get("interp", "linear"))
     cfg = loop_config(problem, spec, stepper, **config)
     result = integrate(problem, stepper, cfg, hooks)
     if not spec.adaptive:
@@ -138,9 +131,7 @@ def failure(problem: Problem, result: LoopResult, *, fixed: bool = False,
         t_user = C.sign * result.t_last
         stats.status = status
         stats.message = f"{status.message} t={t_user!r}. {detail}"
-        err = SolveError(status, t_user, detail, stats)
-        err.partial_ys = list(result.ys)  # type: ignore[attr-defined]
-        return err
+        return SolveError(status, t_user, detail, stats, partial_ys=list(result.ys))
     codes = result.status.tolist()
     B = len(codes)
     failed = [b for b, c in enumerate(codes) if Status(c) in FAILURES]
@@ -152,10 +143,9 @@ def failure(problem: Problem, result: LoopResult, *, fixed: bool = False,
         stats.message = (f"{len(failed)} of {B} samples failed (samples {failed[:10]}"
                          f"{'...' if len(failed) > 10 else ''}); sample {b}: {st.message} "
                          f"t={t_b!r}. sol.sample_stats.status has each sample's outcome.")
-        err = SolveError(st, t_b, f"{stats.message} Other samples were not affected; pass "
-                         "throw=False to get their results (failed samples keep nan after "
-                         "the failure).", stats)
-        return err
+        return SolveError(st, t_b, f"{stats.message} Other samples were not affected; pass "
+                          "throw=False to get their results (failed samples keep nan after "
+                          "the failure).", stats)
     if events:
         missed = [b for b, c in enumerate(codes) if c == Status.NO_EVENT]
         stats.status = Status.NO_EVENT if missed else Status.EVENT

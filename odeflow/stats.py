@@ -114,12 +114,13 @@ class SolveError(RuntimeError):
             throw=False)`` returns before its ``nan`` rows), or ``None``.
     """
 
-    def __init__(self, status: Status, t: float, detail: str, stats: SolveStats | None = None):
+    def __init__(self, status: Status, t: float, detail: str, stats: SolveStats | None = None,
+                 partial_ys: list | None = None):
         super().__init__(f"{status.message} Stopped at t={t!r}. {detail}".strip())
         self.status = status
         self.t = t
         self.stats = stats
-        self.partial_ys: list | None = None
+        self.partial_ys = partial_ys
 
 
 _LAST = threading.local()

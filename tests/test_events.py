@@ -443,3 +443,17 @@ def test_complex_state():
     assert event_t.item() == pytest.approx(math.pi / 2, abs=1e-10)
     (dw,) = torch.autograd.grad(event_t, w)
     assert dw.item() == pytest.approx(-math.pi / 2, rel=1e-8)  # -pi / (2 w^2)
+
+
+def test_per_sample_checkpoint_replays_a_step_with_an_output_and_an_event():
+    # Sample 0 reaches its end t1 = 1 in the step where sample 1 crosses its event (0.7):
+    # the replay once rebound its per-sample flag to an index tensor there and raised.
+    w = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    y0 = torch.zeros(2, 1, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([[0.0, 1.0], [0.0, 10.0]], dtype=torch.float64)
+    sol = solve_event(lambda t, y: w * torch.ones_like(y), y0, t,
+                      event_fn=lambda t, y: y[:, 0] - torch.tensor([5.0, 0.7], dtype=y.dtype),
+                      options={"per_sample": True}, gradient="checkpoint", adjoint_params=(w,))
+    sol.ys[1].sum().backward()  # y_0(1) = w; sample 1's state at its event is 0.7
+    assert float(w.grad) == pytest.approx(1.0)
+    assert y0.grad.view(-1).tolist() == pytest.approx([1.0, 0.0])

@@ -63,13 +63,7 @@ def find_params(func: Callable[..., Any], params: Sequence[Tensor] | None, mode:
             "or pass adjoint_params=(tensors func uses) (use adjoint_params=() if it has none)"
         )
     # Deduplicate (shared parameters) and keep only those that need a gradient.
-    seen: set[int] = set()
-    out = []
-    for p in params:
-        if p.requires_grad and id(p) not in seen:
-            seen.add(id(p))
-            out.append(p)
-    return tuple(out)
+    return tuple({id(p): p for p in params if p.requires_grad}.values())
 
 
 def closure_leaves(problem: Problem) -> tuple[Tensor, ...]:

@@ -43,14 +43,13 @@ class _BlockFactor:
     n: int
     h_gamma: float
 
-    def solve(self, b: Tensor) -> Tensor:
-        n = self.n
-        return torch.cat([self.y_part.solve(b[:n]), self.a_part.solve(b[n:2 * n]), b[2 * n:]])
+    def solve(self, b: Tensor, transpose: bool = False) -> Tensor:
+        n, name = self.n, "solve_transpose" if transpose else "solve"
+        return torch.cat([getattr(self.y_part, name)(b[:n]), getattr(self.a_part, name)(b[n:2 * n]),
+                          b[2 * n:]])
 
     def solve_transpose(self, b: Tensor) -> Tensor:
-        n = self.n
-        return torch.cat([self.y_part.solve_transpose(b[:n]),
-                          self.a_part.solve_transpose(b[n:2 * n]), b[2 * n:]])
+        return self.solve(b, transpose=True)
 
 
 @dataclass

@@ -121,21 +121,18 @@ def _replay(problem: Problem, stepper: Any, cfg: Any, rec: StepRecord, y: Tensor
         piece = stepper.interpolant(rec.t, dt, y, y_new, stages, f_new)
         exact = (C.grid.gather(1, j[:, None])[:, 0] == rec.t_new)[:, None]  # took y_new
         targets.append(torch.where(exact, y_new, piece.evaluate(theta)))
-        lanes = torch.arange(y.shape[0], device=y.device)
-        grads.append(torch.where(sel[:, None], grad_ys[j, lanes], 0.0))
+        cols = torch.arange(y.shape[0], device=y.device)
+        grads.append(torch.where(sel[:, None], grad_ys[j, cols], 0.0))
     if rec.event is not None:
         sel, theta, restep = rec.event
+        th = theta
         if lanes:
             th = torch.ones_like(rec.t)
             th[sel] = theta
-        else:
-            th = theta
         piece = stepper.interpolant(rec.t, dt, y, y_new, stages, f_new, f)
-        on = piece.precise if restep else piece
-        y_ev = on.evaluate(th)
+        y_ev = (piece.precise if restep else piece).evaluate(th)
         if lanes:
-            y_ev = torch.where((th == 1.0)[:, None], y_new, y_ev)
-            targets.append(y_ev[sel])
+            targets.append(torch.where((th == 1.0)[:, None], y_new, y_ev)[sel])
             grads.append(grad_last[sel])
         else:
             targets.append(y_new if th == 1.0 else y_ev)

@@ -233,7 +233,8 @@ class _LanesInterpolating:
 
 
 def lanes_interpolating_backward(ctx: Any, grad_ys: Tensor, ys: Tensor,
-                                 params: tuple[Tensor, ...], options: dict[str, Any]) -> tuple:
+                                 params: tuple[Tensor, ...], options: dict[str, Any]
+                                 ) -> tuple[Tensor, list[Tensor]]:
     """The per-sample adjoint after an implicit forward: every sample's ``a`` backwards on
     its own interval with the one loop (per-lane Newton), ``y`` read from the forward
     dense output; ``∂L/∂y`` added at each output time; parameter gradients by quadrature
@@ -273,5 +274,4 @@ def lanes_interpolating_backward(ctx: Any, grad_ys: Tensor, ys: Tensor,
     ctx.stats.nfe_backward += f.nfe - nfe_before
     ctx.stats.n_steps_backward += n_steps
     grads = [g if g is None else g.to(p.dtype) for g, p in zip(aug.grads, params)]
-    grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
-    return (None, None, None, None, a, *grads)
+    return a, [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]

@@ -51,6 +51,13 @@ def integration_weights(nodes: tuple[float, ...], a: float, b: float) -> list[fl
     return weights
 
 
+def _weighted_sum(y: Tensor, derivs: tuple[Tensor, ...], weights: list[float]) -> Tensor:
+    """``y + Σ w_j f_j``, added in order."""
+    for w, fj in zip(weights, derivs):
+        y = torch.add(y, fj, alpha=w)
+    return y
+
+
 class AdamsBashforth:
     """Explicit Adams–Bashforth of order ``order`` (1–4) on any grid.
 
@@ -82,13 +89,6 @@ class AdamsBashforth:
         """The empty history: the first ``order - 1`` steps are RK4 start-up steps."""
         return AdamsCarry((), ())
 
-    def _predict(self, t: float, y: Tensor, dt: float, carry: AdamsCarry) -> Tensor:
-        w = integration_weights(carry.times, t, t + dt)
-        out = torch.add(y, carry.derivs[0], alpha=w[0])
-        for wj, fj in zip(w[1:], carry.derivs[1:]):
-            out.add_(fj, alpha=wj)
-        return out
-
     def step(self, f: Func, t: float, y: Tensor, f0: Tensor, dt: float, state: AdamsCarry,
              ws: None = None, *, with_error: bool = False, f_last: Func | None = None,
              ) -> StepResult:
@@ -105,7 +105,7 @@ class AdamsBashforth:
             y_new = self._starter.step(f, t, y, f0, dt, None, None, with_error=False,
                                        f_last=f_last).y_new
             return StepResult(y_new, None, (f0,), new_state)
-        y_new = self._predict(t, y, dt, new_state)
+        y_new = _weighted_sum(y, derivs, integration_weights(times, t, t + dt))
         y_new = self._correct(f_last or f, t, y, dt, y_new, new_state)
         return StepResult(y_new, None, (f0,), new_state)
 
@@ -137,9 +137,7 @@ class AdamsMoulton(AdamsBashforth):
         t_new = t + dt
         nodes = (t_new, *carry.times[: self.order - 1])
         w = integration_weights(nodes, t, t_new)
-        base = y
-        for j, fj in enumerate(carry.derivs[: self.order - 1]):
-            base = torch.add(base, fj, alpha=w[j + 1])
+        base = _weighted_sum(y, carry.derivs[: self.order - 1], w[1:])
         y_new = y_pred
         for _ in range(self.max_iters):
             y_next = torch.add(base, f_end(t_new, y_new), alpha=w[0])
