@@ -223,18 +223,14 @@ def test_backward_memory_does_not_grow_with_the_number_of_steps():
 def test_errors_name_what_works():
     sde = NeuralSDE("diagonal")
     y0 = torch.ones(2, 3, dtype=D64)
-    with pytest.raises(NotImplementedError, match="method='reversible_heun'"):
-        tsde.sdeint_adjoint(sde, y0, [0.0, 1.0])  # torchsde's default: midpoint
-    with pytest.raises(NotImplementedError, match="method='reversible_heun'"):
-        tsde.sdeint_adjoint(sde, y0, [0.0, 1.0], method="heun")
     with pytest.raises(NotImplementedError, match="adaptive"):
         tsde.sdeint_adjoint(sde, y0, [0.0, 1.0], method="reversible_heun", adaptive=True)
     with pytest.raises(NotImplementedError, match="adaptive"):
         tsde.sdeint_adjoint(sde, y0, [0.0, 1.0], method="reversible_heun",
                             adjoint_adaptive=True)
-    with pytest.raises(NotImplementedError, match="adjoint_method='midpoint'"):
-        tsde.sdeint_adjoint(sde, y0, [0.0, 1.0], method="reversible_heun",
-                            adjoint_method="midpoint")
+    with pytest.raises(ValueError, match="needs method='reversible_heun'"):
+        tsde.sdeint_adjoint(sde, y0, [0.0, 1.0], method="heun",
+                            adjoint_method="adjoint_reversible_heun")
     with pytest.raises(ValueError, match="adjoint_options"):
         tsde.sdeint_adjoint(sde, y0, [0.0, 1.0], method="reversible_heun",
                             adjoint_options={"x": 1})

@@ -273,8 +273,9 @@ def sdeint_adjoint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: 
         adjoint_options: options of ``adjoint_method`` (``grad_free`` is not available:
             the adjoint's diffusion matrix is never formed).
         adjoint_params: the tensors whose gradients the adjoint computes; default
-            ``sde.parameters()`` (then ``sde`` must be an ``nn.Module``). Gradients reach
-            other tensors the SDE uses only through its evaluation at ``ts[0]``.
+            ``sde.parameters()`` (then ``sde`` must be an ``nn.Module``). Other tensors
+            the SDE uses get no gradient (with the reversible Heun adjoint, only through
+            the SDE's evaluation at ``ts[0]``).
 
     Returns:
         As :func:`sdeint`. The final solver state (``extra=True``) gets gradients only
@@ -335,8 +336,9 @@ def sdeint_adjoint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: 
         elif setup.y0.requires_grad or params:
             ys = StochasticAdjoint.apply(run, plan, setup.y0, *params)
             state = final[0]
-        else:  # nothing to differentiate: the plain solve
-            ys, state = _solve(setup, state0, throw)
+        else:  # nothing to differentiate: the plain solve, without a graph (as the Function)
+            with torch.no_grad():
+                ys, state = _solve(setup, state0, throw)
     return _returns(ys, state, logqp, extra)
 
 
