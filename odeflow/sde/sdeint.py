@@ -21,6 +21,7 @@ from ..stats import SolveError, record_last_stats
 from .adjoint_sde import ADJOINT_METHODS, ADJOINT_NOISE
 from .base import LogqpSDE, SDEFunctions, check_types, rename_methods
 from .brownian import BaseBrownian, BrownianInterval
+from .checkpoint import solve_sde_checkpointed
 from .methods import ALL_METHODS, LEVY_PROVIDERS, select
 from .settings import LEVY_AREA_APPROXIMATIONS, METHODS, NOISE_TYPES, SDE_TYPES
 from .steps import SDEStats, SDESteps, solve_sde
@@ -76,7 +77,8 @@ def _scalar(name: str, value) -> float:
 def sdeint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: str | None = None,
            dt=1e-3, adaptive: bool = False, rtol=1e-5, atol=1e-4, dt_min=1e-5,
            options: dict | None = None, names: dict | None = None, logqp: bool = False,
-           extra: bool = False, extra_solver_state=None, throw: bool = True, **unused_kwargs):
+           extra: bool = False, extra_solver_state=None, throw: bool = True,
+           gradient: str = "direct", **unused_kwargs):
     """Solve an SDE; a drop-in for ``torchsde.sdeint``.
 
     Args:
@@ -101,6 +103,12 @@ def sdeint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: str | No
         extra_solver_state: that state, to start from (reversible_heun).
         throw: with ``False`` a failure (non-finite values) fills the remaining outputs
             with ``nan`` and is reported in :func:`last_stats` instead of raising.
+        gradient: ``"direct"`` (backpropagation through the solver) or ``"checkpoint"``
+            (an odeflow extension: the same gradients, to rounding, by replaying one step
+            at a time in the backward pass, so memory holds one state per step instead of
+            every step's graph; fixed steps, every method but ``reversible_heun``;
+            gradients go to ``y0`` and ``sde.parameters()``, so ``sde`` must be an
+            ``nn.Module``). See :mod:`odeflow.sde.checkpoint`.
 
     Returns:
         ``ys`` of shape (T, batch, d); ``(ys, log_ratio)`` if ``logqp``; with ``extra``
@@ -116,12 +124,31 @@ def sdeint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: str | No
     """
     if unused_kwargs:
         raise ValueError(f"sdeint got unexpected arguments {sorted(unused_kwargs)}")
+    if gradient not in ("direct", "checkpoint"):
+        raise ValueError(f"gradient must be 'direct' or 'checkpoint', got {gradient!r}")
     setup = _prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names,
                      logqp)
     state = setup.solver.init_state(setup.funcs, setup.times[0], setup.y0) \
         if extra_solver_state is None else tuple(extra_solver_state)
-    ys, state = _solve(setup, state, throw)
+    params = _checkpoint_params(sde, setup) if gradient == "checkpoint" else None
+    ys, state = _solve(setup, state, throw, params)
     return _returns(ys, state, logqp, extra)
+
+
+def _checkpoint_params(sde, setup: _Setup) -> tuple | None:
+    """The tensors ``gradient="checkpoint"`` differentiates (None: nothing to replay)."""
+    if setup.adaptive:
+        raise ValueError("gradient='checkpoint' needs fixed steps (adaptive=False): an "
+                         "adaptive step keeps two half steps, which a replay would not redo")
+    if setup.method == METHODS.reversible_heun:
+        raise ValueError("gradient='checkpoint' does not replay reversible_heun (it carries a "
+                         "state between steps); use sdeint_adjoint(method='reversible_heun'), "
+                         "exact in constant memory")
+    if not isinstance(sde, torch.nn.Module):
+        raise ValueError("gradient='checkpoint' differentiates sde.parameters(): sde must be an "
+                         "nn.Module")
+    params = tuple(p for p in sde.parameters() if p.requires_grad)
+    return params if params or setup.y0.requires_grad else None
 
 
 @dataclass
@@ -205,14 +232,21 @@ def _prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options,
                   dt_min)
 
 
-def _solve(setup: _Setup, state: tuple, throw: bool) -> tuple[Tensor, tuple]:
-    """Run the solve from ``state``; record the statistics for :func:`last_stats`."""
+def _solve(setup: _Setup, state: tuple, throw: bool, params: tuple | None = None
+           ) -> tuple[Tensor, tuple]:
+    """Run the solve from ``state`` (``params``: checkpointed, differentiating them); record
+    the statistics for :func:`last_stats`."""
     y0, funcs, times = setup.y0, setup.funcs, setup.times
     stats = SDEStats()
     stepper = SDESteps(setup.solver, funcs, setup.bm, state, y0.shape, setup.dt_min)
     try:
-        ys, state, loop_stats = solve_sde(stepper, y0, setup.ts, times, setup.dt, setup.adaptive,
-                                          setup.rtol, setup.atol, setup.dt_min, throw)
+        if params is None:
+            ys, state, loop_stats = solve_sde(stepper, y0, setup.ts, times, setup.dt,
+                                              setup.adaptive, setup.rtol, setup.atol,
+                                              setup.dt_min, throw)
+        else:
+            ys, state, loop_stats = solve_sde_checkpointed(stepper, y0, setup.ts, times,
+                                                           setup.dt, params, throw)
         stats.copy_forward(loop_stats)
     except SolveError as err:
         if err.stats is not None:
