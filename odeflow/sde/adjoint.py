@@ -160,9 +160,14 @@ class ReversibleHeunAdjoint(torch.autograd.Function):
                 y_in = y_prev.detach().requires_grad_(True)
                 state_in = tuple(s.detach().requires_grad_(True) for s in state_prev)
                 y_out, state_out = method.step(funcs, t, h, y_in, dW, state_in, Levy())
-                grads = torch.autograd.grad((y_out, *state_out),
-                                            (y_in, *state_in, *wrt_params),
-                                            (a_y, *a_state), allow_unused=True)
+                # An output that does not depend on the inputs (e.g. a zero drift f(z))
+                # has no graph: it takes no part in the vector-Jacobian product.
+                pairs = [(o, w) for o, w in zip((y_out, *state_out), (a_y, *a_state))
+                         if o.requires_grad]
+                inputs = (y_in, *state_in, *wrt_params)
+                grads = torch.autograd.grad([o for o, _ in pairs], inputs,
+                                            [w for _, w in pairs], allow_unused=True) \
+                    if pairs else (None,) * len(inputs)
             a_y = _or_zeros(grads[0], y_in)
             a_state = [_or_zeros(g, s) for g, s in zip(grads[1:4], state_in)]
             for i, g in enumerate(grads[4:]):
