@@ -103,17 +103,19 @@ def test_gradients_approach_backprop_as_dt_shrinks(case):
     # Both gradients converge to the pathwise derivative of the solution, so their gap
     # is a discretisation error: O(dt^½) for Euler–Maruyama with multiplicative noise,
     # O(dt) for the others. From dt = 2^-4 to 2^-7 it must fall by at least a factor
-    # 1.6 (order ½ predicts 2.8) and end below 3% of the largest gradient entry.
+    # 2.5 (order ½ predicts 2.8; measured 3.3-16x, from 3-12% to 0.5-1.7% of the largest
+    # gradient entry) and end below 3%.
     coarse, fine = _gap(case, 2.0 ** -4), _gap(case, 2.0 ** -7)
-    assert fine < coarse / 1.6 and fine < 0.03, (coarse, fine)
+    assert fine < coarse / 2.5 and fine < 0.03, (coarse, fine)
 
 
 def test_logqp_gradients_approach_backprop_as_dt_shrinks():
     # log_ratio's cotangents reach y0 and the parameters through the augmented SDE's
-    # extra (noise-free) component; tolerances as above.
+    # extra (noise-free) component; tolerances as above (measured: 13% -> 1.2% and
+    # 3.3% -> 0.34%).
     for case in (("ito", "euler", "diagonal"), ("stratonovich", "midpoint", "general")):
         coarse, fine = _gap(case, 2.0 ** -4, logqp=True), _gap(case, 2.0 ** -7, logqp=True)
-        assert fine < coarse / 1.6 and fine < 0.03, (case, coarse, fine)
+        assert fine < coarse / 2.5 and fine < 0.03, (case, coarse, fine)
 
 
 @pytest.mark.parametrize("case", [("ito", "milstein", "diagonal"), ("ito", "euler", "general"),
@@ -178,7 +180,9 @@ def test_matches_closed_form_pathwise_derivatives_of_gbm(sde_type, method, adjoi
     # ∂y/∂μ = T y, ∂y/∂σ = (W(T) - σ T [Itô]) y. The adjoint of an Itô SDE passes through
     # the Itô–Stratonovich correction (twice with an Itô adjoint method, once with a
     # Stratonovich one: "midpoint" for the Itô SDE, "euler" for the Stratonovich one, an
-    # odeflow extension). dt = 2^-9; the measured error is below 0.5%; tolerance 2%.
+    # odeflow extension). dt = 2^-9. Measured relative errors: at most 0.12% with a
+    # Milstein or midpoint adjoint (tolerance 0.5%), 1.3% with Euler–Maruyama's, of strong
+    # order ½ for this multiplicative noise (tolerance 3%).
     sde, T, B = GBM(sde_type), 1.0, 4
     y0 = torch.linspace(0.5, 1.5, B * 2, dtype=D64).view(B, 2).requires_grad_(True)
     bm = tsde.BrownianInterval(0.0, T, size=(B, 2), dtype=D64, entropy=5)
@@ -190,15 +194,16 @@ def test_matches_closed_form_pathwise_derivatives_of_gbm(sde_type, method, adjoi
         mu, sigma = sde.mu, sde.sigma
         y = y0 * torch.exp((mu - (0.5 * sigma ** 2 if ito else 0)) * T + sigma * W)
         want = (y / y0, (T * y).sum(0), ((W - (sigma * T if ito else 0)) * y).sum(0))
+    tol = 0.03 if adjoint_method == "euler" else 0.005
     for got, exp in zip((g_y0, g_mu, g_sigma), want):
         err = float((got - exp).abs().max() / exp.abs().max())
-        assert err < 0.02, (err, got, exp)
+        assert err < tol, (err, got, exp)
 
 
 def test_adaptive_forward_and_backward():
     # adaptive=True (forward) and adjoint_adaptive=True (backward), both at tolerances
     # 1e-4: the gap to backprop through the same adaptive forward is the two solves'
-    # discretisation errors, measured 0.3%; tolerance 2%.
+    # discretisation errors, measured 0.8%; tolerance 2%.
     sde, y0, ts, bm, w = _setup("stratonovich", "diagonal")
     kw = dict(adaptive=True, rtol=1e-4, atol=1e-4)
     bp = _grads(tsde.sdeint, sde, y0, ts, bm, w, "midpoint", 0.05, **kw)
