@@ -125,8 +125,9 @@ def test_logqp_gradients_approach_backprop_as_dt_shrinks():
 def test_gradients_match_central_differences_on_a_fixed_path(case):
     # Central differences of the forward solve (the same Brownian path for every
     # evaluation), eps = 1e-6: truncation O(eps^2), rounding O(1e-16 / eps) ~ 1e-10. The
-    # adjoint differs from them by its discretisation gap at dt = 2^-8 (measured below
-    # 0.6% of the largest gradient entry for these cases): tolerance 2%.
+    # adjoint differs from them by its discretisation gap at dt = 2^-8, measured (relative
+    # to the largest difference quotient) 0.8% (Itô Milstein), 1.9% (Itô Euler, general
+    # noise), 1.4% and 0.8% (midpoint, scalar and additive): tolerance 3%.
     sde_type, method, noise_type = case
     sde, y0, ts, bm, w = _setup(sde_type, noise_type, seed=1)
     dt = 2.0 ** -8
@@ -148,7 +149,7 @@ def test_gradients_match_central_differences_on_a_fixed_path(case):
             offset += flat.numel()
     fd = torch.tensor(fd, dtype=D64)
     err = (adj[picked] - fd).abs().max() / fd.abs().max()
-    assert err < 0.02, (err, adj[picked], fd)
+    assert err < 0.03, (err, adj[picked], fd)
 
 
 class GBM(nn.Module):
