@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ..stats import SolveError, record_last_stats
+from .adjoint import ReversibleHeunAdjoint, StochasticAdjoint
 from .adjoint_sde import ADJOINT_METHODS, ADJOINT_NOISE
 from .base import LogqpSDE, SDEFunctions, check_types, rename_methods
 from .brownian import BaseBrownian, BrownianInterval
@@ -355,8 +356,6 @@ def sdeint_adjoint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: 
                           "given dt (adjoint_method='adjoint_reversible_heun' is)", stacklevel=2)
         plan = _adjoint_plan(setup, adjoint_method, adjoint_options, adjoint_adaptive,
                              adjoint_rtol, adjoint_atol)
-        from .adjoint import StochasticAdjoint
-
         final = []
 
         def run():
@@ -445,8 +444,6 @@ def _reversible_heun_adjoint(setup: _Setup, state0: tuple, params: tuple, adapti
                          "returned with extra=True")
     if len(setup.times) == 1:
         return setup.y0.unsqueeze(0), state0
-    from .adjoint import ReversibleHeunAdjoint
-
     def run(start):
         return _solve(setup, start, throw)
 
