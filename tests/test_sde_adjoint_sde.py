@@ -249,3 +249,21 @@ def test_adjoint_method_errors_name_what_works():
     with pytest.warns(UserWarning, match="stochastic adjoint"):
         tsde.sdeint_adjoint(sde, y0, ts, bm=bm, method="reversible_heun", dt=0.1,
                             adjoint_method="midpoint")
+
+
+@pytest.mark.parametrize("sde_type,method,noise_type,levy",
+                         [("ito", "milstein", "diagonal", "none"),
+                          ("stratonovich", "milstein", "scalar", "none"),
+                          ("stratonovich", "log_ode", "general", "foster")])
+def test_adjoint_forward_equals_sdeint_forward(sde_type, method, noise_type, levy):
+    # sdeint_adjoint's forward runs without grad mode, from a y0 that requires grad:
+    # Milstein's and log-ODE's inner derivatives of g must not depend on that (they did:
+    # the first step's state, a view of y0 made under no_grad, gave a zero derivative).
+    sde, y0, ts, _, _ = _setup(sde_type, noise_type)
+    bm = tsde.BrownianInterval(0.0, 1.0, size=(y0.size(0), _m(noise_type)), dtype=D64,
+                               entropy=8, levy_area_approximation=levy)
+    kw = dict(bm=bm, method=method, dt=0.05)
+    direct = tsde.sdeint(sde, y0, ts, **kw)
+    adjoint = tsde.sdeint_adjoint(sde, y0, ts, adjoint_method="midpoint"
+                                  if sde_type == "stratonovich" else None, **kw)
+    torch.testing.assert_close(adjoint, direct, rtol=0, atol=0)

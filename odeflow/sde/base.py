@@ -195,7 +195,10 @@ class SDEFunctions:
             return self.g_prod(t, y, v1), torch.zeros_like(y)
         create = torch.is_grad_enabled()
         with torch.enable_grad():
-            y_ = y if y.requires_grad else y.detach().requires_grad_(True)
+            # Without grad mode, y's history is not needed, and y may be a view of a
+            # tensor requiring grad made under no_grad (the loop's first state): its
+            # requires_grad is then True, yet a gradient with respect to it is None.
+            y_ = y if create and y.requires_grad else y.detach().requires_grad_(True)
             g = self.g(t, y_)
             col = g if self.diagonal else g.squeeze(-1)
             Lg = None
@@ -218,7 +221,10 @@ class SDEFunctions:
             return torch.zeros_like(y)
         create = torch.is_grad_enabled()
         with torch.enable_grad():
-            y_ = y if y.requires_grad else y.detach().requires_grad_(True)
+            # Without grad mode, y's history is not needed, and y may be a view of a
+            # tensor requiring grad made under no_grad (the loop's first state): its
+            # requires_grad is then True, yet a gradient with respect to it is None.
+            y_ = y if create and y.requires_grad else y.detach().requires_grad_(True)
             g = self.g(t, y_)
             ga = torch.bmm(g, a)
             total = torch.zeros_like(y)
