@@ -133,6 +133,8 @@ class ReversibleHeunAdjoint(torch.autograd.Function):
         t0, t1, dt = times[0], times[-1], setup.dt
         _, n = grid_point(t0, t1, dt, 0)
         wrt_params = [p for p in params if p.requires_grad]
+        # A non-leaf parameter (see _vjp) makes every step's pull-back walk the caller's graph.
+        retain = any(p.grad_fn is not None for p in wrt_params)
         a_params = [torch.zeros_like(p) for p in wrt_params]
 
         y, state = ys[-1], (f_n, g_n, z_n)
@@ -160,14 +162,8 @@ class ReversibleHeunAdjoint(torch.autograd.Function):
                 y_in = y_prev.detach().requires_grad_(True)
                 state_in = tuple(s.detach().requires_grad_(True) for s in state_prev)
                 y_out, state_out = method.step(funcs, t, h, y_in, dW, state_in, Levy())
-                # An output that does not depend on the inputs (e.g. a zero drift f(z))
-                # has no graph: it takes no part in the vector-Jacobian product.
-                pairs = [(o, w) for o, w in zip((y_out, *state_out), (a_y, *a_state))
-                         if o.requires_grad]
-                inputs = (y_in, *state_in, *wrt_params)
-                grads = torch.autograd.grad([o for o, _ in pairs], inputs,
-                                            [w for _, w in pairs], allow_unused=True) \
-                    if pairs else (None,) * len(inputs)
+                grads = _vjp((y_out, *state_out), (y_in, *state_in, *wrt_params),
+                             (a_y, *a_state), retain)
             a_y = _or_zeros(grads[0], y_in)
             a_state = [_or_zeros(g, s) for g, s in zip(grads[1:4], state_in)]
             for i, g in enumerate(grads[4:]):
@@ -181,6 +177,24 @@ class ReversibleHeunAdjoint(torch.autograd.Function):
         it = iter(a_params)
         out_params = [next(it) if p.requires_grad else None for p in params]
         return (None, None, a_y, *a_state, *out_params)
+
+
+def _vjp(outputs: tuple, inputs: tuple, cotangents: tuple, retain: bool) -> tuple:
+    """``torch.autograd.grad`` over the outputs that depend on something: a diffusion that
+    is constant in ``y`` and the parameters (e.g. torchcde's CDE vector field, whose ``g``
+    is zeros) returns a tensor without a graph, which ``autograd.grad`` would reject.
+
+    ``retain``: the SDE may use tensors computed before the solve from an
+    ``adjoint_params`` entry that is not a leaf (torchcde's interpolation of generated
+    samples in torchsde's ``sde_gan`` example); each step's pull-back walks that part of
+    the caller's graph again, so it must not be freed. Only then: otherwise the step's
+    buffers are freed as soon as they are used."""
+    keep = [i for i, out in enumerate(outputs) if out.requires_grad]
+    if not keep:
+        return (None,) * len(inputs)
+    return torch.autograd.grad([outputs[i] for i in keep], inputs,
+                               [cotangents[i] for i in keep], allow_unused=True,
+                               retain_graph=retain)
 
 
 def _or_zeros(grad: Tensor | None, like: Tensor) -> Tensor:
