@@ -206,8 +206,8 @@ def test_input_errors():
                     bm=tsde.BrownianInterval(0.0, 0.1, size=(3, 5), dtype=D64))
     with pytest.raises(ValueError, match="unexpected arguments"):
         tsde.sdeint(sde, y0, [0.0, 0.1], rtoll=1e-3)
-    with pytest.raises(NotImplementedError, match="sdeint_adjoint"):
-        tsde.sdeint_adjoint(sde, y0, [0.0, 0.1])
+    with pytest.raises(ValueError, match="adjoint_method must be one of"):
+        tsde.sdeint_adjoint(sde, y0, [0.0, 0.1], adjoint_method="srk")
     with pytest.raises(ValueError, match="method 'heun' is for stratonovich"):
         select("heun", "ito")
 

@@ -1,7 +1,9 @@
 """Neural SDEs: a torchsde-compatible (0.2.6) API; ``import odeflow.sde as torchsde``.
 
-Public names: :func:`sdeint`, :func:`sdeint_adjoint` (``method="reversible_heun"``: its
-algebraically reversible adjoint, :mod:`odeflow.sde.adjoint`),
+Public names: :func:`sdeint` (``gradient="checkpoint"``: exact gradients by replay,
+:mod:`odeflow.sde.checkpoint`), :func:`sdeint_adjoint` (the stochastic adjoint,
+:mod:`odeflow.sde.adjoint_sde`; reversible Heun's algebraically reversible adjoint,
+:mod:`odeflow.sde.adjoint`),
 :class:`BaseSDE`, :class:`SDEIto`, :class:`SDEStratonovich`, the Brownian motions
 (:class:`BrownianInterval`, :class:`BrownianPath`, :class:`BrownianTree`,
 :class:`ReverseBrownian`, :func:`brownian_interval_like`, :class:`BaseBrownian`),

@@ -1,10 +1,23 @@
-"""The reversible Heun method's algebraically reversible adjoint (``sdeint_adjoint``).
+"""``sdeint_adjoint``'s autograd Functions: the stochastic adjoint and reversible Heun's.
 
-Reversible Heun's step (:class:`~odeflow.sde.methods.ReversibleHeun`) can be undone
-exactly: :meth:`~odeflow.sde.methods.ReversibleHeun.backward_step` recovers the state
-before a step from the state after it and the step's Brownian increment. So the backward
-pass needs no stored trajectory (Kidger, Foster, Li & Lyons, "Efficient and accurate
-gradients for neural SDEs", NeurIPS 2021, §3 and Algorithm 2):
+:class:`StochasticAdjoint` (every method but ``reversible_heun`` with its own adjoint):
+the forward solve keeps only the outputs; the backward pass solves the adjoint SDE of
+:mod:`odeflow.sde.adjoint_sde` backwards from each output time to the one before, on the
+same Brownian motion queried in reverse (:class:`~odeflow.sde.brownian.ReverseBrownian`),
+with :func:`~odeflow.sde.steps.solve_sde` (Li, Wong, Chen & Duvenaud, "Scalable Gradients
+for Stochastic Differential Equations", AISTATS 2020, Algorithm 2). At each output time
+the recomputed ``y`` is reset to the stored output (so the error of reconstructing the
+state backwards does not accumulate across outputs) and that output's cotangent is added
+to the adjoint. Memory does not grow with the number of steps; the gradients converge to
+those of backpropagation through the forward solve as ``dt -> 0`` (they are the gradients
+of the SDE's solution, not of its discretisation).
+
+:class:`ReversibleHeunAdjoint`: reversible Heun's step
+(:class:`~odeflow.sde.methods.ReversibleHeun`) can be undone exactly:
+:meth:`~odeflow.sde.methods.ReversibleHeun.backward_step` recovers the state before a step
+from the state after it and the step's Brownian increment. So the backward pass needs
+no stored trajectory (Kidger, Foster, Li & Lyons, "Efficient and accurate gradients for
+neural SDEs", NeurIPS 2021, §3 and Algorithm 2):
 
 * forward (:class:`ReversibleHeunAdjoint`): the ordinary fixed-step solve of
   :func:`~odeflow.sde.steps.solve_sde` without a graph; only the outputs at ``ts`` and the
@@ -32,9 +45,54 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .adjoint_sde import AdjointSDE
+from .brownian import ReverseBrownian
 from .methods import Levy
+from .steps import SDESteps, solve_sde
 
-__all__ = ["ReversibleHeunAdjoint", "grid_point"]
+__all__ = ["StochasticAdjoint", "ReversibleHeunAdjoint", "grid_point"]
+
+
+class StochasticAdjoint(torch.autograd.Function):
+    """``(y0, *params) -> ys`` with the stochastic adjoint as its backward.
+
+    ``run`` is the forward solve (``() -> ys`` under ``no_grad``); ``plan`` holds what the
+    backward needs: ``funcs``, ``bm``, ``times``, ``dt``, ``dt_min``, ``stats`` (the
+    forward's statistics, to which the backward's are added) and the adjoint's ``solver``,
+    ``sde_type``, ``adaptive``, ``rtol``, ``atol``.
+    """
+
+    @staticmethod
+    def forward(ctx, run: Any, plan: Any, y0: Tensor, *params: Tensor):
+        ys = run()
+        ctx.plan, ctx.params = plan, params
+        ctx.save_for_backward(ys)
+        return ys
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_ys: Tensor):
+        (ys,) = ctx.saved_tensors
+        plan, params = ctx.plan, ctx.params
+        sde = AdjointSDE(plan.funcs, params, ys.shape[1:], plan.sde_type)
+        bm = ReverseBrownian(plan.bm)
+        counts = plan.funcs.counts
+        before = counts.drift + counts.diffusion
+        a, a_params = g_ys[-1], [torch.zeros_like(p) for p in params]
+        times = plan.times
+        for i in range(len(times) - 1, 0, -1):
+            z = sde.pack(ys[i], a, a_params)
+            stepper = SDESteps(plan.solver, sde, bm, (), z.shape, plan.dt_min)
+            span = [-times[i], -times[i - 1]]
+            zs, _, stats = solve_sde(stepper, z, torch.tensor(span, dtype=z.dtype,
+                                                               device=z.device),
+                                     span, plan.dt, plan.adaptive, plan.rtol, plan.atol,
+                                     plan.dt_min, True)
+            _, a, a_params = sde.unpack(zs[-1])
+            a = a + g_ys[i - 1]
+            plan.stats.n_steps_backward += stats.n_steps
+        plan.stats.nfe_backward += counts.drift + counts.diffusion - before
+        return (None, None, a, *a_params)
 
 
 def grid_point(t0: float, t1: float, dt: float, i: int) -> tuple[float, int]:
@@ -75,6 +133,8 @@ class ReversibleHeunAdjoint(torch.autograd.Function):
         t0, t1, dt = times[0], times[-1], setup.dt
         _, n = grid_point(t0, t1, dt, 0)
         wrt_params = [p for p in params if p.requires_grad]
+        # A non-leaf parameter (see _vjp) makes every step's pull-back walk the caller's graph.
+        retain = any(p.grad_fn is not None for p in wrt_params)
         a_params = [torch.zeros_like(p) for p in wrt_params]
 
         y, state = ys[-1], (f_n, g_n, z_n)
@@ -102,9 +162,8 @@ class ReversibleHeunAdjoint(torch.autograd.Function):
                 y_in = y_prev.detach().requires_grad_(True)
                 state_in = tuple(s.detach().requires_grad_(True) for s in state_prev)
                 y_out, state_out = method.step(funcs, t, h, y_in, dW, state_in, Levy())
-                grads = torch.autograd.grad((y_out, *state_out),
-                                            (y_in, *state_in, *wrt_params),
-                                            (a_y, *a_state), allow_unused=True)
+                grads = _vjp((y_out, *state_out), (y_in, *state_in, *wrt_params),
+                             (a_y, *a_state), retain)
             a_y = _or_zeros(grads[0], y_in)
             a_state = [_or_zeros(g, s) for g, s in zip(grads[1:4], state_in)]
             for i, g in enumerate(grads[4:]):
@@ -118,6 +177,24 @@ class ReversibleHeunAdjoint(torch.autograd.Function):
         it = iter(a_params)
         out_params = [next(it) if p.requires_grad else None for p in params]
         return (None, None, a_y, *a_state, *out_params)
+
+
+def _vjp(outputs: tuple, inputs: tuple, cotangents: tuple, retain: bool) -> tuple:
+    """``torch.autograd.grad`` over the outputs that depend on something: a diffusion that
+    is constant in ``y`` and the parameters (e.g. torchcde's CDE vector field, whose ``g``
+    is zeros) returns a tensor without a graph, which ``autograd.grad`` would reject.
+
+    ``retain``: the SDE may use tensors computed before the solve from an
+    ``adjoint_params`` entry that is not a leaf (torchcde's interpolation of generated
+    samples in torchsde's ``sde_gan`` example); each step's pull-back walks that part of
+    the caller's graph again, so it must not be freed. Only then: otherwise the step's
+    buffers are freed as soon as they are used."""
+    keep = [i for i, out in enumerate(outputs) if out.requires_grad]
+    if not keep:
+        return (None,) * len(inputs)
+    return torch.autograd.grad([outputs[i] for i in keep], inputs,
+                               [cotangents[i] for i in keep], allow_unused=True,
+                               retain_graph=retain)
 
 
 def _or_zeros(grad: Tensor | None, like: Tensor) -> Tensor:

@@ -184,23 +184,34 @@ class SDEFunctions:
         return self.f(t, y), self.g_prod(t, y, v)
 
     # ---------------------------------------------------------------- derivatives
-    def g_and_gdg_prod(self, t, y: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """``g(t, y)`` and ``Σ_j,l g_jl ∂g_il/∂y_j v_l`` (the Milstein correction's direction).
+    def g_prod_and_gdg_prod(self, t, y: Tensor, v1: Tensor, v2: Tensor
+                            ) -> tuple[Tensor, Tensor]:
+        """``g(t, y) v1`` and Milstein's term ``Σ_j (∂g_j/∂y · g_j) v2_j`` (commutative noise).
 
-        For diagonal noise ``g_i ∂g_i/∂y_i v_i``; zero for additive noise. Computed by one
-        vector-Jacobian product through ``g`` (the diagonal/scalar structure makes it exact).
+        ``g_j`` is the ``j``-th noise column. For diagonal noise the term is
+        ``g_i ∂g_i/∂y_i v2_i``, for scalar noise ``(J_g g) v2``, zero for additive noise.
+        ``J_g g`` is one Jacobian-vector product through ``g`` (double-backward trick),
+        differentiable when grad mode is on (so backpropagation through Milstein works).
         """
         if self.noise_type == NOISE_TYPES.additive:
-            return self.g(t, y), torch.zeros_like(y)
+            return self.g_prod(t, y, v1), torch.zeros_like(y)
         create = torch.is_grad_enabled()
         with torch.enable_grad():
-            y_ = y if y.requires_grad else y.detach().requires_grad_(True)
+            # Without grad mode, y's history is not needed, and y may be a view of a
+            # tensor requiring grad made under no_grad (the loop's first state): its
+            # requires_grad is then True, yet a gradient with respect to it is None.
+            y_ = y if create and y.requires_grad else y.detach().requires_grad_(True)
             g = self.g(t, y_)
-            if not g.requires_grad:
-                return g, torch.zeros_like(y)
-            weight = g * v if self.diagonal else g * v.unsqueeze(-2)
-            (vjp,) = torch.autograd.grad(g, y_, weight, create_graph=create, allow_unused=True)
-        return g, (torch.zeros_like(y) if vjp is None else vjp)
+            col = g if self.diagonal else g.squeeze(-1)
+            Lg = None
+            if g.requires_grad:  # else g depends neither on y nor on parameters
+                dummy = torch.zeros_like(g, requires_grad=True)
+                (vjp,) = torch.autograd.grad(g, y_, dummy, create_graph=True, allow_unused=True)
+                if vjp is not None:  # else g does not depend on y
+                    (Lg,) = torch.autograd.grad(vjp, dummy, col, create_graph=create,
+                                                allow_unused=True)
+        Lg = torch.zeros_like(col) if Lg is None else (Lg if self.diagonal else Lg.squeeze(-1))
+        return self.prod(g, v1), Lg * v2
 
     def dg_ga_jvp_column_sum(self, t, y: Tensor, a: Tensor) -> Tensor:
         """``Σ_k,l ∂g_il/∂y_j g_jk a_kl`` for general noise (zero for the others).
@@ -212,7 +223,10 @@ class SDEFunctions:
             return torch.zeros_like(y)
         create = torch.is_grad_enabled()
         with torch.enable_grad():
-            y_ = y if y.requires_grad else y.detach().requires_grad_(True)
+            # Without grad mode, y's history is not needed, and y may be a view of a
+            # tensor requiring grad made under no_grad (the loop's first state): its
+            # requires_grad is then True, yet a gradient with respect to it is None.
+            y_ = y if create and y.requires_grad else y.detach().requires_grad_(True)
             g = self.g(t, y_)
             ga = torch.bmm(g, a)
             total = torch.zeros_like(y)

@@ -18,9 +18,12 @@ import torch
 from torch import Tensor
 
 from ..stats import SolveError, record_last_stats
+from .adjoint import ReversibleHeunAdjoint, StochasticAdjoint
+from .adjoint_sde import ADJOINT_METHODS, ADJOINT_NOISE
 from .base import LogqpSDE, SDEFunctions, check_types, rename_methods
 from .brownian import BaseBrownian, BrownianInterval
-from .methods import LEVY_PROVIDERS, select
+from .checkpoint import solve_sde_checkpointed
+from .methods import ALL_METHODS, LEVY_PROVIDERS, select
 from .settings import LEVY_AREA_APPROXIMATIONS, METHODS, NOISE_TYPES, SDE_TYPES
 from .steps import SDEStats, SDESteps, solve_sde
 
@@ -75,7 +78,8 @@ def _scalar(name: str, value) -> float:
 def sdeint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: str | None = None,
            dt=1e-3, adaptive: bool = False, rtol=1e-5, atol=1e-4, dt_min=1e-5,
            options: dict | None = None, names: dict | None = None, logqp: bool = False,
-           extra: bool = False, extra_solver_state=None, throw: bool = True, **unused_kwargs):
+           extra: bool = False, extra_solver_state=None, throw: bool = True,
+           gradient: str = "direct", **unused_kwargs):
     """Solve an SDE; a drop-in for ``torchsde.sdeint``.
 
     Args:
@@ -100,6 +104,12 @@ def sdeint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: str | No
         extra_solver_state: that state, to start from (reversible_heun).
         throw: with ``False`` a failure (non-finite values) fills the remaining outputs
             with ``nan`` and is reported in :func:`last_stats` instead of raising.
+        gradient: ``"direct"`` (backpropagation through the solver) or ``"checkpoint"``
+            (an odeflow extension: the same gradients, to rounding, by replaying one step
+            at a time in the backward pass, so memory holds one state per step instead of
+            every step's graph; fixed steps, every method but ``reversible_heun``;
+            gradients go to ``y0`` and ``sde.parameters()``, so ``sde`` must be an
+            ``nn.Module``). See :mod:`odeflow.sde.checkpoint`.
 
     Returns:
         ``ys`` of shape (T, batch, d); ``(ys, log_ratio)`` if ``logqp``; with ``extra``
@@ -115,12 +125,31 @@ def sdeint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: str | No
     """
     if unused_kwargs:
         raise ValueError(f"sdeint got unexpected arguments {sorted(unused_kwargs)}")
+    if gradient not in ("direct", "checkpoint"):
+        raise ValueError(f"gradient must be 'direct' or 'checkpoint', got {gradient!r}")
     setup = _prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names,
                      logqp)
     state = setup.solver.init_state(setup.funcs, setup.times[0], setup.y0) \
         if extra_solver_state is None else tuple(extra_solver_state)
-    ys, state = _solve(setup, state, throw)
+    params = _checkpoint_params(sde, setup) if gradient == "checkpoint" else None
+    ys, state = _solve(setup, state, throw, params)
     return _returns(ys, state, logqp, extra)
+
+
+def _checkpoint_params(sde, setup: _Setup) -> tuple | None:
+    """The tensors ``gradient="checkpoint"`` differentiates (None: nothing to replay)."""
+    if setup.adaptive:
+        raise ValueError("gradient='checkpoint' needs fixed steps (adaptive=False): an "
+                         "adaptive step keeps two half steps, which a replay would not redo")
+    if setup.method == METHODS.reversible_heun:
+        raise ValueError("gradient='checkpoint' does not replay reversible_heun (it carries a "
+                         "state between steps); use sdeint_adjoint(method='reversible_heun'), "
+                         "exact in constant memory")
+    if not isinstance(sde, torch.nn.Module):
+        raise ValueError("gradient='checkpoint' differentiates sde.parameters(): sde must be an "
+                         "nn.Module")
+    params = tuple(p for p in sde.parameters() if p.requires_grad)
+    return params if params or setup.y0.requires_grad else None
 
 
 @dataclass
@@ -204,14 +233,21 @@ def _prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options,
                   dt_min)
 
 
-def _solve(setup: _Setup, state: tuple, throw: bool) -> tuple[Tensor, tuple]:
-    """Run the solve from ``state``; record the statistics for :func:`last_stats`."""
+def _solve(setup: _Setup, state: tuple, throw: bool, params: tuple | None = None
+           ) -> tuple[Tensor, tuple]:
+    """Run the solve from ``state`` (``params``: checkpointed, differentiating them); record
+    the statistics for :func:`last_stats`."""
     y0, funcs, times = setup.y0, setup.funcs, setup.times
     stats = SDEStats()
     stepper = SDESteps(setup.solver, funcs, setup.bm, state, y0.shape, setup.dt_min)
     try:
-        ys, state, loop_stats = solve_sde(stepper, y0, setup.ts, times, setup.dt, setup.adaptive,
-                                          setup.rtol, setup.atol, setup.dt_min, throw)
+        if params is None:
+            ys, state, loop_stats = solve_sde(stepper, y0, setup.ts, times, setup.dt,
+                                              setup.adaptive, setup.rtol, setup.atol,
+                                              setup.dt_min, throw)
+        else:
+            ys, state, loop_stats = solve_sde_checkpointed(stepper, y0, setup.ts, times,
+                                                           setup.dt, params, throw)
         stats.copy_forward(loop_stats)
     except SolveError as err:
         if err.stats is not None:
@@ -243,34 +279,48 @@ def sdeint_adjoint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: 
                    extra_solver_state=None, throw: bool = True, **unused_kwargs):
     """Solve an SDE with gradients by an adjoint; a drop-in for ``torchsde.sdeint_adjoint``.
 
-    Provided for ``method="reversible_heun"`` (Stratonovich SDEs, every noise type) with
-    its algebraically reversible adjoint ``adjoint_method="adjoint_reversible_heun"`` (the
-    default for it): the backward pass rebuilds the forward steps from the end by
-    inverting each one (:mod:`odeflow.sde.adjoint`), so its memory does not grow with the
-    number of steps, and its gradients equal backpropagation through
-    ``sdeint(method="reversible_heun")`` on the same Brownian motion up to rounding.
-    Fixed steps only.
+    The forward solve is :func:`sdeint`'s, without a graph. The backward pass is
+
+    * the stochastic adjoint (Li et al. 2020; :mod:`odeflow.sde.adjoint_sde`): the adjoint
+      SDE solved backwards on the same Brownian motion with ``adjoint_method``, for every
+      method, SDE type and noise type. Its gradients are those of the SDE's solution and
+      approach backpropagation through the forward solve as ``dt -> 0`` (not equal to it
+      at a given ``dt``; use ``sdeint`` for that);
+    * for ``method="reversible_heun"`` with ``adjoint_method="adjoint_reversible_heun"``
+      (its default), the algebraically reversible adjoint (Kidger et al. 2021;
+      :mod:`odeflow.sde.adjoint`): equal to backpropagation through the forward solve to
+      rounding, fixed steps only.
+
+    Memory does not grow with the number of steps in either case.
 
     Args:
-        sde, y0, ts, bm, dt, rtol, atol, dt_min, options, names, logqp, extra,
-        extra_solver_state, throw: as :func:`sdeint`.
-        method: must be ``"reversible_heun"`` (torchsde's default for the SDE type,
-            e.g. ``midpoint`` for Stratonovich, raises ``NotImplementedError``).
-        adjoint_method: ``None`` or ``"adjoint_reversible_heun"``.
-        adaptive, adjoint_adaptive: must be ``False``.
-        adjoint_rtol, adjoint_atol: accepted for torchsde compatibility (unused: the
-            reversible adjoint takes the forward's steps).
-        adjoint_options: must be empty.
+        sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names, logqp,
+        extra, extra_solver_state, throw: as :func:`sdeint`.
+        adjoint_method: the method of the backward solve; default as torchsde:
+            ``adjoint_reversible_heun`` for ``reversible_heun``, else ``milstein`` (Itô,
+            diagonal noise), ``euler`` (Itô, other noise) or ``midpoint`` (Stratonovich).
+            One of ``euler``, ``milstein``, ``midpoint``, ``heun``, ``euler_heun``,
+            ``log_ode`` (not for general or additive noise) that supports the adjoint's
+            noise type (additive noise has a general-noise adjoint). A method of the other
+            SDE type solves the adjoint in that form (an odeflow extension).
+        adjoint_adaptive, adjoint_rtol, adjoint_atol: step-size control of the backward
+            solve (its initial or fixed step is ``dt``).
+        adjoint_options: options of ``adjoint_method`` (``grad_free`` is not available:
+            the adjoint's diffusion matrix is never formed).
         adjoint_params: the tensors whose gradients the adjoint computes; default
-            ``sde.parameters()`` (then ``sde`` must be an ``nn.Module``). Gradients reach
-            other tensors the SDE uses only through its evaluation at ``ts[0]``.
+            ``sde.parameters()`` (then ``sde`` must be an ``nn.Module``). Other tensors
+            the SDE uses get no gradient (with the reversible Heun adjoint, only through
+            the SDE's evaluation at ``ts[0]``).
 
     Returns:
-        As :func:`sdeint`.
+        As :func:`sdeint`. The final solver state (``extra=True``) gets gradients only
+        with the reversible Heun adjoint. Gradients with respect to ``ts`` are not
+        computed (as in torchsde, ``ts`` must not require grad).
 
     Raises:
-        NotImplementedError: another method, adjoint method, or adaptive steps.
-        ValueError: as :func:`sdeint`; ``adjoint_params`` missing for a non-Module SDE.
+        NotImplementedError: ``adaptive`` steps with the reversible Heun adjoint.
+        ValueError: as :func:`sdeint`; an unknown or unsuitable ``adjoint_method``;
+            ``adjoint_params`` missing for a non-Module SDE.
     """
     if unused_kwargs:
         raise ValueError(f"sdeint_adjoint got unexpected arguments {sorted(unused_kwargs)}")
@@ -279,42 +329,123 @@ def sdeint_adjoint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: 
                          "parameters; alternatively they can be specified explicitly via the "
                          "`adjoint_params` argument. If there are no parameters then it is "
                          "allowable to set `adjoint_params=()`.")
-    for name, value in (("adjoint_rtol", adjoint_rtol), ("adjoint_atol", adjoint_atol)):
-        _scalar(name, value)
+    adjoint_rtol, adjoint_atol = (_scalar(n, v) for n, v in
+                                  (("adjoint_rtol", adjoint_rtol), ("adjoint_atol", adjoint_atol)))
     setup = _prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names,
                      logqp)
-    works = ("sdeint_adjoint supports method='reversible_heun' (Stratonovich SDEs) with "
-             "adjoint_method='adjoint_reversible_heun' and fixed steps")
-    if setup.method != METHODS.reversible_heun:
-        raise NotImplementedError(f"{works}; got method={setup.method!r} (the stochastic adjoint "
-                                  "for other methods is not implemented: use sdeint, which "
-                                  "backpropagates through the solver)")
-    if adjoint_method not in (None, METHODS.adjoint_reversible_heun):
-        raise NotImplementedError(f"{works}; got adjoint_method={adjoint_method!r}")
-    if adaptive or adjoint_adaptive:
-        raise NotImplementedError(f"{works}; adaptive=True / adjoint_adaptive=True are not "
-                                  "supported (the reversible adjoint retraces the forward's "
-                                  "fixed grid)")
-    if adjoint_options:
-        raise ValueError(f"adjoint_method 'adjoint_reversible_heun' takes no adjoint_options; "
-                         f"got {sorted(adjoint_options)}")
     params = tuple(sde.parameters()) if adjoint_params is None else tuple(adjoint_params)
     if not all(torch.is_tensor(p) for p in params):
         raise ValueError("adjoint_params must be tensors")
     params = tuple(p for p in params if p.requires_grad)
     state0 = setup.solver.init_state(setup.funcs, setup.times[0], setup.y0) \
         if extra_solver_state is None else tuple(extra_solver_state)
+    reversible = setup.method == METHODS.reversible_heun
+    if adjoint_method is None:
+        adjoint_method = METHODS.adjoint_reversible_heun if reversible else \
+            _default_adjoint_method(setup.funcs.sde_type, setup.funcs.noise_type)
+    if adjoint_method == METHODS.adjoint_reversible_heun:
+        if not reversible:
+            raise ValueError("adjoint_method='adjoint_reversible_heun' needs "
+                             f"method='reversible_heun'; got method={setup.method!r}")
+        ys, state = _reversible_heun_adjoint(setup, state0, params, adaptive or adjoint_adaptive,
+                                             adjoint_options, throw)
+    else:
+        if reversible:
+            warnings.warn(f"method='reversible_heun', but adjoint_method={adjoint_method!r}: the "
+                          "stochastic adjoint is used, whose gradients are not exact at a "
+                          "given dt (adjoint_method='adjoint_reversible_heun' is)", stacklevel=2)
+        plan = _adjoint_plan(setup, adjoint_method, adjoint_options, adjoint_adaptive,
+                             adjoint_rtol, adjoint_atol)
+        final = []
+
+        def run():
+            ys, state = _solve(setup, state0, throw)
+            final.append(state)
+            plan.stats = last_stats()
+            return ys
+
+        if len(setup.times) == 1:
+            ys, state = setup.y0.unsqueeze(0), state0
+        elif setup.y0.requires_grad or params:
+            ys = StochasticAdjoint.apply(run, plan, setup.y0, *params)
+            state = final[0]
+        else:  # nothing to differentiate: the plain solve, without a graph (as the Function)
+            with torch.no_grad():
+                ys, state = _solve(setup, state0, throw)
+    return _returns(ys, state, logqp, extra)
+
+
+def _default_adjoint_method(sde_type: str, noise_type: str) -> str:
+    """torchsde's: ``milstein`` for Itô diagonal noise, ``euler`` for other Itô, else
+    ``midpoint``."""
+    if sde_type == SDE_TYPES.ito:
+        return METHODS.milstein if noise_type == NOISE_TYPES.diagonal else METHODS.euler
+    return METHODS.midpoint
+
+
+@dataclass
+class _AdjointPlan:
+    """What the stochastic adjoint's backward needs (see ``StochasticAdjoint``)."""
+
+    funcs: SDEFunctions
+    bm: Any
+    times: list
+    dt: float
+    dt_min: float
+    solver: Any
+    sde_type: str
+    adaptive: bool
+    rtol: float
+    atol: float
+    stats: SDEStats | None = None
+
+
+def _adjoint_plan(setup: _Setup, adjoint_method, adjoint_options, adaptive: bool, rtol: float,
+                  atol: float) -> _AdjointPlan:
+    """Check ``adjoint_method`` and its options against the adjoint SDE; select its class."""
+    if adjoint_method not in ADJOINT_METHODS:
+        raise ValueError(f"adjoint_method must be one of {list(ADJOINT_METHODS)} (methods that "
+                         "need the diffusion matrix cannot solve the adjoint SDE, which never "
+                         f"forms it), got {adjoint_method!r}")
+    funcs = setup.funcs
+    noise = ADJOINT_NOISE[funcs.noise_type]
+    sde_type = funcs.sde_type
+    if not any(sde_type in c.sde_types for c in ALL_METHODS if c.name == adjoint_method):
+        sde_type = next(t for t in SDE_TYPES.all() if t != funcs.sde_type)
+    method_cls = select(adjoint_method, sde_type)
+    if noise not in method_cls.noise_types or (adjoint_method == METHODS.log_ode_midpoint
+                                               and noise == NOISE_TYPES.general):
+        raise ValueError(f"adjoint_method {adjoint_method!r} does not support the adjoint of "
+                         f"noise_type={funcs.noise_type!r} (whose noise type is {noise!r})")
+    if (adjoint_options or {}).get("grad_free"):
+        raise ValueError("adjoint_options={'grad_free': True} is not available: the adjoint "
+                         "SDE never forms its diffusion matrix")
+    solver = method_cls(**(adjoint_options or {}))
+    if setup.bm.levy_area_approximation not in LEVY_PROVIDERS[solver.levy]:
+        raise ValueError(f"adjoint_method {adjoint_method!r} needs the Brownian motion's "
+                         f"levy_area_approximation in {list(LEVY_PROVIDERS[solver.levy])}, got "
+                         f"{setup.bm.levy_area_approximation!r}")
+    return _AdjointPlan(funcs, setup.bm, setup.times, setup.dt, setup.dt_min, solver, sde_type,
+                        adaptive, rtol, atol)
+
+
+def _reversible_heun_adjoint(setup: _Setup, state0: tuple, params: tuple, adaptive: bool,
+                             adjoint_options, throw: bool) -> tuple[Tensor, tuple]:
+    """``reversible_heun`` with its algebraically reversible adjoint (fixed steps)."""
+    if adaptive:
+        raise NotImplementedError("the reversible Heun adjoint retraces the forward's fixed "
+                                  "grid: adaptive=True / adjoint_adaptive=True are not "
+                                  "supported with adjoint_method='adjoint_reversible_heun'")
+    if adjoint_options:
+        raise ValueError(f"adjoint_method 'adjoint_reversible_heun' takes no adjoint_options; "
+                         f"got {sorted(adjoint_options)}")
     if len(state0) != 3 or not all(torch.is_tensor(s) for s in state0):
         raise ValueError("extra_solver_state for reversible_heun is the tuple (f(z), g(z), z) "
                          "returned with extra=True")
     if len(setup.times) == 1:
-        ys, state = setup.y0.unsqueeze(0), state0
-    else:
-        from .adjoint import ReversibleHeunAdjoint
+        return setup.y0.unsqueeze(0), state0
+    def run(start):
+        return _solve(setup, start, throw)
 
-        def run(start):
-            return _solve(setup, start, throw)
-
-        ys, *state = ReversibleHeunAdjoint.apply(run, setup, setup.y0, *state0, *params)
-        state = tuple(state)
-    return _returns(ys, state, logqp, extra)
+    ys, *state = ReversibleHeunAdjoint.apply(run, setup, setup.y0, *state0, *params)
+    return ys, tuple(state)

@@ -36,7 +36,7 @@ from ..solvers.base import StepResult
 from ..stats import SolveStats
 from .methods import Levy, SDEMethod
 
-__all__ = ["SDEStats", "SDESteps", "solve_sde"]
+__all__ = ["SDEStats", "SDESteps", "solve_sde", "sde_loop", "sde_outputs"]
 
 #: torchsde's step-size limits, with odeflow's PI filter (Hairer & Wanner II, eq. IV.2.43c).
 CONTROLLER = PIDController(beta1=0.7, beta2=-0.4, safety=0.9, ifactor=1.4, dfactor=0.2)
@@ -130,16 +130,35 @@ def solve_sde(stepper: SDESteps, y0: Tensor, ts: Tensor, times: list[float], dt:
     Returns ``(ys, final carried state, statistics)``; a failure raises
     :class:`~odeflow.SolveError` (or, with ``throw=False``, leaves ``nan`` after it).
     """
+    problem, _, result = sde_loop(stepper, y0, ts, times, dt, adaptive, rtol, atol, dt_min)
+    return sde_outputs(problem, result, y0, times, adaptive, throw), result.state, result.stats
+
+
+def sde_loop(stepper: SDESteps, y0: Tensor, ts: Tensor, times: list[float], dt: float,
+             adaptive: bool, rtol: float, atol: float, dt_min: float, record: bool = False
+             ) -> tuple[Any, LoopConfig, Any]:
+    """The loop of :func:`solve_sde`: ``(problem, loop configuration, loop result)``.
+
+    ``record`` keeps one :class:`~odeflow.integrate.StepRecord` per step, for the
+    checkpointed gradient (:mod:`odeflow.sde.checkpoint`).
+    """
     problem = make_problem(lambda t, y: torch.zeros_like(y), y0, ts, rtol, atol,
                            stepper.method.name, {})
     t0, t1 = times[0], times[-1]
     if adaptive:
-        cfg = LoopConfig(True, CONTROLLER, 10**9, dt_min, math.inf, dt, [t1], None)
+        cfg = LoopConfig(True, CONTROLLER, 10**9, dt_min, math.inf, dt, [t1], None,
+                         record=record)
     else:
         n = max(1, math.ceil((t1 - t0) / dt - 1e-9))
         cfg = LoopConfig(False, None, 10**9, 0.0, math.inf, None,
-                         [t0 + i * dt for i in range(1, n)] + [t1], None)
-    result = integrate(problem, stepper, cfg)
+                         [t0 + i * dt for i in range(1, n)] + [t1], None, record=record)
+    return problem, cfg, integrate(problem, stepper, cfg)
+
+
+def sde_outputs(problem: Any, result: Any, y0: Tensor, times: list[float], adaptive: bool,
+                throw: bool) -> Tensor:
+    """The outputs ``(T, *y0.shape)`` of a loop result; a failure raises (or, with
+    ``throw=False``, leaves ``nan`` after it)."""
     if not adaptive:
         check_fixed_grid_finite(problem, result)
     err = failure(problem, result, fixed=not adaptive)
@@ -148,4 +167,4 @@ def solve_sde(stepper: SDESteps, y0: Tensor, ts: Tensor, times: list[float], dt:
         if throw:
             raise err
         ys = torch.cat([ys, ys.new_full((len(times) - ys.shape[0], *ys.shape[1:]), math.nan)])
-    return ys.view(len(times), *y0.shape), result.state, result.stats
+    return ys.view(len(times), *y0.shape)

@@ -20,29 +20,10 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from ..settings import METHODS, NOISE_TYPES, SDE_TYPES
 from .base import SDEMethod
 
 __all__ = ["MilsteinIto", "MilsteinStratonovich"]
-
-
-def _jvp_along(sde, t, y, direction_from_g):
-    """``g(t, y)`` and ``J_g(y) · u`` where ``u = direction_from_g(g)`` (double backward)."""
-    create = torch.is_grad_enabled()
-    with torch.enable_grad():
-        y_ = y if y.requires_grad else y.detach().requires_grad_(True)
-        g = sde.g(t, y_)
-        if not g.requires_grad:   # g depends neither on y nor on parameters
-            return g, torch.zeros_like(g)
-        u = direction_from_g(g)
-        dummy = torch.zeros_like(g, requires_grad=True)
-        (vjp,) = torch.autograd.grad(g, y_, dummy, create_graph=True, allow_unused=True)
-        if vjp is None:        # g does not depend on y
-            return g, torch.zeros_like(g)
-        (jvp,) = torch.autograd.grad(vjp, dummy, u, create_graph=create, allow_unused=True)
-    return g, (torch.zeros_like(g) if jvp is None else jvp)
 
 
 class _Milstein(SDEMethod):
@@ -65,10 +46,10 @@ class _Milstein(SDEMethod):
             g_hat = sde.g(t, y_hat)
             Lg = (g_hat - g) / sqrt_dt
             Lg = Lg if diagonal else Lg.squeeze(-1)
-        else:
+        else:  # J_g g by autodiff (SDEFunctions; the stochastic adjoint has its own form)
             f = sde.f(t, y)
-            g, Lg = _jvp_along(sde, t, y, lambda g: g if diagonal else g.squeeze(-1))
-            Lg = Lg if diagonal else Lg.squeeze(-1)
+            g_dW, Lg_w = sde.g_prod_and_gdg_prod(t, y, dW, weight)
+            return y + f * dt + g_dW + 0.5 * Lg_w, state
         return y + f * dt + sde.prod(g, dW) + 0.5 * Lg * weight, state
 
 
