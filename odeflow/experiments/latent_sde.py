@@ -99,9 +99,6 @@ class LatentSDEConfig(StepConfig):
         if gradient == "checkpoint":
             raise ConfigError("--gradient checkpoint: expected direct or adjoint (SDE solves "
                               "have no checkpointed gradient)")
-        if gradient == "adjoint" and self.method != "reversible_heun":
-            raise ConfigError(f"--gradient adjoint with --method {self.method}: the adjoint "
-                              f"needs --method reversible_heun")
         check_device(self)
 
 

@@ -79,7 +79,9 @@ class LatentSDE(nn.Module):
         method: SDE solver, a key of :data:`SDE_METHODS`.
         dt: its fixed step.
         gradient: ``"direct"`` (backpropagation through the solver) or ``"adjoint"``
-            (:func:`odeflow.sde.sdeint_adjoint`; ``method="reversible_heun"`` only).
+            (:func:`odeflow.sde.sdeint_adjoint`: with ``reversible_heun`` its exact
+            reversible adjoint, otherwise the stochastic adjoint of Li et al., whose
+            gradients converge to backpropagation's as ``dt → 0``).
 
     Attributes:
         last_stats: the latest solve's :class:`~odeflow.sde.steps.SDEStats`.
@@ -87,8 +89,7 @@ class LatentSDE(nn.Module):
             ``evaluations`` go on counting during an adjoint's backward pass).
 
     Raises:
-        ValueError: an unknown ``method`` or ``gradient``, or the adjoint with another
-            method than ``reversible_heun``.
+        ValueError: an unknown ``method`` or ``gradient``.
     """
 
     def __init__(self, obs_dim: int = 3, latent: int = 4, context: int = 16, hidden: int = 32,
@@ -99,9 +100,6 @@ class LatentSDE(nn.Module):
             raise ValueError(f"method {method!r}: expected one of {', '.join(SDE_METHODS)}")
         if gradient not in ("direct", "adjoint"):
             raise ValueError(f"gradient {gradient!r}: expected 'direct' or 'adjoint'")
-        if gradient == "adjoint" and method != "reversible_heun":
-            raise ValueError("gradient 'adjoint' needs method 'reversible_heun' (the adjoint "
-                             "odeflow.sde provides)")
         self.gru = nn.GRU(obs_dim + 1, rnn_hidden)
         self.to_context = nn.Linear(rnn_hidden, context)
         self.qz0 = nn.Linear(context, 2 * latent)
