@@ -102,9 +102,8 @@ class ReversibleHeunAdjoint(torch.autograd.Function):
                 y_in = y_prev.detach().requires_grad_(True)
                 state_in = tuple(s.detach().requires_grad_(True) for s in state_prev)
                 y_out, state_out = method.step(funcs, t, h, y_in, dW, state_in, Levy())
-                grads = torch.autograd.grad((y_out, *state_out),
-                                            (y_in, *state_in, *wrt_params),
-                                            (a_y, *a_state), allow_unused=True)
+                grads = _vjp((y_out, *state_out), (y_in, *state_in, *wrt_params),
+                             (a_y, *a_state))
             a_y = _or_zeros(grads[0], y_in)
             a_state = [_or_zeros(g, s) for g, s in zip(grads[1:4], state_in)]
             for i, g in enumerate(grads[4:]):
@@ -118,6 +117,24 @@ class ReversibleHeunAdjoint(torch.autograd.Function):
         it = iter(a_params)
         out_params = [next(it) if p.requires_grad else None for p in params]
         return (None, None, a_y, *a_state, *out_params)
+
+
+def _vjp(outputs: tuple, inputs: tuple, cotangents: tuple) -> tuple:
+    """``torch.autograd.grad`` over the outputs that depend on something: a diffusion that
+    is constant in ``y`` and the parameters (e.g. torchcde's CDE vector field, whose ``g``
+    is zeros) returns a tensor without a graph, which ``autograd.grad`` would reject.
+
+    ``retain_graph``: the SDE may use tensors computed before the solve from an
+    ``adjoint_params`` entry that is not a leaf (torchcde's interpolation of generated
+    samples in torchsde's ``sde_gan`` example); each step's pull-back walks that part of
+    the caller's graph again, so it must not be freed. The step's own graph goes with its
+    tensors at the end of the step."""
+    keep = [i for i, out in enumerate(outputs) if out.requires_grad]
+    if not keep:
+        return (None,) * len(inputs)
+    return torch.autograd.grad([outputs[i] for i in keep], inputs,
+                               [cotangents[i] for i in keep], allow_unused=True,
+                               retain_graph=True)
 
 
 def _or_zeros(grad: Tensor | None, like: Tensor) -> Tensor:
