@@ -21,6 +21,7 @@ from ..stats import SolveError, record_last_stats
 from .base import LogqpSDE, SDEFunctions, check_types, rename_methods
 from .brownian import BaseBrownian, BrownianInterval
 from .methods import LEVY_PROVIDERS, select
+from .per_sample import LaneSDESteps, lane_times, solve_sde_lanes
 from .settings import LEVY_AREA_APPROXIMATIONS, METHODS, NOISE_TYPES, SDE_TYPES
 from .steps import SDEStats, SDESteps, solve_sde
 
@@ -41,10 +42,16 @@ def default_method(sde_type: str, noise_type: str) -> str:
     return METHODS.midpoint
 
 
-def _check_ts(ts, y0: Tensor) -> tuple[Tensor, list[float]]:
+def _check_ts(ts, y0: Tensor) -> tuple[Tensor, list]:
+    """``ts`` as a tensor and as Python floats: a list for shared times, a list of rows
+    for per-sample times (``(batch, T)``, see :mod:`odeflow.sde.per_sample`)."""
+    if (torch.is_tensor(ts) and ts.dim() == 2) or (
+            isinstance(ts, (list, tuple)) and ts and all(isinstance(r, (list, tuple)) for r in ts)):
+        return lane_times(ts, y0)
     if torch.is_tensor(ts):
         if ts.dim() != 1:
-            raise ValueError(f"ts must be 1-D, got shape {tuple(ts.shape)}")
+            raise ValueError(f"ts must be 1-D (shared times) or of shape (batch, T) (per-sample "
+                             f"times), got shape {tuple(ts.shape)}")
         if ts.requires_grad:
             raise ValueError("ts must not require grad (gradients with respect to times are "
                              "not supported by sdeint)")
@@ -84,6 +91,9 @@ def sdeint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: str | No
             :mod:`odeflow.sde.base` for shapes per noise type.
         y0: initial state, shape (batch, d).
         ts: strictly increasing output times (1-D tensor or list of floats); ``ys[0] = y0``.
+            odeflow extension: a ``(batch, T)`` tensor gives each sample its own times
+            (fixed steps on its own grid ``ts[b, 0] + k dt``; ``f``/``g`` then get ``t`` of
+            shape (batch, 1); see :mod:`odeflow.sde.per_sample`).
         bm: Brownian motion of shape (batch, m); default: a :class:`BrownianInterval` on
             ``[ts[0], ts[-1]]`` with the Lévy area the method needs.
         method: a name in ``METHODS``; default ``srk`` (Itô; ``euler`` for general noise)
@@ -117,7 +127,7 @@ def sdeint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: str | No
         raise ValueError(f"sdeint got unexpected arguments {sorted(unused_kwargs)}")
     setup = _prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names,
                      logqp)
-    state = setup.solver.init_state(setup.funcs, setup.times[0], setup.y0) \
+    state = setup.solver.init_state(setup.funcs, setup.t0, setup.y0) \
         if extra_solver_state is None else tuple(extra_solver_state)
     ys, state = _solve(setup, state, throw)
     return _returns(ys, state, logqp, extra)
@@ -140,6 +150,8 @@ class _Setup:
     rtol: float
     atol: float
     dt_min: float
+    lanes: bool = False  # per-sample times: ``times`` holds one row per sample
+    t0: Any = None  # the start time as f and g get it: a float, or a (batch, 1) tensor
 
 
 def _prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names,
@@ -176,6 +188,15 @@ def _prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options,
                          f"supports {list(method_cls.noise_types)}")
     solver = method_cls(**(options or {}))
     ts_tensor, times = _check_ts(ts, y0)
+    lanes = ts_tensor.dim() == 2
+    if lanes and y0.size(0) == 1:  # one sample: its own times are shared times
+        ts_tensor, times, lanes = ts_tensor[0], times[0], False
+    if lanes and adaptive:
+        raise ValueError("per-sample `ts` of shape (batch, T) takes fixed steps only: pass "
+                         "adaptive=False (the default) or one 1-D ts for the batch")
+    t0 = ts_tensor[:, :1].to(y0.dtype) if lanes else times[0]
+    span = (min(r[0] for r in times), max(r[-1] for r in times)) if lanes else \
+        (times[0], times[-1])
 
     if bm is not None:
         if tuple(bm.shape)[:1] != (y0.size(0),) or len(bm.shape) != 2:
@@ -186,32 +207,40 @@ def _prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options,
         if torch.device(bm.device) != y0.device:
             raise ValueError(f"the Brownian motion is on {bm.device}, y0 on {y0.device}")
     funcs = SDEFunctions(sde)
-    m = funcs.check(ts_tensor[0], y0, None if bm is None else tuple(bm.shape))
+    m = funcs.check(t0 if lanes else ts_tensor[0], y0,
+                    None if bm is None else tuple(bm.shape))
     funcs.counts.drift = funcs.counts.diffusion = 0
     if bm is None:
         need = {"none": LEVY_AREA_APPROXIMATIONS.none,
                 "space-time": LEVY_AREA_APPROXIMATIONS.space_time,
                 "area": LEVY_AREA_APPROXIMATIONS.foster}[solver.levy]
-        bm = BrownianInterval(t0=times[0], t1=times[-1], size=(y0.size(0), m), dtype=y0.dtype,
+        # Per sample, rows that start at different times step off each other's grids.
+        on_grid = not adaptive and (not lanes or len({r[0] for r in times}) == 1)
+        bm = BrownianInterval(t0=span[0], t1=span[1], size=(y0.size(0), m), dtype=y0.dtype,
                               device=y0.device, levy_area_approximation=need,
-                              dt=None if adaptive else dt)
+                              dt=dt if on_grid else None)
     elif bm.levy_area_approximation not in LEVY_PROVIDERS[solver.levy]:
         raise ValueError(f"method {method!r} needs the Brownian motion's levy_area_approximation "
                          f"in {list(LEVY_PROVIDERS[solver.levy])}, got "
                          f"{bm.levy_area_approximation!r}")
 
     return _Setup(sde, funcs, solver, method, y0, ts_tensor, times, bm, dt, adaptive, rtol, atol,
-                  dt_min)
+                  dt_min, lanes, t0)
 
 
 def _solve(setup: _Setup, state: tuple, throw: bool) -> tuple[Tensor, tuple]:
     """Run the solve from ``state``; record the statistics for :func:`last_stats`."""
     y0, funcs, times = setup.y0, setup.funcs, setup.times
     stats = SDEStats()
-    stepper = SDESteps(setup.solver, funcs, setup.bm, state, y0.shape, setup.dt_min)
+    steps = LaneSDESteps if setup.lanes else SDESteps
+    stepper = steps(setup.solver, funcs, setup.bm, state, y0.shape, setup.dt_min)
     try:
-        ys, state, loop_stats = solve_sde(stepper, y0, setup.ts, times, setup.dt, setup.adaptive,
-                                          setup.rtol, setup.atol, setup.dt_min, throw)
+        if setup.lanes:
+            ys, state, loop_stats = solve_sde_lanes(stepper, y0, setup.ts, setup.dt, throw)
+        else:
+            ys, state, loop_stats = solve_sde(stepper, y0, setup.ts, times, setup.dt,
+                                              setup.adaptive, setup.rtol, setup.atol,
+                                              setup.dt_min, throw)
         stats.copy_forward(loop_stats)
     except SolveError as err:
         if err.stats is not None:
@@ -298,11 +327,15 @@ def sdeint_adjoint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: 
     if adjoint_options:
         raise ValueError(f"adjoint_method 'adjoint_reversible_heun' takes no adjoint_options; "
                          f"got {sorted(adjoint_options)}")
+    if setup.lanes:
+        raise NotImplementedError("sdeint_adjoint takes one 1-D ts for the batch (its backward "
+                                  "retraces one shared grid); per-sample ts of shape (batch, T) "
+                                  "works with sdeint, which backpropagates through the solver")
     params = tuple(sde.parameters()) if adjoint_params is None else tuple(adjoint_params)
     if not all(torch.is_tensor(p) for p in params):
         raise ValueError("adjoint_params must be tensors")
     params = tuple(p for p in params if p.requires_grad)
-    state0 = setup.solver.init_state(setup.funcs, setup.times[0], setup.y0) \
+    state0 = setup.solver.init_state(setup.funcs, setup.t0, setup.y0) \
         if extra_solver_state is None else tuple(extra_solver_state)
     if len(state0) != 3 or not all(torch.is_tensor(s) for s in state0):
         raise ValueError("extra_solver_state for reversible_heun is the tuple (f(z), g(z), z) "

@@ -42,7 +42,8 @@ class SRK(SDEMethod):
     @staticmethod
     def _sri(sde, t, dt, y, I1, I10):
         tab = SRI2
-        sqrt_dt = math.sqrt(dt)
+        # dt is a float, or a (B, 1) tensor of per-sample steps (odeflow.sde.per_sample).
+        sqrt_dt = math.sqrt(dt) if isinstance(dt, (int, float)) else dt.sqrt()
         I11 = 0.5 * (I1 * I1 - dt)
         I111 = (I1 * I1 * I1 - 3 * dt * I1) / 6
         scalar = sde.noise_type == NOISE_TYPES.scalar
