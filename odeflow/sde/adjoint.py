@@ -75,6 +75,8 @@ class ReversibleHeunAdjoint(torch.autograd.Function):
         t0, t1, dt = times[0], times[-1], setup.dt
         _, n = grid_point(t0, t1, dt, 0)
         wrt_params = [p for p in params if p.requires_grad]
+        # A non-leaf parameter (see _vjp) makes every step's pull-back walk the caller's graph.
+        retain = any(p.grad_fn is not None for p in wrt_params)
         a_params = [torch.zeros_like(p) for p in wrt_params]
 
         y, state = ys[-1], (f_n, g_n, z_n)
@@ -103,7 +105,7 @@ class ReversibleHeunAdjoint(torch.autograd.Function):
                 state_in = tuple(s.detach().requires_grad_(True) for s in state_prev)
                 y_out, state_out = method.step(funcs, t, h, y_in, dW, state_in, Levy())
                 grads = _vjp((y_out, *state_out), (y_in, *state_in, *wrt_params),
-                             (a_y, *a_state))
+                             (a_y, *a_state), retain)
             a_y = _or_zeros(grads[0], y_in)
             a_state = [_or_zeros(g, s) for g, s in zip(grads[1:4], state_in)]
             for i, g in enumerate(grads[4:]):
@@ -119,22 +121,22 @@ class ReversibleHeunAdjoint(torch.autograd.Function):
         return (None, None, a_y, *a_state, *out_params)
 
 
-def _vjp(outputs: tuple, inputs: tuple, cotangents: tuple) -> tuple:
+def _vjp(outputs: tuple, inputs: tuple, cotangents: tuple, retain: bool) -> tuple:
     """``torch.autograd.grad`` over the outputs that depend on something: a diffusion that
     is constant in ``y`` and the parameters (e.g. torchcde's CDE vector field, whose ``g``
     is zeros) returns a tensor without a graph, which ``autograd.grad`` would reject.
 
-    ``retain_graph``: the SDE may use tensors computed before the solve from an
+    ``retain``: the SDE may use tensors computed before the solve from an
     ``adjoint_params`` entry that is not a leaf (torchcde's interpolation of generated
     samples in torchsde's ``sde_gan`` example); each step's pull-back walks that part of
-    the caller's graph again, so it must not be freed. The step's own graph goes with its
-    tensors at the end of the step."""
+    the caller's graph again, so it must not be freed. Only then: otherwise the step's
+    buffers are freed as soon as they are used."""
     keep = [i for i, out in enumerate(outputs) if out.requires_grad]
     if not keep:
         return (None,) * len(inputs)
     return torch.autograd.grad([outputs[i] for i in keep], inputs,
                                [cotangents[i] for i in keep], allow_unused=True,
-                               retain_graph=True)
+                               retain_graph=retain)
 
 
 def _or_zeros(grad: Tensor | None, like: Tensor) -> Tensor:

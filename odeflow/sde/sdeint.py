@@ -214,11 +214,12 @@ def _prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options,
         need = {"none": LEVY_AREA_APPROXIMATIONS.none,
                 "space-time": LEVY_AREA_APPROXIMATIONS.space_time,
                 "area": LEVY_AREA_APPROXIMATIONS.foster}[solver.levy]
-        # Per sample, rows that start at different times step off each other's grids.
-        on_grid = not adaptive and (not lanes or len({r[0] for r in times}) == 1)
+        # The dt hint makes queries near the grid t0 + k dt cheap; per-sample rows that start
+        # elsewhere step off it, but their queries still fall in cells of width dt instead
+        # of walking a deep tree from the root at each of the rows' positions.
         bm = BrownianInterval(t0=span[0], t1=span[1], size=(y0.size(0), m), dtype=y0.dtype,
                               device=y0.device, levy_area_approximation=need,
-                              dt=dt if on_grid else None)
+                              dt=None if adaptive else dt)
     elif bm.levy_area_approximation not in LEVY_PROVIDERS[solver.levy]:
         raise ValueError(f"method {method!r} needs the Brownian motion's levy_area_approximation "
                          f"in {list(LEVY_PROVIDERS[solver.levy])}, got "
