@@ -14,7 +14,7 @@ commands run the checkout's own package, so a failure can be told apart from ode
 Usage::
 
     python tools/torchsde_examples.py CHECKOUT [--backend odeflow|torchsde]
-        [--only NAME ...] [--timeout SECONDS] [--verbose]
+        [--only NAME ...] [--timeout SECONDS] [--verbose] [--extra='FLAGS']
 
 Example::
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -98,7 +99,7 @@ def _blocker(text: str) -> str | None:
 
 
 def run_one(checkout: Path, example: Example, backend: str, timeout: float,
-            verbose: bool) -> Outcome:
+            verbose: bool, extra: tuple[str, ...] = ()) -> Outcome:
     """Run one example in a scratch folder that holds the alias (or torchsde's package)
     and a link to the checkout's ``examples`` package; ``-m`` puts that folder first on
     ``sys.path``, ahead of the checkout's own ``torchsde``."""
@@ -116,7 +117,7 @@ def run_one(checkout: Path, example: Example, backend: str, timeout: float,
         env.setdefault("MPLBACKEND", "Agg")  # plt.show() must not wait for a window
         env.setdefault("OMP_NUM_THREADS", "1")
         cmd = [sys.executable, "-m", f"examples.{example.name}",
-               *(a.format(out=out) for a in example.args)]
+               *(a.format(out=out) for a in example.args), *extra]
         start = time.perf_counter()
         try:
             proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True,
@@ -147,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0,
                         help="seconds each script may run (default 300)")
     parser.add_argument("--verbose", action="store_true", help="print each script's output")
+    parser.add_argument("--extra", default="",
+                        help="more flags for every chosen script, e.g. --extra='--adjoint'")
     ns = parser.parse_args(argv)
     checkout = ns.checkout.resolve()
     if not (checkout / "examples" / "latent_sde.py").is_file():
@@ -158,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torchsde examples from {checkout} with backend {ns.backend}", flush=True)
     outcomes = []
     for example in chosen:
-        outcome = run_one(checkout, example, ns.backend, ns.timeout, ns.verbose)
+        outcome = run_one(checkout, example, ns.backend, ns.timeout, ns.verbose,
+                          tuple(shlex.split(ns.extra)))
         outcomes.append(outcome)
         line = f"{outcome.verdict:8s} {outcome.name:18s} {outcome.seconds:6.1f} s"
         print(line + (f"  {outcome.detail}" if outcome.detail else ""), flush=True)
