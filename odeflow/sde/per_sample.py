@@ -12,13 +12,17 @@ What the SDE sees: ``f(t, y)`` and ``g(t, y)`` get ``t`` as a ``(B, 1)`` tensor 
 row the time of that sample, in ``y``'s dtype), which broadcasts against ``y`` of shape
 ``(B, d)`` and works where a scalar time is expanded (``t.expand(B, 1)``).
 
-The Brownian motion: sample ``b`` is driven by row ``b`` of ``bm`` at absolute times, so
-a step of sample ``b`` over ``[t, t + h]`` takes ``bm(t, t + h)[b]``. That is exactly the
-noise a solve of sample ``b`` alone would see if its Brownian motion were row ``b`` of
-``bm``, and with every row of ``ts`` equal the solve is the shared one. Each step asks
-``bm`` once per distinct interval among the samples: rows that share their start time
-share their grid and cost one query; rows that all start at different times cost ``B``
-queries per step.
+The Brownian motion: sample ``b`` is driven by row ``b`` of ``bm`` on its own clock,
+started at the earliest start ``t0 = min_b ts[b, 0]``: its ``k``-th step takes row ``b`` of
+the increment over ``[t0 + k dt, t0 + (k + 1) dt]`` (its last step: over ``[t0 + k dt,
+t0 + k dt + h]``, ``h`` the length of that step), whatever its own start ``ts[b, 0]``. So
+``bm`` must span ``[t0, t0 + the longest row's span]`` (the default one does), a row
+that starts at ``t0`` sees ``bm`` at its own times, with every row of ``ts`` equal the
+solve is the shared one bit for bit, and a later-starting row gets the same law (a
+Brownian motion's increments are stationary). This choice keeps the noise cheap: at each
+step every sample that is not on its last step asks ``bm`` for the same interval, on
+``bm``'s ``dt`` grid, so a solve costs one query per step plus one per sample; reading
+each row at its own absolute times would cost up to ``B`` queries per step, off the grid.
 
 Fixed steps only: ``adaptive=True`` with per-sample times raises (the step-doubling
 controller would need a per-sample accept/reject of the method's carried state), as does
@@ -41,7 +45,7 @@ from ..stats import SolveStats
 from .methods import Levy
 from .steps import SDESteps
 
-__all__ = ["lane_times", "lane_grid", "LaneSDESteps", "solve_sde_lanes"]
+__all__ = ["lane_times", "lane_grid", "noise_span", "LaneSDESteps", "solve_sde_lanes"]
 
 #: The step handed to the method for a lane that has finished (its result is discarded):
 #: positive, so that methods dividing by ``dt`` or ``√dt`` (srk, derivative-free
@@ -77,34 +81,63 @@ def lane_times(ts: Any, y0: Tensor) -> tuple[Tensor, list[list[float]]]:
     return ts.to(device=y0.device), rows
 
 
-def lane_grid(grid: Tensor, dt: float) -> Tensor:
+def lane_grid(grid: Tensor, dt: float) -> tuple[Tensor, Tensor]:
     """Each row's fixed-step stop times ``t0 + k dt`` (the last one is the row's end),
-    ``inf`` padded to the longest row: the same float operations as the shared grid of
-    :func:`~odeflow.sde.steps.solve_sde`, so equal rows step exactly as a shared solve."""
+    ``inf`` padded to the longest row, and each row's number of steps: the same float
+    operations as the shared grid of :func:`~odeflow.sde.steps.solve_sde`, so equal rows
+    step exactly as a shared solve."""
     span = grid[:, -1] - grid[:, 0]
     n = torch.clamp(torch.ceil(span / dt - 1e-9), min=1).long()
     i = torch.arange(1, int(n.max()) + 1, dtype=torch.float64, device=grid.device)
     points = grid[:, :1] + i * dt
-    return torch.where(i < n[:, None], points,
-                       torch.where(i == n[:, None], grid[:, -1:], math.inf))
+    stops = torch.where(i < n[:, None], points,
+                        torch.where(i == n[:, None], grid[:, -1:], math.inf))
+    return stops, n
+
+
+def noise_span(rows: list[list[float]], dt: float) -> tuple[float, float]:
+    """The interval a per-sample solve reads its Brownian motion on: from the earliest
+    start to the end of the longest row's last step on the noise clock."""
+    grid = torch.tensor([[r[0], r[-1]] for r in rows], dtype=torch.float64)
+    _, n = lane_grid(grid, dt)
+    k = (n - 1).to(torch.float64)
+    origin = float(grid[:, 0].min())
+    last = grid[:, 0] + k * dt  # each row's last grid point, as the loop reaches it
+    ends = (origin + k * dt) + (grid[:, 1] - last)
+    return origin, max(float(ends.max()), origin)
 
 
 class LaneSDESteps(SDESteps):
     """:class:`SDESteps` for ``B`` lanes: ``t`` and ``dt`` are ``(B,)`` tensors, ``dt = 0``
     for a lane that has finished (the loop keeps its state; so does the carried state
-    here). Fixed steps only."""
+    here). Fixed steps of nominal size ``h`` on each row's grid ``start + k h`` (``n``
+    steps per row); the noise clock starts at ``origin`` (see the module docstring)."""
 
     per_sample = True
 
+    def __init__(self, method: Any, funcs: Any, bm: Any, state0: tuple, shape: torch.Size,
+                 start: Tensor, n: Tensor, h: float):
+        super().__init__(method, funcs, bm, state0, shape)
+        self.start, self.h = start, h
+        self.last_k = (n - 1).to(torch.float64)
+        self.origin = float(start.min())
+
     def _increments(self, t: Tensor, dt: Tensor, like: Tensor) -> tuple[Tensor, Levy]:
-        """Each lane's Brownian increment (and Lévy area) over its own ``[t, t + dt]``: one
-        query per distinct interval, rows gathered from it; zeros for finished lanes."""
+        """Each lane's Brownian increment (and Lévy area) for its step ``k`` on the noise
+        clock: one query per distinct interval, rows gathered from it; zeros for finished
+        lanes."""
         need = self.method.levy
         kw = {"return_U": True} if need == "space-time" else \
             {"return_A": True} if need == "area" else {}
-        ends = t + dt  # the shared stepper's float operation, so equal rows query equally
+        k = torch.round((t - self.start) / self.h)  # t is start + k h: the round is exact
+        a = self.origin + k * self.h
+        # The shared stepper's float operations (query [t, t + (next stop - t)], the last
+        # one [t, t + h]), so every lane on step k asks for the same interval, and equal
+        # rows for the shared solve's.
+        inner = a + ((self.origin + (k + 1) * self.h) - a)
+        ends = torch.where(k >= self.last_k, a + dt, inner)
         # host sync: the Brownian motion is queried with Python floats, once per step
-        pairs = torch.stack((t, ends, dt)).tolist()
+        pairs = torch.stack((a, ends, dt)).tolist()
         groups: dict[tuple[float, float], list[int]] = {}
         for lane, (a, b, h) in enumerate(zip(*pairs)):
             if h > 0:
@@ -148,9 +181,9 @@ class LaneSDESteps(SDESteps):
         return StepResult(y_new, None, (f0,), new_state)
 
 
-def solve_sde_lanes(stepper: LaneSDESteps, y0: Tensor, ts: Tensor, dt: float, throw: bool
-                    ) -> tuple[Tensor, tuple, SolveStats]:
-    """Run ``stepper`` on the one loop, each lane from ``ts[b, 0]`` through its row.
+def solve_sde_lanes(method: Any, funcs: Any, bm: Any, state0: tuple, y0: Tensor, ts: Tensor,
+                    dt: float, throw: bool) -> tuple[Tensor, tuple, SolveStats]:
+    """Run ``method`` on the one loop, each lane from ``ts[b, 0]`` through its row.
 
     Returns ``(ys of shape (T, B, d), final carried state, statistics)``; a failure raises
     :class:`~odeflow.SolveError` (or, with ``throw=False``, leaves ``nan`` after it in the
@@ -158,11 +191,12 @@ def solve_sde_lanes(stepper: LaneSDESteps, y0: Tensor, ts: Tensor, dt: float, th
     """
     # The loop's own field is unused by SDE methods (they hold drift and diffusion).
     problem = make_problem(lambda t, y: torch.zeros_like(y), y0, ts, 1e-5, 1e-4,
-                           stepper.method.name, {"per_sample": True})
+                           method.name, {"per_sample": True})
     C = problem.clock
     if not C.per_sample:  # one sample: the scalar clock, whose times are floats
         raise ValueError("solve_sde_lanes needs a batch of at least two samples")
-    stops = lane_grid(C.grid, dt)
+    stops, n = lane_grid(C.grid, dt)
+    stepper = LaneSDESteps(method, funcs, bm, state0, y0.shape, C.grid[:, 0], n, dt)
     cfg = LoopConfig(False, None, 10**9, 0.0, math.inf, None, stops, None)
     result = integrate(problem, stepper, cfg)
     check_fixed_grid_finite(problem, result)

@@ -21,7 +21,7 @@ from ..stats import SolveError, record_last_stats
 from .base import LogqpSDE, SDEFunctions, check_types, rename_methods
 from .brownian import BaseBrownian, BrownianInterval
 from .methods import LEVY_PROVIDERS, select
-from .per_sample import LaneSDESteps, lane_times, solve_sde_lanes
+from .per_sample import lane_times, noise_span, solve_sde_lanes
 from .settings import LEVY_AREA_APPROXIMATIONS, METHODS, NOISE_TYPES, SDE_TYPES
 from .steps import SDEStats, SDESteps, solve_sde
 
@@ -195,8 +195,7 @@ def _prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options,
         raise ValueError("per-sample `ts` of shape (batch, T) takes fixed steps only: pass "
                          "adaptive=False (the default) or one 1-D ts for the batch")
     t0 = ts_tensor[:, :1].to(y0.dtype) if lanes else times[0]
-    span = (min(r[0] for r in times), max(r[-1] for r in times)) if lanes else \
-        (times[0], times[-1])
+    span = noise_span(times, dt) if lanes else (times[0], times[-1])
 
     if bm is not None:
         if tuple(bm.shape)[:1] != (y0.size(0),) or len(bm.shape) != 2:
@@ -233,12 +232,12 @@ def _solve(setup: _Setup, state: tuple, throw: bool) -> tuple[Tensor, tuple]:
     """Run the solve from ``state``; record the statistics for :func:`last_stats`."""
     y0, funcs, times = setup.y0, setup.funcs, setup.times
     stats = SDEStats()
-    steps = LaneSDESteps if setup.lanes else SDESteps
-    stepper = steps(setup.solver, funcs, setup.bm, state, y0.shape, setup.dt_min)
     try:
         if setup.lanes:
-            ys, state, loop_stats = solve_sde_lanes(stepper, y0, setup.ts, setup.dt, throw)
+            ys, state, loop_stats = solve_sde_lanes(setup.solver, funcs, setup.bm, state, y0,
+                                                    setup.ts, setup.dt, throw)
         else:
+            stepper = SDESteps(setup.solver, funcs, setup.bm, state, y0.shape, setup.dt_min)
             ys, state, loop_stats = solve_sde(stepper, y0, setup.ts, times, setup.dt,
                                               setup.adaptive, setup.rtol, setup.atol,
                                               setup.dt_min, throw)
