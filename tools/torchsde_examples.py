@@ -47,8 +47,9 @@ class Example:
     args: tuple[str, ...]  # ``{out}`` is replaced by the run's scratch folder
 
 
-#: Each script's own flags, set so that one run takes seconds: a few training iterations,
-#: small batches, and every plotting/sampling branch still taken once.
+#: Each script's own flags, set for a short run: a few training iterations, small batches,
+#: and every plotting/sampling branch still taken once (sde_gan still takes about a minute
+#: on one CPU core: its data set is fixed at 8192 samples).
 EXAMPLES = (
     Example("latent_sde", ("--train-dir", "{out}", "--train-iters", "3", "--pause-iters", "2",
                            "--batch-size", "16", "--kl-anneal-iters", "2", "--dpi", "20")),
@@ -72,8 +73,15 @@ BLOCKERS = {
 }
 
 
+#: Installable packages the examples import besides torch, matplotlib, numpy and tqdm;
+#: a script that stops on a missing one is a FAIL whose line says what to install.
+INSTALLABLE = {"fire": "pip install fire", "torchcde": "pip install torchcde"}
+
+
 @dataclass
 class Outcome:
+    """What one script did: its verdict, wall time and the line that explains it."""
+
     name: str
     verdict: str  # PASS, FAIL, BLOCKED or TIMEOUT
     seconds: float
@@ -134,8 +142,10 @@ def run_one(checkout: Path, example: Example, backend: str, timeout: float,
         reason = _blocker(text)
         if reason is not None:
             return Outcome(example.name, "BLOCKED", seconds, f"{reason} ({_last_error(text)})")
-        return Outcome(example.name, "FAIL", seconds,
-                       f"exit {proc.returncode}: {_last_error(text)}")
+        last = _last_error(text)
+        hint = next((f" ({fix})" for module, fix in INSTALLABLE.items()
+                     if last.startswith("ModuleNotFoundError") and f"'{module}'" in last), "")
+        return Outcome(example.name, "FAIL", seconds, f"exit {proc.returncode}: {last}{hint}")
 
 
 def main(argv: list[str] | None = None) -> int:
