@@ -17,6 +17,7 @@ import math
 import pytest
 import torch
 
+import odeflow
 import odeflow.sde as torchsde
 from odeflow.sde.brownian import BaseBrownian
 
@@ -225,3 +226,27 @@ def test_per_sample_ts_fixed_steps_and_sdeint_only():
     with pytest.raises(NotImplementedError, match="per-sample ts"):
         torchsde.sdeint_adjoint(TimeStrat(), y0, ts, method="reversible_heun",
                                 adjoint_params=())
+
+
+def test_a_failing_row_leaves_the_others():
+    """dy = y³ dt blows up from y0 = 3 (at t0 + 1/18); the other rows stay finite."""
+
+    class Blow(torchsde.SDEIto):
+        def __init__(self):
+            super().__init__(noise_type="diagonal")
+
+        def f(self, t, y):
+            return y ** 3
+
+        def g(self, t, y):
+            return torch.zeros_like(y)
+
+    ts = torch.tensor([[0.0, 1.0, 2.0], [0.5, 1.0, 3.0], [-1.0, 0.0, 2.0]], dtype=D)
+    y0 = torch.tensor([[0.1], [3.0], [0.2]], dtype=D)
+    ys = torchsde.sdeint(Blow(), y0, ts, dt=0.1, method="euler", throw=False)
+    assert torchsde.last_stats().status.name == "NONFINITE"
+    assert torch.isnan(ys[-1, 1]).all() and torch.isfinite(ys[:, [0, 2]]).all()
+    alone = torchsde.sdeint(Blow(), y0[:1], ts[0], dt=0.1, method="euler")
+    torch.testing.assert_close(ys[:, :1], alone, rtol=1e-12, atol=0)
+    with pytest.raises(odeflow.SolveError, match="samples \\[1\\]"):
+        torchsde.sdeint(Blow(), y0, ts, dt=0.1, method="euler")
