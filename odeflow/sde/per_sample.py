@@ -53,10 +53,10 @@ __all__ = ["lane_times", "lane_grid", "noise_span", "LaneSDESteps", "solve_sde_l
 _IDLE_DT = 1e-12
 
 
-def lane_times(ts: Any, y0: Tensor) -> tuple[Tensor, list[list[float]]]:
+def lane_times(ts: Any, y0: Tensor) -> tuple[Tensor, Tensor]:
     """Check per-sample output times: shape ``(B, T)`` with ``B = y0.size(0)``, each row
-    strictly increasing and finite. Returns them as a tensor of ``y0``'s dtype and as rows
-    of Python floats.
+    strictly increasing and finite. Returns them on ``y0``'s device, and as a float64 CPU
+    copy for setting up the solve.
 
     Raises:
         ValueError: naming ``ts`` and what is wrong (shape, a row that does not increase).
@@ -69,16 +69,19 @@ def lane_times(ts: Any, y0: Tensor) -> tuple[Tensor, list[list[float]]]:
     if ts.requires_grad:
         raise ValueError("ts must not require grad (gradients with respect to times are not "
                          "supported by sdeint)")
-    rows = ts.detach().to("cpu", torch.float64).tolist()  # host sync: once per solve
-    for b, row in enumerate(rows):
-        if not all(math.isfinite(v) for v in row):
+    values = ts.detach().to("cpu", torch.float64)  # host sync: once per solve
+    finite = torch.isfinite(values).all(1)
+    rising = (values[:, 1:] > values[:, :-1]).all(1)
+    if not bool((finite & rising).all()):  # checked together; the message finds the row
+        b = int(torch.argmin((finite & rising).to(torch.uint8)))
+        row = values[b].tolist()
+        if not bool(finite[b]):
             raise ValueError(f"ts[{b}] must be finite; got {row[:6]}")
-        bad = next((i for i in range(1, len(row)) if row[i] <= row[i - 1]), None)
-        if bad is not None:
-            raise ValueError(f"each row of per-sample `ts` must be strictly increasing; ts[{b}] "
-                             f"has ts[{b}, {bad - 1}] = {row[bad - 1]!r} and ts[{b}, {bad}] = "
-                             f"{row[bad]!r}")
-    return ts.to(device=y0.device), rows
+        i = 1 + int(torch.argmin((values[b, 1:] > values[b, :-1]).to(torch.uint8)))
+        raise ValueError(f"each row of per-sample `ts` must be strictly increasing; ts[{b}] "
+                         f"has ts[{b}, {i - 1}] = {row[i - 1]!r} and ts[{b}, {i}] = "
+                         f"{row[i]!r}")
+    return ts.to(device=y0.device), values
 
 
 def lane_grid(grid: Tensor, dt: float) -> tuple[Tensor, Tensor]:
@@ -95,10 +98,11 @@ def lane_grid(grid: Tensor, dt: float) -> tuple[Tensor, Tensor]:
     return stops, n
 
 
-def noise_span(rows: list[list[float]], dt: float) -> tuple[float, float]:
-    """The interval a per-sample solve reads its Brownian motion on: from the earliest
-    start to the end of the longest row's last step on the noise clock."""
-    grid = torch.tensor([[r[0], r[-1]] for r in rows], dtype=torch.float64)
+def noise_span(times: Tensor, dt: float) -> tuple[float, float]:
+    """The interval a per-sample solve reads its Brownian motion on (``times``: the
+    ``(B, T)`` output times in float64): from the earliest start to the end of the
+    longest row's last step on the noise clock."""
+    grid = times[:, [0, -1]]
     _, n = lane_grid(grid, dt)
     k = (n - 1).to(torch.float64)
     origin = float(grid[:, 0].min())
@@ -136,24 +140,31 @@ class LaneSDESteps(SDESteps):
         # rows for the shared solve's.
         inner = a + ((self.origin + (k + 1) * self.h) - a)
         ends = torch.where(k >= self.last_k, a + dt, inner)
+        active = dt > 0
+        inner_mask = active & (k < self.last_k)
+        last = (active & ~inner_mask).nonzero()[:, 0]
+        j = torch.argmax(inner_mask.to(torch.uint8))  # any lane not on its last step
+        head = torch.stack((inner_mask.any().to(a.dtype), a[j], inner[j]))
         # host sync: the Brownian motion is queried with Python floats, once per step
-        pairs = torch.stack((a, ends, dt)).tolist()
-        groups: dict[tuple[float, float], list[int]] = {}
-        for lane, (a, b, h) in enumerate(zip(*pairs)):
-            if h > 0:
-                groups.setdefault((a, b), []).append(lane)
+        values = torch.cat((head, a[last], ends[last])).tolist()
         parts: list[Tensor | None] = [None, None]
-        for (a, b), lanes in groups.items():
-            out = self.bm(a, b, **kw)
+
+        def put(out: Any, rows: Tensor | None, index: Tensor | None) -> None:
             out = out if isinstance(out, tuple) else (out,)
-            if len(groups) == 1 and len(lanes) == t.shape[0]:
-                parts = [out[0], out[1] if len(out) > 1 else None]
-                break
-            index = torch.tensor(lanes, device=like.device)
-            for k, value in enumerate(out[:2]):
-                if parts[k] is None:
-                    parts[k] = torch.zeros_like(value)
-                parts[k] = parts[k].index_copy(0, index, value.index_select(0, index))
+            for i, value in enumerate(out[:2]):
+                base = torch.zeros_like(value) if parts[i] is None else parts[i]
+                parts[i] = (torch.where(rows.view(-1, *[1] * (value.dim() - 1)), value, base)
+                            if rows is not None else
+                            base.index_copy(0, index, value.index_select(0, index)))
+
+        if values[0]:  # every lane not on its last step: one shared interval
+            put(self.bm(values[1], values[2], **kw), inner_mask, None)
+        n = last.numel()
+        groups: dict[tuple[float, float], list[int]] = {}
+        for lane, start_, end_ in zip(last.tolist(), values[3:3 + n], values[3 + n:]):
+            groups.setdefault((start_, end_), []).append(lane)
+        for (start_, end_), lanes in groups.items():
+            put(self.bm(start_, end_, **kw), None, torch.tensor(lanes, device=like.device))
         dW = parts[0] if parts[0] is not None else like.new_zeros(self.bm.shape)
         extra = parts[1]
         if need == "space-time":

@@ -42,9 +42,9 @@ def default_method(sde_type: str, noise_type: str) -> str:
     return METHODS.midpoint
 
 
-def _check_ts(ts, y0: Tensor) -> tuple[Tensor, list]:
-    """``ts`` as a tensor and as Python floats: a list for shared times, a list of rows
-    for per-sample times (``(batch, T)``, see :mod:`odeflow.sde.per_sample`)."""
+def _check_ts(ts, y0: Tensor) -> tuple[Tensor, Any]:
+    """``ts`` as a tensor and as Python floats for shared times; per-sample times
+    (``(batch, T)``, see :mod:`odeflow.sde.per_sample`) as a float64 CPU tensor."""
     if (torch.is_tensor(ts) and ts.dim() == 2) or (
             isinstance(ts, (list, tuple)) and ts and all(isinstance(r, (list, tuple)) for r in ts)):
         return lane_times(ts, y0)
@@ -143,14 +143,14 @@ class _Setup:
     method: str
     y0: Tensor
     ts: Tensor
-    times: list
+    times: Any  # shared: a list of floats; per sample: a (batch, T) float64 CPU tensor
     bm: Any
     dt: float
     adaptive: bool
     rtol: float
     atol: float
     dt_min: float
-    lanes: bool = False  # per-sample times: ``times`` holds one row per sample
+    lanes: bool = False  # per-sample times (odeflow.sde.per_sample)
     t0: Any = None  # the start time as f and g get it: a float, or a (batch, 1) tensor
 
 
@@ -190,7 +190,7 @@ def _prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options,
     ts_tensor, times = _check_ts(ts, y0)
     lanes = ts_tensor.dim() == 2
     if lanes and y0.size(0) == 1:  # one sample: its own times are shared times
-        ts_tensor, times, lanes = ts_tensor[0], times[0], False
+        ts_tensor, times, lanes = ts_tensor[0], times[0].tolist(), False
     if lanes and adaptive:
         raise ValueError("per-sample `ts` of shape (batch, T) takes fixed steps only: pass "
                          "adaptive=False (the default) or one 1-D ts for the batch")
