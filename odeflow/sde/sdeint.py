@@ -24,6 +24,7 @@ from .base import LogqpSDE, SDEFunctions, check_types, rename_methods
 from .brownian import BaseBrownian, BrownianInterval
 from .checkpoint import solve_sde_checkpointed
 from .methods import ALL_METHODS, LEVY_PROVIDERS, select
+from .per_sample import lane_times, noise_span, solve_sde_lanes
 from .settings import LEVY_AREA_APPROXIMATIONS, METHODS, NOISE_TYPES, SDE_TYPES
 from .steps import SDEStats, SDESteps, solve_sde
 
@@ -44,10 +45,16 @@ def default_method(sde_type: str, noise_type: str) -> str:
     return METHODS.midpoint
 
 
-def _check_ts(ts, y0: Tensor) -> tuple[Tensor, list[float]]:
+def _check_ts(ts, y0: Tensor) -> tuple[Tensor, Any]:
+    """``ts`` as a tensor and as Python floats for shared times; per-sample times
+    (``(batch, T)``, see :mod:`odeflow.sde.per_sample`) as a float64 CPU tensor."""
+    if (torch.is_tensor(ts) and ts.dim() == 2) or (
+            isinstance(ts, (list, tuple)) and ts and all(isinstance(r, (list, tuple)) for r in ts)):
+        return lane_times(ts, y0)
     if torch.is_tensor(ts):
         if ts.dim() != 1:
-            raise ValueError(f"ts must be 1-D, got shape {tuple(ts.shape)}")
+            raise ValueError(f"ts must be 1-D (shared times) or of shape (batch, T) (per-sample "
+                             f"times), got shape {tuple(ts.shape)}")
         if ts.requires_grad:
             raise ValueError("ts must not require grad (gradients with respect to times are "
                              "not supported by sdeint)")
@@ -88,6 +95,9 @@ def sdeint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: str | No
             :mod:`odeflow.sde.base` for shapes per noise type.
         y0: initial state, shape (batch, d).
         ts: strictly increasing output times (1-D tensor or list of floats); ``ys[0] = y0``.
+            odeflow extension: a ``(batch, T)`` tensor gives each sample its own times
+            (fixed steps on its own grid ``ts[b, 0] + k dt``; ``f``/``g`` then get ``t`` of
+            shape (batch, 1); see :mod:`odeflow.sde.per_sample`).
         bm: Brownian motion of shape (batch, m); default: a :class:`BrownianInterval` on
             ``[ts[0], ts[-1]]`` with the Lévy area the method needs.
         method: a name in ``METHODS``; default ``srk`` (Itô; ``euler`` for general noise)
@@ -129,7 +139,7 @@ def sdeint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: str | No
         raise ValueError(f"gradient must be 'direct' or 'checkpoint', got {gradient!r}")
     setup = _prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names,
                      logqp)
-    state = setup.solver.init_state(setup.funcs, setup.times[0], setup.y0) \
+    state = setup.solver.init_state(setup.funcs, setup.t0, setup.y0) \
         if extra_solver_state is None else tuple(extra_solver_state)
     params = _checkpoint_params(sde, setup) if gradient == "checkpoint" else None
     ys, state = _solve(setup, state, throw, params)
@@ -162,13 +172,15 @@ class _Setup:
     method: str
     y0: Tensor
     ts: Tensor
-    times: list
+    times: Any  # shared: a list of floats; per sample: a (batch, T) float64 CPU tensor
     bm: Any
     dt: float
     adaptive: bool
     rtol: float
     atol: float
     dt_min: float
+    lanes: bool = False  # per-sample times (odeflow.sde.per_sample)
+    t0: Any = None  # the start time as f and g get it: a float, or a (batch, 1) tensor
 
 
 def _prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names,
@@ -205,6 +217,14 @@ def _prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options,
                          f"supports {list(method_cls.noise_types)}")
     solver = method_cls(**(options or {}))
     ts_tensor, times = _check_ts(ts, y0)
+    lanes = ts_tensor.dim() == 2
+    if lanes and y0.size(0) == 1:  # one sample: its own times are shared times
+        ts_tensor, times, lanes = ts_tensor[0], times[0].tolist(), False
+    if lanes and adaptive:
+        raise ValueError("per-sample `ts` of shape (batch, T) takes fixed steps only: pass "
+                         "adaptive=False (the default) or one 1-D ts for the batch")
+    t0 = ts_tensor[:, :1].to(y0.dtype) if lanes else times[0]
+    span = noise_span(times, dt) if lanes else (times[0], times[-1])
 
     if bm is not None:
         if tuple(bm.shape)[:1] != (y0.size(0),) or len(bm.shape) != 2:
@@ -215,13 +235,17 @@ def _prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options,
         if torch.device(bm.device) != y0.device:
             raise ValueError(f"the Brownian motion is on {bm.device}, y0 on {y0.device}")
     funcs = SDEFunctions(sde)
-    m = funcs.check(ts_tensor[0], y0, None if bm is None else tuple(bm.shape))
+    m = funcs.check(t0 if lanes else ts_tensor[0], y0,
+                    None if bm is None else tuple(bm.shape))
     funcs.counts.drift = funcs.counts.diffusion = 0
     if bm is None:
         need = {"none": LEVY_AREA_APPROXIMATIONS.none,
                 "space-time": LEVY_AREA_APPROXIMATIONS.space_time,
                 "area": LEVY_AREA_APPROXIMATIONS.foster}[solver.levy]
-        bm = BrownianInterval(t0=times[0], t1=times[-1], size=(y0.size(0), m), dtype=y0.dtype,
+        # The dt hint makes queries near the grid t0 + k dt cheap; per-sample rows that start
+        # elsewhere step off it, but their queries still fall in cells of width dt instead
+        # of walking a deep tree from the root at each of the rows' positions.
+        bm = BrownianInterval(t0=span[0], t1=span[1], size=(y0.size(0), m), dtype=y0.dtype,
                               device=y0.device, levy_area_approximation=need,
                               dt=None if adaptive else dt)
     elif bm.levy_area_approximation not in LEVY_PROVIDERS[solver.levy]:
@@ -230,7 +254,7 @@ def _prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options,
                          f"{bm.levy_area_approximation!r}")
 
     return _Setup(sde, funcs, solver, method, y0, ts_tensor, times, bm, dt, adaptive, rtol, atol,
-                  dt_min)
+                  dt_min, lanes, t0)
 
 
 def _solve(setup: _Setup, state: tuple, throw: bool, params: tuple | None = None
@@ -239,15 +263,23 @@ def _solve(setup: _Setup, state: tuple, throw: bool, params: tuple | None = None
     the statistics for :func:`last_stats`."""
     y0, funcs, times = setup.y0, setup.funcs, setup.times
     stats = SDEStats()
-    stepper = SDESteps(setup.solver, funcs, setup.bm, state, y0.shape, setup.dt_min)
     try:
-        if params is None:
+        if params is not None:
+            if setup.lanes:
+                raise NotImplementedError(
+                    "gradient='checkpoint' replays one shared grid of steps; per-sample ts of "
+                    "shape (batch, T) works with gradient='direct'")
+            ys, state, loop_stats = solve_sde_checkpointed(
+                SDESteps(setup.solver, funcs, setup.bm, state, y0.shape, setup.dt_min), y0,
+                setup.ts, times, setup.dt, params, throw)
+        elif setup.lanes:
+            ys, state, loop_stats = solve_sde_lanes(setup.solver, funcs, setup.bm, state, y0,
+                                                    setup.ts, setup.dt, throw)
+        else:
+            stepper = SDESteps(setup.solver, funcs, setup.bm, state, y0.shape, setup.dt_min)
             ys, state, loop_stats = solve_sde(stepper, y0, setup.ts, times, setup.dt,
                                               setup.adaptive, setup.rtol, setup.atol,
                                               setup.dt_min, throw)
-        else:
-            ys, state, loop_stats = solve_sde_checkpointed(stepper, y0, setup.ts, times,
-                                                           setup.dt, params, throw)
         stats.copy_forward(loop_stats)
     except SolveError as err:
         if err.stats is not None:
@@ -333,11 +365,15 @@ def sdeint_adjoint(sde, y0: Tensor, ts, bm: BaseBrownian | None = None, method: 
                                   (("adjoint_rtol", adjoint_rtol), ("adjoint_atol", adjoint_atol)))
     setup = _prepare(sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options, names,
                      logqp)
+    if setup.lanes:
+        raise NotImplementedError("sdeint_adjoint takes one 1-D ts for the batch (its backward "
+                                  "retraces one shared grid); per-sample ts of shape (batch, T) "
+                                  "works with sdeint, which backpropagates through the solver")
     params = tuple(sde.parameters()) if adjoint_params is None else tuple(adjoint_params)
     if not all(torch.is_tensor(p) for p in params):
         raise ValueError("adjoint_params must be tensors")
     params = tuple(p for p in params if p.requires_grad)
-    state0 = setup.solver.init_state(setup.funcs, setup.times[0], setup.y0) \
+    state0 = setup.solver.init_state(setup.funcs, setup.t0, setup.y0) \
         if extra_solver_state is None else tuple(extra_solver_state)
     reversible = setup.method == METHODS.reversible_heun
     if adjoint_method is None:

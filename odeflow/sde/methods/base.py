@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import ClassVar, NamedTuple
 
+import torch
 from torch import Tensor
 
 from ..settings import LEVY_AREA_APPROXIMATIONS, NOISE_TYPES
@@ -39,6 +40,12 @@ LEVY_PROVIDERS = {
                    LEVY_AREA_APPROXIMATIONS.foster),
     "area": (LEVY_AREA_APPROXIMATIONS.davie, LEVY_AREA_APPROXIMATIONS.foster),
 }
+
+
+def axpy(y: Tensor, x: Tensor, a: float | Tensor) -> Tensor:
+    """``y + a x`` in one kernel: ``a`` a step-size factor, a float for a shared grid or a
+    ``(B, 1)`` tensor of per-sample steps (:mod:`odeflow.sde.per_sample`)."""
+    return torch.add(y, x, alpha=a) if isinstance(a, (int, float)) else torch.addcmul(y, x, a)
 
 
 class Levy(NamedTuple):

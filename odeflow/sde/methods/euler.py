@@ -7,10 +7,8 @@ Differential Equations*, Springer 1992, §10.2.
 
 from __future__ import annotations
 
-import torch
-
 from ..settings import METHODS, NOISE_TYPES, SDE_TYPES
-from .base import SDEMethod
+from .base import SDEMethod, axpy
 
 __all__ = ["Euler"]
 
@@ -24,4 +22,4 @@ class Euler(SDEMethod):
 
     def step(self, sde, t, dt, y, dW, state, levy):
         f, g_dW = sde.f_and_g_prod(t, y, dW)
-        return torch.add(y, f, alpha=dt) + g_dW, state   # one fused kernel for y + f dt
+        return axpy(y, f, dt) + g_dW, state   # one fused kernel for y + f dt

@@ -41,7 +41,8 @@ class _Milstein(SDEMethod):
         if self.options.get("grad_free", False):
             f, g = sde.f_and_g(t, y)
             g_col = g if diagonal else g.squeeze(-1)
-            sqrt_dt = math.sqrt(dt)
+            # dt is a float, or a (B, 1) tensor of per-sample steps (odeflow.sde.per_sample).
+            sqrt_dt = math.sqrt(dt) if isinstance(dt, (int, float)) else dt.sqrt()
             y_hat = y + g_col * sqrt_dt + (f * dt if self.ito else 0.0)
             g_hat = sde.g(t, y_hat)
             Lg = (g_hat - g) / sqrt_dt

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..settings import METHODS, NOISE_TYPES, SDE_TYPES
-from .base import SDEMethod
+from .base import SDEMethod, axpy
 
 __all__ = ["ReversibleHeun"]
 
@@ -35,9 +35,9 @@ class ReversibleHeun(SDEMethod):
 
     def step(self, sde, t, dt, y, dW, state, levy):
         f0, g0, z0 = state
-        z1 = _plus_prod(sde, torch.add(y - z0, y).add(f0, alpha=dt), g0, dW, 1.0)
+        z1 = _plus_prod(sde, axpy(torch.add(y - z0, y), f0, dt), g0, dW, 1.0)
         f1, g1 = sde.f_and_g(t + dt, z1)
-        y1 = _plus_prod(sde, torch.add(y, f0 + f1, alpha=0.5 * dt), g0 + g1, dW, 0.5)
+        y1 = _plus_prod(sde, axpy(y, f0 + f1, 0.5 * dt), g0 + g1, dW, 0.5)
         return y1, (f1, g1, z1)
 
     def backward_step(self, sde, t1, dt, y1, dW, state1, levy=None):
@@ -48,9 +48,9 @@ class ReversibleHeun(SDEMethod):
             ``(y1, state1)``.
         """
         f1, g1, z1 = state1
-        z0 = _plus_prod(sde, torch.add(y1 - z1, y1).sub(f1, alpha=dt), g1, dW, -1.0)
+        z0 = _plus_prod(sde, axpy(torch.add(y1 - z1, y1), f1, -dt), g1, dW, -1.0)
         f0, g0 = sde.f_and_g(t1 - dt, z0)
-        y0 = _plus_prod(sde, torch.sub(y1, f0 + f1, alpha=0.5 * dt), g0 + g1, dW, -0.5)
+        y0 = _plus_prod(sde, axpy(y1, f0 + f1, -0.5 * dt), g0 + g1, dW, -0.5)
         return y0, (f0, g0, z0)
 
 

@@ -20,7 +20,7 @@ import math
 import torch
 
 from ..settings import METHODS, NOISE_TYPES, SDE_TYPES
-from .base import SDEMethod
+from .base import SDEMethod, axpy
 from .tableaus import SRA1, SRI2
 
 __all__ = ["SRK"]
@@ -53,7 +53,8 @@ class SRK(SDEMethod):
     @staticmethod
     def _sri(sde, t, dt, y, I1, I10):
         tab = SRI2
-        sqrt_dt = math.sqrt(dt)
+        # dt is a float, or a (B, 1) tensor of per-sample steps (odeflow.sde.per_sample).
+        sqrt_dt = math.sqrt(dt) if isinstance(dt, (int, float)) else dt.sqrt()
         # The four stochastic weights of every stage from one product: rows of betas times
         # [I1, I11/√h, I10/h, I111/h] (I11 = (I1² - h)/2, I111 = (I1³ - 3h I1)/6).
         I1sq = I1 * I1
@@ -70,13 +71,13 @@ class SRK(SDEMethod):
             H0, H1 = y, y
             for j in range(i):
                 if tab.A0[i][j]:
-                    H0 = torch.add(H0, fs[j], alpha=tab.A0[i][j] * dt)
+                    H0 = axpy(H0, fs[j], tab.A0[i][j] * dt)
                 if tab.A1[i][j]:
-                    H1 = torch.add(H1, fs[j], alpha=tab.A1[i][j] * dt)
+                    H1 = axpy(H1, fs[j], tab.A1[i][j] * dt)
                 if tab.B0[i][j]:
                     H0 = torch.addcmul(H0, gs[j], gI10, value=tab.B0[i][j])
                 if tab.B1[i][j]:
-                    H1 = torch.add(H1, gs[j], alpha=tab.B1[i][j] * sqrt_dt)
+                    H1 = axpy(H1, gs[j], tab.B1[i][j] * sqrt_dt)
             later = range(i + 1, len(tab.alpha))
             used = tab.alpha[i] or any(tab.A0[k][i] or tab.A1[k][i] for k in later)
             fs.append(sde.f(t + tab.c0[i] * dt, H0) if used else None)
@@ -84,7 +85,7 @@ class SRK(SDEMethod):
             g = g.squeeze(-1) if scalar else g
             gs.append(g)
             if tab.alpha[i]:
-                y1 = torch.add(y1, fs[i], alpha=tab.alpha[i] * dt)
+                y1 = axpy(y1, fs[i], tab.alpha[i] * dt)
             y1 = torch.addcmul(y1, g, weights[i])
         return y1
 
