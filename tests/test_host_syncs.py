@@ -256,7 +256,8 @@ def test_per_sample_one_sync_per_iteration():
     each lane passed, so the output passes need none of their own."""
     sol, c = _per_sample_case()
     assert c.count() <= sol.stats.n_steps + SETUP_PER_SAMPLE, c.report()
-    assert c.at("flags") == sol.stats.n_steps + 1  # + the first `left` read
+    assert c.at("decide") == sol.stats.n_steps  # the iteration's decisions, one read
+    assert c.at("flags") == 1  # the first `left` read
 
 
 def test_per_sample_output_passes_make_no_sync():
