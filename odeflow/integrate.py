@@ -17,6 +17,7 @@ iteration (:meth:`~odeflow.lanes.LaneClock.decide`); a fixed grid has none per s
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ __all__ = ["LoopConfig", "LoopResult", "StepRecord", "integrate", "FAILURES", "H
 #: The statuses that make a lane a failure (``NO_EVENT`` is an outcome, not a failure).
 FAILURES = (Status.MAX_STEPS_REACHED, Status.STEP_SIZE_UNDERFLOW, Status.NONFINITE)
 _CALLBACKS = ("callback_step", "callback_accept_step", "callback_reject_step")
+_NO_CONTEXT = contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -196,8 +198,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         return LoopResult(ys if shared else ys[:n_out], stats, t_last, y_last, status,
                           dt_last, lanes, records, event, state)
 
-    counts = None
-    dt_last = state = None
+    counts = dt_last = state = None
     if n_out == 1:
         return result(t, y)
     stops, stop_jump = cfg.stops, cfg.stop_jump
@@ -205,9 +206,8 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
     multi_stop = _n_stops(stops) > 1
     next_stop = C.gather(stops, stop_idx)  # changes only when a lane lands on a stop
     if not shared:
-        # The next output time of each lane (inf once all are written), and whether a step
-        # can end strictly past one (else every output lands on a step's end: no
-        # interpolant, and a step passes at most one).
+        # Each lane's next output time (inf once all are written); whether a step can end
+        # past one (else outputs land on step ends: no interpolant, at most one per step).
         grid_inf = torch.cat((grid, torch.full_like(grid[:, :1], math.inf)), 1)
         next_out = C.gather(grid_inf, out_idx)
         outputs_are_stops = n_out == 2 or stepper.steps_to_outputs
@@ -287,7 +287,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         y_new, stages = res.y_new, res.stages
         if adaptive:
             ratio, abs_new = _error_ratio(C, res, abs_y if shared else y.detach().abs(),
-                                          y_new, rtol, atol, norm, inv_sqrt_n, ws)
+                                          y_new, rtol, atol, norm, inv_sqrt_n, ws is not None)
             finite = ratio < math.inf  # (a norm is >= 0 or nan: one kernel, not isfinite's 4)
             # An active lane's dt_try exceeds 4 ulp > 0: without min_step, ratio <= 1 decides.
             ok = active & ((ratio <= 1.0) | ((dt_try <= min_step) & finite) if min_step > 0
@@ -397,10 +397,8 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         if not shared or ok:
             state = res.state
         if fsal_loop:
-            if f_new is None:  # nothing accepted (or nothing goes on)
-                f0 = stages[0]
-            elif shared:
-                f0 = f_new
+            if f_new is None or shared:  # (None: nothing accepted, or nothing goes on)
+                f0 = stages[0] if f_new is None else f_new
             elif stages[0] is getattr(ws, "rows", (None,))[0]:
                 # In place into the workspace row the next step reads f0 from (no copy).
                 f0 = torch.where(ok[:, None], f_new, stages[0], out=stages[0])
@@ -433,17 +431,18 @@ def _n_stops(stops: Any) -> int:
 
 
 def _error_ratio(C: Any, res: Any, abs_y: Tensor, y_new: Tensor, rtol: Any, atol: Any,
-                 norm: Callable, inv_sqrt_n: float | None, ws: Any) -> tuple[Any, Any]:
+                 norm: Callable, inv_sqrt_n: float | None, fused: bool) -> tuple[Any, Any]:
     """``norm(err / (atol + rtol max(|y|, |y_new|)))``: a float for one lane (the accept
     decision's host sync), one value per lane otherwise (no sync); and ``|y_new|``, which
-    one lane reuses as the next step's ``|y|``."""
+    one lane reuses as the next step's ``|y|``. ``fused``: no autograd (no context, no
+    detach; the error is divided in place)."""
     if not res.ok:  # the step could not be completed: reject it, shrink dt
         return (math.inf if not C.per_sample else C.full(math.inf)), abs_y
-    with torch.no_grad():
+    with _NO_CONTEXT if fused else torch.no_grad():
         err = res.error
-        abs_new = y_new.detach().abs()
+        abs_new = (y_new if fused else y_new.detach()).abs()
         scale = torch.maximum(abs_y, abs_new).mul_(rtol).add_(atol)
-        scaled = err.div_(scale) if ws is not None else err / scale
+        scaled = err.div_(scale) if fused else err / scale
         if C.per_sample:
             return norm(scaled).double(), abs_new
         if inv_sqrt_n is not None:
