@@ -392,7 +392,8 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
             f0_side = C.where(ok, 1 if cfg.perturb else (ok & on_jump) * 1, f0_side)
         if shared and ok and adaptive:
             abs_y = abs_new
-        y = C.rows(ok, y_new, y)
+        ok_rows = ok if shared else ok[:, None]
+        y = C.where(ok_rows, y_new, y)
         t = C.where(ok, t_new, t)
         if not shared or ok:
             state = res.state
@@ -401,9 +402,9 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
                 f0 = stages[0] if f_new is None else f_new
             elif stages[0] is getattr(ws, "rows", (None,))[0]:
                 # In place into the workspace row the next step reads f0 from (no copy).
-                f0 = torch.where(ok[:, None], f_new, stages[0], out=stages[0])
+                f0 = torch.where(ok_rows, f_new, stages[0], out=stages[0])
             else:
-                f0 = C.rows(ok, f_new, stages[0])
+                f0 = C.where(ok_rows, f_new, stages[0])
         if multi_stop:
             stop_idx = C.clip(stop_idx + (ok & land), 0, _n_stops(stops) - 1)
             next_stop = C.gather(stops, stop_idx)
