@@ -268,7 +268,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         status = C.where(under, int(Status.STEP_SIZE_UNDERFLOW), status)
         active = C.drop(active, under)
         if not shared:
-            dt_try = torch.where(active, dt_try, 0.0)
+            dt_try = C.where(active, dt_try, 0.0)
         elif not active:
             break
         on_jump = (land & active & C.gather(stop_jump, stop_idx)) if any_jumps else False
@@ -310,8 +310,8 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
             # With the end as the only stop, landing on it is being done.
             done = ok & land & (t_new == t_end) if multi_stop else ok & land
             still = active ^ done
-            hit = ok & (next_out <= t_new)
-            masks, n_more = [hit, still, ok, bad & ~finite], []
+            hit = done if n_out == 2 else ok & (next_out <= t_new)  # (n_out 2: the end)
+            masks, n_more = [hit, still, ok, bad > finite], []  # bad & ~finite
             if not outputs_are_stops:  # an output strictly inside; how many each lane passed
                 masks.append(hit & (next_out < t_new))
                 n_more.append(torch.where(ok, C.n_passed(t_new) - out_idx, 0).max())

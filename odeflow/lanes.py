@@ -135,7 +135,10 @@ class LaneClock:
         self.batch = grid.shape[0]
         self.real_dtype = real_dtype
         self.device = grid.device
-        self.forward_only = bool((sign > 0).all())  # host sync: once per solve
+        # host sync: once per solve (both flags in one read)
+        self.forward_only, self._from_nonneg = (
+            bool(v) for v in torch.stack(((sign > 0).all(), (grid[:, 0] >= 0).all())).tolist())
+        self._consts: dict[tuple, Tensor] = {}
         self._sign_col: dict[torch.dtype, Tensor] = {}
         self._row_of_lane: Tensor | None = None
         self._inf = torch.full((self.batch,), math.inf, dtype=torch.float64, device=self.device)
@@ -163,9 +166,23 @@ class LaneClock:
             dtype = torch.float64
         return torch.full((self.batch,), value, dtype=dtype, device=self.device)
 
-    @staticmethod
-    def where(mask: Tensor, a: Any, b: Any) -> Tensor:
+    def where(self, mask: Tensor, a: Any, b: Any) -> Tensor:
+        if isinstance(b, Tensor) and not isinstance(a, Tensor):
+            a = self._const(a, b)
         return torch.where(mask, a, b)
+
+    def _const(self, value: Any, like: Tensor) -> Any:
+        """A Python scalar as a cached 0-dim tensor of ``like``'s dtype when that is the
+        dtype ``where`` gives it anyway (a scalar becomes a kernel call per use)."""
+        kind = (bool if like.dtype == torch.bool else int if not like.is_floating_point()
+                else float)
+        if type(value) is not kind:
+            return value
+        key = (value, like.dtype)
+        const = self._consts.get(key)
+        if const is None:
+            const = self._consts[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+        return const
 
     @staticmethod
     def rows(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -179,10 +196,10 @@ class LaneClock:
         inf = self._inf if x.shape == self._inf.shape else torch.full_like(x, math.inf)
         return torch.nextafter(x, inf) - x
 
-    @staticmethod
-    def abs_max(a: Tensor, b: Tensor) -> Tensor:
-        """``max(|a|, |b|)`` for ``a <= b`` (a step's start and end): ``max(-a, b)``."""
-        return torch.maximum(-a, b)
+    def abs_max(self, a: Tensor, b: Tensor) -> Tensor:
+        """``max(|a|, |b|)`` for ``a <= b`` (a step's start and end): ``max(-a, b)``, or
+        ``b`` when every lane starts at a time >= 0."""
+        return b if self._from_nonneg else torch.maximum(-a, b)
 
     @staticmethod
     def clip(x: Tensor, lo: float, hi: float) -> Tensor:
