@@ -142,7 +142,7 @@ class LaneClock:
         self._sign_col: dict[torch.dtype, Tensor] = {}
         self._row_of_lane: Tensor | None = None
         self._inf = torch.full((self.batch,), math.inf, dtype=torch.float64, device=self.device)
-        # func gets the canonical time itself when it is the user's (no kernel per stage)
+        # func gets the canonical time itself when it is the user's
         self._same_time = self.forward_only and real_dtype == torch.float64
 
     @property
@@ -288,8 +288,8 @@ class LaneClock:
 
     # ----------------------------------------------------------------- user-facing values
     def user_time(self, t: Tensor) -> Tensor:
-        if self._same_time:
-            return t
+        if self.forward_only:  # (no kernel at all when the state is float64)
+            return t if self._same_time else t.to(self.real_dtype)
         return (self.sign * t).to(self.real_dtype)
 
     def user_float(self, t: Any, lane: int = 0) -> float:
