@@ -281,7 +281,7 @@ def _event_case():
     "costs two syncs per root iteration (event_location.py:312 live.any() and the "
     "unmarked finiteness check event_location.py:320), one per event value "
     "(event_location.py:251), an unmarked finiteness check (event_location.py:191) and "
-    "the `still` re-read (integrate.py:343): 342 syncs for 26 iterations here"))
+    "the `still` re-read after an event (integrate.py): 342 syncs for 26 iterations here"))
 def test_per_sample_events_one_sync_per_iteration():
     sol, c = _event_case()
     assert c.count() <= sol.stats.n_steps + SETUP_PER_SAMPLE_EVENTS, c.report()
