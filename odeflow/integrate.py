@@ -179,8 +179,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
     t = C.t0
     t_end = C.t_end
     status = C.full(int(Status.SUCCESS))
-    # Per sample a lane's step count is n_acc + n_rej (one kernel less per iteration).
-    n_steps, n_acc, n_rej = C.full(0), C.full(0), C.full(0)
+    n_steps, n_acc, n_rej = C.full(0), C.full(0), C.full(0)  # per sample n_acc + n_rej
     if shared:
         ys: Any = [y]
     else:
@@ -301,6 +300,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
             n_steps += active
             done = ok and land and t_new == t_end
             hit = ok and out_idx < n_out and grid[out_idx] <= t_new
+            # A non-finite error: the lane fails if f0 itself is not finite, or the step is tiny.
             if bad and not finite and res.ok and (
                     not C.rows_finite(stages[0]) or dt_try <= 16e3 * math.ulp(max(abs(t), 1.0))):
                 status, active = int(Status.NONFINITE), False
