@@ -12,11 +12,12 @@ A fixed grid is the same loop with every grid point a stop, an infinite step siz
 attempt lands on the next stop) and no error test; ``perturb`` makes every grid point a
 jump (``f`` evaluated one ulp to each side). Host synchronisation: a joint solve reads its
 error norm once per attempt; a per-sample solve reads one small vector of decisions per
-iteration (plus one per output pass); a fixed grid has none per step.
+iteration (:meth:`~odeflow.lanes.LaneClock.decide`); a fixed grid has none per step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +27,6 @@ import torch
 from torch import Tensor
 
 from .controllers import PIDController, initial_step
-from .interp import HermiteInterpolant, LinearInterpolant, hermite, linear
 from .norms import rms_norm
 from .problem import Problem
 from .solvers.base import StepResult
@@ -38,6 +38,7 @@ __all__ = ["LoopConfig", "LoopResult", "StepRecord", "integrate", "FAILURES", "H
 #: The statuses that make a lane a failure (``NO_EVENT`` is an outcome, not a failure).
 FAILURES = (Status.MAX_STEPS_REACHED, Status.STEP_SIZE_UNDERFLOW, Status.NONFINITE)
 _CALLBACKS = ("callback_step", "callback_accept_step", "callback_reject_step")
+_NO_CONTEXT = contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -113,46 +114,6 @@ class LoopResult:
     state: Any = None  # the stepper's carried state at the end
 
 
-class FixedGridSteps:
-    """A fixed-grid stepper as the loop sees it: the method's steps, with the outputs'
-    interpolant chosen by ``options["interp"]`` (linear, or cubic Hermite from the step's
-    end derivatives)."""
-
-    def __init__(self, stepper: Any, interp: str):
-        self.stepper = stepper
-        self.cubic = interp == "cubic"
-        self.order = stepper.order if hasattr(stepper, "order") else 1
-        self.error_order = 1
-        self.steps_to_outputs = False
-        self.needs_f_end_for_dense = self.cubic
-        self.fsal = False
-
-    def workspace(self, y0: Tensor) -> Any:
-        return self.stepper.workspace(y0)
-
-    def init(self, y0: Tensor) -> Any:
-        return self.stepper.init(y0)
-
-    def step(self, *args: Any, **kwargs: Any) -> Any:
-        return self.stepper.step(*args, **kwargs)
-
-    def interpolant(self, t, dt, y, y_new, stages, f_new, f=None):
-        if self.cubic:
-            return HermiteInterpolant(t, dt, y, y_new, stages[0], f_new)
-        return LinearInterpolant(t, dt, y, y_new)
-
-    def f_end(self, f: Any, t_new: Any, y_new: Tensor, result: Any) -> Tensor:
-        return f(t_new, y_new)
-
-    def dense_interpolant(self, t, dt, y, y_new, stages, f_new):
-        return HermiteInterpolant(t, dt, y, y_new, stages[0], f_new)
-
-    def interpolate(self, y, y_new, dt, stages, f_new, theta, ws):
-        if self.cubic:
-            return hermite(y, y_new, stages[0], f_new, dt, theta)
-        return linear(y, y_new, theta)
-
-
 def callbacks(problem: Problem, suffix: str = "") -> tuple:
     """The user's step callbacks (``callback_step``, ``..._accept_step``,
     ``..._reject_step``; ``suffix="_adjoint"`` for a backward solve)."""
@@ -177,33 +138,43 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
     t = C.t0
     t_end = C.t_end
     status = C.full(int(Status.SUCCESS))
-    n_steps, n_acc, n_rej = C.full(0), C.full(0), C.full(0)
+    n_steps, n_acc, n_rej = C.full(0), C.full(0), C.full(0)  # per sample n_acc + n_rej
     if shared:
         ys: Any = [y]
     else:
-        ys = y.new_full((n_out, *y.shape), math.nan)
+        # One spare row per lane after the outputs: a lane with nothing to write in an
+        # output pass writes there, so a pass is one index_put, with no mask and no sync.
+        ys = y.new_full((n_out + 1, *y.shape), math.nan)
         ys[0] = y
     records: list[StepRecord] | None = [] if cfg.record else None
 
     def result(t_last: Any, y_last: Tensor, event: Any = None) -> LoopResult:
-        lanes = None if shared else (status, n_steps, n_acc, n_rej)
+        lanes = None if shared else (status, n_acc + n_rej, n_acc, n_rej)
         stats.n_accepted, stats.n_rejected = C.total(n_acc), C.total(n_rej)
         if counts is not None:
             counts.add_to(stats)
-        return LoopResult(ys, stats, t_last, y_last, status, dt_last, lanes, records, event,
-                          state)
+        return LoopResult(ys if shared else ys[:n_out], stats, t_last, y_last, status,
+                          dt_last, lanes, records, event, state)
 
-    counts = None
-    dt_last = state = None
+    counts = dt_last = state = None
     if n_out == 1:
         return result(t, y)
     stops, stop_jump = cfg.stops, cfg.stop_jump
     stop_idx, out_idx = C.full(0), C.full(1)
+    multi_stop = _n_stops(stops) > 1
+    next_stop = C.gather(stops, stop_idx)  # changes only when a lane lands on a stop
+    if not shared:
+        # Each lane's next output time (inf once all are written); whether a step can end
+        # past one (else outputs land on step ends: no interpolant, at most one per step).
+        grid_inf = torch.cat((grid, torch.full_like(grid[:, :1], math.inf)), 1)
+        next_out = C.gather(grid_inf, out_idx)
+        outputs_are_stops = n_out == 2 or stepper.steps_to_outputs
     any_jumps = stop_jump is not None
     cb_step, cb_accept, cb_reject = cfg.callbacks
     event, dense, progress = hooks.event, hooks.dense, hooks.progress
     adaptive, fsal_loop = cfg.adaptive, cfg.fsal
     min_step, max_step, max_num_steps = cfg.min_step, cfg.max_step, cfg.max_num_steps
+    bounded = min_step > 0 or max_step < math.inf
     ws = None if torch.is_grad_enabled() else stepper.workspace(y)
     state = stepper.init(y)
     counts = getattr(state, "counts", None)  # implicit methods count their linear algebra
@@ -245,18 +216,17 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         if not fsal_loop:
             f0 = f.perturbed(t, y, f0_side) if (f0_side if shared else any_jumps) else f(t, y)
         if stats.n_steps >= max_num_steps:  # (no lane has taken more steps than iterations)
-            over = active & (n_steps >= max_num_steps)
+            over = active & ((n_steps if shared else n_acc + n_rej) >= max_num_steps)
             status = C.where(over, int(Status.MAX_STEPS_REACHED), status)
             active = active & C.not_(over)
-        next_stop = C.gather(stops, stop_idx)
         land = t + 1.01 * dt >= next_stop  # stretch by at most 1% rather than leave a sliver
         t_new = C.where(land, next_stop, t + dt)
         dt_try = C.where(land, next_stop - t, dt)
         under = active & (dt_try <= 4 * C.ulp(C.abs_max(t, t_new)))
         status = C.where(under, int(Status.STEP_SIZE_UNDERFLOW), status)
-        active = active & C.not_(under)
+        active = C.drop(active, under)
         if not shared:
-            dt_try = torch.where(active, dt_try, 0.0)
+            dt_try = C.where(active, dt_try, 0.0)
         elif not active:
             break
         on_jump = (land & active & C.gather(stop_jump, stop_idx)) if any_jumps else False
@@ -275,40 +245,46 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         y_new, stages = res.y_new, res.stages
         if adaptive:
             ratio, abs_new = _error_ratio(C, res, abs_y if shared else y.detach().abs(),
-                                          y_new, rtol, atol, norm, inv_sqrt_n, ws)
-            finite = C.isfinite(ratio)
-            ok = active & ((ratio <= 1.0) | ((dt_try <= min_step) & finite))
+                                          y_new, rtol, atol, norm, inv_sqrt_n, ws is not None)
+            finite = ratio < math.inf  # (a norm is >= 0 or nan: one kernel, not isfinite's 4)
+            # An active lane's dt_try exceeds 4 ulp > 0: without min_step, ratio <= 1 decides.
+            ok = active & ((ratio <= 1.0) | ((dt_try <= min_step) & finite) if min_step > 0
+                           else ratio <= 1.0)
         else:
             ratio, finite, ok = C.full(0.0), C.full(True), active
-        bad = active & C.not_(ok)
-        n_steps = n_steps + active
-        n_acc = n_acc + ok
-        n_rej = n_rej + bad
+        bad = C.drop(active, ok)
+        n_acc, n_rej = n_acc + ok, n_rej + bad
         stats.n_steps += 1
-        done = ok & land & (t_new == t_end)
-        # A non-finite error: the lane fails if f0 itself is not finite, or the step is tiny.
         if shared:
+            n_steps += active
+            done = ok and land and t_new == t_end
             hit = ok and out_idx < n_out and grid[out_idx] <= t_new
+            # A non-finite error: the lane fails if f0 itself is not finite, or the step is tiny.
             if bad and not finite and res.ok and (
                     not C.rows_finite(stages[0]) or dt_try <= 16e3 * math.ulp(max(abs(t), 1.0))):
                 status, active = int(Status.NONFINITE), False
             any_hit, any_left, any_ok = hit, active and not done, ok
             still = any_left
         else:
-            still = active & ~done
-            # How many output times each lane passed: the output passes need no sync of
-            # their own.
-            at = t_new[:, None]
-            passed = torch.searchsorted(grid, at, right=True)[:, 0] - out_idx
-            inside = torch.searchsorted(grid, at, right=False)[:, 0] > out_idx  # t_j < t_new
-            completed = res.ok  # False on a lane (a Newton failure): rejected, not non-finite
-            n_pass, any_inside, any_left, any_ok, any_nonfinite = C.flags(
-                torch.where(ok, passed, 0).max(), ok & inside, still, ok,
-                active & ~finite & completed)
-            any_hit = n_pass > 0
+            # With the end as the only stop, landing on it is being done.
+            done = ok & land & (t_new == t_end) if multi_stop else ok & land
+            still = active ^ done
+            hit = done if n_out == 2 else ok & (next_out <= t_new)  # (n_out 2: the end)
+            # bad & ~finite, but not where a step was not completed (rejected, see below)
+            nonfinite = bad > finite if res.ok is True else (bad > finite) & res.ok
+            masks, n_more = [hit, still, ok, nonfinite], []
+            if not outputs_are_stops:  # an output strictly inside; how many each lane passed
+                masks.append(hit & (next_out < t_new))
+                n_more.append(torch.where(ok, C.n_passed(t_new) - out_idx, 0).max())
+            # host sync: every decision of the iteration, in one transfer (no sync of its
+            # own for the output passes)
+            flags = C.decide(masks, n_more)
+            any_hit, any_left, any_ok, any_nonfinite = flags[:4]
+            any_inside = flags[4] if not outputs_are_stops else False
+            n_pass = flags[5] if not outputs_are_stops else int(any_hit)
             if any_nonfinite:
-                dead = bad & ~finite & completed & (~torch.isfinite(f0).all(-1)
-                                        | (dt_try <= 16e3 * C.ulp(torch.clamp(t.abs(), min=1.0))))
+                dead = nonfinite & (~torch.isfinite(f0).all(-1)
+                                    | (dt_try <= 16e3 * C.ulp(torch.clamp(t.abs(), min=1.0))))
                 status = torch.where(dead, int(Status.NONFINITE), status)
                 still = still & ~dead
                 any_left = C.flags(still)[0]  # host sync: only after a non-finite trial
@@ -334,10 +310,13 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
                 f_new = f.perturbed(t_new, y_new, +1)
             else:
                 f_new = stepper.f_end(f, t_new, y_new, res)
-        if any_hit:
-            out_idx = _write_outputs(C, stepper, ys, out_idx, hit if shared else n_pass,
-                                     ok, interior, grid, t, t_new, dt_try, y,
+        if any_hit and shared:
+            out_idx = _write_outputs(stepper, ys, out_idx, hit, grid, t, t_new, dt_try, y,
                                      y_new, stages, f_new, ws, rec, n_out)
+        elif any_hit:
+            out_idx, next_out = C.write_outputs(
+                stepper, ys, n_pass, hit, interior, grid_inf, out_idx, next_out, ok, t, t_new,
+                dt_try, y, y_new, stages, f_new, rec)
         if any_ok and cb_accept is not None:
             cb_accept(C.user_time(t), problem.layout.unflatten(y), C.user_time(dt_try))
         if cb_reject is not None and C.flags(bad)[0]:
@@ -374,23 +353,31 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
             f0_side = C.where(ok, 1 if cfg.perturb else (ok & on_jump) * 1, f0_side)
         if shared and ok and adaptive:
             abs_y = abs_new
-        y = C.rows(ok, y_new, y)
+        ok_rows = ok if shared else ok[:, None]
+        y = C.where(ok_rows, y_new, y)
         t = C.where(ok, t_new, t)
         if not shared or ok:
             state = res.state
         if fsal_loop:
-            if f_new is None:  # nothing accepted (or nothing goes on)
-                f0 = stages[0]
+            if f_new is None or shared:  # (None: nothing accepted, or nothing goes on)
+                f0 = stages[0] if f_new is None else f_new
+            elif stages[0] is getattr(ws, "rows", (None,))[0]:
+                # In place into the workspace row the next step reads f0 from (no copy).
+                f0 = torch.where(ok_rows, f_new, stages[0], out=stages[0])
             else:
-                f0 = f_new if shared else C.rows(ok, f_new, stages[0])
-        stop_idx = C.clip(stop_idx + (ok & land), 0, _n_stops(stops) - 1)
+                f0 = C.where(ok_rows, f_new, stages[0])
+        if multi_stop:
+            stop_idx = C.clip(stop_idx + (ok & land), 0, _n_stops(stops) - 1)
+            next_stop = C.gather(stops, stop_idx)
         active = still
         left = any_left
         if not left:
             break
         if adaptive:
-            new_dt, ctrl = cfg.controller.propose(dt_try, ratio, ok, k, ctrl)
-            dt = C.where(active, C.clip(new_dt, min_step, max_step), dt)
+            dt, ctrl = cfg.controller.propose(dt_try, ratio, ok, k, ctrl)
+            # (per sample, a stopped lane's dt is never read again: no mask)
+            if bounded:
+                dt = C.clip(dt, min_step, max_step)
     return result(t, y)
 
 
@@ -406,64 +393,43 @@ def _n_stops(stops: Any) -> int:
 
 
 def _error_ratio(C: Any, res: Any, abs_y: Tensor, y_new: Tensor, rtol: Any, atol: Any,
-                 norm: Callable, inv_sqrt_n: float | None, ws: Any) -> tuple[Any, Any]:
+                 norm: Callable, inv_sqrt_n: float | None, fused: bool) -> tuple[Any, Any]:
     """``norm(err / (atol + rtol max(|y|, |y_new|)))``: a float for one lane (the accept
     decision's host sync), one value per lane otherwise (no sync); and ``|y_new|``, which
-    one lane reuses as the next step's ``|y|``."""
-    if not isinstance(res.ok, Tensor) and not res.ok:  # not completed: reject, shrink dt
+    one lane reuses as the next step's ``|y|``. ``fused``: no autograd (no context, no
+    detach; the error is divided in place)."""
+    if res.ok is False:  # the step could not be completed: reject it, shrink dt
         return (math.inf if not C.per_sample else C.full(math.inf)), abs_y
-    with torch.no_grad():
+    with _NO_CONTEXT if fused else torch.no_grad():
         err = res.error
-        abs_new = y_new.detach().abs()
+        abs_new = (y_new if fused else y_new.detach()).abs()
         scale = torch.maximum(abs_y, abs_new).mul_(rtol).add_(atol)
-        scaled = err.div_(scale) if ws is not None else err / scale
-        if C.per_sample:
+        scaled = err.div_(scale) if fused else err / scale
+        if C.per_sample:  # a lane whose step was not completed (res.ok False): inf
             ratio = norm(scaled).double()
-            return (torch.where(res.ok, ratio, math.inf) if isinstance(res.ok, Tensor)
-                    else ratio), abs_new
+            return ratio if res.ok is True else torch.where(res.ok, ratio, math.inf), abs_new
         if inv_sqrt_n is not None:
             # host sync: the accept/reject decision
             return torch.linalg.vector_norm(scaled).item() * inv_sqrt_n, abs_new
         return float(norm(scaled)), abs_new  # host sync: the accept/reject decision
 
 
-def _write_outputs(C: Any, stepper: Any, ys: Any, out_idx: Any, hit: Any, ok: Any,
-                   interior: bool, grid: Any, t: Any, t_new: Any, dt: Any, y: Tensor,
-                   y_new: Tensor, stages: Any, f_new: Any, ws: Any, rec: StepRecord | None,
-                   n_out: int) -> Any:
-    """Write every output time the accepted step passed, from the step's dense output."""
-    if not C.per_sample:
-        while hit:
-            next_out = grid[out_idx]
-            if next_out == t_new:
-                ys.append(y_new)
-                theta = 1.0
-            else:
-                theta = (next_out - t) / dt
-                ys.append(stepper.interpolate(y, y_new, dt, stages, f_new, theta, ws))
-            if rec is not None:
-                rec.outputs.append((None, out_idx, theta))
-            out_idx += 1
-            hit = out_idx < n_out and grid[out_idx] <= t_new
-        return out_idx
-    # Per sample: ``hit`` is the most output times a lane passed (read with the iteration's
-    # decisions); each pass evaluates every lane's interpolant and writes where it hit.
-    # ``interior``: some output lies strictly inside its lane's step (else every lane lands
-    # on its output time, e.g. at the end, and takes ``y_new`` without an interpolant).
-    piece = stepper.interpolant(t, dt, y, y_new, stages, f_new) if interior else None
-    lanes = torch.arange(y.shape[0], device=y.device)
-    safe_dt = torch.where(dt > 0, dt, 1.0)
-    for _ in range(hit):
-        idx = out_idx.clamp(max=n_out - 1)
-        tj = C.gather(grid, idx)
-        passed = ok & (out_idx < n_out) & (tj <= t_new)
-        theta = torch.where(passed, (tj - t) / safe_dt, 1.0)
-        value = y_new if piece is None else torch.where((tj == t_new)[:, None], y_new,
-                                                        piece.evaluate(theta))
-        ys[idx, lanes] = torch.where(passed[:, None], value, ys[idx, lanes])
+def _write_outputs(stepper: Any, ys: list, out_idx: int, hit: bool, grid: Any, t: float,
+                   t_new: float, dt: float, y: Tensor, y_new: Tensor, stages: Any, f_new: Any,
+                   ws: Any, rec: StepRecord | None, n_out: int) -> int:
+    """One lane: write every output time the accepted step passed, from its dense output."""
+    while hit:
+        next_out = grid[out_idx]
+        if next_out == t_new:
+            ys.append(y_new)
+            theta = 1.0
+        else:
+            theta = (next_out - t) / dt
+            ys.append(stepper.interpolate(y, y_new, dt, stages, f_new, theta, ws))
         if rec is not None:
-            rec.outputs.append((passed, idx, theta))
-        out_idx = out_idx + passed
+            rec.outputs.append((None, out_idx, theta))
+        out_idx += 1
+        hit = out_idx < n_out and grid[out_idx] <= t_new
     return out_idx
 
 

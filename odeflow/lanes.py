@@ -105,6 +105,11 @@ class SharedClock:
         return not m
 
     @staticmethod
+    def drop(a: bool, b: bool) -> bool:
+        """``a and not b`` where ``b`` implies ``a``."""
+        return a and not b
+
+    @staticmethod
     def total(x: Any) -> int:
         return int(x)
 
@@ -130,8 +135,15 @@ class LaneClock:
         self.batch = grid.shape[0]
         self.real_dtype = real_dtype
         self.device = grid.device
-        self.forward_only = bool((sign > 0).all())  # host sync: once per solve
+        # host sync: once per solve (both flags in one read)
+        self.forward_only, self._from_nonneg = (
+            bool(v) for v in torch.stack(((sign > 0).all(), (grid[:, 0] >= 0).all())).tolist())
+        self._consts: dict[tuple, Tensor] = {}
         self._sign_col: dict[torch.dtype, Tensor] = {}
+        self._row_of_lane: Tensor | None = None
+        self._inf = torch.full((self.batch,), math.inf, dtype=torch.float64, device=self.device)
+        # func gets the canonical time itself when it is the user's
+        self._same_time = self.forward_only and real_dtype == torch.float64
 
     @property
     def t0(self) -> Tensor:
@@ -154,9 +166,23 @@ class LaneClock:
             dtype = torch.float64
         return torch.full((self.batch,), value, dtype=dtype, device=self.device)
 
-    @staticmethod
-    def where(mask: Tensor, a: Any, b: Any) -> Tensor:
+    def where(self, mask: Tensor, a: Any, b: Any) -> Tensor:
+        if isinstance(b, Tensor) and not isinstance(a, Tensor):
+            a = self._const(a, b)
         return torch.where(mask, a, b)
+
+    def _const(self, value: Any, like: Tensor) -> Any:
+        """A Python scalar as a cached 0-dim tensor of ``like``'s dtype when that is the
+        dtype ``where`` gives it anyway (a scalar becomes a kernel call per use)."""
+        kind = (bool if like.dtype == torch.bool else int if not like.is_floating_point()
+                else float)
+        if type(value) is not kind:
+            return value
+        key = (value, like.dtype)
+        const = self._consts.get(key)
+        if const is None:
+            const = self._consts[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+        return const
 
     @staticmethod
     def rows(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -166,13 +192,14 @@ class LaneClock:
     def gather(table: Tensor, index: Tensor) -> Tensor:
         return table.gather(1, index[:, None])[:, 0]
 
-    @staticmethod
-    def ulp(x: Tensor) -> Tensor:
-        return torch.nextafter(x, torch.full_like(x, math.inf)) - x
+    def ulp(self, x: Tensor) -> Tensor:
+        inf = self._inf if x.shape == self._inf.shape else torch.full_like(x, math.inf)
+        return torch.nextafter(x, inf) - x
 
-    @staticmethod
-    def abs_max(a: Tensor, b: Tensor) -> Tensor:
-        return torch.maximum(a.abs(), b.abs())
+    def abs_max(self, a: Tensor, b: Tensor) -> Tensor:
+        """``max(|a|, |b|)`` for ``a <= b`` (a step's start and end): ``max(-a, b)``, or
+        ``b`` when every lane starts at a time >= 0."""
+        return b if self._from_nonneg else torch.maximum(-a, b)
 
     @staticmethod
     def clip(x: Tensor, lo: float, hi: float) -> Tensor:
@@ -199,11 +226,70 @@ class LaneClock:
         return ~m
 
     @staticmethod
+    def drop(a: Tensor, b: Tensor) -> Tensor:
+        """``a & ~b`` where ``b`` implies ``a``: one kernel."""
+        return a ^ b
+
+    @staticmethod
+    def decide(masks: Sequence[Tensor], counts: Sequence[Tensor] = ()) -> list[Any]:
+        """``any`` of each ``(B,)`` mask, then the 0-dim ``counts``, in one transfer and
+        three or four kernels (the loop's decisions of an iteration)."""
+        # host sync: one small transfer per iteration decides outputs and termination
+        out = torch.stack(list(masks)).any(1)
+        if counts:
+            out = torch.cat((out.long(), torch.stack(list(counts))))
+        values = out.tolist()
+        return [bool(v) for v in values[:len(masks)]] + values[len(masks):]
+
+    @staticmethod
     def total(x: Tensor) -> int:
         return int(x.sum())
 
+    # ------------------------------------------------------------------------ outputs
+    def n_passed(self, t_new: Tensor) -> Tensor:
+        """How many output times of each lane are ``<= t_new``: a compare and a sum while
+        the ``(B, T)`` grid is small (``searchsorted`` runs threaded, ~10x slower there)."""
+        if self.grid.numel() <= 1 << 16:
+            return (self.grid <= t_new[:, None]).sum(1)
+        return torch.searchsorted(self.grid, t_new[:, None], right=True)[:, 0]
+
+    def write_outputs(self, stepper: Any, ys: Tensor, n_pass: int, hit: Tensor,
+                      interior: bool, grid_inf: Tensor, out_idx: Tensor, next_out: Tensor,
+                      ok: Tensor, t: Tensor, t_new: Tensor, dt: Tensor, y: Tensor,
+                      y_new: Tensor, stages: Any, f_new: Any, rec: Any) -> tuple[Tensor, Tensor]:
+        """The loop's output passes: ``n_pass`` (the most output times a lane passed, read
+        with the iteration's decisions) passes, each writing every lane's next output where
+        ``hit`` into ``ys`` ``(T + 1, B, n)``; a lane with nothing to write writes into its
+        spare row ``ys[T]`` (one ``index_put``, no mask, no sync).
+
+        Without ``interior`` every lane that hit landed on its output time and takes
+        ``y_new`` (no interpolant); with it, the step's dense output at ``theta``.
+        """
+        piece = stepper.interpolant(t, dt, y, y_new, stages, f_new) if interior else None
+        n_out = ys.shape[0] - 1
+        if self._row_of_lane is None:
+            self._row_of_lane = torch.arange(self.batch, device=self.device)
+        flat = ys.view(-1, ys.shape[-1])
+        for p in range(n_pass):
+            if p:
+                hit = ok & (next_out <= t_new)
+            value = y_new
+            if piece is not None or rec is not None:
+                theta = torch.where(hit, (next_out - t) / torch.where(dt > 0, dt, 1.0), 1.0)
+                if piece is not None:
+                    value = torch.where((next_out == t_new)[:, None], y_new,
+                                        piece.evaluate(theta))
+                if rec is not None:
+                    rec.outputs.append((hit, out_idx.clamp(max=n_out - 1), theta))
+            flat[torch.where(hit, out_idx, n_out) * self.batch + self._row_of_lane] = value
+            out_idx = out_idx + hit
+            next_out = self.gather(grid_inf, out_idx)
+        return out_idx, next_out
+
     # ----------------------------------------------------------------- user-facing values
     def user_time(self, t: Tensor) -> Tensor:
+        if self.forward_only:  # (no kernel at all when the state is float64)
+            return t if self._same_time else t.to(self.real_dtype)
         return (self.sign * t).to(self.real_dtype)
 
     def user_float(self, t: Any, lane: int = 0) -> float:

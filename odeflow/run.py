@@ -15,9 +15,10 @@ import torch
 from torch import Tensor
 
 from .config import loop_config
-from .integrate import FAILURES, FixedGridSteps, Hooks, LoopResult, integrate
+from .integrate import FAILURES, Hooks, LoopResult, integrate
 from .options import DEFAULT_MAX_NUM_STEPS
 from .problem import Problem
+from .solvers.fixed_grid import FixedGridSteps
 from .solvers.scipy_bridge import integrate_scipy
 from .stats import SolveError, Status
 from .stiffness import stiff_hint

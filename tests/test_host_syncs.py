@@ -256,7 +256,8 @@ def test_per_sample_one_sync_per_iteration():
     each lane passed, so the output passes need none of their own."""
     sol, c = _per_sample_case()
     assert c.count() <= sol.stats.n_steps + SETUP_PER_SAMPLE, c.report()
-    assert c.at("flags") == sol.stats.n_steps + 1  # + the first `left` read
+    assert c.at("decide") == sol.stats.n_steps  # the iteration's decisions, one read
+    assert c.at("flags") == 1  # the first `left` read
 
 
 def test_per_sample_output_passes_make_no_sync():
@@ -280,7 +281,7 @@ def _event_case():
     "costs two syncs per root iteration (event_location.py:312 live.any() and the "
     "unmarked finiteness check event_location.py:320), one per event value "
     "(event_location.py:251), an unmarked finiteness check (event_location.py:191) and "
-    "the `still` re-read (integrate.py:343): 342 syncs for 26 iterations here"))
+    "the `still` re-read after an event (integrate.py): 342 syncs for 26 iterations here"))
 def test_per_sample_events_one_sync_per_iteration():
     sol, c = _event_case()
     assert c.count() <= sol.stats.n_steps + SETUP_PER_SAMPLE_EVENTS, c.report()

@@ -7,12 +7,13 @@ import math
 import torch
 
 from odeflow.config import loop_config
-from odeflow.integrate import FixedGridSteps, integrate
+from odeflow.integrate import integrate
 from odeflow.problem import make_problem
 from odeflow.solvers import get_method
 from odeflow.solvers.adams import AdamsBashforth
 from odeflow.solvers.base import StepResult
 from odeflow.solvers.explicit_rk import ExplicitRK
+from odeflow.solvers.fixed_grid import FixedGridSteps
 from odeflow.tableaus import TABLEAUS
 
 F64 = torch.float64

@@ -20,7 +20,7 @@ computed without building a graph.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -65,7 +65,7 @@ class ExplicitRK:
         self._a_nz = tuple(_nonzero(row) for row in tableau.a)
         self._b_nz = _nonzero(tableau.b)
         self._e_nz = _nonzero(tableau.b_err) if tableau.b_err is not None else ()
-        self._cache: dict[tuple[torch.dtype, torch.device], tuple] = {}
+        self._cache: dict[tuple, Any] = {}
 
     # ----------------------------------------------------------------------------- setup
     def workspace(self, y0: Tensor) -> Workspace:
@@ -180,6 +180,8 @@ class ExplicitRK:
         a_rows, b, b_err = self._coefficients(y.dtype, y.device)
         c = self._c
         h = dt.to(y.dtype)[:, None]
+        # Every stage time at once, t + c_i dt (the same roundings as stage by stage).
+        times = (t + self._c_column(dt.device) * dt).unbind(0)
         still = (h == 0) if torch.is_grad_enabled() else None
         if ws is None:  # under autograd the stages must not go into a reused buffer
             ks = [f0]
@@ -202,7 +204,7 @@ class ExplicitRK:
         for i in range(1, self._s):
             y_i = advance(a_rows[i], i)
             fi = f_last if (f_last is not None and c[i] == 1.0) else f
-            k_i = fi(t + c[i] * dt, y_i)
+            k_i = fi(times[i], y_i)
             if ws is None:
                 ks.append(k_i)
             else:
@@ -214,6 +216,13 @@ class ExplicitRK:
             with torch.no_grad():
                 err = h * stage_sum(s, b_err)
         return y_new, err, ks
+
+    def _c_column(self, device: torch.device) -> Tensor:
+        """The nodes ``c`` as a float64 ``(s, 1)`` column (cached per device)."""
+        key = ("c", device)
+        if key not in self._cache:
+            self._cache[key] = torch.tensor(self._c, dtype=torch.float64, device=device)[:, None]
+        return self._cache[key]
 
     # ----------------------------------------------------------------------- dense output
     def f_end(self, f: Func, t_new: float, y_new: Tensor, result: StepResult) -> Tensor:
