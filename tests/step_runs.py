@@ -1,4 +1,4 @@
-"""Shared checks of the iteration-based studies (`odeflow train spiral|latent-ode|cnf`)."""
+"""Shared checks of the iteration-based studies (`odeflow train spiral|latent-ode|latent-sde|cnf`)."""
 
 import torch
 
