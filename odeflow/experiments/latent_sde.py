@@ -97,8 +97,9 @@ class LatentSDEConfig(StepConfig):
                               f"observation gets a step")
         gradient = resolve_gradient(self)
         if gradient == "checkpoint":
-            raise ConfigError("--gradient checkpoint: expected direct or adjoint (SDE solves "
-                              "have no checkpointed gradient)")
+            raise ConfigError("--gradient checkpoint: expected direct or adjoint (an SDE's "
+                              "checkpointed gradient reaches only its own parameters, and "
+                              "the posterior drift reads the encoder's context)")
         check_device(self)
 
 
