@@ -48,6 +48,20 @@ def axpy(y: Tensor, x: Tensor, a: float | Tensor) -> Tensor:
     return torch.add(y, x, alpha=a) if isinstance(a, (int, float)) else torch.addcmul(y, x, a)
 
 
+def two_stage(sde, t: float, dt, y: Tensor, dW: Tensor, c: float, b1: float,
+              b2: float) -> Tensor:
+    """A two-stage Stratonovich Runge–Kutta step with one Brownian increment (Kloeden &
+    Platen 1992, §11.1): ``k(s, x) = f(s, x) dt + g(s, x) dW``, ``k1 = k(t, y)``,
+    ``k2 = k(t + c dt, y + c k1)``, ``y1 = y + b1 k1 + b2 k2`` (Heun: ``c = 1``,
+    ``b = (1/2, 1/2)``; midpoint: ``c = 1/2``, ``b = (0, 1)``)."""
+    f, g_dW = sde.f_and_g_prod(t, y, dW)
+    k1 = f * dt + g_dW
+    f2, g2_dW = sde.f_and_g_prod(t + c * dt, y + c * k1, dW)
+    k2 = f2 * dt + g2_dW
+    y1 = y + (k2 if b2 == 1 else b2 * k2)
+    return y1 + b1 * k1 if b1 else y1
+
+
 class Levy(NamedTuple):
     """Iterated integrals of the step besides ``dW``.
 

@@ -8,7 +8,7 @@ Kloeden & Platen 1992, §11.1.
 from __future__ import annotations
 
 from ..settings import METHODS, NOISE_TYPES, SDE_TYPES
-from .base import SDEMethod
+from .base import SDEMethod, two_stage
 
 __all__ = ["Heun"]
 
@@ -23,7 +23,4 @@ class Heun(SDEMethod):
     evals_per_step = (2, 2)
 
     def step(self, sde, t, dt, y, dW, state, levy):
-        f, g_dW = sde.f_and_g_prod(t, y, dW)
-        y_pred = y + f * dt + g_dW
-        f1, g1_dW = sde.f_and_g_prod(t + dt, y_pred, dW)
-        return y + 0.5 * ((f + f1) * dt + g_dW + g1_dW), state
+        return two_stage(sde, t, dt, y, dW, 1.0, 0.5, 0.5), state

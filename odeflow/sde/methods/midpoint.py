@@ -10,7 +10,7 @@ Anal. 19(3), 1982.
 from __future__ import annotations
 
 from ..settings import METHODS, NOISE_TYPES, SDE_TYPES
-from .base import SDEMethod
+from .base import SDEMethod, two_stage
 
 __all__ = ["Midpoint"]
 
@@ -25,7 +25,4 @@ class Midpoint(SDEMethod):
     evals_per_step = (2, 2)
 
     def step(self, sde, t, dt, y, dW, state, levy):
-        f, g_dW = sde.f_and_g_prod(t, y, dW)
-        ym = y + 0.5 * (f * dt + g_dW)
-        fm, gm_dW = sde.f_and_g_prod(t + 0.5 * dt, ym, dW)
-        return y + fm * dt + gm_dW, state
+        return two_stage(sde, t, dt, y, dW, 0.5, 0.0, 1.0), state
