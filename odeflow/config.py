@@ -32,17 +32,12 @@ def loop_config(problem: Problem, spec: Any, stepper: Any, *, record: bool = Fal
     """
     opts = problem.options
     cbs = callbacks(problem, callback_suffix) if use_callbacks else (None, None, None)
-    if not spec.adaptive:
-        cbs = (cbs[0], None, None)  # every fixed-grid step is accepted
-        stops = _fixed_grid(problem, search)
-        jumps = None
-        perturb = bool(opts.get("perturb", False))
-        interp = opts.get("interp", "linear")
-        if interp not in ("linear", "cubic"):
-            raise ValueError(f"options['interp'] must be 'linear' or 'cubic', got {interp!r}")
-        return LoopConfig(False, None, max_steps(opts), 0.0, math.inf, None, stops, jumps,
-                          perturb=perturb, interp=interp, callbacks=cbs, record=record,
-                          fsal=fsal)
+    if not spec.adaptive:  # every fixed-grid step is accepted: no accept/reject callbacks
+        return LoopConfig(False, None, max_steps(opts), 0.0, math.inf, None,
+                          _fixed_grid(problem, search), None,
+                          perturb=bool(opts.get("perturb", False)),
+                          interp=opts.get("interp", "linear"), callbacks=(cbs[0], None, None),
+                          record=record, fsal=fsal)
     stops, jumps = _adaptive_stops(problem, stepper)
     return LoopConfig(
         True, make_controller(opts), max_steps(opts),
@@ -54,15 +49,10 @@ def loop_config(problem: Problem, spec: Any, stepper: Any, *, record: bool = Fal
 
 # ------------------------------------------------------------------------------- adaptive
 def _user_times(problem: Problem, name: str) -> Tensor | list[float] | None:
-    value = problem.options.get(name)
-    if value is None:
-        return None
-    if isinstance(value, Tensor):
-        return value.detach()
-    try:
-        return [float(v) for v in value]
-    except TypeError:
-        raise TypeError(f"options['{name}'] must be a 1-D tensor or sequence of times") from None
+    value = problem.options.get(name)  # checked by validate_options
+    if value is None or isinstance(value, Tensor):
+        return None if value is None else value.detach()
+    return [float(v) for v in value]
 
 
 def _adaptive_stops(problem: Problem, stepper: Any) -> tuple[Any, Any]:
@@ -156,8 +146,6 @@ def _fixed_grid(problem: Problem, search: bool) -> Any:
     step_size = opts.get("step_size")
     constructor = opts.get("grid_constructor")
     max_num_steps = max_steps(opts)
-    if step_size is not None and constructor is not None:
-        raise ValueError("options: give step_size or grid_constructor, not both")
     if C.per_sample:
         if constructor is not None:
             raise ValueError("options['grid_constructor'] is not supported with "
@@ -202,8 +190,6 @@ def _fixed_grid(problem: Problem, search: bool) -> Any:
 def _constructed_grid(problem: Problem, constructor: Any, max_num_steps: int) -> list[float]:
     """``grid_constructor(func, y0, t)`` called with the user's own ``func``, ``y0`` and ``t``
     (a decreasing ``t`` stays decreasing); its grid is returned in canonical time."""
-    if not callable(constructor):
-        raise TypeError("options['grid_constructor'] must be callable(func, y0, t)")
     C = problem.clock
     t0, t1 = C.grid[0], C.grid[-1]
     t_user = torch.tensor([C.sign * x for x in C.grid],

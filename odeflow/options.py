@@ -115,7 +115,7 @@ def validate_options(options: dict[str, Any], *, adjoint: bool = False) -> None:
         ValueError, TypeError: the message names the option and what it expects.
     """
     for name, value in options.items():
-        if value is None and name != "controller":
+        if value is None and name not in ("controller", "interp"):
             continue
         if name in ("first_step", "max_step", "step_size", "min_step"):
             positive_float(options, name, None, allow_zero=name == "min_step")

@@ -239,9 +239,7 @@ def check_options(method: str, options: dict[str, Any] | None, valid: Sequence[s
 
 
 def _norm(options: dict, layout: StateLayout) -> Callable[[Tensor], Any]:
-    user_norm = options.get("norm")
-    if user_norm is not None and not callable(user_norm):
-        raise TypeError(f"options['norm'] must be callable, got {type(user_norm).__name__}")
+    user_norm = options.get("norm")  # checked by validate_options
     if layout.batch is not None:
         return lane_norm(user_norm, layout)
     if user_norm is not None:
