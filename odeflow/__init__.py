@@ -41,10 +41,7 @@ _WHERE = {
     "PIDController": ".controllers",
 }
 
-__all__ = [
-    "odeint", "odeint_adjoint", "odeint_event", "odeint_dense", "DenseOutput", "solve",
-    "Solution", "SolveStats", "Status", "SolveError", "last_stats", "METHODS", "PIDController",
-]
+__all__ = list(_WHERE)
 
 
 def __getattr__(name: str) -> Any:

@@ -202,10 +202,8 @@ def odeint_adjoint(
         ODE': Faster ODE Adjoints via Seminorms", ICML 2021.
     """
     if adjoint_params is None and not isinstance(func, torch.nn.Module):
-        raise ValueError(
-            "odeint_adjoint needs func to be a torch.nn.Module, or adjoint_params=(tensors "
-            "func uses) to know which parameters to differentiate"
-        )
+        raise ValueError("odeint_adjoint needs func to be a torch.nn.Module, or adjoint_params="
+                         "(tensors func uses) to know which parameters to differentiate")
     return _torchdiffeq(func, y0, t, event_fn, rtol=rtol, atol=atol, method=method,
                         options=options, gradient="adjoint", adjoint_rtol=adjoint_rtol,
                         adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,

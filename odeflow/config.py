@@ -141,50 +141,44 @@ class LazyGrid:
 
 def _fixed_grid(problem: Problem, search: bool) -> Any:
     """The stop times of a fixed-grid solve, without its start (the loop starts there)."""
-    opts = problem.options
-    C = problem.clock
-    step_size = opts.get("step_size")
+    opts, C = problem.options, problem.clock
     constructor = opts.get("grid_constructor")
     max_num_steps = max_steps(opts)
+    h = positive_float(opts, "step_size", None)
     if C.per_sample:
         if constructor is not None:
             raise ValueError("options['grid_constructor'] is not supported with "
                              "options['per_sample']; give options['step_size'] (each sample "
                              "then steps from its own t0) or the output times")
-        if step_size is None:
+        if h is None:
             return C.grid[:, 1:].contiguous()
-        h = positive_float(opts, "step_size", None)
         span = C.grid[:, -1] - C.grid[:, 0]
         n = torch.clamp(torch.ceil(span / h - 1e-9), min=1).long()
         n_max = int(n.max())  # host sync: setup only
-        if n_max > max_num_steps and not search:
-            raise ValueError(f"options['step_size']={h!r} needs {n_max} steps over the longest "
-                             f"time span, more than max_num_steps={max_num_steps}; raise "
-                             "options['max_num_steps'] to allow it")
-        i = torch.arange(1, n_max + 1, dtype=torch.float64, device=span.device)
-        points = C.grid[:, :1] + i * h
-        return torch.where(i < n[:, None], points,
-                           torch.where(i == n[:, None], C.grid[:, -1:], math.inf))
-    t0, t1 = C.grid[0], C.grid[-1]
-    if step_size is not None:
-        h = positive_float(opts, "step_size", None)
-        assert h is not None
+    else:
+        t0, t1 = C.grid[0], C.grid[-1]
+        if h is None:
+            if search:
+                raise ValueError("event_fn with a fixed-grid method needs options['step_size'] "
+                                 "(the search has no end time to build a grid on)")
+            if constructor is not None:
+                return _constructed_grid(problem, constructor, max_num_steps)[1:]
+            return list(C.grid[1:])
         # A tolerance of 1e-9 steps keeps (t1 - t0) / h = 10.000000000000002 from adding a
         # sliver step.
-        n = max(1, math.ceil((t1 - t0) / h - 1e-9))
+        n_max = n = max(1, math.ceil((t1 - t0) / h - 1e-9))
         if search:
             return LazyGrid(t0, t1, h, n)
-        if n > max_num_steps:
-            raise ValueError(
-                f"options['step_size']={h!r} needs {n} steps over the time span, more than "
-                f"max_num_steps={max_num_steps}; raise options['max_num_steps'] to allow it")
+    if n_max > max_num_steps and not search:
+        longest = "longest " if C.per_sample else ""
+        raise ValueError(f"options['step_size']={h!r} needs {n_max} steps over the {longest}time "
+                         f"span, more than max_num_steps={max_num_steps}; raise "
+                         "options['max_num_steps'] to allow it")
+    if not C.per_sample:
         return [t0 + i * h for i in range(1, n)] + [t1]
-    if search:
-        raise ValueError("event_fn with a fixed-grid method needs options['step_size'] (the "
-                         "search has no end time to build a grid on)")
-    if constructor is not None:
-        return _constructed_grid(problem, constructor, max_num_steps)[1:]
-    return list(C.grid[1:])
+    i = torch.arange(1, n_max + 1, dtype=torch.float64, device=span.device)
+    return torch.where(i < n[:, None], C.grid[:, :1] + i * h,
+                       torch.where(i == n[:, None], C.grid[:, -1:], math.inf))
 
 
 def _constructed_grid(problem: Problem, constructor: Any, max_num_steps: int) -> list[float]:
@@ -192,9 +186,7 @@ def _constructed_grid(problem: Problem, constructor: Any, max_num_steps: int) ->
     (a decreasing ``t`` stays decreasing); its grid is returned in canonical time."""
     C = problem.clock
     t0, t1 = C.grid[0], C.grid[-1]
-    t_user = torch.tensor([C.sign * x for x in C.grid],
-                          dtype=problem.t.dtype if problem.t.is_floating_point()
-                          else torch.float64)
+    t_user = torch.tensor([C.sign * x for x in C.grid], dtype=problem.t.dtype)
     grid = constructor(problem.user_func, problem.layout.unflatten(problem.y0), t_user)
     if not isinstance(grid, Tensor) or grid.ndim != 1 or grid.numel() < 2:
         raise ValueError("options['grid_constructor'] must return a 1-D tensor of >= 2 times")

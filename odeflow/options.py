@@ -40,23 +40,18 @@ TORCHDIFFEQ_OPTIONS = frozenset({
 def make_controller(options: dict[str, Any]) -> PIDController:
     """The step-size controller described by ``options`` (see :class:`PIDController`)."""
     spec = options.get("controller")
-    factors = {k: options[k] for k in ("safety", "ifactor", "dfactor") if k in options}
-    for name, value in factors.items():
-        if isinstance(value, Tensor):
-            factors[name] = float(value)
+    factors = {k: float(v) if isinstance(v, Tensor) else v
+               for k, v in options.items() if k in ("safety", "ifactor", "dfactor")}
     if isinstance(spec, PIDController):
         if factors:
-            raise ValueError(
-                "options: give safety/ifactor/dfactor inside the PIDController, not beside it"
-            )
+            raise ValueError("options: give safety/ifactor/dfactor inside the PIDController, "
+                             "not beside it")
         return spec
     if spec is None:
         spec = "integral"
     if not isinstance(spec, str) or spec not in CONTROLLER_PRESETS:
-        raise ValueError(
-            f"options['controller'] must be one of {sorted(CONTROLLER_PRESETS)} or a "
-            f"PIDController, got {spec!r}"
-        )
+        raise ValueError(f"options['controller'] must be one of {sorted(CONTROLLER_PRESETS)} "
+                         f"or a PIDController, got {spec!r}")
     return PIDController(**CONTROLLER_PRESETS[spec], **factors)
 
 
@@ -96,14 +91,6 @@ def _times(options: dict, name: str) -> None:
         raise ValueError(f"options['{name}'] must hold finite times, got {values}")
 
 
-def _positive_int(options: dict, name: str, low: int = 1, high: int | None = None) -> None:
-    value = options[name]
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (
-            high is not None and value > high):
-        span = f"in {low}..{high}" if high is not None else f">= {low}"
-        raise ValueError(f"options['{name}'] must be an int {span}, got {value!r}")
-
-
 def validate_options(options: dict[str, Any], *, adjoint: bool = False) -> None:
     """Check the value of every option in ``options`` (keys were checked by the method).
 
@@ -135,8 +122,11 @@ def validate_options(options: dict[str, Any], *, adjoint: bool = False) -> None:
             raise TypeError(f"options['{name}'] must be True or False, got {value!r}")
         elif name == "dtype" and not isinstance(value, torch.dtype):
             raise TypeError(f"options['dtype'] must be a torch.dtype, got {value!r}")
-        elif name in ("max_order", "max_iters", "max_newton_iters"):
-            _positive_int(options, name, 1, 4 if name == "max_order" else None)
+        elif name in ("max_order", "max_iters", "max_newton_iters") and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+                or (name == "max_order" and value > 4)):
+            span = "in 1..4" if name == "max_order" else ">= 1"
+            raise ValueError(f"options['{name}'] must be an int {span}, got {value!r}")
     if any(k in options for k in LINEAR_SOLVER_OPTIONS):
         make_linear_solver(options)  # checks jacobian, linear_solver and the krylov_* values
     if "controller" in options or any(k in options for k in ("safety", "ifactor", "dfactor")):

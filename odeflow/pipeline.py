@@ -97,7 +97,7 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
         if bar is not None:
             bar.close(result.t_last if result is not None else C.t0,
                       result.stats.n_steps if result is not None else 0)
-    unbounded = events and _unbounded(C)
+    unbounded = events and bool((torch.as_tensor(C.t_end).abs() >= FAR).any())
     if C.per_sample and events:  # each sample: its event, no event, or its failure
         result.status = torch.where(locator.hits.found, int(Status.EVENT), torch.where(
             result.status == int(Status.SUCCESS), int(Status.NO_EVENT), result.status))
@@ -151,7 +151,8 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
         if events:
             y0_rows = y0_run.detach().reshape(y_stop.shape)
             ys_b = torch.stack([y0_rows, y_stop.detach()])
-            grid_b = _event_grid(C, t_stop)
+            grid_b = (torch.stack([C.grid[:, 0], t_stop], 1) if C.per_sample
+                      else (C.t0, float(t_stop[0])))
             if not C.per_sample:
                 ys_b = ys_b.reshape(2, -1)
         out = attach_adjoint(problem, adjoint_config, stats, y0_run, params, ys_b,
@@ -185,17 +186,6 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
                          dense=dense_out, sample_stats=sample_stats, event_index=hits.index)
 
 
-def _unbounded(C: Any) -> bool:
-    end = C.grid[-1] if not C.per_sample else C.grid[:, -1]
-    return bool((torch.as_tensor(end).abs() >= FAR).any())
-
-
-def _event_grid(C: Any, t_stop: Tensor) -> Any:
-    if C.per_sample:
-        return torch.stack([C.grid[:, 0], t_stop], 1)
-    return (C.grid[0], float(t_stop[0]))
-
-
 def _dense(problem: Any, hooks: Hooks, result: Any, reached: Any = None) -> DenseOutput | None:
     """The dense output kept by the loop, up to where the solve stopped (``nan`` beyond)."""
     if not hooks.dense:
@@ -212,5 +202,4 @@ def _sample_stats(result: Any) -> SampleStats:
         stats = result.stats
         return SampleStats(*(torch.tensor([int(v)], device=result.y_last.device) for v in (
             result.status, stats.n_steps, stats.n_accepted, stats.n_rejected)))
-    status, n_steps, n_acc, n_rej = result.lanes
-    return SampleStats(status, n_steps, n_acc, n_rej)
+    return SampleStats(*result.lanes)

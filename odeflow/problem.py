@@ -133,46 +133,37 @@ def _check_times(t: Any, batch: int | None) -> Tensor:
     return t
 
 
-def _monotone(rows: list[list[float]], name: str, search: bool) -> list[float]:
-    """Check each row of times; returns each row's direction (+1/-1)."""
+def _canonical_rows(t: Tensor, search: bool) -> tuple[list[list[float]], list[float]]:
+    """The user's times as checked rows of Python floats (``inf`` search ends become
+    ``FAR``), and each row's direction (+1/-1)."""
+    values = t.detach().to("cpu", torch.float64)  # host sync: once per solve
+    rows = values.reshape(1, -1).tolist() if values.ndim == 1 else values.tolist()
     signs = []
-    for r, values in enumerate(rows):
-        where = f"{name}[{r}]" if len(rows) > 1 else name
-        limit = 1 if search else len(values)
-        for i, v in enumerate(values[:limit]):
+    for r, row in enumerate(rows):
+        where = f"t[{r}]" if len(rows) > 1 else "t"
+        for i, v in enumerate(row[:1] if search else row):
             if not math.isfinite(v):
                 raise ValueError(f"{where} must be finite; {where}[{i}] = {v}"
                                  + (" (the search start)" if search else ""))
-        if search and len(values) != 2:
+        if search and len(row) != 2:
             raise ValueError("with event_fn, t must be [t0, t1], two times (per sample also "
                              "(B, 2)): the search runs from t0 towards t1 (t1 = inf or -inf "
-                             f"for no end time), got {len(values)} times per row")
-        if search and math.isnan(values[1]):
+                             f"for no end time), got {len(row)} times per row")
+        if search and math.isnan(row[1]):
             raise ValueError(f"{where}[1] must not be nan")
-        sign = 1.0 if len(values) == 1 or values[1] > values[0] else -1.0
-        for i in range(1, len(values)):
-            step = (values[i] - values[i - 1]) * sign
+        sign = 1.0 if len(row) == 1 or row[1] > row[0] else -1.0
+        for i in range(1, len(row)):
+            step = (row[i] - row[i - 1]) * sign
             if step <= 0:
                 kind = "repeats a time" if step == 0 else "changes direction"
                 raise ValueError(f"{where} must be strictly increasing or strictly decreasing; "
-                                 f"it {kind} at {where}[{i - 1}] = {values[i - 1]!r}, "
-                                 f"{where}[{i}] = {values[i]!r}")
+                                 f"it {kind} at {where}[{i - 1}] = {row[i - 1]!r}, "
+                                 f"{where}[{i}] = {row[i]!r}")
+        if search and math.isinf(row[1]):
+            row[1] = math.copysign(FAR, row[1])
+            if (row[1] > 0 and row[0] >= FAR) or (row[1] < 0 and row[0] <= -FAR):
+                raise ValueError(f"t[0] = {row[0]} is beyond the unbounded search's range")
         signs.append(sign)
-    return signs
-
-
-def _canonical_rows(t: Tensor, search: bool) -> tuple[list[list[float]], list[float]]:
-    """The user's times as rows of Python floats (``inf`` search ends become ``FAR``), and
-    each row's direction."""
-    values = t.detach().to("cpu", torch.float64)  # host sync: once per solve
-    rows = values.reshape(1, -1).tolist() if values.ndim == 1 else values.tolist()
-    signs = _monotone(rows, "t", search)
-    if search:
-        for row in rows:
-            if math.isinf(row[1]):
-                row[1] = math.copysign(FAR, row[1])
-                if (row[1] > 0 and row[0] >= FAR) or (row[1] < 0 and row[0] <= -FAR):
-                    raise ValueError(f"t[0] = {row[0]} is beyond the unbounded search's range")
     return rows, signs
 
 
@@ -181,10 +172,9 @@ def check_tolerance(name: str, tol: Any, layout: StateLayout) -> float | Tensor:
     the state's real dtype with one value per flat element."""
     if isinstance(tol, (tuple, list)):
         if not layout.is_tuple or len(tol) != len(layout.shapes):
-            raise ValueError(
-                f"{name} given as a sequence needs one value per component of a tuple y0 "
-                f"({len(layout.shapes) if layout.is_tuple else 'y0 is a tensor'}), got {len(tol)}"
-            )
+            expected = len(layout.shapes) if layout.is_tuple else "y0 is a tensor"
+            raise ValueError(f"{name} given as a sequence needs one value per component of a "
+                             f"tuple y0 ({expected}), got {len(tol)}")
         values = [float(_scalar_tolerance(f"{name}[{i}]", v)) for i, v in enumerate(tol)]
         return torch.cat([torch.full((size,), v, dtype=layout.real_dtype, device=layout.device)
                           for v, size in zip(values, layout.sizes)])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 __all__ = ["Status", "SolveStats", "SolveError", "last_stats"]
 
@@ -94,13 +94,9 @@ class SolveStats:
 
     def copy_forward(self, other: SolveStats) -> None:
         """Take ``other``'s forward-solve counters (all but ``nfe`` and the backward ones)."""
-        for name in _FORWARD_FIELDS:
-            setattr(self, name, getattr(other, name))
-
-
-_FORWARD_FIELDS = ("n_steps", "n_accepted", "n_rejected", "status", "message", "n_jacobians",
-                   "n_lu", "n_newton_iters", "n_newton_failures", "n_linear_iters",
-                   "n_linear_failures", "switches")
+        for f in fields(self):
+            if f.name not in ("nfe", "nfe_backward", "n_steps_backward"):
+                setattr(self, f.name, getattr(other, f.name))
 
 
 class SolveError(RuntimeError):

@@ -58,11 +58,8 @@ class ButcherTableau:
         _require(self.c[0] == 0, f"{self.name}: c[0] must be 0")
         for i, row in enumerate(self.a):
             _require(len(row) == i, f"{self.name}: a[{i}] must have {i} entries, has {len(row)}")
-            _require(
-                abs(sum(row) - self.c[i]) < _CHECK_TOL,
-                f"{self.name}: row sum of a[{i}] = {sum(row)!r} "
-                f"differs from c[{i}] = {self.c[i]!r}",
-            )
+            _require(abs(sum(row) - self.c[i]) < _CHECK_TOL, f"{self.name}: row sum of a[{i}] "
+                     f"= {sum(row)!r} differs from c[{i}] = {self.c[i]!r}")
         _require(abs(sum(self.b) - 1) < _CHECK_TOL, f"{self.name}: sum(b) = {sum(self.b)!r} != 1")
         if self.b_err is not None:
             _require(len(self.b_err) == s, f"{self.name}: b_err needs {s} entries")
@@ -71,16 +68,10 @@ class ButcherTableau:
         if self.dense is not None:
             _require(len(self.dense) == s, f"{self.name}: dense needs one polynomial per stage")
             for i, poly in enumerate(self.dense):
-                _require(
-                    abs(sum(poly) - self.b[i]) < 1e-12,
-                    f"{self.name}: dense output b_{i}(1) = {sum(poly)!r} differs from b[{i}]",
-                )
-        fsal = (
-            s > 1
-            and self.c[-1] == 1
-            and all(abs(x - y) < _CHECK_TOL for x, y in zip(self.a[-1], self.b[:-1], strict=True))
-            and self.b[-1] == 0
-        )
+                _require(abs(sum(poly) - self.b[i]) < 1e-12,
+                         f"{self.name}: dense output b_{i}(1) = {sum(poly)!r} differs from b[{i}]")
+        last_is_b = all(abs(x - y) < _CHECK_TOL for x, y in zip(self.a[-1], self.b[:-1]))
+        fsal = s > 1 and self.c[-1] == 1 and last_is_b and self.b[-1] == 0
         object.__setattr__(self, "fsal", fsal)
 
     @property
@@ -149,15 +140,9 @@ def _hairer_dense(b: tuple[float, ...], d: tuple[float, ...]) -> tuple[tuple[flo
     es = tuple(1.0 if i == s - 1 else 0.0 for i in range(s))
     r3 = _minus(e1, b)
     r4 = tuple(2 * bi - x - y for bi, x, y in zip(b, e1, es, strict=True))
-    polys = []
-    for i in range(s):
-        # θ b + (θ - θ²) r3 + (θ² - θ³) r4 + (θ² - 2θ³ + θ⁴) r5, as coefficients of θ^1..θ^4.
-        p1 = b[i] + r3[i]
-        p2 = -r3[i] + r4[i] + d[i]
-        p3 = -r4[i] - 2 * d[i]
-        p4 = d[i]
-        polys.append((p1, p2, p3, p4))
-    return tuple(polys)
+    # θ b + (θ - θ²) r3 + (θ² - θ³) r4 + (θ² - 2θ³ + θ⁴) r5, as coefficients of θ^1..θ^4.
+    return tuple((b[i] + r3[i], -r3[i] + r4[i] + d[i], -r4[i] - 2 * d[i], d[i])
+                 for i in range(s))
 
 
 EULER = ButcherTableau(
@@ -228,8 +213,7 @@ _DOPRI5_D = _f(
     "701980252875/199316789632", "-1453857185/822651844", "69997945/29380423",
 )
 DOPRI5 = ButcherTableau(
-    name="dopri5",
-    c=_f(0, "1/5", "3/10", "4/5", "8/9", 1, 1),
+    name="dopri5", c=_f(0, "1/5", "3/10", "4/5", "8/9", 1, 1),
     a=(
         (),
         _f("1/5"),
@@ -239,13 +223,9 @@ DOPRI5 = ButcherTableau(
         _f("9017/3168", "-355/33", "46732/5247", "49/176", "-5103/18656"),
         _DOPRI5_B[:6],
     ),
-    b=_DOPRI5_B, order=5,
-    b_err=_minus(
-        _DOPRI5_B,
-        _f("5179/57600", 0, "7571/16695", "393/640", "-92097/339200", "187/2100", "1/40"),
-    ),
-    error_order=4,
-    dense=_hairer_dense(_DOPRI5_B, _DOPRI5_D),
+    b=_DOPRI5_B, order=5, error_order=4, dense=_hairer_dense(_DOPRI5_B, _DOPRI5_D),
+    b_err=_minus(_DOPRI5_B, _f("5179/57600", 0, "7571/16695", "393/640", "-92097/339200",
+                               "187/2100", "1/40")),
     reference="Dormand & Prince (1980), 'A family of embedded Runge–Kutta formulae', "
     "J. Comp. Appl. Math. 6(1):19–26; dense output of order 4 from Hairer, Nørsett & "
     "Wanner, Solving ODEs I, §II.6 (continuous extension of DOPRI5).",
@@ -290,8 +270,7 @@ _TSIT5_DENSE = (
     (0, "1.5", -4, "2.5"),
 )
 TSIT5 = ButcherTableau(
-    name="tsit5",
-    c=_f(0, "0.161", "0.327", "0.9", _TSIT5_C5, 1, 1),
+    name="tsit5", c=_f(0, "0.161", "0.327", "0.9", _TSIT5_C5, 1, 1),
     a=(
         (),
         _f("0.161"),
@@ -327,11 +306,8 @@ _DOPRI8_B_HAT = (
     "53011238/667516719", "2/45", 0,
 )
 DOPRI8 = ButcherTableau(
-    name="dopri8",
-    c=_f(
-        0, "1/18", "1/12", "1/8", "5/16", "3/8", "59/400", "93/200",
-        "5490023248/9719169821", "13/20", "1201146811/1299019798", 1, 1,
-    ),
+    name="dopri8", c=_f(0, "1/18", "1/12", "1/8", "5/16", "3/8", "59/400", "93/200",
+                        "5490023248/9719169821", "13/20", "1201146811/1299019798", 1, 1),
     a=(
         (),
         _f("1/18"),
@@ -365,10 +341,6 @@ DOPRI8 = ButcherTableau(
     "as torchdiffeq's 'dopri8' uses; no dense output of its own (cubic Hermite).",
 )
 
-TABLEAUS: dict[str, ButcherTableau] = {
-    t.name: t
-    for t in (
-        EULER, MIDPOINT, HEUN2, HEUN3, RK4, RK4_CLASSIC,
-        ADAPTIVE_HEUN, FEHLBERG2, BOSH3, DOPRI5, TSIT5, DOPRI8,
-    )
-}
+TABLEAUS: dict[str, ButcherTableau] = {t.name: t for t in (
+    EULER, MIDPOINT, HEUN2, HEUN3, RK4, RK4_CLASSIC,
+    ADAPTIVE_HEUN, FEHLBERG2, BOSH3, DOPRI5, TSIT5, DOPRI8)}

@@ -58,10 +58,9 @@ def find_params(func: Callable[..., Any], params: Sequence[Tensor] | None, mode:
     elif mode == "checkpoint" and problem is not None:
         params = closure_leaves(problem)
     else:
-        raise ValueError(
-            f"gradient={mode!r} needs to know func's parameters: make func a torch.nn.Module, "
-            "or pass adjoint_params=(tensors func uses) (use adjoint_params=() if it has none)"
-        )
+        raise ValueError(f"gradient={mode!r} needs to know func's parameters: make func a "
+                         "torch.nn.Module, or pass adjoint_params=(tensors func uses) (use "
+                         "adjoint_params=() if it has none)")
     # Deduplicate (shared parameters) and keep only those that need a gradient.
     return tuple({id(p): p for p in params if p.requires_grad}.values())
 

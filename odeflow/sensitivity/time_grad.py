@@ -29,16 +29,12 @@ def user_derivative(problem: Problem, t_user: Tensor, y: Tensor) -> Tensor:
     return out * C.sign_column(out.dtype) if C.per_sample else C.sign * out
 
 
-def _initial_times(problem: Problem) -> Tensor:
-    t = problem.t
-    if not problem.per_sample:
-        return t[0]
-    return t[:, 0] if t.ndim == 2 else t[0].expand(problem.clock.batch)
-
-
 def shift_initial_state(problem: Problem, y0: Tensor) -> Tensor:
     """``y0`` with the ``t_0`` dependence of the flow attached (see the module docstring)."""
-    t0 = _initial_times(problem)
+    t = problem.t
+    t0 = t[:, 0] if t.ndim == 2 else t[0]
+    if problem.per_sample:  # (a 1-D t is shared by the lanes)
+        t0 = t0.expand(problem.clock.batch)
     with torch.no_grad():
         f0 = user_derivative(problem, t0.detach(), y0)
     shift = (t0 - t0.detach()).to(y0.dtype)

@@ -10,6 +10,8 @@ from ..linalg import LINEAR_SOLVER_OPTIONS, make_linear_solver
 from ..tableaus import TABLEAUS
 from .adams import AdamsBashforth, AdamsMoulton
 from .auto import AutoSwitch
+from .esdirk import ESDIRK
+from .esdirk_tableaus import ESDIRK_TABLEAUS
 from .explicit_rk import ExplicitRK
 from .rosenbrock import Rosenbrock
 from .rosenbrock_tableaus import ROSENBROCK_TABLEAUS
@@ -30,11 +32,6 @@ FIXED_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp", "max_num_
 ADAPTIVE_METHODS = ("dopri5", "tsit5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 ROSENBROCK_METHODS = ("rodas5p", "rodas4")
 ESDIRK_METHODS = ("kvaerno5", "kvaerno3", "trbdf2")
-try:  # the ESDIRK family is optional until its module lands
-    from .esdirk import ESDIRK
-    from .esdirk_tableaus import ESDIRK_TABLEAUS
-except ImportError:  # pragma: no cover
-    ESDIRK_METHODS = ()
 IMPLICIT_METHODS = ("auto",) + ROSENBROCK_METHODS + ESDIRK_METHODS
 IMPLICIT_OPTIONS = LINEAR_SOLVER_OPTIONS + ("autonomous", "max_newton_iters")
 FIXED_RK_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "rk4_classic")
@@ -108,12 +105,7 @@ class MethodSpec:
         except after an implicit forward, where ``kvaerno5`` (implicit too, and its Newton
         iteration tolerates the block Jacobian the adjoint system gets, where a Rosenbrock
         method would lose order)."""
-        return "kvaerno5" if self.implicit and "kvaerno5" in METHODS else None
-
-    @property
-    def supports_events(self) -> bool:
-        """Events and dense output work on this method's per-step interpolants."""
-        return not self.external
+        return "kvaerno5" if self.implicit else None
 
     @property
     def valid_callbacks(self) -> tuple[str, ...]:
@@ -136,9 +128,7 @@ class MethodSpec:
             return Rosenbrock(ROSENBROCK_TABLEAUS[self.name], make_linear_solver(options),
                               autonomous=bool(options.get("autonomous", False)))
         if self.name in ESDIRK_METHODS:
-            kwargs = {}
-            if "max_newton_iters" in options:
-                kwargs["max_newton_iters"] = options["max_newton_iters"]
+            kwargs = {k: options[k] for k in ("max_newton_iters",) if k in options}
             return ESDIRK(ESDIRK_TABLEAUS[self.name], make_linear_solver(options), rtol=rtol,
                           atol=atol, **kwargs)
         if self.name in ADAMS_METHODS:

@@ -31,33 +31,14 @@ Implementer rules (the loop in ``integrate.py`` and the checkpointed replay rely
 7. Under autograd (``ws is None``) every operation must keep the graph intact: no writes
    into reused buffers.
 
-Capabilities are declared by the stepper class and read through
-:class:`~odeflow.solvers.MethodSpec` (no list of method names lives outside
-``solvers/``): ``per_sample`` (takes one ``dt`` per lane), ``implicit``, ``fsal``,
-``steps_to_outputs`` (no interpolant of the method's order: outputs are step ends),
-``needs_f_end_for_dense``, ``order``/``error_order``.
-
+Capabilities are declared by the stepper class (``per_sample``: takes one ``dt`` per lane;
+``implicit``; ``fsal``; ``steps_to_outputs``: no interpolant of the method's order, outputs
+are step ends; ``needs_f_end_for_dense``; ``order``/``error_order``) and read through
+:class:`~odeflow.solvers.MethodSpec`, so no list of method names lives outside ``solvers/``.
+``step(..., fsal_stage=False)`` may skip a first-same-as-last stage that nothing will read.
 Adding a solver family touches ``solvers/`` only (and ``linalg.py`` if it solves linear
-systems)::
-
-    # solvers/my_family.py
-    class MyFamily:
-        per_sample = False          # True once step() accepts a (B,) dt
-        implicit = False
-        fsal = False
-        steps_to_outputs = False
-        needs_f_end_for_dense = True
-        order, error_order = 3, 2
-
-        def workspace(self, y0): return None
-        def init(self, y0): return None
-        def step(self, f, t, y, f0, dt, state, ws, *, with_error=True, f_last=None,
-                 fsal_stage=True): ...          # -> StepResult
-        def f_end(self, f, t_new, y_new, result): return f(t_new, y_new)
-        def interpolant(self, t, dt, y, y_new, stages, f_new, f=None): ...
-        def interpolate(self, y, y_new, dt, stages, f_new, theta, ws): ...
-
-    # solvers/__init__.py: the method name in the registry (its family, options, build)
+systems): a class with :class:`Stepper`'s attributes and methods, and its method names in
+the registry of ``solvers/__init__.py``.
 """
 
 from __future__ import annotations
@@ -89,11 +70,8 @@ class Stepper(Protocol):
 
     order: int
     error_order: int
-    #: takes one step size per lane (per-sample batches)
     per_sample: bool
-    #: outputs must be step end points (no interpolant of the method's order)
     steps_to_outputs: bool
-    #: the dense output needs ``f`` at the step's end (cubic Hermite)
     needs_f_end_for_dense: bool
 
     def workspace(self, y0: Tensor) -> Any: ...

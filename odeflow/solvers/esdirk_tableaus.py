@@ -67,11 +67,9 @@ class ESDIRKTableau:
         order: order of ``b``.
         embedded_order: order of ``b̂``.
         reference: where the coefficients come from.
-
         dense: optional continuous extension: ``dense[j]`` are the coefficients of
             ``θ, θ², …`` in ``b_j(θ)`` (``y(t + θh) ≈ y + h Σ b_j(θ) k_j``, ``b_j(1) = b_j``);
             empty: the stepper interpolates by cubic Hermite.
-        dense_order: the order of ``dense`` (its local error is ``O(h^(dense_order+1))``).
 
     Derived: ``b_err = b − b̂`` (the error estimate is ``h Σ b_err_j k_j``),
     ``error_order = min(order, embedded_order)`` (the estimate is ``O(h^(error_order+1))``;
@@ -88,7 +86,6 @@ class ESDIRKTableau:
     embedded_order: int
     reference: str = ""
     dense: tuple[tuple[float, ...], ...] = ()
-    dense_order: int = 0
 
     def __post_init__(self) -> None:
         s = len(self.c)
@@ -193,16 +190,10 @@ def _kvaerno3() -> ESDIRKTableau:
     a42 = -1 / ((24 * g - 12) * g)
     a43 = (-6 * g * g + 6 * g - 1) / (6 * g - 3)
     return ESDIRKTableau(
-        name="kvaerno3",
-        gamma=g,
-        c=(0.0, 2 * g, 1.0, 1.0),
+        name="kvaerno3", gamma=g, c=(0.0, 2 * g, 1.0, 1.0),
         a=((), (g,), (a31, a32), (a41, a42, a43)),
-        b=(a41, a42, a43, g),
-        b_hat=(a31, a32, g, 0.0),
-        order=3,
-        embedded_order=2,
-        reference="A. Kværnø, BIT Numer. Math. 44 (2004) 489-502: the 4-stage ESDIRK 3(2)",
-    )
+        b=(a41, a42, a43, g), b_hat=(a31, a32, g, 0.0), order=3, embedded_order=2,
+        reference="A. Kværnø, BIT Numer. Math. 44 (2004) 489-502: the 4-stage ESDIRK 3(2)")
 
 
 # ---------------------------------------------------------------------------------- kvaerno5
@@ -263,21 +254,11 @@ def _kvaerno5() -> ESDIRKTableau:
     # step's end: the embedded and the propagated solution).
     c = (*c[:5], 1.0, 1.0)
     return ESDIRKTableau(
-        name="kvaerno5",
-        gamma=g,
-        c=c,
-        a=a,
-        b=(*a[6], g),
-        b_hat=_KVAERNO5_B_HAT3,
-        order=5,
-        embedded_order=3,
+        name="kvaerno5", gamma=g, c=c, a=a, b=(*a[6], g), b_hat=_KVAERNO5_B_HAT3, order=5,
+        embedded_order=3, dense=_KVAERNO5_DENSE,
         reference="A. Kværnø, BIT Numer. Math. 44 (2004) 489-502: the 7-stage ESDIRK 5(4) "
                   "(A, b); the order-3 L-stable embedding and the order-4 dense output are "
-                  "odeflow's (see the module docstring)",
-        dense=_KVAERNO5_DENSE,
-        dense_order=4,
-    )
-
+                  "odeflow's (see the comments above)")
 
 
 # ------------------------------------------------------------------------------------ trbdf2
@@ -287,17 +268,10 @@ def _trbdf2() -> ESDIRKTableau:
     d = g / 2  # the diagonal coefficient: 1 - √2/2
     w = s2 / 4
     return ESDIRKTableau(
-        name="trbdf2",
-        gamma=d,
-        c=(0.0, g, 1.0),
-        a=((), (d,), (w, w)),
-        b=(w, w, d),
-        b_hat=((1 - w) / 3, (3 * w + 1) / 3, d / 3),
-        order=2,
-        embedded_order=3,
+        name="trbdf2", gamma=d, c=(0.0, g, 1.0), a=((), (d,), (w, w)), b=(w, w, d),
+        b_hat=((1 - w) / 3, (3 * w + 1) / 3, d / 3), order=2, embedded_order=3,
         reference="Bank et al., IEEE Trans. CAD 4 (1985) 436-451; Hosea & Shampine, Appl. "
-                  "Numer. Math. 20 (1996) 21-37 (embedded third-order estimate)",
-    )
+                  "Numer. Math. 20 (1996) 21-37 (embedded third-order estimate)")
 
 
 KVAERNO3 = _kvaerno3()
@@ -308,9 +282,7 @@ KVAERNO5_B_HAT4 = (*KVAERNO5.a[5], KVAERNO5.gamma, 0.0)
 TRBDF2 = _trbdf2()
 
 #: name -> tableau, for the registry: ``ESDIRK(ESDIRK_TABLEAUS[name], linear_solver, ...)``
-ESDIRK_TABLEAUS: dict[str, ESDIRKTableau] = {
-    t.name: t for t in (KVAERNO3, KVAERNO5, TRBDF2)
-}
+ESDIRK_TABLEAUS: dict[str, ESDIRKTableau] = {t.name: t for t in (KVAERNO3, KVAERNO5, TRBDF2)}
 
 
 def stage_predictor(c: Sequence[float], i: int, same: int | None) -> tuple[str, Any]:
