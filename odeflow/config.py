@@ -41,9 +41,9 @@ def loop_config(problem: Problem, spec: Any, stepper: Any, *, record: bool = Fal
     stops, jumps = _adaptive_stops(problem, stepper)
     return LoopConfig(
         True, make_controller(opts), max_steps(opts),
-        positive_float(opts, "min_step", None, allow_zero=True) or 0.0,
-        positive_float(opts, "max_step", None) or math.inf,
-        positive_float(opts, "first_step", None), stops, jumps, callbacks=cbs,
+        positive_float(opts, "min_step", allow_zero=True) or 0.0,
+        positive_float(opts, "max_step") or math.inf,
+        positive_float(opts, "first_step"), stops, jumps, callbacks=cbs,
         record=record, fsal=fsal, compile=bool(opts.get("compile", False)))
 
 
@@ -75,15 +75,11 @@ def _adaptive_stops(problem: Problem, stepper: Any) -> tuple[Any, Any]:
             stop_set.update(C.grid[1:])
         stops = sorted(stop_set)
         return stops, ([s in jump_set for s in stops] if jump_set else None)
-    grid, B = C.grid, C.batch
-    extra = []
-    for values, is_jump in ((jumps, True), (step_t, False)):
-        if values is not None:
-            extra.append((_lane_times(values, C.sign, B, "jump_t" if is_jump else "step_t"),
-                          is_jump))
-    if stepper.steps_to_outputs and grid.shape[1] > 2:
-        extra.append((grid[:, 1:-1], False))
-    stops, flags = _stop_matrix(grid, extra)
+    extra = [(_lane_times(values, C.sign, C.batch, name), name == "jump_t")
+             for name, values in (("jump_t", jumps), ("step_t", step_t)) if values is not None]
+    if stepper.steps_to_outputs and C.grid.shape[1] > 2:
+        extra.append((C.grid[:, 1:-1], False))
+    stops, flags = _stop_matrix(C.grid, extra)
     return stops, (flags if jumps is not None else None)
 
 
@@ -124,19 +120,15 @@ def _stop_matrix(grid: Tensor, extra: list[tuple[Tensor, bool]]) -> tuple[Tensor
 # ----------------------------------------------------------------------------- fixed grid
 class LazyGrid:
     """``t0 + i h`` for ``i < n``, then ``t1``: a fixed grid generated as the loop reads it
-    (an event search without an end time needs no list)."""
+    (an event search without an end time needs no list). ``size`` is its number of stops
+    (a Python int, which may exceed what ``len`` can return)."""
 
     def __init__(self, t0: float, t1: float, h: float, n: int):
-        self.t0, self.t1, self.h, self.n = t0, t1, h, n
+        self.t0, self.t1, self.h, self.size = t0, t1, h, n
 
     def __getitem__(self, i: int) -> float:
         # stop i is grid point i + 1 (the loop starts at t0)
-        return self.t0 + (i + 1) * self.h if i + 1 < self.n else self.t1
-
-    @property
-    def size(self) -> int:
-        """The number of stops (a Python int; may exceed what ``len`` can return)."""
-        return self.n
+        return self.t0 + (i + 1) * self.h if i + 1 < self.size else self.t1
 
 
 def _fixed_grid(problem: Problem, search: bool) -> Any:
@@ -144,7 +136,7 @@ def _fixed_grid(problem: Problem, search: bool) -> Any:
     opts, C = problem.options, problem.clock
     constructor = opts.get("grid_constructor")
     max_num_steps = max_steps(opts)
-    h = positive_float(opts, "step_size", None)
+    h = positive_float(opts, "step_size")
     if C.per_sample:
         if constructor is not None:
             raise ValueError("options['grid_constructor'] is not supported with "

@@ -55,9 +55,9 @@ def make_controller(options: dict[str, Any]) -> PIDController:
     return PIDController(**CONTROLLER_PRESETS[spec], **factors)
 
 
-def positive_float(options: dict, name: str, default: float | None,
-                    allow_zero: bool = False) -> float | None:
-    value = options.get(name, default)
+def positive_float(options: dict, name: str, allow_zero: bool = False) -> float | None:
+    """``options[name]`` as a float, ``None`` if absent; a positive (or non-negative) number."""
+    value = options.get(name)
     if value is None:
         return None
     if isinstance(value, Tensor):
@@ -105,7 +105,7 @@ def validate_options(options: dict[str, Any], *, adjoint: bool = False) -> None:
         if value is None and name not in ("controller", "interp"):
             continue
         if name in ("first_step", "max_step", "step_size", "min_step"):
-            positive_float(options, name, None, allow_zero=name == "min_step")
+            positive_float(options, name, allow_zero=name == "min_step")
         elif name == "max_num_steps":
             max_steps(options)
         elif name in ("jump_t", "step_t"):

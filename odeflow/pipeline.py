@@ -73,13 +73,12 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
             "solution has no gradient; use odeint_adjoint (gradient='adjoint') to "
             "differentiate a SciPy solve", UserWarning, stacklevel=3)
     time_grad = grad_on and problem.t.requires_grad and not no_graph
-    y0_flat = problem.y0
-    y0_run = shift_initial_state(problem, y0_flat) if time_grad else y0_flat
+    y0_run = shift_initial_state(problem, problem.y0) if time_grad else problem.y0
     locator = None
     if events:
         direction = event_direction if event_direction is not None else getattr(
             event_fn, "direction", 0)
-        locator = EventLocator(replace(problem, y0=y0_flat.detach()), event_fn, direction,
+        locator = EventLocator(replace(problem, y0=problem.y0.detach()), event_fn, direction,
                                field_slope=not spec.adaptive)
     keep_dense = dense or (mode == "adjoint" and spec.implicit)
     bar = None
@@ -170,7 +169,7 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
         t_event_user, y_stop = attach_event_time(locator, problem, t_stop, y_stop)
     else:
         t_event_user = C.sign * t_stop
-    ys_out = problem.layout.unflatten(torch.stack([y0_flat, y_stop.reshape(y0_flat.shape)]))
+    ys_out = problem.layout.unflatten(torch.stack([problem.y0, y_stop.reshape(problem.y0.shape)]))
     dense_out = _dense(problem, hooks, result, t_stop)
     if not problem.lanes_api:
         found = bool(hits.found[0])

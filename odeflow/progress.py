@@ -1,7 +1,6 @@
 """``solve(..., progress=True)``: a progress bar of ``t`` across the span.
 
-tqdm draws it when installed; otherwise a single line on stderr is rewritten in place. It is
-refreshed at most :data:`REFRESH_PER_S` times a second, so a fast solve pays a time check
+Refreshed at most :data:`REFRESH_PER_S` times a second, so a fast solve pays a time check
 per step and little else; when ``progress`` is off the loops skip it entirely.
 """
 
@@ -36,13 +35,9 @@ class Progress:
 
     def __init__(self, clock: Any, desc: str = "solve"):
         self.lanes = clock.per_sample
-        self.label = "done" if self.lanes else "t"
-        if self.lanes:
-            self.t0, self.t1, self.sign = clock.grid[:, 0], clock.grid[:, -1], 1.0
-            self.span = (self.t1 - self.t0).clamp(min=1e-300)
-        else:
-            self.t0, self.t1, self.sign = clock.t0, clock.t_end, clock.sign
-            self.span = max(self.t1 - self.t0, 1e-300)
+        self.t0, self.t1, self.sign = clock.t0, clock.t_end, clock.sign
+        span = self.t1 - self.t0
+        self.span = span.clamp(min=1e-300) if self.lanes else max(span, 1e-300)
         self._next = 0.0
         self._desc = desc
         self._bar: Any = None
@@ -73,7 +68,7 @@ class Progress:
             frac = shown_t = float(((t - self.t0) / self.span).clamp(0, 1).mean())
         else:
             frac, shown_t = min(max((t - self.t0) / self.span, 0.0), 1.0), self.sign * t
-        shown = f"{self._desc} {self.label}={shown_t:.6g} steps={steps}"
+        shown = f"{self._desc} {'done' if self.lanes else 't'}={shown_t:.6g} steps={steps}"
         if self._bar is not None:
             self._bar.n = int(1000 * frac)
             self._bar.set_description_str(shown, refresh=False)

@@ -1,10 +1,5 @@
-"""Run the loop for a method, and turn the lanes' statuses into results or errors.
-
-:func:`run` builds the stepper and the loop configuration of a method and runs the loop
-(``solve``'s pipeline and the adjoint's backward solves both call it). :func:`failure`
-makes the :class:`~odeflow.SolveError` of a failed solve, with complete statistics, the
-outputs reached before the failure, and a message that says what to change.
-"""
+"""Run the loop for a method (``solve``'s pipeline and the adjoint's backward solves), and
+turn the lanes' statuses into results or errors that say what to change."""
 
 from __future__ import annotations
 

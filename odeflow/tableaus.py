@@ -79,11 +79,6 @@ class ButcherTableau:
         """Number of stages (function evaluations per step, counting the reused first one)."""
         return len(self.c)
 
-    @property
-    def adaptive(self) -> bool:
-        """Whether the method carries an embedded error estimate."""
-        return self.b_err is not None
-
     def dense_weights(self, theta: float) -> list[float]:
         """The weights ``b_i(θ)`` of the dense output at fraction ``theta`` of the step."""
         assert self.dense is not None

@@ -34,19 +34,15 @@ GRADIENTS = ("direct", "adjoint", "checkpoint")
 
 
 def find_params(func: Callable[..., Any], params: Sequence[Tensor] | None, mode: str,
-                problem: Problem | None = None) -> tuple[Tensor, ...]:
+                problem: Problem) -> tuple[Tensor, ...]:
     """The tensors whose gradients ``mode`` must return: ``params``, or ``func``'s parameters.
 
-    For ``mode="checkpoint"``, a plain function (not an ``nn.Module``) without
-    ``adjoint_params``, and the ``problem`` given, they are the tensors the function's
-    output depends on (:func:`closure_leaves`): checkpointing replays ``func`` under
-    autograd, so it can differentiate whatever the function uses, as direct mode does. The
-    adjoint method cannot (its backward ``func`` calls are new evaluations, and the tensors
-    they will use are not known in advance), and asks for ``adjoint_params``.
-
-    Raises:
-        ValueError: ``func`` is not an ``nn.Module`` and no ``adjoint_params`` were given
-            (``mode="adjoint"``, or checkpoint without ``problem``).
+    For ``mode="checkpoint"`` and a plain function (not an ``nn.Module``) without
+    ``adjoint_params``, they are the tensors the function's output depends on
+    (:func:`closure_leaves`): checkpointing replays ``func`` under autograd, so it can
+    differentiate whatever the function uses, as direct mode does. The adjoint method
+    cannot (its backward ``func`` calls are new evaluations, and the tensors they will use
+    are not known in advance), and raises ``ValueError`` asking for ``adjoint_params``.
     """
     if params is not None:
         params = tuple(params)
@@ -55,7 +51,7 @@ def find_params(func: Callable[..., Any], params: Sequence[Tensor] | None, mode:
                 raise TypeError(f"adjoint_params[{i}] must be a tensor, got {type(p).__name__}")
     elif isinstance(func, torch.nn.Module):
         params = tuple(func.parameters())
-    elif mode == "checkpoint" and problem is not None:
+    elif mode == "checkpoint":
         params = closure_leaves(problem)
     else:
         raise ValueError(f"gradient={mode!r} needs to know func's parameters: make func a "
@@ -79,15 +75,10 @@ def closure_leaves(problem: Problem) -> tuple[Tensor, ...]:
     with torch.enable_grad():
         out = problem.user_func(t0, layout.unflatten(problem.y0.detach()))
     outs = out if isinstance(out, (tuple, list)) else (out,)
-    leaves: list[Tensor] = []
+    tensors = [o for o in outs if isinstance(o, Tensor) and o.requires_grad]
+    leaves = [o for o in tensors if o.grad_fn is None]  # func returned a leaf itself
+    stack = [o.grad_fn for o in tensors if o.grad_fn is not None]
     seen_nodes: set[Any] = set()
-    stack = []
-    for o in outs:
-        if isinstance(o, Tensor) and o.requires_grad:
-            if o.grad_fn is None:
-                leaves.append(o)  # func returned a leaf itself
-            else:
-                stack.append(o.grad_fn)
     while stack:
         node = stack.pop()
         if node in seen_nodes:

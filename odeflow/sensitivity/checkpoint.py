@@ -146,18 +146,10 @@ def attach_checkpoint(problem: Problem, stepper: Any, cfg: Any, stats: SolveStat
                       ) -> tuple[Tensor, Tensor]:
     """``(ys, y_last)`` of a recorded forward, differentiable by replay.
 
-    Args:
-        problem: the problem the loop solved.
-        stepper, cfg: the loop's stepper and configuration.
-        stats: receives ``nfe_backward`` and ``n_steps_backward`` when backward runs.
-        y0: the flat initial state, with its graph (gradients flow to it).
-        params: the tensors whose gradients backward returns.
-        records: the loop's :class:`~odeflow.integrate.StepRecord` list.
-        ys: the loop's stacked flat outputs, without graph.
-        y_last: the state where the loop stopped (the event state of event lanes).
-        failed: per sample, the lanes that failed (they get no gradient), else ``None``.
-        event_found: the lanes that stopped at an event (their ``y_last`` is the event
-            state, injected at the event's step), else ``None``.
+    ``stats`` receives ``nfe_backward`` and ``n_steps_backward`` when backward runs;
+    ``y0`` (flat) keeps its graph; ``ys`` and ``y_last`` (where the loop stopped: the event
+    state of event lanes) have none. Per sample, ``failed`` lanes get no gradient, and the
+    ``y_last`` of ``event_found`` lanes is injected at their event's step.
     """
     payload = (problem, stepper, cfg, records, ys, y_last, stats, failed, event_found)
     return _Checkpoint.apply(payload, y0, *params)

@@ -144,17 +144,10 @@ _RK_CACHE: dict[str, ExplicitRK] = {}
 
 def _stepper_class(name: str) -> Any:
     """The stepper class behind a method name (``None`` for the SciPy bridge)."""
-    if name in ADAPTIVE_METHODS or name in FIXED_RK_METHODS:
-        return ExplicitRK
-    if name in ROSENBROCK_METHODS:
-        return Rosenbrock
-    if name in ESDIRK_METHODS:
-        return ESDIRK
-    if name == "auto":
-        return AutoSwitch
-    if name in ADAMS_METHODS:
-        return AdamsBashforth
-    return None
+    families = ((ADAPTIVE_METHODS + FIXED_RK_METHODS, ExplicitRK),
+                (ROSENBROCK_METHODS, Rosenbrock), (ESDIRK_METHODS, ESDIRK),
+                (("auto",), AutoSwitch), (ADAMS_METHODS, AdamsBashforth))
+    return next((cls for names, cls in families if name in names), None)
 
 
 def get_method(method: str | None) -> MethodSpec:

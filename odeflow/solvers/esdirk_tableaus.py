@@ -131,13 +131,9 @@ class ESDIRKTableau:
         ``0.47|z|``). With ``A = [[0, 0], [a, Ã]]`` the ``O(z)`` term of ``R̂`` is
         ``z (b̂_1 − b̂_{2:}ᵀ Ã⁻¹ a)``; it vanishes for a bounded ``R̂``. Only an unbounded
         embedding needs the error filter ``(I − hγJ)⁻¹``."""
-        s = self.stages
-        full = self.full_a()
-        # Ã is lower triangular with γ on the diagonal: forward substitution for Ã⁻¹ a.
-        x = [0.0] * (s - 1)
-        for i in range(1, s):
-            acc = full[i][0] - sum(full[i][j] * x[j - 1] for j in range(1, i))
-            x[i - 1] = acc / self.gamma
+        x: list[float] = []  # Ã⁻¹ a, by forward substitution (Ã: lower triangular, γ diagonal)
+        for row in self.a[1:]:
+            x.append((row[0] - sum(w * v for w, v in zip(row[1:], x))) / self.gamma)
         lead = self.b_hat[0] - sum(w * v for w, v in zip(self.b_hat[1:], x))
         return abs(lead) < 1e-12
 
