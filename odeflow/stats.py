@@ -94,7 +94,7 @@ class SolveStats:
 
     def copy_forward(self, other: SolveStats) -> None:
         """Take ``other``'s forward-solve counters (all but ``nfe`` and the backward ones)."""
-        for f in fields(self):
+        for f in fields(SolveStats):  # (self may be a subclass with more counters)
             if f.name not in ("nfe", "nfe_backward", "n_steps_backward"):
                 setattr(self, f.name, getattr(other, f.name))
 
