@@ -55,7 +55,12 @@ class DenseOutput:
             self._stacked = stack_pieces([p for p, _ in pieces])
             self._t = torch.stack([torch.as_tensor(p.t) for p, _ in pieces])  # (I, B)
             self._dt = torch.stack([torch.as_tensor(p.dt) for p, _ in pieces])
-            self._ok = torch.stack([ok for _, ok in pieces])
+            ok = torch.stack([ok for _, ok in pieces])
+            # Each lane's accepted steps by start time (+inf after them): one search finds
+            # a lane's step, ``_order`` its iteration (the sort is stable, starts increase).
+            starts, self._order = torch.where(ok, self._t, math.inf).T.sort(stable=True)
+            self._lane_starts = starts.contiguous()
+            self._slack = 1e-12 * torch.maximum(self._lo.abs(), self._hi.abs()).clamp(min=1.0)
         else:
             self._pieces = [p for p, ok in pieces if ok]
             self._starts = [p.t for p in self._pieces]
@@ -99,9 +104,14 @@ class DenseOutput:
         flat = torch.stack([self.canonical(sign * v, derivative) for v in times])
         return self._layout.unflatten(flat[0] if values.ndim == 0 else flat)
 
-    def canonical(self, tc: float, derivative: bool = False) -> Tensor:
-        """The flat state (or ``dy/dt`` in the user's direction) at canonical time ``tc``
-        of a one-lane solve (the interpolating adjoint reads the forward solution so)."""
+    def canonical(self, tc: Any, derivative: bool = False) -> Tensor:
+        """The flat state (or ``dy/dt`` in the user's direction) at canonical time ``tc``,
+        read as the interpolating adjoint reads the forward solution: a float for a
+        one-lane solve; per sample a ``(B,)`` tensor, one time per lane, giving ``(B, n)``.
+        A time outside the span reads its nearest end (no check, no host sync), one beyond
+        a failure ``nan``."""
+        if self._clock.per_sample:
+            return self._canonical_lanes(tc, derivative)
         sign = self._clock.sign
         slack = 1e-12 * max(1.0, abs(self._lo), abs(self._hi))
         i = max(0, min(bisect.bisect_right(self._starts, tc) - 1, len(self._pieces) - 1))
@@ -121,24 +131,27 @@ class DenseOutput:
             raise ValueError(f"t must be a scalar, a 1-D tensor of shared times or a ({B}, T) "
                              f"tensor of per-sample times, got shape {tuple(times.shape)}")
         rows = times.T if times.ndim == 2 else times.reshape(-1, 1).expand(-1, B)
-        out = torch.stack([self._lanes_one(C.sign * row, derivative) for row in rows])
+        out = []
+        for row in rows:
+            tc = C.sign * row
+            outside = (tc < self._lo - self._slack) | (tc > self._hi + self._slack)
+            if bool(outside.any()):  # host sync: once per asked time
+                b = int(outside.nonzero()[0, 0])
+                span = sorted((float(C.sign[b] * self._lo[b]), float(C.sign[b] * self._hi[b])))
+                raise ValueError(f"t={float(row[b])!r} is outside sample {b}'s solved "
+                                 f"span [{span[0]!r}, {span[1]!r}]")
+            out.append(self._canonical_lanes(tc, derivative))
+        out = torch.stack(out)
         return self._layout.unflatten(out[0] if times.ndim == 0 else out)
 
-    def _lanes_one(self, tc: Tensor, derivative: bool) -> Tensor:
+    def _canonical_lanes(self, tc: Tensor, derivative: bool) -> Tensor:
         """Canonical times ``tc`` ``(B,)``, one per lane -> flat values ``(B, n)``."""
         C = self._clock
-        slack = 1e-12 * torch.maximum(self._lo.abs(), self._hi.abs()).clamp(min=1.0)
-        outside = (tc < self._lo - slack) | (tc > self._hi + slack)
-        if bool(outside.any()):  # host sync: once per asked time
-            b = int(outside.nonzero()[0, 0])
-            span = sorted((float(C.sign[b] * self._lo[b]), float(C.sign[b] * self._hi[b])))
-            raise ValueError(f"t={float(C.sign[b] * tc[b])!r} is outside sample {b}'s solved "
-                             f"span [{span[0]!r}, {span[1]!r}]")
-        holds = self._ok & (self._t <= tc) & (tc <= self._t + self._dt)
-        # the first accepted step holding tc (a time on a boundary belongs to the earlier)
-        idx = holds.to(torch.int8).argmax(0)
-        first = self._ok.to(torch.int8).argmax(0)  # a time at the very start of a span
-        idx = torch.where(holds.any(0), idx, first)
+        tc = torch.minimum(torch.maximum(tc, self._lo), self._hi)
+        # the last accepted step starting before tc: a time on a boundary belongs to the
+        # earlier step, one at the very start of a span to the first
+        k = torch.searchsorted(self._lane_starts, tc[:, None]).clamp(min=1) - 1
+        idx = self._order.gather(1, k)[:, 0]
         cols = torch.arange(tc.shape[0], device=tc.device)
         piece = take_piece(self._stacked, idx, cols)
         piece = piece.precise or piece
@@ -148,5 +161,5 @@ class DenseOutput:
             out = piece.derivative(theta) * C.sign_column(self._layout.real_dtype)
         else:
             out = piece.evaluate(theta)
-        beyond = (tc > self._reached + slack)[:, None]  # beyond a failure: no value
+        beyond = (tc > self._reached + self._slack)[:, None]  # beyond a failure: no value
         return torch.where(beyond, math.nan, out)

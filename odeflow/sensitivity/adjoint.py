@@ -36,11 +36,7 @@ from ..run import failure, run
 from ..solvers import MethodSpec, get_method
 from ..stats import SolveError, SolveStats, Status
 from .adjoint_jacobian import AdjointBlockSolver
-from .interpolating_adjoint import (
-    InterpolatingAdjointSolver,
-    interpolating_dynamics,
-    lanes_interpolating_backward,
-)
+from .interpolating_adjoint import LanesQuadrature, interpolating_dynamics
 
 __all__ = ["AdjointConfig", "make_adjoint_config", "attach_adjoint", "check_lanes_config"]
 
@@ -217,27 +213,28 @@ class _Adjoint(torch.autograd.Function):
         options.pop("jacobian", None)
         hooks = quadrature = None
         run_options: dict[str, Any] = {"callback_suffix": ""}
+        # After an implicit forward, y(τ) from its dense output: see interpolating_adjoint.py
+        trajectory = DenseOutput(problem, ctx.pieces).canonical if interpolating else None
         if lanes:
             keep = ~ctx.failed[None, :, None]
             grad_ys = torch.where(keep, torch.nan_to_num(grad_ys), 0.0)
             ys = torch.where(keep, ys, ys[:1])
-            if interpolating:  # after an implicit forward: a per-lane Newton backwards
-                a, grads = lanes_interpolating_backward(
-                    ctx, grad_ys, ys, params, _lanes_backward_options(config.options, C))
-                return (None, None, None, a, *grads)
-            b = config.spec.build(config.options).coefficients(ys.dtype, ys.device)[1]
-            quadrature = _Quadrature(params, b)
-            hooks = Hooks(stage_hook=quadrature, skip=ctx.failed)
+            if interpolating:
+                quadrature = LanesQuadrature(f, params, trajectory)
+                hooks = Hooks(dense=quadrature.pieces, skip=ctx.failed)
+            else:
+                b = config.spec.build(config.options).coefficients(ys.dtype, ys.device)[1]
+                quadrature = _Quadrature(params, b)
+                hooks = Hooks(stage_hook=quadrature, skip=ctx.failed)
             run_options = {"fsal": False, "use_callbacks": False}
-        if interpolating:  # y(τ) from the forward dense output: see interpolating_adjoint.py
-            trajectory = DenseOutput(problem, ctx.pieces).canonical
+        if interpolating:
             aug = _with_adjoint_callbacks(
-                interpolating_dynamics(f, params, trajectory, _flat_real), problem)
+                interpolating_dynamics(f, params, trajectory, _flat_real, lanes), problem)
             if options.get("norm") is not None:  # (the seminorm then counts a alone)
                 options["norm"] = _without_y(options["norm"])
-            if config.spec.implicit:
-                options["linear_solver"] = InterpolatingAdjointSolver(
-                    f, trajectory, n, params, make_linear_solver(config.options), _flat_real)
+            if config.spec.implicit and not lanes:  # (per sample: the per-lane Newton's own)
+                options["linear_solver"] = AdjointBlockSolver(
+                    f, n, make_linear_solver(config.options), trajectory, params, _flat_real)
         else:
             aug = _augmented_dynamics(problem, params, quadrature)
             if config.spec.implicit:
@@ -273,6 +270,8 @@ class _Adjoint(torch.autograd.Function):
                 result = run(aug_problem, config.spec, hooks, **run_options)[0]
             _check_backward(problem, aug_problem, result, config, i, ctx.failed)
             n_steps += result.stats.n_steps
+            if isinstance(quadrature, LanesQuadrature):
+                quadrature.flush()
             final = aug_problem.layout.unflatten(result.y_last if lanes else result.ys[-1])
             final = (None, *final) if interpolating else final
             a, g = final[1] + grad_ys[i - 1], tuple(final[2:])
@@ -408,17 +407,3 @@ def attach_adjoint(problem: Problem, config: AdjointConfig, stats: SolveStats, y
     at = problem if grid is None else retime(problem, grid, problem.y0)
     return _Adjoint.apply((replace(at, y0=y0.detach()), ys, pieces, failed), config, stats,
                           y0, *params)
-
-
-def _lanes_backward_options(options: dict[str, Any], C: Any) -> dict[str, Any]:
-    """The per-sample interpolating backward's options: it runs in ``s = -τ`` (``τ`` the
-    forward's canonical time), so ``jump_t``/``step_t`` (user time) become ``-sign·t``."""
-    out = {k: v for k, v in options.items() if k != "norm"}
-    out["per_sample"] = True
-    for name in ("jump_t", "step_t"):
-        value = out.get(name)
-        if value is not None:
-            times = torch.as_tensor(value, dtype=torch.float64).to(C.device)
-            times = times.expand(C.batch, -1) if times.ndim == 1 else times
-            out[name] = -(C.sign[:, None] * times)
-    return out

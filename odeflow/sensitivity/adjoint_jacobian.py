@@ -15,10 +15,17 @@ neglected part is strictly lower block triangular: the iteration error vanishes 
 iterations on a linear problem). A Rosenbrock method needs the exact Jacobian for its full
 order; with this one it stays convergent but may take more steps, which is why an implicit
 forward solve's backward solve uses ``kvaerno5`` by default.
+
+The interpolating adjoint (``interpolating_adjoint.py``) has no ``y`` in its state: its
+Jacobian ``[[-Jᵀ, 0], [-(∂f/∂θ)ᵀ, 0]]`` is exact and cheap in blocks. The same solver then
+factorises the ``n × n`` block ``I + hγ Jᵀ`` (one LU, any number of parameters) and handles
+the ``g`` block by one vector–Jacobian product per solve, so Rosenbrock methods keep their
+order in that backward solve too.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,95 +36,133 @@ from ..linalg import DenseFactor, ImplicitCounts, KrylovSolver, gmres
 
 __all__ = ["AdjointBlockSolver"]
 
+#: ``y(τ)`` of the forward solve at canonical time ``τ`` (its dense output's ``canonical``):
+#: a float, or per sample a ``(B,)`` tensor.
+Trajectory = Callable[[Any], Tensor]
+
 
 @dataclass
 class _BlockJacobian:
     jac: Any  # the forward Jacobian J (canonical forward time): dense, or an operator
     orient: float  # +1 or -1: the backward solve's time runs with or against the forward's
+    tau: float  # the forward's canonical time
+    y: Tensor  # the forward state J was taken at
 
 
 @dataclass
 class _BlockFactor:
-    y_part: DenseFactor  # I - hγ (orient J)
-    a_part: DenseFactor  # I - hγ (-orient Jᵀ)
+    """``M``'s diagonal blocks ``I - hγ o J`` (the ``y`` part, if any) and ``I + hγ o Jᵀ``,
+    ``o`` the orientation, as LU factors or (``krylov``) by GMRES on ``op``; with
+    ``vjp_theta`` the exact ``g`` block ``[hγ o (∂f/∂θ)ᵀ, I]`` of the interpolating adjoint."""
+
+    parts: tuple[DenseFactor, ...]  # (y part, a part) or (a part,); () with Krylov
+    op: Any  # odeflow.linalg.JacobianOperator of the forward func (Krylov)
+    krylov: KrylovSolver | None
+    vjp_theta: Callable[[Tensor], Tensor] | None  # x -> (∂f/∂θ)ᵀ x, flat
     n: int
     h_gamma: float
-
-    def solve(self, b: Tensor, transpose: bool = False) -> Tensor:
-        n, name = self.n, "solve_transpose" if transpose else "solve"
-        return torch.cat([getattr(self.y_part, name)(b[:n]), getattr(self.a_part, name)(b[n:2 * n]),
-                          b[2 * n:]])
-
-    def solve_transpose(self, b: Tensor) -> Tensor:
-        return self.solve(b, transpose=True)
-
-
-@dataclass
-class _BlockKrylovFactor:
-    """Matrix-free blocks: GMRES on ``v - hγ o J v`` and on ``v + hγ o Jᵀ v``."""
-
-    op: Any  # odeflow.linalg.JacobianOperator of the forward func
     orient: float
-    n: int
-    h_gamma: float
-    solver: KrylovSolver
+    with_y: bool
     counts: ImplicitCounts
 
-    def _gmres(self, matvec: Any, b: Tensor) -> Tensor:
-        s = self.solver
-        x, iters = gmres(matvec, b, tol=s.tol, restart=s.restart, max_iters=s.max_iters)
+    def _gmres(self, matvec: Callable[[Tensor], Tensor], b: Tensor) -> Tensor:
+        k = self.krylov
+        assert k is not None
+        x, iters = gmres(matvec, b, tol=k.tol, restart=k.restart, max_iters=k.max_iters)
         self.counts.n_linear_iters += iters
-        self.counts.n_linear_failures += iters >= s.max_iters  # see KrylovFactor._count
+        self.counts.n_linear_failures += iters >= k.max_iters  # see KrylovFactor._count
         return x
 
-    def solve(self, b: Tensor, transpose: bool = False) -> Tensor:
+    def solve(self, b: Tensor) -> Tensor:
         n, hg, o = self.n, self.h_gamma, self.orient
-        fwd, bwd = self.op.matvec, self.op.rmatvec
-        if transpose:
-            fwd, bwd = bwd, fwd
-        with torch.no_grad():
-            x_y = self._gmres(lambda v: v - hg * o * fwd(v), b[:n])
-            x_a = self._gmres(lambda v: v + hg * o * bwd(v), b[n:2 * n])
-        return torch.cat([x_y, x_a, b[2 * n:]])
+        blocks = [b[i * n:(i + 1) * n] for i in range(1 + self.with_y)]
+        if self.krylov is None:
+            xs = [part.solve(v) for part, v in zip(self.parts, blocks)]
+        else:
+            with torch.no_grad():
+                xs = ([self._gmres(lambda v: v - hg * o * self.op.matvec(v), blocks[0])]
+                      if self.with_y else [])
+                xs.append(self._gmres(lambda v: v + hg * o * self.op.rmatvec(v), blocks[-1]))
+        rest = b[len(xs) * n:]
+        if self.vjp_theta is not None:
+            rest = rest - (hg * o) * self.vjp_theta(xs[-1])
+        return torch.cat([*xs, rest])
 
     def solve_transpose(self, b: Tensor) -> Tensor:
-        return self.solve(b, transpose=True)
+        raise NotImplementedError("the backward solve is not differentiated")
 
 
 class AdjointBlockSolver:
-    """A :class:`~odeflow.linalg.LinearSolver` for the augmented backward solve.
+    """A :class:`~odeflow.linalg.LinearSolver` for an implicit backward solve.
 
     Args:
         forward_func: the forward problem's counted ``func`` (canonical forward time).
         n: the size of the flat forward state.
         inner: the forward solve's linear solver (dense with autodiff or the user's
             ``options["jacobian"]``, or Krylov): it provides ``J``.
+        trajectory: the interpolating adjoint's ``y(τ)`` (its state is ``(a, g)``), or
+            ``None`` (the state is ``(y, a, g)``).
+        params: with ``trajectory``, the parameters ``g`` is the gradient of (may be empty).
+        flat_real: flattens a parameter-shaped gradient as the state's ``g`` does.
     """
 
-    def __init__(self, forward_func: Any, n: int, inner: Any):
-        self.forward_func = forward_func
-        self.n = n
-        self.inner = inner
+    def __init__(self, forward_func: Any, n: int, inner: Any,
+                 trajectory: Trajectory | None = None, params: tuple[Tensor, ...] = (),
+                 flat_real: Callable[[Tensor], Tensor] | None = None):
+        self.forward_func, self.n, self.inner = forward_func, n, inner
+        self.trajectory, self.params, self.flat_real = trajectory, params, flat_real
 
     def jacobian(self, f: Any, t: float, y: Tensor, counts: ImplicitCounts,
-                 with_time: bool = True, graph: bool = False) -> tuple[_BlockJacobian, Tensor]:
+                 with_time: bool = True, graph: bool = False) -> tuple[_BlockJacobian, Any]:
         # The backward solve's canonical time t' maps to the forward's canonical time
         # τ = f.sign · t' (its func is the augmented dynamics in τ, times f.sign).
         tau = f.sign * t
-        jac, f_t = self.inner.jacobian(self.forward_func, tau, y[:self.n], counts,
-                                       with_time=with_time, graph=False)
-        aug_t = torch.zeros_like(y)
-        if f_t is not None:
-            aug_t[:self.n] = f_t  # d/dt' (sign · f(sign t')) = f_t; the a, g parts: omitted
-        return _BlockJacobian(jac, f.sign), aug_t
+        if self.trajectory is None:
+            jac, f_t = self.inner.jacobian(self.forward_func, tau, y[:self.n], counts,
+                                           with_time=with_time, graph=False)
+            aug_t = torch.zeros_like(y)
+            if f_t is not None:
+                aug_t[:self.n] = f_t  # d/dt' (sign · f(sign t')) = f_t; the a, g parts: omitted
+            return _BlockJacobian(jac, f.sign, tau, y[:self.n]), aug_t
+        y_fwd = self.trajectory(tau)
+        jac, _ = self.inner.jacobian(self.forward_func, tau, y_fwd, counts, with_time=False)
+        aug_t = None
+        if with_time:
+            # The (a, g) dynamics depend on τ through y(τ) and J(τ): ∂/∂t' by central
+            # differences of the backward func itself (two calls; Rosenbrock methods only).
+            delta = 1e-6 * max(1.0, abs(t))
+            aug_t = (f(t + delta, y) - f(t - delta, y)) / (2 * delta)
+        return _BlockJacobian(jac, f.sign, tau, y_fwd), aug_t
 
     def factor(self, jac: _BlockJacobian, h_gamma: float, counts: ImplicitCounts) -> Any:
-        if isinstance(self.inner, KrylovSolver):
-            return _BlockKrylovFactor(jac.jac, jac.orient, self.n, h_gamma, self.inner, counts)
-        counts.n_lu += 1
-        J = jac.jac * jac.orient
-        eye = torch.eye(self.n, dtype=J.dtype, device=J.device)
-        lu_y, piv_y, _ = torch.linalg.lu_factor_ex(eye - h_gamma * J)
-        lu_a, piv_a, _ = torch.linalg.lu_factor_ex(eye + h_gamma * J.T)
-        return _BlockFactor(DenseFactor(lu_y, piv_y, h_gamma), DenseFactor(lu_a, piv_a, h_gamma),
-                            self.n, h_gamma)
+        with_y = self.trajectory is None
+        vjp = self._vjp_theta(jac) if self.params and not with_y else None
+        krylov = self.inner if isinstance(self.inner, KrylovSolver) else None
+        parts: tuple[DenseFactor, ...] = ()
+        if krylov is None:
+            counts.n_lu += 1
+            J = jac.jac * jac.orient
+            eye = torch.eye(self.n, dtype=J.dtype, device=J.device)
+            mats = ((eye - h_gamma * J,) if with_y else ()) + (eye + h_gamma * J.T,)
+            parts = tuple(DenseFactor(*torch.linalg.lu_factor_ex(m)[:2], h_gamma) for m in mats)
+        return _BlockFactor(parts, jac.jac, krylov, vjp, self.n, h_gamma, jac.orient, with_y,
+                            counts)
+
+    def _vjp_theta(self, jac: _BlockJacobian) -> Callable[[Tensor], Tensor]:
+        """``x -> (∂f/∂θ)ᵀ x`` at ``(τ, y(τ))``: one graph of ``f``, one backward per use."""
+        func, params, flat_real = self.forward_func, self.params, self.flat_real
+        assert flat_real is not None
+        t_user = torch.scalar_tensor(func.sign * jac.tau, dtype=jac.y.dtype,
+                                     device=jac.y.device)
+        with torch.enable_grad():
+            out = func.at(t_user, jac.y.detach())
+
+        def vjp(x: Tensor) -> Tensor:
+            if not out.requires_grad:
+                return torch.cat([flat_real(torch.zeros_like(p)) for p in params])
+            with torch.enable_grad():
+                got = torch.autograd.grad(out, params, x, retain_graph=True, allow_unused=True)
+            return torch.cat([flat_real(g if g is not None else torch.zeros_like(p))
+                              .to(x.dtype) for g, p in zip(got, params)])
+
+        return vjp
