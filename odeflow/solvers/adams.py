@@ -15,6 +15,7 @@ resumes), so one count, the history's length, serves all lanes.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -66,19 +67,31 @@ def lane_weights(nodes: tuple[Tensor, ...], a: Tensor, b: Tensor, dtype: torch.d
     of 1 multiplies exactly), so each lane's weights are bit for bit those of its own solve.
     """
     t = torch.stack(nodes, 1)  # (B, k)
+    k = t.shape[1]
+    x, w, eye = _constants(k, t.device)
     half, mid = 0.5 * (b - a), 0.5 * (a + b)
-    den = t[:, :, None] - t[:, None, :]  # (B, j, m): t_j - t_m
-    eye = torch.eye(t.shape[1], dtype=torch.bool, device=t.device)
-    weights: Any = 0.0
-    for x, w in zip(_GL_NODES, _GL_WEIGHTS):
-        fac = ((mid + half * x)[:, None, None] - t[:, None, :]).div(den).masked_fill(eye, 1.0)
-        basis = fac[:, :, 0]
-        for m in range(1, t.shape[1]):
-            basis = basis * fac[:, :, m]
-        weights = weights + (w * half)[:, None] * basis
+    s = mid[:, None] + half[:, None] * x  # (B, G): every quadrature point at once
+    # fac[:, g, j, m] = (s_g - t_m) / (t_j - t_m), and 1 where m = j
+    fac = (s[:, :, None, None] - t[:, None, None, :]).div(t[:, None, :, None] - t[:, None, None, :])
+    fac = torch.where(eye, 1.0, fac)
+    basis = fac[..., 0]
+    for m in range(1, k):
+        basis = basis * fac[..., m]
+    terms = (w * half[:, None])[:, :, None] * basis  # (B, G, k)
+    weights = terms[:, 0]
+    for g in range(1, len(_GL_NODES)):  # summed in the quadrature's order
+        weights = weights + terms[:, g]
     # (duplicate nodes of a lane that never stepped would give nan: zero, not nan * 0)
     weights = torch.where((b > a)[:, None], weights, 0.0).to(dtype)
     return list(weights.unsqueeze(-1).unbind(1))
+
+
+@functools.cache
+def _constants(k: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """The quadrature's nodes and weights (float64) and the ``(k, k)`` diagonal mask."""
+    return (torch.tensor(_GL_NODES, dtype=torch.float64, device=device),
+            torch.tensor(_GL_WEIGHTS, dtype=torch.float64, device=device),
+            torch.eye(k, dtype=torch.bool, device=device))
 
 
 def _weights(nodes: tuple, a: Any, b: Any, y: Tensor) -> list:
