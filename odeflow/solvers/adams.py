@@ -6,11 +6,10 @@ Wanner, *Solving ODEs I*, §III.5), so any grid works, not only a uniform one. T
 ``order - 1`` steps, before enough history exists, are taken with the classical RK4 so that
 the start-up does not lower the global order.
 
-Per sample (``dt`` a ``(B,)`` tensor) each lane's history holds its own grid: the weights are
-computed per lane with the same operations as one lane's (bit for bit the same), and a lane
-that does not step (``dt = 0``) gets zero weights and keeps its history. The lanes of a
-per-sample fixed grid step in lockstep from the first iteration (a lane that stops never
-resumes), so one count, the history's length, serves all lanes.
+Per sample (``dt`` a ``(B,)`` tensor) each lane's history holds its own grid, its weights
+computed with one lane's operations (bit for bit); a lane with ``dt = 0`` gets zero weights
+and keeps its history. The lanes of a per-sample fixed grid step in lockstep from the first
+iteration (a lane that stops never resumes): one history length serves all lanes.
 """
 
 from __future__ import annotations
@@ -67,31 +66,27 @@ def lane_weights(nodes: tuple[Tensor, ...], a: Tensor, b: Tensor, dtype: torch.d
     of 1 multiplies exactly), so each lane's weights are bit for bit those of its own solve.
     """
     t = torch.stack(nodes, 1)  # (B, k)
-    k = t.shape[1]
-    x, w, eye = _constants(k, t.device)
+    x, w = _quadrature(t.device)
     half, mid = 0.5 * (b - a), 0.5 * (a + b)
     s = mid[:, None] + half[:, None] * x  # (B, G): every quadrature point at once
     # fac[:, g, j, m] = (s_g - t_m) / (t_j - t_m), and 1 where m = j
     fac = (s[:, :, None, None] - t[:, None, None, :]).div(t[:, None, :, None] - t[:, None, None, :])
-    fac = torch.where(eye, 1.0, fac)
+    fac.diagonal(dim1=2, dim2=3).fill_(1.0)
     basis = fac[..., 0]
-    for m in range(1, k):
+    for m in range(1, t.shape[1]):
         basis = basis * fac[..., m]
     terms = (w * half[:, None])[:, :, None] * basis  # (B, G, k)
-    weights = terms[:, 0]
-    for g in range(1, len(_GL_NODES)):  # summed in the quadrature's order
-        weights = weights + terms[:, g]
+    weights = terms[:, 0] + terms[:, 1] + terms[:, 2]  # (in the quadrature's order)
     # (duplicate nodes of a lane that never stepped would give nan: zero, not nan * 0)
     weights = torch.where((b > a)[:, None], weights, 0.0).to(dtype)
     return list(weights.unsqueeze(-1).unbind(1))
 
 
 @functools.cache
-def _constants(k: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """The quadrature's nodes and weights (float64) and the ``(k, k)`` diagonal mask."""
-    return (torch.tensor(_GL_NODES, dtype=torch.float64, device=device),
-            torch.tensor(_GL_WEIGHTS, dtype=torch.float64, device=device),
-            torch.eye(k, dtype=torch.bool, device=device))
+def _quadrature(device: torch.device) -> tuple[Tensor, ...]:
+    """The Gauss–Legendre nodes and weights as float64 tensors on ``device``."""
+    return tuple(torch.tensor(v, dtype=torch.float64, device=device)
+                 for v in (_GL_NODES, _GL_WEIGHTS))
 
 
 def _weights(nodes: tuple, a: Any, b: Any, y: Tensor) -> list:
