@@ -29,8 +29,7 @@ def run(problem: Problem, spec: Any, hooks: Hooks | None = None, **config: Any
     ``callback_suffix``, ``fsal``). A fixed grid checks finiteness once, at the end.
     """
     if spec.external:  # SciPy takes the steps (the adjoint's backward solve of a SciPy solve)
-        ys, stats = integrate_scipy(problem)
-        return LoopResult(ys, stats, problem.clock.t_end, ys[-1], int(Status.SUCCESS)), None, None
+        return LoopResult(**integrate_scipy(problem)), None, None
     stepper = spec.build(problem.options, problem.rtol, problem.atol)
     if not spec.adaptive:  # a fixed-grid method, wrapped with its outputs' interpolant
         stepper = FixedGridSteps(stepper, problem.options.get("interp", "linear"))

@@ -174,8 +174,6 @@ def test_bad_input_names_the_argument():
                                           dtype=F64), options=PS)
     with pytest.raises(ValueError, match="unknown option"):
         odeflow.odeint(f, y0, t, method="rk4", options=dict(per_sample=True, rtol=1e-3))
-    with pytest.raises(ValueError, match="does not support method='explicit_adams'"):
-        odeflow.odeint(f, y0, t, method="explicit_adams", options=PS)
     with pytest.raises(ValueError, match=r"jump_t.*\(B, K\)"):
         odeflow.solve(f, y0, t, options=dict(per_sample=True, jump_t=torch.zeros(2, 2)))
     with pytest.raises(ValueError, match=r"func\(t, y\) must (return|have the shape)"):

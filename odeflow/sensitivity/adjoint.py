@@ -83,7 +83,8 @@ def check_lanes_config(config: AdjointConfig, problem: Problem,
         raise ValueError("gradient='adjoint' with options['per_sample'] after an implicit "
                          "forward (interpolating) needs an ESDIRK or explicit Runge-Kutta "
                          f"adjoint_method (no df/dt terms), got {config.spec.name!r}")
-    if not after_implicit and (config.spec.implicit or not config.spec.per_sample):
+    if not after_implicit and (config.spec.implicit or not config.spec.per_sample
+                               or not config.spec.replayable):  # (RK stages: quadrature)
         raise ValueError("gradient='adjoint' with options['per_sample'] needs an explicit "
                          f"Runge-Kutta adjoint_method, got {config.spec.name!r}")
     norm = config.options.get("norm")

@@ -74,8 +74,8 @@ class MethodSpec:
     @property
     def per_sample(self) -> bool:
         """Whether the stepper takes one step size per lane (``options["per_sample"]``):
-        declared by the stepper class itself."""
-        return bool(getattr(_stepper_class(self.name), "per_sample", False))
+        declared by the stepper class itself (SciPy: one SciPy solve per sample)."""
+        return self.external or bool(getattr(_stepper_class(self.name), "per_sample", False))
 
     def check_per_sample(self, options: dict[str, Any], mode: str) -> None:
         """Refuse what per-sample mode does not support with this method, naming it."""

@@ -5,13 +5,19 @@ interpolated by a polynomial and integrated exactly over the step (Hairer, Nørs
 Wanner, *Solving ODEs I*, §III.5), so any grid works, not only a uniform one. The first
 ``order - 1`` steps, before enough history exists, are taken with the classical RK4 so that
 the start-up does not lower the global order.
+
+Per sample (``dt`` a ``(B,)`` tensor) each lane's history holds its own grid, its weights
+computed with one lane's operations (bit for bit); a lane with ``dt = 0`` gets zero weights
+and keeps its history. The lanes of a per-sample fixed grid step in lockstep from the first
+iteration (a lane that stops never resumes): one history length serves all lanes.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -22,7 +28,7 @@ from .explicit_rk import ExplicitRK
 
 __all__ = ["AdamsBashforth", "AdamsMoulton", "AdamsCarry"]
 
-Func = Callable[[float, Tensor], Tensor]
+Func = Callable[[Any, Tensor], Tensor]
 
 # Three-point Gauss–Legendre rule on [-1, 1]: exact for polynomials up to degree 5.
 _GL_NODES = (-math.sqrt(0.6), 0.0, math.sqrt(0.6))
@@ -51,11 +57,59 @@ def integration_weights(nodes: tuple[float, ...], a: float, b: float) -> list[fl
     return weights
 
 
-def _weighted_sum(y: Tensor, derivs: tuple[Tensor, ...], weights: list[float]) -> Tensor:
-    """``y + Σ w_j f_j``, added in order."""
+def lane_weights(nodes: tuple[Tensor, ...], a: Tensor, b: Tensor, dtype: torch.dtype
+                 ) -> list[Tensor]:
+    """:func:`integration_weights` per lane (``nodes`` ``(B,)`` each, ``[a, b]`` per lane) as
+    ``(B, 1)`` columns of ``dtype``, zero where ``a == b`` (a lane that does not step).
+
+    The same operations in the same order as :func:`integration_weights` (a diagonal factor
+    of 1 multiplies exactly), so each lane's weights are bit for bit those of its own solve.
+    """
+    t = torch.stack(nodes, 1)  # (B, k)
+    x, w = _quadrature(t.device)
+    half, mid = 0.5 * (b - a), 0.5 * (a + b)
+    s = mid[:, None] + half[:, None] * x  # (B, G): every quadrature point at once
+    # fac[:, g, j, m] = (s_g - t_m) / (t_j - t_m), and 1 where m = j
+    fac = (s[:, :, None, None] - t[:, None, None, :]).div(t[:, None, :, None] - t[:, None, None, :])
+    fac.diagonal(dim1=2, dim2=3).fill_(1.0)
+    basis = fac[..., 0]
+    for m in range(1, t.shape[1]):
+        basis = basis * fac[..., m]
+    terms = (w * half[:, None])[:, :, None] * basis  # (B, G, k)
+    weights = terms[:, 0] + terms[:, 1] + terms[:, 2]  # (in the quadrature's order)
+    # (duplicate nodes of a lane that never stepped would give nan: zero, not nan * 0)
+    weights = torch.where((b > a)[:, None], weights, 0.0).to(dtype)
+    return list(weights.unsqueeze(-1).unbind(1))
+
+
+@functools.cache
+def _quadrature(device: torch.device) -> tuple[Tensor, ...]:
+    """The Gauss–Legendre nodes and weights as float64 tensors on ``device``."""
+    return tuple(torch.tensor(v, dtype=torch.float64, device=device)
+                 for v in (_GL_NODES, _GL_WEIGHTS))
+
+
+def _weights(nodes: tuple, a: Any, b: Any, y: Tensor) -> list:
+    """The step's weights: Python floats for one lane, ``(B, 1)`` columns per sample."""
+    if isinstance(a, Tensor):
+        return lane_weights(nodes, a, b, y.dtype)
+    return integration_weights(nodes, a, b)
+
+
+def _weighted_sum(y: Tensor, derivs: tuple[Tensor, ...], weights: list) -> Tensor:
+    """``y + Σ w_j f_j``, added in order (``w_j`` a float, or a ``(B, 1)`` column)."""
     for w, fj in zip(weights, derivs):
-        y = torch.add(y, fj, alpha=w)
+        y = torch.addcmul(y, w, fj) if isinstance(w, Tensor) else torch.add(y, fj, alpha=w)
     return y
+
+
+def _keep(old: AdamsCarry, new: AdamsCarry, moved: Tensor) -> AdamsCarry:
+    """Per lane the new history where the lane stepped, else its old entries (the history's
+    length is one for all lanes; the entry it grows by is never read for a stopped lane)."""
+    n = len(old.times)
+    times = tuple(torch.where(moved, a, b) for a, b in zip(new.times, old.times))
+    derivs = tuple(torch.where(moved[:, None], a, b) for a, b in zip(new.derivs, old.derivs))
+    return AdamsCarry(times + new.times[n:], derivs + new.derivs[n:])
 
 
 class AdamsBashforth:
@@ -66,7 +120,7 @@ class AdamsBashforth:
     """
 
     #: takes one step size per lane (a per-sample batch)
-    per_sample = False
+    per_sample = True
 
     implicit = False
 
@@ -89,27 +143,31 @@ class AdamsBashforth:
         """The empty history: the first ``order - 1`` steps are RK4 start-up steps."""
         return AdamsCarry((), ())
 
-    def step(self, f: Func, t: float, y: Tensor, f0: Tensor, dt: float, state: AdamsCarry,
+    def step(self, f: Func, t: Any, y: Tensor, f0: Tensor, dt: Any, state: AdamsCarry,
              ws: None = None, *, with_error: bool = False, f_last: Func | None = None,
              ) -> StepResult:
-        """One step with the history ``state``; ``f0 = f(t, y)``.
+        """One step with the history ``state``; ``f0 = f(t, y)``. ``t``, ``dt``: floats, or
+        ``(B,)`` tensors per sample (``y`` ``(B, n)``).
 
         ``f_last`` evaluates at the step's end instead of ``f`` (``perturb``: just before it).
         The new history is ``result.state``.
         """
-        times = (t, *state.times)[: self.order]
-        derivs = (f0, *state.derivs)[: self.order]
-        new_state = AdamsCarry(times, derivs)
-        if len(times) < self.order:
+        new_state = AdamsCarry((t, *state.times)[: self.order], (f0, *state.derivs)[: self.order])
+        if isinstance(dt, Tensor):
+            new_state = _keep(state, new_state, dt > 0)
+        if len(new_state.times) < self.order:
             # Start-up: not enough history yet for the requested order.
             y_new = self._starter.step(f, t, y, f0, dt, None, None, with_error=False,
                                        f_last=f_last).y_new
             return StepResult(y_new, None, (f0,), new_state)
-        y_new = _weighted_sum(y, derivs, integration_weights(times, t, t + dt))
+        times, derivs = new_state
+        y_new = _weighted_sum(y, derivs, _weights(times, t, t + dt, y))
         y_new = self._correct(f_last or f, t, y, dt, y_new, new_state)
+        if isinstance(dt, Tensor) and torch.is_grad_enabled():  # a lane at rest stays at y
+            y_new = torch.where((dt == 0)[:, None], y, y_new)
         return StepResult(y_new, None, (f0,), new_state)
 
-    def _correct(self, f_end: Func, t: float, y: Tensor, dt: float, y_pred: Tensor,
+    def _correct(self, f_end: Func, t: Any, y: Tensor, dt: Any, y_pred: Tensor,
                  carry: AdamsCarry) -> Tensor:
         return y_pred
 
@@ -136,12 +194,13 @@ class AdamsMoulton(AdamsBashforth):
     def _correct(self, f_end, t, y, dt, y_pred, carry):
         t_new = t + dt
         nodes = (t_new, *carry.times[: self.order - 1])
-        w = integration_weights(nodes, t, t_new)
+        w = _weights(nodes, t, t_new, y)
         base = _weighted_sum(y, carry.derivs[: self.order - 1], w[1:])
         y_new = y_pred
         for _ in range(self.max_iters):
-            y_next = torch.add(base, f_end(t_new, y_new), alpha=w[0])
-            with torch.no_grad():
+            y_next = _weighted_sum(base, (f_end(t_new, y_new),), w[:1])
+            with torch.no_grad():  # (per sample: every lane converged; a converged lane's
+                # value stays put while the others iterate)
                 converged = bool(torch.equal(y_next, y_new))  # host sync: corrector test
             y_new = y_next
             if converged:

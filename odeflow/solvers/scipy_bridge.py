@@ -5,10 +5,18 @@ float64 (or complex128) NumPy arrays on the CPU; the result comes back in the st
 dtype and device. The forward solve has no autograd graph: gradients come from the
 adjoint (``odeint_adjoint(..., method="scipy_solver")``), which calls SciPy again on the
 augmented system.
+
+Per sample (``options["per_sample"]``) each sample is its own SciPy solve on its own output
+times, with its own steps, status and statistics. SciPy integrates one system at a time and
+``func`` takes the whole batch, so each evaluation passes the other samples at their
+initial time and state (their rows are discarded): a batch of ``B`` samples costs ``B``
+batched evaluations per evaluation of one sample's solve. It is a reference, not a fast
+path.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -18,12 +26,14 @@ from ..stats import SolveError, SolveStats, Status
 
 __all__ = ["SCIPY_OPTIONS", "SCIPY_METHODS", "integrate_scipy"]
 
-SCIPY_OPTIONS = ("solver", "first_step", "max_step", "min_step")
+SCIPY_OPTIONS = ("solver", "first_step", "max_step", "min_step", "per_sample")
 SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
 
 
-def integrate_scipy(problem: Problem) -> tuple[list[torch.Tensor], SolveStats]:
-    """Solve ``problem`` with SciPy; returns flat outputs at ``problem.t_out`` and stats."""
+def integrate_scipy(problem: Problem) -> dict[str, Any]:
+    """Solve ``problem`` with SciPy; returns the fields of the loop's result (outputs at
+    ``problem``'s output times, statistics, and per sample each sample's status and counts).
+    """
     try:
         import numpy as np
         from scipy.integrate import solve_ivp
@@ -37,13 +47,18 @@ def integrate_scipy(problem: Problem) -> tuple[list[torch.Tensor], SolveStats]:
         raise ValueError(f"options['solver'] must be one of {SCIPY_METHODS}, got {solver!r}")
     kwargs: dict[str, Any] = {k: float(opts[k]) for k in ("first_step", "max_step", "min_step")
                               if k in opts}
+    kwargs.update(method=solver, rtol=_to_numpy(problem.rtol), atol=_to_numpy(problem.atol))
     f = problem.func
     y0 = problem.y0
     dtype, device = y0.dtype, y0.device
-    t_out = list(problem.t_out)
+    C = problem.clock
     stats = SolveStats()
+    if C.per_sample:
+        return _per_sample(problem, solve_ivp, kwargs, stats)
+    t_out = list(problem.t_out)
+    done = dict(stats=stats, t_last=C.t_end, status=int(Status.SUCCESS))
     if len(t_out) == 1:
-        return [y0], stats
+        return dict(done, ys=[y0], y_last=y0)
 
     first = [True]
 
@@ -55,14 +70,9 @@ def integrate_scipy(problem: Problem) -> tuple[list[torch.Tensor], SolveStats]:
                 out = f.checked(float(t), y_t)
             else:
                 out = f(float(t), y_t)
-        return out.detach().to("cpu", torch.float64).numpy()
+        return _to_numpy(out)
 
-    rtol = _to_numpy(problem.rtol)
-    atol = _to_numpy(problem.atol)
-    result = solve_ivp(
-        rhs, (t_out[0], t_out[-1]), y0.detach().to("cpu", torch.float64).numpy(),
-        method=solver, t_eval=t_out, rtol=rtol, atol=atol, **kwargs,
-    )
+    result = solve_ivp(rhs, (t_out[0], t_out[-1]), _to_numpy(y0), t_eval=t_out, **kwargs)
     stats.n_steps = stats.n_accepted = max(len(result.t) - 1, 0)
     if result.status != 0:
         stats.status = Status.STEP_SIZE_UNDERFLOW
@@ -75,10 +85,43 @@ def integrate_scipy(problem: Problem) -> tuple[list[torch.Tensor], SolveStats]:
         err.partial_ys = list(reached.unbind(0)) if len(reached) else [y0]
         raise err
     ys = torch.from_numpy(np.ascontiguousarray(result.y.T)).to(dtype=dtype, device=device)
-    return list(ys.unbind(0)), stats
+    return dict(done, ys=list(ys.unbind(0)), y_last=ys[-1])
 
 
-def _to_numpy(tol: Any) -> Any:
-    if isinstance(tol, torch.Tensor):
-        return tol.detach().to("cpu", torch.float64).numpy()
-    return tol
+def _per_sample(problem: Problem, solve_ivp: Any, kwargs: dict[str, Any],
+                stats: SolveStats) -> dict[str, Any]:
+    """One SciPy solve per sample on its own canonical output times (module docstring); a
+    sample SciPy fails keeps the outputs it reached (``nan`` after) and does not stop the
+    others."""
+    f, y0, C = problem.func, problem.y0, problem.clock
+    grid = C.grid.tolist()  # host sync: once per solve
+    ys = y0.new_full((C.n_out, *y0.shape), math.nan)
+    ys[0] = y0
+    status, n_acc, t_last, y_last = C.full(int(Status.SUCCESS)), C.full(0), C.t0, y0.clone()
+    first = [True]
+    for b, times in enumerate(grid):
+        def rhs(t: float, y: Any, b: int = b) -> Any:
+            tt, yy = C.t0, y0.clone()
+            tt[b], yy[b] = t, torch.from_numpy(y).to(y0)
+            with torch.no_grad():
+                out = f.checked(tt, yy) if first[0] else f(tt, yy)
+            first[0] = False
+            return _to_numpy(out[b])
+
+        result = solve_ivp(rhs, (times[0], times[-1]), _to_numpy(y0[b]), t_eval=times,
+                           **kwargs)
+        n = len(result.t)
+        if n:
+            ys[:n, b] = torch.from_numpy(result.y.T.copy()).to(y0)
+            t_last[b], y_last[b], n_acc[b] = result.t[-1], ys[n - 1, b], n - 1
+        if result.status != 0:
+            status[b] = int(Status.STEP_SIZE_UNDERFLOW)
+    stats.n_steps = stats.n_accepted = int(n_acc.sum())
+    return dict(ys=ys, stats=stats, t_last=t_last, y_last=y_last, status=status,
+                lanes=(status, n_acc, n_acc, torch.zeros_like(n_acc)))
+
+
+def _to_numpy(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.detach().to("cpu", torch.float64).numpy()
+    return x
