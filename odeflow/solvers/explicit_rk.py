@@ -43,6 +43,8 @@ class Workspace(NamedTuple):
     a_rows: tuple[Tensor | None, ...]  # a[i, :i] as tensors
     b: Tensor
     b_err: Tensor | None
+    inputs: tuple[Tensor, ...] = ()  # per sample: flat rows for the stage inputs
+    shaped: tuple[Tensor, ...] = ()  # inputs[i] as (B, n)
 
 
 class ExplicitRK:
@@ -73,10 +75,16 @@ class ExplicitRK:
         ``(n,)`` or a per-sample ``(B, n)``; the stages are the rows of one ``(s, N)``)."""
         s, n = self._s, y0.numel()
         buffer = y0.new_empty((s, n))
-        rows = tuple(r.view(y0.shape) for r in buffer.unbind(0))
-        prefix = tuple(buffer[:i].T for i in range(s + 1))
+        rows = buffer.unbind(0)
+        inputs = shaped = ()
+        if y0.dim() != 1:  # per sample: the stage inputs too (see _step_lanes)
+            rows = tuple(r.view(y0.shape) for r in rows)
+            inputs = y0.new_empty((s, n)).unbind(0)
+            shaped = tuple(r.view(y0.shape) for r in inputs)
+        columns = buffer.T
+        prefix = tuple(columns[:, :i] for i in range(s + 1))
         a_rows, b, b_err = self._coefficients(y0.dtype, y0.device)
-        return Workspace(buffer, rows, prefix, a_rows, b, b_err)
+        return Workspace(buffer, rows, prefix, a_rows, b, b_err, inputs, shaped)
 
     def _coefficients(self, dtype: torch.dtype, device: torch.device) -> tuple:
         key = (dtype, device)
@@ -172,50 +180,72 @@ class ExplicitRK:
     def _step_lanes(self, f, t, y, f0, dt, ws, with_error, f_last):
         """One attempt per lane of a ``(B, n)`` state with step sizes ``dt`` ``(B,)``.
 
+        In float64 the stages are kept scaled by their lane's step, ``h k_j``, so that a
+        stage input ``y + Σ_j a_ij h k_j`` is one ``addmv`` (without autograd written into
+        the workspace's ``inputs`` row: no allocation, no reshape). In float32 that
+        rounding order takes other steps than the samples' own solves more often, so the
+        stage sum is formed unscaled and added as ``y + h Σ_j a_ij k_j``. ``stages`` are the
+        unscaled ``k_j``.
+
         Under autograd a lane that does not step (``dt = 0``) stays exactly at ``y``, also
         where its stages are not finite: no nan enters the graph through ``0 * inf``.
         Without a graph the loop discards such a lane's result anyway, so the masking (one
         ``where`` per stage) is skipped.
         """
         a_rows, b, b_err = self._coefficients(y.dtype, y.device)
-        c = self._c
+        c, s = self._c, self._s
         h = dt.to(y.dtype)[:, None]
         # Every stage time at once, t + c_i dt (the same roundings as stage by stage).
         times = (t + self._c_column(dt.device) * dt).unbind(0)
         still = (h == 0) if torch.is_grad_enabled() else None
+        scaled = y.dtype == torch.float64
+        flat = y.reshape(-1) if scaled else y
+        ks = [f0]
         if ws is None:  # under autograd the stages must not go into a reused buffer
-            ks = [f0]
+            rows = [h * f0] if scaled else ks
 
-            def stage_sum(i: int, w: Tensor) -> Tensor:
-                return torch.mv(torch.stack(ks[:i]).reshape(i, -1).T, w).view_as(y)
+            def matrix(i: int) -> Tensor:
+                return torch.stack(rows[:i]).view(i, -1).T
         else:
-            ks = ws.rows
-            if f0 is not ks[0]:
-                ks[0].copy_(f0)
+            rows, matrix = ws.rows, ws.prefix.__getitem__
+            if scaled:
+                torch.mul(f0, h, out=rows[0])
+            elif f0 is not rows[0]:
+                rows[0].copy_(f0)
 
-            def stage_sum(i: int, w: Tensor) -> Tensor:
-                return torch.mv(ws.prefix[i], w).view_as(y)
-
-        def advance(w: Tensor, i: int) -> Tensor:
-            out = torch.addcmul(y, h, stage_sum(i, w))
-            return out if still is None else torch.where(still, y, out)
+        def advance(w: Tensor, i: int, into: int = 0) -> Tensor:
+            if not scaled:
+                new = torch.addcmul(y, h, torch.mv(matrix(i), w).view_as(y))
+            elif into:
+                new = ws.shaped[into]
+                torch.addmv(flat, matrix(i), w, out=ws.inputs[into])
+            else:
+                new = torch.addmv(flat, matrix(i), w).view_as(y)
+            return new if still is None else torch.where(still, y, new)
 
         y_i = y
-        for i in range(1, self._s):
-            y_i = advance(a_rows[i], i)
+        for i in range(1, s):
+            # (the step's end, y_new, must not go into a reused buffer)
+            into = i if scaled and ws is not None and (i < s - 1 or not self.fsal) else 0
+            y_i = advance(a_rows[i], i, into)
             fi = f_last if (f_last is not None and c[i] == 1.0) else f
             k_i = fi(times[i], y_i)
             if ws is None:
+                if scaled:
+                    rows.append(h * k_i)
                 ks.append(k_i)
+            elif scaled:
+                ks.append(k_i)
+                torch.mul(k_i, h, out=rows[i])
             else:
-                ks[i].copy_(k_i)
-        s = self._s
+                rows[i].copy_(k_i)
         y_new = y_i if self.fsal else advance(b, s)
         err = None
         if with_error and b_err is not None:
             with torch.no_grad():
-                err = h * stage_sum(s, b_err)
-        return y_new, err, ks
+                err = torch.mv(matrix(s), b_err).view_as(y)
+                err = err if scaled else h * err
+        return y_new, err, ks if scaled or ws is None else rows
 
     def _c_column(self, device: torch.device) -> Tensor:
         """The nodes ``c`` as a float64 ``(s, 1)`` column (cached per device)."""
