@@ -180,12 +180,10 @@ class ExplicitRK:
     def _step_lanes(self, f, t, y, f0, dt, ws, with_error, f_last):
         """One attempt per lane of a ``(B, n)`` state with step sizes ``dt`` ``(B,)``.
 
-        In float64 the stages are kept scaled by their lane's step, ``h k_j``, so that a
-        stage input ``y + Σ_j a_ij h k_j`` is one ``addmv`` (without autograd written into
-        the workspace's ``inputs`` row: no allocation, no reshape). In float32 that
-        rounding order takes other steps than the samples' own solves more often, so the
-        stage sum is formed unscaled and added as ``y + h Σ_j a_ij k_j``. ``stages`` are the
-        unscaled ``k_j``.
+        float64 keeps the stages scaled, ``h k_j``: a stage input ``y + Σ_j a_ij h k_j`` is
+        one ``addmv`` (into a workspace row without autograd). float32 forms ``y + h Σ_j
+        a_ij k_j`` (the other order takes other steps than the samples' own solves more
+        often). ``stages`` are the unscaled ``k_j``.
 
         Under autograd a lane that does not step (``dt = 0``) stays exactly at ``y``, also
         where its stages are not finite: no nan enters the graph through ``0 * inf``.
