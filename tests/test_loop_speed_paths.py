@@ -1,6 +1,5 @@
 """The loop's fast paths give what the general forms give: the joint initial step in Python
-floats against its tensor form (bit for bit), and the float64 per-sample stages (kept
-scaled by each lane's step) against each sample's own solve (the same steps)."""
+floats against its tensor form, bit for bit."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ import random
 
 import torch
 
-import odeflow
 from odeflow.controllers import initial_step, starting_step
 from odeflow.norms import max_norm, rms_norm
 
@@ -42,25 +40,3 @@ def test_joint_initial_step_is_the_tensor_forms_bit_for_bit():
         want, got = _tensor_form(func, *args), initial_step(func, *args)
         assert got == want or (math.isnan(got) and math.isnan(want)), (got, want)
 
-
-def test_float64_per_sample_steps_are_each_samples_own():
-    g = torch.Generator().manual_seed(1)
-    mu = 0.5 + 4.5 * torch.rand(12, generator=g, dtype=torch.float64)
-    y0 = torch.stack((0.5 + 2 * torch.rand(12, generator=g, dtype=torch.float64),
-                      torch.zeros(12, dtype=torch.float64)), -1)
-
-    def vdp(m):
-        def f(t, y):
-            x, v = y.unbind(-1)
-            return torch.stack((v, m * (1 - x * x) * v - x), -1)
-        return f
-
-    t = torch.tensor([0.0, 1.5, 6.0], dtype=torch.float64)
-    for method in ("dopri5", "tsit5", "bosh3", "fehlberg2"):
-        sol = odeflow.solve(vdp(mu), y0, t, rtol=1e-7, atol=1e-7, method=method,
-                            options={"per_sample": True})
-        for b in range(12):
-            own = odeflow.solve(vdp(mu[b]), y0[b], t, rtol=1e-7, atol=1e-7, method=method)
-            assert int(sol.sample_stats.n_accepted[b]) == own.stats.n_accepted
-            assert int(sol.sample_stats.n_rejected[b]) == own.stats.n_rejected
-            assert (sol.ys[:, b] - own.ys).abs().max().item() < 1e-9

@@ -43,8 +43,6 @@ class Workspace(NamedTuple):
     a_rows: tuple[Tensor | None, ...]  # a[i, :i] as tensors
     b: Tensor
     b_err: Tensor | None
-    inputs: tuple[Tensor, ...] = ()  # per sample: flat rows for the stage inputs
-    shaped: tuple[Tensor, ...] = ()  # inputs[i] as (B, n)
 
 
 class ExplicitRK:
@@ -76,15 +74,12 @@ class ExplicitRK:
         s, n = self._s, y0.numel()
         buffer = y0.new_empty((s, n))
         rows = buffer.unbind(0)
-        inputs = shaped = ()
-        if y0.dim() != 1:  # per sample: the stage inputs too (see _step_lanes)
+        if y0.dim() != 1:
             rows = tuple(r.view(y0.shape) for r in rows)
-            inputs = y0.new_empty((s, n)).unbind(0)
-            shaped = tuple(r.view(y0.shape) for r in inputs)
         columns = buffer.T
         prefix = tuple(columns[:, :i] for i in range(s + 1))
         a_rows, b, b_err = self._coefficients(y0.dtype, y0.device)
-        return Workspace(buffer, rows, prefix, a_rows, b, b_err, inputs, shaped)
+        return Workspace(buffer, rows, prefix, a_rows, b, b_err)
 
     def _coefficients(self, dtype: torch.dtype, device: torch.device) -> tuple:
         key = (dtype, device)
@@ -180,70 +175,50 @@ class ExplicitRK:
     def _step_lanes(self, f, t, y, f0, dt, ws, with_error, f_last):
         """One attempt per lane of a ``(B, n)`` state with step sizes ``dt`` ``(B,)``.
 
-        float64 keeps the stages scaled, ``h k_j``: a stage input ``y + Σ_j a_ij h k_j`` is
-        one ``addmv`` (into a workspace row without autograd). float32 forms ``y + h Σ_j
-        a_ij k_j`` (the other order takes other steps than the samples' own solves more
-        often). ``stages`` are the unscaled ``k_j``.
-
         Under autograd a lane that does not step (``dt = 0``) stays exactly at ``y``, also
         where its stages are not finite: no nan enters the graph through ``0 * inf``.
         Without a graph the loop discards such a lane's result anyway, so the masking (one
         ``where`` per stage) is skipped.
         """
         a_rows, b, b_err = self._coefficients(y.dtype, y.device)
-        c, s = self._c, self._s
+        c = self._c
         h = dt.to(y.dtype)[:, None]
         # Every stage time at once, t + c_i dt (the same roundings as stage by stage).
         times = (t + self._c_column(dt.device) * dt).unbind(0)
         still = (h == 0) if torch.is_grad_enabled() else None
-        scaled = y.dtype == torch.float64
-        flat = y.reshape(-1) if scaled else y
-        ks = [f0]
         if ws is None:  # under autograd the stages must not go into a reused buffer
-            rows = [h * f0] if scaled else ks
+            ks = [f0]
 
-            def matrix(i: int) -> Tensor:
-                return torch.stack(rows[:i]).view(i, -1).T
+            def stage_sum(i: int, w: Tensor) -> Tensor:
+                return torch.mv(torch.stack(ks[:i]).reshape(i, -1).T, w).view_as(y)
         else:
-            rows, matrix = ws.rows, ws.prefix.__getitem__
-            if scaled:
-                torch.mul(f0, h, out=rows[0])
-            elif f0 is not rows[0]:
-                rows[0].copy_(f0)
+            ks = ws.rows
+            if f0 is not ks[0]:
+                ks[0].copy_(f0)
 
-        def advance(w: Tensor, i: int, into: int = 0) -> Tensor:
-            if not scaled:
-                new = torch.addcmul(y, h, torch.mv(matrix(i), w).view_as(y))
-            elif into:
-                new = ws.shaped[into]
-                torch.addmv(flat, matrix(i), w, out=ws.inputs[into])
-            else:
-                new = torch.addmv(flat, matrix(i), w).view_as(y)
-            return new if still is None else torch.where(still, y, new)
+            def stage_sum(i: int, w: Tensor) -> Tensor:
+                return torch.mv(ws.prefix[i], w).view_as(y)
+
+        def advance(w: Tensor, i: int) -> Tensor:
+            out = torch.addcmul(y, h, stage_sum(i, w))
+            return out if still is None else torch.where(still, y, out)
 
         y_i = y
-        for i in range(1, s):
-            # (the step's end, y_new, must not go into a reused buffer)
-            into = i if scaled and ws is not None and (i < s - 1 or not self.fsal) else 0
-            y_i = advance(a_rows[i], i, into)
+        for i in range(1, self._s):
+            y_i = advance(a_rows[i], i)
             fi = f_last if (f_last is not None and c[i] == 1.0) else f
             k_i = fi(times[i], y_i)
             if ws is None:
-                if scaled:
-                    rows.append(h * k_i)
                 ks.append(k_i)
-            elif scaled:
-                ks.append(k_i)
-                torch.mul(k_i, h, out=rows[i])
             else:
-                rows[i].copy_(k_i)
+                ks[i].copy_(k_i)
+        s = self._s
         y_new = y_i if self.fsal else advance(b, s)
         err = None
         if with_error and b_err is not None:
             with torch.no_grad():
-                err = torch.mv(matrix(s), b_err).view_as(y)
-                err = err if scaled else h * err
-        return y_new, err, ks if scaled or ws is None else rows
+                err = h * stage_sum(s, b_err)
+        return y_new, err, ks
 
     def _c_column(self, device: torch.device) -> Tensor:
         """The nodes ``c`` as a float64 ``(s, 1)`` column (cached per device)."""
