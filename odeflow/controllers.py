@@ -181,11 +181,35 @@ def initial_step(
         h = starting_step(probe, y0.detach(), f0.detach(), order, rtol, atol, norm)
         return torch.where(torch.isfinite(h), h, 1e-6)
 
-    def probe_one(h0: Tensor) -> Tensor:
-        h = float(h0)
-        return func(t0 + h, torch.add(y0, f0, alpha=h))
+    if order == 1:  # torch's x ** 0.5 rounds as neither math.sqrt nor pow: keep tensors
+        def probe_one(h0: Tensor) -> Tensor:
+            h = float(h0)
+            return func(t0 + h, torch.add(y0, f0, alpha=h))
 
-    return float(starting_step(probe_one, y0, f0, order, rtol, atol, norm))
+        return float(starting_step(probe_one, y0, f0, order, rtol, atol, norm))
+    return _starting_step_one(func, t0, y0, f0, order, rtol, atol, norm)
+
+
+def _starting_step_one(func: Callable[[Any, Tensor], Tensor], t0: float, y0: Tensor,
+                       f0: Tensor, order: int, rtol: float | Tensor, atol: float | Tensor,
+                       norm: Callable[[Tensor], Tensor]) -> float:
+    """:func:`starting_step` for one lane, its scalar arithmetic in Python floats (a few
+    microseconds each instead of a kernel): the same roundings as the tensor form (its
+    ``0.01 / d`` is ``(1 / d) * 0.01``) and the same nan propagation."""
+    with torch.no_grad():
+        scale = y0.abs() * rtol + atol
+        # host sync: both norms in one read
+        d0, d1 = torch.stack((norm(y0 / scale), norm(f0 / scale))).double().view(-1).tolist()
+        h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+        f1 = func(t0 + h0, torch.add(y0, f0, alpha=h0))
+        d2 = float(norm((f1 - f0) / scale).double() / h0)  # host sync
+    dmax = d1 if d1 >= d2 or d1 != d1 else d2
+    if dmax <= 1e-15:
+        h1 = max(h0 * 1e-3, 1e-6)
+    else:
+        h1 = ((1.0 / dmax) * 0.01) ** (1.0 / (order + 1))
+    h = 100 * h0
+    return h if h <= h1 or h != h else h1
 
 
 def starting_step(

@@ -244,8 +244,10 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         res = step(f, t, y, f0, dt_try, state, ws, with_error=adaptive, f_last=f_last)
         y_new, stages = res.y_new, res.stages
         if adaptive:
-            ratio, abs_new = _error_ratio(C, res, abs_y if shared else y.detach().abs(),
-                                          y_new, rtol, atol, norm, inv_sqrt_n, ws is not None)
+            if not shared:  # (without autograd, ws, no detach)
+                abs_y = (y if ws is not None else y.detach()).abs()
+            ratio, abs_new = _error_ratio(C, res, abs_y, y_new, rtol, atol, norm, inv_sqrt_n,
+                                          ws is not None)
             finite = ratio < math.inf  # (a norm is >= 0 or nan: one kernel, not isfinite's 4)
             # An active lane's dt_try exceeds 4 ulp > 0: without min_step, ratio <= 1 decides.
             ok = active & ((ratio <= 1.0) | ((dt_try <= min_step) & finite) if min_step > 0

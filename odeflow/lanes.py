@@ -169,6 +169,8 @@ class LaneClock:
     def where(self, mask: Tensor, a: Any, b: Any) -> Tensor:
         if isinstance(b, Tensor) and not isinstance(a, Tensor):
             a = self._const(a, b)
+        elif isinstance(a, Tensor) and not isinstance(b, Tensor):
+            b = self._const(b, a)
         return torch.where(mask, a, b)
 
     def _const(self, value: Any, like: Tensor) -> Any:

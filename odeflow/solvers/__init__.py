@@ -136,7 +136,8 @@ class MethodSpec:
             if self.name == "explicit_adams":
                 return AdamsBashforth(order)
             return AdamsMoulton(order, options.get("max_iters", 4))
-        return _RK_CACHE.setdefault(self.name, ExplicitRK(TABLEAUS[self.name]))
+        return _RK_CACHE.get(self.name) or _RK_CACHE.setdefault(
+            self.name, ExplicitRK(TABLEAUS[self.name]))
 
 
 _RK_CACHE: dict[str, ExplicitRK] = {}

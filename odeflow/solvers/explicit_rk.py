@@ -73,8 +73,11 @@ class ExplicitRK:
         ``(n,)`` or a per-sample ``(B, n)``; the stages are the rows of one ``(s, N)``)."""
         s, n = self._s, y0.numel()
         buffer = y0.new_empty((s, n))
-        rows = tuple(r.view(y0.shape) for r in buffer.unbind(0))
-        prefix = tuple(buffer[:i].T for i in range(s + 1))
+        rows = buffer.unbind(0)
+        if y0.dim() != 1:
+            rows = tuple(r.view(y0.shape) for r in rows)
+        columns = buffer.T
+        prefix = tuple(columns[:, :i] for i in range(s + 1))
         a_rows, b, b_err = self._coefficients(y0.dtype, y0.device)
         return Workspace(buffer, rows, prefix, a_rows, b, b_err)
 
