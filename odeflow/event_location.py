@@ -1,12 +1,13 @@
 """Event detection and root finding on a step's dense output (no gradients here).
 
-After every accepted step the loop hands :meth:`EventLocator.check` the step's
-:class:`~odeflow.interp.Interpolant`. ``check`` evaluates ``event_fn`` at the step's end and
-at :data:`INTERIOR_SAMPLES` interior points of the dense output, and compares each value's
-sign with its sign before the step; all of it costs one host synchronisation per step when
-nothing changes sign. The first sample at which a value reaches or passes zero (in the
-chosen direction) brackets the first crossing, so the located event is the first sign
-change of the step also when
+After an attempt, :meth:`EventLocator.detect` evaluates ``event_fn`` on the step's
+:class:`~odeflow.interp.Interpolant`, at the step's end and at :data:`INTERIOR_SAMPLES`
+interior points, and compares each value's sign with its sign before the step, with no host
+synchronisation: a per-sample loop reads the crossing lanes with its other decisions of
+the iteration, a joint one reads them once per accepted step (:meth:`EventLocator.check`).
+The first sample at which a value reaches or passes zero (in the chosen direction)
+brackets the first crossing, so the located event is the first sign change of the step
+also when
 
 * ``event_fn`` crosses zero and back within one step (two roots further apart than one
   sample spacing, ``dt / (INTERIOR_SAMPLES + 1)``; closer pairs can still be missed, as
@@ -17,16 +18,16 @@ change of the step also when
 
 One locator serves a joint solve (one lane) and a per-sample one (each sample stops at
 its own first crossing; ``event_fn`` then gets the batch as ``func`` does and returns
-``(B,)`` or ``(B, k)`` values, sample ``b``'s depending on ``t[b]`` and ``y[b]`` only). The
-root inside each lane's bracket is found for all crossing lanes at once by the Illinois
-variant of regula falsi with a bisection fallback (a bracket that has not halved in two
-iterations is bisected); when the bracket ends on an exact zero, bisection on the sign
-finds the first point that is no longer on the starting side. It stops when the bracket
-is narrower than ``4 eps max(|t|, |t + dt|, dt)``. The time returned is the bracket end on
-the side the value started on, so ``event_fn`` there still has its pre-crossing sign (or
-is zero) and a solve restarted there does not see the same crossing again. When several
-values cross in one bracket, the earliest root wins. A method without an interpolant of
-its own order (dopri8) locates the root again by re-stepping.
+``(B,)`` or ``(B, k)`` values, sample ``b``'s depending on ``t[b]`` and ``y[b]`` only).
+:meth:`EventLocator.locate` finds the root inside each crossing lane's bracket for all
+lanes and crossing values at once (the first zero of the least of the crossing values, so
+the earliest root wins), by the Illinois variant of regula falsi; it stops when the bracket
+is narrower than ``tol = 4 eps max(|t|, |t + dt|, dt)``, and the host reads whether any
+lane still needs an iteration once every :data:`_CHECK_EVERY` iterations. The time
+returned is the bracket end on the side the value started on, so ``event_fn`` there still
+has its pre-crossing sign (or is zero) and a solve restarted there does not see the same
+crossing again. A method without an interpolant of its own order (dopri8) locates the root
+again by re-stepping.
 
 References:
     Dowell & Jarratt, "A modified regula falsi method for computing the root of an
@@ -297,19 +298,16 @@ def _locate(evaluate: Callable[[Tensor], Tensor], s: Tensor, found: Tensor,
 def _root(h: Callable[[Tensor], Tensor], a: Tensor, ha: Tensor, b: Tensor, hb: Tensor,
           tol: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """First point of ``[a, b]`` where ``min_k h_k`` stops being positive (positive at
-    ``a``, ``<= 0`` at ``b``), for every lane in ``mask`` at once; ``h`` maps ``(L,)``
-    points to ``(L, k)`` values.
+    ``a``, ``<= 0`` at ``b``) for every lane in ``mask``; ``h`` maps ``(L,)`` points to
+    ``(L, k)`` values.
 
-    Illinois regula falsi while the end value is negative (a bracket that has not halved
-    within two iterations is bisected, so the width shrinks at least geometrically); a
-    point closer than ``tol / 2`` to an end is moved to ``tol / 2`` from it, so that once
-    one end has converged the next point closes the bracket. When the end value is exactly
-    zero, the point ``tol / 2`` before it is tried once, then bisection on the sign, so that
-    a function that is zero on a whole interval is located where it first reaches zero.
-    Lanes that have converged are masked, and the host reads whether any lane is still
-    live (and whether a value was not finite) once every :data:`_CHECK_EVERY` iterations.
-    Returns the bracket end on the positive side (``b`` when ``a`` never moved: the root
-    lies within ``tol`` of the bracket's start) and the values ``(L, k)`` at ``b``.
+    Illinois regula falsi; a bracket that has not halved within two iterations is bisected
+    (the width shrinks at least geometrically), and a point closer than ``tol / 2`` to an
+    end is moved to ``tol / 2`` from it, so that once one end has converged the next point
+    closes the bracket. At an exact zero the point ``tol / 2`` before it is tried once,
+    then bisection on the sign locates where a function that is zero on a whole interval
+    first reaches zero. Returns the bracket end on the positive side (``b`` when ``a``
+    never moved) and the values ``(L, k)`` at ``b``.
     """
     a0 = a
     fa, fb = ha.amin(1), hb.amin(1)
