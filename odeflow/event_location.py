@@ -235,8 +235,9 @@ class EventLocator:
             if (self.field_slope or precise is not None) and C.per_sample:
                 ydot = self.func(t_ev, y_ev.detach())
             elif self.field_slope or precise is not None:  # the vector field at the event
+                # host sync: a joint solve's event only
                 ydot = self.func(float(t_ev[0]), y_ev.detach().reshape(-1)).reshape(1, -1)
-            else:
+            else:  # host sync: a joint solve's event only (float)
                 ydot = on.derivative(theta if C.per_sample else float(theta[0]))
                 ydot = ydot.reshape(self.lanes, -1)
         h = self.hits
@@ -246,7 +247,7 @@ class EventLocator:
         h.index = torch.where(found, index, h.index)
         h.rising = torch.where(found, rising, h.rising)
         h.found = h.found | found
-        if rec is not None:
+        if rec is not None:  # host sync: checkpointed solves, on a crossing only
             sel = found.nonzero()[:, 0] if C.per_sample else None
             rec.event = (sel, theta[found] if C.per_sample else float(theta[0]),
                          precise is not None)
@@ -357,7 +358,7 @@ def direction_tensor(direction: Any, n: int, like: Tensor) -> Tensor:
     """``event_direction`` as one value per event value: ``+1`` rising, ``-1`` falling,
     ``0`` both."""
     if isinstance(direction, Tensor):
-        values = direction.detach().reshape(-1).tolist()
+        values = direction.detach().reshape(-1).tolist()  # host sync: once per solve
     elif isinstance(direction, (list, tuple)):
         values = list(direction)
     else:
