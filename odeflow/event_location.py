@@ -1,12 +1,13 @@
 """Event detection and root finding on a step's dense output (no gradients here).
 
-After every accepted step the loop hands :meth:`EventLocator.check` the step's
-:class:`~odeflow.interp.Interpolant`. ``check`` evaluates ``event_fn`` at the step's end and
-at :data:`INTERIOR_SAMPLES` interior points of the dense output, and compares each value's
-sign with its sign before the step; all of it costs one host synchronisation per step when
-nothing changes sign. The first sample at which a value reaches or passes zero (in the
-chosen direction) brackets the first crossing, so the located event is the first sign
-change of the step also when
+After an attempt, :meth:`EventLocator.detect` evaluates ``event_fn`` on the step's
+:class:`~odeflow.interp.Interpolant`, at the step's end and at :data:`INTERIOR_SAMPLES`
+interior points, and compares each value's sign with its sign before the step, with no host
+synchronisation: a per-sample loop reads the crossing lanes with its other decisions of
+the iteration, a joint one reads them once per accepted step (:meth:`EventLocator.check`).
+The first sample at which a value reaches or passes zero (in the chosen direction)
+brackets the first crossing, so the located event is the first sign change of the step
+also when
 
 * ``event_fn`` crosses zero and back within one step (two roots further apart than one
   sample spacing, ``dt / (INTERIOR_SAMPLES + 1)``; closer pairs can still be missed, as
@@ -17,16 +18,16 @@ change of the step also when
 
 One locator serves a joint solve (one lane) and a per-sample one (each sample stops at
 its own first crossing; ``event_fn`` then gets the batch as ``func`` does and returns
-``(B,)`` or ``(B, k)`` values, sample ``b``'s depending on ``t[b]`` and ``y[b]`` only). The
-root inside each lane's bracket is found for all crossing lanes at once by the Illinois
-variant of regula falsi with a bisection fallback (a bracket that has not halved in two
-iterations is bisected); when the bracket ends on an exact zero, bisection on the sign
-finds the first point that is no longer on the starting side. It stops when the bracket
-is narrower than ``4 eps max(|t|, |t + dt|, dt)``. The time returned is the bracket end on
-the side the value started on, so ``event_fn`` there still has its pre-crossing sign (or
-is zero) and a solve restarted there does not see the same crossing again. When several
-values cross in one bracket, the earliest root wins. A method without an interpolant of
-its own order (dopri8) locates the root again by re-stepping.
+``(B,)`` or ``(B, k)`` values, sample ``b``'s depending on ``t[b]`` and ``y[b]`` only).
+:meth:`EventLocator.locate` finds the root inside each crossing lane's bracket for all
+lanes and crossing values at once (the first zero of the least of the crossing values, so
+the earliest root wins), by the Illinois variant of regula falsi; it stops when the bracket
+is narrower than ``tol = 4 eps max(|t|, |t + dt|, dt)``, and the host reads whether any
+lane still needs an iteration once every :data:`_CHECK_EVERY` iterations. The time
+returned is the bracket end on the side the value started on, so ``event_fn`` there still
+has its pre-crossing sign (or is zero) and a solve restarted there does not see the same
+crossing again. A method without an interpolant of its own order (dopri8) locates the root
+again by re-stepping.
 
 References:
     Dowell & Jarratt, "A modified regula falsi method for computing the root of an
@@ -53,6 +54,8 @@ __all__ = ["EventHits", "EventLocator", "INTERIOR_SAMPLES", "direction_tensor"]
 INTERIOR_SAMPLES = 4
 _THETAS = tuple((i + 1) / (INTERIOR_SAMPLES + 1) for i in range(INTERIOR_SAMPLES)) + (1.0,)
 _MAX_ROOT_ITERS = 200
+#: Root iterations between two reads of whether any lane still needs one.
+_CHECK_EVERY = 8
 
 
 @dataclass
@@ -155,11 +158,10 @@ class EventLocator:
             theta = float(theta.reshape(-1)[0])  # host sync: root iterations only
         return interp.evaluate(theta).reshape(self.lanes, -1)
 
-    def check(self, interp: Interpolant, y_new: Tensor, ok: Any, rec: Any = None
-              ) -> Tensor | None:
-        """After an accepted step: the lanes whose step holds their first crossing (they
-        stop), or ``None``."""
-        C = self.clock
+    def detect(self, interp: Interpolant, y_new: Tensor, ok: Any) -> Tensor:
+        """After an attempt: the lanes whose accepted step holds their first crossing
+        ``(L,)``, with no host synchronisation (per sample the loop reads it with the
+        iteration's other decisions); :meth:`locate` then locates them."""
         t, dt = interp.t, interp.dt
         lanes_ok = ok if isinstance(ok, Tensor) else torch.ones(
             1, dtype=torch.bool, device=y_new.device)
@@ -184,14 +186,31 @@ class EventLocator:
                 s = torch.where(keep[:, None] | (g_j == 0), s, torch.sign(g_j))
                 g_a = torch.where(keep[:, None], g_a, g_j)
                 th_a = torch.where(keep, th_a, _THETAS[j])
+            # (found lanes keep g_prev and their sign at the crossing, read by locate)
+            self._bracket = (found, crossed_at, th_a, g_a, th_b, g_b, samples[-1])
             self.g_prev = torch.where((lanes_ok & ~found)[:, None], samples[-1], self.g_prev)
-            self.sign = s  # found lanes keep their sign at the crossing
-            if not bool(found.any()):  # host sync: the event test, once per step
-                return None
-            if not bool(torch.isfinite(torch.where(found[:, None], g_b, 0.0)).all()):
-                raise ValueError("event_fn returned non-finite values during the solve")
-            t_l = _lane(t, self.lanes, s.device)
-            dt_l = _lane(dt, self.lanes, s.device)
+            self.sign = s
+        return found
+
+    def check(self, interp: Interpolant, y_new: Tensor, ok: Any, rec: Any = None
+              ) -> Tensor | None:
+        """After an accepted step of a joint solve: :meth:`detect`, then :meth:`locate`
+        when the lane crossed (it stops), else ``None``."""
+        found = self.detect(interp, y_new, ok)
+        if not bool(found.any()):  # host sync: the event test of a joint step
+            return None
+        return self.locate(interp, y_new, rec)
+
+    def locate(self, interp: Interpolant, y_new: Tensor, rec: Any = None) -> Tensor:
+        """Locate the crossings of the last :meth:`detect` (call it only when some lane
+        crossed; ``interp`` and ``y_new`` as given to ``detect``, possibly with a graph)
+        and record them in :attr:`hits`. Returns the lanes that stop."""
+        C = self.clock
+        found, crossed_at, th_a, g_a, th_b, g_b, g_end = self._bracket
+        s = self.sign
+        with torch.no_grad():
+            t_l = _lane(interp.t, self.lanes, s.device)
+            dt_l = _lane(interp.dt, self.lanes, s.device)
             t_new = t_l + dt_l
 
             def evaluate(theta: Tensor, on: Interpolant = interp) -> Tensor:
@@ -200,12 +219,11 @@ class EventLocator:
             eps = torch.finfo(self.layout.real_dtype).eps
             safe_dt = torch.where(dt_l > 0, dt_l, 1.0)
             tol = 4 * eps * torch.maximum(torch.maximum(t_l.abs(), t_new.abs()), dt_l) / safe_dt
-            theta, index = self._locate(evaluate, s, found, crossed_at, th_a, g_a, th_b, g_b,
-                                        tol)
+            theta, index = _locate(evaluate, s, found, crossed_at, th_a, g_a, th_b, g_b, tol)
             precise = interp.precise
             if precise is not None:
-                theta = self._refine(lambda th: evaluate(th, precise), samples[-1], found,
-                                     index, s, th_a, th_b, theta, tol)
+                theta = self._refine(lambda th: evaluate(th, precise), g_end, found, index, s,
+                                     th_a, th_b, theta, tol)
             rising = s.gather(1, index.clamp(min=0)[:, None])[:, 0] < 0
             on = precise or interp
         # The state is evaluated outside no_grad so that it carries the loop's graph.
@@ -217,8 +235,9 @@ class EventLocator:
             if (self.field_slope or precise is not None) and C.per_sample:
                 ydot = self.func(t_ev, y_ev.detach())
             elif self.field_slope or precise is not None:  # the vector field at the event
+                # host sync: a joint solve's event only
                 ydot = self.func(float(t_ev[0]), y_ev.detach().reshape(-1)).reshape(1, -1)
-            else:
+            else:  # host sync: a joint solve's event only (float)
                 ydot = on.derivative(theta if C.per_sample else float(theta[0]))
                 ydot = ydot.reshape(self.lanes, -1)
         h = self.hits
@@ -228,29 +247,11 @@ class EventLocator:
         h.index = torch.where(found, index, h.index)
         h.rising = torch.where(found, rising, h.rising)
         h.found = h.found | found
-        if rec is not None:
+        if rec is not None:  # host sync: checkpointed solves, on a crossing only
             sel = found.nonzero()[:, 0] if C.per_sample else None
             rec.event = (sel, theta[found] if C.per_sample else float(theta[0]),
                          precise is not None)
         return found
-
-    def _locate(self, evaluate: Callable, s: Tensor, found: Tensor, crossed_at: Tensor,
-                th_a: Tensor, g_a: Tensor, th_b: Tensor, g_b: Tensor, tol: Tensor
-                ) -> tuple[Tensor, Tensor]:
-        """The earliest root in each found lane's bracket among its crossing values."""
-        theta = torch.full_like(th_a, math.inf)
-        index = torch.full_like(self.hits.index, -1)
-        for k in range(self.k):
-            mask = found & crossed_at[:, k]
-            if not bool(mask.any()):  # host sync: per event value, on a crossing only
-                continue
-            sk = s[:, k]
-            root = _root(evaluate, k, sk, th_a, g_a[:, k] * sk, th_b, g_b[:, k] * sk, tol,
-                         mask)
-            better = mask & (root < theta)
-            theta = torch.where(better, root, theta)
-            index = torch.where(better, k, index)
-        return torch.where(found, theta, 1.0), index
 
     def _refine(self, evaluate: Callable, g_end: Tensor, found: Tensor, index: Tensor,
                 s: Tensor, th_a: Tensor, th_b: Tensor, theta: Tensor, tol: Tensor) -> Tensor:
@@ -269,9 +270,9 @@ class EventLocator:
         use = found & (inner | brackets(self.g_prev, g_end))
         crossed = (index[:, None] == torch.arange(self.k, device=index.device)) & use[:, None]
         wide = inner[:, None]
-        root, _ = self._locate(evaluate, s, use, crossed, torch.where(inner, th_a, 0.0),
-                               torch.where(wide, g_a, self.g_prev),
-                               torch.where(inner, th_b, 1.0), torch.where(wide, g_b, g_end), tol)
+        root, _ = _locate(evaluate, s, use, crossed, torch.where(inner, th_a, 0.0),
+                          torch.where(wide, g_a, self.g_prev), torch.where(inner, th_b, 1.0),
+                          torch.where(wide, g_b, g_end), tol)
         return torch.where(use, root, theta)
 
 
@@ -281,34 +282,55 @@ def _lane(x: Any, lanes: int, device: torch.device) -> Tensor:
     return torch.full((lanes,), float(x), dtype=torch.float64, device=device)
 
 
-def _root(evaluate: Callable[[Tensor], Tensor], k: int, s: Tensor, a: Tensor, fa: Tensor,
-          b: Tensor, fb: Tensor, tol: Tensor, mask: Tensor) -> Tensor:
-    """First point of ``[a, b]`` where ``s * g_k`` stops being positive (positive at ``a``,
-    ``<= 0`` at ``b``), for every lane in ``mask`` at once.
+def _locate(evaluate: Callable[[Tensor], Tensor], s: Tensor, found: Tensor,
+            crossed_at: Tensor, th_a: Tensor, g_a: Tensor, th_b: Tensor, g_b: Tensor,
+            tol: Tensor) -> tuple[Tensor, Tensor]:
+    """The earliest root in each found lane's bracket among its crossing values, and which
+    value it is: the first point where the least of ``s_k g_k`` over the crossing values
+    stops being positive, found once for all of them."""
+    def h(g: Tensor) -> Tensor:  # s_k g_k of the crossing values, +inf for the others
+        return torch.where(crossed_at, g * s, math.inf)
 
-    Illinois regula falsi while the end value is negative (a bracket that has not halved
-    within two iterations is bisected, so the width shrinks at least geometrically);
-    bisection on the sign when it is exactly zero, so that a function that is zero on a
-    whole interval is located where it first reaches zero. Returns the bracket end on the
-    positive side (``b`` when ``a`` never moved: the root lies within ``tol`` of the
-    bracket's start).
+    theta, g_root = _root(lambda c: h(evaluate(c)), th_a, h(g_a), th_b, h(g_b), tol, found)
+    index = torch.where(found, g_root.argmin(1), -1)  # the value at or past its zero there
+    return torch.where(found, theta, 1.0), index
+
+
+def _root(h: Callable[[Tensor], Tensor], a: Tensor, ha: Tensor, b: Tensor, hb: Tensor,
+          tol: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """First point of ``[a, b]`` where ``min_k h_k`` stops being positive (positive at
+    ``a``, ``<= 0`` at ``b``) for every lane in ``mask``; ``h`` maps ``(L,)`` points to
+    ``(L, k)`` values.
+
+    Illinois regula falsi; a bracket that has not halved within two iterations is bisected
+    (the width shrinks at least geometrically), and a point closer than ``tol / 2`` to an
+    end is moved to ``tol / 2`` from it, so that once one end has converged the next point
+    closes the bracket. At an exact zero the point ``tol / 2`` before it is tried once,
+    then bisection on the sign locates where a function that is zero on a whole interval
+    first reaches zero. Returns the bracket end on the positive side (``b`` when ``a``
+    never moved) and the values ``(L, k)`` at ``b``.
     """
     a0 = a
+    fa, fb = ha.amin(1), hb.amin(1)
+    bad = mask & ~torch.isfinite(fb)
     side = torch.zeros_like(a)
     width = b - a
     stalled = torch.zeros_like(a)
-    for _ in range(_MAX_ROOT_ITERS):
+    tried = torch.zeros_like(mask)  # the point before an exact zero was tried
+    half_tol = 0.5 * tol
+    for it in range(1, _MAX_ROOT_ITERS + 1):
         live = mask & (b - a > tol)
-        if not bool(live.any()):  # host sync: once per root iteration
-            break
         denom = fb - fa
         c_rf = b - fb * (b - a) / torch.where(denom != 0, denom, 1.0)
-        bisect = (fb == 0) | (stalled >= 2) | ~((a < c_rf) & (c_rf < b)) | (denom == 0)
+        zero = fb == 0
+        bisect = (zero & tried) | (stalled >= 2) | ~((a < c_rf) & (c_rf <= b)) | (denom == 0)
         c = torch.where(bisect, 0.5 * (a + b), c_rf)
+        c = torch.minimum(torch.maximum(c, a + half_tol), b - half_tol)
         c = torch.where(live, c, a)
-        fc = evaluate(c)[:, k] * s
-        if not bool(torch.isfinite(torch.where(live, fc, 0.0)).all()):
-            raise ValueError("event_fn returned a non-finite value while locating a root")
+        tried = tried | (live & zero)
+        hc = h(c)
+        fc = hc.amin(1)
+        bad = bad | (live & ~torch.isfinite(fc))
         up = live & (fc > 0)
         down = live & ~(fc > 0)
         fb = torch.where(up & (side == 1), 0.5 * fb, fb)
@@ -317,18 +339,26 @@ def _root(evaluate: Callable[[Tensor], Tensor], k: int, s: Tensor, a: Tensor, fa
         fa = torch.where(up, fc, fa)
         b = torch.where(down, c, b)
         fb = torch.where(down, fc, fb)
+        hb = torch.where(down[:, None], hc, hb)
         side = torch.where(up, 1.0, torch.where(down, -1.0, side))
         halved = (b - a) <= 0.5 * width
         width = torch.where(live & halved, b - a, width)
         stalled = torch.where(live, torch.where(halved, 0.0, stalled + 1), stalled)
-    return torch.where(a == a0, b, a)
+        if it % _CHECK_EVERY == 0 or it == _MAX_ROOT_ITERS:
+            # host sync: once per _CHECK_EVERY root iterations, on a crossing only
+            more, nonfinite = torch.stack(((mask & (b - a > tol)).any(), bad.any())).tolist()
+            if nonfinite:
+                raise ValueError("event_fn returned a non-finite value while locating a root")
+            if not more:
+                break
+    return torch.where(a == a0, b, a), hb
 
 
 def direction_tensor(direction: Any, n: int, like: Tensor) -> Tensor:
     """``event_direction`` as one value per event value: ``+1`` rising, ``-1`` falling,
     ``0`` both."""
     if isinstance(direction, Tensor):
-        values = direction.detach().reshape(-1).tolist()
+        values = direction.detach().reshape(-1).tolist()  # host sync: once per solve
     elif isinstance(direction, (list, tuple)):
         values = list(direction)
     else:

@@ -257,6 +257,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         bad = C.drop(active, ok)
         n_acc, n_rej = n_acc + ok, n_rej + bad
         stats.n_steps += 1
+        f_new = interp = None
         if shared:
             n_steps += active
             done = ok and land and t_new == t_end
@@ -278,12 +279,20 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
             if not outputs_are_stops:  # an output strictly inside; how many each lane passed
                 masks.append(hit & (next_out < t_new))
                 n_more.append(torch.where(ok, C.n_passed(t_new) - out_idx, 0).max())
+            if event is not None:  # the event test joins the decisions (a crossing stops)
+                f_new = _f_end(stepper, f, cfg, fsal, t_new, y_new, res)
+                interp = stepper.interpolant(t, dt_try, y, y_new, stages, f_new, f)
+                crossed = event.detect(interp, y_new, ok)
+                still = still & ~crossed
+                masks[1] = still
+                masks.append(crossed)
             # host sync: every decision of the iteration, in one transfer (no sync of its
             # own for the output passes)
             flags = C.decide(masks, n_more)
             any_hit, any_left, any_ok, any_nonfinite = flags[:4]
             any_inside = flags[4] if not outputs_are_stops else False
-            n_pass = flags[5] if not outputs_are_stops else int(any_hit)
+            n_pass = flags[len(masks)] if not outputs_are_stops else int(any_hit)
+            any_crossed = flags[len(masks) - 1] if event is not None else False
             if any_nonfinite:
                 dead = nonfinite & (~torch.isfinite(f0).all(-1)
                                     | (dt_try <= 16e3 * C.ulp(torch.clamp(t.abs(), min=1.0))))
@@ -296,22 +305,18 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
                     res = step(f, t, y, f0, torch.where(finite, dt_try, 0.0), state, ws,
                                with_error=adaptive, f_last=f_last)
                     y_new, stages = res.y_new, res.stages
+                    f_new = interp = None  # (the event's dense output too)
         if hooks.stage_hook is not None:
             hooks.stage_hook(ok, dt_try)
         rec = None
         if records is not None and any_ok:
             rec = StepRecord(t, C.where(ok, dt_try, 0.0), t_new, y, ok, f0_side, last_side)
             records.append(rec)
-        f_new = None
         interior = any_hit and (C.gather(grid, out_idx) != t_new if shared else any_inside)
-        if any_ok and ((any_left and fsal_loop) or (interior and stepper.needs_f_end_for_dense)
-                       or event is not None or dense is not None):
-            if fsal:
-                f_new = stages[-1]
-            elif cfg.perturb:
-                f_new = f.perturbed(t_new, y_new, +1)
-            else:
-                f_new = stepper.f_end(f, t_new, y_new, res)
+        if f_new is None and any_ok and (
+                (any_left and fsal_loop) or (interior and stepper.needs_f_end_for_dense)
+                or event is not None or dense is not None):
+            f_new = _f_end(stepper, f, cfg, fsal, t_new, y_new, res)
         if any_hit and shared:
             out_idx = _write_outputs(stepper, ys, out_idx, hit, grid, t, t_new, dt_try, y,
                                      y_new, stages, f_new, ws, rec, n_out)
@@ -323,8 +328,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
             cb_accept(C.user_time(t), problem.layout.unflatten(y), C.user_time(dt_try))
         if cb_reject is not None and C.flags(bad)[0]:
             cb_reject(C.user_time(t), problem.layout.unflatten(y), C.user_time(dt_try))
-        interp = None
-        if any_ok and (dense is not None or event is not None):
+        if interp is None and any_ok and (dense is not None or event is not None):
             interp = stepper.interpolant(t, dt_try, y, y_new, stages, f_new, f)
         if dense is not None and any_ok:
             piece = interp if dense_piece is None else dense_piece(t, dt_try, y, y_new, stages,
@@ -332,16 +336,13 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
             dense.append((piece.detached(), ok if shared else ok.clone()))
         if progress is not None and any_ok:
             progress.update(t_new if shared else torch.where(ok, t_new, t), stats.n_steps)
-        if event is not None and any_ok:
-            ended = event.check(interp, y_new, ok, rec)
-            if shared:
-                if ended is not None:
-                    status = int(Status.EVENT)
-                    return result(t_new, y_new, ended)
-            elif ended is not None:
-                status = torch.where(ended, int(Status.EVENT), status)
-                still = still & ~ended
-                any_left = C.flags(still)[0]  # host sync: on an event only
+        if event is not None and shared:
+            ended = event.check(interp, y_new, ok, rec) if any_ok else None
+            if ended is not None:
+                status = int(Status.EVENT)
+                return result(t_new, y_new, ended)
+        elif event is not None and any_crossed:  # (those lanes already left `still`)
+            status = torch.where(event.locate(interp, y_new, rec), int(Status.EVENT), status)
         if any_jumps and f_new is not None:
             # A discontinuity: the FSAL derivative belongs to the left of it.
             right = ok & on_jump
@@ -381,6 +382,17 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
             if bounded:
                 dt = C.clip(dt, min_step, max_step)
     return result(t, y)
+
+
+def _f_end(stepper: Any, f: Any, cfg: LoopConfig, fsal: bool, t_new: Any, y_new: Tensor,
+           res: StepResult) -> Tensor:
+    """The derivative at an attempt's end: its last stage (FSAL), one-sided on a perturbed
+    fixed grid, else the stepper's."""
+    if fsal:
+        return res.stages[-1]
+    if cfg.perturb:
+        return f.perturbed(t_new, y_new, +1)
+    return stepper.f_end(f, t_new, y_new, res)
 
 
 def _left_of(f: Any, side: Any) -> Callable:

@@ -457,3 +457,42 @@ def test_per_sample_checkpoint_replays_a_step_with_an_output_and_an_event():
     sol.ys[1].sum().backward()  # y_0(1) = w; sample 1's state at its event is 0.7
     assert float(w.grad) == pytest.approx(1.0)
     assert y0.grad.view(-1).tolist() == pytest.approx([1.0, 0.0])
+
+
+def test_per_sample_hard_roots_are_located_together():
+    # One lane per kind of root of test_root_finder_converges_on_hard_event_functions, in
+    # one per-sample solve: the lanes are located together (the flat root needs many more
+    # than the 8 iterations between two host reads), each as its own joint solve does.
+    roots = torch.tensor([1.2345, 1.2345, 1.2345, 0.75], dtype=F64)
+
+    def event_fn(t, y):
+        step = torch.where(t < roots[0], 1.0, -1.0).to(F64)
+        return torch.stack([step, (roots[1] - t) ** 5, roots[2] - t,
+                            torch.cos(2 * t) - math.cos(1.5)])
+
+    def per_lane(t, y):
+        return event_fn(t, y).diagonal()
+
+    y0 = torch.ones(4, 1, dtype=F64)
+    sol = solve_event(lambda t, y: -y, y0, torch.tensor([0.0, 5.0], dtype=F64),
+                      event_fn=per_lane, options={"per_sample": True})
+    assert (sol.event_t - roots).abs().max().item() <= 1e-14
+    assert (sol.event_t <= roots).all()  # the pre-crossing side
+    for b in range(4):
+        one, _ = odeint_event(lambda t, y: -y, torch.ones(1, dtype=F64),
+                              torch.tensor(0.0, dtype=F64),
+                              event_fn=lambda t, y, b=b: event_fn(t.expand(4), y)[b, b])
+        assert abs(sol.event_t[b].item() - one.item()) <= 4 * math.ulp(roots[b].item())
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_event_fn_not_finite_inside_the_bracket_is_an_error(per_sample):
+    # Finite at every sample of the steps before the crossing, nan past t = 0.9 (inside
+    # the step where it changes sign): the root finding refuses rather than guess.
+    def event_fn(t, y):
+        return torch.where(t < 0.9, 1.0 - t, math.nan).to(F64) + 0 * y[..., 0]
+
+    y0 = torch.ones(2, 1, dtype=F64) if per_sample else torch.ones(1, dtype=F64)
+    with pytest.raises(ValueError, match="event_fn returned a non-finite value"):
+        solve_event(lambda t, y: -y, y0, torch.tensor([0.0, 5.0], dtype=F64),
+                    event_fn=event_fn, options={"per_sample": True} if per_sample else None)
