@@ -321,36 +321,6 @@ def test_per_sample_rosenbrock_matches_each_samples_own_solve():
         assert torch.allclose(sol.ys[:, b], own.ys, rtol=1e-9, atol=1e-15)
 
 
-def test_per_sample_lu_on_one_thread_gives_the_same_solve(monkeypatch):
-    # A small CPU batch is factorised and solved on one thread (odeflow.solvers.rosenbrock
-    # _OneThread) when torch has several: the same LAPACK calls, so the same values, bit
-    # for bit, with and without grad; the thread count is restored.
-    from odeflow.solvers import rosenbrock as rb
-
-    k = torch.tensor([0.04, 3e7, 1e4], dtype=F64) * torch.linspace(0.5, 2.0, 6, dtype=F64)[:, None]
-    y0 = torch.tensor([1.0, 0.0, 0.0], dtype=F64).expand(6, 3).clone()
-    t = torch.tensor([0.0, 1.0, 1e3], dtype=F64)
-    threads = torch.get_num_threads()
-    used = []
-    monkeypatch.setattr(rb._OneThread, "solve", lambda self, b: used.append(1) or
-                        rb._OneThread._serial(self.factor.solve, b))
-    try:
-        torch.set_num_threads(2)
-        with torch.no_grad():
-            serial = odeflow.solve(_batched_kinetics(k), y0, t, method="rodas5p",
-                                   options={"per_sample": True}).ys
-        graph = odeflow.solve(_batched_kinetics(k.requires_grad_()), y0, t, method="rodas5p",
-                              options={"per_sample": True}).ys
-        assert used and torch.get_num_threads() == 2
-        torch.set_num_threads(1)
-        with torch.no_grad():
-            plain = odeflow.solve(_batched_kinetics(k.detach()), y0, t, method="rodas5p",
-                                  options={"per_sample": True}).ys
-    finally:
-        torch.set_num_threads(threads)
-    assert torch.equal(serial, plain) and torch.equal(graph.detach(), plain)
-
-
 def test_per_sample_rosenbrock_gradients_and_unsupported_combinations():
     k = torch.tensor([[0.04, 3e3, 1e2], [0.05, 2e3, 2e2]], dtype=F64, requires_grad=True)
     y0 = torch.tensor([1.0, 0.0, 0.0], dtype=F64).expand(2, 3).clone()

@@ -32,8 +32,6 @@ from .rosenbrock_tableaus import RosenbrockTableau
 __all__ = ["Rosenbrock", "RosenbrockState", "RosenbrockInterpolant", "Workspace"]
 
 Func = Callable[[float, Tensor], Tensor]
-#: ``B n³`` up to which a batch of LU factorisations runs on one thread (~1 ms of work)
-_SERIAL_LU_FLOPS = 1 << 20
 
 
 class Workspace(NamedTuple):
@@ -236,8 +234,7 @@ class Rosenbrock:
         state.jac = jac  # read by method="auto" (its switch-back test); never reused here
         h = dt.to(y.dtype)
         h_gamma = h * tab.gamma
-        factor = (_OneThread(jac, h_gamma, counts) if _OneThread.fits(jac)
-                  else DenseSolver().factor(jac, h_gamma, counts))
+        factor = DenseSolver().factor(jac, h_gamma, counts)
         hg_col, h_col = h_gamma[:, None], h[:, None]
         still = (h == 0)[:, None]
         inv_h = torch.where(still, 0.0, 1.0 / torch.where(still, 1.0, h_col))
@@ -272,34 +269,6 @@ class Rosenbrock:
             col = self._c_col[device] = torch.tensor(self.tableau.c, dtype=torch.float64,
                                                      device=device)[:, None]
         return col
-
-
-class _OneThread:
-    """The dense LU factors of a small CPU batch ``(B, n, n)``, factorised and applied on
-    one thread: ATen spreads a batch of factorisations over its threads from three matrices
-    on, and waking the others costs more than the whole batch (1000 3x3: 44 µs on one
-    thread, 2-20 ms with two on a busy 2-core machine). The values are the same (one LAPACK
-    call per matrix either way)."""
-
-    def __init__(self, jac: Tensor, h_gamma: Tensor, counts: ImplicitCounts):
-        self.factor = self._serial(DenseSolver().factor, jac, h_gamma, counts)
-
-    @staticmethod
-    def fits(jac: Tensor) -> bool:
-        return (torch.get_num_threads() > 1 and jac.device.type == "cpu"
-                and jac.numel() * jac.shape[-1] <= _SERIAL_LU_FLOPS)
-
-    def solve(self, b: Tensor) -> Tensor:
-        return self._serial(self.factor.solve, b)
-
-    @staticmethod
-    def _serial(fn: Callable, *args: Any) -> Any:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return fn(*args)
-        finally:
-            torch.set_num_threads(threads)
 
 
 class RosenbrockInterpolant(Interpolant):
