@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from ..interp import HermiteInterpolant, TableauInterpolant
-from ..linalg import ImplicitCounts, batched_jacobian
+from ..linalg import ImplicitCounts, autodiff_jacobian
 from .base import StepResult
 
 __all__ = ["LaneNewtonState", "step_lanes"]
@@ -201,7 +201,7 @@ def _renew(m: Any, f: Any, t: Tensor, y_d: Tensor, hg: Tensor, need_j: Tensor,
     if any_j:
         # func is evaluated on every lane (a per-sample func takes the whole batch); the
         # lanes that keep their J keep it. Counted per lane below, not per call.
-        jac, _ = batched_jacobian(f, t, y_d, ImplicitCounts(), with_time=False)
+        jac, _ = autodiff_jacobian(f, t, y_d, ImplicitCounts(), with_time=False)
         ls.jac = torch.where(need_j[:, None, None], jac, ls.jac)
         ls.jac_t = torch.where(need_j, t, ls.jac_t)
         ls.refresh = ls.refresh & ~need_j
@@ -337,7 +337,7 @@ def _attach(m: Any, f: Any, fi: Any, ti: Tensor, z_star: Tensor, r: Tensor,
 
     def hook(v: Tensor) -> Tensor:
         with torch.no_grad():
-            jac, _ = batched_jacobian(f, ti, z_star, ImplicitCounts(), with_time=False)
+            jac, _ = autodiff_jacobian(f, ti, z_star, ImplicitCounts(), with_time=False)
             n = z_star.shape[1]
             eye = torch.eye(n, dtype=jac.dtype, device=jac.device)
             lu, piv, _ = torch.linalg.lu_factor_ex(eye - hg_col[:, :, None] * jac)
