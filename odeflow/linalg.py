@@ -346,13 +346,11 @@ class JacobianOperator:
     counts: ImplicitCounts
 
     def matvec(self, v: Tensor) -> Tensor:
-        t_user = torch.scalar_tensor(self.f.sign * self.t, dtype=self.y.dtype,
-                                     device=self.y.device)
+        t_user = _user_time(self.f, self.t, self.y)
         return torch.func.jvp(lambda yy: self.f.at(t_user, yy), (self.y,), (v,))[1]
 
     def rmatvec(self, v: Tensor) -> Tensor:
-        t_user = torch.scalar_tensor(self.f.sign * self.t, dtype=self.y.dtype,
-                                     device=self.y.device)
+        t_user = _user_time(self.f, self.t, self.y)
         with torch.enable_grad():
             y_in = self.y.detach().requires_grad_(True)
             out = self.f.at(t_user, y_in)

@@ -10,27 +10,9 @@ and sets ``k_i = (z_i − r_i) / (hγ)`` (the "z form": at the solution this is
 Newton error by the stiffness). The methods are stiffly accurate, so ``y_new = z_s``
 and ``k_s`` is the derivative at the step's end (the next step's ``f0``).
 
-**Newton.** Each stage equation is solved by simplified Newton with one factorisation of
-``M = I − hγ J`` (the linear solver's :class:`~odeflow.linalg.Factor`). Convergence is
-monitored as in Hairer & Wanner, *Solving ODEs II*, §IV.8: with the rate
-``θ = ‖Δ_m‖ / ‖Δ_{m−1}‖`` and ``η = θ / (1 − θ)``, the stage has converged when
-``η ‖Δ_m‖ ≤ κ`` — only with a rate *measured* with this step's factor: from the second
-iteration on, or at the first with the worst rate measured in the earlier stages of the same
-step (``rate_hint``; same ``J``, same ``M``, and the rate of simplified Newton is mostly their
-mismatch with ``f``, the largest measured one an upper estimate; a rate measured on updates at
-the rounding floor is not counted). A rate guessed from an earlier *step* (RADAU5's
-``η_old^0.8``) is never used: a stage then inherited a tiny guess and was accepted after a
-single update of hundreds of tolerance units (van der Pol μ = 1000 ended 1640 tolerances
-off). ``‖·‖`` is the RMS norm of the update scaled by
-``atol + rtol |y|`` (so ``1`` is the solve's tolerance) and ``κ = newton_kappa``
-(default ``1e-3``: the Newton error of the last stage is part of ``y_new``, has a sign that
-persists from step to step and so adds up like local truncation error, and the measured
-rate underestimates it; with ``1e-2`` van der Pol μ = 1000 ended 11 tolerances off against
-0.1; raised to ``10 ε max |y| / scale`` when that is larger, so float32 and very tight
-tolerances do not chase rounding noise). The iteration fails when ``θ ≥ 1``
-(divergence), when a non-finite value appears, when the remaining iterations cannot reach
-``κ`` at the current rate (``θ^(m_max − m) / (1 − θ) ‖Δ_m‖ > κ``), or after
-``max_newton_iters`` iterations.
+**Newton** (simplified, one factor of ``M = I − hγ J`` per stage; its convergence and
+failure tests) and **per sample** (one code path: a joint solve's Python decisions are
+``(B,)`` masks per lane): :mod:`odeflow.solvers.esdirk_newton`.
 
 **Jacobian and factor reuse** (the state carries both; Hairer & Wanner's RADAU5 and
 SciPy's ``Radau`` follow the same principle — ``J`` is expensive, ``M``'s LU cheaper,
@@ -98,43 +80,32 @@ evaluation. ``kvaerno3`` and ``trbdf2``: cubic Hermite on ``(y, y_new, f0, k_s)`
 order (local error ``O(h⁴)``), which is their own order or above. No method steps to the
 output times.
 
-**Gradients.** Under autograd (``ws is None`` and grad enabled) the Newton iteration runs
-under ``torch.no_grad()`` and is *not* unrolled. The converged stage ``z*`` is attached by
-the implicit-function theorem: with ``G(z, θ) = z − r_i(θ) − hγ f(t_i, z; θ)``,
+**Gradients.** The Newton iteration runs under ``torch.no_grad()`` and is *not* unrolled.
+Under autograd (``ws is None``, grad enabled, and ``y`` or ``f0`` requires grad, the
+Rosenbrock stepper's test) the stages are formed again from the converged values with their
+graph, each ``z*`` attached by the implicit-function theorem: with
+``G(z, θ) = z − r_i(θ) − hγ f(t_i, z; θ)``,
 ``z_out = z* − (G(z*) − G(z*).detach())`` has the value ``z*`` and derivative
 ``−∂G/∂θ``; a hook on ``z_out`` maps its incoming gradient ``v`` to
 ``(I − hγ J(z*))^{−T} v`` (``J`` at ``z*`` computed afresh in the hook), so autograd
 returns exactly ``−vᵀ (∂G/∂z)⁻¹ ∂G/∂θ``. This costs one extra evaluation of ``f`` per stage
 in the forward pass and one Jacobian and factorisation per stage in the backward pass.
 
-**Per sample** (``t`` and ``dt`` ``(B,)``, ``y`` ``(B, n)``) the same code takes, for every
-lane, the decisions it takes for a solve of that sample alone: what is a Python ``bool`` or
-``float`` in a joint solve (a convergence test, a rate, "``J`` is current") is a ``(B,)``
-tensor there, combined by the same ``&``/``|`` and chosen by :func:`_where` (``torch.where``
-per sample, a plain choice for one problem, so that the joint hot path keeps its Python
-numbers and one host synchronisation per Newton iteration). The iterations run while
-some lane iterates. ``J`` is ``(B, n, n)`` (the linear solver's per-sample Jacobian) and
-``M`` a batch of LUs, refactorised only for the lanes that need it. What a joint solve
-decides by object identity (``J`` computed at this ``y``; the step ended at this ``y``
-with this ``f0``), a lane decides by its time (a lane's ``t`` changes exactly when it
-accepts a step) and ``f0``'s value. Counters count lanes (``ImplicitCounts.lanes``, summed
-at the end), so a batch reports the sum of its samples' own solves. Lanes with ``dt = 0``
-and lanes whose Newton iteration failed for good stay at ``y``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..interp import HermiteInterpolant, Interpolant, TableauInterpolant, hermite
-from ..linalg import DenseFactor, DenseSolver, ImplicitCounts, check_solver_dtype
+from ..linalg import DenseSolver, ImplicitCounts, check_solver_dtype
 from .base import StepResult
+from .esdirk_newton import ESDIRKState, _any, _count, _not, _sum, _where, newton, newton_tests
 from .esdirk_tableaus import ESDIRKTableau, stage_predictor
 from .explicit_rk import _combine, _nonzero
 
@@ -143,90 +114,9 @@ __all__ = ["ESDIRK", "ESDIRKState"]
 Func = Callable[[Any, Tensor], Tensor]
 
 
-@dataclass
-class ESDIRKState:
-    """What an ESDIRK solve carries from step to step (a mutable cache, see the module
-    docstring). Per sample every decision field is ``(B,)``."""
-
-    counts: ImplicitCounts
-    jac: Any = None  # J = ∂f/∂y (dense tensor, (B, n, n) per sample, or an operator)
-    # where J was computed: the state object (joint, identity test) or each lane's time
-    jac_at: Any = None
-    factor: Any = None  # the factorised M = I − hγ J (factor.h_gamma: its hγ)
-    refresh_jac: Any = False  # recompute J at the next step's start (slow convergence)
-    # The stage predictor's memory (module docstring, "Predictors"): the last completed
-    # attempt and the step that ends at the current point. Joint: (y, dt, detached stages,
-    # y_new, k_s), ``y_new`` and ``k_s`` the loop's own tensors (identity tests). Per
-    # sample: [y, dt, y_new, k_1..k_s] with the attempt's start and the step's end times.
-    pending: Any = None
-    previous: Any = None
-    pending_t: Tensor | None = None
-    previous_t: Tensor | None = None
-
-
 class _Workspace:
     """The no-autograd marker of the loops (``ws is None`` means autograd); no buffers: the
     stages are fresh tensors either way."""
-
-
-def _where(mask: Any, a: Any, b: Any) -> Any:
-    """``a`` on the lanes of ``mask``, else ``b`` (a joint solve's ``mask`` is a bool)."""
-    if isinstance(mask, Tensor):
-        ref = a if isinstance(a, Tensor) else b
-        if isinstance(ref, Tensor) and ref.ndim > 1:
-            mask = mask.reshape(-1, *([1] * (ref.ndim - 1)))
-        return torch.where(mask, a, b)
-    return a if mask else b
-
-
-
-def _max(a: Any, b: Any) -> Any:
-    return torch.maximum(a, b) if isinstance(a, Tensor) else max(a, b)
-
-
-def _eta(theta: Any) -> Any:
-    """``θ / (1 − θ)`` (a joint ``θ ≥ 1``, which has failed, gives ``inf``, not an error)."""
-    if isinstance(theta, Tensor) or theta < 1.0:
-        return theta / (1.0 - theta)
-    return math.inf
-
-
-def _too_slow(theta: Any, left: int, norm: Any, kappa: Any) -> Any:
-    """``θ^left / (1 − θ) ‖Δ‖ > κ``: the iterations left cannot reach ``κ`` at this rate."""
-    if isinstance(theta, Tensor) or theta < 1.0:
-        return theta ** left / (1.0 - theta) * norm > kappa
-    return True
-
-
-def _not(mask: Any) -> Any:
-    return ~mask if isinstance(mask, Tensor) else not mask
-
-
-def _any(mask: Any) -> bool:
-    return bool(mask.any()) if isinstance(mask, Tensor) else mask  # per sample: host sync
-
-
-def _count(counts: ImplicitCounts, name: str, mask: Any) -> None:
-    """One more ``name`` (per sample: one per lane of ``mask``, no host sync)."""
-    if isinstance(mask, Tensor):
-        have = counts.lanes.get(name)
-        counts.lanes[name] = mask.long() if have is None else have + mask.long()
-    elif mask:
-        setattr(counts, name, getattr(counts, name) + 1)
-
-
-def _sum(y: Tensor | None, ks: Sequence[Tensor], nz: Any, h: Any) -> Tensor:
-    """``y + h Σ_j w_j k_j``: :func:`~odeflow.solvers.explicit_rk._combine` for a float
-    ``h``; out of place with a ``(B, 1)`` column ``h`` per sample."""
-    if not isinstance(h, Tensor):
-        return _combine(y, ks, nz, h)
-    acc = None
-    for j, w in nz:
-        term = ks[j] * (w * h)
-        acc = term if acc is None else acc + term
-    if acc is None:
-        return y if y is not None else torch.zeros_like(ks[0])
-    return acc if y is None else y + acc
 
 
 class ESDIRK:
@@ -313,22 +203,6 @@ class ESDIRK:
         check_solver_dtype(self.tableau.name, y0.dtype)
         return ESDIRKState(counts=ImplicitCounts())
 
-    @staticmethod
-    def _lanes_init(y: Tensor, state: ESDIRKState, stages: int) -> None:
-        """The per-lane cache before the first step: no ``J``, no factor (``nan`` times and
-        ``hγ``), no predictor memory."""
-        B, n = y.shape
-        nan = torch.full((B,), math.nan, dtype=torch.float64, device=y.device)
-        eye = torch.eye(n, dtype=y.dtype, device=y.device).expand(B, n, n).clone()
-        piv = torch.arange(1, n + 1, dtype=torch.int32, device=y.device).expand(B, n).clone()
-        state.jac, state.jac_at = y.new_zeros(B, n, n), nan.clone()
-        state.factor = DenseFactor(eye, piv, nan.clone())
-        state.refresh_jac = torch.zeros(B, dtype=torch.bool, device=y.device)
-        memory = [y.new_zeros(y.shape) for _ in range(stages + 3)]
-        memory[1] = torch.ones(B, dtype=torch.float64, device=y.device)
-        state.pending, state.previous = memory, [m.clone() for m in memory]
-        state.pending_t, state.previous_t = nan.clone(), nan.clone()
-
     # ------------------------------------------------------------------------------ step
     def step(
         self,
@@ -357,19 +231,18 @@ class ESDIRK:
             state = self.init(y)
         lanes = isinstance(dt, Tensor)
         if lanes and state.pending_t is None:
-            self._lanes_init(y.detach(), state, self._s)
+            state.init_lanes(y.detach(), self._s)
         counts = state.counts
         hg = dt * self.gamma  # per sample (B,) float64, as the joint Python float
         y_d = y.detach()
         active = dt > 0 if lanes else True
         with torch.no_grad():
-            scale = self._scale(y_d)
-            thresholds = self._newton_threshold(y_d, scale, lanes)
+            tests = newton_tests(y_d, self.rtol, self.atol, self.newton_kappa, lanes)
             self._prepare(f, t, y, y_d, hg, active, state)
             previous = self._previous_step(t, y, f0, state)
             todo, ok, out = active, torch.ones_like(active) if lanes else True, None
             while True:
-                new = self._stages(f, t, y, y_d, f0, dt, hg, state, scale, thresholds,
+                new = self._stages(f, t, y, y_d, f0, dt, hg, state, tests,
                                    f_last, previous, todo)
                 failed = new[-1]
                 done = todo & _not(failed)
@@ -483,29 +356,6 @@ class ESDIRK:
         elif need_lu_any:
             state.factor = solver.factor(state.jac, hg, counts)
 
-    def _scale(self, y_d: Tensor) -> Tensor:
-        rtol, atol = self.rtol, self.atol
-        if isinstance(rtol, Tensor):
-            rtol = rtol.to(dtype=y_d.dtype, device=y_d.device)
-        if isinstance(atol, Tensor):
-            atol = atol.to(dtype=y_d.dtype, device=y_d.device)
-        scale = y_d.abs() * rtol + atol
-        # A zero scale (rtol = atol = 0 somewhere) would divide by zero: use the tiniest.
-        return scale.clamp_min(torch.finfo(y_d.dtype).tiny)
-
-    def _newton_threshold(self, y_d: Tensor, scale: Tensor, lanes: bool) -> tuple:
-        """``(κ, floor)``: ``floor`` is ten times the rounding noise of ``y`` in units of
-        the scale (an update that small has converged whatever the rate says); ``κ`` is
-        raised to it where the tolerance is tighter than the precision. Per sample both
-        are ``(B,)``."""
-        eps = torch.finfo(y_d.dtype).eps
-        if lanes:
-            floor = (10.0 * eps) * (y_d.abs() / scale).amax(-1).double()
-            return floor.clamp(min=self.newton_kappa), floor
-        floor = 10.0 * eps * float((y_d.abs() / scale).max()) if y_d.numel() else 0.0
-        return max(self.newton_kappa, floor), floor
-
-    # ---------------------------------------------------------------------------- stages
     @staticmethod
     def _previous_step(t: Any, y: Tensor, f0: Tensor, state: ESDIRKState) -> Any:
         """The step that ended at ``(y, f0)``, if the solution continues from it: ``y`` is
@@ -541,7 +391,7 @@ class ESDIRK:
         return self.interpolate(y_p, y_new_p.detach(), dt_p, ks_p, ks_p[-1],
                                 1.0 + offset / dt_p, _Workspace())
 
-    def _stages(self, f, t, y, y_d, f0, dt, hg, state, scale, thresholds, f_last,
+    def _stages(self, f, t, y, y_d, f0, dt, hg, state, tests, f_last,
                 previous, todo):
         """All stage values of one attempt for the lanes ``todo`` (no graph); returns
         ``(z_2..z_s, k_2..k_s, worst rate, failed)``."""
@@ -569,10 +419,10 @@ class ESDIRK:
                     extrapolated = torch.add(r, _sum(None, ks, weights, hgc))
                     z0 = extrapolated if z0 is None else _where(previous, z0, extrapolated)
             hint = theta_max if self.rate_hint else theta_max * 0.0
-            z, theta, failed = self._newton(fi, t + c[i] * dt, r, z0, hg, hgc, factor, scale,
-                                            thresholds, state.counts, alive, refreshable,
-                                            hint)
-            theta_max = _where(alive, _max(theta_max, theta), theta_max)
+            z, theta, failed = newton(fi, t + c[i] * dt, r, z0, hg, hgc, factor, tests,
+                                      state.counts, alive, refreshable, hint,
+                                      self.max_newton_iters)
+            theta_max = _where(alive & (theta > theta_max), theta, theta_max)
             alive = alive & _not(failed)
             if lanes:  # failed and idle lanes: a finite value
                 z = torch.where(alive[:, None], z, r)
@@ -587,49 +437,6 @@ class ESDIRK:
                 ks.extend(torch.zeros_like(r) for _ in range(i + 1, self._s))
                 break
         return zs, ks[1:], theta_max, todo & _not(alive)
-
-    def _newton(self, fi, ti, r, z, hg, hgc, factor, scale, thresholds, counts, run,
-                refreshable, hint):
-        """Simplified Newton for ``z = r + hγ fi(ti, z)`` (no graph) on the lanes ``run``;
-        returns ``(z, worst rate, failed)``."""
-        kappa, floor = thresholds
-        lanes = isinstance(run, Tensor)
-        eta = _where(hint > 0, _eta(hint), math.inf)
-        inv_sqrt_n = 1.0 / math.sqrt(max(z.shape[-1], 1))
-        m_max = self.max_newton_iters
-        prev = None
-        theta_max = hint * 0.0
-        iterating, failed = run, run & False
-        for m in range(m_max):
-            fz = fi(ti, z)
-            residual = r + hgc * fz - z if lanes else torch.add(r, fz, alpha=hg).sub_(z)  # −G
-            dz = factor.solve(residual)
-            _count(counts, "n_newton_iters", iterating)
-            norm = torch.linalg.vector_norm(dz / scale, dim=-1)
-            norm = norm.double() * inv_sqrt_n if lanes else float(norm) * inv_sqrt_n  # sync
-            finite = torch.isfinite(norm) if lanes else math.isfinite(norm)
-            at_floor = finite & (norm <= floor)  # at the rounding noise: converged
-            fail = _not(finite)
-            if prev is not None:
-                theta = norm / prev
-                measured = iterating & finite & _not(at_floor)
-                theta_max = _where(measured, _max(theta_max, theta), theta_max)
-                diverging = measured & (theta >= 1.0)
-                rated = measured & _not(diverging)
-                eta = _where(rated, _eta(theta), eta)
-                # too slow for the iterations left: fail now and refresh J/M
-                slow = rated & refreshable & _too_slow(theta, m_max - 1 - m, norm, kappa)
-                fail = fail | diverging | slow
-            fail = iterating & fail
-            stepping = iterating & _not(fail)
-            z = _where(stepping, z + dz, z)
-            converged = stepping & (at_floor | (eta * norm <= kappa))
-            failed = failed | fail
-            iterating = iterating & _not(fail) & _not(converged)
-            prev = norm
-            if not _any(iterating):
-                return z, theta_max, failed
-        return z, theta_max, failed | iterating
 
     def _attach(self, f, fi, ti, z_star, r, hg):
         """``z*`` with the implicit-function-theorem derivative (module docstring); per
