@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["ImplicitCounts", "LinearSolver", "Factor", "DenseSolver", "KrylovSolver",
-           "autodiff_jacobian", "batched_jacobian", "check_dense_size", "check_solver_dtype",
+           "autodiff_jacobian", "check_dense_size", "check_solver_dtype",
            "make_linear_solver", "gmres", "LINEAR_SOLVER_OPTIONS", "DENSE_MAX_BYTES"]
 
 LINEAR_SOLVER_OPTIONS = ("jacobian", "linear_solver", "krylov_tol", "krylov_restart",
@@ -137,64 +137,93 @@ class LinearSolver(Protocol):
 
 
 # ---------------------------------------------------------------------------------- Jacobians
-def _reverse_jacobian(f: Any, t: float, y: Tensor, with_time: bool, graph: bool,
+def _user_time(f: Any, t: Any, y: Tensor) -> Tensor:
+    """Canonical ``t`` as the user's time ``func`` gets (0-dim, or ``(B,)`` per sample), a
+    leaf of its own (derivatives in ``t`` are taken at this level)."""
+    if isinstance(t, Tensor):
+        return f.clock.user_time(t).detach()
+    return torch.scalar_tensor(f.sign * t, dtype=y.dtype, device=y.device)
+
+
+def _signed(f: Any, x: Tensor, dims: int) -> Tensor:
+    """``x`` (a derivative in the user's time, or a user Jacobian) in canonical time: times
+    ``f.sign``, per sample the lane's sign over the ``dims`` trailing dimensions."""
+    sign = f.sign
+    if isinstance(sign, Tensor):
+        sign = sign.to(x.dtype).reshape(-1, *([1] * dims))
+    return x * sign
+
+
+def _reverse_jacobian(f: Any, t: Any, y: Tensor, with_time: bool, graph: bool,
                       batched: bool = True) -> tuple[Tensor, Tensor | None]:
     """``(J, ∂f/∂t)`` in canonical time by reverse mode: one call of ``f``, then all ``n``
-    rows in one vmapped backward pass (``batched``) or one backward pass per row."""
-    t_user = torch.scalar_tensor(f.sign * t, dtype=y.dtype, device=y.device,
-                                 requires_grad=with_time)
+    rows in one vmapped backward pass (``batched``) or one backward pass per row. Per
+    sample the ``n`` cotangents are shared by the lanes (they are independent)."""
+    t_user = _user_time(f, t, y).requires_grad_(with_time)
     with torch.enable_grad():
         y_in = y if (graph and y.requires_grad) else y.detach().requires_grad_(True)
         out = f.at(t_user, y_in)
         inputs = (y_in, t_user) if with_time else (y_in,)
-        n = out.numel()
+        n = out.shape[-1]
         if batched:
             eye = torch.eye(n, dtype=out.dtype, device=out.device)
+            eye = eye.reshape(n, *([1] * (out.ndim - 1)), n).expand(n, *out.shape)
             grads = torch.autograd.grad(out, inputs, eye, retain_graph=graph,
                                         create_graph=graph, allow_unused=True,
                                         is_grads_batched=True)
-            jac = grads[0] if grads[0] is not None else y.new_zeros(n, n)
+            jac = grads[0].movedim(0, -2) if grads[0] is not None else y.new_zeros(
+                *y.shape, n)
             f_t = None
             if with_time:
-                f_t = grads[1] if grads[1] is not None else y.new_zeros(n)
+                f_t = grads[1].movedim(0, -1) if grads[1] is not None else torch.zeros_like(y)
         else:
             rows, t_rows = [], []
             for i in range(n):
-                got = torch.autograd.grad(out[i], inputs, retain_graph=True,
-                                          create_graph=graph, allow_unused=True)
+                got = torch.autograd.grad(out[..., i], inputs, torch.ones_like(out[..., i]),
+                                          retain_graph=True, create_graph=graph,
+                                          allow_unused=True)
                 rows.append(got[0] if got[0] is not None else torch.zeros_like(y))
                 if with_time:
-                    t_rows.append(got[1] if got[1] is not None else t_user.new_zeros(()))
-            jac = torch.stack(rows)
-            f_t = torch.stack(t_rows) if with_time else None
+                    t_rows.append(got[1] if got[1] is not None else torch.zeros_like(t_user))
+            jac = torch.stack(rows, -2)
+            f_t = torch.stack(t_rows, -1) if with_time else None
     if f_t is not None:
-        f_t = f_t.reshape(n) * f.sign
+        f_t = _signed(f, f_t.to(y.dtype), 1)
     if not graph:
         jac = jac.detach()
         f_t = f_t.detach() if f_t is not None else None
     return jac, f_t
 
 
-def _functorch_jacobian(f: Any, t: float, y: Tensor, with_time: bool
+def _functorch_jacobian(f: Any, t: Any, y: Tensor, with_time: bool
                         ) -> tuple[Tensor, Tensor | None]:
     """``(J, ∂f/∂t)`` keeping the graph to ``y`` and the parameters, by ``torch.func.jacrev``.
 
     Under autograd with a ``y`` that has a history (every step of a direct-mode solve),
     ``torch.autograd.grad`` from ``f(y)`` would walk that whole history at every step (the
     engine collects the dependencies of everything reachable): quadratic in the number of
-    steps. ``jacrev`` differentiates at its own level, whose graph starts at ``y``.
+    steps. ``jacrev`` differentiates at its own level, whose graph starts at ``y``. Per
+    sample the lanes are independent, so ``d(Σ_b f_b)/dy_b`` is sample ``b``'s Jacobian.
     """
-    t_user = torch.scalar_tensor(f.sign * t, dtype=y.dtype, device=y.device)
+    t_user = _user_time(f, t, y)
+    lanes = isinstance(t, Tensor)
+
+    def g(yy: Tensor, tt: Tensor) -> Tensor:
+        out = f.at(tt, yy)
+        return out.sum(0) if lanes else out
+
     if with_time:
-        jac, f_t = torch.func.jacrev(f.at, argnums=(1, 0))(t_user, y)
-        return jac, f_t * f.sign
-    return torch.func.jacrev(lambda yy: f.at(t_user, yy))(y), None
+        jac, f_t = torch.func.jacrev(g, argnums=(0, 1))(y, t_user)
+        return jac.movedim(0, -2), _signed(f, f_t.movedim(0, -1).to(y.dtype), 1)
+    return torch.func.jacrev(g)(y, t_user).movedim(0, -2), None
 
 
-def autodiff_jacobian(f: Any, t: float, y: Tensor, counts: ImplicitCounts,
+def autodiff_jacobian(f: Any, t: Any, y: Tensor, counts: ImplicitCounts,
                       with_time: bool = True, graph: bool = False
                       ) -> tuple[Tensor, Tensor | None]:
-    """``(∂f/∂y, ∂f/∂t)`` at ``(t, y)`` by automatic differentiation.
+    """``(∂f/∂y, ∂f/∂t)`` at ``(t, y)`` by automatic differentiation: ``(n, n)`` and
+    ``(n,)`` for a joint solve (``t`` a float, ``y`` ``(n,)``), ``(B, n, n)`` and ``(B, n)``
+    per sample (``t`` ``(B,)``, ``y`` ``(B, n)``).
 
     Reverse mode with all rows in one vmapped backward pass: for the small and medium
     states of stiff problems it is several times faster than ``torch.func.jacfwd``
@@ -218,62 +247,24 @@ def autodiff_jacobian(f: Any, t: float, y: Tensor, counts: ImplicitCounts,
     return _reverse_jacobian(f, t, y, with_time, graph, batched=False)
 
 
-def batched_jacobian(f: Any, t: Tensor, y: Tensor, counts: ImplicitCounts,
-                     with_time: bool = True, graph: bool = False
-                     ) -> tuple[Tensor, Tensor | None]:
-    """Per-sample ``(J, ∂f/∂t)``: ``(B, n, n)`` and ``(B, n)`` for a batched ``f(t, y)``
-    (``t`` ``(B,)``, ``y`` ``(B, n)``, samples independent), by one call of ``f`` and one
-    vmapped backward pass over the ``n`` unit cotangents shared by all samples."""
-    B, n = y.shape
-    check_dense_size(n, y.dtype, batch=B)
-    counts.n_jacobians += 1
-    if graph and not counts.no_functorch:
-        # As _functorch_jacobian: no walk through the solve's history at every step. The
-        # samples are independent, so d(Σ_b f_b)/dy_b is sample b's Jacobian.
-        try:
-            def summed(yy: Tensor, tt: Tensor) -> Tensor:
-                return f(tt, yy).sum(0)
-            if with_time:
-                jac_s, f_t_s = torch.func.jacrev(summed, argnums=(0, 1))(y, t)
-                return jac_s.permute(1, 0, 2), f_t_s.T.to(y.dtype)
-            return torch.func.jacrev(summed)(y, t).permute(1, 0, 2), None
-        except (RuntimeError, NotImplementedError, TypeError):
-            counts.no_functorch = True
-            f.nfe -= 1  # the failed attempt did not finish a call
-    with torch.enable_grad():
-        y_in = y if (graph and y.requires_grad) else y.detach().requires_grad_(True)
-        t_in = t.detach().requires_grad_(True) if with_time else t
-        out = f(t_in, y_in)
-        inputs = (y_in, t_in) if with_time else (y_in,)
-        eye = torch.eye(n, dtype=out.dtype, device=out.device).unsqueeze(1).expand(n, B, n)
-        grads = torch.autograd.grad(out, inputs, eye, retain_graph=graph, create_graph=graph,
-                                    allow_unused=True, is_grads_batched=True)
-    jac = (grads[0] if grads[0] is not None else y.new_zeros(n, B, n)).permute(1, 0, 2)
-    f_t = None
-    if with_time:
-        f_t = (grads[1].T.to(y.dtype) if grads[1] is not None else torch.zeros_like(y))
-    if not graph:
-        jac = jac.detach()
-        f_t = f_t.detach() if f_t is not None else None
-    return jac, f_t
-
-
-def _time_derivative(f: Any, t: float, y: Tensor, counts: ImplicitCounts) -> Tensor:
+def _time_derivative(f: Any, t: Any, y: Tensor, counts: ImplicitCounts) -> Tensor:
     """``∂f/∂t`` alone (with a user Jacobian): one forward-mode call, else reverse mode."""
-    t_user = torch.scalar_tensor(f.sign * t, dtype=y.dtype, device=y.device)
+    t_user = _user_time(f, t, y)
     if not counts.reverse_mode:
         try:
-            return torch.func.jvp(lambda tt: f.at(tt, y), (t_user,),
-                                  (torch.ones_like(t_user),))[1] * f.sign
+            return _signed(f, torch.func.jvp(lambda tt: f.at(tt, y), (t_user,),
+                                             (torch.ones_like(t_user),))[1], 1)
         except (RuntimeError, NotImplementedError, TypeError):
             counts.reverse_mode = True
             f.nfe -= 1
     with torch.enable_grad():
-        tt = t_user.detach().requires_grad_(True)
+        tt = t_user.requires_grad_(True)
         out = f.at(tt, y.detach())
-        cols = [torch.autograd.grad(out[i], tt, retain_graph=True, allow_unused=True)[0]
-                for i in range(out.numel())]
-    return torch.stack([c if c is not None else tt.new_zeros(()) for c in cols]).detach() * f.sign
+        cols = [torch.autograd.grad(out[..., i], tt, torch.ones_like(out[..., i]),
+                                    retain_graph=True, allow_unused=True)[0]
+                for i in range(out.shape[-1])]
+    cols = [c if c is not None else torch.zeros_like(tt) for c in cols]
+    return _signed(f, torch.stack(cols, -1).detach().to(y.dtype), 1)
 
 
 # -------------------------------------------------------------------------------- dense path
@@ -296,32 +287,37 @@ class DenseFactor:
 class DenseSolver:
     """Dense ``J`` (autodiff or ``user_jacobian``) and LU factorisation of ``I - hγ J``.
 
-    ``user_jacobian(t, y)`` takes the user's time and flat state and returns the
-    ``(n, n)`` Jacobian of the user's ``func`` with respect to the flat state.
+    ``user_jacobian(t, y)`` takes the user's time and flat state and returns the Jacobian
+    of the user's ``func`` with respect to the flat state: ``(n, n)`` for a joint solve
+    (``t`` 0-dim, ``y`` ``(n,)``); per sample (``options["per_sample"]``) ``t`` is ``(B,)``,
+    ``y`` ``(B, n)`` and it returns ``(B, n, n)``, row ``b`` sample ``b``'s own Jacobian.
     """
 
     def __init__(self, user_jacobian: Callable | None = None):
         self.user_jacobian = user_jacobian
 
-    def jacobian(self, f: Any, t: float, y: Tensor, counts: ImplicitCounts,
+    def jacobian(self, f: Any, t: Any, y: Tensor, counts: ImplicitCounts,
                  with_time: bool = True, graph: bool = False) -> tuple[Tensor, Tensor | None]:
-        check_dense_size(y.numel(), y.dtype)
+        """``(J, ∂f/∂t)`` at canonical ``(t, y)``: ``(n, n)``, or ``(B, n, n)`` per sample."""
+        n = y.shape[-1]
+        check_dense_size(n, y.dtype, batch=y.numel() // max(n, 1))
         if self.user_jacobian is None:
             return autodiff_jacobian(f, t, y, counts, with_time, graph)
         counts.n_jacobians += 1
-        t_user = torch.scalar_tensor(f.sign * t, dtype=y.dtype, device=y.device)
-        jac = self.user_jacobian(t_user, y)
-        n = y.numel()
-        if not isinstance(jac, Tensor) or tuple(jac.shape) != (n, n):
+        jac = self.user_jacobian(_user_time(f, t, y), y)
+        want = (*y.shape, n)
+        if not isinstance(jac, Tensor) or tuple(jac.shape) != want:
             shape = tuple(jac.shape) if isinstance(jac, Tensor) else type(jac).__name__
-            raise ValueError(f"options['jacobian'] must return a ({n}, {n}) tensor (the "
-                             f"Jacobian of func w.r.t. the flattened state), got {shape}")
+            what = "each sample's Jacobian" if y.ndim > 1 else "the Jacobian"
+            raise ValueError(f"options['jacobian'] must return a {want} tensor ({what} of "
+                             f"func w.r.t. the flattened state), got {shape}")
         # host sync: once per user Jacobian, beside an n x n LU. Without it a NaN Jacobian
         # surfaces later as "func returned non-finite values", blaming the wrong function.
         if not bool(torch.isfinite(jac).all()):
+            at = f.clock.user_time(t).tolist() if isinstance(t, Tensor) else f.sign * t
             raise ValueError(f"options['jacobian'] returned non-finite values at "
-                             f"t={f.sign * t!r} (func itself is finite there)")
-        jac = jac.to(y.dtype) * f.sign
+                             f"t={at!r} (func itself is finite there)")
+        jac = _signed(f, jac.to(y.dtype), 2)
         f_t = _time_derivative(f, t, y, counts) if with_time else None
         return jac, f_t
 
@@ -350,13 +346,11 @@ class JacobianOperator:
     counts: ImplicitCounts
 
     def matvec(self, v: Tensor) -> Tensor:
-        t_user = torch.scalar_tensor(self.f.sign * self.t, dtype=self.y.dtype,
-                                     device=self.y.device)
+        t_user = _user_time(self.f, self.t, self.y)
         return torch.func.jvp(lambda yy: self.f.at(t_user, yy), (self.y,), (v,))[1]
 
     def rmatvec(self, v: Tensor) -> Tensor:
-        t_user = torch.scalar_tensor(self.f.sign * self.t, dtype=self.y.dtype,
-                                     device=self.y.device)
+        t_user = _user_time(self.f, self.t, self.y)
         with torch.enable_grad():
             y_in = self.y.detach().requires_grad_(True)
             out = self.f.at(t_user, y_in)

@@ -83,13 +83,22 @@ class MethodSpec:
             able = [m for m in METHODS if get_method(m).per_sample]
             raise ValueError(f"options['per_sample'] does not support method={self.name!r}; "
                              f"methods that take one step size per sample: {', '.join(able)}")
-        if self.implicit:
-            for name in ("jacobian", "linear_solver", "compile"):
-                if options.get(name) not in (None, False, "dense"):
-                    raise ValueError(
-                        f"options['{name}'] is not supported with options['per_sample'] and "
-                        f"method={self.name!r} (the per-sample Jacobians are computed by "
-                        "autodiff, (B, n, n))")
+        if not self.implicit:
+            return
+        # options["jacobian"] works per sample: it gets t (B,) and y (B, n) and returns
+        # (B, n, n) (linalg.DenseSolver).
+        if options.get("linear_solver") not in (None, "dense"):
+            raise ValueError(
+                f"options['linear_solver']={options['linear_solver']!r} is not supported with "
+                f"options['per_sample'] and method={self.name!r}: GMRES would solve one system "
+                "for the whole batch, with one convergence test, so a sample would not take "
+                "the steps of its own solve; per sample the systems are (B, n, n) dense LUs")
+        if options.get("compile"):
+            raise ValueError(
+                f"options['compile'] is not supported with options['per_sample'] and "
+                f"method={self.name!r}: an implicit step reuses its Jacobian and LU factors "
+                "between steps and decides per sample on the host at every Newton iteration, "
+                "which torch.compile cannot keep in one graph; the explicit methods take it")
 
     @property
     def lanes_adjoint(self) -> bool:

@@ -10,27 +10,9 @@ and sets ``k_i = (z_i − r_i) / (hγ)`` (the "z form": at the solution this is
 Newton error by the stiffness). The methods are stiffly accurate, so ``y_new = z_s``
 and ``k_s`` is the derivative at the step's end (the next step's ``f0``).
 
-**Newton.** Each stage equation is solved by simplified Newton with one factorisation of
-``M = I − hγ J`` (the linear solver's :class:`~odeflow.linalg.Factor`). Convergence is
-monitored as in Hairer & Wanner, *Solving ODEs II*, §IV.8: with the rate
-``θ = ‖Δ_m‖ / ‖Δ_{m−1}‖`` and ``η = θ / (1 − θ)``, the stage has converged when
-``η ‖Δ_m‖ ≤ κ`` — only with a rate *measured* with this step's factor: from the second
-iteration on, or at the first with the worst rate measured in the earlier stages of the same
-step (``rate_hint``; same ``J``, same ``M``, and the rate of simplified Newton is mostly their
-mismatch with ``f``, the largest measured one an upper estimate; a rate measured on updates at
-the rounding floor is not counted). A rate guessed from an earlier *step* (RADAU5's
-``η_old^0.8``) is never used: a stage then inherited a tiny guess and was accepted after a
-single update of hundreds of tolerance units (van der Pol μ = 1000 ended 1640 tolerances
-off). ``‖·‖`` is the RMS norm of the update scaled by
-``atol + rtol |y|`` (so ``1`` is the solve's tolerance) and ``κ = newton_kappa``
-(default ``1e-3``: the Newton error of the last stage is part of ``y_new``, has a sign that
-persists from step to step and so adds up like local truncation error, and the measured
-rate underestimates it; with ``1e-2`` van der Pol μ = 1000 ended 11 tolerances off against
-0.1; raised to ``10 ε max |y| / scale`` when that is larger, so float32 and very tight
-tolerances do not chase rounding noise). The iteration fails when ``θ ≥ 1``
-(divergence), when a non-finite value appears, when the remaining iterations cannot reach
-``κ`` at the current rate (``θ^(m_max − m) / (1 − θ) ‖Δ_m‖ > κ``), or after
-``max_newton_iters`` iterations.
+**Newton** (simplified, one factor of ``M = I − hγ J`` per stage; its convergence and
+failure tests) and **per sample** (one code path: a joint solve's Python decisions are
+``(B,)`` masks per lane): :mod:`odeflow.solvers.esdirk_newton`.
 
 **Jacobian and factor reuse** (the state carries both; Hairer & Wanner's RADAU5 and
 SciPy's ``Radau`` follow the same principle — ``J`` is expensive, ``M``'s LU cheaper,
@@ -98,21 +80,23 @@ evaluation. ``kvaerno3`` and ``trbdf2``: cubic Hermite on ``(y, y_new, f0, k_s)`
 order (local error ``O(h⁴)``), which is their own order or above. No method steps to the
 output times.
 
-**Gradients.** Under autograd (``ws is None`` and grad enabled) the Newton iteration runs
-under ``torch.no_grad()`` and is *not* unrolled. The converged stage ``z*`` is attached by
-the implicit-function theorem: with ``G(z, θ) = z − r_i(θ) − hγ f(t_i, z; θ)``,
+**Gradients.** The Newton iteration runs under ``torch.no_grad()`` and is *not* unrolled.
+Under autograd (``ws is None``, grad enabled, and ``y`` or ``f0`` requires grad, the
+Rosenbrock stepper's test) the stages are formed again from the converged values with their
+graph, each ``z*`` attached by the implicit-function theorem: with
+``G(z, θ) = z − r_i(θ) − hγ f(t_i, z; θ)``,
 ``z_out = z* − (G(z*) − G(z*).detach())`` has the value ``z*`` and derivative
 ``−∂G/∂θ``; a hook on ``z_out`` maps its incoming gradient ``v`` to
 ``(I − hγ J(z*))^{−T} v`` (``J`` at ``z*`` computed afresh in the hook), so autograd
 returns exactly ``−vᵀ (∂G/∂z)⁻¹ ∂G/∂θ``. This costs one extra evaluation of ``f`` per stage
 in the forward pass and one Jacobian and factorisation per stage in the backward pass.
+
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -121,50 +105,25 @@ from torch import Tensor
 from ..interp import HermiteInterpolant, Interpolant, TableauInterpolant, hermite
 from ..linalg import DenseSolver, ImplicitCounts, check_solver_dtype
 from .base import StepResult
-from .esdirk_lanes import step_lanes
+from .esdirk_newton import ESDIRKState, _any, _count, _not, _sum, _where, newton, newton_tests
 from .esdirk_tableaus import ESDIRKTableau, stage_predictor
 from .explicit_rk import _combine, _nonzero
 
 __all__ = ["ESDIRK", "ESDIRKState"]
 
-Func = Callable[[float, Tensor], Tensor]
-
-
-@dataclass
-class ESDIRKState:
-    """What an ESDIRK solve carries from step to step (a mutable cache, see the module
-    docstring)."""
-
-    counts: ImplicitCounts
-    jac: Any = None  # J = ∂f/∂y (dense tensor or the linear solver's operator)
-    jac_at: Tensor | None = None  # the state object J was computed at (identity test)
-    factor: Any = None  # the factorised M = I − hγ J (factor.h_gamma: its hγ)
-    refresh_jac: bool = False  # recompute J at the next step's start (slow convergence)
-    eta: float = 1.0  # Newton's η of the last converged stage (first-iteration test)
-    # The stage predictor's memory (module docstring, "Predictors"): the last completed
-    # attempt and the step that ends at the current point, each as
-    # (y, dt, detached stages, y_new); ``y_new`` is the loop's own tensor (identity test).
-    pending: tuple | None = None
-    previous: tuple | None = None
-    lanes: Any = None  # per sample: the esdirk_lanes.LaneNewtonState
+Func = Callable[[Any, Tensor], Tensor]
 
 
 class _Workspace:
     """The no-autograd marker of the loops (``ws is None`` means autograd); no buffers: the
     stages are fresh tensors either way."""
 
-    __slots__ = ()
-
-
-class _NewtonFailed(Exception):
-    """Internal: a stage's Newton iteration did not converge (never leaves ``step``)."""
-
 
 class ESDIRK:
-    """ESDIRK stepper for an :class:`~odeflow.solvers.esdirk_tableaus.ESDIRKTableau`.
+    """Stepper for an :class:`~odeflow.solvers.esdirk_tableaus.ESDIRKTableau`.
 
-    Follows :class:`~odeflow.solvers.base.Stepper` (see the module docstring for the
-    Newton iteration, the Jacobian/LU reuse rules, the error filter and the gradients).
+    Follows :class:`~odeflow.solvers.base.Stepper`; ``stages`` of a step are
+    ``(f0, k_2, ..., k_s)``. The module docstring gives the algorithm.
 
     Args:
         tableau: the method.
@@ -176,14 +135,16 @@ class ESDIRK:
         newton_kappa: ``κ``, the convergence threshold in units of the tolerance
             (default 1e-3).
         refactor_ratio: refactorise ``M`` when ``hγ`` changed by more than this fraction
-            (default 0.2).
+            (default 0.1).
         slow_rate: a contraction rate above this recomputes ``J`` at the next step
-            (default 0.3).
+            (default 0.1).
         filter_error: filter the error estimate through ``M⁻¹``; default (``None``): only
             when the embedded method is unbounded at ``z → ∞`` (``trbdf2``).
+        rate_hint: start a stage's convergence test with the worst rate measured in the
+            step's earlier stages (default ``True``).
     """
 
-    #: takes one step size per lane (a per-sample batch: ``esdirk_lanes.py``)
+    #: takes one step size per lane (a per-sample batch)
     per_sample = True
 
     needs_f_end_for_dense = True
@@ -246,10 +207,10 @@ class ESDIRK:
     def step(
         self,
         f: Func,
-        t: float,
+        t: Any,
         y: Tensor,
         f0: Tensor,
-        dt: float,
+        dt: Any,
         state: ESDIRKState | None,
         ws: Any,
         *,
@@ -258,7 +219,9 @@ class ESDIRK:
         fsal_stage: bool = True,
     ) -> StepResult:
         """One attempt from ``(t, y)`` with step ``dt`` (the contract of
-        :class:`~odeflow.solvers.base.Stepper`).
+        :class:`~odeflow.solvers.base.Stepper`); per sample ``result.ok`` is a ``(B,)``
+        mask (``False``: the lane's Newton iteration failed with a current ``J`` and an
+        exact factor).
 
         ``state=None`` (the checkpointed replay) computes a fresh ``J`` and factor and
         counts into a throwaway :class:`~odeflow.linalg.ImplicitCounts`. ``fsal_stage`` is
@@ -266,86 +229,146 @@ class ESDIRK:
         """
         if state is None:
             state = self.init(y)
-        graph = ws is None and torch.is_grad_enabled()
-        if isinstance(dt, Tensor):  # per sample: one step size per lane
-            return step_lanes(self, f, t, y, f0, dt, state, graph, with_error, f_last)
+        lanes = isinstance(dt, Tensor)
+        if lanes and state.pending_t is None:
+            state.init_lanes(y.detach(), self._s)
         counts = state.counts
-        hg = dt * self.gamma
+        hg = dt * self.gamma  # per sample (B,) float64, as the joint Python float
         y_d = y.detach()
+        active = dt > 0 if lanes else True
         with torch.no_grad():
-            scale = self._scale(y_d)
-            kappa, floor = self._newton_threshold(y_d, scale)
-            self._prepare(f, t, y, y_d, hg, state)
-            previous = self._previous_step(y, f0, state)
+            tests = newton_tests(y_d, self.rtol, self.atol, self.newton_kappa, lanes)
+            self._prepare(f, t, y, y_d, hg, active, state)
+            previous = self._previous_step(t, y, f0, state)
+            todo, ok, out = active, torch.ones_like(active) if lanes else True, None
             while True:
-                try:
-                    ks, zs, theta_max = self._stages(f, t, y, f0, dt, hg, state, scale,
-                                                     (kappa, floor), graph, f_last, previous)
+                new = self._stages(f, t, y, y_d, f0, dt, hg, state, tests,
+                                   f_last, previous, todo)
+                failed = new[-1]
+                done = todo & _not(failed)
+                out = new[:3] if out is None or not lanes else [
+                    [_where(done, a, b) for a, b in zip(x, y_)] if isinstance(x, list)
+                    else _where(done, x, y_) for x, y_ in zip(new[:3], out)]
+                if not _any(failed):
                     break
-                except _NewtonFailed:
-                    jac_current = state.jac_at is y
-                    exact = state.factor is not None and state.factor.h_gamma == hg
-                    if jac_current and exact:
-                        counts.n_newton_failures += 1
-                        state.eta = 1.0
-                        return StepResult(y, None, [f0], state, ok=False)
-                    counts.extra["newton_retries"] = counts.extra.get("newton_retries", 0) + 1
-                    if not jac_current:
-                        self._new_jacobian(f, t, y, y_d, state)
-                    state.factor = self.linear_solver.factor(state.jac, hg, counts)
-        state.refresh_jac = theta_max > self.slow_rate
-        y_new = zs[-1]
-        state.pending = (y_d, dt, [k.detach() for k in ks], y_new, ks[-1])
-        err = None
-        if with_error:
-            with torch.no_grad():
-                err = _combine(None, [k.detach() for k in ks], self._e_nz, dt)
+                current = self._jac_current(state, t, y)
+                give_up = failed & current & (state.factor.h_gamma == hg)
+                retry = failed & _not(give_up)
+                _count(counts, "n_newton_failures", give_up)
+                ok = ok & _not(give_up)
+                if not _any(retry):
+                    break
+                self._renew(f, t, y, y_d, hg, retry & _not(current), retry, state)
+                todo = retry
+            if not lanes and not ok:
+                return StepResult(y, None, [f0], state, ok=False)
+            zs, ks, theta_max = out
+            completed = active & ok
+            state.refresh_jac = _where(completed, theta_max > self.slow_rate,
+                                       state.refresh_jac)
+        still = _not(completed)  # lanes that stay at y (never for a joint step)
+        h = dt.to(y.dtype)[:, None] if lanes else dt
+        if ws is None and torch.is_grad_enabled() and (y.requires_grad or f0.requires_grad):
+            y_new, ks = self._graph_stages(f, t, y, f0, dt, h, hg, zs, still, f_last)
+        else:
+            ks = [f0, *(_where(still, 0.0, k) for k in ks)]
+            y_new = _where(still, y, zs[-1])
+        with torch.no_grad():
+            kd = [k.detach() for k in ks]
+            if lanes:
+                new_mem = [y_d, dt, y_new.detach(), *kd]
+                state.pending = [_where(completed, a, b) for a, b in zip(new_mem, state.pending)]
+                state.pending_t = torch.where(completed, t, state.pending_t)
+            else:
+                state.pending = (y_d, dt, kd, y_new, ks[-1])
+            err = None
+            if with_error:
+                err = _sum(None, kd, self._e_nz, h)
                 if self.filter_error:
                     err = state.factor.solve(err)
-        return StepResult(y_new, err, ks, state)
+                err = _where(still, 0.0, err)
+        return StepResult(y_new, err, ks, state, ok)
+
+    def _graph_stages(self, f, t, y, f0, dt, h, hg, zs, still, f_last):
+        """The stages again with their graph, each ``z`` attached by the implicit-function
+        theorem (the values are those of the Newton pass); the lanes that stay keep ``y``
+        (``hγ = 0`` there: ``z`` is ``r``, in value and derivative)."""
+        lanes = isinstance(dt, Tensor)
+        hg_l = _where(still, 0.0, hg) if lanes else hg
+        hg_div = _where(still, 1.0, hg.to(y.dtype)[:, None]) if lanes else hg
+        with torch.enable_grad():
+            ks = [f0]
+            for i in range(1, self._s):
+                r = _sum(y, ks, self._a_nz[i], h)
+                z = _where(still, r.detach(), zs[i - 1])
+                fi = f_last if (f_last is not None and self._c[i] == 1.0) else f
+                z = self._attach(f, fi, t + self._c[i] * dt, z, r, hg_l)
+                ks.append(_where(still, 0.0, (z - r) / hg_div))
+            return _where(still, y, z), ks
 
     # --------------------------------------------------------------------- linear algebra
-    def _new_jacobian(self, f: Any, t: float, y: Tensor, y_d: Tensor,
-                      state: ESDIRKState) -> None:
-        with torch.no_grad():
-            state.jac, _ = self.linear_solver.jacobian(f, t, y_d, state.counts,
-                                                       with_time=False)
-        state.jac_at = y
-        state.refresh_jac = False
-        state.factor = None
+    @staticmethod
+    def _jac_current(state: ESDIRKState, t: Any, y: Tensor) -> Any:
+        """``J`` was computed at this point (per sample: at each lane's time)."""
+        return state.jac_at == t if isinstance(t, Tensor) else state.jac_at is y
 
-    def _prepare(self, f: Any, t: float, y: Tensor, y_d: Tensor, hg: float,
+    def _prepare(self, f: Any, t: Any, y: Tensor, y_d: Tensor, hg: Any, active: Any,
                  state: ESDIRKState) -> None:
         """Rules 1 and 2 of the module docstring, at the start of an attempt."""
-        if state.jac is None or (state.refresh_jac and state.jac_at is not y):
-            self._new_jacobian(f, t, y, y_d, state)
-        fac = state.factor
-        if fac is None or abs(hg / fac.h_gamma - 1.0) > self.refactor_ratio:
-            state.factor = self.linear_solver.factor(state.jac, hg, state.counts)
+        if isinstance(hg, Tensor):
+            need_j = active & (torch.isnan(state.jac_at) | (state.refresh_jac & (
+                state.jac_at != t)))
+            fac_hg = state.factor.h_gamma
+            stale = (hg / fac_hg - 1.0).abs() > self.refactor_ratio
+            need_lu = active & (need_j | torch.isnan(fac_hg) | stale)
+        else:
+            need_j = state.jac is None or (state.refresh_jac and state.jac_at is not y)
+            need_lu = need_j or abs(hg / state.factor.h_gamma - 1.0) > self.refactor_ratio
+        self._renew(f, t, y, y_d, hg, need_j, need_lu, state)
 
-    def _scale(self, y_d: Tensor) -> Tensor:
-        rtol, atol = self.rtol, self.atol
-        if isinstance(rtol, Tensor):
-            rtol = rtol.to(dtype=y_d.dtype, device=y_d.device)
-        if isinstance(atol, Tensor):
-            atol = atol.to(dtype=y_d.dtype, device=y_d.device)
-        scale = y_d.abs() * rtol + atol
-        # A zero scale (rtol = atol = 0 somewhere) would divide by zero: use the tiniest.
-        return scale.clamp_min(torch.finfo(y_d.dtype).tiny)
+    def _renew(self, f: Any, t: Any, y: Tensor, y_d: Tensor, hg: Any, need_j: Any,
+               need_lu: Any, state: ESDIRKState) -> None:
+        """A new ``J`` at ``(t, y)`` where ``need_j`` and a new factor at ``hγ`` where
+        ``need_lu`` (per sample: masks; the solver's counts are replaced by one per lane)."""
+        counts, solver = state.counts, self.linear_solver
+        lanes = isinstance(hg, Tensor)
+        if lanes:  # host sync: one small transfer for both decisions
+            need_j_any, need_lu_any = torch.stack([need_j.any(), need_lu.any()]).tolist()
+        else:
+            need_j_any, need_lu_any = need_j, need_lu
+        if need_j_any:
+            # Per sample func is evaluated on every lane (it takes the whole batch); the
+            # lanes that keep their J keep it.
+            jac, _ = solver.jacobian(f, t, y_d, ImplicitCounts() if lanes else counts,
+                                     with_time=False)
+            state.jac = _where(need_j, jac, state.jac)
+            state.jac_at = torch.where(need_j, t, state.jac_at) if lanes else y
+            state.refresh_jac = state.refresh_jac & _not(need_j)
+            if lanes:
+                _count(counts, "n_jacobians", need_j)
+        if need_lu_any and lanes:
+            idx = need_lu.nonzero().squeeze(1)
+            new = solver.factor(state.jac[idx], hg[idx], ImplicitCounts())
+            fac = state.factor
+            fac.lu[idx], fac.pivots[idx] = new.lu, new.pivots
+            fac.h_gamma = torch.where(need_lu, hg, fac.h_gamma)
+            _count(counts, "n_lu", need_lu)
+        elif need_lu_any:
+            state.factor = solver.factor(state.jac, hg, counts)
 
-    def _newton_threshold(self, y_d: Tensor, scale: Tensor) -> tuple[float, float]:
-        """``(κ, floor)``: ``floor`` is ten times the rounding noise of ``y`` in units of
-        the scale (an update that small has converged whatever the rate says); ``κ`` is
-        raised to it where the tolerance is tighter than the precision."""
-        eps = torch.finfo(y_d.dtype).eps
-        floor = 10.0 * eps * float((y_d.abs() / scale).max()) if y_d.numel() else 0.0
-        return max(self.newton_kappa, floor), floor
-
-    # ---------------------------------------------------------------------------- stages
     @staticmethod
-    def _previous_step(y: Tensor, f0: Tensor, state: ESDIRKState) -> tuple | None:
+    def _previous_step(t: Any, y: Tensor, f0: Tensor, state: ESDIRKState) -> Any:
         """The step that ended at ``(y, f0)``, if the solution continues from it: ``y`` is
-        that step's own ``y_new`` and ``f0`` its last stage (not re-evaluated at a jump)."""
+        that step's own ``y_new`` and ``f0`` its last stage (not re-evaluated at a jump).
+        Per sample: the mask of such lanes, after promoting the pending attempt of the
+        lanes that accepted it (their ``t`` moved)."""
+        if isinstance(t, Tensor):
+            moved = ~torch.isnan(state.pending_t) & (state.pending_t != t)
+            state.previous = [_where(moved, a, b) for a, b in zip(state.pending,
+                                                                  state.previous)]
+            state.previous_t = torch.where(moved, t, state.previous_t)
+            state.pending_t = torch.where(moved, math.nan, state.pending_t)
+            return (state.previous_t == t) & (f0.detach() == state.previous[-1]).all(-1)
         pending = state.pending
         if pending is not None and pending[3] is y:
             state.previous, state.pending = pending, None
@@ -354,85 +377,72 @@ class ESDIRK:
             return prev
         return None
 
-    def _stages(self, f, t, y, f0, dt, hg, state, scale, thresholds, graph, f_last,
-                previous=None):
-        """All stages of one attempt; raises :class:`_NewtonFailed`."""
+    def _from_previous(self, state: ESDIRKState, previous: Any, offset: Any) -> Any:
+        """The previous step's dense output ``offset`` past its end (``None`` when there
+        is none; per sample lanes without one get a finite value, replaced by the caller)."""
+        if isinstance(offset, Tensor):
+            y_p, dt_p, y_new_p, *ks_p = state.previous
+            safe = torch.where(dt_p > 0, dt_p, 1.0)
+            return self.interpolant(0.0, safe, y_p, y_new_p, ks_p, None).evaluate(
+                1.0 + offset / safe)
+        if previous is None:
+            return None
+        y_p, dt_p, ks_p, y_new_p, _ = previous
+        return self.interpolate(y_p, y_new_p.detach(), dt_p, ks_p, ks_p[-1],
+                                1.0 + offset / dt_p, _Workspace())
+
+    def _stages(self, f, t, y, y_d, f0, dt, hg, state, tests, f_last,
+                previous, todo):
+        """All stage values of one attempt for the lanes ``todo`` (no graph); returns
+        ``(z_2..z_s, k_2..k_s, worst rate, failed)``."""
         c = self._c
+        lanes = isinstance(dt, Tensor)
+        h = dt.to(y_d.dtype)[:, None] if lanes else dt
+        hgc = hg.to(y_d.dtype)[:, None] if lanes else hg
         factor = state.factor
         # Predicting failure early only pays when a fresher J or exact factor can follow.
-        refreshable = state.jac_at is not y or factor.h_gamma != hg
-        ks: list[Tensor] = [f0]
+        refreshable = _not(self._jac_current(state, t, y)) | (factor.h_gamma != hg)
+        ks: list[Tensor] = [f0.detach()]
         zs: list[Tensor] = []
-        theta_max = 0.0
+        theta_max = torch.zeros_like(hg) if lanes else 0.0
+        alive = todo
         for i in range(1, self._s):
             fi = f_last if (f_last is not None and c[i] == 1.0) else f
-            ti = t + c[i] * dt
-            with torch.enable_grad() if graph else torch.no_grad():
-                r = _combine(y, ks, self._a_nz[i], dt)  # with its graph under autograd
-            r_d = r.detach()
+            r = _sum(y_d, ks, self._a_nz[i], h)
             kind, weights = self._predict[i]
             if kind == "same":
-                z0 = zs[weights - 1].detach()
-            elif kind == "previous" and previous is not None:
-                y_p, dt_p, ks_p, y_new_p, _ = previous
-                z0 = self.interpolate(y_p, y_new_p.detach(), dt_p, ks_p, ks_p[-1],
-                                      1.0 + c[i] * dt / dt_p, _Workspace())
+                z0 = zs[weights - 1]
             else:
-                z0 = torch.add(r_d, _combine(None, [k.detach() for k in ks], weights, hg))
-            hint = theta_max if (self.rate_hint and theta_max > 0.0) else None
-            z, theta = self._newton(fi, ti, r_d, z0, hg, factor, scale, thresholds, state,
-                                    refreshable, hint)
-            theta_max = max(theta_max, theta)
-            if graph:
-                with torch.enable_grad():
-                    z = self._attach(f, fi, ti, z, r, hg)
-                    k = (z - r) / hg
+                z0 = self._from_previous(state, previous, c[i] * dt) if kind == "previous" \
+                    else None
+                if z0 is None or lanes:
+                    extrapolated = torch.add(r, _sum(None, ks, weights, hgc))
+                    z0 = extrapolated if z0 is None else _where(previous, z0, extrapolated)
+            hint = theta_max if self.rate_hint else theta_max * 0.0
+            z, theta, failed = newton(fi, t + c[i] * dt, r, z0, hg, hgc, factor, tests,
+                                      state.counts, alive, refreshable, hint,
+                                      self.max_newton_iters)
+            theta_max = _where(alive & (theta > theta_max), theta, theta_max)
+            alive = alive & _not(failed)
+            if lanes:  # failed and idle lanes: a finite value
+                z = torch.where(alive[:, None], z, r)
+                k = torch.where(alive[:, None], (z - r) / torch.where(alive[:, None], hgc, 1.0),
+                                0.0)
             else:
-                k = (z - r_d).div_(hg)
+                k = (z - r).div_(hg)
             zs.append(z)
             ks.append(k)
-        return ks, zs, theta_max
-
-    def _newton(self, fi, ti, r, z, hg, factor, scale, thresholds, state, refreshable,
-                hint=None):
-        """Simplified Newton for ``z = r + hγ fi(ti, z)`` (no graph); returns ``(z, worst
-        rate)`` or raises :class:`_NewtonFailed`."""
-        counts = state.counts
-        kappa, floor = thresholds
-        eta = math.inf if hint is None else hint / (1.0 - hint)
-        inv_sqrt_n = 1.0 / math.sqrt(max(z.numel(), 1))
-        m_max = self.max_newton_iters
-        prev = None
-        theta_max = 0.0
-        for m in range(m_max):
-            residual = torch.add(r, fi(ti, z), alpha=hg).sub_(z)  # −G(z)
-            dz = factor.solve(residual)
-            counts.n_newton_iters += 1
-            norm = float(torch.linalg.vector_norm(dz / scale)) * inv_sqrt_n  # host sync
-            if not math.isfinite(norm):
-                raise _NewtonFailed
-            theta = norm / prev if prev else None
-            if norm <= floor:  # at the rounding noise: converged whatever the rate
-                if theta is not None and theta < 1.0:
-                    state.eta = theta / (1.0 - theta)
-                return z + dz, theta_max
-            if theta is not None:
-                theta_max = max(theta_max, theta)
-                if theta >= 1.0:
-                    raise _NewtonFailed  # diverging
-                eta = theta / (1.0 - theta)
-                if refreshable and theta ** (m_max - 1 - m) / (1.0 - theta) * norm > kappa:
-                    raise _NewtonFailed  # too slow for the iterations left: refresh J/M
-            z = z + dz
-            if eta * norm <= kappa:
-                state.eta = eta
-                return z, theta_max
-            prev = norm
-        raise _NewtonFailed
+            if i < self._s - 1 and not _any(alive):  # every lane failed: the rest is unread
+                zs.extend(r for _ in range(i + 1, self._s))
+                ks.extend(torch.zeros_like(r) for _ in range(i + 1, self._s))
+                break
+        return zs, ks[1:], theta_max, todo & _not(alive)
 
     def _attach(self, f, fi, ti, z_star, r, hg):
-        """``z*`` with the implicit-function-theorem derivative (module docstring)."""
-        g = z_star - r - hg * fi(ti, z_star)
+        """``z*`` with the implicit-function-theorem derivative (module docstring); per
+        sample ``hg`` is ``(B,)`` and ``J`` ``(B, n, n)``."""
+        hgc = hg.to(z_star.dtype)[:, None] if isinstance(hg, Tensor) else hg
+        g = z_star - r - hgc * fi(ti, z_star)
         if not g.requires_grad:
             return z_star
         z_out = z_star - (g - g.detach())
@@ -448,11 +458,11 @@ class ESDIRK:
         return z_out
 
     # ----------------------------------------------------------------------- dense output
-    def f_end(self, f: Func, t_new: float, y_new: Tensor, result: StepResult) -> Tensor:
+    def f_end(self, f: Func, t_new: Any, y_new: Tensor, result: StepResult) -> Tensor:
         """The last stage's derivative (the methods are stiffly accurate): no evaluation."""
         return result.stages[-1]
 
-    def interpolant(self, t: float, dt: float, y: Tensor, y_new: Tensor,
+    def interpolant(self, t: Any, dt: Any, y: Tensor, y_new: Tensor,
                     stages: Sequence[Tensor], f_new: Tensor | None,
                     f: Func | None = None) -> Interpolant:
         """The tableau's continuous extension (``kvaerno5``: order 4), else cubic Hermite

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..interp import Interpolant
-from ..linalg import DenseSolver, ImplicitCounts, batched_jacobian, check_solver_dtype
+from ..linalg import ImplicitCounts, check_solver_dtype
 from .base import StepResult
 from .explicit_rk import _combine, _nonzero
 from .rosenbrock_tableaus import RosenbrockTableau
@@ -230,11 +230,11 @@ class Rosenbrock:
         counts = state.counts
         tab = self.tableau
         graph = torch.is_grad_enabled() and f0.requires_grad
-        jac, f_t = batched_jacobian(f, t, y, counts, not self.autonomous, graph)
+        jac, f_t = self.linear_solver.jacobian(f, t, y, counts, not self.autonomous, graph)
         state.jac = jac  # read by method="auto" (its switch-back test); never reused here
         h = dt.to(y.dtype)
         h_gamma = h * tab.gamma
-        factor = DenseSolver().factor(jac, h_gamma, counts)
+        factor = self.linear_solver.factor(jac, h_gamma, counts)
         hg_col, h_col = h_gamma[:, None], h[:, None]
         still = (h == 0)[:, None]
         inv_h = torch.where(still, 0.0, 1.0 / torch.where(still, 1.0, h_col))
