@@ -12,13 +12,27 @@ in which the explicit method would be stable at the current step size, the solve
 back. Both methods have order 5 with an order-4 error estimate, so the step-size
 controller carries on unchanged across a switch.
 
-Each switch is recorded in ``SolveStats.switches`` as ``(t, method)`` (the user's time).
+One code path serves both clocks. In a joint solve (``dt`` a Python float) the switching
+state is Python numbers and the decisions Python bools: one method runs, and the stiffness
+test costs one host sync per explicit step. Per sample (``dt`` ``(B,)``) the state is
+``(B,)`` tensors and the same rules run as masks: every lane switches on its own, and each
+method runs on the lanes that use it. ``func`` must always see the whole batch (a sample's
+parameters are rows of tensors it closes over), so in a mixed batch each method runs on
+all lanes, with step size 0 on the other method's lanes (which then stay where they are),
+and their results are merged lane by lane; a method that no stepping lane uses is not run.
+
+The loop keeps the solver state of accepted joint steps only, but hands back that of every
+per-sample attempt; so the decisions of an attempt stay *pending* until the (lane's) time
+shows that it was accepted (the time moves exactly then), and are adopted at the next
+call. A switch is recorded then, in ``SolveStats.switches``: ``(t, method)`` in a joint
+solve, ``(t, method, sample)`` per sample (``t`` the user's time of the step's end).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,14 +40,13 @@ from torch import Tensor
 
 from ..interp import Interpolant
 from ..linalg import ImplicitCounts, check_solver_dtype
-from . import auto_lanes
 from .base import StepResult
 from .explicit_rk import ExplicitRK
 from .rosenbrock import Rosenbrock, RosenbrockState
 
 __all__ = ["AutoSwitch", "AutoState"]
 
-Func = Callable[[float, Tensor], Tensor]
+Func = Callable[[Any, Tensor], Tensor]
 
 STABILITY_BOUNDARY = 3.3  # tsit5's stability interval on the negative real axis is ~[-3.5, 0]
 STIFF_HITS = 15  # Hairer's DOPRI5 test
@@ -41,27 +54,37 @@ CALM_RESET = 6
 CALM_TO_SWITCH_BACK = 10
 
 
+def _pick(cond: Any, a: Any, b: Any) -> Any:
+    """``a`` where ``cond`` else ``b``: per lane for a mask, plainly for a Python bool."""
+    if isinstance(cond, Tensor):
+        return torch.where(cond, a, b)
+    return a if cond else b
+
+
 class _Stages(tuple):
-    """A step's stages, tagged with the method that produced them."""
+    """A step's stages for the loop, ``(f0,)``, with each method's own stages in ``parts``
+    (``None`` for a method that did not run) and where the explicit one was used."""
 
-    explicit: bool
+    explicit: Any  # a bool, or (B,) bool per lane
+    parts: tuple[Sequence[Tensor] | None, Sequence[Tensor] | None]
 
-    def __new__(cls, stages: Sequence[Tensor], explicit: bool) -> _Stages:
-        out = super().__new__(cls, stages)
-        out.explicit = explicit
+    def __new__(cls, f0: Tensor, explicit: Any, parts: tuple) -> _Stages:
+        out = super().__new__(cls, (f0,))
+        out.explicit, out.parts = explicit, parts
         return out
 
 
-@dataclass(frozen=True)
+@dataclass
 class AutoState:
-    """Which method runs, the stiffness counters, and the Rosenbrock state."""
+    """The Rosenbrock state and, per solve or per lane, which method runs and the
+    stiffness counters; ``pending``: the decisions of the last attempt, with its ``t``
+    and ``dt`` (see the module docstring)."""
 
-    explicit: bool
     implicit_state: RosenbrockState
-    stiff_hits: int = 0
-    calm: int = 0
-    switched_at: tuple | None = None  # (t_user, method) of a switch this state adopts
-    lanes: Any = None  # per sample: the auto_lanes.LaneSwitch of every lane
+    explicit: Any = True  # bool, or (B,) bool
+    hits: Any = 0  # int, or (B,) long
+    calm: Any = 0
+    pending: tuple | None = None  # (explicit, hits, calm, switched, t, dt)
 
     @property
     def counts(self) -> ImplicitCounts:
@@ -71,13 +94,11 @@ class AutoState:
 class AutoSwitch:
     """A stepper that runs ``explicit`` or ``implicit`` (see the module docstring)."""
 
-    #: takes one step size per lane (a per-sample batch: ``auto_lanes.py``)
+    #: takes one step size per lane (a per-sample batch)
     per_sample = True
 
     steps_to_outputs = False
     needs_f_end_for_dense = False
-    #: the switching rule's constants (read by the per-sample path)
-    thresholds = (STABILITY_BOUNDARY, STIFF_HITS, CALM_RESET, CALM_TO_SWITCH_BACK)
 
     def __init__(self, explicit: ExplicitRK, implicit: Rosenbrock):
         self.explicit, self.implicit = explicit, implicit
@@ -95,84 +116,173 @@ class AutoSwitch:
     def init(self, y0: Tensor) -> AutoState:
         # Checked now, not at the first switch to the stiff method deep into the solve.
         check_solver_dtype("auto", y0.dtype)
-        return AutoState(True, RosenbrockState())
+        return AutoState(RosenbrockState())
 
-    def step(self, f: Func, t: float, y: Tensor, f0: Tensor, dt: float,
-             state: AutoState | None, ws: tuple | None, *, with_error: bool = True,
-             f_last: Func | None = None, fsal_stage: bool = True) -> StepResult:
+    def step(self, f: Func, t: Any, y: Tensor, f0: Tensor, dt: Any, state: AutoState | None,
+             ws: tuple | None, *, with_error: bool = True, f_last: Func | None = None,
+             fsal_stage: bool = True) -> StepResult:
         if state is None:
             raise ValueError("method='auto' steps cannot be replayed on their own; use "
                              "gradient='direct' or 'adjoint'")
-        if isinstance(dt, Tensor):  # per sample: every lane switches on its own
-            return auto_lanes.step_lanes(self, f, t, y, f0, dt, state, ws, with_error, f_last)
-        if state.switched_at is not None:  # the step that ended with a switch was accepted
-            switches = state.counts.switches
-            if not switches or switches[-1] != state.switched_at:  # (not again on a retry)
-                switches.append(state.switched_at)
-            state = replace(state, switched_at=None)
-        if state.explicit:
-            res = self.explicit.step(f, t, y, f0, dt, None, ws[0] if ws else None,
-                                     with_error=with_error, f_last=f_last)
-            new_state = self._after_explicit(f, t + dt, y, dt, res, state)
-            return StepResult(res.y_new, res.error, _Stages(res.stages, True), new_state,
-                              res.ok)
-        res = self.implicit.step(f, t, y, f0, dt, state.implicit_state,
-                                 ws[1] if ws else None, with_error=with_error, f_last=f_last)
-        new_state = self._after_implicit(f, t + dt, dt, state)
-        return StepResult(res.y_new, res.error, _Stages(res.stages, False), new_state, res.ok)
-
-    def _after_explicit(self, f: Any, t_new: float, y: Tensor, dt: float, res: StepResult,
-                        state: AutoState) -> AutoState:
-        with torch.no_grad():
-            stages = res.stages
-            y_prev = y.detach().clone()
-            for j, w in self._a_prev:
-                y_prev.add_(stages[j].detach(), alpha=dt * w)
-            dy = torch.linalg.vector_norm(res.y_new.detach() - y_prev)
-            dk = torch.linalg.vector_norm(stages[-1].detach() - stages[-2].detach())
-            # host sync: the decision (0/0 when the two stages coincide: not stiff)
-            h_rho = dt * float(torch.where(dy > 0, dk / dy, 0.0))
-        if h_rho > STABILITY_BOUNDARY:
-            hits, calm = state.stiff_hits + 1, 0
+        lanes = isinstance(dt, Tensor)
+        if lanes and not isinstance(state.explicit, Tensor):  # the first per-sample step
+            zeros = torch.zeros(y.shape[0], dtype=torch.long, device=y.device)
+            state.explicit, state.hits, state.calm = zeros == 0, zeros, zeros.clone()
+        record, t_end = self._commit(t, dt, state)
+        explicit = state.explicit
+        if lanes:
+            active = dt > 0
+            # host sync: which methods run, and whether a lane switched (one transfer)
+            run_e, run_i, any_record = (bool(x) for x in torch.stack(
+                [(active & explicit).any(), (active & ~explicit).any(), record.any()]).tolist())
+            run_e = run_e or not run_i  # (no lane steps: the explicit method keeps them still)
         else:
-            calm = state.calm + 1
-            hits = 0 if calm >= CALM_RESET else state.stiff_hits
-        if hits >= STIFF_HITS:
-            return AutoState(False, state.implicit_state,
-                             switched_at=(f.sign * t_new, "rodas5p"))
-        return replace(state, stiff_hits=hits, calm=calm)
-
-    def _after_implicit(self, f: Any, t_new: float, dt: float, state: AutoState) -> AutoState:
-        jac = state.implicit_state.jac
-        if not isinstance(jac, Tensor):
-            return state
+            run_e, run_i, any_record = explicit, not explicit, record
+        if any_record:
+            self._record(f, state, record, t_end)
+        ws_e, ws_i = ws if ws else (None, None)
+        res_e = res_i = None
+        if run_e:
+            dt_e = torch.where(explicit, dt, 0.0) if run_i else dt
+            res_e = self.explicit.step(f, t, y, f0, dt_e, None, ws_e, with_error=with_error,
+                                       f_last=f_last)
+        if run_i:
+            dt_i = torch.where(explicit, 0.0, dt) if run_e else dt
+            res_i = self.implicit.step(f, t, y, f0, dt_i, state.implicit_state, ws_i,
+                                       with_error=with_error, f_last=f_last)
+        if res_i is None or res_e is None:
+            res = res_e if res_i is None else res_i
+            # its f0 (a workspace row holding a copy: the f0 given may be the previous
+            # step's FSAL row, which this attempt overwrote)
+            y_new, err, ok, f0 = res.y_new, res.error, res.ok, res.stages[0]
+        else:  # a mixed batch: each lane from its method
+            col = explicit[:, None]
+            y_new = torch.where(col, res_e.y_new, res_i.y_new)
+            err = torch.where(col, res_e.error, res_i.error) if with_error else None
+            ok = res_e.ok and res_i.ok
         with torch.no_grad():
-            bound = dt * float(torch.linalg.matrix_norm(jac.detach(), ord=float("inf")))
-        calm = state.calm + 1 if bound < STABILITY_BOUNDARY else 0
-        if calm >= CALM_TO_SWITCH_BACK:
-            return AutoState(True, state.implicit_state, switched_at=(f.sign * t_new, "tsit5"))
-        return replace(state, calm=calm)
+            self._decide(t, y, dt, state, res_e, res_i)
+        parts = (None if res_e is None else res_e.stages,
+                 None if res_i is None else res_i.stages)
+        return StepResult(y_new, err, _Stages(f0, explicit, parts), state, ok)
 
-    def f_end(self, f: Func, t_new: float, y_new: Tensor, result: StepResult) -> Tensor:
-        if isinstance(result.stages, auto_lanes.LaneStages):
-            return auto_lanes.f_end(f, t_new, y_new, result.stages)
-        owner = self.explicit if result.stages.explicit else self.implicit
-        return owner.f_end(f, t_new, y_new, result)
+    def _decide(self, t: Any, y: Tensor, dt: Any, state: AutoState,
+                res_e: StepResult | None, res_i: StepResult | None) -> None:
+        """The switching rule (module docstring) after an attempt: its decisions, pending."""
+        lanes = isinstance(dt, Tensor)
+        explicit, hits, calm = state.explicit, state.hits, state.calm
+        to_i = to_e = torch.zeros_like(explicit) if lanes else False
+        hits_e, calm_e, calm_i = hits, calm, calm
+        if res_e is not None:
+            stiff = self._h_rho(y, dt, res_e) > STABILITY_BOUNDARY
+            stiff = stiff if lanes else bool(stiff)  # host sync: the joint decision
+            calm_e = _pick(stiff, 0, calm + 1)
+            hits_e = _pick(stiff, hits + 1, _pick(calm_e >= CALM_RESET, 0, hits))
+            to_i = hits_e >= STIFF_HITS
+        jac = state.implicit_state.jac
+        if res_i is not None and isinstance(jac, Tensor):  # (not with a Krylov solver)
+            bound = dt * torch.linalg.matrix_norm(jac.detach(), ord=math.inf).double()
+            stable = bound < STABILITY_BOUNDARY
+            calm_i = _pick(stable if lanes else bool(stable), calm + 1, 0)  # host sync: joint
+            to_e = calm_i >= CALM_TO_SWITCH_BACK
+        switched = _pick(explicit, to_i, to_e)
+        state.pending = (explicit != switched, _pick(switched, 0, _pick(explicit, hits_e, hits)),
+                         _pick(switched, 0, _pick(explicit, calm_e, calm_i)), switched, t, dt)
 
-    def interpolant(self, t: float, dt: float, y: Tensor, y_new: Tensor,
+    def _h_rho(self, y: Tensor, dt: Any, res: StepResult) -> Any:
+        """``h ρ`` of the stiffness test (per lane: ``(B,)``), from an explicit attempt."""
+        stages = res.stages
+        h = dt.to(y.dtype)[:, None] if isinstance(dt, Tensor) else dt
+        y_prev = y.detach()  # the second-to-last stage's state, Y_6
+        for j, w in self._a_prev:
+            y_prev = y_prev + (w * h) * stages[j].detach()
+        dy = torch.linalg.vector_norm(res.y_new.detach() - y_prev, dim=-1)
+        dk = torch.linalg.vector_norm(stages[-1].detach() - stages[-2].detach(), dim=-1)
+        # 0/0 where the two stages coincide: not stiff
+        return dt * torch.where(dy > 0, dk / torch.where(dy > 0, dy, 1.0), 0.0).double()
+
+    @staticmethod
+    def _commit(t: Any, dt: Any, state: AutoState) -> tuple[Any, Any]:
+        """Adopt the pending decisions where the last attempt was accepted; return where a
+        switch is to be recorded (the lanes that step again) and that attempt's end."""
+        if state.pending is None:
+            return (torch.zeros_like(dt, dtype=torch.bool) if isinstance(dt, Tensor)
+                    else False), None
+        explicit, hits, calm, switched, t0, dt0 = state.pending
+        state.pending = None
+        moved = (dt0 > 0) & (t0 != t)
+        state.explicit = _pick(moved, explicit, state.explicit)
+        state.hits = _pick(moved, hits, state.hits)
+        state.calm = _pick(moved, calm, state.calm)
+        return moved & switched & (dt > 0), t0 + dt0
+
+    @staticmethod
+    def _record(f: Any, state: AutoState, record: Any, t_end: Any) -> None:
+        when = f.sign * t_end  # the user's time
+        if not isinstance(record, Tensor):
+            state.counts.switches.append((when, "tsit5" if state.explicit else "rodas5p"))
+            return
+        for b in record.nonzero().squeeze(1).tolist():
+            method = "tsit5" if bool(state.explicit[b]) else "rodas5p"
+            state.counts.switches.append((float(when[b]), method, b))
+
+    def f_end(self, f: Func, t_new: Any, y_new: Tensor, result: StepResult) -> Tensor:
+        """The explicit lanes' FSAL stage, the implicit lanes' evaluation at the step's end."""
+        s_e, s_i = result.stages.parts
+        if s_i is None:
+            return s_e[-1]
+        f_new = f(t_new, y_new)
+        if s_e is None:
+            return f_new
+        return torch.where(result.stages.explicit[:, None], s_e[-1], f_new)
+
+    def interpolant(self, t: Any, dt: Any, y: Tensor, y_new: Tensor,
                     stages: Sequence[Tensor], f_new: Tensor | None,
                     f: Func | None = None) -> Interpolant:
-        if isinstance(stages, auto_lanes.LaneStages):
-            return auto_lanes.interpolant(self, t, dt, y, y_new, stages, f_new, f)
-        owner = self.explicit if stages.explicit else self.implicit
-        return owner.interpolant(t, dt, y, y_new, tuple(stages), f_new, f)
+        s_e, s_i = stages.parts
+        if not isinstance(dt, Tensor):  # a joint step: the method that ran
+            if s_i is None:
+                return self.explicit.interpolant(t, dt, y, y_new, tuple(s_e), f_new, f)
+            return self.implicit.interpolant(t, dt, y, y_new, tuple(s_i), f_new, f)
+        # Per sample both parts, a method that did not run as zeros: a solve's pieces have
+        # one structure and stack into a per-sample dense output.
+        if s_e is None:
+            s_e = (torch.zeros_like(y),) * self.explicit.stages
+        if s_i is None:
+            s_i = (stages[0],) + (torch.zeros_like(y),) * self.implicit.tableau.stages
+        e = self.explicit.interpolant(t, dt, y, y_new, tuple(s_e), f_new, f)
+        i = self.implicit.interpolant(t, dt, y, y_new, tuple(s_i), f_new, f)
+        return LaneInterpolant(t, dt, stages.explicit, e, i)
 
-    def interpolate(self, y: Tensor, y_new: Tensor, dt: float, stages: Sequence[Tensor],
-                    f_new: Tensor | None, theta: float, ws: tuple | None) -> Tensor:
-        if isinstance(stages, auto_lanes.LaneStages):
+    def interpolate(self, y: Tensor, y_new: Tensor, dt: Any, stages: Sequence[Tensor],
+                    f_new: Tensor | None, theta: Any, ws: tuple | None) -> Tensor:
+        s_e, s_i = stages.parts
+        if isinstance(dt, Tensor):
             return self.interpolant(0.0, dt, y, y_new, stages, f_new).evaluate(theta)
-        if stages.explicit:
-            return self.explicit.interpolate(y, y_new, dt, tuple(stages), f_new, theta,
+        if s_i is None:
+            return self.explicit.interpolate(y, y_new, dt, tuple(s_e), f_new, theta,
                                              ws[0] if ws else None)
-        return self.implicit.interpolate(y, y_new, dt, tuple(stages), f_new, theta,
+        return self.implicit.interpolate(y, y_new, dt, tuple(s_i), f_new, theta,
                                          ws[1] if ws else None)
+
+
+class LaneInterpolant(Interpolant):
+    """Per sample: each lane's dense output from the method it used."""
+
+    __slots__ = ("t", "dt", "explicit", "e", "i")
+
+    def __init__(self, t: Tensor, dt: Tensor, explicit: Tensor, e: Interpolant,
+                 i: Interpolant):
+        self.t, self.dt, self.explicit, self.e, self.i = t, dt, explicit, e, i
+
+    def evaluate(self, theta: Any) -> Tensor:
+        return torch.where(self.explicit[:, None], self.e.evaluate(theta),
+                           self.i.evaluate(theta))
+
+    def derivative(self, theta: Any) -> Tensor:
+        return torch.where(self.explicit[:, None], self.e.derivative(theta),
+                           self.i.derivative(theta))
+
+    def detached(self) -> LaneInterpolant:
+        return LaneInterpolant(self.t, self.dt, self.explicit, self.e.detached(),
+                               self.i.detached())
