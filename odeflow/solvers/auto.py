@@ -12,41 +12,35 @@ in which the explicit method would be stable at the current step size, the solve
 back. Both methods have order 5 with an order-4 error estimate, so the step-size
 controller carries on unchanged across a switch.
 
-One code path serves both clocks. In a joint solve (``dt`` a Python float) the switching
-state is Python numbers and the decisions Python bools: one method runs, and the stiffness
-test costs one host sync per explicit step. Per sample (``dt`` ``(B,)``) the state is
-``(B,)`` tensors and the same rules run as masks: every lane switches on its own, and each
-method runs on the lanes that use it. ``func`` must always see the whole batch (a sample's
-parameters are rows of tensors it closes over), so in a mixed batch each method runs on
-all lanes, with step size 0 on the other method's lanes (which then stay where they are),
-and their results are merged lane by lane; a method that no stepping lane uses is not run.
-
-The loop keeps the solver state of accepted joint steps only, but hands back that of every
-per-sample attempt; so the decisions of an attempt stay *pending* until the (lane's) time
-shows that it was accepted (the time moves exactly then), and are adopted at the next
-call. A switch is recorded then, in ``SolveStats.switches``: ``(t, method)`` in a joint
-solve, ``(t, method, sample)`` per sample (``t`` the user's time of the step's end).
+One code path serves both clocks: in a joint solve (``dt`` a float) the switching state is
+Python numbers and the decisions Python bools (one method runs; one host sync per step);
+per sample (``dt`` ``(B,)``) the state is ``(B,)`` tensors, the rules masks, and each lane
+switches on its own. ``func`` must see the whole batch (it may close over per-sample
+parameters), so in a mixed batch both methods run on all lanes, each with step size 0 on
+the other's lanes, and the results are merged; a method no stepping lane uses is not run.
+An attempt's decisions are *pending* until the (lane's) time moves, i.e. it was accepted
+(per sample the loop hands back the state of every attempt), and are adopted at the next
+call, which records a switch: ``(t, method)``, per sample ``(t, method, sample)``, in
+``SolveStats.switches``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from ..interp import Interpolant
 from ..linalg import ImplicitCounts, check_solver_dtype
-from .base import StepResult
+from .base import Func, StepResult
 from .explicit_rk import ExplicitRK
 from .rosenbrock import Rosenbrock, RosenbrockState
 
 __all__ = ["AutoSwitch", "AutoState"]
-
-Func = Callable[[Any, Tensor], Tensor]
 
 STABILITY_BOUNDARY = 3.3  # tsit5's stability interval on the negative real axis is ~[-3.5, 0]
 STIFF_HITS = 15  # Hairer's DOPRI5 test
@@ -61,24 +55,20 @@ def _pick(cond: Any, a: Any, b: Any) -> Any:
     return a if cond else b
 
 
-class _Stages(tuple):
-    """A step's stages for the loop, ``(f0,)``, with each method's own stages in ``parts``
-    (``None`` for a method that did not run) and where the explicit one was used."""
+class _Stages(NamedTuple):
+    """A step's stages: ``f0`` first (the loop reads it), where the explicit method was
+    used, and each method's own stages (``None``: it did not run)."""
 
+    f0: Tensor
     explicit: Any  # a bool, or (B,) bool per lane
-    parts: tuple[Sequence[Tensor] | None, Sequence[Tensor] | None]
-
-    def __new__(cls, f0: Tensor, explicit: Any, parts: tuple) -> _Stages:
-        out = super().__new__(cls, (f0,))
-        out.explicit, out.parts = explicit, parts
-        return out
+    e: Sequence[Tensor] | None
+    i: Sequence[Tensor] | None
 
 
 @dataclass
 class AutoState:
-    """The Rosenbrock state and, per solve or per lane, which method runs and the
-    stiffness counters; ``pending``: the decisions of the last attempt, with its ``t``
-    and ``dt`` (see the module docstring)."""
+    """The Rosenbrock state; per solve or per lane, which method runs and the stiffness
+    counters; the decisions of the last attempt, pending (see the module docstring)."""
 
     implicit_state: RosenbrockState
     explicit: Any = True  # bool, or (B,) bool
@@ -129,31 +119,31 @@ class AutoSwitch:
             zeros = torch.zeros(y.shape[0], dtype=torch.long, device=y.device)
             state.explicit, state.hits, state.calm = zeros == 0, zeros, zeros.clone()
         record, t_end = self._commit(t, dt, state)
-        explicit = state.explicit
+        explicit, active = state.explicit, dt > 0
+        record = record & active  # (a lane that stopped does not record its last switch)
         if lanes:
-            active = dt > 0
             # host sync: which methods run, and whether a lane switched (one transfer)
             run_e, run_i, any_record = (bool(x) for x in torch.stack(
                 [(active & explicit).any(), (active & ~explicit).any(), record.any()]).tolist())
             run_e = run_e or not run_i  # (no lane steps: the explicit method keeps them still)
         else:
             run_e, run_i, any_record = explicit, not explicit, record
-        if any_record:
-            self._record(f, state, record, t_end)
+        if any_record:  # (t, method) of the switch at the end of the accepted attempt
+            when, names, switches = f.sign * t_end, ("rodas5p", "tsit5"), state.counts.switches
+            if not lanes:
+                switches.append((when, names[explicit]))
+            for b in record.nonzero().squeeze(1).tolist() if lanes else ():
+                switches.append((float(when[b]), names[int(explicit[b])], b))
         ws_e, ws_i = ws if ws else (None, None)
-        res_e = res_i = None
-        if run_e:
-            dt_e = torch.where(explicit, dt, 0.0) if run_i else dt
-            res_e = self.explicit.step(f, t, y, f0, dt_e, None, ws_e, with_error=with_error,
-                                       f_last=f_last)
-        if run_i:
-            dt_i = torch.where(explicit, 0.0, dt) if run_e else dt
-            res_i = self.implicit.step(f, t, y, f0, dt_i, state.implicit_state, ws_i,
-                                       with_error=with_error, f_last=f_last)
-        if res_i is None or res_e is None:
+        kw = dict(with_error=with_error, f_last=f_last)
+        mixed = run_e and run_i  # (each method's step size is 0 on the other's lanes)
+        res_e = self.explicit.step(f, t, y, f0, torch.where(explicit, dt, 0.0) if mixed else dt,
+                                   None, ws_e, **kw) if run_e else None
+        res_i = self.implicit.step(f, t, y, f0, torch.where(explicit, 0.0, dt) if mixed else dt,
+                                   state.implicit_state, ws_i, **kw) if run_i else None
+        if not mixed:
             res = res_e if res_i is None else res_i
-            # its f0 (a workspace row holding a copy: the f0 given may be the previous
-            # step's FSAL row, which this attempt overwrote)
+            # (its f0 is a copy: the one given may be the FSAL row this attempt overwrote)
             y_new, err, ok, f0 = res.y_new, res.error, res.ok, res.stages[0]
         else:  # a mixed batch: each lane from its method
             col = explicit[:, None]
@@ -162,9 +152,9 @@ class AutoSwitch:
             ok = res_e.ok and res_i.ok
         with torch.no_grad():
             self._decide(t, y, dt, state, res_e, res_i)
-        parts = (None if res_e is None else res_e.stages,
-                 None if res_i is None else res_i.stages)
-        return StepResult(y_new, err, _Stages(f0, explicit, parts), state, ok)
+        stages = _Stages(f0, explicit, getattr(res_e, "stages", None),
+                         getattr(res_i, "stages", None))
+        return StepResult(y_new, err, stages, state, ok)
 
     def _decide(self, t: Any, y: Tensor, dt: Any, state: AutoState,
                 res_e: StepResult | None, res_i: StepResult | None) -> None:
@@ -173,8 +163,17 @@ class AutoSwitch:
         explicit, hits, calm = state.explicit, state.hits, state.calm
         to_i = to_e = torch.zeros_like(explicit) if lanes else False
         hits_e, calm_e, calm_i = hits, calm, calm
-        if res_e is not None:
-            stiff = self._h_rho(y, dt, res_e) > STABILITY_BOUNDARY
+        if res_e is not None:  # h ρ from the last two stages, Y_6 recomputed
+            stages = res_e.stages
+            h = dt.to(y.dtype)[:, None] if lanes else dt
+            y_prev = y.detach()
+            for j, w in self._a_prev:
+                y_prev = y_prev + (w * h) * stages[j].detach()
+            dy = torch.linalg.vector_norm(res_e.y_new.detach() - y_prev, dim=-1)
+            dk = torch.linalg.vector_norm(stages[-1].detach() - stages[-2].detach(), dim=-1)
+            # (0/0 where the two stages coincide: not stiff)
+            rho = torch.where(dy > 0, dk / torch.where(dy > 0, dy, 1.0), 0.0)
+            stiff = dt * rho.double() > STABILITY_BOUNDARY
             stiff = stiff if lanes else bool(stiff)  # host sync: the joint decision
             calm_e = _pick(stiff, 0, calm + 1)
             hits_e = _pick(stiff, hits + 1, _pick(calm_e >= CALM_RESET, 0, hits))
@@ -189,81 +188,54 @@ class AutoSwitch:
         state.pending = (explicit != switched, _pick(switched, 0, _pick(explicit, hits_e, hits)),
                          _pick(switched, 0, _pick(explicit, calm_e, calm_i)), switched, t, dt)
 
-    def _h_rho(self, y: Tensor, dt: Any, res: StepResult) -> Any:
-        """``h ρ`` of the stiffness test (per lane: ``(B,)``), from an explicit attempt."""
-        stages = res.stages
-        h = dt.to(y.dtype)[:, None] if isinstance(dt, Tensor) else dt
-        y_prev = y.detach()  # the second-to-last stage's state, Y_6
-        for j, w in self._a_prev:
-            y_prev = y_prev + (w * h) * stages[j].detach()
-        dy = torch.linalg.vector_norm(res.y_new.detach() - y_prev, dim=-1)
-        dk = torch.linalg.vector_norm(stages[-1].detach() - stages[-2].detach(), dim=-1)
-        # 0/0 where the two stages coincide: not stiff
-        return dt * torch.where(dy > 0, dk / torch.where(dy > 0, dy, 1.0), 0.0).double()
-
     @staticmethod
     def _commit(t: Any, dt: Any, state: AutoState) -> tuple[Any, Any]:
         """Adopt the pending decisions where the last attempt was accepted; return where a
         switch is to be recorded (the lanes that step again) and that attempt's end."""
         if state.pending is None:
-            return (torch.zeros_like(dt, dtype=torch.bool) if isinstance(dt, Tensor)
-                    else False), None
+            return False, None
         explicit, hits, calm, switched, t0, dt0 = state.pending
         state.pending = None
         moved = (dt0 > 0) & (t0 != t)
         state.explicit = _pick(moved, explicit, state.explicit)
         state.hits = _pick(moved, hits, state.hits)
         state.calm = _pick(moved, calm, state.calm)
-        return moved & switched & (dt > 0), t0 + dt0
-
-    @staticmethod
-    def _record(f: Any, state: AutoState, record: Any, t_end: Any) -> None:
-        when = f.sign * t_end  # the user's time
-        if not isinstance(record, Tensor):
-            state.counts.switches.append((when, "tsit5" if state.explicit else "rodas5p"))
-            return
-        for b in record.nonzero().squeeze(1).tolist():
-            method = "tsit5" if bool(state.explicit[b]) else "rodas5p"
-            state.counts.switches.append((float(when[b]), method, b))
+        return moved & switched, t0 + dt0
 
     def f_end(self, f: Func, t_new: Any, y_new: Tensor, result: StepResult) -> Tensor:
         """The explicit lanes' FSAL stage, the implicit lanes' evaluation at the step's end."""
-        s_e, s_i = result.stages.parts
-        if s_i is None:
-            return s_e[-1]
+        st = result.stages
+        if st.i is None:
+            return st.e[-1]
         f_new = f(t_new, y_new)
-        if s_e is None:
-            return f_new
-        return torch.where(result.stages.explicit[:, None], s_e[-1], f_new)
+        return f_new if st.e is None else torch.where(st.explicit[:, None], st.e[-1], f_new)
 
-    def interpolant(self, t: Any, dt: Any, y: Tensor, y_new: Tensor,
-                    stages: Sequence[Tensor], f_new: Tensor | None,
-                    f: Func | None = None) -> Interpolant:
-        s_e, s_i = stages.parts
+    def interpolant(self, t: Any, dt: Any, y: Tensor, y_new: Tensor, stages: _Stages,
+                    f_new: Tensor | None, f: Func | None = None) -> Interpolant:
         if not isinstance(dt, Tensor):  # a joint step: the method that ran
-            if s_i is None:
-                return self.explicit.interpolant(t, dt, y, y_new, tuple(s_e), f_new, f)
-            return self.implicit.interpolant(t, dt, y, y_new, tuple(s_i), f_new, f)
-        # Per sample both parts, a method that did not run as zeros: a solve's pieces have
-        # one structure and stack into a per-sample dense output.
-        if s_e is None:
-            s_e = (torch.zeros_like(y),) * self.explicit.stages
-        if s_i is None:
-            s_i = (stages[0],) + (torch.zeros_like(y),) * self.implicit.tableau.stages
-        e = self.explicit.interpolant(t, dt, y, y_new, tuple(s_e), f_new, f)
-        i = self.implicit.interpolant(t, dt, y, y_new, tuple(s_i), f_new, f)
-        return LaneInterpolant(t, dt, stages.explicit, e, i)
+            owner, own, _ = self._owner(stages)
+            return owner.interpolant(t, dt, y, y_new, own, f_new, f)
+        # Per sample both, a method that did not run on zeros: a solve's pieces have one
+        # structure, and stack into a per-sample dense output.
+        zero = torch.zeros_like(y)
+        s_e = stages.e or (zero,) * self.explicit.stages
+        s_i = stages.i or (stages.f0,) + (zero,) * self.implicit.tableau.stages
+        return LaneInterpolant(t, dt, stages.explicit,
+                               self.explicit.interpolant(t, dt, y, y_new, tuple(s_e), f_new, f),
+                               self.implicit.interpolant(t, dt, y, y_new, tuple(s_i), f_new, f))
 
-    def interpolate(self, y: Tensor, y_new: Tensor, dt: Any, stages: Sequence[Tensor],
+    def interpolate(self, y: Tensor, y_new: Tensor, dt: Any, stages: _Stages,
                     f_new: Tensor | None, theta: Any, ws: tuple | None) -> Tensor:
-        s_e, s_i = stages.parts
-        if isinstance(dt, Tensor):
-            return self.interpolant(0.0, dt, y, y_new, stages, f_new).evaluate(theta)
-        if s_i is None:
-            return self.explicit.interpolate(y, y_new, dt, tuple(s_e), f_new, theta,
-                                             ws[0] if ws else None)
-        return self.implicit.interpolate(y, y_new, dt, tuple(s_i), f_new, theta,
-                                         ws[1] if ws else None)
+        """A joint step's dense output at ``theta`` (per sample, outputs use
+        :meth:`interpolant`)."""
+        owner, own, k = self._owner(stages)
+        return owner.interpolate(y, y_new, dt, own, f_new, theta, ws[k] if ws else None)
+
+    def _owner(self, stages: _Stages) -> tuple[Any, tuple, int]:
+        """A joint step's method, its stages, and its workspace's index."""
+        if stages.i is None:
+            return self.explicit, tuple(stages.e), 0
+        return self.implicit, tuple(stages.i), 1
 
 
 class LaneInterpolant(Interpolant):
