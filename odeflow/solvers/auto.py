@@ -27,8 +27,9 @@ call, which records a switch: ``(t, method)``, per sample ``(t, method, sample)`
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NamedTuple
 
 import torch
@@ -215,14 +216,20 @@ class AutoSwitch:
         if not isinstance(dt, Tensor):  # a joint step: the method that ran
             owner, own, _ = self._owner(stages)
             return owner.interpolant(t, dt, y, y_new, own, f_new, f)
-        # Per sample both, a method that did not run on zeros: a solve's pieces have one
-        # structure, and stack into a per-sample dense output.
-        zero = torch.zeros_like(y)
-        s_e = stages.e or (zero,) * self.explicit.stages
-        s_i = stages.i or (stages.f0,) + (zero,) * self.implicit.tableau.stages
-        return LaneInterpolant(t, dt, stages.explicit,
-                               self.explicit.interpolant(t, dt, y, y_new, tuple(s_e), f_new, f),
-                               self.implicit.interpolant(t, dt, y, y_new, tuple(s_i), f_new, f))
+        parts = partial(self._lane_parts, t, dt, y, y_new, stages, f_new, f)
+        return LaneInterpolant(t, dt, stages.explicit, *parts(False), parts)
+
+    def _lane_parts(self, t: Tensor, dt: Tensor, y: Tensor, y_new: Tensor, stages: _Stages,
+                    f_new: Tensor | None, f: Func | None, fill: bool) -> tuple:
+        """Each method's dense output per sample (``None``: it did not run); with ``fill``,
+        a method that did not run on zero stages."""
+        s_e, s_i = stages.e, stages.i
+        if fill:
+            zero = (torch.zeros_like(y),)
+            s_e = zero * self.explicit.stages if s_e is None else s_e
+            s_i = (stages.f0,) + zero * self.implicit.tableau.stages if s_i is None else s_i
+        return tuple(None if s is None else m.interpolant(t, dt, y, y_new, tuple(s), f_new, f)
+                     for m, s in ((self.explicit, s_e), (self.implicit, s_i)))
 
     def interpolate(self, y: Tensor, y_new: Tensor, dt: Any, stages: _Stages,
                     f_new: Tensor | None, theta: Any, ws: tuple | None) -> Tensor:
@@ -239,22 +246,29 @@ class AutoSwitch:
 
 
 class LaneInterpolant(Interpolant):
-    """Per sample: each lane's dense output from the method it used."""
+    """Per sample: each lane's dense output from the method it used. A method that no lane
+    used is ``None`` until :meth:`detached`, which gives it zero stages (``fill``): the
+    pieces a solve keeps have one structure, and stack into a per-sample dense output."""
 
-    __slots__ = ("t", "dt", "explicit", "e", "i")
+    __slots__ = ("t", "dt", "explicit", "e", "i", "fill")
 
-    def __init__(self, t: Tensor, dt: Tensor, explicit: Tensor, e: Interpolant,
-                 i: Interpolant):
-        self.t, self.dt, self.explicit, self.e, self.i = t, dt, explicit, e, i
+    def __init__(self, t: Tensor, dt: Tensor, explicit: Tensor, e: Interpolant | None,
+                 i: Interpolant | None, fill: Callable[[bool], tuple] | None = None):
+        self.t, self.dt, self.explicit, self.e, self.i, self.fill = t, dt, explicit, e, i, fill
+
+    def _merge(self, name: str, theta: Any) -> Tensor:
+        if self.e is None or self.i is None:
+            return getattr(self.e or self.i, name)(theta)
+        return torch.where(self.explicit[:, None], getattr(self.e, name)(theta),
+                           getattr(self.i, name)(theta))
 
     def evaluate(self, theta: Any) -> Tensor:
-        return torch.where(self.explicit[:, None], self.e.evaluate(theta),
-                           self.i.evaluate(theta))
+        return self._merge("evaluate", theta)
 
     def derivative(self, theta: Any) -> Tensor:
-        return torch.where(self.explicit[:, None], self.e.derivative(theta),
-                           self.i.derivative(theta))
+        return self._merge("derivative", theta)
 
     def detached(self) -> LaneInterpolant:
-        return LaneInterpolant(self.t, self.dt, self.explicit, self.e.detached(),
-                               self.i.detached())
+        both = self.e is not None and self.i is not None
+        e, i = (self.e, self.i) if both else self.fill(True)
+        return LaneInterpolant(self.t, self.dt, self.explicit, e.detached(), i.detached())
