@@ -169,21 +169,22 @@ class AutoSwitch:
             h = dt.to(y.dtype)[:, None] if lanes else dt
             y_prev = y.detach()
             for j, w in self._a_prev:
-                y_prev = y_prev + (w * h) * stages[j].detach()
+                k = stages[j].detach()
+                y_prev = (torch.addcmul(y_prev, h, k, value=w) if lanes
+                          else torch.add(y_prev, k, alpha=w * dt))
             dy = torch.linalg.vector_norm(res_e.y_new.detach() - y_prev, dim=-1)
             dk = torch.linalg.vector_norm(stages[-1].detach() - stages[-2].detach(), dim=-1)
-            # (0/0 where the two stages coincide: not stiff)
-            rho = torch.where(dy > 0, dk / torch.where(dy > 0, dy, 1.0), 0.0)
-            stiff = dt * rho.double() > STABILITY_BOUNDARY
-            stiff = stiff if lanes else bool(stiff)  # host sync: the joint decision
+            rho = torch.where(dy > 0, dk / dy, 0.0)  # (0/0 where the stages coincide: not stiff)
+            # host sync in a joint solve: the decision
+            stiff = dt * (rho.double() if lanes else float(rho)) > STABILITY_BOUNDARY
             calm_e = _pick(stiff, 0, calm + 1)
             hits_e = _pick(stiff, hits + 1, _pick(calm_e >= CALM_RESET, 0, hits))
             to_i = hits_e >= STIFF_HITS
         jac = state.implicit_state.jac
         if res_i is not None and isinstance(jac, Tensor):  # (not with a Krylov solver)
-            bound = dt * torch.linalg.matrix_norm(jac.detach(), ord=math.inf).double()
-            stable = bound < STABILITY_BOUNDARY
-            calm_i = _pick(stable if lanes else bool(stable), calm + 1, 0)  # host sync: joint
+            norm = torch.linalg.matrix_norm(jac.detach(), ord=math.inf)
+            bound = dt * (norm.double() if lanes else float(norm))  # (joint: a host sync)
+            calm_i = _pick(bound < STABILITY_BOUNDARY, calm + 1, 0)
             to_e = calm_i >= CALM_TO_SWITCH_BACK
         switched = _pick(explicit, to_i, to_e)
         state.pending = (explicit != switched, _pick(switched, 0, _pick(explicit, hits_e, hits)),
