@@ -91,3 +91,44 @@ def test_auto_gradients_direct_and_adjoint_agree_and_checkpoint_is_refused():
     assert torch.allclose(grads["adjoint"], grads["direct"], rtol=1e-5)
     with pytest.raises(ValueError, match="checkpoint"):
         odeflow.solve(f, y0, t, method="auto", gradient="checkpoint", adjoint_params=(k,))
+
+
+def test_the_buffered_no_grad_path_switches_where_the_autograd_path_does():
+    # Without grad the explicit stages live in reused workspace rows: a rejected attempt
+    # must not corrupt the derivative the retry starts from.
+    y0 = torch.tensor([1.0, 0.0, 0.0], dtype=F64)
+    t = torch.tensor([0.0, 0.5, 20.0], dtype=F64)
+    kw = dict(method="auto", rtol=1e-7, atol=1e-11)
+    ref = odeflow.solve(_robertson, y0, t, **kw)
+    with torch.no_grad():
+        sol = odeflow.solve(_robertson, y0, t, **kw)
+    assert sol.stats.n_rejected > 0 and len(ref.stats.switches) == 1
+    assert (sol.stats.n_accepted, sol.stats.n_rejected) == (ref.stats.n_accepted,
+                                                           ref.stats.n_rejected)
+    ((at, method),), ((at_ref, method_ref),) = sol.stats.switches, ref.stats.switches
+    assert method == method_ref == "rodas5p" and math.isclose(at, at_ref, rel_tol=1e-9)
+    assert (sol.ys - ref.ys).abs().max().item() < 1e-12
+
+
+def test_per_sample_dense_output_of_a_mixed_batch_is_each_samples_own():
+    # One sample stays explicit, the other turns stiff: the batch's dense output, built
+    # from both methods lane by lane, is each sample's own.
+    mu = torch.tensor([1.0, 300.0], dtype=F64)
+    y0 = torch.tensor([[2.0, 0.0], [2.0, 0.0]], dtype=F64)
+    t = torch.tensor([0.0, 120.0], dtype=F64)
+    kw = dict(method="auto", rtol=1e-6, atol=1e-8, dense=True)
+
+    def vdp(m):
+        return lambda t, y: torch.stack([y[..., 1], m * (1 - y[..., 0] ** 2) * y[..., 1]
+                                         - y[..., 0]], -1)
+
+    sol = odeflow.solve(vdp(mu), y0, t, options={"per_sample": True}, **kw)
+    grid = torch.linspace(0.0, 120.0, 241, dtype=F64)
+    got = sol.evaluate(grid)
+    for b in range(2):
+        own = odeflow.solve(vdp(mu[b]), y0[b], t, **kw)
+        mine = [(at, m) for at, m, lane in sol.stats.switches if lane == b]
+        assert [m for _, m in mine] == [m for _, m in own.stats.switches]
+        assert (got[:, b] - own.evaluate(grid)).abs().max().item() < 1e-9
+    assert not any(lane == 0 for *_, lane in sol.stats.switches)
+    assert any(lane == 1 for *_, lane in sol.stats.switches)

@@ -12,28 +12,36 @@ in which the explicit method would be stable at the current step size, the solve
 back. Both methods have order 5 with an order-4 error estimate, so the step-size
 controller carries on unchanged across a switch.
 
-Each switch is recorded in ``SolveStats.switches`` as ``(t, method)`` (the user's time).
+One code path serves both clocks: in a joint solve (``dt`` a float) the switching state is
+Python numbers and the decisions Python bools (one method runs; one host sync per step);
+per sample (``dt`` ``(B,)``) the state is ``(B,)`` tensors, the rules masks, and each lane
+switches on its own. ``func`` must see the whole batch (it may close over per-sample
+parameters), so in a mixed batch both methods run on all lanes, each with step size 0 on
+the other's lanes, and the results are merged; a method no stepping lane uses is not run.
+An attempt's decisions are *pending* until the (lane's) time moves, i.e. it was accepted
+(per sample the loop hands back the state of every attempt), and are adopted at the next
+call, which records a switch: ``(t, method)``, per sample ``(t, method, sample)``, in
+``SolveStats.switches``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from ..interp import Interpolant
 from ..linalg import ImplicitCounts, check_solver_dtype
-from . import auto_lanes
-from .base import StepResult
+from .base import Func, StepResult
 from .explicit_rk import ExplicitRK
 from .rosenbrock import Rosenbrock, RosenbrockState
 
 __all__ = ["AutoSwitch", "AutoState"]
-
-Func = Callable[[float, Tensor], Tensor]
 
 STABILITY_BOUNDARY = 3.3  # tsit5's stability interval on the negative real axis is ~[-3.5, 0]
 STIFF_HITS = 15  # Hairer's DOPRI5 test
@@ -41,27 +49,33 @@ CALM_RESET = 6
 CALM_TO_SWITCH_BACK = 10
 
 
-class _Stages(tuple):
-    """A step's stages, tagged with the method that produced them."""
-
-    explicit: bool
-
-    def __new__(cls, stages: Sequence[Tensor], explicit: bool) -> _Stages:
-        out = super().__new__(cls, stages)
-        out.explicit = explicit
-        return out
+def _pick(cond: Any, a: Any, b: Any) -> Any:
+    """``a`` where ``cond`` else ``b``: per lane for a mask, plainly for a Python bool."""
+    if isinstance(cond, Tensor):
+        return torch.where(cond, a, b)
+    return a if cond else b
 
 
-@dataclass(frozen=True)
+class _Stages(NamedTuple):
+    """A step's stages: ``f0`` first (the loop reads it), where the explicit method was
+    used, and each method's own stages (``None``: it did not run)."""
+
+    f0: Tensor
+    explicit: Any  # a bool, or (B,) bool per lane
+    e: Sequence[Tensor] | None
+    i: Sequence[Tensor] | None
+
+
+@dataclass
 class AutoState:
-    """Which method runs, the stiffness counters, and the Rosenbrock state."""
+    """The Rosenbrock state; per solve or per lane, which method runs and the stiffness
+    counters; the decisions of the last attempt, pending (see the module docstring)."""
 
-    explicit: bool
     implicit_state: RosenbrockState
-    stiff_hits: int = 0
-    calm: int = 0
-    switched_at: tuple | None = None  # (t_user, method) of a switch this state adopts
-    lanes: Any = None  # per sample: the auto_lanes.LaneSwitch of every lane
+    explicit: Any = True  # bool, or (B,) bool
+    hits: Any = 0  # int, or (B,) long
+    calm: Any = 0
+    pending: tuple | None = None  # (explicit, hits, calm, switched, t, dt)
 
     @property
     def counts(self) -> ImplicitCounts:
@@ -71,13 +85,11 @@ class AutoState:
 class AutoSwitch:
     """A stepper that runs ``explicit`` or ``implicit`` (see the module docstring)."""
 
-    #: takes one step size per lane (a per-sample batch: ``auto_lanes.py``)
+    #: takes one step size per lane (a per-sample batch)
     per_sample = True
 
     steps_to_outputs = False
     needs_f_end_for_dense = False
-    #: the switching rule's constants (read by the per-sample path)
-    thresholds = (STABILITY_BOUNDARY, STIFF_HITS, CALM_RESET, CALM_TO_SWITCH_BACK)
 
     def __init__(self, explicit: ExplicitRK, implicit: Rosenbrock):
         self.explicit, self.implicit = explicit, implicit
@@ -95,84 +107,169 @@ class AutoSwitch:
     def init(self, y0: Tensor) -> AutoState:
         # Checked now, not at the first switch to the stiff method deep into the solve.
         check_solver_dtype("auto", y0.dtype)
-        return AutoState(True, RosenbrockState())
+        return AutoState(RosenbrockState())
 
-    def step(self, f: Func, t: float, y: Tensor, f0: Tensor, dt: float,
-             state: AutoState | None, ws: tuple | None, *, with_error: bool = True,
-             f_last: Func | None = None, fsal_stage: bool = True) -> StepResult:
+    def step(self, f: Func, t: Any, y: Tensor, f0: Tensor, dt: Any, state: AutoState | None,
+             ws: tuple | None, *, with_error: bool = True, f_last: Func | None = None,
+             fsal_stage: bool = True) -> StepResult:
         if state is None:
             raise ValueError("method='auto' steps cannot be replayed on their own; use "
                              "gradient='direct' or 'adjoint'")
-        if isinstance(dt, Tensor):  # per sample: every lane switches on its own
-            return auto_lanes.step_lanes(self, f, t, y, f0, dt, state, ws, with_error, f_last)
-        if state.switched_at is not None:  # the step that ended with a switch was accepted
-            switches = state.counts.switches
-            if not switches or switches[-1] != state.switched_at:  # (not again on a retry)
-                switches.append(state.switched_at)
-            state = replace(state, switched_at=None)
-        if state.explicit:
-            res = self.explicit.step(f, t, y, f0, dt, None, ws[0] if ws else None,
-                                     with_error=with_error, f_last=f_last)
-            new_state = self._after_explicit(f, t + dt, y, dt, res, state)
-            return StepResult(res.y_new, res.error, _Stages(res.stages, True), new_state,
-                              res.ok)
-        res = self.implicit.step(f, t, y, f0, dt, state.implicit_state,
-                                 ws[1] if ws else None, with_error=with_error, f_last=f_last)
-        new_state = self._after_implicit(f, t + dt, dt, state)
-        return StepResult(res.y_new, res.error, _Stages(res.stages, False), new_state, res.ok)
-
-    def _after_explicit(self, f: Any, t_new: float, y: Tensor, dt: float, res: StepResult,
-                        state: AutoState) -> AutoState:
-        with torch.no_grad():
-            stages = res.stages
-            y_prev = y.detach().clone()
-            for j, w in self._a_prev:
-                y_prev.add_(stages[j].detach(), alpha=dt * w)
-            dy = torch.linalg.vector_norm(res.y_new.detach() - y_prev)
-            dk = torch.linalg.vector_norm(stages[-1].detach() - stages[-2].detach())
-            # host sync: the decision (0/0 when the two stages coincide: not stiff)
-            h_rho = dt * float(torch.where(dy > 0, dk / dy, 0.0))
-        if h_rho > STABILITY_BOUNDARY:
-            hits, calm = state.stiff_hits + 1, 0
+        lanes = isinstance(dt, Tensor)
+        if lanes and not isinstance(state.explicit, Tensor):  # the first per-sample step
+            zeros = torch.zeros(y.shape[0], dtype=torch.long, device=y.device)
+            state.explicit, state.hits, state.calm = zeros == 0, zeros, zeros.clone()
+        record, t_end = self._commit(t, dt, state)
+        explicit, active = state.explicit, dt > 0
+        record = record & active  # (a lane that stopped does not record its last switch)
+        if lanes:
+            # host sync: which methods run, and whether a lane switched (one transfer)
+            run_e, run_i, any_record = (bool(x) for x in torch.stack(
+                [(active & explicit).any(), (active & ~explicit).any(), record.any()]).tolist())
+            run_e = run_e or not run_i  # (no lane steps: the explicit method keeps them still)
         else:
-            calm = state.calm + 1
-            hits = 0 if calm >= CALM_RESET else state.stiff_hits
-        if hits >= STIFF_HITS:
-            return AutoState(False, state.implicit_state,
-                             switched_at=(f.sign * t_new, "rodas5p"))
-        return replace(state, stiff_hits=hits, calm=calm)
-
-    def _after_implicit(self, f: Any, t_new: float, dt: float, state: AutoState) -> AutoState:
-        jac = state.implicit_state.jac
-        if not isinstance(jac, Tensor):
-            return state
+            run_e, run_i, any_record = explicit, not explicit, record
+        if any_record:  # (t, method) of the switch at the end of the accepted attempt
+            when, names, switches = f.sign * t_end, ("rodas5p", "tsit5"), state.counts.switches
+            if not lanes:
+                switches.append((when, names[explicit]))
+            for b in record.nonzero().squeeze(1).tolist() if lanes else ():
+                switches.append((float(when[b]), names[int(explicit[b])], b))
+        ws_e, ws_i = ws if ws else (None, None)
+        kw = dict(with_error=with_error, f_last=f_last)
+        mixed = run_e and run_i  # (each method's step size is 0 on the other's lanes)
+        res_e = self.explicit.step(f, t, y, f0, torch.where(explicit, dt, 0.0) if mixed else dt,
+                                   None, ws_e, **kw) if run_e else None
+        res_i = self.implicit.step(f, t, y, f0, torch.where(explicit, 0.0, dt) if mixed else dt,
+                                   state.implicit_state, ws_i, **kw) if run_i else None
+        if not mixed:
+            res = res_e if res_i is None else res_i
+            # (its f0 is a copy: the one given may be the FSAL row this attempt overwrote)
+            y_new, err, ok, f0 = res.y_new, res.error, res.ok, res.stages[0]
+        else:  # a mixed batch: each lane from its method
+            col = explicit[:, None]
+            y_new = torch.where(col, res_e.y_new, res_i.y_new)
+            err = torch.where(col, res_e.error, res_i.error) if with_error else None
+            ok = res_e.ok and res_i.ok
         with torch.no_grad():
-            bound = dt * float(torch.linalg.matrix_norm(jac.detach(), ord=float("inf")))
-        calm = state.calm + 1 if bound < STABILITY_BOUNDARY else 0
-        if calm >= CALM_TO_SWITCH_BACK:
-            return AutoState(True, state.implicit_state, switched_at=(f.sign * t_new, "tsit5"))
-        return replace(state, calm=calm)
+            self._decide(t, y, dt, state, res_e, res_i)
+        stages = _Stages(f0, explicit, getattr(res_e, "stages", None),
+                         getattr(res_i, "stages", None))
+        return StepResult(y_new, err, stages, state, ok)
 
-    def f_end(self, f: Func, t_new: float, y_new: Tensor, result: StepResult) -> Tensor:
-        if isinstance(result.stages, auto_lanes.LaneStages):
-            return auto_lanes.f_end(f, t_new, y_new, result.stages)
-        owner = self.explicit if result.stages.explicit else self.implicit
-        return owner.f_end(f, t_new, y_new, result)
+    def _decide(self, t: Any, y: Tensor, dt: Any, state: AutoState,
+                res_e: StepResult | None, res_i: StepResult | None) -> None:
+        """The switching rule (module docstring) after an attempt: its decisions, pending."""
+        lanes = isinstance(dt, Tensor)
+        explicit, hits, calm = state.explicit, state.hits, state.calm
+        to_i = to_e = torch.zeros_like(explicit) if lanes else False
+        hits_e, calm_e, calm_i = hits, calm, calm
+        if res_e is not None:  # h ρ from the last two stages, Y_6 recomputed
+            stages = res_e.stages
+            h = dt.to(y.dtype)[:, None] if lanes else dt
+            y_prev = y.detach()
+            for j, w in self._a_prev:
+                k = stages[j].detach()
+                y_prev = (torch.addcmul(y_prev, h, k, value=w) if lanes
+                          else torch.add(y_prev, k, alpha=w * dt))
+            dy = torch.linalg.vector_norm(res_e.y_new.detach() - y_prev, dim=-1)
+            dk = torch.linalg.vector_norm(stages[-1].detach() - stages[-2].detach(), dim=-1)
+            rho = torch.where(dy > 0, dk / dy, 0.0)  # (0/0 where the stages coincide: not stiff)
+            # host sync in a joint solve: the decision
+            stiff = dt * (rho.double() if lanes else float(rho)) > STABILITY_BOUNDARY
+            calm_e = _pick(stiff, 0, calm + 1)
+            hits_e = _pick(stiff, hits + 1, _pick(calm_e >= CALM_RESET, 0, hits))
+            to_i = hits_e >= STIFF_HITS
+        jac = state.implicit_state.jac
+        if res_i is not None and isinstance(jac, Tensor):  # (not with a Krylov solver)
+            norm = torch.linalg.matrix_norm(jac.detach(), ord=math.inf)
+            bound = dt * (norm.double() if lanes else float(norm))  # (joint: a host sync)
+            calm_i = _pick(bound < STABILITY_BOUNDARY, calm + 1, 0)
+            to_e = calm_i >= CALM_TO_SWITCH_BACK
+        switched = _pick(explicit, to_i, to_e)
+        state.pending = (explicit != switched, _pick(switched, 0, _pick(explicit, hits_e, hits)),
+                         _pick(switched, 0, _pick(explicit, calm_e, calm_i)), switched, t, dt)
 
-    def interpolant(self, t: float, dt: float, y: Tensor, y_new: Tensor,
-                    stages: Sequence[Tensor], f_new: Tensor | None,
-                    f: Func | None = None) -> Interpolant:
-        if isinstance(stages, auto_lanes.LaneStages):
-            return auto_lanes.interpolant(self, t, dt, y, y_new, stages, f_new, f)
-        owner = self.explicit if stages.explicit else self.implicit
-        return owner.interpolant(t, dt, y, y_new, tuple(stages), f_new, f)
+    @staticmethod
+    def _commit(t: Any, dt: Any, state: AutoState) -> tuple[Any, Any]:
+        """Adopt the pending decisions where the last attempt was accepted; return where a
+        switch is to be recorded (the lanes that step again) and that attempt's end."""
+        if state.pending is None:
+            return False, None
+        explicit, hits, calm, switched, t0, dt0 = state.pending
+        state.pending = None
+        moved = (dt0 > 0) & (t0 != t)
+        state.explicit = _pick(moved, explicit, state.explicit)
+        state.hits = _pick(moved, hits, state.hits)
+        state.calm = _pick(moved, calm, state.calm)
+        return moved & switched, t0 + dt0
 
-    def interpolate(self, y: Tensor, y_new: Tensor, dt: float, stages: Sequence[Tensor],
-                    f_new: Tensor | None, theta: float, ws: tuple | None) -> Tensor:
-        if isinstance(stages, auto_lanes.LaneStages):
-            return self.interpolant(0.0, dt, y, y_new, stages, f_new).evaluate(theta)
-        if stages.explicit:
-            return self.explicit.interpolate(y, y_new, dt, tuple(stages), f_new, theta,
-                                             ws[0] if ws else None)
-        return self.implicit.interpolate(y, y_new, dt, tuple(stages), f_new, theta,
-                                         ws[1] if ws else None)
+    def f_end(self, f: Func, t_new: Any, y_new: Tensor, result: StepResult) -> Tensor:
+        """The explicit lanes' FSAL stage, the implicit lanes' evaluation at the step's end."""
+        st = result.stages
+        if st.i is None:
+            return st.e[-1]
+        f_new = f(t_new, y_new)
+        return f_new if st.e is None else torch.where(st.explicit[:, None], st.e[-1], f_new)
+
+    def interpolant(self, t: Any, dt: Any, y: Tensor, y_new: Tensor, stages: _Stages,
+                    f_new: Tensor | None, f: Func | None = None) -> Interpolant:
+        if not isinstance(dt, Tensor):  # a joint step: the method that ran
+            owner, own, _ = self._owner(stages)
+            return owner.interpolant(t, dt, y, y_new, own, f_new, f)
+        parts = partial(self._lane_parts, t, dt, y, y_new, stages, f_new, f)
+        return LaneInterpolant(t, dt, stages.explicit, *parts(False), parts)
+
+    def _lane_parts(self, t: Tensor, dt: Tensor, y: Tensor, y_new: Tensor, stages: _Stages,
+                    f_new: Tensor | None, f: Func | None, fill: bool) -> tuple:
+        """Each method's dense output per sample (``None``: it did not run); with ``fill``,
+        a method that did not run on zero stages."""
+        s_e, s_i = stages.e, stages.i
+        if fill:
+            zero = (torch.zeros_like(y),)
+            s_e = zero * self.explicit.stages if s_e is None else s_e
+            s_i = (stages.f0,) + zero * self.implicit.tableau.stages if s_i is None else s_i
+        return tuple(None if s is None else m.interpolant(t, dt, y, y_new, tuple(s), f_new, f)
+                     for m, s in ((self.explicit, s_e), (self.implicit, s_i)))
+
+    def interpolate(self, y: Tensor, y_new: Tensor, dt: Any, stages: _Stages,
+                    f_new: Tensor | None, theta: Any, ws: tuple | None) -> Tensor:
+        """A joint step's dense output at ``theta`` (per sample, outputs use
+        :meth:`interpolant`)."""
+        owner, own, k = self._owner(stages)
+        return owner.interpolate(y, y_new, dt, own, f_new, theta, ws[k] if ws else None)
+
+    def _owner(self, stages: _Stages) -> tuple[Any, tuple, int]:
+        """A joint step's method, its stages, and its workspace's index."""
+        if stages.i is None:
+            return self.explicit, tuple(stages.e), 0
+        return self.implicit, tuple(stages.i), 1
+
+
+class LaneInterpolant(Interpolant):
+    """Per sample: each lane's dense output from the method it used. A method that no lane
+    used is ``None`` until :meth:`detached`, which gives it zero stages (``fill``): the
+    pieces a solve keeps have one structure, and stack into a per-sample dense output."""
+
+    __slots__ = ("t", "dt", "explicit", "e", "i", "fill")
+
+    def __init__(self, t: Tensor, dt: Tensor, explicit: Tensor, e: Interpolant | None,
+                 i: Interpolant | None, fill: Callable[[bool], tuple] | None = None):
+        self.t, self.dt, self.explicit, self.e, self.i, self.fill = t, dt, explicit, e, i, fill
+
+    def _merge(self, name: str, theta: Any) -> Tensor:
+        if self.e is None or self.i is None:
+            return getattr(self.e or self.i, name)(theta)
+        return torch.where(self.explicit[:, None], getattr(self.e, name)(theta),
+                           getattr(self.i, name)(theta))
+
+    def evaluate(self, theta: Any) -> Tensor:
+        return self._merge("evaluate", theta)
+
+    def derivative(self, theta: Any) -> Tensor:
+        return self._merge("derivative", theta)
+
+    def detached(self) -> LaneInterpolant:
+        both = self.e is not None and self.i is not None
+        e, i = (self.e, self.i) if both else self.fill(True)
+        return LaneInterpolant(self.t, self.dt, self.explicit, e.detached(), i.detached())
