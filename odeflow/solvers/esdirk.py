@@ -268,7 +268,9 @@ class ESDIRK:
                                        state.refresh_jac)
         still = _not(completed)  # lanes that stay at y (never for a joint step)
         h = dt.to(y.dtype)[:, None] if lanes else dt
-        if ws is None and torch.is_grad_enabled() and (y.requires_grad or f0.requires_grad):
+        # Under autograd always: a parameter may enter at a later stage only (f0 and y
+        # need not require grad), and the Newton pass recorded no graph.
+        if ws is None and torch.is_grad_enabled():
             y_new, ks = self._graph_stages(f, t, y, f0, dt, h, hg, zs, still, f_last)
         else:
             ks = [f0, *(_where(still, 0.0, k) for k in ks)]
