@@ -104,7 +104,6 @@ class ImplicitCounts:
     no_functorch: bool = False
     #: ``method="auto"``: ``(t, method)`` of each switch
     switches: list = field(default_factory=list)
-    extra: dict = field(default_factory=dict)
     lanes: dict = field(default_factory=dict)  #: per-sample (B,) counts, summed in add_to
 
     def add_to(self, stats: Any) -> None:
@@ -326,11 +325,8 @@ class DenseSolver:
         counts.n_lu += 1
         n = jac.shape[-1]
         eye = torch.eye(n, dtype=jac.dtype, device=jac.device)
-        if isinstance(h_gamma, Tensor):
-            m = eye - h_gamma.reshape(-1, 1, 1).to(jac.dtype) * jac
-        else:
-            m = eye - h_gamma * jac
-        lu, pivots, _info = torch.linalg.lu_factor_ex(m)
+        hg = h_gamma.reshape(-1, 1, 1).to(jac.dtype) if isinstance(h_gamma, Tensor) else h_gamma
+        lu, pivots, _info = torch.linalg.lu_factor_ex(eye - hg * jac)
         # A singular M gives inf/nan in the solves; the stepper reports that step as failed.
         return DenseFactor(lu, pivots, h_gamma)
 
@@ -343,7 +339,6 @@ class JacobianOperator:
     f: Any
     t: float
     y: Tensor
-    counts: ImplicitCounts
 
     def matvec(self, v: Tensor) -> Tensor:
         t_user = _user_time(self.f, self.t, self.y)
@@ -369,25 +364,20 @@ class KrylovFactor:
     counts: ImplicitCounts
 
     def solve(self, b: Tensor) -> Tensor:
-        with torch.no_grad():
-            x, iters = gmres(lambda v: v - self.h_gamma * self.op.matvec(v), b, tol=self.tol,
-                             restart=self.restart, max_iters=self.max_iters)
-        self._count(iters)
-        return x
+        return self._gmres(self.op.matvec, b)
 
     def solve_transpose(self, b: Tensor) -> Tensor:
-        with torch.no_grad():
-            x, iters = gmres(lambda v: v - self.h_gamma * self.op.rmatvec(v), b,
-                             tol=self.tol, restart=self.restart, max_iters=self.max_iters)
-        self._count(iters)
-        return x
+        return self._gmres(self.op.rmatvec, b)
 
-    def _count(self, iters: int) -> None:
+    def _gmres(self, jvp: Callable[[Tensor], Tensor], b: Tensor) -> Tensor:
+        with torch.no_grad():
+            x, iters = gmres(lambda v: v - self.h_gamma * jvp(v), b, tol=self.tol,
+                             restart=self.restart, max_iters=self.max_iters)
         self.counts.n_linear_iters += iters
         # gmres only uses all max_iters products when it has not converged before (one
         # that converges on the very last product counts too: rare, and harmless).
-        if iters >= self.max_iters:
-            self.counts.n_linear_failures += 1
+        self.counts.n_linear_failures += iters >= self.max_iters
+        return x
 
 
 class KrylovSolver:
@@ -401,7 +391,7 @@ class KrylovSolver:
                  ) -> tuple[JacobianOperator, Tensor | None]:
         counts.n_jacobians += 1
         f_t = _time_derivative(f, t, y.detach(), counts) if with_time else None
-        return JacobianOperator(f, t, y.detach(), counts), f_t
+        return JacobianOperator(f, t, y.detach()), f_t
 
     def factor(self, jac: JacobianOperator, h_gamma: float,
                counts: ImplicitCounts) -> KrylovFactor:
@@ -409,7 +399,7 @@ class KrylovSolver:
 
 
 def gmres(matvec: Callable[[Tensor], Tensor], b: Tensor, *, tol: float = 1e-8,
-          restart: int = 30, max_iters: int = 200, x0: Tensor | None = None) -> tuple[Tensor, int]:
+          restart: int = 30, max_iters: int = 200) -> tuple[Tensor, int]:
     """Solve ``A x = b`` by restarted GMRES (Arnoldi with modified Gram–Schmidt).
 
     Stops when ``‖b - A x‖ ≤ tol · ‖b‖`` or after ``max_iters`` products; returns
@@ -419,13 +409,13 @@ def gmres(matvec: Callable[[Tensor], Tensor], b: Tensor, *, tol: float = 1e-8,
     """
     shape = b.shape
     b = b.reshape(-1)
-    x = b.new_zeros(b.shape) if x0 is None else x0.reshape(-1).clone()
+    x = b.new_zeros(b.shape)
     b_norm = float(torch.linalg.vector_norm(b))
     if b_norm == 0.0:
         return x.reshape(shape), 0
     iters = 0
     while iters < max_iters:
-        r = b - matvec(x.reshape(shape)).reshape(-1) if iters or x0 is not None else b.clone()
+        r = b - matvec(x.reshape(shape)).reshape(-1) if iters else b.clone()
         beta = float(torch.linalg.vector_norm(r))
         if beta <= tol * b_norm:
             break

@@ -70,7 +70,7 @@ class _BlockFactor:
         assert k is not None
         x, iters = gmres(matvec, b, tol=k.tol, restart=k.restart, max_iters=k.max_iters)
         self.counts.n_linear_iters += iters
-        self.counts.n_linear_failures += iters >= k.max_iters  # see KrylovFactor._count
+        self.counts.n_linear_failures += iters >= k.max_iters  # see KrylovFactor._gmres
         return x
 
     def solve(self, b: Tensor) -> Tensor:

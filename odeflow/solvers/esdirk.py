@@ -140,8 +140,6 @@ class ESDIRK:
             (default 0.1).
         filter_error: filter the error estimate through ``M⁻¹``; default (``None``): only
             when the embedded method is unbounded at ``z → ∞`` (``trbdf2``).
-        rate_hint: start a stage's convergence test with the worst rate measured in the
-            step's earlier stages (default ``True``).
     """
 
     #: takes one step size per lane (a per-sample batch)
@@ -153,7 +151,7 @@ class ESDIRK:
                  rtol: float | Tensor = 1e-7, atol: float | Tensor = 1e-9,
                  max_newton_iters: int = 8, newton_kappa: float = 1e-3,
                  refactor_ratio: float = 0.1, slow_rate: float = 0.1,
-                 filter_error: bool | None = None, rate_hint: bool = True):
+                 filter_error: bool | None = None):
         if isinstance(max_newton_iters, bool) or not isinstance(max_newton_iters, int) or (
                 max_newton_iters < 1):
             raise ValueError(f"max_newton_iters must be a positive int, got {max_newton_iters!r}")
@@ -170,7 +168,6 @@ class ESDIRK:
         self.newton_kappa = float(newton_kappa)
         self.refactor_ratio = float(refactor_ratio)
         self.slow_rate = float(slow_rate)
-        self.rate_hint = bool(rate_hint)
         self.filter_error = (not tableau.embedded_bounded) if filter_error is None else bool(
             filter_error)
         self.order = tableau.order
@@ -420,9 +417,8 @@ class ESDIRK:
                 if z0 is None or lanes:
                     extrapolated = torch.add(r, _sum(None, ks, weights, hgc))
                     z0 = extrapolated if z0 is None else _where(previous, z0, extrapolated)
-            hint = theta_max if self.rate_hint else theta_max * 0.0
             z, theta, failed = newton(fi, t + c[i] * dt, r, z0, hg, hgc, factor, tests,
-                                      state.counts, alive, refreshable, hint,
+                                      state.counts, alive, refreshable, theta_max,
                                       self.max_newton_iters)
             theta_max = _where(alive & (theta > theta_max), theta, theta_max)
             alive = alive & _not(failed)

@@ -6,7 +6,7 @@ monitored as in Hairer & Wanner, *Solving ODEs II*, §IV.8: with the rate
 ``θ = ‖Δ_m‖ / ‖Δ_{m−1}‖`` and ``η = θ / (1 − θ)``, the stage has converged when
 ``η ‖Δ_m‖ ≤ κ`` — only with a rate *measured* with this step's factor: from the second
 iteration on, or at the first with the worst rate measured in the earlier stages of the same
-step (``rate_hint``; same ``J``, same ``M``, and the rate of simplified Newton is mostly their
+step (same ``J``, same ``M``, and the rate of simplified Newton is mostly their
 mismatch with ``f``, the largest measured one an upper estimate; a rate measured on updates at
 the rounding floor is not counted). A rate guessed from an earlier *step* (RADAU5's
 ``η_old^0.8``) is never used: a stage then inherited a tiny guess and was accepted after a

@@ -103,12 +103,12 @@ class Rosenbrock:
         prefix = tuple(U[:i].T for i in range(s + 1))
         tab = self.tableau
 
-        def vec(values: Sequence[float]) -> Tensor:
+        def vec(values: Sequence[Any]) -> Tensor:
             return torch.tensor(values, dtype=y0.dtype, device=y0.device)
 
-        H = torch.tensor([list(r) for r in tab.H if any(r)], dtype=y0.dtype, device=y0.device)
         return Workspace(U, prefix, tuple(vec(r) if r else None for r in tab.a),
-                         tuple(vec(r) if any(r) else None for r in tab.C), vec(tab.m), H)
+                         tuple(vec(r) if any(r) else None for r in tab.C), vec(tab.m),
+                         vec([list(r) for r in tab.H if any(r)]))
 
     def init(self, y0: Tensor) -> RosenbrockState:
         check_solver_dtype(self.tableau.name, y0.dtype)
@@ -167,10 +167,7 @@ class Rosenbrock:
                 rhs = rhs + (dt * tab.d[i]) * f_t
             us.append(factor.solve(rhs) * h_gamma)
         y_new = _combine(y, us, self._m, 1.0)
-        error = None
-        if with_error:
-            with torch.no_grad():
-                error = us[-1].detach().clone()
+        error = us[-1].detach().clone() if with_error else None
         return StepResult(y_new, error, (f0, *us), state, True)
 
     def _step_fused(self, f: Func, t: float, y: Tensor, f0: Tensor, dt: float,
@@ -256,10 +253,7 @@ class Rosenbrock:
             else:
                 us.append(torch.where(still, 0.0, factor.solve(rhs) * hg_col))
         y_new = _combine(y, us, self._m, 1.0)
-        error = None
-        if with_error:
-            with torch.no_grad():
-                error = us[-1].detach().clone()
+        error = us[-1].detach().clone() if with_error else None
         return StepResult(y_new, error, (f0, *us), state, True)
 
     def _c_column(self, device: torch.device) -> Tensor:

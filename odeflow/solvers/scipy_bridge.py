@@ -48,10 +48,8 @@ def integrate_scipy(problem: Problem) -> dict[str, Any]:
     kwargs: dict[str, Any] = {k: float(opts[k]) for k in ("first_step", "max_step", "min_step")
                               if k in opts}
     kwargs.update(method=solver, rtol=_to_numpy(problem.rtol), atol=_to_numpy(problem.atol))
-    f = problem.func
-    y0 = problem.y0
+    f, y0, C = problem.func, problem.y0, problem.clock
     dtype, device = y0.dtype, y0.device
-    C = problem.clock
     stats = SolveStats()
     if C.per_sample:
         return _per_sample(problem, solve_ivp, kwargs, stats)
@@ -65,26 +63,21 @@ def integrate_scipy(problem: Problem) -> dict[str, Any]:
     def rhs(t: float, y: np.ndarray) -> np.ndarray:
         y_t = torch.from_numpy(y).to(dtype=dtype, device=device)
         with torch.no_grad():
-            if first[0]:
-                first[0] = False
-                out = f.checked(float(t), y_t)
-            else:
-                out = f(float(t), y_t)
+            out = f.checked(float(t), y_t) if first[0] else f(float(t), y_t)
+        first[0] = False
         return _to_numpy(out)
 
     result = solve_ivp(rhs, (t_out[0], t_out[-1]), _to_numpy(y0), t_eval=t_out, **kwargs)
     stats.n_steps = stats.n_accepted = max(len(result.t) - 1, 0)
+    ys = torch.from_numpy(np.ascontiguousarray(result.y.T)).to(dtype=dtype, device=device)
     if result.status != 0:
         stats.status = Status.STEP_SIZE_UNDERFLOW
         stats.message = f"scipy {solver}: {result.message}"
         t_fail = problem.user_time(float(result.t[-1])) if len(result.t) else problem.t_out[0]
         err = SolveError(Status.STEP_SIZE_UNDERFLOW, t_fail, f"SciPy said: {result.message}",
                          stats)
-        reached = torch.from_numpy(np.ascontiguousarray(result.y.T)).to(dtype=dtype,
-                                                                          device=device)
-        err.partial_ys = list(reached.unbind(0)) if len(reached) else [y0]
+        err.partial_ys = list(ys.unbind(0)) if len(ys) else [y0]
         raise err
-    ys = torch.from_numpy(np.ascontiguousarray(result.y.T)).to(dtype=dtype, device=device)
     return dict(done, ys=list(ys.unbind(0)), y_last=ys[-1])
 
 
