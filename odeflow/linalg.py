@@ -188,10 +188,8 @@ def _reverse_jacobian(f: Any, t: Any, y: Tensor, with_time: bool, graph: bool,
             f_t = torch.stack(t_rows, -1) if with_time else None
     if f_t is not None:
         f_t = _signed(f, f_t.to(y.dtype), 1)
-    if not graph:
-        jac = jac.detach()
-        f_t = f_t.detach() if f_t is not None else None
-    return jac, f_t
+        f_t = f_t if graph else f_t.detach()
+    return (jac if graph else jac.detach()), f_t
 
 
 def _functorch_jacobian(f: Any, t: Any, y: Tensor, with_time: bool

@@ -101,7 +101,6 @@ def _where(mask: Any, a: Any, b: Any) -> Any:
     return a if mask else b
 
 
-
 def _too_slow(theta: Any, left: int, norm: Any, kappa: Any) -> Any:
     """``θ^left / (1 − θ) ‖Δ‖ > κ``: the iterations left cannot reach ``κ`` at this rate (fail
     now and refresh ``J`` or ``M``)."""
