@@ -87,8 +87,7 @@ class Rosenbrock:
         self.autonomous = autonomous
         self.order = tableau.order
         self.error_order = tableau.error_order
-        s = tableau.stages
-        self._s = s
+        self._s = tableau.stages
         self._a = tuple(_nonzero(row) for row in tableau.a)
         self._C = tuple(_nonzero(row) for row in tableau.C)
         self._m = _nonzero(tableau.m)
