@@ -10,7 +10,7 @@ clock, so that the loop in ``integrate.py`` is written once:
   (one lane): scalar step-size arithmetic is far cheaper in Python than on 0-dim tensors,
   and the only host synchronisation is reading the error norm.
 * :class:`LaneClock` keeps them as ``(B,)`` tensors; decisions are ``torch.where`` masks,
-  and :meth:`LaneClock.flags` reads every decision an iteration needs in one transfer.
+  and :meth:`LaneClock.decide` reads every decision an iteration needs in one transfer.
 
 The loop never branches on which clock it has except where outputs are written (one list
 of states against one ``(T, B, n)`` tensor) and in the statistics it reports.
@@ -87,10 +87,6 @@ class SharedClock:
     @staticmethod
     def clip(x: float, lo: float, hi: float) -> float:
         return min(max(x, lo), hi)
-
-    @staticmethod
-    def isfinite(x: float) -> bool:
-        return math.isfinite(x)
 
     @staticmethod
     def rows_finite(x: Tensor) -> bool:
@@ -206,10 +202,6 @@ class LaneClock:
     @staticmethod
     def clip(x: Tensor, lo: float, hi: float) -> Tensor:
         return x.clamp(min=lo, max=hi)
-
-    @staticmethod
-    def isfinite(x: Tensor) -> Tensor:
-        return torch.isfinite(x)
 
     @staticmethod
     def rows_finite(x: Tensor) -> Tensor:
