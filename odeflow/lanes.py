@@ -42,24 +42,13 @@ class SharedClock:
     def __init__(self, grid: Sequence[float], sign: float, real_dtype: torch.dtype,
                  device: torch.device, lane_time: bool = False):
         self.grid = tuple(grid)  # canonical increasing output times
+        self.t0, self.t_end, self.n_out = self.grid[0], self.grid[-1], len(self.grid)
         self.sign = sign
         self.real_dtype = real_dtype
         self.device = device
         self.lane_time = lane_time
 
     # ------------------------------------------------------------------ the lanes' values
-    @property
-    def t0(self) -> float:
-        return self.grid[0]
-
-    @property
-    def t_end(self) -> float:
-        return self.grid[-1]
-
-    @property
-    def n_out(self) -> int:
-        return len(self.grid)
-
     def full(self, value: Any) -> Any:
         return value
 
@@ -128,7 +117,8 @@ class LaneClock:
     def __init__(self, grid: Tensor, sign: Tensor, real_dtype: torch.dtype):
         self.grid = grid  # (B, T) float64 canonical output times, rows increasing
         self.sign = sign  # (B,) float64 +-1
-        self.batch = grid.shape[0]
+        self.batch, self.n_out = grid.shape
+        self.t_end = grid[:, -1]
         self.real_dtype = real_dtype
         self.device = grid.device
         # host sync: once per solve (both flags in one read)
@@ -144,14 +134,6 @@ class LaneClock:
     @property
     def t0(self) -> Tensor:
         return self.grid[:, 0].clone()
-
-    @property
-    def t_end(self) -> Tensor:
-        return self.grid[:, -1]
-
-    @property
-    def n_out(self) -> int:
-        return self.grid.shape[1]
 
     def full(self, value: Any) -> Tensor:
         if isinstance(value, bool):
