@@ -91,7 +91,7 @@ class DenseOutput:
         if self._clock.per_sample:
             return self._at_lanes(t, derivative)
         values = torch.as_tensor(t, dtype=torch.float64).detach().cpu()
-        if values.ndim == 2 and values.shape[0] == 1 and getattr(self._clock, "lane_time", False):
+        if values.ndim == 2 and values.shape[0] == 1 and self._clock.lane_time:
             values = values[0]  # one sample's (1, T) times, in the per-sample form
         if values.ndim > 1:
             raise ValueError(f"t must be a scalar or a 1-D tensor, got shape {tuple(values.shape)}")
