@@ -112,13 +112,12 @@ class DenseOutput:
         a failure ``nan``."""
         if self._clock.per_sample:
             return self._canonical_lanes(tc, derivative)
-        sign = self._clock.sign
         slack = 1e-12 * max(1.0, abs(self._lo), abs(self._hi))
         i = max(0, min(bisect.bisect_right(self._starts, tc) - 1, len(self._pieces) - 1))
         piece = self._pieces[i]
         piece = piece.precise or piece  # dopri8: re-step to keep the method's order
         theta = min(max((tc - piece.t) / piece.dt, 0.0), 1.0)
-        out = piece.derivative(theta) * sign if derivative else piece.evaluate(theta)
+        out = piece.derivative(theta) * self._clock.sign if derivative else piece.evaluate(theta)
         if tc > self._reached + slack:  # beyond a failure: no value
             out = torch.full_like(out, math.nan)
         return out

@@ -56,10 +56,7 @@ class SharedClock:
     def where(mask: bool, a: Any, b: Any) -> Any:
         return a if mask else b
 
-    @staticmethod
-    def rows(mask: bool, a: Any, b: Any) -> Any:
-        """``where`` for state-shaped values (one lane: the whole vector)."""
-        return a if mask else b
+    rows = where  # ``where`` for state-shaped values (one lane: the whole vector)
 
     @staticmethod
     def gather(table: Sequence[Any], index: int) -> Any:
