@@ -35,8 +35,7 @@ def loop_config(problem: Problem, spec: Any, stepper: Any, *, record: bool = Fal
     if not spec.adaptive:  # every fixed-grid step is accepted: no accept/reject callbacks
         return LoopConfig(False, None, max_steps(opts), 0.0, math.inf, None,
                           _fixed_grid(problem, search), None,
-                          perturb=bool(opts.get("perturb", False)),
-                          interp=opts.get("interp", "linear"), callbacks=(cbs[0], None, None),
+                          perturb=bool(opts.get("perturb", False)), callbacks=(cbs[0], None, None),
                           record=record, fsal=fsal)
     stops, jumps = _adaptive_stops(problem, stepper)
     return LoopConfig(

@@ -187,15 +187,9 @@ def initial_step(
             return func(t0 + h, torch.add(y0, f0, alpha=h))
 
         return float(starting_step(probe_one, y0, f0, order, rtol, atol, norm))
-    return _starting_step_one(func, t0, y0, f0, order, rtol, atol, norm)
-
-
-def _starting_step_one(func: Callable[[Any, Tensor], Tensor], t0: float, y0: Tensor,
-                       f0: Tensor, order: int, rtol: float | Tensor, atol: float | Tensor,
-                       norm: Callable[[Tensor], Tensor]) -> float:
-    """:func:`starting_step` for one lane, its scalar arithmetic in Python floats (a few
-    microseconds each instead of a kernel): the same roundings as the tensor form (its
-    ``0.01 / d`` is ``(1 / d) * 0.01``) and the same nan propagation."""
+    # One lane: starting_step's scalar arithmetic in Python floats (a few microseconds each
+    # instead of a kernel), with the same roundings as the tensor form (its ``0.01 / d`` is
+    # ``(1 / d) * 0.01``) and the same nan propagation.
     with torch.no_grad():
         scale = y0.abs() * rtol + atol
         # host sync: both norms in one read

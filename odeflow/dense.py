@@ -91,7 +91,7 @@ class DenseOutput:
         if self._clock.per_sample:
             return self._at_lanes(t, derivative)
         values = torch.as_tensor(t, dtype=torch.float64).detach().cpu()
-        if values.ndim == 2 and values.shape[0] == 1 and getattr(self._clock, "lane_time", False):
+        if values.ndim == 2 and values.shape[0] == 1 and self._clock.lane_time:
             values = values[0]  # one sample's (1, T) times, in the per-sample form
         if values.ndim > 1:
             raise ValueError(f"t must be a scalar or a 1-D tensor, got shape {tuple(values.shape)}")
@@ -112,13 +112,12 @@ class DenseOutput:
         a failure ``nan``."""
         if self._clock.per_sample:
             return self._canonical_lanes(tc, derivative)
-        sign = self._clock.sign
         slack = 1e-12 * max(1.0, abs(self._lo), abs(self._hi))
         i = max(0, min(bisect.bisect_right(self._starts, tc) - 1, len(self._pieces) - 1))
         piece = self._pieces[i]
         piece = piece.precise or piece  # dopri8: re-step to keep the method's order
         theta = min(max((tc - piece.t) / piece.dt, 0.0), 1.0)
-        out = piece.derivative(theta) * sign if derivative else piece.evaluate(theta)
+        out = piece.derivative(theta) * self._clock.sign if derivative else piece.evaluate(theta)
         if tc > self._reached + slack:  # beyond a failure: no value
             out = torch.full_like(out, math.nan)
         return out

@@ -209,8 +209,9 @@ class EventLocator:
         found, crossed_at, th_a, g_a, th_b, g_b, g_end = self._bracket
         s = self.sign
         with torch.no_grad():
-            t_l = _lane(interp.t, self.lanes, s.device)
-            dt_l = _lane(interp.dt, self.lanes, s.device)
+            # (one lane: its float times as (1,) tensors)
+            t_l, dt_l = (torch.as_tensor(x, dtype=torch.float64, device=s.device).expand(self.lanes)
+                         for x in (interp.t, interp.dt))
             t_new = t_l + dt_l
 
             def evaluate(theta: Tensor, on: Interpolant = interp) -> Tensor:
@@ -274,12 +275,6 @@ class EventLocator:
                           torch.where(wide, g_a, self.g_prev), torch.where(inner, th_b, 1.0),
                           torch.where(wide, g_b, g_end), tol)
         return torch.where(use, root, theta)
-
-
-def _lane(x: Any, lanes: int, device: torch.device) -> Tensor:
-    if isinstance(x, Tensor):
-        return x
-    return torch.full((lanes,), float(x), dtype=torch.float64, device=device)
 
 
 def _locate(evaluate: Callable[[Tensor], Tensor], s: Tensor, found: Tensor,

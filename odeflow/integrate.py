@@ -60,7 +60,6 @@ class LoopConfig:
     stops: Any
     stop_jump: Any
     perturb: bool = False  # fixed grid: f one-sided at every grid point
-    interp: str = "linear"  # fixed grid: the outputs' interpolant
     callbacks: tuple = (None, None, None)
     record: bool = False  # keep a StepRecord per iteration (checkpointed gradient)
     fsal: bool = True  # reuse the last stage as the next first one
@@ -161,7 +160,8 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         return result(t, y)
     stops, stop_jump = cfg.stops, cfg.stop_jump
     stop_idx, out_idx = C.full(0), C.full(1)
-    multi_stop = _n_stops(stops) > 1
+    last_stop = _n_stops(stops) - 1
+    multi_stop = last_stop > 0
     next_stop = C.gather(stops, stop_idx)  # changes only when a lane lands on a stop
     if not shared:
         # Each lane's next output time (inf once all are written); whether a step can end
@@ -232,10 +232,8 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         on_jump = (land & active & C.gather(stop_jump, stop_idx)) if any_jumps else False
         last_side = -on_jump.long() if not shared and any_jumps else (-1 if on_jump else 0)
         f_last = None
-        if cfg.perturb:
-            f_last = _left_of(f, -1)
-        elif on_jump if shared else any_jumps:
-            f_last = _left_of(f, -1 if shared else last_side)
+        if cfg.perturb or (on_jump if shared else any_jumps):  # (a fixed grid has no jumps)
+            f_last = _left_of(f, -1 if cfg.perturb else last_side)
         if cb_step is not None:
             cb_step(C.user_time(t), problem.layout.unflatten(y), C.user_time(dt_try))
         dt_last = dt_try
@@ -370,7 +368,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
             else:
                 f0 = C.where(ok_rows, f_new, stages[0])
         if multi_stop:
-            stop_idx = C.clip(stop_idx + (ok & land), 0, _n_stops(stops) - 1)
+            stop_idx = C.clip(stop_idx + (ok & land), 0, last_stop)
             next_stop = C.gather(stops, stop_idx)
         active = still
         left = any_left

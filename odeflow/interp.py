@@ -16,7 +16,7 @@ plain solves pay nothing; outputs on the hot path use the solver's ``interpolate
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -191,41 +191,29 @@ def _fields(piece: Any) -> dict[str, Any]:
     return out
 
 
-def _rebuild(like: Any, fields: dict[str, Any]) -> Any:
-    out = object.__new__(type(like))
-    for name, value in fields.items():
+def _map_fields(pieces: Sequence[Any], combine: Callable[[list[Tensor]], Tensor]) -> Any:
+    """``pieces[0]`` rebuilt with each tensor field (also in tuples and nested interpolants)
+    replaced by ``combine`` of that field in every piece."""
+    fields = [_fields(p) for p in pieces]
+    out = object.__new__(type(pieces[0]))
+    for name, value in fields[0].items():
+        values = [f[name] for f in fields]
+        if isinstance(value, Tensor):
+            value = combine(values)
+        elif isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
+            value = tuple(combine([v[i] for v in values]) for i in range(len(value)))
+        elif isinstance(value, Interpolant):
+            value = _map_fields(values, combine)
         setattr(out, name, value)
     return out
 
 
 def stack_pieces(pieces: Sequence[Any]) -> Any:
     """Per-iteration batched interpolants -> one of the same kind whose tensors have a
-    leading iteration axis ``(I, B, ...)`` (float times become ``(I,)`` tensors)."""
-    first = pieces[0]
-    out = {}
-    for name, value in _fields(first).items():
-        values = [_fields(p)[name] for p in pieces]
-        if isinstance(value, Tensor):
-            out[name] = torch.stack(values)
-        elif isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
-            out[name] = tuple(torch.stack([v[i] for v in values]) for i in range(len(value)))
-        elif isinstance(value, Interpolant):
-            out[name] = stack_pieces(values)
-        else:
-            out[name] = value
-    return _rebuild(first, out)
+    leading iteration axis ``(I, B, ...)`` (other fields are the first piece's)."""
+    return _map_fields(pieces, torch.stack)
 
 
 def take_piece(stacked: Any, idx: Tensor, cols: Tensor) -> Any:
     """Lane ``cols[j]``'s interpolant of iteration ``idx[j]``, for every lane at once."""
-    out = {}
-    for name, value in _fields(stacked).items():
-        if isinstance(value, Tensor):
-            out[name] = value[idx, cols]
-        elif isinstance(value, tuple) and value and isinstance(value[0], Tensor):
-            out[name] = tuple(v[idx, cols] for v in value)
-        elif isinstance(value, Interpolant):
-            out[name] = take_piece(value, idx, cols)
-        else:
-            out[name] = value
-    return _rebuild(stacked, out)
+    return _map_fields([stacked], lambda v: v[0][idx, cols])

@@ -10,7 +10,7 @@ clock, so that the loop in ``integrate.py`` is written once:
   (one lane): scalar step-size arithmetic is far cheaper in Python than on 0-dim tensors,
   and the only host synchronisation is reading the error norm.
 * :class:`LaneClock` keeps them as ``(B,)`` tensors; decisions are ``torch.where`` masks,
-  and :meth:`LaneClock.flags` reads every decision an iteration needs in one transfer.
+  and :meth:`LaneClock.decide` reads every decision an iteration needs in one transfer.
 
 The loop never branches on which clock it has except where outputs are written (one list
 of states against one ``(T, B, n)`` tensor) and in the statistics it reports.
@@ -42,24 +42,13 @@ class SharedClock:
     def __init__(self, grid: Sequence[float], sign: float, real_dtype: torch.dtype,
                  device: torch.device, lane_time: bool = False):
         self.grid = tuple(grid)  # canonical increasing output times
+        self.t0, self.t_end, self.n_out = self.grid[0], self.grid[-1], len(self.grid)
         self.sign = sign
         self.real_dtype = real_dtype
         self.device = device
         self.lane_time = lane_time
 
     # ------------------------------------------------------------------ the lanes' values
-    @property
-    def t0(self) -> float:
-        return self.grid[0]
-
-    @property
-    def t_end(self) -> float:
-        return self.grid[-1]
-
-    @property
-    def n_out(self) -> int:
-        return len(self.grid)
-
     def full(self, value: Any) -> Any:
         return value
 
@@ -67,10 +56,7 @@ class SharedClock:
     def where(mask: bool, a: Any, b: Any) -> Any:
         return a if mask else b
 
-    @staticmethod
-    def rows(mask: bool, a: Any, b: Any) -> Any:
-        """``where`` for state-shaped values (one lane: the whole vector)."""
-        return a if mask else b
+    rows = where  # ``where`` for state-shaped values (one lane: the whole vector)
 
     @staticmethod
     def gather(table: Sequence[Any], index: int) -> Any:
@@ -87,10 +73,6 @@ class SharedClock:
     @staticmethod
     def clip(x: float, lo: float, hi: float) -> float:
         return min(max(x, lo), hi)
-
-    @staticmethod
-    def isfinite(x: float) -> bool:
-        return math.isfinite(x)
 
     @staticmethod
     def rows_finite(x: Tensor) -> bool:
@@ -132,7 +114,8 @@ class LaneClock:
     def __init__(self, grid: Tensor, sign: Tensor, real_dtype: torch.dtype):
         self.grid = grid  # (B, T) float64 canonical output times, rows increasing
         self.sign = sign  # (B,) float64 +-1
-        self.batch = grid.shape[0]
+        self.batch, self.n_out = grid.shape
+        self.t_end = grid[:, -1]
         self.real_dtype = real_dtype
         self.device = grid.device
         # host sync: once per solve (both flags in one read)
@@ -148,14 +131,6 @@ class LaneClock:
     @property
     def t0(self) -> Tensor:
         return self.grid[:, 0].clone()
-
-    @property
-    def t_end(self) -> Tensor:
-        return self.grid[:, -1]
-
-    @property
-    def n_out(self) -> int:
-        return self.grid.shape[1]
 
     def full(self, value: Any) -> Tensor:
         if isinstance(value, bool):
@@ -206,10 +181,6 @@ class LaneClock:
     @staticmethod
     def clip(x: Tensor, lo: float, hi: float) -> Tensor:
         return x.clamp(min=lo, max=hi)
-
-    @staticmethod
-    def isfinite(x: Tensor) -> Tensor:
-        return torch.isfinite(x)
 
     @staticmethod
     def rows_finite(x: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""Error norms on the solver's flat state: RMS, max, mixed over components, seminorms.
+"""Error norms on the solver's flat state: RMS, max, mixed over components, per sample.
 
 A norm maps the scaled error ``err / (atol + rtol * max(|y|, |y_new|))`` to a scalar
 tensor; a step is accepted when that scalar is at most one.
@@ -13,8 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["rms_norm", "max_norm", "mixed_rms_norm", "segment_seminorm", "lane_rms",
-           "lane_norm"]
+__all__ = ["rms_norm", "max_norm", "mixed_rms_norm", "lane_rms", "lane_norm"]
 
 Norm = Callable[[Tensor], Tensor]
 
@@ -36,30 +35,9 @@ def mixed_rms_norm(sizes: Sequence[int]) -> Norm:
     must meet the tolerance on its own, so a large component cannot hide a small one.
     """
     sizes = [int(s) for s in sizes]
-    bounds = _bounds(sizes)
 
     def norm(x: Tensor) -> Tensor:
-        return torch.stack([rms_norm(x[a:b]) for a, b in bounds if b > a]).max()
-
-    return norm
-
-
-def segment_seminorm(sizes: Sequence[int], keep: Sequence[bool]) -> Norm:
-    """Mixed RMS norm over the segments marked ``keep``; the others are ignored.
-
-    With the adjoint method, ignoring the parameter-gradient part of the augmented state
-    in step-size control is the seminorm of Kidger, Chen & Lyons, "'Hey, that's not an ODE':
-    Faster ODE Adjoints via Seminorms", ICML 2021.
-    """
-    bounds = [ab for ab, k in zip(_bounds([int(s) for s in sizes]), keep) if k and ab[1] > ab[0]]
-    if not bounds:
-        raise ValueError("a seminorm must keep at least one non-empty segment")
-
-    def norm(x: Tensor) -> Tensor:
-        if len(bounds) == 1:
-            a, b = bounds[0]
-            return rms_norm(x[a:b])
-        return torch.stack([rms_norm(x[a:b]) for a, b in bounds]).max()
+        return torch.stack([rms_norm(p) for p in torch.split(x, sizes) if p.numel()]).max()
 
     return norm
 
@@ -92,11 +70,3 @@ def lane_norm(user_norm: Callable | None, layout: Any) -> Norm:
         return out
 
     return norm
-
-
-def _bounds(sizes: Sequence[int]) -> list[tuple[int, int]]:
-    out, start = [], 0
-    for s in sizes:
-        out.append((start, start + s))
-        start += s
-    return out
