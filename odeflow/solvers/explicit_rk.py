@@ -19,7 +19,7 @@ computed without building a graph.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -27,11 +27,9 @@ from torch import Tensor
 
 from ..interp import HermiteInterpolant, Interpolant, TableauInterpolant, hermite
 from ..tableaus import ButcherTableau
-from .base import StepResult
+from .base import Func, StepResult
 
 __all__ = ["ExplicitRK", "Workspace"]
-
-Func = Callable[[float, Tensor], Tensor]
 
 
 class Workspace(NamedTuple):
@@ -78,10 +76,11 @@ class ExplicitRK:
             rows = tuple(r.view(y0.shape) for r in rows)
         columns = buffer.T
         prefix = tuple(columns[:, :i] for i in range(s + 1))
-        a_rows, b, b_err = self._coefficients(y0.dtype, y0.device)
+        a_rows, b, b_err = self.coefficients(y0.dtype, y0.device)
         return Workspace(buffer, rows, prefix, a_rows, b, b_err)
 
-    def _coefficients(self, dtype: torch.dtype, device: torch.device) -> tuple:
+    def coefficients(self, dtype: torch.dtype, device: torch.device) -> tuple:
+        """``(a_rows, b, b_err)`` as tensors of ``dtype`` on ``device`` (cached)."""
         key = (dtype, device)
         if key not in self._cache:
             tab = self.tableau
@@ -180,7 +179,7 @@ class ExplicitRK:
         Without a graph the loop discards such a lane's result anyway, so the masking (one
         ``where`` per stage) is skipped.
         """
-        a_rows, b, b_err = self._coefficients(y.dtype, y.device)
+        a_rows, b, b_err = self.coefficients(y.dtype, y.device)
         c = self._c
         h = dt.to(y.dtype)[:, None]
         # Every stage time at once, t + c_i dt (the same roundings as stage by stage).
@@ -285,15 +284,10 @@ class ExplicitRK:
         stacked = ws.prefix[self._s] if ws is not None else None
         return TableauInterpolant(0.0, dt, y, stages, self.tableau, stacked).evaluate(theta)
 
-
     @property
     def stages(self) -> int:
         """The number of stages ``s``."""
         return self._s
-
-    def coefficients(self, dtype: torch.dtype, device: torch.device) -> tuple:
-        """``(a_rows, b, b_err)`` as tensors of ``dtype`` on ``device`` (cached)."""
-        return self._coefficients(dtype, device)
 
 
 class ReStepInterpolant(Interpolant):
