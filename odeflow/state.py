@@ -58,15 +58,12 @@ class StateLayout:
         """Flat real size of one lane."""
         return sum(self.sizes)
 
-    def _lane_shape(self) -> tuple[int, ...]:
-        return (self.batch,) if self.batch is not None else ()
-
     def flatten(self, state: State) -> Tensor:
         """User structure -> flat real ``(n,)`` or ``(B, n)``."""
         parts = state if self.is_tuple else (state,)
         if self.is_complex:
             parts = tuple(torch.view_as_real(p.contiguous()) for p in parts)
-        lead = self._lane_shape()
+        lead = (self.batch,) if self.batch is not None else ()
         if len(parts) == 1:
             return parts[0].reshape(*lead, -1)
         return torch.cat([p.reshape(*lead, -1) for p in parts], -1)
@@ -218,7 +215,7 @@ class CountedFunc:
                      for o, s in zip(out, self.layout.shapes))
 
 
-def check_func_output(out: Any, layout: StateLayout, what: str = "func(t, y)") -> bool:
+def check_func_output(out: Any, layout: StateLayout) -> bool:
     """Structural check of a raw ``func`` output before flattening (clear errors).
 
     Returns:
@@ -227,7 +224,7 @@ def check_func_output(out: Any, layout: StateLayout, what: str = "func(t, y)") -
         ``_broadcasts_to``), or another floating dtype (a real state) or another floating or
         complex dtype (a complex state), which is cast to the state's, as torchdiffeq does.
     """
-    needs_fix = False
+    needs_fix, what = False, "func(t, y)"
     if layout.is_tuple:
         if not isinstance(out, (tuple, list)) or len(out) != len(layout.shapes):
             raise TypeError(f"{what} must return a tuple of {len(layout.shapes)} tensors like "

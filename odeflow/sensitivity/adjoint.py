@@ -35,7 +35,7 @@ from ..problem import Problem, check_options, check_tolerance, make_problem, ret
 from ..run import failure, run
 from ..solvers import MethodSpec, get_method
 from ..stats import SolveError, SolveStats, Status
-from .adjoint_jacobian import AdjointBlockSolver
+from .adjoint_jacobian import AdjointBlockSolver, flat_grads
 from .interpolating_adjoint import LanesQuadrature, interpolating_dynamics
 
 __all__ = ["AdjointConfig", "make_adjoint_config", "attach_adjoint", "check_lanes_config"]
@@ -167,11 +167,7 @@ def _augmented_dynamics(problem: Problem, params: tuple[Tensor, ...],
             quadrature.stash.append((dy, a))
         if len(state) == 2:
             return dy.detach(), da
-        dg = torch.cat([
-            _flat_real(v if v is not None else torch.zeros_like(p)).to(a.dtype)
-            for v, p in zip(vjps[1:], params)
-        ])
-        return dy.detach(), da, dg
+        return dy.detach(), da, flat_grads(vjps[1:], params, a.dtype)
 
     return _with_adjoint_callbacks(aug, problem)
 
@@ -230,12 +226,12 @@ class _Adjoint(torch.autograd.Function):
             run_options = {"fsal": False, "use_callbacks": False}
         if interpolating:
             aug = _with_adjoint_callbacks(
-                interpolating_dynamics(f, params, trajectory, _flat_real, lanes), problem)
+                interpolating_dynamics(f, params, trajectory, lanes), problem)
             if options.get("norm") is not None:  # (the seminorm then counts a alone)
                 options["norm"] = _without_y(options["norm"])
             if config.spec.implicit and not lanes:  # (per sample: the per-lane Newton's own)
                 options["linear_solver"] = AdjointBlockSolver(
-                    f, n, make_linear_solver(config.options), trajectory, params, _flat_real)
+                    f, n, make_linear_solver(config.options), trajectory, params)
         else:
             aug = _augmented_dynamics(problem, params, quadrature)
             if config.spec.implicit:
@@ -245,13 +241,11 @@ class _Adjoint(torch.autograd.Function):
                 options["linear_solver"] = AdjointBlockSolver(
                     f, n, make_linear_solver(config.options))
         a = grad_ys[-1].clone()
-        sizes = [_real_numel(p) for p in params]
+        sizes = [p.numel() * (2 if p.is_complex() else 1) for p in params]
         g = (ys.new_zeros(sum(sizes)),) if params and not lanes else ()
-        rtol = _backward_tolerance("adjoint_rtol", config.rtol, problem, sum(sizes) * len(g))
-        atol = _backward_tolerance("adjoint_atol", config.atol, problem, sum(sizes) * len(g))
-        if interpolating:  # no y in the state: drop its tolerances
-            rtol = rtol[n:] if isinstance(rtol, Tensor) else rtol
-            atol = atol[n:] if isinstance(atol, Tensor) else atol
+        n_g, with_y = sum(sizes) * len(g), not interpolating
+        rtol = _backward_tolerance("adjoint_rtol", config.rtol, problem, n_g, with_y)
+        atol = _backward_tolerance("adjoint_atol", config.atol, problem, n_g, with_y)
         nfe_before, n_steps, aug_problem = f.nfe, 0, None
         for i in range(ys.shape[0] - 1, 0, -1):
             state = (a, *g) if interpolating else (ys[i], a, *g)
@@ -316,14 +310,6 @@ def _check_backward(problem: Problem, aug_problem: Problem, result: Any, config:
                      partial_ys=err.partial_ys) from None
 
 
-def _real_numel(p: Tensor) -> int:
-    return p.numel() * (2 if p.is_complex() else 1)
-
-
-def _flat_real(v: Tensor) -> Tensor:
-    return (torch.view_as_real(v) if v.is_complex() else v).reshape(-1)
-
-
 def _backward_options(options: dict[str, Any], problem: Problem,
                       params: tuple[Tensor, ...]) -> dict[str, Any]:
     """The backward solve's options in its own time, which is the forward's canonical time.
@@ -382,14 +368,14 @@ def _user_adjoint_norm(norm: Callable, problem: Problem, params: tuple[Tensor, .
     return wrapped
 
 
-def _backward_tolerance(name: str, tol: Any, problem: Problem, n_g: int) -> Any:
+def _backward_tolerance(name: str, tol: Any, problem: Problem, n_g: int, with_y: bool) -> Any:
     """A scalar tolerance as it is; a per-component one (tuple ``y0``) expanded over the
-    augmented state ``(y, a, g)``: ``y`` and ``a`` get each component's value, ``g`` the
-    smallest one."""
+    augmented state ``(y, a, g)`` (``(a, g)`` without ``with_y``: the interpolating
+    adjoint): ``y`` and ``a`` get each component's value, ``g`` the smallest one."""
     tol = check_tolerance(name, tol, problem.layout)
     if not isinstance(tol, Tensor):
         return tol
-    return torch.cat([tol, tol, tol.new_full((n_g,), float(tol.min()))])
+    return torch.cat([*(tol,) * (1 + with_y), tol.new_full((n_g,), float(tol.min()))])
 
 
 def attach_adjoint(problem: Problem, config: AdjointConfig, stats: SolveStats, y0: Tensor,

@@ -34,11 +34,19 @@ from torch import Tensor
 
 from ..linalg import DenseFactor, ImplicitCounts, KrylovSolver, gmres
 
-__all__ = ["AdjointBlockSolver"]
+__all__ = ["AdjointBlockSolver", "flat_grads"]
 
 #: ``y(τ)`` of the forward solve at canonical time ``τ`` (its dense output's ``canonical``):
 #: a float, or per sample a ``(B,)`` tensor.
 Trajectory = Callable[[Any], Tensor]
+
+
+def flat_grads(grads: Any, params: tuple[Tensor, ...], dtype: torch.dtype) -> Tensor:
+    """Gradients w.r.t. ``params`` (``None``: zero) as the augmented state's flat real ``g``
+    of ``dtype`` (a complex parameter as (real, imaginary) pairs)."""
+    flat = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
+    return torch.cat([(torch.view_as_real(g) if g.is_complex() else g).reshape(-1).to(dtype)
+                      for g in flat])
 
 
 @dataclass
@@ -103,14 +111,12 @@ class AdjointBlockSolver:
         trajectory: the interpolating adjoint's ``y(τ)`` (its state is ``(a, g)``), or
             ``None`` (the state is ``(y, a, g)``).
         params: with ``trajectory``, the parameters ``g`` is the gradient of (may be empty).
-        flat_real: flattens a parameter-shaped gradient as the state's ``g`` does.
     """
 
     def __init__(self, forward_func: Any, n: int, inner: Any,
-                 trajectory: Trajectory | None = None, params: tuple[Tensor, ...] = (),
-                 flat_real: Callable[[Tensor], Tensor] | None = None):
+                 trajectory: Trajectory | None = None, params: tuple[Tensor, ...] = ()):
         self.forward_func, self.n, self.inner = forward_func, n, inner
-        self.trajectory, self.params, self.flat_real = trajectory, params, flat_real
+        self.trajectory, self.params = trajectory, params
 
     def jacobian(self, f: Any, t: float, y: Tensor, counts: ImplicitCounts,
                  with_time: bool = True, graph: bool = False) -> tuple[_BlockJacobian, Any]:
@@ -150,8 +156,7 @@ class AdjointBlockSolver:
 
     def _vjp_theta(self, jac: _BlockJacobian) -> Callable[[Tensor], Tensor]:
         """``x -> (∂f/∂θ)ᵀ x`` at ``(τ, y(τ))``: one graph of ``f``, one backward per use."""
-        func, params, flat_real = self.forward_func, self.params, self.flat_real
-        assert flat_real is not None
+        func, params = self.forward_func, self.params
         t_user = torch.scalar_tensor(func.sign * jac.tau, dtype=jac.y.dtype,
                                      device=jac.y.device)
         with torch.enable_grad():
@@ -159,10 +164,9 @@ class AdjointBlockSolver:
 
         def vjp(x: Tensor) -> Tensor:
             if not out.requires_grad:
-                return torch.cat([flat_real(torch.zeros_like(p)) for p in params])
+                return flat_grads((None,) * len(params), params, x.dtype)
             with torch.enable_grad():
                 got = torch.autograd.grad(out, params, x, retain_graph=True, allow_unused=True)
-            return torch.cat([flat_real(g if g is not None else torch.zeros_like(p))
-                              .to(x.dtype) for g, p in zip(got, params)])
+            return flat_grads(got, params, x.dtype)
 
         return vjp

@@ -25,14 +25,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .adjoint_jacobian import Trajectory
+from .adjoint_jacobian import Trajectory, flat_grads
 
 __all__ = ["interpolating_dynamics", "LanesQuadrature"]
 
 
 def interpolating_dynamics(func: Any, params: tuple[Tensor, ...], trajectory: Trajectory,
-                           flat_real: Callable[[Tensor], Tensor], lanes: bool = False
-                           ) -> Callable:
+                           lanes: bool = False) -> Callable:
     """``(a, g)`` dynamics in the forward's canonical time ``τ`` (the backward solve's user
     time), with ``y(τ)`` from ``trajectory``. Per sample (``lanes``) the state is ``(a,)``,
     one lane per sample, ``τ`` is ``(B,)`` and ``g`` is a quadrature outside the state
@@ -71,9 +70,7 @@ def interpolating_dynamics(func: Any, params: tuple[Tensor, ...], trajectory: Tr
         da = vjps[0] if vjps[0] is not None else torch.zeros_like(a)
         if len(state) == 1:
             return (da,)
-        dg = torch.cat([flat_real(v if v is not None else torch.zeros_like(p)).to(a.dtype)
-                        for v, p in zip(vjps[1:], params)])
-        return da, dg
+        return da, flat_grads(vjps[1:], params, a.dtype)
 
     return aug
 

@@ -19,7 +19,7 @@ computed without building a graph.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -27,11 +27,9 @@ from torch import Tensor
 
 from ..interp import HermiteInterpolant, Interpolant, TableauInterpolant, hermite
 from ..tableaus import ButcherTableau
-from .base import StepResult
+from .base import Func, StepResult
 
 __all__ = ["ExplicitRK", "Workspace"]
-
-Func = Callable[[float, Tensor], Tensor]
 
 
 class Workspace(NamedTuple):
@@ -60,7 +58,7 @@ class ExplicitRK:
         self.order = tableau.order
         self.error_order = tableau.error_order
         self.fsal = tableau.fsal
-        self._s = tableau.stages
+        self.stages = tableau.stages  # the number of stages s
         self._c = tableau.c
         self._a_nz = tuple(_nonzero(row) for row in tableau.a)
         self._b_nz = _nonzero(tableau.b)
@@ -71,17 +69,18 @@ class ExplicitRK:
     def workspace(self, y0: Tensor) -> Workspace:
         """Buffers for the fused (no-autograd) path of one solve (any state shape: a joint
         ``(n,)`` or a per-sample ``(B, n)``; the stages are the rows of one ``(s, N)``)."""
-        s, n = self._s, y0.numel()
+        s, n = self.stages, y0.numel()
         buffer = y0.new_empty((s, n))
         rows = buffer.unbind(0)
         if y0.dim() != 1:
             rows = tuple(r.view(y0.shape) for r in rows)
         columns = buffer.T
         prefix = tuple(columns[:, :i] for i in range(s + 1))
-        a_rows, b, b_err = self._coefficients(y0.dtype, y0.device)
+        a_rows, b, b_err = self.coefficients(y0.dtype, y0.device)
         return Workspace(buffer, rows, prefix, a_rows, b, b_err)
 
-    def _coefficients(self, dtype: torch.dtype, device: torch.device) -> tuple:
+    def coefficients(self, dtype: torch.dtype, device: torch.device) -> tuple:
+        """``(a_rows, b, b_err)`` as tensors of ``dtype`` on ``device`` (cached)."""
         key = (dtype, device)
         if key not in self._cache:
             tab = self.tableau
@@ -143,23 +142,23 @@ class ExplicitRK:
             rows[0].copy_(f0)
         combine = _addmv if y.dtype == torch.float64 else _add_mv
         y_i = y
-        for i in range(1, self._s):
+        for i in range(1, self.stages):
             y_i = combine(y, prefix[i], a_rows[i], dt)
             fi = f_last if (f_last is not None and c[i] == 1.0) else f
             rows[i].copy_(fi(t + c[i] * dt, y_i))
-        y_new = y_i if self.fsal else combine(y, prefix[self._s], ws.b, dt)
+        y_new = y_i if self.fsal else combine(y, prefix[self.stages], ws.b, dt)
         err = None
         if with_error and ws.b_err is not None:
             # beta=0: the input only fixes the shape; out = dt * K^T b_err.
-            err = torch.addmv(y, prefix[self._s], ws.b_err, beta=0.0, alpha=dt)
+            err = torch.addmv(y, prefix[self.stages], ws.b_err, beta=0.0, alpha=dt)
         return y_new, err, rows
 
     def _step_autograd(self, f, t, y, f0, dt, with_error, f_last, skip_last=False):
         c = self._c
         ks = [f0]
         y_i = y
-        last = self._s - 1
-        for i in range(1, self._s):
+        last = self.stages - 1
+        for i in range(1, self.stages):
             y_i = _combine(y, ks, self._a_nz[i], dt)
             if skip_last and i == last:
                 break  # y_i is y_new; its derivative is not needed
@@ -180,7 +179,7 @@ class ExplicitRK:
         Without a graph the loop discards such a lane's result anyway, so the masking (one
         ``where`` per stage) is skipped.
         """
-        a_rows, b, b_err = self._coefficients(y.dtype, y.device)
+        a_rows, b, b_err = self.coefficients(y.dtype, y.device)
         c = self._c
         h = dt.to(y.dtype)[:, None]
         # Every stage time at once, t + c_i dt (the same roundings as stage by stage).
@@ -204,7 +203,7 @@ class ExplicitRK:
             return out if still is None else torch.where(still, y, out)
 
         y_i = y
-        for i in range(1, self._s):
+        for i in range(1, self.stages):
             y_i = advance(a_rows[i], i)
             fi = f_last if (f_last is not None and c[i] == 1.0) else f
             k_i = fi(times[i], y_i)
@@ -212,7 +211,7 @@ class ExplicitRK:
                 ks.append(k_i)
             else:
                 ks[i].copy_(k_i)
-        s = self._s
+        s = self.stages
         y_new = y_i if self.fsal else advance(b, s)
         err = None
         if with_error and b_err is not None:
@@ -282,18 +281,8 @@ class ExplicitRK:
         """
         if self.tableau.dense is None:
             return hermite(y, y_new, stages[0], f_new, dt, theta)
-        stacked = ws.prefix[self._s] if ws is not None else None
+        stacked = ws.prefix[self.stages] if ws is not None else None
         return TableauInterpolant(0.0, dt, y, stages, self.tableau, stacked).evaluate(theta)
-
-
-    @property
-    def stages(self) -> int:
-        """The number of stages ``s``."""
-        return self._s
-
-    def coefficients(self, dtype: torch.dtype, device: torch.device) -> tuple:
-        """``(a_rows, b, b_err)`` as tensors of ``dtype`` on ``device`` (cached)."""
-        return self._coefficients(dtype, device)
 
 
 class ReStepInterpolant(Interpolant):
