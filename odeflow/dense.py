@@ -118,7 +118,8 @@ class DenseOutput:
         piece = piece.precise or piece  # dopri8: re-step to keep the method's order
         theta = min(max((tc - piece.t) / piece.dt, 0.0), 1.0)
         out = piece.derivative(theta) * self._clock.sign if derivative else piece.evaluate(theta)
-        if tc > self._reached + slack:  # beyond a failure: no value
+        # beyond a failure or an event: no value (beyond a whole span: its end, as above)
+        if self._reached < self._hi and tc > self._reached + slack:
             out = torch.full_like(out, math.nan)
         return out
 
@@ -160,5 +161,6 @@ class DenseOutput:
             out = piece.derivative(theta) * C.sign_column(self._layout.real_dtype)
         else:
             out = piece.evaluate(theta)
-        beyond = (tc > self._reached + self._slack)[:, None]  # beyond a failure: no value
+        # beyond a failure or an event: no value (beyond a whole span: its end, as above)
+        beyond = ((self._reached < self._hi) & (tc > self._reached + self._slack))[:, None]
         return torch.where(beyond, math.nan, out)
