@@ -1,4 +1,5 @@
-"""Shared checks of the iteration-based studies (`odeflow train spiral|latent-ode|latent-sde|cnf`)."""
+"""Shared checks of the iteration-based studies (`odeflow train` spiral, latent-ode,
+latent-sde, cnf)."""
 
 import torch
 
