@@ -99,3 +99,36 @@ def scipy_reference(f, y0, t_end: float, t_eval=None):
                     t_eval=t_eval)
     assert sol.success
     return torch.from_numpy(np.ascontiguousarray(sol.y.T))
+
+
+def vdp_batch(n: int = 4, seed: int = 0):
+    """``n`` van der Pol oscillators with their own μ (float64), for per-sample tests:
+    ``(y0 (n, 2), batched f, single(b) -> sample b's own f)``."""
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.rand(n, generator=g, dtype=torch.float64) * 3 + 0.5
+    y0 = torch.stack([torch.rand(n, generator=g, dtype=torch.float64) + 0.5,
+                      torch.zeros(n, dtype=torch.float64)], 1)
+
+    def f(t, y):
+        return torch.stack([y[..., 1], mu * (1 - y[..., 0] ** 2) * y[..., 1] - y[..., 0]], -1)
+
+    def single(b):
+        return lambda t, y: torch.stack([y[1], mu[b] * (1 - y[0] ** 2) * y[1] - y[0]])
+
+    return y0, f, single
+
+
+# Robertson's kinetics with other rate constants per sample: stiff, each sample its own.
+ROBERTSON_RATES = torch.tensor([[0.04, 3e7, 1e4], [0.08, 1e7, 3e4], [0.02, 5e7, 1e4]],
+                               dtype=torch.float64)
+
+
+def robertson_kinetics(k: Tensor):
+    """Robertson's ``f`` with rates ``k`` (``(3,)``, or ``(B, 3)`` for a batch)."""
+    def f(t, y):
+        y1, y2, y3 = y[..., 0], y[..., 1], y[..., 2]
+        return torch.stack([-k[..., 0] * y1 + k[..., 2] * y2 * y3,
+                            k[..., 0] * y1 - k[..., 2] * y2 * y3 - k[..., 1] * y2 * y2,
+                            k[..., 1] * y2 * y2], -1)
+
+    return f

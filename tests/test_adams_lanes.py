@@ -12,22 +12,10 @@ import odeflow
 from odeflow import Status
 from odeflow.solvers.adams import AdamsBashforth, AdamsMoulton, integration_weights, lane_weights
 
+from .problems import vdp_batch
+
 F64 = torch.float64
 ADAMS = ("explicit_adams", "implicit_adams", "fixed_adams")
-
-
-def _vdp_batch(n=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    mu = torch.rand(n, generator=g, dtype=F64) * 3 + 0.5
-    y0 = torch.stack([torch.rand(n, generator=g, dtype=F64) + 0.5, torch.zeros(n, dtype=F64)], 1)
-
-    def f(t, y):
-        return torch.stack([y[..., 1], mu * (1 - y[..., 0] ** 2) * y[..., 1] - y[..., 0]], -1)
-
-    def single(b):
-        return lambda t, y: torch.stack([y[1], mu[b] * (1 - y[0] ** 2) * y[1] - y[0]])
-
-    return y0, f, single
 
 
 def test_lane_weights_are_bit_for_bit_the_joint_weights():
@@ -60,7 +48,7 @@ GRIDS = torch.tensor([[0.0, 0.3, 1.0], [0.5, 0.9, 1.2], [2.0, 1.5, 1.0], [0.0, 0
 def test_each_sample_takes_its_own_steps(method, opts):
     if method == "implicit_adams" and "max_order" not in opts:
         opts = dict(opts, max_iters=3)
-    y0, f, single = _vdp_batch()
+    y0, f, single = vdp_batch()
     t = GRIDS
     if "step_size" not in opts:  # no step size: each lane steps on a fine grid of its own
         s = torch.linspace(0, 1, 101, dtype=F64) ** 1.5

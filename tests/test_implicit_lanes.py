@@ -8,23 +8,14 @@ import torch
 
 import odeflow
 
+from .problems import ROBERTSON_RATES as RATES
+from .problems import robertson_kinetics
+
 F64 = torch.float64
 PS = {"per_sample": True}
 IMPLICIT_COUNTS = ("n_newton_iters", "n_jacobians", "n_lu", "n_newton_failures")
 
-# Robertson's kinetics with other rate constants per sample (stiff).
-RATES = torch.tensor([[0.04, 3e7, 1e4], [0.08, 1e7, 3e4], [0.02, 5e7, 1e4]], dtype=F64)
 Y0 = torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.0, 0.1], [1.0, 1e-5, 0.0]], dtype=F64)
-
-
-def _kinetics(k):
-    def f(t, y):
-        y1, y2, y3 = y[..., 0], y[..., 1], y[..., 2]
-        return torch.stack([-k[..., 0] * y1 + k[..., 2] * y2 * y3,
-                            k[..., 0] * y1 - k[..., 2] * y2 * y3 - k[..., 1] * y2 * y2,
-                            k[..., 1] * y2 * y2], -1)
-
-    return f
 
 
 def _kinetics_jacobian(k, calls=None):
@@ -51,9 +42,9 @@ def test_per_sample_user_jacobian_takes_the_steps_of_autodiff_and_of_each_sample
     y0 = Y0.clone()
     rtol, atol = 1e-6, 1e-10
     calls: list = []
-    user = odeflow.solve(_kinetics(RATES), y0, t, rtol=rtol, atol=atol, method=method,
+    user = odeflow.solve(robertson_kinetics(RATES), y0, t, rtol=rtol, atol=atol, method=method,
                          options=dict(PS, jacobian=_kinetics_jacobian(RATES, calls)))
-    auto = odeflow.solve(_kinetics(RATES), y0, t, rtol=rtol, atol=atol, method=method,
+    auto = odeflow.solve(robertson_kinetics(RATES), y0, t, rtol=rtol, atol=atol, method=method,
                          options=PS)
     assert calls and all(c == ((3,), (3, 3)) for c in calls)  # t (B,), y (B, n)
     assert all(s == odeflow.Status.SUCCESS for s in user.sample_stats.status)
@@ -62,7 +53,7 @@ def test_per_sample_user_jacobian_takes_the_steps_of_autodiff_and_of_each_sample
     assert (user.ys - auto.ys).abs().max().item() < 1e-12
     total = dict.fromkeys(IMPLICIT_COUNTS, 0)
     for b in range(3):
-        own = odeflow.solve(_kinetics(RATES[b]), y0[b], t[b], rtol=rtol, atol=atol,
+        own = odeflow.solve(robertson_kinetics(RATES[b]), y0[b], t[b], rtol=rtol, atol=atol,
                             method=method, options=dict(jacobian=_kinetics_jacobian(RATES[b])))
         assert int(user.sample_stats.n_accepted[b]) == own.stats.n_accepted
         assert int(user.sample_stats.n_rejected[b]) == own.stats.n_rejected
@@ -101,7 +92,7 @@ def test_per_sample_user_jacobian_of_a_time_dependent_func_with_rodas():
 @pytest.mark.parametrize("method", ["kvaerno3", "rodas4"])
 def test_per_sample_user_jacobian_of_the_wrong_shape_names_the_option(method):
     with pytest.raises(ValueError, match=r"options\['jacobian'\] must return a \(3, 3, 3\)"):
-        odeflow.solve(_kinetics(RATES), Y0, torch.tensor([0.0, 1.0], dtype=F64),
+        odeflow.solve(robertson_kinetics(RATES), Y0, torch.tensor([0.0, 1.0], dtype=F64),
                       method=method,
                       options=dict(PS, jacobian=lambda t, y: torch.eye(3, dtype=F64)))
 
@@ -112,7 +103,7 @@ def test_per_sample_user_jacobian_of_the_wrong_shape_names_the_option(method):
     (dict(compile=True), r"options\['compile'\].*per_sample.*torch.compile")])
 def test_per_sample_refuses_krylov_and_compile_with_implicit_methods(method, option, pattern):
     with pytest.raises(ValueError, match=pattern):
-        odeflow.solve(_kinetics(RATES), Y0, torch.tensor([0.0, 1.0], dtype=F64),
+        odeflow.solve(robertson_kinetics(RATES), Y0, torch.tensor([0.0, 1.0], dtype=F64),
                       method=method, options=dict(PS, **option))
 
 

@@ -12,22 +12,11 @@ import torch
 import odeflow
 from odeflow import Status
 
+from .problems import ROBERTSON_RATES as RATES
+from .problems import robertson_kinetics, vdp_batch
+
 F64 = torch.float64
 PS = {"per_sample": True}
-
-
-def _vdp_batch(n=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    mu = torch.rand(n, generator=g, dtype=F64) * 3 + 0.5
-    y0 = torch.stack([torch.rand(n, generator=g, dtype=F64) + 0.5, torch.zeros(n, dtype=F64)], 1)
-
-    def f(t, y):
-        return torch.stack([y[..., 1], mu * (1 - y[..., 0] ** 2) * y[..., 1] - y[..., 0]], -1)
-
-    def single(b):
-        return lambda t, y: torch.stack([y[1], mu[b] * (1 - y[0] ** 2) * y[1] - y[0]])
-
-    return y0, f, single
 
 
 @pytest.mark.parametrize("method,tol", [("dopri5", 1e-8), ("bosh3", 1e-6), ("tsit5", 1e-7),
@@ -35,7 +24,7 @@ def _vdp_batch(n=4, seed=0):
                                         ("kvaerno5", 1e-6), ("kvaerno3", 1e-6),
                                         ("trbdf2", 1e-6), ("auto", 1e-6)])
 def test_every_adaptive_family_takes_each_samples_own_steps(method, tol):
-    y0, f, single = _vdp_batch()
+    y0, f, single = vdp_batch()
     t = torch.tensor([0.0, 0.4, 1.5], dtype=F64)
     sol = odeflow.solve(f, y0, t, rtol=tol, atol=tol, method=method, options=PS)
     for b in range(y0.shape[0]):
@@ -46,25 +35,13 @@ def test_every_adaptive_family_takes_each_samples_own_steps(method, tol):
         assert (sol.ys[:, b] - own.ys).abs().max().item() < 1e-9
 
 
-# Robertson's kinetics with other rate constants per sample: stiff, each sample its own.
-RATES = torch.tensor([[0.04, 3e7, 1e4], [0.08, 1e7, 3e4], [0.02, 5e7, 1e4]], dtype=F64)
 IMPLICIT_COUNTS = ("n_newton_iters", "n_jacobians", "n_lu", "n_newton_failures")
-
-
-def _kinetics(k):
-    def f(t, y):
-        y1, y2, y3 = y[..., 0], y[..., 1], y[..., 2]
-        return torch.stack([-k[..., 0] * y1 + k[..., 2] * y2 * y3,
-                            k[..., 0] * y1 - k[..., 2] * y2 * y3 - k[..., 1] * y2 * y2,
-                            k[..., 1] * y2 * y2], -1)
-
-    return f
 
 
 def _radau(k, t, y0):
     from scipy.integrate import solve_ivp
 
-    f = _kinetics(k)
+    f = robertson_kinetics(k)
     sol = solve_ivp(lambda s, y: f(s, torch.as_tensor(y)).numpy(), (float(t[0]), float(t[-1])),
                     y0.tolist(), method="Radau", rtol=1e-10, atol=1e-16, t_eval=t.numpy())
     assert sol.success
@@ -79,11 +56,11 @@ def test_implicit_families_take_each_samples_own_steps_and_newton_work(method, b
                      dtype=F64)
     y0 = torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.0, 0.1], [1.0, 1e-5, 0.0]], dtype=F64)
     rtol, atol = 1e-6, 1e-10
-    sol = odeflow.solve(_kinetics(RATES), y0, t, rtol=rtol, atol=atol, method=method,
+    sol = odeflow.solve(robertson_kinetics(RATES), y0, t, rtol=rtol, atol=atol, method=method,
                         options=PS)
     total = dict.fromkeys(IMPLICIT_COUNTS, 0)
     for b in range(3):
-        own = odeflow.solve(_kinetics(RATES[b]), y0[b], t[b], rtol=rtol, atol=atol,
+        own = odeflow.solve(robertson_kinetics(RATES[b]), y0[b], t[b], rtol=rtol, atol=atol,
                             method=method)
         assert int(sol.sample_stats.n_accepted[b]) == own.stats.n_accepted
         assert int(sol.sample_stats.n_rejected[b]) == own.stats.n_rejected
@@ -147,12 +124,12 @@ def test_esdirk_per_sample_gradients_are_each_samples_own(mode):
     y0 = torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.0, 0.1]], dtype=F64)
     w = torch.tensor([1.0, 1e3, 1.0], dtype=F64)
     k = rates.clone().requires_grad_(True)
-    sol = odeflow.solve(_kinetics(k), y0, t, method="kvaerno3", gradient=mode, options=PS,
+    sol = odeflow.solve(robertson_kinetics(k), y0, t, method="kvaerno3", gradient=mode, options=PS,
                         adjoint_params=(k,), rtol=1e-6, atol=1e-10)
     (got,) = torch.autograd.grad((sol.ys * w).sum(), k)
     for b in range(2):
         kb = rates[b].clone().requires_grad_(True)
-        own = odeflow.solve(_kinetics(kb), y0[b], t, method="kvaerno3", gradient=mode,
+        own = odeflow.solve(robertson_kinetics(kb), y0[b], t, method="kvaerno3", gradient=mode,
                             adjoint_params=(kb,), rtol=1e-6, atol=1e-10)
         (ref,) = torch.autograd.grad((own.ys * w).sum(), kb)
         assert int(sol.sample_stats.n_accepted[b]) == own.stats.n_accepted
@@ -172,7 +149,7 @@ def test_interpolating_adjoint_per_sample_after_an_implicit_forward(method):
     for mode in ("adjoint", "direct"):
         k = rates.clone().requires_grad_(True)
         y = y0.clone().requires_grad_(True)
-        sol = odeflow.solve(_kinetics(k), y, t, method=method, gradient=mode, options=PS,
+        sol = odeflow.solve(robertson_kinetics(k), y, t, method=method, gradient=mode, options=PS,
                             adjoint_params=(k,), **tol)
         grads[mode] = torch.autograd.grad((sol.ys * w).sum(), (k, y))
         if mode == "adjoint":
@@ -185,7 +162,7 @@ def test_interpolating_adjoint_per_sample_after_an_implicit_forward(method):
         for sign in (1, -1):
             k = rates.clone()
             k[b, 0] *= 1 + sign * 1e-5
-            ys = odeflow.solve(_kinetics(k), y0, t, method="kvaerno5", options=PS,
+            ys = odeflow.solve(robertson_kinetics(k), y0, t, method="kvaerno5", options=PS,
                                rtol=1e-10, atol=1e-14).ys
             loss.append(float((ys * w).sum()))
         fd = (loss[0] - loss[1]) / (2e-5 * float(rates[b, 0]))
@@ -194,7 +171,7 @@ def test_interpolating_adjoint_per_sample_after_an_implicit_forward(method):
 
 @pytest.mark.parametrize("method", ["euler", "midpoint", "rk4"])
 def test_fixed_grids_per_sample_with_own_output_grids(method):
-    y0, f, single = _vdp_batch(3)
+    y0, f, single = vdp_batch(3)
     t = torch.tensor([[0.0, 0.3, 1.0], [0.5, 0.9, 1.2], [2.0, 1.5, 1.0]], dtype=F64)
     opts = dict(per_sample=True, step_size=0.05)
     sol = odeflow.solve(f, y0, t, method=method, options=opts)
@@ -216,7 +193,7 @@ def test_complex_states_per_sample():
 
 
 def test_callbacks_are_called_per_sample():
-    y0, f, _ = _vdp_batch(3)
+    y0, f, _ = vdp_batch(3)
     seen = {"step": 0, "accept": 0}
 
     class Field(torch.nn.Module):
@@ -270,7 +247,7 @@ def test_dense_output_beyond_a_failure_is_nan():
 
 
 def test_progress_counts_the_solves_steps(capsys):
-    y0, f, _ = _vdp_batch(3)
+    y0, f, _ = vdp_batch(3)
     sol = odeflow.solve(f, y0, torch.tensor([0.0, 1.0], dtype=F64), options=PS, progress=True)
     err = capsys.readouterr().err
     assert f"steps={sol.stats.n_steps}" in err.strip().splitlines()[-1]
@@ -284,7 +261,7 @@ def test_zero_sample_batch_names_y0():
 
 
 def test_sample_stats_hold_status_values():
-    y0, f, _ = _vdp_batch(2)
+    y0, f, _ = vdp_batch(2)
     sol = odeflow.solve(f, y0, torch.tensor([0.0, 1.0], dtype=F64), options=PS)
     assert all(isinstance(s, Status) for s in sol.sample_stats.status)
     assert sol.sample_stats.codes.tolist() == [0, 0]
@@ -318,7 +295,7 @@ def test_fixed_grid_per_sample_gradients(mode):
 def test_one_sample_per_sample_is_its_joint_solve_in_the_per_sample_form():
     # A batch of one runs on the scalar clock: the steps of its joint solve, with func, the
     # results, sample_stats, events and dense output all in the per-sample form.
-    y0, f, single = _vdp_batch(2)
+    y0, f, single = vdp_batch(2)
     t = torch.tensor([[0.0, 0.5, 1.5]], dtype=F64)
     seen = []
 
