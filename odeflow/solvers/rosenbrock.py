@@ -38,6 +38,7 @@ class Workspace(NamedTuple):
     """Per-solve buffers and coefficient vectors of the no-autograd path."""
 
     U: Tensor  # (s, n) stage increments
+    rows: tuple[Tensor, ...]  # U's rows (made once: a view per stage costs a call)
     prefix: tuple[Tensor, ...]  # prefix[i] = U[:i].T
     a: tuple[Tensor | None, ...]
     C: tuple[Tensor | None, ...]
@@ -105,7 +106,7 @@ class Rosenbrock:
         def vec(values: Sequence[Any]) -> Tensor:
             return torch.tensor(values, dtype=y0.dtype, device=y0.device)
 
-        return Workspace(U, prefix, tuple(vec(r) if r else None for r in tab.a),
+        return Workspace(U, U.unbind(0), prefix, tuple(vec(r) if r else None for r in tab.a),
                          tuple(vec(r) if any(r) else None for r in tab.C), vec(tab.m),
                          vec([list(r) for r in tab.H if any(r)]))
 
@@ -113,26 +114,42 @@ class Rosenbrock:
         check_solver_dtype(self.tableau.name, y0.dtype)
         return RosenbrockState()
 
-    def _jacobian(self, f: Func, t: float, y: Tensor, f0: Tensor,
+    def _jacobian(self, f: Func, t: Any, y: Tensor, f0: Tensor,
                   state: RosenbrockState) -> tuple:
-        if state.jac is not None and state.jac_t == t and state.jac_y is y:
+        """``(J, ∂f/∂t)`` at the step start; a joint retry from the same ``(t, y)`` reuses
+        them (per sample the batch moves every iteration: always fresh)."""
+        lanes = isinstance(t, Tensor)
+        if not lanes and state.jac is not None and state.jac_t == t and state.jac_y is y:
             return state.jac, state.f_t
         # J needs a graph exactly when f(t, y) has one (y or parameters require grad).
         graph = torch.is_grad_enabled() and f0.requires_grad
         jac, f_t = self.linear_solver.jacobian(f, t, y, state.counts,
                                                with_time=not self.autonomous, graph=graph)
-        state.jac_t, state.jac_y, state.jac, state.f_t = t, y, jac, f_t
+        state.jac = jac  # per sample read by method="auto" (its switch-back test)
+        if not lanes:
+            state.jac_t, state.jac_y, state.f_t = t, y, f_t
         return jac, f_t
 
-    def step(self, f: Func, t: float, y: Tensor, f0: Tensor, dt: float,
-             state: RosenbrockState | None, ws: None, *, with_error: bool = True,
+    def step(self, f: Func, t: Any, y: Tensor, f0: Tensor, dt: Any,
+             state: RosenbrockState | None, ws: Workspace | None, *, with_error: bool = True,
              f_last: Func | None = None, fsal_stage: bool = True) -> StepResult:
-        """One attempt from ``(t, y)`` with step ``dt`` (see the module docstring)."""
+        """One attempt from ``(t, y)`` with step ``dt`` (see the module docstring): joint
+        (``dt`` a float) or per sample (``dt`` ``(B,)``, ``(B, n, n)`` Jacobians and LU
+        factors, every lane its own ``hγ``).
+
+        Three forms of the same arithmetic, each kept bit for bit: joint without autograd
+        (``fused``: increments written into ``ws.U``, stage sums by ``addmv``, about 20%
+        faster), joint under autograd (fresh tensors that save nothing for backward), and
+        per sample, where the stage sums stay elementwise: a ``(B n, i)`` ``addmv`` goes
+        multi-threaded in BLAS from a few thousand rows, and on a shared box that cost
+        ~1 ms a call against ~3 µs per ``add_``. Under autograd a lane with ``dt = 0``
+        stays at ``y`` (its increments are masked to zero, so no nan enters the graph);
+        without one the loop discards such a lane's result.
+        """
         if state is None:  # a replayed step (checkpointing): a fresh Jacobian
             state = RosenbrockState()
-        if isinstance(dt, Tensor):  # per sample: one step size per lane
-            return self._step_lanes(f, t, y, f0, dt, state, ws, with_error, f_last)
         tab = self.tableau
+        lanes = isinstance(dt, Tensor)
         jac, f_t = self._jacobian(f, t, y, f0, state)
         if not isinstance(jac, Tensor) and torch.is_grad_enabled() and f0.requires_grad:
             # GMRES runs outside autograd: backpropagating through it would silently drop
@@ -141,54 +158,55 @@ class Rosenbrock:
                 f"method={tab.name!r} with options['linear_solver']='krylov' cannot be "
                 "differentiated step by step (gradient='direct' or 'checkpoint'); use "
                 "gradient='adjoint', or the dense linear solver")
-        h_gamma = dt * tab.gamma
+        h = dt.to(y.dtype) if lanes else dt
+        h_gamma = h * tab.gamma
         factor = self.linear_solver.factor(jac, h_gamma, state.counts)
-        if ws is None and not (f0.requires_grad or y.requires_grad):
-            # Grad mode is on but f(t, y) has no graph: no tensor of this step will need
-            # one, so the buffered path is safe (and about 20% faster).
-            if state.ws is None:
-                state.ws = self.workspace(y)
-            ws = state.ws
-        if ws is not None and isinstance(jac, Tensor):
-            return self._step_fused(f, t, y, f0, dt, state, ws, f_t, factor, f_last)
+        fused = still = None
+        if lanes:
+            h, h_gamma = h[:, None], h_gamma[:, None]
+            zero = h == 0
+            still = zero if ws is None else None
+            inv_h = torch.where(zero, 0.0, 1.0 / torch.where(zero, 1.0, h))
+            times = (t + self._c_column(dt.device) * dt).unbind(0)
+        else:
+            inv_h = 1.0 / dt
+            times = [t + c * dt for c in tab.c]
+            if ws is None and not (f0.requires_grad or y.requires_grad):
+                # Grad mode is on but f(t, y) has no graph: no tensor of this step will
+                # need one, so the buffered path is safe.
+                if state.ws is None:
+                    state.ws = self.workspace(y)
+                ws = state.ws
+            fused = ws if ws is not None and isinstance(jac, Tensor) else None
         us: list[Tensor] = []
         for i in range(self._s):
             if i == 0:
-                rhs = f0
+                rhs = f0 if fused is None else f0.clone()
             else:
-                y_i = _combine(y, us, self._a[i], 1.0)
                 fi = f_last if (f_last is not None and tab.c[i] == 1.0) else f
-                rhs = fi(t + tab.c[i] * dt, y_i)
-            coupling = self._C[i]
-            if coupling:
-                rhs = _combine(rhs, us, coupling, 1.0 / dt)
+                rhs = fi(times[i], _combine(y, us, self._a[i], 1.0) if fused is None
+                         else torch.addmv(y, fused.prefix[i], fused.a[i]))
+            if self._C[i]:
+                if fused is not None:
+                    rhs = torch.addmv(rhs, fused.prefix[i], fused.C[i], alpha=inv_h)
+                elif lanes:
+                    rhs = rhs + inv_h * _combine(None, us, self._C[i], 1.0)
+                else:
+                    rhs = _combine(rhs, us, self._C[i], inv_h)
             if f_t is not None and tab.d[i] != 0.0:
-                rhs = rhs + (dt * tab.d[i]) * f_t
-            us.append(factor.solve(rhs) * h_gamma)
-        y_new = _combine(y, us, self._m, 1.0)
+                rhs = (rhs + (h * tab.d[i]) * f_t if fused is None
+                       else rhs.add_(f_t, alpha=h * tab.d[i]))
+            if fused is not None:  # scaled before the solve (the increments' row of U)
+                fused.U[i] = factor.solve(rhs.mul_(h_gamma))
+                us.append(fused.rows[i])
+            elif still is not None:
+                us.append(torch.where(still, 0.0, factor.solve(rhs) * h_gamma))
+            else:
+                us.append(factor.solve(rhs) * h_gamma)
+        y_new = (_combine(y, us, self._m, 1.0) if fused is None
+                 else torch.addmv(y, fused.prefix[self._s], fused.m))
         error = us[-1].detach().clone() if with_error else None
         return StepResult(y_new, error, (f0, *us), state, True)
-
-    def _step_fused(self, f: Func, t: float, y: Tensor, f0: Tensor, dt: float,
-                    state: RosenbrockState, ws: Workspace, f_t: Tensor | None, factor: Any,
-                    f_last: Func | None) -> StepResult:
-        """The no-autograd step: increments written into ``ws.U``, sums by ``addmv``."""
-        tab = self.tableau
-        h_gamma = dt * tab.gamma
-        U = ws.U
-        for i in range(self._s):
-            if i == 0:
-                rhs = f0.clone()
-            else:
-                fi = f_last if (f_last is not None and tab.c[i] == 1.0) else f
-                rhs = fi(t + tab.c[i] * dt, torch.addmv(y, ws.prefix[i], ws.a[i]))
-            if ws.C[i] is not None:
-                rhs = torch.addmv(rhs, ws.prefix[i], ws.C[i], alpha=1.0 / dt)
-            if f_t is not None and tab.d[i] != 0.0:
-                rhs.add_(f_t, alpha=dt * tab.d[i])
-            U[i] = factor.solve(rhs.mul_(h_gamma))
-        y_new = torch.addmv(y, ws.prefix[self._s], ws.m)
-        return StepResult(y_new, U[-1].clone(), (f0, *U.unbind(0)), state, True)
 
     def f_end(self, f: Func, t_new: float, y_new: Tensor, result: StepResult) -> Tensor:
         return f(t_new, y_new)
@@ -209,51 +227,6 @@ class Rosenbrock:
 
     def _dense_terms(self, us: Sequence[Tensor]) -> tuple[Tensor, ...]:
         return tuple(_combine(None, us, row, 1.0) for row in self._H)
-
-    def _step_lanes(self, f: Func, t: Tensor, y: Tensor, f0: Tensor, dt: Tensor,
-                    state: RosenbrockState, ws: Workspace | None, with_error: bool,
-                    f_last: Func | None) -> StepResult:
-        """One attempt per lane of a ``(B, n)`` state with step sizes ``dt`` ``(B,)``:
-        ``(B, n, n)`` Jacobians and LU factors, every lane its own ``hγ``.
-
-        Under autograd a lane with ``dt = 0`` stays at ``y`` (its increments are masked to
-        zero, so no nan enters the graph). Without one (``ws``) the loop discards such a
-        lane's result, so there is no mask and the increments are written into ``ws.U``.
-        The stage sums stay elementwise (:func:`_combine`): a ``(B n, i)`` ``addmv`` goes
-        multi-threaded in BLAS from a few thousand rows, and on a shared box that cost
-        ~1 ms a call against ~3 µs per ``add_``.
-        """
-        counts = state.counts
-        tab = self.tableau
-        graph = torch.is_grad_enabled() and f0.requires_grad
-        jac, f_t = self.linear_solver.jacobian(f, t, y, counts, not self.autonomous, graph)
-        state.jac = jac  # read by method="auto" (its switch-back test); never reused here
-        h = dt.to(y.dtype)
-        h_gamma = h * tab.gamma
-        factor = self.linear_solver.factor(jac, h_gamma, counts)
-        hg_col, h_col = h_gamma[:, None], h[:, None]
-        still = (h == 0)[:, None]
-        inv_h = torch.where(still, 0.0, 1.0 / torch.where(still, 1.0, h_col))
-        times = (t + self._c_column(dt.device) * dt).unbind(0)
-        rows = [u.view_as(y) for u in ws.U.unbind(0)] if ws is not None else None
-        us: list[Tensor] = []
-        for i in range(self._s):
-            if i == 0:
-                rhs = f0
-            else:
-                fi = f_last if (f_last is not None and tab.c[i] == 1.0) else f
-                rhs = fi(times[i], _combine(y, us, self._a[i], 1.0))
-            if self._C[i]:
-                rhs = rhs + inv_h * _combine(None, us, self._C[i], 1.0)
-            if f_t is not None and tab.d[i] != 0.0:
-                rhs = rhs + (tab.d[i] * h_col) * f_t
-            if rows is not None:
-                us.append(torch.mul(factor.solve(rhs), hg_col, out=rows[i]))
-            else:
-                us.append(torch.where(still, 0.0, factor.solve(rhs) * hg_col))
-        y_new = _combine(y, us, self._m, 1.0)
-        error = us[-1].detach().clone() if with_error else None
-        return StepResult(y_new, error, (f0, *us), state, True)
 
     def _c_column(self, device: torch.device) -> Tensor:
         """The nodes ``c`` as a float64 ``(s, 1)`` column (cached per device)."""
