@@ -74,7 +74,7 @@ def check_dense_size(n: int, dtype: torch.dtype, batch: int = 1) -> None:
         ValueError: naming ``linear_solver="krylov"`` and the largest state the dense path
             takes in ``dtype``.
     """
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    itemsize = dtype.itemsize
     if batch * n * n * itemsize <= DENSE_MAX_BYTES:
         return
     n_max = math.isqrt(DENSE_MAX_BYTES // (batch * itemsize))
@@ -172,9 +172,7 @@ def _reverse_jacobian(f: Any, t: Any, y: Tensor, with_time: bool, graph: bool,
                                         is_grads_batched=True)
             jac = grads[0].movedim(0, -2) if grads[0] is not None else y.new_zeros(
                 *y.shape, n)
-            f_t = None
-            if with_time:
-                f_t = grads[1].movedim(0, -1) if grads[1] is not None else torch.zeros_like(y)
+            f_t = grads[1].movedim(0, -1) if with_time and grads[1] is not None else None
         else:
             rows, t_rows = [], []
             for i in range(n):
@@ -227,7 +225,9 @@ def autodiff_jacobian(f: Any, t: Any, y: Tensor, counts: ImplicitCounts,
     (0.23 ms against 1.8 ms for Robertson's 3 equations here), and it needs one call of
     ``func``. A ``func`` whose backward cannot be vmapped falls back to one backward pass
     per row. ``graph``: keep the graph of ``J`` (under autograd, when ``f(t, y)`` depends on
-    something that requires grad: a Rosenbrock step's gradient needs ``∂J/∂θ``).
+    something that requires grad: a Rosenbrock step's gradient needs ``∂J/∂θ``). Without
+    ``graph``, ``∂f/∂t`` is ``None`` when ``func`` does not read ``t`` (it is exactly zero:
+    a Rosenbrock step then skips its ``∂f/∂t`` terms).
     """
     counts.n_jacobians += 1
     if graph and not counts.no_functorch:
@@ -254,14 +254,7 @@ def _time_derivative(f: Any, t: Any, y: Tensor, counts: ImplicitCounts) -> Tenso
         except (RuntimeError, NotImplementedError, TypeError):
             counts.reverse_mode = True
             f.nfe -= 1
-    with torch.enable_grad():
-        tt = t_user.requires_grad_(True)
-        out = f.at(tt, y.detach())
-        cols = [torch.autograd.grad(out[..., i], tt, torch.ones_like(out[..., i]),
-                                    retain_graph=True, allow_unused=True)[0]
-                for i in range(out.shape[-1])]
-    cols = [c if c is not None else torch.zeros_like(tt) for c in cols]
-    return _signed(f, torch.stack(cols, -1).detach().to(y.dtype), 1)
+    return _reverse_jacobian(f, t, y.detach(), True, False, batched=False)[1]
 
 
 # -------------------------------------------------------------------------------- dense path
@@ -420,7 +413,6 @@ def gmres(matvec: Callable[[Tensor], Tensor], b: Tensor, *, tol: float = 1e-8,
         m = min(restart, max_iters - iters)
         basis = [r / beta]
         hess = b.new_zeros(m + 1, m)
-        k_done = 0
         for k in range(m):
             w = matvec(basis[k].reshape(shape)).reshape(-1)
             iters += 1
@@ -429,7 +421,6 @@ def gmres(matvec: Callable[[Tensor], Tensor], b: Tensor, *, tol: float = 1e-8,
                 w = w - hess[j, k] * basis[j]
             h_next = torch.linalg.vector_norm(w)
             hess[k + 1, k] = h_next
-            k_done = k + 1
             # Residual of the small least-squares problem: cheap, (k+2) x (k+1).
             e1 = b.new_zeros(k + 2)
             e1[0] = beta
@@ -438,10 +429,8 @@ def gmres(matvec: Callable[[Tensor], Tensor], b: Tensor, *, tol: float = 1e-8,
             if res <= tol * b_norm or float(h_next) <= 1e-300:
                 break
             basis.append(w / h_next)
-        e1 = b.new_zeros(k_done + 1)
-        e1[0] = beta
-        coef = torch.linalg.lstsq(hess[:k_done + 1, :k_done], e1.unsqueeze(-1)).solution
-        x = x + torch.stack(basis[:k_done], dim=1) @ coef.squeeze(-1)
+        # coef solves the last (k+2) x (k+1) problem: the update in the first k+1 vectors
+        x = x + torch.stack(basis[:k + 1], dim=1) @ coef.squeeze(-1)
         if res <= tol * b_norm:
             break
     return x.reshape(shape), iters
