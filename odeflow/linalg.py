@@ -15,15 +15,10 @@ point, ``hγ`` the step size times the method's diagonal coefficient). A
   100k numbers needs memory for a few Krylov vectors only.
 
 Both also give ``∂f/∂t`` (Rosenbrock methods need it for non-autonomous ``func``) in the
-same call. Under autograd the dense Jacobian keeps its graph — taken by
-``torch.func.jacrev``, whose graph starts at the current state, so that each step does not
-walk the whole solve's history — and backpropagating through a Rosenbrock step is exact.
-The Krylov path's GMRES is not differentiated (the Rosenbrock stepper refuses it under
-step-by-step differentiation; the adjoint works).
-
-A ``func`` whose backward cannot be vmapped falls back to one backward pass per row; the
-fallback is chosen on the first failure and kept for the solve. The matrix-free path uses
-forward mode (``torch.func.jvp``) for its products.
+same call. Under autograd the dense Jacobian keeps its graph (:func:`autodiff_jacobian`)
+and backpropagating through a Rosenbrock step is exact. The Krylov path's GMRES is not
+differentiated (the Rosenbrock stepper refuses it under step-by-step differentiation; the
+adjoint works).
 """
 
 from __future__ import annotations
@@ -447,10 +442,8 @@ def make_linear_solver(options: dict[str, Any]) -> Any:
     user_jac = options.get("jacobian")
     if user_jac is not None and not callable(user_jac):
         raise TypeError("options['jacobian'] must be callable(t, y) -> (n, n) tensor")
-    if not isinstance(kind, str):
-        if hasattr(kind, "jacobian") and hasattr(kind, "factor"):
-            return kind
-        raise ValueError(f"options['linear_solver'] must be 'dense' or 'krylov', got {kind!r}")
+    if not isinstance(kind, str) and hasattr(kind, "jacobian") and hasattr(kind, "factor"):
+        return kind
     if kind == "dense":
         return DenseSolver(user_jac)
     if kind == "krylov":

@@ -35,17 +35,11 @@ class RosenbrockTableau:
     c: tuple[float, ...]  # stage times
     d: tuple[float, ...]  # ∂f/∂t weights
     m: tuple[float, ...]  # y_new = y + Σ m_i u_i
-    m_err: tuple[float, ...]  # error = Σ m_err_i u_i
     H: tuple[tuple[float, ...], ...]  # dense output rows
 
     @property
     def stages(self) -> int:
         return len(self.c)
-
-    @property
-    def dense(self) -> tuple[tuple[float, ...], ...]:
-        """The dense output rows (the per-sample loop asks whether a method has its own)."""
-        return self.H
 
 
 def _stiffly_accurate(name: str, order: int, gamma: float, a_inner: list[list[float]],
@@ -61,11 +55,9 @@ def _stiffly_accurate(name: str, order: int, gamma: float, a_inner: list[list[fl
     c = list(c_inner) + [1.0] * (s - len(c_inner))
     d = list(d_inner) + [0.0] * (s - len(d_inner))
     m = a[-1] + [1.0]
-    m_err = [0.0] * (s - 1) + [1.0]
     H_full = tuple(tuple(list(r) + [0.0] * (s - len(r))) for r in H)
     return RosenbrockTableau(name, order, order - 1, gamma, tuple(tuple(r) for r in a),
-                             tuple(tuple(r) for r in C), tuple(c), tuple(d), tuple(m),
-                             tuple(m_err), H_full)
+                             tuple(tuple(r) for r in C), tuple(c), tuple(d), tuple(m), H_full)
 
 
 # Rodas4: Hairer & Wanner, Solving ODEs II (1996), Section VI.4, Table 4.1 (the code
