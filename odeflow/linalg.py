@@ -344,9 +344,7 @@ class KrylovFactor:
 
     op: JacobianOperator
     h_gamma: float
-    tol: float
-    restart: int
-    max_iters: int
+    solver: KrylovSolver  # its GMRES settings
     counts: ImplicitCounts
 
     def solve(self, b: Tensor) -> Tensor:
@@ -356,13 +354,14 @@ class KrylovFactor:
         return self._gmres(self.op.rmatvec, b)
 
     def _gmres(self, jvp: Callable[[Tensor], Tensor], b: Tensor) -> Tensor:
+        k = self.solver
         with torch.no_grad():
-            x, iters = gmres(lambda v: v - self.h_gamma * jvp(v), b, tol=self.tol,
-                             restart=self.restart, max_iters=self.max_iters)
+            x, iters = gmres(lambda v: v - self.h_gamma * jvp(v), b, tol=k.tol,
+                             restart=k.restart, max_iters=k.max_iters)
         self.counts.n_linear_iters += iters
         # gmres only uses all max_iters products when it has not converged before (one
         # that converges on the very last product counts too: rare, and harmless).
-        self.counts.n_linear_failures += iters >= self.max_iters
+        self.counts.n_linear_failures += iters >= k.max_iters
         return x
 
 
@@ -381,7 +380,7 @@ class KrylovSolver:
 
     def factor(self, jac: JacobianOperator, h_gamma: float,
                counts: ImplicitCounts) -> KrylovFactor:
-        return KrylovFactor(jac, h_gamma, self.tol, self.restart, self.max_iters, counts)
+        return KrylovFactor(jac, h_gamma, self, counts)
 
 
 def gmres(matvec: Callable[[Tensor], Tensor], b: Tensor, *, tol: float = 1e-8,

@@ -253,28 +253,21 @@ class RosenbrockInterpolant(Interpolant):
 
     def evaluate(self, theta: Any) -> Tensor:
         th = self._theta(theta)
-        poly = None
-        for k in reversed(self.terms):  # Horner: k1 + θ(k2 + θ k3)
-            poly = k if poly is None else k + th * poly
+        poly = self.terms[-1]
+        for k in reversed(self.terms[:-1]):  # Horner: k1 + θ(k2 + θ k3)
+            poly = k + th * poly
         out = torch.lerp(self.y0, self.y1, th) if not isinstance(th, Tensor) else (
             self.y0 + th * (self.y1 - self.y0))
-        if poly is None:
-            return out
         return out + (th * (1 - th)) * poly
 
     def derivative(self, theta: Any) -> Tensor:
         th = self._theta(theta)
         h = self.dt.to(self.y0.dtype).reshape(-1, 1) if isinstance(self.dt, Tensor) else self.dt
-        poly = dpoly = None
-        for k in reversed(self.terms):
-            if poly is None:
-                poly, dpoly = k, torch.zeros_like(k)
-            else:
-                dpoly = poly + th * dpoly
-                poly = k + th * poly
-        out = self.y1 - self.y0
-        if poly is not None:
-            out = out + (1 - 2 * th) * poly + (th * (1 - th)) * dpoly
+        poly, dpoly = self.terms[-1], torch.zeros_like(self.terms[-1])
+        for k in reversed(self.terms[:-1]):
+            dpoly = poly + th * dpoly
+            poly = k + th * poly
+        out = self.y1 - self.y0 + (1 - 2 * th) * poly + (th * (1 - th)) * dpoly
         return out / h
 
     def detached(self) -> RosenbrockInterpolant:
