@@ -13,15 +13,14 @@ back. Both methods have order 5 with an order-4 error estimate, so the step-size
 controller carries on unchanged across a switch.
 
 One code path serves both clocks: in a joint solve (``dt`` a float) the switching state is
-Python numbers and the decisions Python bools (one method runs; one host sync per step);
-per sample (``dt`` ``(B,)``) the state is ``(B,)`` tensors, the rules masks, and each lane
-switches on its own. ``func`` must see the whole batch (it may close over per-sample
-parameters), so in a mixed batch both methods run on all lanes, each with step size 0 on
-the other's lanes, and the results are merged; a method no stepping lane uses is not run.
-An attempt's decisions are *pending* until the (lane's) time moves, i.e. it was accepted
-(per sample the loop hands back the state of every attempt), and are adopted at the next
-call, which records a switch: ``(t, method)``, per sample ``(t, method, sample)``, in
-``SolveStats.switches``.
+Python numbers and the decisions bools (one method runs; one host sync per step); per
+sample (``dt`` ``(B,)``) they are ``(B,)`` tensors and masks, and each lane switches on its
+own. ``func`` sees the whole batch (it may close over per-sample parameters), so in a mixed
+batch both methods run, each with step size 0 on the other's lanes, and the results are
+merged; a method no stepping lane uses is not run. An attempt's decisions are *pending*
+until the (lane's) time moves, i.e. it was accepted (per sample the loop hands back the
+state of every attempt), and are adopted at the next call, which records a switch:
+``(t, method)``, per sample ``(t, method, sample)``, in ``SolveStats.switches``.
 """
 
 from __future__ import annotations

@@ -19,12 +19,11 @@ cheapest):
    step, (b) when a stage's Newton iteration failed with ``J`` from an earlier point (``M``
    is refactorised and the step retried once), and (c) after a step whose worst contraction
    rate was above ``slow_rate`` (0.1: at 0.3 a stage needed 5–7 iterations; RADAU5 and
-   SciPy refresh far more eagerly still, at rates above 1e-3).
-2. ``M`` is refactorised when ``J`` changed or when ``hγ`` differs from the factorised one
-   by more than ``refactor_ratio`` (10 %, not above ``slow_rate``, so that a stale ``hγ``
-   alone never triggers a new ``J``): simplified Newton with a slightly wrong ``hγ``
-   still converges (its rate on the stiffest components is about ``|1 − hγ / hγ_old|``),
-   while a factorisation costs ``O(n³)``.
+   SciPy refresh at rates above 1e-3).
+2. ``M`` is refactorised when ``J`` changed or ``hγ`` moved by more than ``refactor_ratio``
+   (10 %, not above ``slow_rate``: a stale ``hγ`` alone never triggers a new ``J``):
+   simplified Newton with a slightly wrong ``hγ`` still converges (rate about
+   ``|1 − hγ / hγ_old|`` on the stiffest components); a factorisation costs ``O(n³)``.
 3. A failure with a current ``J`` but a factor of another ``hγ`` refactorises exactly and
    retries; with a current ``J`` and an exact factor the step returns ``ok=False`` (the loop
    shrinks ``h``) and counts ``n_newton_failures``. Nothing raises.
@@ -33,39 +32,35 @@ The state is a mutable cache, updated in place *and* returned: a Jacobian comput
 a rejected attempt is still the best one at that point, and the loop passes the previous
 state back after a rejection.
 
-**Predictors** (with ``z_i^0 = r_i + hγ k_{i−1}`` the first update was 300–700 tolerances
-and a stage took 4.3 iterations): see :func:`~odeflow.solvers.esdirk_tableaus.stage_predictor`.
-The stages predicted from the previous step evaluate its dense output at ``t + c_i h``
-(Hairer & Wanner §IV.8 extrapolate the collocation polynomial the same way for Radau;
-Kennedy & Carpenter, NASA/TM-2016-219173, discuss both kinds of stage-value predictor) when
-the solution continues from that step (``y`` is its ``y_new`` and ``f0`` its last stage:
-not after a jump), else the in-step polynomial. Measured first updates: 1–10 tolerances;
-kvaerno5 2.4–3 iterations per stage.
+**Predictors** (:func:`~odeflow.solvers.esdirk_tableaus.stage_predictor`; with
+``z_i^0 = r_i + hγ k_{i−1}`` the first update was 300–700 tolerances and a stage took 4.3
+iterations, now 1–10 tolerances and 2.4–3 on kvaerno5). A stage predicted from the previous
+step evaluates its dense output at ``t + c_i h`` (Hairer & Wanner §IV.8 extrapolate the
+collocation polynomial so for Radau; Kennedy & Carpenter, NASA/TM-2016-219173, discuss both
+kinds of stage-value predictor) when the solution continues from that step (``y`` is its
+``y_new`` and ``f0`` its last stage: not after a jump), else the in-step polynomial.
 
-**Error estimate.** ``err = h Σ (b_j − b̂_j) k_j``, in the units of ``y``. It is filtered
-through the factor, ``M⁻¹ err`` (Shampine's filter, Hairer & Wanner §IV.8 eq. (8.20); Hosea
-& Shampine's TR-BDF2), only where the embedded method is unbounded at ``z → ∞``
-(``trbdf2``): there the raw difference on a very stiff, decayed component would be huge.
-``kvaerno3`` and ``kvaerno5`` have stiffly bounded embeddings, as Kennedy & Carpenter
+**Error estimate.** ``err = h Σ (b_j − b̂_j) k_j``, in the units of ``y``, filtered through
+the factor (``M⁻¹ err``: Shampine's filter, Hairer & Wanner §IV.8 eq. (8.20); Hosea &
+Shampine's TR-BDF2) only where the embedded method is unbounded at ``z → ∞`` (``trbdf2``):
+there the raw difference on a very stiff, decayed component would be huge. ``kvaerno3``
+and ``kvaerno5`` have stiffly bounded embeddings, as Kennedy & Carpenter
 (NASA/TM-2016-219173) require of ESDIRK pairs; for them the filter only did harm: it divides
 the stiff components' error by ``|1 − hγλ|`` — exactly the order-reduced error (stage order
 2) that dominates on stiff problems — and HIRES ended 6.8 tolerances off. The filter uses
-the reused factor (``hγ`` within ``refactor_ratio``; an exact one was measured: 5× the LUs on
-``trbdf2``, no change in its error). ``kvaerno5`` estimates with an L-stable *order-3*
-embedding (controller exponent ``1/4``; why: ``esdirk_tableaus.py``).
-
-**Dense output.** ``kvaerno5``: its order-4 continuous extension (``esdirk_tableaus.py``),
-at no extra evaluation; ``kvaerno3`` and ``trbdf2``: cubic Hermite on
-``(y, y_new, f0, k_s)``, of their own order or above. No method steps to the output times.
+the reused factor (an exact one was measured: 5× the LUs on ``trbdf2``, no change in its
+error). ``kvaerno5``'s embedding has order 3 (controller exponent ``1/4``; why:
+``esdirk_tableaus.py``, which also derives its order-4 dense output; ``kvaerno3`` and
+``trbdf2`` interpolate by cubic Hermite, of their own order or above).
 
 **Gradients.** The Newton iteration runs under ``torch.no_grad()`` and is *not* unrolled.
 Under autograd (``ws is None`` and grad enabled) the stages are formed again from the
 converged values with their graph, each ``z*`` attached by the implicit-function theorem:
 with ``G(z, θ) = z − r_i(θ) − hγ f(t_i, z; θ)``, ``z_out = z* − (G(z*) − G(z*).detach())``
 has the value ``z*`` and derivative ``−∂G/∂θ``; a hook on ``z_out`` maps its incoming
-gradient ``v`` to ``(I − hγ J(z*))^{−T} v`` (``J`` at ``z*`` computed afresh in the hook), so
-autograd returns exactly ``−vᵀ (∂G/∂z)⁻¹ ∂G/∂θ``. This costs one extra evaluation of ``f`` per stage
-in the forward pass and one Jacobian and factorisation per stage in the backward pass.
+gradient ``v`` to ``(I − hγ J(z*))^{−T} v`` (``J`` at ``z*`` afresh), so autograd returns
+exactly ``−vᵀ (∂G/∂z)⁻¹ ∂G/∂θ``: one extra evaluation of ``f`` per stage forward, one
+Jacobian and factorisation per stage backward.
 """
 
 from __future__ import annotations
@@ -322,13 +317,10 @@ class ESDIRK:
             state.previous_t = torch.where(moved, t, state.previous_t)
             state.pending_t = torch.where(moved, math.nan, state.pending_t)
             return (state.previous_t == t) & (f0.detach() == state.previous[-1]).all(-1)
-        pending = state.pending
-        if pending is not None and pending[3] is y:
-            state.previous, state.pending = pending, None
+        if state.pending is not None and state.pending[3] is y:
+            state.previous, state.pending = state.pending, None
         prev = state.previous
-        if prev is not None and prev[3] is y and prev[4] is f0:
-            return prev
-        return None
+        return prev if prev is not None and prev[3] is y and prev[4] is f0 else None
 
     def _from_previous(self, state: ESDIRKState, previous: Any, offset: Any) -> Any:
         """The previous step's dense output ``offset`` past its end (``None`` when there
