@@ -120,11 +120,10 @@ class ESDIRK:
         if isinstance(max_newton_iters, bool) or not isinstance(max_newton_iters, int) or (
                 max_newton_iters < 1):
             raise ValueError(f"max_newton_iters must be a positive int, got {max_newton_iters!r}")
-        for name, value, hi in (("newton_kappa", newton_kappa, 1.0),
-                                ("refactor_ratio", refactor_ratio, 1.0),
-                                ("slow_rate", slow_rate, 1.0)):
+        for name, value in (("newton_kappa", newton_kappa), ("refactor_ratio", refactor_ratio),
+                            ("slow_rate", slow_rate)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                    0 <= value < hi) or (name == "newton_kappa" and value == 0):
+                    0 <= value < 1) or (name == "newton_kappa" and value == 0):
                 raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
         self.tableau = tableau
         self.linear_solver = linear_solver if linear_solver is not None else DenseSolver()
