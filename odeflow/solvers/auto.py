@@ -13,15 +13,14 @@ back. Both methods have order 5 with an order-4 error estimate, so the step-size
 controller carries on unchanged across a switch.
 
 One code path serves both clocks: in a joint solve (``dt`` a float) the switching state is
-Python numbers and the decisions Python bools (one method runs; one host sync per step);
-per sample (``dt`` ``(B,)``) the state is ``(B,)`` tensors, the rules masks, and each lane
-switches on its own. ``func`` must see the whole batch (it may close over per-sample
-parameters), so in a mixed batch both methods run on all lanes, each with step size 0 on
-the other's lanes, and the results are merged; a method no stepping lane uses is not run.
-An attempt's decisions are *pending* until the (lane's) time moves, i.e. it was accepted
-(per sample the loop hands back the state of every attempt), and are adopted at the next
-call, which records a switch: ``(t, method)``, per sample ``(t, method, sample)``, in
-``SolveStats.switches``.
+Python numbers and the decisions bools (one method runs; one host sync per step); per
+sample (``dt`` ``(B,)``) they are ``(B,)`` tensors and masks, and each lane switches on its
+own. ``func`` sees the whole batch (it may close over per-sample parameters), so in a mixed
+batch both methods run, each with step size 0 on the other's lanes, and the results are
+merged; a method no stepping lane uses is not run. An attempt's decisions are *pending*
+until the (lane's) time moves, i.e. it was accepted (per sample the loop hands back the
+state of every attempt), and are adopted at the next call, which records a switch:
+``(t, method)``, per sample ``(t, method, sample)``, in ``SolveStats.switches``.
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ from torch import Tensor
 from ..interp import Interpolant
 from ..linalg import ImplicitCounts, check_solver_dtype
 from .base import Func, StepResult
+from .esdirk_newton import _where
 from .explicit_rk import ExplicitRK
 from .rosenbrock import Rosenbrock, RosenbrockState
 
@@ -47,13 +47,6 @@ STABILITY_BOUNDARY = 3.3  # tsit5's stability interval on the negative real axis
 STIFF_HITS = 15  # Hairer's DOPRI5 test
 CALM_RESET = 6
 CALM_TO_SWITCH_BACK = 10
-
-
-def _pick(cond: Any, a: Any, b: Any) -> Any:
-    """``a`` where ``cond`` else ``b``: per lane for a mask, plainly for a Python bool."""
-    if isinstance(cond, Tensor):
-        return torch.where(cond, a, b)
-    return a if cond else b
 
 
 class _Stages(NamedTuple):
@@ -177,18 +170,19 @@ class AutoSwitch:
             rho = torch.where(dy > 0, dk / dy, 0.0)  # (0/0 where the stages coincide: not stiff)
             # host sync in a joint solve: the decision
             stiff = dt * (rho.double() if lanes else float(rho)) > STABILITY_BOUNDARY
-            calm_e = _pick(stiff, 0, calm + 1)
-            hits_e = _pick(stiff, hits + 1, _pick(calm_e >= CALM_RESET, 0, hits))
+            calm_e = _where(stiff, 0, calm + 1)
+            hits_e = _where(stiff, hits + 1, _where(calm_e >= CALM_RESET, 0, hits))
             to_i = hits_e >= STIFF_HITS
         jac = state.implicit_state.jac
         if res_i is not None and isinstance(jac, Tensor):  # (not with a Krylov solver)
             norm = torch.linalg.matrix_norm(jac.detach(), ord=math.inf)
             bound = dt * (norm.double() if lanes else float(norm))  # (joint: a host sync)
-            calm_i = _pick(bound < STABILITY_BOUNDARY, calm + 1, 0)
+            calm_i = _where(bound < STABILITY_BOUNDARY, calm + 1, 0)
             to_e = calm_i >= CALM_TO_SWITCH_BACK
-        switched = _pick(explicit, to_i, to_e)
-        state.pending = (explicit != switched, _pick(switched, 0, _pick(explicit, hits_e, hits)),
-                         _pick(switched, 0, _pick(explicit, calm_e, calm_i)), switched, t, dt)
+        switched = _where(explicit, to_i, to_e)
+        state.pending = (explicit != switched,
+                         _where(switched, 0, _where(explicit, hits_e, hits)),
+                         _where(switched, 0, _where(explicit, calm_e, calm_i)), switched, t, dt)
 
     @staticmethod
     def _commit(t: Any, dt: Any, state: AutoState) -> tuple[Any, Any]:
@@ -199,9 +193,9 @@ class AutoSwitch:
         explicit, hits, calm, switched, t0, dt0 = state.pending
         state.pending = None
         moved = (dt0 > 0) & (t0 != t)
-        state.explicit = _pick(moved, explicit, state.explicit)
-        state.hits = _pick(moved, hits, state.hits)
-        state.calm = _pick(moved, calm, state.calm)
+        state.explicit = _where(moved, explicit, state.explicit)
+        state.hits = _where(moved, hits, state.hits)
+        state.calm = _where(moved, calm, state.calm)
         return moved & switched, t0 + dt0
 
     def f_end(self, f: Func, t_new: Any, y_new: Tensor, result: StepResult) -> Tensor:

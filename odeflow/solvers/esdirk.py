@@ -8,89 +8,59 @@ then for each implicit stage ``i = 2..s`` solves
 and sets ``k_i = (z_i − r_i) / (hγ)`` (the "z form": at the solution this is
 ``f(t + c_i h, z_i)``, but it needs no further evaluation of ``f`` and does not amplify the
 Newton error by the stiffness). The methods are stiffly accurate, so ``y_new = z_s``
-and ``k_s`` is the derivative at the step's end (the next step's ``f0``).
+and ``k_s`` is the derivative at the step's end (the next step's ``f0``). Newton and the
+per-sample form: :mod:`odeflow.solvers.esdirk_newton`.
 
-**Newton** (simplified, one factor of ``M = I − hγ J`` per stage; its convergence and
-failure tests) and **per sample** (one code path: a joint solve's Python decisions are
-``(B,)`` masks per lane): :mod:`odeflow.solvers.esdirk_newton`.
+**Jacobian and factor reuse** (the state carries both; as in Hairer & Wanner's RADAU5 and
+SciPy's ``Radau``: ``J`` is expensive, ``M = I − hγ J``'s LU cheaper, Newton iterations
+cheapest):
 
-**Jacobian and factor reuse** (the state carries both; Hairer & Wanner's RADAU5 and
-SciPy's ``Radau`` follow the same principle — ``J`` is expensive, ``M``'s LU cheaper,
-Newton iterations cheapest):
-
-1. ``J`` is reused across steps; it is recomputed (at the step's start) only
-   (a) on the first step, (b) when a stage's Newton iteration failed while ``J`` was from
-   an earlier point — then ``J`` is recomputed, ``M`` refactorised and the step retried
-   once, and (c) at the start of the step after one whose worst contraction rate was above
-   ``slow_rate`` (0.1: at 0.3 a stage needed 5–7 iterations; RADAU5 and SciPy refresh far
-   more eagerly still, at rates above 1e-3).
-2. ``M`` is refactorised when ``J`` changed or when ``hγ`` differs from the factorised one
-   by more than ``refactor_ratio`` (10 %, not above ``slow_rate``, so that a stale ``hγ``
-   alone never triggers a new ``J``): simplified Newton with a slightly wrong ``hγ``
-   still converges (its rate on the stiffest components is about ``|1 − hγ / hγ_old|``),
-   while a factorisation costs ``O(n³)``.
-3. When Newton fails with a current ``J`` but a reused factor of another ``hγ``, ``M`` is
-   refactorised exactly and the step retried. When it fails with a current ``J`` and an
-   exact factor, the step returns ``ok=False`` (the loop rejects it and shrinks ``h``) and
-   ``n_newton_failures`` is counted. Nothing raises.
+1. ``J`` is reused across steps and recomputed at the step's start only (a) on the first
+   step, (b) when a stage's Newton iteration failed with ``J`` from an earlier point (``M``
+   is refactorised and the step retried once), and (c) after a step whose worst contraction
+   rate was above ``slow_rate`` (0.1: at 0.3 a stage needed 5–7 iterations; RADAU5 and
+   SciPy refresh at rates above 1e-3).
+2. ``M`` is refactorised when ``J`` changed or ``hγ`` moved by more than ``refactor_ratio``
+   (10 %, not above ``slow_rate``: a stale ``hγ`` alone never triggers a new ``J``):
+   simplified Newton with a slightly wrong ``hγ`` still converges (rate about
+   ``|1 − hγ / hγ_old|`` on the stiffest components); a factorisation costs ``O(n³)``.
+3. A failure with a current ``J`` but a factor of another ``hγ`` refactorises exactly and
+   retries; with a current ``J`` and an exact factor the step returns ``ok=False`` (the loop
+   shrinks ``h``) and counts ``n_newton_failures``. Nothing raises.
 
 The state is a mutable cache, updated in place *and* returned: a Jacobian computed during
-an attempt that is rejected is still the best one at the same point, and the loop passes
-the previous state back after a rejection.
+a rejected attempt is still the best one at that point, and the loop passes the previous
+state back after a rejection.
 
-**Predictors** (the Newton iteration's starting value ``z_i^0``; with ``r_i + hγ k_{i−1}``
-the first update was 300–700 tolerances and a stage took 4.3 iterations): a stage at the node
-of an earlier one starts from that stage's value; a stage whose node lies within one node
-span of the earlier nodes extrapolates its derivative from the earlier stages of the step,
-``k_i ≈ Σ_j w_j k_j`` with the smallest-norm weights exact for polynomials in ``c`` of degree
-``n − 1`` (``n ≤ 3`` distinct nodes) or ``n − 2`` (more: the extra node damps the stages'
-own ``O(h³)`` deviations); the others (stage 2; kvaerno5's stage 3 at ``c = 1.23``) evaluate
-the previous step's dense output at ``t + c_i h`` (Hairer & Wanner §IV.8 extrapolate the
-collocation polynomial the same way for Radau; Kennedy & Carpenter, NASA/TM-2016-219173,
-discuss both kinds of stage-value predictor), when the solution continues from that step
-(``y`` is its ``y_new`` and ``f0`` its last stage: not after a jump), else the in-step
-polynomial. Measured first updates: 1–10 tolerances; kvaerno5 2.4–3 iterations per stage.
+**Predictors** (:func:`~odeflow.solvers.esdirk_tableaus.stage_predictor`; with
+``z_i^0 = r_i + hγ k_{i−1}`` the first update was 300–700 tolerances and a stage took 4.3
+iterations, now 1–10 tolerances and 2.4–3 on kvaerno5). A stage predicted from the previous
+step evaluates its dense output at ``t + c_i h`` (Hairer & Wanner §IV.8 extrapolate the
+collocation polynomial so for Radau; Kennedy & Carpenter, NASA/TM-2016-219173, discuss both
+kinds of stage-value predictor) when the solution continues from that step (``y`` is its
+``y_new`` and ``f0`` its last stage: not after a jump), else the in-step polynomial.
 
-**Error estimate.** ``err = h Σ (b_j − b̂_j) k_j``, the difference to the embedded
-solution, in the units of ``y`` (the loop scales it by ``atol + rtol max(|y|, |y_new|)``).
-It is filtered through the factor, ``M⁻¹ err`` (Shampine's filter, Hairer & Wanner §IV.8
-eq. (8.20); Hosea & Shampine's TR-BDF2), only where the embedded method is unbounded at
-``z → ∞`` (``trbdf2``, ``|R̂(z)| ≈ 0.47|z|``): there the raw difference on a very stiff,
-decayed component would be huge. ``kvaerno3`` and ``kvaerno5`` have stiffly bounded
-embeddings (``|R̂(∞)|`` 0.96 and 0), as Kennedy & Carpenter (NASA/TM-2016-219173) require
-of ESDIRK pairs; for them the filter only did harm: it divides the stiff components'
-error by ``|1 − hγλ|`` — exactly the order-reduced error (stage order 2) that dominates on
-stiff problems — and HIRES ended 6.8 tolerances off. The filter uses ``M`` at this step's
-``hγ`` within ``refactor_ratio`` (the reused factor; refactorising exactly for the filter
-was measured: 5× the LUs on ``trbdf2``, no change in its error).
-
-``kvaerno5`` estimates with an L-stable *order-3* embedding (odeflow's, see
-``esdirk_tableaus.py``; chosen so that ``|R(z) − R̂(z)| ≥ |R(z) − e^z|`` for all ``z ≤ 0``:
-the estimate dominates the solution's own error on every decaying linear mode), so the
-controller's exponent is ``1/4``: Kværnø's own order-4
-embedding (``z_6``) tracks the order-5 solution's error too closely to be a safe bound —
-measured on the accepted steps of the stiff benchmark, the true local error of ``y_new``
-was 0.5–1.7 times the estimate (Robertson, Oregonator), so the global error grew to 3–30
-tolerances. Radau IIA 5 (RADAU5) likewise pairs order 5 with an order-3 estimate
-(Hairer & Wanner §IV.8).
-
-**Dense output.** ``kvaerno5``: its continuous extension ``y + h Σ b_j(θ) k_j`` of order
-4 (local error ``O(h⁵)``, ``b(1) = b``; derived in ``esdirk_tableaus.py``), at no extra
-evaluation. ``kvaerno3`` and ``trbdf2``: cubic Hermite on ``(y, y_new, f0, k_s)``, third
-order (local error ``O(h⁴)``), which is their own order or above. No method steps to the
-output times.
+**Error estimate.** ``err = h Σ (b_j − b̂_j) k_j``, in the units of ``y``, filtered through
+the factor (``M⁻¹ err``: Shampine's filter, Hairer & Wanner §IV.8 eq. (8.20); Hosea &
+Shampine's TR-BDF2) only where the embedded method is unbounded at ``z → ∞`` (``trbdf2``):
+there the raw difference on a very stiff, decayed component would be huge. ``kvaerno3``
+and ``kvaerno5`` have stiffly bounded embeddings, as Kennedy & Carpenter
+(NASA/TM-2016-219173) require of ESDIRK pairs; for them the filter only did harm: it divides
+the stiff components' error by ``|1 − hγλ|`` — exactly the order-reduced error (stage order
+2) that dominates on stiff problems — and HIRES ended 6.8 tolerances off. The filter uses
+the reused factor (an exact one was measured: 5× the LUs on ``trbdf2``, no change in its
+error). ``kvaerno5``'s embedding has order 3 (controller exponent ``1/4``; why:
+``esdirk_tableaus.py``, which also derives its order-4 dense output; ``kvaerno3`` and
+``trbdf2`` interpolate by cubic Hermite, of their own order or above).
 
 **Gradients.** The Newton iteration runs under ``torch.no_grad()`` and is *not* unrolled.
-Under autograd (``ws is None``, grad enabled, and ``y`` or ``f0`` requires grad, the
-Rosenbrock stepper's test) the stages are formed again from the converged values with their
-graph, each ``z*`` attached by the implicit-function theorem: with
-``G(z, θ) = z − r_i(θ) − hγ f(t_i, z; θ)``,
-``z_out = z* − (G(z*) − G(z*).detach())`` has the value ``z*`` and derivative
-``−∂G/∂θ``; a hook on ``z_out`` maps its incoming gradient ``v`` to
-``(I − hγ J(z*))^{−T} v`` (``J`` at ``z*`` computed afresh in the hook), so autograd
-returns exactly ``−vᵀ (∂G/∂z)⁻¹ ∂G/∂θ``. This costs one extra evaluation of ``f`` per stage
-in the forward pass and one Jacobian and factorisation per stage in the backward pass.
-
+Under autograd (``ws is None`` and grad enabled) the stages are formed again from the
+converged values with their graph, each ``z*`` attached by the implicit-function theorem:
+with ``G(z, θ) = z − r_i(θ) − hγ f(t_i, z; θ)``, ``z_out = z* − (G(z*) − G(z*).detach())``
+has the value ``z*`` and derivative ``−∂G/∂θ``; a hook on ``z_out`` maps its incoming
+gradient ``v`` to ``(I − hγ J(z*))^{−T} v`` (``J`` at ``z*`` afresh), so autograd returns
+exactly ``−vᵀ (∂G/∂z)⁻¹ ∂G/∂θ``: one extra evaluation of ``f`` per stage forward, one
+Jacobian and factorisation per stage backward.
 """
 
 from __future__ import annotations
@@ -112,11 +82,6 @@ from .explicit_rk import _combine, _nonzero
 __all__ = ["ESDIRK", "ESDIRKState"]
 
 Func = Callable[[Any, Tensor], Tensor]
-
-
-class _Workspace:
-    """The no-autograd marker of the loops (``ws is None`` means autograd); no buffers: the
-    stages are fresh tensors either way."""
 
 
 class ESDIRK:
@@ -155,11 +120,10 @@ class ESDIRK:
         if isinstance(max_newton_iters, bool) or not isinstance(max_newton_iters, int) or (
                 max_newton_iters < 1):
             raise ValueError(f"max_newton_iters must be a positive int, got {max_newton_iters!r}")
-        for name, value, hi in (("newton_kappa", newton_kappa, 1.0),
-                                ("refactor_ratio", refactor_ratio, 1.0),
-                                ("slow_rate", slow_rate, 1.0)):
+        for name, value in (("newton_kappa", newton_kappa), ("refactor_ratio", refactor_ratio),
+                            ("slow_rate", slow_rate)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                    0 <= value < hi) or (name == "newton_kappa" and value == 0):
+                    0 <= value < 1) or (name == "newton_kappa" and value == 0):
                 raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
         self.tableau = tableau
         self.linear_solver = linear_solver if linear_solver is not None else DenseSolver()
@@ -191,30 +155,18 @@ class ESDIRK:
     #: Outputs are interpolated (kvaerno5: its order-4 continuous extension).
     steps_to_outputs = False
 
-    def workspace(self, y0: Tensor) -> _Workspace:
-        return _Workspace()
+    def workspace(self, y0: Tensor) -> tuple:
+        return ()  # no buffers (the stages are fresh tensors); not None: no autograd
 
     def init(self, y0: Tensor) -> ESDIRKState:
-        """A fresh state with its own :class:`~odeflow.linalg.ImplicitCounts`; ``J`` is
-        computed on the first step."""
+        """A fresh state; ``J`` is computed on the first step."""
         check_solver_dtype(self.tableau.name, y0.dtype)
         return ESDIRKState(counts=ImplicitCounts())
 
     # ------------------------------------------------------------------------------ step
-    def step(
-        self,
-        f: Func,
-        t: Any,
-        y: Tensor,
-        f0: Tensor,
-        dt: Any,
-        state: ESDIRKState | None,
-        ws: Any,
-        *,
-        with_error: bool = True,
-        f_last: Func | None = None,
-        fsal_stage: bool = True,
-    ) -> StepResult:
+    def step(self, f: Func, t: Any, y: Tensor, f0: Tensor, dt: Any, state: ESDIRKState | None,
+             ws: Any, *, with_error: bool = True, f_last: Func | None = None,
+             fsal_stage: bool = True) -> StepResult:
         """One attempt from ``(t, y)`` with step ``dt`` (the contract of
         :class:`~odeflow.solvers.base.Stepper`); per sample ``result.ok`` is a ``(B,)``
         mask (``False``: the lane's Newton iteration failed with a current ``J`` and an
@@ -229,7 +181,6 @@ class ESDIRK:
         lanes = isinstance(dt, Tensor)
         if lanes and state.pending_t is None:
             state.init_lanes(y.detach(), self._s)
-        counts = state.counts
         hg = dt * self.gamma  # per sample (B,) float64, as the joint Python float
         y_d = y.detach()
         active = dt > 0 if lanes else True
@@ -251,7 +202,7 @@ class ESDIRK:
                 current = self._jac_current(state, t, y)
                 give_up = failed & current & (state.factor.h_gamma == hg)
                 retry = failed & _not(give_up)
-                _count(counts, "n_newton_failures", give_up)
+                _count(state.counts, "n_newton_failures", give_up)
                 ok = ok & _not(give_up)
                 if not _any(retry):
                     break
@@ -289,9 +240,8 @@ class ESDIRK:
         return StepResult(y_new, err, ks, state, ok)
 
     def _graph_stages(self, f, t, y, f0, dt, h, hg, zs, still, f_last):
-        """The stages again with their graph, each ``z`` attached by the implicit-function
-        theorem (the values are those of the Newton pass); the lanes that stay keep ``y``
-        (``hγ = 0`` there: ``z`` is ``r``, in value and derivative)."""
+        """The stages again with their graph (module docstring); the lanes that stay keep
+        ``y`` (``hγ = 0`` there: ``z`` is ``r``, in value and derivative)."""
         lanes = isinstance(dt, Tensor)
         hg_l = _where(still, 0.0, hg) if lanes else hg
         hg_div = _where(still, 1.0, hg.to(y.dtype)[:, None]) if lanes else hg
@@ -308,7 +258,6 @@ class ESDIRK:
     # --------------------------------------------------------------------- linear algebra
     @staticmethod
     def _jac_current(state: ESDIRKState, t: Any, y: Tensor) -> Any:
-        """``J`` was computed at this point (per sample: at each lane's time)."""
         return state.jac_at == t if isinstance(t, Tensor) else state.jac_at is y
 
     def _prepare(self, f: Any, t: Any, y: Tensor, y_d: Tensor, hg: Any, active: Any,
@@ -327,8 +276,8 @@ class ESDIRK:
 
     def _renew(self, f: Any, t: Any, y: Tensor, y_d: Tensor, hg: Any, need_j: Any,
                need_lu: Any, state: ESDIRKState) -> None:
-        """A new ``J`` at ``(t, y)`` where ``need_j`` and a new factor at ``hγ`` where
-        ``need_lu`` (per sample: masks; the solver's counts are replaced by one per lane)."""
+        """A new ``J`` where ``need_j`` and factor where ``need_lu`` (per sample: masks,
+        counted per lane)."""
         counts, solver = state.counts, self.linear_solver
         lanes = isinstance(hg, Tensor)
         if lanes:  # host sync: one small transfer for both decisions
@@ -357,10 +306,9 @@ class ESDIRK:
 
     @staticmethod
     def _previous_step(t: Any, y: Tensor, f0: Tensor, state: ESDIRKState) -> Any:
-        """The step that ended at ``(y, f0)``, if the solution continues from it: ``y`` is
-        that step's own ``y_new`` and ``f0`` its last stage (not re-evaluated at a jump).
-        Per sample: the mask of such lanes, after promoting the pending attempt of the
-        lanes that accepted it (their ``t`` moved)."""
+        """The step that ended at ``(y, f0)``, if the solution continues from it. Per
+        sample: the mask of such lanes, after promoting the pending attempt of the lanes
+        that accepted it (their ``t`` moved)."""
         if isinstance(t, Tensor):
             moved = ~torch.isnan(state.pending_t) & (state.pending_t != t)
             state.previous = [_where(moved, a, b) for a, b in zip(state.pending,
@@ -368,13 +316,10 @@ class ESDIRK:
             state.previous_t = torch.where(moved, t, state.previous_t)
             state.pending_t = torch.where(moved, math.nan, state.pending_t)
             return (state.previous_t == t) & (f0.detach() == state.previous[-1]).all(-1)
-        pending = state.pending
-        if pending is not None and pending[3] is y:
-            state.previous, state.pending = pending, None
+        if state.pending is not None and state.pending[3] is y:
+            state.previous, state.pending = state.pending, None
         prev = state.previous
-        if prev is not None and prev[3] is y and prev[4] is f0:
-            return prev
-        return None
+        return prev if prev is not None and prev[3] is y and prev[4] is f0 else None
 
     def _from_previous(self, state: ESDIRKState, previous: Any, offset: Any) -> Any:
         """The previous step's dense output ``offset`` past its end (``None`` when there
@@ -388,7 +333,7 @@ class ESDIRK:
             return None
         y_p, dt_p, ks_p, y_new_p, _ = previous
         return self.interpolate(y_p, y_new_p.detach(), dt_p, ks_p, ks_p[-1],
-                                1.0 + offset / dt_p, _Workspace())
+                                1.0 + offset / dt_p, None)
 
     def _stages(self, f, t, y, y_d, f0, dt, hg, state, tests, f_last,
                 previous, todo):
@@ -437,8 +382,7 @@ class ESDIRK:
         return zs, ks[1:], theta_max, todo & _not(alive)
 
     def _attach(self, f, fi, ti, z_star, r, hg):
-        """``z*`` with the implicit-function-theorem derivative (module docstring); per
-        sample ``hg`` is ``(B,)`` and ``J`` ``(B, n, n)``."""
+        """``z*`` with the implicit-function-theorem derivative (module docstring)."""
         hgc = hg.to(z_star.dtype)[:, None] if isinstance(hg, Tensor) else hg
         g = z_star - r - hgc * fi(ti, z_star)
         if not g.requires_grad:
@@ -463,8 +407,7 @@ class ESDIRK:
     def interpolant(self, t: Any, dt: Any, y: Tensor, y_new: Tensor,
                     stages: Sequence[Tensor], f_new: Tensor | None,
                     f: Func | None = None) -> Interpolant:
-        """The tableau's continuous extension (``kvaerno5``: order 4), else cubic Hermite
-        (order 3)."""
+        """The tableau's continuous extension (``kvaerno5``), else cubic Hermite."""
         if self.tableau.dense:
             return TableauInterpolant(t, dt, y, stages, self.tableau)
         f1 = f_new if f_new is not None else stages[-1]

@@ -6,37 +6,34 @@ monitored as in Hairer & Wanner, *Solving ODEs II*, §IV.8: with the rate
 ``θ = ‖Δ_m‖ / ‖Δ_{m−1}‖`` and ``η = θ / (1 − θ)``, the stage has converged when
 ``η ‖Δ_m‖ ≤ κ`` — only with a rate *measured* with this step's factor: from the second
 iteration on, or at the first with the worst rate measured in the earlier stages of the same
-step (same ``J``, same ``M``, and the rate of simplified Newton is mostly their
-mismatch with ``f``, the largest measured one an upper estimate; a rate measured on updates at
-the rounding floor is not counted). A rate guessed from an earlier *step* (RADAU5's
-``η_old^0.8``) is never used: a stage then inherited a tiny guess and was accepted after a
-single update of hundreds of tolerance units (van der Pol μ = 1000 ended 1640 tolerances
-off). ``‖·‖`` is the RMS norm of the update scaled by
-``atol + rtol |y|`` (so ``1`` is the solve's tolerance) and ``κ = newton_kappa``
-(default ``1e-3``: the Newton error of the last stage is part of ``y_new``, has a sign that
-persists from step to step and so adds up like local truncation error, and the measured
-rate underestimates it; with ``1e-2`` van der Pol μ = 1000 ended 11 tolerances off against
-0.1; raised to ``10 ε max |y| / scale`` when that is larger, so float32 and very tight
-tolerances do not chase rounding noise). The iteration fails when ``θ ≥ 1``
-(divergence), when a non-finite value appears, when the remaining iterations cannot reach
+step (same ``J`` and ``M``: the rate of simplified Newton is mostly their mismatch with
+``f``, the largest measured one an upper estimate; rates of updates at the rounding floor
+do not count). A rate guessed from an earlier *step* (RADAU5's ``η_old^0.8``) is never used:
+a stage then inherited a tiny guess and was accepted after a single update of hundreds of
+tolerance units (van der Pol μ = 1000 ended 1640 tolerances off). ``‖·‖`` is the RMS norm
+of the update scaled by ``atol + rtol |y|`` (``1`` is the solve's tolerance) and
+``κ = newton_kappa`` (default ``1e-3``: the Newton error of the last stage is part of
+``y_new``, keeps its sign from step to step and so adds up like local truncation error, and
+the measured rate underestimates it; with ``1e-2`` van der Pol μ = 1000 ended 11
+tolerances off against 0.1; raised to ``10 ε max |y| / scale`` when that is larger, so
+float32 and very tight tolerances do not chase rounding noise). The iteration fails when
+``θ ≥ 1``, when a non-finite value appears, when the remaining iterations cannot reach
 ``κ`` at the current rate (``θ^(m_max − m) / (1 − θ) ‖Δ_m‖ > κ``), or after
 ``max_newton_iters`` iterations.
 
 **Per sample** (``t`` and ``dt`` ``(B,)``, ``y`` ``(B, n)``) the same code takes, for every
-lane, the decisions it takes for a solve of that sample alone: what is a Python ``bool`` or
-``float`` in a joint solve (a convergence test, a rate, "``J`` is current") is a ``(B,)``
-tensor there, combined by the same ``&``/``|`` and chosen by :func:`_where` (``torch.where``
-per sample, a plain choice for one problem). Only the tests inside one Newton iteration are
-written twice, as masks and as Python numbers that return early: they are the hot path of
-a joint solve (one host synchronisation per iteration, no mask kernels; written once with
-masks they cost a joint solve 9–14 % of its time). Per sample the iterations run while
-some lane iterates. ``J`` is ``(B, n, n)`` (the linear solver's per-sample Jacobian) and
-``M`` a batch of LUs, refactorised only for the lanes that need it. What a joint solve
-decides by object identity (``J`` computed at this ``y``; the step ended at this ``y``
-with this ``f0``), a lane decides by its time (a lane's ``t`` changes exactly when it
-accepts a step) and ``f0``'s value. Counters count lanes (``ImplicitCounts.lanes``, summed
-at the end), so a batch reports the sum of its samples' own solves. Lanes with ``dt = 0``
-and lanes whose Newton iteration failed for good stay at ``y``.
+lane, the decisions a solve of that sample alone takes: a joint solve's Python ``bool`` or
+``float`` (a convergence test, a rate, "``J`` is current") is a ``(B,)`` tensor, combined
+by the same ``&``/``|`` and chosen by :func:`_where`. Only the tests inside one Newton
+iteration are written twice, as masks and as Python numbers that return early: the hot path
+of a joint solve (one host synchronisation per iteration, no mask kernels; written once
+with masks they cost a joint solve 9–14 % of its time, on Python numbers 4 % of a Newton
+call). ``J`` is ``(B, n, n)`` and ``M`` a batch of LUs, refactorised only for the lanes that
+need it. What a joint solve decides by object identity (``J`` computed at this ``y``; the
+step ended at this ``y`` with this ``f0``), a lane decides by its time (it changes exactly
+when the lane accepts a step) and ``f0``'s value. Counters count lanes
+(``ImplicitCounts.lanes``), so a batch reports the sum of its samples' own solves. Lanes
+with ``dt = 0`` and lanes whose Newton iteration failed for good stay at ``y``.
 """
 
 from __future__ import annotations
@@ -121,14 +118,13 @@ def _count(counts: ImplicitCounts, name: str, mask: Any) -> None:
     """One more ``name`` (per sample: one per lane of ``mask``, no host sync)."""
     if isinstance(mask, Tensor):
         have = counts.lanes.get(name)
-        counts.lanes[name] = mask.long() if have is None else have + mask.long()
+        counts.lanes[name] = mask.long() if have is None else have + mask
     elif mask:
         setattr(counts, name, getattr(counts, name) + 1)
 
 
 def _sum(y: Tensor | None, ks: Sequence[Tensor], nz: Any, h: Any) -> Tensor:
-    """``y + h Σ_j w_j k_j``: :func:`~odeflow.solvers.explicit_rk._combine` for a float
-    ``h``; out of place with a ``(B, 1)`` column ``h`` per sample."""
+    """``y + h Σ_j w_j k_j`` (``y`` may be ``None``; per sample ``h`` is a ``(B, 1)`` column)."""
     if not isinstance(h, Tensor):
         return _combine(y, ks, nz, h)
     acc = None

@@ -21,20 +21,16 @@ rooted trees up to the claimed order) for ``b`` and ``b̂`` and ``R(∞)`` numer
 Sources (the coefficients are published numbers; the code and layout are odeflow's):
 
 * ``kvaerno3``, ``kvaerno5``: A. Kværnø, "Singly diagonally implicit Runge–Kutta methods
-  with an explicit first stage", BIT Numer. Math. 44 (2004) 489–502. ``kvaerno3`` is her
-  4-stage order-3 method with an order-2 embedding (``γ ≈ 0.4358665215``, the root in
-  (0, 1) of ``6γ³ − 18γ² + 9γ − 1 = 0``; all other coefficients are closed-form functions
-  of ``γ``); ``kvaerno5`` is her 7-stage order-5 method with an order-4 embedding
-  (``γ = 0.26``, coefficients to 17 digits as published). In both the embedded solution
-  is the second-to-last stage value (also at ``c = 1``).
+  with an explicit first stage", BIT Numer. Math. 44 (2004) 489–502: her 4-stage order-3
+  method with an order-2 embedding (all coefficients closed-form functions of ``γ``) and
+  her 7-stage order-5 method (``γ = 0.26``, coefficients to 17 digits as published; its
+  error estimate uses odeflow's order-3 embedding, see ``_KVAERNO5_B_HAT3``).
 * ``trbdf2``: R. E. Bank, W. M. Coughran, W. Fichtner, E. H. Grosse, D. J. Rose and
   R. K. Smith, "Transient simulation of silicon devices and circuits", IEEE Trans.
-  Computer-Aided Design 4 (1985) 436–451, written as a 3-stage ESDIRK with
-  ``γ = 2 − √2`` (the trapezoidal rule to ``t + γh``, then BDF2), and the embedded
-  third-order formula for its error estimate from M. E. Hosea and L. F. Shampine,
-  "Analysis and implementation of TR-BDF2", Appl. Numer. Math. 20 (1996) 21–37:
-  with ``d = γ/2`` and ``w = √2/4``: ``b = (w, w, d)`` and ``b̂ = ((1 − w)/3,
-  (3w + 1)/3, d/3)``.
+  Computer-Aided Design 4 (1985) 436–451, written as a 3-stage ESDIRK (the trapezoidal rule
+  to ``t + 2γh``, then BDF2), with the embedded third-order error estimate of M. E. Hosea
+  and L. F. Shampine, "Analysis and implementation of TR-BDF2", Appl. Numer. Math. 20
+  (1996) 21–37.
 """
 
 from __future__ import annotations
@@ -126,11 +122,10 @@ class ESDIRKTableau:
 
     @property
     def embedded_bounded(self) -> bool:
-        """Whether the embedded method's stability function ``R̂(z)`` stays bounded as
-        ``z → ∞`` (Kværnø's and odeflow's embeddings here: yes; TR-BDF2's: no, it grows like
-        ``0.47|z|``). With ``A = [[0, 0], [a, Ã]]`` the ``O(z)`` term of ``R̂`` is
-        ``z (b̂_1 − b̂_{2:}ᵀ Ã⁻¹ a)``; it vanishes for a bounded ``R̂``. Only an unbounded
-        embedding needs the error filter ``(I − hγJ)⁻¹``."""
+        """Whether the embedded method's ``R̂(z)`` stays bounded as ``z → ∞`` (TR-BDF2's grows
+        like ``0.47|z|``; only such an embedding needs the error filter ``(I − hγJ)⁻¹``).
+        With ``A = [[0, 0], [a, Ã]]`` the ``O(z)`` term of ``R̂`` is
+        ``z (b̂_1 − b̂_{2:}ᵀ Ã⁻¹ a)``."""
         x: list[float] = []  # Ã⁻¹ a, by forward substitution (Ã: lower triangular, γ diagonal)
         for row in self.a[1:]:
             x.append((row[0] - sum(w * v for w, v in zip(row[1:], x))) / self.gamma)
@@ -166,17 +161,12 @@ def _require(cond: bool, message: str) -> None:
 
 
 # ---------------------------------------------------------------------------------- kvaerno3
-def _kvaerno3_gamma() -> float:
-    """The root in (0, 1) of ``6γ³ − 18γ² + 9γ − 1`` by Newton's method, to full precision
-    (Kværnø quotes 0.4358665215; the order-3 condition ``bᵀAc = 1/6`` needs all digits)."""
+def _kvaerno3() -> ESDIRKTableau:
+    # γ: the root in (0, 1) of 6γ³ − 18γ² + 9γ − 1 by Newton's method, to full precision
+    # (Kværnø quotes 0.4358665215; the order-3 condition bᵀAc = 1/6 needs all digits).
     g = 0.4358665215
     for _ in range(4):
         g -= (((6 * g - 18) * g + 9) * g - 1) / ((18 * g - 36) * g + 9)
-    return g
-
-
-def _kvaerno3() -> ESDIRKTableau:
-    g = _kvaerno3_gamma()
     # Stage 3 (c = 1) is the stiffly accurate order-2 embedded solution:
     # a31 + a32 + γ = 1 and 2γ a32 + γ = 1/2.
     a32 = (1 - 2 * g) / (4 * g)
@@ -193,14 +183,20 @@ def _kvaerno3() -> ESDIRKTableau:
 
 
 # ---------------------------------------------------------------------------------- kvaerno5
-# The order-3 embedding of kvaerno5 used for its error estimate: b̂ with the four order
-# conditions of order ≤ 3, a bounded stability function (b̂_1 = b̂_{2:}ᵀ Ã⁻¹ a) and
-# R̂(∞) = 0 (L-stable; |R̂(iy)| ≤ 1 is checked by the tests) leaves one free parameter. It is
-# the one closest to the minimum-norm b̂ for which |R(z) − R̂(z)| ≥ |R(z) − e^z| on all of
-# z ≤ 0 (bisection on the parameter, in float64 from Kværnø's A; odeflow's derivation). The
-# minimum-norm b̂ had R − R̂ = 0 at z ≈ −3.3 and was 10–60 times below the true error on
-# [−3, −100]: steps through the Oregonator's fast transients (hλ in that range) were accepted
-# with errors 2.6 times the estimate and the solve ended 5 tolerances off (now 0.56).
+# The order-3 embedding of kvaerno5 used for its error estimate (so the controller's
+# exponent is 1/4). Kværnø's own order-4 embedding (z_6, KVAERNO5_B_HAT4) tracks the
+# order-5 solution's error too closely to be a safe bound: on the accepted steps of the
+# stiff benchmark the true local error was 0.5–1.7 times its estimate (Robertson,
+# Oregonator) and the global error grew to 3–30 tolerances. RADAU5 likewise pairs order 5
+# with an order-3 estimate (Hairer & Wanner §IV.8). b̂ with the four order conditions of
+# order ≤ 3, a bounded stability function (b̂_1 = b̂_{2:}ᵀ Ã⁻¹ a) and R̂(∞) = 0 (L-stable;
+# |R̂(iy)| ≤ 1 is checked by the tests) leaves one free parameter. It is the one closest to
+# the minimum-norm b̂ for which |R(z) − R̂(z)| ≥ |R(z) − e^z| on all of z ≤ 0 (the estimate
+# dominates the solution's own error on every decaying linear mode; bisection on the
+# parameter, in float64 from Kværnø's A; odeflow's derivation). The minimum-norm b̂ had
+# R − R̂ = 0 at z ≈ −3.3 and was 10–60 times below the true error on [−3, −100]: steps
+# through the Oregonator's fast transients (hλ in that range) were accepted with errors 2.6
+# times the estimate and the solve ended 5 tolerances off (now 0.56).
 _KVAERNO5_B_HAT3 = (
     0.1612641764274261, -0.08365638568806219, -0.14272661349720905, -0.08142419176831131,
     0.628991058916731, -0.1951828692861627, 0.7127348248955878,
@@ -272,8 +268,8 @@ def _trbdf2() -> ESDIRKTableau:
 
 KVAERNO3 = _kvaerno3()
 KVAERNO5 = _kvaerno5()
-#: Kværnø's own order-4 embedding of ``kvaerno5`` (the stage value ``z_6``, also at c = 1).
-#: Not used for the error estimate (see the module docstring); kept for the tests.
+#: Kværnø's own order-4 embedding of ``kvaerno5`` (the stage value ``z_6``, also at c = 1;
+#: not used for the error estimate, see ``_KVAERNO5_B_HAT3``); kept for the tests.
 KVAERNO5_B_HAT4 = (*KVAERNO5.a[5], KVAERNO5.gamma, 0.0)
 TRBDF2 = _trbdf2()
 
@@ -282,12 +278,14 @@ ESDIRK_TABLEAUS: dict[str, ESDIRKTableau] = {t.name: t for t in (KVAERNO3, KVAER
 
 
 def stage_predictor(c: Sequence[float], i: int, same: int | None) -> tuple[str, Any]:
-    """How stage ``i`` is predicted: ``("same", j)``: the value of stage ``j`` at the same
-    node; ``("poly", w)``: ``r_i + hγ Σ_j w_j k_j`` with the smallest-norm weights that
-    reproduce polynomials in ``c`` of degree ``n − 1`` (``n ≤ 3`` distinct earlier nodes) or
-    ``n − 2`` (more nodes), used when ``c_i`` is within one node span of the earlier nodes;
-    ``("previous", w)``: the previous step's dense output, ``w`` the polynomial fallback
-    for the first step and after a jump."""
+    """How stage ``i`` is predicted (the Newton iteration's ``z_i^0``, see
+    :mod:`odeflow.solvers.esdirk`): ``("same", j)``: the value of stage ``j`` at the same
+    node; ``("poly", w)``: ``r_i + hγ Σ_j w_j k_j``, the stage derivative extrapolated with
+    the smallest-norm weights that reproduce polynomials in ``c`` of degree ``n − 1``
+    (``n ≤ 3`` distinct earlier nodes) or ``n − 2`` (more: the extra node damps the stages'
+    own ``O(h³)`` deviations), used when ``c_i`` is within one node span of the earlier
+    nodes; ``("previous", w)`` (stage 2; kvaerno5's stage 3 at ``c = 1.23``): the previous
+    step's dense output, ``w`` the polynomial fallback for the first step and after a jump."""
     if i == 0:
         return ("none", ())
     if same is not None:
