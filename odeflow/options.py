@@ -9,6 +9,7 @@ same values through the small parsers here (:func:`positive_float`, :func:`max_s
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -52,7 +53,12 @@ def make_controller(options: dict[str, Any]) -> PIDController:
     if not isinstance(spec, str) or spec not in CONTROLLER_PRESETS:
         raise ValueError(f"options['controller'] must be one of {sorted(CONTROLLER_PRESETS)} "
                          f"or a PIDController, got {spec!r}")
-    return PIDController(**CONTROLLER_PRESETS[spec], **factors)
+    return PIDController(**CONTROLLER_PRESETS[spec], **factors) if factors else _preset(spec)
+
+
+@functools.cache
+def _preset(name: str) -> PIDController:
+    return PIDController(**CONTROLLER_PRESETS[name])  # frozen: one instance serves every solve
 
 
 def positive_float(options: dict, name: str, allow_zero: bool = False) -> float | None:

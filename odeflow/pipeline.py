@@ -86,7 +86,8 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
         bar = Progress(C, desc="event search" if events else (
             "per-sample solve" if problem.per_sample else "solve"))
     hooks = Hooks(event=locator, dense=[] if keep_dense else None, progress=bar)
-    loop_problem = replace(problem, y0=y0_run if mode == "direct" else y0_run.detach())
+    y0_loop = y0_run if mode == "direct" else y0_run.detach()
+    loop_problem = problem if y0_loop is problem.y0 else replace(problem, y0=y0_loop)
     result = None
     try:
         with torch.no_grad() if mode != "direct" else contextlib.nullcontext():

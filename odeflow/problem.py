@@ -136,8 +136,8 @@ def _check_times(t: Any, batch: int | None) -> Tensor:
 def _canonical_rows(t: Tensor, search: bool) -> tuple[list[list[float]], list[float]]:
     """The user's times as checked rows of Python floats (``inf`` search ends become
     ``FAR``), and each row's direction (+1/-1)."""
-    values = t.detach().to("cpu", torch.float64)  # host sync: once per solve
-    rows = values.reshape(1, -1).tolist() if values.ndim == 1 else values.tolist()
+    values = t.detach().tolist()  # host sync: once per solve (exact Python floats)
+    rows = [values] if t.ndim == 1 else values
     signs = []
     for r, row in enumerate(rows):
         where = f"t[{r}]" if len(rows) > 1 else "t"

@@ -9,6 +9,7 @@ place NFE is counted).
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -101,8 +102,8 @@ class CountedFunc:
     dtype (0-dim, or ``(B,)``) and ``y`` in the user's structure.
     """
 
-    __slots__ = ("func", "layout", "clock", "nfe", "_call", "_shape", "_dims", "_negate",
-                 "_conforming")
+    __slots__ = ("func", "layout", "clock", "nfe", "_call", "_time", "_shape", "_dims",
+                 "_negate", "_conforming")
 
     def __init__(self, func: Callable[..., Any], layout: StateLayout, clock: Clock):
         self.func = func
@@ -125,6 +126,11 @@ class CountedFunc:
         else:
             self._call = self._call_general
         self._negate = not clock.per_sample and clock.sign < 0
+        # Canonical time is the user's for a forward joint solve: one C call, no Python frame.
+        self._time = (functools.partial(torch.scalar_tensor, dtype=clock.real_dtype,
+                                        device=clock.device)
+                      if not clock.per_sample and clock.sign > 0 and not clock.lane_time
+                      else clock.user_time)
 
     @property
     def sign(self) -> Any:
@@ -132,7 +138,7 @@ class CountedFunc:
 
     def __call__(self, t: Any, y: Tensor) -> Tensor:
         self.nfe += 1
-        return self._call(self.clock.user_time(t), y)
+        return self._call(self._time(t), y)
 
     def checked(self, t: Any, y: Tensor) -> Tensor:
         """Like a call, but checks the structure of ``func``'s output (the first call)."""
@@ -194,7 +200,7 @@ class CountedFunc:
         return -out if self._negate else out
 
     def _call_shaped(self, tt: Tensor, y: Tensor) -> Tensor:
-        out = self.func(tt, y.view(*self._dims)).reshape(-1)
+        out = self.func(tt, y.view(*self._dims)).ravel()
         return -out if self._negate else out
 
     def _call_general(self, tt: Tensor, y: Tensor) -> Tensor:
