@@ -81,10 +81,8 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
         locator = EventLocator(replace(problem, y0=problem.y0.detach()), event_fn, direction,
                                field_slope=not spec.adaptive)
     keep_dense = dense or (mode == "adjoint" and spec.implicit)
-    bar = None
-    if progress:
-        bar = Progress(C, desc="event search" if events else (
-            "per-sample solve" if problem.per_sample else "solve"))
+    bar = Progress(C, desc="event search" if events else (
+        "per-sample solve" if problem.per_sample else "solve")) if progress else None
     hooks = Hooks(event=locator, dense=[] if keep_dense else None, progress=bar)
     y0_loop = y0_run if mode == "direct" else y0_run.detach()
     loop_problem = problem if y0_loop is problem.y0 else replace(problem, y0=y0_loop)

@@ -54,11 +54,6 @@ class StateLayout:
                    first.dtype, first.real.dtype if is_complex else first.dtype,
                    first.device, batch)
 
-    @property
-    def numel(self) -> int:
-        """Flat real size of one lane."""
-        return sum(self.sizes)
-
     def flatten(self, state: State) -> Tensor:
         """User structure -> flat real ``(n,)`` or ``(B, n)``."""
         parts = state if self.is_tuple else (state,)
@@ -72,11 +67,11 @@ class StateLayout:
     def unflatten(self, flat: Tensor) -> State:
         """Flat ``(*lead, n)`` or ``(*lead, B, n)`` -> user structure with leading ``lead``
         dimensions (views where possible)."""
-        lead = flat.shape[:flat.ndim - 1 - (self.batch is not None)]
-        if not self.is_tuple:
-            return self._restore(flat, (*lead, *self.shapes[0]))
-        return tuple(self._restore(piece, (*lead, *shape)) for piece, shape in
-                     zip(torch.split(flat, self.sizes, dim=-1), self.shapes))
+        state = self.real_view(flat)
+        if not self.is_complex:
+            return state
+        return tuple(map(torch.view_as_complex, state)) if self.is_tuple else (
+            torch.view_as_complex(state))
 
     def real_view(self, flat: Tensor) -> State:
         """Flat state -> user structure but real (complex as trailing pairs)."""
@@ -85,11 +80,6 @@ class StateLayout:
         if not self.is_tuple:
             return flat.reshape(shapes[0])
         return tuple(p.reshape(s) for p, s in zip(torch.split(flat, self.sizes, dim=-1), shapes))
-
-    def _restore(self, flat: Tensor, shape: Sequence[int]) -> Tensor:
-        if self.is_complex:
-            return torch.view_as_complex(flat.reshape(*shape, 2))
-        return flat.reshape(shape)
 
 
 class CountedFunc:
