@@ -9,7 +9,6 @@ same values through the small parsers here (:func:`positive_float`, :func:`max_s
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -53,12 +52,11 @@ def make_controller(options: dict[str, Any]) -> PIDController:
     if not isinstance(spec, str) or spec not in CONTROLLER_PRESETS:
         raise ValueError(f"options['controller'] must be one of {sorted(CONTROLLER_PRESETS)} "
                          f"or a PIDController, got {spec!r}")
-    return PIDController(**CONTROLLER_PRESETS[spec], **factors) if factors else _preset(spec)
+    return PIDController(**CONTROLLER_PRESETS[spec], **factors) if factors else _PRESETS[spec]
 
 
-@functools.cache
-def _preset(name: str) -> PIDController:
-    return PIDController(**CONTROLLER_PRESETS[name])  # frozen: one instance serves every solve
+#: Controllers are frozen: one instance of each preset serves every solve.
+_PRESETS = {name: PIDController(**kw) for name, kw in CONTROLLER_PRESETS.items()}
 
 
 def positive_float(options: dict, name: str, allow_zero: bool = False) -> float | None:
