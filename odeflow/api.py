@@ -111,10 +111,9 @@ def solve(
     spec = get_method(method)
     opts = check_options(spec.name, options, spec.valid_options)
     validate_options(opts)
-    adjoint_config = None
-    if gradient == "adjoint":  # checked now, not first inside backward()
-        adjoint_config = make_adjoint_config(rtol, atol, method, options, adjoint_rtol,
-                                             adjoint_atol, adjoint_method, adjoint_options)
+    adjoint_config = make_adjoint_config(  # checked now, not first inside backward()
+        rtol, atol, method, options, adjoint_rtol, adjoint_atol, adjoint_method,
+        adjoint_options) if gradient == "adjoint" else None
     warn_unsupported_callbacks(func, spec, adjoint_config.spec if adjoint_config else None)
     return run_solve(func, y0, t, rtol=rtol, atol=atol, spec=spec, options=opts,
                      event_fn=event_fn, gradient=gradient, adjoint_config=adjoint_config,

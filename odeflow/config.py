@@ -49,9 +49,9 @@ def loop_config(problem: Problem, spec: Any, stepper: Any, *, record: bool = Fal
 # ------------------------------------------------------------------------------- adaptive
 def _user_times(problem: Problem, name: str) -> Tensor | list[float] | None:
     value = problem.options.get(name)  # checked by validate_options
-    if value is None or isinstance(value, Tensor):
-        return None if value is None else value.detach()
-    return [float(v) for v in value]
+    if isinstance(value, Tensor):
+        return value.detach() if problem.per_sample else value.detach().reshape(-1).tolist()
+    return None if value is None else [float(v) for v in value]
 
 
 def _adaptive_stops(problem: Problem, stepper: Any) -> tuple[Any, Any]:
@@ -61,12 +61,8 @@ def _adaptive_stops(problem: Problem, stepper: Any) -> tuple[Any, Any]:
     if not C.per_sample:
         t0, t1 = C.grid[0], C.grid[-1]
 
-        def inside(values: Any) -> list[float]:
-            if values is None:
-                return []
-            if isinstance(values, Tensor):
-                values = values.reshape(-1).to("cpu", torch.float64).tolist()
-            return [C.sign * v for v in values if t0 < C.sign * v < t1]
+        def inside(values: list[float] | None) -> list[float]:
+            return [C.sign * v for v in values or () if t0 < C.sign * v < t1]
 
         jump_set = set(inside(jumps))
         stop_set = set(inside(step_t)) | jump_set | {t1}

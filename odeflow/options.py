@@ -52,7 +52,11 @@ def make_controller(options: dict[str, Any]) -> PIDController:
     if not isinstance(spec, str) or spec not in CONTROLLER_PRESETS:
         raise ValueError(f"options['controller'] must be one of {sorted(CONTROLLER_PRESETS)} "
                          f"or a PIDController, got {spec!r}")
-    return PIDController(**CONTROLLER_PRESETS[spec], **factors)
+    return PIDController(**CONTROLLER_PRESETS[spec], **factors) if factors else _PRESETS[spec]
+
+
+#: Controllers are frozen: one instance of each preset serves every solve.
+_PRESETS = {name: PIDController(**kw) for name, kw in CONTROLLER_PRESETS.items()}
 
 
 def positive_float(options: dict, name: str, allow_zero: bool = False) -> float | None:

@@ -74,19 +74,16 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
             "differentiate a SciPy solve", UserWarning, stacklevel=3)
     time_grad = grad_on and problem.t.requires_grad and not no_graph
     y0_run = shift_initial_state(problem, problem.y0) if time_grad else problem.y0
-    locator = None
-    if events:
-        direction = event_direction if event_direction is not None else getattr(
-            event_fn, "direction", 0)
-        locator = EventLocator(replace(problem, y0=problem.y0.detach()), event_fn, direction,
-                               field_slope=not spec.adaptive)
-    keep_dense = dense or (mode == "adjoint" and spec.implicit)
-    bar = None
-    if progress:
-        bar = Progress(C, desc="event search" if events else (
-            "per-sample solve" if problem.per_sample else "solve"))
-    hooks = Hooks(event=locator, dense=[] if keep_dense else None, progress=bar)
-    loop_problem = replace(problem, y0=y0_run if mode == "direct" else y0_run.detach())
+    direction = event_direction if event_direction is not None else getattr(
+        event_fn, "direction", 0)
+    locator = EventLocator(replace(problem, y0=problem.y0.detach()), event_fn, direction,
+                           field_slope=not spec.adaptive) if events else None
+    bar = Progress(C, desc="event search" if events else (
+        "per-sample solve" if problem.per_sample else "solve")) if progress else None
+    hooks = Hooks(event=locator, dense=[] if dense or (mode == "adjoint" and spec.implicit)
+                  else None, progress=bar)
+    y0_loop = y0_run if mode == "direct" else y0_run.detach()
+    loop_problem = problem if y0_loop is problem.y0 else replace(problem, y0=y0_loop)
     result = None
     try:
         with torch.no_grad() if mode != "direct" else contextlib.nullcontext():

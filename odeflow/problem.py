@@ -136,8 +136,8 @@ def _check_times(t: Any, batch: int | None) -> Tensor:
 def _canonical_rows(t: Tensor, search: bool) -> tuple[list[list[float]], list[float]]:
     """The user's times as checked rows of Python floats (``inf`` search ends become
     ``FAR``), and each row's direction (+1/-1)."""
-    values = t.detach().to("cpu", torch.float64)  # host sync: once per solve
-    rows = values.reshape(1, -1).tolist() if values.ndim == 1 else values.tolist()
+    values = t.detach().tolist()  # host sync: once per solve (exact Python floats)
+    rows = [values] if t.ndim == 1 else values
     signs = []
     for r, row in enumerate(rows):
         where = f"t[{r}]" if len(rows) > 1 else "t"
@@ -210,11 +210,8 @@ def check_options(method: str, options: dict[str, Any] | None, valid: Sequence[s
     unknown = sorted((k for k in extra if k not in TORCHDIFFEQ_OPTIONS), key=str)
     extra -= set(unknown)
     if unknown:
-        hints = []
-        for k in unknown:
-            close = difflib.get_close_matches(str(k), list(valid), n=1)
-            if close:
-                hints.append(f"did you mean {close[0]!r} for {k!r}?")
+        hints = [f"did you mean {close[0]!r} for {k!r}?" for k in unknown
+                 if (close := difflib.get_close_matches(str(k), list(valid), n=1))]
         raise ValueError(
             f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
             f"for method={method!r}; " + (" ".join(hints) + " " if hints else "")
@@ -257,15 +254,11 @@ def make_problem(func: Callable[..., Any], y0: State, t: Tensor, rtol: Any, atol
     layout = StateLayout.of(parts, is_tuple, batch)
     rows, signs = _canonical_rows(t, search)
     if per_sample:
-        grid = torch.tensor(rows, dtype=torch.float64, device=layout.device)
-        sign = torch.tensor(signs, dtype=torch.float64, device=layout.device)
-        if grid.shape[0] == 1:
-            grid, sign = grid.expand(batch, -1), sign.expand(batch)
-        clock: Clock = LaneClock((sign[:, None] * grid).contiguous(), sign.contiguous(),
-                                 layout.real_dtype)
+        grid, sign = (torch.tensor(v, dtype=torch.float64, device=layout.device)
+                      for v in (rows, signs))
+        clock = _clock(grid.expand(batch, -1), sign.expand(batch), layout, lanes_api)
     else:
-        clock = SharedClock([signs[0] * v for v in rows[0]], signs[0], layout.real_dtype,
-                            layout.device, lane_time=lanes_api)
+        clock = _clock(rows[0], signs[0], layout, lanes_api)
     flat = layout.flatten(y0)
     if not bool(torch.isfinite(flat).all()):  # host sync: once per solve
         raise ValueError("y0 must be finite; it contains inf or nan")
@@ -279,21 +272,27 @@ def make_problem(func: Callable[..., Any], y0: State, t: Tensor, rtol: Any, atol
                    lanes_api=lanes_api)
 
 
+def _clock(grid: Any, sign: Any, layout: StateLayout, lane_time: bool) -> Clock:
+    """The clock of user times ``grid`` in direction ``sign``: a ``(B, T)`` tensor and
+    ``(B,)`` signs (per sample), or a sequence of floats and a float (one lane)."""
+    if isinstance(grid, Tensor):
+        return LaneClock((sign[:, None] * grid).contiguous(), sign.contiguous(),
+                         layout.real_dtype)
+    return SharedClock([sign * v for v in grid], sign, layout.real_dtype, layout.device,
+                       lane_time=lane_time)
+
+
 def retime(problem: Problem, grid: Any, y0: Tensor) -> Problem:
     """``problem`` with other canonical output times and initial state, already checked:
     ``grid`` a sequence of floats (one lane; its direction gives the sign) or a ``(B, T)``
     tensor (per sample, rows increasing in canonical time). Used to solve one problem
     again over many intervals without validating it again."""
-    old = problem.clock
     if isinstance(grid, Tensor):
-        sign = torch.where(grid[:, -1] >= grid[:, 0], 1.0, -1.0).to(grid)
-        clock: Clock = LaneClock((sign[:, None] * grid).contiguous(), sign, old.real_dtype)
-        t_user = grid
+        sign, t_user = torch.where(grid[:, -1] >= grid[:, 0], 1.0, -1.0).to(grid), grid
     else:
-        values = [float(v) for v in grid]
-        sign = 1.0 if len(values) < 2 or values[-1] >= values[0] else -1.0
-        clock = SharedClock([sign * v for v in values], sign, old.real_dtype, old.device,
-                            lane_time=getattr(old, "lane_time", False))
-        t_user = torch.tensor(values, dtype=torch.float64)
+        grid = [float(v) for v in grid]
+        sign = 1.0 if len(grid) < 2 or grid[-1] >= grid[0] else -1.0
+        t_user = torch.tensor(grid, dtype=torch.float64)
+    clock = _clock(grid, sign, problem.layout, getattr(problem.clock, "lane_time", False))
     return replace(problem, clock=clock, y0=y0, t=t_user,
                    func=CountedFunc(problem.user_func, problem.layout, clock))

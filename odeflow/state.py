@@ -9,6 +9,7 @@ place NFE is counted).
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -53,11 +54,6 @@ class StateLayout:
                    first.dtype, first.real.dtype if is_complex else first.dtype,
                    first.device, batch)
 
-    @property
-    def numel(self) -> int:
-        """Flat real size of one lane."""
-        return sum(self.sizes)
-
     def flatten(self, state: State) -> Tensor:
         """User structure -> flat real ``(n,)`` or ``(B, n)``."""
         parts = state if self.is_tuple else (state,)
@@ -71,11 +67,11 @@ class StateLayout:
     def unflatten(self, flat: Tensor) -> State:
         """Flat ``(*lead, n)`` or ``(*lead, B, n)`` -> user structure with leading ``lead``
         dimensions (views where possible)."""
-        lead = flat.shape[:flat.ndim - 1 - (self.batch is not None)]
-        if not self.is_tuple:
-            return self._restore(flat, (*lead, *self.shapes[0]))
-        return tuple(self._restore(piece, (*lead, *shape)) for piece, shape in
-                     zip(torch.split(flat, self.sizes, dim=-1), self.shapes))
+        state = self.real_view(flat)
+        if not self.is_complex:
+            return state
+        return tuple(map(torch.view_as_complex, state)) if self.is_tuple else (
+            torch.view_as_complex(state))
 
     def real_view(self, flat: Tensor) -> State:
         """Flat state -> user structure but real (complex as trailing pairs)."""
@@ -84,11 +80,6 @@ class StateLayout:
         if not self.is_tuple:
             return flat.reshape(shapes[0])
         return tuple(p.reshape(s) for p, s in zip(torch.split(flat, self.sizes, dim=-1), shapes))
-
-    def _restore(self, flat: Tensor, shape: Sequence[int]) -> Tensor:
-        if self.is_complex:
-            return torch.view_as_complex(flat.reshape(*shape, 2))
-        return flat.reshape(shape)
 
 
 class CountedFunc:
@@ -101,8 +92,8 @@ class CountedFunc:
     dtype (0-dim, or ``(B,)``) and ``y`` in the user's structure.
     """
 
-    __slots__ = ("func", "layout", "clock", "nfe", "_call", "_shape", "_dims", "_negate",
-                 "_conforming")
+    __slots__ = ("func", "layout", "clock", "nfe", "_call", "_time", "_shape", "_dims",
+                 "_negate", "_conforming")
 
     def __init__(self, func: Callable[..., Any], layout: StateLayout, clock: Clock):
         self.func = func
@@ -125,6 +116,11 @@ class CountedFunc:
         else:
             self._call = self._call_general
         self._negate = not clock.per_sample and clock.sign < 0
+        # Canonical time is the user's for a forward joint solve: one C call, no Python frame.
+        self._time = (functools.partial(torch.scalar_tensor, dtype=clock.real_dtype,
+                                        device=clock.device)
+                      if not clock.per_sample and clock.sign > 0 and not clock.lane_time
+                      else clock.user_time)
 
     @property
     def sign(self) -> Any:
@@ -132,7 +128,7 @@ class CountedFunc:
 
     def __call__(self, t: Any, y: Tensor) -> Tensor:
         self.nfe += 1
-        return self._call(self.clock.user_time(t), y)
+        return self._call(self._time(t), y)
 
     def checked(self, t: Any, y: Tensor) -> Tensor:
         """Like a call, but checks the structure of ``func``'s output (the first call)."""
@@ -194,7 +190,7 @@ class CountedFunc:
         return -out if self._negate else out
 
     def _call_shaped(self, tt: Tensor, y: Tensor) -> Tensor:
-        out = self.func(tt, y.view(*self._dims)).reshape(-1)
+        out = self.func(tt, y.view(*self._dims)).ravel()
         return -out if self._negate else out
 
     def _call_general(self, tt: Tensor, y: Tensor) -> Tensor:

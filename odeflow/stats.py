@@ -10,37 +10,32 @@ __all__ = ["Status", "SolveStats", "SolveError", "last_stats"]
 
 
 class Status(enum.IntEnum):
-    """Outcome of a solve. ``Status.SUCCESS`` and ``Status.EVENT`` are successful."""
+    """Outcome of a solve. ``Status.SUCCESS`` and ``Status.EVENT`` are successful.
 
-    SUCCESS = 0
-    EVENT = 1
-    MAX_STEPS_REACHED = 2
-    STEP_SIZE_UNDERFLOW = 3
-    NONFINITE = 4
-    NO_EVENT = 5
+    Attributes:
+        message: a sentence describing the outcome.
+    """
+
+    SUCCESS = 0, "The solver reached the last output time."
+    EVENT = 1, "The solve stopped at an event (event_fn crossed zero)."
+    MAX_STEPS_REACHED = 2, "The solver took max_num_steps steps without reaching the end."
+    STEP_SIZE_UNDERFLOW = 3, "The step size fell below the resolution of the time variable."
+    NONFINITE = 4, "func returned non-finite values (inf or nan)."
+    NO_EVENT = 5, "event_fn did not cross zero before the end of the time span."
+
+    def __new__(cls, value: int, message: str) -> Status:
+        member = int.__new__(cls, value)
+        member._value_ = value
+        member.message = message
+        return member
 
     def __str__(self) -> str:
         return self.name
 
     @property
-    def message(self) -> str:
-        """A sentence describing the outcome."""
-        return _MESSAGES[self]
-
-    @property
     def ok(self) -> bool:
         """Whether the solve reached its end (or its event)."""
         return self in (Status.SUCCESS, Status.EVENT)
-
-
-_MESSAGES = {
-    Status.SUCCESS: "The solver reached the last output time.",
-    Status.EVENT: "The solve stopped at an event (event_fn crossed zero).",
-    Status.MAX_STEPS_REACHED: "The solver took max_num_steps steps without reaching the end.",
-    Status.STEP_SIZE_UNDERFLOW: "The step size fell below the resolution of the time variable.",
-    Status.NONFINITE: "func returned non-finite values (inf or nan).",
-    Status.NO_EVENT: "event_fn did not cross zero before the end of the time span.",
-}
 
 
 @dataclass

@@ -188,7 +188,7 @@ def warn_unsupported_callbacks(func: Any, spec: MethodSpec,
         if which is None:
             continue
         unused = [n + suffix for n in CALLBACKS
-                  if getattr(func, n + suffix, None) is not None and n not in which.valid_callbacks]
+                  if n not in which.valid_callbacks and getattr(func, n + suffix, None) is not None]
         if unused:
             warnings.warn(f"method={which.name!r} does not call the step callbacks "
                           f"{', '.join(unused)}"
