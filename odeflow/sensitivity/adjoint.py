@@ -54,12 +54,8 @@ class AdjointConfig:
 def make_adjoint_config(rtol: Any, atol: Any, method: str | None, options: dict | None,
                         adjoint_rtol: Any, adjoint_atol: Any, adjoint_method: str | None,
                         adjoint_options: dict | None) -> AdjointConfig:
-    """Defaults as torchdiffeq: the forward's tolerances, method and options (less ``norm``).
-
-    An implicit forward method's backward solve defaults to ``kvaerno5``: implicit too, and
-    its Newton iteration tolerates the block Jacobian the augmented system gets
-    (``adjoint_jacobian.py``), where a Rosenbrock method would lose order.
-    """
+    """Defaults as torchdiffeq: the forward's tolerances, method and options (less ``norm``),
+    except the method after an implicit forward (:attr:`MethodSpec.adjoint_default`)."""
     if adjoint_method is None:
         adjoint_method = get_method(method).adjoint_default
     spec = get_method(adjoint_method if adjoint_method is not None else method)
@@ -169,7 +165,7 @@ def _augmented_dynamics(problem: Problem, params: tuple[Tensor, ...],
             return dy.detach(), da
         return dy.detach(), da, flat_grads(vjps[1:], params, a.dtype)
 
-    return _with_adjoint_callbacks(aug, problem)
+    return aug
 
 
 def _with_adjoint_callbacks(aug: Callable, problem: Problem) -> Callable:
@@ -225,21 +221,18 @@ class _Adjoint(torch.autograd.Function):
                 hooks = Hooks(stage_hook=quadrature, skip=ctx.failed)
             run_options = {"fsal": False, "use_callbacks": False}
         if interpolating:
-            aug = _with_adjoint_callbacks(
-                interpolating_dynamics(f, params, trajectory, lanes), problem)
+            aug = interpolating_dynamics(f, params, trajectory, lanes)
             if options.get("norm") is not None:  # (the seminorm then counts a alone)
                 options["norm"] = _without_y(options["norm"])
-            if config.spec.implicit and not lanes:  # (per sample: the per-lane Newton's own)
-                options["linear_solver"] = AdjointBlockSolver(
-                    f, n, make_linear_solver(config.options), trajectory, params)
         else:
             aug = _augmented_dynamics(problem, params, quadrature)
-            if config.spec.implicit:
-                # The augmented dynamics cannot be differentiated by autodiff (their a- and
-                # g-parts are themselves gradients): the Jacobian comes in blocks from the
-                # forward func (see adjoint_jacobian.py).
-                options["linear_solver"] = AdjointBlockSolver(
-                    f, n, make_linear_solver(config.options))
+        aug = _with_adjoint_callbacks(aug, problem)
+        if config.spec.implicit and not lanes:  # (per sample: the per-lane Newton's own)
+            # The augmented dynamics cannot be differentiated by autodiff (their a- and
+            # g-parts are themselves gradients): the Jacobian comes in blocks from the
+            # forward func (see adjoint_jacobian.py).
+            options["linear_solver"] = AdjointBlockSolver(
+                f, n, make_linear_solver(config.options), trajectory, params)
         a = grad_ys[-1].clone()
         sizes = [p.numel() * (2 if p.is_complex() else 1) for p in params]
         g = (ys.new_zeros(sum(sizes)),) if params and not lanes else ()

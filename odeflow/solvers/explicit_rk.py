@@ -237,10 +237,7 @@ class ExplicitRK:
 
     def interpolate(self, y: Tensor, y_new: Tensor, dt: float, stages: Sequence[Tensor],
                     f_new: Tensor | None, theta: float, ws: Workspace | None) -> Tensor:
-        """The solution at ``t + theta * dt`` from the method's dense output.
-
-        Uses the tableau's own interpolant when it has one, cubic Hermite otherwise.
-        """
+        """The solution at ``t + theta * dt`` from the method's dense output."""
         if self.tableau.dense is None:
             return hermite(y, y_new, stages[0], f_new, dt, theta)
         stacked = ws.prefix[self.stages] if ws is not None else None
