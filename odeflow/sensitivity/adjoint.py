@@ -100,13 +100,6 @@ def _seminorm(state: tuple[Tensor, ...]) -> Tensor:
     return torch.maximum(rms_norm(state[0]), rms_norm(state[1]))
 
 
-def _without_y(norm: Callable) -> Callable:
-    """A backward norm written for ``(y, a, g)`` applied to ``(a, g)`` (``y`` as zeros)."""
-    def wrapped(state: tuple[Tensor, ...]) -> Tensor:
-        return norm((torch.zeros_like(state[0]), *state))
-    return wrapped
-
-
 class _Quadrature:
     """Per sample, the parameter gradient ``∫ a ∂f/∂θ`` summed over the samples.
 
@@ -222,8 +215,10 @@ class _Adjoint(torch.autograd.Function):
             run_options = {"fsal": False, "use_callbacks": False}
         if interpolating:
             aug = interpolating_dynamics(f, params, trajectory, lanes)
-            if options.get("norm") is not None:  # (the seminorm then counts a alone)
-                options["norm"] = _without_y(options["norm"])
+            if options.get("norm") is not None:  # a norm of (y, a, g) gets y as zeros (the
+                # seminorm then counts a alone)
+                norm = options["norm"]
+                options["norm"] = lambda s: norm((torch.zeros_like(s[0]), *s))
         else:
             aug = _augmented_dynamics(problem, params, quadrature)
         aug = _with_adjoint_callbacks(aug, problem)
