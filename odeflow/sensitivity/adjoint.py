@@ -71,10 +71,9 @@ def make_adjoint_config(rtol: Any, atol: Any, method: str | None, options: dict 
                          atol if adjoint_atol is None else adjoint_atol, spec, adj_opts)
 
 
-def check_lanes_config(config: AdjointConfig, problem: Problem,
-                       forward: MethodSpec | None = None) -> None:
+def check_lanes_config(config: AdjointConfig, problem: Problem, forward: MethodSpec) -> None:
     """Reject what the per-sample adjoint cannot honour (at ``solve``, not in backward)."""
-    after_implicit = forward is not None and forward.implicit
+    after_implicit = forward.implicit
     if after_implicit and not config.spec.lanes_adjoint:
         raise ValueError("gradient='adjoint' with options['per_sample'] after an implicit "
                          "forward (interpolating) needs an ESDIRK or explicit Runge-Kutta "

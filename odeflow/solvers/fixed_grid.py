@@ -23,15 +23,10 @@ class FixedGridSteps:
         self.steps_to_outputs = False
         self.needs_f_end_for_dense = self.cubic
         self.fsal = False
-
-    def workspace(self, y0: Tensor) -> Any:
-        return self.stepper.workspace(y0)
-
-    def init(self, y0: Tensor) -> Any:
-        return self.stepper.init(y0)
-
-    def step(self, *args: Any, **kwargs: Any) -> Any:
-        return self.stepper.step(*args, **kwargs)
+        # The method's own steps, called directly (no forwarding call per step).
+        self.workspace = stepper.workspace
+        self.init = stepper.init
+        self.step = stepper.step
 
     def interpolant(self, t, dt, y, y_new, stages, f_new, f=None):
         if self.cubic:
