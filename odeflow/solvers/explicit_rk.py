@@ -122,14 +122,11 @@ class ExplicitRK:
                 it is not needed for ``y_new`` (the checkpointed backward skips it).
         """
         if isinstance(dt, Tensor):  # per sample: one step size per lane
-            y_new, err, stages = self._step_lanes(f, t, y, f0, dt, ws, with_error, f_last)
-        elif ws is None:
+            return self._step_lanes(f, t, y, f0, dt, ws, with_error, f_last)
+        if ws is None:
             skip_last = self.fsal and not fsal_stage and not with_error
-            y_new, err, stages = self._step_autograd(f, t, y, f0, dt, with_error, f_last,
-                                                     skip_last)
-        else:
-            y_new, err, stages = self._step_fused(f, t, y, f0, dt, ws, with_error, f_last)
-        return StepResult(y_new, err, stages)
+            return self._step_autograd(f, t, y, f0, dt, with_error, f_last, skip_last)
+        return self._step_fused(f, t, y, f0, dt, ws, with_error, f_last)
 
     def _step_fused(self, f, t, y, f0, dt, ws, with_error, f_last):
         rows, prefix, a_rows, c = ws.rows, ws.prefix, ws.a_rows, self._c
@@ -146,9 +143,9 @@ class ExplicitRK:
         if with_error and ws.b_err is not None:
             # beta=0: the input only fixes the shape; out = dt * K^T b_err.
             err = torch.addmv(y, prefix[self.stages], ws.b_err, beta=0.0, alpha=dt)
-        return y_new, err, rows
+        return StepResult(y_new, err, rows)
 
-    def _step_autograd(self, f, t, y, f0, dt, with_error, f_last, skip_last=False):
+    def _step_autograd(self, f, t, y, f0, dt, with_error, f_last, skip_last):
         c = self._c
         ks = [f0]
         y_i = y
@@ -164,7 +161,7 @@ class ExplicitRK:
         if with_error and self._e_nz:
             with torch.no_grad():
                 err = _combine(None, ks, self._e_nz, dt)
-        return y_new, err, ks
+        return StepResult(y_new, err, ks)
 
     def _step_lanes(self, f, t, y, f0, dt, ws, with_error, f_last):
         """One attempt per lane of a ``(B, n)`` state with step sizes ``dt`` ``(B,)``.
@@ -208,7 +205,7 @@ class ExplicitRK:
         if with_error and b_err is not None:
             with torch.no_grad():
                 err = h * stage_sum(s, b_err)
-        return y_new, err, ks
+        return StepResult(y_new, err, ks)
 
     # ----------------------------------------------------------------------- dense output
     def f_end(self, f: Func, t_new: float, y_new: Tensor, result: StepResult) -> Tensor:
