@@ -214,8 +214,8 @@ class _Adjoint(torch.autograd.Function):
             run_options = {"fsal": False, "use_callbacks": False}
         if interpolating:
             aug = interpolating_dynamics(f, params, trajectory, lanes)
-            if options.get("norm") is not None:  # a norm of (y, a, g) gets y as zeros (the
-                # seminorm then counts a alone)
+            if options.get("norm") is not None:
+                # A norm written for (y, a, g) sees y as zeros (the seminorm counts a alone).
                 norm = options["norm"]
                 options["norm"] = lambda s: norm((torch.zeros_like(s[0]), *s))
         else:

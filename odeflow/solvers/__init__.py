@@ -132,7 +132,7 @@ class MethodSpec:
                 _RK_CACHE[self.name] = ExplicitRK(TABLEAUS[self.name])
             return _RK_CACHE[self.name]
         if self.stepper in (Rosenbrock, AutoSwitch):  # auto switches tsit5 <-> rodas5p
-            rodas = Rosenbrock(ROSENBROCK_TABLEAUS.get(self.name, ROSENBROCK_TABLEAUS["rodas5p"]),
+            rodas = Rosenbrock(ROSENBROCK_TABLEAUS["rodas5p" if self.name == "auto" else self.name],
                                make_linear_solver(options),
                                autonomous=bool(options.get("autonomous", False)))
             return rodas if self.name != "auto" else AutoSwitch(
