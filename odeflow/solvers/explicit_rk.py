@@ -19,6 +19,7 @@ computed without building a graph.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -89,10 +90,7 @@ class ExplicitRK:
         key = (dtype, device)
         if key not in self._cache:
             tab = self.tableau
-
-            def vec(values: Sequence[float]) -> Tensor:
-                return torch.tensor(values, dtype=dtype, device=device)
-
+            vec = functools.partial(torch.tensor, dtype=dtype, device=device)
             a_rows = tuple(vec(row) if row else None for row in tab.a)
             b_err = vec(tab.b_err) if tab.b_err is not None else None
             c = torch.tensor(tab.c, dtype=torch.float64, device=device)[:, None]
