@@ -70,10 +70,9 @@ def closure_leaves(problem: Problem) -> tuple[Tensor, ...]:
     ``p``). A tensor that ``func`` uses only at other times or states (a branch not taken at
     ``t0``) is not found: pass ``adjoint_params`` for such a function.
     """
-    layout = problem.layout
     t0 = problem.clock.user_time(problem.clock.t0)
     with torch.enable_grad():
-        out = problem.user_func(t0, layout.unflatten(problem.y0.detach()))
+        out = problem.user_func(t0, problem.layout.unflatten(problem.y0.detach()))
     outs = out if isinstance(out, (tuple, list)) else (out,)
     tensors = [o for o in outs if isinstance(o, Tensor) and o.requires_grad]
     leaves = [o for o in tensors if o.grad_fn is None]  # func returned a leaf itself

@@ -54,12 +54,8 @@ class AdjointConfig:
 def make_adjoint_config(rtol: Any, atol: Any, method: str | None, options: dict | None,
                         adjoint_rtol: Any, adjoint_atol: Any, adjoint_method: str | None,
                         adjoint_options: dict | None) -> AdjointConfig:
-    """Defaults as torchdiffeq: the forward's tolerances, method and options (less ``norm``).
-
-    An implicit forward method's backward solve defaults to ``kvaerno5``: implicit too, and
-    its Newton iteration tolerates the block Jacobian the augmented system gets
-    (``adjoint_jacobian.py``), where a Rosenbrock method would lose order.
-    """
+    """Defaults as torchdiffeq: the forward's tolerances, method and options (less ``norm``),
+    except the method after an implicit forward (:attr:`MethodSpec.adjoint_default`)."""
     if adjoint_method is None:
         adjoint_method = get_method(method).adjoint_default
     spec = get_method(adjoint_method if adjoint_method is not None else method)
@@ -75,10 +71,9 @@ def make_adjoint_config(rtol: Any, atol: Any, method: str | None, options: dict 
                          atol if adjoint_atol is None else adjoint_atol, spec, adj_opts)
 
 
-def check_lanes_config(config: AdjointConfig, problem: Problem,
-                       forward: MethodSpec | None = None) -> None:
+def check_lanes_config(config: AdjointConfig, problem: Problem, forward: MethodSpec) -> None:
     """Reject what the per-sample adjoint cannot honour (at ``solve``, not in backward)."""
-    after_implicit = forward is not None and forward.implicit
+    after_implicit = forward.implicit
     if after_implicit and not config.spec.lanes_adjoint:
         raise ValueError("gradient='adjoint' with options['per_sample'] after an implicit "
                          "forward (interpolating) needs an ESDIRK or explicit Runge-Kutta "
@@ -102,13 +97,6 @@ def check_lanes_config(config: AdjointConfig, problem: Problem,
 def _seminorm(state: tuple[Tensor, ...]) -> Tensor:
     # Only y and a count; g (the parameter gradient) is ignored.
     return torch.maximum(rms_norm(state[0]), rms_norm(state[1]))
-
-
-def _without_y(norm: Callable) -> Callable:
-    """A backward norm written for ``(y, a, g)`` applied to ``(a, g)`` (``y`` as zeros)."""
-    def wrapped(state: tuple[Tensor, ...]) -> Tensor:
-        return norm((torch.zeros_like(state[0]), *state))
-    return wrapped
 
 
 class _Quadrature:
@@ -169,7 +157,7 @@ def _augmented_dynamics(problem: Problem, params: tuple[Tensor, ...],
             return dy.detach(), da
         return dy.detach(), da, flat_grads(vjps[1:], params, a.dtype)
 
-    return _with_adjoint_callbacks(aug, problem)
+    return aug
 
 
 def _with_adjoint_callbacks(aug: Callable, problem: Problem) -> Callable:
@@ -225,21 +213,20 @@ class _Adjoint(torch.autograd.Function):
                 hooks = Hooks(stage_hook=quadrature, skip=ctx.failed)
             run_options = {"fsal": False, "use_callbacks": False}
         if interpolating:
-            aug = _with_adjoint_callbacks(
-                interpolating_dynamics(f, params, trajectory, lanes), problem)
-            if options.get("norm") is not None:  # (the seminorm then counts a alone)
-                options["norm"] = _without_y(options["norm"])
-            if config.spec.implicit and not lanes:  # (per sample: the per-lane Newton's own)
-                options["linear_solver"] = AdjointBlockSolver(
-                    f, n, make_linear_solver(config.options), trajectory, params)
+            aug = interpolating_dynamics(f, params, trajectory, lanes)
+            if options.get("norm") is not None:
+                # A norm written for (y, a, g) sees y as zeros (the seminorm counts a alone).
+                norm = options["norm"]
+                options["norm"] = lambda s: norm((torch.zeros_like(s[0]), *s))
         else:
             aug = _augmented_dynamics(problem, params, quadrature)
-            if config.spec.implicit:
-                # The augmented dynamics cannot be differentiated by autodiff (their a- and
-                # g-parts are themselves gradients): the Jacobian comes in blocks from the
-                # forward func (see adjoint_jacobian.py).
-                options["linear_solver"] = AdjointBlockSolver(
-                    f, n, make_linear_solver(config.options))
+        aug = _with_adjoint_callbacks(aug, problem)
+        if config.spec.implicit and not lanes:  # (per sample: the per-lane Newton's own)
+            # The augmented dynamics cannot be differentiated by autodiff (their a- and
+            # g-parts are themselves gradients): the Jacobian comes in blocks from the
+            # forward func (see adjoint_jacobian.py).
+            options["linear_solver"] = AdjointBlockSolver(
+                f, n, make_linear_solver(config.options), trajectory, params)
         a = grad_ys[-1].clone()
         sizes = [p.numel() * (2 if p.is_complex() else 1) for p in params]
         g = (ys.new_zeros(sum(sizes)),) if params and not lanes else ()

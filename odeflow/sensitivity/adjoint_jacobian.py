@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..linalg import DenseFactor, ImplicitCounts, KrylovSolver, gmres
+from ..linalg import DenseFactor, ImplicitCounts, KrylovFactor, KrylovSolver
 
 __all__ = ["AdjointBlockSolver", "flat_grads"]
 
@@ -60,40 +60,21 @@ class _BlockJacobian:
 @dataclass
 class _BlockFactor:
     """``M``'s diagonal blocks ``I - hγ o J`` (the ``y`` part, if any) and ``I + hγ o Jᵀ``,
-    ``o`` the orientation, as LU factors or (``krylov``) by GMRES on ``op``; with
-    ``vjp_theta`` the exact ``g`` block ``[hγ o (∂f/∂θ)ᵀ, I]`` of the interpolating adjoint."""
+    ``o`` the orientation, each as its solve; with ``vjp_theta`` the exact ``g`` block
+    ``[hγ o (∂f/∂θ)ᵀ, I]`` of the interpolating adjoint."""
 
-    parts: tuple[DenseFactor, ...]  # (y part, a part) or (a part,); () with Krylov
-    op: Any  # odeflow.linalg.JacobianOperator of the forward func (Krylov)
-    krylov: KrylovSolver | None
+    solves: tuple[Callable[[Tensor], Tensor], ...]  # (y part, a part) or (a part,)
     vjp_theta: Callable[[Tensor], Tensor] | None  # x -> (∂f/∂θ)ᵀ x, flat
     n: int
-    h_gamma: float
+    h_gamma: float  # (the Factor contract: the ESDIRK stepper reads it)
     orient: float
-    with_y: bool
-    counts: ImplicitCounts
-
-    def _gmres(self, matvec: Callable[[Tensor], Tensor], b: Tensor) -> Tensor:
-        k = self.krylov
-        assert k is not None
-        x, iters = gmres(matvec, b, tol=k.tol, restart=k.restart, max_iters=k.max_iters)
-        self.counts.n_linear_iters += iters
-        self.counts.n_linear_failures += iters >= k.max_iters  # see KrylovFactor._gmres
-        return x
 
     def solve(self, b: Tensor) -> Tensor:
-        n, hg, o = self.n, self.h_gamma, self.orient
-        blocks = [b[i * n:(i + 1) * n] for i in range(1 + self.with_y)]
-        if self.krylov is None:
-            xs = [part.solve(v) for part, v in zip(self.parts, blocks)]
-        else:
-            with torch.no_grad():
-                xs = ([self._gmres(lambda v: v - hg * o * self.op.matvec(v), blocks[0])]
-                      if self.with_y else [])
-                xs.append(self._gmres(lambda v: v + hg * o * self.op.rmatvec(v), blocks[-1]))
+        n = self.n
+        xs = [solve(b[i * n:(i + 1) * n]) for i, solve in enumerate(self.solves)]
         rest = b[len(xs) * n:]
         if self.vjp_theta is not None:
-            rest = rest - (hg * o) * self.vjp_theta(xs[-1])
+            rest = rest - (self.h_gamma * self.orient) * self.vjp_theta(xs[-1])
         return torch.cat([*xs, rest])
 
     def solve_transpose(self, b: Tensor) -> Tensor:
@@ -143,16 +124,21 @@ class AdjointBlockSolver:
     def factor(self, jac: _BlockJacobian, h_gamma: float, counts: ImplicitCounts) -> Any:
         with_y = self.trajectory is None
         vjp = self._vjp_theta(jac) if self.params and not with_y else None
-        krylov = self.inner if isinstance(self.inner, KrylovSolver) else None
-        parts: tuple[DenseFactor, ...] = ()
-        if krylov is None:
+        hg_o = h_gamma * jac.orient
+        if isinstance(self.inner, KrylovSolver):  # GMRES on I - c J and its transpose
+            k = self.inner
+
+            def krylov(c: float) -> KrylovFactor:
+                return KrylovFactor(jac.jac, c, k.tol, k.restart, k.max_iters, counts)
+            solves = ((krylov(hg_o).solve,) if with_y else ()) + (krylov(-hg_o).solve_transpose,)
+        else:
             counts.n_lu += 1
             J = jac.jac * jac.orient
             eye = torch.eye(self.n, dtype=J.dtype, device=J.device)
             mats = ((eye - h_gamma * J,) if with_y else ()) + (eye + h_gamma * J.T,)
-            parts = tuple(DenseFactor(*torch.linalg.lu_factor_ex(m)[:2], h_gamma) for m in mats)
-        return _BlockFactor(parts, jac.jac, krylov, vjp, self.n, h_gamma, jac.orient, with_y,
-                            counts)
+            solves = tuple(DenseFactor(*torch.linalg.lu_factor_ex(m)[:2], h_gamma).solve
+                           for m in mats)
+        return _BlockFactor(solves, vjp, self.n, h_gamma, jac.orient)
 
     def _vjp_theta(self, jac: _BlockJacobian) -> Callable[[Tensor], Tensor]:
         """``x -> (∂f/∂θ)ᵀ x`` at ``(τ, y(τ))``: one graph of ``f``, one backward per use."""

@@ -27,9 +27,9 @@ __all__ = ["attach_checkpoint"]
 
 class _Checkpoint(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, payload: tuple, y0: Tensor, *params: Tensor):  # type: ignore[override]
-        problem, stepper, cfg, records, ys, y_last, stats, failed, event_found = payload
-        ctx.payload = (problem, stepper, cfg, records, stats, failed, event_found)
+    def forward(ctx, payload: tuple, ys: Tensor, y_last: Tensor, y0: Tensor,
+                *params: Tensor):  # type: ignore[override]
+        ctx.payload = payload
         ctx.save_for_backward(*params)
         return ys.clone(), y_last.clone()
 
@@ -75,7 +75,7 @@ class _Checkpoint(torch.autograd.Function):
                     param_grads[i] = g if param_grads[i] is None else param_grads[i] + g
         stats.nfe_backward += f.nfe - nfe_before
         stats.n_steps_backward += len(records)
-        return (None, adj + grad_ys[0], *param_grads)
+        return (None, None, None, adj + grad_ys[0], *param_grads)
 
 
 def _replay(problem: Problem, stepper: Any, cfg: Any, rec: StepRecord, y: Tensor, dt: Any,
@@ -151,5 +151,5 @@ def attach_checkpoint(problem: Problem, stepper: Any, cfg: Any, stats: SolveStat
     state of event lanes) have none. Per sample, ``failed`` lanes get no gradient, and the
     ``y_last`` of ``event_found`` lanes is injected at their event's step.
     """
-    payload = (problem, stepper, cfg, records, ys, y_last, stats, failed, event_found)
-    return _Checkpoint.apply(payload, y0, *params)
+    payload = (problem, stepper, cfg, records, stats, failed, event_found)
+    return _Checkpoint.apply(payload, ys, y_last, y0, *params)

@@ -44,7 +44,7 @@ def shift_initial_state(problem: Problem, y0: Tensor) -> Tensor:
 class _OutputTimes(torch.autograd.Function):
     @staticmethod
     def forward(ctx, t: Tensor, ys: Tensor, problem: Problem,  # type: ignore[override]
-                stats: SolveStats | None) -> Tensor:
+                stats: SolveStats) -> Tensor:
         ctx.problem = problem
         ctx.stats = stats
         ctx.save_for_backward(t, ys.detach())
@@ -67,12 +67,11 @@ class _OutputTimes(torch.autograd.Function):
                     rows.append((torch.nan_to_num(grad_ys[j]) * dy).sum(-1))
             g = torch.stack(rows, -1).to(t.dtype)  # (T,) or (B, T)
             grad_t = g.sum(0) if (lanes and t.ndim == 1) else g
-            if ctx.stats is not None:
-                ctx.stats.nfe_backward += n_t
+            ctx.stats.nfe_backward += n_t
         return grad_t, grad_ys, None, None
 
 
-def attach_output_times(problem: Problem, ys: Tensor, stats: SolveStats | None = None) -> Tensor:
+def attach_output_times(problem: Problem, ys: Tensor, stats: SolveStats) -> Tensor:
     """``ys`` (``(T, n)`` or ``(T, B, n)``) whose backward also gives
     ``∂L/∂t_i = <∂L/∂y_i, f(t_i, y_i)>``; the evaluations this needs are added to
     ``stats.nfe_backward``."""

@@ -33,7 +33,7 @@ ADAPTIVE_METHODS = ("dopri5", "tsit5", "dopri8", "bosh3", "fehlberg2", "adaptive
 ROSENBROCK_METHODS = ("rodas5p", "rodas4")
 ESDIRK_METHODS = ("kvaerno5", "kvaerno3", "trbdf2")
 IMPLICIT_METHODS = ("auto",) + ROSENBROCK_METHODS + ESDIRK_METHODS
-IMPLICIT_OPTIONS = LINEAR_SOLVER_OPTIONS + ("autonomous", "max_newton_iters")
+IMPLICIT_OPTIONS = ADAPTIVE_OPTIONS + LINEAR_SOLVER_OPTIONS + ("autonomous", "max_newton_iters")
 FIXED_RK_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "rk4_classic")
 ADAMS_METHODS = ("explicit_adams", "implicit_adams", "fixed_adams")
 FIXED_METHODS = FIXED_RK_METHODS + ADAMS_METHODS
@@ -46,8 +46,9 @@ class MethodSpec:
     """What a method name means: its family, its valid options and how to build it."""
 
     name: str
-    family: str  # "adaptive" | "fixed" | "scipy"
+    family: str  # "adaptive" | "implicit" | "fixed" | "scipy"
     valid_options: tuple[str, ...]
+    stepper: Any = None  # the stepper class, which declares its capabilities (None: SciPy)
 
     # Capability flags: what the rest of the code asks of a method (never its family name).
     @property
@@ -75,7 +76,7 @@ class MethodSpec:
     def per_sample(self) -> bool:
         """Whether the stepper takes one step size per lane (``options["per_sample"]``):
         declared by the stepper class itself (SciPy: one SciPy solve per sample)."""
-        return self.external or bool(getattr(_stepper_class(self.name), "per_sample", False))
+        return self.external or bool(getattr(self.stepper, "per_sample", False))
 
     def check_per_sample(self, options: dict[str, Any], mode: str) -> None:
         """Refuse what per-sample mode does not support with this method, naming it."""
@@ -126,38 +127,42 @@ class MethodSpec:
     def build(self, options: dict[str, Any], rtol: Any = 1e-7, atol: Any = 1e-9) -> Any:
         """A stepper configured by ``options`` (the loop reads the rest of them); the
         implicit methods scale their Newton tests by the solve's ``rtol``/``atol``."""
-        if self.family == "scipy":
-            return None
-        if self.name == "auto":
-            return AutoSwitch(_RK_CACHE.setdefault("tsit5", ExplicitRK(TABLEAUS["tsit5"])),
-                              Rosenbrock(ROSENBROCK_TABLEAUS["rodas5p"],
-                                         make_linear_solver(options),
-                                         autonomous=bool(options.get("autonomous", False))))
-        if self.name in ROSENBROCK_METHODS:
-            return Rosenbrock(ROSENBROCK_TABLEAUS[self.name], make_linear_solver(options),
-                              autonomous=bool(options.get("autonomous", False)))
-        if self.name in ESDIRK_METHODS:
+        if self.stepper is ExplicitRK:  # configuration only: one per method, reused
+            if self.name not in _RK_CACHE:
+                _RK_CACHE[self.name] = ExplicitRK(TABLEAUS[self.name])
+            return _RK_CACHE[self.name]
+        if self.stepper in (Rosenbrock, AutoSwitch):  # auto switches tsit5 <-> rodas5p
+            rodas = Rosenbrock(ROSENBROCK_TABLEAUS["rodas5p" if self.name == "auto" else self.name],
+                               make_linear_solver(options),
+                               autonomous=bool(options.get("autonomous", False)))
+            return rodas if self.name != "auto" else AutoSwitch(
+                get_method("tsit5").build(options), rodas)
+        if self.stepper is ESDIRK:
             kwargs = {k: options[k] for k in ("max_newton_iters",) if k in options}
             return ESDIRK(ESDIRK_TABLEAUS[self.name], make_linear_solver(options), rtol=rtol,
                           atol=atol, **kwargs)
-        if self.name in ADAMS_METHODS:
-            order = options.get("max_order", 4)
-            if self.name == "explicit_adams":
-                return AdamsBashforth(order)
-            return AdamsMoulton(order, options.get("max_iters", 4))
-        return _RK_CACHE.get(self.name) or _RK_CACHE.setdefault(
-            self.name, ExplicitRK(TABLEAUS[self.name]))
+        if self.stepper is AdamsBashforth:
+            return AdamsBashforth(options.get("max_order", 4))
+        if self.stepper is AdamsMoulton:
+            return AdamsMoulton(options.get("max_order", 4), options.get("max_iters", 4))
+        return None  # SciPy takes its own steps
 
 
 _RK_CACHE: dict[str, ExplicitRK] = {}
 
 
-def _stepper_class(name: str) -> Any:
-    """The stepper class behind a method name (``None`` for the SciPy bridge)."""
-    families = ((ADAPTIVE_METHODS + FIXED_RK_METHODS, ExplicitRK),
-                (ROSENBROCK_METHODS, Rosenbrock), (ESDIRK_METHODS, ESDIRK),
-                (("auto",), AutoSwitch), (ADAMS_METHODS, AdamsBashforth))
-    return next((cls for names, cls in families if name in names), None)
+# Each method name's family, valid options and stepper class (MethodSpec's fields).
+_REGISTRY: dict[str, tuple[str, tuple[str, ...], Any]] = {
+    **dict.fromkeys(ADAPTIVE_METHODS, ("adaptive", ADAPTIVE_OPTIONS, ExplicitRK)),
+    "auto": ("implicit", IMPLICIT_OPTIONS, AutoSwitch),
+    **dict.fromkeys(ROSENBROCK_METHODS, ("implicit", IMPLICIT_OPTIONS, Rosenbrock)),
+    **dict.fromkeys(ESDIRK_METHODS, ("implicit", IMPLICIT_OPTIONS, ESDIRK)),
+    **dict.fromkeys(FIXED_RK_METHODS, ("fixed", FIXED_OPTIONS, ExplicitRK)),
+    "explicit_adams": ("fixed", FIXED_OPTIONS + ("max_order",), AdamsBashforth),
+    **dict.fromkeys(("implicit_adams", "fixed_adams"),
+                    ("fixed", FIXED_OPTIONS + ("max_order", "max_iters"), AdamsMoulton)),
+    "scipy_solver": ("scipy", SCIPY_OPTIONS, None),
+}
 
 
 def get_method(method: str | None) -> MethodSpec:
@@ -165,16 +170,7 @@ def get_method(method: str | None) -> MethodSpec:
     name = DEFAULT_METHOD if method is None else method
     if not isinstance(name, str) or name not in METHODS:
         raise ValueError(f"method={method!r} is not known; choose one of: {', '.join(METHODS)}")
-    if name in ADAPTIVE_METHODS:
-        return MethodSpec(name, "adaptive", ADAPTIVE_OPTIONS)
-    if name in IMPLICIT_METHODS:
-        return MethodSpec(name, "implicit", ADAPTIVE_OPTIONS + IMPLICIT_OPTIONS)
-    if name in FIXED_RK_METHODS:
-        return MethodSpec(name, "fixed", FIXED_OPTIONS)
-    if name in ADAMS_METHODS:
-        extra = ("max_order",) if name == "explicit_adams" else ("max_order", "max_iters")
-        return MethodSpec(name, "fixed", FIXED_OPTIONS + extra)
-    return MethodSpec(name, "scipy", SCIPY_OPTIONS)
+    return MethodSpec(name, *_REGISTRY[name])
 
 
 def warn_unsupported_callbacks(func: Any, spec: MethodSpec,

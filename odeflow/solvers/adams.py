@@ -16,19 +16,16 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from ..tableaus import RK4_CLASSIC
-from .base import StepResult
+from .base import Func, StepResult
 from .explicit_rk import ExplicitRK
 
 __all__ = ["AdamsBashforth", "AdamsMoulton", "AdamsCarry"]
-
-Func = Callable[[Any, Tensor], Tensor]
 
 # Three-point Gauss–Legendre rule on [-1, 1]: exact for polynomials up to degree 5.
 _GL_NODES = (-math.sqrt(0.6), 0.0, math.sqrt(0.6))
@@ -103,15 +100,6 @@ def _weighted_sum(y: Tensor, derivs: tuple[Tensor, ...], weights: list) -> Tenso
     return y
 
 
-def _keep(old: AdamsCarry, new: AdamsCarry, moved: Tensor) -> AdamsCarry:
-    """Per lane the new history where the lane stepped, else its old entries (the history's
-    length is one for all lanes; the entry it grows by is never read for a stopped lane)."""
-    n = len(old.times)
-    times = tuple(torch.where(moved, a, b) for a, b in zip(new.times, old.times))
-    derivs = tuple(torch.where(moved[:, None], a, b) for a, b in zip(new.derivs, old.derivs))
-    return AdamsCarry(times + new.times[n:], derivs + new.derivs[n:])
-
-
 class AdamsBashforth:
     """Explicit Adams–Bashforth of order ``order`` (1–4) on any grid.
 
@@ -121,8 +109,6 @@ class AdamsBashforth:
 
     #: takes one step size per lane (a per-sample batch)
     per_sample = True
-
-    implicit = False
 
     def __init__(self, order: int = 4, max_iters: int = 0):
         if not isinstance(order, int) or not 1 <= order <= 4:
@@ -152,46 +138,31 @@ class AdamsBashforth:
         ``f_last`` evaluates at the step's end instead of ``f`` (``perturb``: just before it).
         The new history is ``result.state``.
         """
-        new_state = AdamsCarry((t, *state.times)[: self.order], (f0, *state.derivs)[: self.order])
+        times, derivs = (t, *state.times)[: self.order], (f0, *state.derivs)[: self.order]
         if isinstance(dt, Tensor):
-            new_state = _keep(state, new_state, dt > 0)
-        if len(new_state.times) < self.order:
+            # Per lane the new history where the lane stepped, else its old entries (the
+            # length is one for all lanes; the entry it grows by is never read for a stopped
+            # lane).
+            n, moved = len(state.times), dt > 0
+            times = tuple(torch.where(moved, a, b) for a, b in zip(times, state.times)) + times[n:]
+            derivs = tuple(torch.where(moved[:, None], a, b)
+                           for a, b in zip(derivs, state.derivs)) + derivs[n:]
+        new_state = AdamsCarry(times, derivs)
+        if len(times) < self.order:
             # Start-up: not enough history yet for the requested order.
             y_new = self._starter.step(f, t, y, f0, dt, None, None, with_error=False,
                                        f_last=f_last).y_new
             return StepResult(y_new, None, (f0,), new_state)
-        times, derivs = new_state
         y_new = _weighted_sum(y, derivs, _weights(times, t, t + dt, y))
-        y_new = self._correct(f_last or f, t, y, dt, y_new, new_state)
+        if self.max_iters:
+            y_new = self._correct(f_last or f, t, y, dt, y_new, new_state)
         if isinstance(dt, Tensor) and torch.is_grad_enabled():  # a lane at rest stays at y
             y_new = torch.where((dt == 0)[:, None], y, y_new)
         return StepResult(y_new, None, (f0,), new_state)
 
     def _correct(self, f_end: Func, t: Any, y: Tensor, dt: Any, y_pred: Tensor,
                  carry: AdamsCarry) -> Tensor:
-        return y_pred
-
-
-class AdamsMoulton(AdamsBashforth):
-    """Adams–Bashforth predictor, Adams–Moulton corrector (PECE, iterated).
-
-    The corrector interpolates ``order`` derivatives including the new point and is
-    applied ``max_iters`` times (each a function evaluation), stopping early once the
-    correction no longer changes the state at the working precision.
-
-    References:
-        Hairer, Nørsett & Wanner, *Solving Ordinary Differential Equations I*, §III.1
-        (predictor–corrector schemes).
-    """
-
-    implicit = True
-
-    def __init__(self, order: int = 4, max_iters: int = 4):
-        super().__init__(order, max_iters)
-        if not isinstance(max_iters, int) or max_iters < 1:
-            raise ValueError(f"options['max_iters'] must be a positive int, got {max_iters!r}")
-
-    def _correct(self, f_end, t, y, dt, y_pred, carry):
+        """The Adams–Moulton corrector of :class:`AdamsMoulton` (``max_iters > 0``)."""
         t_new = t + dt
         nodes = (t_new, *carry.times[: self.order - 1])
         w = _weights(nodes, t, t_new, y)
@@ -206,3 +177,21 @@ class AdamsMoulton(AdamsBashforth):
             if converged:
                 break
         return y_new
+
+
+class AdamsMoulton(AdamsBashforth):
+    """Adams–Bashforth predictor, Adams–Moulton corrector (PECE, iterated).
+
+    The corrector interpolates ``order`` derivatives including the new point and is
+    applied ``max_iters`` times (each a function evaluation), stopping early once the
+    correction no longer changes the state at the working precision.
+
+    References:
+        Hairer, Nørsett & Wanner, *Solving Ordinary Differential Equations I*, §III.1
+        (predictor–corrector schemes).
+    """
+
+    def __init__(self, order: int = 4, max_iters: int = 4):
+        super().__init__(order, max_iters)
+        if not isinstance(max_iters, int) or max_iters < 1:
+            raise ValueError(f"options['max_iters'] must be a positive int, got {max_iters!r}")

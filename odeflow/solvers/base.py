@@ -37,8 +37,9 @@ are step ends; ``needs_f_end_for_dense``; ``order``/``error_order``) and read th
 :class:`~odeflow.solvers.MethodSpec`, so no list of method names lives outside ``solvers/``.
 ``step(..., fsal_stage=False)`` may skip a first-same-as-last stage that nothing will read.
 Adding a solver family touches ``solvers/`` only (and ``linalg.py`` if it solves linear
-systems): a class with :class:`Stepper`'s attributes and methods, and its method names in
-the registry of ``solvers/__init__.py``.
+systems): a class with :class:`Stepper`'s attributes and methods, its method names in the
+registry table of ``solvers/__init__.py`` (family, options, class) and its construction in
+``MethodSpec.build``.
 """
 
 from __future__ import annotations

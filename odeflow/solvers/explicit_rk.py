@@ -19,6 +19,7 @@ computed without building a graph.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -35,8 +36,7 @@ __all__ = ["ExplicitRK", "Workspace"]
 class Workspace(NamedTuple):
     """Per-solve buffers of the fused path."""
 
-    buffer: Tensor  # (s, n) stage derivatives
-    rows: tuple[Tensor, ...]  # buffer[i] views
+    rows: tuple[Tensor, ...]  # the stage derivatives: rows of one (s, n) buffer
     prefix: tuple[Tensor, ...]  # prefix[i] = buffer[:i].T, shape (n, i)
     a_rows: tuple[Tensor | None, ...]  # a[i, :i] as tensors
     b: Tensor
@@ -59,6 +59,11 @@ class ExplicitRK:
         self.error_order = tableau.error_order
         self.fsal = tableau.fsal
         self.stages = tableau.stages  # the number of stages s
+        # Without an interpolant of its own the dense output is cubic Hermite, which needs
+        # f(t_new, y_new); it would throw away the accuracy of a method above order 4
+        # (dopri8), so such a method steps to each output time instead.
+        self.needs_f_end_for_dense = tableau.dense is None
+        self.steps_to_outputs = tableau.dense is None and self.order > 4
         self._c = tableau.c
         self._a_nz = tuple(_nonzero(row) for row in tableau.a)
         self._b_nz = _nonzero(tableau.b)
@@ -76,21 +81,20 @@ class ExplicitRK:
             rows = tuple(r.view(y0.shape) for r in rows)
         columns = buffer.T
         prefix = tuple(columns[:, :i] for i in range(s + 1))
-        a_rows, b, b_err = self.coefficients(y0.dtype, y0.device)
-        return Workspace(buffer, rows, prefix, a_rows, b, b_err)
+        a_rows, b, b_err, _ = self.coefficients(y0.dtype, y0.device)
+        return Workspace(rows, prefix, a_rows, b, b_err)
 
     def coefficients(self, dtype: torch.dtype, device: torch.device) -> tuple:
-        """``(a_rows, b, b_err)`` as tensors of ``dtype`` on ``device`` (cached)."""
+        """``(a_rows, b, b_err, c)`` as tensors of ``dtype`` on ``device`` (cached); ``c``
+        is a float64 ``(s, 1)`` column (stage times are computed in float64)."""
         key = (dtype, device)
         if key not in self._cache:
             tab = self.tableau
-
-            def vec(values: Sequence[float]) -> Tensor:
-                return torch.tensor(values, dtype=dtype, device=device)
-
+            vec = functools.partial(torch.tensor, dtype=dtype, device=device)
             a_rows = tuple(vec(row) if row else None for row in tab.a)
             b_err = vec(tab.b_err) if tab.b_err is not None else None
-            self._cache[key] = (a_rows, vec(tab.b), b_err)
+            c = torch.tensor(tab.c, dtype=torch.float64, device=device)[:, None]
+            self._cache[key] = (a_rows, vec(tab.b), b_err, c)
         return self._cache[key]
 
     # ------------------------------------------------------------------------------ step
@@ -98,20 +102,9 @@ class ExplicitRK:
         """An explicit Runge–Kutta method carries no state beyond ``f0`` (the loop's)."""
         return None
 
-    def step(
-        self,
-        f: Func,
-        t: float,
-        y: Tensor,
-        f0: Tensor,
-        dt: float,
-        state: None,
-        ws: Workspace | None,
-        *,
-        with_error: bool = True,
-        f_last: Func | None = None,
-        fsal_stage: bool = True,
-    ) -> StepResult:
+    def step(self, f: Func, t: float, y: Tensor, f0: Tensor, dt: float, state: None,
+             ws: Workspace | None, *, with_error: bool = True, f_last: Func | None = None,
+             fsal_stage: bool = True) -> StepResult:
         """One attempt from ``(t, y)`` with step ``dt`` (the contract of
         :class:`~odeflow.solvers.base.Stepper`).
 
@@ -127,14 +120,11 @@ class ExplicitRK:
                 it is not needed for ``y_new`` (the checkpointed backward skips it).
         """
         if isinstance(dt, Tensor):  # per sample: one step size per lane
-            y_new, err, stages = self._step_lanes(f, t, y, f0, dt, ws, with_error, f_last)
-        elif ws is None:
+            return self._step_lanes(f, t, y, f0, dt, ws, with_error, f_last)
+        if ws is None:
             skip_last = self.fsal and not fsal_stage and not with_error
-            y_new, err, stages = self._step_autograd(f, t, y, f0, dt, with_error, f_last,
-                                                     skip_last)
-        else:
-            y_new, err, stages = self._step_fused(f, t, y, f0, dt, ws, with_error, f_last)
-        return StepResult(y_new, err, stages)
+            return self._step_autograd(f, t, y, f0, dt, with_error, f_last, skip_last)
+        return self._step_fused(f, t, y, f0, dt, ws, with_error, f_last)
 
     def _step_fused(self, f, t, y, f0, dt, ws, with_error, f_last):
         rows, prefix, a_rows, c = ws.rows, ws.prefix, ws.a_rows, self._c
@@ -151,9 +141,9 @@ class ExplicitRK:
         if with_error and ws.b_err is not None:
             # beta=0: the input only fixes the shape; out = dt * K^T b_err.
             err = torch.addmv(y, prefix[self.stages], ws.b_err, beta=0.0, alpha=dt)
-        return y_new, err, rows
+        return StepResult(y_new, err, rows)
 
-    def _step_autograd(self, f, t, y, f0, dt, with_error, f_last, skip_last=False):
+    def _step_autograd(self, f, t, y, f0, dt, with_error, f_last, skip_last):
         c = self._c
         ks = [f0]
         y_i = y
@@ -169,7 +159,7 @@ class ExplicitRK:
         if with_error and self._e_nz:
             with torch.no_grad():
                 err = _combine(None, ks, self._e_nz, dt)
-        return y_new, err, ks
+        return StepResult(y_new, err, ks)
 
     def _step_lanes(self, f, t, y, f0, dt, ws, with_error, f_last):
         """One attempt per lane of a ``(B, n)`` state with step sizes ``dt`` ``(B,)``.
@@ -179,24 +169,20 @@ class ExplicitRK:
         Without a graph the loop discards such a lane's result anyway, so the masking (one
         ``where`` per stage) is skipped.
         """
-        a_rows, b, b_err = self.coefficients(y.dtype, y.device)
+        a_rows, b, b_err, c_column = self.coefficients(y.dtype, y.device)
         c = self._c
         h = dt.to(y.dtype)[:, None]
         # Every stage time at once, t + c_i dt (the same roundings as stage by stage).
-        times = (t + self._c_column(dt.device) * dt).unbind(0)
+        times = (t + c_column * dt).unbind(0)
         still = (h == 0) if torch.is_grad_enabled() else None
-        if ws is None:  # under autograd the stages must not go into a reused buffer
-            ks = [f0]
+        # Under autograd the stages must not go into a reused buffer.
+        ks = [f0] if ws is None else ws.rows
+        if ws is not None and f0 is not ks[0]:
+            ks[0].copy_(f0)
 
-            def stage_sum(i: int, w: Tensor) -> Tensor:
-                return torch.mv(torch.stack(ks[:i]).reshape(i, -1).T, w).view_as(y)
-        else:
-            ks = ws.rows
-            if f0 is not ks[0]:
-                ks[0].copy_(f0)
-
-            def stage_sum(i: int, w: Tensor) -> Tensor:
-                return torch.mv(ws.prefix[i], w).view_as(y)
+        def stage_sum(i: int, w: Tensor) -> Tensor:
+            k_t = torch.stack(ks[:i]).reshape(i, -1).T if ws is None else ws.prefix[i]
+            return torch.mv(k_t, w).view_as(y)
 
         def advance(w: Tensor, i: int) -> Tensor:
             out = torch.addcmul(y, h, stage_sum(i, w))
@@ -217,14 +203,7 @@ class ExplicitRK:
         if with_error and b_err is not None:
             with torch.no_grad():
                 err = h * stage_sum(s, b_err)
-        return y_new, err, ks
-
-    def _c_column(self, device: torch.device) -> Tensor:
-        """The nodes ``c`` as a float64 ``(s, 1)`` column (cached per device)."""
-        key = ("c", device)
-        if key not in self._cache:
-            self._cache[key] = torch.tensor(self._c, dtype=torch.float64, device=device)[:, None]
-        return self._cache[key]
+        return StepResult(y_new, err, ks)
 
     # ----------------------------------------------------------------------- dense output
     def f_end(self, f: Func, t_new: float, y_new: Tensor, result: StepResult) -> Tensor:
@@ -232,20 +211,6 @@ class ExplicitRK:
         if self.fsal:
             return result.stages[-1]
         return f(t_new, y_new)
-
-    @property
-    def steps_to_outputs(self) -> bool:
-        """Whether outputs must be step end points rather than interpolated.
-
-        Cubic Hermite (order 3) would throw away the accuracy of a high-order method without
-        an interpolant of its own (dopri8), so such a method steps to each output time.
-        """
-        return self.tableau.dense is None and self.order > 4
-
-    @property
-    def needs_f_end_for_dense(self) -> bool:
-        """Whether the dense output needs ``f(t_new, y_new)`` (cubic Hermite)."""
-        return self.tableau.dense is None
 
     def interpolant(self, t: float, dt: float, y: Tensor, y_new: Tensor,
                     stages: Sequence[Tensor], f_new: Tensor | None,
@@ -265,20 +230,9 @@ class ExplicitRK:
             return HermiteInterpolant(t, dt, y, y_new, stages[0], f_new, precise)
         return TableauInterpolant(t, dt, y, stages, tab)
 
-    def interpolate(
-        self,
-        y: Tensor,
-        y_new: Tensor,
-        dt: float,
-        stages: Sequence[Tensor],
-        f_new: Tensor | None,
-        theta: float,
-        ws: Workspace | None,
-    ) -> Tensor:
-        """The solution at ``t + theta * dt`` from the method's dense output.
-
-        Uses the tableau's own interpolant when it has one, cubic Hermite otherwise.
-        """
+    def interpolate(self, y: Tensor, y_new: Tensor, dt: float, stages: Sequence[Tensor],
+                    f_new: Tensor | None, theta: float, ws: Workspace | None) -> Tensor:
+        """The solution at ``t + theta * dt`` from the method's dense output."""
         if self.tableau.dense is None:
             return hermite(y, y_new, stages[0], f_new, dt, theta)
         stacked = ws.prefix[self.stages] if ws is not None else None

@@ -1,6 +1,4 @@
-"""A fixed-grid method as the one loop sees it (:mod:`odeflow.integrate`): the method's
-steps, with no error estimate, and the outputs' interpolant chosen by
-``options["interp"]``."""
+"""A fixed-grid method as the one loop sees it (:mod:`odeflow.integrate`)."""
 
 from __future__ import annotations
 
@@ -14,27 +12,21 @@ __all__ = ["FixedGridSteps"]
 
 
 class FixedGridSteps:
-    """A fixed-grid stepper as the loop sees it: the method's steps, with the outputs'
-    interpolant chosen by ``options["interp"]`` (linear, or cubic Hermite from the step's
-    end derivatives)."""
+    """The method's steps, with no error estimate, and the outputs' interpolant chosen by
+    ``options["interp"]`` (linear, or cubic Hermite from the step's end derivatives)."""
 
     def __init__(self, stepper: Any, interp: str):
         self.stepper = stepper
         self.cubic = interp == "cubic"
-        self.order = stepper.order if hasattr(stepper, "order") else 1
+        self.order = stepper.order
         self.error_order = 1
         self.steps_to_outputs = False
         self.needs_f_end_for_dense = self.cubic
         self.fsal = False
-
-    def workspace(self, y0: Tensor) -> Any:
-        return self.stepper.workspace(y0)
-
-    def init(self, y0: Tensor) -> Any:
-        return self.stepper.init(y0)
-
-    def step(self, *args: Any, **kwargs: Any) -> Any:
-        return self.stepper.step(*args, **kwargs)
+        # The method's own steps, called directly (no forwarding call per step).
+        self.workspace = stepper.workspace
+        self.init = stepper.init
+        self.step = stepper.step
 
     def interpolant(self, t, dt, y, y_new, stages, f_new, f=None):
         if self.cubic:

@@ -49,10 +49,9 @@ def integrate_scipy(problem: Problem) -> dict[str, Any]:
                               if k in opts}
     kwargs.update(method=solver, rtol=_to_numpy(problem.rtol), atol=_to_numpy(problem.atol))
     f, y0, C = problem.func, problem.y0, problem.clock
-    dtype, device = y0.dtype, y0.device
-    stats = SolveStats()
     if C.per_sample:
-        return _per_sample(problem, solve_ivp, kwargs, stats)
+        return _per_sample(problem, solve_ivp, kwargs)
+    stats = SolveStats()
     t_out = list(problem.t_out)
     done = dict(stats=stats, t_last=C.t_end, status=int(Status.SUCCESS))
     if len(t_out) == 1:
@@ -61,7 +60,7 @@ def integrate_scipy(problem: Problem) -> dict[str, Any]:
     first = [True]
 
     def rhs(t: float, y: np.ndarray) -> np.ndarray:
-        y_t = torch.from_numpy(y).to(dtype=dtype, device=device)
+        y_t = torch.from_numpy(y).to(y0)
         with torch.no_grad():
             out = f.checked(float(t), y_t) if first[0] else f(float(t), y_t)
         first[0] = False
@@ -69,7 +68,7 @@ def integrate_scipy(problem: Problem) -> dict[str, Any]:
 
     result = solve_ivp(rhs, (t_out[0], t_out[-1]), _to_numpy(y0), t_eval=t_out, **kwargs)
     stats.n_steps = stats.n_accepted = max(len(result.t) - 1, 0)
-    ys = torch.from_numpy(np.ascontiguousarray(result.y.T)).to(dtype=dtype, device=device)
+    ys = torch.from_numpy(np.ascontiguousarray(result.y.T)).to(y0)
     if result.status != 0:
         stats.status = Status.STEP_SIZE_UNDERFLOW
         stats.message = f"scipy {solver}: {result.message}"
@@ -81,8 +80,7 @@ def integrate_scipy(problem: Problem) -> dict[str, Any]:
     return dict(done, ys=list(ys.unbind(0)), y_last=ys[-1])
 
 
-def _per_sample(problem: Problem, solve_ivp: Any, kwargs: dict[str, Any],
-                stats: SolveStats) -> dict[str, Any]:
+def _per_sample(problem: Problem, solve_ivp: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     """One SciPy solve per sample on its own canonical output times (module docstring); a
     sample SciPy fails keeps the outputs it reached (``nan`` after) and does not stop the
     others."""
@@ -109,6 +107,7 @@ def _per_sample(problem: Problem, solve_ivp: Any, kwargs: dict[str, Any],
             t_last[b], y_last[b], n_acc[b] = result.t[-1], ys[n - 1, b], n - 1
         if result.status != 0:
             status[b] = int(Status.STEP_SIZE_UNDERFLOW)
+    stats = SolveStats()
     stats.n_steps = stats.n_accepted = int(n_acc.sum())
     return dict(ys=ys, stats=stats, t_last=t_last, y_last=y_last, status=status,
                 lanes=(status, n_acc, n_acc, torch.zeros_like(n_acc)))
