@@ -126,10 +126,8 @@ class AdjointBlockSolver:
         vjp = self._vjp_theta(jac) if self.params and not with_y else None
         hg_o = h_gamma * jac.orient
         if isinstance(self.inner, KrylovSolver):  # GMRES on I - c J and its transpose
-            k = self.inner
-
             def krylov(c: float) -> KrylovFactor:
-                return KrylovFactor(jac.jac, c, k.tol, k.restart, k.max_iters, counts)
+                return KrylovFactor(jac.jac, c, self.inner, counts)
             solves = ((krylov(hg_o).solve,) if with_y else ()) + (krylov(-hg_o).solve_transpose,)
         else:
             counts.n_lu += 1
