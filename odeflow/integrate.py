@@ -137,7 +137,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
     t = C.t0
     t_end = C.t_end
     status = C.full(int(Status.SUCCESS))
-    n_steps, n_acc, n_rej = C.full(0), C.full(0), C.full(0)  # per sample n_acc + n_rej
+    n_steps, n_acc = C.full(0), C.full(0)  # attempts and accepted steps of each lane
     if shared:
         ys: Any = [y]
     else:
@@ -146,12 +146,20 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         ys = y.new_full((n_out + 1, *y.shape), math.nan)
         ys[0] = y
     records: list[StepRecord] | None = [] if cfg.record else None
+    # Per sample with the end as the only output (and no event, no replay): a lane's final
+    # state is its output, written once after the loop rather than as lanes finish.
+    end_only = not shared and n_out == 2 and hooks.event is None and records is None
 
     def result(t_last: Any, y_last: Tensor, event: Any = None) -> LoopResult:
-        lanes = None if shared else (status, n_acc + n_rej, n_acc, n_rej)
-        stats.n_accepted, stats.n_rejected = C.total(n_acc), C.total(n_rej)
+        lanes = None if shared else (status, n_steps, n_acc, n_steps - n_acc)
+        stats.n_accepted, stats.n_rejected = C.total(n_acc), C.total(n_steps - n_acc)
         if counts is not None:
             counts.add_to(stats)
+        if end_only:  # (the lanes that landed on the end; failed and skipped ones keep nan)
+            reached = status == int(Status.SUCCESS)
+            if hooks.skip is not None:
+                reached = reached & ~hooks.skip
+            ys[1] = torch.where(C.row_mask(reached, y_last), y_last, math.nan)
         return LoopResult(ys if shared else ys[:n_out], stats, t_last, y_last, status,
                           dt_last, lanes, records, event, state)
 
@@ -216,7 +224,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         if not fsal_loop:
             f0 = f.perturbed(t, y, f0_side) if (f0_side if shared else any_jumps) else f(t, y)
         if stats.n_steps >= max_num_steps:  # (no lane has taken more steps than iterations)
-            over = active & ((n_steps if shared else n_acc + n_rej) >= max_num_steps)
+            over = active & (n_steps >= max_num_steps)
             status = C.where(over, int(Status.MAX_STEPS_REACHED), status)
             active = active & C.not_(over)
         land = t + 1.01 * dt >= next_stop  # stretch by at most 1% rather than leave a sliver
@@ -252,12 +260,11 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
                            else ratio <= 1.0)
         else:
             ratio, finite, ok = C.full(0.0), C.full(True), active
-        bad = C.drop(active, ok)
-        n_acc, n_rej = n_acc + ok, n_rej + bad
+        n_acc, n_steps = n_acc + ok, n_steps + active
         stats.n_steps += 1
         f_new = interp = None
         if shared:
-            n_steps += active
+            bad = active and not ok
             done = ok and land and t_new == t_end
             hit = ok and out_idx < n_out and grid[out_idx] <= t_new
             # A non-finite error: the lane fails if f0 itself is not finite, or the step is tiny.
@@ -271,8 +278,9 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
             done = ok & land & (t_new == t_end) if multi_stop else ok & land
             still = active ^ done
             hit = done if n_out == 2 else ok & (next_out <= t_new)  # (n_out 2: the end)
-            # bad & ~finite, but not where a step was not completed (rejected, see below)
-            nonfinite = bad > finite if res.ok is True else (bad > finite) & res.ok
+            # active & ~finite (ok implies finite), but not where a step was not completed
+            # (rejected, see below)
+            nonfinite = active > finite if res.ok is True else (active > finite) & res.ok
             masks, n_more = [hit, still, ok, nonfinite], []
             if not outputs_are_stops:  # an output strictly inside; how many each lane passed
                 masks.append(hit & (next_out < t_new))
@@ -318,13 +326,13 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         if any_hit and shared:
             out_idx = _write_outputs(stepper, ys, out_idx, hit, grid, t, t_new, dt_try, y,
                                      y_new, stages, f_new, ws, rec, n_out)
-        elif any_hit:
+        elif any_hit and not end_only:
             out_idx, next_out = C.write_outputs(
                 stepper, ys, n_pass, hit, interior, grid_inf, out_idx, next_out, ok, t, t_new,
                 dt_try, y, y_new, stages, f_new, rec)
         if any_ok and cb_accept is not None:
             cb_accept(C.user_time(t), problem.layout.unflatten(y), C.user_time(dt_try))
-        if cb_reject is not None and C.flags(bad)[0]:
+        if cb_reject is not None and C.flags(C.drop(active, ok))[0]:
             cb_reject(C.user_time(t), problem.layout.unflatten(y), C.user_time(dt_try))
         if interp is None and any_ok and (dense is not None or event is not None):
             interp = stepper.interpolant(t, dt_try, y, y_new, stages, f_new, f)
@@ -354,7 +362,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
             f0_side = C.where(ok, 1 if cfg.perturb else (ok & on_jump) * 1, f0_side)
         if shared and ok and adaptive:
             abs_y = abs_new
-        ok_rows = ok if shared else ok[:, None]
+        ok_rows = C.row_mask(ok, y)
         y = C.where(ok_rows, y_new, y)
         t = C.where(ok, t_new, t)
         if not shared or ok:

@@ -59,6 +59,10 @@ class SharedClock:
     rows = where  # ``where`` for state-shaped values (one lane: the whole vector)
 
     @staticmethod
+    def row_mask(mask: bool, like: Tensor) -> bool:
+        return mask
+
+    @staticmethod
     def gather(table: Sequence[Any], index: int) -> Any:
         return table[index]
 
@@ -162,8 +166,14 @@ class LaneClock:
         return const
 
     @staticmethod
-    def rows(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
-        return torch.where(mask[:, None], a, b)
+    def row_mask(mask: Tensor, like: Tensor) -> Tensor:
+        """``mask`` ``(B,)`` copied out to ``like``'s shape ``(B, n)``: a ``where`` that
+        broadcasts a ``(B, 1)`` mask over few columns is several times slower than this
+        copy and a ``where`` of same-shaped tensors."""
+        return torch.empty(like.shape, dtype=torch.bool, device=like.device).copy_(mask[:, None])
+
+    def rows(self, mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        return torch.where(self.row_mask(mask, a), a, b)
 
     @staticmethod
     def gather(table: Tensor, index: Tensor) -> Tensor:
