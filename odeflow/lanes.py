@@ -131,6 +131,7 @@ class LaneClock:
         self._inf = torch.full((self.batch,), math.inf, dtype=torch.float64, device=self.device)
         # func gets the canonical time itself when it is the user's
         self._same_time = self.forward_only and real_dtype == torch.float64
+        self._converted: tuple = (None, -1, None)  # (times, their version, converted)
 
     @property
     def t0(self) -> Tensor:
@@ -271,9 +272,19 @@ class LaneClock:
 
     # ----------------------------------------------------------------- user-facing values
     def user_time(self, t: Tensor) -> Tensor:
-        if self.forward_only:  # (no kernel at all when the state is float64)
-            return t if self._same_time else t.to(self.real_dtype)
-        return (self.sign * t).to(self.real_dtype)
+        if not self.forward_only:
+            return (self.sign * t).to(self.real_dtype)
+        if self._same_time:  # (no kernel at all when the state is float64)
+            return t
+        base = t._base
+        if (base is None or t.requires_grad or base.storage_offset() or not base.is_contiguous()
+                or base.numel() > 16 * t.numel() or torch.compiler.is_compiling()):
+            return t.to(self.real_dtype)
+        # A view of a few times at once (a step's stage times): convert them all when the
+        # first is asked for, and the others are views of that.
+        if self._converted[0] is not base or self._converted[1] != base._version:
+            self._converted = (base, base._version, base.to(self.real_dtype))
+        return self._converted[2].as_strided(t.shape, t.stride(), t.storage_offset())
 
     def user_float(self, t: Any, lane: int = 0) -> float:
         return float(self.sign[lane] * t[lane]) if isinstance(t, Tensor) else float(t)
