@@ -21,6 +21,7 @@ import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -168,7 +169,8 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         return result(t, y)
     stops, stop_jump = cfg.stops, cfg.stop_jump
     stop_idx, out_idx = C.full(0), C.full(1)
-    last_stop = _n_stops(stops) - 1
+    last_stop = (stops.shape[1] if isinstance(stops, Tensor)
+                 else getattr(stops, "size", None) or len(stops)) - 1
     multi_stop = last_stop > 0
     next_stop = C.gather(stops, stop_idx)  # changes only when a lane lands on a stop
     if not shared:
@@ -226,12 +228,13 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         if stats.n_steps >= max_num_steps:  # (no lane has taken more steps than iterations)
             over = active & (n_steps >= max_num_steps)
             status = C.where(over, int(Status.MAX_STEPS_REACHED), status)
-            active = active & C.not_(over)
+            active = C.drop(active, over)
         land = t + 1.01 * dt >= next_stop  # stretch by at most 1% rather than leave a sliver
         t_new = C.where(land, next_stop, t + dt)
         dt_try = C.where(land, next_stop - t, dt)
         under = active & (dt_try <= 4 * C.ulp(C.abs_max(t, t_new)))
-        status = C.where(under, int(Status.STEP_SIZE_UNDERFLOW), status)
+        if shared:  # (per sample, once the iteration's decisions are read)
+            status = C.where(under, int(Status.STEP_SIZE_UNDERFLOW), status)
         active = C.drop(active, under)
         if not shared:
             dt_try = C.where(active, dt_try, 0.0)
@@ -241,7 +244,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         last_side = -on_jump.long() if not shared and any_jumps else (-1 if on_jump else 0)
         f_last = None
         if cfg.perturb or (on_jump if shared else any_jumps):  # (a fixed grid has no jumps)
-            f_last = _left_of(f, -1 if cfg.perturb else last_side)
+            f_last = partial(f.perturbed, side=-1 if cfg.perturb else last_side)  # ulp left
         if cb_step is not None:
             cb_step(C.user_time(t), problem.layout.unflatten(y), C.user_time(dt_try))
         dt_last = dt_try
@@ -281,7 +284,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
             # active & ~finite (ok implies finite), but not where a step was not completed
             # (rejected, see below)
             nonfinite = active > finite if res.ok is True else (active > finite) & res.ok
-            masks, n_more = [hit, still, ok, nonfinite], []
+            masks, n_more = [hit, still, ok, nonfinite, under], []
             if not outputs_are_stops:  # an output strictly inside; how many each lane passed
                 masks.append(hit & (next_out < t_new))
                 n_more.append(torch.where(ok, C.n_passed(t_new) - out_idx, 0).max())
@@ -295,8 +298,10 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
             # host sync: every decision of the iteration, in one transfer (no sync of its
             # own for the output passes)
             flags = C.decide(masks, n_more)
-            any_hit, any_left, any_ok, any_nonfinite = flags[:4]
-            any_inside = flags[4] if not outputs_are_stops else False
+            any_hit, any_left, any_ok, any_nonfinite, any_under = flags[:5]
+            any_inside = flags[5] if not outputs_are_stops else False
+            if any_under:
+                status = torch.where(under, int(Status.STEP_SIZE_UNDERFLOW), status)
             n_pass = flags[len(masks)] if not outputs_are_stops else int(any_hit)
             any_crossed = flags[len(masks) - 1] if event is not None else False
             if any_nonfinite:
@@ -399,17 +404,6 @@ def _f_end(stepper: Any, f: Any, cfg: LoopConfig, fsal: bool, t_new: Any, y_new:
     if cfg.perturb:
         return f.perturbed(t_new, y_new, +1)
     return stepper.f_end(f, t_new, y_new, res)
-
-
-def _left_of(f: Any, side: Any) -> Callable:
-    """``f`` evaluated one ulp left of the time (``side``: -1, or per lane)."""
-    return lambda tt, x: f.perturbed(tt, x, side)
-
-
-def _n_stops(stops: Any) -> int:
-    if isinstance(stops, Tensor):
-        return stops.shape[1]
-    return getattr(stops, "size", None) or len(stops)
 
 
 def _error_ratio(C: Any, res: Any, abs_y: Tensor, y_new: Tensor, rtol: Any, atol: Any,

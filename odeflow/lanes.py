@@ -87,10 +87,6 @@ class SharedClock:
         return [bool(m) for m in masks]
 
     @staticmethod
-    def not_(m: bool) -> bool:
-        return not m
-
-    @staticmethod
     def drop(a: bool, b: bool) -> bool:
         """``a and not b`` where ``b`` implies ``a``."""
         return a and not b
@@ -198,16 +194,9 @@ class LaneClock:
         return torch.isfinite(x).all(-1)
 
     @staticmethod
-    def flags(*values: Tensor) -> list[Any]:
-        """``any`` of each mask (a count stays a count), read in one transfer."""
-        # host sync: one small transfer per iteration decides outputs and termination
-        out = torch.stack([v.any().long() if v.dtype == torch.bool else v.long()
-                           for v in values]).tolist()
-        return [bool(x) if v.dtype == torch.bool else x for x, v in zip(out, values)]
-
-    @staticmethod
-    def not_(m: Tensor) -> Tensor:
-        return ~m
+    def flags(*masks: Tensor) -> list[bool]:
+        """``any`` of each mask, read in one transfer."""
+        return [bool(v) for v in torch.stack(masks).any(1).tolist()]  # host sync
 
     @staticmethod
     def drop(a: Tensor, b: Tensor) -> Tensor:
