@@ -267,11 +267,10 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         stats.n_steps += 1
         f_new = interp = None
         if shared:
-            bad = active and not ok
             done = ok and land and t_new == t_end
             hit = ok and out_idx < n_out and grid[out_idx] <= t_new
             # A non-finite error: the lane fails if f0 itself is not finite, or the step is tiny.
-            if bad and not finite and res.ok and (
+            if not finite and res.ok and (
                     not C.rows_finite(stages[0]) or dt_try <= 16e3 * math.ulp(max(abs(t), 1.0))):
                 status, active = int(Status.NONFINITE), False
             any_hit, any_left, any_ok = hit, active and not done, ok
