@@ -127,19 +127,20 @@ class PIDController:
         rejection branch needs no mask of its own; an integral filter (``beta1 = 1``)
         shares the power with the rejection rule."""
         safe = torch.nan_to_num(err, nan=1e300, posinf=1e300).clamp_(min=1e-300)
-        base = self.safety * safe ** (-1.0 / k)
+        grow = None if self.beta1 == 1.0 else self.safety * safe ** (-self.beta1 / k)
+        base = safe.pow_(-1.0 / k).mul_(self.safety)  # (in place: fresh tensors, no graph)
         shrink = base.clamp(self.dfactor, 1.0)
-        grow = base if self.beta1 == 1.0 else self.safety * safe ** (-self.beta1 / k)
+        grow = base if grow is None else grow
         if self.beta2:
             grow = grow * state.err_prev ** (-self.beta2 / k)
         if self.beta3:
             grow = grow * state.err_prev2 ** (-self.beta3 / k)
         floor = self.dfactor if self.shrink_on_accept else 1.0
-        grow = grow.clamp(floor, self.ifactor)
+        grow = grow.clamp_(floor, self.ifactor)
         if self.beta2 or self.beta3 or self.safety * 1e300 ** (self.beta1 / k) < self.ifactor:
             # a zero error's 1e-300 might not reach ifactor here: it grows by ifactor
             grow = torch.where(err == 0, self.ifactor, grow)
-        new_dt = dt * torch.where(accepted, grow, shrink)
+        new_dt = torch.where(accepted, grow, shrink, out=grow).mul_(dt)
         if not (self.beta2 or self.beta3):
             return new_dt, state
         memory = torch.where(accepted, err.clamp(min=1e-10), state.err_prev)

@@ -21,6 +21,7 @@ import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -137,7 +138,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
     t = C.t0
     t_end = C.t_end
     status = C.full(int(Status.SUCCESS))
-    n_steps, n_acc, n_rej = C.full(0), C.full(0), C.full(0)  # per sample n_acc + n_rej
+    n_steps, n_acc = C.full(0), C.full(0)  # attempts and accepted steps of each lane
     if shared:
         ys: Any = [y]
     else:
@@ -146,12 +147,20 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         ys = y.new_full((n_out + 1, *y.shape), math.nan)
         ys[0] = y
     records: list[StepRecord] | None = [] if cfg.record else None
+    # Per sample with the end as the only output (and no event, no replay): a lane's final
+    # state is its output, written once after the loop rather than as lanes finish.
+    end_only = not shared and n_out == 2 and hooks.event is None and records is None
 
     def result(t_last: Any, y_last: Tensor, event: Any = None) -> LoopResult:
-        lanes = None if shared else (status, n_acc + n_rej, n_acc, n_rej)
-        stats.n_accepted, stats.n_rejected = C.total(n_acc), C.total(n_rej)
+        lanes = None if shared else (status, n_steps, n_acc, n_steps - n_acc)
+        stats.n_accepted, stats.n_rejected = C.total(n_acc), C.total(n_steps - n_acc)
         if counts is not None:
             counts.add_to(stats)
+        if end_only:  # (the lanes that landed on the end; failed and skipped ones keep nan)
+            reached = status == int(Status.SUCCESS)
+            if hooks.skip is not None:
+                reached = reached & ~hooks.skip
+            ys[1] = torch.where(C.row_mask(reached, y_last), y_last, math.nan)
         return LoopResult(ys if shared else ys[:n_out], stats, t_last, y_last, status,
                           dt_last, lanes, records, event, state)
 
@@ -160,7 +169,8 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         return result(t, y)
     stops, stop_jump = cfg.stops, cfg.stop_jump
     stop_idx, out_idx = C.full(0), C.full(1)
-    last_stop = _n_stops(stops) - 1
+    last_stop = (stops.shape[1] if isinstance(stops, Tensor)
+                 else getattr(stops, "size", None) or len(stops)) - 1
     multi_stop = last_stop > 0
     next_stop = C.gather(stops, stop_idx)  # changes only when a lane lands on a stop
     if not shared:
@@ -216,14 +226,15 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         if not fsal_loop:
             f0 = f.perturbed(t, y, f0_side) if (f0_side if shared else any_jumps) else f(t, y)
         if stats.n_steps >= max_num_steps:  # (no lane has taken more steps than iterations)
-            over = active & ((n_steps if shared else n_acc + n_rej) >= max_num_steps)
+            over = active & (n_steps >= max_num_steps)
             status = C.where(over, int(Status.MAX_STEPS_REACHED), status)
-            active = active & C.not_(over)
+            active = C.drop(active, over)
         land = t + 1.01 * dt >= next_stop  # stretch by at most 1% rather than leave a sliver
         t_new = C.where(land, next_stop, t + dt)
         dt_try = C.where(land, next_stop - t, dt)
         under = active & (dt_try <= 4 * C.ulp(C.abs_max(t, t_new)))
-        status = C.where(under, int(Status.STEP_SIZE_UNDERFLOW), status)
+        if shared:  # (per sample, once the iteration's decisions are read)
+            status = C.where(under, int(Status.STEP_SIZE_UNDERFLOW), status)
         active = C.drop(active, under)
         if not shared:
             dt_try = C.where(active, dt_try, 0.0)
@@ -233,7 +244,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         last_side = -on_jump.long() if not shared and any_jumps else (-1 if on_jump else 0)
         f_last = None
         if cfg.perturb or (on_jump if shared else any_jumps):  # (a fixed grid has no jumps)
-            f_last = _left_of(f, -1 if cfg.perturb else last_side)
+            f_last = partial(f.perturbed, side=-1 if cfg.perturb else last_side)  # ulp left
         if cb_step is not None:
             cb_step(C.user_time(t), problem.layout.unflatten(y), C.user_time(dt_try))
         dt_last = dt_try
@@ -252,16 +263,14 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
                            else ratio <= 1.0)
         else:
             ratio, finite, ok = C.full(0.0), C.full(True), active
-        bad = C.drop(active, ok)
-        n_acc, n_rej = n_acc + ok, n_rej + bad
+        n_acc, n_steps = n_acc + ok, n_steps + active
         stats.n_steps += 1
         f_new = interp = None
         if shared:
-            n_steps += active
             done = ok and land and t_new == t_end
             hit = ok and out_idx < n_out and grid[out_idx] <= t_new
             # A non-finite error: the lane fails if f0 itself is not finite, or the step is tiny.
-            if bad and not finite and res.ok and (
+            if not finite and res.ok and (
                     not C.rows_finite(stages[0]) or dt_try <= 16e3 * math.ulp(max(abs(t), 1.0))):
                 status, active = int(Status.NONFINITE), False
             any_hit, any_left, any_ok = hit, active and not done, ok
@@ -271,9 +280,10 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
             done = ok & land & (t_new == t_end) if multi_stop else ok & land
             still = active ^ done
             hit = done if n_out == 2 else ok & (next_out <= t_new)  # (n_out 2: the end)
-            # bad & ~finite, but not where a step was not completed (rejected, see below)
-            nonfinite = bad > finite if res.ok is True else (bad > finite) & res.ok
-            masks, n_more = [hit, still, ok, nonfinite], []
+            # active & ~finite (ok implies finite), but not where a step was not completed
+            # (rejected, see below)
+            nonfinite = active > finite if res.ok is True else (active > finite) & res.ok
+            masks, n_more = [hit, still, ok, nonfinite, under], []
             if not outputs_are_stops:  # an output strictly inside; how many each lane passed
                 masks.append(hit & (next_out < t_new))
                 n_more.append(torch.where(ok, C.n_passed(t_new) - out_idx, 0).max())
@@ -287,8 +297,10 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
             # host sync: every decision of the iteration, in one transfer (no sync of its
             # own for the output passes)
             flags = C.decide(masks, n_more)
-            any_hit, any_left, any_ok, any_nonfinite = flags[:4]
-            any_inside = flags[4] if not outputs_are_stops else False
+            any_hit, any_left, any_ok, any_nonfinite, any_under = flags[:5]
+            any_inside = flags[5] if not outputs_are_stops else False
+            if any_under:
+                status = torch.where(under, int(Status.STEP_SIZE_UNDERFLOW), status)
             n_pass = flags[len(masks)] if not outputs_are_stops else int(any_hit)
             any_crossed = flags[len(masks) - 1] if event is not None else False
             if any_nonfinite:
@@ -318,13 +330,13 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         if any_hit and shared:
             out_idx = _write_outputs(stepper, ys, out_idx, hit, grid, t, t_new, dt_try, y,
                                      y_new, stages, f_new, ws, rec, n_out)
-        elif any_hit:
+        elif any_hit and not end_only:
             out_idx, next_out = C.write_outputs(
                 stepper, ys, n_pass, hit, interior, grid_inf, out_idx, next_out, ok, t, t_new,
                 dt_try, y, y_new, stages, f_new, rec)
         if any_ok and cb_accept is not None:
             cb_accept(C.user_time(t), problem.layout.unflatten(y), C.user_time(dt_try))
-        if cb_reject is not None and C.flags(bad)[0]:
+        if cb_reject is not None and C.flags(C.drop(active, ok))[0]:
             cb_reject(C.user_time(t), problem.layout.unflatten(y), C.user_time(dt_try))
         if interp is None and any_ok and (dense is not None or event is not None):
             interp = stepper.interpolant(t, dt_try, y, y_new, stages, f_new, f)
@@ -354,7 +366,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
             f0_side = C.where(ok, 1 if cfg.perturb else (ok & on_jump) * 1, f0_side)
         if shared and ok and adaptive:
             abs_y = abs_new
-        ok_rows = ok if shared else ok[:, None]
+        ok_rows = C.row_mask(ok, y)
         y = C.where(ok_rows, y_new, y)
         t = C.where(ok, t_new, t)
         if not shared or ok:
@@ -391,17 +403,6 @@ def _f_end(stepper: Any, f: Any, cfg: LoopConfig, fsal: bool, t_new: Any, y_new:
     if cfg.perturb:
         return f.perturbed(t_new, y_new, +1)
     return stepper.f_end(f, t_new, y_new, res)
-
-
-def _left_of(f: Any, side: Any) -> Callable:
-    """``f`` evaluated one ulp left of the time (``side``: -1, or per lane)."""
-    return lambda tt, x: f.perturbed(tt, x, side)
-
-
-def _n_stops(stops: Any) -> int:
-    if isinstance(stops, Tensor):
-        return stops.shape[1]
-    return getattr(stops, "size", None) or len(stops)
 
 
 def _error_ratio(C: Any, res: Any, abs_y: Tensor, y_new: Tensor, rtol: Any, atol: Any,

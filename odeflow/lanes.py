@@ -59,6 +59,10 @@ class SharedClock:
     rows = where  # ``where`` for state-shaped values (one lane: the whole vector)
 
     @staticmethod
+    def row_mask(mask: bool, like: Tensor) -> bool:
+        return mask
+
+    @staticmethod
     def gather(table: Sequence[Any], index: int) -> Any:
         return table[index]
 
@@ -81,10 +85,6 @@ class SharedClock:
     @staticmethod
     def flags(*masks: bool) -> list[bool]:
         return [bool(m) for m in masks]
-
-    @staticmethod
-    def not_(m: bool) -> bool:
-        return not m
 
     @staticmethod
     def drop(a: bool, b: bool) -> bool:
@@ -127,6 +127,7 @@ class LaneClock:
         self._inf = torch.full((self.batch,), math.inf, dtype=torch.float64, device=self.device)
         # func gets the canonical time itself when it is the user's
         self._same_time = self.forward_only and real_dtype == torch.float64
+        self._converted: tuple = (None, -1, None)  # (times, their version, converted)
 
     @property
     def t0(self) -> Tensor:
@@ -162,8 +163,14 @@ class LaneClock:
         return const
 
     @staticmethod
-    def rows(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
-        return torch.where(mask[:, None], a, b)
+    def row_mask(mask: Tensor, like: Tensor) -> Tensor:
+        """``mask`` ``(B,)`` copied out to ``like``'s shape ``(B, n)``: a ``where`` that
+        broadcasts a ``(B, 1)`` mask over few columns is several times slower than this
+        copy and a ``where`` of same-shaped tensors."""
+        return torch.empty(like.shape, dtype=torch.bool, device=like.device).copy_(mask[:, None])
+
+    def rows(self, mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        return torch.where(self.row_mask(mask, a), a, b)
 
     @staticmethod
     def gather(table: Tensor, index: Tensor) -> Tensor:
@@ -187,16 +194,9 @@ class LaneClock:
         return torch.isfinite(x).all(-1)
 
     @staticmethod
-    def flags(*values: Tensor) -> list[Any]:
-        """``any`` of each mask (a count stays a count), read in one transfer."""
-        # host sync: one small transfer per iteration decides outputs and termination
-        out = torch.stack([v.any().long() if v.dtype == torch.bool else v.long()
-                           for v in values]).tolist()
-        return [bool(x) if v.dtype == torch.bool else x for x, v in zip(out, values)]
-
-    @staticmethod
-    def not_(m: Tensor) -> Tensor:
-        return ~m
+    def flags(*masks: Tensor) -> list[bool]:
+        """``any`` of each mask, read in one transfer."""
+        return [bool(v) for v in torch.stack(masks).any(1).tolist()]  # host sync
 
     @staticmethod
     def drop(a: Tensor, b: Tensor) -> Tensor:
@@ -261,9 +261,19 @@ class LaneClock:
 
     # ----------------------------------------------------------------- user-facing values
     def user_time(self, t: Tensor) -> Tensor:
-        if self.forward_only:  # (no kernel at all when the state is float64)
-            return t if self._same_time else t.to(self.real_dtype)
-        return (self.sign * t).to(self.real_dtype)
+        if not self.forward_only:
+            return (self.sign * t).to(self.real_dtype)
+        if self._same_time:  # (no kernel at all when the state is float64)
+            return t
+        base = t._base
+        if (base is None or t.requires_grad or base.storage_offset() or not base.is_contiguous()
+                or base.numel() > 16 * t.numel() or torch.compiler.is_compiling()):
+            return t.to(self.real_dtype)
+        # A view of a few times at once (a step's stage times): convert them all when the
+        # first is asked for, and the others are views of that.
+        if self._converted[0] is not base or self._converted[1] != base._version:
+            self._converted = (base, base._version, base.to(self.real_dtype))
+        return self._converted[2].as_strided(t.shape, t.stride(), t.storage_offset())
 
     def user_float(self, t: Any, lane: int = 0) -> float:
         return float(self.sign[lane] * t[lane]) if isinstance(t, Tensor) else float(t)

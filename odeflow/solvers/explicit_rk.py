@@ -171,7 +171,9 @@ class ExplicitRK:
         """
         a_rows, b, b_err, c_column = self.coefficients(y.dtype, y.device)
         c = self._c
-        h = dt.to(y.dtype)[:, None]
+        # (B, n), not (B, 1): an addcmul that broadcasts a column over few state columns
+        # is several times slower than one copy and same-shaped operands
+        h = torch.empty_like(y).copy_(dt.to(y.dtype)[:, None])
         # Every stage time at once, t + c_i dt (the same roundings as stage by stage).
         times = (t + c_column * dt).unbind(0)
         still = (h == 0) if torch.is_grad_enabled() else None
