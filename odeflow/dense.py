@@ -66,6 +66,7 @@ class DenseOutput:
             self._starts = [p.t for p in self._pieces]
             self._lo, self._hi = C.grid[0], C.grid[-1]
             self._reached = float(end)
+            self._slack = 1e-12 * max(1.0, abs(self._lo), abs(self._hi))
 
     @property
     def span(self) -> tuple[float, float]:
@@ -97,9 +98,8 @@ class DenseOutput:
             raise ValueError(f"t must be a scalar or a 1-D tensor, got shape {tuple(values.shape)}")
         sign, times = self._clock.sign, values.reshape(-1).tolist()
         lo, hi = sorted((sign * self._lo, sign * self._hi))
-        slack = 1e-12 * max(1.0, abs(lo), abs(hi))
         for v in times:
-            if not lo - slack <= v <= hi + slack:
+            if not lo - self._slack <= v <= hi + self._slack:
                 raise ValueError(f"t={v!r} is outside the solved span [{lo!r}, {hi!r}]")
         flat = torch.stack([self.canonical(sign * v, derivative) for v in times])
         return self._layout.unflatten(flat[0] if values.ndim == 0 else flat)
@@ -112,14 +112,13 @@ class DenseOutput:
         a failure ``nan``."""
         if self._clock.per_sample:
             return self._canonical_lanes(tc, derivative)
-        slack = 1e-12 * max(1.0, abs(self._lo), abs(self._hi))
         i = max(0, min(bisect.bisect_right(self._starts, tc) - 1, len(self._pieces) - 1))
         piece = self._pieces[i]
         piece = piece.precise or piece  # dopri8: re-step to keep the method's order
         theta = min(max((tc - piece.t) / piece.dt, 0.0), 1.0)
         out = piece.derivative(theta) * self._clock.sign if derivative else piece.evaluate(theta)
         # beyond a failure or an event: no value (beyond a whole span: its end, as above)
-        if self._reached < self._hi and tc > self._reached + slack:
+        if self._reached < self._hi and tc > self._reached + self._slack:
             out = torch.full_like(out, math.nan)
         return out
 

@@ -232,18 +232,16 @@ class EventLocator:
         end = (theta == 1.0)[:, None]
         y_ev = torch.where(end, y_new.reshape(self.lanes, -1), y_ev)
         t_ev = torch.where(theta == 1.0, t_new, t_l + theta * dt_l)
-        with torch.no_grad():
+        with torch.no_grad():  # host syncs (float): a joint solve's event only
             if (self.field_slope or precise is not None) and C.per_sample:
                 ydot = self.func(t_ev, y_ev.detach())
             elif self.field_slope or precise is not None:  # the vector field at the event
-                # host sync: a joint solve's event only
-                ydot = self.func(float(t_ev[0]), y_ev.detach().reshape(-1)).reshape(1, -1)
-            else:  # host sync: a joint solve's event only (float)
+                ydot = self.func(float(t_ev[0]), y_ev.detach().reshape(-1))
+            else:
                 ydot = on.derivative(theta if C.per_sample else float(theta[0]))
-                ydot = ydot.reshape(self.lanes, -1)
         h = self.hits
         h.y = torch.where(found[:, None], y_ev, h.y)
-        h.ydot = torch.where(found[:, None], ydot.to(h.ydot.dtype), h.ydot)
+        h.ydot = torch.where(found[:, None], ydot.reshape(self.lanes, -1).to(h.ydot.dtype), h.ydot)
         h.t = torch.where(found, t_ev, h.t)
         h.index = torch.where(found, index, h.index)
         h.rising = torch.where(found, rising, h.rising)

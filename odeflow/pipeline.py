@@ -121,7 +121,12 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
                                  "check event_fn.", stats)
         result.status = int(stats.status)
     record_last_stats(stats)
-    sample_stats = _sample_stats(result) if problem.lanes_api else None
+    sample_stats = None
+    if problem.lanes_api:
+        lanes = result.lanes or tuple(  # one sample on the scalar clock: (1,) counts
+            torch.tensor([int(v)], device=result.y_last.device)
+            for v in (result.status, stats.n_steps, stats.n_accepted, stats.n_rejected))
+        sample_stats = SampleStats(*lanes)
     if err is not None and (throw or not C.per_sample):
         if throw:
             err.sample_stats = sample_stats  # type: ignore[attr-defined]
@@ -191,11 +196,3 @@ def _dense(problem: Any, hooks: Hooks, result: Any, reached: Any = None) -> Dens
     elif not problem.per_sample:
         reached = float(reached[0])
     return DenseOutput(problem, hooks.dense, reached)
-
-
-def _sample_stats(result: Any) -> SampleStats:
-    if result.lanes is None:  # one sample on the scalar clock
-        stats = result.stats
-        return SampleStats(*(torch.tensor([int(v)], device=result.y_last.device) for v in (
-            result.status, stats.n_steps, stats.n_accepted, stats.n_rejected)))
-    return SampleStats(*result.lanes)
