@@ -46,8 +46,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..interp import combine
 from ..linalg import DenseFactor, ImplicitCounts
-from .explicit_rk import _combine
 
 __all__ = ["ESDIRKState", "newton", "newton_tests"]
 
@@ -126,7 +126,7 @@ def _count(counts: ImplicitCounts, name: str, mask: Any) -> None:
 def _sum(y: Tensor | None, ks: Sequence[Tensor], nz: Any, h: Any) -> Tensor:
     """``y + h Σ_j w_j k_j`` (``y`` may be ``None``; per sample ``h`` is a ``(B, 1)`` column)."""
     if not isinstance(h, Tensor):
-        return _combine(y, ks, nz, h)
+        return combine(y, ks, nz, h)
     acc = None
     for j, w in nz:
         term = ks[j] * (w * h)

@@ -27,6 +27,8 @@ import torch
 from torch import Tensor
 
 from ..interp import HermiteInterpolant, Interpolant, TableauInterpolant, hermite
+from ..interp import combine as _combine
+from ..interp import nonzero as _nonzero
 from ..tableaus import ButcherTableau
 from .base import Func, StepResult
 
@@ -278,28 +280,3 @@ def _add_mv(y: Tensor, k_t: Tensor, w: Tensor, dt: float) -> Tensor:
     step (in float32 the fused form drifts several times faster over many steps)."""
     return torch.add(y, torch.mv(k_t, w), alpha=dt)
 
-
-def _nonzero(values: Sequence[float]) -> tuple[tuple[int, float], ...]:
-    return tuple((j, v) for j, v in enumerate(values) if v != 0)
-
-
-def _combine(y: Tensor | None, ks: Sequence[Tensor], nz: Sequence[tuple[int, float]],
-             dt: float) -> Tensor:
-    """``y + dt Σ_j w_j k_j`` (``y`` may be ``None``) with ops that save nothing for backward.
-
-    Summed in the order the fused path's kernel uses (:func:`_addmv` in float64,
-    :func:`_add_mv` otherwise), so that a solve gives the same values with and without
-    autograd (direct and adjoint forwards agree bit for bit in float64).
-    """
-    if not nz:
-        return y if y is not None else torch.zeros_like(ks[0])
-    j0, w0 = nz[0]
-    if y is not None and y.dtype == torch.float64:
-        out = torch.add(y, ks[j0], alpha=w0 * dt)
-        for j, w in nz[1:]:
-            out.add_(ks[j], alpha=w * dt)
-        return out
-    acc = ks[j0] * w0
-    for j, w in nz[1:]:
-        acc.add_(ks[j], alpha=w)
-    return acc * dt if y is None else torch.add(y, acc, alpha=dt)
