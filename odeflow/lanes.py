@@ -166,7 +166,10 @@ class LaneClock:
     def row_mask(mask: Tensor, like: Tensor) -> Tensor:
         """``mask`` ``(B,)`` copied out to ``like``'s shape ``(B, n)``: a ``where`` that
         broadcasts a ``(B, 1)`` mask over few columns is several times slower than this
-        copy and a ``where`` of same-shaped tensors."""
+        copy and a ``where`` of same-shaped tensors (and for up to 8 columns a stack of
+        ``n`` masks is about twice as fast as the broadcasting copy)."""
+        if 0 < like.shape[-1] <= 8:
+            return torch.stack((mask,) * like.shape[-1], -1)
         return torch.empty(like.shape, dtype=torch.bool, device=like.device).copy_(mask[:, None])
 
     def rows(self, mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -196,7 +199,7 @@ class LaneClock:
     @staticmethod
     def flags(*masks: Tensor) -> list[bool]:
         """``any`` of each mask, read in one transfer."""
-        return [bool(v) for v in torch.stack(masks).any(1).tolist()]  # host sync
+        return [bool(v) for v in torch.stack(masks).amax(1).tolist()]  # host sync
 
     @staticmethod
     def drop(a: Tensor, b: Tensor) -> Tensor:
@@ -206,9 +209,10 @@ class LaneClock:
     @staticmethod
     def decide(masks: Sequence[Tensor], counts: Sequence[Tensor] = ()) -> list[Any]:
         """``any`` of each ``(B,)`` mask, then the 0-dim ``counts``, in one transfer and
-        three or four kernels (the loop's decisions of an iteration)."""
+        three or four kernels (the loop's decisions of an iteration; ``amax`` is the
+        ``any`` of bools at half the cost of ``any`` over rows)."""
         # host sync: one small transfer per iteration decides outputs and termination
-        out = torch.stack(list(masks)).any(1)
+        out = torch.stack(list(masks)).amax(1)
         if counts:
             out = torch.cat((out.long(), torch.stack(list(counts))))
         values = out.tolist()
