@@ -164,10 +164,9 @@ class LaneClock:
 
     @staticmethod
     def row_mask(mask: Tensor, like: Tensor) -> Tensor:
-        """``mask`` ``(B,)`` copied out to ``like``'s shape ``(B, n)``: a ``where`` that
-        broadcasts a ``(B, 1)`` mask over few columns is several times slower than this
-        copy and a ``where`` of same-shaped tensors (and for up to 8 columns a stack of
-        ``n`` masks is about twice as fast as the broadcasting copy)."""
+        """``mask`` ``(B,)`` copied out to ``like``'s shape ``(B, n)`` (up to 8 columns a stack
+        of ``n`` masks, twice as fast): a ``where`` that broadcasts a ``(B, 1)`` mask over few
+        columns is several times slower than this and a ``where`` of same-shaped tensors."""
         if 0 < like.shape[-1] <= 8:
             return torch.stack((mask,) * like.shape[-1], -1)
         return torch.empty(like.shape, dtype=torch.bool, device=like.device).copy_(mask[:, None])
@@ -208,9 +207,8 @@ class LaneClock:
 
     @staticmethod
     def decide(masks: Sequence[Tensor], counts: Sequence[Tensor] = ()) -> list[Any]:
-        """``any`` of each ``(B,)`` mask, then the 0-dim ``counts``, in one transfer and
-        three or four kernels (the loop's decisions of an iteration; ``amax`` is the
-        ``any`` of bools at half the cost of ``any`` over rows)."""
+        """``any`` of each ``(B,)`` mask (as ``amax``, half the cost), then the 0-dim
+        ``counts``, in one transfer and three or four kernels (an iteration's decisions)."""
         # host sync: one small transfer per iteration decides outputs and termination
         out = torch.stack(list(masks)).amax(1)
         if counts:

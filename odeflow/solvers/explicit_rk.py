@@ -174,9 +174,8 @@ class ExplicitRK:
         # (B, n), not (B, 1): an addcmul that broadcasts a column over few state columns
         # is several times slower than one copy and same-shaped operands
         h = torch.empty_like(y).copy_(dt[:, None])
-        # Every stage time at once, t + c_i dt (the same roundings as stage by stage); the
-        # (s, B) product first: adding it to the (B,) row is several times faster than the
-        # other way round.
+        # Every stage time at once, t + c_i dt (the same roundings as stage by stage); t
+        # added in place to the (s, B) product is several times faster than t + c dt.
         times = (c_column * dt).add_(t).unbind(0)
         still = (h == 0) if torch.is_grad_enabled() else None
         # Under autograd the stages must not go into a reused buffer.
