@@ -123,7 +123,7 @@ class LaneClock:
             bool(v) for v in torch.stack(((sign > 0).all(), (grid[:, 0] >= 0).all())).tolist())
         self._consts: dict[tuple, Tensor] = {}
         self._sign_col: dict[torch.dtype, Tensor] = {}
-        self._row_of_lane: Tensor | None = None
+        self._row_of_lane = torch.arange(self.batch, device=self.device)
         self._inf = torch.full((self.batch,), math.inf, dtype=torch.float64, device=self.device)
         # func gets the canonical time itself when it is the user's
         self._same_time = self.forward_only and real_dtype == torch.float64
@@ -242,8 +242,6 @@ class LaneClock:
         """
         piece = stepper.interpolant(t, dt, y, y_new, stages, f_new) if interior else None
         n_out = ys.shape[0] - 1
-        if self._row_of_lane is None:
-            self._row_of_lane = torch.arange(self.batch, device=self.device)
         flat = ys.view(-1, ys.shape[-1])
         for p in range(n_pass):
             if p:
