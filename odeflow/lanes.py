@@ -123,7 +123,7 @@ class LaneClock:
             bool(v) for v in torch.stack(((sign > 0).all(), (grid[:, 0] >= 0).all())).tolist())
         self._consts: dict[tuple, Tensor] = {}
         self._sign_col: dict[torch.dtype, Tensor] = {}
-        self._row_of_lane: Tensor | None = None
+        self._row_of_lane = torch.arange(self.batch, device=self.device)
         self._inf = torch.full((self.batch,), math.inf, dtype=torch.float64, device=self.device)
         # func gets the canonical time itself when it is the user's
         self._same_time = self.forward_only and real_dtype == torch.float64
@@ -164,9 +164,11 @@ class LaneClock:
 
     @staticmethod
     def row_mask(mask: Tensor, like: Tensor) -> Tensor:
-        """``mask`` ``(B,)`` copied out to ``like``'s shape ``(B, n)``: a ``where`` that
-        broadcasts a ``(B, 1)`` mask over few columns is several times slower than this
-        copy and a ``where`` of same-shaped tensors."""
+        """``mask`` ``(B,)`` copied out to ``like``'s shape ``(B, n)`` (up to 8 columns a stack
+        of ``n`` masks, twice as fast): a ``where`` that broadcasts a ``(B, 1)`` mask over few
+        columns is several times slower than this and a ``where`` of same-shaped tensors."""
+        if 0 < like.shape[-1] <= 8:
+            return torch.stack((mask,) * like.shape[-1], -1)
         return torch.empty(like.shape, dtype=torch.bool, device=like.device).copy_(mask[:, None])
 
     def rows(self, mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -196,7 +198,7 @@ class LaneClock:
     @staticmethod
     def flags(*masks: Tensor) -> list[bool]:
         """``any`` of each mask, read in one transfer."""
-        return [bool(v) for v in torch.stack(masks).any(1).tolist()]  # host sync
+        return [bool(v) for v in torch.stack(masks).amax(1).tolist()]  # host sync
 
     @staticmethod
     def drop(a: Tensor, b: Tensor) -> Tensor:
@@ -205,10 +207,10 @@ class LaneClock:
 
     @staticmethod
     def decide(masks: Sequence[Tensor], counts: Sequence[Tensor] = ()) -> list[Any]:
-        """``any`` of each ``(B,)`` mask, then the 0-dim ``counts``, in one transfer and
-        three or four kernels (the loop's decisions of an iteration)."""
+        """``any`` of each ``(B,)`` mask (as ``amax``, half the cost), then the 0-dim
+        ``counts``, in one transfer and three or four kernels (an iteration's decisions)."""
         # host sync: one small transfer per iteration decides outputs and termination
-        out = torch.stack(list(masks)).any(1)
+        out = torch.stack(list(masks)).amax(1)
         if counts:
             out = torch.cat((out.long(), torch.stack(list(counts))))
         values = out.tolist()
@@ -240,8 +242,6 @@ class LaneClock:
         """
         piece = stepper.interpolant(t, dt, y, y_new, stages, f_new) if interior else None
         n_out = ys.shape[0] - 1
-        if self._row_of_lane is None:
-            self._row_of_lane = torch.arange(self.batch, device=self.device)
         flat = ys.view(-1, ys.shape[-1])
         for p in range(n_pass):
             if p:

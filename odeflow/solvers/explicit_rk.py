@@ -175,9 +175,10 @@ class ExplicitRK:
         c = self._c
         # (B, n), not (B, 1): an addcmul that broadcasts a column over few state columns
         # is several times slower than one copy and same-shaped operands
-        h = torch.empty_like(y).copy_(dt.to(y.dtype)[:, None])
-        # Every stage time at once, t + c_i dt (the same roundings as stage by stage).
-        times = (t + c_column * dt).unbind(0)
+        h = torch.empty_like(y).copy_(dt[:, None])
+        # Every stage time at once, t + c_i dt (the same roundings as stage by stage); t
+        # added in place to the (s, B) product is several times faster than t + c dt.
+        times = (c_column * dt).add_(t).unbind(0)
         still = (h == 0) if torch.is_grad_enabled() else None
         # Under autograd the stages must not go into a reused buffer.
         ks = [f0] if ws is None else ws.rows
