@@ -132,3 +132,12 @@ def robertson_kinetics(k: Tensor):
                             k[..., 1] * y2 * y2], -1)
 
     return f
+
+
+def poisoned_decay(rates: Tensor, lane: int = 1, after: float = 0.5):
+    """Per-sample decay ``y' = -k y`` whose sample ``lane`` turns nan for ``t > after``
+    (a failing sample among healthy ones); ``t`` is the per-sample ``(B,)`` time."""
+    def f(t: Tensor, y: Tensor) -> Tensor:
+        poison = torch.where((torch.arange(len(rates)) == lane) & (t > after), math.nan, 0.0)
+        return -rates[:, None] * y + poison[:, None]
+    return f

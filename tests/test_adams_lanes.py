@@ -12,7 +12,7 @@ import odeflow
 from odeflow import Status
 from odeflow.solvers.adams import AdamsBashforth, AdamsMoulton, integration_weights, lane_weights
 
-from .problems import vdp_batch
+from .problems import poisoned_decay, vdp_batch
 
 F64 = torch.float64
 ADAMS = ("explicit_adams", "implicit_adams", "fixed_adams")
@@ -110,10 +110,7 @@ def test_a_lane_at_rest_keeps_its_history_and_state():
 def test_a_failing_sample_does_not_change_the_others():
     # sample 1's func turns nan after t = 0.5; the others keep the values of their own solves
     k = torch.tensor([0.5, 1.0, -0.4], dtype=F64)
-
-    def f(t, y):
-        poison = torch.where((torch.arange(3) == 1) & (t > 0.5), math.nan, 0.0)
-        return -k[:, None] * y + poison[:, None]
+    f = poisoned_decay(k)
 
     y0 = torch.ones(3, 1, dtype=F64)
     t = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
