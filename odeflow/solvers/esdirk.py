@@ -73,11 +73,12 @@ import torch
 from torch import Tensor
 
 from ..interp import HermiteInterpolant, Interpolant, TableauInterpolant, hermite
+from ..interp import combine as _combine
+from ..interp import nonzero as _nonzero
 from ..linalg import DenseSolver, ImplicitCounts, check_solver_dtype
 from .base import StepResult
 from .esdirk_newton import ESDIRKState, _any, _count, _not, _sum, _where, newton, newton_tests
 from .esdirk_tableaus import ESDIRKTableau, stage_predictor
-from .explicit_rk import _combine, _nonzero
 
 __all__ = ["ESDIRK", "ESDIRKState"]
 

@@ -8,13 +8,13 @@ Two ways to combine stages, chosen once per solve:
 * **fused** (no autograd): stages are written into one preallocated ``(s, n)`` buffer and
   each stage input ``y + dt Σ_j a_ij k_j`` is a single ``addmv`` over a precomputed view —
   one kernel per stage, no allocation of intermediate sums.
-* **autograd**: the sum is built with ``add`` and in-place ``add_`` on a fresh tensor.
-  These ops save nothing for the backward pass, so backpropagating through the solver
-  keeps only what ``func`` itself saves (a shared buffer written in place would have to
-  be kept, or copied, per step).
+* **autograd**: the stages are fresh tensors, stacked anew for each sum, which is then the
+  same ``addmv`` (a shared buffer written in place would have to be kept, or copied, per
+  step). ``addmv`` and ``mv`` save only their weights for backward, never the stacked
+  stages, so backpropagating through the solver keeps only what ``func`` itself saves;
+  and both paths give the same values bit for bit (direct and adjoint forwards agree).
 
-The error estimate and the dense output weights need no gradient of the error and are
-computed without building a graph.
+The error estimate needs no gradient and is computed without building a graph.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ import torch
 from torch import Tensor
 
 from ..interp import HermiteInterpolant, Interpolant, TableauInterpolant, hermite
-from ..interp import combine as _combine
-from ..interp import nonzero as _nonzero
 from ..tableaus import ButcherTableau
 from .base import Func, StepResult
 
@@ -67,9 +65,6 @@ class ExplicitRK:
         self.needs_f_end_for_dense = tableau.dense is None
         self.steps_to_outputs = tableau.dense is None and self.order > 4
         self._c = tableau.c
-        self._a_nz = tuple(_nonzero(row) for row in tableau.a)
-        self._b_nz = _nonzero(tableau.b)
-        self._e_nz = _nonzero(tableau.b_err) if tableau.b_err is not None else ()
         self._cache: dict[tuple, Any] = {}
 
     # ----------------------------------------------------------------------------- setup
@@ -146,21 +141,23 @@ class ExplicitRK:
         return StepResult(y_new, err, rows)
 
     def _step_autograd(self, f, t, y, f0, dt, with_error, f_last, skip_last):
+        a_rows, b, b_err, _ = self.coefficients(y.dtype, y.device)
+        combine = _addmv if y.dtype == torch.float64 else _add_mv
         c = self._c
         ks = [f0]
         y_i = y
         last = self.stages - 1
         for i in range(1, self.stages):
-            y_i = _combine(y, ks, self._a_nz[i], dt)
+            y_i = combine(y, torch.stack(ks).T, a_rows[i], dt)
             if skip_last and i == last:
                 break  # y_i is y_new; its derivative is not needed
             fi = f_last if (f_last is not None and c[i] == 1.0) else f
             ks.append(fi(t + c[i] * dt, y_i))
-        y_new = y_i if self.fsal else _combine(y, ks, self._b_nz, dt)
+        y_new = y_i if self.fsal else combine(y, torch.stack(ks).T, b, dt)
         err = None
-        if with_error and self._e_nz:
+        if with_error and b_err is not None:
             with torch.no_grad():
-                err = _combine(None, ks, self._e_nz, dt)
+                err = torch.addmv(y, torch.stack(ks).T, b_err, beta=0.0, alpha=dt)
         return StepResult(y_new, err, ks)
 
     def _step_lanes(self, f, t, y, f0, dt, ws, with_error, f_last):
@@ -240,7 +237,10 @@ class ExplicitRK:
         """The solution at ``t + theta * dt`` from the method's dense output."""
         if self.tableau.dense is None:
             return hermite(y, y_new, stages[0], f_new, dt, theta)
-        stacked = ws.prefix[self.stages] if ws is not None else None
+        if ws is not None:
+            stacked = ws.prefix[self.stages]
+        else:  # as the fused path has them (the same addmv; unused per lane)
+            stacked = None if isinstance(dt, Tensor) else torch.stack(tuple(stages)).T
         return TableauInterpolant(0.0, dt, y, stages, self.tableau, stacked).evaluate(theta)
 
 

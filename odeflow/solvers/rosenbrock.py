@@ -24,9 +24,10 @@ import torch
 from torch import Tensor
 
 from ..interp import Interpolant
+from ..interp import combine as _combine
+from ..interp import nonzero as _nonzero
 from ..linalg import ImplicitCounts, check_solver_dtype
 from .base import StepResult
-from .explicit_rk import _combine, _nonzero
 from .rosenbrock_tableaus import RosenbrockTableau
 
 __all__ = ["Rosenbrock", "RosenbrockState", "RosenbrockInterpolant", "Workspace"]
@@ -34,16 +35,21 @@ __all__ = ["Rosenbrock", "RosenbrockState", "RosenbrockInterpolant", "Workspace"
 Func = Callable[[float, Tensor], Tensor]
 
 
-class Workspace(NamedTuple):
-    """Per-solve buffers and coefficient vectors of the no-autograd path."""
+class Coefficients(NamedTuple):
+    """The tableau's vectors as tensors of one dtype and device (``None``: a zero row)."""
 
-    U: Tensor  # (s, n) stage increments
-    rows: tuple[Tensor, ...]  # U's rows (made once: a view per stage costs a call)
-    prefix: tuple[Tensor, ...]  # prefix[i] = U[:i].T
     a: tuple[Tensor | None, ...]
     C: tuple[Tensor | None, ...]
     m: Tensor
     H: Tensor  # (r, s) dense output rows
+
+
+class Workspace(NamedTuple):
+    """Per-solve buffers of the no-autograd path."""
+
+    U: Tensor  # (s, n) stage increments
+    rows: tuple[Tensor, ...]  # U's rows (made once: a view per stage costs a call)
+    prefix: tuple[Tensor, ...]  # prefix[i] = U[:i].T
 
 
 @dataclass
@@ -94,21 +100,29 @@ class Rosenbrock:
         self._m = _nonzero(tableau.m)
         self._H = tuple(_nonzero(row) for row in tableau.H if any(row))
         self._c_col: dict[torch.device, Tensor] = {}
+        self._coef: dict[tuple, Coefficients] = {}
 
     def workspace(self, y0: Tensor) -> Workspace:
         """Buffers of the no-autograd path: the increments as the rows of one ``(s, n)``
         matrix, so that every stage sum is one ``addmv``."""
-        s, n = self._s, y0.numel()
-        U = y0.new_empty((s, n))
-        prefix = tuple(U[:i].T for i in range(s + 1))
-        tab = self.tableau
+        U = y0.new_empty((self._s, y0.numel()))
+        return Workspace(U, U.unbind(0), tuple(U[:i].T for i in range(self._s + 1)))
 
-        def vec(values: Sequence[Any]) -> Tensor:
-            return torch.tensor(values, dtype=y0.dtype, device=y0.device)
+    def _coefficients(self, y: Tensor) -> Coefficients:
+        """The tableau's vectors in ``y``'s dtype and device (made once per pair)."""
+        key = (y.dtype, y.device)
+        coef = self._coef.get(key)
+        if coef is None:
+            tab = self.tableau
 
-        return Workspace(U, U.unbind(0), prefix, tuple(vec(r) if r else None for r in tab.a),
-                         tuple(vec(r) if any(r) else None for r in tab.C), vec(tab.m),
-                         vec([list(r) for r in tab.H if any(r)]))
+            def vec(values: Sequence[Any]) -> Tensor:
+                return torch.tensor(values, dtype=y.dtype, device=y.device)
+
+            coef = self._coef[key] = Coefficients(
+                tuple(vec(r) if r else None for r in tab.a),
+                tuple(vec(r) if any(r) else None for r in tab.C), vec(tab.m),
+                vec([list(r) for r in tab.H if any(r)]))
+        return coef
 
     def init(self, y0: Tensor) -> RosenbrockState:
         check_solver_dtype(self.tableau.name, y0.dtype)
@@ -137,14 +151,8 @@ class Rosenbrock:
         (``dt`` a float) or per sample (``dt`` ``(B,)``, ``(B, n, n)`` Jacobians and LU
         factors, every lane its own ``hγ``).
 
-        Three forms of the same arithmetic, each kept bit for bit: joint without autograd
-        (``fused``: increments written into ``ws.U``, stage sums by ``addmv``, about 20%
-        faster), joint under autograd (fresh tensors that save nothing for backward), and
-        per sample, where the stage sums stay elementwise: a ``(B n, i)`` ``addmv`` goes
-        multi-threaded in BLAS from a few thousand rows, and on a shared box that cost
-        ~1 ms a call against ~3 µs per ``add_``. Under autograd a lane with ``dt = 0``
-        stays at ``y`` (its increments are masked to zero, so no nan enters the graph);
-        without one the loop discards such a lane's result.
+        Joint steps take every stage sum as one ``addmv`` (:meth:`_joint_stages`), with
+        and without autograd alike; per-sample steps sum elementwise (:meth:`_lane_stages`).
         """
         if state is None:  # a replayed step (checkpointing): a fresh Jacobian
             state = RosenbrockState()
@@ -161,52 +169,76 @@ class Rosenbrock:
         h = dt.to(y.dtype) if lanes else dt
         h_gamma = h * tab.gamma
         factor = self.linear_solver.factor(jac, h_gamma, state.counts)
-        fused = still = None
         if lanes:
-            h, h_gamma = h[:, None], h_gamma[:, None]
-            zero = h == 0
-            still = zero if ws is None else None
-            inv_h = torch.where(zero, 0.0, 1.0 / torch.where(zero, 1.0, h))
-            times = (t + self._c_column(dt.device) * dt).unbind(0)
+            us = self._lane_stages(f, f_last, t, y, f0, f_t, dt, h, h_gamma, factor, ws)
+            y_new = _combine(y, us, self._m, 1.0)
         else:
-            inv_h = 1.0 / dt
-            times = [t + c * dt for c in tab.c]
             if ws is None and not (f0.requires_grad or y.requires_grad):
                 # Grad mode is on but f(t, y) has no graph: no tensor of this step will
                 # need one, so the buffered path is safe.
                 if state.ws is None:
                     state.ws = self.workspace(y)
                 ws = state.ws
-            fused = ws if ws is not None and isinstance(jac, Tensor) else None
+            us = self._joint_stages(f, f_last, t, y, f0, f_t, dt, factor, ws)
+            columns = ws.prefix[self._s] if ws is not None else torch.stack(us).T
+            y_new = torch.addmv(y, columns, self._coefficients(y).m)
+        error = us[-1].detach().clone() if with_error else None
+        return StepResult(y_new, error, (f0, *us), state, True)
+
+    def _joint_stages(self, f, f_last, t, y, f0, f_t, dt, factor, ws) -> list[Tensor]:
+        """The increments ``u_i`` of a joint step. Each stage sum is one ``addmv`` over the
+        increments as columns: the rows of ``ws.U`` without a graph, stacked anew under
+        autograd (``addmv`` saves only its weights for backward, never the stacked
+        increments), so that both give the same values bit for bit. Each right-hand side
+        is scaled by ``hγ`` before its solve."""
+        tab, coef = self.tableau, self._coefficients(y)
+        h_gamma = dt * tab.gamma
+        us: list[Tensor] = []
+        for i in range(self._s):
+            columns = (ws.prefix[i] if ws is not None else torch.stack(us).T) if i else None
+            if i == 0:
+                rhs = f0
+            else:
+                fi = f_last if (f_last is not None and tab.c[i] == 1.0) else f
+                rhs = fi(t + tab.c[i] * dt, torch.addmv(y, columns, coef.a[i]))
+            if coef.C[i] is not None:
+                rhs = torch.addmv(rhs, columns, coef.C[i], alpha=1.0 / dt)
+            if f_t is not None and tab.d[i] != 0.0:
+                rhs = torch.add(rhs, f_t, alpha=dt * tab.d[i])
+            u = factor.solve(rhs * h_gamma)
+            if ws is not None:
+                ws.U[i] = u
+                u = ws.rows[i]
+            us.append(u)
+        return us
+
+    def _lane_stages(self, f, f_last, t, y, f0, f_t, dt, h, h_gamma, factor, ws
+                     ) -> list[Tensor]:
+        """The increments of a per-sample step, summed elementwise: a ``(B n, i)`` ``addmv``
+        goes multi-threaded in BLAS from a few thousand rows, and on a shared box that cost
+        ~1 ms a call against ~3 µs per ``add_``. Under autograd a lane with ``dt = 0`` stays
+        at ``y`` (its increments are masked to zero, so no nan enters the graph); without
+        one the loop discards such a lane's result."""
+        tab = self.tableau
+        h, h_gamma = h[:, None], h_gamma[:, None]
+        zero = h == 0
+        still = zero if ws is None else None
+        inv_h = torch.where(zero, 0.0, 1.0 / torch.where(zero, 1.0, h))
+        times = (t + self._c_column(dt.device) * dt).unbind(0)
         us: list[Tensor] = []
         for i in range(self._s):
             if i == 0:
-                rhs = f0 if fused is None else f0.clone()
+                rhs = f0
             else:
                 fi = f_last if (f_last is not None and tab.c[i] == 1.0) else f
-                rhs = fi(times[i], _combine(y, us, self._a[i], 1.0) if fused is None
-                         else torch.addmv(y, fused.prefix[i], fused.a[i]))
+                rhs = fi(times[i], _combine(y, us, self._a[i], 1.0))
             if self._C[i]:
-                if fused is not None:
-                    rhs = torch.addmv(rhs, fused.prefix[i], fused.C[i], alpha=inv_h)
-                elif lanes:
-                    rhs = rhs + inv_h * _combine(None, us, self._C[i], 1.0)
-                else:
-                    rhs = _combine(rhs, us, self._C[i], inv_h)
+                rhs = rhs + inv_h * _combine(None, us, self._C[i], 1.0)
             if f_t is not None and tab.d[i] != 0.0:
-                rhs = (rhs + (h * tab.d[i]) * f_t if fused is None
-                       else rhs.add_(f_t, alpha=h * tab.d[i]))
-            if fused is not None:  # scaled before the solve (the increments' row of U)
-                fused.U[i] = factor.solve(rhs.mul_(h_gamma))
-                us.append(fused.rows[i])
-            elif still is not None:
-                us.append(torch.where(still, 0.0, factor.solve(rhs) * h_gamma))
-            else:
-                us.append(factor.solve(rhs) * h_gamma)
-        y_new = (_combine(y, us, self._m, 1.0) if fused is None
-                 else torch.addmv(y, fused.prefix[self._s], fused.m))
-        error = us[-1].detach().clone() if with_error else None
-        return StepResult(y_new, error, (f0, *us), state, True)
+                rhs = rhs + (h * tab.d[i]) * f_t
+            u = factor.solve(rhs) * h_gamma
+            us.append(u if still is None else torch.where(still, 0.0, u))
+        return us
 
     def f_end(self, f: Func, t_new: float, y_new: Tensor, result: StepResult) -> Tensor:
         return f(t_new, y_new)
@@ -218,11 +250,11 @@ class Rosenbrock:
 
     def interpolate(self, y: Tensor, y_new: Tensor, dt: float, stages: Sequence[Tensor],
                     f_new: Tensor | None, theta: float, ws: Any) -> Tensor:
-        if ws is not None and not isinstance(dt, Tensor) and stages[-1]._base is ws.U:
-            # The increments are the rows of ws.U (the buffered path): one matrix product.
-            terms = tuple((ws.H @ ws.U).unbind(0))
-        else:
+        if isinstance(dt, Tensor):
             terms = self._dense_terms(stages[1:])
+        else:  # one matrix product, on ws.U or (under autograd) the same values stacked
+            U = ws.U if ws is not None else torch.stack(tuple(stages[1:]))
+            terms = tuple((self._coefficients(y).H @ U).unbind(0))
         return RosenbrockInterpolant(0.0, dt, y, y_new, terms).evaluate(theta)
 
     def _dense_terms(self, us: Sequence[Tensor]) -> tuple[Tensor, ...]:
