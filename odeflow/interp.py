@@ -52,10 +52,8 @@ def combine(y: Tensor | None, ks: Sequence[Tensor], nz: Sequence[tuple[int, floa
             dt: float) -> Tensor:
     """``y + dt Σ_j w_j k_j`` (``y`` may be ``None``) with ops that save nothing for backward.
 
-    Summed in the order the explicit Runge–Kutta fused path's kernel uses
-    (``explicit_rk._addmv`` in float64, ``_add_mv`` otherwise), so that a solve gives the
-    same values with and without autograd (direct and adjoint forwards agree bit for bit in
-    float64).
+    In float64 each term goes into ``y`` in turn; in lower precisions the stage sum is
+    formed first so that ``y`` is rounded once (the choice ``explicit_rk`` makes too).
     """
     if not nz:
         return y if y is not None else torch.zeros_like(ks[0])
