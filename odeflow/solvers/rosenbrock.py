@@ -42,6 +42,7 @@ class Coefficients(NamedTuple):
     C: tuple[Tensor | None, ...]
     m: Tensor
     H: Tensor  # (r, s) dense output rows
+    c: Tensor  # the nodes as a float64 (s, 1) column (stage times are float64)
 
 
 class Workspace(NamedTuple):
@@ -99,7 +100,6 @@ class Rosenbrock:
         self._C = tuple(_nonzero(row) for row in tableau.C)
         self._m = _nonzero(tableau.m)
         self._H = tuple(_nonzero(row) for row in tableau.H if any(row))
-        self._c_col: dict[torch.device, Tensor] = {}
         self._coef: dict[tuple, Coefficients] = {}
 
     def workspace(self, y0: Tensor) -> Workspace:
@@ -121,7 +121,8 @@ class Rosenbrock:
             coef = self._coef[key] = Coefficients(
                 tuple(vec(r) if r else None for r in tab.a),
                 tuple(vec(r) if any(r) else None for r in tab.C), vec(tab.m),
-                vec([list(r) for r in tab.H if any(r)]))
+                vec([list(r) for r in tab.H if any(r)]),
+                torch.tensor(tab.c, dtype=torch.float64, device=y.device)[:, None])
         return coef
 
     def init(self, y0: Tensor) -> RosenbrockState:
@@ -224,7 +225,7 @@ class Rosenbrock:
         zero = h == 0
         still = zero if ws is None else None
         inv_h = torch.where(zero, 0.0, 1.0 / torch.where(zero, 1.0, h))
-        times = (t + self._c_column(dt.device) * dt).unbind(0)
+        times = (t + self._coefficients(y).c * dt).unbind(0)
         us: list[Tensor] = []
         for i in range(self._s):
             if i == 0:
@@ -259,14 +260,6 @@ class Rosenbrock:
 
     def _dense_terms(self, us: Sequence[Tensor]) -> tuple[Tensor, ...]:
         return tuple(_combine(None, us, row, 1.0) for row in self._H)
-
-    def _c_column(self, device: torch.device) -> Tensor:
-        """The nodes ``c`` as a float64 ``(s, 1)`` column (cached per device)."""
-        col = self._c_col.get(device)
-        if col is None:
-            col = self._c_col[device] = torch.tensor(self.tableau.c, dtype=torch.float64,
-                                                     device=device)[:, None]
-        return col
 
 
 class RosenbrockInterpolant(Interpolant):
