@@ -44,8 +44,7 @@ class DenseOutput:
                  t_last: Any = None):
         if not pieces:
             raise ValueError("dense output needs at least one step (t0 == t1?)")
-        C = problem.clock
-        self._clock = C
+        self._clock = C = problem.clock
         self._layout = problem.layout
         # Reached: the end of the span, or where the solve stopped (failure or event).
         end = C.t_end if t_last is None else t_last
