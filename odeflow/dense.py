@@ -159,6 +159,5 @@ class DenseOutput:
             out = piece.derivative(theta) * C.sign_column(self._layout.real_dtype)
         else:
             out = piece.evaluate(theta)
-        # beyond a failure or an event: no value (beyond a whole span: its end, as above)
         beyond = ((self._reached < self._hi) & (tc > self._reached + self._slack))[:, None]
         return torch.where(beyond, math.nan, out)

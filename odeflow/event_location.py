@@ -222,9 +222,8 @@ class EventLocator:
             rising = s.gather(1, index.clamp(min=0)[:, None])[:, 0] < 0
             on = precise or interp
         # The state is evaluated outside no_grad so that it carries the loop's graph.
-        y_ev = self._at(on, theta)
-        end = (theta == 1.0)[:, None]
-        y_ev = torch.where(end, y_new.reshape(self.lanes, -1), y_ev)
+        y_ev = torch.where((theta == 1.0)[:, None], y_new.reshape(self.lanes, -1),
+                           self._at(on, theta))
         t_ev = torch.where(theta == 1.0, t_new, t_l + theta * dt_l)
         with torch.no_grad():  # host syncs (float): a joint solve's event only
             lane = (lambda x: x) if C.per_sample else (lambda x: float(x[0]))

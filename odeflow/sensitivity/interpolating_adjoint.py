@@ -43,8 +43,7 @@ def interpolating_dynamics(func: Any, params: tuple[Tensor, ...], trajectory: Tr
     def y_at(tau: Tensor) -> Tensor:
         if lanes:
             # A lane that does not step (a failed sample) may read nan: its result is unused.
-            same = last[0] is not None and torch.equal(tau, last[0])  # host sync: one a call
-            if not same:
+            if last[0] is None or not torch.equal(tau, last[0]):  # host sync: one a call
                 last[:] = tau.clone(), torch.nan_to_num(trajectory(tau.double()))
         else:
             key = float(tau)  # host sync: the interpolant is chosen on the host
