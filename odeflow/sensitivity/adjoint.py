@@ -231,12 +231,11 @@ class _Adjoint(torch.autograd.Function):
                     else (C.grid[i], C.grid[i - 1]))
             if aug_problem is None:  # validated once; later intervals only move in time
                 # Scalars are validated by make_problem; per-element tensors are put in after.
-                aug_problem = make_problem(
+                aug_problem = replace(make_problem(
                     aug, state, torch.as_tensor(span, dtype=torch.float64),
                     1.0 if isinstance(rtol, Tensor) else rtol,
-                    1.0 if isinstance(atol, Tensor) else atol, config.spec.name, options)
-                if isinstance(rtol, Tensor) or isinstance(atol, Tensor):
-                    aug_problem = replace(aug_problem, rtol=rtol, atol=atol)
+                    1.0 if isinstance(atol, Tensor) else atol, config.spec.name, options),
+                    rtol=rtol, atol=atol)
             else:
                 aug_problem = retime(aug_problem, span, aug_problem.layout.flatten(state))
             with torch.no_grad():
