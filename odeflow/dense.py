@@ -44,8 +44,7 @@ class DenseOutput:
                  t_last: Any = None):
         if not pieces:
             raise ValueError("dense output needs at least one step (t0 == t1?)")
-        C = problem.clock
-        self._clock = C
+        self._clock = C = problem.clock
         self._layout = problem.layout
         # Reached: the end of the span, or where the solve stopped (failure or event).
         end = C.t_end if t_last is None else t_last
@@ -160,6 +159,5 @@ class DenseOutput:
             out = piece.derivative(theta) * C.sign_column(self._layout.real_dtype)
         else:
             out = piece.evaluate(theta)
-        # beyond a failure or an event: no value (beyond a whole span: its end, as above)
         beyond = ((self._reached < self._hi) & (tc > self._reached + self._slack))[:, None]
         return torch.where(beyond, math.nan, out)

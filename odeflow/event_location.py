@@ -21,13 +21,11 @@ its own first crossing; ``event_fn`` then gets the batch as ``func`` does and re
 ``(B,)`` or ``(B, k)`` values, sample ``b``'s depending on ``t[b]`` and ``y[b]`` only).
 :meth:`EventLocator.locate` finds the root inside each crossing lane's bracket for all
 lanes and crossing values at once (the first zero of the least of the crossing values, so
-the earliest root wins), by the Illinois variant of regula falsi; it stops when the bracket
-is narrower than ``tol = 4 eps max(|t|, |t + dt|, dt)``, and the host reads whether any
-lane still needs an iteration once every :data:`_CHECK_EVERY` iterations. The time
-returned is the bracket end on the side the value started on, so ``event_fn`` there still
-has its pre-crossing sign (or is zero) and a solve restarted there does not see the same
-crossing again. A method without an interpolant of its own order (dopri8) locates the root
-again by re-stepping.
+the earliest root wins) to ``tol = 4 eps max(|t|, |t + dt|, dt)``. The time returned is
+the bracket end on the side the value started on, so ``event_fn`` there still has its
+pre-crossing sign (or is zero) and a solve restarted there does not see the same crossing
+again. A method without an interpolant of its own order (dopri8) locates the root again
+by re-stepping.
 
 References:
     Dowell & Jarratt, "A modified regula falsi method for computing the root of an
@@ -117,8 +115,7 @@ class EventLocator:
             rising=torch.zeros(self.lanes, dtype=torch.bool, device=dev))
 
     def raw(self, t: Any, y: Tensor) -> Tensor:
-        """``event_fn`` at canonical ``t`` and the flat state ``y`` (one lane ``(n,)`` or
-        ``(1, n)``; per sample ``(B, n)``), as ``(L, k)``."""
+        """``event_fn`` at canonical ``t`` and flat ``y``, checked, as ``(L, k)``."""
         C = self.clock
         if not C.per_sample:
             if isinstance(t, Tensor):
@@ -144,8 +141,7 @@ class EventLocator:
         return out
 
     def call(self, t_user: Tensor, y: Tensor) -> Tensor:
-        """``event_fn`` at user times ``t_user`` ``(L,)`` and flat ``y`` ``(L, n)`` (may carry
-        a graph), as ``(L, k)``."""
+        """``event_fn`` at user times ``(L,)`` and flat ``y`` ``(L, n)`` (with a graph)."""
         if self.clock.per_sample:
             out = self.event_fn(t_user, self.layout.unflatten(y))
         else:
@@ -153,7 +149,6 @@ class EventLocator:
         return out.reshape(self.lanes, -1)
 
     def _at(self, interp: Interpolant, theta: Any) -> Tensor:
-        """The interpolant at ``theta`` (a float, or one per lane) as ``(L, n)``."""
         if not self.clock.per_sample and isinstance(theta, Tensor):
             theta = float(theta.reshape(-1)[0])  # host sync: root iterations only
         return interp.evaluate(theta).reshape(self.lanes, -1)
@@ -194,8 +189,7 @@ class EventLocator:
 
     def check(self, interp: Interpolant, y_new: Tensor, ok: Any, rec: Any = None
               ) -> Tensor | None:
-        """After an accepted step of a joint solve: :meth:`detect`, then :meth:`locate`
-        when the lane crossed (it stops), else ``None``."""
+        """A joint solve's accepted step: :meth:`locate` if :meth:`detect` finds a crossing."""
         found = self.detect(interp, y_new, ok)
         if not bool(found.any()):  # host sync: the event test of a joint step
             return None
@@ -228,17 +222,15 @@ class EventLocator:
             rising = s.gather(1, index.clamp(min=0)[:, None])[:, 0] < 0
             on = precise or interp
         # The state is evaluated outside no_grad so that it carries the loop's graph.
-        y_ev = self._at(on, theta)
-        end = (theta == 1.0)[:, None]
-        y_ev = torch.where(end, y_new.reshape(self.lanes, -1), y_ev)
+        y_ev = torch.where((theta == 1.0)[:, None], y_new.reshape(self.lanes, -1),
+                           self._at(on, theta))
         t_ev = torch.where(theta == 1.0, t_new, t_l + theta * dt_l)
         with torch.no_grad():  # host syncs (float): a joint solve's event only
-            if (self.field_slope or precise is not None) and C.per_sample:
-                ydot = self.func(t_ev, y_ev.detach())
-            elif self.field_slope or precise is not None:  # the vector field at the event
-                ydot = self.func(float(t_ev[0]), y_ev.detach().reshape(-1))
+            lane = (lambda x: x) if C.per_sample else (lambda x: float(x[0]))
+            if self.field_slope or precise is not None:  # the vector field at the event
+                ydot = self.func(lane(t_ev), y_ev.detach().reshape(y_new.shape))
             else:
-                ydot = on.derivative(theta if C.per_sample else float(theta[0]))
+                ydot = on.derivative(lane(theta))
         h = self.hits
         h.y = torch.where(found[:, None], y_ev, h.y)
         h.ydot = torch.where(found[:, None], ydot.reshape(self.lanes, -1).to(h.ydot.dtype), h.ydot)

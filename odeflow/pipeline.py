@@ -10,7 +10,6 @@ under autograd.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -86,7 +85,7 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
     loop_problem = problem if y0_loop is problem.y0 else replace(problem, y0=y0_loop)
     result = None
     try:
-        with torch.no_grad() if mode != "direct" else contextlib.nullcontext():
+        with torch.set_grad_enabled(grad_on and mode == "direct"):
             result, stepper, cfg = run(loop_problem, spec, hooks, record=mode == "checkpoint",
                                        search=events)
     finally:
@@ -127,14 +126,14 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
             torch.tensor([int(v)], device=result.y_last.device)
             for v in (result.status, stats.n_steps, stats.n_accepted, stats.n_rejected))
         sample_stats = SampleStats(*lanes)
-    if err is not None and (throw or not C.per_sample):
-        if throw:
-            err.sample_stats = sample_stats  # type: ignore[attr-defined]
-            raise err
-        # One lane failed and throw=False: the outputs reached, nan after; no gradient.
-        return Solution(problem.layout.unflatten(outputs(problem, result).detach()), t, stats,
-                        dense=_dense(problem, hooks, result), sample_stats=sample_stats)
+    if err is not None and throw:
+        err.sample_stats = sample_stats  # type: ignore[attr-defined]
+        raise err
     ys = outputs(problem, result)
+    if err is not None and not C.per_sample:
+        # One lane failed and throw=False: the outputs reached, nan after; no gradient.
+        return Solution(problem.layout.unflatten(ys.detach()), t, stats,
+                        dense=_dense(problem, hooks, result.t_last), sample_stats=sample_stats)
     if events:
         hits = locator.hits
         found = hits.found
@@ -148,31 +147,27 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
                                        result.records, ys, y_stop, failed,
                                        locator.hits.found if events else None)
     elif mode == "adjoint":
-        ys_b, grid_b = ys, None
-        if events:
-            y0_rows = y0_run.detach().reshape(y_stop.shape)
-            ys_b = torch.stack([y0_rows, y_stop.detach()])
-            grid_b = (torch.stack([C.grid[:, 0], t_stop], 1) if C.per_sample
-                      else (C.t0, float(t_stop[0])))
-            if not C.per_sample:
-                ys_b = ys_b.reshape(2, -1)
-        out = attach_adjoint(problem, adjoint_config, stats, y0_run, params, ys_b,
-                             hooks.dense if spec.implicit else None, failed, grid_b)
-        if events:
-            y_stop = out[1].reshape(y_stop.shape)
-        else:
-            ys = out
+        pieces = hooks.dense if spec.implicit else None
+        if not events:
+            ys = attach_adjoint(problem, adjoint_config, stats, y0_run, params, ys, pieces, failed)
+        else:  # from the event state back to y0
+            rows = y_stop.shape if C.per_sample else (-1,)
+            ys_b = torch.stack([y0_run.detach().reshape(rows), y_stop.detach().reshape(rows)])
+            grid = (torch.stack([C.grid[:, 0], t_stop], 1) if C.per_sample
+                    else (C.t0, float(t_stop[0])))
+            y_stop = attach_adjoint(problem, adjoint_config, stats, y0_run, params, ys_b, pieces,
+                                    failed, grid)[1].reshape(y_stop.shape)
     if not events:
         if time_grad:
             ys = attach_output_times(problem, ys, stats)
         return Solution(problem.layout.unflatten(ys), t, stats,
-                        dense=_dense(problem, hooks, result), sample_stats=sample_stats)
+                        dense=_dense(problem, hooks, result.t_last), sample_stats=sample_stats)
     if grad_on:
         t_event_user, y_stop = attach_event_time(locator, problem, t_stop, y_stop)
     else:
         t_event_user = C.sign * t_stop
     ys_out = problem.layout.unflatten(torch.stack([problem.y0, y_stop.reshape(problem.y0.shape)]))
-    dense_out = _dense(problem, hooks, result, t_stop)
+    dense_out = _dense(problem, hooks, t_stop if C.per_sample else float(t_stop[0]))
     if not problem.lanes_api:
         found = bool(hits.found[0])
         event_t = t_event_user.reshape(()).to(t.dtype)
@@ -187,12 +182,6 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
                          dense=dense_out, sample_stats=sample_stats, event_index=hits.index)
 
 
-def _dense(problem: Any, hooks: Hooks, result: Any, reached: Any = None) -> DenseOutput | None:
+def _dense(problem: Any, hooks: Hooks, reached: Any) -> DenseOutput | None:
     """The dense output kept by the loop, up to where the solve stopped (``nan`` beyond)."""
-    if not hooks.dense:
-        return None
-    if reached is None:
-        reached = result.t_last
-    elif not problem.per_sample:
-        reached = float(reached[0])
-    return DenseOutput(problem, hooks.dense, reached)
+    return DenseOutput(problem, hooks.dense, reached) if hooks.dense else None

@@ -28,7 +28,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     from ..problem import Problem
 
-__all__ = ["GRADIENTS", "find_params", "closure_leaves"]
+__all__ = ["GRADIENTS", "find_params", "closure_leaves", "add_grads"]
 
 GRADIENTS = ("direct", "adjoint", "checkpoint")
 
@@ -89,3 +89,8 @@ def closure_leaves(problem: Problem) -> tuple[Tensor, ...]:
             continue
         stack.extend(n for n, _ in node.next_functions if n is not None)
     return tuple(leaves)
+
+
+def add_grads(total: list[Tensor | None], got: Sequence[Tensor | None]) -> list[Tensor | None]:
+    """``total + got`` parameter by parameter (``None``: no gradient yet, or none in ``got``)."""
+    return [s if g is None else g if s is None else s + g for s, g in zip(total, got)]

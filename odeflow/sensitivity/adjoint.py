@@ -35,6 +35,7 @@ from ..problem import Problem, check_options, check_tolerance, make_problem, ret
 from ..run import failure, run
 from ..solvers import MethodSpec, get_method
 from ..stats import SolveError, SolveStats, Status
+from . import add_grads
 from .adjoint_jacobian import AdjointBlockSolver, flat_grads
 from .interpolating_adjoint import LanesQuadrature, interpolating_dynamics
 
@@ -57,8 +58,8 @@ def make_adjoint_config(rtol: Any, atol: Any, method: str | None, options: dict 
     """Defaults as torchdiffeq: the forward's tolerances, method and options (less ``norm``),
     except the method after an implicit forward (:attr:`MethodSpec.adjoint_default`)."""
     if adjoint_method is None:
-        adjoint_method = get_method(method).adjoint_default
-    spec = get_method(adjoint_method if adjoint_method is not None else method)
+        adjoint_method = get_method(method).adjoint_default or method
+    spec = get_method(adjoint_method)
     if adjoint_options is None:
         adjoint_options = {k: v for k, v in (options or {}).items()
                            if k != "norm" and k in spec.valid_options}
@@ -125,9 +126,7 @@ class _Quadrature:
                                     0.0).sum()
                         for i, (dy, a) in enumerate(stash) if self.b[i] != 0)
             got = torch.autograd.grad(total, self.params, allow_unused=True, retain_graph=True)
-        for i, g in enumerate(got):
-            if g is not None:
-                self.grads[i] = g if self.grads[i] is None else self.grads[i] + g
+        self.grads = add_grads(self.grads, got)
 
 
 def _augmented_dynamics(problem: Problem, params: tuple[Tensor, ...],
@@ -160,19 +159,6 @@ def _augmented_dynamics(problem: Problem, params: tuple[Tensor, ...],
     return aug
 
 
-def _with_adjoint_callbacks(aug: Callable, problem: Problem) -> Callable:
-    """The user's ``callback_*_adjoint`` hooks become the augmented solve's plain callbacks
-    (the loop runs ``aug`` with no suffix). The loop reports the augmented problem's own
-    time, which is the forward's canonical time; map it and the (negative, backwards) step
-    back to the user's time direction."""
-    user = problem.user_func
-    for name in ("callback_step", "callback_accept_step", "callback_reject_step"):
-        cb = getattr(user, name + "_adjoint", None)
-        if cb is not None:
-            setattr(aug, name, lambda t, state, dt, cb=cb, s=problem.sign: cb(s * t, state, s * dt))
-    return aug
-
-
 class _Adjoint(torch.autograd.Function):
     @staticmethod
     def forward(ctx, payload: tuple, config: AdjointConfig, stats: SolveStats,
@@ -192,12 +178,11 @@ class _Adjoint(torch.autograd.Function):
         ys, *params = ctx.saved_tensors
         params = tuple(params)
         f, C, lanes = problem.func, problem.clock, problem.per_sample
-        n = ys.shape[-1]
         interpolating = ctx.pieces is not None
         options = _backward_options(config.options, problem, params)
         options.pop("jacobian", None)
         hooks = quadrature = None
-        run_options: dict[str, Any] = {"callback_suffix": ""}
+        run_options: dict[str, Any] = {}
         # After an implicit forward, y(τ) from its dense output: see interpolating_adjoint.py
         trajectory = DenseOutput(problem, ctx.pieces).canonical if interpolating else None
         if lanes:
@@ -220,13 +205,19 @@ class _Adjoint(torch.autograd.Function):
                 options["norm"] = lambda s: norm((torch.zeros_like(s[0]), *s))
         else:
             aug = _augmented_dynamics(problem, params, quadrature)
-        aug = _with_adjoint_callbacks(aug, problem)
+        # The user's callback_*_adjoint hooks become the augmented solve's plain callbacks;
+        # the loop reports the forward's canonical time and the (backwards) step: map them
+        # back to the user's time direction.
+        for name in ("callback_step", "callback_accept_step", "callback_reject_step"):
+            cb = getattr(problem.user_func, name + "_adjoint", None)
+            if cb is not None:
+                setattr(aug, name, lambda t, st, dt, cb=cb, s=problem.sign: cb(s * t, st, s * dt))
         if config.spec.implicit and not lanes:  # (per sample: the per-lane Newton's own)
             # The augmented dynamics cannot be differentiated by autodiff (their a- and
             # g-parts are themselves gradients): the Jacobian comes in blocks from the
             # forward func (see adjoint_jacobian.py).
             options["linear_solver"] = AdjointBlockSolver(
-                f, n, make_linear_solver(config.options), trajectory, params)
+                f, ys.shape[-1], make_linear_solver(config.options), trajectory, params)
         a = grad_ys[-1].clone()
         sizes = [p.numel() * (2 if p.is_complex() else 1) for p in params]
         g = (ys.new_zeros(sum(sizes)),) if params and not lanes else ()
@@ -240,12 +231,11 @@ class _Adjoint(torch.autograd.Function):
                     else (C.grid[i], C.grid[i - 1]))
             if aug_problem is None:  # validated once; later intervals only move in time
                 # Scalars are validated by make_problem; per-element tensors are put in after.
-                aug_problem = make_problem(
+                aug_problem = replace(make_problem(
                     aug, state, torch.as_tensor(span, dtype=torch.float64),
                     1.0 if isinstance(rtol, Tensor) else rtol,
-                    1.0 if isinstance(atol, Tensor) else atol, config.spec.name, options)
-                if isinstance(rtol, Tensor) or isinstance(atol, Tensor):
-                    aug_problem = replace(aug_problem, rtol=rtol, atol=atol)
+                    1.0 if isinstance(atol, Tensor) else atol, config.spec.name, options),
+                    rtol=rtol, atol=atol)
             else:
                 aug_problem = retime(aug_problem, span, aug_problem.layout.flatten(state))
             with torch.no_grad():

@@ -1,7 +1,7 @@
 """The linear algebra of an implicit backward (adjoint) solve.
 
-The augmented state is ``(y, a, g)`` with ``dy/dτ = f``, ``da/dτ = -Jᵀ a`` and
-``dg/dτ = -(∂f/∂θ)ᵀ a``. Its Jacobian is block lower triangular::
+The augmented system of ``adjoint.py`` (state ``(y, a, g)``) has a block lower triangular
+Jacobian::
 
     [  J         0    0 ]
     [ -∂(Jᵀa)/∂y -Jᵀ  0 ]

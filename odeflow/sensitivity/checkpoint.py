@@ -21,6 +21,7 @@ from torch import Tensor
 from ..integrate import StepRecord
 from ..problem import Problem
 from ..stats import SolveStats
+from . import add_grads
 
 __all__ = ["attach_checkpoint"]
 
@@ -38,8 +39,7 @@ class _Checkpoint(torch.autograd.Function):
         problem, stepper, cfg, records, stats, failed, event_found = ctx.payload
         params = ctx.saved_tensors
         C = problem.clock
-        f = problem.func
-        nfe_before = f.nfe
+        nfe_before = problem.func.nfe
         if failed is not None:
             # Outputs never reached carry no gradient; lanes that failed get none (and are
             # replayed from their start state, with no step, so that no inf or nan of theirs
@@ -47,7 +47,6 @@ class _Checkpoint(torch.autograd.Function):
             keep = ~failed[:, None]
             grad_ys = torch.where(keep, torch.nan_to_num(grad_ys), 0.0)
             grad_last = torch.where(keep, torch.nan_to_num(grad_last), 0.0)
-        y_start = records[0].y if records else None
         if not C.per_sample and records:
             grad_last = grad_last.reshape(records[0].y.shape)
         adj = grad_last.clone()
@@ -57,7 +56,7 @@ class _Checkpoint(torch.autograd.Function):
         param_grads: list[Tensor | None] = [None] * len(params)
         for rec in reversed(records):
             with torch.enable_grad():
-                y_in = rec.y if failed is None else torch.where(keep, rec.y, y_start)
+                y_in = rec.y if failed is None else torch.where(keep, rec.y, records[0].y)
                 y = y_in.detach().requires_grad_(True)
                 dt = rec.dt if failed is None else torch.where(failed, 0.0, rec.dt)
                 targets, grads = _replay(problem, stepper, cfg, rec, y, dt, adj, grad_ys,
@@ -70,10 +69,8 @@ class _Checkpoint(torch.autograd.Function):
                 # it would otherwise stay alive beside it (measured: 115 -> 69 MiB on S3).
                 del targets, grads
             adj = got[0] if got[0] is not None else torch.zeros_like(adj)
-            for i, g in enumerate(got[1:]):
-                if g is not None:
-                    param_grads[i] = g if param_grads[i] is None else param_grads[i] + g
-        stats.nfe_backward += f.nfe - nfe_before
+            param_grads = add_grads(param_grads, got[1:])
+        stats.nfe_backward += problem.func.nfe - nfe_before
         stats.n_steps_backward += len(records)
         return (None, None, None, adj + grad_ys[0], *param_grads)
 

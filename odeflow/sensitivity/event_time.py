@@ -37,7 +37,6 @@ def attach_event_time(locator: EventLocator, problem: Problem, t_stop: Tensor, y
     """
     C = problem.clock
     hits = locator.hits
-    found = hits.found
     t_user = (C.sign * t_stop).detach()
     real = problem.layout.real_dtype
     index = hits.index.clamp(min=0)[:, None]
@@ -58,13 +57,13 @@ def attach_event_time(locator: EventLocator, problem: Problem, t_stop: Tensor, y
             slope = slope + g_t
         if g_y is not None:
             slope = slope + (g_y * ydot_user).sum(-1)
-        flat = found & (slope == 0)
+        flat = hits.found & (slope == 0)
     if bool(flat.any()):  # host sync: once per solve
         which = (f"for samples {flat.nonzero()[:, 0].tolist()} " if C.per_sample else "")
         warnings.warn(f"event_fn crosses zero tangentially {which}(d event_fn / dt = 0 along "
                       "the solution): the event time has no derivative; returning it without "
                       "one", RuntimeWarning, stacklevel=5)
-    use = found & ~flat
+    use = hits.found & ~flat
     delta = torch.where(use, -(g - g.detach()) / torch.where(use, slope, 1.0), 0.0)
     t_event = t_user + delta.to(t_user.dtype)
     y_event = y_stop + ydot_user * delta[:, None].to(y_stop.dtype)

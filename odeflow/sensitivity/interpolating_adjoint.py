@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import add_grads
 from .adjoint_jacobian import Trajectory, flat_grads
 
 __all__ = ["interpolating_dynamics", "LanesQuadrature"]
@@ -42,8 +43,7 @@ def interpolating_dynamics(func: Any, params: tuple[Tensor, ...], trajectory: Tr
     def y_at(tau: Tensor) -> Tensor:
         if lanes:
             # A lane that does not step (a failed sample) may read nan: its result is unused.
-            same = last[0] is not None and torch.equal(tau, last[0])  # host sync: one a call
-            if not same:
+            if last[0] is None or not torch.equal(tau, last[0]):  # host sync: one a call
                 last[:] = tau.clone(), torch.nan_to_num(trajectory(tau.double()))
         else:
             key = float(tau)  # host sync: the interpolant is chosen on the host
@@ -59,11 +59,9 @@ def interpolating_dynamics(func: Any, params: tuple[Tensor, ...], trajectory: Tr
             dy = func(tau.double(), y_in) if lanes else func.at(sign * tau, y_in)
             if lanes and not dy.requires_grad:
                 return (torch.zeros_like(a),)
-            # retain_graph: func may use a tensor computed once outside it from a parameter
-            # (w = p * p, spline coefficients); that shared graph is walked at every
-            # evaluation, as torchdiffeq does. dy's own graph is freed with dy either way.
-            # Per sample the stepper's Jacobian is taken by differentiating this system in
-            # a (a requires grad then): the product keeps its graph.
+            # retain_graph: as in adjoint.py (a graph func shares across evaluations). Per
+            # sample the stepper's Jacobian is taken by differentiating this system in a
+            # (a requires grad then): the product keeps its graph.
             vjps = torch.autograd.grad(dy, (y_in, *params) if not lanes else (y_in,), -a,
                                        allow_unused=True, retain_graph=True,
                                        create_graph=lanes and a.requires_grad)
@@ -113,6 +111,4 @@ class LanesQuadrature:
                 if not isinstance(total, Tensor) or not total.requires_grad:
                     continue
                 got = torch.autograd.grad(total, self.params, allow_unused=True)
-            for i, g in enumerate(got):
-                if g is not None:
-                    self.grads[i] = g if self.grads[i] is None else self.grads[i] + g
+            self.grads = add_grads(self.grads, got)

@@ -31,8 +31,7 @@ def user_derivative(problem: Problem, t_user: Tensor, y: Tensor) -> Tensor:
 
 def shift_initial_state(problem: Problem, y0: Tensor) -> Tensor:
     """``y0`` with the ``t_0`` dependence of the flow attached (see the module docstring)."""
-    t = problem.t
-    t0 = t[:, 0] if t.ndim == 2 else t[0]
+    t0 = problem.t[..., 0]
     if problem.per_sample:  # (a 1-D t is shared by the lanes)
         t0 = t0.expand(problem.clock.batch)
     with torch.no_grad():
@@ -56,18 +55,15 @@ class _OutputTimes(torch.autograd.Function):
         problem: Problem = ctx.problem
         grad_t = None
         if ctx.needs_input_grad[0]:
-            n_t = ys.shape[0]
             lanes = problem.per_sample
             grid = t if (not lanes or t.ndim == 2) else t.expand(problem.clock.batch, -1)
-            rows = []
             with torch.no_grad():
-                for j in range(n_t):
-                    tj = grid[:, j] if lanes else grid[j]
-                    dy = user_derivative(problem, tj.detach(), ys[j])
-                    rows.append((torch.nan_to_num(grad_ys[j]) * dy).sum(-1))
+                rows = [(torch.nan_to_num(grad_ys[j])
+                         * user_derivative(problem, grid[..., j].detach(), ys[j])).sum(-1)
+                        for j in range(ys.shape[0])]
             g = torch.stack(rows, -1).to(t.dtype)  # (T,) or (B, T)
             grad_t = g.sum(0) if (lanes and t.ndim == 1) else g
-            ctx.stats.nfe_backward += n_t
+            ctx.stats.nfe_backward += ys.shape[0]
         return grad_t, grad_ys, None, None
 
 
