@@ -114,10 +114,7 @@ class ESDIRK:
 
     def __init__(self, tableau: ESDIRKTableau, linear_solver: Any = None, *,
                  rtol: float | Tensor = 1e-7, atol: float | Tensor = 1e-9,
-                 max_newton_iters: int = 8):
-        if isinstance(max_newton_iters, bool) or not isinstance(max_newton_iters, int) or (
-                max_newton_iters < 1):
-            raise ValueError(f"max_newton_iters must be a positive int, got {max_newton_iters!r}")
+                 max_newton_iters: int = 8):  # (checked by options.validate_options)
         self.tableau = tableau
         self.linear_solver = linear_solver if linear_solver is not None else DenseSolver()
         self.rtol, self.atol = rtol, atol
