@@ -72,12 +72,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..interp import HermiteInterpolant, Interpolant, TableauInterpolant, hermite
+from ..interp import HermiteInterpolant, Interpolant, TableauInterpolant, combine, hermite, nonzero
 from ..linalg import DenseSolver, ImplicitCounts, check_solver_dtype
 from .base import StepResult
 from .esdirk_newton import ESDIRKState, _any, _count, _not, _sum, _where, newton, newton_tests
 from .esdirk_tableaus import ESDIRKTableau, stage_predictor
-from .explicit_rk import _combine, _nonzero
 
 __all__ = ["ESDIRK", "ESDIRKState"]
 
@@ -126,8 +125,8 @@ class ESDIRK:
         self.gamma = tableau.gamma
         self._s = tableau.stages
         self._c = tableau.c
-        self._a_nz = tuple(_nonzero(row) for row in tableau.a)
-        self._e_nz = _nonzero(tableau.b_err)
+        self._a_nz = tuple(nonzero(row) for row in tableau.a)
+        self._e_nz = nonzero(tableau.b_err)
         if not tableau.stiffly_accurate:
             raise ValueError(f"{tableau.name}: the ESDIRK stepper needs a stiffly accurate "
                              "tableau (y_new is the last stage value)")
@@ -400,6 +399,6 @@ class ESDIRK:
     def interpolate(self, y: Tensor, y_new: Tensor, dt: float, stages: Sequence[Tensor],
                     f_new: Tensor | None, theta: float, ws: Any) -> Tensor:
         if self.tableau.dense:
-            return _combine(y, stages, _nonzero(self.tableau.dense_weights(theta)), dt)
+            return combine(y, stages, nonzero(self.tableau.dense_weights(theta)), dt)
         f1 = f_new if f_new is not None else stages[-1]
         return hermite(y, y_new, stages[0], f1, dt, theta)
