@@ -137,7 +137,6 @@ class ESDIRK:
         self._predict = tuple(stage_predictor(self._c, i, self._same_node[i])
                               for i in range(self._s))
 
-    # ----------------------------------------------------------------------------- setup
     def workspace(self, y0: Tensor) -> tuple:
         return ()  # no buffers (the stages are fresh tensors); not None: no autograd
 
@@ -146,7 +145,6 @@ class ESDIRK:
         check_solver_dtype(self.tableau.name, y0.dtype)
         return ESDIRKState(counts=ImplicitCounts())
 
-    # ------------------------------------------------------------------------------ step
     def step(self, f: Func, t: Any, y: Tensor, f0: Tensor, dt: Any, state: ESDIRKState | None,
              ws: Any, *, with_error: bool = True, f_last: Func | None = None,
              fsal_stage: bool = True) -> StepResult:
@@ -238,7 +236,6 @@ class ESDIRK:
                 ks.append(_where(still, 0.0, (z - r) / hg_div))
             return _where(still, y, z), ks
 
-    # --------------------------------------------------------------------- linear algebra
     @staticmethod
     def _jac_current(state: ESDIRKState, t: Any, y: Tensor) -> Any:
         return state.jac_at == t if isinstance(t, Tensor) else state.jac_at is y
@@ -382,7 +379,6 @@ class ESDIRK:
         z_out.register_hook(hook)
         return z_out
 
-    # ----------------------------------------------------------------------- dense output
     def f_end(self, f: Func, t_new: Any, y_new: Tensor, result: StepResult) -> Tensor:
         """The last stage's derivative (the methods are stiffly accurate): no evaluation."""
         return result.stages[-1]

@@ -160,7 +160,6 @@ def _require(cond: bool, message: str) -> None:
         raise ValueError(message)
 
 
-# ---------------------------------------------------------------------------------- kvaerno3
 def _kvaerno3() -> ESDIRKTableau:
     # γ: the root in (0, 1) of 6γ³ − 18γ² + 9γ − 1 by Newton's method, to full precision
     # (Kværnø quotes 0.4358665215; the order-3 condition bᵀAc = 1/6 needs all digits).
@@ -182,7 +181,6 @@ def _kvaerno3() -> ESDIRKTableau:
         reference="A. Kværnø, BIT Numer. Math. 44 (2004) 489-502: the 4-stage ESDIRK 3(2)")
 
 
-# ---------------------------------------------------------------------------------- kvaerno5
 # The order-3 embedding of kvaerno5 used for its error estimate (so the controller's
 # exponent is 1/4). Kværnø's own order-4 embedding (z_6, KVAERNO5_B_HAT4) tracks the
 # order-5 solution's error too closely to be a safe bound: on the accepted steps of the
@@ -253,7 +251,6 @@ def _kvaerno5() -> ESDIRKTableau:
                   "odeflow's (see the comments above)")
 
 
-# ------------------------------------------------------------------------------------ trbdf2
 def _trbdf2() -> ESDIRKTableau:
     s2 = math.sqrt(2.0)
     g = 2 - s2  # the trapezoidal stage ends at t + γh
