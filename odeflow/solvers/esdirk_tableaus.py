@@ -42,10 +42,10 @@ from typing import Any
 
 import torch
 
+from ..tableaus import CHECK_TOL, check_tableau, require
+
 __all__ = ["ESDIRKTableau", "ESDIRK_TABLEAUS", "KVAERNO3", "KVAERNO5", "TRBDF2",
            "stage_predictor"]
-
-_CHECK_TOL = 1e-13
 
 
 @dataclass(frozen=True)
@@ -84,23 +84,10 @@ class ESDIRKTableau:
     dense: tuple[tuple[float, ...], ...] = ()
 
     def __post_init__(self) -> None:
-        s = len(self.c)
-        _require(s >= 2, f"{self.name}: an ESDIRK method needs at least 2 stages")
-        _require(self.c[0] == 0, f"{self.name}: c[0] must be 0 (explicit first stage)")
-        _require(len(self.a) == s and len(self.b) == s and len(self.b_hat) == s,
-                 f"{self.name}: a, b, b_hat and c must have one entry per stage")
-        for i, row in enumerate(self.a):
-            _require(len(row) == i, f"{self.name}: a[{i}] must have {i} entries")
-            diag = self.gamma if i > 0 else 0.0
-            _require(abs(sum(row) + diag - self.c[i]) < _CHECK_TOL,
-                     f"{self.name}: row {i} of A sums to {sum(row) + diag!r}, c[{i}] = "
-                     f"{self.c[i]!r}")
-        _require(abs(sum(self.b) - 1) < _CHECK_TOL, f"{self.name}: sum(b) != 1")
-        _require(abs(sum(self.b_hat) - 1) < _CHECK_TOL, f"{self.name}: sum(b_hat) != 1")
-        if self.dense:
-            _require(len(self.dense) == s, f"{self.name}: dense needs one row per stage")
-            _require(all(abs(sum(row) - w) < _CHECK_TOL for row, w in zip(self.dense, self.b)),
-                     f"{self.name}: dense output must reach b at θ = 1")
+        require(len(self.c) >= 2, f"{self.name}: an ESDIRK method needs at least 2 stages")
+        check_tableau(self.name, self.c, self.a, self.b, self.gamma, self.dense)
+        require(len(self.b_hat) == len(self.c), f"{self.name}: b_hat needs one entry per stage")
+        require(abs(sum(self.b_hat) - 1) < CHECK_TOL, f"{self.name}: sum(b_hat) != 1")
 
     @property
     def stages(self) -> int:
@@ -118,7 +105,7 @@ class ESDIRKTableau:
     def stiffly_accurate(self) -> bool:
         """``b`` is the last row of ``A``: the new solution is the last stage value."""
         last = (*self.a[-1], self.gamma)
-        return self.c[-1] == 1 and all(abs(x - y) < _CHECK_TOL for x, y in zip(self.b, last))
+        return self.c[-1] == 1 and all(abs(x - y) < CHECK_TOL for x, y in zip(self.b, last))
 
     @property
     def embedded_bounded(self) -> bool:
@@ -153,11 +140,6 @@ class ESDIRKTableau:
         s = self.stages
         return [[*row, self.gamma if i > 0 else 0.0, *([0.0] * (s - i - 1))]
                 for i, row in enumerate(self.a)]
-
-
-def _require(cond: bool, message: str) -> None:
-    if not cond:
-        raise ValueError(message)
 
 
 def _kvaerno3() -> ESDIRKTableau:
