@@ -134,8 +134,8 @@ class ESDIRK:
         self._same_node = tuple(
             max((j for j in range(1, i) if self._c[j] == self._c[i]), default=None)
             for i in range(self._s))
-        self._predict = tuple(stage_predictor(self._c, i, self._same_node[i])
-                              for i in range(self._s))
+        self._predict = (None, *(stage_predictor(self._c, i, self._same_node[i])
+                                 for i in range(1, self._s)))
 
     def workspace(self, y0: Tensor) -> tuple:
         return ()  # no buffers (the stages are fresh tensors); not None: no autograd
