@@ -106,8 +106,9 @@ def validate_options(options: dict[str, Any], *, adjoint: bool = False) -> None:
         ValueError, TypeError: the message names the option and what it expects.
     """
     for name, value in options.items():
-        if value is None and name not in ("controller", "interp"):
-            continue
+        if value is None and name not in ("controller", "interp", "max_order", "max_iters",
+                                          "max_newton_iters"):
+            continue  # None: the default (the int options below have no None form)
         if name in ("first_step", "max_step", "step_size", "min_step"):
             positive_float(options, name, allow_zero=name == "min_step")
         elif name == "max_num_steps":

@@ -9,13 +9,14 @@ mistyped coefficient fails at import rather than as a slow loss of accuracy.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
 __all__ = ["ButcherTableau", "TABLEAUS"]
 
-_CHECK_TOL = 1e-13
+CHECK_TOL = 1e-13
 
 
 @dataclass(frozen=True)
@@ -53,24 +54,12 @@ class ButcherTableau:
 
     def __post_init__(self) -> None:
         s = len(self.c)
-        _require(len(self.a) == s, f"{self.name}: a has {len(self.a)} rows, c has {s} nodes")
-        _require(len(self.b) == s, f"{self.name}: b has {len(self.b)} weights for {s} stages")
-        _require(self.c[0] == 0, f"{self.name}: c[0] must be 0")
-        for i, row in enumerate(self.a):
-            _require(len(row) == i, f"{self.name}: a[{i}] must have {i} entries, has {len(row)}")
-            _require(abs(sum(row) - self.c[i]) < _CHECK_TOL, f"{self.name}: row sum of a[{i}] "
-                     f"= {sum(row)!r} differs from c[{i}] = {self.c[i]!r}")
-        _require(abs(sum(self.b) - 1) < _CHECK_TOL, f"{self.name}: sum(b) = {sum(self.b)!r} != 1")
+        check_tableau(self.name, self.c, self.a, self.b, 0.0, self.dense)
         if self.b_err is not None:
-            _require(len(self.b_err) == s, f"{self.name}: b_err needs {s} entries")
-            _require(abs(sum(self.b_err)) < _CHECK_TOL, f"{self.name}: sum(b_err) != 0")
-            _require(self.error_order is not None, f"{self.name}: error_order is required")
-        if self.dense is not None:
-            _require(len(self.dense) == s, f"{self.name}: dense needs one polynomial per stage")
-            for i, poly in enumerate(self.dense):
-                _require(abs(sum(poly) - self.b[i]) < 1e-12,
-                         f"{self.name}: dense output b_{i}(1) = {sum(poly)!r} differs from b[{i}]")
-        last_is_b = all(abs(x - y) < _CHECK_TOL for x, y in zip(self.a[-1], self.b[:-1]))
+            require(len(self.b_err) == s, f"{self.name}: b_err needs {s} entries")
+            require(abs(sum(self.b_err)) < CHECK_TOL, f"{self.name}: sum(b_err) != 0")
+            require(self.error_order is not None, f"{self.name}: error_order is required")
+        last_is_b = all(abs(x - y) < CHECK_TOL for x, y in zip(self.a[-1], self.b[:-1]))
         fsal = s > 1 and self.c[-1] == 1 and last_is_b and self.b[-1] == 0
         object.__setattr__(self, "fsal", fsal)
 
@@ -104,9 +93,33 @@ class ButcherTableau:
         return out
 
 
-def _require(condition: bool, message: str) -> None:
+def require(condition: bool, message: str) -> None:
+    """A tableau's consistency check: ``ValueError`` with ``message`` if it fails."""
     if not condition:
         raise ValueError(f"inconsistent Butcher tableau: {message}")
+
+
+def check_tableau(name: str, c: Sequence[float], a: Sequence[Sequence[float]],
+                  b: Sequence[float], diag: float, dense: Sequence[Sequence[float]] | None
+                  ) -> None:
+    """The checks every tableau passes (module docstring): ``a[i]`` has ``i`` entries and,
+    with ``diag`` on the diagonal below the first row (an ESDIRK method's ``γ``), row ``i``
+    of ``A`` sums to ``c[i]``; ``Σ b = 1``; each ``dense`` polynomial ends at its ``b``."""
+    s = len(c)
+    require(len(a) == s, f"{name}: a has {len(a)} rows, c has {s} nodes")
+    require(len(b) == s, f"{name}: b has {len(b)} weights for {s} stages")
+    require(c[0] == 0, f"{name}: c[0] must be 0")
+    for i, row in enumerate(a):
+        require(len(row) == i, f"{name}: a[{i}] must have {i} entries, has {len(row)}")
+        total = sum(row) + (diag if i else 0.0)
+        require(abs(total - c[i]) < CHECK_TOL,
+                f"{name}: row sum of A's row {i} = {total!r} differs from c[{i}] = {c[i]!r}")
+    require(abs(sum(b) - 1) < CHECK_TOL, f"{name}: sum(b) = {sum(b)!r} != 1")
+    if dense:
+        require(len(dense) == s, f"{name}: dense needs one polynomial per stage")
+        for i, poly in enumerate(dense):
+            require(abs(sum(poly) - b[i]) < CHECK_TOL,
+                    f"{name}: dense output b_{i}(1) = {sum(poly)!r} differs from b[{i}]")
 
 
 def _f(*values: int | str | Fraction) -> tuple[float, ...]:

@@ -138,9 +138,8 @@ class MethodSpec:
             return rodas if self.name != "auto" else AutoSwitch(
                 get_method("tsit5").build(options), rodas)
         if self.stepper is ESDIRK:
-            kwargs = {k: options[k] for k in ("max_newton_iters",) if k in options}
             return ESDIRK(ESDIRK_TABLEAUS[self.name], make_linear_solver(options), rtol=rtol,
-                          atol=atol, **kwargs)
+                          atol=atol, max_newton_iters=options.get("max_newton_iters", 8))
         if self.stepper is AdamsBashforth:
             return AdamsBashforth(options.get("max_order", 4))
         if self.stepper is AdamsMoulton:

@@ -111,8 +111,7 @@ class AdamsBashforth:
     per_sample = True
 
     def __init__(self, order: int = 4, max_iters: int = 0):
-        if not isinstance(order, int) or not 1 <= order <= 4:
-            raise ValueError(f"options['max_order'] must be an int in 1..4, got {order!r}")
+        # (options.validate_options checks max_order and max_iters)
         self.order = order
         self.max_iters = max_iters
         self._starter = ExplicitRK(RK4_CLASSIC)
@@ -193,5 +192,3 @@ class AdamsMoulton(AdamsBashforth):
 
     def __init__(self, order: int = 4, max_iters: int = 4):
         super().__init__(order, max_iters)
-        if not isinstance(max_iters, int) or max_iters < 1:
-            raise ValueError(f"options['max_iters'] must be a positive int, got {max_iters!r}")

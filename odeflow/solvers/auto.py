@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ..interp import Interpolant
+from ..interp import Interpolant, nonzero
 from ..linalg import ImplicitCounts, check_solver_dtype
 from .base import Func, StepResult
 from .esdirk_newton import _where
@@ -92,7 +92,7 @@ class AutoSwitch:
         if not (tab.fsal and tab.c[-1] == 1.0 and tab.c[-2] == 1.0):
             raise ValueError("the stiffness test needs an FSAL tableau whose last two stages "
                              "are at t + h (tsit5, dopri5)")
-        self._a_prev = tuple((j, w) for j, w in enumerate(tab.a[-2]) if w != 0.0)
+        self._a_prev = nonzero(tab.a[-2])
 
     def workspace(self, y0: Tensor) -> tuple:
         return self.explicit.workspace(y0), self.implicit.workspace(y0)

@@ -72,9 +72,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..interp import HermiteInterpolant, Interpolant, TableauInterpolant, hermite
-from ..interp import combine as _combine
-from ..interp import nonzero as _nonzero
+from ..interp import HermiteInterpolant, Interpolant, TableauInterpolant, combine, hermite, nonzero
 from ..linalg import DenseSolver, ImplicitCounts, check_solver_dtype
 from .base import StepResult
 from .esdirk_newton import ESDIRKState, _any, _count, _not, _sum, _where, newton, newton_tests
@@ -98,50 +96,37 @@ class ESDIRK:
         rtol, atol: the solve's tolerances (floats or tensors broadcastable to the flat
             state); they scale Newton's convergence test.
         max_newton_iters: iterations per stage before the attempt fails (default 8).
-        newton_kappa: ``κ``, the convergence threshold in units of the tolerance
-            (default 1e-3).
-        refactor_ratio: refactorise ``M`` when ``hγ`` changed by more than this fraction
-            (default 0.1).
-        slow_rate: a contraction rate above this recomputes ``J`` at the next step
-            (default 0.1).
-        filter_error: filter the error estimate through ``M⁻¹``; default (``None``): only
-            when the embedded method is unbounded at ``z → ∞`` (``trbdf2``).
     """
 
     #: takes one step size per lane (a per-sample batch)
     per_sample = True
 
+    #: Outputs are interpolated (kvaerno5: its order-4 continuous extension).
+    steps_to_outputs = False
     needs_f_end_for_dense = True
+    #: ``κ``, Newton's convergence threshold in units of the tolerance (esdirk_newton)
+    newton_kappa = 1e-3
+    #: refactorise ``M`` when ``hγ`` changed by more than this fraction (rule 2)
+    refactor_ratio = 0.1
+    #: a contraction rate above this recomputes ``J`` at the next step (rule 1)
+    slow_rate = 0.1
 
     def __init__(self, tableau: ESDIRKTableau, linear_solver: Any = None, *,
                  rtol: float | Tensor = 1e-7, atol: float | Tensor = 1e-9,
-                 max_newton_iters: int = 8, newton_kappa: float = 1e-3,
-                 refactor_ratio: float = 0.1, slow_rate: float = 0.1,
-                 filter_error: bool | None = None):
-        if isinstance(max_newton_iters, bool) or not isinstance(max_newton_iters, int) or (
-                max_newton_iters < 1):
-            raise ValueError(f"max_newton_iters must be a positive int, got {max_newton_iters!r}")
-        for name, value in (("newton_kappa", newton_kappa), ("refactor_ratio", refactor_ratio),
-                            ("slow_rate", slow_rate)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                    0 <= value < 1) or (name == "newton_kappa" and value == 0):
-                raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
+                 max_newton_iters: int = 8):  # (checked by options.validate_options)
         self.tableau = tableau
         self.linear_solver = linear_solver if linear_solver is not None else DenseSolver()
         self.rtol, self.atol = rtol, atol
         self.max_newton_iters = max_newton_iters
-        self.newton_kappa = float(newton_kappa)
-        self.refactor_ratio = float(refactor_ratio)
-        self.slow_rate = float(slow_rate)
-        self.filter_error = (not tableau.embedded_bounded) if filter_error is None else bool(
-            filter_error)
+        # Shampine's filter only where the embedding is unbounded at z → ∞ (module docstring)
+        self.filter_error = not tableau.embedded_bounded
         self.order = tableau.order
         self.error_order = tableau.error_order
         self.gamma = tableau.gamma
         self._s = tableau.stages
         self._c = tableau.c
-        self._a_nz = tuple(_nonzero(row) for row in tableau.a)
-        self._e_nz = _nonzero(tableau.b_err)
+        self._a_nz = tuple(nonzero(row) for row in tableau.a)
+        self._e_nz = nonzero(tableau.b_err)
         if not tableau.stiffly_accurate:
             raise ValueError(f"{tableau.name}: the ESDIRK stepper needs a stiffly accurate "
                              "tableau (y_new is the last stage value)")
@@ -149,12 +134,8 @@ class ESDIRK:
         self._same_node = tuple(
             max((j for j in range(1, i) if self._c[j] == self._c[i]), default=None)
             for i in range(self._s))
-        self._predict = tuple(stage_predictor(self._c, i, self._same_node[i])
-                              for i in range(self._s))
-
-    # ----------------------------------------------------------------------------- setup
-    #: Outputs are interpolated (kvaerno5: its order-4 continuous extension).
-    steps_to_outputs = False
+        self._predict = (None, *(stage_predictor(self._c, i, self._same_node[i])
+                                 for i in range(1, self._s)))
 
     def workspace(self, y0: Tensor) -> tuple:
         return ()  # no buffers (the stages are fresh tensors); not None: no autograd
@@ -164,7 +145,6 @@ class ESDIRK:
         check_solver_dtype(self.tableau.name, y0.dtype)
         return ESDIRKState(counts=ImplicitCounts())
 
-    # ------------------------------------------------------------------------------ step
     def step(self, f: Func, t: Any, y: Tensor, f0: Tensor, dt: Any, state: ESDIRKState | None,
              ws: Any, *, with_error: bool = True, f_last: Func | None = None,
              fsal_stage: bool = True) -> StepResult:
@@ -256,7 +236,6 @@ class ESDIRK:
                 ks.append(_where(still, 0.0, (z - r) / hg_div))
             return _where(still, y, z), ks
 
-    # --------------------------------------------------------------------- linear algebra
     @staticmethod
     def _jac_current(state: ESDIRKState, t: Any, y: Tensor) -> Any:
         return state.jac_at == t if isinstance(t, Tensor) else state.jac_at is y
@@ -400,7 +379,6 @@ class ESDIRK:
         z_out.register_hook(hook)
         return z_out
 
-    # ----------------------------------------------------------------------- dense output
     def f_end(self, f: Func, t_new: Any, y_new: Tensor, result: StepResult) -> Tensor:
         """The last stage's derivative (the methods are stiffly accurate): no evaluation."""
         return result.stages[-1]
@@ -417,6 +395,6 @@ class ESDIRK:
     def interpolate(self, y: Tensor, y_new: Tensor, dt: float, stages: Sequence[Tensor],
                     f_new: Tensor | None, theta: float, ws: Any) -> Tensor:
         if self.tableau.dense:
-            return _combine(y, stages, _nonzero(self.tableau.dense_weights(theta)), dt)
+            return combine(y, stages, nonzero(self.tableau.dense_weights(theta)), dt)
         f1 = f_new if f_new is not None else stages[-1]
         return hermite(y, y_new, stages[0], f1, dt, theta)

@@ -100,10 +100,8 @@ def _where(mask: Any, a: Any, b: Any) -> Any:
 
 def _too_slow(theta: Any, left: int, norm: Any, kappa: Any) -> Any:
     """``θ^left / (1 − θ) ‖Δ‖ > κ``: the iterations left cannot reach ``κ`` at this rate (fail
-    now and refresh ``J`` or ``M``)."""
-    if isinstance(theta, Tensor) or theta < 1.0:
-        return theta ** left / (1.0 - theta) * norm > kappa
-    return True
+    now and refresh ``J`` or ``M``); read only where ``θ < 1``."""
+    return theta ** left / (1.0 - theta) * norm > kappa
 
 
 def _not(mask: Any) -> Any:

@@ -42,10 +42,10 @@ from typing import Any
 
 import torch
 
+from ..tableaus import CHECK_TOL, check_tableau, require
+
 __all__ = ["ESDIRKTableau", "ESDIRK_TABLEAUS", "KVAERNO3", "KVAERNO5", "TRBDF2",
            "stage_predictor"]
-
-_CHECK_TOL = 1e-13
 
 
 @dataclass(frozen=True)
@@ -84,23 +84,10 @@ class ESDIRKTableau:
     dense: tuple[tuple[float, ...], ...] = ()
 
     def __post_init__(self) -> None:
-        s = len(self.c)
-        _require(s >= 2, f"{self.name}: an ESDIRK method needs at least 2 stages")
-        _require(self.c[0] == 0, f"{self.name}: c[0] must be 0 (explicit first stage)")
-        _require(len(self.a) == s and len(self.b) == s and len(self.b_hat) == s,
-                 f"{self.name}: a, b, b_hat and c must have one entry per stage")
-        for i, row in enumerate(self.a):
-            _require(len(row) == i, f"{self.name}: a[{i}] must have {i} entries")
-            diag = self.gamma if i > 0 else 0.0
-            _require(abs(sum(row) + diag - self.c[i]) < _CHECK_TOL,
-                     f"{self.name}: row {i} of A sums to {sum(row) + diag!r}, c[{i}] = "
-                     f"{self.c[i]!r}")
-        _require(abs(sum(self.b) - 1) < _CHECK_TOL, f"{self.name}: sum(b) != 1")
-        _require(abs(sum(self.b_hat) - 1) < _CHECK_TOL, f"{self.name}: sum(b_hat) != 1")
-        if self.dense:
-            _require(len(self.dense) == s, f"{self.name}: dense needs one row per stage")
-            _require(all(abs(sum(row) - w) < _CHECK_TOL for row, w in zip(self.dense, self.b)),
-                     f"{self.name}: dense output must reach b at θ = 1")
+        require(len(self.c) >= 2, f"{self.name}: an ESDIRK method needs at least 2 stages")
+        check_tableau(self.name, self.c, self.a, self.b, self.gamma, self.dense)
+        require(len(self.b_hat) == len(self.c), f"{self.name}: b_hat needs one entry per stage")
+        require(abs(sum(self.b_hat) - 1) < CHECK_TOL, f"{self.name}: sum(b_hat) != 1")
 
     @property
     def stages(self) -> int:
@@ -118,7 +105,7 @@ class ESDIRKTableau:
     def stiffly_accurate(self) -> bool:
         """``b`` is the last row of ``A``: the new solution is the last stage value."""
         last = (*self.a[-1], self.gamma)
-        return self.c[-1] == 1 and all(abs(x - y) < _CHECK_TOL for x, y in zip(self.b, last))
+        return self.c[-1] == 1 and all(abs(x - y) < CHECK_TOL for x, y in zip(self.b, last))
 
     @property
     def embedded_bounded(self) -> bool:
@@ -155,12 +142,6 @@ class ESDIRKTableau:
                 for i, row in enumerate(self.a)]
 
 
-def _require(cond: bool, message: str) -> None:
-    if not cond:
-        raise ValueError(message)
-
-
-# ---------------------------------------------------------------------------------- kvaerno3
 def _kvaerno3() -> ESDIRKTableau:
     # γ: the root in (0, 1) of 6γ³ − 18γ² + 9γ − 1 by Newton's method, to full precision
     # (Kværnø quotes 0.4358665215; the order-3 condition bᵀAc = 1/6 needs all digits).
@@ -182,7 +163,6 @@ def _kvaerno3() -> ESDIRKTableau:
         reference="A. Kværnø, BIT Numer. Math. 44 (2004) 489-502: the 4-stage ESDIRK 3(2)")
 
 
-# ---------------------------------------------------------------------------------- kvaerno5
 # The order-3 embedding of kvaerno5 used for its error estimate (so the controller's
 # exponent is 1/4). Kværnø's own order-4 embedding (z_6, KVAERNO5_B_HAT4) tracks the
 # order-5 solution's error too closely to be a safe bound: on the accepted steps of the
@@ -253,7 +233,6 @@ def _kvaerno5() -> ESDIRKTableau:
                   "odeflow's (see the comments above)")
 
 
-# ------------------------------------------------------------------------------------ trbdf2
 def _trbdf2() -> ESDIRKTableau:
     s2 = math.sqrt(2.0)
     g = 2 - s2  # the trapezoidal stage ends at t + γh
@@ -278,7 +257,7 @@ ESDIRK_TABLEAUS: dict[str, ESDIRKTableau] = {t.name: t for t in (KVAERNO3, KVAER
 
 
 def stage_predictor(c: Sequence[float], i: int, same: int | None) -> tuple[str, Any]:
-    """How stage ``i`` is predicted (the Newton iteration's ``z_i^0``, see
+    """How implicit stage ``i ≥ 1`` is predicted (the Newton iteration's ``z_i^0``, see
     :mod:`odeflow.solvers.esdirk`): ``("same", j)``: the value of stage ``j`` at the same
     node; ``("poly", w)``: ``r_i + hγ Σ_j w_j k_j``, the stage derivative extrapolated with
     the smallest-norm weights that reproduce polynomials in ``c`` of degree ``n − 1``
@@ -286,8 +265,6 @@ def stage_predictor(c: Sequence[float], i: int, same: int | None) -> tuple[str, 
     own ``O(h³)`` deviations), used when ``c_i`` is within one node span of the earlier
     nodes; ``("previous", w)`` (stage 2; kvaerno5's stage 3 at ``c = 1.23``): the previous
     step's dense output, ``w`` the polynomial fallback for the first step and after a jump."""
-    if i == 0:
-        return ("none", ())
     if same is not None:
         return ("same", same)
     nodes = [float(x) for x in c[:i]]

@@ -22,7 +22,6 @@ class FixedGridSteps:
         self.error_order = 1
         self.steps_to_outputs = False
         self.needs_f_end_for_dense = self.cubic
-        self.fsal = False
         # The method's own steps, called directly (no forwarding call per step).
         self.workspace = stepper.workspace
         self.init = stepper.init

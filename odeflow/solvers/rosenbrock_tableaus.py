@@ -48,9 +48,7 @@ def _stiffly_accurate(name: str, order: int, gamma: float, a_inner: list[list[fl
     """Build the tableau of a stiffly accurate method whose last ``n_tail + 1`` stages sit at
     ``c = 1`` and each add the previous increment: ``Y_{k+1} = Y_k + u_k``."""
     a = [list(r) for r in a_inner]
-    last = a[-1]
-    for k in range(n_tail):
-        a.append(last + [1.0] * (k + 1))
+    a += [a[-1] + [1.0] * (k + 1) for k in range(n_tail)]
     s = len(a)
     c = list(c_inner) + [1.0] * (s - len(c_inner))
     d = list(d_inner) + [0.0] * (s - len(d_inner))
