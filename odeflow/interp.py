@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["combine", "nonzero", "hermite", "linear", "Interpolant", "TableauInterpolant",
-           "HermiteInterpolant", "LinearInterpolant", "stack_pieces", "take_piece"]
+__all__ = ["combine", "graph_sum", "nonzero", "hermite", "linear", "Interpolant",
+           "TableauInterpolant", "HermiteInterpolant", "LinearInterpolant", "stack_pieces",
+           "take_piece"]
 
 
 def hermite(y0: Tensor, y1: Tensor, f0: Tensor, f1: Tensor, dt: float, theta: float) -> Tensor:
@@ -67,6 +68,34 @@ def combine(y: Tensor | None, ks: Sequence[Tensor], nz: Sequence[tuple[int, floa
     for j, w in nz[1:]:
         acc.add_(ks[j], alpha=w)
     return acc * dt if y is None else torch.add(y, acc, alpha=dt)
+
+
+class _GraphSum(torch.autograd.Function):
+    """``fuse``'s value with the graph of ``base + Σ_j coefs[j] stages[j]``."""
+
+    @staticmethod
+    def forward(ctx: Any, fuse: Callable, base: Tensor, columns: Tensor, w: Tensor,
+                scale: float, coefs: Sequence[float], *stages: Tensor) -> Tensor:
+        ctx.coefs = coefs
+        return fuse(base, columns, w, scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple:
+        stage_grads = (None if c == 0 else grad * c for c in ctx.coefs)
+        return (None, grad, None, None, None, None, *stage_grads)
+
+
+def graph_sum(fuse: Callable[[Tensor, Tensor, Tensor, float], Tensor], base: Tensor,
+              columns: Tensor, w: Tensor, scale: float, weights: Sequence[float],
+              stages: Sequence[Tensor]) -> Tensor:
+    """A stage sum under autograd: the value of the no-graph kernel
+    ``fuse(base, columns, w, scale)`` (``columns`` holds detached copies of ``stages``, so
+    the value is the no-graph path's bit for bit), the gradient of
+    ``base + scale Σ_j weights[j] stages[j]``. Nothing is saved for backward; stacking the
+    stages anew for each sum would copy ``O(s²)`` states per step and as many again in
+    the backward pass."""
+    coefs = tuple(scale * wj for wj in weights)
+    return _GraphSum.apply(fuse, base, columns, w, scale, coefs, *stages[:len(coefs)])
 
 
 def linear(y0: Tensor, y1: Tensor, theta: float) -> Tensor:

@@ -8,11 +8,10 @@ Two ways to combine stages, chosen once per solve:
 * **fused** (no autograd): stages are written into one preallocated ``(s, n)`` buffer and
   each stage input ``y + dt Σ_j a_ij k_j`` is a single ``addmv`` over a precomputed view —
   one kernel per stage, no allocation of intermediate sums.
-* **autograd**: the stages are fresh tensors, stacked anew for each sum, which is then the
-  same ``addmv`` (a shared buffer written in place would have to be kept, or copied, per
-  step). ``addmv`` and ``mv`` save only their weights for backward, never the stacked
-  stages, so backpropagating through the solver keeps only what ``func`` itself saves;
-  and both paths give the same values bit for bit (direct and adjoint forwards agree).
+* **autograd**: the same kernels over a buffer of detached copies of the stages, one per
+  step, wrapped by :func:`~odeflow.interp.graph_sum` to give the graph of the stage sum;
+  nothing is saved for backward beyond what ``func`` itself saves, and both paths give
+  the same values bit for bit (direct and adjoint forwards agree).
 
 The error estimate needs no gradient and is computed without building a graph.
 """
@@ -26,7 +25,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ..interp import HermiteInterpolant, Interpolant, TableauInterpolant, hermite
+from ..interp import HermiteInterpolant, Interpolant, TableauInterpolant, graph_sum, hermite
 from ..tableaus import ButcherTableau
 from .base import Func, StepResult
 
@@ -143,21 +142,24 @@ class ExplicitRK:
     def _step_autograd(self, f, t, y, f0, dt, with_error, f_last, skip_last):
         a_rows, b, b_err, _ = self.coefficients(y.dtype, y.device)
         combine = _addmv if y.dtype == torch.float64 else _add_mv
-        c = self._c
+        tab, c = self.tableau, self._c
+        K = y.new_empty((self.stages, y.numel()))  # the fused path's buffer, detached copies
+        K[0] = f0.detach()
         ks = [f0]
         y_i = y
         last = self.stages - 1
         for i in range(1, self.stages):
-            y_i = combine(y, torch.stack(ks).T, a_rows[i], dt)
+            y_i = graph_sum(combine, y, K[:i].T, a_rows[i], dt, tab.a[i], ks)
             if skip_last and i == last:
                 break  # y_i is y_new; its derivative is not needed
             fi = f_last if (f_last is not None and c[i] == 1.0) else f
             ks.append(fi(t + c[i] * dt, y_i))
-        y_new = y_i if self.fsal else combine(y, torch.stack(ks).T, b, dt)
+            K[i] = ks[i].detach()
+        y_new = y_i if self.fsal else graph_sum(combine, y, K.T, b, dt, tab.b, ks)
         err = None
         if with_error and b_err is not None:
             with torch.no_grad():
-                err = torch.addmv(y, torch.stack(ks).T, b_err, beta=0.0, alpha=dt)
+                err = torch.addmv(y, K.T, b_err, beta=0.0, alpha=dt)
         return StepResult(y_new, err, ks)
 
     def _step_lanes(self, f, t, y, f0, dt, ws, with_error, f_last):

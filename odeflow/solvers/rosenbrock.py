@@ -23,11 +23,12 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ..interp import Interpolant
+from ..interp import Interpolant, graph_sum
 from ..interp import combine as _combine
 from ..interp import nonzero as _nonzero
 from ..linalg import ImplicitCounts, check_solver_dtype
 from .base import StepResult
+from .explicit_rk import _addmv
 from .rosenbrock_tableaus import RosenbrockTableau
 
 __all__ = ["Rosenbrock", "RosenbrockState", "RosenbrockInterpolant", "Workspace"]
@@ -180,38 +181,42 @@ class Rosenbrock:
                 if state.ws is None:
                     state.ws = self.workspace(y)
                 ws = state.ws
-            us = self._joint_stages(f, f_last, t, y, f0, f_t, dt, factor, ws)
-            columns = ws.prefix[self._s] if ws is not None else torch.stack(us).T
-            y_new = torch.addmv(y, columns, self._coefficients(y).m)
+            us, y_new = self._joint_stages(f, f_last, t, y, f0, f_t, dt, factor, ws)
         error = us[-1].detach().clone() if with_error else None
         return StepResult(y_new, error, (f0, *us), state, True)
 
-    def _joint_stages(self, f, f_last, t, y, f0, f_t, dt, factor, ws) -> list[Tensor]:
-        """The increments ``u_i`` of a joint step. Each stage sum is one ``addmv`` over the
-        increments as columns: the rows of ``ws.U`` without a graph, stacked anew under
-        autograd (``addmv`` saves only its weights for backward, never the stacked
-        increments), so that both give the same values bit for bit. Each right-hand side
-        is scaled by ``hγ`` before its solve."""
+    def _joint_stages(self, f, f_last, t, y, f0, f_t, dt, factor, ws
+                      ) -> tuple[list[Tensor], Tensor]:
+        """The increments ``u_i`` and ``y_new`` of a joint step. Each stage sum is one
+        ``addmv`` over the rows of ``ws.U``; under autograd (``ws`` None) over a per-step
+        buffer of detached copies, through :func:`~odeflow.interp.graph_sum`, so that both
+        give the same values bit for bit. Each right-hand side is scaled by ``hγ`` before
+        its solve."""
         tab, coef = self.tableau, self._coefficients(y)
-        h_gamma = dt * tab.gamma
+        graph = ws is None
+        buf = self.workspace(y) if graph else ws
         us: list[Tensor] = []
+
+        def stage_sum(base: Tensor, i: int, w: Tensor, weights: Sequence[float],
+                      scale: float = 1.0) -> Tensor:
+            if graph:
+                return graph_sum(_addmv, base, buf.prefix[i], w, scale, weights, us)
+            return torch.addmv(base, buf.prefix[i], w, alpha=scale)
+
         for i in range(self._s):
-            columns = (ws.prefix[i] if ws is not None else torch.stack(us).T) if i else None
             if i == 0:
                 rhs = f0
             else:
                 fi = f_last if (f_last is not None and tab.c[i] == 1.0) else f
-                rhs = fi(t + tab.c[i] * dt, torch.addmv(y, columns, coef.a[i]))
+                rhs = fi(t + tab.c[i] * dt, stage_sum(y, i, coef.a[i], tab.a[i]))
             if coef.C[i] is not None:
-                rhs = torch.addmv(rhs, columns, coef.C[i], alpha=1.0 / dt)
+                rhs = stage_sum(rhs, i, coef.C[i], tab.C[i], 1.0 / dt)
             if f_t is not None and tab.d[i] != 0.0:
                 rhs = torch.add(rhs, f_t, alpha=dt * tab.d[i])
-            u = factor.solve(rhs * h_gamma)
-            if ws is not None:
-                ws.U[i] = u
-                u = ws.rows[i]
-            us.append(u)
-        return us
+            u = factor.solve(rhs * (dt * tab.gamma))
+            buf.U[i] = u.detach()
+            us.append(u if graph else buf.rows[i])
+        return us, stage_sum(y, self._s, coef.m, tab.m)
 
     def _lane_stages(self, f, f_last, t, y, f0, f_t, dt, h, h_gamma, factor, ws
                      ) -> list[Tensor]:
