@@ -229,7 +229,7 @@ class Rosenbrock:
         h, h_gamma = h[:, None], h_gamma[:, None]
         zero = h == 0
         still = zero if ws is None else None
-        inv_h = torch.where(zero, 0.0, 1.0 / torch.where(zero, 1.0, h))
+        inv_h = torch.where(zero, 0.0, torch.where(zero, 1.0, h).reciprocal())
         times = (t + self._coefficients(y).c * dt).unbind(0)
         us: list[Tensor] = []
         for i in range(self._s):
