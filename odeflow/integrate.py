@@ -189,12 +189,12 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
     state = stepper.init(y)
     counts = getattr(state, "counts", None)  # implicit methods count their linear algebra
     fsal = fsal_loop and getattr(stepper, "fsal", False)
-    rtol, atol, norm = problem.rtol, problem.atol, problem.norm
-    # The error scale's tolerances as 0-dim CPU tensors of the kernels' type: the same values,
-    # without wrapping a Python float at every step (about a microsecond each on the CPU).
+    norm = problem.norm
+    # rtol and atol as 0-dim CPU tensors of the kernels' type: the same values, without
+    # wrapping a Python float in each error scale (about a microsecond each on the CPU).
     tol_dtype = y.dtype if y.dtype == torch.float32 else torch.float64
-    tols = tuple(v if isinstance(v, Tensor) else
-                 torch.scalar_tensor(v, dtype=tol_dtype, device="cpu") for v in (rtol, atol))
+    tols = tuple(v if isinstance(v, Tensor) else torch.scalar_tensor(
+        v, dtype=tol_dtype, device="cpu") for v in (problem.rtol, problem.atol))
     # The default RMS norm of one lane is computed inline: one kernel and a multiply.
     inv_sqrt_n = 1.0 / math.sqrt(max(y.numel(), 1)) if (shared and norm is rms_norm) else None
     k = stepper.error_order + 1
@@ -215,7 +215,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
     elif cfg.first_step is not None:
         dt = C.full(cfg.first_step)
     else:
-        dt = initial_step(f, t, y, f0, stepper.error_order, rtol, atol, norm)
+        dt = initial_step(f, t, y, f0, stepper.error_order, *tols, norm)
     dt = C.clip(dt, min_step, max_step)
     ctrl = cfg.controller.init(C) if adaptive else None
     if cfg.compile and ws is not None and not shared:
