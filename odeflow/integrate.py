@@ -114,10 +114,10 @@ class LoopResult:
     state: Any = None  # the stepper's carried state at the end
 
 
-def callbacks(problem: Problem, suffix: str = "") -> tuple:
+def callbacks(problem: Problem) -> tuple:
     """The user's step callbacks (``callback_step``, ``..._accept_step``,
-    ``..._reject_step``; ``suffix="_adjoint"`` for a backward solve)."""
-    return tuple(getattr(problem.user_func, n + suffix, None) for n in _CALLBACKS)
+    ``..._reject_step``)."""
+    return tuple(getattr(problem.user_func, n, None) for n in _CALLBACKS)
 
 
 def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
