@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["combine", "graph_sum", "nonzero", "hermite", "linear", "Interpolant",
+__all__ = ["combine", "graph_sum", "GRAPH_SUM_MIN", "nonzero", "hermite", "linear", "Interpolant",
            "TableauInterpolant", "HermiteInterpolant", "LinearInterpolant", "stack_pieces",
            "take_piece"]
 
@@ -76,24 +76,37 @@ class _GraphSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, fuse: Callable, base: Tensor, columns: Tensor, w: Tensor,
                 scale: float, coefs: Sequence[float], *stages: Tensor) -> Tensor:
-        ctx.coefs = coefs
+        ctx.coefs, ctx.stage_shape = coefs, stages[0].shape
         return fuse(base, columns, w, scale)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple:
-        stage_grads = (None if c == 0 else grad * c for c in ctx.coefs)
-        return (None, grad, None, None, None, None, *stage_grads)
+        stage_grad = grad.reshape(ctx.stage_shape)  # (per sample the sum is flat)
+        stage_grads = (None if c == 0 else stage_grad * c for c in ctx.coefs)
+        base_grad = grad if ctx.needs_input_grad[1] else None
+        return (None, base_grad, None, None, None, None, *stage_grads)
 
 
-def graph_sum(fuse: Callable[[Tensor, Tensor, Tensor, float], Tensor], base: Tensor,
-              columns: Tensor, w: Tensor, scale: float, weights: Sequence[float],
+#: From this many state elements on, a stage sum under autograd reads a per-step buffer of
+#: detached stage copies (:func:`graph_sum`); below it the stages are stacked for each sum,
+#: whose copies cost less than the Python-level autograd node (~10 µs a call).
+GRAPH_SUM_MIN = 1 << 16
+
+
+def graph_sum(fuse: Callable[[Any, Tensor, Tensor, float], Tensor], base: Tensor | None,
+              columns: Tensor | None, w: Tensor, scale: float, weights: Sequence[float],
               stages: Sequence[Tensor]) -> Tensor:
-    """A stage sum under autograd: the value of the no-graph kernel
-    ``fuse(base, columns, w, scale)`` (``columns`` holds detached copies of ``stages``, so
-    the value is the no-graph path's bit for bit), the gradient of
-    ``base + scale Σ_j weights[j] stages[j]``. Nothing is saved for backward; stacking the
-    stages anew for each sum would copy ``O(s²)`` states per step and as many again in
-    the backward pass."""
+    """A stage sum under autograd with the value of the no-graph kernel
+    ``fuse(base, columns, w, scale)``, bit for bit, and the gradient of
+    ``base + scale Σ_j weights[j] stages[j]``.
+
+    ``columns`` holds detached copies of ``stages`` (a buffer the stepper fills once per
+    step); ``None`` stacks the stages here, and the kernel's own autograd applies (it saves
+    only ``w``). With a buffer nothing is saved for backward, and the ``O(s²)`` state
+    copies of stacking anew for each sum (and as many in the backward pass) are avoided.
+    """
+    if columns is None:
+        return fuse(base, torch.stack(tuple(stages[:len(weights)])).T, w, scale)
     coefs = tuple(scale * wj for wj in weights)
     return _GraphSum.apply(fuse, base, columns, w, scale, coefs, *stages[:len(coefs)])
 

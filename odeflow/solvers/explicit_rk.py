@@ -8,10 +8,11 @@ Two ways to combine stages, chosen once per solve:
 * **fused** (no autograd): stages are written into one preallocated ``(s, n)`` buffer and
   each stage input ``y + dt Σ_j a_ij k_j`` is a single ``addmv`` over a precomputed view —
   one kernel per stage, no allocation of intermediate sums.
-* **autograd**: the same kernels over a buffer of detached copies of the stages, one per
-  step, wrapped by :func:`~odeflow.interp.graph_sum` to give the graph of the stage sum;
-  nothing is saved for backward beyond what ``func`` itself saves, and both paths give
-  the same values bit for bit (direct and adjoint forwards agree).
+* **autograd**: the same kernels, over the stages stacked anew for each sum, or for a
+  large state over a per-step buffer of detached copies
+  (:func:`~odeflow.interp.graph_sum`). Nothing is saved for backward beyond what
+  ``func`` itself saves, and both paths give the same values bit for bit (direct and
+  adjoint forwards agree).
 
 The error estimate needs no gradient and is computed without building a graph.
 """
@@ -25,7 +26,14 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ..interp import HermiteInterpolant, Interpolant, TableauInterpolant, graph_sum, hermite
+from ..interp import (
+    GRAPH_SUM_MIN,
+    HermiteInterpolant,
+    Interpolant,
+    TableauInterpolant,
+    graph_sum,
+    hermite,
+)
 from ..tableaus import ButcherTableau
 from .base import Func, StepResult
 
@@ -143,23 +151,29 @@ class ExplicitRK:
         a_rows, b, b_err, _ = self.coefficients(y.dtype, y.device)
         combine = _addmv if y.dtype == torch.float64 else _add_mv
         tab, c = self.tableau, self._c
-        K = y.new_empty((self.stages, y.numel()))  # the fused path's buffer, detached copies
-        K[0] = f0.detach()
+        # A large state's stages also go, detached, into a buffer (see graph_sum).
+        K = y.new_empty((self.stages, y.numel())) if y.numel() >= GRAPH_SUM_MIN else None
+        if K is not None:
+            K[0] = f0.detach()
         ks = [f0]
         y_i = y
         last = self.stages - 1
         for i in range(1, self.stages):
-            y_i = graph_sum(combine, y, K[:i].T, a_rows[i], dt, tab.a[i], ks)
+            y_i = graph_sum(combine, y, None if K is None else K[:i].T, a_rows[i], dt,
+                            tab.a[i], ks)
             if skip_last and i == last:
                 break  # y_i is y_new; its derivative is not needed
             fi = f_last if (f_last is not None and c[i] == 1.0) else f
             ks.append(fi(t + c[i] * dt, y_i))
-            K[i] = ks[i].detach()
-        y_new = y_i if self.fsal else graph_sum(combine, y, K.T, b, dt, tab.b, ks)
+            if K is not None:
+                K[i] = ks[i].detach()
+        y_new = y_i if self.fsal else graph_sum(combine, y, None if K is None else K.T, b,
+                                                 dt, tab.b, ks)
         err = None
         if with_error and b_err is not None:
             with torch.no_grad():
-                err = torch.addmv(y, K.T, b_err, beta=0.0, alpha=dt)
+                columns = torch.stack(ks).T if K is None else K.T
+                err = torch.addmv(y, columns, b_err, beta=0.0, alpha=dt)
         return StepResult(y_new, err, ks)
 
     def _step_lanes(self, f, t, y, f0, dt, ws, with_error, f_last):

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ..interp import Interpolant, graph_sum
+from ..interp import GRAPH_SUM_MIN, Interpolant, graph_sum
 from ..interp import combine as _combine
 from ..interp import nonzero as _nonzero
 from ..linalg import ImplicitCounts, check_solver_dtype
@@ -188,20 +188,21 @@ class Rosenbrock:
     def _joint_stages(self, f, f_last, t, y, f0, f_t, dt, factor, ws
                       ) -> tuple[list[Tensor], Tensor]:
         """The increments ``u_i`` and ``y_new`` of a joint step. Each stage sum is one
-        ``addmv`` over the rows of ``ws.U``; under autograd (``ws`` None) over a per-step
-        buffer of detached copies, through :func:`~odeflow.interp.graph_sum`, so that both
-        give the same values bit for bit. Each right-hand side is scaled by ``hγ`` before
-        its solve."""
+        ``addmv`` over the rows of ``ws.U``; under autograd (``ws`` None) the same kernel
+        through :func:`~odeflow.interp.graph_sum` (over a per-step buffer of detached
+        copies for a large state), so that both give the same values bit for bit. Each
+        right-hand side is scaled by ``hγ`` before its solve."""
         tab, coef = self.tableau, self._coefficients(y)
         graph = ws is None
-        buf = self.workspace(y) if graph else ws
+        buf = ws if not graph else self.workspace(y) if y.numel() >= GRAPH_SUM_MIN else None
         us: list[Tensor] = []
 
         def stage_sum(base: Tensor, i: int, w: Tensor, weights: Sequence[float],
                       scale: float = 1.0) -> Tensor:
+            columns = None if buf is None else buf.prefix[i]
             if graph:
-                return graph_sum(_addmv, base, buf.prefix[i], w, scale, weights, us)
-            return torch.addmv(base, buf.prefix[i], w, alpha=scale)
+                return graph_sum(_addmv, base, columns, w, scale, weights, us)
+            return torch.addmv(base, columns, w, alpha=scale)
 
         for i in range(self._s):
             if i == 0:
@@ -214,7 +215,8 @@ class Rosenbrock:
             if f_t is not None and tab.d[i] != 0.0:
                 rhs = torch.add(rhs, f_t, alpha=dt * tab.d[i])
             u = factor.solve(rhs * (dt * tab.gamma))
-            buf.U[i] = u.detach()
+            if buf is not None:
+                buf.U[i] = u.detach()
             us.append(u if graph else buf.rows[i])
         return us, stage_sum(y, self._s, coef.m, tab.m)
 
