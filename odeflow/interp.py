@@ -81,7 +81,7 @@ class _GraphSum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple:
-        stage_grad = grad.reshape(ctx.stage_shape)  # (per sample the sum is flat)
+        stage_grad = grad.reshape(ctx.stage_shape)  # (a kernel may return the sum flat)
         stage_grads = (None if c == 0 else stage_grad * c for c in ctx.coefs)
         base_grad = grad if ctx.needs_input_grad[1] else None
         return (None, base_grad, None, None, None, None, *stage_grads)
