@@ -31,6 +31,8 @@ from ..interp import (
     HermiteInterpolant,
     Interpolant,
     TableauInterpolant,
+    add_mv_sum,
+    addmv_sum,
     graph_sum,
     hermite,
 )
@@ -134,7 +136,7 @@ class ExplicitRK:
         rows, prefix, a_rows, c = ws.rows, ws.prefix, ws.a_rows, self._c
         if f0 is not rows[0]:
             rows[0].copy_(f0)
-        combine = _addmv if y.dtype == torch.float64 else _add_mv
+        combine = addmv_sum if y.dtype == torch.float64 else add_mv_sum
         y_i = y
         for i in range(1, self.stages):
             y_i = combine(y, prefix[i], a_rows[i], dt)
@@ -149,7 +151,7 @@ class ExplicitRK:
 
     def _step_autograd(self, f, t, y, f0, dt, with_error, f_last, skip_last):
         a_rows, b, b_err, _ = self.coefficients(y.dtype, y.device)
-        combine = _addmv if y.dtype == torch.float64 else _add_mv
+        combine = addmv_sum if y.dtype == torch.float64 else add_mv_sum
         tab, c = self.tableau, self._c
         # A large state's stages also go, detached, into a buffer (see graph_sum).
         K = y.new_empty((self.stages, y.numel())) if y.numel() >= GRAPH_SUM_MIN else None
@@ -284,16 +286,4 @@ class ReStepInterpolant(Interpolant):
     def detached(self) -> ReStepInterpolant:
         return ReStepInterpolant(self.stepper, self.f, self.t, self.dt, self.y.detach().clone(),
                                  self.f0.detach().clone())
-
-
-def _addmv(y: Tensor, k_t: Tensor, w: Tensor, dt: float) -> Tensor:
-    """``y + dt K^T w`` in one kernel. BLAS accumulates each stage's term straight into
-    ``y``, one rounding at ``|y|``'s scale per stage: negligible in float64 only."""
-    return torch.addmv(y, k_t, w, alpha=dt)
-
-
-def _add_mv(y: Tensor, k_t: Tensor, w: Tensor, dt: float) -> Tensor:
-    """``y + dt K^T w`` with the stage sum formed first, so that ``y`` is rounded once per
-    step (in float32 the fused form drifts several times faster over many steps)."""
-    return torch.add(y, torch.mv(k_t, w), alpha=dt)
 

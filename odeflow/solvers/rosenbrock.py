@@ -23,12 +23,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ..interp import GRAPH_SUM_MIN, Interpolant, graph_sum
+from ..interp import GRAPH_SUM_MIN, Interpolant, addmv_sum, graph_sum
 from ..interp import combine as _combine
 from ..interp import nonzero as _nonzero
 from ..linalg import ImplicitCounts, check_solver_dtype
 from .base import StepResult
-from .explicit_rk import _addmv
 from .rosenbrock_tableaus import RosenbrockTableau
 
 __all__ = ["Rosenbrock", "RosenbrockState", "RosenbrockInterpolant", "Workspace"]
@@ -181,18 +180,18 @@ class Rosenbrock:
                 if state.ws is None:
                     state.ws = self.workspace(y)
                 ws = state.ws
-            us, y_new = self._joint_stages(f, f_last, t, y, f0, f_t, dt, factor, ws)
+            us, y_new = self._joint_stages(f, f_last, t, y, f0, f_t, dt, h_gamma, factor, ws)
         error = us[-1].detach().clone() if with_error else None
         return StepResult(y_new, error, (f0, *us), state, True)
 
-    def _joint_stages(self, f, f_last, t, y, f0, f_t, dt, factor, ws
+    def _joint_stages(self, f, f_last, t, y, f0, f_t, dt, h_gamma, factor, ws
                       ) -> tuple[list[Tensor], Tensor]:
         """The increments ``u_i`` and ``y_new`` of a joint step. Each stage sum is one
         ``addmv`` over the rows of ``ws.U``; under autograd (``ws`` None) the same kernel
         through :func:`~odeflow.interp.graph_sum` (over a per-step buffer of detached
         copies for a large state), so that both give the same values bit for bit. Each
         right-hand side is scaled by ``hγ`` before its solve."""
-        tab, coef = self.tableau, self._coefficients(y)
+        tab, coef, inv_h = self.tableau, self._coefficients(y), 1.0 / dt
         graph = ws is None
         buf = ws if not graph else self.workspace(y) if y.numel() >= GRAPH_SUM_MIN else None
         us: list[Tensor] = []
@@ -201,7 +200,7 @@ class Rosenbrock:
                       scale: float = 1.0) -> Tensor:
             columns = None if buf is None else buf.prefix[i]
             if graph:
-                return graph_sum(_addmv, base, columns, w, scale, weights, us)
+                return graph_sum(addmv_sum, base, columns, w, scale, weights, us)
             return torch.addmv(base, columns, w, alpha=scale)
 
         for i in range(self._s):
@@ -211,10 +210,10 @@ class Rosenbrock:
                 fi = f_last if (f_last is not None and tab.c[i] == 1.0) else f
                 rhs = fi(t + tab.c[i] * dt, stage_sum(y, i, coef.a[i], tab.a[i]))
             if coef.C[i] is not None:
-                rhs = stage_sum(rhs, i, coef.C[i], tab.C[i], 1.0 / dt)
+                rhs = stage_sum(rhs, i, coef.C[i], tab.C[i], inv_h)
             if f_t is not None and tab.d[i] != 0.0:
                 rhs = torch.add(rhs, f_t, alpha=dt * tab.d[i])
-            u = factor.solve(rhs * (dt * tab.gamma))
+            u = factor.solve(rhs * h_gamma)
             if buf is not None:
                 buf.U[i] = u.detach()
             us.append(u if graph else buf.rows[i])
