@@ -14,11 +14,14 @@ Two ways to combine stages, chosen once per solve:
   ``func`` itself saves, and both paths give the same values bit for bit (direct and
   adjoint forwards agree).
 
+Per sample (one step size per lane) a stage input is one ``mv`` and an ``addcmul``.
+
 The error estimate needs no gradient and is computed without building a graph.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -47,9 +50,6 @@ class Workspace(NamedTuple):
 
     rows: tuple[Tensor, ...]  # the stage derivatives: rows of one (s, n) buffer
     prefix: tuple[Tensor, ...]  # prefix[i] = buffer[:i].T, shape (n, i)
-    a_rows: tuple[Tensor | None, ...]  # a[i, :i] as tensors
-    b: Tensor
-    b_err: Tensor | None
 
 
 class ExplicitRK:
@@ -86,9 +86,7 @@ class ExplicitRK:
         if y0.dim() != 1:
             rows = tuple(r.view(y0.shape) for r in rows)
         columns = buffer.T
-        prefix = tuple(columns[:, :i] for i in range(s + 1))
-        a_rows, b, b_err, _ = self.coefficients(y0.dtype, y0.device)
-        return Workspace(rows, prefix, a_rows, b, b_err)
+        return Workspace(rows, tuple(columns[:, :i] for i in range(s + 1)))
 
     def coefficients(self, dtype: torch.dtype, device: torch.device) -> tuple:
         """``(a_rows, b, b_err, c)`` as tensors of ``dtype`` on ``device`` (cached); ``c``
@@ -108,121 +106,85 @@ class ExplicitRK:
         """An explicit Runge–Kutta method carries no state beyond ``f0`` (the loop's)."""
         return None
 
-    def step(self, f: Func, t: float, y: Tensor, f0: Tensor, dt: float, state: None,
+    def step(self, f: Func, t: Any, y: Tensor, f0: Tensor, dt: Any, state: None,
              ws: Workspace | None, *, with_error: bool = True, f_last: Func | None = None,
              fsal_stage: bool = True) -> StepResult:
         """One attempt from ``(t, y)`` with step ``dt`` (the contract of
-        :class:`~odeflow.solvers.base.Stepper`).
+        :class:`~odeflow.solvers.base.Stepper`): joint (``dt`` a float) or per sample
+        (``y`` ``(B, n)``, ``dt`` ``(B,)``).
+
+        Per sample, under autograd a lane that does not step (``dt = 0``) stays exactly at
+        ``y``, also where its stages are not finite: no nan enters the graph through
+        ``0 * inf``. Without a graph the loop discards such a lane's result anyway, so the
+        masking (one ``where`` per stage) is skipped.
 
         Args:
             f: the counted derivative ``f(t, y)`` in canonical form.
             t, y, f0: start of the step and ``f(t, y)``.
-            dt: step size (positive).
+            dt: step size (positive), or one per lane.
             state: unused (``None``).
             ws: the fused path's workspace, or ``None`` for the autograd path.
             with_error: compute the embedded error estimate.
             f_last: evaluates stages with ``c == 1`` instead of ``f`` (fixed grid ``perturb``).
             fsal_stage: evaluate the FSAL stage; without an error estimate or dense output
-                it is not needed for ``y_new`` (the checkpointed backward skips it).
-        """
-        if isinstance(dt, Tensor):  # per sample: one step size per lane
-            return self._step_lanes(f, t, y, f0, dt, ws, with_error, f_last)
-        if ws is None:
-            skip_last = self.fsal and not fsal_stage and not with_error
-            return self._step_autograd(f, t, y, f0, dt, with_error, f_last, skip_last)
-        return self._step_fused(f, t, y, f0, dt, ws, with_error, f_last)
-
-    def _step_fused(self, f, t, y, f0, dt, ws, with_error, f_last):
-        rows, prefix, a_rows, c = ws.rows, ws.prefix, ws.a_rows, self._c
-        if f0 is not rows[0]:
-            rows[0].copy_(f0)
-        combine = addmv_sum if y.dtype == torch.float64 else add_mv_sum
-        y_i = y
-        for i in range(1, self.stages):
-            y_i = combine(y, prefix[i], a_rows[i], dt)
-            fi = f_last if (f_last is not None and c[i] == 1.0) else f
-            rows[i].copy_(fi(t + c[i] * dt, y_i))
-        y_new = y_i if self.fsal else combine(y, prefix[self.stages], ws.b, dt)
-        err = None
-        if with_error and ws.b_err is not None:
-            # beta=0: the input only fixes the shape; out = dt * K^T b_err.
-            err = torch.addmv(y, prefix[self.stages], ws.b_err, beta=0.0, alpha=dt)
-        return StepResult(y_new, err, rows)
-
-    def _step_autograd(self, f, t, y, f0, dt, with_error, f_last, skip_last):
-        a_rows, b, b_err, _ = self.coefficients(y.dtype, y.device)
-        combine = addmv_sum if y.dtype == torch.float64 else add_mv_sum
-        tab, c = self.tableau, self._c
-        # A large state's stages also go, detached, into a buffer (see graph_sum).
-        K = y.new_empty((self.stages, y.numel())) if y.numel() >= GRAPH_SUM_MIN else None
-        if K is not None:
-            K[0] = f0.detach()
-        ks = [f0]
-        y_i = y
-        last = self.stages - 1
-        for i in range(1, self.stages):
-            y_i = graph_sum(combine, y, None if K is None else K[:i].T, a_rows[i], dt,
-                            tab.a[i], ks)
-            if skip_last and i == last:
-                break  # y_i is y_new; its derivative is not needed
-            fi = f_last if (f_last is not None and c[i] == 1.0) else f
-            ks.append(fi(t + c[i] * dt, y_i))
-            if K is not None:
-                K[i] = ks[i].detach()
-        y_new = y_i if self.fsal else graph_sum(combine, y, None if K is None else K.T, b,
-                                                 dt, tab.b, ks)
-        err = None
-        if with_error and b_err is not None:
-            with torch.no_grad():
-                columns = torch.stack(ks).T if K is None else K.T
-                err = torch.addmv(y, columns, b_err, beta=0.0, alpha=dt)
-        return StepResult(y_new, err, ks)
-
-    def _step_lanes(self, f, t, y, f0, dt, ws, with_error, f_last):
-        """One attempt per lane of a ``(B, n)`` state with step sizes ``dt`` ``(B,)``.
-
-        Under autograd a lane that does not step (``dt = 0``) stays exactly at ``y``, also
-        where its stages are not finite: no nan enters the graph through ``0 * inf``.
-        Without a graph the loop discards such a lane's result anyway, so the masking (one
-        ``where`` per stage) is skipped.
+                it is not needed for ``y_new`` (the checkpointed backward of a joint solve
+                skips it).
         """
         a_rows, b, b_err, c_column = self.coefficients(y.dtype, y.device)
-        c = self._c
-        # (B, n), not (B, 1): an addcmul that broadcasts a column over few state columns
-        # is several times slower than one copy and same-shaped operands
-        h = torch.empty_like(y).copy_(dt[:, None])
-        # Every stage time at once, t + c_i dt (the same roundings as stage by stage); t
-        # added in place to the (s, B) product is several times faster than t + c dt.
-        times = (c_column * dt).add_(t).unbind(0)
-        still = (h == 0) if torch.is_grad_enabled() else None
-        # Under autograd the stages must not go into a reused buffer.
-        ks = [f0] if ws is None else ws.rows
-        if ws is not None and f0 is not ks[0]:
-            ks[0].copy_(f0)
+        tab, c, s = self.tableau, self._c, self.stages
+        lanes, graph = isinstance(dt, Tensor), ws is None
+        # Under autograd the stages must not go into a reused buffer; a large joint state's
+        # stages also go, detached, into a per-step one (see graph_sum).
+        buf = ws if not graph else (
+            self.workspace(y) if not lanes and y.numel() >= GRAPH_SUM_MIN else None)
+        ks = [f0] if graph else ws.rows
+        if buf is not None and f0 is not buf.rows[0]:
+            buf.rows[0].copy_(f0.detach() if graph else f0)
 
-        def stage_sum(i: int, w: Tensor) -> Tensor:
-            k_t = torch.stack(ks[:i]).reshape(i, -1).T if ws is None else ws.prefix[i]
-            return torch.mv(k_t, w).view_as(y)
+        def columns(i: int) -> Tensor:  # the first i stages as the columns of an (N, i)
+            return buf.prefix[i] if buf is not None else torch.stack(ks[:i]).reshape(i, -1).T
 
-        def advance(w: Tensor, i: int) -> Tensor:
-            out = torch.addcmul(y, h, stage_sum(i, w))
-            return out if still is None else torch.where(still, y, out)
+        if lanes:
+            # (B, n), not (B, 1): an addcmul that broadcasts a column over few state columns
+            # is several times slower than one copy and same-shaped operands
+            h = torch.empty_like(y).copy_(dt[:, None])
+            # Every stage time at once, t + c_i dt (the same roundings as stage by stage); t
+            # added in place to the (s, B) product is several times faster than t + c dt.
+            times = (c_column * dt).add_(t).unbind(0)
+            still = (h == 0) if torch.is_grad_enabled() else None
 
+            def stage_sum(i: int, w: Tensor, weights: Sequence[float]) -> Tensor:
+                out = torch.addcmul(y, h, torch.mv(columns(i), w).view_as(y))
+                return out if still is None else torch.where(still, y, out)
+        else:
+            fuse = addmv_sum if y.dtype == torch.float64 else add_mv_sum
+
+            def stage_sum(i: int, w: Tensor, weights: Sequence[float]) -> Tensor:
+                if not graph:
+                    return fuse(y, buf.prefix[i], w, dt)
+                return graph_sum(fuse, y, None if buf is None else buf.prefix[i], w, dt,
+                                 weights, ks)
+
+        skip_last = self.fsal and not fsal_stage and not with_error and graph and not lanes
         y_i = y
-        for i in range(1, self.stages):
-            y_i = advance(a_rows[i], i)
+        for i in range(1, s):
+            y_i = stage_sum(i, a_rows[i], tab.a[i])
+            if skip_last and i == s - 1:
+                break  # y_i is y_new; its derivative is not needed
             fi = f_last if (f_last is not None and c[i] == 1.0) else f
-            k_i = fi(times[i], y_i)
-            if ws is None:
+            k_i = fi(times[i] if lanes else t + c[i] * dt, y_i)
+            if graph:
                 ks.append(k_i)
-            else:
-                ks[i].copy_(k_i)
-        s = self.stages
-        y_new = y_i if self.fsal else advance(b, s)
+            if buf is not None:
+                buf.rows[i].copy_(k_i.detach() if graph else k_i)
+        y_new = y_i if self.fsal else stage_sum(s, b, tab.b)
         err = None
         if with_error and b_err is not None:
-            with torch.no_grad():
-                err = h * stage_sum(s, b_err)
+            with torch.no_grad() if graph else contextlib.nullcontext():
+                if lanes:
+                    err = h * torch.mv(columns(s), b_err).view_as(y)
+                else:  # beta=0: the input only fixes the shape; out = dt * K^T b_err
+                    err = torch.addmv(y, columns(s), b_err, beta=0.0, alpha=dt)
         return StepResult(y_new, err, ks)
 
     # ----------------------------------------------------------------------- dense output
