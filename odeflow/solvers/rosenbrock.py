@@ -152,8 +152,8 @@ class Rosenbrock:
         (``dt`` a float) or per sample (``dt`` ``(B,)``, ``(B, n, n)`` Jacobians and LU
         factors, every lane its own ``hγ``).
 
-        Joint steps take every stage sum as one ``addmv`` (:meth:`_joint_stages`), with
-        and without autograd alike; per-sample steps sum elementwise (:meth:`_lane_stages`).
+        Joint steps take every stage sum as one ``addmv``, with and without autograd alike;
+        per-sample steps sum elementwise (:meth:`_stages`).
         """
         if state is None:  # a replayed step (checkpointing): a fresh Jacobian
             state = RosenbrockState()
@@ -170,82 +170,77 @@ class Rosenbrock:
         h = dt.to(y.dtype) if lanes else dt
         h_gamma = h * tab.gamma
         factor = self.linear_solver.factor(jac, h_gamma, state.counts)
-        if lanes:
-            us = self._lane_stages(f, f_last, t, y, f0, f_t, dt, h, h_gamma, factor, ws)
-            y_new = _combine(y, us, self._m, 1.0)
-        else:
-            if ws is None and not (f0.requires_grad or y.requires_grad):
-                # Grad mode is on but f(t, y) has no graph: no tensor of this step will
-                # need one, so the buffered path is safe.
-                if state.ws is None:
-                    state.ws = self.workspace(y)
-                ws = state.ws
-            us, y_new = self._joint_stages(f, f_last, t, y, f0, f_t, dt, h_gamma, factor, ws)
+        if not lanes and ws is None and not (f0.requires_grad or y.requires_grad):
+            # Grad mode is on but f(t, y) has no graph: no tensor of this step will need
+            # one, so the buffered path is safe.
+            if state.ws is None:
+                state.ws = self.workspace(y)
+            ws = state.ws
+        us, y_new = self._stages(f, f_last, t, y, f0, f_t, dt, h, h_gamma, factor, ws)
         error = us[-1].detach().clone() if with_error else None
         return StepResult(y_new, error, (f0, *us), state, True)
 
-    def _joint_stages(self, f, f_last, t, y, f0, f_t, dt, h_gamma, factor, ws
-                      ) -> tuple[list[Tensor], Tensor]:
-        """The increments ``u_i`` and ``y_new`` of a joint step. Each stage sum is one
-        ``addmv`` over the rows of ``ws.U``; under autograd (``ws`` None) the same kernel
-        through :func:`~odeflow.interp.graph_sum` (over a per-step buffer of detached
-        copies for a large state), so that both give the same values bit for bit. Each
-        right-hand side is scaled by ``hγ`` before its solve."""
-        tab, coef, inv_h = self.tableau, self._coefficients(y), 1.0 / dt
-        graph = ws is None
-        buf = ws if not graph else self.workspace(y) if y.numel() >= GRAPH_SUM_MIN else None
+    def _stages(self, f, f_last, t, y, f0, f_t, dt, h, h_gamma, factor, ws
+                ) -> tuple[list[Tensor], Tensor]:
+        """The increments ``u_i`` and ``y_new`` of a step: one stage loop, two kernels.
+
+        Joint, each stage sum is one ``addmv`` over the rows of ``ws.U``; under autograd
+        (``ws`` None) the same kernel through :func:`~odeflow.interp.graph_sum` (over a
+        per-step buffer of detached copies for a large state), so that both give the same
+        values bit for bit. Each right-hand side is scaled by ``hγ`` before its solve.
+
+        Per sample the sums are elementwise: a ``(B n, i)`` ``addmv`` goes multi-threaded in
+        BLAS from a few thousand rows, and on a shared box that cost ~1 ms a call against
+        ~3 µs per ``add_``. Under autograd a lane with ``dt = 0`` stays at ``y`` (its
+        increments are masked to zero, so no nan enters the graph); without one the loop
+        discards such a lane's result.
+        """
+        tab, coef, s = self.tableau, self._coefficients(y), self._s
+        lanes, graph = isinstance(dt, Tensor), ws is None
         us: list[Tensor] = []
+        if lanes:
+            h, h_gamma = h[:, None], h_gamma[:, None]
+            zero = h == 0
+            inv_h = torch.where(zero, 0.0, torch.where(zero, 1.0, h).reciprocal())
+            times = (t + coef.c * dt).unbind(0)
 
-        def stage_sum(base: Tensor, i: int, w: Tensor, weights: Sequence[float],
-                      scale: float = 1.0) -> Tensor:
-            columns = None if buf is None else buf.prefix[i]
-            if graph:
-                return graph_sum(addmv_sum, base, columns, w, scale, weights, us)
-            return torch.addmv(base, columns, w, alpha=scale)
+            def stage_sum(base: Tensor, i: int, nz: Sequence, w: Any, weights: Sequence[float],
+                          scale: Any = None) -> Tensor:
+                if scale is None:
+                    return _combine(base, us, nz, 1.0)
+                return base + scale * _combine(None, us, nz, 1.0)
+        else:
+            inv_h = 1.0 / dt
+            times = [t + ci * dt for ci in tab.c]
+            buf = ws if not graph else self.workspace(y) if y.numel() >= GRAPH_SUM_MIN else None
 
-        for i in range(self._s):
+            def stage_sum(base: Tensor, i: int, nz: Sequence, w: Any, weights: Sequence[float],
+                          scale: Any = 1.0) -> Tensor:
+                columns = None if buf is None else buf.prefix[i]
+                if graph:
+                    return graph_sum(addmv_sum, base, columns, w, scale, weights, us)
+                return torch.addmv(base, columns, w, alpha=scale)
+
+        for i in range(s):
             if i == 0:
                 rhs = f0
             else:
                 fi = f_last if (f_last is not None and tab.c[i] == 1.0) else f
-                rhs = fi(t + tab.c[i] * dt, stage_sum(y, i, coef.a[i], tab.a[i]))
-            if coef.C[i] is not None:
-                rhs = stage_sum(rhs, i, coef.C[i], tab.C[i], inv_h)
-            if f_t is not None and tab.d[i] != 0.0:
-                rhs = torch.add(rhs, f_t, alpha=dt * tab.d[i])
-            u = factor.solve(rhs * h_gamma)
-            if buf is not None:
-                buf.U[i] = u.detach()
-            us.append(u if graph else buf.rows[i])
-        return us, stage_sum(y, self._s, coef.m, tab.m)
-
-    def _lane_stages(self, f, f_last, t, y, f0, f_t, dt, h, h_gamma, factor, ws
-                     ) -> list[Tensor]:
-        """The increments of a per-sample step, summed elementwise: a ``(B n, i)`` ``addmv``
-        goes multi-threaded in BLAS from a few thousand rows, and on a shared box that cost
-        ~1 ms a call against ~3 µs per ``add_``. Under autograd a lane with ``dt = 0`` stays
-        at ``y`` (its increments are masked to zero, so no nan enters the graph); without
-        one the loop discards such a lane's result."""
-        tab = self.tableau
-        h, h_gamma = h[:, None], h_gamma[:, None]
-        zero = h == 0
-        still = zero if ws is None else None
-        inv_h = torch.where(zero, 0.0, torch.where(zero, 1.0, h).reciprocal())
-        times = (t + self._coefficients(y).c * dt).unbind(0)
-        us: list[Tensor] = []
-        for i in range(self._s):
-            if i == 0:
-                rhs = f0
-            else:
-                fi = f_last if (f_last is not None and tab.c[i] == 1.0) else f
-                rhs = fi(times[i], _combine(y, us, self._a[i], 1.0))
+                rhs = fi(times[i], stage_sum(y, i, self._a[i], coef.a[i], tab.a[i]))
             if self._C[i]:
-                rhs = rhs + inv_h * _combine(None, us, self._C[i], 1.0)
+                rhs = stage_sum(rhs, i, self._C[i], coef.C[i], tab.C[i], inv_h)
             if f_t is not None and tab.d[i] != 0.0:
-                rhs = rhs + (h * tab.d[i]) * f_t
-            u = factor.solve(rhs) * h_gamma
-            us.append(u if still is None else torch.where(still, 0.0, u))
-        return us
+                rhs = rhs + (h * tab.d[i]) * f_t if lanes else torch.add(rhs, f_t,
+                                                                        alpha=dt * tab.d[i])
+            if lanes:
+                u = factor.solve(rhs) * h_gamma
+                us.append(torch.where(zero, 0.0, u) if graph else u)
+            else:
+                u = factor.solve(rhs * h_gamma)
+                if buf is not None:
+                    buf.U[i] = u.detach()
+                us.append(u if graph else buf.rows[i])
+        return us, stage_sum(y, s, self._m, coef.m, tab.m)
 
     def f_end(self, f: Func, t_new: float, y_new: Tensor, result: StepResult) -> Tensor:
         return f(t_new, y_new)
