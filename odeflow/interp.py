@@ -17,14 +17,14 @@ plain solves pay nothing; outputs on the hot path use the solver's ``interpolate
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["combine", "addmv_sum", "add_mv_sum", "graph_sum", "GRAPH_SUM_MIN", "nonzero",
-           "hermite", "linear", "Interpolant", "TableauInterpolant", "HermiteInterpolant",
-           "LinearInterpolant", "stack_pieces", "take_piece"]
+__all__ = ["Workspace", "workspace", "combine", "addmv_sum", "add_mv_sum", "graph_sum",
+           "GRAPH_SUM_MIN", "nonzero", "hermite", "linear", "Interpolant", "TableauInterpolant",
+           "HermiteInterpolant", "LinearInterpolant", "stack_pieces", "take_piece"]
 
 
 def hermite(y0: Tensor, y1: Tensor, f0: Tensor, f1: Tensor, dt: float, theta: float) -> Tensor:
@@ -68,6 +68,26 @@ def combine(y: Tensor | None, ks: Sequence[Tensor], nz: Sequence[tuple[int, floa
     for j, w in nz[1:]:
         acc.add_(ks[j], alpha=w)
     return acc * dt if y is None else torch.add(y, acc, alpha=dt)
+
+
+class Workspace(NamedTuple):
+    """A solve's stage buffer (a stepper's fused path): the stages are the ``rows`` of one
+    ``(s, N)`` matrix, each viewed in the state's shape, and ``prefix[i]`` is its first
+    ``i`` rows as the columns of an ``(N, i)`` view, over which a stage sum is one ``addmv``."""
+
+    rows: tuple[Tensor, ...]
+    prefix: tuple[Tensor, ...]
+
+
+def workspace(y0: Tensor, stages: int) -> Workspace:
+    """A :class:`Workspace` of ``stages`` rows for states shaped like ``y0`` (any shape: a
+    joint ``(n,)`` or a per-sample ``(B, n)``)."""
+    buffer = y0.new_empty((stages, y0.numel()))
+    rows = buffer.unbind(0)
+    if y0.dim() != 1:
+        rows = tuple(r.view(y0.shape) for r in rows)
+    columns = buffer.T
+    return Workspace(rows, tuple(columns[:, :i] for i in range(stages + 1)))
 
 
 def addmv_sum(y: Tensor, k_t: Tensor, w: Tensor, dt: float) -> Tensor:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -34,22 +34,17 @@ from ..interp import (
     HermiteInterpolant,
     Interpolant,
     TableauInterpolant,
+    Workspace,
     add_mv_sum,
     addmv_sum,
     graph_sum,
     hermite,
+    workspace,
 )
 from ..tableaus import ButcherTableau
 from .base import Func, StepResult
 
 __all__ = ["ExplicitRK", "Workspace"]
-
-
-class Workspace(NamedTuple):
-    """Per-solve buffers of the fused path."""
-
-    rows: tuple[Tensor, ...]  # the stage derivatives: rows of one (s, n) buffer
-    prefix: tuple[Tensor, ...]  # prefix[i] = buffer[:i].T, shape (n, i)
 
 
 class ExplicitRK:
@@ -78,15 +73,8 @@ class ExplicitRK:
 
     # ----------------------------------------------------------------------------- setup
     def workspace(self, y0: Tensor) -> Workspace:
-        """Buffers for the fused (no-autograd) path of one solve (any state shape: a joint
-        ``(n,)`` or a per-sample ``(B, n)``; the stages are the rows of one ``(s, N)``)."""
-        s, n = self.stages, y0.numel()
-        buffer = y0.new_empty((s, n))
-        rows = buffer.unbind(0)
-        if y0.dim() != 1:
-            rows = tuple(r.view(y0.shape) for r in rows)
-        columns = buffer.T
-        return Workspace(rows, tuple(columns[:, :i] for i in range(s + 1)))
+        """Buffers for the fused (no-autograd) path of one solve."""
+        return workspace(y0, self.stages)
 
     def coefficients(self, dtype: torch.dtype, device: torch.device) -> tuple:
         """``(a_rows, b, b_err, c)`` as tensors of ``dtype`` on ``device`` (cached); ``c``

@@ -16,23 +16,22 @@ the discrete solution.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from ..interp import GRAPH_SUM_MIN, Interpolant, addmv_sum, graph_sum
+from ..interp import GRAPH_SUM_MIN, Interpolant, Workspace, addmv_sum, graph_sum, workspace
 from ..interp import combine as _combine
 from ..interp import nonzero as _nonzero
 from ..linalg import ImplicitCounts, check_solver_dtype
-from .base import StepResult
+from .base import Func, StepResult
 from .rosenbrock_tableaus import RosenbrockTableau
 
 __all__ = ["Rosenbrock", "RosenbrockState", "RosenbrockInterpolant", "Workspace"]
-
-Func = Callable[[float, Tensor], Tensor]
 
 
 class Coefficients(NamedTuple):
@@ -43,14 +42,6 @@ class Coefficients(NamedTuple):
     m: Tensor
     H: Tensor  # (r, s) dense output rows
     c: Tensor  # the nodes as a float64 (s, 1) column (stage times are float64)
-
-
-class Workspace(NamedTuple):
-    """Per-solve buffers of the no-autograd path."""
-
-    U: Tensor  # (s, n) stage increments
-    rows: tuple[Tensor, ...]  # U's rows (made once: a view per stage costs a call)
-    prefix: tuple[Tensor, ...]  # prefix[i] = U[:i].T
 
 
 @dataclass
@@ -105,8 +96,7 @@ class Rosenbrock:
     def workspace(self, y0: Tensor) -> Workspace:
         """Buffers of the no-autograd path: the increments as the rows of one ``(s, n)``
         matrix, so that every stage sum is one ``addmv``."""
-        U = y0.new_empty((self._s, y0.numel()))
-        return Workspace(U, U.unbind(0), tuple(U[:i].T for i in range(self._s + 1)))
+        return workspace(y0, self._s)
 
     def _coefficients(self, y: Tensor) -> Coefficients:
         """The tableau's vectors in ``y``'s dtype and device (made once per pair)."""
@@ -114,10 +104,7 @@ class Rosenbrock:
         coef = self._coef.get(key)
         if coef is None:
             tab = self.tableau
-
-            def vec(values: Sequence[Any]) -> Tensor:
-                return torch.tensor(values, dtype=y.dtype, device=y.device)
-
+            vec = functools.partial(torch.tensor, dtype=y.dtype, device=y.device)
             coef = self._coef[key] = Coefficients(
                 tuple(vec(r) if r else None for r in tab.a),
                 tuple(vec(r) if any(r) else None for r in tab.C), vec(tab.m),
@@ -184,7 +171,7 @@ class Rosenbrock:
                 ) -> tuple[list[Tensor], Tensor]:
         """The increments ``u_i`` and ``y_new`` of a step: one stage loop, two kernels.
 
-        Joint, each stage sum is one ``addmv`` over the rows of ``ws.U``; under autograd
+        Joint, each stage sum is one ``addmv`` over ``ws.prefix``; under autograd
         (``ws`` None) the same kernel through :func:`~odeflow.interp.graph_sum` (over a
         per-step buffer of detached copies for a large state), so that both give the same
         values bit for bit. Each right-hand side is scaled by ``hγ`` before its solve.
@@ -238,7 +225,7 @@ class Rosenbrock:
             else:
                 u = factor.solve(rhs * h_gamma)
                 if buf is not None:
-                    buf.U[i] = u.detach()
+                    buf.rows[i].copy_(u.detach())
                 us.append(u if graph else buf.rows[i])
         return us, stage_sum(y, s, self._m, coef.m, tab.m)
 
@@ -254,8 +241,8 @@ class Rosenbrock:
                     f_new: Tensor | None, theta: float, ws: Any) -> Tensor:
         if isinstance(dt, Tensor):
             terms = self._dense_terms(stages[1:])
-        else:  # one matrix product, on ws.U or (under autograd) the same values stacked
-            U = ws.U if ws is not None else torch.stack(tuple(stages[1:]))
+        else:  # one matrix product, on ws's buffer or (under autograd) the same values stacked
+            U = ws.prefix[-1].T if ws is not None else torch.stack(tuple(stages[1:]))
             terms = tuple((self._coefficients(y).H @ U).unbind(0))
         return RosenbrockInterpolant(0.0, dt, y, y_new, terms).evaluate(theta)
 
