@@ -208,16 +208,16 @@ class AutoSwitch:
 
     def interpolant(self, t: Any, dt: Any, y: Tensor, y_new: Tensor, stages: _Stages,
                     f_new: Tensor | None, f: Func | None = None) -> Interpolant:
+        parts = partial(self._parts, t, dt, y, y_new, stages, f_new, f)
+        e, i = parts(False)
         if not isinstance(dt, Tensor):  # a joint step: the method that ran
-            owner, own, _ = self._owner(stages)
-            return owner.interpolant(t, dt, y, y_new, own, f_new, f)
-        parts = partial(self._lane_parts, t, dt, y, y_new, stages, f_new, f)
-        return LaneInterpolant(t, dt, stages.explicit, *parts(False), parts)
+            return e if i is None else i
+        return LaneInterpolant(t, dt, stages.explicit, e, i, parts)
 
-    def _lane_parts(self, t: Tensor, dt: Tensor, y: Tensor, y_new: Tensor, stages: _Stages,
-                    f_new: Tensor | None, f: Func | None, fill: bool) -> tuple:
-        """Each method's dense output per sample (``None``: it did not run); with ``fill``,
-        a method that did not run on zero stages."""
+    def _parts(self, t: Any, dt: Any, y: Tensor, y_new: Tensor, stages: _Stages,
+               f_new: Tensor | None, f: Func | None, fill: bool) -> tuple:
+        """Each method's dense output (``None``: it did not run); with ``fill`` (per
+        sample), a method that did not run on zero stages."""
         s_e, s_i = stages.e, stages.i
         if fill:
             zero = (torch.zeros_like(y),)
@@ -230,14 +230,9 @@ class AutoSwitch:
                     f_new: Tensor | None, theta: Any, ws: tuple | None) -> Tensor:
         """A joint step's dense output at ``theta`` (per sample, outputs use
         :meth:`interpolant`)."""
-        owner, own, k = self._owner(stages)
-        return owner.interpolate(y, y_new, dt, own, f_new, theta, ws[k] if ws else None)
-
-    def _owner(self, stages: _Stages) -> tuple[Any, tuple, int]:
-        """A joint step's method, its stages, and its workspace's index."""
-        if stages.i is None:
-            return self.explicit, tuple(stages.e), 0
-        return self.implicit, tuple(stages.i), 1
+        k = 0 if stages.i is None else 1  # the method that ran, and its workspace
+        owner, own = (self.explicit, self.implicit)[k], (stages.e, stages.i)[k]
+        return owner.interpolate(y, y_new, dt, tuple(own), f_new, theta, ws[k] if ws else None)
 
 
 class LaneInterpolant(Interpolant):
