@@ -241,9 +241,8 @@ class HermiteInterpolant(Interpolant):
 
     def detached(self) -> HermiteInterpolant:
         precise = self.precise.detached() if self.precise is not None else None
-        return HermiteInterpolant(self.t, self.dt, *(x.detach().clone() for x in
-                                                     (self.y0, self.y1, self.f0, self.f1)),
-                                  precise)
+        ends = (x.detach().clone() for x in (self.y0, self.y1, self.f0, self.f1))
+        return HermiteInterpolant(self.t, self.dt, *ends, precise)
 
 
 class LinearInterpolant(Interpolant):

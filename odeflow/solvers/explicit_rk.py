@@ -68,7 +68,6 @@ class ExplicitRK:
         # (dopri8), so such a method steps to each output time instead.
         self.needs_f_end_for_dense = tableau.dense is None
         self.steps_to_outputs = tableau.dense is None and self.order > 4
-        self._c = tableau.c
         self._cache: dict[tuple, Any] = {}
 
     # ----------------------------------------------------------------------------- setup
@@ -119,7 +118,7 @@ class ExplicitRK:
                 skips it).
         """
         a_rows, b, b_err, c_column = self.coefficients(y.dtype, y.device)
-        tab, c, s = self.tableau, self._c, self.stages
+        tab, c, s = self.tableau, self.tableau.c, self.stages
         lanes, graph = isinstance(dt, Tensor), ws is None
         # Under autograd the stages must not go into a reused buffer; a large joint state's
         # stages also go, detached, into a per-step one (see graph_sum).
@@ -153,6 +152,7 @@ class ExplicitRK:
                 return graph_sum(fuse, y, None if buf is None else buf.prefix[i], w, dt,
                                  weights, ks)
 
+        # (per sample the FSAL stage is always evaluated: the replay's counts stay as they were)
         skip_last = self.fsal and not fsal_stage and not with_error and graph and not lanes
         y_i = y
         for i in range(1, s):

@@ -185,6 +185,9 @@ class Rosenbrock:
         tab, coef, s = self.tableau, self._coefficients(y), self._s
         lanes, graph = isinstance(dt, Tensor), ws is None
         us: list[Tensor] = []
+        # stage_sum(base, i, nz, w, weights, scale): base + scale Σ_j w_j u_j over the first i
+        # increments; the lanes sum reads the (j, w_j) pairs nz, the joint kernel the tensor w
+        # (and graph_sum the floats weights).
         if lanes:
             h, h_gamma = h[:, None], h_gamma[:, None]
             zero = h == 0
@@ -284,6 +287,5 @@ class RosenbrockInterpolant(Interpolant):
         return out / h
 
     def detached(self) -> RosenbrockInterpolant:
-        return RosenbrockInterpolant(self.t, self.dt, self.y0.detach().clone(),
-                                     self.y1.detach().clone(),
-                                     [k.detach().clone() for k in self.terms])
+        y0, y1, *terms = (x.detach().clone() for x in (self.y0, self.y1, *self.terms))
+        return RosenbrockInterpolant(self.t, self.dt, y0, y1, terms)
