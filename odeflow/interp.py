@@ -12,6 +12,8 @@ Three kinds exist:
 
 The loops build one only when something needs it (an event check, ``odeint_dense``), so
 plain solves pay nothing; outputs on the hot path use the solver's ``interpolate``.
+The stage sums and the stage buffer (:class:`Workspace`) that steppers and interpolants
+share live here too.
 """
 
 from __future__ import annotations
