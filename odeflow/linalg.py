@@ -165,9 +165,10 @@ def _reverse_jacobian(f: Any, t: Any, y: Tensor, with_time: bool, graph: bool,
         if batched:
             grads = torch.autograd.grad(out, inputs, eye, retain_graph=graph,
                                         is_grads_batched=True, **kw)
-        else:  # the same rows one by one (an input no row reaches is None in every row)
-            rows = [torch.autograd.grad(out, inputs, e, retain_graph=True, **kw) for e in eye]
-            grads = [None if g[0] is None else torch.stack(g) for g in zip(*rows)]
+        else:  # the same rows one by one (an input that no row reaches: zero rows)
+            rows = [torch.autograd.grad(out, inputs, e, retain_graph=True,
+                                        materialize_grads=True, **kw) for e in eye]
+            grads = [torch.stack(g) for g in zip(*rows)]
     jac = grads[0].movedim(0, -2) if grads[0] is not None else y.new_zeros(*y.shape, n)
     f_t = grads[1].movedim(0, -1) if with_time and grads[1] is not None else None
     if f_t is not None:
