@@ -66,7 +66,7 @@ Jacobian and factorisation per stage backward.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -74,14 +74,11 @@ from torch import Tensor
 
 from ..interp import HermiteInterpolant, Interpolant, TableauInterpolant, nonzero
 from ..linalg import DenseSolver, ImplicitCounts, check_solver_dtype
-from .base import StepResult
+from .base import Func, StepResult
 from .esdirk_newton import ESDIRKState, _any, _count, _not, _sum, _where, newton, newton_tests
 from .esdirk_tableaus import ESDIRKTableau, stage_predictor
 
 __all__ = ["ESDIRK", "ESDIRKState"]
-
-Func = Callable[[Any, Tensor], Tensor]
-
 
 class ESDIRK:
     """Stepper for an :class:`~odeflow.solvers.esdirk_tableaus.ESDIRKTableau`.
@@ -219,9 +216,8 @@ class ESDIRK:
     def _graph_stages(self, f, t, y, f0, dt, h, hg, zs, still, f_last):
         """The stages again with their graph (module docstring); the lanes that stay keep
         ``y`` (``hγ = 0`` there: ``z`` is ``r``, in value and derivative)."""
-        lanes = isinstance(dt, Tensor)
-        hg_l = _where(still, 0.0, hg) if lanes else hg
-        hg_div = _where(still, 1.0, hg.to(y.dtype)[:, None]) if lanes else hg
+        hg_l = _where(still, 0.0, hg)
+        hg_div = _where(still, 1.0, hg.to(y.dtype)[:, None]) if isinstance(dt, Tensor) else hg
         with torch.enable_grad():
             ks = [f0]
             for i in range(1, self._s):
