@@ -301,8 +301,7 @@ class DenseSolver:
     def factor(self, jac: Tensor, h_gamma: Any, counts: ImplicitCounts) -> DenseFactor:
         """LU of ``I - hγ J``; ``h_gamma`` is a float, or a ``(B,)`` tensor for ``(B, n, n)``."""
         counts.n_lu += 1
-        n = jac.shape[-1]
-        eye = torch.eye(n, dtype=jac.dtype, device=jac.device)
+        eye = torch.eye(jac.shape[-1], dtype=jac.dtype, device=jac.device)
         hg = h_gamma.reshape(-1, 1, 1).to(jac.dtype) if isinstance(h_gamma, Tensor) else h_gamma
         lu, pivots, _info = torch.linalg.lu_factor_ex(eye - hg * jac)
         # A singular M gives inf/nan in the solves; the stepper reports that step as failed.

@@ -72,7 +72,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..interp import HermiteInterpolant, Interpolant, TableauInterpolant, nonzero
+from ..interp import HermiteInterpolant, Interpolant, TableauInterpolant, combine, hermite, nonzero
 from ..linalg import DenseSolver, ImplicitCounts, check_solver_dtype
 from .base import Func, StepResult
 from .esdirk_newton import ESDIRKState, _any, _count, _not, _sum, _where, newton, newton_tests
@@ -293,8 +293,9 @@ class ESDIRK:
         """The previous step's dense output ``offset`` past its end (per sample lanes
         without one get a finite value, replaced by the caller)."""
         y_p, dt_p, y_new_p, *ks_p = state.previous
-        if isinstance(offset, Tensor):
-            dt_p = torch.where(dt_p > 0, dt_p, 1.0)
+        if not isinstance(offset, Tensor):  # (the hot-path form: no interpolant object)
+            return self.interpolate(y_p, y_new_p, dt_p, ks_p, None, 1.0 + offset / dt_p, None)
+        dt_p = torch.where(dt_p > 0, dt_p, 1.0)
         return self.interpolant(0.0, dt_p, y_p, y_new_p, ks_p, None).evaluate(1.0 + offset / dt_p)
 
     def _stages(self, f, t, y, y_d, f0, dt, hg, state, tests, f_last,
@@ -372,4 +373,7 @@ class ESDIRK:
 
     def interpolate(self, y: Tensor, y_new: Tensor, dt: float, stages: Sequence[Tensor],
                     f_new: Tensor | None, theta: float, ws: Any) -> Tensor:
-        return self.interpolant(0.0, dt, y, y_new, stages, f_new).evaluate(theta)
+        if self.tableau.dense:
+            return combine(y, stages, nonzero(self.tableau.dense_weights(theta)), dt)
+        f1 = f_new if f_new is not None else stages[-1]
+        return hermite(y, y_new, stages[0], f1, dt, theta)
