@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 import torch
@@ -103,8 +103,7 @@ class ImplicitCounts:
 
     def add_to(self, stats: Any) -> None:
         """Copy the counters into a :class:`~odeflow.stats.SolveStats`."""
-        for name in ("n_jacobians", "n_lu", "n_newton_iters", "n_newton_failures",
-                     "n_linear_iters", "n_linear_failures"):
+        for name in (fld.name for fld in fields(self) if fld.name.startswith("n_")):
             lane = int(self.lanes[name].sum()) if name in self.lanes else 0
             setattr(stats, name, getattr(stats, name) + getattr(self, name) + lane)
         stats.switches.extend(self.switches)
