@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 import torch
@@ -103,8 +103,7 @@ class ImplicitCounts:
 
     def add_to(self, stats: Any) -> None:
         """Copy the counters into a :class:`~odeflow.stats.SolveStats`."""
-        for name in ("n_jacobians", "n_lu", "n_newton_iters", "n_newton_failures",
-                     "n_linear_iters", "n_linear_failures"):
+        for name in (fld.name for fld in fields(self) if fld.name.startswith("n_")):
             lane = int(self.lanes[name].sum()) if name in self.lanes else 0
             setattr(stats, name, getattr(stats, name) + getattr(self, name) + lane)
         stats.switches.extend(self.switches)
@@ -159,26 +158,18 @@ def _reverse_jacobian(f: Any, t: Any, y: Tensor, with_time: bool, graph: bool,
         out = f.at(t_user, y_in)
         inputs = (y_in, t_user) if with_time else (y_in,)
         n = out.shape[-1]
+        eye = torch.eye(n, dtype=out.dtype, device=out.device)
+        eye = eye.reshape(n, *([1] * (out.ndim - 1)), n).expand(n, *out.shape)
+        kw = dict(create_graph=graph, allow_unused=True)
         if batched:
-            eye = torch.eye(n, dtype=out.dtype, device=out.device)
-            eye = eye.reshape(n, *([1] * (out.ndim - 1)), n).expand(n, *out.shape)
             grads = torch.autograd.grad(out, inputs, eye, retain_graph=graph,
-                                        create_graph=graph, allow_unused=True,
-                                        is_grads_batched=True)
-            jac = grads[0].movedim(0, -2) if grads[0] is not None else y.new_zeros(
-                *y.shape, n)
-            f_t = grads[1].movedim(0, -1) if with_time and grads[1] is not None else None
-        else:
-            rows, t_rows = [], []
-            for i in range(n):
-                got = torch.autograd.grad(out[..., i], inputs, torch.ones_like(out[..., i]),
-                                          retain_graph=True, create_graph=graph,
-                                          allow_unused=True)
-                rows.append(got[0] if got[0] is not None else torch.zeros_like(y))
-                if with_time:
-                    t_rows.append(got[1] if got[1] is not None else torch.zeros_like(t_user))
-            jac = torch.stack(rows, -2)
-            f_t = torch.stack(t_rows, -1) if with_time else None
+                                        is_grads_batched=True, **kw)
+        else:  # the same rows one by one (an input that no row reaches: zero rows)
+            rows = [torch.autograd.grad(out, inputs, e, retain_graph=True,
+                                        materialize_grads=True, **kw) for e in eye]
+            grads = [torch.stack(g) for g in zip(*rows)]
+    jac = grads[0].movedim(0, -2) if grads[0] is not None else y.new_zeros(*y.shape, n)
+    f_t = grads[1].movedim(0, -1) if with_time and grads[1] is not None else None
     if f_t is not None:
         f_t = _signed(f, f_t.to(y.dtype), 1)
         f_t = f_t if graph else f_t.detach()
@@ -309,8 +300,7 @@ class DenseSolver:
     def factor(self, jac: Tensor, h_gamma: Any, counts: ImplicitCounts) -> DenseFactor:
         """LU of ``I - hγ J``; ``h_gamma`` is a float, or a ``(B,)`` tensor for ``(B, n, n)``."""
         counts.n_lu += 1
-        n = jac.shape[-1]
-        eye = torch.eye(n, dtype=jac.dtype, device=jac.device)
+        eye = torch.eye(jac.shape[-1], dtype=jac.dtype, device=jac.device)
         hg = h_gamma.reshape(-1, 1, 1).to(jac.dtype) if isinstance(h_gamma, Tensor) else h_gamma
         lu, pivots, _info = torch.linalg.lu_factor_ex(eye - hg * jac)
         # A singular M gives inf/nan in the solves; the stepper reports that step as failed.
@@ -319,39 +309,30 @@ class DenseSolver:
 
 # ------------------------------------------------------------------------------- krylov path
 @dataclass
-class JacobianOperator:
-    """``J`` at ``(t, y)`` as Jacobian–vector products (nothing is formed)."""
-
-    f: Any
-    t: float
-    y: Tensor
-
-    def matvec(self, v: Tensor) -> Tensor:
-        t_user = _user_time(self.f, self.t, self.y)
-        return torch.func.jvp(lambda yy: self.f.at(t_user, yy), (self.y,), (v,))[1]
-
-    def rmatvec(self, v: Tensor) -> Tensor:
-        t_user = _user_time(self.f, self.t, self.y)
-        with torch.enable_grad():
-            y_in = self.y.detach().requires_grad_(True)
-            out = self.f.at(t_user, y_in)
-            return torch.autograd.grad(out, y_in, v, allow_unused=True)[0]
-
-
-@dataclass
 class KrylovFactor:
-    """``I - hγ J`` applied matrix-free; solves by restarted GMRES."""
+    """``I - hγ J`` applied matrix-free, ``J`` at ``point = (f, t, y)`` by Jacobian–vector
+    products (nothing is formed); solves by restarted GMRES."""
 
-    op: JacobianOperator
+    point: tuple  # what KrylovSolver.jacobian returns in place of J
     h_gamma: float
     solver: KrylovSolver  # its GMRES settings
     counts: ImplicitCounts
 
     def solve(self, b: Tensor) -> Tensor:
-        return self._gmres(self.op.matvec, b)
+        f, t, y = self.point
+        t_user = _user_time(f, t, y)
+        return self._gmres(lambda v: torch.func.jvp(lambda x: f.at(t_user, x), (y,), (v,))[1], b)
 
     def solve_transpose(self, b: Tensor) -> Tensor:
-        return self._gmres(self.op.rmatvec, b)
+        f, t, y = self.point
+        t_user = _user_time(f, t, y)
+
+        def vjp(v: Tensor) -> Tensor:
+            with torch.enable_grad():
+                y_in = y.detach().requires_grad_(True)
+                return torch.autograd.grad(f.at(t_user, y_in), y_in, v, allow_unused=True)[0]
+
+        return self._gmres(vjp, b)
 
     def _gmres(self, jvp: Callable[[Tensor], Tensor], b: Tensor) -> Tensor:
         k = self.solver
@@ -372,14 +353,13 @@ class KrylovSolver:
         self.tol, self.restart, self.max_iters = tol, restart, max_iters
 
     def jacobian(self, f: Any, t: float, y: Tensor, counts: ImplicitCounts,
-                 with_time: bool = True, graph: bool = False
-                 ) -> tuple[JacobianOperator, Tensor | None]:
+                 with_time: bool = True, graph: bool = False) -> tuple[tuple, Tensor | None]:
+        """``J`` as the point ``(f, t, y)`` its products are taken at, and ``∂f/∂t``."""
         counts.n_jacobians += 1
         f_t = _time_derivative(f, t, y.detach(), counts) if with_time else None
-        return JacobianOperator(f, t, y.detach()), f_t
+        return (f, t, y.detach()), f_t
 
-    def factor(self, jac: JacobianOperator, h_gamma: float,
-               counts: ImplicitCounts) -> KrylovFactor:
+    def factor(self, jac: tuple, h_gamma: float, counts: ImplicitCounts) -> KrylovFactor:
         return KrylovFactor(jac, h_gamma, self, counts)
 
 

@@ -162,7 +162,7 @@ def test_stage_predictors_reproduce_polynomials():
     for name in NAMES:
         tab = ESDIRK_TABLEAUS[name]
         for i in range(1, tab.stages):
-            kind, w = _stage_predictor(tab.c, i, ESDIRK(tab)._same_node[i])
+            kind, w = _stage_predictor(tab.c, i)
             if kind != "poly":
                 continue
             for q in (0, 1):

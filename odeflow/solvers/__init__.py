@@ -28,16 +28,7 @@ ADAPTIVE_OPTIONS = (
 )
 FIXED_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp", "max_num_steps",
                  "per_sample")
-
-ADAPTIVE_METHODS = ("dopri5", "tsit5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-ROSENBROCK_METHODS = ("rodas5p", "rodas4")
-ESDIRK_METHODS = ("kvaerno5", "kvaerno3", "trbdf2")
-IMPLICIT_METHODS = ("auto",) + ROSENBROCK_METHODS + ESDIRK_METHODS
 IMPLICIT_OPTIONS = ADAPTIVE_OPTIONS + LINEAR_SOLVER_OPTIONS + ("autonomous", "max_newton_iters")
-FIXED_RK_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "rk4_classic")
-ADAMS_METHODS = ("explicit_adams", "implicit_adams", "fixed_adams")
-FIXED_METHODS = FIXED_RK_METHODS + ADAMS_METHODS
-METHODS = ADAPTIVE_METHODS + IMPLICIT_METHODS + FIXED_METHODS + ("scipy_solver",)
 DEFAULT_METHOD = "dopri5"
 
 
@@ -70,7 +61,7 @@ class MethodSpec:
     def replayable(self) -> bool:
         """Each accepted step can be replayed alone from its start state (checkpointing):
         one-step methods; a multistep history (Adams) or a switching method (auto) cannot."""
-        return self.name not in ADAMS_METHODS + ("auto",) and not self.external
+        return self.stepper not in (AdamsBashforth, AdamsMoulton, AutoSwitch) and not self.external
 
     @property
     def per_sample(self) -> bool:
@@ -106,8 +97,7 @@ class MethodSpec:
         """Can solve the per-sample interpolating adjoint backwards: takes one step size per
         lane and needs no ``∂f/∂t`` of the backward system (which depends on time through
         the forward dense output): the ESDIRK and explicit Runge–Kutta methods."""
-        return (self.per_sample and self.adaptive
-                and self.name not in ROSENBROCK_METHODS + ("auto",))
+        return self.per_sample and self.adaptive and self.stepper in (ESDIRK, ExplicitRK)
 
     @property
     def adjoint_default(self) -> str | None:
@@ -121,8 +111,7 @@ class MethodSpec:
     def valid_callbacks(self) -> tuple[str, ...]:
         """The step callbacks this method calls: all three when adaptive, ``callback_step``
         on a fixed grid (every step is accepted), none through SciPy."""
-        return {"adaptive": CALLBACKS, "implicit": CALLBACKS,
-                "fixed": CALLBACKS[:1]}.get(self.family, ())
+        return CALLBACKS if self.adaptive else CALLBACKS[:1] if self.family == "fixed" else ()
 
     def build(self, options: dict[str, Any], rtol: Any = 1e-7, atol: Any = 1e-9) -> Any:
         """A stepper configured by ``options`` (the loop reads the rest of them); the
@@ -150,18 +139,25 @@ class MethodSpec:
 _RK_CACHE: dict[str, ExplicitRK] = {}
 
 
-# Each method name's family, valid options and stepper class (MethodSpec's fields).
+# Each method name's family, valid options and stepper class (MethodSpec's fields); the
+# order is that of METHODS.
 _REGISTRY: dict[str, tuple[str, tuple[str, ...], Any]] = {
-    **dict.fromkeys(ADAPTIVE_METHODS, ("adaptive", ADAPTIVE_OPTIONS, ExplicitRK)),
+    **dict.fromkeys(("dopri5", "tsit5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun"),
+                    ("adaptive", ADAPTIVE_OPTIONS, ExplicitRK)),
     "auto": ("implicit", IMPLICIT_OPTIONS, AutoSwitch),
-    **dict.fromkeys(ROSENBROCK_METHODS, ("implicit", IMPLICIT_OPTIONS, Rosenbrock)),
-    **dict.fromkeys(ESDIRK_METHODS, ("implicit", IMPLICIT_OPTIONS, ESDIRK)),
-    **dict.fromkeys(FIXED_RK_METHODS, ("fixed", FIXED_OPTIONS, ExplicitRK)),
+    **dict.fromkeys(("rodas5p", "rodas4"), ("implicit", IMPLICIT_OPTIONS, Rosenbrock)),
+    **dict.fromkeys(("kvaerno5", "kvaerno3", "trbdf2"), ("implicit", IMPLICIT_OPTIONS, ESDIRK)),
+    **dict.fromkeys(("euler", "midpoint", "heun2", "heun3", "rk4", "rk4_classic"),
+                    ("fixed", FIXED_OPTIONS, ExplicitRK)),
     "explicit_adams": ("fixed", FIXED_OPTIONS + ("max_order",), AdamsBashforth),
     **dict.fromkeys(("implicit_adams", "fixed_adams"),
                     ("fixed", FIXED_OPTIONS + ("max_order", "max_iters"), AdamsMoulton)),
     "scipy_solver": ("scipy", SCIPY_OPTIONS, None),
 }
+METHODS = tuple(_REGISTRY)
+ADAPTIVE_METHODS, IMPLICIT_METHODS, FIXED_METHODS = (
+    tuple(name for name, (fam, *_) in _REGISTRY.items() if fam == family)
+    for family in ("adaptive", "implicit", "fixed"))
 
 
 def get_method(method: str | None) -> MethodSpec:

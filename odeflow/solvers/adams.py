@@ -39,8 +39,12 @@ class AdamsCarry(NamedTuple):
     derivs: tuple[Tensor, ...]
 
 
-def integration_weights(nodes: tuple[float, ...], a: float, b: float) -> list[float]:
-    """``w_j = ∫_a^b L_j(s) ds`` for the Lagrange basis on ``nodes`` (at most 6 nodes)."""
+def integration_weights(nodes: tuple, a: Any, b: Any, dtype: torch.dtype | None = None
+                        ) -> list:
+    """``w_j = ∫_a^b L_j(s) ds`` for the Lagrange basis on ``nodes`` (at most 6 nodes):
+    Python floats, or per sample (``a`` a ``(B,)`` tensor) :func:`lane_weights` in ``dtype``."""
+    if isinstance(a, Tensor):
+        return lane_weights(nodes, a, b, dtype)
     half, mid = 0.5 * (b - a), 0.5 * (a + b)
     weights = [0.0] * len(nodes)
     for x, w in zip(_GL_NODES, _GL_WEIGHTS):
@@ -84,13 +88,6 @@ def _quadrature(device: torch.device) -> tuple[Tensor, ...]:
     """The Gauss–Legendre nodes and weights as float64 tensors on ``device``."""
     return tuple(torch.tensor(v, dtype=torch.float64, device=device)
                  for v in (_GL_NODES, _GL_WEIGHTS))
-
-
-def _weights(nodes: tuple, a: Any, b: Any, y: Tensor) -> list:
-    """The step's weights: Python floats for one lane, ``(B, 1)`` columns per sample."""
-    if isinstance(a, Tensor):
-        return lane_weights(nodes, a, b, y.dtype)
-    return integration_weights(nodes, a, b)
 
 
 def _weighted_sum(y: Tensor, derivs: tuple[Tensor, ...], weights: list) -> Tensor:
@@ -152,7 +149,7 @@ class AdamsBashforth:
             y_new = self._starter.step(f, t, y, f0, dt, None, None, with_error=False,
                                        f_last=f_last).y_new
             return StepResult(y_new, None, (f0,), new_state)
-        y_new = _weighted_sum(y, derivs, _weights(times, t, t + dt, y))
+        y_new = _weighted_sum(y, derivs, integration_weights(times, t, t + dt, y.dtype))
         if self.max_iters:
             y_new = self._correct(f_last or f, t, y, dt, y_new, new_state)
         if isinstance(dt, Tensor) and torch.is_grad_enabled():  # a lane at rest stays at y
@@ -164,7 +161,7 @@ class AdamsBashforth:
         """The Adams–Moulton corrector of :class:`AdamsMoulton` (``max_iters > 0``)."""
         t_new = t + dt
         nodes = (t_new, *carry.times[: self.order - 1])
-        w = _weights(nodes, t, t_new, y)
+        w = integration_weights(nodes, t, t_new, y.dtype)
         base = _weighted_sum(y, carry.derivs[: self.order - 1], w[1:])
         y_new = y_pred
         for _ in range(self.max_iters):

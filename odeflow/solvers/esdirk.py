@@ -66,7 +66,7 @@ Jacobian and factorisation per stage backward.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -74,14 +74,11 @@ from torch import Tensor
 
 from ..interp import HermiteInterpolant, Interpolant, TableauInterpolant, combine, hermite, nonzero
 from ..linalg import DenseSolver, ImplicitCounts, check_solver_dtype
-from .base import StepResult
+from .base import Func, StepResult
 from .esdirk_newton import ESDIRKState, _any, _count, _not, _sum, _where, newton, newton_tests
 from .esdirk_tableaus import ESDIRKTableau, stage_predictor
 
 __all__ = ["ESDIRK", "ESDIRKState"]
-
-Func = Callable[[Any, Tensor], Tensor]
-
 
 class ESDIRK:
     """Stepper for an :class:`~odeflow.solvers.esdirk_tableaus.ESDIRKTableau`.
@@ -131,11 +128,7 @@ class ESDIRK:
             raise ValueError(f"{tableau.name}: the ESDIRK stepper needs a stiffly accurate "
                              "tableau (y_new is the last stage value)")
         # The predictor of each stage (module docstring, "Predictors").
-        self._same_node = tuple(
-            max((j for j in range(1, i) if self._c[j] == self._c[i]), default=None)
-            for i in range(self._s))
-        self._predict = (None, *(stage_predictor(self._c, i, self._same_node[i])
-                                 for i in range(1, self._s)))
+        self._predict = (None, *(stage_predictor(self._c, i) for i in range(1, self._s)))
 
     def workspace(self, y0: Tensor) -> tuple:
         return ()  # no buffers (the stages are fresh tensors); not None: no autograd
@@ -211,7 +204,7 @@ class ESDIRK:
                 state.pending = [_where(completed, a, b) for a, b in zip(new_mem, state.pending)]
                 state.pending_t = torch.where(completed, t, state.pending_t)
             else:
-                state.pending = (y_d, dt, kd, y_new, ks[-1])
+                state.pending = [y_d, dt, y_new, *ks]
             err = None
             if with_error:
                 err = _sum(None, kd, self._e_nz, h)
@@ -223,9 +216,8 @@ class ESDIRK:
     def _graph_stages(self, f, t, y, f0, dt, h, hg, zs, still, f_last):
         """The stages again with their graph (module docstring); the lanes that stay keep
         ``y`` (``hγ = 0`` there: ``z`` is ``r``, in value and derivative)."""
-        lanes = isinstance(dt, Tensor)
-        hg_l = _where(still, 0.0, hg) if lanes else hg
-        hg_div = _where(still, 1.0, hg.to(y.dtype)[:, None]) if lanes else hg
+        hg_l = _where(still, 0.0, hg)
+        hg_div = _where(still, 1.0, hg.to(y.dtype)[:, None]) if isinstance(dt, Tensor) else hg
         with torch.enable_grad():
             ks = [f0]
             for i in range(1, self._s):
@@ -243,15 +235,11 @@ class ESDIRK:
     def _prepare(self, f: Any, t: Any, y: Tensor, y_d: Tensor, hg: Any, active: Any,
                  state: ESDIRKState) -> None:
         """Rules 1 and 2 of the module docstring, at the start of an attempt."""
-        if isinstance(hg, Tensor):
-            need_j = active & (torch.isnan(state.jac_at) | (state.refresh_jac & (
-                state.jac_at != t)))
-            fac_hg = state.factor.h_gamma
-            stale = (hg / fac_hg - 1.0).abs() > self.refactor_ratio
-            need_lu = active & (need_j | torch.isnan(fac_hg) | stale)
-        else:
-            need_j = state.jac is None or (state.refresh_jac and state.jac_at is not y)
-            need_lu = need_j or abs(hg / state.factor.h_gamma - 1.0) > self.refactor_ratio
+        never = torch.isnan(state.jac_at) if isinstance(hg, Tensor) else state.jac is None
+        need_j = active & (never | (state.refresh_jac & _not(self._jac_current(state, t, y))))
+        # No factor yet (nan hγ, which compares False) means no J yet: need_j covers it.
+        fac_hg = state.factor.h_gamma if state.factor is not None else math.nan
+        need_lu = active & (need_j | (abs(hg / fac_hg - 1.0) > self.refactor_ratio))
         self._renew(f, t, y, y_d, hg, need_j, need_lu, state)
 
     def _renew(self, f: Any, t: Any, y: Tensor, y_d: Tensor, hg: Any, need_j: Any,
@@ -286,9 +274,9 @@ class ESDIRK:
 
     @staticmethod
     def _previous_step(t: Any, y: Tensor, f0: Tensor, state: ESDIRKState) -> Any:
-        """The step that ended at ``(y, f0)``, if the solution continues from it. Per
-        sample: the mask of such lanes, after promoting the pending attempt of the lanes
-        that accepted it (their ``t`` moved)."""
+        """Whether the solution continues from the step that ended at ``(y, f0)`` (per
+        sample a mask, after promoting the pending attempt of the lanes that accepted it:
+        their ``t`` moved)."""
         if isinstance(t, Tensor):
             moved = ~torch.isnan(state.pending_t) & (state.pending_t != t)
             state.previous = [_where(moved, a, b) for a, b in zip(state.pending,
@@ -296,24 +284,19 @@ class ESDIRK:
             state.previous_t = torch.where(moved, t, state.previous_t)
             state.pending_t = torch.where(moved, math.nan, state.pending_t)
             return (state.previous_t == t) & (f0.detach() == state.previous[-1]).all(-1)
-        if state.pending is not None and state.pending[3] is y:
+        if state.pending is not None and state.pending[2] is y:
             state.previous, state.pending = state.pending, None
         prev = state.previous
-        return prev if prev is not None and prev[3] is y and prev[4] is f0 else None
+        return prev is not None and prev[2] is y and prev[-1] is f0
 
-    def _from_previous(self, state: ESDIRKState, previous: Any, offset: Any) -> Any:
-        """The previous step's dense output ``offset`` past its end (``None`` when there
-        is none; per sample lanes without one get a finite value, replaced by the caller)."""
-        if isinstance(offset, Tensor):
-            y_p, dt_p, y_new_p, *ks_p = state.previous
-            safe = torch.where(dt_p > 0, dt_p, 1.0)
-            return self.interpolant(0.0, safe, y_p, y_new_p, ks_p, None).evaluate(
-                1.0 + offset / safe)
-        if previous is None:
-            return None
-        y_p, dt_p, ks_p, y_new_p, _ = previous
-        return self.interpolate(y_p, y_new_p.detach(), dt_p, ks_p, ks_p[-1],
-                                1.0 + offset / dt_p, None)
+    def _from_previous(self, state: ESDIRKState, offset: Any) -> Tensor:
+        """The previous step's dense output ``offset`` past its end (per sample lanes
+        without one get a finite value, replaced by the caller)."""
+        y_p, dt_p, y_new_p, *ks_p = state.previous
+        if not isinstance(offset, Tensor):  # (the hot-path form: no interpolant object)
+            return self.interpolate(y_p, y_new_p, dt_p, ks_p, None, 1.0 + offset / dt_p, None)
+        dt_p = torch.where(dt_p > 0, dt_p, 1.0)
+        return self.interpolant(0.0, dt_p, y_p, y_new_p, ks_p, None).evaluate(1.0 + offset / dt_p)
 
     def _stages(self, f, t, y, y_d, f0, dt, hg, state, tests, f_last,
                 previous, todo):
@@ -336,23 +319,19 @@ class ESDIRK:
             kind, weights = self._predict[i]
             if kind == "same":
                 z0 = zs[weights - 1]
+            elif kind == "previous" and not lanes and previous:
+                z0 = self._from_previous(state, c[i] * dt)
             else:
-                z0 = self._from_previous(state, previous, c[i] * dt) if kind == "previous" \
-                    else None
-                if z0 is None or lanes:
-                    extrapolated = torch.add(r, _sum(None, ks, weights, hgc))
-                    z0 = extrapolated if z0 is None else _where(previous, z0, extrapolated)
+                z0 = torch.add(r, _sum(None, ks, weights, hgc))
+                if kind == "previous" and lanes:
+                    z0 = _where(previous, self._from_previous(state, c[i] * dt), z0)
             z, theta, failed = newton(fi, t + c[i] * dt, r, z0, hg, hgc, factor, tests,
                                       state.counts, alive, refreshable, theta_max,
                                       self.max_newton_iters)
             theta_max = _where(alive & (theta > theta_max), theta, theta_max)
             alive = alive & _not(failed)
-            if lanes:  # failed and idle lanes: a finite value
-                z = torch.where(alive[:, None], z, r)
-                k = torch.where(alive[:, None], (z - r) / torch.where(alive[:, None], hgc, 1.0),
-                                0.0)
-            else:
-                k = (z - r).div_(hg)
+            z = _where(alive, z, r)  # per sample failed and idle lanes: a finite value
+            k = _where(alive, (z - r) / _where(alive, hgc, 1.0), 0.0)
             zs.append(z)
             ks.append(k)
             if i < self._s - 1 and not _any(alive):  # every lane failed: the rest is unread

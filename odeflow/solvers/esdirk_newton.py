@@ -58,15 +58,15 @@ class ESDIRKState:
     :mod:`odeflow.solvers.esdirk`). Per sample every decision field is ``(B,)``."""
 
     counts: ImplicitCounts
-    jac: Any = None  # J = ∂f/∂y (dense tensor, (B, n, n) per sample, or an operator)
+    jac: Any = None  # J = ∂f/∂y (dense tensor, (B, n, n) per sample; Krylov: its point)
     # where J was computed: the state object (joint, identity test) or each lane's time
     jac_at: Any = None
     factor: Any = None  # the factorised M = I − hγ J (factor.h_gamma: its hγ)
     refresh_jac: Any = False  # recompute J at the next step's start (slow convergence)
     # The stage predictor's memory (esdirk's docstring, "Predictors"): the last completed
-    # attempt and the step that ends at the current point. Joint: (y, dt, detached stages,
-    # y_new, k_s), ``y_new`` and ``k_s`` the loop's own tensors (identity tests). Per
-    # sample: [y, dt, y_new, k_1..k_s] with the attempt's start and the step's end times.
+    # attempt and the step that ends at the current point, [y, dt, y_new, k_1..k_s]. Joint:
+    # ``y_new`` and ``k_s`` the loop's own tensors (identity tests); per sample detached,
+    # with the attempt's start and the step's end times.
     pending: Any = None
     previous: Any = None
     pending_t: Tensor | None = None
@@ -139,10 +139,7 @@ def newton_tests(y_d: Tensor, rtol: Any, atol: Any, kappa: float, lanes: bool) -
     unit of its norm; ``floor`` is ten times the rounding noise of ``y`` in that unit (an
     update that small has converged whatever the rate says); ``κ`` is raised to it where the
     tolerance is tighter than the precision. Per sample ``κ`` and ``floor`` are ``(B,)``."""
-    if isinstance(rtol, Tensor):
-        rtol = rtol.to(dtype=y_d.dtype, device=y_d.device)
-    if isinstance(atol, Tensor):
-        atol = atol.to(dtype=y_d.dtype, device=y_d.device)
+    rtol, atol = (x.to(y_d) if isinstance(x, Tensor) else x for x in (rtol, atol))
     # A zero scale (rtol = atol = 0 somewhere) would divide by zero: use the tiniest.
     scale = (y_d.abs() * rtol + atol).clamp_min(torch.finfo(y_d.dtype).tiny)
     eps = torch.finfo(y_d.dtype).eps

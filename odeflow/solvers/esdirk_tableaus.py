@@ -256,7 +256,7 @@ TRBDF2 = _trbdf2()
 ESDIRK_TABLEAUS: dict[str, ESDIRKTableau] = {t.name: t for t in (KVAERNO3, KVAERNO5, TRBDF2)}
 
 
-def stage_predictor(c: Sequence[float], i: int, same: int | None) -> tuple[str, Any]:
+def stage_predictor(c: Sequence[float], i: int) -> tuple[str, Any]:
     """How implicit stage ``i ≥ 1`` is predicted (the Newton iteration's ``z_i^0``, see
     :mod:`odeflow.solvers.esdirk`): ``("same", j)``: the value of stage ``j`` at the same
     node; ``("poly", w)``: ``r_i + hγ Σ_j w_j k_j``, the stage derivative extrapolated with
@@ -265,6 +265,7 @@ def stage_predictor(c: Sequence[float], i: int, same: int | None) -> tuple[str, 
     own ``O(h³)`` deviations), used when ``c_i`` is within one node span of the earlier
     nodes; ``("previous", w)`` (stage 2; kvaerno5's stage 3 at ``c = 1.23``): the previous
     step's dense output, ``w`` the polynomial fallback for the first step and after a jump."""
+    same = max((j for j in range(1, i) if c[j] == c[i]), default=None)
     if same is not None:
         return ("same", same)
     nodes = [float(x) for x in c[:i]]
