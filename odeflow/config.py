@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .integrate import LoopConfig, callbacks
+from .integrate import LoopConfig
 from .options import make_controller, max_steps, positive_float
 from .problem import Problem
 
@@ -31,7 +31,8 @@ def loop_config(problem: Problem, spec: Any, stepper: Any, *, record: bool = Fal
     ``max_num_steps``).
     """
     opts = problem.options
-    cbs = callbacks(problem) if use_callbacks else (None, None, None)
+    cbs = tuple(getattr(problem.user_func, name, None) if use_callbacks else None for name in
+                ("callback_step", "callback_accept_step", "callback_reject_step"))
     if not spec.adaptive:  # every fixed-grid step is accepted: no accept/reject callbacks
         return LoopConfig(False, None, max_steps(opts), 0.0, math.inf, None,
                           _fixed_grid(problem, search), None,

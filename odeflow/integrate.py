@@ -38,7 +38,6 @@ __all__ = ["LoopConfig", "LoopResult", "StepRecord", "integrate", "FAILURES", "H
 
 #: The statuses that make a lane a failure (``NO_EVENT`` is an outcome, not a failure).
 FAILURES = (Status.MAX_STEPS_REACHED, Status.STEP_SIZE_UNDERFLOW, Status.NONFINITE)
-_CALLBACKS = ("callback_step", "callback_accept_step", "callback_reject_step")
 _NO_CONTEXT = contextlib.nullcontext()
 
 
@@ -112,12 +111,6 @@ class LoopResult:
     records: list[StepRecord] | None = None
     event: Any = None
     state: Any = None  # the stepper's carried state at the end
-
-
-def callbacks(problem: Problem) -> tuple:
-    """The user's step callbacks (``callback_step``, ``..._accept_step``,
-    ``..._reject_step``)."""
-    return tuple(getattr(problem.user_func, n, None) for n in _CALLBACKS)
 
 
 def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
