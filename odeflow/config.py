@@ -61,12 +61,9 @@ def _adaptive_stops(problem: Problem, stepper: Any) -> tuple[Any, Any]:
     step_t = _user_times(problem, "step_t")
     if not C.per_sample:
         t0, t1 = C.grid[0], C.grid[-1]
-
-        def inside(values: list[float] | None) -> list[float]:
-            return [C.sign * v for v in values or () if t0 < C.sign * v < t1]
-
-        jump_set = set(inside(jumps))
-        stop_set = set(inside(step_t)) | jump_set | {t1}
+        jump_set, step_set = ({C.sign * v for v in values or () if t0 < C.sign * v < t1}
+                              for values in (jumps, step_t))
+        stop_set = step_set | jump_set | {t1}
         if stepper.steps_to_outputs:
             stop_set.update(C.grid[1:])
         stops = sorted(stop_set)
