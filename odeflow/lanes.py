@@ -148,12 +148,8 @@ class LaneClock:
         return self.grid[:, 0].clone()
 
     def full(self, value: Any) -> Tensor:
-        if isinstance(value, bool):
-            dtype = torch.bool
-        elif isinstance(value, int):
-            dtype = torch.long
-        else:
-            dtype = torch.float64
+        dtype = (torch.bool if isinstance(value, bool) else torch.long if isinstance(value, int)
+                 else torch.float64)
         return torch.full((self.batch,), value, dtype=dtype, device=self.device)
 
     def where(self, mask: Tensor, a: Any, b: Any) -> Tensor:

@@ -210,16 +210,12 @@ def check_func_output(out: Any, layout: StateLayout) -> bool:
         complex dtype (a complex state), which is cast to the state's, as torchdiffeq does.
     """
     needs_fix, what = False, "func(t, y)"
-    if layout.is_tuple:
-        if not isinstance(out, (tuple, list)) or len(out) != len(layout.shapes):
-            raise TypeError(f"{what} must return a tuple of {len(layout.shapes)} tensors like "
-                            f"y0, got {type(out).__name__}")
-        items = out
-    else:
-        if not isinstance(out, Tensor):
-            raise TypeError(f"{what} must return a tensor, got {type(out).__name__}")
-        items = (out,)
-    for i, (o, shape) in enumerate(zip(items, layout.shapes)):
+    if layout.is_tuple and (not isinstance(out, (tuple, list)) or len(out) != len(layout.shapes)):
+        raise TypeError(f"{what} must return a tuple of {len(layout.shapes)} tensors like y0, "
+                        f"got {type(out).__name__}")
+    if not layout.is_tuple and not isinstance(out, Tensor):
+        raise TypeError(f"{what} must return a tensor, got {type(out).__name__}")
+    for i, (o, shape) in enumerate(zip(out if layout.is_tuple else (out,), layout.shapes)):
         where = f"{what}[{i}]" if layout.is_tuple else what
         if not isinstance(o, Tensor):
             raise TypeError(f"{where} must be a tensor, got {type(o).__name__}")
@@ -232,8 +228,7 @@ def check_func_output(out: Any, layout: StateLayout) -> bool:
                                  "accepted too")
             needs_fix = True
         if o.dtype != layout.dtype:
-            castable = o.is_floating_point() or (layout.is_complex and o.is_complex())
-            if not castable:
+            if not (o.is_floating_point() or (layout.is_complex and o.is_complex())):
                 raise TypeError(f"{where} must have dtype {layout.dtype} like y0 (or another "
                                 f"{'floating or complex' if layout.is_complex else 'floating'} "
                                 f"dtype, which is cast), got {o.dtype}")
