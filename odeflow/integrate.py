@@ -400,7 +400,7 @@ def _error_ratio(C: Any, res: Any, abs_y: Tensor, y_new: Tensor, rtol: Any, atol
     one lane reuses as the next step's ``|y|``. ``fused``: no autograd (no context, no
     detach; the error is divided in place)."""
     if res.ok is False:  # the step could not be completed: reject it, shrink dt
-        return (math.inf if not C.per_sample else C.full(math.inf)), abs_y
+        return C.full(math.inf), abs_y
     with _NO_CONTEXT if fused else torch.no_grad():
         err = res.error
         abs_new = (y_new if fused else y_new.detach()).abs()
