@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .integrate import LoopConfig, callbacks
+from .integrate import LoopConfig
 from .options import make_controller, max_steps, positive_float
 from .problem import Problem
 
@@ -31,7 +31,8 @@ def loop_config(problem: Problem, spec: Any, stepper: Any, *, record: bool = Fal
     ``max_num_steps``).
     """
     opts = problem.options
-    cbs = callbacks(problem) if use_callbacks else (None, None, None)
+    cbs = tuple(getattr(problem.user_func, name, None) if use_callbacks else None for name in
+                ("callback_step", "callback_accept_step", "callback_reject_step"))
     if not spec.adaptive:  # every fixed-grid step is accepted: no accept/reject callbacks
         return LoopConfig(False, None, max_steps(opts), 0.0, math.inf, None,
                           _fixed_grid(problem, search), None,
@@ -60,12 +61,9 @@ def _adaptive_stops(problem: Problem, stepper: Any) -> tuple[Any, Any]:
     step_t = _user_times(problem, "step_t")
     if not C.per_sample:
         t0, t1 = C.grid[0], C.grid[-1]
-
-        def inside(values: list[float] | None) -> list[float]:
-            return [C.sign * v for v in values or () if t0 < C.sign * v < t1]
-
-        jump_set = set(inside(jumps))
-        stop_set = set(inside(step_t)) | jump_set | {t1}
+        jump_set, step_set = ({C.sign * v for v in values or () if t0 < C.sign * v < t1}
+                              for values in (jumps, step_t))
+        stop_set = step_set | jump_set | {t1}
         if stepper.steps_to_outputs:
             stop_set.update(C.grid[1:])
         stops = sorted(stop_set)

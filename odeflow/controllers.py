@@ -182,12 +182,6 @@ def initial_step(
         h = starting_step(probe, y0.detach(), f0.detach(), order, rtol, atol, norm)
         return torch.where(torch.isfinite(h), h, 1e-6)
 
-    if order == 1:  # torch's x ** 0.5 rounds as neither math.sqrt nor pow: keep tensors
-        def probe_one(h0: Tensor) -> Tensor:
-            h = float(h0)
-            return func(t0 + h, torch.add(y0, f0, alpha=h))
-
-        return float(starting_step(probe_one, y0, f0, order, rtol, atol, norm))
     # One lane: starting_step's scalar arithmetic in Python floats (a few microseconds each
     # instead of a kernel), with the same roundings as the tensor form (its ``0.01 / d`` is
     # ``(1 / d) * 0.01``) and the same nan propagation.
@@ -201,6 +195,8 @@ def initial_step(
     dmax = d1 if d1 >= d2 or d1 != d1 else d2
     if dmax <= 1e-15:
         h1 = max(h0 * 1e-3, 1e-6)
+    elif order == 1:  # torch's x ** 0.5 rounds as neither math.sqrt nor pow: its own kernel
+        h1 = float(torch.scalar_tensor((1.0 / dmax) * 0.01, dtype=torch.float64) ** 0.5)
     else:
         h1 = ((1.0 / dmax) * 0.01) ** (1.0 / (order + 1))
     h = 100 * h0

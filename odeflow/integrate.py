@@ -38,7 +38,6 @@ __all__ = ["LoopConfig", "LoopResult", "StepRecord", "integrate", "FAILURES", "H
 
 #: The statuses that make a lane a failure (``NO_EVENT`` is an outcome, not a failure).
 FAILURES = (Status.MAX_STEPS_REACHED, Status.STEP_SIZE_UNDERFLOW, Status.NONFINITE)
-_CALLBACKS = ("callback_step", "callback_accept_step", "callback_reject_step")
 _NO_CONTEXT = contextlib.nullcontext()
 
 
@@ -114,12 +113,6 @@ class LoopResult:
     state: Any = None  # the stepper's carried state at the end
 
 
-def callbacks(problem: Problem) -> tuple:
-    """The user's step callbacks (``callback_step``, ``..._accept_step``,
-    ``..._reject_step``)."""
-    return tuple(getattr(problem.user_func, n, None) for n in _CALLBACKS)
-
-
 def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
               hooks: Hooks | None = None) -> LoopResult:
     """Run the loop on ``problem`` (under whatever grad mode is active).
@@ -152,8 +145,10 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
     end_only = not shared and n_out == 2 and hooks.event is None and records is None
 
     def result(t_last: Any, y_last: Tensor, event: Any = None) -> LoopResult:
-        lanes = None if shared else (status, n_steps, n_acc, n_steps - n_acc)
-        stats.n_accepted, stats.n_rejected = C.total(n_acc), C.total(n_steps - n_acc)
+        n_rej = n_steps - n_acc
+        lanes = None if shared else (status, n_steps, n_acc, n_rej)
+        stats.n_accepted, stats.n_rejected = (n_acc, n_rej) if shared else (
+            int(n_acc.sum()), int(n_rej.sum()))
         if counts is not None:
             counts.add_to(stats)
         if end_only:  # (the lanes that landed on the end; failed and skipped ones keep nan)
@@ -173,11 +168,11 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
                  else getattr(stops, "size", None) or len(stops)) - 1
     multi_stop = last_stop > 0
     next_stop = C.gather(stops, stop_idx)  # changes only when a lane lands on a stop
+    n_pass = next_out = None  # (per sample only)
     if not shared:
         # Each lane's next output time (inf once all are written); whether a step can end
         # past one (else outputs land on step ends: no interpolant, at most one per step).
-        grid_inf = torch.cat((grid, torch.full_like(grid[:, :1], math.inf)), 1)
-        next_out = C.gather(grid_inf, out_idx)
+        next_out = C.gather(C.grid_inf, out_idx)
         outputs_are_stops = n_out == 2 or stepper.steps_to_outputs
     any_jumps = stop_jump is not None
     cb_step, cb_accept, cb_reject = cfg.callbacks
@@ -200,16 +195,13 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
     k = stepper.error_order + 1
 
     abs_y = y.detach().abs() if shared else None
-    active = C.full(True)
-    if hooks.skip is not None:
-        active = active & ~hooks.skip
     f0_side: Any = C.full(0) if any_jumps and not shared else 0
     f0 = f.perturbed(t, y, +1) if cfg.perturb else f.checked(t, y)
     finite0 = C.rows_finite(f0)  # host sync: once per solve
-    if hooks.skip is not None:
+    active = finite0 if hooks.skip is None else finite0 & ~hooks.skip
+    if hooks.skip is not None:  # (a skipped lane keeps its status)
         finite0 = finite0 | hooks.skip
     status = C.where(finite0, status, int(Status.NONFINITE))
-    active = active & finite0
     if not adaptive:
         dt = C.full(math.inf)
     elif cfg.first_step is not None:
@@ -218,10 +210,8 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         dt = initial_step(f, t, y, f0, stepper.error_order, *tols, norm)
     dt = C.clip(dt, min_step, max_step)
     ctrl = cfg.controller.init(C) if adaptive else None
-    if cfg.compile and ws is not None and not shared:
-        step = compiled_step(stepper, f)
-    else:
-        step = stepper.step
+    step = (compiled_step(stepper, f) if cfg.compile and ws is not None and not shared
+            else stepper.step)
     # A fixed grid keeps cubic Hermite as its dense output whatever its outputs' interpolant.
     dense_piece = getattr(stepper, "dense_interpolant", None)
     # A long explicit solve asks once whether it looks stiff (a few evaluations, once).
@@ -332,13 +322,10 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
                 (any_left and fsal_loop) or (interior and stepper.needs_f_end_for_dense)
                 or event is not None or dense is not None):
             f_new = _f_end(stepper, f, cfg, fsal, t_new, y_new, res)
-        if any_hit and shared:
-            out_idx = _write_outputs(stepper, ys, out_idx, hit, grid, t, t_new, dt_try, y,
-                                     y_new, stages, f_new, ws, rec, n_out)
-        elif any_hit and not end_only:
-            out_idx, next_out = C.write_outputs(
-                stepper, ys, n_pass, hit, interior, grid_inf, out_idx, next_out, ok, t, t_new,
-                dt_try, y, y_new, stages, f_new, rec)
+        if any_hit and not end_only:
+            out_idx, next_out = C.write_outputs(stepper, ys, n_pass, hit, interior, out_idx,
+                                                next_out, ok, t, t_new, dt_try, y, y_new, stages,
+                                                f_new, ws, rec)
         if any_ok and cb_accept is not None:
             cb_accept(C.user_time(t), problem.layout.unflatten(y), C.user_time(dt_try))
         if cb_reject is not None and C.flags(C.drop(active, ok))[0]:
@@ -350,7 +337,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
                                                                    f_new)
             dense.append((piece.detached(), ok if shared else ok.clone()))
         if progress is not None and any_ok:
-            progress.update(t_new if shared else torch.where(ok, t_new, t), stats.n_steps)
+            progress.update(C.where(ok, t_new, t), stats.n_steps)
         if event is not None and shared:
             ended = event.check(interp, y_new, ok, rec) if any_ok else None
             if ended is not None:
@@ -361,12 +348,8 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         if any_jumps and f_new is not None:
             # A discontinuity: the FSAL derivative belongs to the left of it.
             right = ok & on_jump
-            if shared:
-                if right:
-                    f_new = f.perturbed(t_new, y_new, +1)
-            elif C.flags(right)[0]:  # host sync: only on a step that ended on a jump
-                f_new = torch.where(right[:, None], f.perturbed(t_new, y_new, right.long()),
-                                    f_new)
+            if C.flags(right)[0]:  # host sync (per sample): only on a step that ended on a jump
+                f_new = C.rows(right, f.perturbed(t_new, y_new, right * 1), f_new)
         if any_jumps or cfg.perturb:
             f0_side = C.where(ok, 1 if cfg.perturb else (ok & on_jump) * 1, f0_side)
         if shared and ok and adaptive:
@@ -417,7 +400,7 @@ def _error_ratio(C: Any, res: Any, abs_y: Tensor, y_new: Tensor, rtol: Any, atol
     one lane reuses as the next step's ``|y|``. ``fused``: no autograd (no context, no
     detach; the error is divided in place)."""
     if res.ok is False:  # the step could not be completed: reject it, shrink dt
-        return (math.inf if not C.per_sample else C.full(math.inf)), abs_y
+        return C.full(math.inf), abs_y
     with _NO_CONTEXT if fused else torch.no_grad():
         err = res.error
         abs_new = (y_new if fused else y_new.detach()).abs()
@@ -430,25 +413,6 @@ def _error_ratio(C: Any, res: Any, abs_y: Tensor, y_new: Tensor, rtol: Any, atol
             # host sync: the accept/reject decision
             return torch.linalg.vector_norm(scaled).item() * inv_sqrt_n, abs_new
         return float(norm(scaled)), abs_new  # host sync: the accept/reject decision
-
-
-def _write_outputs(stepper: Any, ys: list, out_idx: int, hit: bool, grid: Any, t: float,
-                   t_new: float, dt: float, y: Tensor, y_new: Tensor, stages: Any, f_new: Any,
-                   ws: Any, rec: StepRecord | None, n_out: int) -> int:
-    """One lane: write every output time the accepted step passed, from its dense output."""
-    while hit:
-        next_out = grid[out_idx]
-        if next_out == t_new:
-            ys.append(y_new)
-            theta = 1.0
-        else:
-            theta = (next_out - t) / dt
-            ys.append(stepper.interpolate(y, y_new, dt, stages, f_new, theta, ws))
-        if rec is not None:
-            rec.outputs.append((None, out_idx, theta))
-        out_idx += 1
-        hit = out_idx < n_out and grid[out_idx] <= t_new
-    return out_idx
 
 
 _COMPILED: dict[int, Callable] = {}

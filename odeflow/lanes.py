@@ -12,13 +12,16 @@ clock, so that the loop in ``integrate.py`` is written once:
 * :class:`LaneClock` keeps them as ``(B,)`` tensors; decisions are ``torch.where`` masks,
   and :meth:`LaneClock.decide` reads every decision an iteration needs in one transfer.
 
-The loop never branches on which clock it has except where outputs are written (one list
-of states against one ``(T, B, n)`` tensor) and in the statistics it reports.
+Each clock also writes the outputs (a list of states against one ``(T, B, n)`` tensor); the
+loop branches on the clock only where the work differs in kind (the output buffer, how an
+iteration's decisions are read, the non-finite test, events, the statistics).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,13 +65,8 @@ class SharedClock:
     def row_mask(mask: bool, like: Tensor) -> bool:
         return mask
 
-    @staticmethod
-    def gather(table: Sequence[Any], index: int) -> Any:
-        return table[index]
-
-    @staticmethod
-    def ulp(x: float) -> float:
-        return math.ulp(x)
+    gather = staticmethod(operator.getitem)  # table[index]
+    ulp = staticmethod(math.ulp)
 
     @staticmethod
     def abs_max(a: float, b: float) -> float:
@@ -91,9 +89,25 @@ class SharedClock:
         """``a and not b`` where ``b`` implies ``a``."""
         return a and not b
 
-    @staticmethod
-    def total(x: Any) -> int:
-        return int(x)
+    def write_outputs(self, stepper: Any, ys: list, n_pass: int, hit: bool, interior: bool,
+                      out_idx: int, next_out: None, ok: bool, t: float, t_new: float, dt: float,
+                      y: Tensor, y_new: Tensor, stages: Any, f_new: Any, ws: Any, rec: Any
+                      ) -> tuple[int, None]:
+        """Append to ``ys`` every output time the accepted step passed, from its dense
+        output (``n_pass``, ``interior``, ``next_out`` and ``ok`` serve the lanes' form)."""
+        while hit:
+            t_out = self.grid[out_idx]
+            if t_out == t_new:
+                ys.append(y_new)
+                theta = 1.0
+            else:
+                theta = (t_out - t) / dt
+                ys.append(stepper.interpolate(y, y_new, dt, stages, f_new, theta, ws))
+            if rec is not None:
+                rec.outputs.append((None, out_idx, theta))
+            out_idx += 1
+            hit = out_idx < self.n_out and self.grid[out_idx] <= t_new
+        return out_idx, None
 
     # ----------------------------------------------------------------- user-facing values
     def user_time(self, t: float) -> Tensor:
@@ -134,12 +148,8 @@ class LaneClock:
         return self.grid[:, 0].clone()
 
     def full(self, value: Any) -> Tensor:
-        if isinstance(value, bool):
-            dtype = torch.bool
-        elif isinstance(value, int):
-            dtype = torch.long
-        else:
-            dtype = torch.float64
+        dtype = (torch.bool if isinstance(value, bool) else torch.long if isinstance(value, int)
+                 else torch.float64)
         return torch.full((self.batch,), value, dtype=dtype, device=self.device)
 
     def where(self, mask: Tensor, a: Any, b: Any) -> Tensor:
@@ -216,10 +226,6 @@ class LaneClock:
         values = out.tolist()
         return [bool(v) for v in values[:len(masks)]] + values[len(masks):]
 
-    @staticmethod
-    def total(x: Tensor) -> int:
-        return int(x.sum())
-
     # ------------------------------------------------------------------------ outputs
     def n_passed(self, t_new: Tensor) -> Tensor:
         """How many output times of each lane are ``<= t_new``: a compare and a sum while
@@ -228,10 +234,15 @@ class LaneClock:
             return (self.grid <= t_new[:, None]).sum(1)
         return torch.searchsorted(self.grid, t_new[:, None], right=True)[:, 0]
 
+    @functools.cached_property
+    def grid_inf(self) -> Tensor:
+        """The output times, then ``inf`` (a lane's next output once all are written)."""
+        return torch.cat((self.grid, torch.full_like(self.grid[:, :1], math.inf)), 1)
+
     def write_outputs(self, stepper: Any, ys: Tensor, n_pass: int, hit: Tensor,
-                      interior: bool, grid_inf: Tensor, out_idx: Tensor, next_out: Tensor,
-                      ok: Tensor, t: Tensor, t_new: Tensor, dt: Tensor, y: Tensor,
-                      y_new: Tensor, stages: Any, f_new: Any, rec: Any) -> tuple[Tensor, Tensor]:
+                      interior: bool, out_idx: Tensor, next_out: Tensor, ok: Tensor, t: Tensor,
+                      t_new: Tensor, dt: Tensor, y: Tensor, y_new: Tensor, stages: Any,
+                      f_new: Any, ws: Any, rec: Any) -> tuple[Tensor, Tensor]:
         """The loop's output passes: ``n_pass`` (the most output times a lane passed, read
         with the iteration's decisions) passes, each writing every lane's next output where
         ``hit`` into ``ys`` ``(T + 1, B, n)``; a lane with nothing to write writes into its
@@ -256,7 +267,7 @@ class LaneClock:
                     rec.outputs.append((hit, out_idx.clamp(max=n_out - 1), theta))
             flat[torch.where(hit, out_idx, n_out) * self.batch + self._row_of_lane] = value
             out_idx = out_idx + hit
-            next_out = self.gather(grid_inf, out_idx)
+            next_out = self.gather(self.grid_inf, out_idx)
         return out_idx, next_out
 
     # ----------------------------------------------------------------- user-facing values

@@ -66,9 +66,8 @@ def positive_float(options: dict, name: str, allow_zero: bool = False) -> float 
         return None
     if isinstance(value, Tensor):
         value = float(value)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-        value >= 0 if allow_zero else value > 0) and not math.isnan(value)
-    if not ok:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            value >= 0 if allow_zero else value > 0):  # (nan fails either comparison)
         kind = "a non-negative" if allow_zero else "a positive"
         raise ValueError(f"options['{name}'] must be {kind} number, got {value!r}")
     return float(value)

@@ -92,8 +92,8 @@ class CountedFunc:
     dtype (0-dim, or ``(B,)``) and ``y`` in the user's structure.
     """
 
-    __slots__ = ("func", "layout", "clock", "nfe", "_call", "_time", "_shape", "_dims",
-                 "_negate", "_conforming")
+    __slots__ = ("func", "layout", "clock", "nfe", "_call", "_time", "_dims", "_negate",
+                 "_conforming")
 
     def __init__(self, func: Callable[..., Any], layout: StateLayout, clock: Clock):
         self.func = func
@@ -101,18 +101,14 @@ class CountedFunc:
         self.clock = clock
         self.nfe = 0
         self._conforming = False
-        self._shape = layout.shapes[0]
+        shape = layout.shapes[0]
         # view(*ints) parses ~3x faster than view(Size); a 0-dim state views as view(())
-        self._dims = tuple(self._shape) or ((),)
-        simple = not layout.is_tuple and not layout.is_complex and layout.batch is None
-        lanes_as_is = (not layout.is_tuple and not layout.is_complex and layout.batch is not None
-                       and len(self._shape) == 2 and getattr(clock, "forward_only", False))
-        if simple and len(self._shape) == 1:
-            self._call = self._call_simple
-        elif simple:
-            self._call = self._call_shaped
-        elif lanes_as_is:  # per sample, (B, n) forward: the flat state is the user's
-            self._call = self.func
+        self._dims = tuple(shape) or ((),)
+        plain = not layout.is_tuple and not layout.is_complex
+        if plain and layout.batch is None:
+            self._call = self._call_simple if len(shape) == 1 else self._call_shaped
+        elif plain and len(shape) == 2 and getattr(clock, "forward_only", False):
+            self._call = self.func  # per sample, (B, n) forward: the flat state is the user's
         else:
             self._call = self._call_general
         self._negate = not clock.per_sample and clock.sign < 0
@@ -138,7 +134,7 @@ class CountedFunc:
             # torchdiffeq accepts an output that broadcasts to the state (its bouncing-ball
             # example returns a 0-dim tensor for a state of shape (1,)) or has another
             # floating dtype (its solution keeps y0's dtype); only a func that needs it pays
-            # for the per-call fix-up, the hot path of the others is unchanged.
+            # for the per-call fix-up (the simple and shaped calls never look).
             self._conforming = True
             other = {o.dtype for o in (out if self.layout.is_tuple else (out,))}
             other.discard(self.layout.dtype)
@@ -148,10 +144,8 @@ class CountedFunc:
                     f"for a state of dtype {self.layout.dtype}; its output is cast to "
                     f"{self.layout.dtype} (as torchdiffeq, the solution keeps y0's dtype). "
                     "Give y0 the dtype you want to integrate in.", UserWarning, stacklevel=2)
-            self._call = self._call_conforming
-        if self._conforming:
-            out = self._conform(out)
-        return self._canonical(self.layout.flatten(out))
+            self._call = self._call_general
+        return self._finish(out)
 
     def at(self, t_user: Tensor, y: Tensor) -> Tensor:
         """Evaluate at a user-time tensor ``t_user`` (for differentiating w.r.t. time)."""
@@ -178,13 +172,6 @@ class CountedFunc:
             tt = torch.nextafter(tt, torch.full_like(tt, toward))
         return self._call(tt, y)
 
-    def _canonical(self, out: Tensor) -> Tensor:
-        if self._negate:
-            return -out
-        if self.clock.per_sample and not self.clock.forward_only:
-            return out * self.clock.sign_column(out.dtype)
-        return out
-
     def _call_simple(self, tt: Tensor, y: Tensor) -> Tensor:
         out = self.func(tt, y)
         return -out if self._negate else out
@@ -194,21 +181,23 @@ class CountedFunc:
         return -out if self._negate else out
 
     def _call_general(self, tt: Tensor, y: Tensor) -> Tensor:
-        return self._canonical(self.layout.flatten(self.func(tt, self.layout.unflatten(y))))
+        return self._finish(self.func(tt, self.layout.unflatten(y)))
 
-    def _call_conforming(self, tt: Tensor, y: Tensor) -> Tensor:
-        out = self._conform(self.func(tt, self.layout.unflatten(y)))
-        return self._canonical(self.layout.flatten(out))
-
-    def _conform(self, out: Any) -> Any:
-        """``func``'s raw output brought to the state's shapes and dtype
-        (``check_func_output`` has already checked that each part can be)."""
-        dtype = self.layout.dtype
-        if not self.layout.is_tuple:
-            out = out if out.shape == self._shape else out.expand(self._shape)
-            return out if out.dtype == dtype else out.to(dtype)
-        return tuple((o if o.shape == s else o.expand(s)).to(dtype)
-                     for o, s in zip(out, self.layout.shapes))
+    def _finish(self, out: Any) -> Tensor:
+        """``func``'s raw output as the flat derivative in canonical time (conformed first
+        to the state's shapes and dtype if it must be: ``check_func_output`` checked that
+        it can be)."""
+        lay = self.layout
+        if self._conforming:
+            parts = tuple(o.expand(s).to(lay.dtype)
+                          for o, s in zip(out if lay.is_tuple else (out,), lay.shapes))
+            out = parts if lay.is_tuple else parts[0]
+        out = lay.flatten(out)
+        if self._negate:
+            return -out
+        if self.clock.per_sample and not self.clock.forward_only:
+            return out * self.clock.sign_column(out.dtype)
+        return out
 
 
 def check_func_output(out: Any, layout: StateLayout) -> bool:
@@ -221,16 +210,12 @@ def check_func_output(out: Any, layout: StateLayout) -> bool:
         complex dtype (a complex state), which is cast to the state's, as torchdiffeq does.
     """
     needs_fix, what = False, "func(t, y)"
-    if layout.is_tuple:
-        if not isinstance(out, (tuple, list)) or len(out) != len(layout.shapes):
-            raise TypeError(f"{what} must return a tuple of {len(layout.shapes)} tensors like "
-                            f"y0, got {type(out).__name__}")
-        items = out
-    else:
-        if not isinstance(out, Tensor):
-            raise TypeError(f"{what} must return a tensor, got {type(out).__name__}")
-        items = (out,)
-    for i, (o, shape) in enumerate(zip(items, layout.shapes)):
+    if layout.is_tuple and (not isinstance(out, (tuple, list)) or len(out) != len(layout.shapes)):
+        raise TypeError(f"{what} must return a tuple of {len(layout.shapes)} tensors like y0, "
+                        f"got {type(out).__name__}")
+    if not layout.is_tuple and not isinstance(out, Tensor):
+        raise TypeError(f"{what} must return a tensor, got {type(out).__name__}")
+    for i, (o, shape) in enumerate(zip(out if layout.is_tuple else (out,), layout.shapes)):
         where = f"{what}[{i}]" if layout.is_tuple else what
         if not isinstance(o, Tensor):
             raise TypeError(f"{where} must be a tensor, got {type(o).__name__}")
@@ -243,8 +228,7 @@ def check_func_output(out: Any, layout: StateLayout) -> bool:
                                  "accepted too")
             needs_fix = True
         if o.dtype != layout.dtype:
-            castable = o.is_floating_point() or (layout.is_complex and o.is_complex())
-            if not castable:
+            if not (o.is_floating_point() or (layout.is_complex and o.is_complex())):
                 raise TypeError(f"{where} must have dtype {layout.dtype} like y0 (or another "
                                 f"{'floating or complex' if layout.is_complex else 'floating'} "
                                 f"dtype, which is cast), got {o.dtype}")

@@ -262,7 +262,7 @@ def test_per_sample_one_sync_per_iteration():
 
 def test_per_sample_output_passes_make_no_sync():
     sol, c = _per_sample_case()
-    assert c.at("_write_outputs") == 0, c.report()
+    assert c.at("write_outputs") == 0, c.report()
 
 
 def _event_case():
