@@ -62,14 +62,6 @@ def check_fixed_grid_finite(problem: Problem, result: LoopResult) -> None:
         result.ys = torch.where(reached[..., None], result.ys, math.nan)
 
 
-def failed_lanes(result: LoopResult) -> Tensor | None:
-    """Per sample, the lanes whose status is a failure; ``None`` for one lane."""
-    if not isinstance(result.status, Tensor):
-        return None
-    codes = torch.tensor([int(c) for c in FAILURES], device=result.status.device)
-    return torch.isin(result.status, codes)
-
-
 def outputs(problem: Problem, result: LoopResult) -> Tensor:
     """The loop's outputs stacked: ``(T, n)`` with ``nan`` at the times not reached (one
     lane), or the ``(T, B, n)`` tensor as it is."""
