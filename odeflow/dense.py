@@ -51,13 +51,11 @@ class DenseOutput:
         if C.per_sample:
             self._lo, self._hi = C.grid[:, 0], C.grid[:, -1]
             self._reached = torch.as_tensor(end, dtype=torch.float64, device=C.device)
-            self._stacked = stack_pieces([p for p, _ in pieces])
-            self._t = torch.stack([torch.as_tensor(p.t) for p, _ in pieces])  # (I, B)
-            self._dt = torch.stack([torch.as_tensor(p.dt) for p, _ in pieces])
+            self._stacked = stack_pieces([p for p, _ in pieces])  # its t, dt: (I, B)
             ok = torch.stack([ok for _, ok in pieces])
             # Each lane's accepted steps by start time (+inf after them): one search finds
             # a lane's step, ``_order`` its iteration (the sort is stable, starts increase).
-            starts, self._order = torch.where(ok, self._t, math.inf).T.sort(stable=True)
+            starts, self._order = torch.where(ok, self._stacked.t, math.inf).T.sort(stable=True)
             self._lane_starts = starts.contiguous()
             self._slack = 1e-12 * torch.maximum(self._lo.abs(), self._hi.abs()).clamp(min=1.0)
         else:
@@ -134,9 +132,8 @@ class DenseOutput:
             idx = self._order.gather(1, k)[:, 0]
             cols = torch.arange(tc.shape[0], device=tc.device)
             piece = take_piece(self._stacked, idx, cols)
+            theta = ((tc - piece.t) / torch.where(piece.dt > 0, piece.dt, 1.0)).clamp(0.0, 1.0)
             piece = piece.precise or piece
-            dt = self._dt[idx, cols]
-            theta = ((tc - self._t[idx, cols]) / torch.where(dt > 0, dt, 1.0)).clamp(0.0, 1.0)
             if derivative:
                 out = piece.derivative(theta) * C.sign_column(self._layout.real_dtype)
             else:

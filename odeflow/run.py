@@ -57,8 +57,7 @@ def check_fixed_grid_finite(problem: Problem, result: LoopResult) -> None:
     if bool(bad.any()):  # host sync: once per solve
         result.status = torch.where(bad, int(Status.NONFINITE), result.status)
         result.lanes = (result.status, *result.lanes[1:])
-        rows = torch.isfinite(result.ys).all(-1)  # (T, B): outputs after the first bad go nan
-        reached = rows.cumprod(0).bool()
+        reached = torch.isfinite(result.ys).all(-1).cumprod(0).bool()  # nan from a bad output
         result.ys = torch.where(reached[..., None], result.ys, math.nan)
 
 
