@@ -174,7 +174,6 @@ class _Adjoint(torch.autograd.Function):
         interpolating = ctx.pieces is not None
         options = _backward_options(config.options, problem, params)
         hooks = quadrature = None
-        run_options: dict[str, Any] = {}
         # After an implicit forward, y(τ) from its dense output: see interpolating_adjoint.py
         trajectory = DenseOutput(problem, ctx.pieces).canonical if interpolating else None
         if lanes:
@@ -188,7 +187,6 @@ class _Adjoint(torch.autograd.Function):
                 b = config.spec.build(config.options).coefficients(ys.dtype, ys.device)[1]
                 quadrature = _Quadrature(params, b)
                 hooks = Hooks(stage_hook=quadrature, skip=ctx.failed)
-            run_options = {"fsal": False, "use_callbacks": False}
         if interpolating:
             aug = interpolating_dynamics(f, params, trajectory, lanes)
             if options.get("norm") is not None:
@@ -230,8 +228,9 @@ class _Adjoint(torch.autograd.Function):
                     rtol=rtol, atol=atol)
             else:
                 aug_problem = retime(aug_problem, span, aug_problem.layout.flatten(state))
-            with torch.no_grad():
-                result = run(aug_problem, config.spec, hooks, **run_options)[0]
+            with torch.no_grad():  # (per sample every stage is evaluated: the quadrature's)
+                result = run(aug_problem, config.spec, hooks, fsal=not lanes,
+                             use_callbacks=not lanes)[0]
             _check_backward(problem, aug_problem, result, config, i, ctx.failed)
             n_steps += result.stats.n_steps
             if isinstance(quadrature, LanesQuadrature):
