@@ -24,7 +24,7 @@ from .event_location import EventLocator
 from .integrate import FAILURES, Hooks
 from .problem import FAR, make_problem
 from .progress import Progress
-from .run import failure, outputs, run
+from .run import failure, run
 from .sensitivity import find_params
 from .sensitivity.adjoint import AdjointConfig, attach_adjoint, check_lanes_config
 from .sensitivity.checkpoint import attach_checkpoint
@@ -122,15 +122,18 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
         result.status = int(stats.status)
     record_last_stats(stats)
     sample_stats = None
-    if problem.lanes_api:
-        lanes = result.lanes or tuple(  # one sample on the scalar clock: (1,) counts
+    if problem.lanes_api:  # (one sample on the scalar clock: (1,) counts)
+        sample_stats = SampleStats(*(result.lanes or tuple(
             torch.tensor([int(v)], device=result.y_last.device)
-            for v in (result.status, stats.n_steps, stats.n_accepted, stats.n_rejected))
-        sample_stats = SampleStats(*lanes)
+            for v in (result.status, stats.n_steps, stats.n_accepted, stats.n_rejected))))
     if err is not None and throw:
         err.sample_stats = sample_stats  # type: ignore[attr-defined]
         raise err
-    ys = outputs(problem, result)
+    ys = result.ys
+    if not C.per_sample:  # stacked, nan at the output times not reached
+        ys = torch.stack(ys)
+        if ys.shape[0] < C.n_out:
+            ys = torch.cat([ys, ys.new_full((C.n_out - ys.shape[0], ys.shape[1]), math.nan)])
     if err is not None and not C.per_sample:
         # One lane failed and throw=False: the outputs reached, nan after; no gradient.
         return Solution(problem.layout.unflatten(ys.detach()), t, stats,

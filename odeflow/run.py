@@ -7,7 +7,6 @@ import math
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from .config import loop_config
 from .integrate import FAILURES, Hooks, LoopResult, integrate
@@ -18,7 +17,7 @@ from .solvers.scipy_bridge import integrate_scipy
 from .stats import SolveError, Status
 from .stiffness import stiff_hint
 
-__all__ = ["run", "failure", "outputs", "check_fixed_grid_finite"]
+__all__ = ["run", "failure", "check_fixed_grid_finite"]
 
 
 def run(problem: Problem, spec: Any, hooks: Hooks | None = None, **config: Any
@@ -59,20 +58,6 @@ def check_fixed_grid_finite(problem: Problem, result: LoopResult) -> None:
         result.lanes = (result.status, *result.lanes[1:])
         reached = torch.isfinite(result.ys).all(-1).cumprod(0).bool()  # nan from a bad output
         result.ys = torch.where(reached[..., None], result.ys, math.nan)
-
-
-def outputs(problem: Problem, result: LoopResult) -> Tensor:
-    """The loop's outputs stacked: ``(T, n)`` with ``nan`` at the times not reached (one
-    lane), or the ``(T, B, n)`` tensor as it is."""
-    if problem.per_sample:
-        return result.ys
-    reached = torch.stack(result.ys)
-    n_t = problem.clock.n_out
-    if reached.shape[0] == n_t:
-        return reached
-    out = reached.new_full((n_t, reached.shape[1]), math.nan)
-    out[: reached.shape[0]] = reached
-    return out
 
 
 _ADVICE = {
