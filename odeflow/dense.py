@@ -51,13 +51,11 @@ class DenseOutput:
         if C.per_sample:
             self._lo, self._hi = C.grid[:, 0], C.grid[:, -1]
             self._reached = torch.as_tensor(end, dtype=torch.float64, device=C.device)
-            self._stacked = stack_pieces([p for p, _ in pieces])
-            self._t = torch.stack([torch.as_tensor(p.t) for p, _ in pieces])  # (I, B)
-            self._dt = torch.stack([torch.as_tensor(p.dt) for p, _ in pieces])
+            self._stacked = stack_pieces([p for p, _ in pieces])  # its t, dt: (I, B)
             ok = torch.stack([ok for _, ok in pieces])
             # Each lane's accepted steps by start time (+inf after them): one search finds
             # a lane's step, ``_order`` its iteration (the sort is stable, starts increase).
-            starts, self._order = torch.where(ok, self._t, math.inf).T.sort(stable=True)
+            starts, self._order = torch.where(ok, self._stacked.t, math.inf).T.sort(stable=True)
             self._lane_starts = starts.contiguous()
             self._slack = 1e-12 * torch.maximum(self._lo.abs(), self._hi.abs()).clamp(min=1.0)
         else:
@@ -88,20 +86,36 @@ class DenseOutput:
 
     @torch.no_grad()
     def _at(self, t: Tensor | float, derivative: bool) -> State:
-        if self._clock.per_sample:
-            return self._at_lanes(t, derivative)
-        values = torch.as_tensor(t, dtype=torch.float64).detach().cpu()
-        if values.ndim == 2 and values.shape[0] == 1 and self._clock.lane_time:
-            values = values[0]  # one sample's (1, T) times, in the per-sample form
-        if values.ndim > 1:
-            raise ValueError(f"t must be a scalar or a 1-D tensor, got shape {tuple(values.shape)}")
-        sign, times = self._clock.sign, values.reshape(-1).tolist()
-        lo, hi = sorted((sign * self._lo, sign * self._hi))
-        for v in times:
-            if not lo - self._slack <= v <= hi + self._slack:
-                raise ValueError(f"t={v!r} is outside the solved span [{lo!r}, {hi!r}]")
-        flat = torch.stack([self.canonical(sign * v, derivative) for v in times])
-        return self._layout.unflatten(flat[0] if values.ndim == 0 else flat)
+        C = self._clock
+        times = torch.as_tensor(t, dtype=torch.float64).detach()
+        if C.per_sample:
+            times = times.to(C.device)
+            if times.ndim > 2 or (times.ndim == 2 and times.shape[0] != C.batch):
+                raise ValueError(f"t must be a scalar, a 1-D tensor of shared times or a "
+                                 f"({C.batch}, T) tensor of per-sample times, got shape "
+                                 f"{tuple(times.shape)}")
+            # one row of canonical times (one per lane) for each asked time
+            rows = C.sign * (times.T if times.ndim == 2 else times.reshape(-1, 1))
+            outside = (rows < self._lo - self._slack) | (rows > self._hi + self._slack)
+            if bool(outside.any()):  # host sync: once per call
+                j, b = outside.nonzero()[0].tolist()
+                span = sorted((float(C.sign[b] * self._lo[b]), float(C.sign[b] * self._hi[b])))
+                raise ValueError(f"t={float(C.sign[b] * rows[j, b])!r} is outside sample {b}'s "
+                                 f"solved span [{span[0]!r}, {span[1]!r}]")
+        else:
+            if times.ndim == 2 and times.shape[0] == 1 and C.lane_time:
+                times = times[0]  # one sample's (1, T) times, in the per-sample form
+            if times.ndim > 1:
+                raise ValueError(f"t must be a scalar or a 1-D tensor, got shape "
+                                 f"{tuple(times.shape)}")
+            lo, hi = sorted((C.sign * self._lo, C.sign * self._hi))
+            values = times.reshape(-1).tolist()
+            for v in values:
+                if not lo - self._slack <= v <= hi + self._slack:
+                    raise ValueError(f"t={v!r} is outside the solved span [{lo!r}, {hi!r}]")
+            rows = [C.sign * v for v in values]
+        out = torch.stack([self.canonical(tc, derivative) for tc in rows])
+        return self._layout.unflatten(out[0] if times.ndim == 0 else out)
 
     def canonical(self, tc: Any, derivative: bool = False) -> Tensor:
         """The flat state (or ``dy/dt`` in the user's direction) at canonical time ``tc``,
@@ -109,55 +123,29 @@ class DenseOutput:
         one-lane solve; per sample a ``(B,)`` tensor, one time per lane, giving ``(B, n)``.
         A time outside the span reads its nearest end (no check, no host sync), one beyond
         a failure ``nan``."""
-        if self._clock.per_sample:
-            return self._canonical_lanes(tc, derivative)
+        C = self._clock
+        if C.per_sample:
+            tc = torch.minimum(torch.maximum(tc, self._lo), self._hi)
+            # the last accepted step starting before tc: a time on a boundary belongs to the
+            # earlier step, one at the very start of a span to the first
+            k = torch.searchsorted(self._lane_starts, tc[:, None]).clamp(min=1) - 1
+            idx = self._order.gather(1, k)[:, 0]
+            cols = torch.arange(tc.shape[0], device=tc.device)
+            piece = take_piece(self._stacked, idx, cols)
+            theta = ((tc - piece.t) / torch.where(piece.dt > 0, piece.dt, 1.0)).clamp(0.0, 1.0)
+            piece = piece.precise or piece
+            if derivative:
+                out = piece.derivative(theta) * C.sign_column(self._layout.real_dtype)
+            else:
+                out = piece.evaluate(theta)
+            beyond = ((self._reached < self._hi) & (tc > self._reached + self._slack))[:, None]
+            return torch.where(beyond, math.nan, out)
         i = max(0, min(bisect.bisect_right(self._starts, tc) - 1, len(self._pieces) - 1))
         piece = self._pieces[i]
         piece = piece.precise or piece  # dopri8: re-step to keep the method's order
         theta = min(max((tc - piece.t) / piece.dt, 0.0), 1.0)
-        out = piece.derivative(theta) * self._clock.sign if derivative else piece.evaluate(theta)
+        out = piece.derivative(theta) * C.sign if derivative else piece.evaluate(theta)
         # beyond a failure or an event: no value (beyond a whole span: its end, as above)
         if self._reached < self._hi and tc > self._reached + self._slack:
             out = torch.full_like(out, math.nan)
         return out
-
-    def _at_lanes(self, t: Tensor | float, derivative: bool) -> State:
-        C = self._clock
-        B = C.batch
-        times = torch.as_tensor(t, dtype=torch.float64, device=C.device).detach()
-        if times.ndim > 2 or (times.ndim == 2 and times.shape[0] != B):
-            raise ValueError(f"t must be a scalar, a 1-D tensor of shared times or a ({B}, T) "
-                             f"tensor of per-sample times, got shape {tuple(times.shape)}")
-        rows = times.T if times.ndim == 2 else times.reshape(-1, 1).expand(-1, B)
-        out = []
-        for row in rows:
-            tc = C.sign * row
-            outside = (tc < self._lo - self._slack) | (tc > self._hi + self._slack)
-            if bool(outside.any()):  # host sync: once per asked time
-                b = int(outside.nonzero()[0, 0])
-                span = sorted((float(C.sign[b] * self._lo[b]), float(C.sign[b] * self._hi[b])))
-                raise ValueError(f"t={float(row[b])!r} is outside sample {b}'s solved "
-                                 f"span [{span[0]!r}, {span[1]!r}]")
-            out.append(self._canonical_lanes(tc, derivative))
-        out = torch.stack(out)
-        return self._layout.unflatten(out[0] if times.ndim == 0 else out)
-
-    def _canonical_lanes(self, tc: Tensor, derivative: bool) -> Tensor:
-        """Canonical times ``tc`` ``(B,)``, one per lane -> flat values ``(B, n)``."""
-        C = self._clock
-        tc = torch.minimum(torch.maximum(tc, self._lo), self._hi)
-        # the last accepted step starting before tc: a time on a boundary belongs to the
-        # earlier step, one at the very start of a span to the first
-        k = torch.searchsorted(self._lane_starts, tc[:, None]).clamp(min=1) - 1
-        idx = self._order.gather(1, k)[:, 0]
-        cols = torch.arange(tc.shape[0], device=tc.device)
-        piece = take_piece(self._stacked, idx, cols)
-        piece = piece.precise or piece
-        dt = self._dt[idx, cols]
-        theta = ((tc - self._t[idx, cols]) / torch.where(dt > 0, dt, 1.0)).clamp(0.0, 1.0)
-        if derivative:
-            out = piece.derivative(theta) * C.sign_column(self._layout.real_dtype)
-        else:
-            out = piece.evaluate(theta)
-        beyond = ((self._reached < self._hi) & (tc > self._reached + self._slack))[:, None]
-        return torch.where(beyond, math.nan, out)

@@ -214,7 +214,7 @@ class EventLocator:
             eps = torch.finfo(self.layout.real_dtype).eps
             safe_dt = torch.where(dt_l > 0, dt_l, 1.0)
             tol = 4 * eps * torch.maximum(torch.maximum(t_l.abs(), t_new.abs()), dt_l) / safe_dt
-            theta, index = _locate(evaluate, s, found, crossed_at, th_a, g_a, th_b, g_b, tol)
+            theta, index = _root(evaluate, s, found, crossed_at, th_a, g_a, th_b, g_b, tol)
             precise = interp.precise
             if precise is not None:
                 theta = self._refine(lambda th: evaluate(th, precise), g_end, found, index, s,
@@ -240,8 +240,7 @@ class EventLocator:
         h.found = h.found | found
         if rec is not None:  # host sync: checkpointed solves, on a crossing only
             sel = found.nonzero()[:, 0] if C.per_sample else None
-            rec.event = (sel, theta[found] if C.per_sample else float(theta[0]),
-                         precise is not None)
+            rec.event = (sel, theta if C.per_sample else float(theta[0]), precise is not None)
         return found
 
     def _refine(self, evaluate: Callable, g_end: Tensor, found: Tensor, index: Tensor,
@@ -261,31 +260,18 @@ class EventLocator:
         use = found & (inner | brackets(self.g_prev, g_end))
         crossed = (index[:, None] == torch.arange(self.k, device=index.device)) & use[:, None]
         wide = inner[:, None]
-        root, _ = _locate(evaluate, s, use, crossed, torch.where(inner, th_a, 0.0),
-                          torch.where(wide, g_a, self.g_prev), torch.where(inner, th_b, 1.0),
-                          torch.where(wide, g_b, g_end), tol)
+        root, _ = _root(evaluate, s, use, crossed, torch.where(inner, th_a, 0.0),
+                        torch.where(wide, g_a, self.g_prev), torch.where(inner, th_b, 1.0),
+                        torch.where(wide, g_b, g_end), tol)
         return torch.where(use, root, theta)
 
 
-def _locate(evaluate: Callable[[Tensor], Tensor], s: Tensor, found: Tensor,
-            crossed_at: Tensor, th_a: Tensor, g_a: Tensor, th_b: Tensor, g_b: Tensor,
-            tol: Tensor) -> tuple[Tensor, Tensor]:
-    """The earliest root in each found lane's bracket among its crossing values, and which
-    value it is: the first point where the least of ``s_k g_k`` over the crossing values
-    stops being positive, found once for all of them."""
-    def h(g: Tensor) -> Tensor:  # s_k g_k of the crossing values, +inf for the others
-        return torch.where(crossed_at, g * s, math.inf)
-
-    theta, g_root = _root(lambda c: h(evaluate(c)), th_a, h(g_a), th_b, h(g_b), tol, found)
-    index = torch.where(found, g_root.argmin(1), -1)  # the value at or past its zero there
-    return torch.where(found, theta, 1.0), index
-
-
-def _root(h: Callable[[Tensor], Tensor], a: Tensor, ha: Tensor, b: Tensor, hb: Tensor,
-          tol: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """First point of ``[a, b]`` where ``min_k h_k`` stops being positive (positive at
-    ``a``, ``<= 0`` at ``b``) for every lane in ``mask``; ``h`` maps ``(L,)`` points to
-    ``(L, k)`` values.
+def _root(evaluate: Callable[[Tensor], Tensor], s: Tensor, mask: Tensor, crossed_at: Tensor,
+          a: Tensor, g_a: Tensor, b: Tensor, g_b: Tensor, tol: Tensor) -> tuple[Tensor, Tensor]:
+    """The earliest root in the bracket ``[a, b]`` of each lane in ``mask`` among its
+    crossing values, and which value it is: the first point where ``min_k h_k``, ``h_k =
+    s_k g_k`` over the crossing values (``g = evaluate(theta)``, ``(L, k)``), stops being
+    positive (positive at ``a``, ``<= 0`` at ``b``), found once for all of them.
 
     Illinois regula falsi; a bracket that has not halved within two iterations is bisected
     (the width shrinks at least geometrically), and a point closer than ``tol / 2`` to an
@@ -293,10 +279,15 @@ def _root(h: Callable[[Tensor], Tensor], a: Tensor, ha: Tensor, b: Tensor, hb: T
     closes the bracket. At an exact zero the point ``tol / 2`` before it is tried once,
     then bisection on the sign locates where a function that is zero on a whole interval
     first reaches zero. Returns the bracket end on the positive side (``b`` when ``a``
-    never moved) and the values ``(L, k)`` at ``b``.
+    never moved; ``1`` outside ``mask``) and the index of the value at or past its zero
+    there (``-1`` outside ``mask``).
     """
+    def h(g: Tensor) -> Tensor:  # s_k g_k of the crossing values, +inf for the others
+        return torch.where(crossed_at, g * s, math.inf)
+
+    hb = h(g_b)
     a0 = a
-    fa, fb = ha.amin(1), hb.amin(1)
+    fa, fb = h(g_a).amin(1), hb.amin(1)
     bad = mask & ~torch.isfinite(fb)
     side = torch.zeros_like(a)
     width = b - a
@@ -313,7 +304,7 @@ def _root(h: Callable[[Tensor], Tensor], a: Tensor, ha: Tensor, b: Tensor, hb: T
         c = torch.minimum(torch.maximum(c, a + half_tol), b - half_tol)
         c = torch.where(live, c, a)
         tried = tried | (live & zero)
-        hc = h(c)
+        hc = h(evaluate(c))
         fc = hc.amin(1)
         bad = bad | (live & ~torch.isfinite(fc))
         up = live & (fc > 0)
@@ -336,7 +327,8 @@ def _root(h: Callable[[Tensor], Tensor], a: Tensor, ha: Tensor, b: Tensor, hb: T
                 raise ValueError("event_fn returned a non-finite value while locating a root")
             if not more:
                 break
-    return torch.where(a == a0, b, a), hb
+    index = torch.where(mask, hb.argmin(1), -1)
+    return torch.where(mask, torch.where(a == a0, b, a), 1.0), index
 
 
 def direction_tensor(direction: Any, n: int, like: Tensor) -> Tensor:

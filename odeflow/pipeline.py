@@ -21,10 +21,10 @@ from torch import Tensor
 
 from .dense import DenseOutput
 from .event_location import EventLocator
-from .integrate import Hooks
+from .integrate import FAILURES, Hooks
 from .problem import FAR, make_problem
 from .progress import Progress
-from .run import failed_lanes, failure, outputs, run
+from .run import failure, run
 from .sensitivity import find_params
 from .sensitivity.adjoint import AdjointConfig, attach_adjoint, check_lanes_config
 from .sensitivity.checkpoint import attach_checkpoint
@@ -93,16 +93,17 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
             bar.close(result.t_last if result is not None else C.t0,
                       result.stats.n_steps if result is not None else 0)
     unbounded = events and bool((torch.as_tensor(C.t_end).abs() >= FAR).any())
+    hits = locator.hits if events else None
     if C.per_sample and events:  # each sample: its event, no event, or its failure
-        result.status = torch.where(locator.hits.found, int(Status.EVENT), torch.where(
+        result.status = torch.where(hits.found, int(Status.EVENT), torch.where(
             result.status == int(Status.SUCCESS), int(Status.NO_EVENT), result.status))
         result.lanes = (result.status, *result.lanes[1:])
     err = failure(problem, result, fixed=not spec.adaptive, unbounded=unbounded, events=events,
                   explicit=spec.adaptive and not spec.implicit)
     stats = result.stats
-    failed = failed_lanes(result)
+    failed = (torch.isin(result.status, torch.tensor(FAILURES, device=C.device))
+              if C.per_sample else None)  # failed lanes get no gradient
     if events and not C.per_sample and err is None:
-        hits = locator.hits
         if bool(hits.found[0]):
             stats.status = Status.EVENT
             kind = "rising" if bool(hits.rising[0]) else "falling"
@@ -121,31 +122,31 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
         result.status = int(stats.status)
     record_last_stats(stats)
     sample_stats = None
-    if problem.lanes_api:
-        lanes = result.lanes or tuple(  # one sample on the scalar clock: (1,) counts
+    if problem.lanes_api:  # (one sample on the scalar clock: (1,) counts)
+        sample_stats = SampleStats(*(result.lanes or tuple(
             torch.tensor([int(v)], device=result.y_last.device)
-            for v in (result.status, stats.n_steps, stats.n_accepted, stats.n_rejected))
-        sample_stats = SampleStats(*lanes)
+            for v in (result.status, stats.n_steps, stats.n_accepted, stats.n_rejected))))
     if err is not None and throw:
         err.sample_stats = sample_stats  # type: ignore[attr-defined]
         raise err
-    ys = outputs(problem, result)
+    ys = result.ys
+    if not C.per_sample:  # stacked, nan at the output times not reached
+        ys = torch.stack(ys)
+        if ys.shape[0] < C.n_out:
+            ys = torch.cat([ys, ys.new_full((C.n_out - ys.shape[0], ys.shape[1]), math.nan)])
     if err is not None and not C.per_sample:
         # One lane failed and throw=False: the outputs reached, nan after; no gradient.
         return Solution(problem.layout.unflatten(ys.detach()), t, stats,
                         dense=_dense(problem, hooks, result.t_last), sample_stats=sample_stats)
+    y_stop = result.y_last
     if events:
-        hits = locator.hits
-        found = hits.found
-        t_stop = torch.where(found, hits.t, torch.as_tensor(result.t_last, dtype=torch.float64,
-                                                             device=found.device))
-        y_stop = torch.where(found[:, None], hits.y, result.y_last.reshape(hits.y.shape))
-    else:
-        y_stop = result.y_last
+        t_stop = torch.where(hits.found, hits.t, torch.as_tensor(
+            result.t_last, dtype=torch.float64, device=hits.found.device))
+        y_stop = torch.where(hits.found[:, None], hits.y, y_stop.reshape(hits.y.shape))
     if mode == "checkpoint":
         ys, y_stop = attach_checkpoint(problem, stepper, cfg, stats, y0_run, params,
                                        result.records, ys, y_stop, failed,
-                                       locator.hits.found if events else None)
+                                       hits.found if events else None)
     elif mode == "adjoint":
         pieces = hooks.dense if spec.implicit else None
         if not events:

@@ -7,7 +7,6 @@ import math
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from .config import loop_config
 from .integrate import FAILURES, Hooks, LoopResult, integrate
@@ -18,7 +17,7 @@ from .solvers.scipy_bridge import integrate_scipy
 from .stats import SolveError, Status
 from .stiffness import stiff_hint
 
-__all__ = ["run", "failure", "outputs", "check_fixed_grid_finite"]
+__all__ = ["run", "failure", "check_fixed_grid_finite"]
 
 
 def run(problem: Problem, spec: Any, hooks: Hooks | None = None, **config: Any
@@ -57,31 +56,8 @@ def check_fixed_grid_finite(problem: Problem, result: LoopResult) -> None:
     if bool(bad.any()):  # host sync: once per solve
         result.status = torch.where(bad, int(Status.NONFINITE), result.status)
         result.lanes = (result.status, *result.lanes[1:])
-        rows = torch.isfinite(result.ys).all(-1)  # (T, B): outputs after the first bad go nan
-        reached = rows.cumprod(0).bool()
+        reached = torch.isfinite(result.ys).all(-1).cumprod(0).bool()  # nan from a bad output
         result.ys = torch.where(reached[..., None], result.ys, math.nan)
-
-
-def failed_lanes(result: LoopResult) -> Tensor | None:
-    """Per sample, the lanes whose status is a failure; ``None`` for one lane."""
-    if not isinstance(result.status, Tensor):
-        return None
-    codes = torch.tensor([int(c) for c in FAILURES], device=result.status.device)
-    return torch.isin(result.status, codes)
-
-
-def outputs(problem: Problem, result: LoopResult) -> Tensor:
-    """The loop's outputs stacked: ``(T, n)`` with ``nan`` at the times not reached (one
-    lane), or the ``(T, B, n)`` tensor as it is."""
-    if problem.per_sample:
-        return result.ys
-    reached = torch.stack(result.ys)
-    n_t = problem.clock.n_out
-    if reached.shape[0] == n_t:
-        return reached
-    out = reached.new_full((n_t, reached.shape[1]), math.nan)
-    out[: reached.shape[0]] = reached
-    return out
 
 
 _ADVICE = {

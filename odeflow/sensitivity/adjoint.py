@@ -74,12 +74,11 @@ def make_adjoint_config(rtol: Any, atol: Any, method: str | None, options: dict 
 
 def check_lanes_config(config: AdjointConfig, problem: Problem, forward: MethodSpec) -> None:
     """Reject what the per-sample adjoint cannot honour (at ``solve``, not in backward)."""
-    after_implicit = forward.implicit
-    if after_implicit and not config.spec.lanes_adjoint:
+    if forward.implicit and not config.spec.lanes_adjoint:
         raise ValueError("gradient='adjoint' with options['per_sample'] after an implicit "
                          "forward (interpolating) needs an ESDIRK or explicit Runge-Kutta "
                          f"adjoint_method (no df/dt terms), got {config.spec.name!r}")
-    if not after_implicit and (config.spec.implicit or not config.spec.per_sample
+    if not forward.implicit and (config.spec.implicit or not config.spec.per_sample
                                or not config.spec.replayable):  # (RK stages: quadrature)
         raise ValueError("gradient='adjoint' with options['per_sample'] needs an explicit "
                          f"Runge-Kutta adjoint_method, got {config.spec.name!r}")
@@ -93,11 +92,6 @@ def check_lanes_config(config: AdjointConfig, problem: Problem, forward: MethodS
             raise ValueError(f"with options['per_sample'], {name} must be a scalar (the "
                              f"per-sample adjoint takes no per-component tolerances; pass "
                              f"{name}=<number>), got {value!r}")
-
-
-def _seminorm(state: tuple[Tensor, ...]) -> Tensor:
-    # Only y and a count; g (the parameter gradient) is ignored.
-    return torch.maximum(rms_norm(state[0]), rms_norm(state[1]))
 
 
 class _Quadrature:
@@ -175,14 +169,11 @@ class _Adjoint(torch.autograd.Function):
         intervals; samples that failed forward get no gradient."""
         problem: Problem = ctx.problem
         config: AdjointConfig = ctx.config
-        ys, *params = ctx.saved_tensors
-        params = tuple(params)
+        ys, params = ctx.saved_tensors[0], ctx.saved_tensors[1:]
         f, C, lanes = problem.func, problem.clock, problem.per_sample
         interpolating = ctx.pieces is not None
         options = _backward_options(config.options, problem, params)
-        options.pop("jacobian", None)
         hooks = quadrature = None
-        run_options: dict[str, Any] = {}
         # After an implicit forward, y(τ) from its dense output: see interpolating_adjoint.py
         trajectory = DenseOutput(problem, ctx.pieces).canonical if interpolating else None
         if lanes:
@@ -196,7 +187,6 @@ class _Adjoint(torch.autograd.Function):
                 b = config.spec.build(config.options).coefficients(ys.dtype, ys.device)[1]
                 quadrature = _Quadrature(params, b)
                 hooks = Hooks(stage_hook=quadrature, skip=ctx.failed)
-            run_options = {"fsal": False, "use_callbacks": False}
         if interpolating:
             aug = interpolating_dynamics(f, params, trajectory, lanes)
             if options.get("norm") is not None:
@@ -238,8 +228,9 @@ class _Adjoint(torch.autograd.Function):
                     rtol=rtol, atol=atol)
             else:
                 aug_problem = retime(aug_problem, span, aug_problem.layout.flatten(state))
-            with torch.no_grad():
-                result = run(aug_problem, config.spec, hooks, **run_options)[0]
+            with torch.no_grad():  # (per sample every stage is evaluated: the quadrature's)
+                result = run(aug_problem, config.spec, hooks, fsal=not lanes,
+                             use_callbacks=not lanes)[0]
             _check_backward(problem, aug_problem, result, config, i, ctx.failed)
             n_steps += result.stats.n_steps
             if isinstance(quadrature, LanesQuadrature):
@@ -302,12 +293,12 @@ def _backward_options(options: dict[str, Any], problem: Problem,
     quadrature outside the error control, and no norm is given.
     """
     C = problem.clock
-    out = dict(options)
+    out = {k: v for k, v in options.items() if k != "jacobian"}  # the forward J, not ours
     norm = out.pop("norm", None)
     if C.per_sample:
         out["per_sample"] = True
-    elif norm == "seminorm":
-        out["norm"] = _seminorm
+    elif norm == "seminorm":  # only y and a count; g (the parameter gradient) is ignored
+        out["norm"] = lambda s: torch.maximum(rms_norm(s[0]), rms_norm(s[1]))
     elif norm is not None:
         out["norm"] = _user_adjoint_norm(norm, problem, params)
     for name in ("jump_t", "step_t"):
@@ -329,6 +320,7 @@ def _backward_options(options: dict[str, Any], problem: Problem,
 def _user_adjoint_norm(norm: Callable, problem: Problem, params: tuple[Tensor, ...]) -> Callable:
     layout = problem.layout
     shapes = [p.shape + ((2,) if p.is_complex() else ()) for p in params]
+    sizes = [math.prod(s) for s in shapes]
 
     def as_user(x: Tensor) -> tuple[Tensor, ...]:
         out = layout.real_view(x)
@@ -338,7 +330,6 @@ def _user_adjoint_norm(norm: Callable, problem: Problem, params: tuple[Tensor, .
         y, a = state[0], state[1]
         parts = [y.new_zeros(()), *as_user(y), *as_user(a)]
         if len(state) > 2:
-            sizes = [math.prod(s) for s in shapes]
             parts += [g.view(s) for g, s in zip(torch.split(state[2], sizes), shapes)]
         return norm(tuple(parts))
 

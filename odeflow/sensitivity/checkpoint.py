@@ -78,9 +78,7 @@ class _Checkpoint(torch.autograd.Function):
 def _replay(problem: Problem, stepper: Any, cfg: Any, rec: StepRecord, y: Tensor, dt: Any,
             adj: Tensor, grad_ys: Tensor, grad_last: Tensor) -> tuple[list, list]:
     """One step rebuilt under autograd; the tensors it produced and their gradients."""
-    C = problem.clock
-    f = problem.func
-    lanes = C.per_sample
+    C, f, lanes = problem.clock, problem.func, problem.per_sample
     jumps = cfg.stop_jump is not None
     if cfg.perturb or (rec.f0_side if not lanes else jumps):
         f0 = f.perturbed(rec.t, y, 1 if cfg.perturb else rec.f0_side)
@@ -109,9 +107,8 @@ def _replay(problem: Problem, stepper: Any, cfg: Any, rec: StepRecord, y: Tensor
     grads = [adj]
     for sel, j, theta in rec.outputs:
         if not lanes:
-            value = y_new if theta == 1.0 else stepper.interpolate(y, y_new, dt, stages, f_new,
-                                                                   theta, None)
-            targets.append(value)
+            targets.append(y_new if theta == 1.0 else stepper.interpolate(
+                y, y_new, dt, stages, f_new, theta, None))
             grads.append(grad_ys[j])
             continue
         # per sample: ``sel`` the lanes that passed output ``j[b]`` in this step
@@ -121,11 +118,7 @@ def _replay(problem: Problem, stepper: Any, cfg: Any, rec: StepRecord, y: Tensor
         cols = torch.arange(y.shape[0], device=y.device)
         grads.append(torch.where(sel[:, None], grad_ys[j, cols], 0.0))
     if rec.event is not None:
-        sel, theta, restep = rec.event
-        th = theta
-        if lanes:
-            th = torch.ones_like(rec.t)
-            th[sel] = theta
+        sel, th, restep = rec.event  # (per sample th is 1 in the lanes without an event)
         piece = stepper.interpolant(rec.t, dt, y, y_new, stages, f_new, f)
         y_ev = (piece.precise if restep else piece).evaluate(th)
         if lanes:

@@ -43,8 +43,7 @@ def attach_event_time(locator: EventLocator, problem: Problem, t_stop: Tensor, y
     g = locator.call(t_user.to(real), y_stop).gather(1, index)[:, 0]
     if not g.requires_grad:
         return t_user, y_stop
-    sign_col = C.sign_column(y_stop.dtype) if C.per_sample else C.sign
-    ydot_user = hits.ydot * sign_col
+    ydot_user = hits.ydot * (C.sign_column(y_stop.dtype) if C.per_sample else C.sign)
     with torch.enable_grad():
         tt = t_user.to(real).requires_grad_(True)
         yy = y_stop.detach().requires_grad_(True)

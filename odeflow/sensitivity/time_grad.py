@@ -44,8 +44,7 @@ class _OutputTimes(torch.autograd.Function):
     @staticmethod
     def forward(ctx, t: Tensor, ys: Tensor, problem: Problem,  # type: ignore[override]
                 stats: SolveStats) -> Tensor:
-        ctx.problem = problem
-        ctx.stats = stats
+        ctx.problem, ctx.stats = problem, stats
         ctx.save_for_backward(t, ys.detach())
         return ys.view_as(ys)
 
