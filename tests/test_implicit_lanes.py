@@ -134,3 +134,43 @@ def test_a_parameter_that_enters_only_after_t0_gets_its_gradient(method, per_sam
     # trbdf2 is second order: its global error at this tolerance is ~1e-7 relative
     rtol = 1e-5 if method == "trbdf2" else 1e-7
     torch.testing.assert_close(grad, expected, rtol=rtol, atol=0.0)
+
+
+class _NoVmapBackward(torch.autograd.Function):
+    """The identity, with a backward that branches on its values: autograd cannot vmap it,
+    so a Jacobian falls back from the batched pass to one backward pass per row."""
+
+    calls = {"entered": 0, "done": 0}
+
+    @staticmethod
+    def forward(ctx, y):
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        _NoVmapBackward.calls["entered"] += 1
+        if bool((grad != 0).any()):  # raises under vmap
+            pass
+        _NoVmapBackward.calls["done"] += 1
+        return grad
+
+
+@pytest.mark.parametrize("method", ["kvaerno5", "trbdf2"])
+def test_per_sample_jacobian_fallback_is_found_once_per_solve(method):
+    """A func whose backward cannot be vmapped costs one failed batched Jacobian per solve,
+    not one per Jacobian refresh; the steps are those of the plain func."""
+    kinetics = robertson_kinetics(RATES)
+    t = torch.tensor([0.0, 10.0], dtype=F64)
+
+    def opaque(tt, y):
+        return kinetics(tt, _NoVmapBackward.apply(y))
+
+    opts = PS
+    calls = _NoVmapBackward.calls
+    calls.update(entered=0, done=0)
+    sol = odeflow.solve(opaque, Y0, t, method=method, rtol=1e-6, atol=1e-9, options=opts)
+    plain = odeflow.solve(kinetics, Y0, t, method=method, rtol=1e-6, atol=1e-9, options=opts)
+    assert sol.stats.n_jacobians > 2  # several refreshes
+    assert calls["entered"] - calls["done"] == 1  # the one batched attempt that failed
+    assert torch.equal(sol.sample_stats.n_steps, plain.sample_stats.n_steps)
+    torch.testing.assert_close(sol.ys, plain.ys, rtol=0, atol=1e-12)

@@ -73,3 +73,16 @@ def test_step_returns_a_step_result_with_f0_first():
     assert isinstance(result, StepResult) and result.ok
     assert result.stages[0] is not None and torch.equal(result.stages[0], -y)
     assert abs(result.y_new[0].item() - math.exp(-0.1)) < 1e-7
+
+
+def test_implicit_steppers_declare_it():
+    """The loop skips its stiffness probe (a warning to try an implicit method) for steppers
+    that declare ``implicit``; every implicit method's stepper must, and no explicit one."""
+    from odeflow.solvers import METHODS
+
+    for name in METHODS:
+        spec = get_method(name)
+        if spec.external or not spec.adaptive:
+            continue
+        stepper = spec.build({})
+        assert bool(getattr(stepper, "implicit", False)) == spec.implicit, name

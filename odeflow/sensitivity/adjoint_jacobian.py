@@ -51,7 +51,7 @@ def flat_grads(grads: Any, params: tuple[Tensor, ...], dtype: torch.dtype) -> Te
 
 @dataclass
 class _BlockJacobian:
-    jac: Any  # the forward Jacobian J (canonical forward time): dense, or an operator
+    jac: Any  # the forward Jacobian J (canonical forward time), or the Krylov point (f, t, y)
     orient: float  # +1 or -1: the backward solve's time runs with or against the forward's
     tau: float  # the forward's canonical time
     y: Tensor  # the forward state J was taken at

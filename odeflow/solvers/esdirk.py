@@ -101,6 +101,8 @@ class ESDIRK:
     #: Outputs are interpolated (kvaerno5: its order-4 continuous extension).
     steps_to_outputs = False
     needs_f_end_for_dense = True
+    #: an implicit method: the loop's stiffness probe (for explicit methods) skips it
+    implicit = True
     #: ``κ``, Newton's convergence threshold in units of the tolerance (esdirk_newton)
     newton_kappa = 1e-3
     #: refactorise ``M`` when ``hγ`` changed by more than this fraction (rule 2)
@@ -255,7 +257,7 @@ class ESDIRK:
         if need_j_any:
             # Per sample func is evaluated on every lane (it takes the whole batch); the
             # lanes that keep their J keep it.
-            jac, _ = solver.jacobian(f, t, y_d, ImplicitCounts() if lanes else counts,
+            jac, _ = solver.jacobian(f, t, y_d, state.jac_modes if lanes else counts,
                                      with_time=False)
             state.jac = _where(need_j, jac, state.jac)
             state.jac_at = torch.where(need_j, t, state.jac_at) if lanes else y

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -71,6 +71,9 @@ class ESDIRKState:
     previous: Any = None
     pending_t: Tensor | None = None
     previous_t: Tensor | None = None
+    # Per sample J is counted per lane (``counts``); this keeps the Jacobian's fallbacks
+    # (a func autograd cannot vmap) from one refresh to the next.
+    jac_modes: ImplicitCounts = field(default_factory=ImplicitCounts)
 
     def init_lanes(self, y: Tensor, stages: int) -> None:
         """The per-lane cache before the first step: no ``J``, no factor (``nan`` times and
