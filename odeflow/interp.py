@@ -37,12 +37,9 @@ def hermite(y0: Tensor, y1: Tensor, f0: Tensor, f1: Tensor, dt: float, theta: fl
     """
     t2 = theta * theta
     t3 = t2 * theta
-    h01 = -2 * t3 + 3 * t2
-    h10 = t3 - 2 * t2 + theta
-    h11 = t3 - t2
-    out = torch.add(y0, y1 - y0, alpha=h01)
-    out.add_(f0, alpha=dt * h10)
-    out.add_(f1, alpha=dt * h11)
+    out = torch.add(y0, y1 - y0, alpha=-2 * t3 + 3 * t2)  # the basis h01, h10, h11
+    out.add_(f0, alpha=dt * (t3 - 2 * t2 + theta))
+    out.add_(f1, alpha=dt * (t3 - t2))
     return out
 
 

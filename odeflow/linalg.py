@@ -293,9 +293,8 @@ class DenseSolver:
             at = f.clock.user_time(t).tolist() if isinstance(t, Tensor) else f.sign * t
             raise ValueError(f"options['jacobian'] returned non-finite values at "
                              f"t={at!r} (func itself is finite there)")
-        jac = _signed(f, jac.to(y.dtype), 2)
-        f_t = _time_derivative(f, t, y, counts) if with_time else None
-        return jac, f_t
+        return (_signed(f, jac.to(y.dtype), 2),
+                _time_derivative(f, t, y, counts) if with_time else None)
 
     def factor(self, jac: Tensor, h_gamma: Any, counts: ImplicitCounts) -> DenseFactor:
         """LU of ``I - hγ J``; ``h_gamma`` is a float, or a ``(B,)`` tensor for ``(B, n, n)``."""

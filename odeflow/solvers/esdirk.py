@@ -377,5 +377,4 @@ class ESDIRK:
                     f_new: Tensor | None, theta: float, ws: Any) -> Tensor:
         if self.tableau.dense:
             return combine(y, stages, nonzero(self.tableau.dense_weights(theta)), dt)
-        f1 = f_new if f_new is not None else stages[-1]
-        return hermite(y, y_new, stages[0], f1, dt, theta)
+        return hermite(y, y_new, stages[0], stages[-1] if f_new is None else f_new, dt, theta)

@@ -76,7 +76,6 @@ class Rosenbrock:
 
     steps_to_outputs = False
     needs_f_end_for_dense = False
-    fsal = False
     implicit = True
 
     def __init__(self, tableau: RosenbrockTableau, linear_solver: Any, *,
@@ -262,13 +261,8 @@ class RosenbrockInterpolant(Interpolant):
     def __init__(self, t: float, dt: Any, y0: Tensor, y1: Tensor, terms: Sequence[Tensor]):
         self.t, self.dt, self.y0, self.y1, self.terms = t, dt, y0, y1, tuple(terms)
 
-    def _theta(self, theta: Any) -> Any:
-        if isinstance(theta, Tensor):  # per sample: (B,) -> (B, 1)
-            return theta.to(self.y0.dtype).reshape(-1, 1)
-        return theta
-
     def evaluate(self, theta: Any) -> Tensor:
-        th = self._theta(theta)
+        th = theta.to(self.y0.dtype).reshape(-1, 1) if isinstance(theta, Tensor) else theta
         poly = self.terms[-1]
         for k in reversed(self.terms[:-1]):  # Horner: k1 + θ(k2 + θ k3)
             poly = k + th * poly
@@ -277,7 +271,7 @@ class RosenbrockInterpolant(Interpolant):
         return out + (th * (1 - th)) * poly
 
     def derivative(self, theta: Any) -> Tensor:
-        th = self._theta(theta)
+        th = theta.to(self.y0.dtype).reshape(-1, 1) if isinstance(theta, Tensor) else theta
         h = self.dt.to(self.y0.dtype).reshape(-1, 1) if isinstance(self.dt, Tensor) else self.dt
         poly, dpoly = self.terms[-1], torch.zeros_like(self.terms[-1])
         for k in reversed(self.terms[:-1]):
