@@ -79,14 +79,10 @@ class Workspace(NamedTuple):
 
 
 def workspace(y0: Tensor, stages: int) -> Workspace:
-    """A :class:`Workspace` of ``stages`` rows for states shaped like ``y0`` (any shape: a
-    joint ``(n,)`` or a per-sample ``(B, n)``)."""
+    """A :class:`Workspace` of ``stages`` rows for states shaped like ``y0`` (any shape)."""
     buffer = y0.new_empty((stages, y0.numel()))
-    rows = buffer.unbind(0)
-    if y0.dim() != 1:
-        rows = tuple(r.view(y0.shape) for r in rows)
-    columns = buffer.T
-    return Workspace(rows, tuple(columns[:, :i] for i in range(stages + 1)))
+    rows = tuple(r.view(y0.shape) for r in buffer.unbind(0))
+    return Workspace(rows, tuple(buffer.T[:, :i] for i in range(stages + 1)))
 
 
 def addmv_sum(y: Tensor, k_t: Tensor, w: Tensor, dt: float) -> Tensor:

@@ -250,10 +250,9 @@ class ESDIRK:
         counted per lane)."""
         counts, solver = state.counts, self.linear_solver
         lanes = isinstance(hg, Tensor)
-        if lanes:  # host sync: one small transfer for both decisions
-            need_j_any, need_lu_any = torch.stack([need_j.any(), need_lu.any()]).tolist()
-        else:
-            need_j_any, need_lu_any = need_j, need_lu
+        # per sample a host sync: one small transfer for both decisions
+        need_j_any, need_lu_any = (torch.stack([need_j.any(), need_lu.any()]).tolist() if lanes
+                                   else (need_j, need_lu))
         if need_j_any:
             # Per sample func is evaluated on every lane (it takes the whole batch); the
             # lanes that keep their J keep it.
@@ -349,11 +348,10 @@ class ESDIRK:
         if not g.requires_grad:
             return z_star
         z_out = z_star - (g - g.detach())
-        solver = self.linear_solver
 
         def hook(v: Tensor) -> Tensor:
             with torch.no_grad():
-                counts = ImplicitCounts()
+                counts, solver = ImplicitCounts(), self.linear_solver
                 jac, _ = solver.jacobian(f, ti, z_star, counts, with_time=False)
                 return solver.factor(jac, hg, counts).solve_transpose(v)
 

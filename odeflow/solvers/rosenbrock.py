@@ -93,8 +93,7 @@ class Rosenbrock:
         self._coef: dict[tuple, Coefficients] = {}
 
     def workspace(self, y0: Tensor) -> Workspace:
-        """Buffers of the no-autograd path: the increments as the rows of one ``(s, n)``
-        matrix, so that every stage sum is one ``addmv``."""
+        """Buffers of the no-autograd path: every stage sum is one ``addmv`` over them."""
         return workspace(y0, self._s)
 
     def _coefficients(self, y: Tensor) -> Coefficients:
