@@ -178,9 +178,7 @@ class ExplicitRK:
     # ----------------------------------------------------------------------- dense output
     def f_end(self, f: Func, t_new: float, y_new: Tensor, result: StepResult) -> Tensor:
         """``f(t_new, y_new)``: the FSAL stage when there is one, else a new evaluation."""
-        if self.fsal:
-            return result.stages[-1]
-        return f(t_new, y_new)
+        return result.stages[-1] if self.fsal else f(t_new, y_new)
 
     def interpolant(self, t: float, dt: float, y: Tensor, y_new: Tensor,
                     stages: Sequence[Tensor], f_new: Tensor | None,

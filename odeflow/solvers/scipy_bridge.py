@@ -114,6 +114,4 @@ def _per_sample(problem: Problem, solve_ivp: Any, kwargs: dict[str, Any]) -> dic
 
 
 def _to_numpy(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.detach().to("cpu", torch.float64).numpy()
-    return x
+    return x.detach().to("cpu", torch.float64).numpy() if isinstance(x, torch.Tensor) else x
