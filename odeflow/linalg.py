@@ -301,9 +301,8 @@ class DenseSolver:
         counts.n_lu += 1
         eye = torch.eye(jac.shape[-1], dtype=jac.dtype, device=jac.device)
         hg = h_gamma.reshape(-1, 1, 1).to(jac.dtype) if isinstance(h_gamma, Tensor) else h_gamma
-        lu, pivots, _info = torch.linalg.lu_factor_ex(eye - hg * jac)
         # A singular M gives inf/nan in the solves; the stepper reports that step as failed.
-        return DenseFactor(lu, pivots, h_gamma)
+        return DenseFactor(*torch.linalg.lu_factor_ex(eye - hg * jac)[:2], h_gamma)
 
 
 # ------------------------------------------------------------------------------- krylov path

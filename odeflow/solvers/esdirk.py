@@ -162,7 +162,13 @@ class ESDIRK:
         active = dt > 0 if lanes else True
         with torch.no_grad():
             tests = newton_tests(y_d, self.rtol, self.atol, self.newton_kappa, lanes)
-            self._prepare(f, t, y, y_d, hg, active, state)
+            # Rules 1 and 2 of the module docstring. No factor yet (nan hγ, which compares
+            # False) means no J yet: need_j covers it.
+            never = torch.isnan(state.jac_at) if lanes else state.jac is None
+            need_j = active & (never | (state.refresh_jac & _not(self._jac_current(state, t, y))))
+            fac_hg = state.factor.h_gamma if state.factor is not None else math.nan
+            need_lu = active & (need_j | (abs(hg / fac_hg - 1.0) > self.refactor_ratio))
+            self._renew(f, t, y, y_d, hg, need_j, need_lu, state)
             previous = self._previous_step(t, y, f0, state)
             todo, ok, out = active, torch.ones_like(active) if lanes else True, None
             while True:
@@ -233,16 +239,6 @@ class ESDIRK:
     @staticmethod
     def _jac_current(state: ESDIRKState, t: Any, y: Tensor) -> Any:
         return state.jac_at == t if isinstance(t, Tensor) else state.jac_at is y
-
-    def _prepare(self, f: Any, t: Any, y: Tensor, y_d: Tensor, hg: Any, active: Any,
-                 state: ESDIRKState) -> None:
-        """Rules 1 and 2 of the module docstring, at the start of an attempt."""
-        never = torch.isnan(state.jac_at) if isinstance(hg, Tensor) else state.jac is None
-        need_j = active & (never | (state.refresh_jac & _not(self._jac_current(state, t, y))))
-        # No factor yet (nan hγ, which compares False) means no J yet: need_j covers it.
-        fac_hg = state.factor.h_gamma if state.factor is not None else math.nan
-        need_lu = active & (need_j | (abs(hg / fac_hg - 1.0) > self.refactor_ratio))
-        self._renew(f, t, y, y_d, hg, need_j, need_lu, state)
 
     def _renew(self, f: Any, t: Any, y: Tensor, y_d: Tensor, hg: Any, need_j: Any,
                need_lu: Any, state: ESDIRKState) -> None:

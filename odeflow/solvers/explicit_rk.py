@@ -91,7 +91,6 @@ class ExplicitRK:
     # ------------------------------------------------------------------------------ step
     def init(self, y0: Tensor) -> None:
         """An explicit Runge–Kutta method carries no state beyond ``f0`` (the loop's)."""
-        return None
 
     def step(self, f: Func, t: Any, y: Tensor, f0: Tensor, dt: Any, state: None,
              ws: Workspace | None, *, with_error: bool = True, f_last: Func | None = None,
