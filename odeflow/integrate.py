@@ -34,7 +34,7 @@ from .solvers.base import StepResult
 from .stats import SolveStats, Status
 from .stiffness import PROBE_AFTER, warn_if_stiff
 
-__all__ = ["LoopConfig", "LoopResult", "StepRecord", "integrate", "FAILURES", "Hooks"]
+__all__ = ["LoopConfig", "LoopResult", "StepRecord", "integrate", "FAILURES", "Hooks", "f_at_end"]
 
 #: The statuses that make a lane a failure (``NO_EVENT`` is an outcome, not a failure).
 FAILURES = (Status.MAX_STEPS_REACHED, Status.STEP_SIZE_UNDERFLOW, Status.NONFINITE)
@@ -283,7 +283,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
                 masks.append(hit & (next_out < t_new))
                 n_more.append(torch.where(ok, C.n_passed(t_new) - out_idx, 0).max())
             if event is not None:  # the event test joins the decisions (a crossing stops)
-                f_new = _f_end(stepper, f, cfg, fsal, t_new, y_new, res)
+                f_new = f_at_end(stepper, f, cfg, fsal, t_new, y_new, res)
                 interp = stepper.interpolant(t, dt_try, y, y_new, stages, f_new, f)
                 crossed = event.detect(interp, y_new, ok)
                 still = still & ~crossed
@@ -321,7 +321,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         if f_new is None and any_ok and (
                 (any_left and fsal_loop) or (interior and stepper.needs_f_end_for_dense)
                 or event is not None or dense is not None):
-            f_new = _f_end(stepper, f, cfg, fsal, t_new, y_new, res)
+            f_new = f_at_end(stepper, f, cfg, fsal, t_new, y_new, res)
         if any_hit and not end_only:
             out_idx, next_out = C.write_outputs(stepper, ys, n_pass, hit, interior, out_idx,
                                                 next_out, ok, t, t_new, dt_try, y, y_new, stages,
@@ -371,8 +371,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
             stop_idx = C.clip(stop_idx + (ok & land), 0, last_stop)
             next_stop = C.gather(stops, stop_idx)
         active = still
-        left = any_left
-        if not left:
+        if not any_left:
             break
         if adaptive:
             dt, ctrl = cfg.controller.propose(dt_try, ratio, ok, k, ctrl)
@@ -382,10 +381,10 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
     return result(t, y)
 
 
-def _f_end(stepper: Any, f: Any, cfg: LoopConfig, fsal: bool, t_new: Any, y_new: Tensor,
-           res: StepResult) -> Tensor:
-    """The derivative at an attempt's end: its last stage (FSAL), one-sided on a perturbed
-    fixed grid, else the stepper's."""
+def f_at_end(stepper: Any, f: Any, cfg: LoopConfig, fsal: bool, t_new: Any, y_new: Tensor,
+             res: StepResult) -> Tensor:
+    """The derivative at an attempt's end (the loop's and the checkpoint replay's): its last
+    stage (FSAL), one-sided on a perturbed fixed grid, else the stepper's."""
     if fsal:
         return res.stages[-1]
     if cfg.perturb:
