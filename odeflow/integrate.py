@@ -109,7 +109,6 @@ class LoopResult:
     dt_last: Any = None  # the last attempted step size(s)
     lanes: Any = None  # per sample: (status, n_steps, n_accepted, n_rejected) tensors
     records: list[StepRecord] | None = None
-    event: Any = None
     state: Any = None  # the stepper's carried state at the end
 
 
@@ -144,7 +143,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
     # state is its output, written once after the loop rather than as lanes finish.
     end_only = not shared and n_out == 2 and hooks.event is None and records is None
 
-    def result(t_last: Any, y_last: Tensor, event: Any = None) -> LoopResult:
+    def result(t_last: Any, y_last: Tensor) -> LoopResult:
         n_rej = n_steps - n_acc
         lanes = None if shared else (status, n_steps, n_acc, n_rej)
         stats.n_accepted, stats.n_rejected = (n_acc, n_rej) if shared else (
@@ -157,7 +156,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
                 reached = reached & ~hooks.skip
             ys[1] = torch.where(C.row_mask(reached, y_last), y_last, math.nan)
         return LoopResult(ys if shared else ys[:n_out], stats, t_last, y_last, status,
-                          dt_last, lanes, records, event, state)
+                          dt_last, lanes, records, state)
 
     counts = dt_last = state = None
     if n_out == 1:
@@ -339,10 +338,10 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         if progress is not None and any_ok:
             progress.update(C.where(ok, t_new, t), stats.n_steps)
         if event is not None and shared:
-            ended = event.check(interp, y_new, ok, rec) if any_ok else None
-            if ended is not None:
+            if any_ok and bool(event.detect(interp, y_new, ok).any()):  # host sync (joint step)
+                event.locate(interp, y_new, rec)
                 status = int(Status.EVENT)
-                return result(t_new, y_new, ended)
+                return result(t_new, y_new)
         elif event is not None and any_crossed:  # (those lanes already left `still`)
             status = torch.where(event.locate(interp, y_new, rec), int(Status.EVENT), status)
         if any_jumps and f_new is not None:
