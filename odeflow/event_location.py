@@ -4,7 +4,7 @@ After an attempt, :meth:`EventLocator.detect` evaluates ``event_fn`` on the step
 :class:`~odeflow.interp.Interpolant`, at the step's end and at :data:`INTERIOR_SAMPLES`
 interior points, and compares each value's sign with its sign before the step, with no host
 synchronisation: a per-sample loop reads the crossing lanes with its other decisions of
-the iteration, a joint one reads them once per accepted step (:meth:`EventLocator.check`).
+the iteration, a joint one reads them once per accepted step.
 The first sample at which a value reaches or passes zero (in the chosen direction)
 brackets the first crossing, so the located event is the first sign change of the step
 also when
@@ -46,7 +46,7 @@ from torch import Tensor
 from .interp import Interpolant
 from .problem import Problem
 
-__all__ = ["EventHits", "EventLocator", "INTERIOR_SAMPLES", "direction_tensor"]
+__all__ = ["EventHits", "EventLocator", "INTERIOR_SAMPLES"]
 
 #: Interior points of each step at which ``event_fn`` is sampled (besides the step's end).
 INTERIOR_SAMPLES = 4
@@ -101,8 +101,21 @@ class EventLocator:
             g0 = self.raw(C.t0, y0)
         if not bool(torch.isfinite(g0).all()):  # host sync: once per solve
             raise ValueError(f"event_fn(t0, y0) must be finite, got {g0.tolist()}")
-        self.k = g0.shape[1]
-        self.direction = direction_tensor(direction, self.k, g0)
+        self.k = k = g0.shape[1]
+        # event_direction as one value per event value: +1 rising, -1 falling, 0 both
+        if isinstance(direction, Tensor):
+            values = direction.detach().reshape(-1).tolist()  # host sync: once per solve
+        elif isinstance(direction, (list, tuple)):
+            values = list(direction)
+        else:
+            values = [direction]
+        if len(values) == 1:
+            values = values * k
+        if len(values) != k or any(v not in (-1, 0, 1) for v in values):
+            raise ValueError(
+                f"event_direction must be -1 (falling), 0 (either) or +1 (rising), one value or "
+                f"one per value of event_fn ({k}); got {direction!r}")
+        self.direction = torch.tensor(values, dtype=g0.dtype, device=g0.device)
         self.sign = torch.sign(g0)  # 0 for a value exactly zero at t0: not armed yet
         self.g_prev = g0
         rows = y0.reshape(self.lanes, -1)
@@ -186,14 +199,6 @@ class EventLocator:
             self.g_prev = torch.where((lanes_ok & ~found)[:, None], samples[-1], self.g_prev)
             self.sign = s
         return found
-
-    def check(self, interp: Interpolant, y_new: Tensor, ok: Any, rec: Any = None
-              ) -> Tensor | None:
-        """A joint solve's accepted step: :meth:`locate` if :meth:`detect` finds a crossing."""
-        found = self.detect(interp, y_new, ok)
-        if not bool(found.any()):  # host sync: the event test of a joint step
-            return None
-        return self.locate(interp, y_new, rec)
 
     def locate(self, interp: Interpolant, y_new: Tensor, rec: Any = None) -> Tensor:
         """Locate the crossings of the last :meth:`detect` (call it only when some lane
@@ -330,20 +335,3 @@ def _root(evaluate: Callable[[Tensor], Tensor], s: Tensor, mask: Tensor, crossed
     index = torch.where(mask, hb.argmin(1), -1)
     return torch.where(mask, torch.where(a == a0, b, a), 1.0), index
 
-
-def direction_tensor(direction: Any, n: int, like: Tensor) -> Tensor:
-    """``event_direction`` as one value per event value: ``+1`` rising, ``-1`` falling,
-    ``0`` both."""
-    if isinstance(direction, Tensor):
-        values = direction.detach().reshape(-1).tolist()  # host sync: once per solve
-    elif isinstance(direction, (list, tuple)):
-        values = list(direction)
-    else:
-        values = [direction]
-    if len(values) == 1:
-        values = values * n
-    if len(values) != n or any(v not in (-1, 0, 1) for v in values):
-        raise ValueError(
-            f"event_direction must be -1 (falling), 0 (either) or +1 (rising), one value or "
-            f"one per value of event_fn ({n}); got {direction!r}")
-    return torch.tensor(values, dtype=like.dtype, device=like.device)

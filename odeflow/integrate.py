@@ -34,7 +34,7 @@ from .solvers.base import StepResult
 from .stats import SolveStats, Status
 from .stiffness import PROBE_AFTER, warn_if_stiff
 
-__all__ = ["LoopConfig", "LoopResult", "StepRecord", "integrate", "FAILURES", "Hooks"]
+__all__ = ["LoopConfig", "LoopResult", "StepRecord", "integrate", "FAILURES", "Hooks", "f_at_end"]
 
 #: The statuses that make a lane a failure (``NO_EVENT`` is an outcome, not a failure).
 FAILURES = (Status.MAX_STEPS_REACHED, Status.STEP_SIZE_UNDERFLOW, Status.NONFINITE)
@@ -109,7 +109,6 @@ class LoopResult:
     dt_last: Any = None  # the last attempted step size(s)
     lanes: Any = None  # per sample: (status, n_steps, n_accepted, n_rejected) tensors
     records: list[StepRecord] | None = None
-    event: Any = None
     state: Any = None  # the stepper's carried state at the end
 
 
@@ -144,7 +143,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
     # state is its output, written once after the loop rather than as lanes finish.
     end_only = not shared and n_out == 2 and hooks.event is None and records is None
 
-    def result(t_last: Any, y_last: Tensor, event: Any = None) -> LoopResult:
+    def result(t_last: Any, y_last: Tensor) -> LoopResult:
         n_rej = n_steps - n_acc
         lanes = None if shared else (status, n_steps, n_acc, n_rej)
         stats.n_accepted, stats.n_rejected = (n_acc, n_rej) if shared else (
@@ -157,7 +156,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
                 reached = reached & ~hooks.skip
             ys[1] = torch.where(C.row_mask(reached, y_last), y_last, math.nan)
         return LoopResult(ys if shared else ys[:n_out], stats, t_last, y_last, status,
-                          dt_last, lanes, records, event, state)
+                          dt_last, lanes, records, state)
 
     counts = dt_last = state = None
     if n_out == 1:
@@ -283,7 +282,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
                 masks.append(hit & (next_out < t_new))
                 n_more.append(torch.where(ok, C.n_passed(t_new) - out_idx, 0).max())
             if event is not None:  # the event test joins the decisions (a crossing stops)
-                f_new = _f_end(stepper, f, cfg, fsal, t_new, y_new, res)
+                f_new = f_at_end(stepper, f, cfg, fsal, t_new, y_new, res)
                 interp = stepper.interpolant(t, dt_try, y, y_new, stages, f_new, f)
                 crossed = event.detect(interp, y_new, ok)
                 still = still & ~crossed
@@ -321,7 +320,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         if f_new is None and any_ok and (
                 (any_left and fsal_loop) or (interior and stepper.needs_f_end_for_dense)
                 or event is not None or dense is not None):
-            f_new = _f_end(stepper, f, cfg, fsal, t_new, y_new, res)
+            f_new = f_at_end(stepper, f, cfg, fsal, t_new, y_new, res)
         if any_hit and not end_only:
             out_idx, next_out = C.write_outputs(stepper, ys, n_pass, hit, interior, out_idx,
                                                 next_out, ok, t, t_new, dt_try, y, y_new, stages,
@@ -339,10 +338,10 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         if progress is not None and any_ok:
             progress.update(C.where(ok, t_new, t), stats.n_steps)
         if event is not None and shared:
-            ended = event.check(interp, y_new, ok, rec) if any_ok else None
-            if ended is not None:
+            if any_ok and bool(event.detect(interp, y_new, ok).any()):  # host sync (joint step)
+                event.locate(interp, y_new, rec)
                 status = int(Status.EVENT)
-                return result(t_new, y_new, ended)
+                return result(t_new, y_new)
         elif event is not None and any_crossed:  # (those lanes already left `still`)
             status = torch.where(event.locate(interp, y_new, rec), int(Status.EVENT), status)
         if any_jumps and f_new is not None:
@@ -371,8 +370,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
             stop_idx = C.clip(stop_idx + (ok & land), 0, last_stop)
             next_stop = C.gather(stops, stop_idx)
         active = still
-        left = any_left
-        if not left:
+        if not any_left:
             break
         if adaptive:
             dt, ctrl = cfg.controller.propose(dt_try, ratio, ok, k, ctrl)
@@ -382,10 +380,10 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
     return result(t, y)
 
 
-def _f_end(stepper: Any, f: Any, cfg: LoopConfig, fsal: bool, t_new: Any, y_new: Tensor,
-           res: StepResult) -> Tensor:
-    """The derivative at an attempt's end: its last stage (FSAL), one-sided on a perturbed
-    fixed grid, else the stepper's."""
+def f_at_end(stepper: Any, f: Any, cfg: LoopConfig, fsal: bool, t_new: Any, y_new: Tensor,
+             res: StepResult) -> Tensor:
+    """The derivative at an attempt's end (the loop's and the checkpoint replay's): its last
+    stage (FSAL), one-sided on a perturbed fixed grid, else the stepper's."""
     if fsal:
         return res.stages[-1]
     if cfg.perturb:

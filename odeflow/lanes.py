@@ -116,9 +116,6 @@ class SharedClock:
             return torch.full((1,), self.sign * t, dtype=self.real_dtype, device=self.device)
         return torch.scalar_tensor(self.sign * t, dtype=self.real_dtype, device=self.device)
 
-    def user_float(self, t: Any, lane: int = 0) -> float:
-        return self.sign * float(t)
-
 
 class LaneClock:
     """``B`` lanes: times, step sizes and decisions as ``(B,)`` tensors (per-sample)."""

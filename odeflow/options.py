@@ -80,20 +80,6 @@ def max_steps(options: dict) -> int:
     return value
 
 
-def _times(options: dict, name: str) -> None:
-    value = options[name]
-    if isinstance(value, Tensor):
-        values = value.detach().reshape(-1).to("cpu", torch.float64).tolist()
-    else:
-        try:
-            values = [float(v) for v in value]
-        except (TypeError, ValueError):
-            raise TypeError(f"options['{name}'] must be a 1-D tensor or sequence of times, got "
-                            f"{type(value).__name__}") from None
-    if not all(math.isfinite(v) for v in values):
-        raise ValueError(f"options['{name}'] must hold finite times, got {values}")
-
-
 def validate_options(options: dict[str, Any], *, adjoint: bool = False) -> None:
     """Check the value of every option in ``options`` (keys were checked by the method).
 
@@ -113,7 +99,16 @@ def validate_options(options: dict[str, Any], *, adjoint: bool = False) -> None:
         elif name == "max_num_steps":
             max_steps(options)
         elif name in ("jump_t", "step_t"):
-            _times(options, name)
+            if isinstance(value, Tensor):
+                times = value.detach().reshape(-1).to("cpu", torch.float64).tolist()
+            else:
+                try:
+                    times = [float(v) for v in value]
+                except (TypeError, ValueError):
+                    raise TypeError(f"options['{name}'] must be a 1-D tensor or sequence of "
+                                    f"times, got {type(value).__name__}") from None
+            if not all(math.isfinite(v) for v in times):
+                raise ValueError(f"options['{name}'] must hold finite times, got {times}")
         elif name in ("norm", "grid_constructor") and not callable(value) and not (
                 adjoint and name == "norm" and value == "seminorm"):
             extra = " or 'seminorm'" if adjoint and name == "norm" else ""

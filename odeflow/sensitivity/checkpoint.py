@@ -13,12 +13,13 @@ per step instead of every stage of every step. Joint and per-sample solves repla
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..integrate import StepRecord
+from ..integrate import StepRecord, f_at_end
 from ..problem import Problem
 from ..stats import SolveStats
 from . import add_grads
@@ -85,10 +86,8 @@ def _replay(problem: Problem, stepper: Any, cfg: Any, rec: StepRecord, y: Tensor
     else:
         f0 = f(rec.t, y)
     f_last = None
-    if cfg.perturb:
-        f_last = lambda tt, x: f.perturbed(tt, x, -1)  # noqa: E731
-    elif rec.last_side if not lanes else jumps:
-        f_last = lambda tt, x: f.perturbed(tt, x, rec.last_side)  # noqa: E731
+    if cfg.perturb or (rec.last_side if not lanes else jumps):
+        f_last = partial(f.perturbed, side=-1 if cfg.perturb else rec.last_side)
     # The derivative at the step's end only feeds the dense output; y_new does not need it.
     interior = rec.event is not None or any(
         th != 1.0 if not lanes else True for _, _, th in rec.outputs)
@@ -97,12 +96,8 @@ def _replay(problem: Problem, stepper: Any, cfg: Any, rec: StepRecord, y: Tensor
     y_new, stages = res.y_new, res.stages
     f_new = None
     if interior and stepper.needs_f_end_for_dense:
-        if getattr(stepper, "fsal", False) and cfg.fsal:
-            f_new = stages[-1]
-        elif cfg.perturb:
-            f_new = f.perturbed(rec.t_new, y_new, +1)
-        else:
-            f_new = stepper.f_end(f, rec.t_new, y_new, res)
+        fsal = getattr(stepper, "fsal", False) and cfg.fsal
+        f_new = f_at_end(stepper, f, cfg, fsal, rec.t_new, y_new, res)
     targets = [C.rows(rec.ok, y_new, y)]
     grads = [adj]
     for sel, j, theta in rec.outputs:

@@ -40,7 +40,8 @@ def interpolating_dynamics(func: Any, params: tuple[Tensor, ...], trajectory: Tr
     sign = func.sign
     last: list[Any] = [None, None]  # τ and y(τ): a stage's Newton iterations share τ
 
-    def y_at(tau: Tensor) -> Tensor:
+    def aug(tau: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        a = state[0]
         if lanes:
             # A lane that does not step (a failed sample) may read nan: its result is unused.
             if last[0] is None or not torch.equal(tau, last[0]):  # host sync: one a call
@@ -49,13 +50,8 @@ def interpolating_dynamics(func: Any, params: tuple[Tensor, ...], trajectory: Tr
             key = float(tau)  # host sync: the interpolant is chosen on the host
             if key != last[0]:
                 last[:] = key, trajectory(key)
-        return last[1]
-
-    def aug(tau: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        a = state[0]
-        y = y_at(tau)
         with torch.enable_grad():
-            y_in = y.detach().requires_grad_(True)
+            y_in = last[1].detach().requires_grad_(True)
             dy = func(tau.double(), y_in) if lanes else func.at(sign * tau, y_in)
             if lanes and not dy.requires_grad:
                 return (torch.zeros_like(a),)
