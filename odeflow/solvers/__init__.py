@@ -117,7 +117,9 @@ class MethodSpec:
         """A stepper configured by ``options`` (the loop reads the rest of them); the
         implicit methods scale their Newton tests by the solve's ``rtol``/``atol``."""
         if self.stepper is ExplicitRK:  # configuration only: one per method, reused
-            return _RK_CACHE.setdefault(self.name, ExplicitRK(TABLEAUS[self.name]))
+            if self.name not in _RK_CACHE:
+                _RK_CACHE[self.name] = ExplicitRK(TABLEAUS[self.name])
+            return _RK_CACHE[self.name]
         if self.stepper in (Rosenbrock, AutoSwitch):  # auto switches tsit5 <-> rodas5p
             rodas = Rosenbrock(ROSENBROCK_TABLEAUS["rodas5p" if self.name == "auto" else self.name],
                                make_linear_solver(options),
