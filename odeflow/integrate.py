@@ -338,7 +338,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         if progress is not None and any_ok:
             progress.update(C.where(ok, t_new, t), stats.n_steps)
         if event is not None and shared:
-            if any_ok and bool(event.detect(interp, y_new, ok).any()):  # host sync (joint step)
+            if any_ok and bool(event.detect(interp, y_new, ok).any()):  # host sync: event test
                 event.locate(interp, y_new, rec)
                 status = int(Status.EVENT)
                 return result(t_new, y_new)
@@ -347,7 +347,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         if any_jumps and f_new is not None:
             # A discontinuity: the FSAL derivative belongs to the left of it.
             right = ok & on_jump
-            if C.flags(right)[0]:  # host sync (per sample): only on a step that ended on a jump
+            if C.flags(right)[0]:  # host sync: per sample, only on a step that ended on a jump
                 f_new = C.rows(right, f.perturbed(t_new, y_new, right * 1), f_new)
         if any_jumps or cfg.perturb:
             f0_side = C.where(ok, 1 if cfg.perturb else (ok & on_jump) * 1, f0_side)
