@@ -46,6 +46,8 @@ from .base import Func, StepResult
 
 __all__ = ["ExplicitRK", "Workspace"]
 
+_NO_CONTEXT = contextlib.nullcontext()  # reusable: one object for every fused step
+
 
 class ExplicitRK:
     """Explicit Runge–Kutta stepper for a :class:`~odeflow.tableaus.ButcherTableau`.
@@ -167,7 +169,7 @@ class ExplicitRK:
         y_new = y_i if self.fsal else stage_sum(s, b, tab.b)
         err = None
         if with_error and b_err is not None:
-            with torch.no_grad() if graph else contextlib.nullcontext():
+            with torch.no_grad() if graph else _NO_CONTEXT:
                 if lanes:
                     err = h * torch.mv(columns(s), b_err).view_as(y)
                 else:  # beta=0: the input only fixes the shape; out = dt * K^T b_err
