@@ -363,47 +363,61 @@ class KrylovSolver:
 
 def gmres(matvec: Callable[[Tensor], Tensor], b: Tensor, *, tol: float = 1e-8,
           restart: int = 30, max_iters: int = 200) -> tuple[Tensor, int]:
-    """Solve ``A x = b`` by restarted GMRES (Arnoldi with modified Gram–Schmidt).
+    """Solve ``A x = b`` by restarted GMRES: Arnoldi with modified Gram–Schmidt, the small
+    least-squares problem kept triangular by Givens rotations as the basis grows (Saad,
+    *Iterative Methods for Sparse Linear Systems*, 2nd ed., §6.5.3), so that each iteration
+    knows its residual norm without solving it (real or complex ``b``).
 
     Stops when ``‖b - A x‖ ≤ tol · ‖b‖`` or after ``max_iters`` products; returns
-    ``(x, iterations)``. A non-converged solve returns its best iterate: the implicit step
-    that called it sees the resulting error (a large error estimate or a failed Newton
-    iteration) and shrinks the step.
+    ``(x, iterations)``. A non-converged solve returns its best iterate (a non-finite
+    product ends the cycle: the iterate is then non-finite): the implicit step that called
+    it sees the resulting error and shrinks the step.
     """
     shape = b.shape
     b = b.reshape(-1)
     x = b.new_zeros(b.shape)
-    b_norm = float(torch.linalg.vector_norm(b))
-    if b_norm == 0.0:
+    target = tol * float(torch.linalg.vector_norm(b))
+    if target == 0.0:
         return x.reshape(shape), 0
     iters = 0
     while iters < max_iters:
         r = b - matvec(x.reshape(shape)).reshape(-1) if iters else b.clone()
         beta = float(torch.linalg.vector_norm(r))
-        if beta <= tol * b_norm:
+        if not beta > target:  # (converged, or a non-finite iterate)
             break
-        m = min(restart, max_iters - iters)
-        basis = [r / beta]
-        hess = b.new_zeros(m + 1, m)
-        for k in range(m):
-            w = matvec(basis[k].reshape(shape)).reshape(-1)
+        basis, rotations, g, cols = [r / beta], [], [beta], []  # cols: R's columns
+        for _ in range(min(restart, max_iters - iters)):
+            w = matvec(basis[-1].reshape(shape)).reshape(-1)
             iters += 1
-            for j in range(k + 1):
-                hess[j, k] = torch.dot(w, basis[j])
-                w = w - hess[j, k] * basis[j]
-            h_next = torch.linalg.vector_norm(w)
-            hess[k + 1, k] = h_next
-            # Residual of the small least-squares problem: cheap, (k+2) x (k+1).
-            e1 = b.new_zeros(k + 2)
-            e1[0] = beta
-            coef = torch.linalg.lstsq(hess[:k + 2, :k + 1], e1.unsqueeze(-1)).solution
-            res = float(torch.linalg.vector_norm(hess[:k + 2, :k + 1] @ coef - e1.unsqueeze(-1)))
-            if res <= tol * b_norm or float(h_next) <= 1e-300:
+            col = []
+            for v in basis:
+                col.append(torch.vdot(v, w))
+                w = w - col[-1] * v
+            col.append(torch.linalg.vector_norm(w).to(w.dtype))
+            col = torch.stack(col).tolist()  # host sync: the new column, one read
+            h_next = abs(col[-1])
+            for i, (c, s) in enumerate(rotations):
+                col[i], col[i + 1] = c * col[i] + s * col[i + 1], c * col[i + 1] - (
+                    s.conjugate() * col[i])
+            k, (a, h) = len(rotations), col[-2:]
+            rho = math.hypot(abs(a), abs(h))
+            # The rotation that zeroes h under a: [c s; -conj(s) c] with c real.
+            c, s = (abs(a) / rho, (a / abs(a)) * h.conjugate() / rho) if a != 0 else (
+                (0.0, 1.0) if rho else (1.0, 0.0))
+            rotations.append((c, s))
+            cols.append(col[:k] + [c * a + s * h])
+            g.append(-s.conjugate() * g[k])
+            g[k] *= c
+            if abs(g[-1]) <= target or not h_next > 1e-300:  # (converged, breakdown, nan)
                 break
             basis.append(w / h_next)
-        # coef solves the last (k+2) x (k+1) problem: the update in the first k+1 vectors
-        x = x + torch.stack(basis[:k + 1], dim=1) @ coef.squeeze(-1)
-        if res <= tol * b_norm:
+        m = len(cols)
+        y = [0.0] * m  # R y = g[:m] by back substitution
+        for i in reversed(range(m)):
+            rest = g[i] - sum(cols[j][i] * y[j] for j in range(i + 1, m))
+            y[i] = rest / cols[i][i] if cols[i][i] != 0 else 0.0
+        x = x + torch.stack(basis[:m], dim=1) @ torch.tensor(y, dtype=b.dtype, device=b.device)
+        if abs(g[m]) <= target:
             break
     return x.reshape(shape), iters
 

@@ -215,6 +215,61 @@ def test_gmres_solves_a_nonsymmetric_system():
     assert 0 < iters <= 500
 
 
+def test_gmres_solves_a_complex_system():
+    # Complex A: the Arnoldi basis needs the conjugating inner product (torch.dot, which
+    # does not conjugate, made GMRES diverge here: residual 1e10 x ||b||).
+    g = torch.Generator().manual_seed(1)
+    n = 40
+    A = (torch.eye(n, dtype=F64) + 0.05 * torch.randn(n, n, generator=g, dtype=F64)
+         + 0.05j * torch.randn(n, n, generator=g, dtype=F64))
+    b = torch.randn(n, generator=g, dtype=F64) + 1j * torch.randn(n, generator=g, dtype=F64)
+    for restart in (n, 7):  # one cycle; several restarted cycles
+        x, iters = gmres(lambda v: A @ v, b, tol=1e-11, restart=restart, max_iters=500)
+        assert torch.linalg.vector_norm(A @ x - b) <= 1e-10 * torch.linalg.vector_norm(b)
+        assert torch.allclose(x, torch.linalg.solve(A, b), rtol=1e-9, atol=1e-10)
+        assert 0 < iters < 500
+
+
+def test_gmres_returns_a_nonfinite_iterate_for_a_nonfinite_product():
+    # No exception (torch's least-squares solvers assert on nan input): the implicit step
+    # sees the non-finite solve and shrinks the step. One product, then the cycle ends.
+    x, iters = gmres(lambda v: v * math.nan, torch.ones(3, dtype=F64))
+    assert iters == 1 and not torch.isfinite(x).any()
+
+
+def test_krylov_solves_are_reproducible():
+    # The same solve twice gives the same bits (LAPACK's default least-squares driver,
+    # which GMRES used per iteration, differed from call to call in the last bits, and a
+    # stiff solve amplified that to 1e-11).
+    A, y0, _ = _linear_stiff()
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    runs = [odeflow.solve(lambda t, y: A @ y + 0.1 * torch.sin(y), y0, t, method=m,
+                          rtol=1e-7, atol=1e-9, options={"linear_solver": "krylov"}).ys
+            for m in ("rodas5p", "kvaerno5") for _ in range(4)]
+    assert all(torch.equal(r, runs[0]) for r in runs[1:4])
+    assert all(torch.equal(r, runs[4]) for r in runs[5:])
+
+
+def test_krylov_and_dense_agree_on_a_complex_stiff_system():
+    g = torch.Generator().manual_seed(2)
+    n = 12
+    A = (-torch.diag(torch.logspace(0, 3, n, dtype=F64)) + 1j * torch.diag(
+        torch.linspace(-5, 5, n, dtype=F64)) + 0.3 * torch.randn(n, n, generator=g, dtype=F64)
+         ).to(torch.complex128)
+    y0 = torch.ones(n, dtype=torch.complex128)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
+    exact = torch.stack([torch.linalg.matrix_exp(A * float(s)) @ y0 for s in t])
+    for method in ("rodas5p", "kvaerno5"):
+        dense = odeflow.solve(lambda t, y: A @ y, y0, t, method=method, rtol=1e-8, atol=1e-10)
+        kry = odeflow.solve(lambda t, y: A @ y, y0, t, method=method, rtol=1e-8, atol=1e-10,
+                            options={"linear_solver": "krylov", "krylov_tol": 1e-12})
+        # Both within the tolerance's reach of the matrix exponential, and of each other.
+        assert torch.allclose(dense.ys, exact, rtol=1e-6, atol=1e-7), method
+        assert torch.allclose(kry.ys, exact, rtol=1e-6, atol=1e-7), method
+        assert torch.allclose(kry.ys, dense.ys, rtol=1e-7, atol=1e-8), method
+        assert kry.stats.n_linear_failures == 0
+
+
 def test_bad_jacobian_options_are_named():
     y0 = torch.ones(2, dtype=F64)
     t = torch.tensor([0.0, 1.0], dtype=F64)
