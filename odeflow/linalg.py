@@ -369,13 +369,13 @@ def gmres(matvec: Callable[[Tensor], Tensor], b: Tensor, *, tol: float = 1e-8,
     knows its residual norm without solving it (real or complex ``b``).
 
     Stops when ``‖b - A x‖ ≤ tol · ‖b‖`` or after ``max_iters`` products; returns
-    ``(x, iterations)``. A non-converged solve returns its best iterate (a non-finite
-    product ends the cycle: the iterate is then non-finite): the implicit step that called
-    it sees the resulting error and shrinks the step.
+    ``(x, iterations)``. A non-converged solve returns its best iterate (a non-finite ``b``
+    or product ends the solve with a non-finite one): the implicit step that called it sees
+    the resulting error and shrinks the step.
     """
     shape = b.shape
     b = b.reshape(-1)
-    x = b.new_zeros(b.shape)
+    x = b * 0  # zeros; non-finite where b is, so that a non-finite b gives a non-finite x
     target = tol * float(torch.linalg.vector_norm(b))
     if target == 0.0:
         return x.reshape(shape), 0

@@ -235,6 +235,8 @@ def test_gmres_returns_a_nonfinite_iterate_for_a_nonfinite_product():
     # sees the non-finite solve and shrinks the step. One product, then the cycle ends.
     x, iters = gmres(lambda v: v * math.nan, torch.ones(3, dtype=F64))
     assert iters == 1 and not torch.isfinite(x).any()
+    x, iters = gmres(lambda v: v, torch.tensor([1.0, math.inf, 0.0], dtype=F64))
+    assert iters == 0 and not torch.isfinite(x).all()  # not a silent x = 0
 
 
 def test_krylov_solves_are_reproducible():
