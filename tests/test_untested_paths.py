@@ -333,3 +333,17 @@ def test_linear_interpolant_derivative_and_detached():
     assert not kept.y0.requires_grad and torch.equal(kept.y0, y0.detach())
     assert kept.y0.data_ptr() != y0.data_ptr()  # a copy: later in-place writes do not reach it
     assert torch.equal(kept.derivative(theta), lanes.derivative(theta).detach())
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_scipy_solver_failure_with_throw_false_returns_the_outputs_reached(sign):
+    """throw=False: the solution holds the outputs SciPy reached (``y(±0.5) = 2`` to
+    1e-6), nan after, and the failure in ``stats.status``, as for the other methods."""
+    t = sign * torch.tensor([0.0, 0.5, 2.0], dtype=F64)
+    sol = odeflow.solve(lambda t, y: sign * y * y, torch.ones(1, dtype=F64), t,
+                        method="scipy_solver", options={"solver": "RK45"}, throw=False)
+    assert sol.stats.status == Status.STEP_SIZE_UNDERFLOW
+    assert f"t={sign * 0.5}" in sol.stats.message
+    assert sol.ys[0].item() == 1.0 and abs(sol.ys[1].item() - 2.0) < 1e-6
+    assert math.isnan(sol.ys[2].item())
+
