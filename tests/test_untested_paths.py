@@ -347,3 +347,21 @@ def test_scipy_solver_failure_with_throw_false_returns_the_outputs_reached(sign)
     assert sol.ys[0].item() == 1.0 and abs(sol.ys[1].item() - 2.0) < 1e-6
     assert math.isnan(sol.ys[2].item())
 
+
+def test_first_step_when_func_is_not_finite_at_the_probe():
+    """``y' = √(0.5 - t)`` from ``y0 = 100`` on [0, 0.4]: Hairer's starting-step probe
+    lands at ``t = 1``, where f is nan. The joint solve falls back to a small first step
+    as the per-sample solve does (it took nan and failed after max_num_steps): the closed
+    form to 1e-6, and each lane of a per-sample solve equal to the joint one (1e-12, same
+    step count)."""
+    t = torch.tensor([0.0, 0.4], dtype=F64)
+    exact = 100 + (2 / 3) * (0.5 ** 1.5 - 0.1 ** 1.5)
+    joint = odeflow.solve(lambda t, y: torch.sqrt(0.5 - t) * torch.ones_like(y),
+                          torch.tensor([100.0], dtype=F64), t, rtol=1e-10, atol=1e-10,
+                          options={"max_num_steps": 1000})
+    assert abs(joint.ys[-1].item() - exact) < 1e-6
+    lanes = odeflow.solve(lambda t, y: torch.sqrt(0.5 - t)[:, None] * torch.ones_like(y),
+                          torch.full((2, 1), 100.0, dtype=F64), t, rtol=1e-10, atol=1e-10,
+                          options=PS)
+    assert (lanes.ys[-1, :, 0] - joint.ys[-1]).abs().max().item() < 1e-12
+    assert lanes.sample_stats.n_steps.tolist() == [joint.stats.n_steps] * 2
