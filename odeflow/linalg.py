@@ -330,7 +330,10 @@ class KrylovFactor:
         def vjp(v: Tensor) -> Tensor:
             with torch.enable_grad():
                 y_in = y.detach().requires_grad_(True)
-                return torch.autograd.grad(f.at(t_user, y_in), y_in, v, allow_unused=True)[0]
+                out = f.at(t_user, y_in)
+                got = (torch.autograd.grad(out, y_in, v, allow_unused=True)[0]
+                       if out.requires_grad else None)
+            return got if got is not None else torch.zeros_like(v)  # f free of y: J = 0
 
         return self._gmres(vjp, b)
 
