@@ -365,3 +365,18 @@ def test_first_step_when_func_is_not_finite_at_the_probe():
                           options=PS)
     assert (lanes.ys[-1, :, 0] - joint.ys[-1]).abs().max().item() < 1e-12
     assert lanes.sample_stats.n_steps.tolist() == [joint.stats.n_steps] * 2
+
+
+@pytest.mark.parametrize("method", ["dopri5", "kvaerno5"])
+def test_per_sample_adjoint_when_every_sample_fails_at_t0(method):
+    """``√y`` of a negative ``y0``: every sample is NONFINITE at t0 (throw=False). Failed
+    samples get no gradient, so the adjoint gives zeros, after an implicit forward (no
+    forward step to interpolate: it raised 'dense output needs at least one step') as
+    after an explicit one."""
+    p = torch.tensor(1.0, dtype=F64, requires_grad=True)
+    y0 = torch.tensor([[-1.0], [-2.0]], dtype=F64, requires_grad=True)
+    sol = odeflow.solve(lambda t, y: -p * torch.sqrt(y), y0, T01, method=method,
+                        gradient="adjoint", adjoint_params=(p,), options=PS, throw=False)
+    assert sol.sample_stats.status == [Status.NONFINITE] * 2
+    g_y0, g_p = torch.autograd.grad(sol.ys.nan_to_num().sum(), (y0, p))
+    assert torch.equal(g_y0, torch.zeros_like(y0)) and g_p.item() == 0.0
