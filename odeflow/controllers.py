@@ -200,7 +200,8 @@ def initial_step(
     else:
         h1 = ((1.0 / dmax) * 0.01) ** (1.0 / (order + 1))
     h = 100 * h0
-    return h if h <= h1 or h != h else h1
+    h = h if h <= h1 or h != h else h1
+    return h if math.isfinite(h) else 1e-6  # f non-finite at the probe: as the lanes' form
 
 
 def starting_step(

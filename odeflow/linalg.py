@@ -156,8 +156,10 @@ def _reverse_jacobian(f: Any, t: Any, y: Tensor, with_time: bool, graph: bool,
     with torch.enable_grad():
         y_in = y if (graph and y.requires_grad) else y.detach().requires_grad_(True)
         out = f.at(t_user, y_in)
-        inputs = (y_in, t_user) if with_time else (y_in,)
         n = out.shape[-1]
+        if not out.requires_grad:  # func reads neither y nor t: autograd.grad would raise
+            return y.new_zeros(*y.shape, n), None
+        inputs = (y_in, t_user) if with_time else (y_in,)
         eye = torch.eye(n, dtype=out.dtype, device=out.device)
         eye = eye.reshape(n, *([1] * (out.ndim - 1)), n).expand(n, *out.shape)
         kw = dict(create_graph=graph, allow_unused=True)
@@ -328,7 +330,10 @@ class KrylovFactor:
         def vjp(v: Tensor) -> Tensor:
             with torch.enable_grad():
                 y_in = y.detach().requires_grad_(True)
-                return torch.autograd.grad(f.at(t_user, y_in), y_in, v, allow_unused=True)[0]
+                out = f.at(t_user, y_in)
+                got = (torch.autograd.grad(out, y_in, v, allow_unused=True)[0]
+                       if out.requires_grad else None)
+            return got if got is not None else torch.zeros_like(v)  # f free of y: J = 0
 
         return self._gmres(vjp, b)
 

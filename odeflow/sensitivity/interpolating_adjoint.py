@@ -53,8 +53,10 @@ def interpolating_dynamics(func: Any, params: tuple[Tensor, ...], trajectory: Tr
         with torch.enable_grad():
             y_in = last[1].detach().requires_grad_(True)
             dy = func(tau.double(), y_in) if lanes else func.at(sign * tau, y_in)
-            if lanes and not dy.requires_grad:
-                return (torch.zeros_like(a),)
+            if not dy.requires_grad:  # func reads neither y nor params: no gradient flows
+                da = torch.zeros_like(a)
+                return (da,) if len(state) == 1 else (
+                    da, flat_grads((None,) * len(params), params, a.dtype))
             # retain_graph: as in adjoint.py (a graph func shares across evaluations). Per
             # sample the stepper's Jacobian is taken by differentiating this system in a
             # (a requires grad then): the product keeps its graph.
