@@ -184,6 +184,11 @@ class TableauInterpolant(Interpolant):
         self.tableau, self.stacked = tableau, stacked
 
     def _combine(self, weights: Sequence[Any], base: Tensor | None, scale: Any) -> Tensor:
+        if isinstance(weights, Tensor):  # per sample: (s, B) weights, (B,) step sizes
+            out = torch.zeros_like(self.y) if base is None else base
+            for k_i, c in zip(self.stages, (scale * weights).to(self.y.dtype)):
+                out = out + c.reshape(-1, 1) * k_i
+            return out
         if isinstance(scale, Tensor) or any(isinstance(w, Tensor) for w in weights):
             # per-sample weights and step sizes: (B,) -> (B, 1)
             out = torch.zeros_like(self.y) if base is None else base

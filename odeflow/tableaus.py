@@ -14,9 +14,12 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+import torch
+
 __all__ = ["ButcherTableau", "TABLEAUS"]
 
 CHECK_TOL = 1e-13
+_DENSE_COLUMNS: dict = {}  # (name, dtype, device) -> ButcherTableau.dense_weights' columns
 
 
 @dataclass(frozen=True)
@@ -68,9 +71,24 @@ class ButcherTableau:
         """Number of stages (function evaluations per step, counting the reused first one)."""
         return len(self.c)
 
-    def dense_weights(self, theta: float) -> list[float]:
-        """The weights ``b_i(θ)`` of the dense output at fraction ``theta`` of the step."""
+    def dense_weights(self, theta: Any) -> Any:
+        """The weights ``b_i(θ)`` of the dense output at fraction ``theta`` of the step: a list
+        for a float, an ``(s, *theta.shape)`` tensor for a tensor (one Horner step for all
+        stages at a time, with the roundings of the float form)."""
         assert self.dense is not None
+        if isinstance(theta, torch.Tensor):
+            key = (self.name, theta.dtype, theta.device)
+            columns = _DENSE_COLUMNS.get(key)
+            if columns is None:  # the coefficients of θ^P, ..., θ^1 as (s, 1, ...) columns
+                degree = max(map(len, self.dense))
+                rows = [[0.0] * (degree - len(p)) + list(reversed(p)) for p in self.dense]
+                columns = _DENSE_COLUMNS[key] = torch.tensor(
+                    rows, dtype=theta.dtype, device=theta.device).T.reshape(
+                    degree, len(rows), *([1] * theta.ndim)).unbind(0)
+            acc = columns[0] * theta
+            for column in columns[1:]:
+                acc = (acc + column) * theta
+            return acc
         out = []
         for poly in self.dense:
             # Horner in θ for Σ_p poly[p] θ^(p+1).
