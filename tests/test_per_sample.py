@@ -528,6 +528,26 @@ def test_failed_samples_get_no_gradient(mode):
     assert abs(got.item() - exact) < 1e-7
 
 
+@pytest.mark.parametrize("method", ["dopri5", "kvaerno5"])
+@pytest.mark.parametrize("mode", ["checkpoint", "adjoint"])
+def test_a_sample_nonfinite_at_its_start_leaves_the_shared_gradient_finite(method, mode):
+    # y' = -p sqrt(y): sample 0 (y0 = -1) fails at t0, where func is nan. Its zero gradient
+    # terms must not meet that nan (0 * nan): evaluated at its own start state they made
+    # dL/dp nan (checkpoint, explicit adjoint) and its dL/dy0 nan (checkpoint).
+    p = torch.tensor(1.0, dtype=F64, requires_grad=True)
+    y0 = torch.tensor([[-1.0], [2.0]], dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    sol = odeflow.solve(lambda t, y: -p * torch.sqrt(y), y0, t, method=method, gradient=mode,
+                        adjoint_params=(p,), options=PS, throw=False, rtol=1e-10, atol=1e-12)
+    assert sol.sample_stats.statuses()[0] == Status.NONFINITE
+    g_y0, g_p = torch.autograd.grad(torch.nan_to_num(sol.ys[-1]).sum(), (y0, p))
+    # Sample 1 alone: sqrt(y(1)) = sqrt(2) - p/2, so dy(1)/dp = -(sqrt(2) - p/2) and
+    # dy(1)/dy0 = (sqrt(2) - p/2) / sqrt(2); sample 0 gets no gradient.
+    assert g_y0[0, 0] == 0.0
+    assert abs(g_y0[1, 0].item() - (1 - 0.5 / math.sqrt(2))) < 1e-6
+    assert abs(g_p.item() + (math.sqrt(2) - 0.5)) < 1e-6
+
+
 def test_tuple_states():
     """A tuple y0 (each tensor batch first), as a CNF's (z, log p): per-component
     tolerances, the mixed norm, events and gradients, against separate solves."""

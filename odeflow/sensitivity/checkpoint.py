@@ -43,9 +43,10 @@ class _Checkpoint(torch.autograd.Function):
         nfe_before = problem.func.nfe
         if failed is not None:
             # Outputs never reached carry no gradient; lanes that failed get none (and are
-            # replayed from their start state, with no step, so that no inf or nan of theirs
-            # meets the zero gradient torch.where gives them).
+            # replayed, with no step, from another lane's start state: at their own, func may
+            # be non-finite, and no inf or nan may meet the zero gradient torch.where gives).
             keep = ~failed[:, None]
+            good = int(keep[:, 0].long().argmax())  # host sync: once per backward
             grad_ys = torch.where(keep, torch.nan_to_num(grad_ys), 0.0)
             grad_last = torch.where(keep, torch.nan_to_num(grad_last), 0.0)
         if not C.per_sample and records:
@@ -57,7 +58,8 @@ class _Checkpoint(torch.autograd.Function):
         param_grads: list[Tensor | None] = [None] * len(params)
         for rec in reversed(records):
             with torch.enable_grad():
-                y_in = rec.y if failed is None else torch.where(keep, rec.y, records[0].y)
+                y_in = rec.y if failed is None else torch.where(
+                    keep, rec.y, records[0].y[good:good + 1])
                 y = y_in.detach().requires_grad_(True)
                 dt = rec.dt if failed is None else torch.where(failed, 0.0, rec.dt)
                 targets, grads = _replay(problem, stepper, cfg, rec, y, dt, adj, grad_ys,
