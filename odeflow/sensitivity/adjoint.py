@@ -182,10 +182,10 @@ class _Adjoint(torch.autograd.Function):
         if lanes:
             keep = ~ctx.failed[None, :, None]
             grad_ys = torch.where(keep, torch.nan_to_num(grad_ys), 0.0)
-            # A failed sample's zero terms are taken at another sample's states: at its own,
-            # func may be non-finite, and 0 * nan in a shared parameter's gradient is nan.
+            # A failed sample's zero terms are taken at another sample's start state: at its
+            # own, func may be non-finite, and 0 * nan in a shared parameter's gradient is nan.
             good = int((~ctx.failed).long().argmax())  # host sync: once per backward
-            ys = torch.where(keep, ys, ys[:, good:good + 1])
+            ys = torch.where(keep, ys, ys[:1, good:good + 1])
             if interpolating:
                 quadrature = LanesQuadrature(f, params, trajectory)
                 hooks = Hooks(dense=quadrature.pieces, skip=ctx.failed)
