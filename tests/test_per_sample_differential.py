@@ -1,0 +1,56 @@
+"""Per-sample solves against each sample solved alone, in combinations found by a
+differential sweep: every sample must get what a joint solve of that sample gives."""
+import math
+
+import pytest
+import torch
+
+import odeflow
+from odeflow import Status
+
+F64 = torch.float64
+
+
+def _lone_event(event_fn):
+    """The batch ``event_fn`` for one sample's joint solve (0-dim t, unbatched y)."""
+    return lambda t, y: event_fn(t.reshape(1), y[None])[0]
+
+
+@pytest.mark.parametrize("gradient", ["direct", "checkpoint", "adjoint"])
+def test_event_search_sample_that_fails_ends_in_nan_like_its_lone_solve(gradient):
+    # Sample 1 (never crossing) runs out of steps in its search; sample 0 has its event.
+    # A failed lone event solve ends in nan, so the failed sample's final state must be nan
+    # too (it was the state where the sample stopped); the good sample keeps its values.
+    class Decay(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.k = torch.nn.Parameter(torch.tensor(1.0, dtype=F64))
+
+        def forward(self, t, y):
+            return -self.k * y
+
+    func = Decay()
+    event = lambda t, y: y[:, 0] - 0.5  # noqa: E731
+    y0 = torch.tensor([[1.0], [0.1]], dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 50.0], dtype=F64)
+    opts = dict(max_num_steps=20, max_step=1.0)
+    kw = dict(event_fn=event, throw=False, gradient=gradient)
+    if gradient == "adjoint":
+        kw["adjoint_options"] = dict(norm="seminorm")
+    sol = odeflow.solve(func, y0, t, options=dict(opts, per_sample=True), **kw)
+    assert sol.sample_stats.status == [Status.EVENT, Status.MAX_STEPS_REACHED]
+    kw["event_fn"] = _lone_event(event)
+    for b in range(2):
+        lone = odeflow.solve(func, y0[b].detach(), t, options=opts, **kw)
+        assert sol.sample_stats.status[b] == lone.stats.status
+        assert int(sol.sample_stats.n_accepted[b]) == lone.stats.n_accepted
+        assert int(sol.sample_stats.n_rejected[b]) == lone.stats.n_rejected
+        torch.testing.assert_close(sol.ys[-1, b], lone.ys[-1], rtol=1e-12, atol=0,
+                                   equal_nan=True)
+    last = sol.ys[-1].detach()
+    assert math.isnan(float(last[1, 0])) and math.isfinite(float(last[0, 0]))
+    # The failed sample gets no gradient; the good one its own: the event time
+    # t* = log(2 y0) / k has d t*/d y0 = 1 / y0 = 1.
+    sol.event_t[0].backward()
+    torch.testing.assert_close(y0.grad, torch.tensor([[1.0], [0.0]], dtype=F64), rtol=1e-6,
+                               atol=0)
