@@ -54,3 +54,41 @@ def test_event_search_sample_that_fails_ends_in_nan_like_its_lone_solve(gradient
     sol.event_t[0].backward()
     torch.testing.assert_close(y0.grad, torch.tensor([[1.0], [0.0]], dtype=F64), rtol=1e-6,
                                atol=0)
+
+
+def test_forward_accept_and_reject_callbacks_name_only_their_samples():
+    # callback_accept_step got every stepping sample's trial dt, also a rejected one's
+    # (and callback_reject_step an accepted one's): each sample's accepted steps must be
+    # its lone solve's, and its rejected trials too (sizes to the rounding noise of the
+    # error estimate, which moves a step by ~1e-6 relative).
+    class Stiffish(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.acc, self.rej = [], []
+
+        def forward(self, t, y):
+            return torch.cos(8 * y) - 3 * y
+
+        def callback_accept_step(self, t, y, dt):
+            self.acc.append((t.reshape(-1).tolist(), dt.reshape(-1).tolist()))
+
+        def callback_reject_step(self, t, y, dt):
+            self.rej.append((t.reshape(-1).tolist(), dt.reshape(-1).tolist()))
+
+    func = Stiffish()
+    y0 = torch.tensor([[0.3], [-2.0], [1.5]], dtype=F64)
+    t = torch.tensor([[0.0, 2.0], [1.0, -1.0], [0.0, 0.5]], dtype=F64)
+    odeflow.solve(func, y0, t, rtol=1e-3, atol=1e-6, options=dict(per_sample=True))
+    batch = func.acc, func.rej
+    n_rej = 0
+    for b in range(3):
+        func.acc, func.rej = [], []
+        lone = odeflow.solve(func, y0[b], t[b], rtol=1e-3, atol=1e-6)
+        for log, lone_log in zip(batch, (func.acc, func.rej)):
+            mine = [(tb[b], db[b]) for tb, db in log if db[b] != 0.0]
+            assert len(mine) == len(lone_log)
+            for (tm, dm), ((tl,), (dl,)) in zip(mine, lone_log):
+                assert (tm, dm) == pytest.approx((tl, dl), rel=1e-4, abs=1e-9)
+        assert len(func.acc) == lone.stats.n_accepted and len(func.rej) == lone.stats.n_rejected
+        n_rej += lone.stats.n_rejected
+    assert n_rej > 0
