@@ -56,6 +56,45 @@ def test_event_search_sample_that_fails_ends_in_nan_like_its_lone_solve(gradient
                                atol=0)
 
 
+@pytest.mark.parametrize("method, rtol", [("dopri5", 1e-6), ("kvaerno5", 1e-4)])
+def test_adjoint_step_callbacks_run_per_sample_as_in_each_lone_solve(method, rtol):
+    # The backward solve of a per-sample adjoint called no callback_*_adjoint at all (a
+    # lone solve calls them at every backward step). Per sample they get the batch's (B,)
+    # times and steps in the user's direction, dt = 0 for a sample that does not step; each
+    # sample's accepted steps are those of its lone seminorm adjoint (the per-sample adjoint
+    # always uses the seminorm). The accept callback's dt is 0 for a sample whose trial
+    # was rejected in that iteration (it was the trial's dt, so a rejected trial looked
+    # accepted). After kvaerno5's forward the per-sample interpolating adjoint solves
+    # a alone (the lone one a and the parameter gradient): step sizes agree to 1e-4.
+    class Decay(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.k = torch.nn.Parameter(torch.tensor(1.0, dtype=F64))
+            self.log = []
+
+        def forward(self, t, y):
+            return -self.k * y * (1 + 0.1 * (t if t.ndim == 0 else t[:, None]))
+
+        def callback_accept_step_adjoint(self, t, y, dt):
+            self.log.append((t.reshape(-1).tolist(), dt.reshape(-1).tolist()))
+
+    func = Decay()
+    t = torch.tensor([[0.0, 1.0], [0.5, -2.0]], dtype=F64)
+    y0 = torch.tensor([[1.0], [2.0]], dtype=F64)
+    kw = dict(method=method, gradient="adjoint", adjoint_options=dict(norm="seminorm"))
+    odeflow.solve(func, y0, t, options=dict(per_sample=True), **kw).ys.sum().backward()
+    batch = func.log
+    for b in range(2):
+        func.log = []
+        odeflow.solve(func, y0[b], t[b], **kw).ys.sum().backward()
+        lone = torch.tensor(func.log, dtype=F64).reshape(-1, 2)
+        mine = torch.tensor([(tb[b], db[b]) for tb, db in batch if db[b] != 0.0], dtype=F64)
+        assert len(lone) > 3 and mine.shape == lone.shape
+        assert torch.all(torch.sign(mine[:, 1]) == torch.sign(t[b, 0] - t[b, 1]))
+        # (the same steps; their sizes agree to the rounding of the error estimate)
+        torch.testing.assert_close(mine, lone, rtol=rtol, atol=rtol)
+
+
 def test_forward_accept_and_reject_callbacks_name_only_their_samples():
     # callback_accept_step got every stepping sample's trial dt, also a rejected one's
     # (and callback_reject_step an accepted one's): each sample's accepted steps must be
