@@ -325,10 +325,13 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
             out_idx, next_out = C.write_outputs(stepper, ys, n_pass, hit, interior, out_idx,
                                                 next_out, ok, t, t_new, dt_try, y, y_new, stages,
                                                 f_new, ws, rec)
+        # (per sample each callback's dt is 0 for the lanes it is not about)
         if any_ok and cb_accept is not None:
-            cb_accept(C.user_time(t), problem.layout.unflatten(y), C.user_time(dt_try))
-        if cb_reject is not None and C.flags(C.drop(active, ok))[0]:
-            cb_reject(C.user_time(t), problem.layout.unflatten(y), C.user_time(dt_try))
+            cb_accept(C.user_time(t), problem.layout.unflatten(y),
+                      C.user_time(C.where(ok, dt_try, 0.0)))
+        if cb_reject is not None and C.flags(rejected := C.drop(active, ok))[0]:
+            cb_reject(C.user_time(t), problem.layout.unflatten(y),
+                      C.user_time(C.where(rejected, dt_try, 0.0)))
         if interp is None and any_ok and (dense is not None or event is not None):
             interp = stepper.interpolant(t, dt_try, y, y_new, stages, f_new, f)
         if dense is not None and any_ok:

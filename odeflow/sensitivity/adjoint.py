@@ -172,7 +172,9 @@ class _Adjoint(torch.autograd.Function):
         ys, params = ctx.saved_tensors[0], ctx.saved_tensors[1:]
         f, C, lanes = problem.func, problem.clock, problem.per_sample
         interpolating = ctx.pieces is not None
-        if interpolating and not ctx.pieces:  # every sample failed at t0: no gradient flows
+        # Every sample failed (at t0 an interpolating adjoint has no step): no gradient flows
+        # (and no good sample's states stand in for the failed ones' below).
+        if (interpolating and not ctx.pieces) or (lanes and bool(ctx.failed.all())):
             return (None, None, None, torch.zeros_like(grad_ys[-1]),
                     *(torch.zeros_like(p) for p in params))
         options = _backward_options(config.options, problem, params)
@@ -236,7 +238,7 @@ class _Adjoint(torch.autograd.Function):
                 aug_problem = retime(aug_problem, span, aug_problem.layout.flatten(state))
             with torch.no_grad():  # (per sample every stage is evaluated: the quadrature's)
                 result = run(aug_problem, config.spec, hooks, fsal=not lanes,
-                             use_callbacks=not lanes)[0]
+                             use_callbacks=True)[0]
             _check_backward(problem, aug_problem, result, config, i, ctx.failed)
             n_steps += result.stats.n_steps
             if isinstance(quadrature, LanesQuadrature):
