@@ -23,15 +23,14 @@ __all__ = ["loop_config"]
 
 
 def loop_config(problem: Problem, spec: Any, stepper: Any, *, record: bool = False,
-                search: bool = False, fsal: bool = True, use_callbacks: bool = True
-                ) -> LoopConfig:
+                search: bool = False, fsal: bool = True) -> LoopConfig:
     """The loop's configuration for ``problem`` solved by ``stepper`` (of ``spec``).
 
     ``search``: an event search (a fixed grid is then generated lazily, bounded by
     ``max_num_steps``).
     """
     opts = problem.options
-    cbs = tuple(getattr(problem.user_func, name, None) if use_callbacks else None for name in
+    cbs = tuple(getattr(problem.user_func, name, None) for name in
                 ("callback_step", "callback_accept_step", "callback_reject_step"))
     if not spec.adaptive:  # every fixed-grid step is accepted: no accept/reject callbacks
         return LoopConfig(False, None, max_steps(opts), 0.0, math.inf, None,

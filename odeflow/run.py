@@ -25,7 +25,7 @@ def run(problem: Problem, spec: Any, hooks: Hooks | None = None, **config: Any
     """Run ``spec``'s loop on ``problem``; returns ``(result, stepper, loop config)``.
 
     ``config`` goes to :func:`~odeflow.config.loop_config` (``record``, ``search``,
-    ``fsal``, ``use_callbacks``). A fixed grid checks finiteness once, at the end.
+    ``fsal``). A fixed grid checks finiteness once, at the end.
     """
     if spec.external:  # SciPy takes the steps (the adjoint's backward solve of a SciPy solve)
         return LoopResult(**integrate_scipy(problem)), None, None

@@ -237,8 +237,7 @@ class _Adjoint(torch.autograd.Function):
             else:
                 aug_problem = retime(aug_problem, span, aug_problem.layout.flatten(state))
             with torch.no_grad():  # (per sample every stage is evaluated: the quadrature's)
-                result = run(aug_problem, config.spec, hooks, fsal=not lanes,
-                             use_callbacks=True)[0]
+                result = run(aug_problem, config.spec, hooks, fsal=not lanes)[0]
             _check_backward(problem, aug_problem, result, config, i, ctx.failed)
             n_steps += result.stats.n_steps
             if isinstance(quadrature, LanesQuadrature):
