@@ -26,11 +26,12 @@ def _decay_case():
 
 
 @pytest.mark.parametrize("method", ["dopri5", "rodas5p", "kvaerno5"])
-@pytest.mark.parametrize("gradient", ["direct", "checkpoint"])
+@pytest.mark.parametrize("gradient", ["direct", "checkpoint", "adjoint"])
 def test_one_sample_per_sample_gradients_wrt_t_y0_params(method, gradient):
     """A per-sample batch of one sample runs jointly but must give ``func`` a ``(1,)`` time
     everywhere: the time-gradient and Jacobian evaluations gave it a 0-dim one (an
-    IndexError here)."""
+    IndexError here); and its adjoint's backward solve inherited ``per_sample`` and
+    refused its own state (``(a, g)`` of unequal first sizes)."""
     f, p, y0, t, want = _decay_case()
     sol = solve(f, y0, t, method=method, rtol=1e-10, atol=1e-10, gradient=gradient,
                 options={"per_sample": True},
