@@ -41,3 +41,21 @@ def test_one_sample_per_sample_gradients_wrt_t_y0_params(method, gradient):
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=tol, atol=tol)
 
+
+def test_per_sample_interpolating_adjoint_with_a_parameter_graph_made_outside_func():
+    """Per sample after an implicit forward, the adjoint's parameter quadrature freed the
+    graph of ``w = p * p`` (built once, outside ``func``) at the first backward interval,
+    so the second raised "Trying to backward through the graph a second time"."""
+    p = torch.tensor(1.2, dtype=DT, requires_grad=True)
+    y0 = torch.tensor([[1.0], [2.0]], dtype=DT, requires_grad=True)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=DT)
+    w = p * p
+    sol = solve(lambda tt, y: -w * tt[:, None] * y, y0, t, method="kvaerno5", rtol=1e-10,
+                atol=1e-10, gradient="adjoint", options={"per_sample": True},
+                adjoint_params=[p])
+    got = torch.autograd.grad(sol.ys.sum(), (p, y0))
+    exact = (y0[None] * torch.exp(-p * p * t ** 2 / 2)[:, None, None]).sum()
+    want = torch.autograd.grad(exact, (p, y0))
+    for g, v in zip(got, want):
+        torch.testing.assert_close(g, v, rtol=1e-6, atol=1e-6)
+
