@@ -59,3 +59,31 @@ def test_per_sample_interpolating_adjoint_with_a_parameter_graph_made_outside_fu
     for g, v in zip(got, want):
         torch.testing.assert_close(g, v, rtol=1e-6, atol=1e-6)
 
+
+@pytest.mark.parametrize("gradient", ["direct", "checkpoint", "adjoint"])
+@pytest.mark.parametrize("rows", [False, True])
+def test_time_gradient_of_a_failed_sample_is_zero_and_the_others_alone(gradient, rows):
+    """``throw=False`` with a sample that blows up (``y' = y^2`` from 3 fails before
+    ``t = 1/3``): the time gradient multiplied its zero cotangents by ``func`` at its nan
+    outputs, so a shared ``t`` got ``nan`` (and the failed sample's row ``nan``) although
+    the loss reads only the others. Now they equal a batch of the others alone."""
+    def grads(y0, t, keep):
+        t = t.clone().requires_grad_(True)
+        y0 = y0.clone().requires_grad_(True)
+        sol = solve(lambda tt, y: torch.stack([y[:, 0] ** 2, -tt * y[:, 1]], -1), y0, t,
+                    rtol=1e-9, atol=1e-9, gradient=gradient, throw=False,
+                    options={"per_sample": True}, adjoint_params=())
+        return sol, torch.autograd.grad(sol.ys[:, keep].sum(), (y0, t))
+
+    y0 = torch.tensor([[0.5, 0.1], [3.0, 0.2], [0.7, 0.3]], dtype=DT)
+    t = torch.linspace(0.0, 1.0, 4, dtype=DT)
+    if rows:
+        t = torch.stack([t, 1.1 * t, 0.9 * t])
+    sol, (gy, gt) = grads(y0, t, [0, 2])
+    assert sol.sample_stats.status[1].name != "SUCCESS"
+    _, (ry, rt) = grads(y0[[0, 2]], t[[0, 2]] if rows else t, slice(None))
+    torch.testing.assert_close(gy[[0, 2]], ry, rtol=1e-12, atol=1e-12)
+    assert (gy[1] == 0).all()
+    torch.testing.assert_close(gt[[0, 2]] if rows else gt, rt, rtol=1e-12, atol=1e-12)
+    if rows:
+        assert (gt[1] == 0).all()
