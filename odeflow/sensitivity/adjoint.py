@@ -172,7 +172,8 @@ class _Adjoint(torch.autograd.Function):
         ys, params = ctx.saved_tensors[0], ctx.saved_tensors[1:]
         f, C, lanes = problem.func, problem.clock, problem.per_sample
         interpolating = ctx.pieces is not None
-        if interpolating and not ctx.pieces:  # every sample failed at t0: no gradient flows
+        if (interpolating and not ctx.pieces) or (lanes and bool(ctx.failed.all())):
+            # every sample failed (at t0: no piece to interpolate): no gradient flows
             return (None, None, None, torch.zeros_like(grad_ys[-1]),
                     *(torch.zeros_like(p) for p in params))
         options = _backward_options(config.options, problem, params)
