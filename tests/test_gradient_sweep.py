@@ -87,3 +87,27 @@ def test_time_gradient_of_a_failed_sample_is_zero_and_the_others_alone(gradient,
     torch.testing.assert_close(gt[[0, 2]] if rows else gt, rt, rtol=1e-12, atol=1e-12)
     if rows:
         assert (gt[1] == 0).all()
+
+
+@pytest.mark.parametrize("method", ["euler", "rk4"])
+def test_per_sample_fixed_grid_direct_gradient_after_a_sample_is_done(method):
+    """Per sample on a fixed grid, a lane that had finished still evaluated ``func`` at
+    ``t + inf`` (its step is infinite): ``cos(inf)`` is nan, and under ``"direct"`` its
+    zero-weighted value made that sample's and the shared parameter's gradients nan. Each
+    sample's gradients must be those of its own solve."""
+    p = torch.tensor(0.7, dtype=DT, requires_grad=True)
+    y0 = torch.tensor([[1.0], [1.5]], dtype=DT, requires_grad=True)
+    t = torch.tensor([[0.1, 0.6], [0.1, 0.95]], dtype=DT)
+    opts = {"step_size": 0.1}
+    sol = solve(lambda tt, y: -p * y * torch.cos(tt)[:, None], y0, t, method=method,
+                options={"per_sample": True, **opts})
+    got_y0, got_p = torch.autograd.grad(sol.ys[-1].sum(), (y0, p))
+    want_p = torch.zeros((), dtype=DT)
+    for b in range(2):
+        yb = y0[b].detach().clone().requires_grad_(True)
+        alone = solve(lambda tt, y: -p * y * torch.cos(tt), yb, t[b], method=method,
+                      options=opts)
+        g_y, g_p = torch.autograd.grad(alone.ys[-1].sum(), (yb, p))
+        torch.testing.assert_close(got_y0[b], g_y, rtol=1e-13, atol=1e-13)
+        want_p = want_p + g_p
+    torch.testing.assert_close(got_p, want_p, rtol=1e-13, atol=1e-13)
