@@ -232,6 +232,8 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         active = C.drop(active, under)
         if not shared:
             dt_try = C.where(active, dt_try, 0.0)
+            if not adaptive:  # a done lane's t + inf: func at inf, 0 * nan in a direct gradient
+                t_new = C.where(active, t_new, t)
         elif not active:
             break
         on_jump = (land & active & C.gather(stop_jump, stop_idx)) if any_jumps else False

@@ -150,6 +150,8 @@ class CountedFunc:
     def at(self, t_user: Tensor, y: Tensor) -> Tensor:
         """Evaluate at a user-time tensor ``t_user`` (for differentiating w.r.t. time)."""
         self.nfe += 1
+        if t_user.ndim == 0 and getattr(self.clock, "lane_time", False):
+            t_user = t_user.reshape(1)  # one sample's per-sample solve: func expects (1,)
         return self._call(t_user, y)
 
     def perturbed(self, t: Any, y: Tensor, side: Any) -> Tensor:

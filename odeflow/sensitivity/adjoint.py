@@ -302,6 +302,7 @@ def _backward_options(options: dict[str, Any], problem: Problem,
     C = problem.clock
     out = {k: v for k, v in options.items() if k != "jacobian"}  # the forward J, not ours
     norm = out.pop("norm", None)
+    out.pop("per_sample", None)  # one sample's per-sample solve runs (and adjoins) jointly
     if C.per_sample:
         out["per_sample"] = True
     elif norm == "seminorm":  # only y and a count; g (the parameter gradient) is ignored

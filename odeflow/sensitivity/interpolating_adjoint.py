@@ -108,5 +108,7 @@ class LanesQuadrature:
                         0.0).sum()
                 if not isinstance(total, Tensor) or not total.requires_grad:
                     continue
-                got = torch.autograd.grad(total, self.params, allow_unused=True)
+                # retain_graph: a graph func shares across flushes (w = p * p made outside)
+                got = torch.autograd.grad(total, self.params, allow_unused=True,
+                                          retain_graph=True)
             self.grads = add_grads(self.grads, got)

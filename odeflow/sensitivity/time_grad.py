@@ -57,9 +57,11 @@ class _OutputTimes(torch.autograd.Function):
             lanes = problem.per_sample
             grid = t if (not lanes or t.ndim == 2) else t.expand(problem.clock.batch, -1)
             with torch.no_grad():
-                rows = [(torch.nan_to_num(grad_ys[j])
-                         * user_derivative(problem, grid[..., j].detach(), ys[j])).sum(-1)
-                        for j in range(ys.shape[0])]
+                # where, not a product alone: an output no loss reaches (a failed sample's
+                # nan past its failure) must add 0, not 0 * nan
+                rows = [torch.where(g != 0, g * user_derivative(
+                            problem, grid[..., j].detach(), ys[j]), 0.0).sum(-1)
+                        for j, g in enumerate(torch.nan_to_num(grad_ys))]
             g = torch.stack(rows, -1).to(t.dtype)  # (T,) or (B, T)
             grad_t = g.sum(0) if (lanes and t.ndim == 1) else g
             ctx.stats.nfe_backward += ys.shape[0]
