@@ -178,6 +178,11 @@ class TableauInterpolant(Interpolant):
 
     __slots__ = ("t", "dt", "y", "stages", "tableau", "stacked")
 
+    @property
+    def batched_theta(self) -> bool:
+        """Whether ``evaluate`` takes a ``(P, B)`` θ (``P`` output passes at once)."""
+        return getattr(self.tableau, "batched_dense", False)
+
     def __init__(self, t: Any, dt: Any, y: Tensor, stages: Sequence[Tensor], tableau: Any,
                  stacked: Tensor | None = None):
         self.t, self.dt, self.y, self.stages = t, dt, y, tuple(stages)
@@ -187,7 +192,7 @@ class TableauInterpolant(Interpolant):
         if isinstance(weights, Tensor):  # per sample: (s, B) weights, (B,) step sizes
             out = torch.zeros_like(self.y) if base is None else base
             for k_i, c in zip(self.stages, (scale * weights).to(self.y.dtype)):
-                out = out + c.reshape(-1, 1) * k_i
+                out = out + c[..., None] * k_i
             return out
         if isinstance(scale, Tensor) or any(isinstance(w, Tensor) for w in weights):
             # per-sample weights and step sizes: (B,) -> (B, 1)
@@ -219,6 +224,7 @@ class HermiteInterpolant(Interpolant):
     """Cubic Hermite from ``(y0, f0)`` at the start and ``(y1, f1)`` at the end."""
 
     __slots__ = ("t", "dt", "y0", "y1", "f0", "f1", "precise")
+    batched_theta = True  # evaluate takes a (P, B) theta (P output passes at once)
 
     def __init__(self, t: float, dt: float, y0: Tensor, y1: Tensor, f0: Tensor, f1: Tensor,
                  precise: Interpolant | None = None):
@@ -227,7 +233,7 @@ class HermiteInterpolant(Interpolant):
 
     def evaluate(self, theta: Any) -> Tensor:
         if isinstance(theta, Tensor) or isinstance(self.dt, Tensor):  # per lane (B,)
-            th = theta[:, None].to(self.y0.dtype) if isinstance(theta, Tensor) else theta
+            th = theta[..., None].to(self.y0.dtype) if isinstance(theta, Tensor) else theta
             h = self.dt[:, None].to(self.y0.dtype) if isinstance(self.dt, Tensor) else self.dt
             return (self.y0 + (-2 * th**3 + 3 * th**2) * (self.y1 - self.y0)
                     + (th**3 - 2 * th**2 + th) * h * self.f0 + (th**3 - th**2) * h * self.f1)
@@ -249,13 +255,14 @@ class LinearInterpolant(Interpolant):
     """``y0 + θ (y1 - y0)``: the fixed-grid methods' ``interp="linear"``."""
 
     __slots__ = ("t", "dt", "y0", "y1")
+    batched_theta = True  # evaluate takes a (P, B) theta (P output passes at once)
 
     def __init__(self, t: float, dt: float, y0: Tensor, y1: Tensor):
         self.t, self.dt, self.y0, self.y1 = t, dt, y0, y1
 
     def evaluate(self, theta: Any) -> Tensor:
         if isinstance(theta, Tensor):  # per lane: theta (B,)
-            return torch.lerp(self.y0, self.y1, theta.to(self.y0.dtype)[:, None])
+            return torch.lerp(self.y0, self.y1, theta.to(self.y0.dtype)[..., None])
         return linear(self.y0, self.y1, theta)
 
     def derivative(self, theta: Any) -> Tensor:

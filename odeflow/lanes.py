@@ -30,6 +30,9 @@ from torch import Tensor
 
 __all__ = ["SharedClock", "LaneClock", "Clock"]
 
+#: Output passes evaluated at once hold at most about this many state elements.
+PASS_CHUNK = 1 << 20
+
 
 class SharedClock:
     """One lane: times, step sizes and decisions as Python scalars (a joint solve, or a
@@ -251,6 +254,8 @@ class LaneClock:
         piece = stepper.interpolant(t, dt, y, y_new, stages, f_new) if interior else None
         n_out = ys.shape[0] - 1
         flat = ys.view(-1, ys.shape[-1])
+        if n_pass > 1 and rec is None and getattr(piece, "batched_theta", False):
+            return self._write_passes(piece, flat, n_pass, ok, out_idx, t, t_new, dt, y_new)
         for p in range(n_pass):
             if p:
                 hit = ok & (next_out <= t_new)
@@ -266,6 +271,30 @@ class LaneClock:
             out_idx = out_idx + hit
             next_out = self.gather(self.grid_inf, out_idx)
         return out_idx, next_out
+
+    def _write_passes(self, piece: Any, flat: Tensor, n_pass: int, ok: Tensor,
+                      out_idx: Tensor, t: Tensor, t_new: Tensor, dt: Tensor, y_new: Tensor
+                      ) -> tuple[Tensor, Tensor]:
+        """:meth:`write_outputs`' passes at once: pass ``p`` writes output ``out_idx + p`` of
+        the lanes that passed it, so all passes' fractions are one ``(P, B)`` tensor and the
+        dense output is evaluated once for them (in chunks of a bounded size); the same
+        values as pass by pass."""
+        n_out = flat.shape[0] // self.batch - 1
+        chunk = max(1, PASS_CHUNK // max(flat.numel() // (n_out + 1), 1))
+        offsets = torch.arange(n_pass, device=self.device)[:, None]
+        step = torch.where(dt > 0, dt, 1.0)
+        written = torch.zeros_like(out_idx)
+        for lo in range(0, n_pass, chunk):
+            index = out_idx + offsets[lo:lo + chunk]  # (P, B)
+            next_out = self.grid_inf.gather(1, index.clamp(max=n_out).T).T
+            hit = ok & (next_out <= t_new)
+            theta = torch.where(hit, (next_out - t) / step, 1.0)
+            value = torch.where((next_out == t_new)[..., None], y_new, piece.evaluate(theta))
+            flat[(torch.where(hit, index, n_out) * self.batch + self._row_of_lane).reshape(-1)] = (
+                value.reshape(-1, flat.shape[-1]))
+            written = written + hit.sum(0)
+        out_idx = out_idx + written
+        return out_idx, self.gather(self.grid_inf, out_idx)
 
     # ----------------------------------------------------------------- user-facing values
     def user_time(self, t: Tensor) -> Tensor:

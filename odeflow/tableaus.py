@@ -71,13 +71,16 @@ class ButcherTableau:
         """Number of stages (function evaluations per step, counting the reused first one)."""
         return len(self.c)
 
+    #: ``dense_weights`` takes a θ tensor of any shape (interp.TableauInterpolant)
+    batched_dense = True
+
     def dense_weights(self, theta: Any) -> Any:
         """The weights ``b_i(θ)`` of the dense output at fraction ``theta`` of the step: a list
         for a float, an ``(s, *theta.shape)`` tensor for a tensor (one Horner step for all
         stages at a time, with the roundings of the float form)."""
         assert self.dense is not None
         if isinstance(theta, torch.Tensor):
-            key = (self.name, theta.dtype, theta.device)
+            key = (self.name, theta.dtype, theta.device, theta.ndim)
             columns = _DENSE_COLUMNS.get(key)
             if columns is None:  # the coefficients of θ^P, ..., θ^1 as (s, 1, ...) columns
                 degree = max(map(len, self.dense))

@@ -256,12 +256,13 @@ class RosenbrockInterpolant(Interpolant):
     output; ``terms`` are the ``k_r``)."""
 
     __slots__ = ("t", "dt", "y0", "y1", "terms")
+    batched_theta = True  # evaluate takes a (P, B) theta (P output passes at once)
 
     def __init__(self, t: float, dt: Any, y0: Tensor, y1: Tensor, terms: Sequence[Tensor]):
         self.t, self.dt, self.y0, self.y1, self.terms = t, dt, y0, y1, tuple(terms)
 
     def evaluate(self, theta: Any) -> Tensor:
-        th = theta.to(self.y0.dtype).reshape(-1, 1) if isinstance(theta, Tensor) else theta
+        th = theta.to(self.y0.dtype)[..., None] if isinstance(theta, Tensor) else theta
         poly = self.terms[-1]
         for k in reversed(self.terms[:-1]):  # Horner: k1 + θ(k2 + θ k3)
             poly = k + th * poly
