@@ -31,6 +31,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from .stats import SolveStats
+
 __all__ = ["ImplicitCounts", "LinearSolver", "Factor", "DenseSolver", "KrylovSolver",
            "autodiff_jacobian", "check_dense_size", "check_solver_dtype",
            "make_linear_solver", "gmres", "LINEAR_SOLVER_OPTIONS", "DENSE_MAX_BYTES"]
@@ -84,26 +86,20 @@ def check_dense_size(n: int, dtype: torch.dtype, batch: int = 1) -> None:
 
 
 @dataclass
-class ImplicitCounts:
-    """Counters of one solve's linear algebra, shared (by reference) through its states."""
+class ImplicitCounts(SolveStats):
+    """Counters of one solve's linear algebra, shared (by reference) through its states:
+    :class:`~odeflow.stats.SolveStats`' own ``n_jacobians`` … ``n_linear_failures`` and
+    ``switches`` (its step counters stay 0 here), and how its Jacobians are taken."""
 
-    n_jacobians: int = 0
-    n_lu: int = 0
-    n_newton_iters: int = 0
-    n_newton_failures: int = 0
-    n_linear_iters: int = 0
-    n_linear_failures: int = 0
     #: set on the first failure of the vmapped backward: one backward per row from then on
     reverse_mode: bool = False
     #: set when ``torch.func`` cannot trace ``func``: plain autograd under autograd too
     no_functorch: bool = False
-    #: ``method="auto"``: ``(t, method)`` of each switch
-    switches: list = field(default_factory=list)
     lanes: dict = field(default_factory=dict)  #: per-sample (B,) counts, summed in add_to
 
-    def add_to(self, stats: Any) -> None:
-        """Copy the counters into a :class:`~odeflow.stats.SolveStats`."""
-        for name in (fld.name for fld in fields(self) if fld.name.startswith("n_")):
+    def add_to(self, stats: SolveStats) -> None:
+        """Add the counters (and the per-lane sums) into the solve's ``stats``."""
+        for name in (fld.name for fld in fields(SolveStats) if fld.name.startswith("n_")):
             lane = int(self.lanes[name].sum()) if name in self.lanes else 0
             setattr(stats, name, getattr(stats, name) + getattr(self, name) + lane)
         stats.switches.extend(self.switches)
