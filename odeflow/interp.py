@@ -183,17 +183,15 @@ class TableauInterpolant(Interpolant):
         self.t, self.dt, self.y, self.stages = t, dt, y, tuple(stages)
         self.tableau, self.stacked = tableau, stacked
 
-    def _combine(self, weights: Sequence[Any], base: Tensor | None, scale: Any) -> Tensor:
-        if isinstance(weights, Tensor):  # per sample: (s, B) weights, (B,) step sizes
+    def _combine(self, weights: Any, base: Tensor | None, scale: Any) -> Tensor:
+        if isinstance(weights, Tensor) or isinstance(scale, Tensor):
+            # per sample: (s, B) weights (at a float θ: s floats) times (B,) step sizes
+            dtype = self.y.dtype
+            coefs = ((scale * weights).to(dtype) if isinstance(weights, Tensor)
+                     else [(scale * w).to(dtype) for w in weights])
             out = torch.zeros_like(self.y) if base is None else base
-            for k_i, c in zip(self.stages, (scale * weights).to(self.y.dtype)):
+            for k_i, c in zip(self.stages, coefs):
                 out = out + c.reshape(-1, 1) * k_i
-            return out
-        if isinstance(scale, Tensor) or any(isinstance(w, Tensor) for w in weights):
-            # per-sample weights and step sizes: (B,) -> (B, 1)
-            out = torch.zeros_like(self.y) if base is None else base
-            for k_i, w in zip(self.stages, weights):
-                out = out + torch.as_tensor(scale * w).to(k_i.dtype).reshape(-1, 1) * k_i
             return out
         out = combine(base, self.stages, nonzero(weights), scale)
         return out.clone() if out is base else out  # (all weights zero: never y itself)

@@ -19,7 +19,7 @@ import torch
 __all__ = ["ButcherTableau", "TABLEAUS"]
 
 CHECK_TOL = 1e-13
-_DENSE_COLUMNS: dict = {}  # (name, dtype, device) -> ButcherTableau.dense_weights' columns
+_DENSE_COLUMNS: dict = {}  # ButcherTableau._columns, by (name, dtype, device, ndim, derivative)
 
 
 @dataclass(frozen=True)
@@ -71,20 +71,29 @@ class ButcherTableau:
         """Number of stages (function evaluations per step, counting the reused first one)."""
         return len(self.c)
 
+    def _columns(self, theta: torch.Tensor, derivative: bool) -> tuple[torch.Tensor, ...]:
+        """The coefficients of ``b_i(θ)`` in ``θ^P, ..., θ^1`` (``derivative``: of ``b_i'(θ)``
+        in ``θ^(P-1), ..., θ^0``) as ``(s, 1, ...)`` columns in ``theta``'s dtype (cached)."""
+        key = (self.name, theta.dtype, theta.device, theta.ndim, derivative)
+        columns = _DENSE_COLUMNS.get(key)
+        if columns is None:
+            degree = max(map(len, self.dense))
+            rows = []
+            for poly in self.dense:
+                terms = [(p + 1) * coef if derivative else coef for p, coef in enumerate(poly)]
+                rows.append([0.0] * (degree - len(poly)) + terms[::-1])
+            columns = _DENSE_COLUMNS[key] = torch.tensor(
+                rows, dtype=theta.dtype, device=theta.device).T.reshape(
+                degree, len(rows), *([1] * theta.ndim)).unbind(0)
+        return columns
+
     def dense_weights(self, theta: Any) -> Any:
         """The weights ``b_i(θ)`` of the dense output at fraction ``theta`` of the step: a list
         for a float, an ``(s, *theta.shape)`` tensor for a tensor (one Horner step for all
         stages at a time, with the roundings of the float form)."""
         assert self.dense is not None
         if isinstance(theta, torch.Tensor):
-            key = (self.name, theta.dtype, theta.device)
-            columns = _DENSE_COLUMNS.get(key)
-            if columns is None:  # the coefficients of θ^P, ..., θ^1 as (s, 1, ...) columns
-                degree = max(map(len, self.dense))
-                rows = [[0.0] * (degree - len(p)) + list(reversed(p)) for p in self.dense]
-                columns = _DENSE_COLUMNS[key] = torch.tensor(
-                    rows, dtype=theta.dtype, device=theta.device).T.reshape(
-                    degree, len(rows), *([1] * theta.ndim)).unbind(0)
+            columns = self._columns(theta, False)
             acc = columns[0] * theta
             for column in columns[1:]:
                 acc = (acc + column) * theta
@@ -98,10 +107,15 @@ class ButcherTableau:
             out.append(acc)
         return out
 
-    def dense_derivative_weights(self, theta: Any) -> list[Any]:
-        """``b_i'(θ)``, the weights of the dense output's derivative (``θ`` a float or a
-        tensor of per-sample fractions)."""
+    def dense_derivative_weights(self, theta: Any) -> Any:
+        """``b_i'(θ)``, the weights of the dense output's derivative: a list for a float, an
+        ``(s, *theta.shape)`` tensor for a tensor (as :meth:`dense_weights`)."""
         assert self.dense is not None
+        if isinstance(theta, torch.Tensor):
+            acc = 0.0 * theta
+            for column in self._columns(theta, True):
+                acc = acc * theta + column
+            return acc
         out = []
         for poly in self.dense:
             acc = 0.0 * theta
