@@ -158,12 +158,9 @@ def _f(*values: int | str | Fraction) -> tuple[float, ...]:
     return tuple(float(Fraction(v)) for v in values)
 
 
-def _minus(x: tuple[float, ...], y: tuple[float, ...]) -> tuple[float, ...]:
-    return tuple(p - q for p, q in zip(x, y, strict=True))
-
-
-def _f_minus(x: tuple[int | str, ...], y: tuple[int | str, ...]) -> tuple[float, ...]:
-    """``x - y`` computed exactly on the rationals, then rounded once to floats."""
+def _minus(x: Sequence[float | int | str], y: Sequence[float | int | str]) -> tuple[float, ...]:
+    """``x - y`` computed exactly on the rationals, then rounded once to floats (for floats
+    the same as ``p - q``: IEEE subtraction is correctly rounded too)."""
     return tuple(float(Fraction(p) - Fraction(q)) for p, q in zip(x, y, strict=True))
 
 
@@ -325,7 +322,7 @@ TSIT5 = ButcherTableau(
         _f(*_TSIT5_B[:6]),
     ),
     b=_f(*_TSIT5_B), order=5,
-    b_err=_f_minus(_TSIT5_B, _TSIT5_B_HAT), error_order=4,
+    b_err=_minus(_TSIT5_B, _TSIT5_B_HAT), error_order=4,
     dense=tuple(_f(*poly) for poly in _TSIT5_DENSE),
     reference="Tsitouras (2011), 'Runge–Kutta pairs of order 5(4) satisfying only the first "
     "column simplifying assumption', Computers & Mathematics with Applications "
@@ -375,7 +372,7 @@ DOPRI8 = ButcherTableau(
            "3936647629/1978049680", "-160528059/685178525", "248638103/1413531060", 0),
     ),
     b=_f(*_DOPRI8_B), order=8,
-    b_err=_f_minus(_DOPRI8_B, _DOPRI8_B_HAT), error_order=7,
+    b_err=_minus(_DOPRI8_B, _DOPRI8_B_HAT), error_order=7,
     reference="Prince & Dormand (1981), 'High order embedded Runge–Kutta formulae', "
     "J. Comp. Appl. Math. 7(1):67–75, the RK8(7)13M pair (eighth order propagated), "
     "as torchdiffeq's 'dopri8' uses; no dense output of its own (cubic Hermite).",
