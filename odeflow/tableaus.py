@@ -19,7 +19,7 @@ import torch
 __all__ = ["ButcherTableau", "TABLEAUS"]
 
 CHECK_TOL = 1e-13
-_DENSE_COLUMNS: dict = {}  # ButcherTableau._columns, by (name, dtype, device, ndim, derivative)
+_DENSE_COEFS: dict = {}  # ButcherTableau._horner's coefficients, by tableau and theta's kind
 
 
 @dataclass(frozen=True)
@@ -71,58 +71,42 @@ class ButcherTableau:
         """Number of stages (function evaluations per step, counting the reused first one)."""
         return len(self.c)
 
-    def _columns(self, theta: torch.Tensor, derivative: bool) -> tuple[torch.Tensor, ...]:
-        """The coefficients of ``b_i(θ)`` in ``θ^P, ..., θ^1`` (``derivative``: of ``b_i'(θ)``
-        in ``θ^(P-1), ..., θ^0``) as ``(s, 1, ...)`` columns in ``theta``'s dtype (cached)."""
-        key = (self.name, theta.dtype, theta.device, theta.ndim, derivative)
-        columns = _DENSE_COLUMNS.get(key)
-        if columns is None:
-            degree = max(map(len, self.dense))
-            rows = []
-            for poly in self.dense:
-                terms = [(p + 1) * coef if derivative else coef for p, coef in enumerate(poly)]
-                rows.append([0.0] * (degree - len(poly)) + terms[::-1])
-            columns = _DENSE_COLUMNS[key] = torch.tensor(
-                rows, dtype=theta.dtype, device=theta.device).T.reshape(
-                degree, len(rows), *([1] * theta.ndim)).unbind(0)
-        return columns
+    def _horner(self, theta: Any, derivative: bool) -> Any:
+        """``b_i(θ)`` (``derivative``: ``b_i'(θ)``) by Horner's rule, from the coefficient of
+        the highest power of ``θ`` down (cached): a list for a float ``theta``; for a tensor
+        an ``(s, *theta.shape)`` tensor, by one step for all stages at a time on ``(s, 1,
+        ...)`` columns (the shorter polynomials led by zeros), with the float form's roundings."""
+        lanes = isinstance(theta, torch.Tensor)
+        key = ((self.name, derivative, theta.dtype, theta.device, theta.ndim) if lanes
+               else (self.name, derivative))
+        rows = _DENSE_COEFS.get(key)
+        if rows is None:
+            assert self.dense is not None
+            rows = [tuple((p + 1) * coef if derivative else coef
+                          for p, coef in enumerate(poly))[::-1] for poly in self.dense]
+            if lanes:
+                degree = max(map(len, rows))
+                rows = [torch.tensor([[0.0] * (degree - len(r)) + list(r) for r in rows],
+                                     dtype=theta.dtype, device=theta.device).T.reshape(
+                    degree, len(rows), *([1] * theta.ndim)).unbind(0)]
+            _DENSE_COEFS[key] = rows
+        out = []
+        for coefs in rows:
+            acc = coefs[0]
+            for coef in coefs[1:]:
+                acc = acc * theta + coef
+            out.append(acc if derivative else acc * theta)  # b_i(θ) = θ Σ_p poly[p] θ^p
+        return out[0] if lanes else out
 
     def dense_weights(self, theta: Any) -> Any:
         """The weights ``b_i(θ)`` of the dense output at fraction ``theta`` of the step: a list
-        for a float, an ``(s, *theta.shape)`` tensor for a tensor (one Horner step for all
-        stages at a time, with the roundings of the float form)."""
-        assert self.dense is not None
-        if isinstance(theta, torch.Tensor):
-            columns = self._columns(theta, False)
-            acc = columns[0] * theta
-            for column in columns[1:]:
-                acc = (acc + column) * theta
-            return acc
-        out = []
-        for poly in self.dense:
-            # Horner in θ for Σ_p poly[p] θ^(p+1).
-            acc = 0.0
-            for coef in reversed(poly):
-                acc = (acc + coef) * theta
-            out.append(acc)
-        return out
+        for a float, an ``(s, *theta.shape)`` tensor for a tensor."""
+        return self._horner(theta, False)
 
     def dense_derivative_weights(self, theta: Any) -> Any:
         """``b_i'(θ)``, the weights of the dense output's derivative: a list for a float, an
-        ``(s, *theta.shape)`` tensor for a tensor (as :meth:`dense_weights`)."""
-        assert self.dense is not None
-        if isinstance(theta, torch.Tensor):
-            acc = 0.0 * theta
-            for column in self._columns(theta, True):
-                acc = acc * theta + column
-            return acc
-        out = []
-        for poly in self.dense:
-            acc = 0.0 * theta
-            for p in range(len(poly) - 1, -1, -1):
-                acc = acc * theta + (p + 1) * poly[p]
-            out.append(acc)
-        return out
+        ``(s, *theta.shape)`` tensor for a tensor."""
+        return self._horner(theta, True)
 
 
 def require(condition: bool, message: str) -> None:
