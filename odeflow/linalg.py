@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 import torch
@@ -89,19 +89,20 @@ def check_dense_size(n: int, dtype: torch.dtype, batch: int = 1) -> None:
 class ImplicitCounts(SolveStats):
     """Counters of one solve's linear algebra, shared (by reference) through its states:
     :class:`~odeflow.stats.SolveStats`' own ``n_jacobians`` … ``n_linear_failures`` and
-    ``switches`` (its step counters stay 0 here), and how its Jacobians are taken."""
+    ``switches`` (its step counters stay 0 here), and how its Jacobians are taken. A counter
+    of a per-sample ESDIRK solve is a ``(B,)`` tensor, one count per lane."""
 
     #: set on the first failure of the vmapped backward: one backward per row from then on
     reverse_mode: bool = False
     #: set when ``torch.func`` cannot trace ``func``: plain autograd under autograd too
     no_functorch: bool = False
-    lanes: dict = field(default_factory=dict)  #: per-sample (B,) counts, summed in add_to
 
     def add_to(self, stats: SolveStats) -> None:
-        """Add the counters (and the per-lane sums) into the solve's ``stats``."""
+        """Add the counters (a per-lane one summed over the lanes) into the solve's ``stats``."""
         for name in (fld.name for fld in fields(SolveStats) if fld.name.startswith("n_")):
-            lane = int(self.lanes[name].sum()) if name in self.lanes else 0
-            setattr(stats, name, getattr(stats, name) + getattr(self, name) + lane)
+            count = getattr(self, name)
+            count = int(count.sum()) if isinstance(count, Tensor) else count
+            setattr(stats, name, getattr(stats, name) + count)
         stats.switches.extend(self.switches)
 
 
