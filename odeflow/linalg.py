@@ -307,7 +307,7 @@ class DenseSolver:
 # ------------------------------------------------------------------------------- krylov path
 @dataclass
 class KrylovFactor:
-    """``I - hγ J`` applied matrix-free, ``J`` at ``point = (f, t, y)`` by Jacobian–vector
+    """``I - hγ J`` applied matrix-free, ``J`` at ``point = (f, user t, y)`` by Jacobian–vector
     products (nothing is formed); solves by restarted GMRES."""
 
     point: tuple  # what KrylovSolver.jacobian returns in place of J
@@ -316,13 +316,11 @@ class KrylovFactor:
     counts: ImplicitCounts
 
     def solve(self, b: Tensor) -> Tensor:
-        f, t, y = self.point
-        t_user = _user_time(f, t, y)
+        f, t_user, y = self.point
         return self._gmres(lambda v: torch.func.jvp(lambda x: f.at(t_user, x), (y,), (v,))[1], b)
 
     def solve_transpose(self, b: Tensor) -> Tensor:
-        f, t, y = self.point
-        t_user = _user_time(f, t, y)
+        f, t_user, y = self.point
 
         def vjp(v: Tensor) -> Tensor:
             with torch.enable_grad():
@@ -354,10 +352,10 @@ class KrylovSolver:
 
     def jacobian(self, f: Any, t: float, y: Tensor, counts: ImplicitCounts,
                  with_time: bool = True, graph: bool = False) -> tuple[tuple, Tensor | None]:
-        """``J`` as the point ``(f, t, y)`` its products are taken at, and ``∂f/∂t``."""
+        """``J`` as the point ``(f, user t, y)`` its products are taken at, and ``∂f/∂t``."""
         counts.n_jacobians += 1
         f_t = _time_derivative(f, t, y.detach(), counts) if with_time else None
-        return (f, t, y.detach()), f_t
+        return (f, _user_time(f, t, y), y.detach()), f_t
 
     def factor(self, jac: tuple, h_gamma: float, counts: ImplicitCounts) -> KrylovFactor:
         return KrylovFactor(jac, h_gamma, self, counts)
