@@ -148,7 +148,9 @@ class Interpolant:
 
     Implementer rules: ``evaluate(0)`` is the step's start state and ``evaluate(1)`` its end
     state; ``derivative(theta)`` is ``d/dt evaluate`` (per unit of time, not of theta);
-    neither mutates the tensors it was built from, and both work under autograd.
+    neither mutates the tensors it was built from, and both work under autograd. Per sample
+    (state ``(B, n)``) ``evaluate`` takes ``theta`` ``(B,)`` or ``(P, B)`` (``P`` output
+    times of each lane at once) and returns ``(B, n)`` or ``(P, B, n)``.
     """
 
     t: float
@@ -178,27 +180,20 @@ class TableauInterpolant(Interpolant):
 
     __slots__ = ("t", "dt", "y", "stages", "tableau", "stacked")
 
-    @property
-    def batched_theta(self) -> bool:
-        """Whether ``evaluate`` takes a ``(P, B)`` θ (``P`` output passes at once)."""
-        return getattr(self.tableau, "batched_dense", False)
-
     def __init__(self, t: Any, dt: Any, y: Tensor, stages: Sequence[Tensor], tableau: Any,
                  stacked: Tensor | None = None):
         self.t, self.dt, self.y, self.stages = t, dt, y, tuple(stages)
         self.tableau, self.stacked = tableau, stacked
 
-    def _combine(self, weights: Sequence[Any], base: Tensor | None, scale: Any) -> Tensor:
-        if isinstance(weights, Tensor):  # per sample: (s, B) weights, (B,) step sizes
+    def _combine(self, weights: Any, base: Tensor | None, scale: Any) -> Tensor:
+        if isinstance(weights, Tensor) or isinstance(scale, Tensor):
+            # per sample: (s, B) weights (at a float θ: s floats) times (B,) step sizes
+            dtype = self.y.dtype
+            coefs = ((scale * weights).to(dtype) if isinstance(weights, Tensor)
+                     else [(scale * w).to(dtype) for w in weights])
             out = torch.zeros_like(self.y) if base is None else base
-            for k_i, c in zip(self.stages, (scale * weights).to(self.y.dtype)):
+            for k_i, c in zip(self.stages, coefs):
                 out = out + c[..., None] * k_i
-            return out
-        if isinstance(scale, Tensor) or any(isinstance(w, Tensor) for w in weights):
-            # per-sample weights and step sizes: (B,) -> (B, 1)
-            out = torch.zeros_like(self.y) if base is None else base
-            for k_i, w in zip(self.stages, weights):
-                out = out + torch.as_tensor(scale * w).to(k_i.dtype).reshape(-1, 1) * k_i
             return out
         out = combine(base, self.stages, nonzero(weights), scale)
         return out.clone() if out is base else out  # (all weights zero: never y itself)
@@ -224,7 +219,6 @@ class HermiteInterpolant(Interpolant):
     """Cubic Hermite from ``(y0, f0)`` at the start and ``(y1, f1)`` at the end."""
 
     __slots__ = ("t", "dt", "y0", "y1", "f0", "f1", "precise")
-    batched_theta = True  # evaluate takes a (P, B) theta (P output passes at once)
 
     def __init__(self, t: float, dt: float, y0: Tensor, y1: Tensor, f0: Tensor, f1: Tensor,
                  precise: Interpolant | None = None):
@@ -255,7 +249,6 @@ class LinearInterpolant(Interpolant):
     """``y0 + θ (y1 - y0)``: the fixed-grid methods' ``interp="linear"``."""
 
     __slots__ = ("t", "dt", "y0", "y1")
-    batched_theta = True  # evaluate takes a (P, B) theta (P output passes at once)
 
     def __init__(self, t: float, dt: float, y0: Tensor, y1: Tensor):
         self.t, self.dt, self.y0, self.y1 = t, dt, y0, y1

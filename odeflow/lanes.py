@@ -30,7 +30,8 @@ from torch import Tensor
 
 __all__ = ["SharedClock", "LaneClock", "Clock"]
 
-#: Output passes evaluated at once hold at most about this many state elements.
+#: The output passes of a step evaluated at once hold at most about this many state
+#: elements (per sample, :meth:`LaneClock.write_outputs`).
 PASS_CHUNK = 1 << 20
 
 
@@ -243,10 +244,12 @@ class LaneClock:
                       interior: bool, out_idx: Tensor, next_out: Tensor, ok: Tensor, t: Tensor,
                       t_new: Tensor, dt: Tensor, y: Tensor, y_new: Tensor, stages: Any,
                       f_new: Any, ws: Any, rec: Any) -> tuple[Tensor, Tensor]:
-        """The loop's output passes: ``n_pass`` (the most output times a lane passed, read
-        with the iteration's decisions) passes, each writing every lane's next output where
-        ``hit`` into ``ys`` ``(T + 1, B, n)``; a lane with nothing to write writes into its
-        spare row ``ys[T]`` (one ``index_put``, no mask, no sync).
+        """The loop's output passes: ``n_pass``, the most output times a lane passed (read
+        with the iteration's decisions). Pass ``p`` writes output ``out_idx + p`` of the
+        lanes that passed it into ``ys`` ``(T + 1, B, n)``; the passes are ``(P, B)`` tensors
+        evaluated at once (in chunks of about :data:`PASS_CHUNK` state elements), and a lane
+        with nothing to write in a pass writes into its spare row ``ys[T]`` (one
+        ``index_put``, no mask, no sync).
 
         Without ``interior`` every lane that hit landed on its output time and takes
         ``y_new`` (no interpolant); with it, the step's dense output at ``theta``.
@@ -254,45 +257,27 @@ class LaneClock:
         piece = stepper.interpolant(t, dt, y, y_new, stages, f_new) if interior else None
         n_out = ys.shape[0] - 1
         flat = ys.view(-1, ys.shape[-1])
-        if n_pass > 1 and rec is None and getattr(piece, "batched_theta", False):
-            return self._write_passes(piece, flat, n_pass, ok, out_idx, t, t_new, dt, y_new)
-        for p in range(n_pass):
-            if p:
-                hit = ok & (next_out <= t_new)
+        chunk = max(1, PASS_CHUNK // max(y.numel(), 1))
+        step = torch.where(dt > 0, dt, 1.0)
+        written: Any = 0
+        for lo in range(0, n_pass, chunk):
+            if n_pass == 1:  # (the iteration's own hit and next output time)
+                index, times, passed = out_idx[None], next_out[None], hit[None]
+            else:
+                index = out_idx + torch.arange(lo, min(lo + chunk, n_pass),
+                                               device=self.device)[:, None]
+                times = self.grid_inf.gather(1, index.clamp(max=n_out).T).T
+                passed = ok & (times <= t_new)
             value = y_new
             if piece is not None or rec is not None:
-                theta = torch.where(hit, (next_out - t) / torch.where(dt > 0, dt, 1.0), 1.0)
+                theta = torch.where(passed, (times - t) / step, 1.0)
                 if piece is not None:
-                    value = torch.where((next_out == t_new)[:, None], y_new,
-                                        piece.evaluate(theta))
+                    value = torch.where((times == t_new)[..., None], y_new, piece.evaluate(theta))
                 if rec is not None:
-                    rec.outputs.append((hit, out_idx.clamp(max=n_out - 1), theta))
-            flat[torch.where(hit, out_idx, n_out) * self.batch + self._row_of_lane] = value
-            out_idx = out_idx + hit
-            next_out = self.gather(self.grid_inf, out_idx)
-        return out_idx, next_out
-
-    def _write_passes(self, piece: Any, flat: Tensor, n_pass: int, ok: Tensor,
-                      out_idx: Tensor, t: Tensor, t_new: Tensor, dt: Tensor, y_new: Tensor
-                      ) -> tuple[Tensor, Tensor]:
-        """:meth:`write_outputs`' passes at once: pass ``p`` writes output ``out_idx + p`` of
-        the lanes that passed it, so all passes' fractions are one ``(P, B)`` tensor and the
-        dense output is evaluated once for them (in chunks of a bounded size); the same
-        values as pass by pass."""
-        n_out = flat.shape[0] // self.batch - 1
-        chunk = max(1, PASS_CHUNK // max(flat.numel() // (n_out + 1), 1))
-        offsets = torch.arange(n_pass, device=self.device)[:, None]
-        step = torch.where(dt > 0, dt, 1.0)
-        written = torch.zeros_like(out_idx)
-        for lo in range(0, n_pass, chunk):
-            index = out_idx + offsets[lo:lo + chunk]  # (P, B)
-            next_out = self.grid_inf.gather(1, index.clamp(max=n_out).T).T
-            hit = ok & (next_out <= t_new)
-            theta = torch.where(hit, (next_out - t) / step, 1.0)
-            value = torch.where((next_out == t_new)[..., None], y_new, piece.evaluate(theta))
-            flat[(torch.where(hit, index, n_out) * self.batch + self._row_of_lane).reshape(-1)] = (
-                value.reshape(-1, flat.shape[-1]))
-            written = written + hit.sum(0)
+                    rec.outputs.extend(zip(passed, index.clamp(max=n_out - 1), theta))
+            rows = torch.where(passed, index, n_out) * self.batch + self._row_of_lane
+            flat[rows.reshape(-1)] = value.reshape(-1, flat.shape[-1])
+            written = written + passed.sum(0)
         out_idx = out_idx + written
         return out_idx, self.gather(self.grid_inf, out_idx)
 

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
+
+from .stats import SolveStats
 
 __all__ = ["ImplicitCounts", "LinearSolver", "Factor", "DenseSolver", "KrylovSolver",
            "autodiff_jacobian", "check_dense_size", "check_solver_dtype",
@@ -84,28 +86,23 @@ def check_dense_size(n: int, dtype: torch.dtype, batch: int = 1) -> None:
 
 
 @dataclass
-class ImplicitCounts:
-    """Counters of one solve's linear algebra, shared (by reference) through its states."""
+class ImplicitCounts(SolveStats):
+    """Counters of one solve's linear algebra, shared (by reference) through its states:
+    :class:`~odeflow.stats.SolveStats`' own ``n_jacobians`` … ``n_linear_failures`` and
+    ``switches`` (its step counters stay 0 here), and how its Jacobians are taken. A counter
+    of a per-sample ESDIRK solve is a ``(B,)`` tensor, one count per lane."""
 
-    n_jacobians: int = 0
-    n_lu: int = 0
-    n_newton_iters: int = 0
-    n_newton_failures: int = 0
-    n_linear_iters: int = 0
-    n_linear_failures: int = 0
     #: set on the first failure of the vmapped backward: one backward per row from then on
     reverse_mode: bool = False
     #: set when ``torch.func`` cannot trace ``func``: plain autograd under autograd too
     no_functorch: bool = False
-    #: ``method="auto"``: ``(t, method)`` of each switch
-    switches: list = field(default_factory=list)
-    lanes: dict = field(default_factory=dict)  #: per-sample (B,) counts, summed in add_to
 
-    def add_to(self, stats: Any) -> None:
-        """Copy the counters into a :class:`~odeflow.stats.SolveStats`."""
-        for name in (fld.name for fld in fields(self) if fld.name.startswith("n_")):
-            lane = int(self.lanes[name].sum()) if name in self.lanes else 0
-            setattr(stats, name, getattr(stats, name) + getattr(self, name) + lane)
+    def add_to(self, stats: SolveStats) -> None:
+        """Add the counters (a per-lane one summed over the lanes) into the solve's ``stats``."""
+        for name in (fld.name for fld in fields(SolveStats) if fld.name.startswith("n_")):
+            count = getattr(self, name)
+            count = int(count.sum()) if isinstance(count, Tensor) else count
+            setattr(stats, name, getattr(stats, name) + count)
         stats.switches.extend(self.switches)
 
 
@@ -310,7 +307,7 @@ class DenseSolver:
 # ------------------------------------------------------------------------------- krylov path
 @dataclass
 class KrylovFactor:
-    """``I - hγ J`` applied matrix-free, ``J`` at ``point = (f, t, y)`` by Jacobian–vector
+    """``I - hγ J`` applied matrix-free, ``J`` at ``point = (f, user t, y)`` by Jacobian–vector
     products (nothing is formed); solves by restarted GMRES."""
 
     point: tuple  # what KrylovSolver.jacobian returns in place of J
@@ -319,13 +316,11 @@ class KrylovFactor:
     counts: ImplicitCounts
 
     def solve(self, b: Tensor) -> Tensor:
-        f, t, y = self.point
-        t_user = _user_time(f, t, y)
+        f, t_user, y = self.point
         return self._gmres(lambda v: torch.func.jvp(lambda x: f.at(t_user, x), (y,), (v,))[1], b)
 
     def solve_transpose(self, b: Tensor) -> Tensor:
-        f, t, y = self.point
-        t_user = _user_time(f, t, y)
+        f, t_user, y = self.point
 
         def vjp(v: Tensor) -> Tensor:
             with torch.enable_grad():
@@ -357,10 +352,10 @@ class KrylovSolver:
 
     def jacobian(self, f: Any, t: float, y: Tensor, counts: ImplicitCounts,
                  with_time: bool = True, graph: bool = False) -> tuple[tuple, Tensor | None]:
-        """``J`` as the point ``(f, t, y)`` its products are taken at, and ``∂f/∂t``."""
+        """``J`` as the point ``(f, user t, y)`` its products are taken at, and ``∂f/∂t``."""
         counts.n_jacobians += 1
         f_t = _time_derivative(f, t, y.detach(), counts) if with_time else None
-        return (f, t, y.detach()), f_t
+        return (f, _user_time(f, t, y), y.detach()), f_t
 
     def factor(self, jac: tuple, h_gamma: float, counts: ImplicitCounts) -> KrylovFactor:
         return KrylovFactor(jac, h_gamma, self, counts)

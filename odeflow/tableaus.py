@@ -19,7 +19,7 @@ import torch
 __all__ = ["ButcherTableau", "TABLEAUS"]
 
 CHECK_TOL = 1e-13
-_DENSE_COLUMNS: dict = {}  # (name, dtype, device) -> ButcherTableau.dense_weights' columns
+_DENSE_COEFS: dict = {}  # ButcherTableau._horner's coefficients, by tableau and theta's kind
 
 
 @dataclass(frozen=True)
@@ -71,47 +71,42 @@ class ButcherTableau:
         """Number of stages (function evaluations per step, counting the reused first one)."""
         return len(self.c)
 
-    #: ``dense_weights`` takes a θ tensor of any shape (interp.TableauInterpolant)
-    batched_dense = True
+    def _horner(self, theta: Any, derivative: bool) -> Any:
+        """``b_i(θ)`` (``derivative``: ``b_i'(θ)``) by Horner's rule, from the coefficient of
+        the highest power of ``θ`` down (cached): a list for a float ``theta``; for a tensor
+        an ``(s, *theta.shape)`` tensor, by one step for all stages at a time on ``(s, 1,
+        ...)`` columns (the shorter polynomials led by zeros), with the float form's roundings."""
+        lanes = isinstance(theta, torch.Tensor)
+        key = ((self.name, derivative, theta.dtype, theta.device, theta.ndim) if lanes
+               else (self.name, derivative))
+        rows = _DENSE_COEFS.get(key)
+        if rows is None:
+            assert self.dense is not None
+            rows = [tuple((p + 1) * coef if derivative else coef
+                          for p, coef in enumerate(poly))[::-1] for poly in self.dense]
+            if lanes:
+                degree = max(map(len, rows))
+                rows = [torch.tensor([[0.0] * (degree - len(r)) + list(r) for r in rows],
+                                     dtype=theta.dtype, device=theta.device).T.reshape(
+                    degree, len(rows), *([1] * theta.ndim)).unbind(0)]
+            _DENSE_COEFS[key] = rows
+        out = []
+        for coefs in rows:
+            acc = coefs[0]
+            for coef in coefs[1:]:
+                acc = acc * theta + coef
+            out.append(acc if derivative else acc * theta)  # b_i(θ) = θ Σ_p poly[p] θ^p
+        return out[0] if lanes else out
 
     def dense_weights(self, theta: Any) -> Any:
         """The weights ``b_i(θ)`` of the dense output at fraction ``theta`` of the step: a list
-        for a float, an ``(s, *theta.shape)`` tensor for a tensor (one Horner step for all
-        stages at a time, with the roundings of the float form)."""
-        assert self.dense is not None
-        if isinstance(theta, torch.Tensor):
-            key = (self.name, theta.dtype, theta.device, theta.ndim)
-            columns = _DENSE_COLUMNS.get(key)
-            if columns is None:  # the coefficients of θ^P, ..., θ^1 as (s, 1, ...) columns
-                degree = max(map(len, self.dense))
-                rows = [[0.0] * (degree - len(p)) + list(reversed(p)) for p in self.dense]
-                columns = _DENSE_COLUMNS[key] = torch.tensor(
-                    rows, dtype=theta.dtype, device=theta.device).T.reshape(
-                    degree, len(rows), *([1] * theta.ndim)).unbind(0)
-            acc = columns[0] * theta
-            for column in columns[1:]:
-                acc = (acc + column) * theta
-            return acc
-        out = []
-        for poly in self.dense:
-            # Horner in θ for Σ_p poly[p] θ^(p+1).
-            acc = 0.0
-            for coef in reversed(poly):
-                acc = (acc + coef) * theta
-            out.append(acc)
-        return out
+        for a float, an ``(s, *theta.shape)`` tensor for a tensor."""
+        return self._horner(theta, False)
 
-    def dense_derivative_weights(self, theta: Any) -> list[Any]:
-        """``b_i'(θ)``, the weights of the dense output's derivative (``θ`` a float or a
-        tensor of per-sample fractions)."""
-        assert self.dense is not None
-        out = []
-        for poly in self.dense:
-            acc = 0.0 * theta
-            for p in range(len(poly) - 1, -1, -1):
-                acc = acc * theta + (p + 1) * poly[p]
-            out.append(acc)
-        return out
+    def dense_derivative_weights(self, theta: Any) -> Any:
+        """``b_i'(θ)``, the weights of the dense output's derivative: a list for a float, an
+        ``(s, *theta.shape)`` tensor for a tensor."""
+        return self._horner(theta, True)
 
 
 def require(condition: bool, message: str) -> None:
@@ -147,12 +142,9 @@ def _f(*values: int | str | Fraction) -> tuple[float, ...]:
     return tuple(float(Fraction(v)) for v in values)
 
 
-def _minus(x: tuple[float, ...], y: tuple[float, ...]) -> tuple[float, ...]:
-    return tuple(p - q for p, q in zip(x, y, strict=True))
-
-
-def _f_minus(x: tuple[int | str, ...], y: tuple[int | str, ...]) -> tuple[float, ...]:
-    """``x - y`` computed exactly on the rationals, then rounded once to floats."""
+def _minus(x: Sequence[float | int | str], y: Sequence[float | int | str]) -> tuple[float, ...]:
+    """``x - y`` computed exactly on the rationals, then rounded once to floats (for floats
+    the same as ``p - q``: IEEE subtraction is correctly rounded too)."""
     return tuple(float(Fraction(p) - Fraction(q)) for p, q in zip(x, y, strict=True))
 
 
@@ -314,7 +306,7 @@ TSIT5 = ButcherTableau(
         _f(*_TSIT5_B[:6]),
     ),
     b=_f(*_TSIT5_B), order=5,
-    b_err=_f_minus(_TSIT5_B, _TSIT5_B_HAT), error_order=4,
+    b_err=_minus(_TSIT5_B, _TSIT5_B_HAT), error_order=4,
     dense=tuple(_f(*poly) for poly in _TSIT5_DENSE),
     reference="Tsitouras (2011), 'Runge–Kutta pairs of order 5(4) satisfying only the first "
     "column simplifying assumption', Computers & Mathematics with Applications "
@@ -364,7 +356,7 @@ DOPRI8 = ButcherTableau(
            "3936647629/1978049680", "-160528059/685178525", "248638103/1413531060", 0),
     ),
     b=_f(*_DOPRI8_B), order=8,
-    b_err=_f_minus(_DOPRI8_B, _DOPRI8_B_HAT), error_order=7,
+    b_err=_minus(_DOPRI8_B, _DOPRI8_B_HAT), error_order=7,
     reference="Prince & Dormand (1981), 'High order embedded Runge–Kutta formulae', "
     "J. Comp. Appl. Math. 7(1):67–75, the RK8(7)13M pair (eighth order propagated), "
     "as torchdiffeq's 'dopri8' uses; no dense output of its own (cubic Hermite).",

@@ -233,8 +233,10 @@ def test_an_option_given_as_none_is_its_default():
 # ----------------------------------------------------------------------------- auto dense
 def test_auto_per_sample_dense_derivative_is_each_samples_own():
     """method='auto' per sample: the dense derivative merges the lanes' explicit and
-    Rosenbrock pieces (auto.LaneInterpolant). Each sample's equals its joint solve's
-    (1e-9) and the vector field at the dense solution (1e-3 · max|f|)."""
+    Rosenbrock pieces (auto.LaneInterpolant). Each sample takes its joint solve's steps, and
+    its dense derivative equals the joint solve's to 1e-9 · max|f| (the lanes' stage sums
+    round otherwise than the joint ones, and 480 steps of sample 0 carry that to 1.2e-9 on
+    some CPUs, with max|f| = 4.7) and the vector field at the dense solution (1e-3 · max|f|)."""
     mu = torch.tensor([1.0, 300.0], dtype=F64)
     y0 = torch.tensor([[2.0, 0.0], [2.0, 0.0]], dtype=F64)
     t = torch.tensor([0.0, 60.0], dtype=F64)
@@ -248,9 +250,12 @@ def test_auto_per_sample_dense_derivative_is_each_samples_own():
     assert any(lane == 1 for *_, lane in sol.stats.switches)  # sample 1 switched
     grid = torch.linspace(0.0, 60.0, 121, dtype=F64)
     got = sol.derivative(grid)
-    for b in range(2):
-        own = odeflow.solve(vdp(mu[b]), y0[b], t, **kw)
-        assert (got[:, b] - own.derivative(grid)).abs().max().item() < 1e-9
+    owns = [odeflow.solve(vdp(mu[b]), y0[b], t, **kw) for b in range(2)]
+    assert sol.stats.n_accepted == sum(own.stats.n_accepted for own in owns)
+    assert sol.stats.n_rejected == sum(own.stats.n_rejected for own in owns)
+    for b, own in enumerate(owns):
+        scale = own.derivative(grid).abs().max().item()
+        assert (got[:, b] - own.derivative(grid)).abs().max().item() < 1e-9 * scale
         field = vdp(mu[b])(grid, sol.evaluate(grid)[:, b])
         assert (got[:, b] - field).abs().max().item() < 1e-3 * field.abs().max().item()
 

@@ -75,7 +75,7 @@ from torch import Tensor
 from ..interp import HermiteInterpolant, Interpolant, TableauInterpolant, combine, hermite, nonzero
 from ..linalg import DenseSolver, ImplicitCounts, check_solver_dtype
 from .base import Func, StepResult
-from .esdirk_newton import ESDIRKState, _any, _count, _not, _sum, _where, newton, newton_tests
+from .esdirk_newton import ESDIRKState, _any, _not, _sum, _where, newton, newton_tests
 from .esdirk_tableaus import ESDIRKTableau, stage_predictor
 
 __all__ = ["ESDIRK", "ESDIRKState"]
@@ -184,7 +184,7 @@ class ESDIRK:
                 current = self._jac_current(state, t, y)
                 give_up = failed & current & (state.factor.h_gamma == hg)
                 retry = failed & _not(give_up)
-                _count(state.counts, "n_newton_failures", give_up)
+                state.counts.n_newton_failures += give_up
                 ok = ok & _not(give_up)
                 if not _any(retry):
                     break
@@ -258,14 +258,14 @@ class ESDIRK:
             state.jac_at = torch.where(need_j, t, state.jac_at) if lanes else y
             state.refresh_jac = state.refresh_jac & _not(need_j)
             if lanes:
-                _count(counts, "n_jacobians", need_j)
+                counts.n_jacobians += need_j
         if need_lu_any and lanes:
             idx = need_lu.nonzero().squeeze(1)
             new = solver.factor(state.jac[idx], hg[idx], ImplicitCounts())
             fac = state.factor
             fac.lu[idx], fac.pivots[idx] = new.lu, new.pivots
             fac.h_gamma = torch.where(need_lu, hg, fac.h_gamma)
-            _count(counts, "n_lu", need_lu)
+            counts.n_lu += need_lu
         elif need_lu_any:
             state.factor = solver.factor(state.jac, hg, counts)
 

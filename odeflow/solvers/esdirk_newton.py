@@ -31,8 +31,8 @@ with masks they cost a joint solve 9–14 % of its time, on Python numbers 4 % o
 call). ``J`` is ``(B, n, n)`` and ``M`` a batch of LUs, refactorised only for the lanes that
 need it. What a joint solve decides by object identity (``J`` computed at this ``y``; the
 step ended at this ``y`` with this ``f0``), a lane decides by its time (it changes exactly
-when the lane accepts a step) and ``f0``'s value. Counters count lanes
-(``ImplicitCounts.lanes``), so a batch reports the sum of its samples' own solves. Lanes
+when the lane accepts a step) and ``f0``'s value. Counters count lanes (one adds a mask:
+a ``(B,)`` tensor, no host sync), so a batch reports the sum of its samples' solves. Lanes
 with ``dt = 0`` and lanes whose Newton iteration failed for good stay at ``y``.
 """
 
@@ -115,15 +115,6 @@ def _any(mask: Any) -> bool:
     return bool(mask.any()) if isinstance(mask, Tensor) else mask  # per sample: host sync
 
 
-def _count(counts: ImplicitCounts, name: str, mask: Any) -> None:
-    """One more ``name`` (per sample: one per lane of ``mask``, no host sync)."""
-    if isinstance(mask, Tensor):
-        have = counts.lanes.get(name)
-        counts.lanes[name] = mask.long() if have is None else have + mask
-    elif mask:
-        setattr(counts, name, getattr(counts, name) + 1)
-
-
 def _sum(y: Tensor | None, ks: Sequence[Tensor], nz: Any, h: Any) -> Tensor:
     """``y + h Σ_j w_j k_j`` (``y`` may be ``None``; per sample ``h`` is a ``(B, 1)`` column)."""
     if not isinstance(h, Tensor):
@@ -188,7 +179,7 @@ def newton(fi: Any, ti: Any, r: Tensor, z: Tensor, hg: Any, hgc: Any, factor: An
             prev = norm
             continue
         dz = factor.solve(r + hgc * fz - z)
-        _count(counts, "n_newton_iters", iterating)
+        counts.n_newton_iters += iterating
         norm = torch.linalg.vector_norm(dz / scale, dim=-1).double() * inv_sqrt_n
         finite = torch.isfinite(norm)
         at_floor = finite & (norm <= floor)  # at the rounding noise: converged

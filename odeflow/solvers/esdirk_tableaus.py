@@ -119,21 +119,22 @@ class ESDIRKTableau:
         lead = self.b_hat[0] - sum(w * v for w, v in zip(self.b_hat[1:], x))
         return abs(lead) < 1e-12
 
-    def dense_weights(self, theta: Any) -> list[Any]:
+    def dense_weights(self, theta: Any) -> Any:
         """``b_j(θ)`` of the continuous extension (``dense`` must be set); ``theta`` a float,
-        or a ``(B,)`` tensor (per sample: ``(B,)`` weights, by one small matrix product)."""
+        or a tensor (per sample: ``(s, *theta.shape)`` weights, by one small matrix product)."""
         if isinstance(theta, torch.Tensor):
             degree = max(len(row) for row in self.dense)
             coef = torch.tensor([list(row) + [0.0] * (degree - len(row)) for row in self.dense],
                                 dtype=theta.dtype, device=theta.device)  # (s, degree)
-            powers = torch.cumprod(theta[:, None].expand(-1, degree), dim=1)  # θ, θ², ...
-            return list((powers @ coef.T).T)
+            powers = torch.cumprod(theta[..., None].expand(*theta.shape, degree), -1)  # θ, θ², …
+            return (powers @ coef.T).movedim(-1, 0)
         return [sum(cf * theta ** (p + 1) for p, cf in enumerate(row)) for row in self.dense]
 
-    def dense_derivative_weights(self, theta: float) -> list[float]:
-        """``b_j'(θ)`` (``d/dt`` of the dense output is ``Σ b_j'(θ) k_j``)."""
-        return [sum((p + 1) * cf * theta ** p for p, cf in enumerate(row))
-                for row in self.dense]
+    def dense_derivative_weights(self, theta: Any) -> Any:
+        """``b_j'(θ)`` (``d/dt`` of the dense output is ``Σ b_j'(θ) k_j``); for a ``(B,)``
+        tensor ``theta``, ``(s, B)`` weights."""
+        out = [sum((p + 1) * cf * theta ** p for p, cf in enumerate(row)) for row in self.dense]
+        return torch.stack(out) if isinstance(theta, torch.Tensor) else out
 
     def full_a(self) -> list[list[float]]:
         """``A`` as a dense ``s × s`` list of rows (diagonal included)."""

@@ -256,7 +256,6 @@ class RosenbrockInterpolant(Interpolant):
     output; ``terms`` are the ``k_r``)."""
 
     __slots__ = ("t", "dt", "y0", "y1", "terms")
-    batched_theta = True  # evaluate takes a (P, B) theta (P output passes at once)
 
     def __init__(self, t: float, dt: Any, y0: Tensor, y1: Tensor, terms: Sequence[Tensor]):
         self.t, self.dt, self.y0, self.y1, self.terms = t, dt, y0, y1, tuple(terms)
