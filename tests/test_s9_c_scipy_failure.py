@@ -1,6 +1,6 @@
 """The SciPy bridge returns its failure like the loop does (a failed status in the loop's
-result), so the pipeline's one failure handling applies; the failure time is where SciPy
-stopped, not the last output time it reached."""
+result), so the one failure handling applies (the pipeline's, and the adjoint's check of its
+backward solve); the failure time is where SciPy stopped, not the last output time reached."""
 
 import math
 
@@ -42,3 +42,22 @@ def test_joint_failure_keeps_scipys_message_with_throw_false():
     assert abs(e.value.t - 1.0) < 1e-4
     assert sol.stats.message == e.value.stats.message
     assert f"t={e.value.t!r}. SciPy said: " in sol.stats.message
+
+
+def test_adjoint_backward_failure_through_scipy_is_the_adjoints_error():
+    """A SciPy backward solve that fails (``func`` is nan under autograd below t = 0.5, so
+    only the backward solve sees it) raises the adjoint's error, which names the backward
+    solve, at t = 0.5 where SciPy stopped (before: SciPy's own error, at t = 1)."""
+    p = torch.tensor(0.5, dtype=F64, requires_grad=True)
+
+    def f(t, y):
+        if torch.is_grad_enabled() and float(t) < 0.5:
+            return y * p * math.nan
+        return y * p
+
+    ys = odeflow.odeint_adjoint(f, torch.ones(1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64),
+                                adjoint_params=(p,), adjoint_method="scipy_solver",
+                                adjoint_options={"solver": "RK45"})
+    with pytest.raises(SolveError, match="adjoint's backward solve.*SciPy said") as e:
+        ys[-1].sum().backward()
+    assert e.value.status == Status.STEP_SIZE_UNDERFLOW and abs(e.value.t - 0.5) < 1e-9
