@@ -154,12 +154,13 @@ class EventLocator:
         return out
 
     def call(self, t_user: Tensor, y: Tensor) -> Tensor:
-        """``event_fn`` at user times ``(L,)`` and flat ``y`` ``(L, n)`` (with a graph)."""
-        if self.clock.per_sample:
-            out = self.event_fn(t_user, self.layout.unflatten(y))
-        else:
-            out = self.event_fn(t_user.reshape(()), self.layout.unflatten(y.reshape(-1)))
-        return out.reshape(self.lanes, -1)
+        """``event_fn`` at user times ``(L,)`` and flat ``y`` ``(L, n)`` (with a graph); one
+        lane gets its time as :meth:`raw` gives it (``(1,)`` for one sample in the
+        per-sample form, else 0-dim)."""
+        C = self.clock
+        if not C.per_sample:
+            t_user, y = (t_user if C.lane_time else t_user.reshape(())), y.reshape(-1)
+        return self.event_fn(t_user, self.layout.unflatten(y)).reshape(self.lanes, -1)
 
     def _at(self, interp: Interpolant, theta: Any) -> Tensor:
         if not self.clock.per_sample and isinstance(theta, Tensor):

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .dense import DenseOutput
 from .event_location import EventLocator
-from .integrate import FAILURES, Hooks, LoopResult
+from .integrate import FAILURES, Hooks
 from .problem import FAR, make_problem
 from .progress import Progress
 from .run import failure, run
@@ -88,11 +88,6 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
         with torch.set_grad_enabled(grad_on and mode == "direct"):
             result, stepper, cfg = run(loop_problem, spec, hooks, record=mode == "checkpoint",
                                        search=events)
-    except SolveError as exc:  # SciPy raises its failure; throw=False returns it instead
-        if throw or not spec.external:
-            raise
-        ys = exc.partial_ys
-        result = LoopResult(ys, exc.stats, C.sign * exc.t, ys[-1], int(exc.status))
     finally:
         if bar is not None:
             bar.close(result.t_last if result is not None else C.t0,

@@ -10,8 +10,6 @@ import sys
 import time
 from typing import Any
 
-from torch import Tensor
-
 __all__ = ["Progress", "REFRESH_PER_S", "LOG_EVERY_S"]
 
 REFRESH_PER_S = 10
@@ -80,8 +78,6 @@ class Progress:
 
     def close(self, t: Any, steps: int) -> None:
         """Draw the final state and release the bar."""
-        if self.lanes and not isinstance(t, Tensor):
-            t = self.t1
         self._draw(t, steps)
         if self._bar is not None:
             self._bar.close()

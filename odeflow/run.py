@@ -93,6 +93,8 @@ def failure(problem: Problem, result: LoopResult, *, fixed: bool = False,
         elif status == Status.NONFINITE and fixed:
             detail = ("The fixed-grid solution became non-finite by this output time; use a "
                       "smaller step_size or an adaptive method.")
+        elif stats.message != Status.SUCCESS.message:  # the method's own account (SciPy's)
+            detail = stats.message
         else:
             detail = _ADVICE[status].format(steps=steps)
         if explicit and status in (Status.MAX_STEPS_REACHED, Status.STEP_SIZE_UNDERFLOW) and (
