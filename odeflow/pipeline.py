@@ -98,8 +98,8 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
         result.status = torch.where(hits.found, int(Status.EVENT), torch.where(
             result.status == int(Status.SUCCESS), int(Status.NO_EVENT), result.status))
         result.lanes = (result.status, *result.lanes[1:])
-    err = failure(problem, result, fixed=not spec.adaptive, unbounded=unbounded, events=events,
-                  explicit=spec.adaptive and not spec.implicit)
+    err = failure(problem, result, fixed=spec.family == "fixed", unbounded=unbounded,
+                  events=events, explicit=spec.adaptive and not spec.implicit)
     stats = result.stats
     failed = (torch.isin(result.status, torch.tensor(FAILURES, device=C.device))
               if C.per_sample else None)  # failed lanes get no gradient

@@ -66,7 +66,8 @@ def test_matches_the_closed_form_on_each_samples_own_times():
 
 
 def test_a_failing_sample_does_not_fail_the_others():
-    # sample 1's func turns nan after t = 0.5: Radau's step size underflows there
+    # sample 1's func turns nan after t = 0.5: the bridge stops its solve there (SciPy alone
+    # would shrink the step until it underflows, or with LSODA retry forever)
     k = torch.tensor([0.5, 1.0, -0.4], dtype=F64)
     f = poisoned_decay(k)
 
@@ -75,8 +76,7 @@ def test_a_failing_sample_does_not_fail_the_others():
     opts = dict(per_sample=True, solver="Radau")
     sol = odeflow.solve(f, y0, t, method="scipy_solver", throw=False, rtol=1e-9, atol=1e-12,
                         options=opts)
-    assert sol.sample_stats.status == [Status.SUCCESS, Status.STEP_SIZE_UNDERFLOW,
-                                       Status.SUCCESS]
+    assert sol.sample_stats.status == [Status.SUCCESS, Status.NONFINITE, Status.SUCCESS]
     assert torch.isnan(sol.ys[2:, 1]).all() and abs(sol.ys[1, 1, 0].item() - math.exp(-0.4)) < 1e-8
     for b in (0, 2):
         assert torch.allclose(sol.ys[:, b, 0], torch.exp(-k[b] * t), rtol=1e-7, atol=0)

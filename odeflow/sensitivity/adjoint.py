@@ -272,7 +272,7 @@ def _check_backward(problem: Problem, aug_problem: Problem, result: Any, config:
                 "adjoint_rtol/adjoint_atol/adjoint_options or use gradient='checkpoint'."),
                 result.stats)
         return
-    err = failure(aug_problem, result, fixed=not config.spec.adaptive)
+    err = failure(aug_problem, result, fixed=config.spec.family == "fixed")
     if err is None:
         return
     span = (problem.user_time(problem.t_out[i]), problem.user_time(problem.t_out[i - 1]))

@@ -12,6 +12,11 @@ times, with its own steps, status and statistics. SciPy integrates one system at
 initial time and state (their rows are discarded): a batch of ``B`` samples costs ``B``
 batched evaluations per evaluation of one sample's solve. It is a reference, not a fast
 path.
+
+SciPy has no step limit and keeps retrying a step whose derivative is not finite (LSODA then
+never returns), so the bridge stops it: after ``options["max_num_steps"]`` accepted steps
+(``MAX_STEPS_REACHED``) and at a non-finite derivative (``NONFINITE``); the outputs reached
+before are those of a second solve up to the last accepted step (same steps).
 """
 
 from __future__ import annotations
@@ -21,12 +26,13 @@ from typing import Any
 
 import torch
 
+from ..options import DEFAULT_MAX_NUM_STEPS
 from ..problem import Problem
 from ..stats import SolveStats, Status
 
 __all__ = ["SCIPY_OPTIONS", "SCIPY_METHODS", "integrate_scipy"]
 
-SCIPY_OPTIONS = ("solver", "first_step", "max_step", "min_step", "per_sample")
+SCIPY_OPTIONS = ("solver", "first_step", "max_step", "min_step", "max_num_steps", "per_sample")
 SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
 
 
@@ -49,6 +55,7 @@ def integrate_scipy(problem: Problem) -> dict[str, Any]:
                               if k in opts}
     kwargs.update(method=solver, rtol=_to_numpy(problem.rtol), atol=_to_numpy(problem.atol))
     f, y0, C = problem.func, problem.y0, problem.clock
+    solve_ivp = _Halting(solve_ivp, opts.get("max_num_steps", DEFAULT_MAX_NUM_STEPS))
     if C.per_sample:
         return _per_sample(problem, solve_ivp, kwargs)
     stats = SolveStats()
@@ -64,18 +71,17 @@ def integrate_scipy(problem: Problem) -> dict[str, Any]:
         with torch.no_grad():
             out = f.checked(float(t), y_t) if first[0] else f(float(t), y_t)
         first[0] = False
-        return _to_numpy(out)
+        return _finite(out, t)
 
-    stop = _Stop()
-    result = solve_ivp(rhs, (t_out[0], t_out[-1]), _to_numpy(y0), t_eval=t_out, events=stop,
-                       **kwargs)
-    stats.n_steps = stats.n_accepted = max(len(result.t) - 1, 0)
+    result, stop = solve_ivp(rhs, t_out, _to_numpy(y0), kwargs)
+    stats.n_steps = stats.n_accepted = stop.steps  # (SciPy's accepted steps)
     ys = list(torch.from_numpy(np.ascontiguousarray(result.y.T)).to(y0).unbind(0)) or [y0]
     if result.status == 0:
         return dict(done, ys=ys, y_last=ys[-1])
-    stats.message = f"SciPy said: {result.message}"  # (run.failure gives it as the detail)
+    if stop.status == int(Status.STEP_SIZE_UNDERFLOW):  # SciPy's own failure, its account
+        stats.message = f"SciPy said: {result.message}"  # (run.failure gives it as the detail)
     return dict(stats=stats, ys=ys, t_last=stop.t, y_last=torch.from_numpy(stop.y).to(y0),
-                status=int(Status.STEP_SIZE_UNDERFLOW))
+                status=stop.status)
 
 
 def _per_sample(problem: Problem, solve_ivp: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -95,17 +101,16 @@ def _per_sample(problem: Problem, solve_ivp: Any, kwargs: dict[str, Any]) -> dic
             with torch.no_grad():
                 out = f.checked(tt, yy) if first[0] else f(tt, yy)
             first[0] = False
-            return _to_numpy(out[b])
+            return _finite(out[b], t)
 
-        stop = _Stop()
-        result = solve_ivp(rhs, (times[0], times[-1]), _to_numpy(y0[b]), t_eval=times,
-                           events=stop, **kwargs)
+        result, stop = solve_ivp(rhs, times, _to_numpy(y0[b]), kwargs)
         n = len(result.t)
         if n:
             ys[:n, b] = torch.from_numpy(result.y.T.copy()).to(y0)
-            t_last[b], y_last[b], n_acc[b] = result.t[-1], ys[n - 1, b], n - 1
+            t_last[b], y_last[b] = result.t[-1], ys[n - 1, b]
+        n_acc[b] = stop.steps
         if result.status != 0:
-            status[b] = int(Status.STEP_SIZE_UNDERFLOW)
+            status[b] = stop.status
             t_last[b], y_last[b] = stop.t, torch.from_numpy(stop.y).to(y0)
     stats = SolveStats()
     stats.n_steps = stats.n_accepted = int(n_acc.sum())
@@ -113,18 +118,62 @@ def _per_sample(problem: Problem, solve_ivp: Any, kwargs: dict[str, Any]) -> dic
                 lanes=(status, n_acc, n_acc, torch.zeros_like(n_acc)))
 
 
+class _Halt(Exception):
+    """Raised out of SciPy's loop (module docstring): ``status`` says why."""
+
+    def __init__(self, status: Status):
+        super().__init__(status.message)
+        self.status = status
+
+
 class _Stop:
     """Where SciPy stopped: an event function that never crosses zero, which ``solve_ivp``
     calls at ``t0`` and after each accepted step. With ``t_eval`` its result holds only the
     output times reached, and a failure's message does not say where the failing step
-    began."""
+    began. It halts the solve after ``max_steps`` accepted steps."""
 
     t: float
     y: Any  # a NumPy array
 
+    def __init__(self, max_steps: int):
+        self.steps, self.max_steps = -1, max_steps  # (the first call is at t0)
+        self.status = int(Status.STEP_SIZE_UNDERFLOW)  # SciPy's own failures
+
     def __call__(self, t: float, y: Any) -> float:
         self.t, self.y = float(t), y.copy()
+        self.steps += 1
+        if self.steps > self.max_steps:
+            raise _Halt(Status.MAX_STEPS_REACHED)
         return 1.0
+
+
+class _Halting:
+    """``solve_ivp`` from the first to the last of ``times`` with the outputs at ``times``,
+    stopped by :class:`_Halt`; returns ``(result, stop)``."""
+
+    def __init__(self, solve_ivp: Any, max_steps: int):
+        self.solve_ivp, self.max_steps = solve_ivp, max_steps
+
+    def __call__(self, rhs: Any, times: list, y0: Any, kwargs: dict) -> tuple[Any, _Stop]:
+        stop = _Stop(self.max_steps)
+        try:
+            return self.solve_ivp(rhs, (times[0], times[-1]), y0, t_eval=times, events=stop,
+                                  **kwargs), stop
+        except _Halt as halt:
+            stop.status = int(halt.status)
+        # The outputs reached: the same steps again, up to the last accepted one.
+        reached = [t for t in times if t <= stop.t]
+        result = self.solve_ivp(rhs, (times[0], max(stop.t, times[0])), y0, t_eval=reached,
+                                **kwargs)
+        result.status = -1
+        return result, stop
+
+
+def _finite(out: torch.Tensor, t: float) -> Any:
+    """``out`` as NumPy, or :class:`_Halt` if it is not finite (SciPy would retry forever)."""
+    if not bool(torch.isfinite(out).all()):
+        raise _Halt(Status.NONFINITE)
+    return _to_numpy(out)
 
 
 def _to_numpy(x: Any) -> Any:
