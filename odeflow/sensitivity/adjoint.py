@@ -56,9 +56,11 @@ def make_adjoint_config(rtol: Any, atol: Any, method: str | None, options: dict 
                         adjoint_rtol: Any, adjoint_atol: Any, adjoint_method: str | None,
                         adjoint_options: dict | None) -> AdjointConfig:
     """Defaults as torchdiffeq: the forward's tolerances, method and options (less ``norm``),
-    except the method after an implicit forward (:attr:`MethodSpec.adjoint_default`)."""
+    except the method after an implicit forward, and per sample after a multistep or SciPy
+    forward (:meth:`MethodSpec.adjoint_default`)."""
     if adjoint_method is None:
-        adjoint_method = get_method(method).adjoint_default or method
+        per_sample = bool((options or {}).get("per_sample", False))
+        adjoint_method = get_method(method).adjoint_default(per_sample) or method
     spec = get_method(adjoint_method)
     if adjoint_options is None:
         adjoint_options = {k: v for k, v in (options or {}).items()

@@ -99,13 +99,19 @@ class MethodSpec:
         the forward dense output): the ESDIRK and explicit Runge–Kutta methods."""
         return self.per_sample and self.adaptive and self.stepper in (ESDIRK, ExplicitRK)
 
-    @property
-    def adjoint_default(self) -> str | None:
+    def adjoint_default(self, per_sample: bool = False) -> str | None:
         """The backward solve's method when ``adjoint_method`` is not given: the forward's,
         except after an implicit forward, where ``kvaerno5`` (implicit too, and its Newton
         iteration tolerates the block Jacobian the adjoint system gets, where a Rosenbrock
-        method would lose order)."""
-        return "kvaerno5" if self.implicit else None
+        method would lose order); and per sample after a forward whose steps cannot carry
+        the per-sample adjoint's quadrature (it integrates over Runge–Kutta stages): ``rk4``
+        on the same grid after Adams (its start-up method, of the same order), ``dopri5``
+        after SciPy."""
+        if self.implicit:
+            return "kvaerno5"
+        if per_sample and not self.replayable:
+            return "rk4" if self.family == "fixed" else "dopri5"
+        return None
 
     @property
     def valid_callbacks(self) -> tuple[str, ...]:
