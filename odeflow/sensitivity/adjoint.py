@@ -35,7 +35,7 @@ from ..problem import Problem, check_options, check_tolerance, make_problem, ret
 from ..run import failure, run
 from ..solvers import MethodSpec, get_method
 from ..stats import SolveError, SolveStats, Status
-from . import add_grads
+from . import add_grads, first_good_lane
 from .adjoint_jacobian import AdjointBlockSolver, flat_grads
 from .interpolating_adjoint import LanesQuadrature, interpolating_dynamics
 
@@ -172,9 +172,8 @@ class _Adjoint(torch.autograd.Function):
         ys, params = ctx.saved_tensors[0], ctx.saved_tensors[1:]
         f, C, lanes = problem.func, problem.clock, problem.per_sample
         interpolating = ctx.pieces is not None
-        # Every sample failed (at t0 an interpolating adjoint has no step): no gradient flows
-        # (and no good sample's states stand in for the failed ones' below).
-        if (interpolating and not ctx.pieces) or (lanes and bool(ctx.failed.all())):
+        good = first_good_lane(ctx.failed) if lanes else 0
+        if good is None:  # every sample failed (at t0: no step to interpolate); no gradient
             return (None, None, None, torch.zeros_like(grad_ys[-1]),
                     *(torch.zeros_like(p) for p in params))
         options = _backward_options(config.options, problem, params)
@@ -184,9 +183,6 @@ class _Adjoint(torch.autograd.Function):
         if lanes:
             keep = ~ctx.failed[None, :, None]
             grad_ys = torch.where(keep, torch.nan_to_num(grad_ys), 0.0)
-            # A failed sample's zero terms are taken at another sample's start state: at its
-            # own, func may be non-finite, and 0 * nan in a shared parameter's gradient is nan.
-            good = int((~ctx.failed).long().argmax())  # host sync: once per backward
             ys = torch.where(keep, ys, ys[:1, good:good + 1])
             if interpolating:
                 quadrature = LanesQuadrature(f, params, trajectory)
