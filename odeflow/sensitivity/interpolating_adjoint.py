@@ -53,16 +53,14 @@ def interpolating_dynamics(func: Any, params: tuple[Tensor, ...], trajectory: Tr
         with torch.enable_grad():
             y_in = last[1].detach().requires_grad_(True)
             dy = func(tau.double(), y_in) if lanes else func.at(sign * tau, y_in)
-            if not dy.requires_grad:  # func reads neither y nor params: no gradient flows
-                da = torch.zeros_like(a)
-                return (da,) if len(state) == 1 else (
-                    da, flat_grads((None,) * len(params), params, a.dtype))
+            wrt = (y_in,) if lanes else (y_in, *params)
             # retain_graph: as in adjoint.py (a graph func shares across evaluations). Per
             # sample the stepper's Jacobian is taken by differentiating this system in a
-            # (a requires grad then): the product keeps its graph.
-            vjps = torch.autograd.grad(dy, (y_in, *params) if not lanes else (y_in,), -a,
-                                       allow_unused=True, retain_graph=True,
-                                       create_graph=lanes and a.requires_grad)
+            # (a requires grad then): the product keeps its graph. A func that reads neither
+            # y nor params passes no gradient.
+            vjps = (torch.autograd.grad(dy, wrt, -a, allow_unused=True, retain_graph=True,
+                                        create_graph=lanes and a.requires_grad)
+                    if dy.requires_grad else (None,) * len(wrt))
         da = vjps[0] if vjps[0] is not None else torch.zeros_like(a)
         if len(state) == 1:
             return (da,)
