@@ -37,7 +37,7 @@ from ..solvers import MethodSpec, get_method
 from ..stats import SolveError, SolveStats, Status
 from . import add_grads, first_good_lane
 from .adjoint_jacobian import AdjointBlockSolver, flat_grads
-from .interpolating_adjoint import LanesQuadrature, interpolating_dynamics
+from .interpolating_adjoint import LanesQuadrature, trajectory_reader
 
 __all__ = ["AdjointConfig", "make_adjoint_config", "attach_adjoint", "check_lanes_config"]
 
@@ -124,31 +124,37 @@ class _Quadrature:
 
 
 def _augmented_dynamics(problem: Problem, params: tuple[Tensor, ...],
-                        quadrature: _Quadrature | None = None) -> Callable:
+                        quadrature: _Quadrature | None, y_at: Callable | None) -> Callable:
     """``(y, a[, g])`` dynamics in the forward's canonical time ``τ`` (the backward solve's
-    user time). Per sample (``quadrature`` given), ``g`` is not in the state: each
-    evaluation's ``(dy, a)`` is kept for the quadrature instead."""
+    user time). Per sample, ``g`` is not in the state: the explicit adjoint keeps each
+    evaluation's ``(dy, a)`` for ``quadrature`` instead. With ``y_at`` (the interpolating
+    adjoint, see interpolating_adjoint.py) the state is ``(a[, g])`` and ``y(τ)`` is read."""
     func, sign, lanes = problem.func, problem.sign, problem.per_sample
 
     def aug(tau: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        y, a = state[0], state[1]
-        with torch.enable_grad():
+        if y_at is not None:
+            y, a = y_at(tau), state[0]
+        else:
             # Per sample, a lane that does not step (a failed sample, a rejected trial) may
             # carry inf or nan; the quadrature gives it a zero weight, which must not meet a nan.
-            y_in = (torch.nan_to_num(y.detach()) if lanes else y.detach()).requires_grad_(True)
+            y, a = (torch.nan_to_num(state[0]) if lanes else state[0]), state[1]
+        with torch.enable_grad():
+            y_in = y.detach().requires_grad_(True)
             dy = func.at((sign * tau).to(tau.dtype), y_in)  # canonical derivative dy/dτ
-            wrt = (y_in,) if quadrature is not None else (y_in, *params)
+            wrt = (y_in,) if lanes else (y_in, *params)
             # retain_graph: func may use a tensor computed once outside it from a parameter
             # (w = p * p, spline coefficients); that shared graph is walked at every
             # evaluation, as torchdiffeq does, and the quadrature differentiates dy again.
-            vjps = (torch.autograd.grad(dy, wrt, -a, allow_unused=True, retain_graph=True)
+            # create_graph: per sample an implicit method takes its Jacobian by
+            # differentiating this system in a (a requires grad then).
+            vjps = (torch.autograd.grad(dy, wrt, -a, allow_unused=True, retain_graph=True,
+                                        create_graph=lanes and a.requires_grad)
                     if dy.requires_grad else (None,) * len(wrt))
         da = vjps[0] if vjps[0] is not None else torch.zeros_like(a)
         if quadrature is not None and params and dy.requires_grad:
             quadrature.stash.append((dy, a))
-        if len(state) == 2:
-            return dy.detach(), da
-        return dy.detach(), da, flat_grads(vjps[1:], params, a.dtype)
+        out = (da,) if y_at is not None else (dy.detach(), da)
+        return out if len(state) == len(out) else (*out, flat_grads(vjps[1:], params, a.dtype))
 
     return aug
 
@@ -191,14 +197,12 @@ class _Adjoint(torch.autograd.Function):
                 b = config.spec.build(config.options).coefficients(ys.dtype, ys.device)[1]
                 quadrature = _Quadrature(params, b)
                 hooks = Hooks(stage_hook=quadrature, skip=ctx.failed)
-        if interpolating:
-            aug = interpolating_dynamics(f, params, trajectory, lanes)
-            if options.get("norm") is not None:
-                # A norm written for (y, a, g) sees y as zeros (the seminorm counts a alone).
-                norm = options["norm"]
-                options["norm"] = lambda s: norm((torch.zeros_like(s[0]), *s))
-        else:
-            aug = _augmented_dynamics(problem, params, quadrature)
+        aug = _augmented_dynamics(problem, params, quadrature if not interpolating else None,
+                                  trajectory_reader(trajectory, lanes) if interpolating else None)
+        if interpolating and options.get("norm") is not None:
+            # A norm written for (y, a, g) sees y as zeros (the seminorm counts a alone).
+            norm = options["norm"]
+            options["norm"] = lambda s: norm((torch.zeros_like(s[0]), *s))
         # The user's callback_*_adjoint hooks become the augmented solve's plain callbacks;
         # the loop reports the forward's canonical time and the (backwards) step: map them
         # back to the user's time direction.
