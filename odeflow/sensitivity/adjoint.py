@@ -238,7 +238,7 @@ class _Adjoint(torch.autograd.Function):
                 aug_problem = retime(aug_problem, span, aug_problem.layout.flatten(state))
             with torch.no_grad():  # (per sample every stage is evaluated: the quadrature's)
                 result = run(aug_problem, config.spec, hooks, fsal=not lanes)[0]
-            _check_backward(problem, aug_problem, result, config, i, ctx.failed)
+            _check_backward(problem, aug_problem, result, config, i)
             n_steps += result.stats.n_steps
             if isinstance(quadrature, LanesQuadrature):
                 quadrature.flush()
@@ -258,13 +258,13 @@ class _Adjoint(torch.autograd.Function):
 
 
 def _check_backward(problem: Problem, aug_problem: Problem, result: Any, config: AdjointConfig,
-                    i: int, failed: Tensor | None) -> None:
-    """Raise the error of a failed backward interval ``i`` (per sample: a sample that did
-    not fail forward), saying that it is the adjoint's backward solve and what to set."""
+                    i: int) -> None:
+    """Raise the error of a failed backward interval ``i`` (per sample, the samples that
+    failed forward are skipped: they keep a success status), saying that it is the
+    adjoint's backward solve and what to set."""
     if problem.per_sample:
         codes = result.status.tolist()
-        bad = [b for b, c in enumerate(codes) if Status(c) != Status.SUCCESS and
-               not bool(failed[b])]
+        bad = [b for b, c in enumerate(codes) if Status(c) != Status.SUCCESS]
         if bad:
             raise SolveError(Status(codes[bad[0]]), problem.clock.user_float(
                 -result.t_last, bad[0]), (
