@@ -28,7 +28,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     from ..problem import Problem
 
-__all__ = ["GRADIENTS", "find_params", "closure_leaves", "add_grads"]
+__all__ = ["GRADIENTS", "find_params", "closure_leaves", "add_grads", "first_good_lane"]
 
 GRADIENTS = ("direct", "adjoint", "checkpoint")
 
@@ -94,3 +94,12 @@ def closure_leaves(problem: Problem) -> tuple[Tensor, ...]:
 def add_grads(total: list[Tensor | None], got: Sequence[Tensor | None]) -> list[Tensor | None]:
     """``total + got`` parameter by parameter (``None``: no gradient yet, or none in ``got``)."""
     return [s if g is None else g if s is None else s + g for s, g in zip(total, got)]
+
+
+def first_good_lane(failed: Tensor) -> int | None:
+    """The first lane that did not fail forward (``None``: every lane failed, no gradient
+    flows). Backward takes the failed lanes' zero terms at its start state: at their own,
+    ``func`` may be non-finite, and a zero gradient times inf or nan is nan."""
+    # argmax: the first maximum, the appended sentinel if none (one host read for both)
+    good = int(torch.cat((~failed, failed.new_ones(1))).long().argmax())
+    return None if good == failed.shape[0] else good

@@ -35,9 +35,9 @@ from ..problem import Problem, check_options, check_tolerance, make_problem, ret
 from ..run import failure, run
 from ..solvers import MethodSpec, get_method
 from ..stats import SolveError, SolveStats, Status
-from . import add_grads
+from . import add_grads, first_good_lane
 from .adjoint_jacobian import AdjointBlockSolver, flat_grads
-from .interpolating_adjoint import LanesQuadrature, interpolating_dynamics
+from .interpolating_adjoint import LanesQuadrature, trajectory_reader
 
 __all__ = ["AdjointConfig", "make_adjoint_config", "attach_adjoint", "check_lanes_config"]
 
@@ -126,31 +126,37 @@ class _Quadrature:
 
 
 def _augmented_dynamics(problem: Problem, params: tuple[Tensor, ...],
-                        quadrature: _Quadrature | None = None) -> Callable:
+                        quadrature: _Quadrature | None, y_at: Callable | None) -> Callable:
     """``(y, a[, g])`` dynamics in the forward's canonical time ``τ`` (the backward solve's
-    user time). Per sample (``quadrature`` given), ``g`` is not in the state: each
-    evaluation's ``(dy, a)`` is kept for the quadrature instead."""
+    user time). Per sample, ``g`` is not in the state: the explicit adjoint keeps each
+    evaluation's ``(dy, a)`` for ``quadrature`` instead. With ``y_at`` (the interpolating
+    adjoint, see interpolating_adjoint.py) the state is ``(a[, g])`` and ``y(τ)`` is read."""
     func, sign, lanes = problem.func, problem.sign, problem.per_sample
 
     def aug(tau: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        y, a = state[0], state[1]
-        with torch.enable_grad():
+        if y_at is not None:
+            y, a = y_at(tau), state[0]
+        else:
             # Per sample, a lane that does not step (a failed sample, a rejected trial) may
             # carry inf or nan; the quadrature gives it a zero weight, which must not meet a nan.
-            y_in = (torch.nan_to_num(y.detach()) if lanes else y.detach()).requires_grad_(True)
+            y, a = (torch.nan_to_num(state[0]) if lanes else state[0]), state[1]
+        with torch.enable_grad():
+            y_in = y.detach().requires_grad_(True)
             dy = func.at((sign * tau).to(tau.dtype), y_in)  # canonical derivative dy/dτ
-            wrt = (y_in,) if quadrature is not None else (y_in, *params)
+            wrt = (y_in,) if lanes else (y_in, *params)
             # retain_graph: func may use a tensor computed once outside it from a parameter
             # (w = p * p, spline coefficients); that shared graph is walked at every
             # evaluation, as torchdiffeq does, and the quadrature differentiates dy again.
-            vjps = (torch.autograd.grad(dy, wrt, -a, allow_unused=True, retain_graph=True)
+            # create_graph: per sample an implicit method takes its Jacobian by
+            # differentiating this system in a (a requires grad then).
+            vjps = (torch.autograd.grad(dy, wrt, -a, allow_unused=True, retain_graph=True,
+                                        create_graph=lanes and a.requires_grad)
                     if dy.requires_grad else (None,) * len(wrt))
         da = vjps[0] if vjps[0] is not None else torch.zeros_like(a)
         if quadrature is not None and params and dy.requires_grad:
             quadrature.stash.append((dy, a))
-        if len(state) == 2:
-            return dy.detach(), da
-        return dy.detach(), da, flat_grads(vjps[1:], params, a.dtype)
+        out = (da,) if y_at is not None else (dy.detach(), da)
+        return out if len(state) == len(out) else (*out, flat_grads(vjps[1:], params, a.dtype))
 
     return aug
 
@@ -174,9 +180,8 @@ class _Adjoint(torch.autograd.Function):
         ys, params = ctx.saved_tensors[0], ctx.saved_tensors[1:]
         f, C, lanes = problem.func, problem.clock, problem.per_sample
         interpolating = ctx.pieces is not None
-        # Every sample failed (at t0 an interpolating adjoint has no step): no gradient flows
-        # (and no good sample's states stand in for the failed ones' below).
-        if (interpolating and not ctx.pieces) or (lanes and bool(ctx.failed.all())):
+        good = first_good_lane(ctx.failed) if lanes else 0
+        if good is None:  # every sample failed (at t0: no step to interpolate); no gradient
             return (None, None, None, torch.zeros_like(grad_ys[-1]),
                     *(torch.zeros_like(p) for p in params))
         options = _backward_options(config.options, problem, params)
@@ -186,9 +191,6 @@ class _Adjoint(torch.autograd.Function):
         if lanes:
             keep = ~ctx.failed[None, :, None]
             grad_ys = torch.where(keep, torch.nan_to_num(grad_ys), 0.0)
-            # A failed sample's zero terms are taken at another sample's start state: at its
-            # own, func may be non-finite, and 0 * nan in a shared parameter's gradient is nan.
-            good = int((~ctx.failed).long().argmax())  # host sync: once per backward
             ys = torch.where(keep, ys, ys[:1, good:good + 1])
             if interpolating:
                 quadrature = LanesQuadrature(f, params, trajectory)
@@ -197,14 +199,12 @@ class _Adjoint(torch.autograd.Function):
                 b = config.spec.build(config.options).coefficients(ys.dtype, ys.device)[1]
                 quadrature = _Quadrature(params, b)
                 hooks = Hooks(stage_hook=quadrature, skip=ctx.failed)
-        if interpolating:
-            aug = interpolating_dynamics(f, params, trajectory, lanes)
-            if options.get("norm") is not None:
-                # A norm written for (y, a, g) sees y as zeros (the seminorm counts a alone).
-                norm = options["norm"]
-                options["norm"] = lambda s: norm((torch.zeros_like(s[0]), *s))
-        else:
-            aug = _augmented_dynamics(problem, params, quadrature)
+        aug = _augmented_dynamics(problem, params, quadrature if not interpolating else None,
+                                  trajectory_reader(trajectory, lanes) if interpolating else None)
+        if interpolating and options.get("norm") is not None:
+            # A norm written for (y, a, g) sees y as zeros (the seminorm counts a alone).
+            norm = options["norm"]
+            options["norm"] = lambda s: norm((torch.zeros_like(s[0]), *s))
         # The user's callback_*_adjoint hooks become the augmented solve's plain callbacks;
         # the loop reports the forward's canonical time and the (backwards) step: map them
         # back to the user's time direction.
@@ -240,7 +240,7 @@ class _Adjoint(torch.autograd.Function):
                 aug_problem = retime(aug_problem, span, aug_problem.layout.flatten(state))
             with torch.no_grad():  # (per sample every stage is evaluated: the quadrature's)
                 result = run(aug_problem, config.spec, hooks, fsal=not lanes)[0]
-            _check_backward(problem, aug_problem, result, config, i, ctx.failed)
+            _check_backward(problem, aug_problem, result, config, i)
             n_steps += result.stats.n_steps
             if isinstance(quadrature, LanesQuadrature):
                 quadrature.flush()
@@ -260,13 +260,13 @@ class _Adjoint(torch.autograd.Function):
 
 
 def _check_backward(problem: Problem, aug_problem: Problem, result: Any, config: AdjointConfig,
-                    i: int, failed: Tensor | None) -> None:
-    """Raise the error of a failed backward interval ``i`` (per sample: a sample that did
-    not fail forward), saying that it is the adjoint's backward solve and what to set."""
+                    i: int) -> None:
+    """Raise the error of a failed backward interval ``i`` (per sample, the samples that
+    failed forward are skipped: they keep a success status), saying that it is the
+    adjoint's backward solve and what to set."""
     if problem.per_sample:
         codes = result.status.tolist()
-        bad = [b for b, c in enumerate(codes) if Status(c) != Status.SUCCESS and
-               not bool(failed[b])]
+        bad = [b for b, c in enumerate(codes) if Status(c) != Status.SUCCESS]
         if bad:
             raise SolveError(Status(codes[bad[0]]), problem.clock.user_float(
                 -result.t_last, bad[0]), (

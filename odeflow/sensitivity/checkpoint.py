@@ -22,7 +22,7 @@ from torch import Tensor
 from ..integrate import StepRecord, f_at_end
 from ..problem import Problem
 from ..stats import SolveStats
-from . import add_grads
+from . import add_grads, first_good_lane
 
 __all__ = ["attach_checkpoint"]
 
@@ -43,10 +43,12 @@ class _Checkpoint(torch.autograd.Function):
         nfe_before = problem.func.nfe
         if failed is not None:
             # Outputs never reached carry no gradient; lanes that failed get none (and are
-            # replayed, with no step, from another lane's start state: at their own, func may
-            # be non-finite, and no inf or nan may meet the zero gradient torch.where gives).
+            # replayed, with no step, from the first good lane's start state).
+            good = first_good_lane(failed)
+            if good is None:
+                return (None, None, None, torch.zeros_like(grad_ys[0]),
+                        *(torch.zeros_like(p) for p in params))
             keep = ~failed[:, None]
-            good = int(keep[:, 0].long().argmax())  # host sync: once per backward
             grad_ys = torch.where(keep, torch.nan_to_num(grad_ys), 0.0)
             grad_last = torch.where(keep, torch.nan_to_num(grad_last), 0.0)
         if not C.per_sample and records:

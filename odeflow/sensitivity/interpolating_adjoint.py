@@ -26,22 +26,17 @@ import torch
 from torch import Tensor
 
 from . import add_grads
-from .adjoint_jacobian import Trajectory, flat_grads
+from .adjoint_jacobian import Trajectory
 
-__all__ = ["interpolating_dynamics", "LanesQuadrature"]
+__all__ = ["trajectory_reader", "LanesQuadrature"]
 
 
-def interpolating_dynamics(func: Any, params: tuple[Tensor, ...], trajectory: Trajectory,
-                           lanes: bool = False) -> Callable:
-    """``(a, g)`` dynamics in the forward's canonical time ``τ`` (the backward solve's user
-    time), with ``y(τ)`` from ``trajectory``. Per sample (``lanes``) the state is ``(a,)``,
-    one lane per sample, ``τ`` is ``(B,)`` and ``g`` is a quadrature outside the state
-    (:class:`LanesQuadrature`)."""
-    sign = func.sign
+def trajectory_reader(trajectory: Trajectory, lanes: bool) -> Callable[[Tensor], Tensor]:
+    """``τ -> y(τ)`` for the backward dynamics (``adjoint.py``), read from ``trajectory`` at
+    the forward's canonical time ``τ`` (per sample ``(B,)``, one lane per sample)."""
     last: list[Any] = [None, None]  # τ and y(τ): a stage's Newton iterations share τ
 
-    def aug(tau: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        a = state[0]
+    def y_at(tau: Tensor) -> Tensor:
         if lanes:
             # A lane that does not step (a failed sample) may read nan: its result is unused.
             if last[0] is None or not torch.equal(tau, last[0]):  # host sync: one a call
@@ -50,25 +45,9 @@ def interpolating_dynamics(func: Any, params: tuple[Tensor, ...], trajectory: Tr
             key = float(tau)  # host sync: the interpolant is chosen on the host
             if key != last[0]:
                 last[:] = key, trajectory(key)
-        with torch.enable_grad():
-            y_in = last[1].detach().requires_grad_(True)
-            dy = func(tau.double(), y_in) if lanes else func.at(sign * tau, y_in)
-            if not dy.requires_grad:  # func reads neither y nor params: no gradient flows
-                da = torch.zeros_like(a)
-                return (da,) if len(state) == 1 else (
-                    da, flat_grads((None,) * len(params), params, a.dtype))
-            # retain_graph: as in adjoint.py (a graph func shares across evaluations). Per
-            # sample the stepper's Jacobian is taken by differentiating this system in a
-            # (a requires grad then): the product keeps its graph.
-            vjps = torch.autograd.grad(dy, (y_in, *params) if not lanes else (y_in,), -a,
-                                       allow_unused=True, retain_graph=True,
-                                       create_graph=lanes and a.requires_grad)
-        da = vjps[0] if vjps[0] is not None else torch.zeros_like(a)
-        if len(state) == 1:
-            return (da,)
-        return da, flat_grads(vjps[1:], params, a.dtype)
+        return last[1]
 
-    return aug
+    return y_at
 
 
 # ------------------------------------------------------------------------------- per sample
@@ -106,7 +85,7 @@ class LanesQuadrature:
                     total = total + torch.where(
                         use, dy * torch.where(use, (weight * w)[:, None].to(a.dtype) * a, 0.0),
                         0.0).sum()
-                if not isinstance(total, Tensor) or not total.requires_grad:
+                if not total.requires_grad:  # func reads no parameter
                     continue
                 # retain_graph: a graph func shares across flushes (w = p * p made outside)
                 got = torch.autograd.grad(total, self.params, allow_unused=True,

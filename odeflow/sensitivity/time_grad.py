@@ -51,20 +51,18 @@ class _OutputTimes(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_ys: Tensor):  # type: ignore[override]
         t, ys = ctx.saved_tensors
-        problem: Problem = ctx.problem
-        grad_t = None
-        if ctx.needs_input_grad[0]:
-            lanes = problem.per_sample
-            grid = t if (not lanes or t.ndim == 2) else t.expand(problem.clock.batch, -1)
-            with torch.no_grad():
-                # where, not a product alone: an output no loss reaches (a failed sample's
-                # nan past its failure) must add 0, not 0 * nan
-                rows = [torch.where(g != 0, g * user_derivative(
-                            problem, grid[..., j].detach(), ys[j]), 0.0).sum(-1)
-                        for j, g in enumerate(torch.nan_to_num(grad_ys))]
-            g = torch.stack(rows, -1).to(t.dtype)  # (T,) or (B, T)
-            grad_t = g.sum(0) if (lanes and t.ndim == 1) else g
-            ctx.stats.nfe_backward += ys.shape[0]
+        problem: Problem = ctx.problem  # (attached only where t requires grad)
+        lanes = problem.per_sample
+        grid = t if (not lanes or t.ndim == 2) else t.expand(problem.clock.batch, -1)
+        with torch.no_grad():
+            # where, not a product alone: an output no loss reaches (a failed sample's
+            # nan past its failure) must add 0, not 0 * nan
+            rows = [torch.where(g != 0, g * user_derivative(
+                        problem, grid[..., j].detach(), ys[j]), 0.0).sum(-1)
+                    for j, g in enumerate(torch.nan_to_num(grad_ys))]
+        g = torch.stack(rows, -1).to(t.dtype)  # (T,) or (B, T)
+        grad_t = g.sum(0) if (lanes and t.ndim == 1) else g
+        ctx.stats.nfe_backward += ys.shape[0]
         return grad_t, grad_ys, None, None
 
 
