@@ -225,6 +225,9 @@ class _Adjoint(torch.autograd.Function):
         rtol = _backward_tolerance("adjoint_rtol", config.rtol, problem, n_g, with_y)
         atol = _backward_tolerance("adjoint_atol", config.atol, problem, n_g, with_y)
         nfe_before, n_steps, aug_problem = f.nfe, 0, None
+        # One lane continues with its step size from interval to interval (per sample each
+        # interval probes its starting steps: a finished lane's last proposal is not kept).
+        carry = not lanes and config.spec.adaptive and "first_step" not in config.options
         for i in range(ys.shape[0] - 1, 0, -1):
             state = (a, *g) if interpolating else (ys[i], a, *g)
             span = (torch.stack([C.grid[:, i], C.grid[:, i - 1]], 1) if lanes
@@ -238,6 +241,9 @@ class _Adjoint(torch.autograd.Function):
                     rtol=rtol, atol=atol)
             else:
                 aug_problem = retime(aug_problem, span, aug_problem.layout.flatten(state))
+                if carry:  # the step size the last interval ended with: no starting probe
+                    aug_problem = replace(aug_problem, options={
+                        **aug_problem.options, "first_step": result.dt_next})
             with torch.no_grad():  # (per sample every stage is evaluated: the quadrature's)
                 result = run(aug_problem, config.spec, hooks, fsal=not lanes)[0]
             _check_backward(problem, aug_problem, result, config, i)
