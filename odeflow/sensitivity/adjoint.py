@@ -224,7 +224,7 @@ class _Adjoint(torch.autograd.Function):
         n_g, with_y = sum(sizes) * len(g), not interpolating
         rtol = _backward_tolerance("adjoint_rtol", config.rtol, problem, n_g, with_y)
         atol = _backward_tolerance("adjoint_atol", config.atol, problem, n_g, with_y)
-        nfe_before, n_steps, aug_problem = f.nfe, 0, None
+        nfe_before, n_steps, aug_problem, result = f.nfe, 0, None, None
         # One lane continues with its step size from interval to interval (per sample each
         # interval probes its starting steps: a finished lane's last proposal is not kept).
         carry = not lanes and config.spec.adaptive and "first_step" not in config.options
