@@ -71,7 +71,7 @@ def integrate_scipy(problem: Problem) -> dict[str, Any]:
         with torch.no_grad():
             out = f.checked(float(t), y_t) if first[0] else f(float(t), y_t)
         first[0] = False
-        return _finite(out, t)
+        return _finite(out)
 
     result, stop = solve_ivp(rhs, t_out, _to_numpy(y0), kwargs)
     stats.n_steps = stats.n_accepted = stop.steps  # (SciPy's accepted steps)
@@ -101,7 +101,7 @@ def _per_sample(problem: Problem, solve_ivp: Any, kwargs: dict[str, Any]) -> dic
             with torch.no_grad():
                 out = f.checked(tt, yy) if first[0] else f(tt, yy)
             first[0] = False
-            return _finite(out[b], t)
+            return _finite(out[b])
 
         result, stop = solve_ivp(rhs, times, _to_numpy(y0[b]), kwargs)
         n = len(result.t)
@@ -169,7 +169,7 @@ class _Halting:
         return result, stop
 
 
-def _finite(out: torch.Tensor, t: float) -> Any:
+def _finite(out: torch.Tensor) -> Any:
     """``out`` as NumPy, or :class:`_Halt` if it is not finite (SciPy would retry forever)."""
     if not bool(torch.isfinite(out).all()):
         raise _Halt(Status.NONFINITE)
