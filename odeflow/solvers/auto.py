@@ -102,12 +102,9 @@ class AutoSwitch:
         check_solver_dtype("auto", y0.dtype)
         return AutoState(RosenbrockState())
 
-    def step(self, f: Func, t: Any, y: Tensor, f0: Tensor, dt: Any, state: AutoState | None,
+    def step(self, f: Func, t: Any, y: Tensor, f0: Tensor, dt: Any, state: AutoState,
              ws: tuple | None, *, with_error: bool = True, f_last: Func | None = None,
              fsal_stage: bool = True) -> StepResult:
-        if state is None:
-            raise ValueError("method='auto' steps cannot be replayed on their own; use "
-                             "gradient='direct' or 'adjoint'")
         lanes = isinstance(dt, Tensor)
         if lanes and not isinstance(state.explicit, Tensor):  # the first per-sample step
             zeros = torch.zeros(y.shape[0], dtype=torch.long, device=y.device)
