@@ -163,17 +163,19 @@ class ESDIRK:
         with torch.no_grad():
             tests = newton_tests(y_d, self.rtol, self.atol, self.newton_kappa, lanes)
             # Rules 1 and 2 of the module docstring. No factor yet (nan hγ, which compares
-            # False) means no J yet: need_j covers it.
-            never = torch.isnan(state.jac_at) if lanes else state.jac is None
-            need_j = active & (never | (state.refresh_jac & _not(self._jac_current(state, t, y))))
+            # False) means no J yet: need_j covers it (refresh_jac starts True).
+            need_j = active & state.refresh_jac & _not(self._jac_current(state, t, y))
             fac_hg = state.factor.h_gamma if state.factor is not None else math.nan
             need_lu = active & (need_j | (abs(hg / fac_hg - 1.0) > self.refactor_ratio))
             self._renew(f, t, y, y_d, hg, need_j, need_lu, state)
             previous = self._previous_step(t, y, f0, state)
             todo, ok, out = active, torch.ones_like(active) if lanes else True, None
             while True:
-                new = self._stages(f, t, y, y_d, f0, dt, hg, state, tests,
-                                   f_last, previous, todo)
+                current = self._jac_current(state, t, y)
+                # Predicting failure early only pays when a fresher J or exact factor can follow.
+                refreshable = _not(current) | (state.factor.h_gamma != hg)
+                new = self._stages(f, t, y_d, f0, dt, hg, state, tests, f_last, previous, todo,
+                                   refreshable)
                 failed = new[-1]
                 done = todo & _not(failed)
                 out = new[:3] if out is None or not lanes else [
@@ -181,9 +183,8 @@ class ESDIRK:
                     else _where(done, x, y_) for x, y_ in zip(new[:3], out)]
                 if not _any(failed):
                     break
-                current = self._jac_current(state, t, y)
-                give_up = failed & current & (state.factor.h_gamma == hg)
-                retry = failed & _not(give_up)
+                give_up = failed & _not(refreshable)
+                retry = failed & refreshable
                 state.counts.n_newton_failures += give_up
                 ok = ok & _not(give_up)
                 if not _any(retry):
@@ -292,11 +293,10 @@ class ESDIRK:
         y_p, dt_p, y_new_p, *ks_p = state.previous
         if not isinstance(offset, Tensor):  # (the hot-path form: no interpolant object)
             return self.interpolate(y_p, y_new_p, dt_p, ks_p, None, 1.0 + offset / dt_p, None)
-        dt_p = torch.where(dt_p > 0, dt_p, 1.0)
         return self.interpolant(0.0, dt_p, y_p, y_new_p, ks_p, None).evaluate(1.0 + offset / dt_p)
 
-    def _stages(self, f, t, y, y_d, f0, dt, hg, state, tests, f_last,
-                previous, todo):
+    def _stages(self, f, t, y_d, f0, dt, hg, state, tests, f_last, previous, todo,
+                refreshable):
         """All stage values of one attempt for the lanes ``todo`` (no graph); returns
         ``(z_2..z_s, k_2..k_s, worst rate, failed)``."""
         c = self._c
@@ -304,8 +304,6 @@ class ESDIRK:
         h = dt.to(y_d.dtype)[:, None] if lanes else dt
         hgc = hg.to(y_d.dtype)[:, None] if lanes else hg
         factor = state.factor
-        # Predicting failure early only pays when a fresher J or exact factor can follow.
-        refreshable = _not(self._jac_current(state, t, y)) | (factor.h_gamma != hg)
         ks: list[Tensor] = [f0.detach()]
         zs: list[Tensor] = []
         theta_max = torch.zeros_like(hg) if lanes else 0.0
@@ -322,10 +320,9 @@ class ESDIRK:
                 z0 = torch.add(r, _sum(None, ks, weights, hgc))
                 if kind == "previous" and lanes:
                     z0 = _where(previous, self._from_previous(state, c[i] * dt), z0)
-            z, theta, failed = newton(fi, t + c[i] * dt, r, z0, hg, hgc, factor, tests,
-                                      state.counts, alive, refreshable, theta_max,
-                                      self.max_newton_iters)
-            theta_max = _where(alive & (theta > theta_max), theta, theta_max)
+            z, theta_max, failed = newton(fi, t + c[i] * dt, r, z0, hg, hgc, factor, tests,
+                                          state.counts, alive, refreshable, theta_max,
+                                          self.max_newton_iters)
             alive = alive & _not(failed)
             z = _where(alive, z, r)  # per sample failed and idle lanes: a finite value
             k = _where(alive, (z - r) / _where(alive, hgc, 1.0), 0.0)

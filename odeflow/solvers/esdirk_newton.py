@@ -62,7 +62,7 @@ class ESDIRKState:
     # where J was computed: the state object (joint, identity test) or each lane's time
     jac_at: Any = None
     factor: Any = None  # the factorised M = I − hγ J (factor.h_gamma: its hγ)
-    refresh_jac: Any = False  # recompute J at the next step's start (slow convergence)
+    refresh_jac: Any = True  # compute J at the next step's start (none yet, slow convergence)
     # The stage predictor's memory (esdirk's docstring, "Predictors"): the last completed
     # attempt and the step that ends at the current point, [y, dt, y_new, k_1..k_s]. Joint:
     # ``y_new`` and ``k_s`` the loop's own tensors (identity tests); per sample detached,
@@ -84,7 +84,7 @@ class ESDIRKState:
         piv = torch.arange(1, n + 1, dtype=torch.int32, device=y.device).expand(B, n).clone()
         self.jac, self.jac_at = y.new_zeros(B, n, n), nan.clone()
         self.factor = DenseFactor(eye, piv, nan.clone())
-        self.refresh_jac = torch.zeros(B, dtype=torch.bool, device=y.device)
+        self.refresh_jac = torch.ones(B, dtype=torch.bool, device=y.device)
         memory = [y.new_zeros(y.shape) for _ in range(stages + 3)]
         memory[1] = torch.ones(B, dtype=torch.float64, device=y.device)
         self.pending, self.previous = memory, [m.clone() for m in memory]
@@ -119,12 +119,8 @@ def _sum(y: Tensor | None, ks: Sequence[Tensor], nz: Any, h: Any) -> Tensor:
     """``y + h Σ_j w_j k_j`` (``y`` may be ``None``; per sample ``h`` is a ``(B, 1)`` column)."""
     if not isinstance(h, Tensor):
         return combine(y, ks, nz, h)
-    acc = None
-    for j, w in nz:
-        term = ks[j] * (w * h)
-        acc = term if acc is None else acc + term
-    if acc is None:
-        return y if y is not None else torch.zeros_like(ks[0])
+    terms = [ks[j] * (w * h) for j, w in nz]
+    acc = sum(terms[1:], terms[0])  # (summed in order, as combine does)
     return acc if y is None else y + acc
 
 
@@ -148,13 +144,13 @@ def newton(fi: Any, ti: Any, r: Tensor, z: Tensor, hg: Any, hgc: Any, factor: An
            tests: tuple, counts: ImplicitCounts, run: Any, refreshable: Any, hint: Any,
            m_max: int) -> tuple:
     """Simplified Newton for ``z = r + hγ fi(ti, z)`` (no graph) on the lanes ``run``;
-    returns ``(z, worst rate, failed)``."""
+    returns ``(z, the step's worst rate: hint's and this stage's, failed)``."""
     scale, kappa, floor = tests
     lanes = isinstance(run, Tensor)
     eta = _where(hint > 0, hint / (1.0 - hint), math.inf)  # hint < 1: a converged rate
     inv_sqrt_n = 1.0 / math.sqrt(max(z.shape[-1], 1))
     prev = None
-    theta_max = hint * 0.0
+    theta_max = hint
     iterating, failed = run, run & False
     for m in range(m_max):
         fz = fi(ti, z)
