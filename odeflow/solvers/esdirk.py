@@ -75,7 +75,7 @@ from torch import Tensor
 from ..interp import HermiteInterpolant, Interpolant, TableauInterpolant, combine, hermite, nonzero
 from ..linalg import DenseSolver, ImplicitCounts, check_solver_dtype
 from .base import Func, StepResult
-from .esdirk_newton import ESDIRKState, _any, _not, _sum, _where, newton, newton_tests
+from .esdirk_newton import ESDIRKState, _any, _sum, _where, newton, newton_tests
 from .esdirk_tableaus import ESDIRKTableau, stage_predictor
 
 __all__ = ["ESDIRK", "ESDIRKState"]
@@ -164,7 +164,7 @@ class ESDIRK:
             tests = newton_tests(y_d, self.rtol, self.atol, self.newton_kappa, lanes)
             # Rules 1 and 2 of the module docstring. No factor yet (nan hγ, which compares
             # False) means no J yet: need_j covers it (refresh_jac starts True).
-            need_j = active & state.refresh_jac & _not(self._jac_current(state, t, y))
+            need_j = (active & state.refresh_jac) > self._jac_current(state, t, y)
             fac_hg = state.factor.h_gamma if state.factor is not None else math.nan
             need_lu = active & (need_j | (abs(hg / fac_hg - 1.0) > self.refactor_ratio))
             self._renew(f, t, y, y_d, hg, need_j, need_lu, state)
@@ -173,23 +173,23 @@ class ESDIRK:
             while True:
                 current = self._jac_current(state, t, y)
                 # Predicting failure early only pays when a fresher J or exact factor can follow.
-                refreshable = _not(current) | (state.factor.h_gamma != hg)
+                exact = current & (state.factor.h_gamma == hg)
                 new = self._stages(f, t, y_d, f0, dt, hg, state, tests, f_last, previous, todo,
-                                   refreshable)
+                                   exact)
                 failed = new[-1]
-                done = todo & _not(failed)
+                done = todo > failed
                 out = new[:3] if out is None or not lanes else [
                     [_where(done, a, b) for a, b in zip(x, y_)] if isinstance(x, list)
                     else _where(done, x, y_) for x, y_ in zip(new[:3], out)]
                 if not _any(failed):
                     break
-                give_up = failed & _not(refreshable)
-                retry = failed & refreshable
+                give_up = failed & exact
+                retry = failed > exact
                 state.counts.n_newton_failures += give_up
-                ok = ok & _not(give_up)
+                ok = ok > give_up
                 if not _any(retry):
                     break
-                self._renew(f, t, y, y_d, hg, retry & _not(current), retry, state)
+                self._renew(f, t, y, y_d, hg, retry > current, retry, state)
                 todo = retry
             if not lanes and not ok:
                 return StepResult(y, None, [f0], state, ok=False)
@@ -197,15 +197,14 @@ class ESDIRK:
             completed = active & ok
             state.refresh_jac = _where(completed, theta_max > self.slow_rate,
                                        state.refresh_jac)
-        still = _not(completed)  # lanes that stay at y (never for a joint step)
         h = dt.to(y.dtype)[:, None] if lanes else dt
         # Under autograd always: a parameter may enter at a later stage only (f0 and y
         # need not require grad), and the Newton pass recorded no graph.
         if ws is None and torch.is_grad_enabled():
-            y_new, ks = self._graph_stages(f, t, y, f0, dt, h, hg, zs, still, f_last)
+            y_new, ks = self._graph_stages(f, t, y, f0, dt, h, hg, zs, completed, f_last)
         else:
-            ks = [f0, *(_where(still, 0.0, k) for k in ks)]
-            y_new = _where(still, y, zs[-1])
+            ks = [f0, *(_where(completed, k, 0.0) for k in ks)]
+            y_new = _where(completed, zs[-1], y)
         with torch.no_grad():
             kd = [k.detach() for k in ks]
             if lanes:
@@ -219,23 +218,23 @@ class ESDIRK:
                 err = _sum(None, kd, self._e_nz, h)
                 if self.filter_error:
                     err = state.factor.solve(err)
-                err = _where(still, 0.0, err)
+                err = _where(completed, err, 0.0)
         return StepResult(y_new, err, ks, state, ok)
 
-    def _graph_stages(self, f, t, y, f0, dt, h, hg, zs, still, f_last):
-        """The stages again with their graph (module docstring); the lanes that stay keep
-        ``y`` (``hγ = 0`` there: ``z`` is ``r``, in value and derivative)."""
-        hg_l = _where(still, 0.0, hg)
-        hg_div = _where(still, 1.0, hg.to(y.dtype)[:, None]) if isinstance(dt, Tensor) else hg
+    def _graph_stages(self, f, t, y, f0, dt, h, hg, zs, completed, f_last):
+        """The stages again with their graph (module docstring); the lanes not ``completed``
+        keep ``y`` (``hγ = 0`` there: ``z`` is ``r``, in value and derivative)."""
+        hg_l = _where(completed, hg, 0.0)
+        hg_div = _where(completed, hg.to(y.dtype)[:, None], 1.0) if isinstance(dt, Tensor) else hg
         with torch.enable_grad():
             ks = [f0]
             for i in range(1, self._s):
                 r = _sum(y, ks, self._a_nz[i], h)
-                z = _where(still, r.detach(), zs[i - 1])
+                z = _where(completed, zs[i - 1], r.detach())
                 fi = f_last if (f_last is not None and self._c[i] == 1.0) else f
                 z = self._attach(f, fi, t + self._c[i] * dt, z, r, hg_l)
-                ks.append(_where(still, 0.0, (z - r) / hg_div))
-            return _where(still, y, z), ks
+                ks.append(_where(completed, (z - r) / hg_div, 0.0))
+            return _where(completed, z, y), ks
 
     @staticmethod
     def _jac_current(state: ESDIRKState, t: Any, y: Tensor) -> Any:
@@ -257,7 +256,7 @@ class ESDIRK:
                                      with_time=False)
             state.jac = _where(need_j, jac, state.jac)
             state.jac_at = torch.where(need_j, t, state.jac_at) if lanes else y
-            state.refresh_jac = state.refresh_jac & _not(need_j)
+            state.refresh_jac = state.refresh_jac > need_j
             if lanes:
                 counts.n_jacobians += need_j
         if need_lu_any and lanes:
@@ -296,7 +295,7 @@ class ESDIRK:
         return self.interpolant(0.0, dt_p, y_p, y_new_p, ks_p, None).evaluate(1.0 + offset / dt_p)
 
     def _stages(self, f, t, y_d, f0, dt, hg, state, tests, f_last, previous, todo,
-                refreshable):
+                exact):
         """All stage values of one attempt for the lanes ``todo`` (no graph); returns
         ``(z_2..z_s, k_2..k_s, worst rate, failed)``."""
         c = self._c
@@ -321,9 +320,9 @@ class ESDIRK:
                 if kind == "previous" and lanes:
                     z0 = _where(previous, self._from_previous(state, c[i] * dt), z0)
             z, theta_max, failed = newton(fi, t + c[i] * dt, r, z0, hg, hgc, factor, tests,
-                                          state.counts, alive, refreshable, theta_max,
+                                          state.counts, alive, exact, theta_max,
                                           self.max_newton_iters)
-            alive = alive & _not(failed)
+            alive = alive > failed
             z = _where(alive, z, r)  # per sample failed and idle lanes: a finite value
             k = _where(alive, (z - r) / _where(alive, hgc, 1.0), 0.0)
             zs.append(z)
@@ -332,7 +331,7 @@ class ESDIRK:
                 zs.extend(r for _ in range(i + 1, self._s))
                 ks.extend(torch.zeros_like(r) for _ in range(i + 1, self._s))
                 break
-        return zs, ks[1:], theta_max, todo & _not(alive)
+        return zs, ks[1:], theta_max, todo > alive
 
     def _attach(self, f, fi, ti, z_star, r, hg):
         """``z*`` with the implicit-function-theorem derivative (module docstring)."""

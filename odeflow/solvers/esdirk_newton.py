@@ -24,7 +24,8 @@ float32 and very tight tolerances do not chase rounding noise). The iteration fa
 **Per sample** (``t`` and ``dt`` ``(B,)``, ``y`` ``(B, n)``) the same code takes, for every
 lane, the decisions a solve of that sample alone takes: a joint solve's Python ``bool`` or
 ``float`` (a convergence test, a rate, "``J`` is current") is a ``(B,)`` tensor, combined
-by the same ``&``/``|`` and chosen by :func:`_where`. Only the tests inside one Newton
+by the same ``&``, ``|`` and ``>`` (``a > b``: ``a`` and not ``b``, for both) and chosen by
+:func:`_where`. Only the tests inside one Newton
 iteration are written twice, as masks and as Python numbers that return early: the hot path
 of a joint solve (one host synchronisation per iteration, no mask kernels; written once
 with masks they cost a joint solve 9–14 % of its time, on Python numbers 4 % of a Newton
@@ -107,10 +108,6 @@ def _too_slow(theta: Any, left: int, norm: Any, kappa: Any) -> Any:
     return theta ** left / (1.0 - theta) * norm > kappa
 
 
-def _not(mask: Any) -> Any:
-    return ~mask if isinstance(mask, Tensor) else not mask
-
-
 def _any(mask: Any) -> bool:
     return bool(mask.any()) if isinstance(mask, Tensor) else mask  # per sample: host sync
 
@@ -141,7 +138,7 @@ def newton_tests(y_d: Tensor, rtol: Any, atol: Any, kappa: float, lanes: bool) -
 
 
 def newton(fi: Any, ti: Any, r: Tensor, z: Tensor, hg: Any, hgc: Any, factor: Any,
-           tests: tuple, counts: ImplicitCounts, run: Any, refreshable: Any, hint: Any,
+           tests: tuple, counts: ImplicitCounts, run: Any, exact: Any, hint: Any,
            m_max: int) -> tuple:
     """Simplified Newton for ``z = r + hγ fi(ti, z)`` (no graph) on the lanes ``run``;
     returns ``(z, the step's worst rate: hint's and this stage's, failed)``."""
@@ -165,8 +162,8 @@ def newton(fi: Any, ti: Any, r: Tensor, z: Tensor, hg: Any, hgc: Any, factor: An
             if prev is not None:
                 theta = norm / prev
                 theta_max = max(theta_max, theta)
-                if theta >= 1.0 or (refreshable and _too_slow(theta, m_max - 1 - m, norm,
-                                                              kappa)):
+                if theta >= 1.0 or (not exact and _too_slow(theta, m_max - 1 - m, norm,
+                                                            kappa)):
                     return z, theta_max, True
                 eta = theta / (1.0 - theta)
             z = z + dz
@@ -187,7 +184,7 @@ def newton(fi: Any, ti: Any, r: Tensor, z: Tensor, hg: Any, hgc: Any, factor: An
             diverging = measured & (theta >= 1.0)
             rated = measured & ~diverging
             eta = torch.where(rated, theta / (1.0 - theta), eta)
-            slow = rated & refreshable & _too_slow(theta, m_max - 1 - m, norm, kappa)
+            slow = (rated & _too_slow(theta, m_max - 1 - m, norm, kappa)) > exact
             fail = fail | diverging | slow
         fail = iterating & fail
         stepping = iterating & ~fail
