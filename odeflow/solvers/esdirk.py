@@ -126,9 +126,6 @@ class ESDIRK:
         self._c = tableau.c
         self._a_nz = tuple(nonzero(row) for row in tableau.a)
         self._e_nz = nonzero(tableau.b_err)
-        if not tableau.stiffly_accurate:
-            raise ValueError(f"{tableau.name}: the ESDIRK stepper needs a stiffly accurate "
-                             "tableau (y_new is the last stage value)")
         # The predictor of each stage (module docstring, "Predictors").
         self._predict = (None, *(stage_predictor(self._c, i) for i in range(1, self._s)))
 

@@ -88,6 +88,8 @@ class ESDIRKTableau:
         check_tableau(self.name, self.c, self.a, self.b, self.gamma, self.dense)
         require(len(self.b_hat) == len(self.c), f"{self.name}: b_hat needs one entry per stage")
         require(abs(sum(self.b_hat) - 1) < CHECK_TOL, f"{self.name}: sum(b_hat) != 1")
+        require(self.stiffly_accurate, f"{self.name}: the ESDIRK stepper needs a stiffly "
+                "accurate tableau (y_new is the last stage value)")
 
     @property
     def stages(self) -> int:
