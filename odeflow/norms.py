@@ -1,4 +1,4 @@
-"""Error norms on the solver's flat state: RMS, max, mixed over components, per sample.
+"""Error norms on the solver's flat state: RMS, mixed over components, per sample.
 
 A norm maps the scaled error ``err / (atol + rtol * max(|y|, |y_new|))`` to a scalar
 tensor; a step is accepted when that scalar is at most one.
@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["rms_norm", "max_norm", "mixed_rms_norm", "lane_rms", "lane_norm"]
+__all__ = ["rms_norm", "mixed_rms_norm", "lane_rms", "lane_norm"]
 
 Norm = Callable[[Tensor], Tensor]
 
@@ -21,11 +21,6 @@ Norm = Callable[[Tensor], Tensor]
 def rms_norm(x: Tensor) -> Tensor:
     """Root mean square of all entries (Hairer's norm; torchdiffeq's default)."""
     return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
-
-
-def max_norm(x: Tensor) -> Tensor:
-    """Largest absolute entry."""
-    return torch.linalg.vector_norm(x, ord=math.inf)
 
 
 def mixed_rms_norm(sizes: Sequence[int]) -> Norm:
