@@ -68,16 +68,16 @@ def integrate_scipy(problem: Problem) -> dict[str, Any]:
         """One SciPy solve from the first to the last of ``times`` with the outputs at
         ``times``, stopped by :class:`_Halt`: ``(outputs reached (n, ...), t_last, y_last,
         status, accepted steps, SciPy's message)``."""
-        stop = _Stop(max_steps)
+        stop = _Stop(max_steps, times[0], _to_numpy(y_0))
         try:
-            result = solve_ivp(rhs, (times[0], times[-1]), _to_numpy(y_0), t_eval=times,
-                               events=stop, **kwargs)
+            result = solve_ivp(rhs, (times[0], times[-1]), stop.y, t_eval=times, events=stop,
+                               **kwargs)
         except _Halt as halt:
             stop.status = int(halt.args[0])
             # The outputs reached: the same steps again, up to the last accepted one.
             reached = [t for t in times if t <= stop.t]
-            result = solve_ivp(rhs, (times[0], max(stop.t, times[0])), _to_numpy(y_0),
-                               t_eval=reached, **kwargs)
+            result = solve_ivp(rhs, (times[0], stop.t), _to_numpy(y_0), t_eval=reached,
+                               **kwargs)
             result.status = -1
         ys = (torch.from_numpy(np.ascontiguousarray(result.y.T)).to(y_0) if len(result.t)
               else y_0.new_empty((0, *y_0.shape)))  # (no output reached: SciPy gives [])
@@ -124,12 +124,12 @@ class _Stop:
     """Where SciPy stopped: an event function that never crosses zero, which ``solve_ivp``
     calls at ``t0`` and after each accepted step. With ``t_eval`` its result holds only the
     output times reached, and a failure's message does not say where the failing step
-    began. It halts the solve after ``max_steps`` accepted steps."""
+    began. It halts the solve after ``max_steps`` accepted steps. Until its first call it
+    holds the start ``(t0, y0)``: SciPy may evaluate ``func`` before (its first step size's
+    probe), and be halted there."""
 
-    t: float
-    y: Any  # a NumPy array
-
-    def __init__(self, max_steps: int):
+    def __init__(self, max_steps: int, t0: float, y0: Any):
+        self.t, self.y = t0, y0  # (y: a NumPy array)
         self.steps, self.max_steps = -1, max_steps  # (the first call is at t0)
         self.status = int(Status.STEP_SIZE_UNDERFLOW)  # SciPy's own failures
 
