@@ -26,7 +26,7 @@ from torch import Tensor
 
 __all__ = ["Workspace", "workspace", "combine", "addmv_sum", "add_mv_sum", "graph_sum",
            "GRAPH_SUM_MIN", "nonzero", "hermite", "linear", "Interpolant", "TableauInterpolant",
-           "HermiteInterpolant", "LinearInterpolant", "stack_pieces", "take_piece"]
+           "HermiteInterpolant", "LinearInterpolant"]
 
 
 def hermite(y0: Tensor, y1: Tensor, f0: Tensor, f1: Tensor, dt: float, theta: float) -> Tensor:
@@ -265,41 +265,3 @@ class LinearInterpolant(Interpolant):
     def detached(self) -> LinearInterpolant:
         return LinearInterpolant(self.t, self.dt, self.y0.detach().clone(),
                                  self.y1.detach().clone())
-
-
-# ------------------------------------------------------ per-sample dense output (gathering)
-def _fields(piece: Any) -> dict[str, Any]:
-    out = dict(getattr(piece, "__dict__", {}))
-    for cls in type(piece).__mro__:
-        for name in getattr(cls, "__slots__", ()):
-            if hasattr(piece, name):
-                out[name] = getattr(piece, name)
-    return out
-
-
-def _map_fields(pieces: Sequence[Any], combine: Callable[[list[Tensor]], Tensor]) -> Any:
-    """``pieces[0]`` rebuilt with each tensor field (also in tuples and nested interpolants)
-    replaced by ``combine`` of that field in every piece."""
-    fields = [_fields(p) for p in pieces]
-    out = object.__new__(type(pieces[0]))
-    for name, value in fields[0].items():
-        values = [f[name] for f in fields]
-        if isinstance(value, Tensor):
-            value = combine(values)
-        elif isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
-            value = tuple(combine([v[i] for v in values]) for i in range(len(value)))
-        elif isinstance(value, Interpolant):
-            value = _map_fields(values, combine)
-        setattr(out, name, value)
-    return out
-
-
-def stack_pieces(pieces: Sequence[Any]) -> Any:
-    """Per-iteration batched interpolants -> one of the same kind whose tensors have a
-    leading iteration axis ``(I, B, ...)`` (other fields are the first piece's)."""
-    return _map_fields(pieces, torch.stack)
-
-
-def take_piece(stacked: Any, idx: Tensor, cols: Tensor) -> Any:
-    """Lane ``cols[j]``'s interpolant of iteration ``idx[j]``, for every lane at once."""
-    return _map_fields([stacked], lambda v: v[0][idx, cols])
