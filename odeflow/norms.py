@@ -23,8 +23,9 @@ def rms_norm(x: Tensor) -> Tensor:
     return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
 
 
-def mixed_rms_norm(sizes: Sequence[int]) -> Norm:
-    """Max over consecutive segments of a flat vector of each segment's RMS.
+def mixed_rms_norm(sizes: Sequence[int], rms: Norm = rms_norm) -> Norm:
+    """Max over consecutive segments of a flat vector of each segment's RMS (with
+    ``rms=lane_rms``, of each row of ``(B, n)``: one value per sample).
 
     This is the default for tuple states (as torchdiffeq's mixed norm): each component
     must meet the tolerance on its own, so a large component cannot hide a small one.
@@ -32,7 +33,8 @@ def mixed_rms_norm(sizes: Sequence[int]) -> Norm:
     sizes = [int(s) for s in sizes]
 
     def norm(x: Tensor) -> Tensor:
-        return torch.stack([rms_norm(p) for p in torch.split(x, sizes) if p.numel()]).max()
+        return torch.stack([rms(p) for p in torch.split(x, sizes, dim=-1) if p.shape[-1] > 0],
+                           -1).amax(-1)
 
     return norm
 
@@ -49,11 +51,7 @@ def lane_norm(user_norm: Callable | None, layout: Any) -> Norm:
     return one value per sample."""
     batch = layout.batch
     if user_norm is None:
-        if not layout.is_tuple:
-            return lane_rms
-        sizes = list(layout.sizes)
-        return lambda x: torch.stack([lane_rms(p) for p in torch.split(x, sizes, dim=-1)
-                                      if p.shape[-1] > 0], -1).amax(-1)
+        return mixed_rms_norm(layout.sizes, lane_rms) if layout.is_tuple else lane_rms
 
     def norm(x: Tensor) -> Tensor:
         out = user_norm(layout.real_view(x))
