@@ -174,16 +174,13 @@ class TableauInterpolant(Interpolant):
     """``y(t + θ dt) = y + dt Σ_i b_i(θ) k_i``: a Runge–Kutta method's own dense output.
 
     Batched use (per-sample mode): ``y`` and each stage ``(B, n)``, ``dt`` and ``theta``
-    tensors ``(B,)``. ``stacked``, the stages as the columns of one ``(n, s)`` matrix (the
-    fused path's workspace view), lets a float ``theta`` on the CPU take one ``addmv``.
+    tensors ``(B,)``.
     """
 
-    __slots__ = ("t", "dt", "y", "stages", "tableau", "stacked")
+    __slots__ = ("t", "dt", "y", "stages", "tableau")
 
-    def __init__(self, t: Any, dt: Any, y: Tensor, stages: Sequence[Tensor], tableau: Any,
-                 stacked: Tensor | None = None):
-        self.t, self.dt, self.y, self.stages = t, dt, y, tuple(stages)
-        self.tableau, self.stacked = tableau, stacked
+    def __init__(self, t: Any, dt: Any, y: Tensor, stages: Sequence[Tensor], tableau: Any):
+        self.t, self.dt, self.y, self.stages, self.tableau = t, dt, y, tuple(stages), tableau
 
     def _combine(self, weights: Any, base: Tensor | None, scale: Any) -> Tensor:
         if isinstance(weights, Tensor) or isinstance(scale, Tensor):
@@ -199,13 +196,7 @@ class TableauInterpolant(Interpolant):
         return out.clone() if out is base else out  # (all weights zero: never y itself)
 
     def evaluate(self, theta: Any) -> Tensor:
-        weights = self.tableau.dense_weights(theta)
-        if (self.stacked is not None and not isinstance(theta, Tensor)
-                and self.y.device.type == "cpu"):
-            # One addmv on the CPU; on a GPU a weight tensor would be a host-to-device copy.
-            w = torch.tensor(weights, dtype=self.y.dtype, device=self.y.device)
-            return torch.addmv(self.y, self.stacked, w, alpha=self.dt)
-        return self._combine(weights, self.y, self.dt)
+        return self._combine(self.tableau.dense_weights(theta), self.y, self.dt)
 
     def derivative(self, theta: Any) -> Tensor:
         return self._combine(self.tableau.dense_derivative_weights(theta), None, 1.0)
