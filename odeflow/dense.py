@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .interp import Interpolant, stack_pieces, take_piece
+from .interp import Interpolant
 from .problem import Problem, State
 
 __all__ = ["DenseOutput"]
@@ -51,7 +51,8 @@ class DenseOutput:
         if C.per_sample:
             self._lo, self._hi = C.grid[:, 0], C.grid[:, -1]
             self._reached = torch.as_tensor(end, dtype=torch.float64, device=C.device)
-            self._stacked = stack_pieces([p for p, _ in pieces])  # its t, dt: (I, B)
+            # one piece whose tensors have a leading iteration axis (I, B, ...): its t, dt (I, B)
+            self._stacked = _map_fields([p for p, _ in pieces], torch.stack)
             ok = torch.stack([ok for _, ok in pieces])
             # Each lane's accepted steps by start time (+inf after them): one search finds
             # a lane's step, ``_order`` its iteration (the sort is stable, starts increase).
@@ -131,7 +132,8 @@ class DenseOutput:
             k = torch.searchsorted(self._lane_starts, tc[:, None]).clamp(min=1) - 1
             idx = self._order.gather(1, k)[:, 0]
             cols = torch.arange(tc.shape[0], device=tc.device)
-            piece = take_piece(self._stacked, idx, cols)
+            # every lane's piece at once: lane cols[j]'s of iteration idx[j]
+            piece = _map_fields([self._stacked], lambda v: v[0][idx, cols])
             theta = ((tc - piece.t) / torch.where(piece.dt > 0, piece.dt, 1.0)).clamp(0.0, 1.0)
             piece = piece.precise or piece
             if derivative:
@@ -149,3 +151,30 @@ class DenseOutput:
         if self._reached < self._hi and tc > self._reached + self._slack:
             out = torch.full_like(out, math.nan)
         return out
+
+
+# ------------------------------------------------------ per-sample dense output (gathering)
+def _fields(piece: Any) -> dict[str, Any]:
+    out = dict(getattr(piece, "__dict__", {}))
+    for cls in type(piece).__mro__:
+        for name in getattr(cls, "__slots__", ()):
+            if hasattr(piece, name):
+                out[name] = getattr(piece, name)
+    return out
+
+
+def _map_fields(pieces: Sequence[Any], combine: Callable[[list[Tensor]], Tensor]) -> Any:
+    """``pieces[0]`` rebuilt with each tensor field (also in tuples and nested interpolants)
+    replaced by ``combine`` of that field in every piece (other fields are the first's)."""
+    fields = [_fields(p) for p in pieces]
+    out = object.__new__(type(pieces[0]))
+    for name, value in fields[0].items():
+        values = [f[name] for f in fields]
+        if isinstance(value, Tensor):
+            value = combine(values)
+        elif isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
+            value = tuple(combine([v[i] for v in values]) for i in range(len(value)))
+        elif isinstance(value, Interpolant):
+            value = _map_fields(values, combine)
+        setattr(out, name, value)
+    return out

@@ -26,7 +26,7 @@ from torch import Tensor
 
 __all__ = ["Workspace", "workspace", "combine", "addmv_sum", "add_mv_sum", "graph_sum",
            "GRAPH_SUM_MIN", "nonzero", "hermite", "linear", "Interpolant", "TableauInterpolant",
-           "HermiteInterpolant", "LinearInterpolant", "stack_pieces", "take_piece"]
+           "HermiteInterpolant", "LinearInterpolant"]
 
 
 def hermite(y0: Tensor, y1: Tensor, f0: Tensor, f1: Tensor, dt: float, theta: float) -> Tensor:
@@ -174,16 +174,13 @@ class TableauInterpolant(Interpolant):
     """``y(t + θ dt) = y + dt Σ_i b_i(θ) k_i``: a Runge–Kutta method's own dense output.
 
     Batched use (per-sample mode): ``y`` and each stage ``(B, n)``, ``dt`` and ``theta``
-    tensors ``(B,)``. ``stacked``, the stages as the columns of one ``(n, s)`` matrix (the
-    fused path's workspace view), lets a float ``theta`` on the CPU take one ``addmv``.
+    tensors ``(B,)``.
     """
 
-    __slots__ = ("t", "dt", "y", "stages", "tableau", "stacked")
+    __slots__ = ("t", "dt", "y", "stages", "tableau")
 
-    def __init__(self, t: Any, dt: Any, y: Tensor, stages: Sequence[Tensor], tableau: Any,
-                 stacked: Tensor | None = None):
-        self.t, self.dt, self.y, self.stages = t, dt, y, tuple(stages)
-        self.tableau, self.stacked = tableau, stacked
+    def __init__(self, t: Any, dt: Any, y: Tensor, stages: Sequence[Tensor], tableau: Any):
+        self.t, self.dt, self.y, self.stages, self.tableau = t, dt, y, tuple(stages), tableau
 
     def _combine(self, weights: Any, base: Tensor | None, scale: Any) -> Tensor:
         if isinstance(weights, Tensor) or isinstance(scale, Tensor):
@@ -199,13 +196,7 @@ class TableauInterpolant(Interpolant):
         return out.clone() if out is base else out  # (all weights zero: never y itself)
 
     def evaluate(self, theta: Any) -> Tensor:
-        weights = self.tableau.dense_weights(theta)
-        if (self.stacked is not None and not isinstance(theta, Tensor)
-                and self.y.device.type == "cpu"):
-            # One addmv on the CPU; on a GPU a weight tensor would be a host-to-device copy.
-            w = torch.tensor(weights, dtype=self.y.dtype, device=self.y.device)
-            return torch.addmv(self.y, self.stacked, w, alpha=self.dt)
-        return self._combine(weights, self.y, self.dt)
+        return self._combine(self.tableau.dense_weights(theta), self.y, self.dt)
 
     def derivative(self, theta: Any) -> Tensor:
         return self._combine(self.tableau.dense_derivative_weights(theta), None, 1.0)
@@ -265,41 +256,3 @@ class LinearInterpolant(Interpolant):
     def detached(self) -> LinearInterpolant:
         return LinearInterpolant(self.t, self.dt, self.y0.detach().clone(),
                                  self.y1.detach().clone())
-
-
-# ------------------------------------------------------ per-sample dense output (gathering)
-def _fields(piece: Any) -> dict[str, Any]:
-    out = dict(getattr(piece, "__dict__", {}))
-    for cls in type(piece).__mro__:
-        for name in getattr(cls, "__slots__", ()):
-            if hasattr(piece, name):
-                out[name] = getattr(piece, name)
-    return out
-
-
-def _map_fields(pieces: Sequence[Any], combine: Callable[[list[Tensor]], Tensor]) -> Any:
-    """``pieces[0]`` rebuilt with each tensor field (also in tuples and nested interpolants)
-    replaced by ``combine`` of that field in every piece."""
-    fields = [_fields(p) for p in pieces]
-    out = object.__new__(type(pieces[0]))
-    for name, value in fields[0].items():
-        values = [f[name] for f in fields]
-        if isinstance(value, Tensor):
-            value = combine(values)
-        elif isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
-            value = tuple(combine([v[i] for v in values]) for i in range(len(value)))
-        elif isinstance(value, Interpolant):
-            value = _map_fields(values, combine)
-        setattr(out, name, value)
-    return out
-
-
-def stack_pieces(pieces: Sequence[Any]) -> Any:
-    """Per-iteration batched interpolants -> one of the same kind whose tensors have a
-    leading iteration axis ``(I, B, ...)`` (other fields are the first piece's)."""
-    return _map_fields(pieces, torch.stack)
-
-
-def take_piece(stacked: Any, idx: Tensor, cols: Tensor) -> Any:
-    """Lane ``cols[j]``'s interpolant of iteration ``idx[j]``, for every lane at once."""
-    return _map_fields([stacked], lambda v: v[0][idx, cols])

@@ -1,4 +1,4 @@
-"""Error norms on the solver's flat state: RMS, max, mixed over components, per sample.
+"""Error norms on the solver's flat state: RMS, mixed over components, per sample.
 
 A norm maps the scaled error ``err / (atol + rtol * max(|y|, |y_new|))`` to a scalar
 tensor; a step is accepted when that scalar is at most one.
@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["rms_norm", "max_norm", "mixed_rms_norm", "lane_rms", "lane_norm"]
+__all__ = ["rms_norm", "mixed_rms_norm", "lane_rms", "lane_norm"]
 
 Norm = Callable[[Tensor], Tensor]
 
@@ -23,13 +23,9 @@ def rms_norm(x: Tensor) -> Tensor:
     return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
 
 
-def max_norm(x: Tensor) -> Tensor:
-    """Largest absolute entry."""
-    return torch.linalg.vector_norm(x, ord=math.inf)
-
-
-def mixed_rms_norm(sizes: Sequence[int]) -> Norm:
-    """Max over consecutive segments of a flat vector of each segment's RMS.
+def mixed_rms_norm(sizes: Sequence[int], rms: Norm = rms_norm) -> Norm:
+    """Max over consecutive segments of a flat vector of each segment's RMS (with
+    ``rms=lane_rms``, of each row of ``(B, n)``: one value per sample).
 
     This is the default for tuple states (as torchdiffeq's mixed norm): each component
     must meet the tolerance on its own, so a large component cannot hide a small one.
@@ -37,7 +33,8 @@ def mixed_rms_norm(sizes: Sequence[int]) -> Norm:
     sizes = [int(s) for s in sizes]
 
     def norm(x: Tensor) -> Tensor:
-        return torch.stack([rms_norm(p) for p in torch.split(x, sizes) if p.numel()]).max()
+        return torch.stack([rms(p) for p in torch.split(x, sizes, dim=-1) if p.shape[-1] > 0],
+                           -1).amax(-1)
 
     return norm
 
@@ -54,11 +51,7 @@ def lane_norm(user_norm: Callable | None, layout: Any) -> Norm:
     return one value per sample."""
     batch = layout.batch
     if user_norm is None:
-        if not layout.is_tuple:
-            return lane_rms
-        sizes = list(layout.sizes)
-        return lambda x: torch.stack([lane_rms(p) for p in torch.split(x, sizes, dim=-1)
-                                      if p.shape[-1] > 0], -1).amax(-1)
+        return mixed_rms_norm(layout.sizes, lane_rms) if layout.is_tuple else lane_rms
 
     def norm(x: Tensor) -> Tensor:
         out = user_norm(layout.real_view(x))

@@ -202,13 +202,16 @@ class ExplicitRK:
     def interpolate(self, y: Tensor, y_new: Tensor, dt: float, stages: Sequence[Tensor],
                     f_new: Tensor | None, theta: float, ws: Workspace | None) -> Tensor:
         """The solution at ``t + theta * dt`` from the method's dense output."""
-        if self.tableau.dense is None:
+        tab = self.tableau
+        if tab.dense is None:
             return hermite(y, y_new, stages[0], f_new, dt, theta)
-        if ws is not None:
-            stacked = ws.prefix[self.stages]
-        else:  # as the fused path has them (the same addmv; unused per lane)
-            stacked = None if isinstance(dt, Tensor) else torch.stack(tuple(stages)).T
-        return TableauInterpolant(0.0, dt, y, stages, self.tableau, stacked).evaluate(theta)
+        if not isinstance(theta, Tensor) and not isinstance(dt, Tensor) and y.device.type == "cpu":
+            # One addmv over the stages as columns (the fused path's view, or the same values
+            # stacked); on a GPU a weight tensor would be a host-to-device copy.
+            stacked = ws.prefix[self.stages] if ws is not None else torch.stack(tuple(stages)).T
+            w = torch.tensor(tab.dense_weights(theta), dtype=y.dtype, device=y.device)
+            return torch.addmv(y, stacked, w, alpha=dt)
+        return TableauInterpolant(0.0, dt, y, stages, tab).evaluate(theta)
 
 
 class ReStepInterpolant(Interpolant):

@@ -54,88 +54,82 @@ def integrate_scipy(problem: Problem) -> dict[str, Any]:
     kwargs: dict[str, Any] = {k: float(opts[k]) for k in ("first_step", "max_step", "min_step")
                               if k in opts}
     kwargs.update(method=solver, rtol=_to_numpy(problem.rtol), atol=_to_numpy(problem.atol))
+    max_steps = opts.get("max_num_steps", DEFAULT_MAX_NUM_STEPS)
     f, y0, C = problem.func, problem.y0, problem.clock
-    solve_ivp = _Halting(solve_ivp, opts.get("max_num_steps", DEFAULT_MAX_NUM_STEPS))
-    if C.per_sample:
-        return _per_sample(problem, solve_ivp, kwargs)
-    stats = SolveStats()
-    t_out = list(problem.t_out)
-    done = dict(stats=stats, t_last=C.t_end, status=int(Status.SUCCESS))
-    if len(t_out) == 1:
-        return dict(done, ys=[y0], y_last=y0)
-
     first = [True]
 
-    def rhs(t: float, y: np.ndarray) -> np.ndarray:
-        y_t = torch.from_numpy(y).to(y0)
+    def call(t: Any, y: torch.Tensor) -> torch.Tensor:  # (the first evaluation is checked)
         with torch.no_grad():
-            out = f.checked(float(t), y_t) if first[0] else f(float(t), y_t)
+            out = f.checked(t, y) if first[0] else f(t, y)
         first[0] = False
-        return _finite(out)
+        return out
 
-    result, stop = solve_ivp(rhs, t_out, _to_numpy(y0), kwargs)
-    stats.n_steps = stats.n_accepted = stop.steps  # (SciPy's accepted steps)
-    ys = list(torch.from_numpy(np.ascontiguousarray(result.y.T)).to(y0).unbind(0)) or [y0]
-    if result.status == 0:
-        return dict(done, ys=ys, y_last=ys[-1])
-    if stop.status == int(Status.STEP_SIZE_UNDERFLOW):  # SciPy's own failure, its account
-        stats.message = f"SciPy said: {result.message}"  # (run.failure gives it as the detail)
-    return dict(stats=stats, ys=ys, t_last=stop.t, y_last=torch.from_numpy(stop.y).to(y0),
-                status=stop.status)
+    def solve(rhs: Any, times: list, y_0: torch.Tensor) -> tuple:
+        """One SciPy solve from the first to the last of ``times`` with the outputs at
+        ``times``, stopped by :class:`_Halt`: ``(outputs reached (n, ...), t_last, y_last,
+        status, accepted steps, SciPy's message)``."""
+        stop = _Stop(max_steps, times[0], _to_numpy(y_0))
+        try:
+            result = solve_ivp(rhs, (times[0], times[-1]), stop.y, t_eval=times, events=stop,
+                               **kwargs)
+        except _Halt as halt:
+            stop.status = int(halt.args[0])
+            # The outputs reached: the same steps again, up to the last accepted one.
+            reached = [t for t in times if t <= stop.t]
+            result = solve_ivp(rhs, (times[0], stop.t), _to_numpy(y_0), t_eval=reached,
+                               **kwargs)
+            result.status = -1
+        ys = (torch.from_numpy(np.ascontiguousarray(result.y.T)).to(y_0) if len(result.t)
+              else y_0.new_empty((0, *y_0.shape)))  # (no output reached: SciPy gives [])
+        if result.status == 0:
+            return ys, times[-1], ys[-1], int(Status.SUCCESS), stop.steps, ""
+        return (ys, stop.t, torch.from_numpy(stop.y).to(y_0), stop.status, stop.steps,
+                result.message)
 
-
-def _per_sample(problem: Problem, solve_ivp: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """One SciPy solve per sample on its own canonical output times (module docstring); a
-    sample SciPy fails keeps the outputs it reached (``nan`` after) and does not stop the
-    others."""
-    f, y0, C = problem.func, problem.y0, problem.clock
-    grid = C.grid.tolist()  # host sync: once per solve
+    stats = SolveStats()
+    if not C.per_sample:
+        if C.n_out == 1:
+            return dict(stats=stats, ys=[y0], t_last=C.t_end, y_last=y0,
+                        status=int(Status.SUCCESS))
+        out, t_last, y_last, status, stats.n_steps, message = solve(
+            lambda t, y: _finite(call(float(t), torch.from_numpy(y).to(y0))), list(C.grid), y0)
+        stats.n_accepted = stats.n_steps  # (SciPy's accepted steps)
+        if status == int(Status.STEP_SIZE_UNDERFLOW):  # SciPy's own failure, its account
+            stats.message = f"SciPy said: {message}"  # (run.failure gives it as the detail)
+        return dict(stats=stats, ys=list(out.unbind(0)) or [y0], t_last=t_last,
+                    y_last=y_last, status=status)
+    # Per sample (module docstring): a sample SciPy fails keeps the outputs it reached (nan
+    # after) and does not stop the others.
     ys = y0.new_full((C.n_out, *y0.shape), math.nan)
     ys[0] = y0
     status, n_acc, t_last, y_last = C.full(int(Status.SUCCESS)), C.full(0), C.t0, y0.clone()
-    first = [True]
-    for b, times in enumerate(grid):
+    for b, times in enumerate(C.grid.tolist()):  # host sync: once per solve
         def rhs(t: float, y: Any, b: int = b) -> Any:
             tt, yy = C.t0, y0.clone()
             tt[b], yy[b] = t, torch.from_numpy(y).to(y0)
-            with torch.no_grad():
-                out = f.checked(tt, yy) if first[0] else f(tt, yy)
-            first[0] = False
-            return _finite(out[b])
+            return _finite(call(tt, yy)[b])
 
-        result, stop = solve_ivp(rhs, times, _to_numpy(y0[b]), kwargs)
-        n = len(result.t)
-        if n:
-            ys[:n, b] = torch.from_numpy(result.y.T.copy()).to(y0)
-            t_last[b], y_last[b] = result.t[-1], ys[n - 1, b]
-        n_acc[b] = stop.steps
-        if result.status != 0:
-            status[b] = stop.status
-            t_last[b], y_last[b] = stop.t, torch.from_numpy(stop.y).to(y0)
-    stats = SolveStats()
+        out, t_last[b], y_last[b], status[b], n_acc[b], _ = solve(rhs, times, y0[b])
+        ys[:len(out), b] = out
     stats.n_steps = stats.n_accepted = int(n_acc.sum())
     return dict(ys=ys, stats=stats, t_last=t_last, y_last=y_last, status=status,
                 lanes=(status, n_acc, n_acc, torch.zeros_like(n_acc)))
 
 
 class _Halt(Exception):
-    """Raised out of SciPy's loop (module docstring): ``status`` says why."""
-
-    def __init__(self, status: Status):
-        super().__init__(status.message)
-        self.status = status
+    """Raised out of SciPy's loop (module docstring) with the :class:`Status` that says why."""
 
 
 class _Stop:
     """Where SciPy stopped: an event function that never crosses zero, which ``solve_ivp``
     calls at ``t0`` and after each accepted step. With ``t_eval`` its result holds only the
     output times reached, and a failure's message does not say where the failing step
-    began. It halts the solve after ``max_steps`` accepted steps."""
+    began. It halts the solve after ``max_steps`` accepted steps. Until its first call it
+    holds the start ``(t0, y0)``: SciPy may evaluate ``func`` before (its first step size's
+    probe), and be halted there."""
 
-    t: float
-    y: Any  # a NumPy array
-
-    def __init__(self, max_steps: int):
+    def __init__(self, max_steps: int, t0: float, y0: Any):
+        self.t, self.y = t0, y0  # (y: a NumPy array)
         self.steps, self.max_steps = -1, max_steps  # (the first call is at t0)
         self.status = int(Status.STEP_SIZE_UNDERFLOW)  # SciPy's own failures
 
@@ -145,28 +139,6 @@ class _Stop:
         if self.steps > self.max_steps:
             raise _Halt(Status.MAX_STEPS_REACHED)
         return 1.0
-
-
-class _Halting:
-    """``solve_ivp`` from the first to the last of ``times`` with the outputs at ``times``,
-    stopped by :class:`_Halt`; returns ``(result, stop)``."""
-
-    def __init__(self, solve_ivp: Any, max_steps: int):
-        self.solve_ivp, self.max_steps = solve_ivp, max_steps
-
-    def __call__(self, rhs: Any, times: list, y0: Any, kwargs: dict) -> tuple[Any, _Stop]:
-        stop = _Stop(self.max_steps)
-        try:
-            return self.solve_ivp(rhs, (times[0], times[-1]), y0, t_eval=times, events=stop,
-                                  **kwargs), stop
-        except _Halt as halt:
-            stop.status = int(halt.status)
-        # The outputs reached: the same steps again, up to the last accepted one.
-        reached = [t for t in times if t <= stop.t]
-        result = self.solve_ivp(rhs, (times[0], max(stop.t, times[0])), y0, t_eval=reached,
-                                **kwargs)
-        result.status = -1
-        return result, stop
 
 
 def _finite(out: torch.Tensor) -> Any:
