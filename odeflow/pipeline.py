@@ -61,7 +61,7 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
         raise ValueError(f"gradient='checkpoint' replays single steps and needs a one-step "
                          f"method; method={spec.name!r} is not one (use gradient='adjoint' "
                          "or 'direct')")
-    params = find_params(func, adjoint_params, mode, problem) if mode != "direct" else ()
+    params = find_params(adjoint_params, mode, problem) if mode != "direct" else ()
     C = problem.clock
     # SciPy's steps carry no graph: its solution has gradients by the adjoint alone.
     no_graph = spec.external and mode == "direct"
@@ -94,9 +94,9 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
                       result.stats.n_steps if result is not None else 0)
     unbounded = events and bool((torch.as_tensor(C.t_end).abs() >= FAR).any())
     hits = locator.hits if events else None
-    if C.per_sample and events:  # each sample: its event, no event, or its failure
-        result.status = torch.where(hits.found, int(Status.EVENT), torch.where(
-            result.status == int(Status.SUCCESS), int(Status.NO_EVENT), result.status))
+    if C.per_sample and events:  # the loop gave each sample its event or its failure
+        result.status = torch.where(result.status == int(Status.SUCCESS), int(Status.NO_EVENT),
+                                    result.status)
         result.lanes = (result.status, *result.lanes[1:])
     err = failure(problem, result, fixed=spec.family == "fixed", unbounded=unbounded,
                   events=events, explicit=spec.adaptive and not spec.implicit)
@@ -116,8 +116,7 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
             stats.message = (f"{Status.NO_EVENT.message} No crossing up to t={t_reached!r} "
                              f"({end}).")
             if throw and not problem.lanes_api:  # (per sample, no crossing is an outcome)
-                record_last_stats(stats)
-                raise SolveError(Status.NO_EVENT, t_reached, "Pass a later t[1] (or inf), or "
+                err = SolveError(Status.NO_EVENT, t_reached, "Pass a later t[1] (or inf), or "
                                  "check event_fn.", stats)
         result.status = int(stats.status)
     record_last_stats(stats)
