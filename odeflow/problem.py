@@ -173,7 +173,7 @@ def check_tolerance(name: str, tol: Any, layout: StateLayout) -> float | Tensor:
             expected = len(layout.shapes) if layout.is_tuple else "y0 is a tensor"
             raise ValueError(f"{name} given as a sequence needs one value per component of a "
                              f"tuple y0 ({expected}), got {len(tol)}")
-        values = [float(_scalar_tolerance(f"{name}[{i}]", v)) for i, v in enumerate(tol)]
+        values = [_scalar_tolerance(f"{name}[{i}]", v) for i, v in enumerate(tol)]
         return torch.cat([torch.full((size,), v, dtype=layout.real_dtype, device=layout.device)
                           for v, size in zip(values, layout.sizes)])
     return _scalar_tolerance(name, tol)
