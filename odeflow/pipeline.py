@@ -167,7 +167,6 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
     else:
         t_event_user = C.sign * t_stop
     if C.per_sample:  # a failed sample's final state is nan, as a failed solve of it alone
-        y_stop = y_stop.reshape(failed.shape[0], -1)
         y_stop = torch.where(failed[:, None], math.nan, y_stop)
     ys_out = problem.layout.unflatten(torch.stack([problem.y0, y_stop.reshape(problem.y0.shape)]))
     dense_out = _dense(problem, hooks, t_stop if C.per_sample else float(t_stop[0]))
