@@ -211,9 +211,8 @@ def odeint_adjoint(
 
 def _torchdiffeq(func: Callable, y0: State, t: Tensor, event_fn: Callable | None,
                  **kwargs: Any) -> State | tuple[Tensor, State]:
-    """``solve`` with torchdiffeq's return values: ``ys``, or with ``event_fn``
-    ``(event_t, ys)``, where only ``t[0]`` counts and the search has no end time (it runs
-    in the direction of ``t[1] - t[0]``, forward for a single time)."""
+    """``solve`` with torchdiffeq's return values (see :func:`odeint`); an event search runs
+    in the direction of ``t[1] - t[0]``, forward for a single time."""
     if event_fn is None:
         return solve(func, y0, t, **kwargs).ys
     if not isinstance(t, Tensor) or t.ndim != 1 or t.numel() == 0:

@@ -129,6 +129,9 @@ def _fixed_grid(problem: Problem, search: bool) -> Any:
     constructor = opts.get("grid_constructor")
     max_num_steps = max_steps(opts)
     h = positive_float(opts, "step_size")
+    if search and h is None:
+        raise ValueError("event_fn with a fixed-grid method needs options['step_size'] "
+                         "(the search has no end time to build a grid on)")
     if C.per_sample:
         if constructor is not None:
             raise ValueError("options['grid_constructor'] is not supported with "
@@ -142,9 +145,6 @@ def _fixed_grid(problem: Problem, search: bool) -> Any:
     else:
         t0, t1 = C.grid[0], C.grid[-1]
         if h is None:
-            if search:
-                raise ValueError("event_fn with a fixed-grid method needs options['step_size'] "
-                                 "(the search has no end time to build a grid on)")
             if constructor is not None:
                 return _constructed_grid(problem, constructor, max_num_steps)[1:]
             return list(C.grid[1:])

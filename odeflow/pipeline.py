@@ -61,7 +61,7 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
         raise ValueError(f"gradient='checkpoint' replays single steps and needs a one-step "
                          f"method; method={spec.name!r} is not one (use gradient='adjoint' "
                          "or 'direct')")
-    params = find_params(func, adjoint_params, mode, problem) if mode != "direct" else ()
+    params = find_params(adjoint_params, mode, problem) if mode != "direct" else ()
     C = problem.clock
     # SciPy's steps carry no graph: its solution has gradients by the adjoint alone.
     no_graph = spec.external and mode == "direct"
@@ -92,11 +92,11 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
         if bar is not None:
             bar.close(result.t_last if result is not None else C.t0,
                       result.stats.n_steps if result is not None else 0)
-    unbounded = events and bool((torch.as_tensor(C.t_end).abs() >= FAR).any())
+    unbounded = events and not C.per_sample and abs(C.t_end) >= FAR  # (read for one lane)
     hits = locator.hits if events else None
-    if C.per_sample and events:  # each sample: its event, no event, or its failure
-        result.status = torch.where(hits.found, int(Status.EVENT), torch.where(
-            result.status == int(Status.SUCCESS), int(Status.NO_EVENT), result.status))
+    if C.per_sample and events:  # the loop gave each sample its event or its failure
+        result.status = torch.where(result.status == int(Status.SUCCESS), int(Status.NO_EVENT),
+                                    result.status)
         result.lanes = (result.status, *result.lanes[1:])
     err = failure(problem, result, fixed=spec.family == "fixed", unbounded=unbounded,
                   events=events, explicit=spec.adaptive and not spec.implicit)
@@ -116,8 +116,7 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
             stats.message = (f"{Status.NO_EVENT.message} No crossing up to t={t_reached!r} "
                              f"({end}).")
             if throw and not problem.lanes_api:  # (per sample, no crossing is an outcome)
-                record_last_stats(stats)
-                raise SolveError(Status.NO_EVENT, t_reached, "Pass a later t[1] (or inf), or "
+                err = SolveError(Status.NO_EVENT, t_reached, "Pass a later t[1] (or inf), or "
                                  "check event_fn.", stats)
         result.status = int(stats.status)
     record_last_stats(stats)
@@ -168,7 +167,6 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
     else:
         t_event_user = C.sign * t_stop
     if C.per_sample:  # a failed sample's final state is nan, as a failed solve of it alone
-        y_stop = y_stop.reshape(failed.shape[0], -1)
         y_stop = torch.where(failed[:, None], math.nan, y_stop)
     ys_out = problem.layout.unflatten(torch.stack([problem.y0, y_stop.reshape(problem.y0.shape)]))
     dense_out = _dense(problem, hooks, t_stop if C.per_sample else float(t_stop[0]))

@@ -31,10 +31,10 @@ from torch import Tensor
 from .lanes import Clock, LaneClock, SharedClock
 from .norms import lane_norm, mixed_rms_norm, rms_norm
 from .options import TORCHDIFFEQ_OPTIONS
-from .state import CountedFunc, State, StateLayout, check_func_output
+from .state import CountedFunc, State, StateLayout
 
 __all__ = ["State", "StateLayout", "CountedFunc", "Problem", "make_problem", "check_options",
-           "check_func_output", "check_tolerance", "retime", "FAR"]
+           "check_tolerance", "retime", "FAR"]
 
 #: The end time of an unbounded event search (``t1 = ±inf``); the solve is then bounded by
 #: ``options["max_num_steps"]`` alone.
@@ -133,12 +133,11 @@ def _check_times(t: Any, batch: int | None) -> Tensor:
     return t
 
 
-def _canonical_rows(t: Tensor, search: bool) -> tuple[list[list[float]], list[float]]:
+def _canonical_rows(t: Tensor, search: bool) -> list[list[float]]:
     """The user's times as checked rows of Python floats (``inf`` search ends become
-    ``FAR``), and each row's direction (+1/-1)."""
+    ``FAR``)."""
     values = t.detach().tolist()  # host sync: once per solve (exact Python floats)
     rows = [values] if t.ndim == 1 else values
-    signs = []
     for r, row in enumerate(rows):
         where = f"t[{r}]" if len(rows) > 1 else "t"
         for i, v in enumerate(row[:1] if search else row):
@@ -163,8 +162,7 @@ def _canonical_rows(t: Tensor, search: bool) -> tuple[list[list[float]], list[fl
             row[1] = math.copysign(FAR, row[1])
             if (row[1] > 0 and row[0] >= FAR) or (row[1] < 0 and row[0] <= -FAR):
                 raise ValueError(f"t[0] = {row[0]} is beyond the unbounded search's range")
-        signs.append(sign)
-    return rows, signs
+    return rows
 
 
 def check_tolerance(name: str, tol: Any, layout: StateLayout) -> float | Tensor:
@@ -175,7 +173,7 @@ def check_tolerance(name: str, tol: Any, layout: StateLayout) -> float | Tensor:
             expected = len(layout.shapes) if layout.is_tuple else "y0 is a tensor"
             raise ValueError(f"{name} given as a sequence needs one value per component of a "
                              f"tuple y0 ({expected}), got {len(tol)}")
-        values = [float(_scalar_tolerance(f"{name}[{i}]", v)) for i, v in enumerate(tol)]
+        values = [_scalar_tolerance(f"{name}[{i}]", v) for i, v in enumerate(tol)]
         return torch.cat([torch.full((size,), v, dtype=layout.real_dtype, device=layout.device)
                           for v, size in zip(values, layout.sizes)])
     return _scalar_tolerance(name, tol)
@@ -252,13 +250,10 @@ def make_problem(func: Callable[..., Any], y0: State, t: Tensor, rtol: Any, atol
     if lanes_api and not per_sample:
         batch, t = None, t.reshape(-1)
     layout = StateLayout.of(parts, is_tuple, batch)
-    rows, signs = _canonical_rows(t, search)
-    if per_sample:
-        grid, sign = (torch.tensor(v, dtype=torch.float64, device=layout.device)
-                      for v in (rows, signs))
-        clock = _clock(grid.expand(batch, -1), sign.expand(batch), layout, lanes_api)
-    else:
-        clock = _clock(rows[0], signs[0], layout, lanes_api)
+    rows = _canonical_rows(t, search)
+    grid = (torch.tensor(rows, dtype=torch.float64, device=layout.device).expand(batch, -1)
+            if per_sample else rows[0])
+    clock = _clock(grid, layout, lanes_api)
     flat = layout.flatten(y0)
     if not bool(torch.isfinite(flat).all()):  # host sync: once per solve
         raise ValueError("y0 must be finite; it contains inf or nan")
@@ -272,27 +267,24 @@ def make_problem(func: Callable[..., Any], y0: State, t: Tensor, rtol: Any, atol
                    lanes_api=lanes_api)
 
 
-def _clock(grid: Any, sign: Any, layout: StateLayout, lane_time: bool) -> Clock:
-    """The clock of user times ``grid`` in direction ``sign``: a ``(B, T)`` tensor and
-    ``(B,)`` signs (per sample), or a sequence of floats and a float (one lane)."""
+def _clock(grid: Any, layout: StateLayout, lane_time: bool) -> Clock:
+    """The clock of checked, monotone user times ``grid``: a ``(B, T)`` float64 tensor (per
+    sample) or a sequence of floats (one lane); each row's direction gives its sign."""
     if isinstance(grid, Tensor):
-        return LaneClock((sign[:, None] * grid).contiguous(), sign.contiguous(),
-                         layout.real_dtype)
+        sign = torch.where(grid[:, -1] >= grid[:, 0], 1.0, -1.0).to(grid)
+        return LaneClock((sign[:, None] * grid).contiguous(), sign, layout.real_dtype)
+    sign = 1.0 if len(grid) < 2 or grid[-1] >= grid[0] else -1.0
     return SharedClock([sign * v for v in grid], sign, layout.real_dtype, layout.device,
                        lane_time=lane_time)
 
 
 def retime(problem: Problem, grid: Any, y0: Tensor) -> Problem:
-    """``problem`` with other canonical output times and initial state, already checked:
-    ``grid`` a sequence of floats (one lane; its direction gives the sign) or a ``(B, T)``
-    tensor (per sample, rows increasing in canonical time). Used to solve one problem
-    again over many intervals without validating it again."""
-    if isinstance(grid, Tensor):
-        sign, t_user = torch.where(grid[:, -1] >= grid[:, 0], 1.0, -1.0).to(grid), grid
-    else:
+    """``problem`` with other output times (in its canonical time) and initial state, already
+    checked: ``grid`` as :func:`_clock` takes it. Used to solve one problem again over many
+    intervals without validating it again."""
+    if not isinstance(grid, Tensor):
         grid = [float(v) for v in grid]
-        sign = 1.0 if len(grid) < 2 or grid[-1] >= grid[0] else -1.0
-        t_user = torch.tensor(grid, dtype=torch.float64)
-    clock = _clock(grid, sign, problem.layout, getattr(problem.clock, "lane_time", False))
+    clock = _clock(grid, problem.layout, problem.lanes_api)
+    t_user = grid if isinstance(grid, Tensor) else torch.tensor(grid, dtype=torch.float64)
     return replace(problem, clock=clock, y0=y0, t=t_user,
                    func=CountedFunc(problem.user_func, problem.layout, clock))

@@ -33,8 +33,8 @@ class Progress:
 
     def __init__(self, clock: Any, desc: str = "solve"):
         self.lanes = clock.per_sample
-        self.t0, self.t1, self.sign = clock.t0, clock.t_end, clock.sign
-        span = self.t1 - self.t0
+        self.t0, self.sign = clock.t0, clock.sign
+        span = clock.t_end - self.t0
         self.span = span.clamp(min=1e-300) if self.lanes else max(span, 1e-300)
         self._next = 0.0
         self._desc = desc

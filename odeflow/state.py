@@ -158,21 +158,19 @@ class CountedFunc:
         """Evaluate just after (``side=+1``) or before (``-1``) canonical time ``t``.
 
         The time is moved by one unit in the last place of the dtype ``func`` sees, so that
-        a ``func`` with a discontinuity at a stop is evaluated on the intended side. In
-        per-sample mode ``side`` is a ``(B,)`` integer tensor (``0``: not moved).
+        a ``func`` with a discontinuity at a stop is evaluated on the intended side. Per
+        sample, ``side`` may be a ``(B,)`` integer tensor (``0``: not moved).
         """
         self.nfe += 1
         tt = self.clock.user_time(t)
         sign = self.clock.sign
-        if self.clock.per_sample and not isinstance(side, Tensor):
-            side = torch.full_like(sign, side)
-        if isinstance(side, Tensor):
-            toward = torch.where(side * sign > 0, math.inf, -math.inf).to(tt.dtype)
-            tt = torch.where(side != 0, torch.nextafter(tt, toward), tt)
-        else:
+        if not self.clock.per_sample:
             toward = math.inf if side * sign > 0 else -math.inf
-            tt = torch.nextafter(tt, torch.full_like(tt, toward))
-        return self._call(tt, y)
+            return self._call(torch.nextafter(tt, torch.full_like(tt, toward)), y)
+        moved = torch.nextafter(tt, torch.where(side * sign > 0, math.inf, -math.inf).to(tt.dtype))
+        if isinstance(side, Tensor):
+            moved = torch.where(side != 0, moved, tt)
+        return self._call(moved, y)
 
     def _call_simple(self, tt: Tensor, y: Tensor) -> Tensor:
         out = self.func(tt, y)

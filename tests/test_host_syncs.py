@@ -155,11 +155,12 @@ _A = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=F64)
 #: Fixed grid: the initial step is not needed, the end check is (check_fixed_grid_finite).
 #: Per sample, 9: t, y0 finite, forward_only (LaneClock), stops (_stop_matrix), the first
 #: `left` flag, n_accepted and n_rejected totals, statuses (failure), SampleStats. Events
-#: add the event_fn(t0) check, the unbounded-search test and a second status read.
+#: add the event_fn(t0) check and a second status read (the unbounded-search test is one
+#: lane's: no sync).
 SETUP_JOINT = 5
 SETUP_FIXED = 4
 SETUP_PER_SAMPLE = 9
-SETUP_PER_SAMPLE_EVENTS = 12
+SETUP_PER_SAMPLE_EVENTS = 11
 
 
 def _linear(dtype: torch.dtype):

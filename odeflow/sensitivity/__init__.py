@@ -19,7 +19,7 @@ flow at the computed solution (``dy(t_i)/dt_i = f(t_i, y_i)``, ``dy(t_i)/dt_0 =
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -33,8 +33,7 @@ __all__ = ["GRADIENTS", "find_params", "closure_leaves", "add_grads", "first_goo
 GRADIENTS = ("direct", "adjoint", "checkpoint")
 
 
-def find_params(func: Callable[..., Any], params: Sequence[Tensor] | None, mode: str,
-                problem: Problem) -> tuple[Tensor, ...]:
+def find_params(params: Sequence[Tensor] | None, mode: str, problem: Problem) -> tuple[Tensor, ...]:
     """The tensors whose gradients ``mode`` must return: ``params``, or ``func``'s parameters.
 
     For ``mode="checkpoint"`` and a plain function (not an ``nn.Module``) without
@@ -49,8 +48,8 @@ def find_params(func: Callable[..., Any], params: Sequence[Tensor] | None, mode:
         for i, p in enumerate(params):
             if not isinstance(p, Tensor):
                 raise TypeError(f"adjoint_params[{i}] must be a tensor, got {type(p).__name__}")
-    elif isinstance(func, torch.nn.Module):
-        params = tuple(func.parameters())
+    elif isinstance(problem.user_func, torch.nn.Module):
+        params = tuple(problem.user_func.parameters())
     elif mode == "checkpoint":
         params = closure_leaves(problem)
     else:

@@ -55,8 +55,7 @@ class _Checkpoint(torch.autograd.Function):
             grad_last = grad_last.reshape(records[0].y.shape)
         adj = grad_last.clone()
         if event_found is not None:  # y_last of event lanes is injected at their event
-            adj = torch.where(event_found.reshape(-1, *([1] * (adj.ndim - 1)))
-                              if C.per_sample else event_found.reshape(()), 0.0, adj)
+            adj = torch.where(event_found[:, None] if C.per_sample else event_found[0], 0.0, adj)
         param_grads: list[Tensor | None] = [None] * len(params)
         for rec in reversed(records):
             with torch.enable_grad():
