@@ -75,6 +75,9 @@ class Hooks:
     progress: Any = None  # progress.Progress
     stage_hook: Callable | None = None  # stage_hook(accepted, dt) after each decision
     skip: Tensor | None = None  # (B,) lanes not to solve (they keep y0)
+    # land(t, y, landed) -> y: the state after lanes landed on a stop (the adjoint's jumps at
+    # output times); one lane: None where nothing jumps. Per sample FSAL is then off.
+    land: Callable | None = None
 
 
 @dataclass
@@ -177,7 +180,8 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
     any_jumps = stop_jump is not None
     cb_step, cb_accept, cb_reject = cfg.callbacks
     event, dense, progress = hooks.event, hooks.dense, hooks.progress
-    adaptive, fsal_loop = cfg.adaptive, cfg.fsal
+    adaptive, land_hook = cfg.adaptive, hooks.land
+    fsal_loop = cfg.fsal and (shared or land_hook is None)
     min_step, max_step, max_num_steps = cfg.min_step, cfg.max_step, cfg.max_num_steps
     bounded = min_step > 0 or max_step < math.inf
     ws = None if torch.is_grad_enabled() else stepper.workspace(y)
@@ -378,6 +382,14 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         active = still
         if not any_left:
             break
+        if land_hook is not None:
+            if not shared:  # (each lane's f0 is evaluated afresh: FSAL is off)
+                y = land_hook(t, y, ok & land)
+            elif ok and land and (jumped := land_hook(t, y, True)) is not None:
+                # A new state: the stepper's history, |y| and the FSAL derivative start afresh.
+                y, state, abs_y = jumped, stepper.init(jumped), jumped.detach().abs()
+                if fsal_loop:
+                    f0 = f.perturbed(t, y, +1) if cfg.perturb else f(t, y)
         if adaptive:
             dt, ctrl = cfg.controller.propose(dt_try, ratio, ok, k, ctrl)
             # (per sample, a stopped lane's dt is never read again: no mask)
