@@ -110,7 +110,6 @@ class LoopResult:
     y_last: Tensor
     status: Any  # Status code(s) per lane
     dt_last: Any = None  # the last attempted step size(s)
-    dt_next: Any = None  # one lane: the step size the controller chose last (before landing)
     lanes: Any = None  # per sample: (status, n_steps, n_accepted, n_rejected) tensors
     records: list[StepRecord] | None = None
     state: Any = None  # the stepper's carried state at the end
@@ -160,9 +159,9 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
                 reached = reached & ~hooks.skip
             ys[1] = torch.where(C.row_mask(reached, y_last), y_last, math.nan)
         return LoopResult(ys if shared else ys[:n_out], stats, t_last, y_last, status,
-                          dt_last, dt if shared else None, lanes, records, state)
+                          dt_last, lanes, records, state)
 
-    counts = dt_last = state = dt = None
+    counts = dt_last = state = None
     if n_out == 1:
         return result(t, y)
     stops, stop_jump = cfg.stops, cfg.stop_jump
