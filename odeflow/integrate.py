@@ -71,7 +71,7 @@ class Hooks:
     """Optional observers of the loop (``None`` costs nothing)."""
 
     event: Any = None  # event_location.EventLocator
-    dense: list | None = None  # receives (detached interpolant, accepted mask) per step
+    dense: Any = None  # .append((detached interpolant, accepted mask)) per step
     progress: Any = None  # progress.Progress
     stage_hook: Callable | None = None  # stage_hook(accepted, dt) after each decision
     skip: Tensor | None = None  # (B,) lanes not to solve (they keep y0)

@@ -199,7 +199,7 @@ class _Adjoint(torch.autograd.Function):
             ys = torch.where(keep, ys, ys[:1, good:good + 1])
             if interpolating:
                 quadrature = LanesQuadrature(f, params, trajectory)
-                hooks = Hooks(dense=quadrature.pieces, skip=ctx.failed)
+                hooks = Hooks(dense=quadrature, skip=ctx.failed)
             else:
                 b = config.spec.build(config.options).coefficients(ys.dtype, ys.device)[1]
                 quadrature = _Quadrature(params, b)
