@@ -190,7 +190,7 @@ class _Adjoint(torch.autograd.Function):
             return (None, None, None, torch.zeros_like(grad_ys[-1]),
                     *(torch.zeros_like(p) for p in params))
         options = _backward_options(config.options, problem, params)
-        hooks = quadrature = None
+        hooks, quadrature = Hooks(skip=ctx.failed if lanes else None), None
         # After an implicit forward, y(τ) from its dense output: see interpolating_adjoint.py
         trajectory = DenseOutput(problem, ctx.pieces).canonical if interpolating else None
         if lanes:
@@ -198,12 +198,10 @@ class _Adjoint(torch.autograd.Function):
             grad_ys = torch.where(keep, torch.nan_to_num(grad_ys), 0.0)
             ys = torch.where(keep, ys, ys[:1, good:good + 1])
             if interpolating:
-                quadrature = LanesQuadrature(f, params, trajectory)
-                hooks = Hooks(dense=quadrature, skip=ctx.failed)
+                quadrature = hooks.dense = LanesQuadrature(f, params, trajectory)
             else:
                 b = config.spec.build(config.options).coefficients(ys.dtype, ys.device)[1]
-                quadrature = _Quadrature(params, b)
-                hooks = Hooks(stage_hook=quadrature, skip=ctx.failed)
+                quadrature = hooks.stage_hook = _Quadrature(params, b)
         aug = _augmented_dynamics(problem, params, quadrature if not interpolating else None,
                                   trajectory_reader(trajectory, lanes) if interpolating else None)
         if interpolating and options.get("norm") is not None:
@@ -248,7 +246,6 @@ class _Adjoint(torch.autograd.Function):
             1.0 if isinstance(atol, Tensor) else atol, config.spec.name, options),
             rtol=rtol, atol=atol)
         if n_out > 2:
-            hooks = hooks or Hooks()
             hooks.land = _OutputJumps(-C.grid if lanes else [-v for v in C.grid], ys, grad_ys,
                                       aug_problem.layout, interpolating)
         nfe_before = f.nfe
@@ -259,9 +256,9 @@ class _Adjoint(torch.autograd.Function):
             quadrature.flush()
         final = aug_problem.layout.unflatten(result.y_last if lanes else result.ys[-1])
         final = (None, *final) if interpolating else final
-        a, g, n_steps = final[1] + grad_ys[0], tuple(final[2:]), result.stats.n_steps
+        a, g = final[1] + grad_ys[0], tuple(final[2:])
         ctx.stats.nfe_backward += f.nfe - nfe_before
-        ctx.stats.n_steps_backward += n_steps
+        ctx.stats.n_steps_backward += result.stats.n_steps
         if quadrature is not None:
             grads = [torch.zeros_like(p) if q is None else q.to(p.dtype)
                      for q, p in zip(quadrature.grads, params)]
