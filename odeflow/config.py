@@ -124,7 +124,11 @@ class LazyGrid:
 
 
 def _fixed_grid(problem: Problem, search: bool) -> Any:
-    """The stop times of a fixed-grid solve, without its start (the loop starts there)."""
+    """The stop times of a fixed-grid solve, without its start (the loop starts there).
+
+    ``options["step_t"]`` are times the grid lands on and starts again from (the adjoint's
+    output times): each segment between them gets its own ``step_size`` grid.
+    """
     opts, C = problem.options, problem.clock
     constructor = opts.get("grid_constructor")
     max_num_steps = max_steps(opts)
@@ -132,37 +136,54 @@ def _fixed_grid(problem: Problem, search: bool) -> Any:
     if search and h is None:
         raise ValueError("event_fn with a fixed-grid method needs options['step_size'] "
                          "(the search has no end time to build a grid on)")
+    restarts = _user_times(problem, "step_t")
     if C.per_sample:
         if constructor is not None:
             raise ValueError("options['grid_constructor'] is not supported with "
                              "options['per_sample']; give options['step_size'] (each sample "
                              "then steps from its own t0) or the output times")
+        extra = [] if restarts is None else [(_lane_times(restarts, C.sign, C.batch, "step_t"),
+                                              False)]
         if h is None:
-            return C.grid[:, 1:].contiguous()
-        span = C.grid[:, -1] - C.grid[:, 0]
-        n = torch.clamp(torch.ceil(span / h - 1e-9), min=1).long()
-        n_max = int(n.max())  # host sync: setup only
+            return (_stop_matrix(C.grid, [(C.grid[:, 1:-1], False), *extra])[0] if extra
+                    else C.grid[:, 1:].contiguous())
+        ends = _stop_matrix(C.grid, extra)[0] if extra else C.grid[:, -1:]
+        starts = torch.cat([C.grid[:, :1], ends[:, :-1]], 1)
+        n = torch.where(torch.isfinite(ends),
+                        torch.clamp(torch.ceil((ends - starts) / h - 1e-9), min=1), 0.0)
+        n_max = int(n.sum(1).max())  # host sync: setup only
     else:
         t0, t1 = C.grid[0], C.grid[-1]
+        inner = sorted({C.sign * v for v in restarts or () if t0 < C.sign * v < t1})
         if h is None:
-            if constructor is not None:
-                return _constructed_grid(problem, constructor, max_num_steps)[1:]
-            return list(C.grid[1:])
+            grid = (_constructed_grid(problem, constructor, max_num_steps)[1:]
+                    if constructor is not None else list(C.grid[1:]))
+            return sorted({*grid, *inner}) if inner else grid
+        ends = [*inner, t1]
+        starts = [t0, *inner]
         # A tolerance of 1e-9 steps keeps (t1 - t0) / h = 10.000000000000002 from adding a
         # sliver step.
-        n_max = n = max(1, math.ceil((t1 - t0) / h - 1e-9))
-        if search:
-            return LazyGrid(t0, t1, h, n)
+        n = [max(1, math.ceil((b - a) / h - 1e-9)) for a, b in zip(starts, ends)]
+        n_max = sum(n)
+        if search and not inner:
+            return LazyGrid(t0, t1, h, n_max)
     if n_max > max_num_steps and not search:
         longest = "longest " if C.per_sample else ""
         raise ValueError(f"options['step_size']={h!r} needs {n_max} steps over the {longest}time "
                          f"span, more than max_num_steps={max_num_steps}; raise "
                          "options['max_num_steps'] to allow it")
     if not C.per_sample:
-        return [t0 + i * h for i in range(1, n)] + [t1]
-    i = torch.arange(1, n_max + 1, dtype=torch.float64, device=span.device)
-    return torch.where(i < n[:, None], C.grid[:, :1] + i * h,
-                       torch.where(i == n[:, None], C.grid[:, -1:], math.inf))
+        return [x for a, b, k in zip(starts, ends, n) for x in (
+            *(a + i * h for i in range(1, k)), b)]
+    pieces = []
+    for a, b, k in zip(starts.T, ends.T, n.T):  # each segment, for every lane at once
+        # (a search stops after max_num_steps: an unbounded one's grid is cut there)
+        last = min(int(k.max()), max_num_steps + 1)
+        i = torch.arange(1, last + 1, dtype=torch.float64, device=a.device)
+        pieces.append(torch.where(i < k[:, None], a[:, None] + i * h,
+                                  torch.where(i == k[:, None], b[:, None], math.inf)))
+    grid = torch.cat(pieces, 1)
+    return grid if len(pieces) == 1 else grid.sort(1)[0]
 
 
 def _constructed_grid(problem: Problem, constructor: Any, max_num_steps: int) -> list[float]:

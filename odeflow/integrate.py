@@ -71,10 +71,13 @@ class Hooks:
     """Optional observers of the loop (``None`` costs nothing)."""
 
     event: Any = None  # event_location.EventLocator
-    dense: list | None = None  # receives (detached interpolant, accepted mask) per step
+    dense: Any = None  # .append((detached interpolant, accepted mask)) per step
     progress: Any = None  # progress.Progress
     stage_hook: Callable | None = None  # stage_hook(accepted, dt) after each decision
     skip: Tensor | None = None  # (B,) lanes not to solve (they keep y0)
+    # land(t, y, landed) -> y: the state after lanes landed on a stop (the adjoint's jumps at
+    # output times); one lane: None where nothing jumps. Per sample FSAL is then off.
+    land: Callable | None = None
 
 
 @dataclass
@@ -107,7 +110,6 @@ class LoopResult:
     y_last: Tensor
     status: Any  # Status code(s) per lane
     dt_last: Any = None  # the last attempted step size(s)
-    dt_next: Any = None  # one lane: the step size the controller chose last (before landing)
     lanes: Any = None  # per sample: (status, n_steps, n_accepted, n_rejected) tensors
     records: list[StepRecord] | None = None
     state: Any = None  # the stepper's carried state at the end
@@ -157,9 +159,9 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
                 reached = reached & ~hooks.skip
             ys[1] = torch.where(C.row_mask(reached, y_last), y_last, math.nan)
         return LoopResult(ys if shared else ys[:n_out], stats, t_last, y_last, status,
-                          dt_last, dt if shared else None, lanes, records, state)
+                          dt_last, lanes, records, state)
 
-    counts = dt_last = state = dt = None
+    counts = dt_last = state = None
     if n_out == 1:
         return result(t, y)
     stops, stop_jump = cfg.stops, cfg.stop_jump
@@ -177,7 +179,8 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
     any_jumps = stop_jump is not None
     cb_step, cb_accept, cb_reject = cfg.callbacks
     event, dense, progress = hooks.event, hooks.dense, hooks.progress
-    adaptive, fsal_loop = cfg.adaptive, cfg.fsal
+    adaptive, land_hook = cfg.adaptive, hooks.land
+    fsal_loop = cfg.fsal and (shared or land_hook is None)
     min_step, max_step, max_num_steps = cfg.min_step, cfg.max_step, cfg.max_num_steps
     bounded = min_step > 0 or max_step < math.inf
     ws = None if torch.is_grad_enabled() else stepper.workspace(y)
@@ -378,6 +381,14 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
         active = still
         if not any_left:
             break
+        if land_hook is not None:
+            if not shared:  # (each lane's f0 is evaluated afresh: FSAL is off)
+                y = land_hook(t, y, ok & land)
+            elif ok and land and (jumped := land_hook(t, y, True)) is not None:
+                # A new state: the stepper's history, |y| and the FSAL derivative start afresh.
+                y, state, abs_y = jumped, stepper.init(jumped), jumped.detach().abs()
+                if fsal_loop:
+                    f0 = f.perturbed(t, y, +1) if cfg.perturb else f(t, y)
         if adaptive:
             dt, ctrl = cfg.controller.propose(dt_try, ratio, ok, k, ctrl)
             # (per sample, a stopped lane's dt is never read again: no mask)

@@ -44,11 +44,11 @@ def test_joint_failure_keeps_scipys_message_with_throw_false():
     assert f"t={e.value.t!r}. SciPy said: " in sol.stats.message
 
 
-def test_adjoint_backward_failure_through_scipy_is_the_adjoints_error():
-    """A SciPy backward solve that fails (``func`` is nan under autograd below t = 0.5, so
-    only the backward solve sees it) raises the adjoint's error, which names the backward
-    solve, at the end of its last accepted step, above t = 0.5 (before: SciPy's own error,
-    at t = 1); the bridge stops SciPy at the first non-finite derivative."""
+def test_adjoint_backward_failure_after_scipy_is_the_adjoints_error():
+    """A backward solve after a SciPy forward (dopri5 by default: SciPy cannot restart its
+    state at output times) that fails (``func`` is nan under autograd below t = 0.5, so only
+    the backward solve sees it) raises the adjoint's error, which names the backward solve,
+    at the end of its last accepted step, above t = 0.5."""
     p = torch.tensor(0.5, dtype=F64, requires_grad=True)
 
     def f(t, y):
@@ -57,8 +57,8 @@ def test_adjoint_backward_failure_through_scipy_is_the_adjoints_error():
         return y * p
 
     ys = odeflow.odeint_adjoint(f, torch.ones(1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64),
-                                adjoint_params=(p,), adjoint_method="scipy_solver",
-                                adjoint_options={"solver": "RK45"})
+                                adjoint_params=(p,), method="scipy_solver",
+                                options={"solver": "RK45"})
     with pytest.raises(SolveError, match="non-finite.*adjoint's backward solve") as e:
         ys[-1].sum().backward()
     assert e.value.status == Status.NONFINITE and 0.5 <= e.value.t < 1.0

@@ -95,9 +95,9 @@ def test_gradients_by_the_adjoint_with_a_runge_kutta_backward():
     span = GRIDS[:, 1:] - GRIDS[:, :1]
     exact = (-span * torch.exp(-k.detach()[:, None] * span)).sum(1)
     assert torch.allclose(grad, exact, rtol=1e-7, atol=0)
-    # SciPy cannot be the per-sample backward (its quadrature takes Runge-Kutta stages; by
-    # default it takes dopri5)
-    with pytest.raises(ValueError, match="explicit Runge-Kutta adjoint_method"):
+    # SciPy cannot be the backward solve (it cannot restart its state at the output times;
+    # by default it is dopri5)
+    with pytest.raises(ValueError, match="adjoint_method='scipy_solver' is not supported"):
         odeflow.solve(field, y0, GRIDS, method="scipy_solver", options=PS,
                       gradient="adjoint", adjoint_params=(k,), adjoint_method="scipy_solver")
     with pytest.raises(ValueError, match="neither event_fn nor dense"):

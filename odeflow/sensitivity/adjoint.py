@@ -4,12 +4,13 @@ With ``a(t) = ∂L/∂y(t)``, the augmented state ``(y, a, g)`` obeys
 
     dy/dt = f(t, y, θ),   da/dt = -a ∂f/∂y,   dg/dt = -a ∂f/∂θ,
 
-solved from each output time back to the previous one, starting from the forward
-solution's ``y``, with the incoming ``∂L/∂y(t_i)`` added to ``a`` at every output time
-(Chen, Rubanova, Bettencourt & Duvenaud, "Neural Ordinary Differential Equations",
-NeurIPS 2018, Appendix B). ``y`` is integrated backwards together with ``a`` and ``g``
-because the backward solve takes its own steps and needs ``y`` at them. Each evaluation
-of the augmented system is one ``func`` call plus one vector–Jacobian product.
+solved backwards from the last output time to the first in one solve that lands on every
+output time between: there ``a`` gains the incoming ``∂L/∂y(t_i)`` and ``y`` starts again
+from the forward solution's (Chen, Rubanova, Bettencourt & Duvenaud, "Neural Ordinary
+Differential Equations", NeurIPS 2018, Appendix B). ``y`` is integrated backwards together
+with ``a`` and ``g`` because the backward solve takes its own steps and needs ``y`` at them.
+Each evaluation of the augmented system is one ``func`` call plus one vector–Jacobian
+product.
 
 ``adjoint_options=dict(norm="seminorm")`` leaves ``g`` out of the error norm (Kidger,
 Chen & Lyons, ICML 2021): ``g`` never feeds back into ``y`` or ``a``, so its error does not
@@ -30,7 +31,7 @@ from ..dense import DenseOutput
 from ..integrate import Hooks
 from ..linalg import make_linear_solver
 from ..norms import rms_norm
-from ..options import validate_options
+from ..options import DEFAULT_MAX_NUM_STEPS, validate_options
 from ..problem import Problem, check_options, check_tolerance, make_problem, retime
 from ..run import failure, run
 from ..solvers import MethodSpec, get_method
@@ -62,6 +63,10 @@ def make_adjoint_config(rtol: Any, atol: Any, method: str | None, options: dict 
         per_sample = bool((options or {}).get("per_sample", False))
         adjoint_method = get_method(method).adjoint_default(per_sample) or method
     spec = get_method(adjoint_method)
+    if spec.external:
+        raise ValueError("adjoint_method='scipy_solver' is not supported: the backward solve "
+                         "restarts its state at every output time, which SciPy's solve cannot; "
+                         "name an odeflow method (after a SciPy forward the default is dopri5)")
     if adjoint_options is None:
         adjoint_options = {k: v for k, v in (options or {}).items()
                            if k != "norm" and k in spec.valid_options}
@@ -172,9 +177,9 @@ class _Adjoint(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_ys: Tensor):  # type: ignore[override]
-        """The system backwards with the one loop, from each output time to the previous
-        one, adding ``∂L/∂y`` at each. Per sample, every sample at once on its own
-        intervals; samples that failed forward get no gradient."""
+        """The system backwards with the one loop, in one solve from the last output time to
+        the first, adding ``∂L/∂y`` at each. Per sample, every sample at once on its own
+        times; samples that failed forward get no gradient."""
         problem: Problem = ctx.problem
         config: AdjointConfig = ctx.config
         ys, params = ctx.saved_tensors[0], ctx.saved_tensors[1:]
@@ -185,7 +190,7 @@ class _Adjoint(torch.autograd.Function):
             return (None, None, None, torch.zeros_like(grad_ys[-1]),
                     *(torch.zeros_like(p) for p in params))
         options = _backward_options(config.options, problem, params)
-        hooks = quadrature = None
+        hooks, quadrature = Hooks(skip=ctx.failed if lanes else None), None
         # After an implicit forward, y(τ) from its dense output: see interpolating_adjoint.py
         trajectory = DenseOutput(problem, ctx.pieces).canonical if interpolating else None
         if lanes:
@@ -193,12 +198,10 @@ class _Adjoint(torch.autograd.Function):
             grad_ys = torch.where(keep, torch.nan_to_num(grad_ys), 0.0)
             ys = torch.where(keep, ys, ys[:1, good:good + 1])
             if interpolating:
-                quadrature = LanesQuadrature(f, params, trajectory)
-                hooks = Hooks(dense=quadrature.pieces, skip=ctx.failed)
+                quadrature = hooks.dense = LanesQuadrature(f, params, trajectory)
             else:
                 b = config.spec.build(config.options).coefficients(ys.dtype, ys.device)[1]
-                quadrature = _Quadrature(params, b)
-                hooks = Hooks(stage_hook=quadrature, skip=ctx.failed)
+                quadrature = hooks.stage_hook = _Quadrature(params, b)
         aug = _augmented_dynamics(problem, params, quadrature if not interpolating else None,
                                   trajectory_reader(trajectory, lanes) if interpolating else None)
         if interpolating and options.get("norm") is not None:
@@ -224,37 +227,38 @@ class _Adjoint(torch.autograd.Function):
         n_g, with_y = sum(sizes) * len(g), not interpolating
         rtol = _backward_tolerance("adjoint_rtol", config.rtol, problem, n_g, with_y)
         atol = _backward_tolerance("adjoint_atol", config.atol, problem, n_g, with_y)
-        nfe_before, n_steps, aug_problem, result = f.nfe, 0, None, None
-        # One lane continues with its step size from interval to interval (per sample each
-        # interval probes its starting steps: a finished lane's last proposal is not kept).
-        carry = not lanes and config.spec.adaptive and "first_step" not in config.options
-        for i in range(ys.shape[0] - 1, 0, -1):
-            state = (a, *g) if interpolating else (ys[i], a, *g)
-            span = (torch.stack([C.grid[:, i], C.grid[:, i - 1]], 1) if lanes
-                    else (C.grid[i], C.grid[i - 1]))
-            if aug_problem is None:  # validated once; later intervals only move in time
-                # Scalars are validated by make_problem; per-element tensors are put in after.
-                aug_problem = replace(make_problem(
-                    aug, state, torch.as_tensor(span, dtype=torch.float64),
-                    1.0 if isinstance(rtol, Tensor) else rtol,
-                    1.0 if isinstance(atol, Tensor) else atol, config.spec.name, options),
-                    rtol=rtol, atol=atol)
-            else:
-                aug_problem = retime(aug_problem, span, aug_problem.layout.flatten(state))
-                if carry:  # the step size the last interval ended with: no starting probe
-                    aug_problem = replace(aug_problem, options={
-                        **aug_problem.options, "first_step": result.dt_next})
-            with torch.no_grad():  # (per sample every stage is evaluated: the quadrature's)
-                result = run(aug_problem, config.spec, hooks, fsal=not lanes)[0]
-            _check_backward(problem, aug_problem, result, config, i)
-            n_steps += result.stats.n_steps
-            if isinstance(quadrature, LanesQuadrature):
-                quadrature.flush()
-            final = aug_problem.layout.unflatten(result.y_last if lanes else result.ys[-1])
-            final = (None, *final) if interpolating else final
-            a, g = final[1] + grad_ys[i - 1], tuple(final[2:])
+        # One backward solve from the last output time to the first, landing on each output
+        # time between, where the state jumps (_OutputJumps).
+        n_out = ys.shape[0]
+        span = torch.stack([C.grid[:, -1], C.grid[:, 0]], 1) if lanes else torch.tensor(
+            [C.grid[-1], C.grid[0]], dtype=torch.float64)
+        if n_out > 2:
+            inner = C.grid[:, 1:-1] if lanes else list(C.grid[1:-1])
+            given = options.get("step_t")
+            options["step_t"] = inner if given is None else (
+                torch.cat([given, inner], 1) if lanes else [*given, *inner])
+            # (the per-interval solves each had max_num_steps)
+            options["max_num_steps"] = (n_out - 1) * options.get("max_num_steps",
+                                                                 DEFAULT_MAX_NUM_STEPS)
+        state = (a, *g) if interpolating else (ys[-1], a, *g)
+        aug_problem = replace(make_problem(  # scalar tolerances are validated by make_problem
+            aug, state, span, 1.0 if isinstance(rtol, Tensor) else rtol,
+            1.0 if isinstance(atol, Tensor) else atol, config.spec.name, options),
+            rtol=rtol, atol=atol)
+        if n_out > 2:
+            hooks.land = _OutputJumps(-C.grid if lanes else [-v for v in C.grid], ys, grad_ys,
+                                      aug_problem.layout, interpolating)
+        nfe_before = f.nfe
+        with torch.no_grad():  # (per sample every stage is evaluated: the quadrature's)
+            result = run(aug_problem, config.spec, hooks, fsal=not lanes)[0]
+        _check_backward(problem, aug_problem, result, config)
+        if isinstance(quadrature, LanesQuadrature):
+            quadrature.flush()
+        final = aug_problem.layout.unflatten(result.y_last if lanes else result.ys[-1])
+        final = (None, *final) if interpolating else final
+        a, g = final[1] + grad_ys[0], tuple(final[2:])
         ctx.stats.nfe_backward += f.nfe - nfe_before
-        ctx.stats.n_steps_backward += n_steps
+        ctx.stats.n_steps_backward += result.stats.n_steps
         if quadrature is not None:
             grads = [torch.zeros_like(p) if q is None else q.to(p.dtype)
                      for q, p in zip(quadrature.grads, params)]
@@ -265,9 +269,42 @@ class _Adjoint(torch.autograd.Function):
         return (None, None, None, a, *grads)
 
 
-def _check_backward(problem: Problem, aug_problem: Problem, result: Any, config: AdjointConfig,
-                    i: int) -> None:
-    """Raise the error of a failed backward interval ``i`` (per sample, the samples that
+class _OutputJumps:
+    """The backward state's jumps at the forward's output times between the first and the
+    last (the loop's ``land`` hook): ``a`` gains ``∂L/∂y(t_i)``, and the plain adjoint's
+    ``y`` starts again from the forward solution's ``y(t_i)``. ``times``: the output times in
+    the backward solve's canonical time (per sample ``(B, T)``); ``k`` each lane's next
+    output index, counting down."""
+
+    def __init__(self, times: Any, ys: Tensor, grad_ys: Tensor, layout: Any, interpolating: bool):
+        self.times, self.ys, self.grad_ys = times, ys, grad_ys
+        self.layout, self.interpolating = layout, interpolating
+        self.k: Any = ys.shape[0] - 2
+        if isinstance(times, Tensor):
+            self.k = torch.full((ys.shape[1],), self.k, device=ys.device)
+            self.lane = torch.arange(ys.shape[1], device=ys.device)
+
+    def _jumped(self, y: Tensor, k: Any, lane: Any = slice(None)) -> Tensor:
+        state = self.layout.unflatten(y)
+        a = state[0 if self.interpolating else 1] + self.grad_ys[k, lane]
+        new = (a, *state[1:]) if self.interpolating else (self.ys[k, lane], a, *state[2:])
+        return self.layout.flatten(new)
+
+    def __call__(self, t: Any, y: Tensor, landed: Any) -> Tensor | None:
+        k = self.k
+        if not isinstance(k, Tensor):  # one lane, on the host
+            if k < 1 or t != self.times[k]:
+                return None
+            self.k -= 1
+            return self._jumped(y, k)
+        at = landed & (k > 0) & (t == self.times.gather(1, k[:, None])[:, 0])
+        self.k = k - at.long()
+        return torch.where(at[:, None], self._jumped(y, k, self.lane), y)
+
+
+def _check_backward(problem: Problem, aug_problem: Problem, result: Any, config: AdjointConfig
+                    ) -> None:
+    """Raise the error of a failed backward solve (per sample, the samples that
     failed forward are skipped: they keep a success status), saying that it is the
     adjoint's backward solve and what to set."""
     if problem.per_sample:
@@ -283,7 +320,7 @@ def _check_backward(problem: Problem, aug_problem: Problem, result: Any, config:
     err = failure(aug_problem, result, fixed=config.spec.family == "fixed")
     if err is None:
         return
-    span = (problem.user_time(problem.t_out[i]), problem.user_time(problem.t_out[i - 1]))
+    span = (problem.user_time(problem.t_out[-1]), problem.user_time(problem.t_out[0]))
     detail = (f"This was the adjoint's backward solve (the augmented system from t={span[0]!r} "
               f"back to t={span[1]!r}), not the forward solve. Set its solver with "
               "adjoint_options (e.g. dict(norm='seminorm') or a larger max_num_steps), "
@@ -369,8 +406,8 @@ def attach_adjoint(problem: Problem, config: AdjointConfig, stats: SolveStats, y
 
     ``ys`` (stacked flat, ``(T, n)`` or per sample ``(T, B, n)``, no graph) are at
     ``problem``'s output times, or at ``grid`` when given (an event solve passes
-    ``(t0, t_event)``, per sample ``(B, 2)``). Backward solves the adjoint system from each
-    output time back to the previous one with ``config`` and fills ``stats.nfe_backward``.
+    ``(t0, t_event)``, per sample ``(B, 2)``). Backward solves the adjoint system from the
+    last output time back to the first with ``config`` and fills ``stats.nfe_backward``.
     ``pieces``, the forward loop's detached interpolants, make it the interpolating adjoint
     (``y`` read from them, not solved backwards: for stiff problems). ``failed`` samples
     get no gradient.

@@ -65,8 +65,15 @@ class LanesQuadrature:
 
     def __init__(self, f: Any, params: tuple[Tensor, ...], trajectory: Trajectory):
         self.f, self.params, self.trajectory = f, params, trajectory
-        self.pieces: list = []  # the loop's Hooks.dense
+        self.pieces: list = []
         self.grads: list[Tensor | None] = [None] * len(params)
+
+    def append(self, piece: tuple) -> None:
+        """The loop's ``Hooks.dense``: keep an accepted step, integrating every 64 of them
+        (the backward solve's memory stays bounded)."""
+        self.pieces.append(piece)
+        if len(self.pieces) >= 64:
+            self.flush()
 
     def flush(self) -> None:
         """Add the collected steps' share to ``grads`` and forget them."""

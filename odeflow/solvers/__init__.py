@@ -27,7 +27,7 @@ ADAPTIVE_OPTIONS = (
     "norm", "jump_t", "step_t", "dtype", "controller", "per_sample", "compile",
 )
 FIXED_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp", "max_num_steps",
-                 "per_sample")
+                 "step_t", "per_sample")
 IMPLICIT_OPTIONS = ADAPTIVE_OPTIONS + LINEAR_SOLVER_OPTIONS + ("autonomous", "max_newton_iters")
 DEFAULT_METHOD = "dopri5"
 
@@ -102,10 +102,12 @@ class MethodSpec:
         iteration tolerates the block Jacobian the adjoint system gets, where a Rosenbrock
         method would lose order); and per sample after a forward whose steps cannot carry
         the per-sample adjoint's quadrature (it integrates over Runge–Kutta stages): ``rk4``
-        on the same grid after Adams (its start-up method, of the same order), ``dopri5``
-        after SciPy."""
+        on the same grid after Adams (its start-up method, of the same order); ``dopri5``
+        after SciPy, whose solve cannot restart its state at the output times."""
         if self.implicit:
             return "kvaerno5"
+        if self.external:
+            return "dopri5"
         if per_sample and not self.replayable:
             return "rk4" if self.family == "fixed" else "dopri5"
         return None
