@@ -70,8 +70,11 @@ class MethodSpec:
         return self.external or bool(getattr(self.stepper, "per_sample", False))
 
     def check_per_sample(self, options: dict[str, Any], mode: str) -> None:
-        """Refuse what per-sample mode does not support with this method, naming it (every
-        registered method takes one step size per sample: ``per_sample`` is always true)."""
+        """Refuse what per-sample mode does not support with this method, naming it."""
+        if not self.per_sample:  # (a family that declares no per-sample steps)
+            able = [m for m in METHODS if get_method(m).per_sample]
+            raise ValueError(f"options['per_sample'] does not support method={self.name!r}; "
+                             f"methods that take one step size per sample: {', '.join(able)}")
         if not self.implicit:
             return
         # options["jacobian"] works per sample: it gets t (B,) and y (B, n) and returns
