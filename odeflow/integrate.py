@@ -388,7 +388,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
                 # A new state: the stepper's history, |y| and the FSAL derivative start afresh.
                 y, state, abs_y = jumped, stepper.init(jumped), jumped.detach().abs()
                 if fsal_loop:
-                    f0 = f.perturbed(t, y, +1) if cfg.perturb else f(t, y)
+                    f0 = f.perturbed(t, y, f0_side) if f0_side else f(t, y)  # (right of a jump)
         if adaptive:
             dt, ctrl = cfg.controller.propose(dt_try, ratio, ok, k, ctrl)
             # (per sample, a stopped lane's dt is never read again: no mask)

@@ -159,3 +159,28 @@ def test_scipy_forward_adjoint_defaults_to_dopri5_and_names_the_limit():
     with pytest.raises(ValueError, match="adjoint_method='scipy_solver' is not supported"):
         odeflow.solve(_f(p), y0, t, gradient="adjoint", adjoint_params=(p,),
                       adjoint_method="scipy_solver", **kw)
+
+
+def test_an_output_time_on_a_jump_restarts_the_derivative_on_the_backward_side():
+    """``func`` jumps at t = 1 (``t >= 1``), an output time and a ``jump_t``: after the
+    backward solve's state jump there, the derivative it starts from is evaluated one-sided,
+    on the side it goes on to (t < 1; never at t = 1 itself, the other branch), and the
+    gradient is backprop's."""
+    p = torch.tensor(0.7, dtype=F64, requires_grad=True)
+    y0 = torch.tensor([1.0], dtype=F64, requires_grad=True)
+    t = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0], dtype=F64)
+    seen: list[float] = []
+
+    def f(t, y):
+        seen.append(float(t))
+        return -p * y * (1.0 + (t >= 1.0).to(y.dtype))
+
+    def solve(**kw):
+        return odeflow.solve(f, y0, t, rtol=1e-10, atol=1e-12, options={"jump_t": [1.0]}, **kw)
+    sol = solve(gradient="adjoint", adjoint_params=(p,))
+    seen.clear()
+    adjoint = torch.autograd.grad(sol.ys.pow(2).sum(), (p, y0))
+    assert seen and 1.0 not in seen  # (the backward's evaluations)
+    direct = torch.autograd.grad(solve().ys.pow(2).sum(), (p, y0))
+    for a, d in zip(adjoint, direct):
+        torch.testing.assert_close(a, d, rtol=1e-7, atol=0)
