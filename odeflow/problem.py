@@ -61,21 +61,8 @@ class Problem:
     lanes_api: bool = False
 
     @property
-    def t_out(self) -> Any:
-        """Canonical output times: a tuple of floats, or ``(B, T)`` per sample."""
-        return self.clock.grid
-
-    @property
-    def sign(self) -> Any:
-        return self.clock.sign
-
-    @property
     def per_sample(self) -> bool:
         return self.clock.per_sample
-
-    def user_time(self, t: Any) -> Any:
-        """Canonical time -> the user's time."""
-        return self.sign * t
 
 
 def _check_state(y0: Any, per_sample: bool) -> tuple[tuple[Tensor, ...], bool]:
