@@ -50,7 +50,7 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
     if spec.external and (events or dense):
         raise ValueError("method='scipy_solver' supports neither event_fn nor dense=True; use "
                          "an odeflow method (e.g. 'dopri5')")
-    problem = make_problem(func, y0, t, rtol, atol, spec.name, options, search=events)
+    problem = make_problem(func, y0, t, rtol, atol, options, search=events)
     grad_on = torch.is_grad_enabled()
     mode = gradient if grad_on else "direct"
     if problem.lanes_api:

@@ -243,7 +243,7 @@ class _Adjoint(torch.autograd.Function):
         state = (a, *g) if interpolating else (ys[-1], a, *g)
         aug_problem = replace(make_problem(  # scalar tolerances are validated by make_problem
             aug, state, span, 1.0 if isinstance(rtol, Tensor) else rtol,
-            1.0 if isinstance(atol, Tensor) else atol, config.spec.name, options),
+            1.0 if isinstance(atol, Tensor) else atol, options),
             rtol=rtol, atol=atol)
         if n_out > 2:
             hooks.land = _OutputJumps(-C.grid if lanes else [-v for v in C.grid], ys, grad_ys,
