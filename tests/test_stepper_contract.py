@@ -10,7 +10,7 @@ from odeflow.config import loop_config
 from odeflow.integrate import integrate
 from odeflow.problem import make_problem
 from odeflow.solvers import get_method
-from odeflow.solvers.adams import AdamsBashforth
+from odeflow.solvers.adams import Adams
 from odeflow.solvers.base import StepResult
 from odeflow.solvers.explicit_rk import ExplicitRK
 from odeflow.solvers.fixed_grid import FixedGridSteps
@@ -53,7 +53,7 @@ def test_a_failed_step_is_rejected_and_shrunk_not_a_nonfinite_failure():
 def test_solver_state_travels_through_the_loop():
     seen = []
 
-    class Recording(AdamsBashforth):
+    class Recording(Adams):
         def step(self, f, t, y, f0, dt, state, ws=None, **kw):
             seen.append(len(state.times))
             return super().step(f, t, y, f0, dt, state, ws, **kw)
