@@ -110,7 +110,7 @@ class LoopResult:
     y_last: Tensor
     status: Any  # Status code(s) per lane
     dt_last: Any = None  # the last attempted step size(s)
-    lanes: Any = None  # per sample: (status, n_steps, n_accepted, n_rejected) tensors
+    lane_counts: Any = None  # per sample: (n_steps, n_accepted, n_rejected) tensors
     records: list[StepRecord] | None = None
     state: Any = None  # the stepper's carried state at the end
 
@@ -148,7 +148,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
 
     def result(t_last: Any, y_last: Tensor) -> LoopResult:
         n_rej = n_steps - n_acc
-        lanes = None if shared else (status, n_steps, n_acc, n_rej)
+        lane_counts = None if shared else (n_steps, n_acc, n_rej)
         stats.n_accepted, stats.n_rejected = (n_acc, n_rej) if shared else (
             int(n_acc.sum()), int(n_rej.sum()))
         if counts is not None:
@@ -159,7 +159,7 @@ def integrate(problem: Problem, stepper: Any, cfg: LoopConfig,
                 reached = reached & ~hooks.skip
             ys[1] = torch.where(C.row_mask(reached, y_last), y_last, math.nan)
         return LoopResult(ys if shared else ys[:n_out], stats, t_last, y_last, status,
-                          dt_last, lanes, records, state)
+                          dt_last, lane_counts, records, state)
 
     counts = dt_last = state = None
     if n_out == 1:

@@ -145,7 +145,7 @@ def _signed(f: Any, x: Tensor, dims: int) -> Tensor:
 
 
 def _reverse_jacobian(f: Any, t: Any, y: Tensor, with_time: bool, graph: bool,
-                      batched: bool = True) -> tuple[Tensor, Tensor | None]:
+                      batched: bool) -> tuple[Tensor, Tensor | None]:
     """``(J, ∂f/∂t)`` in canonical time by reverse mode: one call of ``f``, then all ``n``
     rows in one vmapped backward pass (``batched``) or one backward pass per row. Per
     sample the ``n`` cotangents are shared by the lanes (they are independent)."""

@@ -50,7 +50,7 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
     if spec.external and (events or dense):
         raise ValueError("method='scipy_solver' supports neither event_fn nor dense=True; use "
                          "an odeflow method (e.g. 'dopri5')")
-    problem = make_problem(func, y0, t, rtol, atol, spec.name, options, search=events)
+    problem = make_problem(func, y0, t, rtol, atol, options, search=events)
     grad_on = torch.is_grad_enabled()
     mode = gradient if grad_on else "direct"
     if problem.lanes_api:
@@ -97,7 +97,6 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
     if C.per_sample and events:  # the loop gave each sample its event or its failure
         result.status = torch.where(result.status == int(Status.SUCCESS), int(Status.NO_EVENT),
                                     result.status)
-        result.lanes = (result.status, *result.lanes[1:])
     err = failure(problem, result, fixed=spec.family == "fixed", unbounded=unbounded,
                   events=events, explicit=spec.adaptive and not spec.implicit)
     stats = result.stats
@@ -122,7 +121,7 @@ def run_solve(func: Callable, y0: Any, t: Tensor, *, rtol: Any, atol: Any, spec:
     record_last_stats(stats)
     sample_stats = None
     if problem.lanes_api:  # (one sample on the scalar clock: (1,) counts)
-        sample_stats = SampleStats(*(result.lanes or tuple(
+        sample_stats = SampleStats(*((result.status, *result.lane_counts) if C.per_sample else (
             torch.tensor([int(v)], device=result.y_last.device)
             for v in (result.status, stats.n_steps, stats.n_accepted, stats.n_rejected))))
     if err is not None and throw:

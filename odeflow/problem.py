@@ -54,28 +54,14 @@ class Problem:
     rtol: float | Tensor
     atol: float | Tensor
     norm: Callable[[Tensor], Any]
-    method: str
     options: dict[str, Any]
     #: ``options["per_sample"]`` was asked for: results take the per-sample form (a batch
     #: of one sample runs on the scalar clock, as its own joint solve)
     lanes_api: bool = False
 
     @property
-    def t_out(self) -> Any:
-        """Canonical output times: a tuple of floats, or ``(B, T)`` per sample."""
-        return self.clock.grid
-
-    @property
-    def sign(self) -> Any:
-        return self.clock.sign
-
-    @property
     def per_sample(self) -> bool:
         return self.clock.per_sample
-
-    def user_time(self, t: Any) -> Any:
-        """Canonical time -> the user's time."""
-        return self.sign * t
 
 
 def _check_state(y0: Any, per_sample: bool) -> tuple[tuple[Tensor, ...], bool]:
@@ -233,7 +219,7 @@ def _norm(options: dict, layout: StateLayout) -> Callable[[Tensor], Any]:
 
 
 def make_problem(func: Callable[..., Any], y0: State, t: Tensor, rtol: Any, atol: Any,
-                 method: str, options: dict[str, Any], *, search: bool = False) -> Problem:
+                 options: dict[str, Any], *, search: bool = False) -> Problem:
     """Validate the user's arguments and build the canonical :class:`Problem`.
 
     ``search``: ``t`` is an event search ``[t0, t1]`` (per row), whose end may be infinite.
@@ -263,7 +249,7 @@ def make_problem(func: Callable[..., Any], y0: State, t: Tensor, rtol: Any, atol
         raise ValueError("rtol and atol cannot both be zero: the error test could never pass")
     return Problem(func=CountedFunc(func, layout, clock), user_func=func, layout=layout,
                    y0=flat, t=t, clock=clock, rtol=rtol_v, atol=atol_v,
-                   norm=_norm(options, layout), method=method, options=options,
+                   norm=_norm(options, layout), options=options,
                    lanes_api=lanes_api)
 
 

@@ -55,7 +55,6 @@ def check_fixed_grid_finite(problem: Problem, result: LoopResult) -> None:
     bad = ~torch.isfinite(result.y_last).all(-1) & (result.status == int(Status.SUCCESS))
     if bool(bad.any()):  # host sync: once per solve
         result.status = torch.where(bad, int(Status.NONFINITE), result.status)
-        result.lanes = (result.status, *result.lanes[1:])
         reached = torch.isfinite(result.ys).all(-1).cumprod(0).bool()  # nan from a bad output
         result.ys = torch.where(reached[..., None], result.ys, math.nan)
 

@@ -10,7 +10,7 @@ import torch
 
 import odeflow
 from odeflow import Status
-from odeflow.solvers.adams import AdamsBashforth, AdamsMoulton, integration_weights, lane_weights
+from odeflow.solvers.adams import Adams, integration_weights, lane_weights
 
 from .problems import poisoned_decay, vdp_batch
 
@@ -86,7 +86,7 @@ def test_convergence_order_per_sample(method, order):
 
 def test_a_lane_at_rest_keeps_its_history_and_state():
     f = lambda t, y: -y  # noqa: E731
-    for stepper in (AdamsBashforth(3), AdamsMoulton(3)):
+    for stepper in (Adams(3), Adams(3, max_iters=4)):
         y0 = torch.tensor([[1.0], [2.0]], dtype=F64, requires_grad=True)
         t, y = torch.zeros(2, dtype=F64), y0
         dt = torch.full((2,), 0.1, dtype=F64)

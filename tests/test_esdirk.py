@@ -188,7 +188,7 @@ def test_kvaerno3_gamma_is_the_root_of_its_cubic():
 # ------------------------------------------------------------------------- a hand-made loop
 def _fixed_steps(name, func, y0, h, n, *, tol=1e-12, dtype=F64, solver=None, **kw):
     """``n`` steps of size ``h`` straight through the stepper (no controller)."""
-    prob = make_problem(func, y0, torch.tensor([0.0, h * n], dtype=dtype), tol, tol, name, {})
+    prob = make_problem(func, y0, torch.tensor([0.0, h * n], dtype=dtype), tol, tol, {})
     f = prob.func
     st = ESDIRK(ESDIRK_TABLEAUS[name], solver or DenseSolver(), rtol=tol, atol=tol, **kw)
     state = st.init(prob.y0)
@@ -223,7 +223,7 @@ def test_newton_failure_returns_ok_false(name):
     """A huge step on a stiff nonlinear problem: ok=False, no exception, no nan, counted."""
     func = lambda t, y: torch.stack([y[1], 1e3 * (1 - y[0] ** 2) * y[1] - y[0]])  # noqa: E731
     y0 = torch.tensor([2.0, 0.0], dtype=F64)
-    prob = make_problem(func, y0, torch.tensor([0.0, 3000.0], dtype=F64), 1e-6, 1e-6, name, {})
+    prob = make_problem(func, y0, torch.tensor([0.0, 3000.0], dtype=F64), 1e-6, 1e-6, {})
     f = prob.func
     st = ESDIRK(ESDIRK_TABLEAUS[name], DenseSolver(), rtol=1e-6, atol=1e-6)
     state = st.init(y0)
@@ -496,7 +496,7 @@ def test_kvaerno5_interpolates_with_order_four():
     for h in (0.4, 0.2, 0.1):
         st = ESDIRK(ESDIRK_TABLEAUS["kvaerno5"], rtol=1e-14, atol=1e-14)
         prob = make_problem(f, torch.ones(1, dtype=F64), torch.tensor([0.0, h], dtype=F64),
-                            1e-14, 1e-14, "kvaerno5", {})
+                            1e-14, 1e-14, {})
         y0 = prob.y0
         res = st.step(prob.func, 0.0, y0, prob.func(0.0, y0), h, st.init(y0), None)
         mid = [abs(st.interpolant(0.0, h, y0, res.y_new, res.stages, None).evaluate(th).item()

@@ -19,7 +19,7 @@ def test_lane_interpolate_equals_the_interpolant_and_the_joint_form():
     k = torch.tensor([1.0, 3.0, 0.5], dtype=F64)
     y0 = torch.tensor([[1.0, 0.5], [2.0, -1.0], [0.3, 0.2]], dtype=F64)
     problem = make_problem(lambda t, y: -k[:, None] * y * y.abs(), y0,
-                           torch.tensor([0.0, 1.0], dtype=F64), 1e-6, 1e-8, "rodas5p",
+                           torch.tensor([0.0, 1.0], dtype=F64), 1e-6, 1e-8,
                            {"per_sample": True})
     spec = get_method("rodas5p")
     stepper = spec.build(problem.options, problem.rtol, problem.atol)

@@ -120,14 +120,14 @@ def test_fixed_grid_restarts_at_step_t():
     from there (so a backward rk4 solve takes each output interval's own grid)."""
     def problem(t, **opts):
         return make_problem(lambda t, y: -y, torch.ones(2, 1, dtype=F64), t, 1e-6, 1e-6,
-                            "rk4", {"per_sample": True, "step_size": 0.4, **opts})
+                            {"per_sample": True, "step_size": 0.4, **opts})
     spec = get_method("rk4")
     t = torch.tensor([[0.0, 2.0], [1.0, 2.0]], dtype=F64)
     grid = loop_config(problem(t, step_t=[0.5, 1.5]), spec, None).stops
     expect = [[0.4, 0.5, 0.9, 1.3, 1.5, 1.9, 2.0], [1.4, 1.5, 1.9, 2.0]]
     for row, want in zip(grid, expect):
         assert row[torch.isfinite(row)].tolist() == pytest.approx(want, abs=1e-15)
-    joint = make_problem(lambda t, y: -y, torch.ones(1, dtype=F64), t[0], 1e-6, 1e-6, "rk4",
+    joint = make_problem(lambda t, y: -y, torch.ones(1, dtype=F64), t[0], 1e-6, 1e-6,
                          {"step_size": 0.4, "step_t": [0.5, 1.5]})
     assert loop_config(joint, spec, None).stops == pytest.approx(expect[0], abs=1e-15)
 

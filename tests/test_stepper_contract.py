@@ -10,7 +10,7 @@ from odeflow.config import loop_config
 from odeflow.integrate import integrate
 from odeflow.problem import make_problem
 from odeflow.solvers import get_method
-from odeflow.solvers.adams import AdamsBashforth
+from odeflow.solvers.adams import Adams
 from odeflow.solvers.base import StepResult
 from odeflow.solvers.explicit_rk import ExplicitRK
 from odeflow.solvers.fixed_grid import FixedGridSteps
@@ -30,16 +30,16 @@ class FailsLargeSteps(ExplicitRK):
         return result
 
 
-def _problem(method="dopri5", options=None):
+def _problem(options=None):
     return make_problem(lambda t, y: -y, torch.ones(2, dtype=F64),
-                        torch.tensor([0.0, 1.0], dtype=F64), 1e-8, 1e-10, method,
-                        options or {})
+                        torch.tensor([0.0, 1.0], dtype=F64), 1e-8, 1e-10, options or {})
 
 
-def _run(problem, stepper, fixed=False):
-    """The one loop on ``problem`` with a given stepper (a fixed grid: wrapped)."""
+def _run(problem, stepper, method="dopri5", fixed=False):
+    """The one loop on ``problem`` with a given stepper (a fixed grid: wrapped), configured
+    as ``method``."""
     stepper = FixedGridSteps(stepper, "linear") if fixed else stepper
-    return integrate(problem, stepper, loop_config(problem, get_method(problem.method), stepper))
+    return integrate(problem, stepper, loop_config(problem, get_method(method), stepper))
 
 
 def test_a_failed_step_is_rejected_and_shrunk_not_a_nonfinite_failure():
@@ -53,12 +53,12 @@ def test_a_failed_step_is_rejected_and_shrunk_not_a_nonfinite_failure():
 def test_solver_state_travels_through_the_loop():
     seen = []
 
-    class Recording(AdamsBashforth):
+    class Recording(Adams):
         def step(self, f, t, y, f0, dt, state, ws=None, **kw):
             seen.append(len(state.times))
             return super().step(f, t, y, f0, dt, state, ws, **kw)
 
-    res = _run(_problem("explicit_adams", dict(step_size=0.1)), Recording(4), fixed=True)
+    res = _run(_problem(dict(step_size=0.1)), Recording(4), "explicit_adams", fixed=True)
     # the history grows to order = 4 entries and stays there; nothing kept on the stepper
     assert seen[:6] == [0, 1, 2, 3, 4, 4]
     # AB4 global error ≈ (251/720) h^4 t e^{-t} ≈ 1.3e-5 at h = 0.1

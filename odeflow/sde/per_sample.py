@@ -202,7 +202,7 @@ def solve_sde_lanes(method: Any, funcs: Any, bm: Any, state0: tuple, y0: Tensor,
     """
     # The loop's own field is unused by SDE methods (they hold drift and diffusion).
     problem = make_problem(lambda t, y: torch.zeros_like(y), y0, ts, 1e-5, 1e-4,
-                           method.name, {"per_sample": True})
+                           {"per_sample": True})
     C = problem.clock
     if not C.per_sample:  # one sample: the scalar clock, whose times are floats
         raise ValueError("solve_sde_lanes needs a batch of at least two samples")

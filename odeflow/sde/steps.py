@@ -142,8 +142,7 @@ def sde_loop(stepper: SDESteps, y0: Tensor, ts: Tensor, times: list[float], dt: 
     ``record`` keeps one :class:`~odeflow.integrate.StepRecord` per step, for the
     checkpointed gradient (:mod:`odeflow.sde.checkpoint`).
     """
-    problem = make_problem(lambda t, y: torch.zeros_like(y), y0, ts, rtol, atol,
-                           stepper.method.name, {})
+    problem = make_problem(lambda t, y: torch.zeros_like(y), y0, ts, rtol, atol, {})
     t0, t1 = times[0], times[-1]
     if adaptive:
         cfg = LoopConfig(True, CONTROLLER, 10**9, dt_min, math.inf, dt, [t1], None,

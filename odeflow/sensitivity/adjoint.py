@@ -136,7 +136,7 @@ def _augmented_dynamics(problem: Problem, params: tuple[Tensor, ...],
     user time). Per sample, ``g`` is not in the state: the explicit adjoint keeps each
     evaluation's ``(dy, a)`` for ``quadrature`` instead. With ``y_at`` (the interpolating
     adjoint, see interpolating_adjoint.py) the state is ``(a[, g])`` and ``y(τ)`` is read."""
-    func, sign, lanes = problem.func, problem.sign, problem.per_sample
+    func, sign, lanes = problem.func, problem.clock.sign, problem.per_sample
 
     def aug(tau: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         if y_at is not None:
@@ -214,7 +214,7 @@ class _Adjoint(torch.autograd.Function):
         for name in ("callback_step", "callback_accept_step", "callback_reject_step"):
             cb = getattr(problem.user_func, name + "_adjoint", None)
             if cb is not None:
-                setattr(aug, name, lambda t, st, dt, cb=cb, s=problem.sign: cb(s * t, st, s * dt))
+                setattr(aug, name, lambda t, st, dt, cb=cb, s=C.sign: cb(s * t, st, s * dt))
         if config.spec.implicit and not lanes:  # (per sample: the per-lane Newton's own)
             # The augmented dynamics cannot be differentiated by autodiff (their a- and
             # g-parts are themselves gradients): the Jacobian comes in blocks from the
@@ -243,7 +243,7 @@ class _Adjoint(torch.autograd.Function):
         state = (a, *g) if interpolating else (ys[-1], a, *g)
         aug_problem = replace(make_problem(  # scalar tolerances are validated by make_problem
             aug, state, span, 1.0 if isinstance(rtol, Tensor) else rtol,
-            1.0 if isinstance(atol, Tensor) else atol, config.spec.name, options),
+            1.0 if isinstance(atol, Tensor) else atol, options),
             rtol=rtol, atol=atol)
         if n_out > 2:
             hooks.land = _OutputJumps(-C.grid if lanes else [-v for v in C.grid], ys, grad_ys,
@@ -320,13 +320,14 @@ def _check_backward(problem: Problem, aug_problem: Problem, result: Any, config:
     err = failure(aug_problem, result, fixed=config.spec.family == "fixed")
     if err is None:
         return
-    span = (problem.user_time(problem.t_out[-1]), problem.user_time(problem.t_out[0]))
+    C = problem.clock
+    span = (C.sign * C.grid[-1], C.sign * C.grid[0])
     detail = (f"This was the adjoint's backward solve (the augmented system from t={span[0]!r} "
               f"back to t={span[1]!r}), not the forward solve. Set its solver with "
               "adjoint_options (e.g. dict(norm='seminorm') or a larger max_num_steps), "
               "adjoint_rtol/adjoint_atol or adjoint_method, or use gradient='checkpoint'. "
               f"It said: {err}")
-    raise SolveError(err.status, problem.user_time(err.t), detail, err.stats,
+    raise SolveError(err.status, C.sign * err.t, detail, err.stats,
                      partial_ys=err.partial_ys) from None
 
 

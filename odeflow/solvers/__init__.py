@@ -8,7 +8,7 @@ from typing import Any
 
 from ..linalg import LINEAR_SOLVER_OPTIONS, make_linear_solver
 from ..tableaus import TABLEAUS
-from .adams import AdamsBashforth, AdamsMoulton
+from .adams import Adams
 from .auto import AutoSwitch
 from .esdirk import ESDIRK
 from .esdirk_tableaus import ESDIRK_TABLEAUS
@@ -61,7 +61,7 @@ class MethodSpec:
     def replayable(self) -> bool:
         """Each accepted step can be replayed alone from its start state (checkpointing):
         one-step methods; a multistep history (Adams) or a switching method (auto) cannot."""
-        return self.stepper not in (AdamsBashforth, AdamsMoulton, AutoSwitch) and not self.external
+        return self.stepper not in (Adams, AutoSwitch) and not self.external
 
     @property
     def per_sample(self) -> bool:
@@ -137,10 +137,9 @@ class MethodSpec:
         if self.stepper is ESDIRK:
             return ESDIRK(ESDIRK_TABLEAUS[self.name], make_linear_solver(options), rtol=rtol,
                           atol=atol, max_newton_iters=options.get("max_newton_iters", 8))
-        if self.stepper is AdamsBashforth:
-            return AdamsBashforth(options.get("max_order", 4))
-        if self.stepper is AdamsMoulton:
-            return AdamsMoulton(options.get("max_order", 4), options.get("max_iters", 4))
+        if self.stepper is Adams:  # explicit_adams: the predictor alone (no max_iters)
+            return Adams(options.get("max_order", 4),
+                         0 if self.name == "explicit_adams" else options.get("max_iters", 4))
         return None  # SciPy takes its own steps
 
 
@@ -157,9 +156,9 @@ _REGISTRY: dict[str, tuple[str, tuple[str, ...], Any]] = {
     **dict.fromkeys(("kvaerno5", "kvaerno3", "trbdf2"), ("implicit", IMPLICIT_OPTIONS, ESDIRK)),
     **dict.fromkeys(("euler", "midpoint", "heun2", "heun3", "rk4", "rk4_classic"),
                     ("fixed", FIXED_OPTIONS, ExplicitRK)),
-    "explicit_adams": ("fixed", FIXED_OPTIONS + ("max_order",), AdamsBashforth),
+    "explicit_adams": ("fixed", FIXED_OPTIONS + ("max_order",), Adams),
     **dict.fromkeys(("implicit_adams", "fixed_adams"),
-                    ("fixed", FIXED_OPTIONS + ("max_order", "max_iters"), AdamsMoulton)),
+                    ("fixed", FIXED_OPTIONS + ("max_order", "max_iters"), Adams)),
     "scipy_solver": ("scipy", SCIPY_OPTIONS, None),
 }
 METHODS = tuple(_REGISTRY)

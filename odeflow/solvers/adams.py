@@ -25,7 +25,7 @@ from ..tableaus import RK4_CLASSIC
 from .base import Func, StepResult
 from .explicit_rk import ExplicitRK
 
-__all__ = ["AdamsBashforth", "AdamsMoulton", "AdamsCarry"]
+__all__ = ["Adams", "AdamsCarry"]
 
 # Three-point Gauss–Legendre rule on [-1, 1]: exact for polynomials up to degree 5.
 _GL_NODES = (-math.sqrt(0.6), 0.0, math.sqrt(0.6))
@@ -97,11 +97,17 @@ def _weighted_sum(y: Tensor, derivs: tuple[Tensor, ...], weights: list) -> Tenso
     return y
 
 
-class AdamsBashforth:
-    """Explicit Adams–Bashforth of order ``order`` (1–4) on any grid.
+class Adams:
+    """Adams–Bashforth of order ``order`` (1–4) on any grid: explicit with ``max_iters = 0``,
+    else the predictor of an Adams–Moulton corrector (PECE, iterated).
+
+    The corrector interpolates ``order`` derivatives including the new point and is
+    applied ``max_iters`` times (each a function evaluation), stopping early once the
+    correction no longer changes the state at the working precision.
 
     References:
-        Hairer, Nørsett & Wanner, *Solving Ordinary Differential Equations I*, §III.1, §III.5.
+        Hairer, Nørsett & Wanner, *Solving Ordinary Differential Equations I*, §III.1
+        (predictor–corrector schemes), §III.5.
     """
 
     #: takes one step size per lane (a per-sample batch)
@@ -158,7 +164,7 @@ class AdamsBashforth:
 
     def _correct(self, f_end: Func, t: Any, y: Tensor, dt: Any, y_pred: Tensor,
                  carry: AdamsCarry) -> Tensor:
-        """The Adams–Moulton corrector of :class:`AdamsMoulton` (``max_iters > 0``)."""
+        """The Adams–Moulton corrector (``max_iters > 0``)."""
         t_new = t + dt
         nodes = (t_new, *carry.times[: self.order - 1])
         w = integration_weights(nodes, t, t_new, y.dtype)
@@ -173,19 +179,3 @@ class AdamsBashforth:
             if converged:
                 break
         return y_new
-
-
-class AdamsMoulton(AdamsBashforth):
-    """Adams–Bashforth predictor, Adams–Moulton corrector (PECE, iterated).
-
-    The corrector interpolates ``order`` derivatives including the new point and is
-    applied ``max_iters`` times (each a function evaluation), stopping early once the
-    correction no longer changes the state at the working precision.
-
-    References:
-        Hairer, Nørsett & Wanner, *Solving Ordinary Differential Equations I*, §III.1
-        (predictor–corrector schemes).
-    """
-
-    def __init__(self, order: int = 4, max_iters: int = 4):
-        super().__init__(order, max_iters)

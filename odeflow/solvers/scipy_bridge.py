@@ -113,7 +113,7 @@ def integrate_scipy(problem: Problem) -> dict[str, Any]:
         ys[:len(out), b] = out
     stats.n_steps = stats.n_accepted = int(n_acc.sum())
     return dict(ys=ys, stats=stats, t_last=t_last, y_last=y_last, status=status,
-                lanes=(status, n_acc, n_acc, torch.zeros_like(n_acc)))
+                lane_counts=(n_acc, n_acc, torch.zeros_like(n_acc)))
 
 
 class _Halt(Exception):
