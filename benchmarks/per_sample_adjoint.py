@@ -13,20 +13,22 @@ together, round-robin in one process (median of ``--reps``):
 Also prints the relative difference (2-norm) of the adjoint's ``∂L/∂μ`` and ``∂L/∂y0`` from
 direct's.
 
+The plain adjoint solves ``y`` backwards, and van der Pol's attracting cycle repels
+backwards in time: with few output times (``--times 10``) ``y`` diverges between the restarts
+at the outputs and some samples' backward solves stop with step-size underflow (a22c9f2 too).
+
 Run: ``python -m benchmarks.per_sample_adjoint [--batch 64] [--times 200] [--reps 5]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 import odeflow
 
-from .per_sample_outputs import workload
+from .per_sample_outputs import print_medians, time_rounds, workload
 
 F64 = torch.float64
 
@@ -72,22 +74,11 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    runs = contenders(args.batch, args.times)
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
-    grads = {name: fn() for name, fn in runs.items()}  # (warm-up)
-    for _ in range(args.reps):
-        for name, fn in runs.items():
-            start = time.perf_counter()
-            fn()
-            seconds[name].append(time.perf_counter() - start)
+    grads, seconds = time_rounds(contenders(args.batch, args.times), args.reps)
     print(f"B={args.batch}, {args.times} own output times per sample, dopri5, float64, "
           f"forward + backward, median of {args.reps}, one thread (odeflow at "
           f"{odeflow.__file__})")
-    ref = statistics.median(seconds["odeflow adjoint"])
-    for name, ts in seconds.items():
-        m = statistics.median(ts)
-        print(f"  {name:20s} {m * 1e3:8.1f} ms  [{min(ts) * 1e3:.1f}-{max(ts) * 1e3:.1f}]  "
-              f"{m / ref:.2f}x odeflow adjoint")
+    print_medians(seconds, "odeflow adjoint", 20)
     for which, k in (("dL/dmu", 0), ("dL/dy0", 1)):
         a, d = grads["odeflow adjoint"][k], grads["odeflow direct"][k]
         print(f"  adjoint vs direct {which}: |difference| / |direct| = "

@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -65,6 +67,29 @@ def contenders(vdp, y0, grid):
     return out
 
 
+def time_rounds(runs: dict[str, Callable[[], Any]], reps: int
+                ) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """One warm-up call of each contender (its result is returned), then ``reps`` rounds
+    timing each once, round-robin."""
+    results = {name: fn() for name, fn in runs.items()}
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(reps):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            seconds[name].append(time.perf_counter() - start)
+    return results, seconds
+
+
+def print_medians(seconds: dict[str, list[float]], ref_name: str, width: int) -> None:
+    """Each contender's median [min-max] and its ratio to ``ref_name``'s median."""
+    ref = statistics.median(seconds[ref_name])
+    for name, ts in seconds.items():
+        m = statistics.median(ts)
+        print(f"  {name:{width}s} {m * 1e3:8.1f} ms  [{min(ts) * 1e3:.1f}-{max(ts) * 1e3:.1f}]  "
+              f"{m / ref:.2f}x {ref_name}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=256)
@@ -73,22 +98,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     vdp, y0, grid = workload(args.batch, args.times)
-    runs = contenders(vdp, y0, grid)
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
     with torch.no_grad():
-        results = {name: fn() for name, fn in runs.items()}  # (warm-up)
-        for _ in range(args.reps):
-            for name, fn in runs.items():
-                start = time.perf_counter()
-                fn()
-                seconds[name].append(time.perf_counter() - start)
+        results, seconds = time_rounds(contenders(vdp, y0, grid), args.reps)
     print(f"B={args.batch}, {args.times} own output times per sample, dopri5, float64, "
           f"median of {args.reps}, one thread (odeflow at {odeflow.__file__})")
-    ref = statistics.median(seconds["odeflow per-sample"])
-    for name, ts in seconds.items():
-        m = statistics.median(ts)
-        print(f"  {name:32s} {m * 1e3:8.1f} ms  [{min(ts) * 1e3:.1f}-{max(ts) * 1e3:.1f}]  "
-              f"{m / ref:.2f}x odeflow per-sample")
+    print_medians(seconds, "odeflow per-sample", 32)
     if "torchode per-sample" in results:
         diff = (results["odeflow per-sample"] - results["torchode per-sample"]).abs().max()
         print(f"  max |odeflow - torchode| over the outputs: {float(diff):.1e}")
