@@ -199,13 +199,20 @@ def test_bench_help_names_itself_without_internal_commands(tmp_path, monkeypatch
     for mod in ("benchmarks", "benchmarks.__main__"):
         monkeypatch.delitem(sys.modules, mod, raising=False)
     monkeypatch.setattr(sys, "path", list(sys.path))
-    with pytest.raises(SystemExit):
-        cli.main(["bench", "--help"])
-    out = capsys.readouterr().out
-    assert out.startswith("usage: odeflow bench") and "_worker" not in out
-    with pytest.raises(SystemExit):
-        cli.main(["bench", "s1", "--help"])
-    assert capsys.readouterr().out.startswith("usage: odeflow bench s1")
+    try:
+        with pytest.raises(SystemExit):
+            cli.main(["bench", "--help"])
+        out = capsys.readouterr().out
+        assert out.startswith("usage: odeflow bench") and "_worker" not in out
+        with pytest.raises(SystemExit):
+            cli.main(["bench", "s1", "--help"])
+        assert capsys.readouterr().out.startswith("usage: odeflow bench s1")
+    finally:
+        # The stand-in package must not outlive the test: a later test importing the real
+        # benchmarks would get it from sys.modules (monkeypatch restores only what it deleted).
+        for mod in ("benchmarks", "benchmarks.__main__"):
+            if str(tmp_path) in str(getattr(sys.modules.get(mod), "__file__", "")):
+                del sys.modules[mod]
 
 
 def test_saved_config_records_the_dry_run(in_tmp):
