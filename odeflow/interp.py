@@ -85,10 +85,17 @@ def workspace(y0: Tensor, stages: int) -> Workspace:
     return Workspace(rows, tuple(buffer.T[:, :i] for i in range(stages + 1)))
 
 
-def addmv_sum(y: Tensor, k_t: Tensor, w: Tensor, dt: float) -> Tensor:
+def addmv_sum(y: Tensor, k_t: Tensor, w: Tensor, dt: Any) -> Tensor:
     """``y + dt K^T w`` in one kernel. BLAS accumulates each stage's term straight into
-    ``y``, one rounding at ``|y|``'s scale per stage: negligible in float64 only."""
-    return torch.addmv(y, k_t, w, alpha=dt)
+    ``y``, one rounding at ``|y|``'s scale per stage: negligible in float64 only.
+
+    Per sample ``y`` is ``(B, n)`` (``K`` its ``(B n, i)`` buffer) and ``dt`` a float or
+    the lanes' ``(B, 1)`` scales (then the sum is formed first and scaled lane by lane)."""
+    if y.dim() == 1:
+        return torch.addmv(y, k_t, w, alpha=dt)
+    if isinstance(dt, Tensor):
+        return y + dt * torch.mv(k_t, w).view_as(y)
+    return torch.addmv(y.view(-1), k_t, w, alpha=dt).view_as(y)
 
 
 def add_mv_sum(y: Tensor, k_t: Tensor, w: Tensor, dt: float) -> Tensor:
@@ -133,7 +140,8 @@ def graph_sum(fuse: Callable[[Any, Tensor, Tensor, float], Tensor], base: Tensor
     copies of stacking anew for each sum (and as many in the backward pass) are avoided.
     """
     if columns is None:
-        return fuse(base, torch.stack(tuple(stages[:len(weights)])).T, w, scale)
+        return fuse(base, torch.stack(tuple(stages[:len(weights)])).view(len(weights), -1).T,
+                    w, scale)
     coefs = tuple(scale * wj for wj in weights)
     return _GraphSum.apply(fuse, base, columns, w, scale, coefs, *stages[:len(coefs)])
 

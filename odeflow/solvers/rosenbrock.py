@@ -86,9 +86,6 @@ class Rosenbrock:
         self.order = tableau.order
         self.error_order = tableau.error_order
         self._s = tableau.stages
-        self._a = tuple(_nonzero(row) for row in tableau.a)
-        self._C = tuple(_nonzero(row) for row in tableau.C)
-        self._m = _nonzero(tableau.m)
         self._H = tuple(_nonzero(row) for row in tableau.H if any(row))
         self._coef: dict[tuple, Coefficients] = {}
 
@@ -169,66 +166,60 @@ class Rosenbrock:
                 ) -> tuple[list[Tensor], Tensor]:
         """The increments ``u_i`` and ``y_new`` of a step: one stage loop, two kernels.
 
-        Joint, each stage sum is one ``addmv`` over ``ws.prefix``; under autograd
-        (``ws`` None) the same kernel through :func:`~odeflow.interp.graph_sum` (over a
-        per-step buffer of detached copies for a large state), so that both give the same
-        values bit for bit. Each right-hand side is scaled by ``hγ`` before its solve.
-
-        Per sample the sums are elementwise: a ``(B n, i)`` ``addmv`` goes multi-threaded in
-        BLAS from a few thousand rows, and on a shared box that cost ~1 ms a call against
-        ~3 µs per ``add_``. Under autograd a lane with ``dt = 0`` stays at ``y`` (its
-        increments are masked to zero, so no nan enters the graph); without one the loop
-        discards such a lane's result.
+        Each stage sum is one ``addmv`` over ``ws.prefix`` (per sample, an ``mv`` scaled
+        lane by lane where the scale is ``1/h``); under autograd (``ws`` None) the same
+        kernel through :func:`~odeflow.interp.graph_sum` (over a per-step buffer of detached
+        copies for a large joint state), so that both give the same values bit for bit:
+        a checkpointed step replays its forward exactly. Each right-hand side is scaled by
+        ``hγ`` before its solve (per sample, its solution after). Under autograd a lane with
+        ``dt = 0`` stays at ``y`` (its increments are masked to zero, so no nan enters the
+        graph); without one the loop discards such a lane's result.
         """
         tab, coef, s = self.tableau, self._coefficients(y), self._s
         lanes, graph = isinstance(dt, Tensor), ws is None
         us: list[Tensor] = []
-        # stage_sum(base, i, nz, w, weights, scale): base + scale Σ_j w_j u_j over the first i
-        # increments; the lanes sum reads the (j, w_j) pairs nz, the joint kernel the tensor w
-        # (and graph_sum the floats weights).
         if lanes:
             h, h_gamma = h[:, None], h_gamma[:, None]
             zero = h == 0
             inv_h = torch.where(zero, 0.0, torch.where(zero, 1.0, h).reciprocal())
             times = (t + coef.c * dt).unbind(0)
-
-            def stage_sum(base: Tensor, i: int, nz: Sequence, w: Any, weights: Sequence[float],
-                          scale: Any = None) -> Tensor:
-                if scale is None:
-                    return _combine(base, us, nz, 1.0)
-                return base + scale * _combine(None, us, nz, 1.0)
+            # Per sample the scale 1/h is a tensor, which graph_sum's own node cannot
+            # differentiate: under autograd the stages are stacked for each sum.
+            buf = ws
         else:
             inv_h = 1.0 / dt
             times = [t + ci * dt for ci in tab.c]
             buf = ws if not graph else self.workspace(y) if y.numel() >= GRAPH_SUM_MIN else None
 
-            def stage_sum(base: Tensor, i: int, nz: Sequence, w: Any, weights: Sequence[float],
-                          scale: Any = 1.0) -> Tensor:
-                columns = None if buf is None else buf.prefix[i]
-                if graph:
-                    return graph_sum(addmv_sum, base, columns, w, scale, weights, us)
-                return torch.addmv(base, columns, w, alpha=scale)
+        def stage_sum(base: Tensor, i: int, w: Tensor, weights: Sequence[float],
+                      scale: Any = 1.0) -> Tensor:
+            """``base + scale Σ_j w_j u_j`` over the first ``i`` increments."""
+            columns = None if buf is None else buf.prefix[i]
+            if graph:
+                return graph_sum(addmv_sum, base, columns, w, scale, weights, us)
+            return addmv_sum(base, columns, w, scale)
 
         for i in range(s):
             if i == 0:
                 rhs = f0
             else:
                 fi = f_last if (f_last is not None and tab.c[i] == 1.0) else f
-                rhs = fi(times[i], stage_sum(y, i, self._a[i], coef.a[i], tab.a[i]))
-            if self._C[i]:
-                rhs = stage_sum(rhs, i, self._C[i], coef.C[i], tab.C[i], inv_h)
+                rhs = fi(times[i], stage_sum(y, i, coef.a[i], tab.a[i]))
+            if coef.C[i] is not None:
+                rhs = stage_sum(rhs, i, coef.C[i], tab.C[i], inv_h)
             if f_t is not None and tab.d[i] != 0.0:
                 rhs = rhs + (h * tab.d[i]) * f_t if lanes else torch.add(rhs, f_t,
                                                                         alpha=dt * tab.d[i])
-            if lanes:
-                u = factor.solve(rhs) * h_gamma
-                us.append(torch.where(zero, 0.0, u) if graph else u)
+            if lanes and graph:
+                us.append(torch.where(zero, 0.0, factor.solve(rhs) * h_gamma))
+            elif lanes:
+                us.append(torch.mul(factor.solve(rhs), h_gamma, out=buf.rows[i]))
             else:
                 u = factor.solve(rhs * h_gamma)
                 if buf is not None:
                     buf.rows[i].copy_(u.detach())
                 us.append(u if graph else buf.rows[i])
-        return us, stage_sum(y, s, self._m, coef.m, tab.m)
+        return us, stage_sum(y, s, coef.m, tab.m)
 
     def f_end(self, f: Func, t_new: float, y_new: Tensor, result: StepResult) -> Tensor:
         return f(t_new, y_new)
