@@ -25,8 +25,6 @@ import torch
 from torch import Tensor
 
 from ..interp import GRAPH_SUM_MIN, Interpolant, Workspace, addmv_sum, graph_sum, workspace
-from ..interp import combine as _combine
-from ..interp import nonzero as _nonzero
 from ..linalg import ImplicitCounts, check_solver_dtype
 from .base import Func, StepResult
 from .rosenbrock_tableaus import RosenbrockTableau
@@ -86,7 +84,6 @@ class Rosenbrock:
         self.order = tableau.order
         self.error_order = tableau.error_order
         self._s = tableau.stages
-        self._H = tuple(_nonzero(row) for row in tableau.H if any(row))
         self._coef: dict[tuple, Coefficients] = {}
 
     def workspace(self, y0: Tensor) -> Workspace:
@@ -227,19 +224,19 @@ class Rosenbrock:
     def interpolant(self, t: float, dt: float, y: Tensor, y_new: Tensor,
                     stages: Sequence[Tensor], f_new: Tensor | None,
                     f: Func | None = None) -> Interpolant:
-        return RosenbrockInterpolant(t, dt, y, y_new, self._dense_terms(stages[1:]))
+        return RosenbrockInterpolant(t, dt, y, y_new, self._dense_terms(y, stages[1:], None))
 
     def interpolate(self, y: Tensor, y_new: Tensor, dt: float, stages: Sequence[Tensor],
                     f_new: Tensor | None, theta: float, ws: Any) -> Tensor:
-        if isinstance(dt, Tensor):
-            terms = self._dense_terms(stages[1:])
-        else:  # one matrix product, on ws's buffer or (under autograd) the same values stacked
-            U = ws.prefix[-1].T if ws is not None else torch.stack(tuple(stages[1:]))
-            terms = tuple((self._coefficients(y).H @ U).unbind(0))
+        terms = self._dense_terms(y, stages[1:], ws)
         return RosenbrockInterpolant(0.0, dt, y, y_new, terms).evaluate(theta)
 
-    def _dense_terms(self, us: Sequence[Tensor]) -> tuple[Tensor, ...]:
-        return tuple(_combine(None, us, row, 1.0) for row in self._H)
+    def _dense_terms(self, y: Tensor, us: Sequence[Tensor], ws: Workspace | None
+                     ) -> tuple[Tensor, ...]:
+        """The interpolant's ``k_r``: one matrix product, over ``ws``'s buffer (which holds
+        the increments ``us`` of a step without autograd) or the increments stacked."""
+        U = ws.prefix[-1].T if ws is not None else torch.stack(tuple(us)).view(len(us), -1)
+        return tuple(k.view_as(y) for k in (self._coefficients(y).H @ U).unbind(0))
 
 
 class RosenbrockInterpolant(Interpolant):
