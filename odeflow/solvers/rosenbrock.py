@@ -129,10 +129,7 @@ class Rosenbrock:
              f_last: Func | None = None, fsal_stage: bool = True) -> StepResult:
         """One attempt from ``(t, y)`` with step ``dt`` (see the module docstring): joint
         (``dt`` a float) or per sample (``dt`` ``(B,)``, ``(B, n, n)`` Jacobians and LU
-        factors, every lane its own ``hγ``).
-
-        Joint steps take every stage sum as one ``addmv``, with and without autograd alike;
-        per-sample steps sum elementwise (:meth:`_stages`).
+        factors, every lane its own ``hγ``). Stage sums: :meth:`_stages`.
         """
         if state is None:  # a replayed step (checkpointing): a fresh Jacobian
             state = RosenbrockState()
@@ -161,7 +158,7 @@ class Rosenbrock:
 
     def _stages(self, f, f_last, t, y, f0, f_t, dt, h, h_gamma, factor, ws
                 ) -> tuple[list[Tensor], Tensor]:
-        """The increments ``u_i`` and ``y_new`` of a step: one stage loop, two kernels.
+        """The increments ``u_i`` and ``y_new`` of a step, one lane or per sample.
 
         Each stage sum is one ``addmv`` over ``ws.prefix`` (per sample, an ``mv`` scaled
         lane by lane where the scale is ``1/h``); under autograd (``ws`` None) the same
