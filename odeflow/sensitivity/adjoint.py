@@ -228,24 +228,15 @@ class _Adjoint(torch.autograd.Function):
         rtol = _backward_tolerance("adjoint_rtol", config.rtol, problem, n_g, with_y)
         atol = _backward_tolerance("adjoint_atol", config.atol, problem, n_g, with_y)
         # One backward solve from the last output time to the first, landing on each output
-        # time between, where the state jumps (_OutputJumps).
-        n_out = ys.shape[0]
+        # time between (step_t: _backward_options), where the state jumps (_OutputJumps).
         span = torch.stack([C.grid[:, -1], C.grid[:, 0]], 1) if lanes else torch.tensor(
             [C.grid[-1], C.grid[0]], dtype=torch.float64)
-        if n_out > 2:
-            inner = C.grid[:, 1:-1] if lanes else list(C.grid[1:-1])
-            given = options.get("step_t")
-            options["step_t"] = inner if given is None else (
-                torch.cat([given, inner], 1) if lanes else [*given, *inner])
-            # (the per-interval solves each had max_num_steps)
-            options["max_num_steps"] = (n_out - 1) * options.get("max_num_steps",
-                                                                 DEFAULT_MAX_NUM_STEPS)
         state = (a, *g) if interpolating else (ys[-1], a, *g)
         aug_problem = replace(make_problem(  # scalar tolerances are validated by make_problem
             aug, state, span, 1.0 if isinstance(rtol, Tensor) else rtol,
             1.0 if isinstance(atol, Tensor) else atol, options),
             rtol=rtol, atol=atol)
-        if n_out > 2:
+        if C.n_out > 2:
             hooks.land = _OutputJumps(-C.grid if lanes else [-v for v in C.grid], ys, grad_ys,
                                       aug_problem.layout, interpolating)
         nfe_before = f.nfe
@@ -343,7 +334,8 @@ def _backward_options(options: dict[str, Any], problem: Problem,
     ``(t_adjoint, *y, *a, *g)`` with ``y`` and ``a`` in the state's structure and one ``g``
     per parameter, shaped like it (``t_adjoint`` is a 0-dim zero: odeflow computes time
     gradients outside the backward solve). Per sample the parameter gradient is a
-    quadrature outside the error control, and no norm is given.
+    quadrature outside the error control, and no norm is given. The output times between
+    the first and the last join ``step_t``: the one backward solve lands on each.
     """
     C = problem.clock
     out = {k: v for k, v in options.items() if k != "jacobian"}  # the forward J, not ours
@@ -368,6 +360,13 @@ def _backward_options(options: dict[str, Any], problem: Problem,
     constructor = out.get("grid_constructor")
     if constructor is not None and not C.per_sample and C.sign < 0:
         out["grid_constructor"] = lambda f, y0, t: -constructor(f, y0, -t)
+    if C.n_out > 2:  # the output times between the first and the last: steps end there
+        inner = C.grid[:, 1:-1] if C.per_sample else list(C.grid[1:-1])
+        given = out.get("step_t")
+        out["step_t"] = inner if given is None else (
+            torch.cat([given, inner], 1) if C.per_sample else [*given, *inner])
+        # (the per-interval solves each had max_num_steps)
+        out["max_num_steps"] = (C.n_out - 1) * out.get("max_num_steps", DEFAULT_MAX_NUM_STEPS)
     return out
 
 
