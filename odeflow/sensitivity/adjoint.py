@@ -112,6 +112,8 @@ class _Quadrature:
 
     def __init__(self, params: tuple[Tensor, ...], b: Tensor):
         self.params, self.b = params, b
+        # host sync: once, not per stage of every backward iteration
+        self.used = [i for i, bi in enumerate(b.tolist()) if bi != 0]
         self.stash: list[tuple[Tensor, Tensor]] = []  # (dy, a) of each evaluation
         self.grads: list[Tensor | None] = [None] * len(params)
 
@@ -125,7 +127,7 @@ class _Quadrature:
         with torch.enable_grad():
             total = sum(torch.where(use, dy * torch.where(use, self.b[i] * w * a, 0.0),
                                     0.0).sum()
-                        for i, (dy, a) in enumerate(stash) if self.b[i] != 0)
+                        for i, (dy, a) in enumerate(stash) if i in self.used)
             got = torch.autograd.grad(total, self.params, allow_unused=True, retain_graph=True)
         self.grads = add_grads(self.grads, got)
 
