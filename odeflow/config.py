@@ -145,9 +145,8 @@ def _fixed_grid(problem: Problem, search: bool) -> Any:
         extra = [] if restarts is None else [(_lane_times(restarts, C.sign, C.batch, "step_t"),
                                               False)]
         if h is None:
-            return (_stop_matrix(C.grid, [(C.grid[:, 1:-1], False), *extra])[0] if extra
-                    else C.grid[:, 1:].contiguous())
-        ends = _stop_matrix(C.grid, extra)[0] if extra else C.grid[:, -1:]
+            return _stop_matrix(C.grid, [(C.grid[:, 1:-1], False), *extra])[0]
+        ends = _stop_matrix(C.grid, extra)[0]
         starts = torch.cat([C.grid[:, :1], ends[:, :-1]], 1)
         n = torch.where(torch.isfinite(ends),
                         torch.clamp(torch.ceil((ends - starts) / h - 1e-9), min=1), 0.0)
