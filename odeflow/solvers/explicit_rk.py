@@ -21,7 +21,6 @@ The error estimate needs no gradient and is computed without building a graph.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -42,11 +41,9 @@ from ..interp import (
     workspace,
 )
 from ..tableaus import ButcherTableau
-from .base import Func, StepResult
+from .base import NO_CONTEXT, Func, StepResult
 
 __all__ = ["ExplicitRK", "Workspace"]
-
-_NO_CONTEXT = contextlib.nullcontext()  # reusable: one object for every fused step
 
 
 class ExplicitRK:
@@ -169,7 +166,7 @@ class ExplicitRK:
         y_new = y_i if self.fsal else stage_sum(s, b, tab.b)
         err = None
         if with_error and b_err is not None:
-            with torch.no_grad() if graph else _NO_CONTEXT:
+            with torch.no_grad() if graph else NO_CONTEXT:
                 if lanes:
                     err = h * torch.mv(columns(s), b_err).view_as(y)
                 else:  # beta=0: the input only fixes the shape; out = dt * K^T b_err
