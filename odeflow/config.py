@@ -18,6 +18,7 @@ from torch import Tensor
 from .integrate import LoopConfig
 from .options import make_controller, max_steps, positive_float
 from .problem import Problem
+from .solvers import CALLBACKS
 
 __all__ = ["loop_config"]
 
@@ -30,8 +31,7 @@ def loop_config(problem: Problem, spec: Any, stepper: Any, *, record: bool = Fal
     ``max_num_steps``).
     """
     opts = problem.options
-    cbs = tuple(getattr(problem.user_func, name, None) for name in
-                ("callback_step", "callback_accept_step", "callback_reject_step"))
+    cbs = tuple(getattr(problem.user_func, name, None) for name in CALLBACKS)
     if not spec.adaptive:  # every fixed-grid step is accepted: no accept/reject callbacks
         return LoopConfig(False, None, max_steps(opts), 0.0, math.inf, None,
                           _fixed_grid(problem, search), None,
@@ -145,9 +145,8 @@ def _fixed_grid(problem: Problem, search: bool) -> Any:
         extra = [] if restarts is None else [(_lane_times(restarts, C.sign, C.batch, "step_t"),
                                               False)]
         if h is None:
-            return (_stop_matrix(C.grid, [(C.grid[:, 1:-1], False), *extra])[0] if extra
-                    else C.grid[:, 1:].contiguous())
-        ends = _stop_matrix(C.grid, extra)[0] if extra else C.grid[:, -1:]
+            return _stop_matrix(C.grid, [(C.grid[:, 1:-1], False), *extra])[0]
+        ends = _stop_matrix(C.grid, extra)[0]
         starts = torch.cat([C.grid[:, :1], ends[:, :-1]], 1)
         n = torch.where(torch.isfinite(ends),
                         torch.clamp(torch.ceil((ends - starts) / h - 1e-9), min=1), 0.0)

@@ -17,7 +17,6 @@ iteration (:meth:`~odeflow.lanes.LaneClock.decide`); a fixed grid has none per s
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from torch import Tensor
 from .controllers import PIDController, initial_step
 from .norms import rms_norm
 from .problem import Problem
-from .solvers.base import StepResult
+from .solvers.base import NO_CONTEXT, StepResult
 from .stats import SolveStats, Status
 from .stiffness import PROBE_AFTER, warn_if_stiff
 
@@ -38,7 +37,6 @@ __all__ = ["LoopConfig", "LoopResult", "StepRecord", "integrate", "FAILURES", "H
 
 #: The statuses that make a lane a failure (``NO_EVENT`` is an outcome, not a failure).
 FAILURES = (Status.MAX_STEPS_REACHED, Status.STEP_SIZE_UNDERFLOW, Status.NONFINITE)
-_NO_CONTEXT = contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -416,7 +414,7 @@ def _error_ratio(C: Any, res: Any, abs_y: Tensor, y_new: Tensor, rtol: Any, atol
     detach; the error is divided in place)."""
     if res.ok is False:  # the step could not be completed: reject it, shrink dt
         return C.full(math.inf), abs_y
-    with _NO_CONTEXT if fused else torch.no_grad():
+    with NO_CONTEXT if fused else torch.no_grad():
         err = res.error
         abs_new = (y_new if fused else y_new.detach()).abs()
         scale = torch.maximum(abs_y, abs_new).mul_(rtol).add_(atol)

@@ -253,9 +253,8 @@ class LinearInterpolant(Interpolant):
         self.t, self.dt, self.y0, self.y1 = t, dt, y0, y1
 
     def evaluate(self, theta: Any) -> Tensor:
-        if isinstance(theta, Tensor):  # per lane: theta (B,)
-            return torch.lerp(self.y0, self.y1, theta.to(self.y0.dtype)[..., None])
-        return linear(self.y0, self.y1, theta)
+        weight = theta.to(self.y0.dtype)[..., None] if isinstance(theta, Tensor) else theta
+        return torch.lerp(self.y0, self.y1, weight)  # (per lane: theta (B,))
 
     def derivative(self, theta: Any) -> Tensor:
         h = self.dt.to(self.y0.dtype)[:, None] if isinstance(self.dt, Tensor) else self.dt

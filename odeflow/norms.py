@@ -30,7 +30,6 @@ def mixed_rms_norm(sizes: Sequence[int], rms: Norm = rms_norm) -> Norm:
     This is the default for tuple states (as torchdiffeq's mixed norm): each component
     must meet the tolerance on its own, so a large component cannot hide a small one.
     """
-    sizes = [int(s) for s in sizes]
 
     def norm(x: Tensor) -> Tensor:
         return torch.stack([rms(p) for p in torch.split(x, sizes, dim=-1) if p.shape[-1] > 0],

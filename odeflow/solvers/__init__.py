@@ -111,8 +111,8 @@ class MethodSpec:
             return "kvaerno5"
         if self.external:
             return "dopri5"
-        if per_sample and not self.replayable:
-            return "rk4" if self.family == "fixed" else "dopri5"
+        if per_sample and not self.replayable:  # (Adams: auto and SciPy were answered above)
+            return "rk4"
         return None
 
     @property

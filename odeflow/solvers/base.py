@@ -44,6 +44,7 @@ registry table of ``solvers/__init__.py`` (family, options, class) and its const
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -51,9 +52,10 @@ from torch import Tensor
 
 from ..interp import Interpolant
 
-__all__ = ["StepResult", "Stepper", "Func"]
+__all__ = ["StepResult", "Stepper", "Func", "NO_CONTEXT"]
 
 Func = Callable[[Any, Tensor], Tensor]
+NO_CONTEXT = contextlib.nullcontext()  # reusable: one object for every fused step
 
 
 class StepResult(NamedTuple):

@@ -21,7 +21,6 @@ The error estimate needs no gradient and is computed without building a graph.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -42,11 +41,9 @@ from ..interp import (
     workspace,
 )
 from ..tableaus import ButcherTableau
-from .base import Func, StepResult
+from .base import NO_CONTEXT, Func, StepResult
 
 __all__ = ["ExplicitRK", "Workspace"]
-
-_NO_CONTEXT = contextlib.nullcontext()  # reusable: one object for every fused step
 
 
 class ExplicitRK:
@@ -169,7 +166,7 @@ class ExplicitRK:
         y_new = y_i if self.fsal else stage_sum(s, b, tab.b)
         err = None
         if with_error and b_err is not None:
-            with torch.no_grad() if graph else _NO_CONTEXT:
+            with torch.no_grad() if graph else NO_CONTEXT:
                 if lanes:
                     err = h * torch.mv(columns(s), b_err).view_as(y)
                 else:  # beta=0: the input only fixes the shape; out = dt * K^T b_err
@@ -205,7 +202,7 @@ class ExplicitRK:
         tab = self.tableau
         if tab.dense is None:
             return hermite(y, y_new, stages[0], f_new, dt, theta)
-        if not isinstance(theta, Tensor) and not isinstance(dt, Tensor) and y.device.type == "cpu":
+        if y.device.type == "cpu":  # (one lane: theta and dt are floats, see the contract)
             # One addmv over the stages as columns (the fused path's view, or the same values
             # stacked); on a GPU a weight tensor would be a host-to-device copy.
             stacked = ws.prefix[self.stages] if ws is not None else torch.stack(tuple(stages)).T
