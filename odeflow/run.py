@@ -57,6 +57,9 @@ def check_fixed_grid_finite(problem: Problem, result: LoopResult) -> None:
         result.status = torch.where(bad, int(Status.NONFINITE), result.status)
         reached = torch.isfinite(result.ys).all(-1).cumprod(0).bool()  # nan from a bad output
         result.ys = torch.where(reached[..., None], result.ys, math.nan)
+        first_bad = (~reached).long().argmax(0)  # each lane's first non-finite output
+        at = C.grid.gather(1, first_bad[:, None]).squeeze(1).to(result.t_last)
+        result.t_last = torch.where(bad, at, result.t_last)
 
 
 _ADVICE = {
@@ -67,6 +70,10 @@ _ADVICE = {
     Status.NONFINITE: "func returned non-finite values at this time (for every step size "
                       "tried).",
 }
+
+
+_FIXED_NONFINITE = ("The fixed-grid solution became non-finite by this output time; use a "
+                    "smaller step_size or an adaptive method.")
 
 
 def failure(problem: Problem, result: LoopResult, *, fixed: bool = False,
@@ -90,8 +97,7 @@ def failure(problem: Problem, result: LoopResult, *, fixed: bool = False,
         elif status == Status.NONFINITE and result.stats.n_steps == 0:
             detail = "func(t0, y0) is not finite."
         elif status == Status.NONFINITE and fixed:
-            detail = ("The fixed-grid solution became non-finite by this output time; use a "
-                      "smaller step_size or an adaptive method.")
+            detail = _FIXED_NONFINITE
         elif stats.message != Status.SUCCESS.message:  # the method's own account (SciPy's)
             detail = stats.message
         else:
@@ -112,9 +118,11 @@ def failure(problem: Problem, result: LoopResult, *, fixed: bool = False,
         st = Status(codes[b])
         t_b = C.user_float(result.t_last, b)
         stats.status = st
+        advice = f" {_FIXED_NONFINITE}" if fixed and st == Status.NONFINITE else ""
         stats.message = (f"{len(failed)} of {B} samples failed (samples {failed[:10]}"
                          f"{'...' if len(failed) > 10 else ''}); sample {b}: {st.message} "
-                         f"t={t_b!r}. sol.sample_stats.status has each sample's outcome.")
+                         f"t={t_b!r}.{advice} sol.sample_stats.status has each sample's "
+                         "outcome.")
         return SolveError(st, t_b, f"{stats.message} Other samples were not affected; pass "
                           "throw=False to get their results (failed samples keep nan after "
                           "the failure).", stats)
