@@ -90,11 +90,13 @@ def addmv_sum(y: Tensor, k_t: Tensor, w: Tensor, dt: Any) -> Tensor:
     ``y``, one rounding at ``|y|``'s scale per stage: negligible in float64 only.
 
     Per sample ``y`` is ``(B, n)`` (``K`` its ``(B n, i)`` buffer) and ``dt`` a float or
-    the lanes' ``(B, 1)`` scales (then the sum is formed first and scaled lane by lane)."""
+    the lanes' scales, a ``(B, n)`` tensor (then the sum is formed first and scaled lane by
+    lane: an ``addcmul`` that broadcasts a ``(B, 1)`` column over few state columns is
+    several times slower than one copy to ``(B, n)`` per step and same-shaped operands)."""
     if y.dim() == 1:
         return torch.addmv(y, k_t, w, alpha=dt)
     if isinstance(dt, Tensor):
-        return y + dt * torch.mv(k_t, w).view_as(y)
+        return torch.addcmul(y, dt, torch.mv(k_t, w).view_as(y))
     return torch.addmv(y.view(-1), k_t, w, alpha=dt).view_as(y)
 
 

@@ -130,16 +130,14 @@ class ExplicitRK:
             return buf.prefix[i] if buf is not None else torch.stack(ks[:i]).reshape(i, -1).T
 
         if lanes:
-            # (B, n), not (B, 1): an addcmul that broadcasts a column over few state columns
-            # is several times slower than one copy and same-shaped operands
-            h = torch.empty_like(y).copy_(dt[:, None])
+            h = torch.empty_like(y).copy_(dt[:, None])  # (B, n): see addmv_sum
             # Every stage time at once, t + c_i dt (the same roundings as stage by stage); t
             # added in place to the (s, B) product is several times faster than t + c dt.
             times = (c_column * dt).add_(t).unbind(0)
             still = (h == 0) if torch.is_grad_enabled() else None
 
             def stage_sum(i: int, w: Tensor, weights: Sequence[float]) -> Tensor:
-                out = torch.addcmul(y, h, torch.mv(columns(i), w).view_as(y))
+                out = addmv_sum(y, columns(i), w, h)
                 return out if still is None else torch.where(still, y, out)
         else:
             fuse = addmv_sum if y.dtype == torch.float64 else add_mv_sum

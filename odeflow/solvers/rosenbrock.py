@@ -176,6 +176,7 @@ class Rosenbrock:
             h, h_gamma = h[:, None], h_gamma[:, None]
             zero = h == 0
             inv_h = torch.where(zero, 0.0, torch.where(zero, 1.0, h).reciprocal())
+            inv_h = inv_h.expand_as(y).contiguous()  # (B, n): see addmv_sum
             times = (t + coef.c * dt).unbind(0)
             # Per sample the scale 1/h is a tensor, which graph_sum's own node cannot
             # differentiate: under autograd the stages are stacked for each sum.
