@@ -34,7 +34,7 @@ from ..norms import rms_norm
 from ..options import DEFAULT_MAX_NUM_STEPS, validate_options
 from ..problem import Problem, check_options, check_tolerance, make_problem, retime
 from ..run import failure, run
-from ..solvers import MethodSpec, get_method
+from ..solvers import CALLBACKS, MethodSpec, get_method
 from ..stats import SolveError, SolveStats, Status
 from . import add_grads, first_good_lane
 from .adjoint_jacobian import AdjointBlockSolver, flat_grads
@@ -213,7 +213,7 @@ class _Adjoint(torch.autograd.Function):
         # The user's callback_*_adjoint hooks become the augmented solve's plain callbacks;
         # the loop reports the forward's canonical time and the (backwards) step: map them
         # back to the user's time direction.
-        for name in ("callback_step", "callback_accept_step", "callback_reject_step"):
+        for name in CALLBACKS:
             cb = getattr(problem.user_func, name + "_adjoint", None)
             if cb is not None:
                 setattr(aug, name, lambda t, st, dt, cb=cb, s=C.sign: cb(s * t, st, s * dt))
